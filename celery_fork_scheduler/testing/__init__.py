@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .processes import CeleryProcess, wait_until
 from .redis_server import RedisServer, find_redis_server, free_port
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["CeleryProcess", "RedisServer", "find_redis_server", "free_port", "wait_until"]

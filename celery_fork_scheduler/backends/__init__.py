@@ -1,0 +1,8 @@
+"""Claim backends: where replicas agree on who publishes each slot."""
+
+from __future__ import annotations
+
+from .base import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .local import LocalBackend
+
+__all__ = ["Claim", "ClaimBackend", "ClaimOutcome", "ClaimResult", "LocalBackend"]

@@ -1,0 +1,104 @@
+"""The claim backend interface: how a replica wins the right to publish one slot.
+
+The scheduler loop only talks to this interface; the in-process backend (single replica) and
+the Redis backend (any number of replicas) implement it, and one contract test suite runs
+against both.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class ClaimOutcome(enum.Enum):
+    """What a claim of one (entry, slot) came to."""
+
+    #: This replica holds the claim: publish now.
+    WON = "won"
+    #: Another replica claimed the slot, then failed to publish within its lease: publish now.
+    TAKEN_OVER = "taken_over"
+    #: Another replica holds or already published this slot (or a later one).
+    CLAIMED = "claimed"
+    #: Another replica claimed the slot and has not published it yet; ask again after ``retry_after``.
+    PENDING = "pending"
+    #: The slot is still in the future by the backend's clock; ask again after ``retry_after``.
+    EARLY = "early"
+
+    @property
+    def publish(self) -> bool:
+        """True when this replica must publish the slot."""
+        return self in (ClaimOutcome.WON, ClaimOutcome.TAKEN_OVER)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request to publish occurrence ``slot`` of ``entry`` with task id ``task_id``."""
+
+    entry: str
+    slot: datetime
+    task_id: str
+
+    @property
+    def slot_us(self) -> int:
+        """The slot as whole microseconds since the Unix epoch (the form stored in Redis)."""
+        return to_epoch_us(self.slot)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY."""
+
+    claim: Claim
+    outcome: ClaimOutcome
+    retry_after: float = 0.0
+
+
+class ClaimBackend(Protocol):
+    """Where claims, high-water marks and send records live."""
+
+    #: ``hostname:pid`` of this replica, recorded with each claim.
+    replica_id: str
+
+    def describe(self) -> str:
+        """A one-line description for the startup banner (no password)."""
+
+    @property
+    def protects_replicas(self) -> bool:
+        """True when several replicas may safely run against this backend."""
+
+    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, datetime]:
+        """Return the latest claimed slot of each entry that has one."""
+
+    def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
+        """Try to claim every slot, in one round trip; results in the order of ``claims``.
+
+        Raises :class:`~celery_fork_scheduler.errors.BackendUnavailableError` when the backend
+        cannot be reached after the configured retries: nothing is claimed then.
+        """
+
+    def mark_sent(self, claims: Sequence[Claim]) -> None:
+        """Record that these won claims were published (state ``claimed`` -> ``sent``)."""
+
+    def sync(self) -> None:
+        """Persist whatever is kept in memory (a no-op for backends that store at once)."""
+
+    def close(self) -> None:
+        """Release connections and files this backend opened."""
+
+
+def to_epoch_us(instant: datetime) -> int:
+    """Whole microseconds since the Unix epoch of an aware datetime."""
+    delta = instant - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_us(value: int) -> datetime:
+    """The aware UTC datetime of a count of microseconds since the Unix epoch."""
+    return EPOCH + timedelta(microseconds=value)
+

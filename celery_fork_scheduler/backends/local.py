@@ -1,0 +1,91 @@
+"""The embedded single-replica backend: claims in process memory, high-water marks in a file.
+
+It needs no Redis. It does not protect several replicas from each other: with it, run exactly
+one ``celery beat``. The file keeps the high-water marks across restarts so that a restarted
+beat fires each overdue entry once, as Celery's own scheduler does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import Claim, ClaimOutcome, ClaimResult, from_epoch_us
+
+#: Version of the state file's layout; an unknown version is an error, never a silent reset.
+STATE_SCHEMA = 1
+
+
+class LocalBackend:
+    """Claims for a single replica; see the module docstring."""
+
+    protects_replicas = False
+
+    def __init__(self, state_path: str | os.PathLike[str] | None) -> None:
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.state_path = Path(state_path) if state_path is not None else None
+        self._marks: dict[str, int] = self._load()
+        self._dirty = False
+
+    def describe(self) -> str:
+        """The startup banner line."""
+        where = f"state file {self.state_path}" if self.state_path else "no state file"
+        return f"local (single replica, {where})"
+
+    def _load(self) -> dict[str, int]:
+        if self.state_path is None or not self.state_path.exists():
+            return {}
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the state file {self.state_path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+            raise ConfigError(
+                f"state file {self.state_path} has an unknown schema "
+                f"(expected {STATE_SCHEMA}); move it away to start afresh"
+            )
+        marks = data.get("high_water_marks", {})
+        return {str(name): int(value) for name, value in marks.items()}
+
+    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, datetime]:
+        """The latest claimed slot of each known entry."""
+        return {name: from_epoch_us(self._marks[name]) for name in entries if name in self._marks}
+
+    def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
+        """Claim each slot later than its entry's high-water mark."""
+        results = []
+        for claim in claims:
+            slot_us = claim.slot_us
+            if slot_us > self._marks.get(claim.entry, -1):
+                self._marks[claim.entry] = slot_us
+                self._dirty = True
+                results.append(ClaimResult(claim, ClaimOutcome.WON))
+            else:
+                results.append(ClaimResult(claim, ClaimOutcome.CLAIMED))
+        return results
+
+    def mark_sent(self, claims: Sequence[Claim]) -> None:
+        """Nothing to record: a single replica publishes right after claiming."""
+
+    def sync(self) -> None:
+        """Write the high-water marks to the state file atomically, if they changed."""
+        if self.state_path is None or not self._dirty:
+            return
+        payload = json.dumps({"schema": STATE_SCHEMA, "high_water_marks": self._marks})
+        directory = self.state_path.parent
+        fd, tmp = tempfile.mkstemp(prefix=self.state_path.name, dir=directory)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(payload)
+        os.replace(tmp, self.state_path)
+        self._dirty = False
+
+    def close(self) -> None:
+        """Persist the marks."""
+        self.sync()
+

@@ -1,0 +1,78 @@
+"""Building a redis-py client from a URL: redis, rediss (TLS), unix sockets, Sentinel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+from kombu.utils.url import maybe_sanitize_url
+from redis.sentinel import Sentinel
+
+from ..errors import ConfigError
+
+#: Defaults that keep a hung Redis from blocking beat forever; user options override them.
+CLIENT_DEFAULTS: Mapping[str, Any] = {
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 5.0,
+    "health_check_interval": 30,
+}
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``**``, for logs and errors."""
+    return str(maybe_sanitize_url(url))
+
+
+def client_from_url(
+    url: str,
+    options: Mapping[str, Any] | None = None,
+    transport_options: Mapping[str, Any] | None = None,
+) -> redis.Redis:
+    """A client for ``url``; ``options`` are redis-py client keywords (``ssl_*`` and others).
+
+    ``sentinel://`` and ``redis+sentinel://`` URLs follow Kombu: several hosts joined by ``;``,
+    the master name from ``master_name`` in ``options``, the query string or the broker's
+    transport options.
+    """
+    settings = {**CLIENT_DEFAULTS, **(options or {})}
+    if url.startswith(("sentinel://", "redis+sentinel://")):
+        return _sentinel_master(url, settings, transport_options or {})
+    try:
+        return redis.Redis.from_url(url, **settings)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"bad Redis URL {mask_url(url)}: {exc}", field="fork_scheduler_redis_url") from None
+
+
+def _sentinel_master(
+    url: str, settings: dict[str, Any], transport_options: Mapping[str, Any]
+) -> redis.Redis:
+    hosts: list[tuple[str, int]] = []
+    password = username = None
+    db = 0
+    query: dict[str, str] = {}
+    for part in url.split(";"):
+        parsed = urlsplit(part.strip())
+        if not parsed.hostname:
+            continue
+        hosts.append((parsed.hostname, parsed.port or 26379))
+        password = password or (unquote(parsed.password) if parsed.password else None)
+        username = username or (unquote(parsed.username) if parsed.username else None)
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+        query.update(parse_qsl(parsed.query))
+    master_name = (
+        settings.pop("master_name", None) or query.get("master_name") or transport_options.get("master_name")
+    )
+    if not hosts or not master_name:
+        raise ConfigError(
+            f"Sentinel URL {mask_url(url)} needs at least one host and a master_name",
+            field="fork_scheduler_redis_url",
+        )
+    sentinel_kwargs = dict(settings.pop("sentinel_kwargs", None) or transport_options.get("sentinel_kwargs") or {})
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **settings)
+    client: redis.Redis = sentinel.master_for(
+        master_name, db=db, password=password, username=username, **settings
+    )
+    return client

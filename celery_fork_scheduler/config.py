@@ -1,0 +1,107 @@
+"""The ``fork_scheduler_*`` settings: read once from the Celery app, validated, frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .durations import to_timedelta
+from .errors import ConfigError
+
+SETTING_PREFIX = "fork_scheduler_"
+
+#: Every known setting and its default. Durations accept seconds (numbers) or ``timedelta``.
+DEFAULTS: Mapping[str, Any] = {
+    "redis_url": None,
+    "redis_options": {},
+    "key_prefix": "scheduler:",
+    "lock_duration": timedelta(seconds=30),
+    "claim_lease": timedelta(seconds=10),
+    "max_retries": 3,
+    "retry_delay": timedelta(seconds=0.1),
+    "enabled": True,
+    "max_concurrent": 0,
+    "catchup_grace": timedelta(seconds=5),
+    "state_filename": None,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated scheduler settings (see the settings reference in the docs)."""
+
+    redis_url: str | None = None
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
+    key_prefix: str = "scheduler:"
+    lock_duration: timedelta = timedelta(seconds=30)
+    claim_lease: timedelta = timedelta(seconds=10)
+    max_retries: int = 3
+    retry_delay: timedelta = timedelta(seconds=0.1)
+    enabled: bool = True
+    max_concurrent: int = 0
+    catchup_grace: timedelta = timedelta(seconds=5)
+    state_filename: str | None = None
+
+
+def _setting_error(name: str, message: str) -> ConfigError:
+    return ConfigError(message, field=SETTING_PREFIX + name)
+
+
+def _duration(name: str, value: object, *, allow_zero: bool) -> timedelta:
+    try:
+        return to_timedelta(value, what=SETTING_PREFIX + name, allow_zero=allow_zero)
+    except ValueError as exc:
+        raise _setting_error(name, str(exc).removeprefix(SETTING_PREFIX + name + " ")) from None
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _setting_error(name, f"must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _optional_str(name: str, value: object) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise _setting_error(name, f"must be a non-empty string or None, not {value!r}")
+
+
+def read_settings(conf: Mapping[str, Any]) -> Settings:
+    """Read and validate every ``fork_scheduler_*`` setting of a Celery ``app.conf``.
+
+    An unknown ``fork_scheduler_*`` key (a typo) is an error, as is a value of the wrong kind.
+    """
+    raw = dict(DEFAULTS)
+    for key in list(conf.keys()):
+        if not key.startswith(SETTING_PREFIX):
+            continue
+        name = key[len(SETTING_PREFIX) :]
+        if name not in DEFAULTS:
+            known = ", ".join(SETTING_PREFIX + k for k in DEFAULTS)
+            raise ConfigError(f"unknown setting; known settings are: {known}", field=key)
+        raw[name] = conf[key]
+
+    key_prefix = raw["key_prefix"]
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise _setting_error("key_prefix", f"must be a non-empty string, not {key_prefix!r}")
+    if not isinstance(raw["enabled"], bool):
+        raise _setting_error("enabled", f"must be True or False, not {raw['enabled']!r}")
+    options = raw["redis_options"]
+    if not isinstance(options, Mapping):
+        raise _setting_error("redis_options", f"must be a dict of client options, not {options!r}")
+    claim_lease = _duration("claim_lease", raw["claim_lease"], allow_zero=False)
+    return Settings(
+        redis_url=_optional_str("redis_url", raw["redis_url"]),
+        redis_options=dict(options),
+        key_prefix=key_prefix,
+        lock_duration=_duration("lock_duration", raw["lock_duration"], allow_zero=False),
+        claim_lease=claim_lease,
+        max_retries=_non_negative_int("max_retries", raw["max_retries"]),
+        retry_delay=_duration("retry_delay", raw["retry_delay"], allow_zero=True),
+        enabled=raw["enabled"],
+        max_concurrent=_non_negative_int("max_concurrent", raw["max_concurrent"]),
+        catchup_grace=_duration("catchup_grace", raw["catchup_grace"], allow_zero=True),
+        state_filename=_optional_str("state_filename", raw["state_filename"]),
+    )

@@ -1,0 +1,204 @@
+"""The schedule entry model and its validation from ``beat_schedule`` dictionaries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError, ScheduleError
+from .schedules import SlotSchedule, coerce_schedule
+
+EntrySource = Literal["config", "decorator", "runtime"]
+
+#: Keys of Celery's own ``beat_schedule`` entries, all accepted unchanged.
+CELERY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
+#: Keys this package adds.
+EXTRA_KEYS = frozenset(
+    {"tags", "singleton", "enabled", "timezone", "start_at", "end_at", "description"}
+)
+ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
+
+_EPSILON = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Entry:
+    """One named schedule: what to send, when, and the policies around it.
+
+    Entries are immutable; a changed definition is a new object, so the scheduler's heap can
+    tell a stale item from a current one by identity.
+    """
+
+    name: str
+    task: str
+    schedule: SlotSchedule
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    singleton: bool = False
+    enabled: bool = True
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    description: str = ""
+    source: EntrySource = "config"
+
+    def first_slot_after(self, after: datetime) -> datetime | None:
+        """Return the first slot strictly after ``after`` that lies inside start/end."""
+        if self.start_at is not None and after < self.start_at:
+            after = self.start_at - _EPSILON
+        slot = self.schedule.next_slot(after)
+        if slot is None or (self.end_at is not None and slot > self.end_at):
+            return None
+        return slot
+
+    def last_slot_at_or_before(self, at: datetime) -> datetime | None:
+        """Return the latest slot ``<= at`` inside start/end, or ``None``."""
+        if self.end_at is not None and at > self.end_at:
+            at = self.end_at
+        slot = self.schedule.previous_slot(at)
+        if slot is None or (self.start_at is not None and slot < self.start_at):
+            return None
+        return slot
+
+
+def _fail(name: str, field_name: str, message: str) -> ConfigError:
+    return ConfigError(message, entry=name, field=field_name)
+
+
+def _zone(name: str, value: object) -> tzinfo | None:
+    if value is None:
+        return None
+    if isinstance(value, tzinfo):
+        return value
+    if not isinstance(value, str) or not value:
+        raise _fail(name, "timezone", f"must be an IANA zone name such as 'Europe/Berlin', not {value!r}")
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail(name, "timezone", f"unknown time zone {value!r}") from None
+
+
+def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise _fail(name, field_name, f"not an ISO-8601 date-time: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise _fail(name, field_name, f"must be a datetime or an ISO-8601 string, not {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone)
+    return value.astimezone(timezone.utc)
+
+
+def _tags(name: str, value: object) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(tag, str) and tag for tag in value
+    ):
+        raise _fail(name, "tags", f"must be a list of non-empty strings, not {value!r}")
+    return frozenset(value)
+
+
+def _flag(name: str, field_name: str, value: object, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _fail(name, field_name, f"must be True or False, not {value!r}")
+    return value
+
+
+def entry_from_config(
+    name: str,
+    definition: Mapping[str, Any],
+    *,
+    default_timezone: tzinfo,
+    source: EntrySource = "config",
+) -> Entry:
+    """Build an :class:`Entry` from one ``beat_schedule`` item.
+
+    Raises :class:`ConfigError` naming the entry and the field for any wrong key or value.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
+    if not isinstance(definition, Mapping):
+        raise ConfigError(f"must be a dict, not {type(definition).__name__}", entry=name)
+    unknown = sorted(set(definition) - ENTRY_KEYS)
+    if unknown:
+        known = ", ".join(sorted(ENTRY_KEYS))
+        raise _fail(name, unknown[0], f"unknown key; known keys are: {known}")
+
+    task = definition.get("task")
+    if not isinstance(task, str) or not task:
+        raise _fail(name, "task", f"must be a task name (non-empty string), not {task!r}")
+    if "schedule" not in definition:
+        raise _fail(name, "schedule", "is missing")
+
+    zone = _zone(name, definition.get("timezone")) or default_timezone
+    try:
+        schedule = coerce_schedule(definition["schedule"], default_tz=zone)
+        if definition.get("timezone") is not None:
+            schedule = schedule.with_timezone(zone)
+        schedule.validate()
+    except ScheduleError as exc:
+        raise _fail(name, "schedule", str(exc)) from None
+
+    args = definition.get("args") or ()
+    if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, (list, tuple)):
+        if not callable(args):
+            raise _fail(name, "args", f"must be a list or tuple, not {args!r}")
+    kwargs = definition.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping) and not callable(kwargs):
+        raise _fail(name, "kwargs", f"must be a dict, not {kwargs!r}")
+    options = definition.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise _fail(name, "options", f"must be a dict of apply_async options, not {options!r}")
+    if "task_id" in options:
+        raise _fail(name, "options", "'task_id' is set by the scheduler (one id per slot)")
+    description = definition.get("description") or ""
+    if not isinstance(description, str):
+        raise _fail(name, "description", f"must be a string, not {description!r}")
+
+    start_at = _instant(name, "start_at", definition.get("start_at"), zone)
+    end_at = _instant(name, "end_at", definition.get("end_at"), zone)
+    if start_at is not None and end_at is not None and end_at <= start_at:
+        raise _fail(name, "end_at", "must be later than start_at")
+
+    return Entry(
+        name=name,
+        task=task,
+        schedule=schedule,
+        args=args,
+        kwargs=kwargs,
+        options=dict(options),
+        tags=_tags(name, definition.get("tags")),
+        singleton=_flag(name, "singleton", definition.get("singleton"), False),
+        enabled=_flag(name, "enabled", definition.get("enabled"), True),
+        start_at=start_at,
+        end_at=end_at,
+        description=description,
+        source=source,
+    )
+
+
+def entries_from_config(
+    beat_schedule: Mapping[str, Any] | None, *, default_timezone: tzinfo
+) -> dict[str, Entry]:
+    """Validate a whole ``beat_schedule``; the first bad entry raises :class:`ConfigError`."""
+    if not beat_schedule:
+        return {}
+    if not isinstance(beat_schedule, Mapping):
+        raise ConfigError(f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule")
+    return {
+        name: entry_from_config(name, definition, default_timezone=default_timezone)
+        for name, definition in beat_schedule.items()
+    }

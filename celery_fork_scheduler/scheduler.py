@@ -1,0 +1,326 @@
+"""The beat Scheduler: orchestration only — decide, claim, publish, record.
+
+Each replica keeps a heap of next slots (:mod:`.timequeue`), sleeps until the earliest, and
+asks the claim backend for the right to publish each due slot. Slot maths live in
+:mod:`.schedules`, entry validation in :mod:`.entry`, claims in :mod:`.backends`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from itertools import islice
+from typing import Any
+
+from celery import beat
+from celery.schedules import crontab
+
+from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .backends.factory import create_backend
+from .config import Settings, read_settings
+from .entry import Entry, entries_from_config
+from .errors import BackendUnavailableError
+from .ids import ENTRY_HEADER, SLOT_HEADER, slot_isoformat, task_id_for
+from .timequeue import QueueItem, TimeQueue
+
+logger = logging.getLogger("celery_fork_scheduler")
+
+Clock = Callable[[], datetime]
+
+#: At most this many overdue slots of one entry are claimed one by one in a tick.
+MAX_SLOTS_PER_ENTRY_PER_TICK = 100
+#: How long to wait before asking a backend that could not be reached again.
+BACKEND_RETRY_SECONDS = 1.0
+
+
+def utc_now() -> datetime:
+    """The real clock: the current aware UTC instant."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class DueSlot:
+    """One slot of one entry that this tick will try to claim and publish."""
+
+    entry: Entry
+    claim: Claim
+
+
+class Scheduler(beat.Scheduler):  # type: ignore[misc]
+    """Active-active Celery beat scheduler (``celery beat -S fork``)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *args: Any,
+        schedule_filename: str | None = None,
+        clock: Clock | None = None,
+        backend: ClaimBackend | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
+        self.clock: Clock = clock or utc_now
+        self.entries: dict[str, Entry] = {}
+        self.queue = TimeQueue()
+        self.settings: Settings = read_settings(app.conf)
+        self._backend_override = backend
+        self._backend: ClaimBackend | None = None
+        self._backend_down = False
+        self._unmarked: list[Claim] = []
+        super().__init__(app, *args, **kwargs)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> ClaimBackend:
+        """The claim backend, created on first use."""
+        if self._backend is None:
+            self._backend = self._backend_override or create_backend(
+                self.app, self.settings, self.schedule_filename
+            )
+        return self._backend
+
+    @property
+    def default_timezone(self) -> tzinfo:
+        """The app's ``timezone`` setting (UTC when unset)."""
+        zone: tzinfo = self.app.timezone
+        return zone
+
+    def setup_schedule(self) -> None:
+        """Validate every entry, pick the backend and queue each entry's first slot."""
+        entries = entries_from_config(self.app.conf.beat_schedule, default_timezone=self.default_timezone)
+        entries.update(self._default_entries(entries))
+        self.entries = entries
+        backend = self.backend
+        logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
+        if not backend.protects_replicas:
+            logger.warning(
+                "fork scheduler: no Redis configured (fork_scheduler_redis_url, or a redis:// "
+                "broker_url): running as a single replica; several beat replicas would NOT be "
+                "protected from each other"
+            )
+        if not self.settings.enabled:
+            logger.warning("fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing")
+            return
+        self._queue_first_slots(self.clock())
+
+    def _default_entries(self, entries: Mapping[str, Entry]) -> dict[str, Entry]:
+        """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it."""
+        conf = self.app.conf
+        if "celery.backend_cleanup" in entries or not conf.result_expires:
+            return {}
+        if self.app.backend.supports_autoexpire:
+            return {}
+        definition = {
+            "task": "celery.backend_cleanup",
+            "schedule": crontab("0", "4", "*"),
+            "options": {"expires": 12 * 3600},
+        }
+        return entries_from_config(
+            {"celery.backend_cleanup": definition}, default_timezone=self.default_timezone
+        )
+
+    def _queue_first_slots(self, now: datetime) -> None:
+        enabled = [entry for entry in self.entries.values() if entry.enabled]
+        try:
+            marks = self.backend.high_water_marks([entry.name for entry in enabled])
+        except BackendUnavailableError as exc:
+            logger.warning("fork scheduler: cannot read high-water marks (%s); starting afresh", exc)
+            marks = {}
+        for entry in enabled:
+            slot = self._first_slot(entry, marks.get(entry.name), now)
+            if slot is not None:
+                self.queue.push(slot.timestamp(), entry, slot)
+
+    def _first_slot(self, entry: Entry, high_water_mark: datetime | None, now: datetime) -> datetime | None:
+        """The first slot to handle at start-up.
+
+        A new entry waits for its next slot (beat starting is no reason to fire). An entry that
+        missed slots while every replica was down fires its latest missed slot once, unless
+        ``beat_cron_starting_deadline`` says that slot is too old.
+        """
+        upcoming = entry.first_slot_after(now)
+        if high_water_mark is None:
+            return upcoming
+        missed = entry.last_slot_at_or_before(now)
+        if missed is None or missed <= high_water_mark:
+            return upcoming
+        deadline = self.app.conf.beat_cron_starting_deadline
+        if deadline is not None and (now - missed).total_seconds() > deadline:
+            logger.info("fork scheduler: %s missed %s, older than the starting deadline", entry.name, missed)
+            return upcoming
+        return missed
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Handle every due slot, then return the seconds to sleep until the next one."""
+        now = self.clock()
+        due_items = self.queue.pop_due(now.timestamp())
+        if due_items or self._unmarked:
+            self._handle(due_items, now)
+        return self._seconds_to_next_wakeup()
+
+    def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
+        due = self._decide(items, now)
+        if not due and not self._unmarked:
+            return
+        try:
+            self._flush_unmarked()
+            results = self.backend.claim([slot.claim for slot in due])
+        except BackendUnavailableError as exc:
+            self._on_backend_down(exc, items, now)
+            return
+        self._on_backend_up()
+        by_entry = {id(slot.claim): slot.entry for slot in due}
+        published = [
+            result.claim
+            for result in results
+            if self._settle(result, by_entry[id(result.claim)], now)
+        ]
+        self._unmarked.extend(published)
+        self._flush_unmarked()
+
+    def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[DueSlot]:
+        """Turn due queue items into slots to claim, queueing each entry's next slot."""
+        due: list[DueSlot] = []
+        for item in items:
+            entry = self.entries.get(item.entry.name)
+            if entry is not item.entry or not entry.enabled:
+                continue  # changed or removed since it was queued
+            if item.retry:
+                due.append(self._due_slot(entry, item.slot))
+                continue
+            due.extend(self._due_slot(entry, slot) for slot in self._slots_to_claim(entry, item.slot, now))
+            upcoming = entry.first_slot_after(now)
+            if upcoming is not None:
+                self.queue.push(upcoming.timestamp(), entry, upcoming)
+        return due
+
+    def _slots_to_claim(self, entry: Entry, earliest: datetime, now: datetime) -> list[datetime]:
+        """Slots from ``earliest`` to ``now``: each recent one, or only the latest when late.
+
+        Slots older than ``fork_scheduler_catchup_grace`` were missed (beat was down, paused or
+        cut off from Redis); of those only the latest fires, once — Celery's catch-up rule.
+        """
+        cutoff = now - self.settings.catchup_grace
+        lower = max(earliest - timedelta(microseconds=1), cutoff)
+        recent = list(islice(entry.schedule.slots(lower, now), MAX_SLOTS_PER_ENTRY_PER_TICK))
+        if entry.end_at is not None:
+            recent = [slot for slot in recent if slot <= entry.end_at]
+        if recent:
+            return recent
+        latest = entry.last_slot_at_or_before(now)
+        return [latest] if latest is not None and latest >= earliest else []
+
+    @staticmethod
+    def _due_slot(entry: Entry, slot: datetime) -> DueSlot:
+        return DueSlot(entry, Claim(entry.name, slot, task_id_for(entry.name, slot)))
+
+    def _settle(self, result: ClaimResult, entry: Entry, now: datetime) -> bool:
+        """Act on one claim result; return True when the slot was published."""
+        claim = result.claim
+        if result.outcome.publish:
+            return self._publish(entry, claim)
+        if result.outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
+            when = now.timestamp() + max(result.retry_after, 0.05)
+            self.queue.push(when, entry, claim.slot, retry=True)
+            return False
+        logger.debug("fork scheduler: %s at %s claimed by another replica", entry.name, claim.slot)
+        return False
+
+    def _publish(self, entry: Entry, claim: Claim) -> bool:
+        """Send one occurrence with its deterministic task id and headers."""
+        options = dict(entry.options)
+        headers = dict(options.pop("headers", None) or {})
+        headers.update(
+            {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(claim.slot), "celery_beat_task": True}
+        )
+        args = entry.args() if callable(entry.args) else entry.args
+        kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
+        task = self.app.tasks.get(entry.task)
+        try:
+            if task is not None:
+                task.apply_async(
+                    args, kwargs, task_id=claim.task_id, headers=headers, producer=self.producer, **options
+                )
+            else:
+                self.app.send_task(
+                    entry.task, args, kwargs, task_id=claim.task_id, headers=headers,
+                    producer=self.producer, **options,
+                )
+        except Exception:
+            logger.exception(
+                "fork scheduler: publishing %s (%s) for slot %s failed", entry.name, entry.task, claim.slot
+            )
+            return False
+        logger.info(
+            "fork scheduler: sent %s (%s) slot %s id %s",
+            entry.name, entry.task, slot_isoformat(claim.slot), claim.task_id,
+        )
+        return True
+
+    def _flush_unmarked(self) -> None:
+        """Record published claims as sent; kept for the next tick if the backend is down."""
+        if self._unmarked:
+            pending, self._unmarked = self._unmarked, []
+            try:
+                self.backend.mark_sent(pending)
+            except BackendUnavailableError:
+                self._unmarked = pending + self._unmarked
+                raise
+
+    def _on_backend_down(self, exc: Exception, items: Sequence[QueueItem], now: datetime) -> None:
+        """Fail closed: publish nothing this tick, ask again soon, log once per outage."""
+        if not self._backend_down:
+            logger.error("fork scheduler: claim backend unavailable, publishing nothing until it is back: %s", exc)
+            self._backend_down = True
+        when = now.timestamp() + BACKEND_RETRY_SECONDS
+        for item in items:
+            entry = self.entries.get(item.entry.name)
+            if entry is item.entry:
+                self.queue.push(when, entry, item.slot, retry=item.retry)
+
+    def _on_backend_up(self) -> None:
+        if self._backend_down:
+            logger.warning("fork scheduler: claim backend reachable again, publishing resumes")
+            self._backend_down = False
+
+    def _seconds_to_next_wakeup(self) -> float:
+        wakeup = self.queue.next_wakeup()
+        if self._unmarked:
+            wakeup = min(wakeup or float("inf"), self.clock().timestamp() + BACKEND_RETRY_SECONDS)
+        if wakeup is None:
+            return float(self.max_interval)
+        return max(0.0, min(wakeup - self.clock().timestamp(), float(self.max_interval)))
+
+    # -- Celery's Scheduler hooks -------------------------------------------------------------
+
+    def get_schedule(self) -> dict[str, Entry]:
+        """The entries, by name."""
+        return self.entries
+
+    def set_schedule(self, schedule: Any) -> None:
+        """Celery sets an empty ``data`` dict at construction; entries come from setup_schedule."""
+
+    schedule = property(get_schedule, set_schedule)
+
+    def sync(self) -> None:
+        """Persist backend state that is kept in memory."""
+        if self._backend is not None:
+            self._backend.sync()
+
+    def close(self) -> None:
+        """Sync, close the backend and release the broker connection."""
+        try:
+            super().close()
+        finally:
+            if self._backend is not None:
+                self._backend.close()
+
+    @property
+    def info(self) -> str:
+        """Shown in beat's startup banner."""
+        return f"    . fork scheduler -> {self.backend.describe()}"
