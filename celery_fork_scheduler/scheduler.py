@@ -22,7 +22,8 @@ from .backends.factory import create_backend
 from .config import Settings, read_settings
 from .entry import Entry, entries_from_config
 from .errors import BackendUnavailableError
-from .ids import ENTRY_HEADER, SLOT_HEADER, slot_isoformat, task_id_for
+from .ids import slot_isoformat, task_id_for
+from .publishing import CeleryPublisher, Publisher, build_occurrence
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -58,6 +59,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         schedule_filename: str | None = None,
         clock: Clock | None = None,
         backend: ClaimBackend | None = None,
+        publisher: Publisher | None = None,
         **kwargs: Any,
     ) -> None:
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
@@ -66,6 +68,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.queue = TimeQueue()
         self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
+        self.publisher: Publisher = publisher or CeleryPublisher(app, lambda: self.producer)
         self._backend: ClaimBackend | None = None
         self._backend_down = False
         self._unmarked: list[Claim] = []
@@ -164,9 +167,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return self._seconds_to_next_wakeup()
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
-        due = self._decide(items, now)
-        if not due and not self._unmarked:
-            return
+        due, follow_ups = self._decide(items, now)
         try:
             self._flush_unmarked()
             results = self.backend.claim([slot.claim for slot in due])
@@ -174,18 +175,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._on_backend_down(exc, items, now)
             return
         self._on_backend_up()
-        by_entry = {id(slot.claim): slot.entry for slot in due}
+        for entry, slot in follow_ups:
+            self.queue.push(slot.timestamp(), entry, slot)
+        by_claim = {id(slot.claim): slot.entry for slot in due}
         published = [
             result.claim
             for result in results
-            if self._settle(result, by_entry[id(result.claim)], now)
+            if self._settle(result, by_claim[id(result.claim)], now)
         ]
         self._unmarked.extend(published)
-        self._flush_unmarked()
+        try:
+            self._flush_unmarked()
+        except BackendUnavailableError as exc:
+            self._on_backend_down(exc, (), now)
 
-    def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[DueSlot]:
-        """Turn due queue items into slots to claim, queueing each entry's next slot."""
+    def _decide(
+        self, items: Iterable[QueueItem], now: datetime
+    ) -> tuple[list[DueSlot], list[tuple[Entry, datetime]]]:
+        """Turn due queue items into slots to claim, and each entry's next slot to queue."""
         due: list[DueSlot] = []
+        follow_ups: list[tuple[Entry, datetime]] = []
         for item in items:
             entry = self.entries.get(item.entry.name)
             if entry is not item.entry or not entry.enabled:
@@ -196,8 +205,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             due.extend(self._due_slot(entry, slot) for slot in self._slots_to_claim(entry, item.slot, now))
             upcoming = entry.first_slot_after(now)
             if upcoming is not None:
-                self.queue.push(upcoming.timestamp(), entry, upcoming)
-        return due
+                follow_ups.append((entry, upcoming))
+        return due, follow_ups
 
     def _slots_to_claim(self, entry: Entry, earliest: datetime, now: datetime) -> list[datetime]:
         """Slots from ``earliest`` to ``now``: each recent one, or only the latest when late.
@@ -232,28 +241,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return False
 
     def _publish(self, entry: Entry, claim: Claim) -> bool:
-        """Send one occurrence with its deterministic task id and headers."""
-        options = dict(entry.options)
-        headers = dict(options.pop("headers", None) or {})
-        headers.update(
-            {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(claim.slot), "celery_beat_task": True}
-        )
-        args = entry.args() if callable(entry.args) else entry.args
-        kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
-        task = self.app.tasks.get(entry.task)
+        """Send one occurrence; a failure is logged and leaves the claim for a takeover."""
         try:
-            if task is not None:
-                task.apply_async(
-                    args, kwargs, task_id=claim.task_id, headers=headers, producer=self.producer, **options
-                )
-            else:
-                self.app.send_task(
-                    entry.task, args, kwargs, task_id=claim.task_id, headers=headers,
-                    producer=self.producer, **options,
-                )
+            occurrence = build_occurrence(entry, claim.slot, claim.task_id)
+            self.publisher.publish(occurrence)
         except Exception:
             logger.exception(
-                "fork scheduler: publishing %s (%s) for slot %s failed", entry.name, entry.task, claim.slot
+                "fork scheduler: publishing %s (%s) for slot %s failed",
+                entry.name, entry.task, slot_isoformat(claim.slot),
             )
             return False
         logger.info(

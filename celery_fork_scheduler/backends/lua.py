@@ -24,15 +24,16 @@ from __future__ import annotations
 CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
   return {'early', slot - now}
 end
 local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
-local mine = ARGV[3] .. '|' .. now
+local mine = ARGV[3] .. '|' .. now_text
 if slot > hwm then
   redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
-             'task_id', ARGV[2], 'claimed_at', now)
+             'task_id', ARGV[2], 'claimed_at', now_text)
   redis.call('HSET', KEYS[2], ARGV[1], mine)
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
   return {'won', 0}
@@ -48,7 +49,7 @@ if owner ~= ARGV[3] and now < lease_end then
 end
 redis.call('HSET', KEYS[2], ARGV[1], mine)
 if slot == hwm then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'claimed_at', now)
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'claimed_at', now_text)
 end
 if owner == ARGV[3] then
   return {'won', 0}
@@ -61,12 +62,12 @@ return {'taken_over', 0}
 #: Returns 1 when the slot was still pending, 0 when another replica had recorded it already.
 MARK_SENT = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_text = t[1] .. string.format('%06d', tonumber(t[2]))
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 1 then
   redis.call('HINCRBY', KEYS[1], 'runs', 1)
   if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
-    redis.call('HSET', KEYS[1], 'state', 'sent', 'sent_at', now)
+    redis.call('HSET', KEYS[1], 'state', 'sent', 'sent_at', now_text)
   end
 end
 return removed

@@ -8,15 +8,19 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..errors import ConfigError
 
 #: Defaults that keep a hung Redis from blocking beat forever; user options override them.
+#: redis-py's own retries are off: the backend retries ``fork_scheduler_max_retries`` times.
 CLIENT_DEFAULTS: Mapping[str, Any] = {
     "socket_timeout": 5.0,
     "socket_connect_timeout": 5.0,
     "health_check_interval": 30,
+    "retry": Retry(NoBackoff(), 0),
 }
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from .clock import FakeClock
 from .processes import CeleryProcess, wait_until
+from .recording import RecordingPublisher
 from .redis_server import RedisServer, find_redis_server, free_port
 
-__all__ = ["CeleryProcess", "RedisServer", "find_redis_server", "free_port", "wait_until"]
+__all__ = [
+    "CeleryProcess",
+    "FakeClock",
+    "RecordingPublisher",
+    "RedisServer",
+    "find_redis_server",
+    "free_port",
+    "wait_until",
+]

@@ -1,0 +1,79 @@
+"""Publishing one occurrence: the message, its deterministic task id and headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from .entry import Entry
+from .ids import ENTRY_HEADER, SLOT_HEADER, slot_isoformat
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """What is sent for one slot of one entry."""
+
+    entry: str
+    slot: datetime
+    task: str
+    task_id: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    options: Mapping[str, Any]
+    headers: Mapping[str, Any]
+
+
+def build_occurrence(entry: Entry, slot: datetime, task_id: str) -> Occurrence:
+    """The message for ``slot`` of ``entry``: lazy args evaluated, headers added."""
+    options = dict(entry.options)
+    headers = dict(options.pop("headers", None) or {})
+    headers.update(
+        {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(slot), "celery_beat_task": True}
+    )
+    args = entry.args() if callable(entry.args) else entry.args
+    kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
+    return Occurrence(
+        entry=entry.name,
+        slot=slot,
+        task=entry.task,
+        task_id=task_id,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        options=options,
+        headers=headers,
+    )
+
+
+class Publisher(Protocol):
+    """Sends occurrences somewhere; raises on failure."""
+
+    def publish(self, occurrence: Occurrence) -> None:
+        """Send one occurrence."""
+
+
+class CeleryPublisher:
+    """Publishes through the Celery app, as Celery's own beat does, reusing one producer.
+
+    A registered task goes through ``Task.apply_async`` (so its own routing and options apply);
+    an unknown task name through ``app.send_task``.
+    """
+
+    def __init__(self, app: Any, producer: Callable[[], Any]) -> None:
+        self.app = app
+        self._producer = producer
+
+    def publish(self, occurrence: Occurrence) -> None:
+        """Send one occurrence with its task id and headers."""
+        task = self.app.tasks.get(occurrence.task)
+        common = {
+            "task_id": occurrence.task_id,
+            "headers": dict(occurrence.headers),
+            "producer": self._producer(),
+            **occurrence.options,
+        }
+        if task is not None:
+            task.apply_async(occurrence.args, occurrence.kwargs, **common)
+        else:
+            self.app.send_task(occurrence.task, occurrence.args, occurrence.kwargs, **common)

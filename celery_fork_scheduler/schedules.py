@@ -1,0 +1,1207 @@
+"""Schedules: pure slot maths, no I/O and no clock.
+
+A *slot* is one nominal fire time of a schedule, an aware UTC ``datetime`` computed from the
+schedule's definition alone, so every beat replica computes the same slots.
+
+Two families:
+
+* :class:`Interval` — ``anchor + phase + k * every`` in UTC (time zones are irrelevant).
+* wall-clock schedules (:class:`Daily`, :class:`Weekly`, :class:`Monthly`, :class:`Cron`) — the
+  schedule names local wall times in its zone; each wall time is mapped to UTC with these rules:
+
+  - a wall time that does not exist (spring forward) maps to the first instant after the gap, so
+    all the nonexistent times of one gap collapse into that one instant, which fires once;
+  - a wall time that occurs twice (fall back) maps to its first occurrence (``fold=0``).
+
+  The mapping never decreases, so slots strictly increase once equal instants are merged.
+
+:class:`Solar` delegates to Celery's ``solar`` maths (needs ``ephem``).
+
+Every schedule is a frozen, keyword-only dataclass and a ``celery.schedules.BaseSchedule``, so
+it also works under Celery's own beat (:meth:`SlotSchedule.is_due` is the only place that reads
+the clock).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+import functools
+import math
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import celery.schedules
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from .errors import ScheduleError
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Self
+    else:
+        from typing_extensions import Self
+
+__all__ = [
+    "Cron",
+    "Daily",
+    "EveryBuilder",
+    "Interval",
+    "Monthly",
+    "SlotSchedule",
+    "Solar",
+    "Weekly",
+    "at",
+    "coerce_schedule",
+    "cron",
+    "every",
+    "from_celery",
+    "parse_time",
+    "schedule_from_dict",
+    "to_zone",
+]
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_ONE_SECOND = timedelta(seconds=1)
+#: Instant from which :meth:`SlotSchedule.validate` looks for a first slot (never ``now()``).
+_VALIDATION_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
+#: What :meth:`SlotSchedule.is_due` tells Celery when a schedule has no further slot.
+_NEVER_RECHECK = timedelta(days=1)
+WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_UNITS = (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1))
+
+
+# --------------------------------------------------------------------------------------------
+# boundary converters
+# --------------------------------------------------------------------------------------------
+
+
+def to_zone(tz: str | tzinfo) -> ZoneInfo:
+    """Return the IANA zone named by ``tz`` (a name or a tzinfo); :class:`ScheduleError` if none."""
+    if isinstance(tz, ZoneInfo):
+        return tz
+    if isinstance(tz, str):
+        name = tz
+    elif tz == UTC:
+        name = "UTC"
+    else:
+        # pytz zones carry ``zone``, zoneinfo-like objects ``key``; anything else by its name.
+        name = str(getattr(tz, "key", None) or getattr(tz, "zone", None) or tz)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ScheduleError(
+            f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'"
+        ) from exc
+
+
+def parse_time(value: str | time) -> time:
+    """``"HH:MM"`` or ``"HH:MM:SS"`` (or a naive ``time``) to a ``time``; ScheduleError names it."""
+    if isinstance(value, time):
+        if value.tzinfo is not None:
+            raise ScheduleError(f"invalid time {value!r}: give a wall time without tzinfo")
+        return value.replace(microsecond=0)
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", value.strip())
+    if match is not None:
+        hour, minute, second = (int(part or 0) for part in match.groups())
+        if hour < 24 and minute < 60 and second < 60:
+            return time(hour, minute, second)
+    raise ScheduleError(
+        f"invalid time {value!r}: expected 'HH:MM' or 'HH:MM:SS' between 00:00 and 23:59:59"
+    )
+
+
+def _format_time(value: time) -> str:
+    return value.strftime("%H:%M:%S" if value.second else "%H:%M")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ScheduleError(f"naive datetime {moment.isoformat()!r}: expected an aware datetime")
+    return moment.astimezone(UTC)
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ScheduleError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _microseconds(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _describe_seconds(delta: timedelta) -> str:
+    total = _microseconds(delta)
+    if total % 1_000_000:
+        return f"{total / 1_000_000:g} seconds"
+    seconds = total // 1_000_000
+    for unit, size in _UNITS:
+        if seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    raise AssertionError("unreachable: a whole number of seconds is a number of seconds")
+
+
+def _seconds_value(delta: timedelta) -> int | float:
+    total = _microseconds(delta)
+    return total // 1_000_000 if total % 1_000_000 == 0 else total / 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# wall clock <-> UTC
+# --------------------------------------------------------------------------------------------
+
+
+def _first_offset_change(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The first whole-second instant in ``(low, high]`` whose UTC offset differs from ``low``'s.
+
+    The caller guarantees that exactly one transition lies in between.
+    """
+    before = low.astimezone(zone).utcoffset()
+    lo = math.floor((low - EPOCH).total_seconds())
+    hi = math.ceil((high - EPOCH).total_seconds())
+    while hi - lo > 1:
+        middle = (lo + hi) // 2
+        if (EPOCH + timedelta(seconds=middle)).astimezone(zone).utcoffset() == before:
+            lo = middle
+        else:
+            hi = middle
+    return EPOCH + timedelta(seconds=hi)
+
+
+def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+    """Map a naive wall time to UTC: a skipped time to the end of its gap, a repeated time to
+    its first occurrence (fold 0)."""
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    # Nonexistent: fold=1 reads it with the offset after the gap (an instant before the
+    # transition), fold=0 with the offset before it (an instant after the transition).
+    earlier = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    return _first_offset_change(zone, earlier, first)
+
+
+def _end_of_repeat(local: datetime, zone: ZoneInfo) -> datetime:
+    """For ``local`` in the second pass of a repeated hour (fold=1): the naive wall time at
+    which the repetition ends, the first wall time after it that is read only once."""
+    repeat = cast(timedelta, local.replace(fold=0).utcoffset()) - cast(timedelta, local.utcoffset())
+    at_utc = local.astimezone(UTC)
+    transition = _first_offset_change(zone, at_utc - repeat, at_utc)
+    return (transition + repeat).astimezone(zone).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotSchedule(celery.schedules.BaseSchedule, metaclass=abc.ABCMeta):  # type: ignore[misc]
+    """Abstract base of every schedule: slots are pure functions of the definition."""
+
+    #: IANA zone of the wall clock; ``None`` means "use the app default" (see resolve_timezone).
+    tz: ZoneInfo | None = None
+
+    type_name: ClassVar[str] = ""
+
+    # -- slot maths ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def next_slot(self, after: datetime) -> datetime | None:
+        """The first slot strictly after ``after`` (aware, any zone), as aware UTC; None if none."""
+
+    @abc.abstractmethod
+    def previous_slot(self, at: datetime) -> datetime | None:
+        """The last slot at or before ``at`` (aware), as aware UTC; None if none."""
+
+    def slots(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Slots with ``start < slot <= end``, ascending."""
+        current = _as_utc(start)
+        stop = _as_utc(end)
+        while True:
+            following = self.next_slot(current)
+            if following is None or following > stop:
+                return
+            yield following
+            current = following
+
+    # -- definition ----------------------------------------------------------------------
+
+    def with_timezone(self, tz: str | tzinfo) -> Self:
+        """A copy evaluated in the IANA zone ``tz`` (ScheduleError on an unknown zone)."""
+        return dataclasses.replace(self, tz=to_zone(tz))
+
+    def resolve_timezone(self, default: str | tzinfo | None) -> Self:
+        """A copy with ``tz=default`` if this schedule has no zone of its own, else ``self``."""
+        if self.tz is not None or default is None:
+            return self
+        return self.with_timezone(default)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone slots are computed in: ``tz``, or UTC while it is unresolved."""
+        return self.tz if self.tz is not None else _UTC_ZONE
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Human form, e.g. ``"every 5 minutes"`` or ``"daily at 10:30"``."""
+
+    def validate(self) -> None:
+        """Raise ScheduleError if the schedule can never fire (bounded in time)."""
+        if self.next_slot(_VALIDATION_REFERENCE) is None:
+            raise ScheduleError(f"schedule {self.describe()!r} never fires")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form with a ``"type"`` key and the zone name; see schedule_from_dict."""
+        return {"type": self.type_name, **self._fields_to_dict(), "tz": _zone_name(self.tz)}
+
+    @abc.abstractmethod
+    def _fields_to_dict(self) -> dict[str, Any]: ...
+
+    def _tz_suffix(self) -> str:
+        return f" in {self.tz.key}" if self.tz is not None else ""
+
+    # -- Celery compatibility --------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current time; read only by the Celery-compatibility methods, never by slot maths."""
+        return datetime.now(UTC)
+
+    def is_due(self, last_run_at: datetime) -> celery.schedules.schedstate:
+        """Celery's contract: ``(due, seconds until the next check)``."""
+        now = self.now()
+        following = self.next_slot(_celery_aware(last_run_at))
+        if following is not None and following <= now:
+            after_now = self.next_slot(now)
+            wait = _NEVER_RECHECK if after_now is None else after_now - now
+            return celery.schedules.schedstate(True, wait.total_seconds())
+        if following is None:
+            return celery.schedules.schedstate(False, _NEVER_RECHECK.total_seconds())
+        return celery.schedules.schedstate(False, (following - now).total_seconds())
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        """Time left until the first slot after ``last_run_at`` (may be negative if overdue)."""
+        following = self.next_slot(_celery_aware(last_run_at))
+        if following is None:
+            return _NEVER_RECHECK
+        return following - self.now()
+
+
+_UTC_ZONE = ZoneInfo("UTC")
+
+
+def _zone_name(zone: ZoneInfo | None) -> str | None:
+    return None if zone is None else zone.key
+
+
+def _celery_aware(moment: datetime) -> datetime:
+    """Celery hands naive datetimes around meaning UTC (enable_utc); accept them here only."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _frozen_setattr(self: object, name: str, value: object) -> None:
+    if name in ("app", "nowfun"):
+        # Celery's beat assigns ``schedule.app = app``; slots never depend on it.
+        return
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _accept_celery_assignments(cls: type[SlotSchedule]) -> None:
+    """Let Celery's ``schedule.app = app`` pass on a frozen schedule (it is ignored)."""
+    setattr(cls, "__setattr__", _frozen_setattr)  # noqa: B010
+
+
+# --------------------------------------------------------------------------------------------
+# intervals
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interval(SlotSchedule):
+    """``slot = anchor + phase + k * every``; anchor is ``start`` or the Unix epoch.
+
+    Without ``start`` the slots extend in both directions; with it, ``start + phase`` is the first.
+    """
+
+    every: timedelta
+    phase: timedelta = timedelta(0)
+    start: datetime | None = None
+
+    type_name: ClassVar[str] = "interval"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, timedelta) or self.every <= timedelta(0):
+            raise ScheduleError(f"interval must be a positive duration, got {self.every!r}")
+        if not isinstance(self.phase, timedelta):
+            raise ScheduleError(f"offset must be a duration, got {self.phase!r}")
+        if self.start is not None:
+            if not isinstance(self.start, datetime):
+                raise ScheduleError(f"start must be a datetime, got {self.start!r}")
+            object.__setattr__(self, "start", _as_utc(self.start))
+        else:
+            # Without an anchor the phase only matters modulo the interval.
+            phase = _microseconds(self.phase) % _microseconds(self.every)
+            object.__setattr__(self, "phase", timedelta(microseconds=phase))
+
+    # builders
+    def offset(self, **delta: float) -> Self:
+        """A copy whose slots are shifted by ``timedelta(**delta)`` (a phase)."""
+        try:
+            phase = timedelta(**delta)
+        except TypeError as exc:
+            raise ScheduleError(f"offset() takes timedelta keywords, got {delta!r}") from exc
+        return dataclasses.replace(self, phase=phase)
+
+    def starting(self, start: datetime) -> Self:
+        """A copy anchored at ``start`` (aware): the first slot is ``start`` (plus the offset)."""
+        if not isinstance(start, datetime):
+            raise ScheduleError(f"starting() takes an aware datetime, got {start!r}")
+        return dataclasses.replace(self, start=_as_utc(start))
+
+    @property
+    def _base(self) -> datetime:
+        return (self.start if self.start is not None else EPOCH) + self.phase
+
+    def next_slot(self, after: datetime) -> datetime | None:
+        step = _microseconds(self.every)
+        base = self._base
+        index = _microseconds(_as_utc(after) - base) // step + 1
+        if self.start is not None:
+            index = max(index, 0)
+        try:
+            return base + timedelta(microseconds=index * step)
+        except OverflowError:
+            return None
+
+    def previous_slot(self, at: datetime) -> datetime | None:
+        step = _microseconds(self.every)
+        base = self._base
+        index = _microseconds(_as_utc(at) - base) // step
+        if self.start is not None and index < 0:
+            return None
+        try:
+            return base + timedelta(microseconds=index * step)
+        except OverflowError:
+            return None
+
+    def describe(self) -> str:
+        text = f"every {_describe_seconds(self.every)}"
+        if self.phase:
+            text += f" offset by {_describe_seconds(self.phase)}"
+        if self.start is not None:
+            text += f" starting {self.start.isoformat()}"
+        return text
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {
+            "every": _seconds_value(self.every),
+            "offset": _seconds_value(self.phase),
+            "start": None if self.start is None else self.start.isoformat(),
+        }
+
+
+_accept_celery_assignments(Interval)
+
+
+# --------------------------------------------------------------------------------------------
+# wall-clock schedules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _WallClockSchedule(SlotSchedule):
+    """A schedule that names naive local wall times; maps them to UTC with the DST rules."""
+
+    @abc.abstractmethod
+    def _wall_next(self, wall: datetime) -> datetime | None:
+        """The first matching naive wall time strictly after ``wall``."""
+
+    @abc.abstractmethod
+    def _wall_previous(self, wall: datetime) -> datetime | None:
+        """The last matching naive wall time at or before ``wall``."""
+
+    def next_slot(self, after: datetime) -> datetime | None:
+        after_utc = _as_utc(after)
+        zone = self.zone
+        local = after_utc.astimezone(zone)
+        start = local.replace(tzinfo=None, fold=0)
+        if local.fold:
+            # The rest of the repeated hour was already read at its first occurrence.
+            start = _end_of_repeat(local, zone) - _ONE_MICROSECOND
+        while True:
+            wall = self._wall_next(start)
+            if wall is None:
+                return None
+            slot = _wall_to_utc(wall, zone)
+            if slot > after_utc:
+                return slot
+            start = wall
+
+    def previous_slot(self, at: datetime) -> datetime | None:
+        zone = self.zone
+        local = _as_utc(at).astimezone(zone)
+        limit = local.replace(tzinfo=None, fold=0)
+        if local.fold:
+            limit = _end_of_repeat(local, zone) - _ONE_MICROSECOND
+        wall = self._wall_previous(limit)
+        return None if wall is None else _wall_to_utc(wall, zone)
+
+
+def _times(values: tuple[str | time, ...]) -> tuple[time, ...]:
+    if not values:
+        raise ScheduleError("at least one time of day is required, e.g. '10:30'")
+    return tuple(sorted({parse_time(value) for value in values}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CalendarSchedule(_WallClockSchedule):
+    """Matching dates times matching times of day."""
+
+    times: tuple[time, ...] = (time(0, 0),)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", _times(tuple(self.times)))
+
+    def at(self, *times: str | time) -> Self:
+        """A copy firing at each of ``times`` (``"HH:MM"`` or ``"HH:MM:SS"``) local time."""
+        return dataclasses.replace(self, times=_times(times))
+
+    @abc.abstractmethod
+    def _date_on_or_after(self, day: date) -> date:
+        """The first matching date >= ``day``."""
+
+    @abc.abstractmethod
+    def _date_on_or_before(self, day: date) -> date:
+        """The last matching date <= ``day``."""
+
+    def _wall_next(self, wall: datetime) -> datetime | None:
+        day = wall.date()
+        try:
+            while True:
+                day = self._date_on_or_after(day)
+                for moment in self.times:
+                    candidate = datetime.combine(day, moment)
+                    if candidate > wall:
+                        return candidate
+                day += timedelta(days=1)
+        except OverflowError:
+            return None
+
+    def _wall_previous(self, wall: datetime) -> datetime | None:
+        day = wall.date()
+        try:
+            while True:
+                day = self._date_on_or_before(day)
+                for moment in reversed(self.times):
+                    candidate = datetime.combine(day, moment)
+                    if candidate <= wall:
+                        return candidate
+                day -= timedelta(days=1)
+        except OverflowError:
+            return None
+
+    def _times_text(self) -> str:
+        return ", ".join(_format_time(moment) for moment in self.times)
+
+    def _times_list(self) -> list[str]:
+        return [_format_time(moment) for moment in self.times]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Daily(_CalendarSchedule):
+    """Every ``every_days``-th local day counted from 1970-01-01, at each of ``times``."""
+
+    every_days: int = 1
+
+    type_name: ClassVar[str] = "daily"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(self.every_days, "every(n).days: n")
+
+    def _date_on_or_after(self, day: date) -> date:
+        return day + timedelta(days=-(day.toordinal() - _EPOCH_ORDINAL) % self.every_days)
+
+    def _date_on_or_before(self, day: date) -> date:
+        return day - timedelta(days=(day.toordinal() - _EPOCH_ORDINAL) % self.every_days)
+
+    def describe(self) -> str:
+        days = "daily" if self.every_days == 1 else f"every {self.every_days} days"
+        return f"{days} at {self._times_text()}{self._tz_suffix()}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"every": self.every_days, "times": self._times_list()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Weekly(_CalendarSchedule):
+    """On each of ``weekdays`` (0 = Monday) at each of ``times``."""
+
+    weekdays: tuple[int, ...] = (0,)
+
+    type_name: ClassVar[str] = "weekly"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        days = tuple(self.weekdays)
+        if not days or any(isinstance(d, bool) or d not in range(7) for d in days):
+            raise ScheduleError(f"weekdays must be 0 (Monday) to 6 (Sunday), got {days!r}")
+        object.__setattr__(self, "weekdays", tuple(sorted(set(days))))
+
+    def _date_on_or_after(self, day: date) -> date:
+        wait = min((weekday - day.weekday()) % 7 for weekday in self.weekdays)
+        return day + timedelta(days=wait)
+
+    def _date_on_or_before(self, day: date) -> date:
+        back = min((day.weekday() - weekday) % 7 for weekday in self.weekdays)
+        return day - timedelta(days=back)
+
+    def describe(self) -> str:
+        names = ", ".join(WEEKDAY_NAMES[d] for d in self.weekdays)
+        return f"every {names} at {self._times_text()}{self._tz_suffix()}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"weekdays": [WEEKDAY_NAMES[d] for d in self.weekdays], "times": self._times_list()}
+
+
+def _month_index(day: date) -> int:
+    return (day.year - 1970) * 12 + day.month - 1
+
+
+def _month_start(index: int) -> date:
+    year, month = divmod(index, 12)
+    return date(1970 + year, month + 1, 1)
+
+
+def _month_length(first: date) -> int:
+    following = _month_start(_month_index(first) + 1)
+    return (following - first).days
+
+
+@dataclass(frozen=True, kw_only=True)
+class Monthly(_CalendarSchedule):
+    """On each of ``days`` of every ``every_months``-th month (counted from January 1970).
+
+    ``-1`` is the last day of the month, ``-2`` the one before; a day the month does not have
+    (31 in April) is skipped that month.
+    """
+
+    days: tuple[int, ...] = (1,)
+    every_months: int = 1
+
+    type_name: ClassVar[str] = "monthly"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(self.every_months, "every(n).months: n")
+        days = tuple(self.days)
+        if not days or any(
+            isinstance(d, bool) or not isinstance(d, int) or d == 0 or not -31 <= d <= 31
+            for d in days
+        ):
+            raise ScheduleError(f"days of month must be 1..31 or -1..-31, got {days!r}")
+        object.__setattr__(self, "days", tuple(sorted(set(days), key=lambda d: (d < 0, d))))
+
+    def on(self, *days: int) -> Self:
+        """A copy firing on each of ``days`` (1..31, or -1 = last day, -2 = second to last)."""
+        return dataclasses.replace(self, days=days)
+
+    def _days_in(self, first: date) -> list[int]:
+        length = _month_length(first)
+        resolved = {d if d > 0 else length + 1 + d for d in self.days}
+        return sorted(d for d in resolved if 1 <= d <= length)
+
+    def _date_on_or_after(self, day: date) -> date:
+        index = _month_index(day)
+        index += -index % self.every_months
+        lowest = day.day if index == _month_index(day) else 1
+        while True:  # a month with a matching day comes within a year for any every_months
+            first = _month_start(index)
+            for number in self._days_in(first):
+                if number >= lowest:
+                    return first.replace(day=number)
+            index += self.every_months
+            lowest = 1
+
+    def _date_on_or_before(self, day: date) -> date:
+        index = _month_index(day)
+        index -= index % self.every_months
+        highest = day.day if index == _month_index(day) else 31
+        while True:
+            first = _month_start(index)
+            for number in reversed(self._days_in(first)):
+                if number <= highest:
+                    return first.replace(day=number)
+            index -= self.every_months
+            highest = 31
+
+    def describe(self) -> str:
+        months = "monthly" if self.every_months == 1 else f"every {self.every_months} months"
+        days = ",".join(str(d) for d in self.days)
+        return f"{months} on {days} at {self._times_text()}{self._tz_suffix()}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"every": self.every_months, "days": list(self.days), "times": self._times_list()}
+
+
+for _calendar_class in (Daily, Weekly, Monthly):
+    _accept_celery_assignments(_calendar_class)
+
+
+# --------------------------------------------------------------------------------------------
+# cron
+# --------------------------------------------------------------------------------------------
+
+MACROS: dict[str, str] = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_MONTH_NAMES = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+_DOW_NAMES = {name: n for n, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+
+
+@dataclass(frozen=True)
+class _CronField:
+    name: str
+    low: int
+    high: int
+    names: Mapping[str, int]
+
+    @property
+    def span(self) -> int:
+        return self.high - self.low + 1
+
+
+_SECOND = _CronField("second", 0, 59, {})
+_MINUTE = _CronField("minute", 0, 59, {})
+_HOUR = _CronField("hour", 0, 23, {})
+_DOM = _CronField("day-of-month", 1, 31, {})
+_MONTH = _CronField("month", 1, 12, _MONTH_NAMES)
+_DOW = _CronField("day-of-week", 0, 7, _DOW_NAMES)
+_FIVE_FIELDS = (_MINUTE, _HOUR, _DOM, _MONTH, _DOW)
+_SIX_FIELDS = (_SECOND, *_FIVE_FIELDS)
+
+_STEP_ITEM = re.compile(r"(?P<base>[^/]+)/(?P<step>[^/]*)")
+_RANGE_ITEM = re.compile(r"(?P<low>[a-z0-9]+)-(?P<high>[a-z0-9]+)")
+
+
+def _cron_value(token: str, spec: _CronField) -> int:
+    number = spec.names.get(token) if not token.isdigit() else int(token)
+    if number is None or not spec.low <= number <= spec.high:
+        names = f" or a name ({', '.join(spec.names)})" if spec.names else ""
+        raise ValueError(f"{token!r} is not a value {spec.low}-{spec.high}{names}")
+    return number
+
+
+def _check_cron_item(item: str, spec: _CronField) -> None:
+    """Raise ValueError describing why ``item`` (one comma-separated part) is not acceptable."""
+    if item in ("*", "?"):
+        if item == "?" and spec not in (_DOM, _DOW):
+            raise ValueError("'?' is only allowed in day-of-month and day-of-week")
+        return
+    if spec is _DOM and (item == "l" or re.fullmatch(r"\d+w|w\d+", item)):
+        if item != "l":
+            _cron_value(item.strip("w"), spec)
+        return
+    if spec is _DOW:
+        nth = re.fullmatch(r"(?P<day>[a-z0-9]+)#(?P<nth>\d+)", item)
+        if nth is not None:
+            _cron_value(nth["day"], spec)
+            if not 1 <= int(nth["nth"]) <= 5:
+                raise ValueError(f"{item!r}: the n in day#n must be 1-5")
+            return
+        if re.fullmatch(r"l[0-7]", item):
+            return
+    step = _STEP_ITEM.fullmatch(item)
+    base = item
+    if step is not None:
+        base = step["base"]
+        if not step["step"].isdigit() or not 1 <= int(step["step"]) <= spec.span:
+            raise ValueError(f"step in {item!r} must be 1-{spec.span}")
+        if base == "*":
+            return
+    span = _RANGE_ITEM.fullmatch(base)
+    if span is not None:
+        _cron_value(span["low"], spec)
+        if not (spec is _DOM and span["high"] == "l"):
+            _cron_value(span["high"], spec)
+        return
+    _cron_value(base, spec)
+
+
+def _check_cron_syntax(expr: str) -> tuple[str, bool]:
+    """Validate every field of ``expr``; return (expression for croniter, seconds-first?)."""
+    effective = MACROS.get(expr.lower(), expr)
+    if effective.startswith("@"):
+        raise ScheduleError(
+            f"cron {expr!r}: unknown macro, expected one of {', '.join(sorted(MACROS))}"
+        )
+    parts = effective.lower().split()
+    if len(parts) == 5:
+        specs: tuple[_CronField, ...] = _FIVE_FIELDS
+    elif len(parts) == 6:
+        specs = _SIX_FIELDS
+    else:
+        raise ScheduleError(
+            f"cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week) "
+            f"or 6 with seconds first, got {len(parts)}"
+        )
+    for part, spec in zip(parts, specs, strict=True):
+        for item in part.split(","):
+            try:
+                _check_cron_item(item, spec)
+            except ValueError as exc:
+                raise ScheduleError(f"cron {expr!r}: {spec.name} field {part!r}: {exc}") from None
+    return " ".join(parts), len(parts) == 6
+
+
+@functools.lru_cache(maxsize=4096)
+def _croniter_prototype(expr: str, day_or: bool) -> croniter:
+    """A parsed croniter for ``expr``, shared read-only; callers work on a shallow copy."""
+    effective, seconds_first = _check_cron_syntax(expr)
+    try:
+        return croniter(
+            effective,
+            datetime(2000, 1, 1),
+            day_or=day_or,
+            second_at_beginning=seconds_first,
+        )
+    except CroniterError as exc:
+        raise ScheduleError(f"cron {expr!r}: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cron(_WallClockSchedule):
+    """A cron expression in local wall time: 5 fields, 6 with seconds first, or a macro.
+
+    ``day_or`` is Vixie cron's rule (a restricted day-of-month OR a restricted day-of-week);
+    ``False`` is Celery ``crontab``'s AND.
+    """
+
+    expr: str
+    day_or: bool = True
+
+    type_name: ClassVar[str] = "cron"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.expr, str):
+            raise ScheduleError(f"cron expression must be a string, got {self.expr!r}")
+        expr = " ".join(self.expr.split())
+        if expr.lower() in MACROS:
+            expr = expr.lower()
+        object.__setattr__(self, "expr", expr)
+        parsed = _croniter_prototype(expr, bool(self.day_or))
+        days, weekdays = parsed.expanded[2], parsed.expanded[4]
+        both_restricted = days != ["*"] and weekdays != ["*"]
+        # AND and OR only differ when both day fields are restricted: keep one definition.
+        object.__setattr__(self, "day_or", bool(self.day_or) or not both_restricted)
+
+    def _iterator(self) -> croniter:
+        return copy.copy(_croniter_prototype(self.expr, self.day_or))
+
+    def _wall_next(self, wall: datetime) -> datetime | None:
+        try:
+            return self._iterator().get_next(datetime, start_time=wall)
+        except CroniterBadDateError:
+            return None
+
+    def _wall_previous(self, wall: datetime) -> datetime | None:
+        # croniter's get_prev is strict; a microsecond later makes it inclusive (it truncates).
+        try:
+            return self._iterator().get_prev(datetime, start_time=wall + _ONE_MICROSECOND)
+        except CroniterBadDateError:
+            return None
+
+    def validate(self) -> None:
+        """Syntax was checked at construction; also require a first slot (croniter looks 50
+        years ahead, a few milliseconds), so ``0 0 30 2 *`` fails at load time."""
+        if self.next_slot(_VALIDATION_REFERENCE) is None:
+            raise ScheduleError(f"cron {self.expr!r} never fires (no matching date)")
+
+    def describe(self) -> str:
+        text = f"cron {self.expr}"
+        if not self.day_or:
+            text += " (day of month and day of week)"
+        return text + self._tz_suffix()
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"expr": self.expr, "day_or": self.day_or}
+
+
+_accept_celery_assignments(Cron)
+
+
+# --------------------------------------------------------------------------------------------
+# solar (Celery's maths, needs ephem)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _celery_solar(event: str, lat: float, lon: float) -> Any:
+    try:
+        return celery.schedules.solar(event, lat, lon)
+    except Exception as exc:  # ImproperlyConfigured without ephem, ValueError on bad input
+        raise ScheduleError(f"solar {event!r} at ({lat}, {lon}): {exc}") from exc
+
+
+def _ceil_second(moment: datetime) -> datetime:
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + _ONE_SECOND
+
+
+@dataclass(frozen=True, kw_only=True)
+class Solar(SlotSchedule):
+    """A solar event at a place, via Celery's ``solar`` (ephem); slots rounded up to the second
+    so replicas agree despite floating point."""
+
+    event: str
+    lat: float
+    lon: float
+
+    type_name: ClassVar[str] = "solar"
+    #: How many days back previous_slot looks for an event that does not happen every day.
+    max_search_days: ClassVar[int] = 366
+
+    def __post_init__(self) -> None:
+        events = sorted(celery.schedules.solar._all_events)
+        if self.event not in events:
+            raise ScheduleError(f"solar event {self.event!r}: expected one of {', '.join(events)}")
+        if not -90 <= self.lat <= 90 or not -180 <= self.lon <= 180:
+            raise ScheduleError(f"solar position ({self.lat}, {self.lon}) is out of range")
+
+    def _solar(self) -> Any:
+        return _celery_solar(self.event, self.lat, self.lon)
+
+    def next_slot(self, after: datetime) -> datetime | None:
+        solar = self._solar()
+        start = _as_utc(after).replace(tzinfo=None)
+        found = solar._next_event(solar.ephem.Date(start))
+        return _ceil_second(found.datetime().replace(tzinfo=UTC))
+
+    def previous_slot(self, at: datetime) -> datetime | None:
+        solar = self._solar()
+        # ceil(event) <= at  <=>  event <= at truncated to the second
+        start = solar.ephem.Date(_as_utc(at).replace(microsecond=0, tzinfo=None))
+        method = getattr(solar.cal, solar.method.replace("next_", "previous_"))
+        kwargs = {"use_center": True} if solar.use_center else {}
+        sun = solar.ephem.Sun()
+        for _ in range(self.max_search_days):
+            try:
+                found = method(sun, start=start, **kwargs)
+            except solar.ephem.CircumpolarError:
+                start = solar.cal.previous_antitransit(sun, start=start)
+                continue
+            return _ceil_second(found.datetime().replace(tzinfo=UTC))
+        return None
+
+    def describe(self) -> str:
+        return f"solar {self.event} at ({self.lat}, {self.lon})"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "lat": self.lat, "lon": self.lon}
+
+
+_accept_celery_assignments(Solar)
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+# --------------------------------------------------------------------------------------------
+
+
+class EveryBuilder:
+    """``every(n)`` — pick a unit: ``.seconds`` … ``.weeks`` (UTC intervals), ``.days`` (local
+    days at 00:00, see ``.at``), ``.monday`` … ``.sunday``, ``.months`` (see ``.on``)."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int = 1) -> None:
+        self._n = _positive_int(n, "every(n): n")
+
+    def __repr__(self) -> str:
+        return f"every({self._n})"
+
+    def _interval(self, seconds: int) -> Interval:
+        return Interval(every=timedelta(seconds=self._n * seconds))
+
+    @property
+    def second(self) -> Interval:
+        return self._interval(1)
+
+    seconds = second
+
+    @property
+    def minute(self) -> Interval:
+        return self._interval(60)
+
+    minutes = minute
+
+    @property
+    def hour(self) -> Interval:
+        return self._interval(3_600)
+
+    hours = hour
+
+    @property
+    def week(self) -> Interval:
+        return self._interval(604_800)
+
+    weeks = week
+
+    @property
+    def day(self) -> Daily:
+        return Daily(every_days=self._n)
+
+    days = day
+
+    @property
+    def month(self) -> Monthly:
+        return Monthly(every_months=self._n)
+
+    months = month
+
+    def _weekday(self, weekday: int) -> Weekly:
+        if self._n != 1:
+            raise ScheduleError(
+                f"every({self._n}).{WEEKDAY_NAMES[weekday]}: weekday schedules take every(1)"
+            )
+        return Weekly(weekdays=(weekday,))
+
+    @property
+    def monday(self) -> Weekly:
+        return self._weekday(0)
+
+    @property
+    def tuesday(self) -> Weekly:
+        return self._weekday(1)
+
+    @property
+    def wednesday(self) -> Weekly:
+        return self._weekday(2)
+
+    @property
+    def thursday(self) -> Weekly:
+        return self._weekday(3)
+
+    @property
+    def friday(self) -> Weekly:
+        return self._weekday(4)
+
+    @property
+    def saturday(self) -> Weekly:
+        return self._weekday(5)
+
+    @property
+    def sunday(self) -> Weekly:
+        return self._weekday(6)
+
+
+def every(n: int = 1) -> EveryBuilder:
+    """Start a schedule: ``every(5).minutes``, ``every(1).day.at("10:30")``, …"""
+    return EveryBuilder(n)
+
+
+def at(*times: str | time) -> Daily:
+    """Daily at each of ``times`` (``"HH:MM"`` or ``"HH:MM:SS"``), local time."""
+    return Daily(times=_times(times))
+
+
+def cron(expr: str, tz: str | tzinfo | None = None) -> Cron:
+    """A cron schedule (5 fields, 6 with seconds first, or a macro) in zone ``tz``."""
+    return Cron(expr=expr, tz=None if tz is None else to_zone(tz))
+
+
+# --------------------------------------------------------------------------------------------
+# Celery schedules and other values
+# --------------------------------------------------------------------------------------------
+
+
+def _compress(values: set[int], low: int, high: int) -> str:
+    """``{1, 2, 3, 7}`` -> ``"1-3,7"``; the whole range -> ``"*"``."""
+    ordered = sorted(values)
+    if ordered == list(range(low, high + 1)):
+        return "*"
+    runs: list[str] = []
+    first = previous = ordered[0]
+    for value in [*ordered[1:], None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        runs.append(str(first) if first == previous else f"{first}-{previous}")
+        if value is not None:
+            first = previous = value
+    return ",".join(runs)
+
+
+def _crontab_zone(schedule: Any, default_tz: str | tzinfo | None) -> str | tzinfo | None:
+    app = getattr(schedule, "_app", None)
+    if app is not None and app.conf.timezone:
+        return cast("str | tzinfo", app.conf.timezone)
+    return default_tz
+
+
+def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
+    fields = (
+        _compress(schedule.minute, 0, 59),
+        _compress(schedule.hour, 0, 23),
+        _compress(schedule.day_of_month, 1, 31),
+        _compress(schedule.month_of_year, 1, 12),
+        _compress(schedule.day_of_week, 0, 6),
+    )
+    zone = _crontab_zone(schedule, default_tz)
+    # Celery ANDs a restricted day-of-month with a restricted day-of-week.
+    return Cron(expr=" ".join(fields), day_or=False, tz=None if zone is None else to_zone(zone))
+
+
+def _interval_from(value: timedelta | float) -> Interval:
+    every = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if every <= timedelta(0):
+        raise ScheduleError(f"interval must be positive, got {value!r}")
+    return Interval(every=every)
+
+
+def from_celery(schedule: object, default_tz: str | tzinfo | None = None) -> SlotSchedule:
+    """Turn a Celery schedule (crontab, schedule, solar), a timedelta or seconds into slots."""
+    result: SlotSchedule
+    if isinstance(schedule, SlotSchedule):
+        result = schedule
+    elif isinstance(schedule, celery.schedules.crontab):
+        result = _from_crontab(schedule, default_tz)
+    elif isinstance(schedule, celery.schedules.solar):
+        result = Solar(event=schedule.event, lat=schedule.lat, lon=schedule.lon)
+    elif isinstance(schedule, celery.schedules.schedule):
+        result = _interval_from(schedule.run_every)
+    elif isinstance(schedule, timedelta) or (
+        isinstance(schedule, (int, float)) and not isinstance(schedule, bool)
+    ):
+        result = _interval_from(schedule)
+    else:
+        raise ScheduleError(
+            f"cannot use {schedule!r} as a schedule: expected a schedule, a string, seconds, "
+            "a timedelta or a Celery crontab/schedule/solar"
+        )
+    return result.resolve_timezone(default_tz)
+
+
+def coerce_schedule(value: object, default_tz: str | tzinfo | None = None) -> SlotSchedule:
+    """Any accepted schedule value (string forms included) to a SlotSchedule with tz resolved."""
+    if isinstance(value, str):
+        from .schedule_parsing import parse_schedule
+
+        return parse_schedule(value).resolve_timezone(default_tz)
+    return from_celery(value, default_tz)
+
+
+# --------------------------------------------------------------------------------------------
+# dict codec
+# --------------------------------------------------------------------------------------------
+
+
+def _field(
+    data: Mapping[str, Any], name: str, kinds: type | tuple[type, ...], default: Any = ...
+) -> Any:
+    if name not in data and default is not ...:
+        return default
+    if name not in data:
+        raise ScheduleError(f"schedule field {name!r} is missing")
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ScheduleError(f"schedule field {name!r} has a bad value {value!r}")
+    return value
+
+
+def _field_times(data: Mapping[str, Any]) -> tuple[time, ...]:
+    values = _field(data, "times", list)
+    try:
+        return _times(tuple(values))
+    except ScheduleError as exc:
+        raise ScheduleError(f"schedule field 'times': {exc}") from None
+
+
+def _decode(kind: str, data: Mapping[str, Any]) -> SlotSchedule:
+    if kind == "interval":
+        text = None if data.get("start") is None else _field(data, "start", str)
+        try:
+            start = None if text is None else datetime.fromisoformat(text)
+        except ValueError:
+            raise ScheduleError(f"schedule field 'start' has a bad value {text!r}") from None
+        return Interval(
+            every=timedelta(seconds=_field(data, "every", (int, float))),
+            phase=timedelta(seconds=_field(data, "offset", (int, float), 0)),
+            start=start,
+        )
+    if kind == "daily":
+        return Daily(every_days=_field(data, "every", int), times=_field_times(data))
+    if kind == "weekly":
+        names = _field(data, "weekdays", list)
+        if not all(name in WEEKDAY_NAMES for name in names):
+            raise ScheduleError(f"schedule field 'weekdays' has a bad value {names!r}")
+        return Weekly(
+            weekdays=tuple(WEEKDAY_NAMES.index(n) for n in names), times=_field_times(data)
+        )
+    if kind == "monthly":
+        return Monthly(
+            every_months=_field(data, "every", int),
+            days=tuple(_field(data, "days", list)),
+            times=_field_times(data),
+        )
+    if kind == "cron":
+        day_or = data.get("day_or", True)
+        if not isinstance(day_or, bool):
+            raise ScheduleError(f"schedule field 'day_or' has a bad value {day_or!r}")
+        return Cron(expr=_field(data, "expr", str), day_or=day_or)
+    if kind == "solar":
+        return Solar(
+            event=_field(data, "event", str),
+            lat=_field(data, "lat", (int, float)),
+            lon=_field(data, "lon", (int, float)),
+        )
+    raise ScheduleError(
+        f"schedule field 'type' has an unknown value {kind!r}: expected one of "
+        "interval, daily, weekly, monthly, cron, solar"
+    )
+
+
+def schedule_from_dict(data: Mapping[str, Any]) -> SlotSchedule:
+    """The inverse of :meth:`SlotSchedule.to_dict`; ScheduleError names a bad field."""
+    if not isinstance(data, Mapping):
+        raise ScheduleError(f"schedule must be a mapping, got {data!r}")
+    kind = _field(data, "type", str)
+    zone_name = data.get("tz")
+    if zone_name is not None and not isinstance(zone_name, str):
+        raise ScheduleError(f"schedule field 'tz' has a bad value {zone_name!r}")
+    try:
+        result = _decode(kind, data)
+    except ScheduleError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ScheduleError(f"schedule of type {kind!r} is invalid: {exc}") from exc
+    if zone_name is None:
+        return result
+    try:
+        return result.with_timezone(zone_name)
+    except ScheduleError as exc:
+        raise ScheduleError(f"schedule field 'tz': {exc}") from None

@@ -1,0 +1,30 @@
+"""A publisher that records occurrences instead of sending them."""
+
+from __future__ import annotations
+
+from ..publishing import Occurrence
+
+__all__ = ["RecordingPublisher"]
+
+
+class RecordingPublisher:
+    """Keeps every occurrence the scheduler publishes, in order, in :attr:`occurrences`."""
+
+    def __init__(self) -> None:
+        self.occurrences: list[Occurrence] = []
+
+    def publish(self, occurrence: Occurrence) -> None:
+        """Record the occurrence."""
+        self.occurrences.append(occurrence)
+
+    def fired(self, entry: str | None = None) -> list[str]:
+        """The slots published (ISO-8601 UTC), of one entry or of all."""
+        return [
+            occurrence.slot.isoformat()
+            for occurrence in self.occurrences
+            if entry is None or occurrence.entry == entry
+        ]
+
+    def clear(self) -> None:
+        """Forget what was recorded."""
+        self.occurrences.clear()

@@ -1,0 +1,105 @@
+"""`celery beat -S fork` as a real process, with a real worker and a real Redis broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import redis
+
+from celery_fork_scheduler.entry import entries_from_config
+from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+
+from .conftest import dump_logs
+from .harness import worker_fires, write_project
+
+pytestmark = pytest.mark.e2e
+
+MIXED_SCHEDULE = """
+app.conf.beat_schedule = {
+    "interval-3s": {"task": "record", "schedule": every(3).seconds, "args": [1]},
+    "cron-6-fields-5s": {"task": "record", "schedule": "*/5 * * * * *"},
+    "native-crontab": {"task": "record", "schedule": crontab(minute="*")},
+    "native-timedelta-4s": {"task": "record", "schedule": timedelta(seconds=4)},
+    "string-every-2s": {"task": "record", "schedule": "every 2 seconds"},
+}
+"""
+
+
+def test_beat_publishes_each_slot_once_with_headers_and_task_id(
+    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+) -> None:
+    module = write_project(workdir, MIXED_SCHEDULE)
+    env = {"TEST_BROKER_URL": redis_url}
+    client = redis.Redis.from_url(redis_url)
+    worker = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, env=env)
+    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, env=env)
+    processes.extend([worker, beat])
+    worker.start()
+    beat.start()
+    wait_until(lambda: "sent " in beat.log(), timeout=60, what="the first publish\n" + dump_logs(processes))
+    start = datetime.now(timezone.utc)
+    # Run until the minute boundary has passed, so the native crontab fires at least once.
+    boundary = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = max(start + timedelta(seconds=20), boundary + timedelta(seconds=3))
+    time.sleep((end - datetime.now(timezone.utc)).total_seconds())
+    beat.stop()
+    wait_until(lambda: client.llen("celery") == 0, timeout=60, what="the worker to drain the queue")
+    wait_until(lambda: worker_fires(client).counts["native-crontab"], timeout=30, what="crontab fire")
+
+    sys.path.insert(0, str(workdir))
+    try:
+        project = __import__(module)
+    finally:
+        sys.path.remove(str(workdir))
+    fires = worker_fires(client)
+    entries = entries_from_config(project.app.conf.beat_schedule, default_timezone=timezone.utc)
+    window_end = end - timedelta(seconds=2)
+    for name, entry in entries.items():
+        expected = {slot.isoformat() for slot in entry.schedule.slots(start, window_end)}
+        assert expected, name
+        assert expected <= fires.slots(name), (name, sorted(expected - fires.slots(name)))
+    assert fires.duplicates() == 0
+    for (entry_name, slot), ids in fires.task_ids.items():
+        assert ids == {task_id_for(entry_name, datetime.fromisoformat(slot))}
+    assert fires.counts["native-crontab"][boundary.isoformat()] == 1
+
+
+def test_a_bad_entry_stops_beat_at_start_up_with_a_message_naming_it(
+    redis_url: str, workdir: Path
+) -> None:
+    module = write_project(
+        workdir,
+        """
+        app.conf.beat_schedule = {
+            "fine": {"task": "record", "schedule": 10},
+            "nightly-report": {"task": "record", "schedule": "0 0 30 2 *"},
+        }
+        """,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", module, "beat", "-S", "fork", "-s", str(workdir / "s")],
+        cwd=workdir, env={"TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "entry 'nightly-report', field 'schedule'" in output
+
+
+def test_scheduler_alias_fork_is_registered() -> None:
+    from celery.utils.imports import load_extension_class_names
+
+    aliases = dict(load_extension_class_names("celery.beat_schedulers"))
+    assert aliases["fork"] == "celery_fork_scheduler.scheduler:Scheduler"
+
+
+def test_redis_server_helper_starts_a_private_server() -> None:
+    with RedisServer() as server:
+        assert redis.Redis.from_url(server.url).ping()
+    assert server.process is None

@@ -1,0 +1,128 @@
+"""Properties every schedule must have, checked with Hypothesis (DST days weighted in)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import croniter.croniter as croniter_module
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from celery_fork_scheduler.schedules import (
+    SlotSchedule,
+    _croniter_prototype,
+    at,
+    cron,
+    every,
+    schedule_from_dict,
+)
+
+UTC = timezone.utc
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+
+DEFINITIONS: list[SlotSchedule] = [
+    every(5).minutes,
+    every(7).seconds.offset(seconds=3),
+    every(1).hour.starting(datetime(2026, 1, 1, 0, 30, tzinfo=UTC)),
+    at("02:30"),
+    at("01:45", "02:00", "02:15", "03:00"),
+    every(3).days.at("02:30"),
+    every().sunday.at("02:30"),
+    every(1).month.on(1, 15, -1).at("02:30"),
+    cron("*/20 * * * *"),
+    cron("30 1-3 * * *"),
+    cron("*/15 2 * * *"),
+    cron("0 0 29 2 *"),
+    cron("0 0 L * *"),
+    cron("0,30 */10 * * * *"),
+    cron("0 0 13 * 5"),
+    cron("@weekly"),
+]
+
+schedules = st.builds(
+    lambda definition, zone: definition.with_timezone(zone),
+    st.sampled_from(DEFINITIONS),
+    st.sampled_from(ZONES),
+)
+
+# DST transition instants (UTC) of the sampled zones in 2026, for instants close to them.
+TRANSITIONS = [
+    datetime(2026, 3, 29, 1, tzinfo=UTC),
+    datetime(2026, 10, 25, 1, tzinfo=UTC),
+    datetime(2026, 3, 8, 7, tzinfo=UTC),
+    datetime(2026, 11, 1, 6, tzinfo=UTC),
+    datetime(2026, 4, 4, 15, tzinfo=UTC),
+    datetime(2026, 10, 3, 15, 30, tzinfo=UTC),
+]
+
+near_transitions = st.builds(
+    lambda base, seconds: base + timedelta(seconds=seconds),
+    st.sampled_from(TRANSITIONS),
+    st.integers(min_value=-3 * 3600, max_value=3 * 3600),
+)
+anywhere = st.datetimes(
+    min_value=datetime(2020, 1, 1), max_value=datetime(2032, 12, 31), timezones=st.just(UTC)
+)
+instants = st.one_of(near_transitions, anywhere)
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_slots_strictly_increase(schedule: SlotSchedule, start: datetime) -> None:
+    moment = start
+    for _ in range(12):
+        following = schedule.next_slot(moment)
+        assert following is not None
+        assert following > moment
+        assert following.utcoffset() == timedelta(0)
+        moment = following
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_next_slot_is_the_first_of_slots(schedule: SlotSchedule, start: datetime) -> None:
+    window = list(schedule.slots(start, start + timedelta(days=3 * 366)))
+    assert window
+    assert schedule.next_slot(start) == window[0]
+    assert window == sorted(set(window))
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_previous_slot_of_a_slot_is_that_slot(schedule: SlotSchedule, start: datetime) -> None:
+    following = schedule.next_slot(start)
+    assert following is not None
+    assert schedule.previous_slot(following) == following
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_previous_and_next_slot_bracket_an_instant(
+    schedule: SlotSchedule, start: datetime
+) -> None:
+    previous = schedule.previous_slot(start)
+    following = schedule.next_slot(start)
+    assert following is not None
+    if previous is not None:
+        assert previous <= start < following
+        assert schedule.next_slot(previous) == following
+
+
+@settings(max_examples=40, deadline=None)
+@given(definition=st.sampled_from(DEFINITIONS), zone=st.sampled_from(ZONES), start=instants)
+def test_slots_do_not_depend_on_when_the_schedule_was_created(
+    definition: SlotSchedule, zone: str, start: datetime
+) -> None:
+    early = definition.with_timezone(zone)
+    expected = list(early.slots(start, start + timedelta(days=40)))[:10]
+    # Rebuild the schedule (and croniter's parsed state) while "now" is decades away.
+    _croniter_prototype.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(croniter_module, "time", lambda: 4_102_444_800.0)  # 2100-01-01
+        late = schedule_from_dict(early.to_dict())
+        assert list(late.slots(start, start + timedelta(days=40)))[:10] == expected
+    _croniter_prototype.cache_clear()
+    assert late == early
