@@ -75,7 +75,9 @@ def _zone(name: str, value: object) -> tzinfo | None:
     if isinstance(value, tzinfo):
         return value
     if not isinstance(value, str) or not value:
-        raise _fail(name, "timezone", f"must be an IANA zone name such as 'Europe/Berlin', not {value!r}")
+        raise _fail(
+            name, "timezone", f"must be an IANA zone name such as 'Europe/Berlin', not {value!r}"
+        )
     try:
         return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -153,9 +155,8 @@ def entry_from_config(
         raise _fail(name, "schedule", str(exc)) from None
 
     args = definition.get("args") or ()
-    if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, (list, tuple)):
-        if not callable(args):
-            raise _fail(name, "args", f"must be a list or tuple, not {args!r}")
+    if not isinstance(args, (list, tuple)) and not callable(args):
+        raise _fail(name, "args", f"must be a list or tuple, not {args!r}")
     kwargs = definition.get("kwargs") or {}
     if not isinstance(kwargs, Mapping) and not callable(kwargs):
         raise _fail(name, "kwargs", f"must be a dict, not {kwargs!r}")
@@ -197,7 +198,9 @@ def entries_from_config(
     if not beat_schedule:
         return {}
     if not isinstance(beat_schedule, Mapping):
-        raise ConfigError(f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule")
+        raise ConfigError(
+            f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule"
+        )
     return {
         name: entry_from_config(name, definition, default_timezone=default_timezone)
         for name, definition in beat_schedule.items()

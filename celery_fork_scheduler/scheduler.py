@@ -93,7 +93,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def setup_schedule(self) -> None:
         """Validate every entry, pick the backend and queue each entry's first slot."""
-        entries = entries_from_config(self.app.conf.beat_schedule, default_timezone=self.default_timezone)
+        entries = entries_from_config(
+            self.app.conf.beat_schedule, default_timezone=self.default_timezone
+        )
         entries.update(self._default_entries(entries))
         self.entries = entries
         backend = self.backend
@@ -105,7 +107,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "protected from each other"
             )
         if not self.settings.enabled:
-            logger.warning("fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing")
+            logger.warning(
+                "fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing"
+            )
             return
         self._queue_first_slots(self.clock())
 
@@ -130,14 +134,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             marks = self.backend.high_water_marks([entry.name for entry in enabled])
         except BackendUnavailableError as exc:
-            logger.warning("fork scheduler: cannot read high-water marks (%s); starting afresh", exc)
+            logger.warning(
+                "fork scheduler: cannot read high-water marks (%s); starting afresh", exc
+            )
             marks = {}
         for entry in enabled:
             slot = self._first_slot(entry, marks.get(entry.name), now)
             if slot is not None:
                 self.queue.push(slot.timestamp(), entry, slot)
 
-    def _first_slot(self, entry: Entry, high_water_mark: datetime | None, now: datetime) -> datetime | None:
+    def _first_slot(
+        self, entry: Entry, high_water_mark: datetime | None, now: datetime
+    ) -> datetime | None:
         """The first slot to handle at start-up.
 
         A new entry waits for its next slot (beat starting is no reason to fire). An entry that
@@ -152,7 +160,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return upcoming
         deadline = self.app.conf.beat_cron_starting_deadline
         if deadline is not None and (now - missed).total_seconds() > deadline:
-            logger.info("fork scheduler: %s missed %s, older than the starting deadline", entry.name, missed)
+            logger.info(
+                "fork scheduler: %s missed %s, older than the starting deadline", entry.name, missed
+            )
             return upcoming
         return missed
 
@@ -202,7 +212,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if item.retry:
                 due.append(self._due_slot(entry, item.slot))
                 continue
-            due.extend(self._due_slot(entry, slot) for slot in self._slots_to_claim(entry, item.slot, now))
+            due.extend(
+                self._due_slot(entry, slot) for slot in self._slots_to_claim(entry, item.slot, now)
+            )
             upcoming = entry.first_slot_after(now)
             if upcoming is not None:
                 follow_ups.append((entry, upcoming))
@@ -248,12 +260,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except Exception:
             logger.exception(
                 "fork scheduler: publishing %s (%s) for slot %s failed",
-                entry.name, entry.task, slot_isoformat(claim.slot),
+                entry.name,
+                entry.task,
+                slot_isoformat(claim.slot),
             )
             return False
         logger.info(
             "fork scheduler: sent %s (%s) slot %s id %s",
-            entry.name, entry.task, slot_isoformat(claim.slot), claim.task_id,
+            entry.name,
+            entry.task,
+            slot_isoformat(claim.slot),
+            claim.task_id,
         )
         return True
 
@@ -270,7 +287,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _on_backend_down(self, exc: Exception, items: Sequence[QueueItem], now: datetime) -> None:
         """Fail closed: publish nothing this tick, ask again soon, log once per outage."""
         if not self._backend_down:
-            logger.error("fork scheduler: claim backend unavailable, publishing nothing until it is back: %s", exc)
+            logger.error(
+                "fork scheduler: claim backend unavailable, publishing nothing until it is back: %s",  # noqa: E501
+                exc,
+            )
             self._backend_down = True
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for item in items:

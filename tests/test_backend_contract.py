@@ -114,7 +114,9 @@ class TestRedisClaims:
         # The first owner is now refused (pending with the second's fresh lease).
         assert first.claim([claim("a", PAST)])[0].outcome is ClaimOutcome.PENDING
 
-    def test_a_sent_slot_is_never_taken_over(self, replicas: tuple[RedisBackend, RedisBackend]) -> None:
+    def test_a_sent_slot_is_never_taken_over(
+        self, replicas: tuple[RedisBackend, RedisBackend]
+    ) -> None:
         first, second = replicas
         first.claim([claim("a", PAST)])
         first.mark_sent([claim("a", PAST)])
@@ -145,7 +147,9 @@ class TestRedisClaims:
         assert 25 < result.retry_after <= 30
         assert not redis_client.exists(first.state_key("a"))
 
-    def test_keys_of_one_entry_share_a_cluster_hash_tag(self, replicas: tuple[RedisBackend, RedisBackend]) -> None:
+    def test_keys_of_one_entry_share_a_cluster_hash_tag(
+        self, replicas: tuple[RedisBackend, RedisBackend]
+    ) -> None:
         first, _ = replicas
         assert first.state_key("x") == "scheduler:{x}:state"
         assert first.pending_key("x") == "scheduler:{x}:pending"

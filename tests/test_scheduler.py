@@ -68,14 +68,18 @@ def run_for(scheduler: Scheduler, clock: FakeClock, seconds: float, step: float 
     scheduler.tick()
 
 
-def test_an_interval_entry_does_not_fire_because_beat_started(make_scheduler: SchedulerFactory) -> None:
-    scheduler, clock, publisher = make_scheduler({"e": {"task": "t", "schedule": every(10).seconds}})
+def test_an_interval_entry_does_not_fire_because_beat_started(
+    make_scheduler: SchedulerFactory,
+) -> None:
+    scheduler, _, publisher = make_scheduler({"e": {"task": "t", "schedule": every(10).seconds}})
     scheduler.tick()
     assert publisher.fired() == []
 
 
 def test_an_interval_entry_fires_at_each_anchored_slot(make_scheduler: SchedulerFactory) -> None:
-    scheduler, clock, publisher = make_scheduler({"e": {"task": "t", "schedule": every(10).seconds}})
+    scheduler, clock, publisher = make_scheduler(
+        {"e": {"task": "t", "schedule": every(10).seconds}}
+    )
     run_for(scheduler, clock, 30)
     assert publisher.fired("e") == [
         "2026-03-02T10:00:10+00:00",
@@ -88,8 +92,15 @@ def test_each_message_carries_the_entry_the_slot_and_a_deterministic_task_id(
     make_scheduler: SchedulerFactory,
 ) -> None:
     scheduler, clock, publisher = make_scheduler(
-        {"e": {"task": "t", "schedule": "every 10 seconds", "args": [1], "kwargs": {"k": 2},
-               "options": {"queue": "q", "headers": {"mine": 1}}}}
+        {
+            "e": {
+                "task": "t",
+                "schedule": "every 10 seconds",
+                "args": [1],
+                "kwargs": {"k": 2},
+                "options": {"queue": "q", "headers": {"mine": 1}},
+            }
+        }
     )
     run_for(scheduler, clock, 10)
     [occurrence] = publisher.occurrences
@@ -99,7 +110,11 @@ def test_each_message_carries_the_entry_the_slot_and_a_deterministic_task_id(
     assert occurrence.task_id == task_id_for("e", occurrence.slot)
     namespace = uuid.UUID("6f1c2a4e-4b7d-5c1e-9a52-3d0f5b8e7c21")
     assert occurrence.task_id == str(uuid.uuid5(namespace, "e@2026-03-02T10:00:10+00:00"))
-    assert (occurrence.args, occurrence.kwargs, occurrence.options) == ((1,), {"k": 2}, {"queue": "q"})
+    assert (occurrence.args, occurrence.kwargs, occurrence.options) == (
+        (1,),
+        {"k": 2},
+        {"queue": "q"},
+    )
 
 
 def test_native_celery_schedules_keep_working(make_scheduler: SchedulerFactory) -> None:
@@ -121,7 +136,9 @@ def test_native_celery_schedules_keep_working(make_scheduler: SchedulerFactory) 
 
 
 def test_a_six_field_cron_fires_on_its_seconds(make_scheduler: SchedulerFactory) -> None:
-    scheduler, clock, publisher = make_scheduler({"c": {"task": "t", "schedule": cron("*/10 * * * * *")}})
+    scheduler, clock, publisher = make_scheduler(
+        {"c": {"task": "t", "schedule": cron("*/10 * * * * *")}}
+    )
     run_for(scheduler, clock, 25)
     assert publisher.fired("c") == ["2026-03-02T10:00:10+00:00", "2026-03-02T10:00:20+00:00"]
 
@@ -137,7 +154,9 @@ def test_tick_returns_the_time_to_the_next_slot_bounded_by_the_max_interval(
     assert scheduler.tick() == pytest.approx(2.7)
 
 
-def test_after_downtime_an_overdue_entry_fires_once(make_scheduler: SchedulerFactory, tmp_path: Path) -> None:
+def test_after_downtime_an_overdue_entry_fires_once(
+    make_scheduler: SchedulerFactory, tmp_path: Path
+) -> None:
     state = tmp_path / "restart.json"
     definition = {"e": {"task": "t", "schedule": every(1).minutes}}
     first, clock, publisher = make_scheduler(definition, state=state)
@@ -145,7 +164,9 @@ def test_after_downtime_an_overdue_entry_fires_once(make_scheduler: SchedulerFac
     assert publisher.fired("e") == ["2026-03-02T10:01:00+00:00"]
     first.close()
 
-    second, clock, publisher = make_scheduler(definition, state=state, start="2026-03-02T10:05:30+00:00")
+    second, clock, publisher = make_scheduler(
+        definition, state=state, start="2026-03-02T10:05:30+00:00"
+    )
     second.tick()
     assert publisher.fired("e") == ["2026-03-02T10:05:00+00:00"]
 
@@ -204,8 +225,10 @@ def test_a_short_delay_fires_every_slot_inside_the_grace(make_scheduler: Schedul
 
 def test_a_disabled_entry_never_fires(make_scheduler: SchedulerFactory) -> None:
     scheduler, clock, publisher = make_scheduler(
-        {"off": {"task": "t", "schedule": every(1).seconds, "enabled": False},
-         "on": {"task": "t", "schedule": every(1).seconds}}
+        {
+            "off": {"task": "t", "schedule": every(1).seconds, "enabled": False},
+            "on": {"task": "t", "schedule": every(1).seconds},
+        }
     )
     run_for(scheduler, clock, 5)
     assert publisher.fired("off") == []
@@ -214,8 +237,14 @@ def test_a_disabled_entry_never_fires(make_scheduler: SchedulerFactory) -> None:
 
 def test_start_at_and_end_at_bound_the_slots(make_scheduler: SchedulerFactory) -> None:
     scheduler, clock, publisher = make_scheduler(
-        {"e": {"task": "t", "schedule": every(1).seconds,
-               "start_at": "2026-03-02T10:00:03+00:00", "end_at": "2026-03-02T10:00:05+00:00"}}
+        {
+            "e": {
+                "task": "t",
+                "schedule": every(1).seconds,
+                "start_at": "2026-03-02T10:00:03+00:00",
+                "end_at": "2026-03-02T10:00:05+00:00",
+            }
+        }
     )
     run_for(scheduler, clock, 10)
     assert publisher.fired("e") == [
@@ -273,7 +302,9 @@ def test_an_unreachable_backend_publishes_nothing_then_recovers_by_itself(
     backend.down = False
     run_for(scheduler, clock, 3)
     # Slots older than the catch-up grace (5 s) were missed; the recent ones fire, then on time.
-    assert publisher.fired("e") == [f"2026-03-02T10:00:{s:02}+00:00" for s in (1, 2, *range(19, 26))]
+    assert publisher.fired("e") == [
+        f"2026-03-02T10:00:{s:02}+00:00" for s in (1, 2, *range(19, 26))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -291,13 +322,34 @@ def test_an_unreachable_backend_publishes_nothing_then_recovers_by_itself(
         ({"task": "t", "schedule": 5, "tags": [1]}, "tags", "non-empty strings"),
         ({"task": "t", "schedule": 5, "singleton": "yes"}, "singleton", "True or False"),
         ({"task": "t", "schedule": 5, "start_at": "tomorrow"}, "start_at", "ISO-8601"),
-        ({"task": "t", "schedule": 5, "start_at": "2026-01-02T00:00:00+00:00",
-          "end_at": "2026-01-01T00:00:00+00:00"}, "end_at", "later than start_at"),
+        (
+            {
+                "task": "t",
+                "schedule": 5,
+                "start_at": "2026-01-02T00:00:00+00:00",
+                "end_at": "2026-01-01T00:00:00+00:00",
+            },
+            "end_at",
+            "later than start_at",
+        ),
         ({"task": "t", "schedule": 5, "options": {"task_id": "x"}}, "options", "task_id"),
     ],
-    ids=["no-schedule", "no-task", "typo-key", "bad-string", "cron-step", "feb-30", "bad-zone",
-         "args-str", "kwargs-list", "tag-int", "singleton-str", "start-at", "end-before-start",
-         "task-id-option"],
+    ids=[
+        "no-schedule",
+        "no-task",
+        "typo-key",
+        "bad-string",
+        "cron-step",
+        "feb-30",
+        "bad-zone",
+        "args-str",
+        "kwargs-list",
+        "tag-int",
+        "singleton-str",
+        "start-at",
+        "end-before-start",
+        "task-id-option",
+    ],
 )
 def test_a_bad_entry_stops_start_up_naming_the_entry_and_the_field(
     make_scheduler: SchedulerFactory, definition: dict[str, Any], field: str, message: str

@@ -25,7 +25,8 @@ class ClaimOutcome(enum.Enum):
     TAKEN_OVER = "taken_over"
     #: Another replica holds or already published this slot (or a later one).
     CLAIMED = "claimed"
-    #: Another replica claimed the slot and has not published it yet; ask again after ``retry_after``.
+    #: Another replica claimed the slot and has not published it yet: ask again after
+    #: ``retry_after``.
     PENDING = "pending"
     #: The slot is still in the future by the backend's clock; ask again after ``retry_after``.
     EARLY = "early"
@@ -101,4 +102,3 @@ def to_epoch_us(instant: datetime) -> int:
 def from_epoch_us(value: int) -> datetime:
     """The aware UTC datetime of a count of microseconds since the Unix epoch."""
     return EPOCH + timedelta(microseconds=value)
-

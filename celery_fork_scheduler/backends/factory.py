@@ -28,6 +28,10 @@ def create_backend(app: Any, settings: Settings, schedule_filename: str | None) 
     if url is not None:
         from .redis import RedisBackend
 
-        return RedisBackend.from_url(url, settings, transport_options=app.conf.broker_transport_options)
-    state = settings.state_filename or (f"{schedule_filename}.fork.json" if schedule_filename else None)
+        return RedisBackend.from_url(
+            url, settings, transport_options=app.conf.broker_transport_options
+        )
+    state = settings.state_filename or (
+        f"{schedule_filename}.fork.json" if schedule_filename else None
+    )
     return LocalBackend(state)

@@ -88,4 +88,3 @@ class LocalBackend:
     def close(self) -> None:
         """Persist the marks."""
         self.sync()
-

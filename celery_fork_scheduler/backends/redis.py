@@ -91,12 +91,12 @@ class RedisBackend:
             pipe = self.client.pipeline(transaction=False)
             for entry in entries:
                 pipe.hget(self.state_key(entry), "hwm")
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
 
         values = self._retrying(read) if entries else []
         return {
             entry: from_epoch_us(int(value))
-            for entry, value in zip(entries, values)
+            for entry, value in zip(entries, values, strict=True)
             if value is not None
         }
 
@@ -111,17 +111,21 @@ class RedisBackend:
                 self._claim_script(
                     keys=[self.state_key(claim.entry), self.pending_key(claim.entry)],
                     args=[
-                        claim.slot_us, claim.task_id, self.replica_id,
-                        self._tolerance_us, self._lease_us, self._pending_ttl_ms,
+                        claim.slot_us,
+                        claim.task_id,
+                        self.replica_id,
+                        self._tolerance_us,
+                        self._lease_us,
+                        self._pending_ttl_ms,
                     ],
                     client=pipe,
                 )
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
 
         replies = self._retrying(run)
         return [
             ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
-            for claim, reply in zip(claims, replies)
+            for claim, reply in zip(claims, replies, strict=True)
         ]
 
     def mark_sent(self, claims: Sequence[Claim]) -> None:
@@ -137,7 +141,7 @@ class RedisBackend:
                     args=[claim.slot_us],
                     client=pipe,
                 )
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
 
         self._retrying(run)
 

@@ -46,7 +46,9 @@ def client_from_url(
     try:
         return redis.Redis.from_url(url, **settings)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"bad Redis URL {mask_url(url)}: {exc}", field="fork_scheduler_redis_url") from None
+        raise ConfigError(
+            f"bad Redis URL {mask_url(url)}: {exc}", field="fork_scheduler_redis_url"
+        ) from None
 
 
 def _sentinel_master(
@@ -67,16 +69,20 @@ def _sentinel_master(
             db = int(parsed.path.strip("/"))
         query.update(parse_qsl(parsed.query))
     master_name = (
-        settings.pop("master_name", None) or query.get("master_name") or transport_options.get("master_name")
+        settings.pop("master_name", None)
+        or query.get("master_name")
+        or transport_options.get("master_name")
     )
     if not hosts or not master_name:
         raise ConfigError(
             f"Sentinel URL {mask_url(url)} needs at least one host and a master_name",
             field="fork_scheduler_redis_url",
         )
-    sentinel_kwargs = dict(settings.pop("sentinel_kwargs", None) or transport_options.get("sentinel_kwargs") or {})
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **settings)
-    client: redis.Redis = sentinel.master_for(
+    sentinel_kwargs = dict(
+        settings.pop("sentinel_kwargs", None) or transport_options.get("sentinel_kwargs") or {}
+    )
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **settings)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         master_name, db=db, password=password, username=username, **settings
     )
     return client

@@ -17,7 +17,7 @@ __all__ = ["CeleryProcess", "wait_until"]
 def wait_until(
     predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` after ``timeout``."""
+    """Poll ``predicate`` until true; after ``timeout`` raise ``TimeoutError`` naming ``what``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -78,8 +78,18 @@ class CeleryProcess:
     ) -> CeleryProcess:
         """A ``celery worker`` with a thread pool, named ``name``; its log goes to ``workdir``."""
         command = [
-            "worker", "-l", "info", "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "worker",
+            "-l",
+            "info",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ]
         return cls(app, command, cwd=cwd, log_path=Path(workdir) / f"{name}.log", env=env)
 
@@ -93,7 +103,11 @@ class CeleryProcess:
         """Start the process, appending its output to the log file."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -133,6 +147,9 @@ class CeleryProcess:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

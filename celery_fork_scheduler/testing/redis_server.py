@@ -69,12 +69,18 @@ class RedisServer:
         """Start the server and wait until it answers ``PING``."""
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.workdir),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
             *self.extra_args,
         ]
         log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
@@ -135,4 +141,3 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
-

@@ -26,7 +26,9 @@ WARMUP = timedelta(seconds=6)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the replicas run")
     parser.add_argument("--replicas", type=int, default=3, help="number of beat replicas")
     options = parser.parse_args()
@@ -52,7 +54,10 @@ def main() -> int:
             started = datetime.now(timezone.utc)
             for beat in beats:
                 beat.start()
-            print(f"{len(beats)} beat replicas and 1 worker running for {options.seconds:.0f} s ...", flush=True)
+            print(
+                f"{len(beats)} beat replicas and 1 worker running for {options.seconds:.0f} s ...",
+                flush=True,
+            )
             time.sleep(options.seconds / 2)
             victim = beats[0]
             victim.kill()
@@ -61,7 +66,9 @@ def main() -> int:
             ended = datetime.now(timezone.utc)
             for beat in beats:
                 beat.stop()
-            wait_until(lambda: client.llen("celery") == 0, timeout=60, what="the worker to drain the queue")
+            wait_until(
+                lambda: client.llen("celery") == 0, timeout=60, what="the worker to drain the queue"
+            )
             time.sleep(1.0)  # let the last task that was taken finish recording
         finally:
             for beat in beats:
@@ -91,7 +98,11 @@ def report(app: object, records: list[dict[str, str]], start: datetime, end: dat
         received = sum(seen[slot] for slot in expected)
         failures += duplicates + missed
         print(f"{name:32} {len(expected):8} {received:8} {duplicates:5} {missed:6}")
-    verdict = "OK: every slot fired exactly once" if failures == 0 else f"PROBLEM: {failures} duplicates/misses"
+    verdict = (
+        "OK: every slot fired exactly once"
+        if failures == 0
+        else f"PROBLEM: {failures} duplicates/misses"
+    )
     print(f"\n{len(records)} task runs received in all. {verdict}")
     return 0 if failures == 0 else 1
 

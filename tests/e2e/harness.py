@@ -15,7 +15,7 @@ import redis
 
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER
 
-PROJECT_TEMPLATE = '''
+PROJECT_TEMPLATE = """
 import json
 import os
 from datetime import timedelta
@@ -46,11 +46,11 @@ def record(self, *args, **kwargs):
     }}))
 
 {body}
-'''
+"""
 
 
 def write_project(directory: Path, body: str, name: str = "proj") -> str:
-    """Write ``<name>.py`` (an app with a ``record`` task, plus ``body``); return the module name."""
+    """Write ``<name>.py``: an app with a ``record`` task, plus ``body``. Return the module."""
     (directory / f"{name}.py").write_text(PROJECT_TEMPLATE.format(body=textwrap.dedent(body)))
     return name
 
@@ -62,7 +62,9 @@ class Fires:
     counts: dict[str, collections.Counter[str]] = field(
         default_factory=lambda: collections.defaultdict(collections.Counter)
     )
-    task_ids: dict[tuple[str, str], set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    task_ids: dict[tuple[str, str], set[str]] = field(
+        default_factory=lambda: collections.defaultdict(set)
+    )
 
     def add(self, entry: str, slot: str, task_id: str) -> None:
         self.counts[entry][slot] += 1

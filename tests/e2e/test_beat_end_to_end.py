@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.schedules import crontab
 
-from celery_fork_scheduler.entry import entries_from_config
+from celery_fork_scheduler import every
 from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.schedules import coerce_schedule
 from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
 
 from .conftest import dump_logs
@@ -29,6 +31,14 @@ app.conf.beat_schedule = {
     "string-every-2s": {"task": "record", "schedule": "every 2 seconds"},
 }
 """
+#: The same schedules as MIXED_SCHEDULE, to compute the expected slots from.
+EXPECTED = {
+    "interval-3s": every(3).seconds,
+    "cron-6-fields-5s": "*/5 * * * * *",
+    "native-crontab": crontab(minute="*"),
+    "native-timedelta-4s": timedelta(seconds=4),
+    "string-every-2s": "every 2 seconds",
+}
 
 
 def test_beat_publishes_each_slot_once_with_headers_and_task_id(
@@ -42,7 +52,9 @@ def test_beat_publishes_each_slot_once_with_headers_and_task_id(
     processes.extend([worker, beat])
     worker.start()
     beat.start()
-    wait_until(lambda: "sent " in beat.log(), timeout=60, what="the first publish\n" + dump_logs(processes))
+    wait_until(
+        lambda: "sent " in beat.log(), timeout=60, what="the first publish\n" + dump_logs(processes)
+    )
     start = datetime.now(timezone.utc)
     # Run until the minute boundary has passed, so the native crontab fires at least once.
     boundary = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -50,18 +62,15 @@ def test_beat_publishes_each_slot_once_with_headers_and_task_id(
     time.sleep((end - datetime.now(timezone.utc)).total_seconds())
     beat.stop()
     wait_until(lambda: client.llen("celery") == 0, timeout=60, what="the worker to drain the queue")
-    wait_until(lambda: worker_fires(client).counts["native-crontab"], timeout=30, what="crontab fire")
+    wait_until(
+        lambda: worker_fires(client).counts["native-crontab"], timeout=30, what="crontab fire"
+    )
 
-    sys.path.insert(0, str(workdir))
-    try:
-        project = __import__(module)
-    finally:
-        sys.path.remove(str(workdir))
     fires = worker_fires(client)
-    entries = entries_from_config(project.app.conf.beat_schedule, default_timezone=timezone.utc)
     window_end = end - timedelta(seconds=2)
-    for name, entry in entries.items():
-        expected = {slot.isoformat() for slot in entry.schedule.slots(start, window_end)}
+    for name, definition in EXPECTED.items():
+        schedule = coerce_schedule(definition, default_tz="UTC")
+        expected = {slot.isoformat() for slot in schedule.slots(start, window_end)}
         assert expected, name
         assert expected <= fires.slots(name), (name, sorted(expected - fires.slots(name)))
     assert fires.duplicates() == 0
@@ -83,9 +92,23 @@ def test_a_bad_entry_stops_beat_at_start_up_with_a_message_naming_it(
         """,
     )
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", module, "beat", "-S", "fork", "-s", str(workdir / "s")],
-        cwd=workdir, env={"TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "beat",
+            "-S",
+            "fork",
+            "-s",
+            str(workdir / "s"),
+        ],
+        cwd=workdir,
+        env={"TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr

@@ -41,12 +41,20 @@ def expected_slots(start: datetime, end: datetime) -> list[datetime]:
 
 
 def start_replicas(
-    module: str, workdir: Path, env: dict[str, str], processes: list[CeleryProcess], count: int,
+    module: str,
+    workdir: Path,
+    env: dict[str, str],
+    processes: list[CeleryProcess],
+    count: int,
     prefixes: list[list[str]] | None = None,
 ) -> list[CeleryProcess]:
     replicas = [
         CeleryProcess.beat(
-            module, cwd=workdir, workdir=workdir, name=f"beat-{i}", env=env,
+            module,
+            cwd=workdir,
+            workdir=workdir,
+            name=f"beat-{i}",
+            env=env,
             prefix=(prefixes[i] if prefixes else ()),
         )
         for i in range(count)
@@ -55,8 +63,11 @@ def start_replicas(
     for replica in replicas:
         replica.start()
     for replica in replicas:
-        wait_until(lambda r=replica: "fork scheduler: backend" in r.log(), timeout=90,
-                   what=f"{replica.log_path.name} to start\n" + dump_logs(processes))
+        wait_until(
+            lambda r=replica: "fork scheduler: backend" in r.log(),
+            timeout=90,
+            what=f"{replica.log_path.name} to start\n" + dump_logs(processes),
+        )
     return replicas
 
 
@@ -94,7 +105,9 @@ def test_replicas_with_skewed_clocks_never_duplicate_nor_fire_early(
     redis_url: str, workdir: Path, processes: list[CeleryProcess]
 ) -> None:
     if shutil.which("faketime") is None:
-        pytest.skip("needs Debian's faketime (libfaketime); scripts/bootstrap.sh installs it as root")
+        pytest.skip(
+            "needs Debian's faketime (libfaketime); scripts/bootstrap.sh installs it as root"
+        )
     module = write_project(workdir, many_entries(50))
     env = {"TEST_BROKER_URL": redis_url, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     client = redis.Redis.from_url(redis_url)
@@ -127,7 +140,10 @@ def test_replicas_with_skewed_clocks_never_duplicate_nor_fire_early(
 def _slots_in_queue(client: redis.Redis) -> set[str]:
     import json
 
-    return {json.loads(raw)["headers"]["fork_scheduler_slot"] for raw in client.lrange("celery", -400, -1)}
+    return {
+        json.loads(raw)["headers"]["fork_scheduler_slot"]
+        for raw in client.lrange("celery", -400, -1)
+    }
 
 
 def test_a_redis_outage_kills_no_replica_and_duplicates_nothing(
