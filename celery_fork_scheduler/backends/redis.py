@@ -13,9 +13,14 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
+from redis.client import Pipeline
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
 from ..config import Settings
 from ..errors import BackendUnavailableError
@@ -31,6 +36,8 @@ EARLY_TOLERANCE = timedelta(milliseconds=500)
 PENDING_TTL = timedelta(days=7)
 #: Errors that mean "Redis cannot be reached right now".
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+#: Errors that mean "the cluster layout changed": refresh it and try again.
+CLUSTER_REDIRECTS = (AskError, ClusterDownError, MovedError, TryAgainError)
 
 
 class RedisBackend:
@@ -40,7 +47,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         settings: Settings,
         *,
         display_url: str = "redis",
@@ -86,14 +93,11 @@ class RedisBackend:
 
     def high_water_marks(self, entries: Sequence[str]) -> dict[str, datetime]:
         """The latest claimed slot of each entry that has one (one round trip)."""
-
-        def read() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.hget(self.state_key(entry), "hwm")
-            return pipe.execute()
-
-        values = self._retrying(read) if entries else []
+        commands = [
+            (self.state_key(entry), partial(_hget, key=self.state_key(entry), field="hwm"))
+            for entry in entries
+        ]
+        values = self._retrying(partial(self._pipelined, commands))
         return {
             entry: from_epoch_us(int(value))
             for entry, value in zip(entries, values, strict=True)
@@ -101,28 +105,21 @@ class RedisBackend:
         }
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
-        """Claim every slot in one pipeline; see :data:`.lua.CLAIM`."""
-        if not claims:
-            return []
-
-        def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for claim in claims:
-                self._claim_script(
-                    keys=[self.state_key(claim.entry), self.pending_key(claim.entry)],
-                    args=[
-                        claim.slot_us,
-                        claim.task_id,
-                        self.replica_id,
-                        self._tolerance_us,
-                        self._lease_us,
-                        self._pending_ttl_ms,
-                    ],
-                    client=pipe,
-                )
-            return pipe.execute()
-
-        replies = self._retrying(run)
+        """Claim every slot in one pipeline (per node); see :data:`.lua.CLAIM`."""
+        commands = [
+            self._script_command(
+                self._claim_script,
+                claim.entry,
+                claim.slot_us,
+                claim.task_id,
+                self.replica_id,
+                self._tolerance_us,
+                self._lease_us,
+                self._pending_ttl_ms,
+            )
+            for claim in claims
+        ]
+        replies = self._retrying(partial(self._pipelined, commands))
         return [
             ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
             for claim, reply in zip(claims, replies, strict=True)
@@ -130,20 +127,43 @@ class RedisBackend:
 
     def mark_sent(self, claims: Sequence[Claim]) -> None:
         """Move published slots from ``claimed`` to ``sent`` (one round trip)."""
-        if not claims:
-            return
+        commands = [
+            self._script_command(self._mark_sent_script, claim.entry, claim.slot_us)
+            for claim in claims
+        ]
+        self._retrying(partial(self._pipelined, commands))
 
-        def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for claim in claims:
-                self._mark_sent_script(
-                    keys=[self.state_key(claim.entry), self.pending_key(claim.entry)],
-                    args=[claim.slot_us],
-                    client=pipe,
-                )
-            return pipe.execute()
+    # -- pipelines --------------------------------------------------------------------------
 
-        self._retrying(run)
+    def _script_command(self, script: Script, entry: str, *args: object) -> Command:
+        keys = [self.state_key(entry), self.pending_key(entry)]
+        return keys[0], partial(_run_script, script=script, keys=keys, args=list(args))
+
+    def _pipelined(self, commands: Sequence[Command]) -> list[Any]:
+        """Run ``commands`` in one pipeline per Redis node; the replies in their order.
+
+        Redis Cluster refuses scripts in its own pipelines, so commands are grouped by the node
+        that owns their key (every key of one entry shares a hash tag) and each group goes in a
+        plain pipeline on that node.
+        """
+        if not commands:
+            return []
+        if not isinstance(self.client, RedisCluster):
+            return _execute(self.client, commands)
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, Any] = {}
+        for index, (key, _) in enumerate(commands):
+            node = self.client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            groups.setdefault(node.name, []).append(index)
+            nodes[node.name] = node
+        replies: list[Any] = [None] * len(commands)
+        for name, indexes in groups.items():
+            connection = self.client.get_redis_connection(nodes[name])
+            for index, reply in zip(
+                indexes, _execute(connection, [commands[i] for i in indexes]), strict=True
+            ):
+                replies[index] = reply
+        return replies
 
     def sync(self) -> None:
         """Nothing is kept in memory: every write goes to Redis at once."""
@@ -161,7 +181,9 @@ class RedisBackend:
         for attempt in range(attempts):
             try:
                 return operation()
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, *CLUSTER_REDIRECTS) as exc:
+                if isinstance(self.client, RedisCluster):
+                    self.client.nodes_manager.initialize()
                 if attempt + 1 == attempts:
                     raise BackendUnavailableError(
                         f"Redis {self.display_url} unreachable after {attempts} attempts: "
@@ -169,6 +191,25 @@ class RedisBackend:
                     ) from None
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+Command = tuple[str, Callable[[Pipeline], object]]
+
+
+def _execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for _, issue in commands:
+        issue(pipe)
+    replies: list[Any] = pipe.execute()
+    return replies
+
+
+def _hget(pipe: Pipeline, *, key: str, field: str) -> object:
+    return pipe.hget(key, field)
+
+
+def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
+    return script(keys=keys, args=args, client=pipe)
 
 
 def _us(delta: timedelta) -> int:

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -33,8 +34,10 @@ def client_from_url(
     url: str,
     options: Mapping[str, Any] | None = None,
     transport_options: Mapping[str, Any] | None = None,
-) -> redis.Redis:
+) -> redis.Redis | RedisCluster:
     """A client for ``url``; ``options`` are redis-py client keywords (``ssl_*`` and others).
+
+    ``{"cluster": True}`` in ``options`` makes it a Redis Cluster client (any node's URL).
 
     ``sentinel://`` and ``redis+sentinel://`` URLs follow Kombu: several hosts joined by ``;``,
     the master name from ``master_name`` in ``options``, the query string or the broker's
@@ -44,6 +47,8 @@ def client_from_url(
     if url.startswith(("sentinel://", "redis+sentinel://")):
         return _sentinel_master(url, settings, transport_options or {})
     try:
+        if settings.pop("cluster", False):
+            return RedisCluster.from_url(url, **settings)
         return redis.Redis.from_url(url, **settings)
     except (ValueError, TypeError) as exc:
         raise ConfigError(
