@@ -8,6 +8,7 @@ asks the claim backend for the right to publish each due slot. Slot maths live i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -34,6 +35,8 @@ Clock = Callable[[], datetime]
 MAX_SLOTS_PER_ENTRY_PER_TICK = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
+#: The shortest wait before asking again about a slot that is pending or early.
+MIN_RETRY_SECONDS = 0.05
 
 
 def utc_now() -> datetime:
@@ -60,10 +63,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         clock: Clock | None = None,
         backend: ClaimBackend | None = None,
         publisher: Publisher | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
         self.clock: Clock = clock or utc_now
+        self.monotonic = monotonic
         self.entries: dict[str, Entry] = {}
         self.queue = TimeQueue()
         self.settings: Settings = read_settings(app.conf)
@@ -177,6 +182,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return self._seconds_to_next_wakeup()
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
+        """One tick's pipeline: decide -> claim -> publish -> record."""
         due, follow_ups = self._decide(items, now)
         try:
             self._flush_unmarked()
@@ -184,16 +190,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, items, now)
             return
+        claimed_at = self.monotonic()
         self._on_backend_up()
-        for entry, slot in follow_ups:
-            self.queue.push(slot.timestamp(), entry, slot)
-        by_claim = {id(slot.claim): slot.entry for slot in due}
-        published = [
-            result.claim
-            for result in results
-            if self._settle(result, by_claim[id(result.claim)], now)
-        ]
-        self._unmarked.extend(published)
+        for entry, upcoming in follow_ups:
+            self.queue.push(upcoming.timestamp(), entry, upcoming)
+        for due_slot, result in zip(due, results, strict=True):
+            if self._settle(due_slot.entry, result, now, claimed_at):
+                self._unmarked.append(result.claim)
         try:
             self._flush_unmarked()
         except BackendUnavailableError as exc:
@@ -240,17 +243,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _due_slot(entry: Entry, slot: datetime) -> DueSlot:
         return DueSlot(entry, Claim(entry.name, slot, task_id_for(entry.name, slot)))
 
-    def _settle(self, result: ClaimResult, entry: Entry, now: datetime) -> bool:
+    def _settle(self, entry: Entry, result: ClaimResult, now: datetime, claimed_at: float) -> bool:
         """Act on one claim result; return True when the slot was published."""
         claim = result.claim
         if result.outcome.publish:
+            if self._claim_went_stale(claimed_at):
+                # Stalled since claiming (paused, swapped out, slow broker): another replica may
+                # take the claim over after its lease, so ask again rather than publish blind.
+                self.queue.push(now.timestamp(), entry, claim.slot, retry=True)
+                return False
             return self._publish(entry, claim)
         if result.outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
-            when = now.timestamp() + max(result.retry_after, 0.05)
+            when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
             self.queue.push(when, entry, claim.slot, retry=True)
             return False
         logger.debug("fork scheduler: %s at %s claimed by another replica", entry.name, claim.slot)
         return False
+
+    def _claim_went_stale(self, claimed_at: float) -> bool:
+        if not self.backend.protects_replicas:
+            return False
+        half_lease = self.settings.claim_lease.total_seconds() / 2
+        return self.monotonic() - claimed_at > half_lease
 
     def _publish(self, entry: Entry, claim: Claim) -> bool:
         """Send one occurrence; a failure is logged and leaves the claim for a takeover."""

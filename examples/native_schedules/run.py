@@ -1,0 +1,52 @@
+"""Show how Celery's own schedules become slots: the next 5 per entry, no processes needed.
+
+    python examples/native_schedules/run.py [--after 2026-03-27T12:00:00+00:00]
+
+Every replica computes the same slots from the definition alone; ``--after`` fixes the
+reference instant so the output can be compared between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from beat_schedule import beat_schedule  # noqa: E402
+from beat_schedule import timezone as app_timezone  # noqa: E402
+
+from celery_fork_scheduler.schedules import coerce_schedule  # noqa: E402
+
+#: How far ahead to look for the next slots (the monthly entries need a few months).
+HORIZON = timedelta(days=400)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--after", type=datetime.fromisoformat, default=None)
+    parser.add_argument("--count", type=int, default=5)
+    options = parser.parse_args()
+    after = options.after or datetime.now(timezone.utc).replace(microsecond=0)
+    if after.tzinfo is None:
+        parser.error("--after needs a UTC offset, e.g. 2026-03-27T12:00:00+00:00")
+    zone = ZoneInfo(app_timezone)
+
+    print(f"app timezone {app_timezone}; slots after {after.isoformat()}")
+    for name, definition in beat_schedule.items():
+        slot_schedule = coerce_schedule(definition["schedule"], default_tz=zone)
+        print(f"\n{name}: {definition['schedule']!r}\n  -> {slot_schedule.describe()}")
+        slots = slot_schedule.slots(after, after + HORIZON)
+        for _, slot in zip(range(options.count), slots):
+            local = slot.astimezone(zone)
+            print(f"     {slot:%Y-%m-%d %H:%M:%S} UTC   {local:%a %Y-%m-%d %H:%M:%S %Z}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
