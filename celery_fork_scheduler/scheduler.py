@@ -18,7 +18,7 @@ from typing import Any
 from celery import beat
 from celery.schedules import crontab
 
-from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterMark
 from .backends.factory import create_backend
 from .config import Settings, read_settings
 from .entry import Entry, entries_from_config
@@ -144,31 +144,38 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
             marks = {}
         for entry in enabled:
-            slot = self._first_slot(entry, marks.get(entry.name), now)
-            if slot is not None:
-                self.queue.push(slot.timestamp(), entry, slot)
+            mark = marks.get(entry.name)
+            missed = self._missed_slot(entry, mark, now)
+            if missed is not None:
+                self.queue.push(missed.timestamp(), entry, missed)
+                continue
+            if mark is not None and not mark.sent:
+                # Claimed by a replica that died before publishing: ask for a takeover.
+                self.queue.push(now.timestamp(), entry, mark.slot, retry=True)
+            upcoming = entry.first_slot_after(now)
+            if upcoming is not None:
+                self.queue.push(upcoming.timestamp(), entry, upcoming)
 
-    def _first_slot(
-        self, entry: Entry, high_water_mark: datetime | None, now: datetime
+    def _missed_slot(
+        self, entry: Entry, mark: HighWaterMark | None, now: datetime
     ) -> datetime | None:
-        """The first slot to handle at start-up.
+        """The slot to fire at start-up for downtime, if any.
 
         A new entry waits for its next slot (beat starting is no reason to fire). An entry that
         missed slots while every replica was down fires its latest missed slot once, unless
         ``beat_cron_starting_deadline`` says that slot is too old.
         """
-        upcoming = entry.first_slot_after(now)
-        if high_water_mark is None:
-            return upcoming
+        if mark is None:
+            return None
         missed = entry.last_slot_at_or_before(now)
-        if missed is None or missed <= high_water_mark:
-            return upcoming
+        if missed is None or missed <= mark.slot:
+            return None
         deadline = self.app.conf.beat_cron_starting_deadline
         if deadline is not None and (now - missed).total_seconds() > deadline:
             logger.info(
                 "fork scheduler: %s missed %s, older than the starting deadline", entry.name, missed
             )
-            return upcoming
+            return None
         return missed
 
     # -- the tick ---------------------------------------------------------------------------

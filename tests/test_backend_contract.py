@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from celery_fork_scheduler.backends import Claim, ClaimBackend, ClaimOutcome, LocalBackend
+from celery_fork_scheduler.backends import (
+    Claim,
+    ClaimBackend,
+    ClaimOutcome,
+    HighWaterMark,
+    LocalBackend,
+)
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import Settings
 from celery_fork_scheduler.ids import task_id_for
@@ -49,7 +55,7 @@ def test_entries_have_independent_high_water_marks(backend: ClaimBackend) -> Non
     results = backend.claim([claim("a", PAST), claim("b", PAST)])
     assert [r.outcome for r in results] == [ClaimOutcome.WON, ClaimOutcome.WON]
     marks = backend.high_water_marks(["a", "b", "never"])
-    assert marks == {"a": PAST, "b": PAST}
+    assert {name: mark.slot for name, mark in marks.items()} == {"a": PAST, "b": PAST}
 
 
 def test_a_batch_keeps_the_order_of_its_claims(backend: ClaimBackend) -> None:
@@ -67,7 +73,7 @@ def test_the_local_backend_keeps_marks_across_restarts(tmp_path: Path) -> None:
     first = LocalBackend(path)
     first.claim([claim("a", PAST)])
     first.close()
-    assert LocalBackend(path).high_water_marks(["a"]) == {"a": PAST}
+    assert LocalBackend(path).high_water_marks(["a"]) == {"a": HighWaterMark(PAST)}
 
 
 def test_the_local_backend_refuses_a_state_file_of_an_unknown_schema(tmp_path: Path) -> None:
@@ -166,3 +172,14 @@ class TestRedisClaims:
         with pytest.raises(BackendUnavailableError, match="unreachable after 3 attempts"):
             backend.claim([claim("a", PAST)])
         assert sleeps == [0.25, 0.25]
+
+
+def test_the_redis_high_water_mark_tells_whether_the_slot_was_sent(redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, Settings())
+    try:
+        backend.claim([claim("a", PAST)])
+        assert backend.high_water_marks(["a"]) == {"a": HighWaterMark(PAST, sent=False)}
+        backend.mark_sent([claim("a", PAST)])
+        assert backend.high_water_marks(["a"]) == {"a": HighWaterMark(PAST, sent=True)}
+    finally:
+        backend.close()

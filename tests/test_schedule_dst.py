@@ -1,8 +1,10 @@
 """Daylight-saving days: hand-checked UTC instants for cron and calendar schedules.
 
 Transitions used (all 2026):
-  Europe/Berlin        spring 03-29 02:00 CET -> 03:00 CEST (01:00Z); fall 10-25 03:00 CEST -> 02:00 CET (01:00Z)
-  America/New_York     spring 03-08 02:00 EST -> 03:00 EDT (07:00Z); fall 11-01 02:00 EDT -> 01:00 EST (06:00Z)
+  Europe/Berlin        spring 03-29 02:00 CET -> 03:00 CEST (01:00Z);
+                       fall 10-25 03:00 CEST -> 02:00 CET (01:00Z)
+  America/New_York     spring 03-08 02:00 EST -> 03:00 EDT (07:00Z);
+                       fall 11-01 02:00 EDT -> 01:00 EST (06:00Z)
   Australia/Lord_Howe  spring 10-04 02:00 +10:30 -> 02:30 +11 (10-03 15:30Z);
                        fall 04-05 02:00 +11 -> 01:30 +10:30 (04-04 15:00Z)
 """

@@ -39,9 +39,7 @@ from celery_fork_scheduler.schedules import SlotSchedule, at, cron, every
             every().monday.at("09:00").__class__(weekdays=(0, 4), times=at("09:00").times),
             id="weekday-list",
         ),
-        pytest.param(
-            "every 2 days at 10:30", every(2).days.at("10:30"), id="every-2-days-at"
-        ),
+        pytest.param("every 2 days at 10:30", every(2).days.at("10:30"), id="every-2-days-at"),
         pytest.param(
             "monthly on 1,15,-1 at 00:00",
             every(1).month.on(1, 15, -1).at("00:00"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 from datetime import datetime, timedelta, timezone
 
-import croniter.croniter as croniter_module
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,7 +67,10 @@ anywhere = st.datetimes(
 )
 instants = st.one_of(near_transitions, anywhere)
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The croniter *module* (the package re-exports a class of the same name over it).
+croniter_module = importlib.import_module("croniter.croniter")
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
@@ -84,7 +88,7 @@ def test_slots_strictly_increase(schedule: SlotSchedule, start: datetime) -> Non
 @PROPERTY
 @given(schedule=schedules, start=instants)
 def test_next_slot_is_the_first_of_slots(schedule: SlotSchedule, start: datetime) -> None:
-    window = list(schedule.slots(start, start + timedelta(days=3 * 366)))
+    window = list(itertools.islice(schedule.slots(start, start + timedelta(days=20 * 366)), 20))
     assert window
     assert schedule.next_slot(start) == window[0]
     assert window == sorted(set(window))
@@ -100,9 +104,7 @@ def test_previous_slot_of_a_slot_is_that_slot(schedule: SlotSchedule, start: dat
 
 @PROPERTY
 @given(schedule=schedules, start=instants)
-def test_previous_and_next_slot_bracket_an_instant(
-    schedule: SlotSchedule, start: datetime
-) -> None:
+def test_previous_and_next_slot_bracket_an_instant(schedule: SlotSchedule, start: datetime) -> None:
     previous = schedule.previous_slot(start)
     following = schedule.next_slot(start)
     assert following is not None
@@ -117,12 +119,12 @@ def test_slots_do_not_depend_on_when_the_schedule_was_created(
     definition: SlotSchedule, zone: str, start: datetime
 ) -> None:
     early = definition.with_timezone(zone)
-    expected = list(early.slots(start, start + timedelta(days=40)))[:10]
+    expected = list(itertools.islice(early.slots(start, start + timedelta(days=40)), 10))
     # Rebuild the schedule (and croniter's parsed state) while "now" is decades away.
     _croniter_prototype.cache_clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(croniter_module, "time", lambda: 4_102_444_800.0)  # 2100-01-01
         late = schedule_from_dict(early.to_dict())
-        assert list(late.slots(start, start + timedelta(days=40)))[:10] == expected
+        assert list(itertools.islice(late.slots(start, start + timedelta(days=40)), 10)) == expected
     _croniter_prototype.cache_clear()
     assert late == early

@@ -183,3 +183,36 @@ def test_a_replica_that_joins_late_does_not_refire_slots_already_sent(
     finally:
         first.scheduler.close()
         late.scheduler.close()
+
+
+def test_a_replica_started_after_the_only_one_died_takes_over_its_unsent_claims(
+    redis_url: str, clock: FakeClock
+) -> None:
+    class DyingPublisher(RecordingPublisher):
+        def publish(self, occurrence: Occurrence) -> None:
+            raise ConnectionError("the replica died before its message left")
+
+    lease = {"fork_scheduler_claim_lease": 0.5}
+    dead = Replica(redis_url, clock, publisher=DyingPublisher(), **lease)
+    clock.advance(1)
+    dead.scheduler.tick()
+    dead.scheduler.close()
+
+    clock.advance(0.2)
+    newcomer = Replica(redis_url, clock, **lease)
+    try:
+        first_slot = "2026-03-02T10:00:01+00:00"
+
+        def taken_over() -> list[str]:
+            return sorted(
+                o.entry for o in newcomer.publisher.occurrences if o.slot.isoformat() == first_slot
+            )
+
+        deadline = time.monotonic() + 15
+        while len(taken_over()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            clock.advance(0.05)
+            newcomer.scheduler.tick()
+        assert taken_over() == sorted(ENTRIES)
+    finally:
+        newcomer.scheduler.close()

@@ -103,7 +103,9 @@ def test_singular_and_plural_units_mean_the_same(
     assert singular == plural
 
 
-@pytest.mark.parametrize("n", [0, -1, 1.5, True, "5"], ids=["zero", "negative", "float", "bool", "str"])
+@pytest.mark.parametrize(
+    "n", [0, -1, 1.5, True, "5"], ids=["zero", "negative", "float", "bool", "str"]
+)
 def test_every_rejects_anything_but_a_positive_int(n: Any) -> None:
     with pytest.raises(ScheduleError, match="positive integer"):
         every(n)
@@ -152,7 +154,9 @@ def test_a_day_without_at_fires_at_local_midnight() -> None:
         ("sunday", "2026-01-04"),
     ],
 )
-def test_every_weekday_fires_on_that_day_at_midnight_by_default(weekday: str, expected: str) -> None:
+def test_every_weekday_fires_on_that_day_at_midnight_by_default(
+    weekday: str, expected: str
+) -> None:
     # 2026-01-01 is a Thursday.
     schedule = getattr(every(), weekday)
     assert following(schedule, "2026-01-01T00:00:00Z", 1) == [f"{expected}T00:00:00Z"]
@@ -214,9 +218,15 @@ def test_monthly_rejects_impossible_days(day: int) -> None:
 @pytest.mark.parametrize(
     ("expr", "after", "expected"),
     [
-        pytest.param("*/5 * * * *", "2026-05-04T12:03:10Z", "2026-05-04T12:05:00Z", id="five-fields"),
-        pytest.param("*/10 * * * * *", "2026-05-04T12:00:05Z", "2026-05-04T12:00:10Z", id="seconds"),
-        pytest.param("30 0 12 * * *", "2026-05-04T11:00:00Z", "2026-05-04T12:00:30Z", id="sec-first"),
+        pytest.param(
+            "*/5 * * * *", "2026-05-04T12:03:10Z", "2026-05-04T12:05:00Z", id="five-fields"
+        ),
+        pytest.param(
+            "*/10 * * * * *", "2026-05-04T12:00:05Z", "2026-05-04T12:00:10Z", id="seconds"
+        ),
+        pytest.param(
+            "30 0 12 * * *", "2026-05-04T11:00:00Z", "2026-05-04T12:00:30Z", id="sec-first"
+        ),
         pytest.param("0 0 29 2 *", "2026-03-01T00:00:00Z", "2028-02-29T00:00:00Z", id="leap-day"),
         pytest.param("0 0 L * *", "2028-02-01T00:00:00Z", "2028-02-29T00:00:00Z", id="L-leap"),
         pytest.param("0 0 L 2 *", "2026-01-01T00:00:00Z", "2026-02-28T00:00:00Z", id="L-feb"),
@@ -392,9 +402,7 @@ def test_schedules_survive_pickle() -> None:
         pytest.param(at("10:30"), "daily at 10:30", id="daily"),
         pytest.param(every(2).days.at("10:30"), "every 2 days at 10:30", id="every-2-days"),
         pytest.param(every().monday.at("09:00"), "every monday at 09:00", id="monday"),
-        pytest.param(
-            every(1).month.on(1, 15, -1), "monthly on 1,15,-1 at 00:00", id="monthly"
-        ),
+        pytest.param(every(1).month.on(1, 15, -1), "monthly on 1,15,-1 at 00:00", id="monthly"),
         pytest.param(cron("*/5 * * * *"), "cron */5 * * * *", id="cron"),
         pytest.param(cron("@daily"), "cron @daily", id="macro"),
         pytest.param(
@@ -437,9 +445,7 @@ def test_to_dict_round_trips_through_json(schedule: SlotSchedule) -> None:
         pytest.param({"type": "hourly"}, "'type' has an unknown value 'hourly'", id="bad-type"),
         pytest.param({"type": "cron"}, "'expr' is missing", id="no-expr"),
         pytest.param({"type": "cron", "expr": 5}, "'expr' has a bad value", id="bad-expr"),
-        pytest.param(
-            {"type": "cron", "expr": "* * * * *", "tz": "Mars/Base"}, "'tz'", id="bad-tz"
-        ),
+        pytest.param({"type": "cron", "expr": "* * * * *", "tz": "Mars/Base"}, "'tz'", id="bad-tz"),
         pytest.param(
             {"type": "daily", "every": 1, "times": ["25:00"]}, "'times'.*25:00", id="bad-time"
         ),

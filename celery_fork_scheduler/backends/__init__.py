@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .base import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterMark
 from .local import LocalBackend
 
-__all__ = ["Claim", "ClaimBackend", "ClaimOutcome", "ClaimResult", "LocalBackend"]
+__all__ = ["Claim", "ClaimBackend", "ClaimOutcome", "ClaimResult", "HighWaterMark", "LocalBackend"]

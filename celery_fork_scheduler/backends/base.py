@@ -52,6 +52,14 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class HighWaterMark:
+    """The latest claimed slot of an entry, and whether it was published."""
+
+    slot: datetime
+    sent: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimResult:
     """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY."""
 
@@ -73,7 +81,7 @@ class ClaimBackend(Protocol):
     def protects_replicas(self) -> bool:
         """True when several replicas may safely run against this backend."""
 
-    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, datetime]:
+    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
         """Return the latest claimed slot of each entry that has one."""
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:

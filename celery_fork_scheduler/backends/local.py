@@ -12,11 +12,10 @@ import os
 import socket
 import tempfile
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Claim, ClaimOutcome, ClaimResult, from_epoch_us
+from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us
 
 #: Version of the state file's layout; an unknown version is an error, never a silent reset.
 STATE_SCHEMA = 1
@@ -53,9 +52,13 @@ class LocalBackend:
         marks = data.get("high_water_marks", {})
         return {str(name): int(value) for name, value in marks.items()}
 
-    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, datetime]:
-        """The latest claimed slot of each known entry."""
-        return {name: from_epoch_us(self._marks[name]) for name in entries if name in self._marks}
+    def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
+        """The latest claimed slot of each known entry (always published: one process)."""
+        return {
+            name: HighWaterMark(from_epoch_us(self._marks[name]))
+            for name in entries
+            if name in self._marks
+        }
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim each slot later than its entry's high-water mark."""

@@ -8,11 +8,12 @@ Key layout and scripts: :mod:`.lua`. Claims for a burst of due entries go in one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 from ..config import Settings
 from ..errors import BackendUnavailableError
 from . import lua
-from .base import Claim, ClaimOutcome, ClaimResult, from_epoch_us
+from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us
 from .redis_connection import client_from_url, mask_url
 
 T = TypeVar("T")
@@ -91,17 +92,17 @@ class RedisBackend:
 
     # -- operations -------------------------------------------------------------------------
 
-    def high_water_marks(self, entries: Sequence[str]) -> dict[str, datetime]:
-        """The latest claimed slot of each entry that has one (one round trip)."""
+    def high_water_marks(self, entries: Sequence[str]) -> dict[str, HighWaterMark]:
+        """The latest claimed slot of each entry that has one, and whether it was sent."""
         commands = [
-            (self.state_key(entry), partial(_hget, key=self.state_key(entry), field="hwm"))
+            (self.state_key(entry), partial(_hmget, key=self.state_key(entry), fields=_MARK_FIELDS))
             for entry in entries
         ]
         values = self._retrying(partial(self._pipelined, commands))
         return {
-            entry: from_epoch_us(int(value))
-            for entry, value in zip(entries, values, strict=True)
-            if value is not None
+            entry: HighWaterMark(from_epoch_us(int(slot)), sent=_text(state) != "claimed")
+            for entry, (slot, state) in zip(entries, values, strict=True)
+            if slot is not None
         }
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
@@ -176,21 +177,31 @@ class RedisBackend:
     # -- retries ----------------------------------------------------------------------------
 
     def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying connection trouble; any Redis failure ends as
+        :class:`BackendUnavailableError`, so a tick fails closed and beat keeps running."""
         attempts = self.settings.max_retries + 1
         delay = self.settings.retry_delay.total_seconds()
-        for attempt in range(attempts):
+        for attempt in range(1, attempts + 1):
             try:
                 return operation()
             except (*CONNECTION_ERRORS, *CLUSTER_REDIRECTS) as exc:
-                if isinstance(self.client, RedisCluster):
-                    self.client.nodes_manager.initialize()
-                if attempt + 1 == attempts:
-                    raise BackendUnavailableError(
-                        f"Redis {self.display_url} unreachable after {attempts} attempts: "
-                        f"{type(exc).__name__}"
-                    ) from None
+                failure: Exception = exc
+            except redis.RedisError as exc:
+                raise BackendUnavailableError(
+                    f"Redis {self.display_url} refused the command: {type(exc).__name__}: {exc}"
+                ) from None
+            if attempt < attempts:
                 self._sleep(delay)
-        raise AssertionError("unreachable")
+                self._refresh_cluster_layout()
+        raise BackendUnavailableError(
+            f"Redis {self.display_url} unreachable after {attempts} attempts: "
+            f"{type(failure).__name__}"
+        )
+
+    def _refresh_cluster_layout(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.client.nodes_manager.initialize()
 
 
 Command = tuple[str, Callable[[Pipeline], object]]
@@ -204,8 +215,11 @@ def _execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     return replies
 
 
-def _hget(pipe: Pipeline, *, key: str, field: str) -> object:
-    return pipe.hget(key, field)
+_MARK_FIELDS = ("hwm", "state")
+
+
+def _hmget(pipe: Pipeline, *, key: str, fields: Sequence[str]) -> object:
+    return pipe.hmget(key, fields)
 
 
 def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
@@ -216,5 +230,5 @@ def _us(delta: timedelta) -> int:
     return int(delta.total_seconds() * 1_000_000)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

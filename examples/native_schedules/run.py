@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from beat_schedule import beat_schedule  # noqa: E402
-from beat_schedule import timezone as app_timezone  # noqa: E402
+from beat_schedule import beat_schedule
+from beat_schedule import timezone as app_timezone
 
-from celery_fork_scheduler.schedules import coerce_schedule  # noqa: E402
+from celery_fork_scheduler.schedules import coerce_schedule
 
 #: How far ahead to look for the next slots (the monthly entries need a few months).
 HORIZON = timedelta(days=400)
@@ -42,7 +43,7 @@ def main() -> int:
         slot_schedule = coerce_schedule(definition["schedule"], default_tz=zone)
         print(f"\n{name}: {definition['schedule']!r}\n  -> {slot_schedule.describe()}")
         slots = slot_schedule.slots(after, after + HORIZON)
-        for _, slot in zip(range(options.count), slots):
+        for slot in islice(slots, options.count):
             local = slot.astimezone(zone)
             print(f"     {slot:%Y-%m-%d %H:%M:%S} UTC   {local:%a %Y-%m-%d %H:%M:%S %Z}")
     return 0
