@@ -253,6 +253,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _settle(self, entry: Entry, result: ClaimResult, now: datetime, claimed_at: float) -> bool:
         """Act on one claim result; return True when the slot was published."""
         claim = result.claim
+        if result.outcome is ClaimOutcome.TAKEN_OVER:
+            logger.warning(
+                "fork scheduler: %s slot %s taken over from a replica that did not publish it",
+                entry.name,
+                slot_isoformat(claim.slot),
+            )
         if result.outcome.publish:
             if self._claim_went_stale(claimed_at):
                 # Stalled since claiming (paused, swapped out, slow broker): another replica may

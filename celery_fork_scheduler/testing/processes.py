@@ -58,10 +58,11 @@ class CeleryProcess:
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         prefix: Sequence[str] = (),
+        scheduler: str = "fork",
     ) -> CeleryProcess:
         """A ``celery beat -S fork`` replica; its state file and log go to ``workdir``."""
         state = Path(workdir) / f"{name}-schedule"
-        command = ["beat", "-S", "fork", "-l", "info", "-s", str(state), *extra_args]
+        command = ["beat", "-S", scheduler, "-l", "info", "-s", str(state), *extra_args]
         log = Path(workdir) / f"{name}.log"
         return cls(app, command, cwd=cwd, log_path=log, env=env, prefix=prefix)
 

@@ -80,13 +80,14 @@ def test_three_replicas_publish_every_slot_exactly_once_through_kill_and_pause(
     replicas = start_replicas(module, workdir, env, processes, 3)
     start = datetime.now(timezone.utc)
 
-    time.sleep(15)
+    # 60 s in all: a kill and a 10 s pause in the middle.
+    time.sleep(20)
     replicas[0].kill()
     replicas[1].signal(signal.SIGSTOP)
     paused_at = datetime.now(timezone.utc)
     time.sleep(10)
     replicas[1].signal(signal.SIGCONT)
-    time.sleep(20)
+    time.sleep(30)
     end = datetime.now(timezone.utc)
     for replica in replicas:
         replica.stop()
