@@ -7,9 +7,10 @@ asks the claim backend for the right to publish each due slot. Slot maths live i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from itertools import islice
@@ -22,7 +23,7 @@ from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterM
 from .backends.factory import create_backend
 from .config import Settings, read_settings
 from .entry import Entry, entries_from_config
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .publishing import CeleryPublisher, Publisher, build_occurrence
 from .timequeue import QueueItem, TimeQueue
@@ -64,14 +65,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         backend: ClaimBackend | None = None,
         publisher: Publisher | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        exit_on_config_error: bool = True,
         **kwargs: Any,
     ) -> None:
+        """``celery beat`` passes only the Celery arguments; the keywords after
+        ``schedule_filename`` let tests and the testing harness inject their parts.
+
+        A bad setting or entry stops ``celery beat`` with one line naming it
+        (``exit_on_config_error``); with ``False`` the :class:`ConfigError` is raised instead.
+        """
+        self.exit_on_config_error = exit_on_config_error
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
         self.clock: Clock = clock or utc_now
         self.monotonic = monotonic
         self.entries: dict[str, Entry] = {}
         self.queue = TimeQueue()
-        self.settings: Settings = read_settings(app.conf)
+        with self._config_errors_stop_beat():
+            self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
         self.publisher: Publisher = publisher or CeleryPublisher(app, lambda: self.producer)
         self._backend: ClaimBackend | None = None
@@ -96,8 +106,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         zone: tzinfo = self.app.timezone
         return zone
 
+    @contextlib.contextmanager
+    def _config_errors_stop_beat(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            if not self.exit_on_config_error:
+                raise
+            logger.critical("fork scheduler: invalid configuration: %s", exc)
+            raise SystemExit(f"celery beat: invalid configuration: {exc}") from None
+
     def setup_schedule(self) -> None:
         """Validate every entry, pick the backend and queue each entry's first slot."""
+        with self._config_errors_stop_beat():
+            self._setup_schedule()
+
+    def _setup_schedule(self) -> None:
         entries = entries_from_config(
             self.app.conf.beat_schedule, default_timezone=self.default_timezone
         )

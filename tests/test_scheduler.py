@@ -50,6 +50,7 @@ def make_scheduler(tmp_path: Path) -> Iterator[SchedulerFactory]:
             clock=clock,
             publisher=publisher,
             backend=backend or LocalBackend(state or tmp_path / "state.json"),
+            exit_on_config_error=False,
         )
         made.append(scheduler)
         return scheduler, clock, publisher

@@ -54,6 +54,7 @@ class Replica:
             backend=backend,
             publisher=self.publisher,
             monotonic=lambda: self.monotonic,
+            exit_on_config_error=False,
         )
 
 
