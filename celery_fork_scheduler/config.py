@@ -25,6 +25,9 @@ DEFAULTS: Mapping[str, Any] = {
     "max_concurrent": 0,
     "catchup_grace": timedelta(seconds=5),
     "state_filename": None,
+    "singleton_lease": timedelta(seconds=60),
+    "refresh_interval": timedelta(seconds=1),
+    "history_size": 20,
 }
 
 
@@ -43,6 +46,9 @@ class Settings:
     max_concurrent: int = 0
     catchup_grace: timedelta = timedelta(seconds=5)
     state_filename: str | None = None
+    singleton_lease: timedelta = timedelta(seconds=60)
+    refresh_interval: timedelta = timedelta(seconds=1)
+    history_size: int = 20
 
 
 def _setting_error(name: str, message: str) -> ConfigError:
@@ -104,4 +110,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         max_concurrent=_non_negative_int("max_concurrent", raw["max_concurrent"]),
         catchup_grace=_duration("catchup_grace", raw["catchup_grace"], allow_zero=True),
         state_filename=_optional_str("state_filename", raw["state_filename"]),
+        singleton_lease=_duration("singleton_lease", raw["singleton_lease"], allow_zero=False),
+        refresh_interval=_duration("refresh_interval", raw["refresh_interval"], allow_zero=False),
+        history_size=_non_negative_int("history_size", raw["history_size"]),
     )

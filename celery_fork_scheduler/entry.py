@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
-from .schedules import SlotSchedule, coerce_schedule
+from .schedules import SlotSchedule, coerce_schedule, schedule_from_dict
 
 EntrySource = Literal["config", "decorator", "runtime"]
+Overlap = Literal["allow", "skip", "buffer_one"]
+Catchup = Literal["skip", "latest", "all"]
+
+OVERLAPS: tuple[Overlap, ...] = ("allow", "skip", "buffer_one")
+CATCHUPS: tuple[Catchup, ...] = ("skip", "latest", "all")
 
 #: Keys of Celery's own ``beat_schedule`` entries, all accepted unchanged.
 CELERY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
 #: Keys this package adds.
 EXTRA_KEYS = frozenset(
-    {"tags", "singleton", "enabled", "timezone", "start_at", "end_at", "description"}
+    {
+        "tags",
+        "singleton",
+        "overlap",
+        "enabled",
+        "timezone",
+        "start_at",
+        "end_at",
+        "description",
+        "max_runs",
+        "one_off",
+        "catchup",
+        "catchup_window",
+    }
 )
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
 
@@ -39,12 +59,20 @@ class Entry:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
-    singleton: bool = False
+    overlap: Overlap = "allow"
     enabled: bool = True
     start_at: datetime | None = None
     end_at: datetime | None = None
     description: str = ""
+    max_runs: int | None = None
+    catchup: Catchup = "latest"
+    catchup_window: timedelta | None = None
     source: EntrySource = "config"
+
+    @property
+    def singleton(self) -> bool:
+        """True when runs of this entry must not overlap (``overlap`` is not ``"allow"``)."""
+        return self.overlap != "allow"
 
     def first_slot_after(self, after: datetime) -> datetime | None:
         """Return the first slot strictly after ``after`` that lies inside start/end."""
@@ -119,6 +147,42 @@ def _flag(name: str, field_name: str, value: object, default: bool) -> bool:
     return value
 
 
+def _choice(name: str, field_name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        allowed = ", ".join(repr(choice) for choice in choices)
+        raise _fail(name, field_name, f"must be one of {allowed}, not {value!r}")
+    return str(value)
+
+
+def _overlap(name: str, definition: Mapping[str, Any]) -> Overlap:
+    singleton = _flag(name, "singleton", definition.get("singleton"), False)
+    if "overlap" not in definition or definition["overlap"] is None:
+        return "skip" if singleton else "allow"
+    overlap = _choice(name, "overlap", definition["overlap"], OVERLAPS)
+    if singleton and overlap == "allow":
+        raise _fail(name, "overlap", "'allow' contradicts singleton=True")
+    return overlap  # type: ignore[return-value]
+
+
+def _max_runs(name: str, definition: Mapping[str, Any]) -> int | None:
+    value = definition.get("max_runs")
+    one_off = _flag(name, "one_off", definition.get("one_off"), False)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _fail(name, "max_runs", f"must be a whole number >= 1, not {value!r}")
+    if one_off and value not in (None, 1):
+        raise _fail(name, "max_runs", f"one_off=True means one run, not {value!r}")
+    return 1 if one_off else value
+
+
+def _window(name: str, value: object) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return to_timedelta(value, what="catchup_window", allow_zero=False)
+    except ValueError as exc:
+        raise _fail(name, "catchup_window", str(exc).removeprefix("catchup_window ")) from None
+
+
 def entry_from_config(
     name: str,
     definition: Mapping[str, Any],
@@ -147,7 +211,10 @@ def entry_from_config(
 
     zone = _zone(name, definition.get("timezone")) or default_timezone
     try:
-        schedule = coerce_schedule(definition["schedule"], default_tz=zone)
+        raw_schedule = definition["schedule"]
+        if isinstance(raw_schedule, Mapping):
+            raw_schedule = schedule_from_dict(raw_schedule)
+        schedule = coerce_schedule(raw_schedule, default_tz=zone)
         if definition.get("timezone") is not None:
             schedule = schedule.with_timezone(zone)
         schedule.validate()
@@ -182,11 +249,14 @@ def entry_from_config(
         kwargs=kwargs,
         options=dict(options),
         tags=_tags(name, definition.get("tags")),
-        singleton=_flag(name, "singleton", definition.get("singleton"), False),
+        overlap=_overlap(name, definition),
         enabled=_flag(name, "enabled", definition.get("enabled"), True),
         start_at=start_at,
         end_at=end_at,
         description=description,
+        max_runs=_max_runs(name, definition),
+        catchup=_choice(name, "catchup", definition.get("catchup", "latest"), CATCHUPS),  # type: ignore[arg-type]
+        catchup_window=_window(name, definition.get("catchup_window")),
         source=source,
     )
 
@@ -205,3 +275,51 @@ def entries_from_config(
         name: entry_from_config(name, definition, default_timezone=default_timezone)
         for name, definition in beat_schedule.items()
     }
+
+
+#: Version of the JSON form of stored entries; an unknown version is an error, never a reset.
+ENTRY_SCHEMA = 1
+
+
+def entry_to_dict(entry: Entry) -> dict[str, Any]:
+    """The JSON-safe stored form of a runtime entry (``schema`` included).
+
+    Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON.
+    """
+    if callable(entry.args) or callable(entry.kwargs):
+        raise _fail(entry.name, "args", "runtime entries need plain values, not callables")
+    data: dict[str, Any] = {
+        "schema": ENTRY_SCHEMA,
+        "task": entry.task,
+        "schedule": entry.schedule.to_dict(),
+        "args": list(entry.args),
+        "kwargs": dict(entry.kwargs),
+        "options": dict(entry.options),
+        "tags": sorted(entry.tags),
+        "overlap": entry.overlap,
+        "enabled": entry.enabled,
+        "start_at": entry.start_at.isoformat() if entry.start_at else None,
+        "end_at": entry.end_at.isoformat() if entry.end_at else None,
+        "description": entry.description,
+        "max_runs": entry.max_runs,
+        "catchup": entry.catchup,
+        "catchup_window": (
+            entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
+        ),
+    }
+    for key, value in data.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise _fail(entry.name, key, f"cannot be stored as JSON: {exc}") from None
+    return data
+
+
+def entry_from_dict(name: str, data: Mapping[str, Any], *, default_timezone: tzinfo) -> Entry:
+    """Rebuild a runtime entry from its stored form, validating it like a config entry."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"stored entry is not a JSON object: {data!r}", entry=name)
+    if data.get("schema") != ENTRY_SCHEMA:
+        raise _fail(name, "schema", f"unknown stored entry schema {data.get('schema')!r}")
+    definition = {key: value for key, value in data.items() if key != "schema"}
+    return entry_from_config(name, definition, default_timezone=default_timezone, source="runtime")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from .entry import Entry
-from .ids import ENTRY_HEADER, SLOT_HEADER, slot_isoformat
+from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER, slot_isoformat
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +26,23 @@ class Occurrence:
     headers: Mapping[str, Any]
 
 
-def build_occurrence(entry: Entry, slot: datetime, task_id: str) -> Occurrence:
-    """The message for ``slot`` of ``entry``: lazy args evaluated, headers added."""
+def build_occurrence(
+    entry: Entry, slot: datetime, task_id: str, *, capped: bool = False
+) -> Occurrence:
+    """The message for ``slot`` of ``entry``: lazy args evaluated, headers added.
+
+    Runs that the worker must report the end of (singletons, runs under the concurrency cap)
+    carry the headers that tell it so.
+    """
     options = dict(entry.options)
     headers = dict(options.pop("headers", None) or {})
     headers.update(
         {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(slot), "celery_beat_task": True}
     )
+    if entry.overlap != "allow":
+        headers[OVERLAP_HEADER] = entry.overlap
+    if capped:
+        headers[CAPPED_HEADER] = True
     args = entry.args() if callable(entry.args) else entry.args
     kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
     return Occurrence(
@@ -43,6 +54,37 @@ def build_occurrence(entry: Entry, slot: datetime, task_id: str) -> Occurrence:
         kwargs=dict(kwargs),
         options=options,
         headers=headers,
+    )
+
+
+def occurrence_to_json(occurrence: Occurrence) -> str:
+    """The JSON form of an occurrence, held in Redis for overlap ``buffer_one``."""
+    return json.dumps(
+        {
+            "entry": occurrence.entry,
+            "slot": slot_isoformat(occurrence.slot),
+            "task": occurrence.task,
+            "task_id": occurrence.task_id,
+            "args": list(occurrence.args),
+            "kwargs": dict(occurrence.kwargs),
+            "options": dict(occurrence.options),
+            "headers": dict(occurrence.headers),
+        }
+    )
+
+
+def occurrence_from_json(text: str | bytes) -> Occurrence:
+    """Inverse of :func:`occurrence_to_json`."""
+    data = json.loads(text)
+    return Occurrence(
+        entry=data["entry"],
+        slot=datetime.fromisoformat(data["slot"]),
+        task=data["task"],
+        task_id=data["task_id"],
+        args=tuple(data["args"]),
+        kwargs=data["kwargs"],
+        options=data["options"],
+        headers=data["headers"],
     )
 
 

@@ -11,29 +11,28 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
-from itertools import islice
 from typing import Any
 
 from celery import beat
 from celery.schedules import crontab
 
+from . import signals
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterMark
 from .backends.factory import create_backend
+from .catchup import slots_due
 from .config import Settings, read_settings
 from .entry import Entry, entries_from_config
 from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
-from .publishing import CeleryPublisher, Publisher, build_occurrence
+from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
 
 Clock = Callable[[], datetime]
 
-#: At most this many overdue slots of one entry are claimed one by one in a tick.
-MAX_SLOTS_PER_ENTRY_PER_TICK = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: The shortest wait before asking again about a slot that is pending or early.
@@ -51,6 +50,8 @@ class DueSlot:
 
     entry: Entry
     claim: Claim
+    #: True when the run holds a place under ``fork_scheduler_max_concurrent``.
+    capped: bool = False
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -168,39 +169,32 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
             marks = {}
         for entry in enabled:
-            mark = marks.get(entry.name)
-            missed = self._missed_slot(entry, mark, now)
-            if missed is not None:
-                self.queue.push(missed.timestamp(), entry, missed)
-                continue
-            if mark is not None and not mark.sent:
-                # Claimed by a replica that died before publishing: ask for a takeover.
-                self.queue.push(now.timestamp(), entry, mark.slot, retry=True)
-            upcoming = entry.first_slot_after(now)
-            if upcoming is not None:
-                self.queue.push(upcoming.timestamp(), entry, upcoming)
+            self._queue_entry(entry, marks.get(entry.name), now)
 
-    def _missed_slot(
-        self, entry: Entry, mark: HighWaterMark | None, now: datetime
-    ) -> datetime | None:
-        """The slot to fire at start-up for downtime, if any.
+    def _queue_entry(self, entry: Entry, mark: HighWaterMark | None, now: datetime) -> None:
+        """Queue an entry's next slot, and what it missed while every replica was down.
 
-        A new entry waits for its next slot (beat starting is no reason to fire). An entry that
-        missed slots while every replica was down fires its latest missed slot once, unless
-        ``beat_cron_starting_deadline`` says that slot is too old.
+        A new entry waits for its next slot: beat starting is no reason to fire. An entry with
+        a high-water mark catches up by its policy (see :mod:`.catchup`), bounded by
+        ``beat_cron_starting_deadline``; a slot claimed by a replica that died before publishing
+        is asked for again, so that it is taken over.
         """
-        if mark is None:
-            return None
-        missed = entry.last_slot_at_or_before(now)
-        if missed is None or missed <= mark.slot:
-            return None
-        deadline = self.app.conf.beat_cron_starting_deadline
-        if deadline is not None and (now - missed).total_seconds() > deadline:
-            logger.info(
-                "fork scheduler: %s missed %s, older than the starting deadline", entry.name, missed
+        if mark is not None:
+            deadline = self.app.conf.beat_cron_starting_deadline
+            missed = slots_due(
+                entry,
+                mark.slot,
+                now,
+                grace=self.settings.catchup_grace,
+                window=timedelta(seconds=deadline) if deadline is not None else None,
             )
-            return None
-        return missed
+            if not mark.sent and not missed:
+                missed = [mark.slot]
+            for slot in missed:
+                self.queue.push(now.timestamp(), entry, slot, retry=True)
+        upcoming = entry.first_slot_after(now)
+        if upcoming is not None:
+            self.queue.push(upcoming.timestamp(), entry, upcoming)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -213,25 +207,32 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return self._seconds_to_next_wakeup()
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
-        """One tick's pipeline: decide -> claim -> publish -> record."""
+        """One tick's pipeline: decide -> claim -> admit -> publish -> record."""
         due, follow_ups = self._decide(items, now)
+        for due_slot in due:
+            signals.entry_due.send(sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot)
         try:
             self._flush_unmarked()
             results = self.backend.claim([slot.claim for slot in due])
+            claimed_at = self.monotonic()
+            admitted = self._admit(due, results, now)
         except BackendUnavailableError as exc:
-            self._on_backend_down(exc, items, now)
+            self._on_backend_down(exc, items, due, now)
             return
-        claimed_at = self.monotonic()
         self._on_backend_up()
         for entry, upcoming in follow_ups:
             self.queue.push(upcoming.timestamp(), entry, upcoming)
-        for due_slot, result in zip(due, results, strict=True):
-            if self._settle(due_slot.entry, result, now, claimed_at):
-                self._unmarked.append(result.claim)
+        for due_slot in admitted:
+            if self._claim_went_stale(claimed_at):
+                # Stalled since claiming (paused, swapped out, slow broker): another replica may
+                # take the claim over after its lease, so ask again rather than publish blind.
+                self.queue.push(now.timestamp(), due_slot.entry, due_slot.claim.slot, retry=True)
+            elif self._publish(due_slot):
+                self._unmarked.append(due_slot.claim)
         try:
             self._flush_unmarked()
         except BackendUnavailableError as exc:
-            self._on_backend_down(exc, (), now)
+            self._on_backend_down(exc, (), (), now)
 
     def _decide(
         self, items: Iterable[QueueItem], now: datetime
@@ -246,56 +247,74 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if item.retry:
                 due.append(self._due_slot(entry, item.slot))
                 continue
+            after = item.slot - timedelta(microseconds=1)
             due.extend(
-                self._due_slot(entry, slot) for slot in self._slots_to_claim(entry, item.slot, now)
+                self._due_slot(entry, slot)
+                for slot in slots_due(entry, after, now, grace=self.settings.catchup_grace)
             )
             upcoming = entry.first_slot_after(now)
             if upcoming is not None:
                 follow_ups.append((entry, upcoming))
         return due, follow_ups
 
-    def _slots_to_claim(self, entry: Entry, earliest: datetime, now: datetime) -> list[datetime]:
-        """Slots from ``earliest`` to ``now``: each recent one, or only the latest when late.
-
-        Slots older than ``fork_scheduler_catchup_grace`` were missed (beat was down, paused or
-        cut off from Redis); of those only the latest fires, once — Celery's catch-up rule.
-        """
-        cutoff = now - self.settings.catchup_grace
-        lower = max(earliest - timedelta(microseconds=1), cutoff)
-        recent = list(islice(entry.schedule.slots(lower, now), MAX_SLOTS_PER_ENTRY_PER_TICK))
-        if entry.end_at is not None:
-            recent = [slot for slot in recent if slot <= entry.end_at]
-        if recent:
-            return recent
-        latest = entry.last_slot_at_or_before(now)
-        return [latest] if latest is not None and latest >= earliest else []
-
     @staticmethod
     def _due_slot(entry: Entry, slot: datetime) -> DueSlot:
-        return DueSlot(entry, Claim(entry.name, slot, task_id_for(entry.name, slot)))
+        task_id = task_id_for(entry.name, slot)
+        held = ""
+        if entry.overlap == "buffer_one":
+            held = occurrence_to_json(build_occurrence(entry, slot, task_id))
+        claim = Claim(
+            entry.name,
+            slot,
+            task_id,
+            overlap=entry.overlap,
+            max_runs=entry.max_runs or 0,
+            held_message=held,
+        )
+        return DueSlot(entry, claim)
 
-    def _settle(self, entry: Entry, result: ClaimResult, now: datetime, claimed_at: float) -> bool:
-        """Act on one claim result; return True when the slot was published."""
-        claim = result.claim
-        if result.outcome is ClaimOutcome.TAKEN_OVER:
-            logger.warning(
-                "fork scheduler: %s slot %s taken over from a replica that did not publish it",
-                entry.name,
-                slot_isoformat(claim.slot),
-            )
-        if result.outcome.publish:
-            if self._claim_went_stale(claimed_at):
-                # Stalled since claiming (paused, swapped out, slow broker): another replica may
-                # take the claim over after its lease, so ask again rather than publish blind.
-                self.queue.push(now.timestamp(), entry, claim.slot, retry=True)
-                return False
-            return self._publish(entry, claim)
-        if result.outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
-            when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
-            self.queue.push(when, entry, claim.slot, retry=True)
-            return False
-        logger.debug("fork scheduler: %s at %s claimed by another replica", entry.name, claim.slot)
-        return False
+    def _admit(
+        self, due: Sequence[DueSlot], results: Sequence[ClaimResult], now: datetime
+    ) -> list[DueSlot]:
+        """The won slots that may be published: retries queued, skips reported, cap applied."""
+        won: list[DueSlot] = []
+        for due_slot, result in zip(due, results, strict=True):
+            outcome = result.outcome
+            if outcome.publish:
+                if outcome is ClaimOutcome.TAKEN_OVER:
+                    logger.warning(
+                        "fork scheduler: %s slot %s taken over from a replica that did not "
+                        "publish it",
+                        due_slot.entry.name,
+                        slot_isoformat(due_slot.claim.slot),
+                    )
+                won.append(due_slot)
+            elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
+                when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
+                self.queue.push(when, due_slot.entry, due_slot.claim.slot, retry=True)
+            else:
+                self._skipped(due_slot, outcome.value)
+        cap = self.settings.max_concurrent
+        if cap <= 0 or not won:
+            return won
+        granted = self.backend.take_cap_places([slot.claim for slot in won], cap)
+        over = won[granted:]
+        if over:
+            self.backend.mark_skipped([slot.claim for slot in over], "capped")
+            for due_slot in over:
+                self._skipped(due_slot, "capped")
+        return [replace(slot, capped=True) for slot in won[:granted]]
+
+    def _skipped(self, due_slot: DueSlot, reason: str) -> None:
+        """Report a due slot this replica does not publish."""
+        entry, slot = due_slot.entry.name, due_slot.claim.slot
+        level = logging.DEBUG if reason == "claimed" else logging.INFO
+        if reason in ("capped", "redis_unavailable"):
+            level = logging.WARNING
+        logger.log(
+            level, "fork scheduler: %s slot %s skipped: %s", entry, slot_isoformat(slot), reason
+        )
+        signals.entry_skipped.send(sender=self, entry=entry, slot=slot, reason=reason)
 
     def _claim_went_stale(self, claimed_at: float) -> bool:
         if not self.backend.protects_replicas:
@@ -303,18 +322,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         half_lease = self.settings.claim_lease.total_seconds() / 2
         return self.monotonic() - claimed_at > half_lease
 
-    def _publish(self, entry: Entry, claim: Claim) -> bool:
-        """Send one occurrence; a failure is logged and leaves the claim for a takeover."""
+    def _publish(self, due_slot: DueSlot) -> bool:
+        """Send one occurrence; a failure is logged, reported and retried while still recent."""
+        entry, claim = due_slot.entry, due_slot.claim
         try:
-            occurrence = build_occurrence(entry, claim.slot, claim.task_id)
+            occurrence = build_occurrence(entry, claim.slot, claim.task_id, capped=due_slot.capped)
             self.publisher.publish(occurrence)
-        except Exception:
+        except Exception as exc:
             logger.exception(
                 "fork scheduler: publishing %s (%s) for slot %s failed",
                 entry.name,
                 entry.task,
                 slot_isoformat(claim.slot),
             )
+            signals.entry_failed.send(
+                sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=exc
+            )
+            now = self.clock()
+            if now - claim.slot <= self.settings.catchup_grace:
+                self.queue.push(
+                    now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, retry=True
+                )
             return False
         logger.info(
             "fork scheduler: sent %s (%s) slot %s id %s",
@@ -322,6 +350,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entry.task,
             slot_isoformat(claim.slot),
             claim.task_id,
+        )
+        signals.entry_dispatched.send(
+            sender=self,
+            entry=entry.name,
+            slot=claim.slot,
+            task_id=claim.task_id,
+            replica=self.backend.replica_id,
         )
         return True
 
@@ -335,7 +370,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._unmarked = pending + self._unmarked
                 raise
 
-    def _on_backend_down(self, exc: Exception, items: Sequence[QueueItem], now: datetime) -> None:
+    def _on_backend_down(
+        self,
+        exc: Exception,
+        items: Sequence[QueueItem],
+        due: Sequence[DueSlot],
+        now: datetime,
+    ) -> None:
         """Fail closed: publish nothing this tick, ask again soon, log once per outage."""
         if not self._backend_down:
             logger.error(
@@ -343,6 +384,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 exc,
             )
             self._backend_down = True
+        for due_slot in due:
+            signals.entry_skipped.send(
+                sender=self,
+                entry=due_slot.entry.name,
+                slot=due_slot.claim.slot,
+                reason="redis_unavailable",
+            )
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for item in items:
             entry = self.entries.get(item.entry.name)

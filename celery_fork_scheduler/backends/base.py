@@ -8,6 +8,9 @@ against both.
 from __future__ import annotations
 
 import enum
+import os
+import secrets
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -30,6 +33,14 @@ class ClaimOutcome(enum.Enum):
     PENDING = "pending"
     #: The slot is still in the future by the backend's clock; ask again after ``retry_after``.
     EARLY = "early"
+    #: Skipped: the entry is paused.
+    PAUSED = "paused"
+    #: Skipped: the previous run of a singleton entry is still executing.
+    BUSY = "busy"
+    #: Held back (overlap ``buffer_one``): published as soon as the running one ends.
+    BUFFERED = "buffered"
+    #: Skipped: the entry has used up its ``max_runs``.
+    FINISHED = "finished"
 
     @property
     def publish(self) -> bool:
@@ -44,6 +55,12 @@ class Claim:
     entry: str
     slot: datetime
     task_id: str
+    #: The entry's overlap policy: ``"allow"``, ``"skip"`` or ``"buffer_one"``.
+    overlap: str = "allow"
+    #: The entry's ``max_runs`` (0: no limit).
+    max_runs: int = 0
+    #: For ``buffer_one``: the JSON message to hold back while a run is executing.
+    held_message: str = ""
 
     @property
     def slot_us(self) -> int:
@@ -71,7 +88,7 @@ class ClaimResult:
 class ClaimBackend(Protocol):
     """Where claims, high-water marks and send records live."""
 
-    #: ``hostname:pid`` of this replica, recorded with each claim.
+    #: ``hostname:pid:token`` of this replica, recorded with each claim.
     replica_id: str
 
     def describe(self) -> str:
@@ -94,6 +111,15 @@ class ClaimBackend(Protocol):
     def mark_sent(self, claims: Sequence[Claim]) -> None:
         """Record that these won claims were published (state ``claimed`` -> ``sent``)."""
 
+    def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
+        """Give back won claims that will not be published (their runs do not count)."""
+
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+        """Reserve places under the cluster-wide cap for the first runs of ``claims``.
+
+        Returns how many of them, from the first, may be published.
+        """
+
     def sync(self) -> None:
         """Persist whatever is kept in memory (a no-op for backends that store at once)."""
 
@@ -110,3 +136,8 @@ def to_epoch_us(instant: datetime) -> int:
 def from_epoch_us(value: int) -> datetime:
     """The aware UTC datetime of a count of microseconds since the Unix epoch."""
     return EPOCH + timedelta(microseconds=value)
+
+
+def replica_identity() -> str:
+    """``hostname:pid:token``: readable, and unique even for two PID-1 containers on one host."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us
+from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us, replica_identity
 
 #: Version of the state file's layout; an unknown version is an error, never a silent reset.
 STATE_SCHEMA = 1
@@ -27,9 +26,10 @@ class LocalBackend:
     protects_replicas = False
 
     def __init__(self, state_path: str | os.PathLike[str] | None) -> None:
-        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.replica_id = replica_identity()
         self.state_path = Path(state_path) if state_path is not None else None
         self._marks: dict[str, int] = self._load()
+        self._unsent: set[tuple[str, int]] = set()
         self._dirty = False
 
     def describe(self) -> str:
@@ -68,13 +68,26 @@ class LocalBackend:
             if slot_us > self._marks.get(claim.entry, -1):
                 self._marks[claim.entry] = slot_us
                 self._dirty = True
+                self._unsent.add((claim.entry, slot_us))
                 results.append(ClaimResult(claim, ClaimOutcome.WON))
+            elif (claim.entry, slot_us) in self._unsent:
+                results.append(ClaimResult(claim, ClaimOutcome.WON))  # publishing is retried
             else:
                 results.append(ClaimResult(claim, ClaimOutcome.CLAIMED))
         return results
 
     def mark_sent(self, claims: Sequence[Claim]) -> None:
-        """Nothing to record: a single replica publishes right after claiming."""
+        """Forget the unsent claims that were published."""
+        for claim in claims:
+            self._unsent.discard((claim.entry, claim.slot_us))
+
+    def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
+        """Forget the unsent claims that will not be published."""
+        self.mark_sent(claims)
+
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+        """No cap without Redis: workers cannot report the end of a run to this process."""
+        return len(claims)
 
     def sync(self) -> None:
         """Write the high-water marks to the state file atomically, if they changed."""

@@ -1,26 +1,39 @@
 """Lua scripts of the Redis backend, each atomic on the keys of one entry (one hash slot).
 
 Redis key layout (``P`` = ``fork_scheduler_key_prefix``, default ``scheduler:``; the entry name
-in braces is a Redis Cluster hash tag, so both keys of one entry live on one node)::
+in braces is a Redis Cluster hash tag, so every key of one entry lives on one node)::
 
-    P{<entry>}:state    hash   hwm         latest claimed slot, microseconds since the epoch
-                               state       "claimed" | "sent" (of the slot at hwm)
-                               owner       replica id (hostname:pid) of the latest claim
-                               task_id     task id of the slot at hwm
-                               claimed_at  Redis TIME of the latest claim, microseconds
-                               sent_at     Redis TIME of the latest publish, microseconds
-                               runs        number of slots published
-    P{<entry>}:pending  hash   <slot us> -> "<owner>|<claimed_at us>" for claimed, unsent slots
+    P{<entry>}:state     hash    hwm          latest claimed slot, microseconds since the epoch
+                                 state        "claimed" | "sent" | "skipped" (slot at hwm)
+                                 reason       why the slot at hwm was skipped
+                                 owner        replica id (hostname:pid:token) of the last claim
+                                 task_id      task id of the slot at hwm
+                                 claimed_at   Redis TIME of the latest claim, microseconds
+                                 sent_at      Redis TIME of the latest publish, microseconds
+                                 runs         slots claimed to run (skipped ones are given back)
+                                 paused       "1" while paused; pause_note, paused_at beside it
+    P{<entry>}:pending   hash    <slot us> -> "<owner>|<claimed_at us>": claimed, not yet sent
+    P{<entry>}:running   string  task id of the run in progress (singleton), with a lease (PX)
+    P{<entry>}:buffered  string  JSON message of the one run held back (overlap "buffer_one")
+    P{cap}:running       zset    task id -> lease end (us): scheduled runs executing now
+    P{runtime}:entries   hash    name -> JSON of a runtime entry (schema-versioned)
+    P{runtime}:changes   zset    name -> version of its latest change (deletes included)
+    P{runtime}:version   string  version counter of the runtime entries
+    P{replicas}          hash    replica id -> JSON (last tick, schedule version)
+    P{workers}:seen      string  set by workers that release singletons (TTL)
 """
 
 from __future__ import annotations
 
 #: Claim one slot of one entry.
-#: KEYS[1] state hash, KEYS[2] pending hash.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] early tolerance (us),
-#: ARGV[5] lease (us), ARGV[6] TTL of the pending hash (ms).
-#: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early";
-#: wait_us is how long to wait before asking again (pending, early), else 0.
+#: ARGV[5] claim lease (us), ARGV[6] TTL of the pending hash (ms), ARGV[7] overlap
+#: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
+#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else "").
+#: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
+#: "paused" | "busy" | "buffered" | "finished"; wait_us: how long to wait before asking again
+#: (pending, early), else 0.
 CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -32,10 +45,33 @@ end
 local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
 local mine = ARGV[3] .. '|' .. now_text
 if slot > hwm then
+  local function skip(reason)
+    redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'skipped', 'reason', reason,
+               'task_id', ARGV[2])
+    return {reason, 0}
+  end
+  if redis.call('HGET', KEYS[1], 'paused') then
+    return skip('paused')
+  end
+  local max_runs = tonumber(ARGV[8])
+  if max_runs > 0 and tonumber(redis.call('HGET', KEYS[1], 'runs') or '0') >= max_runs then
+    return skip('finished')
+  end
+  if ARGV[7] ~= 'allow' and redis.call('EXISTS', KEYS[3]) == 1 then
+    if ARGV[7] == 'buffer_one' and redis.call('EXISTS', KEYS[4]) == 0 then
+      redis.call('SET', KEYS[4], ARGV[10])
+      return skip('buffered')
+    end
+    return skip('busy')
+  end
   redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
              'task_id', ARGV[2], 'claimed_at', now_text)
+  redis.call('HINCRBY', KEYS[1], 'runs', 1)
   redis.call('HSET', KEYS[2], ARGV[1], mine)
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  if ARGV[7] ~= 'allow' then
+    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[9])
+  end
   return {'won', 0}
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
@@ -64,11 +100,87 @@ MARK_SENT = """
 local t = redis.call('TIME')
 local now_text = t[1] .. string.format('%06d', tonumber(t[2]))
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
-if removed == 1 then
-  redis.call('HINCRBY', KEYS[1], 'runs', 1)
-  if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
-    redis.call('HSET', KEYS[1], 'state', 'sent', 'sent_at', now_text)
-  end
+if removed == 1 and redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'sent', 'sent_at', now_text)
 end
 return removed
+"""
+
+#: Give back a claimed slot that will not be published (e.g. over the concurrency cap).
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker.
+#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason.
+#: Returns 1 when the claim was given back, 0 when it was no longer pending.
+MARK_SKIPPED = """
+local removed = redis.call('HDEL', KEYS[2], ARGV[1])
+if removed == 0 then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'runs', -1)
+if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'skipped', 'reason', ARGV[3])
+end
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+
+#: Take places under the cluster-wide cap of concurrent scheduled runs.
+#: KEYS[1] the cap zset. ARGV[1] cap, ARGV[2] lease (us), ARGV[3..] task ids wanting a place.
+#: Returns the number of places granted, in the order of the task ids.
+TAKE_CAP_PLACES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local granted = 0
+local lease_end = string.format('%.0f', now + tonumber(ARGV[2]))
+for i = 3, #ARGV do
+  if granted >= free then
+    break
+  end
+  redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
+  granted = granted + 1
+end
+return granted
+"""
+
+#: Keep a singleton run's marker alive while the worker runs it.
+#: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
+#: Returns 1 when the marker was still this run's, else 0.
+HEARTBEAT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+#: Keep a run's place under the concurrency cap while the worker runs it.
+#: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] lease (ms).
+#: Returns 1 when the run still held a place, else 0.
+CAP_HEARTBEAT = """
+local t = redis.call('TIME')
+local lease_end = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]) * 1000
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%.0f', lease_end), ARGV[1])
+"""
+
+#: A run ended: free its markers; hand the singleton to the held-back run, if any.
+#: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash.
+#: ARGV[1] task id, ARGV[2] lease (ms).
+#: Returns the held-back JSON message to publish now (its task id now holds the marker), or nil.
+RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return nil
+end
+local held = redis.call('GET', KEYS[2])
+if not held then
+  redis.call('DEL', KEYS[1])
+  return nil
+end
+redis.call('DEL', KEYS[2])
+local message = cjson.decode(held)
+redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'runs', 1)
+return held
 """

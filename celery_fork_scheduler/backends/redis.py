@@ -9,8 +9,6 @@ Key layout and scripts: :mod:`.lua`. Claims for a burst of due entries go in one
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -26,7 +24,14 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 from ..config import Settings
 from ..errors import BackendUnavailableError
 from . import lua
-from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us
+from .base import (
+    Claim,
+    ClaimOutcome,
+    ClaimResult,
+    HighWaterMark,
+    from_epoch_us,
+    replica_identity,
+)
 from .redis_connection import client_from_url, mask_url
 
 T = TypeVar("T")
@@ -58,12 +63,15 @@ class RedisBackend:
         self.client = client
         self.settings = settings
         self.prefix = settings.key_prefix
-        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.replica_id = replica_identity()
         self.display_url = display_url
         self._sleep = sleep
         self._owns_client = owns_client
         self._claim_script = client.register_script(lua.CLAIM)
         self._mark_sent_script = client.register_script(lua.MARK_SENT)
+        self._mark_skipped_script = client.register_script(lua.MARK_SKIPPED)
+        self._take_cap_script = client.register_script(lua.TAKE_CAP_PLACES)
+        self._singleton_lease_ms = _us(settings.singleton_lease) // 1000
         self._lease_us = _us(settings.claim_lease)
         self._tolerance_us = _us(EARLY_TOLERANCE)
         self._pending_ttl_ms = _us(PENDING_TTL) // 1000
@@ -89,6 +97,19 @@ class RedisBackend:
     def pending_key(self, entry: str) -> str:
         """The hash of claimed, not yet published slots of ``entry``."""
         return f"{self.prefix}{{{entry}}}:pending"
+
+    def running_key(self, entry: str) -> str:
+        """The singleton marker of ``entry``: the task id of its run in progress."""
+        return f"{self.prefix}{{{entry}}}:running"
+
+    def buffered_key(self, entry: str) -> str:
+        """The message of the one run of ``entry`` held back by overlap ``buffer_one``."""
+        return f"{self.prefix}{{{entry}}}:buffered"
+
+    @property
+    def cap_key(self) -> str:
+        """The zset of scheduled runs executing now, for ``fork_scheduler_max_concurrent``."""
+        return f"{self.prefix}{{cap}}:running"
 
     # -- operations -------------------------------------------------------------------------
 
@@ -117,6 +138,10 @@ class RedisBackend:
                 self._tolerance_us,
                 self._lease_us,
                 self._pending_ttl_ms,
+                claim.overlap,
+                claim.max_runs,
+                self._singleton_lease_ms,
+                claim.held_message,
             )
             for claim in claims
         ]
@@ -134,10 +159,38 @@ class RedisBackend:
         ]
         self._retrying(partial(self._pipelined, commands))
 
+    def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
+        """Give back won claims that will not be published; see :data:`.lua.MARK_SKIPPED`."""
+        commands = [
+            self._script_command(
+                self._mark_skipped_script, claim.entry, claim.slot_us, claim.task_id, reason
+            )
+            for claim in claims
+        ]
+        self._retrying(partial(self._pipelined, commands))
+
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+        """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
+        if not claims:
+            return 0
+        lease_us = _us(self.settings.singleton_lease)
+        ids = [claim.task_id for claim in claims]
+
+        def take() -> int:
+            granted = self._take_cap_script(keys=[self.cap_key], args=[cap, lease_us, *ids])
+            return int(granted)
+
+        return self._retrying(take)
+
     # -- pipelines --------------------------------------------------------------------------
 
     def _script_command(self, script: Script, entry: str, *args: object) -> Command:
-        keys = [self.state_key(entry), self.pending_key(entry)]
+        keys = [
+            self.state_key(entry),
+            self.pending_key(entry),
+            self.running_key(entry),
+            self.buffered_key(entry),
+        ]
         return keys[0], partial(_run_script, script=script, keys=keys, args=list(args))
 
     def _pipelined(self, commands: Sequence[Command]) -> list[Any]:

@@ -1,0 +1,60 @@
+"""Which slots of an entry to claim now: recent ones, and missed ones by the catch-up policy.
+
+Pure functions of the entry, two instants and the settings: no clock, no I/O.
+
+A slot is *recent* when it is no older than ``fork_scheduler_catchup_grace``: it fires even if a
+little late (a slow tick, a short hiccup). Older slots were *missed* — every replica was down,
+paused or cut off from Redis — and the entry's ``catchup`` policy decides:
+
+- ``"latest"`` (default, Celery's behaviour): the latest missed slot fires once, unless a recent
+  slot fires anyway;
+- ``"all"``: every missed slot fires (at most :data:`MAX_CATCH_UP_SLOTS`);
+- ``"skip"``: missed slots never fire.
+
+``catchup_window`` (and, at start-up, ``beat_cron_starting_deadline``) bounds how old a missed slot
+may be and still fire.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from itertools import islice
+
+from .entry import Entry
+
+#: At most this many slots of one entry are claimed at once (``catchup="all"`` after a long outage).
+MAX_CATCH_UP_SLOTS = 1000
+
+
+def slots_due(
+    entry: Entry,
+    after: datetime,
+    now: datetime,
+    *,
+    grace: timedelta,
+    window: timedelta | None = None,
+) -> list[datetime]:
+    """Slots of ``entry`` in ``(after, now]`` that should be claimed now, oldest first."""
+    cutoff = now - grace
+    recent = _bounded(entry, max(after, cutoff), now)
+    limits = [w for w in (entry.catchup_window, window) if w is not None]
+    oldest = max([after, *(now - w for w in limits)])
+    if oldest >= cutoff or entry.catchup == "skip":
+        return recent
+    if entry.catchup == "all":
+        return _bounded(entry, oldest, cutoff) + recent
+    if recent:
+        return recent
+    latest = entry.last_slot_at_or_before(cutoff)
+    return [latest] if latest is not None and latest > oldest else []
+
+
+def _bounded(entry: Entry, after: datetime, until: datetime) -> list[datetime]:
+    """Slots in ``(after, until]`` inside the entry's start/end, at most MAX_CATCH_UP_SLOTS."""
+    if entry.start_at is not None and after < entry.start_at:
+        after = entry.start_at - timedelta(microseconds=1)
+    if entry.end_at is not None and until > entry.end_at:
+        until = entry.end_at
+    if until <= after:
+        return []
+    return list(islice(entry.schedule.slots(after, until), MAX_CATCH_UP_SLOTS))

@@ -1,0 +1,57 @@
+"""Celery signals of celery-fork-scheduler: connect with ``@signal.connect`` as usual.
+
+Beat side (``sender`` is the Scheduler):
+
+- :data:`entry_due` — a slot of an entry is due on this replica (``entry``, ``slot``);
+- :data:`entry_dispatched` — this replica published it (``entry``, ``slot``, ``task_id``,
+  ``replica``);
+- :data:`entry_skipped` — the slot was not published by this replica (``entry``, ``slot``,
+  ``reason``: one of :data:`SKIP_REASONS`);
+- :data:`entry_failed` — publishing raised (``entry``, ``slot``, ``task_id``, ``exception``).
+
+Worker side, only for tasks this scheduler published (``sender`` is the task):
+
+- :data:`job_started` (``entry``, ``slot``, ``task_id``);
+- :data:`job_completed` (``entry``, ``slot``, ``task_id``, ``duration`` in seconds);
+- :data:`job_failed` (``entry``, ``slot``, ``task_id``, ``exception``).
+
+A receiver that raises is logged by Celery and changes nothing else.
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+__all__ = [
+    "SKIP_REASONS",
+    "entry_dispatched",
+    "entry_due",
+    "entry_failed",
+    "entry_skipped",
+    "job_completed",
+    "job_failed",
+    "job_started",
+]
+
+#: Why a due slot was not published by this replica.
+SKIP_REASONS = (
+    "claimed",  # another replica claimed (and published) it
+    "busy",  # singleton: the previous run is still executing
+    "buffered",  # buffer_one: held back until the running one ends
+    "capped",  # fork_scheduler_max_concurrent reached
+    "paused",  # the entry is paused
+    "finished",  # max_runs used up
+    "redis_unavailable",  # the claim backend could not be reached: fail closed
+)
+
+entry_due = Signal(name="entry_due", providing_args={"entry", "slot"})
+entry_dispatched = Signal(
+    name="entry_dispatched", providing_args={"entry", "slot", "task_id", "replica"}
+)
+entry_skipped = Signal(name="entry_skipped", providing_args={"entry", "slot", "reason"})
+entry_failed = Signal(name="entry_failed", providing_args={"entry", "slot", "task_id", "exception"})
+job_started = Signal(name="job_started", providing_args={"entry", "slot", "task_id"})
+job_completed = Signal(
+    name="job_completed", providing_args={"entry", "slot", "task_id", "duration"}
+)
+job_failed = Signal(name="job_failed", providing_args={"entry", "slot", "task_id", "exception"})
