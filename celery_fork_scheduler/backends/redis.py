@@ -23,6 +23,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 
 from ..config import Settings
 from ..errors import BackendUnavailableError
+from ..keys import Keys
 from . import lua
 from .base import (
     Claim,
@@ -63,6 +64,7 @@ class RedisBackend:
         self.client = client
         self.settings = settings
         self.prefix = settings.key_prefix
+        self.keys = Keys(settings.key_prefix)
         self.replica_id = replica_identity()
         self.display_url = display_url
         self._sleep = sleep
@@ -92,24 +94,11 @@ class RedisBackend:
 
     def state_key(self, entry: str) -> str:
         """The state hash of ``entry``."""
-        return f"{self.prefix}{{{entry}}}:state"
+        return self.keys.state(entry)
 
     def pending_key(self, entry: str) -> str:
         """The hash of claimed, not yet published slots of ``entry``."""
-        return f"{self.prefix}{{{entry}}}:pending"
-
-    def running_key(self, entry: str) -> str:
-        """The singleton marker of ``entry``: the task id of its run in progress."""
-        return f"{self.prefix}{{{entry}}}:running"
-
-    def buffered_key(self, entry: str) -> str:
-        """The message of the one run of ``entry`` held back by overlap ``buffer_one``."""
-        return f"{self.prefix}{{{entry}}}:buffered"
-
-    @property
-    def cap_key(self) -> str:
-        """The zset of scheduled runs executing now, for ``fork_scheduler_max_concurrent``."""
-        return f"{self.prefix}{{cap}}:running"
+        return self.keys.pending(entry)
 
     # -- operations -------------------------------------------------------------------------
 
@@ -177,7 +166,7 @@ class RedisBackend:
         ids = [claim.task_id for claim in claims]
 
         def take() -> int:
-            granted = self._take_cap_script(keys=[self.cap_key], args=[cap, lease_us, *ids])
+            granted = self._take_cap_script(keys=[self.keys.cap], args=[cap, lease_us, *ids])
             return int(granted)
 
         return self._retrying(take)
@@ -185,12 +174,7 @@ class RedisBackend:
     # -- pipelines --------------------------------------------------------------------------
 
     def _script_command(self, script: Script, entry: str, *args: object) -> Command:
-        keys = [
-            self.state_key(entry),
-            self.pending_key(entry),
-            self.running_key(entry),
-            self.buffered_key(entry),
-        ]
+        keys = self.keys.entry_keys(entry)
         return keys[0], partial(_run_script, script=script, keys=keys, args=list(args))
 
     def _pipelined(self, commands: Sequence[Command]) -> list[Any]:

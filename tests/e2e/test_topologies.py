@@ -79,13 +79,25 @@ def expected(
     return {f"entry-{i:02}": slots for i in range(ENTRIES)}
 
 
-def check(fires: Fires, wanted: dict[str, list[datetime]], processes: list[CeleryProcess]) -> None:
-    assert fires.duplicates() == 0, dump_logs(processes)
-    missed = fires.missed(wanted)
-    assert missed == {}, f"missed {sum(map(len, missed.values()))}: {missed}\n" + dump_logs(
-        processes
-    )
+def stop_all(processes: list[CeleryProcess]) -> None:
+    """Stop every replica, after checking that none of them died during the run."""
     assert all(process.alive() for process in processes), dump_logs(processes)
+    for process in processes:
+        process.stop()
+
+
+def duplicated(fires: Fires) -> dict[str, list[str]]:
+    return {
+        entry: sorted(slot for slot, count in counter.items() if count > 1)
+        for entry, counter in fires.counts.items()
+        if any(count > 1 for count in counter.values())
+    }
+
+
+def check(fires: Fires, wanted: dict[str, list[datetime]], processes: list[CeleryProcess]) -> None:
+    assert fires.duplicates() == 0, f"duplicates: {duplicated(fires)}"
+    missed = fires.missed(wanted)
+    assert missed == {}, f"missed {sum(map(len, missed.values()))}: {missed}"
 
 
 # -- Redis Cluster ------------------------------------------------------------------------------
@@ -109,8 +121,7 @@ def test_replicas_claiming_on_a_redis_cluster_publish_each_slot_once(
     start = now()
     time.sleep(25)
     end = now()
-    for process in processes:
-        process.stop()
+    stop_all(processes)
 
     check(
         broker_fires(redis.Redis.from_url(redis_url)),
@@ -157,8 +168,7 @@ def test_replicas_claiming_through_sentinel_survive_a_failover(
     demoted = now()
     time.sleep(12)
     end = now()
-    for process in processes:
-        process.stop()
+    stop_all(processes)
 
     hole = (failover_started, demoted + FAILOVER_GRACE_AFTER_DEMOTION)
     fires = broker_fires(redis.Redis.from_url(redis_url))

@@ -1,0 +1,70 @@
+"""Names of the Redis keys, in one place (the layout is described in :mod:`.backends.lua`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys under one ``fork_scheduler_key_prefix``.
+
+    Every key of one entry carries the entry name as a Redis Cluster hash tag; the global keys
+    have hash tags of their own.
+    """
+
+    prefix: str
+
+    def state(self, entry: str) -> str:
+        """Hash: high-water mark, claim state, owner, counters and pause state of ``entry``."""
+        return f"{self.prefix}{{{entry}}}:state"
+
+    def pending(self, entry: str) -> str:
+        """Hash: claimed, not yet published slots of ``entry``."""
+        return f"{self.prefix}{{{entry}}}:pending"
+
+    def running(self, entry: str) -> str:
+        """String with a lease: the task id of the singleton run of ``entry`` in progress."""
+        return f"{self.prefix}{{{entry}}}:running"
+
+    def buffered(self, entry: str) -> str:
+        """String: the message of the one run of ``entry`` held back (``buffer_one``)."""
+        return f"{self.prefix}{{{entry}}}:buffered"
+
+    def history(self, entry: str) -> str:
+        """Capped list: the latest runs of ``entry``, newest first (JSON)."""
+        return f"{self.prefix}{{{entry}}}:history"
+
+    def entry_keys(self, entry: str) -> list[str]:
+        """The keys the claim scripts of ``entry`` touch, in their KEYS order."""
+        return [self.state(entry), self.pending(entry), self.running(entry), self.buffered(entry)]
+
+    @property
+    def cap(self) -> str:
+        """Zset: task ids of scheduled runs executing now, scored by lease end."""
+        return f"{self.prefix}{{cap}}:running"
+
+    @property
+    def runtime_entries(self) -> str:
+        """Hash: name -> JSON of each runtime entry."""
+        return f"{self.prefix}{{runtime}}:entries"
+
+    @property
+    def runtime_changes(self) -> str:
+        """Zset: name -> version of its latest change (deletions included)."""
+        return f"{self.prefix}{{runtime}}:changes"
+
+    @property
+    def runtime_version(self) -> str:
+        """String: the version counter of runtime entries."""
+        return f"{self.prefix}{{runtime}}:version"
+
+    @property
+    def replicas(self) -> str:
+        """Hash: replica id -> JSON of its last tick."""
+        return f"{self.prefix}{{replicas}}"
+
+    @property
+    def workers_seen(self) -> str:
+        """String with a TTL, set by workers that release singleton markers."""
+        return f"{self.prefix}{{workers}}:seen"
