@@ -6,6 +6,7 @@ occurrence of each entry exactly once across them.
 
 from __future__ import annotations
 
+from .decorators import periodic
 from .errors import (
     BackendUnavailableError,
     ConfigError,
@@ -15,11 +16,16 @@ from .errors import (
     LockNotOwnedError,
     ScheduleError,
 )
+from .extension import install
 from .ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
+from .listeners import EventListener, LoggingEventListener, register_event_listeners
 from .locking import RedisLock, RedisLocker, RedisLockerOptions
+from .manager import Job, JobBuilder, JobNotFoundError, Manager, RedisRequiredError
 from .schedule_parsing import parse_schedule
 from .scheduler import Scheduler
 from .schedules import SlotSchedule, at, cron, every
+from .slot import ScheduledSlot, scheduled_slot
+from .store import StaleVersionError
 
 __version__ = "0.1.0"
 
@@ -28,20 +34,33 @@ __all__ = [
     "SLOT_HEADER",
     "BackendUnavailableError",
     "ConfigError",
+    "EventListener",
     "ForkSchedulerError",
+    "Job",
+    "JobBuilder",
+    "JobNotFoundError",
     "LockError",
     "LockNotAcquiredError",
     "LockNotOwnedError",
+    "LoggingEventListener",
+    "Manager",
     "RedisLock",
     "RedisLocker",
     "RedisLockerOptions",
+    "RedisRequiredError",
     "ScheduleError",
+    "ScheduledSlot",
     "Scheduler",
     "SlotSchedule",
+    "StaleVersionError",
     "__version__",
     "at",
     "cron",
     "every",
+    "install",
     "parse_schedule",
+    "periodic",
+    "register_event_listeners",
+    "scheduled_slot",
     "task_id_for",
 ]

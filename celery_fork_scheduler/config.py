@@ -28,6 +28,7 @@ DEFAULTS: Mapping[str, Any] = {
     "singleton_lease": timedelta(seconds=60),
     "refresh_interval": timedelta(seconds=1),
     "history_size": 20,
+    "event_listeners": (),
 }
 
 
@@ -49,6 +50,7 @@ class Settings:
     singleton_lease: timedelta = timedelta(seconds=60)
     refresh_interval: timedelta = timedelta(seconds=1)
     history_size: int = 20
+    event_listeners: tuple[str, ...] = ()
 
 
 def _setting_error(name: str, message: str) -> ConfigError:
@@ -72,6 +74,16 @@ def _optional_str(name: str, value: object) -> str | None:
     if value is None or (isinstance(value, str) and value):
         return value
     raise _setting_error(name, f"must be a non-empty string or None, not {value!r}")
+
+
+def _dotted_paths(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(path, str) and path for path in value
+    ):
+        raise _setting_error(name, f"must be a list of dotted paths, not {value!r}")
+    return tuple(value)
 
 
 def read_settings(conf: Mapping[str, Any]) -> Settings:
@@ -113,4 +125,5 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         singleton_lease=_duration("singleton_lease", raw["singleton_lease"], allow_zero=False),
         refresh_interval=_duration("refresh_interval", raw["refresh_interval"], allow_zero=False),
         history_size=_non_negative_int("history_size", raw["history_size"]),
+        event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
     )

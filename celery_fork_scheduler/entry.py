@@ -262,7 +262,10 @@ def entry_from_config(
 
 
 def entries_from_config(
-    beat_schedule: Mapping[str, Any] | None, *, default_timezone: tzinfo
+    beat_schedule: Mapping[str, Any] | None,
+    *,
+    default_timezone: tzinfo,
+    source: EntrySource = "config",
 ) -> dict[str, Entry]:
     """Validate a whole ``beat_schedule``; the first bad entry raises :class:`ConfigError`."""
     if not beat_schedule:
@@ -272,7 +275,7 @@ def entries_from_config(
             f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule"
         )
     return {
-        name: entry_from_config(name, definition, default_timezone=default_timezone)
+        name: entry_from_config(name, definition, default_timezone=default_timezone, source=source)
         for name, definition in beat_schedule.items()
     }
 

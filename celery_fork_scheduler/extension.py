@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULTS, SETTING_PREFIX
+from .config import DEFAULTS, SETTING_PREFIX, read_settings
+from .listeners import resolve_listeners
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -31,6 +32,7 @@ def install(app: Any) -> Manager:
         app.conf.setdefault(SETTING_PREFIX + name, default)
     app.conf.beat_scheduler = SCHEDULER_PATH
     WorkerHooks(app).connect()
+    resolve_listeners(read_settings(app.conf).event_listeners)
     manager = Manager(app)
     app.fork_scheduler = manager
     return manager

@@ -23,10 +23,13 @@ from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterM
 from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
+from .decorators import periodic_entries
 from .entry import Entry, entries_from_config
 from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
+from .listeners import resolve_listeners
 from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
+from .runtime import RuntimeEntries
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -35,6 +38,8 @@ Clock = Callable[[], datetime]
 
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
+#: How often a replica records itself in Redis (``celery schedule replicas``).
+ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
 MIN_RETRY_SECONDS = 0.05
 
@@ -88,6 +93,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._backend: ClaimBackend | None = None
         self._backend_down = False
         self._unmarked: list[Claim] = []
+        self.static_names: frozenset[str] = frozenset()
+        self.runtime: RuntimeEntries | None = None
+        self._next_refresh = 0.0
+        self._next_announce = 0.0
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -126,9 +135,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         entries = entries_from_config(
             self.app.conf.beat_schedule, default_timezone=self.default_timezone
         )
+        for name, entry in periodic_entries(
+            self.app, default_timezone=self.default_timezone
+        ).items():
+            if name in entries:
+                logger.warning(
+                    "fork scheduler: @periodic entry %s is shadowed by beat_schedule", name
+                )
+            else:
+                entries[name] = entry
         entries.update(self._default_entries(entries))
-        self.entries = entries
+        resolve_listeners(self.settings.event_listeners)
+        self.static_names = frozenset(entries)
         backend = self.backend
+        store = backend.runtime_store()
+        if store is not None:
+            self.runtime = RuntimeEntries(store, self.default_timezone, backend.replica_id)
+            entries.update(self.runtime.load(self.static_names))
+        self.entries = entries
         logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
         if not backend.protects_replicas:
             logger.warning(
@@ -142,6 +166,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
             return
         self._queue_first_slots(self.clock())
+        self._warn_about_unsupported_policies()
+
+    def _warn_about_unsupported_policies(self) -> None:
+        """Say so when singleton or cap settings cannot be enforced."""
+        singletons = sorted(e.name for e in self.entries.values() if e.singleton)
+        needs_workers = bool(singletons) or self.settings.max_concurrent > 0
+        if not needs_workers:
+            return
+        if not self.backend.protects_replicas:
+            logger.warning(
+                "fork scheduler: singleton entries (%s) and fork_scheduler_max_concurrent need "
+                "Redis; without it they are not enforced",
+                ", ".join(singletons[:5]) or "-",
+            )
+        elif self.runtime is not None and not self.runtime.workers_seen():
+            logger.warning(
+                "fork scheduler: no worker has announced that it frees singleton markers; call "
+                "celery_fork_scheduler.install(app) in the app the workers load, or singleton "
+                "entries will wait for fork_scheduler_singleton_lease after every run"
+            )
 
     def _default_entries(self, entries: Mapping[str, Entry]) -> dict[str, Entry]:
         """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it."""
@@ -201,10 +245,33 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
         now = self.clock()
+        self._refresh_runtime_entries(now)
         due_items = self.queue.pop_due(now.timestamp())
         if due_items or self._unmarked:
             self._handle(due_items, now)
         return self._seconds_to_next_wakeup()
+
+    def _refresh_runtime_entries(self, now: datetime) -> None:
+        """At most every ``fork_scheduler_refresh_interval``: apply runtime entry changes."""
+        if self.runtime is None or self.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
+        update = self.runtime.poll(self.static_names)
+        if self.monotonic() >= self._next_announce:
+            self._next_announce = self.monotonic() + ANNOUNCE_SECONDS
+            self.runtime.announce(now, len(self.entries))
+        if update is None:
+            return
+        for name in update.removed:
+            if self.entries.pop(name, None) is not None:
+                logger.info("fork scheduler: runtime entry %s removed", name)
+        for entry in update.changed:
+            self.entries[entry.name] = entry
+            logger.info(
+                "fork scheduler: runtime entry %s (%s)", entry.name, entry.schedule.describe()
+            )
+            if entry.enabled and self.settings.enabled:
+                self._queue_entry(entry, None, now)
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
         """One tick's pipeline: decide -> claim -> admit -> publish -> record."""
@@ -403,12 +470,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._backend_down = False
 
     def _seconds_to_next_wakeup(self) -> float:
-        wakeup = self.queue.next_wakeup()
+        """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
+        entries, by ``fork_scheduler_refresh_interval``."""
+        longest = float(self.max_interval)
+        if self.runtime is not None:
+            longest = min(longest, self.settings.refresh_interval.total_seconds())
         if self._unmarked:
-            wakeup = min(wakeup or float("inf"), self.clock().timestamp() + BACKEND_RETRY_SECONDS)
+            longest = min(longest, BACKEND_RETRY_SECONDS)
+        wakeup = self.queue.next_wakeup()
         if wakeup is None:
-            return float(self.max_interval)
-        return max(0.0, min(wakeup - self.clock().timestamp(), float(self.max_interval)))
+            return longest
+        return max(0.0, min(wakeup - self.clock().timestamp(), longest))
 
     # -- Celery's Scheduler hooks -------------------------------------------------------------
 
@@ -431,6 +503,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             super().close()
         finally:
+            if self.runtime is not None:
+                self.runtime.forget()
             if self._backend is not None:
                 self._backend.close()
 

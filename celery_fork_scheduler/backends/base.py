@@ -14,7 +14,10 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..store import RuntimeStore
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -119,6 +122,9 @@ class ClaimBackend(Protocol):
 
         Returns how many of them, from the first, may be published.
         """
+
+    def runtime_store(self) -> RuntimeStore | None:
+        """Where runtime entries and pause state live (``None``: static entries only)."""
 
     def sync(self) -> None:
         """Persist whatever is kept in memory (a no-op for backends that store at once)."""

@@ -89,6 +89,9 @@ class LocalBackend:
         """No cap without Redis: workers cannot report the end of a run to this process."""
         return len(claims)
 
+    def runtime_store(self) -> None:
+        """No runtime entries without Redis."""
+
     def sync(self) -> None:
         """Write the high-water marks to the state file atomically, if they changed."""
         if self.state_path is None or not self._dirty:

@@ -24,6 +24,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainErr
 from ..config import Settings
 from ..errors import BackendUnavailableError
 from ..keys import Keys
+from ..store import RuntimeStore
 from . import lua
 from .base import (
     Claim,
@@ -202,6 +203,10 @@ class RedisBackend:
             ):
                 replies[index] = reply
         return replies
+
+    def runtime_store(self) -> RuntimeStore:
+        """Runtime entries and pause state, on this backend's client."""
+        return RuntimeStore(self.client, self.keys)
 
     def sync(self) -> None:
         """Nothing is kept in memory: every write goes to Redis at once."""

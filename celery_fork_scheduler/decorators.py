@@ -1,0 +1,72 @@
+"""``@periodic``: a task module declares its own schedule.
+
+    @periodic("every 10 minutes", tags=["reports"], singleton=True)
+    @app.task
+    def refresh_reports(): ...
+
+The entry is registered with the task's app and picked up by every beat replica, like an entry
+of ``beat_schedule`` (a "decorator" entry: static, never removed at runtime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timezone, tzinfo
+from typing import Any, TypeVar
+
+from .entry import Entry, entries_from_config, entry_from_config
+
+T = TypeVar("T")
+
+#: Attribute of the Celery app holding the decorated entries (name -> definition).
+REGISTRY_ATTRIBUTE = "fork_scheduler_periodic"
+
+
+def periodic(
+    schedule: object,
+    *,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    singleton: bool = False,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    **policies: Any,
+) -> Callable[[T], T]:
+    """Schedule the decorated Celery task; stack it on ``@app.task``.
+
+    ``schedule`` is anything ``beat_schedule`` accepts (an ``every(...)`` schedule, a string
+    such as ``"daily at 10:30"``, a cron expression, a Celery schedule); ``name`` defaults to
+    the task name; ``policies`` are the other entry keys (``overlap``, ``timezone``,
+    ``max_runs``, ``one_off``, ``start_at``, ``end_at``, ``catchup``, ``catchup_window``,
+    ``enabled``, ``description``). A bad value raises :class:`ConfigError` at import.
+    """
+
+    def decorate(task: T) -> T:
+        app = getattr(task, "app", None)
+        task_name = getattr(task, "name", None)
+        if app is None or not isinstance(task_name, str):
+            raise TypeError("@periodic decorates a Celery task: put it above @app.task")
+        entry_name = name or task_name
+        definition = {
+            "task": task_name,
+            "schedule": schedule,
+            "args": list(args),
+            "kwargs": dict(kwargs or {}),
+            "options": dict(options or {}),
+            "tags": list(tags),
+            "singleton": singleton,
+            **policies,
+        }
+        entry_from_config(entry_name, definition, default_timezone=timezone.utc, source="decorator")
+        registry = app.__dict__.setdefault(REGISTRY_ATTRIBUTE, {})
+        registry[entry_name] = definition
+        return task
+
+    return decorate
+
+
+def periodic_entries(app: Any, *, default_timezone: tzinfo) -> dict[str, Entry]:
+    """The entries declared with :func:`periodic` on tasks of ``app``."""
+    registry = app.__dict__.get(REGISTRY_ATTRIBUTE) or {}
+    return entries_from_config(registry, default_timezone=default_timezone, source="decorator")

@@ -1,0 +1,559 @@
+"""The Manager: see and steer every replica's schedule at runtime (the original Manager API).
+
+Runtime entries are stored in Redis and picked up by every beat replica within one refresh
+(``fork_scheduler_refresh_interval``). Static entries (config, decorators) can be listed,
+paused, resumed and triggered, but not removed or replaced from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery.beat import EmbeddedService
+
+from .backends.factory import redis_client_for
+from .backends.lua import TAKE_CAP_PLACES
+from .config import Settings, read_settings
+from .decorators import periodic_entries
+from .entry import Entry, entries_from_config, entry_from_config, entry_to_dict
+from .errors import ConfigError, ForkSchedulerError
+from .ids import task_id_for
+from .keys import Keys
+from .publishing import CeleryPublisher, build_occurrence
+from .schedule_parsing import parse_schedule
+from .schedules import EveryBuilder, SlotSchedule, at, cron, every
+from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
+
+logger = logging.getLogger("celery_fork_scheduler")
+
+
+class JobNotFoundError(ForkSchedulerError, KeyError):
+    """No entry of that name, static or runtime."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no entry named {name!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RedisRequiredError(ForkSchedulerError):
+    """The operation stores state that every replica must see: it needs Redis."""
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"{operation} needs Redis: set fork_scheduler_redis_url or use a Redis broker"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A plain snapshot of one entry and its state across the cluster."""
+
+    name: str
+    task: str
+    schedule: SlotSchedule
+    tags: frozenset[str]
+    source: str
+    enabled: bool
+    overlap: str
+    next_run: datetime | None
+    last_run: datetime | None
+    run_count: int
+    paused: bool
+    pause_note: str = ""
+    paused_at: datetime | None = None
+    last_outcome: str = ""
+    version: int = 0
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def schedule_text(self) -> str:
+        """The schedule in human form, e.g. ``"every 5 minutes"``."""
+        return self.schedule.describe()
+
+
+class Manager:
+    """Runtime control of the schedule of one Celery app, for the whole cluster."""
+
+    def __init__(self, app: Any, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.app = app
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._client: Any = None
+        self._job_name: str | None = None
+        self._singleton_all = False
+        self._service: Any = None
+        self._listeners: list[Any] = []
+
+    # -- configuration (chainable) ------------------------------------------------------------
+
+    def name(self, name: str) -> Manager:
+        """Name the next job built with :meth:`every`, :meth:`at` or :meth:`cron`."""
+        self._job_name = name
+        return self
+
+    def singleton_mode(self) -> Manager:
+        """Make every job added from now on a singleton (no overlapping runs)."""
+        self._singleton_all = True
+        return self
+
+    def with_distributed_locker(self, locker: Any) -> Manager:
+        """Use the Redis client of a :class:`~celery_fork_scheduler.RedisLocker`."""
+        self._client = locker.client
+        return self
+
+    def register_event_listeners(self, *listeners: Any) -> Manager:
+        """Register event listeners (see :mod:`celery_fork_scheduler.listeners`)."""
+        from .listeners import register_event_listeners
+
+        register_event_listeners(*listeners)
+        self._listeners.extend(listeners)
+        return self
+
+    # -- building jobs ------------------------------------------------------------------------
+
+    def every(self, n: int = 1) -> JobBuilder:
+        """Start a job on an interval or calendar: ``every(5).minutes.do(task)``."""
+        return self._builder(every(n))
+
+    def at(self, *times: str) -> JobBuilder:
+        """Start a daily job at the given times: ``at("10:30").do(task)``."""
+        return self._builder(at(*times))
+
+    def cron(self, expression: str) -> JobBuilder:
+        """Start a cron job (5 fields, or 6 with seconds first, or a macro)."""
+        return self._builder(cron(expression))
+
+    def _builder(self, target: SlotSchedule | EveryBuilder) -> JobBuilder:
+        name, self._job_name = self._job_name, None
+        return JobBuilder(
+            self, target, JobSpec(name=name, overlap="skip" if self._singleton_all else None)
+        )
+
+    def add(
+        self,
+        name: str,
+        task: Any,
+        schedule: object,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        replace_existing: bool = False,
+        expected_version: int | None = None,
+        **policies: Any,
+    ) -> Job:
+        """Store a runtime entry (every replica picks it up) and return it as a :class:`Job`.
+
+        ``policies`` are the entry keys of ``beat_schedule`` (``tags``, ``singleton``,
+        ``overlap``, ``timezone``, ``options``, ``max_runs``, ``one_off``, ``start_at``,
+        ``end_at``, ``catchup``, ``catchup_window``, ``enabled``, ``description``). Without
+        ``replace_existing`` an existing runtime entry of that name is an error; with
+        ``expected_version`` a stale replacement is refused.
+        """
+        task_name = task if isinstance(task, str) else getattr(task, "name", None)
+        if isinstance(schedule, str):
+            schedule = parse_schedule(schedule)
+        definition = {
+            "task": task_name,
+            "schedule": schedule,
+            "args": list(args),
+            "kwargs": dict(kwargs or {}),
+            **policies,
+        }
+        entry = self._validate(name, definition)
+        if name in self._static_entries():
+            raise ConfigError(
+                "a static entry (config or decorator) has this name; "
+                "runtime entries cannot replace it",
+                entry=name,
+            )
+        expected = (
+            expected_version if expected_version is not None else (None if replace_existing else 0)
+        )
+        try:
+            version = self.store().put(name, entry_to_dict(entry), expected)
+        except StaleVersionError:
+            if expected != 0:
+                raise
+            raise ConfigError(
+                "a runtime entry of this name exists; pass replace_existing=True", entry=name
+            ) from None
+        return self._job(entry, {}, version)
+
+    def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
+        """Change fields of a runtime entry; a stale ``expected_version`` is refused."""
+        stored = self._stored(name)
+        definition = {key: value for key, value in stored.data.items() if key != "schema"}
+        definition.update(changes)
+        entry = self._validate(name, definition)
+        version = self.store().put(
+            name,
+            entry_to_dict(entry),
+            stored.version if expected_version is None else expected_version,
+        )
+        return self._job(entry, self.store().states([name])[name], version)
+
+    def _validate(self, name: str, definition: Mapping[str, Any]) -> Entry:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
+        if len(name) > 200 or any(ch in name for ch in "{}\n\r\t"):
+            raise ConfigError(
+                "entry names are at most 200 characters, without braces or control characters",
+                entry=name[:60],
+            )
+        return entry_from_config(
+            name, definition, default_timezone=self.app.timezone, source="runtime"
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def jobs(self, tag: str | None = None) -> list[Job]:
+        """Every entry (static and runtime), optionally only those with ``tag``; by name."""
+        entries = self._all_entries()
+        if tag is not None:
+            entries = {n: e for n, e in entries.items() if tag in e[0].tags}
+        states = self._states(sorted(entries))
+        return [
+            self._job(entry, states.get(name, {}), version)
+            for name, (entry, version) in sorted(entries.items())
+        ]
+
+    def get(self, name: str) -> Job:
+        """One entry as a :class:`Job`; :class:`JobNotFoundError` if there is none."""
+        entry, version = self._entry(name)
+        return self._job(entry, self._states([name]).get(name, {}), version)
+
+    def next_runs(self, name: str, n: int = 5, *, after: datetime | None = None) -> list[datetime]:
+        """The next ``n`` slots of an entry (UTC), after now or ``after``."""
+        entry, _ = self._entry(name)
+        return list(_first_slots(entry, after or self._clock(), n))
+
+    # -- steering -------------------------------------------------------------------------------
+
+    def remove(self, name: str, *, expected_version: int | None = None) -> bool:
+        """Remove a runtime entry; static entries cannot be removed (ConfigError)."""
+        if name in self._static_entries():
+            raise ConfigError(
+                "static entries (config or decorator) cannot be removed at runtime; "
+                "pause it, or remove it from the code",
+                entry=name,
+            )
+        if not self.store().delete(name, expected_version):
+            raise JobNotFoundError(name)
+        return True
+
+    def remove_by_tag(self, tag: str) -> list[str]:
+        """Remove every runtime entry with ``tag``; returns their names (static ones stay)."""
+        names = [job.name for job in self.jobs(tag) if job.source == "runtime"]
+        for name in names:
+            self.store().delete(name)
+        return names
+
+    def clear(self) -> int:
+        """Remove every runtime entry; returns how many."""
+        _, stored = self.store().all()
+        for name in stored:
+            self.store().delete(name)
+        return len(stored)
+
+    def pause(
+        self, name: str | None = None, *, tag: str | None = None, note: str = ""
+    ) -> list[str]:
+        """Pause one entry or every entry with ``tag``, for every replica; returns the names."""
+        names = self._select(name, tag)
+        self.store().pause(names, note, at=self._clock())
+        return names
+
+    def resume(self, name: str | None = None, *, tag: str | None = None) -> list[str]:
+        """Resume one entry or every entry with ``tag``; returns the names."""
+        names = self._select(name, tag)
+        self.store().resume(names)
+        return names
+
+    def is_paused(self, name: str) -> PauseState:
+        """Whether an entry is paused, with the note and since when."""
+        self._entry(name)
+        return self.store().pause_states([name])[name]
+
+    def run_now(self, name: str) -> str | None:
+        """Publish one run of an entry now; returns its task id, or ``None`` when the entry is a
+        singleton whose previous run is still executing (or the concurrency cap is reached)."""
+        entry, _ = self._entry(name)
+        slot = self._clock()
+        task_id = task_id_for(name, slot)
+        client, keys, settings = self._redis(), self._keys(), self._settings()
+        lease_ms = int(settings.singleton_lease.total_seconds() * 1000)
+        if entry.singleton and not client.set(keys.running(name), task_id, nx=True, px=lease_ms):
+            logger.info(
+                "fork scheduler: run_now(%s) skipped: the previous run is still executing", name
+            )
+            return None
+        capped = settings.max_concurrent > 0
+        if capped:
+            granted = client.eval(
+                TAKE_CAP_PLACES, 1, keys.cap, settings.max_concurrent, lease_ms * 1000, task_id
+            )
+            if not int(granted):
+                if entry.singleton:
+                    client.delete(keys.running(name))
+                logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
+                return None
+        occurrence = build_occurrence(entry, slot, task_id, capped=capped)
+        CeleryPublisher(self.app, lambda: None).publish(occurrence)
+        client.hincrby(keys.state(name), "runs", 1)
+        client.hset(keys.state(name), "last_manual_run", slot.isoformat())
+        return task_id
+
+    # -- embedded beat ----------------------------------------------------------------------------
+
+    def start(self) -> Manager:
+        """Run a beat replica in a thread of this process (an embedded scheduler)."""
+        if self.is_running():
+            return self
+        from .scheduler import Scheduler
+
+        self._service = EmbeddedService(self.app, thread=True, scheduler_cls=Scheduler)
+        self._service.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the embedded beat replica, if running."""
+        if self._service is not None:
+            self._service.stop()
+            self._service = None
+
+    def is_running(self) -> bool:
+        """True while the embedded beat replica runs."""
+        return self._service is not None and self._service.is_alive()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _settings(self) -> Settings:
+        return read_settings(self.app.conf)
+
+    def _keys(self) -> Keys:
+        return Keys(self._settings().key_prefix)
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            self._client = redis_client_for(self.app, self._settings())
+            if self._client is None:
+                raise RedisRequiredError("this operation")
+        return self._client
+
+    def store(self) -> RuntimeStore:
+        """The runtime store (Redis); :class:`RedisRequiredError` without Redis."""
+        return RuntimeStore(self._redis(), self._keys())
+
+    def _static_entries(self) -> dict[str, Entry]:
+        entries = entries_from_config(
+            self.app.conf.beat_schedule, default_timezone=self.app.timezone
+        )
+        entries.update(periodic_entries(self.app, default_timezone=self.app.timezone))
+        return entries
+
+    def _all_entries(self) -> dict[str, tuple[Entry, int]]:
+        entries = {name: (entry, 0) for name, entry in self._static_entries().items()}
+        if self._has_redis():
+            _, stored = self.store().all()
+            for name, item in stored.items():
+                if name in entries or not isinstance(item, StoredEntry):
+                    continue
+                try:
+                    entries[name] = (self._from_stored(item), item.version)
+                except ConfigError as exc:
+                    logger.error("fork scheduler: stored entry skipped: %s", exc)
+        return entries
+
+    def _entry(self, name: str) -> tuple[Entry, int]:
+        static = self._static_entries()
+        if name in static:
+            return static[name], 0
+        if self._has_redis():
+            stored = self.store().get(name)
+            if stored is not None:
+                return self._from_stored(stored), stored.version
+        raise JobNotFoundError(name)
+
+    def _stored(self, name: str) -> StoredEntry:
+        if name in self._static_entries():
+            raise ConfigError("static entries cannot be changed at runtime", entry=name)
+        stored = self.store().get(name)
+        if stored is None:
+            raise JobNotFoundError(name)
+        return stored
+
+    def _from_stored(self, stored: StoredEntry) -> Entry:
+        from .entry import entry_from_dict
+
+        return entry_from_dict(stored.name, stored.data, default_timezone=self.app.timezone)
+
+    def _has_redis(self) -> bool:
+        try:
+            self._redis()
+        except RedisRequiredError:
+            return False
+        return True
+
+    def _states(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        return self.store().states(names) if self._has_redis() and names else {}
+
+    def _select(self, name: str | None, tag: str | None) -> list[str]:
+        if (name is None) == (tag is None):
+            raise ValueError("give either a name or a tag")
+        if name is not None:
+            self._entry(name)
+            return [name]
+        return [job.name for job in self.jobs(tag)]
+
+    def _job(self, entry: Entry, state: Mapping[str, str], version: int) -> Job:
+        pause = pause_state(state)
+        last = _last_run(state)
+        return Job(
+            name=entry.name,
+            task=entry.task,
+            schedule=entry.schedule,
+            tags=entry.tags,
+            source=entry.source,
+            enabled=entry.enabled,
+            overlap=entry.overlap,
+            next_run=entry.first_slot_after(self._clock()),
+            last_run=last,
+            run_count=int(state.get("runs", 0) or 0),
+            paused=pause.paused,
+            pause_note=pause.note,
+            paused_at=pause.since,
+            last_outcome=state.get("reason", "")
+            if state.get("state") == "skipped"
+            else state.get("state", ""),
+            version=version,
+            args=tuple(entry.args) if not callable(entry.args) else (),
+            kwargs=dict(entry.kwargs) if not callable(entry.kwargs) else {},
+            options=dict(entry.options),
+            description=entry.description,
+        )
+
+
+@dataclass
+class JobSpec:
+    """What a :class:`JobBuilder` collected besides the schedule."""
+
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    overlap: str | None = None
+    timezone: str | None = None
+    policies: dict[str, Any] = field(default_factory=dict)
+
+
+class JobBuilder:
+    """A job being built: schedule words, then options, then :meth:`do`.
+
+    Schedule words (``.minutes``, ``.at("10:30")``, ``.monday``, ``.on(1, -1)``, ``.offset()``)
+    are those of :func:`~celery_fork_scheduler.every`; the builder passes them through.
+    """
+
+    def __init__(
+        self, manager: Manager, target: SlotSchedule | EveryBuilder, spec: JobSpec
+    ) -> None:
+        self._manager = manager
+        self._target = target
+        self._spec = spec
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self._target, attribute)
+        if isinstance(value, (SlotSchedule, EveryBuilder)):
+            return JobBuilder(self._manager, value, self._spec)
+        if callable(value):
+            return lambda *args, **kwargs: self._wrap(value(*args, **kwargs))
+        return value
+
+    def _wrap(self, value: Any) -> Any:
+        if isinstance(value, (SlotSchedule, EveryBuilder)):
+            return JobBuilder(self._manager, value, self._spec)
+        return value
+
+    def _with(self, **changes: Any) -> JobBuilder:
+        return JobBuilder(self._manager, self._target, replace(self._spec, **changes))
+
+    def tag(self, *tags: str) -> JobBuilder:
+        """Add tags."""
+        return self._with(tags=self._spec.tags + tags)
+
+    def name(self, name: str) -> JobBuilder:
+        """Name the job (default: ``<task name>@<schedule>``)."""
+        return self._with(name=name)
+
+    def singleton(self) -> JobBuilder:
+        """No overlapping runs across the cluster: skip a slot while the last run executes."""
+        return self._with(overlap="skip")
+
+    def overlap(self, policy: str) -> JobBuilder:
+        """``"allow"``, ``"skip"`` (singleton) or ``"buffer_one"``."""
+        return self._with(overlap=policy)
+
+    def timezone(self, zone: str) -> JobBuilder:
+        """The IANA time zone of the schedule."""
+        return self._with(timezone=zone)
+
+    def options(self, **options: Any) -> JobBuilder:
+        """``apply_async`` options (queue, priority, expires, ...)."""
+        return self._policy(options={**self._spec.policies.get("options", {}), **options})
+
+    def limit_runs(self, max_runs: int) -> JobBuilder:
+        """Run at most ``max_runs`` times (skipped runs do not count)."""
+        return self._policy(max_runs=max_runs)
+
+    def one_off(self) -> JobBuilder:
+        """Run once."""
+        return self._policy(one_off=True)
+
+    def between(
+        self, start_at: datetime | None = None, end_at: datetime | None = None
+    ) -> JobBuilder:
+        """Only fire from ``start_at`` and until ``end_at``."""
+        return self._policy(start_at=start_at, end_at=end_at)
+
+    def _policy(self, **policies: Any) -> JobBuilder:
+        return self._with(policies={**self._spec.policies, **policies})
+
+    def do(self, task: Any, *args: Any, **kwargs: Any) -> Job:
+        """Store the job for every replica and return it."""
+        if isinstance(self._target, EveryBuilder):
+            raise ConfigError(
+                "incomplete schedule: add a unit, e.g. every(5).minutes", field="schedule"
+            )
+        task_name = task if isinstance(task, str) else getattr(task, "name", None)
+        name = self._spec.name or f"{task_name}@{self._target.describe()}"
+        policies: dict[str, Any] = dict(self._spec.policies)
+        if self._spec.tags:
+            policies["tags"] = list(self._spec.tags)
+        if self._spec.overlap is not None:
+            policies["overlap"] = self._spec.overlap
+        if self._spec.timezone is not None:
+            policies["timezone"] = self._spec.timezone
+        return self._manager.add(name, task, self._target, args=args, kwargs=kwargs, **policies)
+
+
+def _first_slots(entry: Entry, after: datetime, n: int) -> Iterator[datetime]:
+    for _ in range(max(n, 0)):
+        slot = entry.first_slot_after(after)
+        if slot is None:
+            return
+        yield slot
+        after = slot
+
+
+def _last_run(state: Mapping[str, str]) -> datetime | None:
+    sent_at = state.get("sent_at")
+    if not sent_at:
+        return None
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(sent_at))
