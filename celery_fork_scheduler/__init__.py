@@ -20,7 +20,15 @@ from .extension import install
 from .ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
 from .listeners import EventListener, LoggingEventListener, register_event_listeners
 from .locking import RedisLock, RedisLocker, RedisLockerOptions
-from .manager import Job, JobBuilder, JobNotFoundError, Manager, RedisRequiredError
+from .manager import (
+    EntryStats,
+    Job,
+    JobBuilder,
+    JobNotFoundError,
+    Manager,
+    RedisRequiredError,
+    RunRecord,
+)
 from .schedule_parsing import parse_schedule
 from .scheduler import Scheduler
 from .schedules import SlotSchedule, at, cron, every
@@ -34,6 +42,7 @@ __all__ = [
     "SLOT_HEADER",
     "BackendUnavailableError",
     "ConfigError",
+    "EntryStats",
     "EventListener",
     "ForkSchedulerError",
     "Job",
@@ -48,6 +57,7 @@ __all__ = [
     "RedisLocker",
     "RedisLockerOptions",
     "RedisRequiredError",
+    "RunRecord",
     "ScheduleError",
     "ScheduledSlot",
     "Scheduler",

@@ -37,7 +37,13 @@ class Keys:
 
     def entry_keys(self, entry: str) -> list[str]:
         """The keys the claim scripts of ``entry`` touch, in their KEYS order."""
-        return [self.state(entry), self.pending(entry), self.running(entry), self.buffered(entry)]
+        return [
+            self.state(entry),
+            self.pending(entry),
+            self.running(entry),
+            self.buffered(entry),
+            self.history(entry),
+        ]
 
     @property
     def cap(self) -> str:

@@ -7,6 +7,7 @@ paused, resumed and triggered, but not removed or replaced from here.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -237,6 +238,17 @@ class Manager:
         entry, _ = self._entry(name)
         return list(_first_slots(entry, after or self._clock(), n))
 
+    def history(self, name: str, n: int = 20) -> list[RunRecord]:
+        """The latest runs of an entry, newest first (up to ``fork_scheduler_history_size``)."""
+        self._entry(name)
+        raw = self._redis().lrange(self._keys().history(name), 0, max(n, 1) - 1)
+        return [RunRecord.from_json(item) for item in raw]
+
+    def stats(self, name: str) -> EntryStats:
+        """The counters of an entry: runs, skips by reason, failures, completions, errors."""
+        self._entry(name)
+        return EntryStats.from_state(self.store().states([name])[name])
+
     # -- steering -------------------------------------------------------------------------------
 
     def remove(self, name: str, *, expected_version: int | None = None) -> bool:
@@ -443,6 +455,59 @@ class Manager:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One item of an entry's run history."""
+
+    slot: datetime
+    outcome: str
+    task_id: str
+    by: str
+    at: datetime
+    duration: float | None = None
+    error: str = ""
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RunRecord:
+        """Parse a history item as stored by the Lua scripts and the worker."""
+        data = json.loads(raw)
+        return cls(
+            slot=_from_us(data["slot"]),
+            outcome=data["outcome"],
+            task_id=data.get("task_id", ""),
+            by=data.get("replica", ""),
+            at=_from_us(data["at"]),
+            duration=data.get("duration"),
+            error=data.get("error", ""),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryStats:
+    """Counters of one entry across the cluster."""
+
+    runs: int
+    completed: int
+    errors: int
+    failures: int
+    skips: Mapping[str, int]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, str]) -> EntryStats:
+        """Read the counters out of an entry's state hash."""
+        return cls(
+            runs=int(state.get("runs", 0) or 0),
+            completed=int(state.get("completed", 0) or 0),
+            errors=int(state.get("errors", 0) or 0),
+            failures=int(state.get("failures", 0) or 0),
+            skips={
+                key.removeprefix("skips:"): int(value)
+                for key, value in state.items()
+                if key.startswith("skips:")
+            },
+        )
+
+
 @dataclass
 class JobSpec:
     """What a :class:`JobBuilder` collected besides the schedule."""
@@ -554,6 +619,8 @@ def _first_slots(entry: Entry, after: datetime, n: int) -> Iterator[datetime]:
 
 def _last_run(state: Mapping[str, str]) -> datetime | None:
     sent_at = state.get("sent_at")
-    if not sent_at:
-        return None
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(sent_at))
+    return _from_us(int(sent_at)) if sent_at else None
+
+
+def _from_us(value: float) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(value))

@@ -405,6 +405,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             signals.entry_failed.send(
                 sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=exc
             )
+            with contextlib.suppress(Exception):
+                self.backend.record_failure(claim, exc)
             now = self.clock()
             if now - claim.slot <= self.settings.catchup_grace:
                 self.queue.push(

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import signals as celery_signals
 
 from . import signals
 from .backends import lua
+from .backends.base import to_epoch_us
 from .backends.factory import redis_client_for
+from .backends.redis import record_outcome
 from .config import read_settings
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from .keys import Keys
@@ -44,6 +48,7 @@ class Run:
     started: float
     singleton: bool
     capped: bool
+    worker: str
 
 
 def _header(request: Any, name: str) -> Any:
@@ -120,6 +125,7 @@ class WorkerHooks:
             started=time.monotonic(),
             singleton=_header(task.request, OVERLAP_HEADER) is not None,
             capped=bool(_header(task.request, CAPPED_HEADER)),
+            worker=getattr(task.request, "hostname", None) or socket.gethostname(),
         )
         with self._lock:
             self._runs[task_id] = run
@@ -135,12 +141,10 @@ class WorkerHooks:
             return
         self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
         if state == "SUCCESS":
+            duration = time.monotonic() - run.started
+            self._record(run, "completed", "completed", duration=duration)
             signals.job_completed.send(
-                sender=task,
-                entry=run.entry,
-                slot=run.slot,
-                task_id=task_id,
-                duration=time.monotonic() - run.started,
+                sender=task, entry=run.entry, slot=run.slot, task_id=task_id, duration=duration
             )
 
     def on_failure(
@@ -154,6 +158,13 @@ class WorkerHooks:
         with self._lock:
             run = self._runs.get(task_id)
         if run is not None:
+            self._record(
+                run,
+                "error",
+                "errors",
+                duration=time.monotonic() - run.started,
+                error=f"{type(exception).__name__}: {exception}",
+            )
             signals.job_failed.send(
                 sender=sender, entry=run.entry, slot=run.slot, task_id=task_id, exception=exception
             )
@@ -198,6 +209,32 @@ class WorkerHooks:
         except Exception:
             logger.exception(
                 "fork scheduler: could not free the markers of %s (%s)", entry, task_id
+            )
+
+    def _record(
+        self, run: Run, outcome: str, counter: str, *, duration: float, error: str = ""
+    ) -> None:
+        """Count the run's end and push it to the entry's history in Redis."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            record_outcome(
+                client,
+                self.keys,
+                run.entry,
+                slot_us=to_epoch_us(datetime.fromisoformat(run.slot)),
+                task_id=run.task_id,
+                who=run.worker,
+                outcome=outcome,
+                counter=counter,
+                history_size=self.settings.history_size,
+                duration=duration,
+                error=error,
+            )
+        except Exception:
+            logger.warning(
+                "fork scheduler: could not record the end of %s", run.entry, exc_info=True
             )
 
     def _publish_held(self, held: bytes | str) -> None:

@@ -117,6 +117,9 @@ class ClaimBackend(Protocol):
     def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
         """Give back won claims that will not be published (their runs do not count)."""
 
+    def record_failure(self, claim: Claim, error: BaseException) -> None:
+        """Count a publish that raised, in the entry's counters and history."""
+
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """Reserve places under the cluster-wide cap for the first runs of ``claims``.
 

@@ -85,6 +85,9 @@ class LocalBackend:
         """Forget the unsent claims that will not be published."""
         self.mark_sent(claims)
 
+    def record_failure(self, claim: Claim, error: BaseException) -> None:
+        """No history without Redis: the failure is in beat's log."""
+
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """No cap without Redis: workers cannot report the end of a run to this process."""
         return len(claims)

@@ -12,9 +12,14 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  sent_at      Redis TIME of the latest publish, microseconds
                                  runs         slots claimed to run (skipped ones are given back)
                                  paused       "1" while paused; pause_note, paused_at beside it
+                                 skips:<why>  slots skipped for each reason
+                                 failures     publishes that raised
+                                 completed    runs that finished on a worker
+                                 errors       runs that raised on a worker
     P{<entry>}:pending   hash    <slot us> -> "<owner>|<claimed_at us>": claimed, not yet sent
     P{<entry>}:running   string  task id of the run in progress (singleton), with a lease (PX)
     P{<entry>}:buffered  string  JSON message of the one run held back (overlap "buffer_one")
+    P{<entry>}:history   list    JSON of the latest runs, newest first, capped (history_size)
     P{cap}:running       zset    task id -> lease end (us): scheduled runs executing now
     P{runtime}:entries   hash    name -> JSON of a runtime entry (schema-versioned)
     P{runtime}:changes   zset    name -> version of its latest change (deletes included)
@@ -25,18 +30,36 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
 
 from __future__ import annotations
 
+#: Shared by the scripts that record a run: push a JSON item to the capped history list.
+#: Expects ``now`` (us) in scope; KEYS[5] is the history list.
+_RECORD = """
+local function record(slot, replica, task_id, outcome, size)
+  if tonumber(size) <= 0 then
+    return
+  end
+  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(slot), replica = replica,
+    task_id = task_id, outcome = outcome, at = now}))
+  redis.call('LTRIM', KEYS[5], 0, tonumber(size) - 1)
+end
+"""
+
 #: Claim one slot of one entry.
-#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
+#: KEYS[5] history list.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] early tolerance (us),
 #: ARGV[5] claim lease (us), ARGV[6] TTL of the pending hash (ms), ARGV[7] overlap
 #: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
-#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else "").
+#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "paused" | "busy" | "buffered" | "finished"; wait_us: how long to wait before asking again
 #: (pending, early), else 0.
-CLAIM = """
+CLAIM = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
@@ -48,6 +71,8 @@ if slot > hwm then
   local function skip(reason)
     redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'skipped', 'reason', reason,
                'task_id', ARGV[2])
+    redis.call('HINCRBY', KEYS[1], 'skips:' .. reason, 1)
+    record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
   end
   if redis.call('HGET', KEYS[1], 'paused') then
@@ -92,35 +117,74 @@ if owner == ARGV[3] then
 end
 return {'taken_over', 0}
 """
+)
 
 #: Record that a claimed slot was published.
-#: KEYS[1] state hash, KEYS[2] pending hash. ARGV[1] slot (us).
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list.
+#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size.
 #: Returns 1 when the slot was still pending, 0 when another replica had recorded it already.
-MARK_SENT = """
+MARK_SENT = (
+    """
 local t = redis.call('TIME')
-local now_text = t[1] .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
-if removed == 1 and redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'sent', 'sent_at', now_text)
+if removed == 1 then
+  redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
+  if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+    redis.call('HSET', KEYS[1], 'state', 'sent')
+  end
+  record(ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[4])
 end
 return removed
 """
+)
 
 #: Give back a claimed slot that will not be published (e.g. over the concurrency cap).
-#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker.
-#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
+#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason, ARGV[4] replica id, ARGV[5] history size.
 #: Returns 1 when the claim was given back, 0 when it was no longer pending.
-MARK_SKIPPED = """
+MARK_SKIPPED = (
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 0 then
   return 0
 end
 redis.call('HINCRBY', KEYS[1], 'runs', -1)
+redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[3], 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'skipped', 'reason', ARGV[3])
 end
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3])
+end
+record(ARGV[1], ARGV[4], ARGV[2], 'skipped:' .. ARGV[3], ARGV[5])
+return 1
+"""
+)
+
+#: Record a run's end as seen by a worker, or a publish that raised.
+#: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id,
+#: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
+#: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text.
+RECORD_OUTCOME = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
+if tonumber(ARGV[6]) > 0 then
+  local item = {slot = tonumber(ARGV[1]), replica = ARGV[3], task_id = ARGV[2],
+                outcome = ARGV[4], at = now}
+  if ARGV[7] ~= '' then item['duration'] = tonumber(ARGV[7]) end
+  if ARGV[8] ~= '' then item['error'] = ARGV[8] end
+  redis.call('LPUSH', KEYS[5], cjson.encode(item))
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
 end
 return 1
 """

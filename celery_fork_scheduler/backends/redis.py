@@ -132,6 +132,7 @@ class RedisBackend:
                 claim.max_runs,
                 self._singleton_lease_ms,
                 claim.held_message,
+                self.settings.history_size,
             )
             for claim in claims
         ]
@@ -144,7 +145,14 @@ class RedisBackend:
     def mark_sent(self, claims: Sequence[Claim]) -> None:
         """Move published slots from ``claimed`` to ``sent`` (one round trip)."""
         commands = [
-            self._script_command(self._mark_sent_script, claim.entry, claim.slot_us)
+            self._script_command(
+                self._mark_sent_script,
+                claim.entry,
+                claim.slot_us,
+                claim.task_id,
+                self.replica_id,
+                self.settings.history_size,
+            )
             for claim in claims
         ]
         self._retrying(partial(self._pipelined, commands))
@@ -153,11 +161,32 @@ class RedisBackend:
         """Give back won claims that will not be published; see :data:`.lua.MARK_SKIPPED`."""
         commands = [
             self._script_command(
-                self._mark_skipped_script, claim.entry, claim.slot_us, claim.task_id, reason
+                self._mark_skipped_script,
+                claim.entry,
+                claim.slot_us,
+                claim.task_id,
+                reason,
+                self.replica_id,
+                self.settings.history_size,
             )
             for claim in claims
         ]
         self._retrying(partial(self._pipelined, commands))
+
+    def record_failure(self, claim: Claim, error: BaseException) -> None:
+        """Count a publish that raised; see :data:`.lua.RECORD_OUTCOME`."""
+        record_outcome(
+            self.client,
+            self.keys,
+            claim.entry,
+            slot_us=claim.slot_us,
+            task_id=claim.task_id,
+            who=self.replica_id,
+            outcome="failed",
+            counter="failures",
+            history_size=self.settings.history_size,
+            error=f"{type(error).__name__}: {error}",
+        )
 
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
@@ -274,3 +303,33 @@ def _us(delta: timedelta) -> int:
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def record_outcome(
+    client: Any,
+    keys: Keys,
+    entry: str,
+    *,
+    slot_us: int,
+    task_id: str,
+    who: str,
+    outcome: str,
+    counter: str,
+    history_size: int,
+    duration: float | None = None,
+    error: str = "",
+) -> None:
+    """Count a run's outcome and push it to the entry's history (one script call)."""
+    client.eval(
+        lua.RECORD_OUTCOME,
+        5,
+        *keys.entry_keys(entry),
+        slot_us,
+        task_id,
+        who,
+        outcome,
+        counter,
+        history_size,
+        "" if duration is None else f"{duration:.6f}",
+        error[:500],
+    )
