@@ -29,6 +29,7 @@ DEFAULTS: Mapping[str, Any] = {
     "refresh_interval": timedelta(seconds=1),
     "history_size": 20,
     "event_listeners": (),
+    "metrics_port": 0,
 }
 
 
@@ -51,6 +52,7 @@ class Settings:
     refresh_interval: timedelta = timedelta(seconds=1)
     history_size: int = 20
     event_listeners: tuple[str, ...] = ()
+    metrics_port: int = 0
 
 
 def _setting_error(name: str, message: str) -> ConfigError:
@@ -126,4 +128,5 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         refresh_interval=_duration("refresh_interval", raw["refresh_interval"], allow_zero=False),
         history_size=_non_negative_int("history_size", raw["history_size"]),
         event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
+        metrics_port=_non_negative_int("metrics_port", raw["metrics_port"]),
     )

@@ -28,6 +28,7 @@ from .entry import Entry, entries_from_config
 from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
+from .metrics import Metrics
 from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
 from .runtime import RuntimeEntries
 from .timequeue import QueueItem, TimeQueue
@@ -38,6 +39,10 @@ Clock = Callable[[], datetime]
 
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
+#: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
+WARNED_SKIPS = frozenset({"capped", "redis_unavailable"})
+#: At most one such warning per reason in this many seconds.
+WARNING_INTERVAL = 60.0
 #: How often a replica records itself in Redis (``celery schedule replicas``).
 ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
@@ -95,6 +100,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._unmarked: list[Claim] = []
         self.static_names: frozenset[str] = frozenset()
         self.runtime: RuntimeEntries | None = None
+        self.metrics: Metrics | None = None
+        self._warned_at: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
         super().__init__(app, *args, **kwargs)
@@ -167,6 +175,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return
         self._queue_first_slots(self.clock())
         self._warn_about_unsupported_policies()
+        if self.settings.metrics_port:
+            self.metrics = Metrics()
+            self.metrics.connect(self)
+            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.entries.set(len(self.entries))
+            logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
 
     def _warn_about_unsupported_policies(self) -> None:
         """Say so when singleton or cap settings cannot be enforced."""
@@ -272,6 +286,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
             if entry.enabled and self.settings.enabled:
                 self._queue_entry(entry, None, now)
+        if self.metrics is not None:
+            self.metrics.entries.set(len(self.entries))
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
         """One tick's pipeline: decide -> claim -> admit -> publish -> record."""
@@ -280,8 +296,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             signals.entry_due.send(sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot)
         try:
             self._flush_unmarked()
+            started = self.monotonic()
             results = self.backend.claim([slot.claim for slot in due])
             claimed_at = self.monotonic()
+            if self.metrics is not None and due:
+                self.metrics.claim_latency.observe(claimed_at - started)
             admitted = self._admit(due, results, now)
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, items, due, now)
@@ -375,13 +394,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _skipped(self, due_slot: DueSlot, reason: str) -> None:
         """Report a due slot this replica does not publish."""
         entry, slot = due_slot.entry.name, due_slot.claim.slot
-        level = logging.DEBUG if reason == "claimed" else logging.INFO
-        if reason in ("capped", "redis_unavailable"):
-            level = logging.WARNING
-        logger.log(
-            level, "fork scheduler: %s slot %s skipped: %s", entry, slot_isoformat(slot), reason
-        )
+        if reason in WARNED_SKIPS:
+            self._warn_rate_limited(
+                reason, f"{entry} slot {slot_isoformat(slot)} skipped: {reason}"
+            )
+        else:
+            logger.debug(
+                "fork scheduler: %s slot %s skipped: %s", entry, slot_isoformat(slot), reason
+            )
         signals.entry_skipped.send(sender=self, entry=entry, slot=slot, reason=reason)
+
+    def _warn_rate_limited(self, key: str, message: str) -> None:
+        """A WARNING at most every WARNING_INTERVAL seconds per key, counting the rest."""
+        now = self.monotonic()
+        last = self._warned_at.get(key)
+        if last is not None and now - last < WARNING_INTERVAL:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._warned_at[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        more = f" ({suppressed} more like it since the last warning)" if suppressed else ""
+        logger.warning("fork scheduler: %s%s", message, more)
 
     def _claim_went_stale(self, claimed_at: float) -> bool:
         if not self.backend.protects_replicas:
