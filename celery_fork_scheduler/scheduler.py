@@ -277,15 +277,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if update is None:
             return
         for name in update.removed:
-            if self.entries.pop(name, None) is not None:
-                logger.info("fork scheduler: runtime entry %s removed", name)
+            self.remove_entry(name)
         for entry in update.changed:
-            self.entries[entry.name] = entry
-            logger.info(
-                "fork scheduler: runtime entry %s (%s)", entry.name, entry.schedule.describe()
-            )
-            if entry.enabled and self.settings.enabled:
-                self._queue_entry(entry, None, now)
+            self.put_entry(entry, now)
+
+    def put_entry(self, entry: Entry, now: datetime | None = None) -> None:
+        """Schedule a new or changed entry from its next slot (no catch-up for it)."""
+        self.entries[entry.name] = entry
+        logger.info("fork scheduler: entry %s (%s)", entry.name, entry.schedule.describe())
+        if entry.enabled and self.settings.enabled:
+            self._queue_entry(entry, None, now or self.clock())
+        if self.metrics is not None:
+            self.metrics.entries.set(len(self.entries))
+
+    def remove_entry(self, name: str) -> None:
+        """Stop scheduling an entry (its queued slots are dropped when they surface)."""
+        if self.entries.pop(name, None) is not None:
+            logger.info("fork scheduler: entry %s removed", name)
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 

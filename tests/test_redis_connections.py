@@ -331,8 +331,8 @@ def sentinel_backend(group: RedisSentinelGroup, replica: str = "host:1") -> Redi
 def hwm_at(address: tuple[str, int], backend: RedisBackend, entry: str) -> bytes | None:
     client = redis.Redis(host=address[0], port=address[1], socket_timeout=2)
     try:
-        value: bytes | None = client.hget(backend.state_key(entry), "hwm")
-        return value
+        value = client.hget(backend.state_key(entry), "hwm")
+        return value if isinstance(value, bytes) else None
     finally:
         client.close()
 
@@ -412,3 +412,23 @@ def test_no_slot_is_won_twice_across_a_sentinel_failover(
             fresh.close()
     finally:
         connected.close()
+
+
+def test_unreachable_sentinels_fail_fast() -> None:
+    """The sentinel connections get the backend's timeouts and no retries of redis-py's own.
+
+    Without them redis-py retries each sentinel with back-off (about 4 s per sentinel, and
+    without any connect timeout for a host that drops packets), and a tick blocks that long
+    for every one of the backend's own retries.
+    """
+    url = ";".join(f"sentinel://127.0.0.1:{free_port()}" for _ in range(3))
+    backend = RedisBackend.from_url(
+        url, Settings(max_retries=0, redis_options={"master_name": "mymaster"})
+    )
+    try:
+        began = time.monotonic()
+        with pytest.raises(BackendUnavailableError):
+            backend.claim([claim("a", PAST)])
+        assert time.monotonic() - began < 3.0
+    finally:
+        backend.close()

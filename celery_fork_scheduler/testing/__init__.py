@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .clock import FakeClock
+from .harness import ScheduleHarness, assert_fires, assert_never_fires
 from .processes import CeleryProcess, wait_until
 from .recording import RecordingPublisher
 from .redis_server import RedisServer, find_redis_server, free_port
@@ -12,6 +13,9 @@ __all__ = [
     "FakeClock",
     "RecordingPublisher",
     "RedisServer",
+    "ScheduleHarness",
+    "assert_fires",
+    "assert_never_fires",
     "find_redis_server",
     "free_port",
     "wait_until",
