@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -37,6 +38,8 @@ logger = logging.getLogger("celery_fork_scheduler")
 
 Clock = Callable[[], datetime]
 
+#: Claims per round trip; a burst is claimed and published batch by batch.
+CLAIM_BATCH = 500
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
@@ -52,6 +55,15 @@ MIN_RETRY_SECONDS = 0.05
 def utc_now() -> datetime:
     """The real clock: the current aware UTC instant."""
     return datetime.now(timezone.utc)
+
+
+@dataclass(slots=True)
+class Work:
+    """What one due queue item asks for: slots to claim, and the entry's next slot."""
+
+    item: QueueItem
+    due: list[DueSlot]
+    follow_up: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,24 +310,74 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.entries.set(len(self.entries))
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
-        """One tick's pipeline: decide -> claim -> admit -> publish -> record."""
-        due, follow_ups = self._decide(items, now)
-        for due_slot in due:
-            signals.entry_due.send(sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot)
+        """One tick: decide, then claim -> admit -> publish -> record, chunk by chunk."""
+        works = self._decide(items, now)
+        for work in works:
+            for due_slot in work.due:
+                signals.entry_due.send(
+                    sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot
+                )
         try:
             self._flush_unmarked()
-            started = self.monotonic()
-            results = self.backend.claim([slot.claim for slot in due])
-            claimed_at = self.monotonic()
-            if self.metrics is not None and due:
-                self.metrics.claim_latency.observe(claimed_at - started)
-            admitted = self._admit(due, results, now)
         except BackendUnavailableError as exc:
-            self._on_backend_down(exc, items, due, now)
+            self._on_backend_down(exc, works, now)
             return
+        chunks = self._chunks(works)
+        for index, chunk in enumerate(chunks):
+            try:
+                self._run_chunk(chunk, now)
+            except BackendUnavailableError as exc:
+                self._on_backend_down(exc, [work for rest in chunks[index:] for work in rest], now)
+                return
+
+    def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[Work]:
+        """Turn due queue items into slots to claim, each with its entry's next slot."""
+        works: list[Work] = []
+        for item in items:
+            entry = self.entries.get(item.entry.name)
+            if entry is not item.entry or not entry.enabled:
+                continue  # changed or removed since it was queued
+            if item.retry:
+                works.append(Work(item, [self._due_slot(entry, item.slot)], None))
+                continue
+            after = item.slot - timedelta(microseconds=1)
+            slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
+            due = [self._due_slot(entry, slot) for slot in slots]
+            works.append(Work(item, due, entry.first_slot_after(now)))
+        return works
+
+    def _chunks(self, works: list[Work]) -> list[list[Work]]:
+        """Split a burst into claim batches, in an order of this replica's own.
+
+        Every replica cuts the burst at the same places (works sorted by slot and name) but
+        starts at a different chunk, so replicas share a burst instead of racing for the same
+        entries in the same order.
+        """
+        works.sort(key=lambda work: (work.item.slot, work.item.entry.name))
+        chunks: list[list[Work]] = [[]]
+        size = 0
+        for work in works:
+            if size and size + len(work.due) > CLAIM_BATCH:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(work)
+            size += len(work.due)
+        start = zlib.crc32(self.backend.replica_id.encode()) % len(chunks)
+        return chunks[start:] + chunks[:start]
+
+    def _run_chunk(self, chunk: Sequence[Work], now: datetime) -> None:
+        """Claim one batch, queue its entries' next slots, publish what was won, record it."""
+        due = [due_slot for work in chunk for due_slot in work.due]
+        started = self.monotonic()
+        results = self.backend.claim([slot.claim for slot in due])
+        claimed_at = self.monotonic()
+        if self.metrics is not None and due:
+            self.metrics.claim_latency.observe(claimed_at - started)
+        admitted = self._admit(due, results, now)
         self._on_backend_up()
-        for entry, upcoming in follow_ups:
-            self.queue.push(upcoming.timestamp(), entry, upcoming)
+        for work in chunk:
+            if work.follow_up is not None:
+                self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
         for due_slot in admitted:
             if self._claim_went_stale(claimed_at):
                 # Stalled since claiming (paused, swapped out, slow broker): another replica may
@@ -326,30 +388,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             self._flush_unmarked()
         except BackendUnavailableError as exc:
-            self._on_backend_down(exc, (), (), now)
-
-    def _decide(
-        self, items: Iterable[QueueItem], now: datetime
-    ) -> tuple[list[DueSlot], list[tuple[Entry, datetime]]]:
-        """Turn due queue items into slots to claim, and each entry's next slot to queue."""
-        due: list[DueSlot] = []
-        follow_ups: list[tuple[Entry, datetime]] = []
-        for item in items:
-            entry = self.entries.get(item.entry.name)
-            if entry is not item.entry or not entry.enabled:
-                continue  # changed or removed since it was queued
-            if item.retry:
-                due.append(self._due_slot(entry, item.slot))
-                continue
-            after = item.slot - timedelta(microseconds=1)
-            due.extend(
-                self._due_slot(entry, slot)
-                for slot in slots_due(entry, after, now, grace=self.settings.catchup_grace)
-            )
-            upcoming = entry.first_slot_after(now)
-            if upcoming is not None:
-                follow_ups.append((entry, upcoming))
-        return due, follow_ups
+            self._on_backend_down(exc, (), now)
 
     @staticmethod
     def _due_slot(entry: Entry, slot: datetime) -> DueSlot:
@@ -480,32 +519,30 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._unmarked = pending + self._unmarked
                 raise
 
-    def _on_backend_down(
-        self,
-        exc: Exception,
-        items: Sequence[QueueItem],
-        due: Sequence[DueSlot],
-        now: datetime,
-    ) -> None:
-        """Fail closed: publish nothing this tick, ask again soon, log once per outage."""
+    def _on_backend_down(self, exc: Exception, works: Sequence[Work], now: datetime) -> None:
+        """Fail closed: publish nothing of ``works`` now, ask again soon, log once per outage.
+
+        Their queue items go back unchanged, so that the catch-up rule decides, once Redis is
+        back, which of the slots missed meanwhile still fire.
+        """
         if not self._backend_down:
             logger.error(
                 "fork scheduler: claim backend unavailable, publishing nothing until it is back: %s",  # noqa: E501
                 exc,
             )
             self._backend_down = True
-        for due_slot in due:
-            signals.entry_skipped.send(
-                sender=self,
-                entry=due_slot.entry.name,
-                slot=due_slot.claim.slot,
-                reason="redis_unavailable",
-            )
         when = now.timestamp() + BACKEND_RETRY_SECONDS
-        for item in items:
-            entry = self.entries.get(item.entry.name)
-            if entry is item.entry:
-                self.queue.push(when, entry, item.slot, retry=item.retry)
+        for work in works:
+            for due_slot in work.due:
+                signals.entry_skipped.send(
+                    sender=self,
+                    entry=due_slot.entry.name,
+                    slot=due_slot.claim.slot,
+                    reason="redis_unavailable",
+                )
+            item = work.item
+            if self.entries.get(item.entry.name) is item.entry:
+                self.queue.push(when, item.entry, item.slot, retry=item.retry)
 
     def _on_backend_up(self) -> None:
         if self._backend_down:

@@ -28,7 +28,7 @@ def make_app(redis_url: str, **conf: Any) -> Celery:
     app = Celery("replicas", set_as_current=False, broker="memory://")
     app.conf.update(
         timezone="UTC",
-        beat_schedule=ENTRIES,
+        beat_schedule=conf.pop("beat_schedule", ENTRIES),
         result_expires=None,
         fork_scheduler_redis_url=redis_url,
         **conf,
@@ -217,3 +217,41 @@ def test_a_replica_started_after_the_only_one_died_takes_over_its_unsent_claims(
         assert taken_over() == sorted(ENTRIES)
     finally:
         newcomer.scheduler.close()
+
+
+def test_replicas_share_a_burst_instead_of_racing_for_the_same_entries(
+    redis_url: str, clock: FakeClock
+) -> None:
+    import threading
+
+    class SlowPublisher(RecordingPublisher):
+        """Publishing takes as long as a broker round trip would."""
+
+        def publish(self, occurrence: Occurrence) -> None:
+            time.sleep(0.0005)
+            super().publish(occurrence)
+
+    burst = {f"b{i:04}": {"task": "t", "schedule": every(1).minutes} for i in range(3000)}
+    replicas = [
+        Replica(redis_url, clock, publisher=SlowPublisher(), beat_schedule=burst) for _ in range(3)
+    ]
+    try:
+        clock.advance(60)
+        barrier = threading.Barrier(3)
+
+        def tick(replica: Replica) -> None:
+            barrier.wait()
+            replica.scheduler.tick()
+
+        threads = [threading.Thread(target=tick, args=(r,)) for r in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        shares = [len(r.publisher.occurrences) for r in replicas]
+        assert sum(shares) == 3000
+        assert max(all_fires(replicas).values()) == 1
+        assert all(3000 / 6 <= share <= 3000 * 2 / 3 for share in shares), shares
+    finally:
+        for replica in replicas:
+            replica.scheduler.close()
