@@ -25,7 +25,7 @@ from celery.bin.base import CeleryCommand
 
 from .backends.factory import redis_client_for, redis_url_for
 from .backends.redis_connection import mask_url
-from .config import read_settings
+from .config import Settings, read_settings
 from .decorators import REGISTRY_ATTRIBUTE
 from .entry import Entry, EntrySource, entry_from_config, entry_from_dict
 from .errors import BackendUnavailableError, ConfigError, ForkSchedulerError, ScheduleError
@@ -380,6 +380,13 @@ def _check_task_known(session: Session, task: str) -> None:
         session.warn(f"task {task!r} is not registered in this app (a typo?)")
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 entry"``, ``"3 entries"``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
 def _names_text(names: Sequence[str]) -> str:
     return ", ".join(names) if names else "-"
 
@@ -638,17 +645,14 @@ def remove(ctx: click.Context, name: str | None, tag: str | None, yes: bool, as_
     if not tagged:
         raise CommandError(f"no entries tagged {tag!r}")
     if runtime and not yes:
-        click.confirm(
-            f"Remove {len(runtime)} runtime entries tagged {tag!r} ({_names_text(runtime)})?",
-            abort=True,
-            err=True,
-        )
+        question = f"Remove {_count(len(runtime), 'runtime entry')} tagged {tag!r}"
+        click.confirm(f"{question} ({_names_text(runtime)})?", abort=True, err=True)
     removed = manager.remove_by_tag(tag)
     if static:
         session.warn(f"static entries stay (pause them instead): {_names_text(static)}")
     session.emit(
         {"removed": removed, "kept_static": static},
-        lambda: f"removed {len(removed)} entries tagged {tag!r}: {_names_text(removed)}",
+        lambda: f"removed {_count(len(removed), 'entry')} tagged {tag!r}: {_names_text(removed)}",
     )
 
 
@@ -670,13 +674,10 @@ def _steer(
         if not names:
             raise CommandError(f"no entries tagged {tag!r}")
         if confirm:
-            click.confirm(
-                f"{verb.capitalize()} {len(names)} entries tagged {tag!r} ({_names_text(names)})?",
-                abort=True,
-                err=True,
-            )
+            question = f"{verb.capitalize()} {_count(len(names), 'entry')} tagged {tag!r}"
+            click.confirm(f"{question} ({_names_text(names)})?", abort=True, err=True)
     done = action(manager)
-    what = f"{name!r}" if name is not None else f"{len(done)} entries tagged {tag!r}"
+    what = f"{name!r}" if name is not None else f"{_count(len(done), 'entry')} tagged {tag!r}"
     session.emit(
         {f"{verb}d": done}, lambda: f"{verb}d {what}" + (f": {_names_text(done)}" if tag else "")
     )
@@ -729,7 +730,10 @@ def resume(ctx: click.Context, name: str | None, tag: str | None, as_json: bool)
 def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
     """Run an entry now (a singleton still running is not started twice)."""
     session = _session(ctx, as_json)
-    task_id = session.manager().run_now(name)
+    try:
+        task_id = session.manager().run_now(name)
+    except TypeError as exc:  # Celery checks the arguments against the task's signature
+        raise BadInputError(f"cannot send {name!r}: {exc}") from None
     data = {"name": name, "task_id": task_id, "skipped": task_id is None}
     if task_id is None:
         session.emit(data, lambda: "skipped: still running (or the concurrency cap is reached)")
@@ -811,7 +815,7 @@ def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
             lines.append(f"no beat replica ticked in the last {_span(within)}")
         lines.append(f"runtime version in Redis: {current}")
         if hidden:
-            lines.append(f"{hidden} older records hidden (see --within)")
+            lines.append(f"{_count(hidden, 'older record')} hidden (see --within)")
         return "\n".join(lines)
 
     session.emit(data, render)
@@ -919,6 +923,16 @@ def _runtime_entries(
     return entries, problems
 
 
+def _fallback_settings(conf: Mapping[str, Any]) -> Settings:
+    """Defaults plus the Redis URL and key prefix, to go on checking despite a bad setting."""
+    url = conf.get("fork_scheduler_redis_url")
+    prefix = conf.get("fork_scheduler_key_prefix")
+    return Settings(
+        redis_url=url if isinstance(url, str) and url else None,
+        key_prefix=prefix if isinstance(prefix, str) and prefix else Settings().key_prefix,
+    )
+
+
 def _check(app: Any) -> tuple[list[Entry], list[Problem]]:
     """Load the whole schedule entry by entry; every problem found, not only the first."""
     problems: list[Problem] = []
@@ -926,7 +940,7 @@ def _check(app: Any) -> tuple[list[Entry], list[Problem]]:
         settings = read_settings(app.conf)
     except ConfigError as exc:
         problems.append(_config_problem(exc))
-        settings = None
+        settings = _fallback_settings(app.conf)
     try:
         app.loader.import_default_modules()
     except Exception as exc:  # user code: any import error is a finding, not a crash
@@ -971,20 +985,38 @@ def _check(app: Any) -> tuple[list[Entry], list[Problem]]:
                 problems.append(
                     Problem(level="error", message=f"cannot reach Redis at {mask_url(url)}: {exc}")
                 )
-    known = set(app.tasks)
+    valid = []
     for entry in sorted(entries.values(), key=lambda e: e.name):
-        if entry.task not in known:
-            problems.append(
-                Problem(
-                    level="error",
-                    message=f"entry {entry.name!r}: unknown task {entry.task!r} "
-                    "(not registered in the app after importing its modules)",
-                    entry=entry.name,
-                    field="task",
-                    source=entry.source,
-                )
-            )
-    return list(entries.values()), problems
+        problem = _task_problem(app, entry)
+        if problem is None:
+            valid.append(entry)
+        else:
+            problems.append(problem)
+    return valid, problems
+
+
+def _task_problem(app: Any, entry: Entry) -> Problem | None:
+    """An unknown task, or args that do not fit the task's signature."""
+    task = app.tasks.get(entry.task)
+    if task is None:
+        message = (
+            f"entry {entry.name!r}: unknown task {entry.task!r} "
+            "(not registered in the app after importing its modules)"
+        )
+        return Problem(
+            level="error", message=message, entry=entry.name, field="task", source=entry.source
+        )
+    check = getattr(task, "__header__", None)
+    if not task.typing or check is None or callable(entry.args) or callable(entry.kwargs):
+        return None
+    try:
+        check(*entry.args, **entry.kwargs)
+    except TypeError as exc:
+        message = f"entry {entry.name!r}: args/kwargs do not fit task {entry.task!r}: {exc}"
+        return Problem(
+            level="error", message=message, entry=entry.name, field="args", source=entry.source
+        )
+    return None
 
 
 @schedule.command("validate", cls=CeleryCommand)
@@ -1011,7 +1043,10 @@ def validate(ctx: click.Context, strict: bool, as_json: bool) -> None:
             + _scrub(p.message)
             for p in problems
         ]
-        summary = f"{len(entries)} valid entries, {len(errors)} errors, {len(warnings)} warnings"
+        summary = (
+            f"{_count(len(entries), 'valid entry')}, {_count(len(errors), 'error')}, "
+            f"{_count(len(warnings), 'warning')}"
+        )
         lines.append(click.style(summary, fg="green" if ok else "red"))
         return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -89,10 +89,26 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
 
 
 class Publisher(Protocol):
-    """Sends occurrences somewhere; raises on failure."""
+    """Sends occurrences somewhere."""
 
     def publish(self, occurrence: Occurrence) -> None:
-        """Send one occurrence."""
+        """Send one occurrence; raise on failure."""
+
+    def publish_many(self, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
+        """Send several; for each, the exception that kept it from being sent, or ``None``."""
+
+
+def publish_each(publisher: Publisher, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
+    """``publish_many`` by calling ``publish`` once per occurrence."""
+    errors: list[Exception | None] = []
+    for occurrence in occurrences:
+        try:
+            publisher.publish(occurrence)
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
 
 
 class CeleryPublisher:
@@ -108,11 +124,35 @@ class CeleryPublisher:
 
     def publish(self, occurrence: Occurrence) -> None:
         """Send one occurrence with its task id and headers."""
+        self._send(occurrence, self._producer())
+
+    def publish_many(self, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
+        """Send a batch through Kombu's ``Producer.batch`` where the transport supports it
+        (Redis: one pipeline of ``LPUSH``); messages are built exactly as one by one.
+
+        When the final flush fails, every message of the batch counts as not sent.
+        """
+        producer = self._producer()
+        if producer is None or not hasattr(producer, "batch"):
+            return publish_each(self, occurrences)
+        errors: list[Exception | None] = [None] * len(occurrences)
+        try:
+            with producer.batch(max_size=max(len(occurrences), 1)):
+                for index, occurrence in enumerate(occurrences):
+                    try:
+                        self._send(occurrence, producer)
+                    except Exception as exc:
+                        errors[index] = exc
+        except Exception as exc:
+            return [error or exc for error in errors]
+        return errors
+
+    def _send(self, occurrence: Occurrence, producer: Any) -> None:
         task = self.app.tasks.get(occurrence.task)
         common = {
             "task_id": occurrence.task_id,
             "headers": dict(occurrence.headers),
-            "producer": self._producer(),
+            "producer": producer,
             **occurrence.options,
         }
         if task is not None:

@@ -40,6 +40,8 @@ Clock = Callable[[], datetime]
 
 #: Claims per round trip; a burst is claimed and published batch by batch.
 CLAIM_BATCH = 500
+#: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
+PUBLISH_BATCH = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
@@ -378,13 +380,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for work in chunk:
             if work.follow_up is not None:
                 self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
-        for due_slot in admitted:
+        for start in range(0, len(admitted), PUBLISH_BATCH):
+            batch = admitted[start : start + PUBLISH_BATCH]
             if self._claim_went_stale(claimed_at):
-                # Stalled since claiming (paused, swapped out, slow broker): another replica may
-                # take the claim over after its lease, so ask again rather than publish blind.
-                self.queue.push(now.timestamp(), due_slot.entry, due_slot.claim.slot, retry=True)
-            elif self._publish(due_slot):
-                self._unmarked.append(due_slot.claim)
+                # Stalled since claiming (paused, swapped out, slow broker): another replica
+                # may take these claims over after their lease: ask again, don't publish blind.
+                for due_slot in batch:
+                    self.queue.push(
+                        now.timestamp(), due_slot.entry, due_slot.claim.slot, retry=True
+                    )
+            else:
+                self._unmarked.extend(self._publish(batch))
         try:
             self._flush_unmarked()
         except BackendUnavailableError as exc:
@@ -469,30 +475,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         half_lease = self.settings.claim_lease.total_seconds() / 2
         return self.monotonic() - claimed_at > half_lease
 
-    def _publish(self, due_slot: DueSlot) -> bool:
-        """Send one occurrence; a failure is logged, reported and retried while still recent."""
+    def _publish(self, batch: Sequence[DueSlot]) -> list[Claim]:
+        """Send a batch of occurrences; return the claims that were sent.
+
+        A failure is logged, reported, recorded, and retried while the slot is still recent.
+        """
+        occurrences = [
+            build_occurrence(slot.entry, slot.claim.slot, slot.claim.task_id, capped=slot.capped)
+            for slot in batch
+        ]
+        errors = self.publisher.publish_many(occurrences)
+        sent = []
+        for due_slot, error in zip(batch, errors, strict=True):
+            if error is None:
+                self._dispatched(due_slot)
+                sent.append(due_slot.claim)
+            else:
+                self._publish_failed(due_slot, error)
+        return sent
+
+    def _dispatched(self, due_slot: DueSlot) -> None:
         entry, claim = due_slot.entry, due_slot.claim
-        try:
-            occurrence = build_occurrence(entry, claim.slot, claim.task_id, capped=due_slot.capped)
-            self.publisher.publish(occurrence)
-        except Exception as exc:
-            logger.exception(
-                "fork scheduler: publishing %s (%s) for slot %s failed",
-                entry.name,
-                entry.task,
-                slot_isoformat(claim.slot),
-            )
-            signals.entry_failed.send(
-                sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=exc
-            )
-            with contextlib.suppress(Exception):
-                self.backend.record_failure(claim, exc)
-            now = self.clock()
-            if now - claim.slot <= self.settings.catchup_grace:
-                self.queue.push(
-                    now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, retry=True
-                )
-            return False
         logger.info(
             "fork scheduler: sent %s (%s) slot %s id %s",
             entry.name,
@@ -507,7 +510,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             task_id=claim.task_id,
             replica=self.backend.replica_id,
         )
-        return True
+
+    def _publish_failed(self, due_slot: DueSlot, error: Exception) -> None:
+        entry, claim = due_slot.entry, due_slot.claim
+        logger.error(
+            "fork scheduler: publishing %s (%s) for slot %s failed: %r",
+            entry.name,
+            entry.task,
+            slot_isoformat(claim.slot),
+            error,
+        )
+        signals.entry_failed.send(
+            sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=error
+        )
+        with contextlib.suppress(Exception):
+            self.backend.record_failure(claim, error)
+        now = self.clock()
+        if now - claim.slot <= self.settings.catchup_grace:
+            self.queue.push(now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, retry=True)
 
     def _flush_unmarked(self) -> None:
         """Record published claims as sent; kept for the next tick if the backend is down."""

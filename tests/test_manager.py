@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -459,9 +460,7 @@ def test_getting_an_unknown_entry_raises_job_not_found(manager: Manager) -> None
 # -- pause, resume, run now -----------------------------------------------------------------------
 
 
-def test_pause_by_name_records_the_note_and_the_time(
-    manager: Manager, clock: FakeClock
-) -> None:
+def test_pause_by_name_records_the_note_and_the_time(manager: Manager, clock: FakeClock) -> None:
     manager.every(1).minutes.name("job").do("tasks.report")
     assert manager.pause("job", note="ops: database migration") == ["job"]
     state = manager.is_paused("job")
@@ -595,3 +594,25 @@ def test_update_can_turn_a_job_into_a_singleton(manager: Manager) -> None:
 def test_update_can_change_the_overlap_policy(manager: Manager) -> None:
     manager.add("job", "tasks.report", every(1).minutes)
     assert manager.update("job", overlap="buffer_one").overlap == "buffer_one"
+
+
+def test_an_embedded_beat_publishes_runtime_jobs_until_stopped(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    app = make_app(
+        redis_url, beat_max_loop_interval=1, beat_schedule_filename=str(tmp_path / "beat")
+    )
+    manager = Manager(app)
+    manager.every(1).seconds.name("tick").do("tasks.report")
+    try:
+        assert manager.start() is manager
+        assert manager.is_running()
+        deadline = time.monotonic() + 10
+        while redis_client.llen("celery") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {m["headers"][ENTRY_HEADER] for m in broker_messages(redis_client)} == {"tick"}
+        assert len(broker_messages(redis_client)) >= 2
+    finally:
+        manager.stop()
+        app.close()
+    assert not manager.is_running()

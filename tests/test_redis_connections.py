@@ -30,12 +30,14 @@ from celery_fork_scheduler.testing.redis_topologies import (
 
 PAST = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
-#: The least a Redis ACL user needs for the claim backend (found by removing each in turn:
-#: see ``test_each_command_of_the_minimal_acl_is_needed``). The Lua scripts run with the
-#: caller's permissions, so their commands (time, hget, hset, hdel, hincrby, pexpire) count.
+#: The least a Redis ACL user needs for claims (found by removing each in turn: see
+#: ``test_each_command_of_the_minimal_acl_is_needed_and_its_lack_fails_closed``). The Lua
+#: scripts run with the caller's permissions, so the commands they call count: time, hget,
+#: hset, hdel, hincrby, pexpire, and lpush + ltrim (the capped run history).
 #: ``script|exists`` + ``script|load``: redis-py checks and loads scripts before each pipeline.
 #: ``ping``: redis-py's connection health check. Not listed: ``select`` (only for db != 0),
-#: and the cluster discovery commands a Redis Cluster client sends.
+#: the cluster discovery commands of a Redis Cluster client, and what only some features
+#: use (see ``FEATURE_ACL_COMMANDS``).
 MINIMAL_ACL_COMMANDS = (
     "evalsha",
     "script|load",
@@ -48,7 +50,13 @@ MINIMAL_ACL_COMMANDS = (
     "pexpire",
     "time",
     "ping",
+    "lpush",
+    "ltrim",
 )
+#: Called by the scripts of singleton entries (running marker: exists/get/set/del), of
+#: ``fork_scheduler_max_concurrent`` (zadd/zcard/zremrangebyscore) and by failure records
+#: (eval). Grant them too unless those features are unused.
+FEATURE_ACL_COMMANDS = ("exists", "get", "set", "del", "zadd", "zcard", "zremrangebyscore", "eval")
 #: A password with every character that needs quoting in a URL.
 PASSWORD = "s3cr3t/p@ss:w%rd?#"
 

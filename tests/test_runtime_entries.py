@@ -234,9 +234,7 @@ def test_a_runtime_entry_never_replaces_a_static_one_of_the_same_name(
     assert len(cluster.fires("static-report")) == 2
 
 
-def test_a_restart_keeps_pause_state_and_run_counters(
-    cluster: Cluster, clock: FakeClock
-) -> None:
+def test_a_restart_keeps_pause_state_and_run_counters(cluster: Cluster, clock: FakeClock) -> None:
     cluster.manager.every(1).seconds.name("job").do("reports.job")
     cluster.refresh()
     cluster.run_for(3)

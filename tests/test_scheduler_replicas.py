@@ -97,8 +97,9 @@ def test_three_replicas_ticking_together_publish_each_slot_exactly_once(
 
 
 def test_a_replica_that_stalled_after_claiming_asks_again_before_publishing(
-    redis_url: str, clock: FakeClock
+    redis_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("celery_fork_scheduler.scheduler.PUBLISH_BATCH", 1)
     lease = {"fork_scheduler_claim_lease": 1.0}
 
     class StallingPublisher(RecordingPublisher):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..publishing import Occurrence
+from collections.abc import Sequence
+
+from ..publishing import Occurrence, publish_each
 
 __all__ = ["RecordingPublisher"]
 
@@ -16,6 +18,10 @@ class RecordingPublisher:
     def publish(self, occurrence: Occurrence) -> None:
         """Record the occurrence."""
         self.occurrences.append(occurrence)
+
+    def publish_many(self, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
+        """Publish each, in order."""
+        return publish_each(self, occurrences)
 
     def fired(self, entry: str | None = None) -> list[str]:
         """The slots published (ISO-8601 UTC), of one entry or of all."""

@@ -111,7 +111,14 @@ def max_concurrent(runs: Iterable[Run], until: float) -> int:
 
 
 def beat_lines(beats: Iterable[CeleryProcess], pattern: re.Pattern[str]) -> list[re.Match[str]]:
-    return [match for beat in beats for match in pattern.finditer(beat.log())]
+    """Matching lines of the replicas' logs; ``skipped: claimed`` (another replica has the
+    slot: the normal case of every replica but one) is left out."""
+    return [
+        match
+        for beat in beats
+        for match in pattern.finditer(beat.log())
+        if match.groupdict().get("reason") != "claimed"
+    ]
 
 
 def start_cluster(
