@@ -260,10 +260,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 grace=self.settings.catchup_grace,
                 window=timedelta(seconds=deadline) if deadline is not None else None,
             )
-            if not mark.sent and not missed:
-                missed = [mark.slot]
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
+            if not mark.sent and not missed:
+                self.queue.push(now.timestamp(), entry, mark.slot, takeover=True)
         upcoming = entry.first_slot_after(now)
         if upcoming is not None:
             self.queue.push(upcoming.timestamp(), entry, upcoming)
@@ -340,7 +340,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if entry is not item.entry or not entry.enabled:
                 continue  # changed or removed since it was queued
             if item.retry:
-                works.append(Work(item, [self._due_slot(entry, item.slot)], None))
+                due_slot = self._due_slot(entry, item.slot, takeover=item.takeover)
+                works.append(Work(item, [due_slot], None))
                 continue
             after = item.slot - timedelta(microseconds=1)
             slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
@@ -387,7 +388,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 # may take these claims over after their lease: ask again, don't publish blind.
                 for due_slot in batch:
                     self.queue.push(
-                        now.timestamp(), due_slot.entry, due_slot.claim.slot, retry=True
+                        now.timestamp(), due_slot.entry, due_slot.claim.slot, takeover=True
                     )
             else:
                 self._unmarked.extend(self._publish(batch))
@@ -397,7 +398,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._on_backend_down(exc, (), now)
 
     @staticmethod
-    def _due_slot(entry: Entry, slot: datetime) -> DueSlot:
+    def _due_slot(entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         task_id = task_id_for(entry.name, slot)
         held = ""
         if entry.overlap == "buffer_one":
@@ -409,6 +410,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             overlap=entry.overlap,
             max_runs=entry.max_runs or 0,
             held_message=held,
+            takeover=takeover,
         )
         return DueSlot(entry, claim)
 
@@ -430,7 +432,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 won.append(due_slot)
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
                 when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
-                self.queue.push(when, due_slot.entry, due_slot.claim.slot, retry=True)
+                takeover = outcome is ClaimOutcome.PENDING
+                self.queue.push(
+                    when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
+                )
             else:
                 self._skipped(due_slot, outcome.value)
         cap = self.settings.max_concurrent
@@ -527,7 +532,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.backend.record_failure(claim, error)
         now = self.clock()
         if now - claim.slot <= self.settings.catchup_grace:
-            self.queue.push(now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, retry=True)
+            self.queue.push(
+                now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, takeover=True
+            )
 
     def _flush_unmarked(self) -> None:
         """Record published claims as sent; kept for the next tick if the backend is down."""
@@ -562,7 +569,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 )
             item = work.item
             if self.entries.get(item.entry.name) is item.entry:
-                self.queue.push(when, item.entry, item.slot, retry=item.retry)
+                self.queue.push(
+                    when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
+                )
 
     def _on_backend_up(self) -> None:
         if self._backend_down:

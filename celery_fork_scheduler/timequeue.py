@@ -19,7 +19,8 @@ class QueueItem:
     """Wake up at ``when`` (epoch seconds) for ``slot`` of ``entry``.
 
     A *chain* item carries the earliest slot of its entry not yet handled; handling it pushes
-    the entry's next chain item. A *retry* item asks again about one slot only.
+    the entry's next chain item. A *retry* item asks again about one slot only; a *takeover*
+    retry asks about a slot known to be claimed already, so it never makes a new claim.
     """
 
     when: float
@@ -27,6 +28,7 @@ class QueueItem:
     entry: Entry = field(compare=False)
     slot: datetime = field(compare=False)
     retry: bool = field(compare=False, default=False)
+    takeover: bool = field(compare=False, default=False)
 
 
 class TimeQueue:
@@ -39,9 +41,18 @@ class TimeQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, when: float, entry: Entry, slot: datetime, *, retry: bool = False) -> None:
+    def push(
+        self,
+        when: float,
+        entry: Entry,
+        slot: datetime,
+        *,
+        retry: bool = False,
+        takeover: bool = False,
+    ) -> None:
         """Queue a wake-up at ``when`` for ``slot`` of ``entry``."""
-        heapq.heappush(self._heap, QueueItem(when, next(self._counter), entry, slot, retry))
+        item = QueueItem(when, next(self._counter), entry, slot, retry or takeover, takeover)
+        heapq.heappush(self._heap, item)
 
     def pop_due(self, now: float) -> list[QueueItem]:
         """Remove and return every item whose wake-up time is ``<= now``."""

@@ -183,3 +183,10 @@ def test_the_redis_high_water_mark_tells_whether_the_slot_was_sent(redis_url: st
         assert backend.high_water_marks(["a"]) == {"a": HighWaterMark(PAST, sent=True)}
     finally:
         backend.close()
+
+
+def test_a_takeover_claim_never_makes_a_new_claim(backend: ClaimBackend) -> None:
+    # A slot seen claimed before but unknown now (Redis restarted empty) is not published.
+    takeover = Claim("a", PAST, task_id_for("a", PAST), takeover=True)
+    assert [r.outcome for r in backend.claim([takeover])] == [ClaimOutcome.CLAIMED]
+    assert backend.high_water_marks(["a"]) == {}

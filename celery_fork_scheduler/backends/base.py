@@ -64,6 +64,9 @@ class Claim:
     max_runs: int = 0
     #: For ``buffer_one``: the JSON message to hold back while a run is executing.
     held_message: str = ""
+    #: Ask only to take over (or renew) an existing claim, never to make a new one: the slot
+    #: was seen claimed before, so if Redis no longer knows it, it lost its state.
+    takeover: bool = False
 
     @property
     def slot_us(self) -> int:

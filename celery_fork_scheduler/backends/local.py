@@ -65,7 +65,7 @@ class LocalBackend:
         results = []
         for claim in claims:
             slot_us = claim.slot_us
-            if slot_us > self._marks.get(claim.entry, -1):
+            if slot_us > self._marks.get(claim.entry, -1) and not claim.takeover:
                 self._marks[claim.entry] = slot_us
                 self._dirty = True
                 self._unsent.add((claim.entry, slot_us))

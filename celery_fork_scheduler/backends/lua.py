@@ -49,7 +49,8 @@ end
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] early tolerance (us),
 #: ARGV[5] claim lease (us), ARGV[6] TTL of the pending hash (ms), ARGV[7] overlap
 #: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
-#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size.
+#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size,
+#: ARGV[12] "1" to only take over or renew an existing claim (never claim anew).
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "paused" | "busy" | "buffered" | "finished"; wait_us: how long to wait before asking again
 #: (pending, early), else 0.
@@ -67,6 +68,10 @@ if slot > now + tonumber(ARGV[4]) then
 end
 local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
 local mine = ARGV[3] .. '|' .. now_text
+if slot > hwm and ARGV[12] == '1' then
+  -- Seen claimed before, unknown now: Redis lost its state; publishing could duplicate.
+  return {'claimed', 0}
+end
 if slot > hwm then
   local function skip(reason)
     redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'skipped', 'reason', reason,

@@ -133,6 +133,7 @@ class RedisBackend:
                 self._singleton_lease_ms,
                 claim.held_message,
                 self.settings.history_size,
+                "1" if claim.takeover else "0",
             )
             for claim in claims
         ]

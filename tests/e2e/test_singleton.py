@@ -92,7 +92,7 @@ def recorded_runs(client: redis.Redis) -> list[Run]:
 
 
 def starts(client: redis.Redis) -> int:
-    return sum(1 for raw in client.lrange("test:runs", 0, -1) if b'"start"' in raw)
+    return sum(json.loads(raw)["event"] == "start" for raw in client.lrange("test:runs", 0, -1))
 
 
 def max_concurrent(runs: Iterable[Run], until: float) -> int:
