@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from harness import (
     QUEUE,
     BeatGroup,
@@ -133,10 +132,11 @@ def every_second(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
 def _lags(messages: list[Message], times: list[float], has_slot: bool) -> list[float]:
     """publish - slot; without a slot header, publish - (previous publish of the entry + 1 s)."""
     if has_slot:
-        return [t - m.slot if m.slot is not None else math.nan for m, t in zip(messages, times)]
+        pairs = zip(messages, times, strict=True)
+        return [t - m.slot if m.slot is not None else math.nan for m, t in pairs]
     previous: dict[str, float] = {}
     lags: list[float] = []
-    for message, moment in zip(messages, times):
+    for message, moment in zip(messages, times, strict=True):
         before = previous.get(message.entry)
         lags.append(moment - (before + INTERVAL) if before is not None else math.nan)
         previous[message.entry] = moment
@@ -339,8 +339,20 @@ def _redis_benchmark(port: int, size: int) -> float | None:
     if binary is None:
         return None
     done = subprocess.run(
-        [binary, "-p", str(port), "-t", "lpush", "-P", "1000", "-c", "1", "-n", "200000"]
-        + ["-d", str(size), "--csv", "-q"],
+        [
+            binary,
+            "-p",
+            str(port),
+            "-t",
+            "lpush",
+            "-P",
+            "1000",
+            "-c",
+            "1",
+            "-n",
+            "200000",
+            *("-d", str(size), "--csv", "-q"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

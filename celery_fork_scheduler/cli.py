@@ -642,9 +642,10 @@ def remove(ctx: click.Context, name: str | None, tag: str | None, yes: bool, as_
     tagged = manager.jobs(tag)
     runtime = [job.name for job in tagged if job.source == "runtime"]
     static = [job.name for job in tagged if job.source != "runtime"]
-    if not tagged:
-        raise CommandError(f"no entries tagged {tag!r}")
-    if runtime and not yes:
+    if not runtime:
+        kept = f" (static entries cannot be removed, pause them: {_names_text(static)})"
+        raise CommandError(f"no runtime entries tagged {tag!r}" + (kept if static else ""))
+    if not yes:
         question = f"Remove {_count(len(runtime), 'runtime entry')} tagged {tag!r}"
         click.confirm(f"{question} ({_names_text(runtime)})?", abort=True, err=True)
     removed = manager.remove_by_tag(tag)

@@ -48,6 +48,8 @@ BACKEND_RETRY_SECONDS = 1.0
 WARNED_SKIPS = frozenset({"capped", "redis_unavailable"})
 #: At most one such warning per reason in this many seconds.
 WARNING_INTERVAL = 60.0
+#: Clock differences with Redis below this are noise, not skew.
+CLOCK_TOLERANCE = timedelta(milliseconds=250)
 #: How often a replica records itself in Redis (``celery schedule replicas``).
 ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
@@ -116,6 +118,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.runtime: RuntimeEntries | None = None
         self.metrics: Metrics | None = None
         self._warned_at: dict[str, float] = {}
+        self._clock_offset = timedelta(0)
         self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
@@ -187,7 +190,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing"
             )
             return
-        self._queue_first_slots(self.clock())
+        self._follow_redis_clock()
+        self._queue_first_slots(self.now())
         self._warn_about_unsupported_policies()
         if self.settings.metrics_port:
             self.metrics = Metrics()
@@ -272,18 +276,50 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
-        now = self.clock()
+        now = self.now()
         self._refresh_runtime_entries(now)
         due_items = self.queue.pop_due(now.timestamp())
         if due_items or self._unmarked:
             self._handle(due_items, now)
         return self._seconds_to_next_wakeup()
 
+    def now(self) -> datetime:
+        """The current instant on Redis's clock: this host's clock plus the measured offset."""
+        return self.clock() + self._clock_offset
+
+    def _follow_redis_clock(self) -> None:
+        """Measure this host's clock against Redis ``TIME`` and schedule on Redis's clock.
+
+        A replica whose clock is off (or jumps) then computes the same due slots as the others,
+        and the claim script still refuses a slot that is early by Redis ``TIME``. Only with the
+        real clock: an injected test clock is left alone.
+        """
+        if self.clock is not utc_now or not self.backend.protects_replicas:
+            return
+        try:
+            before = self.clock()
+            server = self.backend.server_time()
+            after = self.clock()
+        except BackendUnavailableError:
+            return
+        offset = server - (before + (after - before) / 2)
+        if abs(offset) < CLOCK_TOLERANCE:
+            offset = timedelta(0)
+        if abs(offset - self._clock_offset) >= CLOCK_TOLERANCE and offset:
+            logger.warning(
+                "fork scheduler: this host's clock is %+.3f s off Redis TIME; scheduling on "
+                "Redis's clock",
+                -offset.total_seconds(),
+            )
+        self._clock_offset = offset
+
     def _refresh_runtime_entries(self, now: datetime) -> None:
-        """At most every ``fork_scheduler_refresh_interval``: apply runtime entry changes."""
+        """At most every ``fork_scheduler_refresh_interval``: follow Redis's clock, apply
+        runtime entry changes, record this replica."""
         if self.runtime is None or self.monotonic() < self._next_refresh:
             return
         self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
+        self._follow_redis_clock()
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
             self._next_announce = self.monotonic() + ANNOUNCE_SECONDS
@@ -300,7 +336,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.entries[entry.name] = entry
         logger.info("fork scheduler: entry %s (%s)", entry.name, entry.schedule.describe())
         if entry.enabled and self.settings.enabled:
-            self._queue_entry(entry, None, now or self.clock())
+            self._queue_entry(entry, None, now or self.now())
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 
@@ -530,7 +566,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         )
         with contextlib.suppress(Exception):
             self.backend.record_failure(claim, error)
-        now = self.clock()
+        now = self.now()
         if now - claim.slot <= self.settings.catchup_grace:
             self.queue.push(
                 now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, takeover=True
@@ -589,7 +625,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         wakeup = self.queue.next_wakeup()
         if wakeup is None:
             return longest
-        return max(0.0, min(wakeup - self.clock().timestamp(), longest))
+        return max(0.0, min(wakeup - self.now().timestamp(), longest))
 
     # -- Celery's Scheduler hooks -------------------------------------------------------------
 

@@ -29,10 +29,10 @@ def make_app(broker: str, **conf: Any) -> Celery:
     app = Celery("cli_test", broker=broker, set_as_current=False)
     app.conf.update(timezone="UTC", **conf)
 
-    @app.task(name="tasks.cleanup", shared=False)
+    @app.task(name="tasks.cleanup", shared=False)  # type: ignore[untyped-decorator]
     def cleanup() -> None: ...
 
-    @app.task(name="tasks.report", shared=False)
+    @app.task(name="tasks.report", shared=False)  # type: ignore[untyped-decorator]
     def report(day: str = "today") -> None: ...
 
     app.conf.beat_schedule = {
@@ -305,7 +305,8 @@ def test_remove_by_tag_with_yes_does_not_ask(app: Celery, run: Run) -> None:
 def test_remove_needs_a_name_or_a_tag(run: Run) -> None:
     assert_one_line_error(run("remove"), 2, "either a NAME or --tag")
     assert_one_line_error(run("remove", "x", "--tag", "t"), 2, "either a NAME or --tag")
-    assert_one_line_error(run("remove", "--tag", "nothing", "--yes"), 1, "no entries tagged")
+    assert_one_line_error(run("remove", "--tag", "nothing", "--yes"), 1, "no runtime entries")
+    assert_one_line_error(run("remove", "--tag", "ops", "--yes"), 1, "pause them: cleanup")
 
 
 # -- pause, resume, trigger ------------------------------------------------------------------

@@ -330,9 +330,7 @@ setting_names = st.sampled_from([*DEFAULTS, "typo_setting", "lock_duratoin", ""]
 
 @FUZZ
 @given(
-    st.dictionaries(
-        setting_names.map(lambda name: SETTING_PREFIX + name), odd_values, max_size=5
-    ),
+    st.dictionaries(setting_names.map(lambda name: SETTING_PREFIX + name), odd_values, max_size=5),
     st.dictionaries(st.sampled_from(["timezone", "broker_url", "beat_schedule"]), json_values),
 )
 def test_read_settings_validates_or_names_the_setting(

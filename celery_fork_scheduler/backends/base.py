@@ -129,6 +129,9 @@ class ClaimBackend(Protocol):
         Returns how many of them, from the first, may be published.
         """
 
+    def server_time(self) -> datetime:
+        """The backend's clock (Redis ``TIME``); this host's clock for the local backend."""
+
     def runtime_store(self) -> RuntimeStore | None:
         """Where runtime entries and pause state live (``None``: static entries only)."""
 

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -91,6 +92,10 @@ class LocalBackend:
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """No cap without Redis: workers cannot report the end of a run to this process."""
         return len(claims)
+
+    def server_time(self) -> datetime:
+        """This host's clock: there is no other."""
+        return datetime.now(timezone.utc)
 
     def runtime_store(self) -> None:
         """No runtime entries without Redis."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -233,6 +233,15 @@ class RedisBackend:
             ):
                 replies[index] = reply
         return replies
+
+    def server_time(self) -> datetime:
+        """Redis ``TIME``."""
+
+        def read() -> datetime:
+            seconds, micros = self.client.time()
+            return from_epoch_us(int(seconds) * 1_000_000 + int(micros))
+
+        return self._retrying(read)
 
     def runtime_store(self) -> RuntimeStore:
         """Runtime entries and pause state, on this backend's client."""

@@ -130,6 +130,9 @@ def test_replicas_with_skewed_clocks_never_duplicate_nor_fire_early(
     assert fires.duplicates() == 0, dump_logs(processes)
     slots = expected_slots(start + MARGIN, end - MARGIN)
     assert fires.missed({f"entry-{i:03}": slots for i in range(50)}) == {}
+    # Skewed replicas schedule on Redis's clock: they take part instead of idling or retrying.
+    assert all(" sent " in process.log() for process in processes), dump_logs(processes)
+    assert all("off Redis TIME" in process.log() for process in processes[:2])
     early = {
         slot: seen - datetime.fromisoformat(slot).timestamp()
         for slot, seen in published_at.items()

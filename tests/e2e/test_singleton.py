@@ -10,6 +10,7 @@ what the beat replicas logged.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import re
 import time
@@ -141,7 +142,11 @@ def start_cluster(
     started_beats = [
         # At debug level: a replica logs each busy or buffered skip as a DEBUG line.
         CeleryProcess.beat(
-            module, cwd=workdir, workdir=workdir, name=f"beat-{i}", env=env,
+            module,
+            cwd=workdir,
+            workdir=workdir,
+            name=f"beat-{i}",
+            env=env,
             extra_args=["-l", "debug"],
         )
         for i in range(beats)
@@ -229,12 +234,16 @@ def test_singleton_never_overlaps_across_workers_and_reports_its_skips(
     finished = [run for run in runs if run.end is not None]
     assert len(finished) >= 3, logs
     # Never two at once, on any worker: each run starts after the previous one ended.
-    for before, after in zip(runs, runs[1:]):
+    for before, after in itertools.pairwise(runs):
         assert before.end is not None and after.start >= before.end, (before, after, logs)
     assert max_concurrent(runs, stopped) == 1
     # Not stuck until the 60 s lease: the next run starts within one slot interval (+ slack)
     # of the end of the previous one.
-    gaps = [after.start - before.end for before, after in zip(finished, runs[1:])]
+    gaps = [
+        after.start - before.end
+        for before, after in itertools.pairwise(runs)
+        if before.end is not None
+    ]
     assert max(gaps) < 2 + 1.5, (gaps, logs)
     # Each slot of the entry was either sent or reported as skipped (busy), by one replica
     # only, and everything sent ran exactly once.
@@ -286,7 +295,7 @@ def test_buffer_one_starts_exactly_one_held_back_run_as_soon_as_the_last_ends(
     logs = dump_logs(processes)
     assert len(runs) >= 4, logs
     assert max_concurrent(runs, stopped) == 1, (runs, logs)
-    for before, after in zip(runs, runs[1:]):
+    for before, after in itertools.pairwise(runs):
         assert before.end is not None and after.start >= before.end, (before, after, logs)
         # The held-back run: its slot came while the previous run was executing ...
         assert before.slot_time < after.slot_time < before.end, (before, after, logs)
