@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001, RUF002, RUF003
+# ruff: noqa: RUF001
 """Measuring tools shared by the scenarios: a generated Celery project, beat processes, a
 ``LLEN`` sampler, ``/proc`` readings, ``INFO commandstats`` and reading the queued messages.
 

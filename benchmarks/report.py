@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001, RUF002, RUF003
+# ruff: noqa: RUF001, RUF002
 """Turning the runs' figures into Markdown tables (median and min–max) and one PNG plot."""
 
 from __future__ import annotations

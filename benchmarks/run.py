@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001, RUF002, RUF003
+# ruff: noqa: RUF001
 """Run every benchmark scenario beside the peers and write the report.
 
     .venv/bin/python benchmarks/run.py [--quick] [--runs 3]

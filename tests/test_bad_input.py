@@ -183,8 +183,13 @@ def test_a_zero_or_negative_count_in_a_string_is_refused(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("schedule", -5), ("schedule", timedelta(seconds=-1)), ("catchup_window", -1)]
-    + [("max_runs", -1), ("max_runs", 0)],
+    [
+        ("schedule", -5),
+        ("schedule", timedelta(seconds=-1)),
+        ("catchup_window", -1),
+        ("max_runs", -1),
+        ("max_runs", 0),
+    ],
 )
 def test_negative_entry_values_name_the_field(field: str, value: Any) -> None:
     definition = {"schedule": "every 5 minutes", field: value}
@@ -291,14 +296,17 @@ UNICODE_NAMES = ["日本語のジョブ", "émoji-🚀-job", "Ω≈ç√∫", "�
 @pytest.mark.parametrize(
     "text",
     [
-        "every ５ minutes ✨",
+        "every \uff15 minutes \u2728",  # fullwidth digit five, sparkles
         "каждые 5 минут",
         "🕐 at 10:30",
         "at 10:30 in Europe/Bérlin",
         "\x00",
         "",
-    ]
-    + ["cron ½ * * * *", "at 1²:00", "every 5 minutes in Europe/Berlin\u202e", "\ufeffdaily"],
+        "cron ½ * * * *",
+        "at 1²:00",
+        "every 5 minutes in Europe/Berlin\u202e",
+        "\ufeffdaily",
+    ],
 )
 def test_unicode_schedule_strings_are_refused_quoting_them(text: str) -> None:
     with pytest.raises(ScheduleError) as refused:
@@ -308,7 +316,10 @@ def test_unicode_schedule_strings_are_refused_quoting_them(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ascii_text"),
-    [("every ٣ minutes", "every 3 minutes"), ("at １２:００", "at 12:00")],
+    [
+        ("every \u0663 minutes", "every 3 minutes"),  # Arabic-Indic digit three
+        ("at \uff11\uff12:\uff10\uff10", "at 12:00"),  # fullwidth digits
+    ],
 )
 def test_non_ascii_digits_mean_what_their_ascii_twins_mean(text: str, ascii_text: str) -> None:
     # Python's \\d and int() read any Unicode decimal digit; the result must at least be the
