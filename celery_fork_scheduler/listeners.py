@@ -60,6 +60,8 @@ class LoggingEventListener:
 
 
 _LISTENERS: list[Any] = []
+#: Listeners made from ``fork_scheduler_event_listeners``, by dotted path: one per process.
+_RESOLVED: dict[str, Any] = {}
 
 
 def _call(method: str, *args: Any) -> None:
@@ -136,13 +138,23 @@ _CONNECTIONS = (
 )
 
 
+#: Every hook a listener may implement.
+HOOKS = (
+    "on_job_run",
+    "on_job_complete",
+    "on_job_error",
+    "on_entry_due",
+    "on_entry_dispatched",
+    "on_entry_skipped",
+    "on_entry_failed",
+)
+
+
 def register_event_listeners(*listeners: Any) -> None:
     """Call these listeners on every event of this process (idempotent per listener)."""
     for listener in listeners:
-        if not any(
-            hasattr(listener, name) for name in dir(LoggingEventListener) if name.startswith("on_")
-        ):
-            raise TypeError(f"{listener!r} has no on_* event method")
+        if not any(callable(getattr(listener, hook, None)) for hook in HOOKS):
+            raise TypeError(f"{listener!r} has none of the hooks {', '.join(HOOKS)}")
         if listener not in _LISTENERS:
             _LISTENERS.append(listener)
     for signal, receiver in _CONNECTIONS:
@@ -173,7 +185,9 @@ def resolve_listeners(paths: tuple[str, ...]) -> list[Any]:
             raise ConfigError(
                 f"cannot import {path!r}: {exc}", field="fork_scheduler_event_listeners"
             ) from None
-        listeners.append(target() if isinstance(target, type) else target)
+        if path not in _RESOLVED:
+            _RESOLVED[path] = target() if isinstance(target, type) else target
+        listeners.append(_RESOLVED[path])
     if listeners:
         register_event_listeners(*listeners)
     return listeners

@@ -119,6 +119,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.metrics: Metrics | None = None
         self._warned_at: dict[str, float] = {}
         self._clock_offset = timedelta(0)
+        #: Slots reported skipped during the current outage (each is reported once).
+        self._reported_down: set[tuple[str, datetime]] = set()
         self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
@@ -352,9 +354,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         works = self._decide(items, now)
         for work in works:
             for due_slot in work.due:
-                signals.entry_due.send(
-                    sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot
-                )
+                if (due_slot.entry.name, due_slot.claim.slot) not in self._reported_down:
+                    signals.entry_due.send(
+                        sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot
+                    )
         try:
             self._flush_unmarked()
         except BackendUnavailableError as exc:
@@ -597,11 +600,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for work in works:
             for due_slot in work.due:
+                key = (due_slot.entry.name, due_slot.claim.slot)
+                if key in self._reported_down:
+                    continue  # asked again during the same outage: reported once
+                self._reported_down.add(key)
                 signals.entry_skipped.send(
-                    sender=self,
-                    entry=due_slot.entry.name,
-                    slot=due_slot.claim.slot,
-                    reason="redis_unavailable",
+                    sender=self, entry=key[0], slot=key[1], reason="redis_unavailable"
                 )
             item = work.item
             if self.entries.get(item.entry.name) is item.entry:
@@ -613,6 +617,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._backend_down:
             logger.warning("fork scheduler: claim backend reachable again, publishing resumes")
             self._backend_down = False
+            self._reported_down.clear()
 
     def _seconds_to_next_wakeup(self) -> float:
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime

@@ -293,11 +293,6 @@ def test_skipped_redis_unavailable_publishes_nothing(
     assert [r.levelno for r in errors] == [logging.ERROR]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: every retry during a Redis outage sends entry_due and entry_skipped "
-    "(redis_unavailable) again for the same slot",
-)
 def test_an_outage_reports_each_slot_due_and_skipped_once(beats: Any, events: Events) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"
     beat = beats({"a": every_second()}, backend_url=closed, fork_scheduler_max_retries=0)

@@ -253,3 +253,7 @@ redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'runs', 1)
 return held
 """
+
+
+#: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
+ALL_SCRIPTS = (CLAIM, MARK_SENT, MARK_SKIPPED)

@@ -19,7 +19,13 @@ import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    TryAgainError,
+)
 
 from ..config import Settings
 from ..errors import BackendUnavailableError
@@ -289,11 +295,27 @@ Command = tuple[str, Callable[[Pipeline], object]]
 
 
 def _execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for _, issue in commands:
-        issue(pipe)
-    replies: list[Any] = pipe.execute()
-    return replies
+    """One pipeline of ``EVALSHA``/plain commands; scripts are loaded once on ``NOSCRIPT``.
+
+    Calling ``EVALSHA`` directly spares the ``SCRIPT EXISTS`` round trip redis-py makes before
+    every pipeline holding scripts. A restarted (or failed-over) Redis answers ``NOSCRIPT`` to
+    all of them: the scripts are loaded and the batch runs again, which is safe because no
+    script ran.
+    """
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for _, issue in commands:
+            issue(pipe)
+        try:
+            replies: list[Any] = pipe.execute()
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            for source in lua.ALL_SCRIPTS:
+                client.script_load(source)
+            continue
+        return replies
+    raise AssertionError("unreachable")
 
 
 _MARK_FIELDS = ("hwm", "state")
@@ -304,7 +326,7 @@ def _hmget(pipe: Pipeline, *, key: str, fields: Sequence[str]) -> object:
 
 
 def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
-    return script(keys=keys, args=args, client=pipe)
+    return pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _us(delta: timedelta) -> int:

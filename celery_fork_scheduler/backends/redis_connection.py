@@ -26,8 +26,19 @@ CLIENT_DEFAULTS: Mapping[str, Any] = {
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``**``, for logs and errors."""
-    return str(maybe_sanitize_url(url))
+    """The URL with its password replaced by ``**``, for logs and errors.
+
+    Kombu's multi-host form (``sentinel://a;sentinel://b``) is masked host by host; a part
+    that cannot be parsed is shown as its scheme only.
+    """
+    parts = []
+    for part in url.split(";"):
+        part = part.strip()
+        try:
+            parts.append(str(maybe_sanitize_url(part)))
+        except ValueError:
+            parts.append(f"{urlsplit(part).scheme}://***")
+    return ";".join(parts)
 
 
 def client_from_url(
@@ -83,7 +94,13 @@ def _sentinel_master(
             f"Sentinel URL {mask_url(url)} needs at least one host and a master_name",
             field="fork_scheduler_redis_url",
         )
-    sentinel_kwargs = dict(
+    # The sentinels get the same timeouts and no-retry policy as the master connection.
+    sentinel_kwargs = {
+        key: settings[key]
+        for key in ("socket_timeout", "socket_connect_timeout", "retry")
+        if key in settings
+    }
+    sentinel_kwargs.update(
         settings.pop("sentinel_kwargs", None) or transport_options.get("sentinel_kwargs") or {}
     )
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **settings)  # type: ignore[no-untyped-call]
