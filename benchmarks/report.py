@@ -130,7 +130,8 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], plain: float |
     header = (
         "N", "peer", "demanded/s", "published/s", "% of demanded", "× plain loop",
         "lag p50 (s)", "lag p99 (s)", "lag max (s)", "CPU s / 1 000", "peak RSS (MiB)",
-        "start-up to 1st publish (s)", "Redis cmds / publish", "starved entries", "duplicates",
+        "start-up to 1st publish (s)", "Redis cmds / publish", "of which script calls",
+        "entries not served in the window", "duplicates",
     )  # fmt: skip
     rows = []
     for (n, peer), runs in grouped.items():
@@ -147,7 +148,8 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], plain: float |
             cell(runs, "lag_p50", 3) + lag_note, cell(runs, "lag_p99", 3) + lag_note,
             cell(runs, "lag_max", 3) + lag_note, cell(runs, "cpu_per_1000", 3),
             cell(runs, "peak_rss_mib", 1), cell(runs, "startup_s", 2),
-            cell(runs, "commands_per_publish", 2), cell(runs, "starved", 0),
+            cell(runs, "commands_per_publish", 2), cell(runs, "scripts_per_publish", 2),
+            cell(runs, "starved", 0),
             cell(runs, "duplicates", 0),
         ))  # fmt: skip
     return _table(header, rows)
@@ -157,7 +159,7 @@ def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], plain_10k: flo
     header = (
         "N", "peer", "published", "slot → last message (s)", "÷ plain loop's time for N",
         "messages/s", "lag p50 (s)", "lag p99 (s)", "CPU s / 1 000", "peak RSS (MiB)",
-        "Redis cmds / publish", "share per replica", "duplicates",
+        "Redis cmds / publish", "of which script calls", "share per replica", "duplicates",
     )  # fmt: skip
     rows = []
     for (n, peer), runs in grouped.items():
@@ -168,7 +170,8 @@ def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], plain_10k: flo
             cell(runs, "slot_to_last_s", 2), _ratio(runs, "slot_to_last_s", reference),
             cell(runs, "burst_rate", 0), cell(runs, "lag_p50", 3), cell(runs, "lag_p99", 3),
             cell(runs, "cpu_per_1000", 3), cell(runs, "peak_rss_mib", 1),
-            cell(runs, "commands_per_publish", 2), shares, cell(runs, "duplicates", 0),
+            cell(runs, "commands_per_publish", 2), cell(runs, "scripts_per_publish", 2), shares,
+            cell(runs, "duplicates", 0),
         ))  # fmt: skip
     return _table(header, rows)
 

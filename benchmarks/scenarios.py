@@ -70,6 +70,12 @@ def _per_publish(commands: dict[str, int], published: int) -> float | None:
     return sum(commands.values()) / published if published else None
 
 
+def _scripts_per_publish(commands: dict[str, int], published: int) -> float | None:
+    """Lua script calls (``EVALSHA``, ``EVAL``, ``FCALL``) per message."""
+    scripts = sum(v for k, v in commands.items() if k.startswith(("evalsha", "eval", "fcall")))
+    return scripts / published if published else None
+
+
 def _duplicates(messages: list[Message]) -> int:
     """Messages of an (entry, slot) pair already seen (only messages with a slot header)."""
     seen = Counter((m.entry, m.slot) for m in messages if m.slot is not None)
@@ -90,7 +96,9 @@ def every_second(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
             if not sampler.wait_for(1, group.started_at + settings.startup_cap, group.alive):
                 return _no_start(peer, "every", n, group, settings)
             first = sampler.arrival_times(1)[0]
-            start = first + settings.warmup
+            # Off the first publish by a whole number of seconds less 0.4 s, so that the window
+            # falls between two seconds' batches rather than through one.
+            start = first + round(settings.warmup) - 0.4 * INTERVAL
             end = start + settings.window
             sleep_until(start)
             cpu0, commands0 = group.cpu(), commandstats(client)
@@ -119,6 +127,7 @@ def every_second(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
         cpu_per_1000=1000 * (cpu1 - cpu0) / published if published else None,
         peak_rss_mib=memory.get("VmHWM", 0) / 1024,
         commands_per_publish=_per_publish(commands, published),
+        scripts_per_publish=_scripts_per_publish(commands, published),
         commands=dict(list(commands.items())[:8]),
         starved=n - len(served),
         min_per_entry=min(served.values()) if len(served) == n else 0,
@@ -222,6 +231,7 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
         cpu_per_1000=1000 * (cpu1 - cpu0) / published if published else None,
         peak_rss_mib=memory.get("VmHWM", 0) / 1024,
         commands_per_publish=_per_publish(commands, published),
+        scripts_per_publish=_scripts_per_publish(commands, published),
         commands=dict(list(commands.items())[:8]),
         duplicates=_duplicates(messages),
         shares=shares,

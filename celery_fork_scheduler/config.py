@@ -72,6 +72,13 @@ def _non_negative_int(name: str, value: object) -> int:
     return value
 
 
+def _port(name: str, value: object) -> int:
+    port = _non_negative_int(name, value)
+    if port > 65535:
+        raise _setting_error(name, f"must be a TCP port (0 to 65535, 0 = off), not {value!r}")
+    return port
+
+
 def _optional_str(name: str, value: object) -> str | None:
     if value is None or (isinstance(value, str) and value):
         return value
@@ -128,5 +135,5 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         refresh_interval=_duration("refresh_interval", raw["refresh_interval"], allow_zero=False),
         history_size=_non_negative_int("history_size", raw["history_size"]),
         event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
-        metrics_port=_non_negative_int("metrics_port", raw["metrics_port"]),
+        metrics_port=_port("metrics_port", raw["metrics_port"]),
     )

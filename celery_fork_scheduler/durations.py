@@ -12,7 +12,10 @@ def to_timedelta(value: object, *, what: str, allow_zero: bool = True) -> timede
     Raises ``ValueError`` naming ``what`` for negative, NaN, infinite or non-numeric values.
     """
     if isinstance(value, timedelta):
-        seconds = value.total_seconds()
+        if value < timedelta(0) or (value == timedelta(0) and not allow_zero):
+            bound = "zero or more" if allow_zero else "positive"
+            raise ValueError(f"{what} must be {bound}, not {value!r}")
+        return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -23,6 +26,9 @@ def to_timedelta(value: object, *, what: str, allow_zero: bool = True) -> timede
         bound = "zero or more" if allow_zero else "positive"
         raise ValueError(f"{what} must be {bound}, not {value!r}")
     try:
-        return timedelta(seconds=seconds)
+        result = timedelta(seconds=seconds)
     except OverflowError:
         raise ValueError(f"{what} is too large: {value!r}") from None
+    if result == timedelta(0) and not allow_zero:
+        raise ValueError(f"{what} must be at least one microsecond, not {value!r}")
+    return result

@@ -124,7 +124,10 @@ def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetim
         raise _fail(name, field_name, f"must be a datetime or an ISO-8601 string, not {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise _fail(name, field_name, f"out of range: {value!r}") from None
 
 
 def _tags(name: str, value: object) -> frozenset[str]:
@@ -227,6 +230,8 @@ def entry_from_config(
     kwargs = definition.get("kwargs") or {}
     if not isinstance(kwargs, Mapping) and not callable(kwargs):
         raise _fail(name, "kwargs", f"must be a dict, not {kwargs!r}")
+    if isinstance(kwargs, Mapping) and not all(isinstance(key, str) for key in kwargs):
+        raise _fail(name, "kwargs", f"keys must be strings (argument names), not {kwargs!r}")
     options = definition.get("options") or {}
     if not isinstance(options, Mapping):
         raise _fail(name, "options", f"must be a dict of apply_async options, not {options!r}")

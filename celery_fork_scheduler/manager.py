@@ -25,7 +25,6 @@ from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
 from .publishing import CeleryPublisher, build_occurrence
-from .schedule_parsing import parse_schedule
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
 
@@ -161,8 +160,8 @@ class Manager:
         ``expected_version`` a stale replacement is refused.
         """
         task_name = task if isinstance(task, str) else getattr(task, "name", None)
-        if isinstance(schedule, str):
-            schedule = parse_schedule(schedule)
+        if self._singleton_all and "overlap" not in policies and "singleton" not in policies:
+            policies["overlap"] = "skip"
         definition = {
             "task": task_name,
             "schedule": schedule,
@@ -194,6 +193,10 @@ class Manager:
         """Change fields of a runtime entry; a stale ``expected_version`` is refused."""
         stored = self._stored(name)
         definition = {key: value for key, value in stored.data.items() if key != "schema"}
+        if "singleton" in changes and "overlap" not in changes:
+            definition.pop("overlap", None)
+        if "one_off" in changes and "max_runs" not in changes:
+            definition.pop("max_runs", None)
         definition.update(changes)
         entry = self._validate(name, definition)
         version = self.store().put(
@@ -370,7 +373,8 @@ class Manager:
         entries = entries_from_config(
             self.app.conf.beat_schedule, default_timezone=self.app.timezone
         )
-        entries.update(periodic_entries(self.app, default_timezone=self.app.timezone))
+        for name, entry in periodic_entries(self.app, default_timezone=self.app.timezone).items():
+            entries.setdefault(name, entry)  # beat_schedule wins, as in beat
         return entries
 
     def _all_entries(self) -> dict[str, tuple[Entry, int]]:

@@ -115,7 +115,7 @@ class RuntimeEntries:
             if not isinstance(item, StoredEntry):
                 raise ConfigError("stored JSON cannot be decoded", entry=name)
             return entry_from_dict(name, item.data, default_timezone=self.default_timezone)
-        except ConfigError as exc:
+        except Exception as exc:  # one bad stored entry must never stop the others
             if (name, version) not in self._reported:
                 self._reported.add((name, version))
                 logger.error("fork scheduler: runtime entry skipped: %s", exc)

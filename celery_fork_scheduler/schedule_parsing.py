@@ -139,7 +139,10 @@ def _parse_every_unit(text: str) -> SlotSchedule | None:
         return Daily(every_days=count, times=_times(match["times"]))
     if match["times"] is not None:
         raise _Unparsable(f"'at' needs a day unit ('every 2 days at 10:30'), not {unit!r}")
-    return Interval(every=timedelta(seconds=count * _UNIT_SECONDS[unit]))
+    try:
+        return Interval(every=timedelta(seconds=count * _UNIT_SECONDS[unit]))
+    except OverflowError:
+        raise _Unparsable(f"interval too long: {count} {unit}") from None
 
 
 def _parse_at(text: str) -> SlotSchedule | None:

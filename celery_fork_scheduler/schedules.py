@@ -110,6 +110,8 @@ def parse_time(value: str | time) -> time:
         if value.tzinfo is not None:
             raise ScheduleError(f"invalid time {value!r}: give a wall time without tzinfo")
         return value.replace(microsecond=0)
+    if not isinstance(value, str):
+        raise ScheduleError(f"invalid time {value!r}: expected a string 'HH:MM' or 'HH:MM:SS'")
     match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", value.strip())
     if match is not None:
         hour, minute, second = (int(part or 0) for part in match.groups())
@@ -945,7 +947,10 @@ class EveryBuilder:
         return f"every({self._n})"
 
     def _interval(self, seconds: int) -> Interval:
-        return Interval(every=timedelta(seconds=self._n * seconds))
+        try:
+            return Interval(every=_seconds_delta(self._n * seconds))
+        except ScheduleError:
+            raise ScheduleError(f"every({self._n}): interval too long") from None
 
     @property
     def second(self) -> Interval:
@@ -1076,8 +1081,18 @@ def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
     return Cron(expr=" ".join(fields), day_or=False, tz=None if zone is None else to_zone(zone))
 
 
+def _seconds_delta(seconds: float) -> timedelta:
+    """``timedelta(seconds=...)``, refusing what does not fit (ScheduleError, not OverflowError)."""
+    if not math.isfinite(seconds):
+        raise ScheduleError(f"interval must be a finite number of seconds, got {seconds!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ScheduleError(f"interval too long: {seconds!r} seconds") from None
+
+
 def _interval_from(value: timedelta | float) -> Interval:
-    every = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    every = value if isinstance(value, timedelta) else _seconds_delta(value)
     if every <= timedelta(0):
         raise ScheduleError(f"interval must be positive, got {value!r}")
     return Interval(every=every)

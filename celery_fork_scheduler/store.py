@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ForkSchedulerError
+from .errors import ConfigError, ForkSchedulerError
 from .keys import Keys
 
 #: Store or replace one runtime entry.
@@ -122,7 +122,10 @@ class RuntimeStore:
         raw, version = pipe.execute()
         if raw is None:
             return None
-        return StoredEntry(name, json.loads(raw), int(version or 0))
+        try:
+            return StoredEntry(name, json.loads(raw), int(version or 0))
+        except ValueError:
+            raise ConfigError("stored JSON cannot be decoded", entry=name) from None
 
     def all(self) -> tuple[int, dict[str, StoredEntry | bytes]]:
         """The version and every runtime entry; undecodable JSON comes back as raw bytes."""
@@ -219,7 +222,7 @@ def pause_state(state: Mapping[str, str]) -> PauseState:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
 def _decode(name: str, raw: bytes | str, version: int) -> StoredEntry | bytes:

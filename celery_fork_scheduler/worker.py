@@ -30,7 +30,7 @@ from .backends import lua
 from .backends.base import to_epoch_us
 from .backends.factory import redis_client_for
 from .backends.redis import record_outcome
-from .config import read_settings
+from .config import Settings, read_settings
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from .keys import Keys
 from .publishing import CeleryPublisher, occurrence_from_json
@@ -66,13 +66,24 @@ class WorkerHooks:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.settings = read_settings(app.conf)
-        self.keys = Keys(self.settings.key_prefix)
+        self._settings: Settings | None = None
         self._client: Any = None
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._stopping = threading.Event()
+
+    @property
+    def settings(self) -> Settings:
+        """The app's settings, read when first needed (after the app is configured)."""
+        if self._settings is None:
+            self._settings = read_settings(self.app.conf)
+        return self._settings
+
+    @property
+    def keys(self) -> Keys:
+        """The key names under the configured prefix."""
+        return Keys(self.settings.key_prefix)
 
     @property
     def client(self) -> Any:
@@ -96,6 +107,9 @@ class WorkerHooks:
         """Tell beat that this worker releases markers; keep saying so."""
         if getattr(sender, "app", self.app) is not self.app:
             return
+        # Settings as configured once the worker loaded everything (install() may come first).
+        self._settings = None
+        self._client = None
         self._ensure_heartbeat()
 
     def _ensure_heartbeat(self) -> None:

@@ -63,26 +63,12 @@ def test_a_huge_calendar_count_never_fires_and_says_so(schedule: Any) -> None:
     assert schedule_from_dict(json.loads(json.dumps(schedule.to_dict()))) == schedule
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="every(10**15).seconds overflows timedelta: OverflowError 'Python int too large to "
-    "convert to C int'. Fix: EveryBuilder._interval catches OverflowError and raises "
-    "ScheduleError('every(n).<unit>: the interval is too long (at most 999999999 days)')",
-)
 @pytest.mark.parametrize("unit", ["seconds", "minutes", "hours", "weeks"])
 def test_a_huge_every_n_interval_is_a_schedule_error(unit: str) -> None:
     with pytest.raises(ScheduleError, match=r"every\("):
         getattr(every(10**15), unit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="parse_schedule('every 99999999999999999999 seconds') raises OverflowError. Fix: "
-    "schedule_parsing._parse_every_unit wraps Interval(every=timedelta(...)) in "
-    "try/except OverflowError -> raise _Unparsable('the interval is too long')",
-)
 @pytest.mark.parametrize("text", ["every 99999999999999999999 seconds", "every 99999999999 weeks"])
 def test_a_huge_count_in_a_schedule_string_is_a_schedule_error(text: str) -> None:
     with pytest.raises(ScheduleError, match="cannot parse schedule"):
@@ -132,14 +118,6 @@ def test_an_end_at_before_start_at_near_the_edges_names_end_at() -> None:
     assert refused.value.field == "end_at"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="start_at='9999-12-31T23:00:00-05:00' (and end_at='0001-01-01T00:00:00+05:00') "
-    "overflow in entry._instant's astimezone(UTC): OverflowError 'date value out of range'. "
-    "Fix: entry._instant wraps value.astimezone(timezone.utc) in try/except "
-    "(OverflowError, ValueError) -> _fail(name, field_name, 'is outside the years 1-9999 in UTC')",
-)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("start_at", "9999-12-31T23:00:00-05:00"), ("end_at", "0001-01-01T00:00:00+05:00")],
@@ -150,13 +128,6 @@ def test_an_instant_that_overflows_in_utc_is_a_config_error(field: str, value: s
     assert refused.value.field == field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="to_timedelta(timedelta(days=99421, microseconds=1)) returns ...microseconds=2: it "
-    "goes through float seconds. Fix: durations.to_timedelta returns the timedelta itself "
-    "(after the checks) when given one",
-)
 def test_a_long_timedelta_is_kept_to_the_microsecond() -> None:
     value = timedelta(days=99421, microseconds=1)
     assert to_timedelta(value, what="d") == value
@@ -215,12 +186,6 @@ def test_negative_counts_in_settings_name_the_setting(name: str) -> None:
     assert refused.value.field == f"fork_scheduler_{name}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fork_scheduler_metrics_port=70000 is accepted (any int >= 0), and fails only when "
-    "beat binds the port. Fix: config validates metrics_port in 0..65535 "
-    "(_setting_error('metrics_port', 'must be a TCP port 0-65535, ...'))",
-)
 def test_a_metrics_port_above_65535_is_refused() -> None:
     with pytest.raises(ConfigError):
         read_settings({"fork_scheduler_metrics_port": 70_000})
@@ -259,14 +224,6 @@ def test_every_with_a_non_integer_names_n(n: Any) -> None:
         every(n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, OverflowError),
-    reason="beat_schedule {'schedule': nan | inf | -inf | 1e16} escapes as a bare ValueError "
-    "('cannot convert float NaN to integer') / OverflowError, without entry or field. Fix: "
-    "schedules._interval_from refuses non-finite values and catches OverflowError from "
-    "timedelta(seconds=value), raising ScheduleError (entry_from_config then names 'schedule')",
-)
 @pytest.mark.parametrize("value", [*NON_FINITE, 1e16], ids=["nan", "inf", "-inf", "1e16"])
 def test_a_non_finite_or_huge_number_as_schedule_is_a_config_error(value: float) -> None:
     with pytest.raises(ConfigError) as refused:
@@ -274,14 +231,6 @@ def test_a_non_finite_or_huge_number_as_schedule_is_a_config_error(value: float)
     assert refused.value.field == "schedule"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_timedelta(1e-9, allow_zero=False) returns timedelta(0): a 'positive' duration "
-    "that rounds to zero microseconds is accepted (fork_scheduler_claim_lease=1e-9 gives a zero "
-    "lease; catchup_window=1e-7 is stored as 0.0, which entry_from_dict then refuses). Fix: "
-    "durations.to_timedelta checks the converted timedelta: if not allow_zero and result == "
-    "timedelta(0): raise ValueError(f'{what} must be at least one microsecond ...')",
-)
 @pytest.mark.parametrize("value", [1e-9, 1e-7, 4.9e-7, 5e-324])
 def test_a_positive_duration_below_a_microsecond_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match="x "):
@@ -408,12 +357,6 @@ def test_a_unicode_runtime_entry_fires(redis_url: str, manager: Manager, name: s
     assert name in {occurrence.entry for occurrence in replica.publisher.occurrences}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager.add(..., catchup_window=1e-7) is accepted and stored as catchup_window 0.0, "
-    "which entry_from_dict refuses: the stored entry is then skipped by every replica and by "
-    "manager.jobs(). Fix: the to_timedelta fix above (refuse durations that round to zero)",
-)
 def test_a_runtime_entry_the_manager_accepts_can_be_read_back(manager: Manager) -> None:
     try:
         manager.add("tiny-window", "tasks.t", every(1).minutes, catchup_window=1e-7)
@@ -532,7 +475,6 @@ def test_a_corrupted_runtime_entry_is_skipped_with_an_error_and_the_others_keep_
     assert any("skipped" in message and repr(name) in message for message in errors), errors
 
 
-@pytest.mark.xfail(strict=True, reason=CRASH_REASON)
 @pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])
 @pytest.mark.parametrize("label", sorted(CRASHING))
 def test_a_runtime_entry_that_crashes_a_parser_is_skipped_too(
@@ -547,14 +489,6 @@ def test_a_runtime_entry_that_crashes_a_parser_is_skipped_too(
     assert any(repr(name) in message for message in errors), errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="a runtime-entries hash field (entry name) that is not UTF-8, e.g. b'\\xff\\xfe', "
-    "raises UnicodeDecodeError in store._text during RuntimeStore.all()/changes_since(), which "
-    "stops the Scheduler. Fix: store._text decodes with errors='backslashreplace' (or the store "
-    "returns such names as undecodable entries that RuntimeEntries skips with an error)",
-)
 @pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])
 def test_a_runtime_entry_whose_name_is_not_utf8_is_skipped(redis_url: str, late: bool) -> None:
     replica = corrupted_run(redis_url, b"\xff\xfe", stored(schedule="every 5 minutes"), late=late)
@@ -562,27 +496,12 @@ def test_a_runtime_entry_whose_name_is_not_utf8_is_skipped(redis_url: str, late:
     assert replica.fired() == {"good-static", "good-runtime"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AttributeError, TypeError),
-    reason="parse_time(1030) / parse_time(None) / parse_time(b'10:30') raise AttributeError / "
-    "TypeError instead of ScheduleError (so at(1030) and every(1).day.at(None) do too). Fix: "
-    "schedules.parse_time starts with: if not isinstance(value, str): raise ScheduleError("
-    "f'invalid time {value!r}: expected ...')",
-)
 @pytest.mark.parametrize("value", [1030, None, b"10:30", 10.5], ids=str)
 def test_a_time_that_is_not_a_string_is_a_schedule_error(value: Any) -> None:
     with pytest.raises(ScheduleError):
         parse_time(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="beat_schedule kwargs={1: 2} is accepted; its stored JSON becomes {'1': 2} (the "
-    "runtime entry changes on the way through Redis) and apply_async(**kwargs) fails at every "
-    "slot. Fix: entry_from_config refuses a kwargs mapping with non-string keys "
-    "(_fail(name, 'kwargs', 'keys must be strings, not 1'))",
-)
 def test_kwargs_with_non_string_keys_are_refused() -> None:
     with pytest.raises(ConfigError) as refused:
         build(schedule="every 5 minutes", kwargs={1: 2})

@@ -184,11 +184,6 @@ def test_a_beat_schedule_entry_of_the_same_name_wins(
     assert beat.publisher.fired("tasks.both") == ["2026-03-02T10:00:05+00:00"]
 
 
-@pytest.mark.xfail(
-    reason="Manager._static_entries lets @periodic entries override beat_schedule ones, the "
-    "opposite of what beat does",
-    strict=True,
-)
 def test_the_manager_agrees_that_the_beat_schedule_entry_wins() -> None:
     app = make_app({"tasks.both": {"task": "tasks.both", "schedule": every(5).seconds}})
 

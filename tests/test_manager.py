@@ -182,9 +182,6 @@ def test_singleton_mode_makes_every_later_built_job_a_singleton(manager: Manager
     assert cron_job.overlap == "skip"
 
 
-@pytest.mark.xfail(
-    reason="Manager.add ignores singleton_mode(); only the builders apply it", strict=True
-)
 def test_singleton_mode_also_applies_to_jobs_added_directly(manager: Manager) -> None:
     job = manager.singleton_mode().add("direct", "tasks.report", every(1).minutes)
     assert job.overlap == "skip"
@@ -292,11 +289,6 @@ def test_a_stale_remove_is_refused(manager: Manager) -> None:
     assert manager.get("job").args == (1,)
 
 
-ADD_PARSES_STRINGS_EARLY = pytest.mark.xfail(
-    reason="Manager.add parses a schedule string before validation: ScheduleError without the "
-    "entry name instead of ConfigError(entry=..., field='schedule')",
-    strict=True,
-)
 BAD_SCHEDULES = [
     pytest.param({"schedule": "every banana"}, "schedule", id="bad-schedule"),
     pytest.param({"schedule": "*/61 * * * *"}, "schedule", id="cron-step-out-of-range"),
@@ -327,7 +319,7 @@ def test_a_bad_update_is_refused_naming_the_field_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("changes", "field"),
-    [pytest.param(*p.values, id=p.id, marks=ADD_PARSES_STRINGS_EARLY) for p in BAD_SCHEDULES]
+    BAD_SCHEDULES
     + BAD_CHANGES[len(BAD_SCHEDULES) :],
 )
 def test_a_bad_replacement_is_refused_and_changes_nothing(
@@ -581,11 +573,6 @@ def test_the_manager_uses_the_configured_key_prefix(
         app.close()
 
 
-@pytest.mark.xfail(
-    reason="update() merges changes into the stored definition, which always carries "
-    "'overlap': singleton=True then contradicts the stored overlap='allow'",
-    strict=True,
-)
 def test_update_can_turn_a_job_into_a_singleton(manager: Manager) -> None:
     manager.add("job", "tasks.report", every(1).minutes)
     assert manager.update("job", singleton=True).overlap == "skip"

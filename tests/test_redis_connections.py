@@ -34,14 +34,13 @@ PAST = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 #: ``test_each_command_of_the_minimal_acl_is_needed_and_its_lack_fails_closed``). The Lua
 #: scripts run with the caller's permissions, so the commands they call count: time, hget,
 #: hset, hdel, hincrby, pexpire, and lpush + ltrim (the capped run history).
-#: ``script|exists`` + ``script|load``: redis-py checks and loads scripts before each pipeline.
+#: ``script|load``: scripts run by SHA are loaded again after a ``NOSCRIPT`` reply.
 #: ``ping``: redis-py's connection health check. Not listed: ``select`` (only for db != 0),
 #: the cluster discovery commands of a Redis Cluster client, and what only some features
 #: use (see ``FEATURE_ACL_COMMANDS``).
 MINIMAL_ACL_COMMANDS = (
     "evalsha",
     "script|load",
-    "script|exists",
     "hmget",
     "hget",
     "hset",
@@ -390,14 +389,6 @@ def test_claims_through_sentinel_survive_a_failover(sentinel_group: RedisSentine
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "split brain after a Sentinel failover: a client that stays connected keeps claiming "
-        "on the old master (still writable for ~10-16 s) while a new connection claims on the "
-        "new one, so both win the same slot"
-    ),
-)
 def test_no_slot_is_won_twice_across_a_sentinel_failover(
     sentinel_group: RedisSentinelGroup,
 ) -> None:

@@ -58,9 +58,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "celery_fork_scheduler"
 #: with each one removed (``test_each_acl_command_is_needed``). The Lua scripts run with the
 #: caller's rights, so the commands they call count too.
 ACL_COMMANDS = (
-    # scripts: the backend and the store use EVALSHA (redis-py loads them with SCRIPT LOAD after
-    # SCRIPT EXISTS); the worker, run_now and record_outcome use EVAL
-    "evalsha", "eval", "script|load", "script|exists",
+    # scripts: the backend and the store use EVALSHA (SCRIPT LOAD once, on NOSCRIPT); the
+    # worker, run_now and record_outcome use EVAL
+    "evalsha", "eval", "script|load",
     # called by the Lua scripts
     "time", "hget", "hset", "hdel", "hincrby", "hexists", "pexpire", "set", "get", "del",
     "exists", "incr", "lpush", "ltrim", "zadd", "zscore", "zcard", "zremrangebyscore",
@@ -313,15 +313,6 @@ def test_a_refused_password_is_not_shown(password_server: RedisServer) -> None:
     assert SECRET not in str(direct.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="client_from_url('redis://:s3cretpass@127.0.0.1:notaport/0'): redis-py's ValueError "
-    "is caught, but mask_url() of the same URL raises ValueError again inside the handler, so a "
-    "bare ValueError escapes instead of ConfigError(field='fork_scheduler_redis_url') (no "
-    "password is shown). Fix: mask_url falls back to re.sub(r'(//[^:/@]*:)[^@]*@', r'\\1**@', "
-    "url) when kombu's maybe_sanitize_url raises ValueError",
-)
 @pytest.mark.parametrize(
     "url", [f"redis://:{SECRET}@127.0.0.1:notaport/0", f"redis://:{SECRET}@127.0.0.1:99999/0"]
 )

@@ -294,11 +294,6 @@ def test_the_manager_lists_the_other_entries_when_one_is_corrupted(
     assert redis_client.hlen(KEYS.runtime_entries) == 0
 
 
-@pytest.mark.xfail(
-    reason="RuntimeStore.get json-decodes without a guard: Manager.get raises a bare "
-    "JSONDecodeError instead of a ConfigError naming the entry",
-    strict=True,
-)
 def test_the_manager_reports_a_corrupted_entry_as_a_config_error_naming_it(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

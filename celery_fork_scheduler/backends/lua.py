@@ -102,6 +102,10 @@ if slot > hwm then
   if ARGV[7] ~= 'allow' then
     redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[9])
   end
+  if ARGV[7] == 'buffer_one' then
+    -- A run held back before its runner died is superseded by this one.
+    redis.call('DEL', KEYS[4])
+  end
   return {'won', 0}
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])

@@ -26,6 +26,7 @@ from redis.exceptions import (
     NoScriptError,
     TryAgainError,
 )
+from redis.sentinel import SentinelConnectionPool
 
 from ..config import Settings
 from ..errors import BackendUnavailableError
@@ -48,6 +49,8 @@ T = TypeVar("T")
 EARLY_TOLERANCE = timedelta(milliseconds=500)
 #: Pending-claim records expire after this long without a new claim of the entry.
 PENDING_TTL = timedelta(days=7)
+#: How often a Sentinel-backed replica checks where the master is.
+MASTER_CHECK_SECONDS = 1.0
 #: Errors that mean "Redis cannot be reached right now".
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 #: Errors that mean "the cluster layout changed": refresh it and try again.
@@ -84,6 +87,7 @@ class RedisBackend:
         self._lease_us = _us(settings.claim_lease)
         self._tolerance_us = _us(EARLY_TOLERANCE)
         self._pending_ttl_ms = _us(PENDING_TTL) // 1000
+        self._next_master_check = 0.0
 
     @classmethod
     def from_url(
@@ -124,6 +128,7 @@ class RedisBackend:
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim every slot in one pipeline (per node); see :data:`.lua.CLAIM`."""
+        self._follow_sentinel_master()
         commands = [
             self._script_command(
                 self._claim_script,
@@ -207,6 +212,23 @@ class RedisBackend:
             return int(granted)
 
         return self._retrying(take)
+
+    def _follow_sentinel_master(self) -> None:
+        """With Sentinel, ask at most every second where the master is.
+
+        redis-py asks only when it opens a connection, and a demoted master stays writable for
+        a while after a failover: claims written there would be lost. Asking before a batch
+        moves this replica to the new master within a second.
+        """
+        pool = getattr(self.client, "connection_pool", None)
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        now = time.monotonic()
+        if now < self._next_master_check:
+            return
+        self._next_master_check = now + MASTER_CHECK_SECONDS
+        with contextlib.suppress(redis.RedisError, OSError):
+            pool.get_master_address()  # type: ignore[no-untyped-call]
 
     # -- pipelines --------------------------------------------------------------------------
 

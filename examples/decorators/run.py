@@ -82,7 +82,10 @@ def main() -> int:
             if not done():
                 raise TimeoutError("a process exited early")
         except TimeoutError as exc:
-            print(f"FAILED: {exc}\n--- beat log\n{beat.log()}\n--- worker log\n{worker.log()}")
+            print(
+                f"FAILED: {exc}\n--- beat log (tail)\n{beat.log()[-4000:]}"
+                f"\n--- worker log (tail)\n{worker.log()[-4000:]}"
+            )
             return 1
         finally:
             beat.stop()

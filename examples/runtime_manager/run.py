@@ -124,10 +124,13 @@ def main() -> int:
             removed_at = time.time()
             print(f"removed {sorted(removed)} by tag 'demo'")
             time.sleep(3)
-            after_removal = [r for r in runs() if slot_time(r) > removed_at + 1.5]
+            after_removal = [r for r in runs() if slot_time(r) > removed_at + 2.0]
             print(f"        runs with a slot after the removal: {len(after_removal)}")
         except TimeoutError as exc:
-            print(f"FAILED: {exc}\n--- beat log\n{beat.log()}\n--- worker log\n{worker.log()}")
+            print(
+                f"FAILED: {exc}\n--- beat log (tail)\n{beat.log()[-4000:]}"
+                f"\n--- worker log (tail)\n{worker.log()[-4000:]}"
+            )
             return 1
         finally:
             beat.stop()

@@ -439,15 +439,6 @@ app.conf.beat_schedule = {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "WorkerHooks reads the fork_scheduler_* settings once, in install(app): set after it, "
-        "fork_scheduler_singleton_lease = 3 is unknown to the worker, which heartbeats every "
-        "20 s (a third of the default 60 s) while beat set the marker with a 3 s lease; the "
-        "marker expires mid-run and the next slot overlaps it"
-    ),
-)
 def test_settings_made_after_install_are_used_by_the_worker(
     redis_url: str, workdir: Path, processes: list[CeleryProcess]
 ) -> None:

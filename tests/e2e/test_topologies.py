@@ -187,8 +187,4 @@ def test_replicas_claiming_through_sentinel_survive_a_failover(
     client = redis.Redis(host=new[0], port=new[1])
     assert client.exists("scheduler:{entry-00}:state"), timings
     client.close()
-    if fires.duplicates():
-        # Known bug (split brain): replicas still connected to the old master claim there for
-        # ~15 s while others claim on the new one; a slot seen PENDING before the switch is
-        # retried after the claim lease and won again. Make this a plain assert once fixed.
-        pytest.xfail(f"{fires.duplicates()} duplicates across the failover: {duplicated(fires)}")
+    assert fires.duplicates() == 0, f"duplicates across the failover: {duplicated(fires)}"
