@@ -14,6 +14,7 @@ other scenarios that fit in the wait, so the waits cost little.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -245,10 +246,10 @@ def machine() -> dict[str, str]:
     import kombu
     import redis
 
-    def version(module: str) -> str:
+    def version(distribution: str) -> str:
         try:
-            return str(__import__(module).__version__)
-        except Exception:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
     cpu = next(
@@ -280,7 +281,7 @@ def machine() -> dict[str, str]:
         "kombu": kombu.__version__,
         "redis-py": redis.__version__,
         "redis-server": next((w[2:] for w in server if w.startswith("v=")), "?"),
-        "celery-redbeat": version("redbeat"),
+        "celery-redbeat": version("celery-redbeat"),
         "code": f"git {head}"
         + (f" + {changed} uncommitted file(s) in celery_fork_scheduler/" if changed else ""),
     }
@@ -346,9 +347,10 @@ METHOD = """\
 """
 
 
-def write_report(runner: Runner, command: str, elapsed: float, started: str) -> str:
+def write_report(
+    runner: Runner, command: str, elapsed: float, started: str, info: dict[str, str]
+) -> str:
     mode = runner.mode
-    info = machine()
     tables = report.markdown(runner.results, runner.notes)
     lines = [
         "# Benchmarks",
@@ -381,6 +383,9 @@ def write_report(runner: Runner, command: str, elapsed: float, started: str) -> 
         "only one RedBeat replica is meaningful, so it runs as one.",
         "- For every-second entries, PersistentScheduler and RedBeat compute the next run from "
         "the time the previous one was sent, `fork` from a fixed grid of slots (see lag †).",
+        "- Scenarios run one after the other, never two at once; still, the figures of one "
+        "invocation are only comparable with each other: another process loading the machine "
+        "moves every absolute number (compare the ratios to the plain loop).",
         "",
     ]
     text = "\n".join(lines)
@@ -408,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     t0 = time.time()
+    info = machine()  # before running: the code under test may change while the suite runs
     with tempfile.TemporaryDirectory(prefix="fork-bench-") as logs:
         mode = make_mode(args.quick, args.runs, Path(logs))
         runner = Runner(mode)
         runner.execute(*runner.plan())
         runner.largest()
         elapsed = time.time() - t0
-        tables = write_report(runner, command, elapsed, started)
+        tables = write_report(runner, command, elapsed, started, info)
     print(tables)
     print(f"wrote docs/benchmarks.md and docs/img/benchmarks.png in {elapsed / 60:.1f} min")
     return 0

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import redis
 from redis.cluster import RedisCluster
@@ -152,6 +152,33 @@ class RedisLocker:
         self._sleep = sleep
         self._unlock_script: Script = self.client.register_script(UNLOCK_SCRIPT)
         self._extend_script: Script = self.client.register_script(EXTEND_SCRIPT)
+
+    @classmethod
+    def from_app(cls, app: Any) -> RedisLocker:
+        """A locker on the scheduler's Redis, configured by the app's settings.
+
+        ``fork_scheduler_lock_duration``, ``fork_scheduler_max_retries`` and
+        ``fork_scheduler_retry_delay`` give the options; the keys live under
+        ``<fork_scheduler_key_prefix>lock:``. Raises
+        :class:`~celery_fork_scheduler.RedisRequiredError` without Redis.
+        """
+        from .backends.factory import redis_client_for
+        from .config import read_settings
+        from .manager import RedisRequiredError
+
+        settings = read_settings(app.conf)
+        client = redis_client_for(app, settings)
+        if client is None:
+            raise RedisRequiredError("RedisLocker.from_app")
+        options = RedisLockerOptions(
+            lock_duration=settings.lock_duration,
+            max_retries=settings.max_retries,
+            retry_delay=settings.retry_delay,
+            key_prefix=f"{settings.key_prefix}lock:",
+        )
+        locker = cls(client, options)
+        locker._owns_client = True
+        return locker
 
     def lock(self, key: str) -> RedisLock:
         """Claim ``key_prefix + key``; retry ``max_retries`` times, else raise.

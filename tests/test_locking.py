@@ -413,3 +413,22 @@ def test_a_locker_leaves_a_given_client_open(redis_url: str, redis_client: redis
         assert client_connected(redis_client, "given-client")
     finally:
         mine.close()
+
+
+def test_a_locker_from_the_app_uses_the_scheduler_settings(redis_url: str) -> None:
+    from celery import Celery
+
+    app = Celery("locks", set_as_current=False, broker=redis_url)
+    app.conf.update(
+        fork_scheduler_lock_duration=7,
+        fork_scheduler_max_retries=1,
+        fork_scheduler_key_prefix="myapp:",
+    )
+    locker = RedisLocker.from_app(app)
+    try:
+        with locker.lock("nightly") as lock:
+            assert lock.key == "myapp:lock:nightly"
+            assert 6000 < locker.client.pttl("myapp:lock:nightly") <= 7000
+        assert locker.options.max_retries == 1
+    finally:
+        locker.close()
