@@ -57,3 +57,28 @@ def test_quickstart() -> None:
 def test_demo() -> None:
     output = run_example("demo/run.py", "--seconds", "16", timeout=240)
     assert "OK: every slot fired exactly once" in output
+
+
+@pytest.mark.e2e
+def test_runtime_manager() -> None:
+    output = run_example("runtime_manager/run.py", timeout=240)
+    assert "runs received; pause, resume, run_now and removal held" in output
+
+
+@pytest.mark.e2e
+def test_decorators() -> None:
+    output = run_example("decorators/run.py", timeout=180)
+    assert "OK: every @periodic entry fired" in output
+
+
+@pytest.mark.e2e
+def test_singleton_slow_task() -> None:
+    output = run_example("singleton_slow_task/run.py", timeout=240)
+    assert "runs, never two at once;" in output
+
+
+@pytest.mark.e2e
+def test_event_listeners() -> None:
+    output = run_example("event_listeners/run.py", timeout=180)
+    assert "events logged by the listener" in output
+    assert "dispatch" in output

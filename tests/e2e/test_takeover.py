@@ -31,7 +31,7 @@ app.conf.beat_schedule = {
 class DieAfterClaiming(Scheduler):
     \"\"\"Claims its first due slots, then dies (SIGKILL) before publishing any of them.\"\"\"
 
-    def _publish(self, entry, claim):
+    def _publish(self, batch):
         os.kill(os.getpid(), signal.SIGKILL)
 """
 
