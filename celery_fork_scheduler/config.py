@@ -30,6 +30,8 @@ DEFAULTS: Mapping[str, Any] = {
     "history_size": 20,
     "event_listeners": (),
     "metrics_port": 0,
+    "wait_replicas": 0,
+    "wait_timeout": timedelta(seconds=0.1),
 }
 
 
@@ -53,6 +55,8 @@ class Settings:
     history_size: int = 20
     event_listeners: tuple[str, ...] = ()
     metrics_port: int = 0
+    wait_replicas: int = 0
+    wait_timeout: timedelta = timedelta(seconds=0.1)
 
 
 def _setting_error(name: str, message: str) -> ConfigError:
@@ -136,4 +140,6 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         history_size=_non_negative_int("history_size", raw["history_size"]),
         event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
         metrics_port=_port("metrics_port", raw["metrics_port"]),
+        wait_replicas=_non_negative_int("wait_replicas", raw["wait_replicas"]),
+        wait_timeout=_duration("wait_timeout", raw["wait_timeout"], allow_zero=False),
     )

@@ -190,3 +190,17 @@ def test_a_takeover_claim_never_makes_a_new_claim(backend: ClaimBackend) -> None
     takeover = Claim("a", PAST, task_id_for("a", PAST), takeover=True)
     assert [r.outcome for r in backend.claim([takeover])] == [ClaimOutcome.CLAIMED]
     assert backend.high_water_marks(["a"]) == {}
+
+
+def test_claims_that_no_redis_replica_confirms_fail_closed(redis_url: str) -> None:
+    from celery_fork_scheduler.errors import BackendUnavailableError
+
+    settings = Settings(wait_replicas=1, wait_timeout=timedelta(milliseconds=50), max_retries=0)
+    backend = RedisBackend.from_url(redis_url, settings)
+    try:
+        with pytest.raises(BackendUnavailableError, match="unreachable"):
+            backend.claim([claim("a", PAST)])
+        # Reading needs no confirmation.
+        assert backend.high_water_marks(["a"])["a"].slot == PAST
+    finally:
+        backend.close()

@@ -88,6 +88,9 @@ class RedisBackend:
         self._tolerance_us = _us(EARLY_TOLERANCE)
         self._pending_ttl_ms = _us(PENDING_TTL) // 1000
         self._next_master_check = 0.0
+        self._wait: tuple[int, int] | None = None
+        if settings.wait_replicas > 0:
+            self._wait = (settings.wait_replicas, int(settings.wait_timeout.total_seconds() * 1000))
 
     @classmethod
     def from_url(
@@ -148,7 +151,7 @@ class RedisBackend:
             )
             for claim in claims
         ]
-        replies = self._retrying(partial(self._pipelined, commands))
+        replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
         return [
             ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
             for claim, reply in zip(claims, replies, strict=True)
@@ -236,17 +239,20 @@ class RedisBackend:
         keys = self.keys.entry_keys(entry)
         return keys[0], partial(_run_script, script=script, keys=keys, args=list(args))
 
-    def _pipelined(self, commands: Sequence[Command]) -> list[Any]:
+    def _pipelined(self, commands: Sequence[Command], *, acknowledged: bool = False) -> list[Any]:
         """Run ``commands`` in one pipeline per Redis node; the replies in their order.
 
         Redis Cluster refuses scripts in its own pipelines, so commands are grouped by the node
         that owns their key (every key of one entry shares a hash tag) and each group goes in a
-        plain pipeline on that node.
+        plain pipeline on that node. With ``acknowledged`` and ``fork_scheduler_wait_replicas``
+        set, each pipeline ends with ``WAIT``: writes that too few Redis replicas confirmed
+        count as failed (a demoted master after a failover confirms none).
         """
         if not commands:
             return []
+        wait = self._wait if acknowledged else None
         if not isinstance(self.client, RedisCluster):
-            return _execute(self.client, commands)
+            return _execute(self.client, commands, wait)
         groups: dict[str, list[int]] = {}
         nodes: dict[str, Any] = {}
         for index, (key, _) in enumerate(commands):
@@ -257,7 +263,7 @@ class RedisBackend:
         for name, indexes in groups.items():
             connection = self.client.get_redis_connection(nodes[name])
             for index, reply in zip(
-                indexes, _execute(connection, [commands[i] for i in indexes]), strict=True
+                indexes, _execute(connection, [commands[i] for i in indexes], wait), strict=True
             ):
                 replies[index] = reply
         return replies
@@ -316,7 +322,9 @@ class RedisBackend:
 Command = tuple[str, Callable[[Pipeline], object]]
 
 
-def _execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+def _execute(
+    client: redis.Redis, commands: Sequence[Command], wait: tuple[int, int] | None = None
+) -> list[Any]:
     """One pipeline of ``EVALSHA``/plain commands; scripts are loaded once on ``NOSCRIPT``.
 
     Calling ``EVALSHA`` directly spares the ``SCRIPT EXISTS`` round trip redis-py makes before
@@ -328,8 +336,16 @@ def _execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for _, issue in commands:
             issue(pipe)
+        if wait is not None:
+            pipe.execute_command("WAIT", *wait)  # type: ignore[no-untyped-call]
         try:
             replies: list[Any] = pipe.execute()
+            if wait is not None:
+                acknowledged = int(replies.pop())
+                if acknowledged < wait[0]:
+                    raise redis.ConnectionError(
+                        f"writes confirmed by {acknowledged} of {wait[0]} Redis replicas"
+                    )
         except NoScriptError:
             if attempt == 2:
                 raise

@@ -36,6 +36,7 @@ FAILOVER_GRACE_AFTER_DEMOTION = timedelta(seconds=5)
 PROJECT_BODY = f"""
 app.conf.fork_scheduler_redis_url = os.environ["TEST_CLAIMS_URL"]
 app.conf.fork_scheduler_redis_options = json.loads(os.environ["TEST_CLAIMS_OPTIONS"])
+app.conf.fork_scheduler_wait_replicas = int(os.environ.get("TEST_WAIT_REPLICAS", "0"))
 app.conf.beat_schedule = {{
     f"entry-{{i:02}}": {{"task": "record", "schedule": every(1).seconds}}
     for i in range({ENTRIES})
@@ -158,6 +159,9 @@ def test_replicas_claiming_through_sentinel_survive_a_failover(
         "TEST_BROKER_URL": redis_url,
         "TEST_CLAIMS_URL": sentinel_group.url,
         "TEST_CLAIMS_OPTIONS": json.dumps({"master_name": sentinel_group.master_name}),
+        # A claim must reach the Redis replica: a demoted master confirms none, so no replica
+        # can win a slot there after the failover.
+        "TEST_WAIT_REPLICAS": "1",
     }
     start_replicas(workdir, env, processes)
     start = now()
