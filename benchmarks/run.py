@@ -314,7 +314,8 @@ METHOD = """\
   nominal slot for a `timedelta(seconds=1)` entry (the next run is due one interval after the
   previous one was *sent*), so their lag (marked †) is publish − (previous publish of the same
   entry + 1 s), i.e. how late each message is by that scheduler's own rule; their falling behind
-  shows in *published/s* instead. For the cron burst the slot is the minute for every peer.
+  shows in *published/s* instead; "—†" means no entry was sent twice in the window, so that
+  lag is undefined. For the cron burst the slot is the minute for every peer.
 * **Every second**: the measuring window starts a warm-up after the first publish (shifted by
   0.4 s so that it falls between two seconds' batches, not through one); published/s, lag, CPU,
   Redis commands and *entries not served* (entries with no publish in the window: starved, or

@@ -12,10 +12,11 @@ Exit codes: ``0`` done; ``1`` the operation failed (no such entry, stale version
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -23,16 +24,21 @@ import click
 import redis
 from celery.bin.base import CeleryCommand
 
-from .backends.factory import redis_client_for, redis_url_for
+from .backends.factory import redis_url_for
 from .backends.redis_connection import mask_url
-from .config import Settings, read_settings
-from .decorators import REGISTRY_ATTRIBUTE
-from .entry import Entry, EntrySource, entry_from_config, entry_from_dict
+from .config import read_settings
 from .errors import BackendUnavailableError, ConfigError, ForkSchedulerError, ScheduleError
-from .keys import Keys
-from .manager import Job, JobNotFoundError, Manager, RedisRequiredError
+from .manager import (
+    EntryStats,
+    Job,
+    JobNotFoundError,
+    Manager,
+    RedisRequiredError,
+    ReplicaInfo,
+)
 from .schedules import SlotSchedule, coerce_schedule
-from .store import RuntimeStore, StaleVersionError, StoredEntry
+from .store import StaleVersionError
+from .validation import Problem
 
 __all__ = ["schedule"]
 
@@ -40,12 +46,9 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NO_REDIS = 3
 
-#: A replica announces itself every 5 s; one silent for longer than this is shown as stale.
-LIVE_SECONDS = 15.0
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 _OUTCOME_COLOURS = {"sent": "green", "completed": "green", "error": "red", "failed": "red"}
+_SKIP_REASONS = {"busy": "still running", "capped": "concurrency cap reached"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -212,12 +215,6 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def _from_microseconds(value: object) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return _EPOCH + timedelta(microseconds=int(value))
-
-
 def _zone_of(schedule: SlotSchedule) -> ZoneInfo:
     return schedule.zone
 
@@ -315,21 +312,6 @@ def _last_text(job: Job, now: datetime) -> Cell:
     return text
 
 
-def _history_item(raw: bytes | str) -> dict[str, Any]:
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    try:
-        item = json.loads(text)
-    except ValueError:
-        return {"raw": text}
-    if not isinstance(item, dict):
-        return {"raw": text}
-    for key in ("slot", "at"):
-        moment = _from_microseconds(item.get(key))
-        if moment is not None:
-            item[key] = moment.isoformat()
-    return item
-
-
 def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: datetime) -> str:
     rows: list[list[Cell]] = []
     for item in items:
@@ -354,18 +336,14 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
     return _table(["SLOT", "OUTCOME", "AT", "DURATION", "TASK ID", "BY", "ERROR"], rows)
 
 
-def _read_history(manager: Manager, name: str, count: int) -> list[dict[str, Any]]:
-    store = manager.store()
-    raw = store.client.lrange(store.keys.history(name), 0, max(count, 1) - 1)
-    return [_history_item(item) for item in raw]
-
-
-def _counters(state: Mapping[str, str]) -> dict[str, int]:
-    wanted = ("runs", "completed", "errors", "failures")
-    counters = {key: int(state.get(key, 0) or 0) for key in wanted}
-    for key, value in sorted(state.items()):
-        if key.startswith("skips:"):
-            counters[key] = int(value or 0)
+def _counters(stats: EntryStats) -> dict[str, int]:
+    counters = {
+        "runs": stats.runs,
+        "completed": stats.completed,
+        "errors": stats.errors,
+        "failures": stats.failures,
+    }
+    counters.update({f"skips:{reason}": n for reason, n in sorted(stats.skips.items())})
     return counters
 
 
@@ -445,11 +423,15 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     manager = session.manager()
     job = manager.get(name)
     slots = manager.next_runs(name, count, after=session.now)
-    counters = _counters(manager.store().states([name])[name]) if _has_redis(manager) else {}
-    history = _read_history(manager, name, 10) if _has_redis(manager) else []
+    try:
+        counters = _counters(manager.stats(name))
+        history = [item.to_dict() for item in manager.history_items(name, 10)]
+    except RedisRequiredError:
+        counters, history = {}, []
     zone = _zone_of(job.schedule)
     data = {
         **_job_data(job),
+        **_limits_data(job),
         "next_runs": [slot.isoformat() for slot in slots],
         "counters": counters,
         "history": history,
@@ -469,6 +451,10 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
             ("source", f"{job.source} ({'runtime' if job.source == 'runtime' else 'static'})"),
             ("state", paused),
             ("overlap", job.overlap + (" (singleton)" if job.overlap != "allow" else "")),
+            ("starts", _local(job.start_at, zone) if job.start_at else "-"),
+            ("ends", _local(job.end_at, zone) if job.end_at else "-"),
+            ("max runs", str(job.max_runs) if job.max_runs is not None else "-"),
+            ("catchup", _catchup_text(job)),
             ("tags", ", ".join(sorted(job.tags)) or "-"),
             ("args", json.dumps(list(job.args), default=str)),
             ("kwargs", json.dumps(dict(job.kwargs), default=str)),
@@ -500,12 +486,21 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-def _has_redis(manager: Manager) -> bool:
-    try:
-        manager.store()
-    except RedisRequiredError:
-        return False
-    return True
+def _limits_data(job: Job) -> dict[str, Any]:
+    """When an entry may fire and how it catches up: the ``show``-only fields."""
+    window = job.catchup_window
+    return {
+        "start_at": _iso(job.start_at),
+        "end_at": _iso(job.end_at),
+        "max_runs": job.max_runs,
+        "catchup": job.catchup,
+        "catchup_window_seconds": window.total_seconds() if window is not None else None,
+    }
+
+
+def _catchup_text(job: Job) -> str:
+    window = job.catchup_window
+    return job.catchup + (f" (window {_span(window.total_seconds())})" if window else "")
 
 
 @schedule.command("next", cls=CeleryCommand)
@@ -732,14 +727,23 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
     """Run an entry now (a singleton still running is not started twice)."""
     session = _session(ctx, as_json)
     try:
-        task_id = session.manager().run_now(name)
+        result = session.manager().trigger(name)
     except TypeError as exc:  # Celery checks the arguments against the task's signature
         raise BadInputError(f"cannot send {name!r}: {exc}") from None
-    data = {"name": name, "task_id": task_id, "skipped": task_id is None}
-    if task_id is None:
-        session.emit(data, lambda: "skipped: still running (or the concurrency cap is reached)")
-    else:
-        session.emit(data, lambda: f"sent {name!r}: task id {task_id}")
+    data = {
+        "name": name,
+        "task_id": result.task_id,
+        "skipped": result.task_id is None,
+        "reason": result.skipped,
+    }
+    session.emit(
+        data,
+        lambda: (
+            f"skipped: {_SKIP_REASONS[result.skipped]}"
+            if result.skipped
+            else f"sent {name!r}: task id {result.task_id}"
+        ),
+    )
 
 
 @schedule.command("history", cls=CeleryCommand)
@@ -752,7 +756,7 @@ def history(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     session = _session(ctx, as_json)
     manager = session.manager()
     job = manager.get(name)
-    items = _read_history(manager, name, count)
+    items = [item.to_dict() for item in manager.history_items(name, count)]
     session.emit(
         items,
         lambda: (
@@ -781,32 +785,28 @@ def history(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
 def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
     """The beat replicas seen recently: last tick, runtime version, entries."""
     session = _session(ctx, as_json)
-    store = session.manager().store()
-    current = store.version()
-    records = [
-        _replica(rid, raw, session.now)
-        for rid, raw in store.client.hgetall(store.keys.replicas).items()
-    ]
-    shown = sorted(
-        (r for r in records if r["age_seconds"] is None or r["age_seconds"] <= within),
-        key=lambda r: r["id"],
-    )
-    hidden = len(records) - len(shown)
-    data = {"runtime_version": current, "replicas": shown, "hidden_older": hidden}
+    manager = session.manager()
+    current = manager.store().version()
+    everyone = manager.replicas(within=math.inf)
+    shown = [replica for replica in everyone if replica.seen_within(within)]
+    hidden = len(everyone) - len(shown)
+    data = {
+        "runtime_version": current,
+        "replicas": [_replica_data(replica) for replica in shown],
+        "hidden_older": hidden,
+    }
 
     def render() -> str:
         lines = []
         if shown:
-            rows = [
+            rows: list[list[Cell]] = [
                 [
-                    r["id"],
-                    _local(datetime.fromisoformat(r["last_tick"]), timezone.utc)
-                    if r["last_tick"]
-                    else "-",
-                    f"{_span(r['age_seconds'])} ago" if r["age_seconds"] is not None else "-",
-                    str(r["runtime_version"]),
-                    str(r["entries"]),
-                    (r["status"], "green" if r["status"] == "live" else "yellow"),
+                    r.id,
+                    _local(r.last_tick, timezone.utc) if r.last_tick else "-",
+                    f"{_span(r.age)} ago" if r.age is not None else "-",
+                    str(r.runtime_version),
+                    str(r.entries),
+                    ("stale", "yellow") if r.stale else ("live", "green"),
                 ]
                 for r in shown
             ]
@@ -822,202 +822,22 @@ def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
     session.emit(data, render)
 
 
-def _replica(replica_id: bytes | str, raw: bytes | str, now: datetime) -> dict[str, Any]:
-    rid = replica_id.decode() if isinstance(replica_id, bytes) else replica_id
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = {}
-    if not isinstance(record, dict):
-        record = {}
-    tick = record.get("last_tick")
-    try:
-        last = datetime.fromisoformat(tick) if isinstance(tick, str) else None
-    except ValueError:
-        last = None
-    age = (now - last).total_seconds() if last is not None else None
+def _replica_data(replica: ReplicaInfo) -> dict[str, Any]:
     return {
-        "id": rid,
-        "hostname": record.get("hostname"),
-        "pid": record.get("pid"),
-        "last_tick": _iso(last),
-        "age_seconds": round(age, 3) if age is not None else None,
-        "runtime_version": record.get("runtime_version"),
-        "entries": record.get("entries"),
-        "status": "live" if age is not None and age <= LIVE_SECONDS else "stale",
+        "id": replica.id,
+        "hostname": replica.hostname,
+        "pid": replica.pid,
+        "last_tick": _iso(replica.last_tick),
+        "age_seconds": round(replica.age, 3) if replica.age is not None else None,
+        "runtime_version": replica.runtime_version,
+        "entries": replica.entries,
+        "status": "stale" if replica.stale else "live",
     }
 
 
 # --------------------------------------------------------------------------------------------
 # validate
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Problem:
-    """One finding of ``validate``."""
-
-    level: str  # "error" | "warning"
-    message: str
-    entry: str | None = None
-    field: str | None = None
-    source: str | None = None
-
-
-def _config_problem(exc: ConfigError, source: str | None = None) -> Problem:
-    return Problem(level="error", message=str(exc), entry=exc.entry, field=exc.field, source=source)
-
-
-def _static_entries(app: Any) -> tuple[dict[str, Entry], list[Problem]]:
-    """Every valid config and @periodic entry, and a problem for each bad one."""
-    entries: dict[str, Entry] = {}
-    problems: list[Problem] = []
-    tables: tuple[tuple[EntrySource, Any], ...] = (
-        ("config", app.conf.beat_schedule),
-        ("decorator", app.__dict__.get(REGISTRY_ATTRIBUTE)),
-    )
-    for source, table in tables:
-        if not table:
-            continue
-        if not isinstance(table, Mapping):
-            message = f"beat_schedule must be a dict, not {type(table).__name__}"
-            problems.append(Problem(level="error", message=message, source=source))
-            continue
-        for name, definition in table.items():
-            if name in entries:
-                problems.append(
-                    Problem(
-                        level="warning",
-                        message=f"entry {name!r} is in beat_schedule and @periodic; "
-                        "the decorator wins",
-                        entry=name,
-                        source=source,
-                    )
-                )
-            try:
-                entries[name] = entry_from_config(
-                    name, definition, default_timezone=app.timezone, source=source
-                )
-            except ConfigError as exc:
-                problems.append(_config_problem(exc, source))
-    return entries, problems
-
-
-def _runtime_entries(
-    app: Any, store: RuntimeStore, static: Mapping[str, Entry]
-) -> tuple[dict[str, Entry], list[Problem]]:
-    entries: dict[str, Entry] = {}
-    problems: list[Problem] = []
-    _, stored = store.all()
-    for name, item in sorted(stored.items()):
-        if name in static:
-            message = f"runtime entry {name!r} is shadowed by a static entry of that name"
-            problems.append(Problem(level="warning", message=message, entry=name, source="runtime"))
-        elif not isinstance(item, StoredEntry):
-            message = f"entry {name!r}: stored JSON cannot be decoded"
-            problems.append(Problem(level="error", message=message, entry=name, source="runtime"))
-        else:
-            try:
-                entries[name] = entry_from_dict(name, item.data, default_timezone=app.timezone)
-            except ConfigError as exc:
-                problems.append(_config_problem(exc, "runtime"))
-    return entries, problems
-
-
-def _fallback_settings(conf: Mapping[str, Any]) -> Settings:
-    """Defaults plus the Redis URL and key prefix, to go on checking despite a bad setting."""
-    url = conf.get("fork_scheduler_redis_url")
-    prefix = conf.get("fork_scheduler_key_prefix")
-    return Settings(
-        redis_url=url if isinstance(url, str) and url else None,
-        key_prefix=prefix if isinstance(prefix, str) and prefix else Settings().key_prefix,
-    )
-
-
-def _check(app: Any) -> tuple[list[Entry], list[Problem]]:
-    """Load the whole schedule entry by entry; every problem found, not only the first."""
-    problems: list[Problem] = []
-    try:
-        settings = read_settings(app.conf)
-    except ConfigError as exc:
-        problems.append(_config_problem(exc))
-        settings = _fallback_settings(app.conf)
-    try:
-        app.loader.import_default_modules()
-    except Exception as exc:  # user code: any import error is a finding, not a crash
-        problems.append(
-            Problem(level="error", message=f"importing the app's task modules failed: {exc}")
-        )
-    static, found = _static_entries(app)
-    problems += found
-    entries = dict(static)
-    if settings is not None:
-        url = redis_url_for(app, settings)
-        if url is None:
-            problems.append(
-                Problem(
-                    level="warning",
-                    message="no Redis configured (fork_scheduler_redis_url or a Redis broker): "
-                    "beat runs as a single replica; runtime entries and pause are unavailable",
-                )
-            )
-        else:
-            try:
-                client = redis_client_for(app, settings)
-                assert client is not None
-                client.ping()
-                store = RuntimeStore(client, Keys(settings.key_prefix))
-                runtime, found = _runtime_entries(app, store, static)
-                problems += found
-                entries.update(runtime)
-                singletons = [e.name for e in entries.values() if e.singleton]
-                if singletons and not client.exists(store.keys.workers_seen):
-                    problems.append(
-                        Problem(
-                            level="warning",
-                            message="singleton entries exist but no worker announced that it "
-                            "frees singleton markers: call install(app) in the worker "
-                            f"({_names_text(singletons)})",
-                        )
-                    )
-            except ConfigError as exc:
-                problems.append(_config_problem(exc))
-            except (redis.RedisError, OSError) as exc:
-                problems.append(
-                    Problem(level="error", message=f"cannot reach Redis at {mask_url(url)}: {exc}")
-                )
-    valid = []
-    for entry in sorted(entries.values(), key=lambda e: e.name):
-        problem = _task_problem(app, entry)
-        if problem is None:
-            valid.append(entry)
-        else:
-            problems.append(problem)
-    return valid, problems
-
-
-def _task_problem(app: Any, entry: Entry) -> Problem | None:
-    """An unknown task, or args that do not fit the task's signature."""
-    task = app.tasks.get(entry.task)
-    if task is None:
-        message = (
-            f"entry {entry.name!r}: unknown task {entry.task!r} "
-            "(not registered in the app after importing its modules)"
-        )
-        return Problem(
-            level="error", message=message, entry=entry.name, field="task", source=entry.source
-        )
-    check = getattr(task, "__header__", None)
-    if not task.typing or check is None or callable(entry.args) or callable(entry.kwargs):
-        return None
-    try:
-        check(*entry.args, **entry.kwargs)
-    except TypeError as exc:
-        message = f"entry {entry.name!r}: args/kwargs do not fit task {entry.task!r}: {exc}"
-        return Problem(
-            level="error", message=message, entry=entry.name, field="args", source=entry.source
-        )
-    return None
 
 
 @schedule.command("validate", cls=CeleryCommand)
@@ -1027,25 +847,26 @@ def _task_problem(app: Any, entry: Entry) -> Problem | None:
 def validate(ctx: click.Context, strict: bool, as_json: bool) -> None:
     """Check settings, config, @periodic and Redis entries; exit 1 when anything is wrong."""
     session = _session(ctx, as_json)
-    entries, problems = _check(session.app)
-    errors = [p for p in problems if p.level == "error"]
-    warnings = [p for p in problems if p.level == "warning"]
+    report = session.manager().check_report()
+    errors, warnings = report.errors, report.warnings
     ok = not errors and not (strict and warnings)
     data = {
         "ok": ok,
-        "entries": len(entries),
-        "errors": [{**asdict(p), "message": _scrub(p.message)} for p in errors],
-        "warnings": [{**asdict(p), "message": _scrub(p.message)} for p in warnings],
+        "entries": len(report.valid),
+        "errors": [_problem_data(p) for p in errors],
+        "warnings": [_problem_data(p) for p in warnings],
     }
 
     def render() -> str:
         lines = [
-            click.style(f"{p.level}: ", fg="red" if p.level == "error" else "yellow", bold=True)
+            click.style(
+                f"{p.severity}: ", fg="red" if p.severity == "error" else "yellow", bold=True
+            )
             + _scrub(p.message)
-            for p in problems
+            for p in report.problems
         ]
         summary = (
-            f"{_count(len(entries), 'valid entry')}, {_count(len(errors), 'error')}, "
+            f"{_count(len(report.valid), 'valid entry')}, {_count(len(errors), 'error')}, "
             f"{_count(len(warnings), 'warning')}"
         )
         lines.append(click.style(summary, fg="green" if ok else "red"))
@@ -1054,3 +875,13 @@ def validate(ctx: click.Context, strict: bool, as_json: bool) -> None:
     session.emit(data, render)
     if not ok:
         ctx.exit(EXIT_FAILED)
+
+
+def _problem_data(problem: Problem) -> dict[str, Any]:
+    return {
+        "level": problem.severity,
+        "message": _scrub(problem.message),
+        "entry": problem.entry,
+        "field": problem.field,
+        "source": problem.source,
+    }

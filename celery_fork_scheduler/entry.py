@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class Entry:
         """Return the first slot strictly after ``after`` that lies inside start/end."""
         if self.start_at is not None and after < self.start_at:
             after = self.start_at - _EPSILON
-        slot = self.schedule.next_slot(after)
+        slot = next_slot_of(self.schedule, after)
         if slot is None or (self.end_at is not None and slot > self.end_at):
             return None
         return slot
@@ -91,6 +92,22 @@ class Entry:
         if slot is None or (self.start_at is not None and slot < self.start_at):
             return None
         return slot
+
+
+@functools.lru_cache(maxsize=65536)
+def next_slot_of(schedule: SlotSchedule, after: datetime) -> datetime | None:
+    """``schedule.next_slot(after)``, shared by entries with equal schedules.
+
+    Schedules are immutable values, so thousands of entries with one cron expression (a burst)
+    compute their next slot once per instant instead of once each.
+    """
+    return schedule.next_slot(after)
+
+
+@functools.lru_cache(maxsize=4096)
+def validate_schedule(schedule: SlotSchedule) -> None:
+    """``schedule.validate()``, once per distinct schedule (a failure is not cached)."""
+    schedule.validate()
 
 
 def _fail(name: str, field_name: str, message: str) -> ConfigError:
@@ -220,7 +237,7 @@ def entry_from_config(
         schedule = coerce_schedule(raw_schedule, default_tz=zone)
         if definition.get("timezone") is not None:
             schedule = schedule.with_timezone(zone)
-        schedule.validate()
+        validate_schedule(schedule)
     except ScheduleError as exc:
         raise _fail(name, "schedule", str(exc)) from None
 

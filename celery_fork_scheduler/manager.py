@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from celery.beat import EmbeddedService
 
@@ -20,15 +20,19 @@ from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
 from .config import Settings, read_settings
 from .decorators import periodic_entries
-from .entry import Entry, entries_from_config, entry_from_config, entry_to_dict
+from .entry import Catchup, Entry, entries_from_config, entry_from_config, entry_to_dict
 from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
 from .publishing import CeleryPublisher, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
+from .validation import CheckReport, Problem, check_app_report
 
 logger = logging.getLogger("celery_fork_scheduler")
+
+#: A replica records itself every 5 s; one silent for longer than this is stale.
+REPLICA_LIVE_SECONDS = 15.0
 
 
 class JobNotFoundError(ForkSchedulerError, KeyError):
@@ -75,6 +79,11 @@ class Job:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = None
+    catchup: Catchup = "latest"
+    catchup_window: timedelta | None = None
 
     @property
     def schedule_text(self) -> str:
@@ -242,15 +251,38 @@ class Manager:
         return list(_first_slots(entry, after or self._clock(), n))
 
     def history(self, name: str, n: int = 20) -> list[RunRecord]:
-        """The latest runs of an entry, newest first (up to ``fork_scheduler_history_size``)."""
+        """The latest runs of an entry, newest first (up to ``fork_scheduler_history_size``);
+        ``ValueError`` when an item cannot be decoded (see :meth:`history_items`)."""
+        return [item.record() for item in self.history_items(name, n)]
+
+    def history_items(self, name: str, n: int = 20) -> list[HistoryItem]:
+        """The latest history items of an entry as stored, newest first, for display: an item
+        that cannot be decoded is kept as its text rather than raising."""
         self._entry(name)
         raw = self._redis().lrange(self._keys().history(name), 0, max(n, 1) - 1)
-        return [RunRecord.from_json(item) for item in raw]
+        return [HistoryItem.from_stored(item) for item in raw]
 
     def stats(self, name: str) -> EntryStats:
         """The counters of an entry: runs, skips by reason, failures, completions, errors."""
         self._entry(name)
         return EntryStats.from_state(self.store().states([name])[name])
+
+    def replicas(self, within: float = 60) -> list[ReplicaInfo]:
+        """The beat replicas that ticked within ``within`` seconds, by id (a record whose tick
+        cannot be read is always listed: a crashed replica leaves its record behind)."""
+        now = self._clock()
+        records = self._redis().hgetall(self._keys().replicas)
+        replicas = [ReplicaInfo.from_stored(rid, raw, now) for rid, raw in records.items()]
+        return sorted((r for r in replicas if r.seen_within(within)), key=lambda r: r.id)
+
+    def check(self) -> list[Problem]:
+        """Every problem of the schedule: settings, config, @periodic and runtime entries,
+        unknown tasks, args that do not fit, Redis (see :mod:`.validation`)."""
+        return list(self.check_report().problems)
+
+    def check_report(self) -> CheckReport:
+        """:meth:`check` with the names of the valid entries."""
+        return check_app_report(self.app, client=self._client)
 
     # -- steering -------------------------------------------------------------------------------
 
@@ -300,8 +332,13 @@ class Manager:
         return self.store().pause_states([name])[name]
 
     def run_now(self, name: str) -> str | None:
-        """Publish one run of an entry now; returns its task id, or ``None`` when the entry is a
-        singleton whose previous run is still executing (or the concurrency cap is reached)."""
+        """Publish one run of an entry now; returns its task id, or ``None`` when the run was
+        skipped (see :meth:`trigger`, which says why)."""
+        return self.trigger(name).task_id
+
+    def trigger(self, name: str) -> TriggerResult:
+        """Publish one run of an entry now, unless it is a singleton whose previous run is still
+        executing (``skipped="busy"``) or the concurrency cap is reached (``"capped"``)."""
         entry, _ = self._entry(name)
         slot = self._clock()
         task_id = task_id_for(name, slot)
@@ -311,7 +348,7 @@ class Manager:
             logger.info(
                 "fork scheduler: run_now(%s) skipped: the previous run is still executing", name
             )
-            return None
+            return TriggerResult(skipped="busy")
         capped = settings.max_concurrent > 0
         if capped:
             granted = client.eval(
@@ -321,12 +358,12 @@ class Manager:
                 if entry.singleton:
                     client.delete(keys.running(name))
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
-                return None
+                return TriggerResult(skipped="capped")
         occurrence = build_occurrence(entry, slot, task_id, capped=capped)
         CeleryPublisher(self.app, lambda: None).publish(occurrence)
         client.hincrby(keys.state(name), "runs", 1)
         client.hset(keys.state(name), "last_manual_run", slot.isoformat())
-        return task_id
+        return TriggerResult(task_id=task_id)
 
     # -- embedded beat ----------------------------------------------------------------------------
 
@@ -456,6 +493,11 @@ class Manager:
             kwargs=dict(entry.kwargs) if not callable(entry.kwargs) else {},
             options=dict(entry.options),
             description=entry.description,
+            start_at=entry.start_at,
+            end_at=entry.end_at,
+            max_runs=entry.max_runs,
+            catchup=entry.catchup,
+            catchup_window=entry.catchup_window,
         )
 
 
@@ -474,16 +516,59 @@ class RunRecord:
     @classmethod
     def from_json(cls, raw: bytes | str) -> RunRecord:
         """Parse a history item as stored by the Lua scripts and the worker."""
-        data = json.loads(raw)
-        return cls(
-            slot=_from_us(data["slot"]),
-            outcome=data["outcome"],
-            task_id=data.get("task_id", ""),
-            by=data.get("replica", ""),
-            at=_from_us(data["at"]),
-            duration=data.get("duration"),
-            error=data.get("error", ""),
-        )
+        return HistoryItem.from_stored(raw).record()
+
+
+#: The keys of a stored history item that hold a time, in microseconds since the epoch.
+_HISTORY_TIMES = ("slot", "at")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryItem:
+    """One item of an entry's history as stored: its JSON object, or only its text when it
+    cannot be decoded (``data`` is then ``None``)."""
+
+    text: str
+    data: Mapping[str, Any] | None
+
+    @classmethod
+    def from_stored(cls, raw: bytes | str) -> HistoryItem:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        return cls(text=text, data=data if isinstance(data, dict) else None)
+
+    def record(self) -> RunRecord:
+        """The item as a :class:`RunRecord`; ``ValueError`` when it is not a run record."""
+        data = self.data
+        if data is None:
+            raise ValueError(f"history item is not a JSON object: {self.text[:80]!r}")
+        try:
+            return RunRecord(
+                slot=_from_us(data["slot"]),
+                outcome=data["outcome"],
+                task_id=data.get("task_id", ""),
+                by=data.get("replica", ""),
+                at=_from_us(data["at"]),
+                duration=data.get("duration"),
+                error=data.get("error", ""),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"history item is not a run record: {self.text[:80]!r}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored item with its times as ISO-8601 (UTC); ``{"raw": text}`` when it cannot
+        be decoded."""
+        if self.data is None:
+            return {"raw": self.text}
+        item = dict(self.data)
+        for key in _HISTORY_TIMES:
+            value = item.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                item[key] = _from_us(value).isoformat()
+        return item
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -510,6 +595,56 @@ class EntryStats:
                 if key.startswith("skips:")
             },
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaInfo:
+    """One beat replica as it last recorded itself in Redis."""
+
+    id: str
+    hostname: str | None
+    pid: int | None
+    last_tick: datetime | None
+    age: float | None
+    runtime_version: int | None
+    entries: int | None
+
+    @property
+    def stale(self) -> bool:
+        """True when the replica has not ticked for :data:`REPLICA_LIVE_SECONDS`."""
+        return self.age is None or self.age > REPLICA_LIVE_SECONDS
+
+    def seen_within(self, seconds: float) -> bool:
+        """True when it ticked within ``seconds`` (or its tick cannot be read)."""
+        return self.age is None or self.age <= seconds
+
+    @classmethod
+    def from_stored(cls, replica_id: bytes | str, raw: bytes | str, now: datetime) -> ReplicaInfo:
+        """Parse a record as written by a replica's announce, ``now`` for its age."""
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = {}
+        if not isinstance(record, dict):
+            record = {}
+        last = _instant(record.get("last_tick"))
+        return cls(
+            id=replica_id.decode() if isinstance(replica_id, bytes) else replica_id,
+            hostname=_of_type(record.get("hostname"), str),
+            pid=_of_type(record.get("pid"), int),
+            last_tick=last,
+            age=(now - last).total_seconds() if last is not None else None,
+            runtime_version=_of_type(record.get("runtime_version"), int),
+            entries=_of_type(record.get("entries"), int),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerResult:
+    """What :meth:`Manager.trigger` did: the task id sent, or why nothing was sent."""
+
+    task_id: str | None = None
+    skipped: Literal["busy", "capped"] | None = None
 
 
 @dataclass
@@ -628,3 +763,22 @@ def _last_run(state: Mapping[str, str]) -> datetime | None:
 
 def _from_us(value: float) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(value))
+
+
+_T = TypeVar("_T")
+
+
+def _of_type(value: object, kind: type[_T]) -> _T | None:
+    if isinstance(value, bool) and kind is not bool:
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

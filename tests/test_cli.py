@@ -349,10 +349,19 @@ def test_trigger_prints_the_task_id_and_skips_a_running_singleton(
     assert task_id
     assert redis_client.llen("celery") == 1
     again = run("trigger", "nightly")
-    assert (again.exit_code, again.stdout.strip()) == (
-        0,
-        "skipped: still running (or the concurrency cap is reached)",
-    )
+    assert (again.exit_code, again.stdout.strip()) == (0, "skipped: still running")
+    assert redis_client.llen("celery") == 1
+    skipped = json.loads(run("trigger", "nightly", "--json").stdout)
+    assert (skipped["task_id"], skipped["skipped"], skipped["reason"]) == (None, True, "busy")
+
+
+def test_trigger_says_when_the_concurrency_cap_is_reached(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    run = runner_for(make_app(redis_url, fork_scheduler_max_concurrent=1))
+    assert run("trigger", "cleanup").exit_code == 0
+    again = run("trigger", "cleanup")
+    assert (again.exit_code, again.stdout.strip()) == (0, "skipped: concurrency cap reached")
     assert redis_client.llen("celery") == 1
 
 
