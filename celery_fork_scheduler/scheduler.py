@@ -20,7 +20,7 @@ from celery import beat
 from celery.schedules import crontab
 
 from . import signals
-from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult, HighWaterMark
+from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
 from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
@@ -40,6 +40,8 @@ Clock = Callable[[], datetime]
 
 #: Claims per round trip; a burst is claimed and published batch by batch.
 CLAIM_BATCH = 500
+#: High-water marks read per tick at start-up.
+MARKS_BATCH = 5000
 #: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
 PUBLISH_BATCH = 100
 #: How long to wait before asking a backend that could not be reached again.
@@ -121,6 +123,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._clock_offset = timedelta(0)
         #: Slots reported skipped during the current outage (each is reported once).
         self._reported_down: set[tuple[str, datetime]] = set()
+        #: Entries whose high-water marks are still to be read, with their first queued slot.
+        self._unchecked: list[tuple[Entry, datetime | None]] = []
         self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
@@ -238,41 +242,54 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         )
 
     def _queue_first_slots(self, now: datetime) -> None:
-        enabled = [entry for entry in self.entries.values() if entry.enabled]
-        try:
-            marks = self.backend.high_water_marks([entry.name for entry in enabled])
-        except BackendUnavailableError as exc:
-            logger.warning(
-                "fork scheduler: cannot read high-water marks (%s); starting afresh", exc
-            )
-            marks = {}
-        for entry in enabled:
-            self._queue_entry(entry, marks.get(entry.name), now)
+        """Queue every entry's next slot now; look for missed slots batch by batch.
 
-    def _queue_entry(self, entry: Entry, mark: HighWaterMark | None, now: datetime) -> None:
-        """Queue an entry's next slot, and what it missed while every replica was down.
-
-        A new entry waits for its next slot: beat starting is no reason to fire. An entry with
-        a high-water mark catches up by its policy (see :mod:`.catchup`), bounded by
-        ``beat_cron_starting_deadline``; a slot claimed by a replica that died before publishing
-        is asked for again, so that it is taken over.
+        Reading the high-water marks of 100 000 entries takes seconds, so it happens in the
+        first ticks (:meth:`_catch_up_batch`), while the next slots are already queued.
         """
-        if mark is not None:
-            deadline = self.app.conf.beat_cron_starting_deadline
-            missed = slots_due(
-                entry,
-                mark.slot,
-                now,
-                grace=self.settings.catchup_grace,
-                window=timedelta(seconds=deadline) if deadline is not None else None,
-            )
+        for entry in self.entries.values():
+            if entry.enabled:
+                self._unchecked.append((entry, self._queue_upcoming(entry, now)))
+
+    def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
+        """Queue an entry's first slot after ``now`` (beat starting is no reason to fire)."""
+        upcoming = entry.first_slot_after(now)
+        if upcoming is not None:
+            self.queue.push(upcoming.timestamp(), entry, upcoming)
+        return upcoming
+
+    def _catch_up_batch(self, now: datetime) -> None:
+        """Read the high-water marks of the next batch of entries and queue what they missed.
+
+        An entry with a high-water mark catches up by its policy (see :mod:`.catchup`), bounded
+        by ``beat_cron_starting_deadline``; a slot claimed by a replica that died before
+        publishing is asked for again, so that it is taken over. While the backend cannot be
+        reached, the batch waits for a later tick.
+        """
+        batch = self._unchecked[:MARKS_BATCH]
+        try:
+            marks = self.backend.high_water_marks([entry.name for entry, _ in batch])
+        except BackendUnavailableError as exc:
+            self._warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
+            return
+        del self._unchecked[: len(batch)]
+        deadline = self.app.conf.beat_cron_starting_deadline
+        window = timedelta(seconds=deadline) if deadline is not None else None
+        for entry, upcoming in batch:
+            mark = marks.get(entry.name)
+            if mark is None or self.entries.get(entry.name) is not entry:
+                continue
+            missed = [
+                slot
+                for slot in slots_due(
+                    entry, mark.slot, now, grace=self.settings.catchup_grace, window=window
+                )
+                if upcoming is None or slot < upcoming
+            ]
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
             if not mark.sent and not missed:
                 self.queue.push(now.timestamp(), entry, mark.slot, takeover=True)
-        upcoming = entry.first_slot_after(now)
-        if upcoming is not None:
-            self.queue.push(upcoming.timestamp(), entry, upcoming)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -280,6 +297,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Handle every due slot, then return the seconds to sleep until the next one."""
         now = self.now()
         self._refresh_runtime_entries(now)
+        if self._unchecked:
+            self._catch_up_batch(now)
         due_items = self.queue.pop_due(now.timestamp())
         if due_items or self._unmarked:
             self._handle(due_items, now)
@@ -338,7 +357,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.entries[entry.name] = entry
         logger.info("fork scheduler: entry %s (%s)", entry.name, entry.schedule.describe())
         if entry.enabled and self.settings.enabled:
-            self._queue_entry(entry, None, now or self.now())
+            self._queue_upcoming(entry, now or self.now())
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 
@@ -372,20 +391,31 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 return
 
     def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[Work]:
-        """Turn due queue items into slots to claim, each with its entry's next slot."""
+        """Turn due queue items into slots to claim, each with its entry's next slot.
+
+        A slot asked for twice in one tick (say, by a retry and by its entry's chain) is
+        claimed once: a replica renews its own unsent claim, so a second claim would publish
+        it twice.
+        """
         works: list[Work] = []
+        seen: set[tuple[str, datetime]] = set()
         for item in items:
             entry = self.entries.get(item.entry.name)
             if entry is not item.entry or not entry.enabled:
                 continue  # changed or removed since it was queued
             if item.retry:
-                due_slot = self._due_slot(entry, item.slot, takeover=item.takeover)
-                works.append(Work(item, [due_slot], None))
-                continue
-            after = item.slot - timedelta(microseconds=1)
-            slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
-            due = [self._due_slot(entry, slot) for slot in slots]
-            works.append(Work(item, due, entry.first_slot_after(now)))
+                slots = [item.slot]
+                follow_up = None
+            else:
+                after = item.slot - timedelta(microseconds=1)
+                slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
+                follow_up = entry.first_slot_after(now)
+            due = []
+            for slot in slots:
+                if (entry.name, slot) not in seen:
+                    seen.add((entry.name, slot))
+                    due.append(self._due_slot(entry, slot, takeover=item.takeover))
+            works.append(Work(item, due, follow_up))
         return works
 
     def _chunks(self, works: list[Work]) -> list[list[Work]]:
@@ -627,6 +657,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             longest = min(longest, self.settings.refresh_interval.total_seconds())
         if self._unmarked:
             longest = min(longest, BACKEND_RETRY_SECONDS)
+        if self._unchecked:
+            longest = min(longest, 0.0 if not self._backend_down else BACKEND_RETRY_SECONDS)
         wakeup = self.queue.next_wakeup()
         if wakeup is None:
             return longest

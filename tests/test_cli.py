@@ -419,7 +419,7 @@ def test_without_redis_static_entries_list_but_pause_needs_redis() -> None:
     assert_one_line_error(run("pause", "cleanup"), 3, "needs Redis")
 
 
-# -- validate: one test per kind of problem --------------------------------------------------
+# -- validate: rendering and exit codes (the kinds of problem: tests/test_validation.py) ------
 
 
 @pytest.fixture
@@ -438,50 +438,19 @@ def test_validate_passes_a_good_schedule(validate: Callable[..., Result]) -> Non
     assert result.stdout.strip() == "2 valid entries, 0 errors, 0 warnings"
 
 
-@pytest.mark.parametrize(
-    ("definition", "match"),
-    [
-        pytest.param(
-            {"task": "tasks.cleanup", "schedule": "every 5 minuets"},
-            "field 'schedule': cannot parse schedule 'every 5 minuets'",
-            id="invalid-expression",
-        ),
-        pytest.param(
-            {"task": "tasks.cleanup", "schedule": "0 0 30 2 *"},
-            "field 'schedule': cron '0 0 30 2 *' never fires",
-            id="impossible-date",
-        ),
-        pytest.param(
-            {"task": "tasks.missing", "schedule": "@daily"},
-            "unknown task 'tasks.missing'",
-            id="unknown-task",
-        ),
-        pytest.param(
-            {"task": "tasks.cleanup", "schedule": "@daily", "singelton": True},
-            "field 'singelton': unknown key",
-            id="unknown-key",
-        ),
-        pytest.param(
-            {"task": "tasks.cleanup", "schedule": "@daily", "args": [1]},
-            "args/kwargs do not fit task 'tasks.cleanup'",
-            id="args-do-not-fit",
-        ),
-    ],
-)
-def test_validate_reports_a_bad_entry(
-    validate: Callable[..., Result], definition: dict[str, Any], match: str
-) -> None:
-    result = validate(extra_entries={"bad": definition})
+def test_validate_prints_each_error_and_exits_1(validate: Callable[..., Result]) -> None:
+    bad = {
+        "bad": {"task": "tasks.cleanup", "schedule": "0 0 30 2 *"},
+        "ghost": {"task": "tasks.missing", "schedule": "@daily"},
+    }
+    result = validate(extra_entries=bad)
     assert result.exit_code == 1
-    assert "error: entry 'bad'" in result.stdout
-    assert match in result.stdout
-    assert "2 valid entries, 1 error, 0 warnings" in result.stdout
-
-
-def test_validate_reports_an_unknown_setting(validate: Callable[..., Result]) -> None:
-    result = validate(fork_scheduler_lock_durration=5)
-    assert result.exit_code == 1
-    assert "field 'fork_scheduler_lock_durration': unknown setting" in result.stdout
+    assert result.stdout.splitlines() == [
+        "error: entry 'bad', field 'schedule': cron '0 0 30 2 *' never fires (no matching date)",
+        "error: entry 'ghost': unknown task 'tasks.missing' "
+        "(not registered in the app after importing its modules)",
+        "2 valid entries, 2 errors, 0 warnings",
+    ]
 
 
 def test_validate_reports_unreachable_redis_with_the_password_masked(
@@ -493,37 +462,33 @@ def test_validate_reports_unreachable_redis_with_the_password_masked(
     assert "hunter2" not in result.output
 
 
-def test_validate_reports_a_bad_runtime_entry_in_redis(
+def test_validate_json_lists_errors_and_warnings_apart(
     validate: Callable[..., Result], redis_client: redis.Redis
 ) -> None:
     redis_client.hset(KEYS.runtime_entries, "corrupt", "{not json")
     redis_client.hset(KEYS.runtime_entries, "old", json.dumps({"schema": 99}))
+    redis_client.delete(KEYS.workers_seen)
     result = validate("--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert data["ok"] is False
-    assert {(e["entry"], e["source"]) for e in data["errors"]} == {
-        ("corrupt", "runtime"),
-        ("old", "runtime"),
+    assert (data["ok"], data["entries"]) == (False, 2)
+    assert {(e["level"], e["entry"], e["source"]) for e in data["errors"]} == {
+        ("error", "corrupt", "runtime"),
+        ("error", "old", "runtime"),
     }
+    [warning] = data["warnings"]
+    assert set(warning) == {"level", "message", "entry", "field", "source"}
+    assert warning["level"] == "warning"
 
 
-def test_validate_lists_every_problem_not_only_the_first(
-    validate: Callable[..., Result],
-) -> None:
-    bad = {f"bad-{n}": {"task": "tasks.cleanup", "schedule": "0 0 30 2 *"} for n in range(3)}
-    data = json.loads(validate("--json", extra_entries=bad).stdout)
-    assert sorted(e["entry"] for e in data["errors"]) == ["bad-0", "bad-1", "bad-2"]
-    assert data["entries"] == 2
-
-
-def test_validate_warns_when_no_worker_frees_singletons(
+def test_validate_fails_on_warnings_only_when_strict(
     validate: Callable[..., Result], redis_client: redis.Redis
 ) -> None:
     redis_client.delete(KEYS.workers_seen)
     result = validate()
     assert result.exit_code == 0
     assert "warning: singleton entries exist but no worker announced" in result.stdout
+    assert result.stdout.splitlines()[-1] == "2 valid entries, 0 errors, 1 warning"
     assert validate("--strict").exit_code == 1
 
 
