@@ -40,6 +40,10 @@ Clock = Callable[[], datetime]
 
 #: Claims per round trip; a burst is claimed and published batch by batch.
 CLAIM_BATCH = 500
+#: The claim + publish rate assumed before one is measured (slots per second).
+INITIAL_CLAIM_RATE = 1000.0
+#: Batches smaller than this say little about the rate.
+RATE_SAMPLE_MIN = 50
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
 #: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
@@ -47,7 +51,7 @@ PUBLISH_BATCH = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
-WARNED_SKIPS = frozenset({"capped", "redis_unavailable"})
+WARNED_SKIPS = frozenset({"capped", "redis_unavailable", "behind"})
 #: At most one such warning per reason in this many seconds.
 WARNING_INTERVAL = 60.0
 #: Clock differences with Redis below this are noise, not skew.
@@ -123,6 +127,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._clock_offset = timedelta(0)
         #: Slots reported skipped during the current outage (each is reported once).
         self._reported_down: set[tuple[str, datetime]] = set()
+        #: Slots per second this replica handles (claim + publish), to spot a backlog.
+        self._claim_rate = INITIAL_CLAIM_RATE
         #: Entries whose high-water marks are still to be read, with their first queued slot.
         self._unchecked: list[tuple[Entry, datetime | None]] = []
         self._suppressed: dict[str, int] = {}
@@ -416,6 +422,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     seen.add((entry.name, slot))
                     due.append(self._due_slot(entry, slot, takeover=item.takeover))
             works.append(Work(item, due, follow_up))
+        return self._shed_backlog(works)
+
+    def _shed_backlog(self, works: list[Work]) -> list[Work]:
+        """When this replica is too far behind, keep only each entry's latest due slot.
+
+        A backlog that cannot be published before it is older than the catch-up grace (at the
+        rate this replica has been publishing) would only make every entry later still; instead
+        each entry gets its newest slot, in turn, and the older ones are reported skipped
+        (reason ``"behind"``) — Celery's fire-once, applied under overload.
+        """
+        backlog = sum(len(work.due) for work in works)
+        capacity = self._claim_rate * self.settings.catchup_grace.total_seconds()
+        if backlog <= max(capacity, CLAIM_BATCH):
+            return works
+        for work in works:
+            if len(work.due) > 1:
+                for due_slot in work.due[:-1]:
+                    self._skipped(due_slot, "behind")
+                work.due = work.due[-1:]
         return works
 
     def _chunks(self, works: list[Work]) -> list[list[Work]]:
@@ -465,6 +490,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._flush_unmarked()
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, (), now)
+        self._note_rate(len(due), started)
 
     @staticmethod
     def _due_slot(entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
@@ -482,6 +508,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             takeover=takeover,
         )
         return DueSlot(entry, claim)
+
+    def _note_rate(self, count: int, started: float) -> None:
+        """Follow how many slots per second this replica claims and publishes."""
+        elapsed = self.monotonic() - started
+        if count >= RATE_SAMPLE_MIN and elapsed > 0:
+            self._claim_rate = 0.7 * self._claim_rate + 0.3 * (count / elapsed)
 
     def _admit(
         self, due: Sequence[DueSlot], results: Sequence[ClaimResult], now: datetime

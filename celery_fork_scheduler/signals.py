@@ -42,6 +42,7 @@ SKIP_REASONS = (
     "paused",  # the entry is paused
     "finished",  # max_runs used up
     "redis_unavailable",  # the claim backend could not be reached: fail closed
+    "behind",  # this replica fell too far behind: only each entry's latest slot is claimed
 )
 
 entry_due = Signal(name="entry_due", providing_args={"entry", "slot"})

@@ -165,6 +165,32 @@ def test_show_json_has_slots_counters_and_history(
     ]
 
 
+def test_show_prints_when_an_entry_may_fire_and_how_it_catches_up(app: Celery, run: Run) -> None:
+    Manager(app).add(
+        "limited",
+        "tasks.cleanup",
+        "every 10 seconds",
+        start_at="2030-04-01T00:00:00+00:00",
+        max_runs=3,
+        catchup="all",
+        catchup_window=3600,
+    )
+    out = run("show", "limited").stdout
+    assert "starts       2030-04-01 00:00:00 UTC" in out
+    assert "ends         -" in out
+    assert "max runs     3" in out
+    assert "catchup      all (window 1h)" in out
+    data = json.loads(run("show", "limited", "--json").stdout)
+    assert {key: data[key] for key in ("start_at", "end_at", "max_runs", "catchup")} == {
+        "start_at": "2030-04-01T00:00:00+00:00",
+        "end_at": None,
+        "max_runs": 3,
+        "catchup": "all",
+    }
+    assert data["catchup_window_seconds"] == 3600
+    assert "catchup      latest" in run("show", "cleanup").stdout
+
+
 def test_show_of_an_unknown_entry_is_one_line_and_exit_1(run: Run) -> None:
     assert_one_line_error(run("show", "nope"), 1, "no entry named 'nope'")
 

@@ -22,10 +22,12 @@ from celery_fork_scheduler import (
 )
 from celery_fork_scheduler.ids import ENTRY_HEADER
 from celery_fork_scheduler.keys import Keys
+from celery_fork_scheduler.manager import ReplicaInfo, RunRecord, TriggerResult
 from celery_fork_scheduler.testing import FakeClock
 
 START = "2026-03-02T10:00:00+00:00"
 KEYS = Keys("scheduler:")
+US = timedelta(microseconds=1)
 STATIC = {
     "nightly-report": {
         "task": "tasks.report",
@@ -319,8 +321,7 @@ def test_a_bad_update_is_refused_naming_the_field_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("changes", "field"),
-    BAD_SCHEDULES
-    + BAD_CHANGES[len(BAD_SCHEDULES) :],
+    BAD_SCHEDULES + BAD_CHANGES[len(BAD_SCHEDULES) :],
 )
 def test_a_bad_replacement_is_refused_and_changes_nothing(
     manager: Manager, redis_client: redis.Redis, changes: dict[str, Any], field: str
@@ -533,6 +534,112 @@ def test_run_now_respects_a_singleton_whose_run_is_still_executing(
 def test_run_now_of_an_unknown_entry_raises_job_not_found(manager: Manager) -> None:
     with pytest.raises(JobNotFoundError):
         manager.run_now("ghost")
+
+
+def test_trigger_says_a_singleton_still_running_is_busy(manager: Manager) -> None:
+    manager.every(1).hours.name("job").singleton().do("tasks.report")
+    sent = manager.trigger("job")
+    assert (sent.skipped, sent.task_id is not None) == (None, True)
+    assert manager.trigger("job") == TriggerResult(skipped="busy")
+    assert manager.run_now("job") is None
+
+
+def test_trigger_says_when_the_concurrency_cap_is_reached(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    app = make_app(redis_url, fork_scheduler_max_concurrent=1)
+    try:
+        manager = Manager(app, clock=clock)
+        assert manager.trigger("nightly-report").task_id is not None
+        clock.advance(1)
+        assert manager.trigger("nightly-report") == TriggerResult(skipped="capped")
+        assert len(broker_messages(redis_client)) == 1
+    finally:
+        app.close()
+
+
+# -- history, stats, replicas ----------------------------------------------------------------
+
+
+def test_history_items_keep_what_cannot_be_decoded_and_history_refuses_it(
+    manager: Manager, redis_client: redis.Redis
+) -> None:
+    slot = int(utc(START).timestamp() * 1_000_000)
+    item = {"slot": slot, "outcome": "sent", "task_id": "t", "replica": "r", "at": slot + 5}
+    redis_client.lpush(KEYS.history("nightly-report"), json.dumps(item))
+    assert manager.history("nightly-report") == [
+        RunRecord(slot=utc(START), outcome="sent", task_id="t", by="r", at=utc(START) + US * 5)
+    ]
+    redis_client.lpush(KEYS.history("nightly-report"), b"not json")
+    first, second = manager.history_items("nightly-report")
+    assert (first.data, first.to_dict()) == (None, {"raw": "not json"})
+    assert second.to_dict() == {**item, "slot": START, "at": "2026-03-02T10:00:00.000005+00:00"}
+    with pytest.raises(ValueError, match="not a JSON object"):
+        manager.history("nightly-report")
+
+
+def test_stats_reads_the_counters_of_an_entry(manager: Manager, redis_client: redis.Redis) -> None:
+    state = {"runs": 3, "completed": 2, "errors": 1, "skips:busy": 4}
+    redis_client.hset(KEYS.state("nightly-report"), mapping=state)
+    stats = manager.stats("nightly-report")
+    assert (stats.runs, stats.completed, stats.errors, stats.failures) == (3, 2, 1, 0)
+    assert stats.skips == {"busy": 4}
+
+
+def test_replicas_lists_recent_ones_and_marks_the_silent_ones_stale(
+    manager: Manager, redis_client: redis.Redis
+) -> None:
+    def record(seconds_ago: float) -> str:
+        tick = (utc(START) - timedelta(seconds=seconds_ago)).isoformat()
+        return json.dumps(
+            {"hostname": "h", "pid": 7, "last_tick": tick, "runtime_version": 3, "entries": 2}
+        )
+
+    redis_client.hset(
+        KEYS.replicas,
+        mapping={"b": record(30), "a": record(2), "old": record(3600), "bad": "{not json"},
+    )
+    live, stale, bad = manager.replicas()  # by id
+    assert live == ReplicaInfo(
+        id="a",
+        hostname="h",
+        pid=7,
+        last_tick=utc(START) - timedelta(seconds=2),
+        age=2.0,
+        runtime_version=3,
+        entries=2,
+    )
+    assert not live.stale
+    assert (bad.id, bad.last_tick, bad.stale) == ("bad", None, True)
+    assert (stale.id, stale.stale) == ("b", True)
+    assert [r.id for r in manager.replicas(within=10)] == ["a", "bad"]
+    assert [r.id for r in manager.replicas(within=7200)] == ["a", "b", "bad", "old"]
+
+
+def test_a_job_carries_the_limits_of_its_entry(manager: Manager) -> None:
+    job = manager.add(
+        "limited",
+        "tasks.report",
+        every(1).minutes,
+        start_at="2026-04-01T00:00:00+00:00",
+        end_at="2026-05-01T00:00:00+00:00",
+        max_runs=3,
+        catchup="all",
+        catchup_window=600,
+    )
+    assert manager.get("limited") == job
+    assert (job.start_at, job.end_at) == (
+        utc("2026-04-01T00:00:00+00:00"),
+        utc("2026-05-01T00:00:00+00:00"),
+    )
+    assert (job.max_runs, job.catchup, job.catchup_window) == (3, "all", timedelta(minutes=10))
+    static = manager.get("nightly-report")
+    assert (static.start_at, static.max_runs, static.catchup, static.catchup_window) == (
+        None,
+        None,
+        "latest",
+        None,
+    )
 
 
 # -- install -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule
 
-from celery_fork_scheduler import ConfigError, Scheduler, cron, every
+from celery_fork_scheduler import ConfigError, Scheduler, cron, every, signals
 from celery_fork_scheduler.backends import LocalBackend
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
@@ -381,3 +381,46 @@ def test_a_bad_setting_stops_start_up_naming_it(
     with pytest.raises(ConfigError, match=message) as raised:
         make_scheduler({}, **{setting: value})
     assert raised.value.field == setting
+
+
+def test_a_replica_far_behind_claims_only_each_entrys_latest_slot(tmp_path: Path) -> None:
+    """Under overload every entry is served in turn, instead of the backlog growing."""
+    clock = FakeClock(START)
+    ticks = {"monotonic": 0.0}
+
+    class SlowPublisher(RecordingPublisher):
+        def publish_many(self, occurrences: Any) -> Any:
+            ticks["monotonic"] += 0.01 * len(occurrences)  # 100 publishes per second
+            return super().publish_many(occurrences)
+
+    publisher = SlowPublisher()
+    skipped: list[str] = []
+
+    def on_skipped(sender: Any = None, reason: str = "", **_: Any) -> None:
+        skipped.append(reason)
+
+    entries = {f"e{i:03}": {"task": "t", "schedule": every(1).seconds} for i in range(300)}
+    scheduler = Scheduler(
+        make_app(entries),
+        clock=clock,
+        publisher=publisher,
+        backend=LocalBackend(tmp_path / "behind.json"),
+        monotonic=lambda: ticks["monotonic"],
+        exit_on_config_error=False,
+    )
+    signals.entry_skipped.connect(on_skipped)
+    try:
+        for _ in range(6):  # on time: every slot, and the replica learns its rate
+            clock.advance(1)
+            scheduler.tick()
+        assert skipped == []
+        publisher.clear()
+        clock.advance(4)  # four slots of each entry are due at once: more than it can publish
+        scheduler.tick()
+        fired = publisher.fired()
+        assert len(fired) == 300
+        assert set(fired) == {clock.now.replace(microsecond=0).isoformat()}
+        assert skipped.count("behind") == 300 * 3
+    finally:
+        signals.entry_skipped.disconnect(on_skipped)
+        scheduler.close()

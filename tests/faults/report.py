@@ -39,12 +39,16 @@ class ScenarioReport:
     messages: int
     seconds: float
     note: str = ""
+    #: Misses inside each stated window, in the order of the windows.
+    missed_per_window: tuple[int, ...] = ()
 
     def line(self) -> str:
         text = (
             f"FAULTS {self.scenario}: expected={self.expected} received={self.received} "
             f"duplicated={self.duplicated} missed={self.missed} "
-            f"(in stated window={self.missed_in_window}, outside={self.missed_outside}) "
+            f"(in stated window={self.missed_in_window}"
+            + (f" {list(self.missed_per_window)}" if len(self.missed_per_window) > 1 else "")
+            + f", outside={self.missed_outside}) "
             f"messages={self.messages} duration={self.seconds:.1f}s"
         )
         return f"{text} [{self.note}]" if self.note else text
@@ -64,6 +68,7 @@ def build(
     A missed slot inside one of ``windows`` (inclusive) is a miss the docs allow for the fault.
     """
     total = received = in_window = outside = 0
+    per_window = [0] * len(windows)
     for entry, slots in expected.items():
         seen = counts.get(entry, {})
         for slot in slots:
@@ -72,6 +77,10 @@ def build(
                 received += 1
             elif any(start <= slot <= end for start, end in windows):
                 in_window += 1
+                for index, (start, end) in enumerate(windows):
+                    if start <= slot <= end:
+                        per_window[index] += 1
+                        break
             else:
                 outside += 1
     duplicated = sum(max(0, n - 1) for per_entry in counts.values() for n in per_entry.values())
@@ -87,6 +96,7 @@ def build(
         messages=messages,
         seconds=seconds,
         note=note,
+        missed_per_window=tuple(per_window),
     )
 
 
@@ -127,7 +137,12 @@ def main(argv: Sequence[str]) -> int:
         print("usage: python tests/faults/report.py <FAULTS_REPORT file>", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as lines:
-        reports = [ScenarioReport(**json.loads(line)) for line in lines if line.strip()]
+        reports = [
+            ScenarioReport(**{**json.loads(line), "missed_per_window": tuple(
+                json.loads(line).get("missed_per_window", ()))})
+            for line in lines
+            if line.strip()
+        ]
     print(table(reports))
     return 0
 

@@ -1,0 +1,101 @@
+"""Scenario 5: one replica's clock 1 h ahead or behind (``faketime -f "+1h"`` / ``"-1h"``), and
+one replica whose wall clock jumps +1 h and back while it runs (libfaketime reading its offset
+from a file, monotonic clock left alone, as an NTP step would). No duplicate, nothing published
+more than 0.5 s early, the others keep every slot covered."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    MARGIN,
+    BrokerWatch,
+    dump_logs,
+    every_entries,
+    expected_every,
+    now,
+    project,
+    start_beats,
+    write_project,
+)
+from .report import build
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("faketime") is None, reason="needs Debian's faketime"),
+]
+
+ENTRIES = 30
+#: docs/guarantees.md: "A slot is not published before Redis's clock reaches it (with a
+#: tolerance of 0.5 s)". The broker is sampled every 20 ms by an unfaked clock.
+EARLY_TOLERANCE = 0.5
+#: "A replica's clock runs ahead or behind / jumps": the others claim every slot as usual, so
+#: no miss is allowed anywhere.
+MISS_WINDOWS: list = []
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def _run(scenario, env, workdir, redis_url, processes, report, prefixes, during) -> None:
+    module = write_project(workdir, project(every_entries(ENTRIES)))
+    began = time.monotonic()
+    with BrokerWatch(redis_url) as watch:
+        beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)],
+                            prefixes=prefixes)
+        start = now()
+        during()
+        end = now()
+        alive = [beat.alive() for beat in beats]
+        for beat in beats:
+            beat.stop()
+    slots = expected_every(1, start + MARGIN, end - MARGIN)
+    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+    early = watch.early(EARLY_TOLERANCE)
+    result = build(scenario, watch.counts, expected, windows=MISS_WINDOWS,
+                   seconds=time.monotonic() - began, note=f"early={len(early)}")
+    report(result)
+    assert all(alive), dump_logs(processes)
+    assert result.duplicated == 0, dump_logs(processes)
+    assert early == {}, early
+    assert result.missed_outside == 0, dump_logs(processes)
+    return beats
+
+
+@pytest.mark.parametrize("offset", ["+1h", "-1h"])
+def test_a_replica_an_hour_off_never_duplicates_nor_fires_early(
+    offset, env, workdir, redis_url, processes, report
+) -> None:
+    beats = _run(f"5 clock {offset} on one replica", env, workdir, redis_url, processes, report,
+                 [["faketime", "-f", offset], [], []], lambda: time.sleep(20))
+    # It schedules on Redis's clock: it takes part instead of idling or firing an hour off.
+    assert "off Redis TIME" in beats[0].log(), dump_logs(processes)
+    assert " sent " in beats[0].log(), dump_logs(processes)
+
+
+def test_a_replica_whose_clock_jumps_an_hour_and_back_never_duplicates_nor_fires_early(
+    env, workdir: Path, redis_url, processes, report
+) -> None:
+    offset_file = workdir / "faketime-offset"
+    offset_file.write_text("+0\n")
+    jumping = {
+        "LD_PRELOAD": LIBFAKETIME,
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    jumps = []
+
+    def during() -> None:
+        time.sleep(6)
+        for offset in ("+1h", "+0", "-1h", "+0"):
+            offset_file.write_text(offset + "\n")
+            jumps.append(f"{now():%T.%f} {offset}")
+            time.sleep(5)
+
+    env_prefix = ["env", *(f"{k}={v}" for k, v in jumping.items())]
+    beats = _run("5b clock jumps +1h/-1h mid-run", env, workdir, redis_url, processes, report,
+                 [env_prefix, [], []], during)
+    assert "off Redis TIME" in beats[0].log(), f"{jumps}\n{dump_logs(processes)}"
