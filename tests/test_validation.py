@@ -16,8 +16,8 @@ from celery_fork_scheduler.validation import CheckReport, Problem, check_app, ch
 
 KEYS = Keys("scheduler:")
 GOOD = {
-    "cleanup": {"task": "tasks.cleanup", "schedule": "every 5 minutes"},
-    "nightly": {"task": "tasks.report", "schedule": "daily at 02:00", "singleton": True},
+    "cleanup": {"task": "checked.cleanup", "schedule": "every 5 minutes"},
+    "nightly": {"task": "checked.report", "schedule": "daily at 02:00", "singleton": True},
 }
 
 Check = Callable[..., CheckReport]
@@ -27,10 +27,10 @@ def make_app(broker: str, extra: dict[str, Any] | None = None, **conf: Any) -> C
     app = Celery("validation_test", broker=broker, set_as_current=False)
     app.conf.update(timezone="UTC", beat_schedule={**GOOD, **(extra or {})}, **conf)
 
-    @app.task(name="tasks.cleanup", shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name="checked.cleanup", shared=False)  # type: ignore[untyped-decorator]
     def cleanup() -> None: ...
 
-    @app.task(name="tasks.report", shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name="checked.report", shared=False)  # type: ignore[untyped-decorator]
     def report(day: str = "today") -> None: ...
 
     return app
@@ -69,13 +69,13 @@ def test_a_good_schedule_has_no_problems(check: Check) -> None:
     ("definition", "field", "match"),
     [
         pytest.param(
-            {"task": "tasks.cleanup", "schedule": "every 5 minuets"},
+            {"task": "checked.cleanup", "schedule": "every 5 minuets"},
             "schedule",
             "cannot parse schedule 'every 5 minuets'",
             id="invalid-expression",
         ),
         pytest.param(
-            {"task": "tasks.cleanup", "schedule": "0 0 30 2 *"},
+            {"task": "checked.cleanup", "schedule": "0 0 30 2 *"},
             "schedule",
             "cron '0 0 30 2 *' never fires",
             id="impossible-date",
@@ -87,15 +87,15 @@ def test_a_good_schedule_has_no_problems(check: Check) -> None:
             id="unknown-task",
         ),
         pytest.param(
-            {"task": "tasks.cleanup", "schedule": "@daily", "singelton": True},
+            {"task": "checked.cleanup", "schedule": "@daily", "singelton": True},
             "singelton",
             "unknown key",
             id="unknown-key",
         ),
         pytest.param(
-            {"task": "tasks.cleanup", "schedule": "@daily", "args": [1]},
+            {"task": "checked.cleanup", "schedule": "@daily", "args": [1]},
             "args",
-            "args/kwargs do not fit task 'tasks.cleanup'",
+            "args/kwargs do not fit task 'checked.cleanup'",
             id="args-do-not-fit",
         ),
     ],
@@ -116,7 +116,7 @@ def test_a_bad_config_entry_is_one_error_naming_entry_field_and_source(
 
 
 def test_every_problem_is_listed_not_only_the_first(check: Check) -> None:
-    bad = {f"bad-{n}": {"task": "tasks.cleanup", "schedule": "0 0 30 2 *"} for n in range(3)}
+    bad = {f"bad-{n}": {"task": "checked.cleanup", "schedule": "0 0 30 2 *"} for n in range(3)}
     report = check(bad)
     assert sorted(p.entry or "" for p in report.errors) == ["bad-0", "bad-1", "bad-2"]
     assert len(report.valid) == 2
@@ -141,7 +141,7 @@ def test_a_beat_schedule_that_is_not_a_dict_is_an_error(redis_url: str) -> None:
 @pytest.mark.usefixtures("check")  # a worker has announced itself
 def test_an_entry_in_config_and_periodic_is_a_warning(redis_url: str) -> None:
     app = make_app(redis_url)
-    periodic("@hourly", name="cleanup")(app.tasks["tasks.cleanup"])
+    periodic("@hourly", name="cleanup")(app.tasks["checked.cleanup"])
     problem = only(check_app(app))
     assert (problem.severity, problem.entry, problem.source) == ("warning", "cleanup", "decorator")
     assert "the decorator wins" in problem.message
@@ -169,7 +169,7 @@ def test_runtime_entries_redis_cannot_decode_are_errors(
 
 def test_a_good_runtime_entry_is_valid_and_its_task_checked(check: Check, redis_url: str) -> None:
     app = make_app(redis_url)
-    Manager(app).add("rt", "tasks.cleanup", "@daily")
+    Manager(app).add("rt", "checked.cleanup", "@daily")
     Manager(app).add("rt-ghost", "tasks.ghost", "@daily")
     app.close()
     report = check()
@@ -181,7 +181,7 @@ def test_a_good_runtime_entry_is_valid_and_its_task_checked(check: Check, redis_
 def test_a_runtime_entry_shadowed_by_a_static_one_is_a_warning(
     check: Check, redis_client: redis.Redis
 ) -> None:
-    definition = {"schema": 1, "task": "tasks.cleanup", "schedule": "@daily"}
+    definition = {"schema": 1, "task": "checked.cleanup", "schedule": "@daily"}
     redis_client.hset(KEYS.runtime_entries, "cleanup", json.dumps(definition))
     problem = only(check().problems)
     assert (problem.severity, problem.entry, problem.source) == ("warning", "cleanup", "runtime")
