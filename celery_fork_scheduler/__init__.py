@@ -22,18 +22,22 @@ from .listeners import EventListener, LoggingEventListener, register_event_liste
 from .locking import RedisLock, RedisLocker, RedisLockerOptions
 from .manager import (
     EntryStats,
+    HistoryItem,
     Job,
     JobBuilder,
     JobNotFoundError,
     Manager,
     RedisRequiredError,
+    ReplicaInfo,
     RunRecord,
+    TriggerResult,
 )
 from .schedule_parsing import parse_schedule
 from .scheduler import Scheduler
 from .schedules import SlotSchedule, at, cron, every
 from .slot import ScheduledSlot, scheduled_slot
 from .store import StaleVersionError
+from .validation import CheckReport, Problem, check_app
 
 __version__ = "0.1.0"
 
@@ -41,10 +45,12 @@ __all__ = [
     "ENTRY_HEADER",
     "SLOT_HEADER",
     "BackendUnavailableError",
+    "CheckReport",
     "ConfigError",
     "EntryStats",
     "EventListener",
     "ForkSchedulerError",
+    "HistoryItem",
     "Job",
     "JobBuilder",
     "JobNotFoundError",
@@ -53,18 +59,22 @@ __all__ = [
     "LockNotOwnedError",
     "LoggingEventListener",
     "Manager",
+    "Problem",
     "RedisLock",
     "RedisLocker",
     "RedisLockerOptions",
     "RedisRequiredError",
+    "ReplicaInfo",
     "RunRecord",
     "ScheduleError",
     "ScheduledSlot",
     "Scheduler",
     "SlotSchedule",
     "StaleVersionError",
+    "TriggerResult",
     "__version__",
     "at",
+    "check_app",
     "cron",
     "every",
     "install",

@@ -147,8 +147,9 @@ def duplicated(fires: Fires) -> dict[str, list[str]]:
 class BrokerWatch:
     """Follows the broker queue from a thread: when each (entry, slot) was first seen.
 
-    Nothing consumes the queue, so it only grows; each poll reads the messages after the last
-    one seen. The time is this process's (unfaked) clock, taken when the poll returns: a
+    Nothing consumes the queue, so it only grows, at its head (Kombu LPUSHes): counted from the
+    tail, a message keeps its index, so each poll reads the messages before the oldest
+    ``cursor`` ones. The time is this process's (unfaked) clock, taken when the poll returns: a
     message is seen at or after its publish, never before.
     """
 
@@ -178,10 +179,10 @@ class BrokerWatch:
             self._stop.wait(self.interval)
 
     def poll(self) -> None:
-        raws = self.client.lrange(self.queue, self._cursor, -1)
+        raws = self.client.lrange(self.queue, 0, -(self._cursor + 1))
         seen = time.time()
         self._cursor += len(raws)
-        for raw in raws:
+        for raw in reversed(raws):
             headers = json.loads(raw)["headers"]
             key = (headers[ENTRY_HEADER], headers[SLOT_HEADER])
             self.first_seen.setdefault(key, seen)
