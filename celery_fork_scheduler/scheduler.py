@@ -21,6 +21,7 @@ from celery.schedules import crontab
 
 from . import signals
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .backends.base import to_epoch_us
 from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
@@ -129,6 +130,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._reported_down: set[tuple[str, datetime]] = set()
         #: Slots per second this replica handles (claim + publish), to spot a backlog.
         self._claim_rate = INITIAL_CLAIM_RATE
+        #: (wall, monotonic) at the last tick, to notice a stepped host clock.
+        self._last_clocks: tuple[float, float] | None = None
+        #: The latest slot of each entry Redis confirmed claimed (us): written back to a Redis
+        #: that lost its data, so that no replica can claim an older slot again.
+        self._known_marks: dict[str, int] = {}
         #: Entries whose high-water marks are still to be read, with their first queued slot.
         self._unchecked: list[tuple[Entry, datetime | None]] = []
         self._suppressed: dict[str, int] = {}
@@ -285,6 +291,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             mark = marks.get(entry.name)
             if mark is None or self.entries.get(entry.name) is not entry:
                 continue
+            slot_us = to_epoch_us(mark.slot)
+            if slot_us > self._known_marks.get(entry.name, 0):
+                self._known_marks[entry.name] = slot_us
             missed = [
                 slot
                 for slot in slots_due(
@@ -301,8 +310,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
+        self._watch_for_clock_steps()
+        self._refresh_runtime_entries()
         now = self.now()
-        self._refresh_runtime_entries(now)
         if self._unchecked:
             self._catch_up_batch(now)
         due_items = self.queue.pop_due(now.timestamp())
@@ -340,13 +350,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             )
         self._clock_offset = offset
 
-    def _refresh_runtime_entries(self, now: datetime) -> None:
+    def _watch_for_clock_steps(self) -> None:
+        """Re-measure Redis's clock at once when this host's clock stepped since the last tick.
+
+        A step (NTP, a VM resumed, an operator) shows as a change of wall time that monotonic
+        time does not share; the due slots of this tick are then computed on the corrected
+        clock, not on the stepped one.
+        """
+        wall, steady = self.clock().timestamp(), self.monotonic()
+        if self._last_clocks is not None:
+            step = (wall - self._last_clocks[0]) - (steady - self._last_clocks[1])
+            if abs(step) >= CLOCK_TOLERANCE.total_seconds():
+                self._follow_redis_clock()
+        self._last_clocks = (wall, steady)
+
+    def _refresh_runtime_entries(self) -> None:
         """At most every ``fork_scheduler_refresh_interval``: follow Redis's clock, apply
         runtime entry changes, record this replica."""
         if self.runtime is None or self.monotonic() < self._next_refresh:
             return
         self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
         self._follow_redis_clock()
+        now = self.now()
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
             self._next_announce = self.monotonic() + ANNOUNCE_SECONDS
@@ -467,9 +492,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         due = [due_slot for work in chunk for due_slot in work.due]
         started = self.monotonic()
         results = self.backend.claim([slot.claim for slot in due])
-        claimed_at = self.monotonic()
         if self.metrics is not None and due:
-            self.metrics.claim_latency.observe(claimed_at - started)
+            self.metrics.claim_latency.observe(self.monotonic() - started)
+        self._learn_marks(results)
         admitted = self._admit(due, results, now)
         self._on_backend_up()
         for work in chunk:
@@ -477,7 +502,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
         for start in range(0, len(admitted), PUBLISH_BATCH):
             batch = admitted[start : start + PUBLISH_BATCH]
-            if self._claim_went_stale(claimed_at):
+            if self._claim_went_stale(started):
                 # Stalled since claiming (paused, swapped out, slow broker): another replica
                 # may take these claims over after their lease: ask again, don't publish blind.
                 for due_slot in batch:
@@ -492,8 +517,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._on_backend_down(exc, (), now)
         self._note_rate(len(due), started)
 
-    @staticmethod
-    def _due_slot(entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
+    def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         task_id = task_id_for(entry.name, slot)
         held = ""
         if entry.overlap == "buffer_one":
@@ -506,8 +530,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             max_runs=entry.max_runs or 0,
             held_message=held,
             takeover=takeover,
+            known_mark_us=self._known_marks.get(entry.name, 0),
         )
         return DueSlot(entry, claim)
+
+    def _learn_marks(self, results: Sequence[ClaimResult]) -> None:
+        """Remember, per entry, the latest slot Redis said is claimed or decided."""
+        known = self._known_marks
+        for result in results:
+            if result.outcome not in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
+                name, slot_us = result.claim.entry, result.claim.slot_us
+                if slot_us > known.get(name, 0):
+                    known[name] = slot_us
 
     def _note_rate(self, count: int, started: float) -> None:
         """Follow how many slots per second this replica claims and publishes."""

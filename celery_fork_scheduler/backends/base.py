@@ -67,6 +67,9 @@ class Claim:
     #: Ask only to take over (or renew) an existing claim, never to make a new one: the slot
     #: was seen claimed before, so if Redis no longer knows it, it lost its state.
     takeover: bool = False
+    #: The latest slot of the entry this replica saw claimed (us); written back if Redis lost
+    #: the entry's state, so that a restarted-empty Redis cannot let an old slot be won again.
+    known_mark_us: int = 0
 
     @property
     def slot_us(self) -> int:

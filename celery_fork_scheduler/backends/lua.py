@@ -50,7 +50,8 @@ end
 #: ARGV[5] claim lease (us), ARGV[6] TTL of the pending hash (ms), ARGV[7] overlap
 #: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
 #: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size,
-#: ARGV[12] "1" to only take over or renew an existing claim (never claim anew).
+#: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
+#: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "paused" | "busy" | "buffered" | "finished"; wait_us: how long to wait before asking again
 #: (pending, early), else 0.
@@ -65,6 +66,13 @@ local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
   return {'early', slot - now}
+end
+if tonumber(ARGV[13]) > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Redis lost the entry's state (restarted empty): write back what this replica knew, and
+  -- refuse every slot up to now, which another replica may already have published.
+  local restored = math.max(tonumber(ARGV[13]), now)
+  redis.call('HSET', KEYS[1], 'hwm', string.format('%.0f', restored), 'state', 'sent',
+             'reason', 'restored')
 end
 local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
 local mine = ARGV[3] .. '|' .. now_text

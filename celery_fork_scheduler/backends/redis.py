@@ -148,6 +148,7 @@ class RedisBackend:
                 claim.held_message,
                 self.settings.history_size,
                 "1" if claim.takeover else "0",
+                claim.known_mark_us,
             )
             for claim in claims
         ]

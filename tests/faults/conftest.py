@@ -96,10 +96,12 @@ def start_beat(
     *,
     prefix: Sequence[str] = (),
     wait: bool = True,
+    scheduler: str = "fork",
 ) -> CeleryProcess:
     """Start one replica (a log of its own named ``name``); wait until it scheduled its entries."""
-    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, name=name, env=env,
-                              prefix=prefix)
+    beat = CeleryProcess.beat(
+        module, cwd=workdir, workdir=workdir, name=name, env=env, prefix=prefix, scheduler=scheduler
+    )
     processes.append(beat)
     beat.start()
     if wait:
@@ -126,8 +128,15 @@ def start_beats(
 ) -> list[CeleryProcess]:
     """Start replicas together, then wait for each."""
     beats = [
-        start_beat(module, workdir, env, processes, name,
-                   prefix=prefixes[i] if prefixes else (), wait=False)
+        start_beat(
+            module,
+            workdir,
+            env,
+            processes,
+            name,
+            prefix=prefixes[i] if prefixes else (),
+            wait=False,
+        )
         for i, name in enumerate(names)
     ]
     for beat in beats:

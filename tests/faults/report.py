@@ -126,8 +126,10 @@ def table(reports: Iterable[ScenarioReport]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                  enumerate(zip(row, widths)))
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
         for row in rows
     )
 
@@ -138,8 +140,12 @@ def main(argv: Sequence[str]) -> int:
         return 2
     with open(argv[0], encoding="utf-8") as lines:
         reports = [
-            ScenarioReport(**{**json.loads(line), "missed_per_window": tuple(
-                json.loads(line).get("missed_per_window", ()))})
+            ScenarioReport(
+                **{
+                    **json.loads(line),
+                    "missed_per_window": tuple(json.loads(line).get("missed_per_window", ())),
+                }
+            )
             for line in lines
             if line.strip()
         ]

@@ -76,8 +76,14 @@ def test_claims_redis_restarted_empty_republishes_nothing_and_keeps_firing(
     slots = expected_every(1, start + MARGIN, end - MARGIN)
     expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
     outages = "; ".join(f"down {a:%T.%f} - up {b - AFTER_RESTART:%T.%f}" for a, b in windows)
-    result = build("2 claims Redis restarted empty", fires.counts, expected, windows=windows,
-                   seconds=time.monotonic() - began, note=outages)
+    result = build(
+        "2 claims Redis restarted empty",
+        fires.counts,
+        expected,
+        windows=windows,
+        seconds=time.monotonic() - began,
+        note=outages,
+    )
     report(result)
     assert fires.duplicates() == 0, f"{outages}: {duplicated(fires)}\n{dump_logs(processes)}"
     assert result.missed_outside == 0, f"{outages}: {fires.missed(expected)}"
@@ -89,11 +95,6 @@ def test_claims_redis_restarted_empty_republishes_nothing_and_keeps_firing(
 #: second time. docs/guarantees.md admits this ("rarely, a slot of the last moments before the
 #: loss is published twice"); issue 9 requires it never to happen ("no slot the worker already
 #: ran fires again - replicas keep their own high-water marks and write them back").
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a replica that had not yet asked about a slot wins it again in a claims Redis "
-    "restarted empty (no high-water mark write-back / data-loss fence); see the fault report",
-)
 def test_a_replica_asleep_across_an_empty_restart_republishes_nothing(
     env, workdir, processes, broker, claims_server, report
 ) -> None:
@@ -116,8 +117,13 @@ def test_a_replica_asleep_across_an_empty_restart_republishes_nothing(
     slots = expected_every(1, start + MARGIN, end - MARGIN)
     expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
     window = (stopped, restarted + AFTER_RESTART)
-    result = build("2b replica asleep across empty restart", fires.counts, expected,
-                   windows=[window], seconds=time.monotonic() - began)
+    result = build(
+        "2b replica asleep across empty restart",
+        fires.counts,
+        expected,
+        windows=[window],
+        seconds=time.monotonic() - began,
+    )
     report(result)
     assert result.missed_outside == 0, fires.missed(expected)
     assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"

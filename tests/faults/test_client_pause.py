@@ -65,18 +65,21 @@ def test_claims_redis_client_pause_kills_nothing_and_duplicates_nothing(
     slots = expected_every(1, start + MARGIN, end - MARGIN)
     expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
     window = (paused, paused + CLAIMS_PAUSE_WINDOW)
-    result = build("3 claims Redis CLIENT PAUSE 5000 ALL", fires.counts, expected,
-                   windows=[window], seconds=time.monotonic() - began,
-                   note=f"paused {paused:%T.%f}")
+    result = build(
+        "3 claims Redis CLIENT PAUSE 5000 ALL",
+        fires.counts,
+        expected,
+        windows=[window],
+        seconds=time.monotonic() - began,
+        note=f"paused {paused:%T.%f}",
+    )
     report(result)
     assert all(alive), dump_logs(processes)
     assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
     assert result.missed_outside == 0, fires.missed(expected)
 
 
-def test_a_slow_broker_duplicates_nothing(
-    env, workdir, processes, broker, report
-) -> None:
+def test_a_slow_broker_duplicates_nothing(env, workdir, processes, broker, report) -> None:
     rng = random.Random(20260504)
     module = write_project(workdir, project(every_entries(ENTRIES)))
     began = time.monotonic()
@@ -87,9 +90,7 @@ def test_a_slow_broker_duplicates_nothing(
         time.sleep(rng.uniform(1.0, 3.0))
         pauses.append(now())
         # Writes hang (every LPUSH of a publish), reads go on: a broker that takes seconds.
-        broker.execute_command(
-            "CLIENT", "PAUSE", int(BROKER_PAUSE.total_seconds() * 1000), "WRITE"
-        )
+        broker.execute_command("CLIENT", "PAUSE", int(BROKER_PAUSE.total_seconds() * 1000), "WRITE")
         time.sleep(BROKER_PAUSE.total_seconds())
     time.sleep(6)
     end = now()
@@ -100,9 +101,14 @@ def test_a_slow_broker_duplicates_nothing(
     fires = broker_fires(broker)
     slots = expected_every(1, start + MARGIN, end - MARGIN)
     expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
-    result = build("4 slow broker (CLIENT PAUSE 3000 WRITE)", fires.counts, expected,
-                   windows=BROKER_PAUSE_WINDOWS, seconds=time.monotonic() - began,
-                   note="paused " + ", ".join(f"{p:%T.%f}" for p in pauses))
+    result = build(
+        "4 slow broker (CLIENT PAUSE 3000 WRITE)",
+        fires.counts,
+        expected,
+        windows=BROKER_PAUSE_WINDOWS,
+        seconds=time.monotonic() - began,
+        note="paused " + ", ".join(f"{p:%T.%f}" for p in pauses),
+    )
     report(result)
     assert all(alive), dump_logs(processes)
     assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"

@@ -62,7 +62,11 @@ def test_random_kills_and_pauses_publish_every_slot_once(
             time.sleep(rng.uniform(0.2, 1.5))
             generation[target] += 1
             beats[target] = start_beat(
-                module, workdir, env, processes, f"beat-{target}.{generation[target]}",
+                module,
+                workdir,
+                env,
+                processes,
+                f"beat-{target}.{generation[target]}",
                 wait=False,
             )
         else:
@@ -81,8 +85,12 @@ def test_random_kills_and_pauses_publish_every_slot_once(
     slots = expected_every(1, start + MARGIN, end - MARGIN)
     expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
     result = build(
-        "1 kill/pause", fires.counts, expected, windows=MISS_WINDOWS,
-        seconds=time.monotonic() - began, note="; ".join(events),
+        "1 kill/pause",
+        fires.counts,
+        expected,
+        windows=MISS_WINDOWS,
+        seconds=time.monotonic() - began,
+        note="; ".join(events),
     )
     report(result)
     assert fires.duplicates() == 0, f"{events}: {duplicated(fires)}\n{dump_logs(processes)}"
