@@ -99,6 +99,16 @@ def _dotted_paths(name: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _setting_name(key: str) -> str | None:
+    """The setting a config key names: ``fork_scheduler_x``, or Django-style namespaced
+    ``CELERY_FORK_SCHEDULER_X`` (``config_from_object(..., namespace="CELERY")``)."""
+    lowered = key.lower()
+    for prefix in (SETTING_PREFIX, "celery_" + SETTING_PREFIX):
+        if lowered.startswith(prefix) and (key.islower() or key.isupper()):
+            return lowered[len(prefix) :]
+    return None
+
+
 def read_settings(conf: Mapping[str, Any]) -> Settings:
     """Read and validate every ``fork_scheduler_*`` setting of a Celery ``app.conf``.
 
@@ -106,9 +116,9 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
     """
     raw = dict(DEFAULTS)
     for key in list(conf.keys()):
-        if not key.startswith(SETTING_PREFIX):
+        name = _setting_name(key)
+        if name is None:
             continue
-        name = key[len(SETTING_PREFIX) :]
         if name not in DEFAULTS:
             known = ", ".join(SETTING_PREFIX + k for k in DEFAULTS)
             raise ConfigError(f"unknown setting; known settings are: {known}", field=key)

@@ -28,8 +28,11 @@ def install(app: Any) -> Manager:
     from .manager import Manager
     from .worker import WorkerHooks
 
+    missing = object()
     for name, default in DEFAULTS.items():
-        app.conf.setdefault(SETTING_PREFIX + name, default)
+        # ``get`` also finds a Django-style CELERY_FORK_SCHEDULER_* value: keep it.
+        if app.conf.get(SETTING_PREFIX + name, missing) is missing:
+            app.conf[SETTING_PREFIX + name] = default
     app.conf.beat_scheduler = SCHEDULER_PATH
     WorkerHooks(app).connect()
     resolve_listeners(read_settings(app.conf).event_listeners)

@@ -94,3 +94,17 @@ def test_the_redis_fixture_is_a_real_server(fork_scheduler_redis: Any) -> None:
     import redis
 
     assert redis.Redis.from_url(fork_scheduler_redis.url).ping()
+
+
+def test_one_off_and_max_runs_hold_in_the_harness_as_in_beat(
+    fork_scheduler_harness: Harness,
+) -> None:
+    app = berlin_app()
+    app.conf.beat_schedule = {
+        "once": {"task": "t", "schedule": every(10).seconds, "one_off": True},
+        "thrice": {"task": "t", "schedule": every(10).seconds, "max_runs": 3},
+    }
+    harness = fork_scheduler_harness(app, start="2026-01-01T00:00:00+00:00")
+    harness.advance(minutes=5)
+    assert harness.fired("once") == ["2026-01-01T00:00:10+00:00"]
+    assert len(harness.fired("thrice")) == 3

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us, replica_identity
@@ -29,7 +30,11 @@ class LocalBackend:
     def __init__(self, state_path: str | os.PathLike[str] | None) -> None:
         self.replica_id = replica_identity()
         self.state_path = Path(state_path) if state_path is not None else None
-        self._marks: dict[str, int] = self._load()
+        state = self._load()
+        marks = state.get("high_water_marks", {})
+        self._marks: dict[str, int] = {str(name): int(value) for name, value in marks.items()}
+        #: Runs claimed per entry, for ``max_runs`` / ``one_off``.
+        self._runs: dict[str, int] = {str(k): int(v) for k, v in state.get("runs", {}).items()}
         self._unsent: set[tuple[str, int]] = set()
         self._dirty = False
 
@@ -38,7 +43,7 @@ class LocalBackend:
         where = f"state file {self.state_path}" if self.state_path else "no state file"
         return f"local (single replica, {where})"
 
-    def _load(self) -> dict[str, int]:
+    def _load(self) -> dict[str, Any]:
         if self.state_path is None or not self.state_path.exists():
             return {}
         try:
@@ -50,8 +55,7 @@ class LocalBackend:
                 f"state file {self.state_path} has an unknown schema "
                 f"(expected {STATE_SCHEMA}); move it away to start afresh"
             )
-        marks = data.get("high_water_marks", {})
-        return {str(name): int(value) for name, value in marks.items()}
+        return data
 
     def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
         """The latest claimed slot of each known entry (always published: one process)."""
@@ -69,6 +73,11 @@ class LocalBackend:
             if slot_us > self._marks.get(claim.entry, -1) and not claim.takeover:
                 self._marks[claim.entry] = slot_us
                 self._dirty = True
+                runs = self._runs.get(claim.entry, 0)
+                if claim.max_runs and runs >= claim.max_runs:
+                    results.append(ClaimResult(claim, ClaimOutcome.FINISHED))
+                    continue
+                self._runs[claim.entry] = runs + 1
                 self._unsent.add((claim.entry, slot_us))
                 results.append(ClaimResult(claim, ClaimOutcome.WON))
             elif (claim.entry, slot_us) in self._unsent:
@@ -83,7 +92,10 @@ class LocalBackend:
             self._unsent.discard((claim.entry, claim.slot_us))
 
     def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
-        """Forget the unsent claims that will not be published."""
+        """Forget the unsent claims that will not be published; their runs do not count."""
+        for claim in claims:
+            if (claim.entry, claim.slot_us) in self._unsent:
+                self._runs[claim.entry] = max(self._runs.get(claim.entry, 1) - 1, 0)
         self.mark_sent(claims)
 
     def record_failure(self, claim: Claim, error: BaseException) -> None:
@@ -104,7 +116,9 @@ class LocalBackend:
         """Write the high-water marks to the state file atomically, if they changed."""
         if self.state_path is None or not self._dirty:
             return
-        payload = json.dumps({"schema": STATE_SCHEMA, "high_water_marks": self._marks})
+        payload = json.dumps(
+            {"schema": STATE_SCHEMA, "high_water_marks": self._marks, "runs": self._runs}
+        )
         directory = self.state_path.parent
         fd, tmp = tempfile.mkstemp(prefix=self.state_path.name, dir=directory)
         with os.fdopen(fd, "w") as handle:
