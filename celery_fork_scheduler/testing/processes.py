@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,9 +119,11 @@ class CeleryProcess:
         return self.process is not None and self.process.poll() is None
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the process."""
+        """Send ``signum`` to the process and its children (a wrapper such as ``faketime``
+        runs the real process as a child): the whole process group it leads."""
         if self.alive():
-            os.kill(self.pid, signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
@@ -139,6 +142,8 @@ class CeleryProcess:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # children that outlived the leader
 
     def log(self) -> str:
         """The process output so far."""
