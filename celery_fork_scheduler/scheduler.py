@@ -137,6 +137,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._known_marks: dict[str, int] = {}
         #: Entries whose high-water marks are still to be read, with their first queued slot.
         self._unchecked: list[tuple[Entry, datetime | None]] = []
+        #: No high-water marks are read before this (monotonic): a failed read backs off.
+        self._next_catch_up = 0.0
         self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
@@ -278,11 +280,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         publishing is asked for again, so that it is taken over. While the backend cannot be
         reached, the batch waits for a later tick.
         """
+        if self.monotonic() < self._next_catch_up:
+            return
         batch = self._unchecked[:MARKS_BATCH]
         try:
             marks = self.backend.high_water_marks([entry.name for entry, _ in batch])
         except BackendUnavailableError as exc:
             self._warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
+            self._next_catch_up = self.monotonic() + BACKEND_RETRY_SECONDS
             return
         del self._unchecked[: len(batch)]
         deadline = self.app.conf.beat_cron_starting_deadline
@@ -724,7 +729,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._unmarked:
             longest = min(longest, BACKEND_RETRY_SECONDS)
         if self._unchecked:
-            longest = min(longest, 0.0 if not self._backend_down else BACKEND_RETRY_SECONDS)
+            longest = min(longest, max(self._next_catch_up - self.monotonic(), 0.0))
         wakeup = self.queue.next_wakeup()
         if wakeup is None:
             return longest

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from celery.schedules import crontab
 
 from celery_fork_scheduler import every
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.schedules import coerce_schedule
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, RedisServer, ScheduleHarness, wait_until
 
 from .conftest import dump_logs
 from .harness import worker_fires, write_project
@@ -77,6 +78,23 @@ def test_beat_publishes_each_slot_once_with_headers_and_task_id(
     for (entry_name, slot), ids in fires.task_ids.items():
         assert ids == {task_id_for(entry_name, datetime.fromisoformat(slot))}
     assert fires.counts["native-crontab"][boundary.isoformat()] == 1
+
+    # The users' fake-clock harness gives the same occurrences as the real beat did.
+    app = Celery("same", set_as_current=False, broker="memory://")
+    app.conf.update(
+        timezone="UTC",
+        result_expires=None,
+        beat_schedule={name: {"task": "record", "schedule": d} for name, d in EXPECTED.items()},
+    )
+    harness = ScheduleHarness(app, start=start)
+    harness.advance_to(window_end)
+    for name in EXPECTED:
+        assert set(harness.fired(name)) <= fires.slots(name), name
+        expected = {
+            slot for slot in fires.slots(name) if start < datetime.fromisoformat(slot) <= window_end
+        }
+        assert set(harness.fired(name)) == expected, name
+    harness.close()
 
 
 def test_a_bad_entry_stops_beat_at_start_up_with_a_message_naming_it(
