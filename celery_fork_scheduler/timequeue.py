@@ -65,7 +65,3 @@ class TimeQueue:
     def next_wakeup(self) -> float | None:
         """The earliest wake-up time, or ``None`` when the queue is empty."""
         return self._heap[0].when if self._heap else None
-
-    def clear(self) -> None:
-        """Drop every item."""
-        self._heap.clear()
