@@ -52,7 +52,7 @@ PUBLISH_BATCH = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
-WARNED_SKIPS = frozenset({"capped", "redis_unavailable", "behind"})
+WARNED_SKIPS = frozenset({"capped", "redis_unavailable", "behind", "in_flight"})
 #: At most one such warning per reason in this many seconds.
 WARNING_INTERVAL = 60.0
 #: Clock differences with Redis below this are noise, not skew.
@@ -507,20 +507,41 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
         for start in range(0, len(admitted), PUBLISH_BATCH):
             batch = admitted[start : start + PUBLISH_BATCH]
-            if self._claim_went_stale(started):
-                # Stalled since claiming (paused, swapped out, slow broker): another replica
-                # may take these claims over after their lease: ask again, don't publish blind.
-                for due_slot in batch:
-                    self.queue.push(
-                        now.timestamp(), due_slot.entry, due_slot.claim.slot, takeover=True
-                    )
-            else:
-                self._unmarked.extend(self._publish(batch))
-        try:
-            self._flush_unmarked()
-        except BackendUnavailableError as exc:
-            self._on_backend_down(exc, (), now)
+            try:
+                held = self.backend.begin_publish([due_slot.claim for due_slot in batch])
+            except BackendUnavailableError as exc:
+                self._ask_again(admitted[start:], now)
+                self._on_backend_down(exc, (), now)
+                break
+            self._unmarked.extend(self._publish(self._still_held(batch, held)))
+            try:
+                self._flush_unmarked()
+            except BackendUnavailableError as exc:
+                self._ask_again(admitted[start + PUBLISH_BATCH :], now)
+                self._on_backend_down(exc, (), now)
+                break
         self._note_rate(len(due), started)
+
+    def _still_held(self, batch: Sequence[DueSlot], held: Sequence[bool]) -> list[DueSlot]:
+        """The fenced slots of ``batch``; the others were taken over while this replica stalled.
+
+        The fence (:meth:`~.backends.base.ClaimBackend.begin_publish`) is what makes a stall
+        anywhere harmless: a replica stopped before it loses its claims to a takeover and
+        publishes none of them; one stopped after it keeps them, and nobody else publishes them.
+        """
+        kept = []
+        for due_slot, still_held in zip(batch, held, strict=True):
+            if still_held:
+                kept.append(due_slot)
+            else:
+                self._skipped(due_slot, "claimed")
+        return kept
+
+    def _ask_again(self, due_slots: Sequence[DueSlot], now: datetime) -> None:
+        """Queue won claims that could not be fenced, to be asked about (takeover-only) soon."""
+        when = now.timestamp() + BACKEND_RETRY_SECONDS
+        for due_slot in due_slots:
+            self.queue.push(when, due_slot.entry, due_slot.claim.slot, takeover=True)
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         task_id = task_id_for(entry.name, slot)
@@ -563,11 +584,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             outcome = result.outcome
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
-                    logger.warning(
-                        "fork scheduler: %s slot %s taken over from a replica that did not "
-                        "publish it",
-                        due_slot.entry.name,
-                        slot_isoformat(due_slot.claim.slot),
+                    self._warn_rate_limited(
+                        "taken_over",
+                        f"{due_slot.entry.name} slot {slot_isoformat(due_slot.claim.slot)} "
+                        "taken over from a replica that did not publish it",
                     )
                 won.append(due_slot)
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
@@ -613,12 +633,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         suppressed = self._suppressed.pop(key, 0)
         more = f" ({suppressed} more like it since the last warning)" if suppressed else ""
         logger.warning("fork scheduler: %s%s", message, more)
-
-    def _claim_went_stale(self, claimed_at: float) -> bool:
-        if not self.backend.protects_replicas:
-            return False
-        half_lease = self.settings.claim_lease.total_seconds() / 2
-        return self.monotonic() - claimed_at > half_lease
 
     def _publish(self, batch: Sequence[DueSlot]) -> list[Claim]:
         """Send a batch of occurrences; return the claims that were sent.

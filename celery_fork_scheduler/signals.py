@@ -43,6 +43,7 @@ SKIP_REASONS = (
     "finished",  # max_runs used up
     "redis_unavailable",  # the claim backend could not be reached: fail closed
     "behind",  # this replica fell too far behind: only each entry's latest slot is claimed
+    "in_flight",  # another replica began publishing it and never confirmed: not sent twice
 )
 
 entry_due = Signal(name="entry_due", providing_args={"entry", "slot"})

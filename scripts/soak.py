@@ -89,8 +89,18 @@ class Counter:
 
     entries: int
     per_second: dict[int, bytearray] = field(default_factory=dict)
+    #: Per second of slots, the publisher (index into ``origins``) of each entry's first message.
+    first_origin: dict[int, bytearray] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+    #: The first duplicates: (slot second, entry index, first publisher, this publisher, seen at).
+    duplicates: list[tuple[int, int, str, str, float]] = field(default_factory=list)
     messages: int = 0
     foreign: int = 0
+
+    def origin_index(self, origin: str) -> int:
+        if origin not in self.origins:
+            self.origins.append(origin)
+        return min(255, self.origins.index(origin))
 
     def add(self, raw: bytes) -> None:
         headers = json.loads(raw)["headers"]
@@ -103,7 +113,14 @@ class Counter:
         row = self.per_second.get(second)
         if row is None:
             row = self.per_second[second] = bytearray(self.entries)
+            self.first_origin[second] = bytearray(self.entries)
         index = int(name[2:])
+        origin = self.origin_index(str(headers.get("origin", "?")))
+        if row[index] == 0:
+            self.first_origin[second][index] = origin
+        elif len(self.duplicates) < 100_000:
+            first = self.origins[self.first_origin[second][index]]
+            self.duplicates.append((second, index, first, self.origins[origin], time.time()))
         row[index] = min(255, row[index] + 1)
 
 
@@ -116,6 +133,29 @@ def drain(client: redis.Redis, counter: Counter, batch: int = 2000) -> int:
         for raw in raws:
             counter.add(raw)
         taken += len(raws)
+
+
+def print_duplicates(
+    counter: Counter, faults: list[Fault], publishers: dict[int, str], start: float
+) -> None:
+    """Group the duplicates by slot second and publisher pair, with the fault just before."""
+
+    def replica(origin: str) -> str:
+        pid = origin.split("@")[0].removeprefix("gen")
+        return publishers.get(int(pid), origin) if pid.isdigit() else origin
+
+    groups: dict[tuple[int, str, str], list[tuple[int, float]]] = {}
+    for second, index, first, again, seen in counter.duplicates:
+        groups.setdefault((second, replica(first), replica(again)), []).append((index, seen))
+    print("  duplicates (slot second from the start, first publisher -> second publisher):")
+    for (second, first, again), items in sorted(groups.items())[:60]:
+        before = [f for f in faults if f.at <= second + 1]
+        fault = f"{before[-1].kind} at {before[-1].at - start:.1f} s" if before else "no fault"
+        seen = min(s for _, s in items) - start
+        print(
+            f"    slot {second - start:7.1f} s: {len(items):4} entries, {first} -> {again}, "
+            f"seen at {seen:.1f} s, after {fault}"
+        )
 
 
 def main() -> int:
@@ -132,10 +172,19 @@ def main() -> int:
         metavar=("MIN", "MAX"),
         help="seconds between faults (uniform)",
     )
+    parser.add_argument(
+        "--faults",
+        default="kill,stop,restart,pause",
+        help="comma-separated fault kinds to draw from (default: all four)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
+    kinds = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
+    unknown = set(kinds) - {"kill", "stop", "restart", "pause"}
+    if unknown or not kinds:
+        parser.error(f"--faults: unknown kinds {sorted(unknown)} (use kill, stop, restart, pause)")
     workdir = Path(tempfile.mkdtemp(prefix="fork-soak-"))
     (workdir / "soak.py").write_text(textwrap.dedent(PROJECT.format(entries=args.entries)))
     broker_server = RedisServer().start()
@@ -146,12 +195,15 @@ def main() -> int:
     faults: list[Fault] = []
     generation = [0] * args.replicas
     started: list[CeleryProcess] = []
+    publishers: dict[int, str] = {}  # pid -> replica name, to name the origin of a duplicate
 
     def start_replica(index: int) -> CeleryProcess:
         name = f"beat-{index}.{generation[index]}"
         beat = CeleryProcess.beat("soak", cwd=workdir, workdir=workdir, name=name, env=env)
         started.append(beat)
-        return beat.start()
+        beat.start()
+        publishers[beat.pid] = name
+        return beat
 
     print(
         f"soak: {args.replicas} replicas x {args.entries} entries every second, "
@@ -186,7 +238,7 @@ def main() -> int:
                 claims_up_at = None
             busy = resume is not None or claims_up_at is not None
             if now >= next_fault and now < fault_end and not busy:
-                kind = rng.choice(["kill", "stop", "restart", "pause"])
+                kind = rng.choice(kinds)
                 target = rng.randrange(args.replicas)
                 if kind == "kill":
                     beats[target].kill()
@@ -284,6 +336,8 @@ def main() -> int:
     print(f"  missed:           {in_window + outside}")
     print(f"    inside stated windows:  {in_window}")
     print(f"    outside any window:     {outside} {outside_slots if outside_slots else ''}")
+    if counter.duplicates:
+        print_duplicates(counter, faults, publishers, start)
     if args.keep:
         print(f"  logs: {workdir}")
     else:

@@ -6,14 +6,15 @@ The slot maths run on the fake clock; claims, leases and Redis TIME are real.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from celery_fork_scheduler import Scheduler, every
+from celery_fork_scheduler import Scheduler, every, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.ids import task_id_for
@@ -96,71 +97,187 @@ def test_three_replicas_ticking_together_publish_each_slot_exactly_once(
     assert all(replica.publisher.occurrences for replica in replicas)
 
 
-def test_a_replica_that_stalled_after_claiming_asks_again_before_publishing(
-    redis_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+class Killed(BaseException):
+    """What SIGKILL does to a replica at one point of its tick: nothing after it runs."""
+
+
+def kill_at_fence(replica: Replica) -> None:
+    """Make ``replica`` die right after winning its claims, before it fences any of them."""
+
+    def die(claims: object) -> list[bool]:
+        raise Killed
+
+    replica.scheduler.backend.begin_publish = die
+
+
+def tick_until(
+    replica: Replica, clock: FakeClock, done: Callable[[], bool], seconds: float = 15
 ) -> None:
-    monkeypatch.setattr("celery_fork_scheduler.scheduler.PUBLISH_BATCH", 1)
-    lease = {"fork_scheduler_claim_lease": 1.0}
+    """Tick ``replica`` in real time (leases run on Redis TIME) until ``done()`` or timeout."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        clock.advance(0.05)
+        replica.scheduler.tick()
 
-    class StallingPublisher(RecordingPublisher):
-        """The first publish takes a whole lease (a SIGSTOP, a slow broker)."""
 
-        def __init__(self, owner: Replica | None = None) -> None:
-            super().__init__()
-            self.owner = owner
+@contextlib.contextmanager
+def skips(reason: str) -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(entry, slot)`` of the ``entry_skipped`` signals with ``reason``."""
+    seen: list[tuple[str, str]] = []
 
-        def publish(self, occurrence: Occurrence) -> None:
-            super().publish(occurrence)
-            if self.owner is not None and len(self.occurrences) == 1:
-                self.owner.monotonic += 1.0
+    def record(sender: object, entry: str, slot: Any, reason: str, **_: object) -> None:
+        if reason == wanted:
+            seen.append((entry, slot.isoformat()))
 
-    stalling = StallingPublisher()
-    first = Replica(redis_url, clock, publisher=stalling, **lease)
-    stalling.owner = first
-    second = Replica(redis_url, clock, **lease)
+    wanted = reason
+    signals.entry_skipped.connect(record, weak=False)
     try:
-        clock.advance(1)
-        first.scheduler.tick()  # claims all 30, publishes 1, then notices the stall
-        assert len(first.publisher.occurrences) == 1
-        second.scheduler.tick()  # the other 29 are pending under the first replica's lease
-        assert second.publisher.occurrences == []
-        first.scheduler.tick()  # asks again: its own claims, still leased, are renewed
-        fires = all_fires([first, second])
-        assert len(fires) == 30
-        assert max(fires.values()) == 1
+        yield seen
     finally:
-        first.scheduler.close()
-        second.scheduler.close()
+        signals.entry_skipped.disconnect(record)
 
 
-def test_a_slot_claimed_by_a_replica_that_died_is_published_once_by_another(
+FIRST_SLOT = "2026-03-02T10:00:01+00:00"
+
+
+def first_slot_fires(replica: Replica) -> list[str]:
+    return sorted(
+        o.entry for o in replica.publisher.occurrences if o.slot.isoformat() == FIRST_SLOT
+    )
+
+
+def test_a_replica_stalled_before_its_fence_loses_its_claims_and_publishes_none_of_them(
     redis_url: str, clock: FakeClock
 ) -> None:
-    class DyingPublisher(RecordingPublisher):
-        def publish(self, occurrence: Occurrence) -> None:
-            raise ConnectionError("the replica died before its message left")
-
     lease = {"fork_scheduler_claim_lease": 0.5}
-    dead = Replica(redis_url, clock, publisher=DyingPublisher(), **lease)
+    stalled = Replica(redis_url, clock, **lease)
+    other = Replica(redis_url, clock, **lease)
+    real_fence = stalled.scheduler.backend.begin_publish
+
+    def stall_then_fence(claims: Any) -> list[bool]:
+        # Paused (SIGSTOP) between winning and fencing: the other replica works meanwhile.
+        tick_until(other, clock, lambda: len(first_slot_fires(other)) == 30)
+        return real_fence(claims)
+
+    stalled.scheduler.backend.begin_publish = stall_then_fence
+    try:
+        with skips("claimed") as lost:
+            clock.advance(1)
+            stalled.scheduler.tick()
+        assert first_slot_fires(other) == sorted(ENTRIES)  # taken over after the lease
+        assert first_slot_fires(stalled) == []  # the fence refused every one of them
+        assert sorted(entry for entry, slot in lost if slot == FIRST_SLOT) == sorted(ENTRIES)
+        assert max(all_fires([stalled, other]).values()) == 1
+    finally:
+        stalled.scheduler.close()
+        other.scheduler.close()
+
+
+def test_a_replica_stalled_inside_its_publish_keeps_its_fenced_claims(
+    redis_url: str, clock: FakeClock
+) -> None:
+    lease = {"fork_scheduler_claim_lease": 0.5}
+    other = Replica(redis_url, clock, **lease)
+
+    class StallingPublisher(RecordingPublisher):
+        """The first publish stalls (SIGSTOP, a hung broker) while the other replica ticks."""
+
+        stalled = False
+
+        def publish(self, occurrence: Occurrence) -> None:
+            if not self.stalled:
+                self.stalled = True
+                with skips("in_flight") as in_flight:
+                    tick_until(other, clock, lambda: len(in_flight) == 30)
+                assert len(in_flight) == 30, "the other replica never saw the fenced claims"
+            super().publish(occurrence)
+
+    stalled = Replica(redis_url, clock, publisher=StallingPublisher(), **lease)
+    try:
+        clock.advance(1)
+        stalled.scheduler.tick()
+        assert first_slot_fires(other) == []
+        assert first_slot_fires(stalled) == sorted(ENTRIES)
+        assert max(all_fires([stalled, other]).values()) == 1
+    finally:
+        stalled.scheduler.close()
+        other.scheduler.close()
+
+
+def test_a_slot_claimed_by_a_replica_killed_before_its_fence_is_published_once_by_another(
+    redis_url: str, clock: FakeClock
+) -> None:
+    lease = {"fork_scheduler_claim_lease": 0.5}
+    dead = Replica(redis_url, clock, **lease)
+    kill_at_fence(dead)
     survivor = Replica(redis_url, clock, **lease)
     try:
         clock.advance(1)
-        dead.scheduler.tick()
+        with pytest.raises(Killed):
+            dead.scheduler.tick()
         survivor.scheduler.tick()
-        assert survivor.publisher.occurrences == []
-        deadline = time.monotonic() + 15
-        while len(survivor.publisher.occurrences) < 30 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            clock.advance(0.05)
-            survivor.scheduler.tick()
-        slot = "2026-03-02T10:00:01+00:00"
-        taken_over = [o for o in survivor.publisher.occurrences if o.slot.isoformat() == slot]
+        assert survivor.publisher.occurrences == []  # pending under the dead one's lease
+        tick_until(survivor, clock, lambda: len(first_slot_fires(survivor)) == 30)
+        taken_over = [o for o in survivor.publisher.occurrences if o.slot.isoformat() == FIRST_SLOT]
         assert sorted(o.entry for o in taken_over) == sorted(ENTRIES)
         assert all(o.task_id == task_id_for(o.entry, o.slot) for o in taken_over)
         assert max(all_fires([dead, survivor]).values()) == 1
     finally:
         dead.scheduler.close()
         survivor.scheduler.close()
+
+
+def test_a_slot_whose_publisher_died_after_its_fence_is_reported_in_flight_not_sent_again(
+    redis_url: str, clock: FakeClock
+) -> None:
+    class DyingPublisher(RecordingPublisher):
+        def publish(self, occurrence: Occurrence) -> None:
+            raise Killed  # whether the message left is unknown
+
+    lease = {"fork_scheduler_claim_lease": 0.5}
+    dead = Replica(redis_url, clock, publisher=DyingPublisher(), **lease)
+    survivor = Replica(redis_url, clock, **lease)
+    try:
+        with skips("in_flight") as in_flight:
+            clock.advance(1)
+            with pytest.raises(Killed):
+                dead.scheduler.tick()
+            tick_until(survivor, clock, lambda: len(in_flight) >= 30)
+        assert sorted(entry for entry, slot in in_flight if slot == FIRST_SLOT) == sorted(ENTRIES)
+        assert first_slot_fires(survivor) == []
+    finally:
+        dead.scheduler.close()
+        survivor.scheduler.close()
+
+
+def test_a_failed_publish_is_retried_by_its_own_replica_and_sent_once(
+    redis_url: str, clock: FakeClock
+) -> None:
+    class FailingOncePublisher(RecordingPublisher):
+        failed = False
+
+        def publish(self, occurrence: Occurrence) -> None:
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("broker unreachable")
+            super().publish(occurrence)
+
+    flaky = Replica(redis_url, clock, publisher=FailingOncePublisher())
+    other = Replica(redis_url, clock)
+    try:
+        clock.advance(1)
+        flaky.scheduler.tick()  # e00 fails, e01-e29 go out
+        for _ in range(8):
+            clock.advance(0.25)
+            other.scheduler.tick()
+            flaky.scheduler.tick()
+        assert first_slot_fires(flaky) == sorted(ENTRIES)
+        assert first_slot_fires(other) == []
+        assert max(all_fires([flaky, other]).values()) == 1
+    finally:
+        flaky.scheduler.close()
+        other.scheduler.close()
 
 
 def test_a_replica_that_joins_late_does_not_refire_slots_already_sent(
@@ -190,32 +307,19 @@ def test_a_replica_that_joins_late_does_not_refire_slots_already_sent(
 def test_a_replica_started_after_the_only_one_died_takes_over_its_unsent_claims(
     redis_url: str, clock: FakeClock
 ) -> None:
-    class DyingPublisher(RecordingPublisher):
-        def publish(self, occurrence: Occurrence) -> None:
-            raise ConnectionError("the replica died before its message left")
-
     lease = {"fork_scheduler_claim_lease": 0.5}
-    dead = Replica(redis_url, clock, publisher=DyingPublisher(), **lease)
+    dead = Replica(redis_url, clock, **lease)
+    kill_at_fence(dead)
     clock.advance(1)
-    dead.scheduler.tick()
+    with pytest.raises(Killed):
+        dead.scheduler.tick()
     dead.scheduler.close()
 
     clock.advance(0.2)
     newcomer = Replica(redis_url, clock, **lease)
     try:
-        first_slot = "2026-03-02T10:00:01+00:00"
-
-        def taken_over() -> list[str]:
-            return sorted(
-                o.entry for o in newcomer.publisher.occurrences if o.slot.isoformat() == first_slot
-            )
-
-        deadline = time.monotonic() + 15
-        while len(taken_over()) < 30 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            clock.advance(0.05)
-            newcomer.scheduler.tick()
-        assert taken_over() == sorted(ENTRIES)
+        tick_until(newcomer, clock, lambda: len(first_slot_fires(newcomer)) == 30)
+        assert first_slot_fires(newcomer) == sorted(ENTRIES)
     finally:
         newcomer.scheduler.close()
 

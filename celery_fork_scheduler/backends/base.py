@@ -44,6 +44,9 @@ class ClaimOutcome(enum.Enum):
     BUFFERED = "buffered"
     #: Skipped: the entry has used up its ``max_runs``.
     FINISHED = "finished"
+    #: Another replica began publishing the slot and never confirmed it (it stopped or died
+    #: mid-publish): the message may be at the broker already, so it is not published again.
+    IN_FLIGHT = "in_flight"
 
     @property
     def publish(self) -> bool:
@@ -115,6 +118,15 @@ class ClaimBackend(Protocol):
 
         Raises :class:`~celery_fork_scheduler.errors.BackendUnavailableError` when the backend
         cannot be reached after the configured retries: nothing is claimed then.
+        """
+
+    def begin_publish(self, claims: Sequence[Claim]) -> list[bool]:
+        """Fence won claims just before publishing them, in one round trip.
+
+        True for each claim this replica still holds: from then on no replica takes it over.
+        False where another replica took it over meanwhile (this replica stalled past the
+        lease): that one must not be published. Raises
+        :class:`~celery_fork_scheduler.errors.BackendUnavailableError` like :meth:`claim`.
         """
 
     def mark_sent(self, claims: Sequence[Claim]) -> None:

@@ -86,6 +86,10 @@ class LocalBackend:
                 results.append(ClaimResult(claim, ClaimOutcome.CLAIMED))
         return results
 
+    def begin_publish(self, claims: Sequence[Claim]) -> list[bool]:
+        """Every won claim is still held: no other replica shares this backend."""
+        return [True] * len(claims)
+
     def mark_sent(self, claims: Sequence[Claim]) -> None:
         """Forget the unsent claims that were published."""
         for claim in claims:

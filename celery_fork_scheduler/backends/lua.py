@@ -16,7 +16,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
                                  errors       runs that raised on a worker
-    P{<entry>}:pending   hash    <slot us> -> "<owner>|<claimed_at us>": claimed, not yet sent
+    P{<entry>}:pending   hash    <slot us> -> "<owner>|<claimed_at us>": claimed, not yet sent;
+                                 "<owner>|<claimed_at us>|publishing" once the owner began to
+                                 publish it (never taken over from then on)
     P{<entry>}:running   string  task id of the run in progress (singleton), with a lease (PX)
     P{<entry>}:buffered  string  JSON message of the one run held back (overlap "buffer_one")
     P{<entry>}:history   list    JSON of the latest runs, newest first, capped (history_size)
@@ -53,8 +55,9 @@ end
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
 #: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "paused" | "busy" | "buffered" | "finished"; wait_us: how long to wait before asking again
-#: (pending, early), else 0.
+#: "paused" | "busy" | "buffered" | "finished" | "in_flight"; wait_us: how long to wait before
+#: asking again (pending, early), else 0. "in_flight": the owner began publishing the slot and
+#: never confirmed it; whether it reached the broker is unknown, so it is not taken over.
 CLAIM = (
     """
 local t = redis.call('TIME')
@@ -120,10 +123,17 @@ local pending = redis.call('HGET', KEYS[2], ARGV[1])
 if not pending then
   return {'claimed', 0}
 end
-local owner, claimed_at = string.match(pending, '^(.*)|(%d+)$')
+local owner, claimed_at, flag = string.match(pending, '^([^|]*)|(%d+)|?(%a*)$')
 local lease_end = tonumber(claimed_at) + tonumber(ARGV[5])
 if owner ~= ARGV[3] and now < lease_end then
   return {'pending', lease_end - now}
+end
+if flag == 'publishing' then
+  if owner == ARGV[3] then
+    -- Its own fenced claim, asked again after the fence's reply was lost: not published yet.
+    return {'won', 0}
+  end
+  return {'in_flight', 0}
 end
 redis.call('HSET', KEYS[2], ARGV[1], mine)
 if slot == hwm then
@@ -135,6 +145,24 @@ end
 return {'taken_over', 0}
 """
 )
+
+#: Begin publishing a won slot (the fence): from now on no replica takes the claim over, since
+#: whether the message reached the broker can no longer be known from here.
+#: KEYS[2] pending hash. ARGV[1] slot (us), ARGV[2] replica id.
+#: Returns 1 when this replica still holds the claim (publish it), 0 when another replica took
+#: it over or Redis no longer knows it (do not publish).
+BEGIN_PUBLISH = """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+if not pending then
+  return 0
+end
+local owner, claimed_at = string.match(pending, '^([^|]*)|(%d+)')
+if owner ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing')
+return 1
+"""
 
 #: Record that a claimed slot was published.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list.
@@ -268,4 +296,4 @@ return held
 
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
-ALL_SCRIPTS = (CLAIM, MARK_SENT, MARK_SKIPPED)
+ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, MARK_SENT, MARK_SKIPPED)

@@ -80,6 +80,7 @@ class RedisBackend:
         self._sleep = sleep
         self._owns_client = owns_client
         self._claim_script = client.register_script(lua.CLAIM)
+        self._begin_publish_script = client.register_script(lua.BEGIN_PUBLISH)
         self._mark_sent_script = client.register_script(lua.MARK_SENT)
         self._mark_skipped_script = client.register_script(lua.MARK_SKIPPED)
         self._take_cap_script = client.register_script(lua.TAKE_CAP_PLACES)
@@ -157,6 +158,17 @@ class RedisBackend:
             ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
             for claim, reply in zip(claims, replies, strict=True)
         ]
+
+    def begin_publish(self, claims: Sequence[Claim]) -> list[bool]:
+        """Fence won claims before publishing; see :data:`.lua.BEGIN_PUBLISH`."""
+        commands = [
+            self._script_command(
+                self._begin_publish_script, claim.entry, claim.slot_us, self.replica_id
+            )
+            for claim in claims
+        ]
+        replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
+        return [int(reply) == 1 for reply in replies]
 
     def mark_sent(self, claims: Sequence[Claim]) -> None:
         """Move published slots from ``claimed`` to ``sent`` (one round trip)."""
