@@ -421,9 +421,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         chunks = self._chunks(works)
         for index, chunk in enumerate(chunks):
             try:
-                self._run_chunk(chunk, now)
-            except BackendUnavailableError as exc:
+                lost = self._run_chunk(chunk, now)
+            except BackendUnavailableError as exc:  # nothing of this chunk was claimed
                 self._on_backend_down(exc, [work for rest in chunks[index:] for work in rest], now)
+                return
+            if lost is not None:  # lost after the claims: the chunks after this one wait
+                self._on_backend_down(
+                    lost, [work for rest in chunks[index + 1 :] for work in rest], now
+                )
                 return
 
     def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[Work]:
@@ -492,8 +497,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         start = zlib.crc32(self.backend.replica_id.encode()) % len(chunks)
         return chunks[start:] + chunks[:start]
 
-    def _run_chunk(self, chunk: Sequence[Work], now: datetime) -> None:
-        """Claim one batch, queue its entries' next slots, publish what was won, record it."""
+    def _run_chunk(self, chunk: Sequence[Work], now: datetime) -> BackendUnavailableError | None:
+        """Claim one batch, queue its entries' next slots, publish what was won, record it.
+
+        Returns the error when the backend went away after the claims; the won slots not yet
+        fenced are then queued to be asked about again.
+        """
         due = [due_slot for work in chunk for due_slot in work.due]
         started = self.monotonic()
         results = self.backend.claim([slot.claim for slot in due])
@@ -511,16 +520,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 held = self.backend.begin_publish([due_slot.claim for due_slot in batch])
             except BackendUnavailableError as exc:
                 self._ask_again(admitted[start:], now)
-                self._on_backend_down(exc, (), now)
-                break
+                return exc
             self._unmarked.extend(self._publish(self._still_held(batch, held)))
             try:
                 self._flush_unmarked()
             except BackendUnavailableError as exc:
                 self._ask_again(admitted[start + PUBLISH_BATCH :], now)
-                self._on_backend_down(exc, (), now)
-                break
+                return exc
         self._note_rate(len(due), started)
+        return None
 
     def _still_held(self, batch: Sequence[DueSlot], held: Sequence[bool]) -> list[DueSlot]:
         """The fenced slots of ``batch``; the others were taken over while this replica stalled.
@@ -561,10 +569,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return DueSlot(entry, claim)
 
     def _learn_marks(self, results: Sequence[ClaimResult]) -> None:
-        """Remember, per entry, the latest slot Redis said is claimed or decided."""
+        """Remember, per entry, the latest slot Redis said is claimed or decided.
+
+        Every answer but ``early`` says so, ``pending`` included: a replica that is always a
+        few milliseconds behind the winner hears only ``pending``, and must still know the
+        marks it would write back if Redis lost its data.
+        """
         known = self._known_marks
         for result in results:
-            if result.outcome not in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
+            if result.outcome is not ClaimOutcome.EARLY:
                 name, slot_us = result.claim.entry, result.claim.slot_us
                 if slot_us > known.get(name, 0):
                     known[name] = slot_us

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from celery_fork_scheduler import Scheduler, every, signals
@@ -360,3 +361,38 @@ def test_replicas_share_a_burst_instead_of_racing_for_the_same_entries(
     finally:
         for replica in replicas:
             replica.scheduler.close()
+
+
+def test_a_replica_that_only_ever_heard_pending_still_writes_its_marks_back(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Found by a fault test: a replica always a few ms behind the winner hears only "pending";
+    if Redis then loses its data, it must still refuse the slots the winner already sent."""
+    follower = Replica(redis_url, clock)
+
+    class PublishWhileFollowerAsks(RecordingPublisher):
+        """The follower asks while the winner's claims are still pending (not yet sent)."""
+
+        def publish(self, occurrence: Occurrence) -> None:
+            if occurrence.entry == "e00" and occurrence.slot.isoformat() == FIRST_SLOT:
+                follower.scheduler.tick()
+            super().publish(occurrence)
+
+    winner = Replica(redis_url, clock, publisher=PublishWhileFollowerAsks())
+    try:
+        follower.scheduler.tick()  # starts first: Redis has no marks for it to read yet
+        with skips("claimed") as decided:
+            clock.advance(1)
+            winner.scheduler.tick()  # the follower hears "pending" for every entry
+            assert follower.publisher.occurrences == []
+            assert decided == []  # nothing but "pending" so far
+            for _ in range(2):  # the follower sleeps through two more slots
+                clock.advance(1)
+                winner.scheduler.tick()
+        sent_by_winner = set(all_fires([winner]))
+        redis.Redis.from_url(redis_url).flushall()  # Redis restarted without persistence
+        follower.scheduler.tick()  # wakes up: the two slots it slept through are due
+        assert set(all_fires([follower])) & sent_by_winner == set()
+    finally:
+        winner.scheduler.close()
+        follower.scheduler.close()

@@ -72,8 +72,8 @@ if slot > now + tonumber(ARGV[4]) then
 end
 if tonumber(ARGV[13]) > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
   -- Redis lost the entry's state (restarted empty): write back what this replica knew, and
-  -- refuse every slot up to now, which another replica may already have published.
-  local restored = math.max(tonumber(ARGV[13]), now)
+  -- refuse every slot that could have been claimed before: up to now plus the early tolerance.
+  local restored = math.max(tonumber(ARGV[13]), now + tonumber(ARGV[4]))
   redis.call('HSET', KEYS[1], 'hwm', string.format('%.0f', restored), 'state', 'sent',
              'reason', 'restored')
 end

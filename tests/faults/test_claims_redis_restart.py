@@ -125,5 +125,5 @@ def test_a_replica_asleep_across_an_empty_restart_republishes_nothing(
         seconds=time.monotonic() - began,
     )
     report(result)
-    assert result.missed_outside == 0, fires.missed(expected)
+    assert result.missed_outside == 0, f"{window}: {fires.missed(expected)}\n{dump_logs(processes)}"
     assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"

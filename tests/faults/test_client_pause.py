@@ -37,8 +37,8 @@ CLAIMS_PAUSE_WINDOW = CLAIMS_PAUSE + GRACE
 
 BROKER_PAUSE = timedelta(seconds=3)
 BROKER_PAUSES = 3
-#: A publish that hangs 3 s is shorter than half the claim lease (5 s, the stalled-winner
-#: check) and than the catch-up grace: the docs state no miss and no duplicate for it.
+#: A publish that hangs 3 s happens after the fence (no takeover) and is shorter than the
+#: catch-up grace: the docs state no miss and no duplicate for it.
 BROKER_PAUSE_WINDOWS: list = []
 
 
