@@ -29,10 +29,11 @@ app.conf.beat_schedule = {
 
 
 class DieAfterClaiming(Scheduler):
-    \"\"\"Claims its first due slots, then dies (SIGKILL) before publishing any of them.\"\"\"
+    \"\"\"Claims its first due slots, then dies (SIGKILL) before fencing any of them.\"\"\"
 
-    def _publish(self, batch):
-        os.kill(os.getpid(), signal.SIGKILL)
+    def _run_chunk(self, chunk, now):
+        self.backend.begin_publish = lambda claims: os.kill(os.getpid(), signal.SIGKILL)
+        return super()._run_chunk(chunk, now)
 """
 
 
