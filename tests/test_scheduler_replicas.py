@@ -123,15 +123,14 @@ def tick_until(
 
 
 @contextlib.contextmanager
-def skips(reason: str) -> Iterator[list[tuple[str, str]]]:
-    """Collect ``(entry, slot)`` of the ``entry_skipped`` signals with ``reason``."""
+def skips(wanted: str) -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(entry, slot)`` of the ``entry_skipped`` signals whose reason is ``wanted``."""
     seen: list[tuple[str, str]] = []
 
     def record(sender: object, entry: str, slot: Any, reason: str, **_: object) -> None:
         if reason == wanted:
             seen.append((entry, slot.isoformat()))
 
-    wanted = reason
     signals.entry_skipped.connect(record, weak=False)
     try:
         yield seen
