@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
+from .keys import Keys
 from .schedules import SlotSchedule, coerce_schedule, schedule_from_dict
 
 EntrySource = Literal["config", "decorator", "runtime"]
@@ -120,6 +121,61 @@ def _fail(name: str, field_name: str, message: str) -> ConfigError:
     return ConfigError(message, entry=name, field=field_name)
 
 
+def _reserved_names(keys: Keys) -> frozenset[str]:
+    """The hash tags of the global keys whose entry of that name would own a global key."""
+    global_keys = {
+        keys.cap,
+        keys.runtime_entries,
+        keys.runtime_changes,
+        keys.runtime_version,
+        keys.replicas,
+        keys.workers_seen,
+    }
+    tags = {key[key.index("{") + 1 : key.index("}")] for key in global_keys}
+    return frozenset(tag for tag in tags if global_keys & set(keys.entry_keys(tag)))
+
+
+#: Entry names refused because one of their keys is a global key: ``cap``
+#: (``{cap}:running`` is the concurrency cap).
+RESERVED_NAMES = _reserved_names(Keys(""))
+
+
+def _check_name(name: str) -> None:
+    """Refuse a name that would break the Redis Cluster hash tag ``{<name>}`` of its keys or
+    make one of its keys a global key."""
+    if "{" in name or "}" in name:
+        raise _fail(
+            name,
+            "name",
+            "entry names must not contain '{' or '}' "
+            "(the name is the Redis Cluster hash tag of the entry's keys)",
+        )
+    if name in RESERVED_NAMES:
+        raise _fail(
+            name, "name", "this entry name is reserved: its keys would be global keys"
+        )
+
+
+def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> None:
+    """``buffer_one`` holds a run back in Redis as JSON: its args, kwargs and options must be
+    JSON. Lazy (callable) args and kwargs cannot be checked here: the scheduler checks what
+    they return when it publishes."""
+    if overlap != "buffer_one":
+        return
+    for field_name, value in values.items():
+        if callable(value):
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise _fail(
+                name,
+                field_name,
+                f"overlap 'buffer_one' holds a run back in Redis as JSON, "
+                f"and this cannot be stored as JSON: {exc}",
+            ) from None
+
+
 def _zone(name: str, value: object) -> tzinfo | None:
     if value is None:
         return None
@@ -222,6 +278,7 @@ def entry_from_config(
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
+    _check_name(name)
     if not isinstance(definition, Mapping):
         raise ConfigError(f"must be a dict, not {type(definition).__name__}", entry=name)
     unknown = sorted(set(definition) - ENTRY_KEYS)
@@ -270,6 +327,8 @@ def entry_from_config(
     if start_at is not None and end_at is not None and end_at <= start_at:
         raise _fail(name, "end_at", "must be later than start_at")
 
+    overlap = _overlap(name, definition)
+    _check_json(name, overlap, {"args": args, "kwargs": kwargs, "options": options})
     return Entry(
         name=name,
         task=task,
@@ -278,7 +337,7 @@ def entry_from_config(
         kwargs=kwargs,
         options=dict(options),
         tags=_tags(name, definition.get("tags")),
-        overlap=_overlap(name, definition),
+        overlap=overlap,
         enabled=_flag(name, "enabled", definition.get("enabled"), True),
         start_at=start_at,
         end_at=end_at,

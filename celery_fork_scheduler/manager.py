@@ -218,10 +218,11 @@ class Manager:
     def _validate(self, name: str, definition: Mapping[str, Any]) -> Entry:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
-        if len(name) > 200 or any(ch in name for ch in "{}\n\r\t"):
+        if len(name) > 200 or any(ch in name for ch in "\n\r\t"):
             raise ConfigError(
-                "entry names are at most 200 characters, without braces or control characters",
+                "entry names are at most 200 characters, without control characters",
                 entry=name[:60],
+                field="name",
             )
         return entry_from_config(
             name, definition, default_timezone=self.app.timezone, source="runtime"
