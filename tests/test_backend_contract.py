@@ -178,7 +178,9 @@ def test_the_redis_high_water_mark_tells_whether_the_slot_was_sent(redis_url: st
     backend = RedisBackend.from_url(redis_url, Settings())
     try:
         backend.claim([claim("a", PAST)])
-        assert backend.high_water_marks(["a"]) == {"a": HighWaterMark(PAST, sent=False)}
+        assert backend.high_water_marks(["a"]) == {
+            "a": HighWaterMark(PAST, sent=False, unsent=(PAST,))
+        }
         backend.mark_sent([claim("a", PAST)])
         assert backend.high_water_marks(["a"]) == {"a": HighWaterMark(PAST, sent=True)}
     finally:

@@ -47,6 +47,9 @@ class ClaimOutcome(enum.Enum):
     #: Another replica began publishing the slot and never confirmed it (it stopped or died
     #: mid-publish): the message may be at the broker already, so it is not published again.
     IN_FLIGHT = "in_flight"
+    #: The backend answered this one claim with an error (e.g. a corrupted stored value); the
+    #: other claims of the batch are not affected. Nothing is published; see ``error``.
+    ERROR = "error"
 
     @property
     def publish(self) -> bool:
@@ -82,19 +85,27 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class HighWaterMark:
-    """The latest claimed slot of an entry, and whether it was published."""
+    """The latest claimed slot of an entry, and whether it was published.
+
+    ``unsent``: every slot claimed and never recorded as sent (fenced ones included), oldest
+    first. ``finished``: the entry used up its ``max_runs`` (recorded once by the backend).
+    """
 
     slot: datetime
     sent: bool = True
+    unsent: tuple[datetime, ...] = ()
+    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY."""
+    """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY;
+    ``error`` is the backend's error text, for ERROR."""
 
     claim: Claim
     outcome: ClaimOutcome
     retry_after: float = 0.0
+    error: str = ""
 
 
 class ClaimBackend(Protocol):
@@ -111,7 +122,8 @@ class ClaimBackend(Protocol):
         """True when several replicas may safely run against this backend."""
 
     def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
-        """Return the latest claimed slot of each entry that has one."""
+        """Return the latest claimed slot of each entry that has one (an entry whose stored
+        state cannot be read is left out, with an error logged)."""
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Try to claim every slot, in one round trip; results in the order of ``claims``.
@@ -125,18 +137,24 @@ class ClaimBackend(Protocol):
 
         True for each claim this replica still holds: from then on no replica takes it over.
         False where another replica took it over meanwhile (this replica stalled past the
-        lease): that one must not be published. Raises
+        lease), or where the backend answered that claim with an error (logged): that one
+        must not be published. Raises
         :class:`~celery_fork_scheduler.errors.BackendUnavailableError` like :meth:`claim`.
         """
 
-    def mark_sent(self, claims: Sequence[Claim]) -> None:
-        """Record that these won claims were published (state ``claimed`` -> ``sent``)."""
+    def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
+        """Record that these won claims were published (state ``claimed`` -> ``sent``).
+
+        ``outcome="uncertain"``: the publish raised after it may have reached the broker; the
+        claims are closed the same way (never published again), with that history outcome.
+        """
 
     def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
         """Give back won claims that will not be published (their runs do not count)."""
 
     def record_failure(self, claim: Claim, error: BaseException) -> None:
-        """Count a publish that raised, in the entry's counters and history."""
+        """Count a publish that raised, in the entry's counters and history, and drop its
+        pending claim (nobody publishes that slot); the state becomes ``failed`` at the mark."""
 
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """Reserve places under the cluster-wide cap for the first runs of ``claims``.

@@ -35,6 +35,10 @@ class LocalBackend:
         self._marks: dict[str, int] = {str(name): int(value) for name, value in marks.items()}
         #: Runs claimed per entry, for ``max_runs`` / ``one_off``.
         self._runs: dict[str, int] = {str(k): int(v) for k, v in state.get("runs", {}).items()}
+        #: Entries that used up their ``max_runs``: name -> the max_runs they finished under.
+        self._finished: dict[str, int] = {
+            str(k): int(v) for k, v in state.get("finished", {}).items()
+        }
         self._unsent: set[tuple[str, int]] = set()
         self._dirty = False
 
@@ -58,12 +62,19 @@ class LocalBackend:
         return data
 
     def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
-        """The latest claimed slot of each known entry (always published: one process)."""
-        return {
-            name: HighWaterMark(from_epoch_us(self._marks[name]))
-            for name in entries
-            if name in self._marks
-        }
+        """The latest claimed slot of each known entry; unsent claims of this process."""
+        marks = {}
+        for name in entries:
+            if name not in self._marks:
+                continue
+            unsent = sorted(slot for entry, slot in self._unsent if entry == name)
+            marks[name] = HighWaterMark(
+                from_epoch_us(self._marks[name]),
+                sent=self._marks[name] not in unsent,
+                unsent=tuple(from_epoch_us(slot) for slot in unsent),
+                finished=name in self._finished,
+            )
+        return marks
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim each slot later than its entry's high-water mark."""
@@ -75,8 +86,10 @@ class LocalBackend:
                 self._dirty = True
                 runs = self._runs.get(claim.entry, 0)
                 if claim.max_runs and runs >= claim.max_runs:
+                    self._finished[claim.entry] = claim.max_runs
                     results.append(ClaimResult(claim, ClaimOutcome.FINISHED))
                     continue
+                self._finished.pop(claim.entry, None)
                 self._runs[claim.entry] = runs + 1
                 self._unsent.add((claim.entry, slot_us))
                 results.append(ClaimResult(claim, ClaimOutcome.WON))
@@ -90,8 +103,8 @@ class LocalBackend:
         """Every won claim is still held: no other replica shares this backend."""
         return [True] * len(claims)
 
-    def mark_sent(self, claims: Sequence[Claim]) -> None:
-        """Forget the unsent claims that were published."""
+    def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
+        """Forget the unsent claims that were published (or maybe published: "uncertain")."""
         for claim in claims:
             self._unsent.discard((claim.entry, claim.slot_us))
 
@@ -103,7 +116,8 @@ class LocalBackend:
         self.mark_sent(claims)
 
     def record_failure(self, claim: Claim, error: BaseException) -> None:
-        """No history without Redis: the failure is in beat's log."""
+        """Forget the claim (nobody publishes it); no history without Redis: see beat's log."""
+        self._unsent.discard((claim.entry, claim.slot_us))
 
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """No cap without Redis: workers cannot report the end of a run to this process."""
@@ -121,7 +135,12 @@ class LocalBackend:
         if self.state_path is None or not self._dirty:
             return
         payload = json.dumps(
-            {"schema": STATE_SCHEMA, "high_water_marks": self._marks, "runs": self._runs}
+            {
+                "schema": STATE_SCHEMA,
+                "high_water_marks": self._marks,
+                "runs": self._runs,
+                "finished": self._finished,
+            }
         )
         directory = self.state_path.parent
         fd, tmp = tempfile.mkstemp(prefix=self.state_path.name, dir=directory)

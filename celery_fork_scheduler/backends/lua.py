@@ -4,8 +4,9 @@ Redis key layout (``P`` = ``fork_scheduler_key_prefix``, default ``scheduler:``;
 in braces is a Redis Cluster hash tag, so every key of one entry lives on one node)::
 
     P{<entry>}:state     hash    hwm          latest claimed slot, microseconds since the epoch
-                                 state        "claimed" | "sent" | "skipped" (slot at hwm)
-                                 reason       why the slot at hwm was skipped
+                                 state        "claimed" | "sent" | "skipped" | "failed" (at hwm)
+                                 reason       why the slot at hwm was skipped (or "restored")
+                                 finished     max_runs the entry finished under (once recorded)
                                  owner        replica id (hostname:pid:token) of the last claim
                                  task_id      task id of the slot at hwm
                                  claimed_at   Redis TIME of the latest claim, microseconds
@@ -26,7 +27,11 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
     P{runtime}:entries   hash    name -> JSON of a runtime entry (schema-versioned)
     P{runtime}:changes   zset    name -> version of its latest change (deletes included)
     P{runtime}:version   string  version counter of the runtime entries
-    P{replicas}          hash    replica id -> JSON (last tick, schedule version)
+    P{runtime}:since     hash    name -> instant (us) its promised next run was computed from
+    P{runtime}:removed   zset    name -> Redis TIME (ms) of its removal, until trimmed
+    P{runtime}:floor     string  highest version of a removal trimmed from the change log
+    P{replicas}          hash    replica id -> JSON (last tick, schedule version); pruned after
+                                 an hour without a tick
     P{workers}:seen      string  set by workers that release singletons (TTL)
 """
 
@@ -45,6 +50,37 @@ local function record(slot, replica, task_id, outcome, size)
 end
 """
 
+#: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
+#: A restart (with or without persistence) loses nothing after its start, so the start time
+#: (now - uptime, rounded up to the next second) bounds it. A flush, SWAPDB, DEBUG (RELOAD),
+#: REPLICAOF or FAILOVER since the start, a promotion of a former replica, or a CONFIG RESETSTAT
+#: (which would hide the others from INFO commandstats) can lose data at any later instant:
+#: then only ``now`` is a sound bound. Expects ``now`` (us) in scope.
+_DATA_LOST_AT = """
+local function data_lost_at()
+  local stats = '\\n' .. redis.call('INFO', 'commandstats')
+  for _, name in ipairs({'flushall', 'flushdb', 'swapdb', 'debug', 'replicaof', 'slaveof',
+                         'failover', 'config|resetstat'}) do
+    if string.find(stats, '\\ncmdstat_' .. name .. ':', 1, true) then
+      return now
+    end
+  end
+  -- Redis 6.2 counts CONFIG as one command: any CONFIG call may have been a RESETSTAT.
+  if string.find(stats, '\\ncmdstat_config:', 1, true) then
+    return now
+  end
+  local replication = redis.call('INFO', 'replication')
+  if not string.find(replication, 'second_repl_offset:-1', 1, true) then
+    return now
+  end
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  if not uptime then
+    return now
+  end
+  return math.min(now, now - uptime * 1000000 + 1000000)
+end
+"""
+
 #: Claim one slot of one entry.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
 #: KEYS[5] history list.
@@ -53,31 +89,45 @@ end
 #: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
 #: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size,
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
-#: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0.
+#: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0,
+#: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "paused" | "busy" | "buffered" | "finished" | "in_flight"; wait_us: how long to wait before
 #: asking again (pending, early), else 0. "in_flight": the owner began publishing the slot and
 #: never confirmed it; whether it reached the broker is unknown, so it is not taken over.
+#: A corrupted ``hwm`` is an error reply (for this claim only).
 CLAIM = (
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
     + _RECORD
+    + _DATA_LOST_AT
     + """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
   return {'early', slot - now}
 end
-if tonumber(ARGV[13]) > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
-  -- Redis lost the entry's state (restarted empty): write back what this replica knew, and
-  -- refuse every slot that could have been claimed before: up to now plus the early tolerance.
-  local restored = math.max(tonumber(ARGV[13]), now + tonumber(ARGV[4]))
+local hwm_text = redis.call('HGET', KEYS[1], 'hwm')
+local hwm = tonumber(hwm_text or '-1')
+if not hwm then
+  return redis.error_reply('ERR corrupted hwm ' .. string.sub(hwm_text, 1, 40))
+end
+local known = tonumber(ARGV[13])
+if known > 0 and (not hwm_text or known > hwm) then
+  -- Redis lost the mark (restarted empty, flushed; a worker's outcome record may have made the
+  -- hash again) or a part of it (failover to a lagging replica): write back what this replica
+  -- saw, and with no mark at all refuse every slot that could have been claimed before the
+  -- data was lost: up to that instant plus the early tolerance.
+  local restored = known
+  if not hwm_text then
+    restored = math.max(known, data_lost_at() + tonumber(ARGV[4]))
+  end
   redis.call('HSET', KEYS[1], 'hwm', string.format('%.0f', restored), 'state', 'sent',
              'reason', 'restored')
+  hwm = restored
 end
-local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm') or '-1')
 local mine = ARGV[3] .. '|' .. now_text
 if slot > hwm and ARGV[12] == '1' then
   -- Seen claimed before, unknown now: Redis lost its state; publishing could duplicate.
@@ -96,6 +146,12 @@ if slot > hwm then
   end
   local max_runs = tonumber(ARGV[8])
   if max_runs > 0 and tonumber(redis.call('HGET', KEYS[1], 'runs') or '0') >= max_runs then
+    if redis.call('HGET', KEYS[1], 'finished') == ARGV[8] then
+      -- Recorded once already: only the mark moves (nothing is claimed at or below it).
+      redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'task_id', ARGV[2])
+      return {'finished', 0}
+    end
+    redis.call('HSET', KEYS[1], 'finished', ARGV[8])
     return skip('finished')
   end
   if ARGV[7] ~= 'allow' and redis.call('EXISTS', KEYS[3]) == 1 then
@@ -107,7 +163,18 @@ if slot > hwm then
   end
   redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
              'task_id', ARGV[2], 'claimed_at', now_text)
+  redis.call('HDEL', KEYS[1], 'finished')
   redis.call('HINCRBY', KEYS[1], 'runs', 1)
+  -- Claims older than the bound (their owners died, even mid-publish) are dropped, so that
+  -- later wins renewing the hash's TTL do not keep them for ever.
+  local oldest = now - tonumber(ARGV[14])
+  local fields = redis.call('HGETALL', KEYS[2])
+  for i = 1, #fields, 2 do
+    local at = tonumber(string.match(fields[i + 1], '^[^|]*|(%d+)') or '')
+    if at and at < oldest then
+      redis.call('HDEL', KEYS[2], fields[i])
+    end
+  end
   redis.call('HSET', KEYS[2], ARGV[1], mine)
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
   if ARGV[7] ~= 'allow' then
@@ -164,9 +231,11 @@ redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing'
 return 1
 """
 
-#: Record that a claimed slot was published.
+#: Record that a claimed slot was published (or that its publish raised after it may have
+#: reached the broker: outcome "uncertain"; it is not published again either way).
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list.
-#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size.
+#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size,
+#: ARGV[5] outcome for the history ("sent" | "uncertain").
 #: Returns 1 when the slot was still pending, 0 when another replica had recorded it already.
 MARK_SENT = (
     """
@@ -181,7 +250,7 @@ if removed == 1 then
   if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
     redis.call('HSET', KEYS[1], 'state', 'sent')
   end
-  record(ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[4])
+  record(ARGV[1], ARGV[3], ARGV[2], ARGV[5], ARGV[4])
 end
 return removed
 """
@@ -230,6 +299,25 @@ if tonumber(ARGV[6]) > 0 then
   if ARGV[8] ~= '' then item['error'] = ARGV[8] end
   redis.call('LPUSH', KEYS[5], cjson.encode(item))
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
+end
+return 1
+"""
+
+#: Record a publish that raised: nobody publishes the slot, so its pending claim goes.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list. ARGV[1] slot (us),
+#: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
+RECORD_FAILURE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'failed')
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(ARGV[1]), replica = ARGV[3],
+    task_id = ARGV[2], outcome = 'failed', at = now, error = ARGV[5]}))
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[4]) - 1)
 end
 return 1
 """
@@ -296,4 +384,4 @@ return held
 
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
-ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, MARK_SENT, MARK_SKIPPED)
+ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, MARK_SENT, MARK_SKIPPED, RECORD_FAILURE)

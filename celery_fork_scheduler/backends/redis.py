@@ -9,6 +9,7 @@ Key layout and scripts: :mod:`.lua`. Claims for a burst of due entries go in one
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    ResponseError,
     TryAgainError,
 )
 from redis.sentinel import SentinelConnectionPool
@@ -45,16 +47,23 @@ from .redis_connection import client_from_url, mask_url
 
 T = TypeVar("T")
 
+logger = logging.getLogger("celery_fork_scheduler")
+
 #: A slot may be claimed this early by Redis TIME (clocks of replicas and Redis differ a little).
 EARLY_TOLERANCE = timedelta(milliseconds=500)
 #: Pending-claim records expire after this long without a new claim of the entry.
 PENDING_TTL = timedelta(days=7)
+#: A pending claim this old is dropped when a later slot of its entry is won: its owner died
+#: (even mid-publish) long ago, and no catch-up publishes a slot that old.
+PENDING_CLAIM_MAX_AGE = timedelta(days=1)
 #: How often a Sentinel-backed replica checks where the master is.
 MASTER_CHECK_SECONDS = 1.0
 #: Errors that mean "Redis cannot be reached right now".
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 #: Errors that mean "the cluster layout changed": refresh it and try again.
 CLUSTER_REDIRECTS = (AskError, ClusterDownError, MovedError, TryAgainError)
+#: Codes of plain error replies that refuse every command, not one claim: the whole call fails.
+SERVER_WIDE_ERRORS = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN"})
 
 
 class RedisBackend:
@@ -83,11 +92,13 @@ class RedisBackend:
         self._begin_publish_script = client.register_script(lua.BEGIN_PUBLISH)
         self._mark_sent_script = client.register_script(lua.MARK_SENT)
         self._mark_skipped_script = client.register_script(lua.MARK_SKIPPED)
+        self._record_failure_script = client.register_script(lua.RECORD_FAILURE)
         self._take_cap_script = client.register_script(lua.TAKE_CAP_PLACES)
         self._singleton_lease_ms = _us(settings.singleton_lease) // 1000
         self._lease_us = _us(settings.claim_lease)
         self._tolerance_us = _us(EARLY_TOLERANCE)
         self._pending_ttl_ms = _us(PENDING_TTL) // 1000
+        self._pending_max_age_us = _us(PENDING_CLAIM_MAX_AGE)
         self._next_master_check = 0.0
         self._wait: tuple[int, int] | None = None
         if settings.wait_replicas > 0:
@@ -118,17 +129,36 @@ class RedisBackend:
     # -- operations -------------------------------------------------------------------------
 
     def high_water_marks(self, entries: Sequence[str]) -> dict[str, HighWaterMark]:
-        """The latest claimed slot of each entry that has one, and whether it was sent."""
-        commands = [
-            (self.state_key(entry), partial(_hmget, key=self.state_key(entry), fields=_MARK_FIELDS))
-            for entry in entries
-        ]
+        """The latest claimed slot of each entry that has one, whether it was sent, every
+        unsent claim and whether the entry finished (one pipeline); an entry whose stored
+        state cannot be read is skipped with an error naming it."""
+        commands: list[Command] = []
+        for entry in entries:
+            state, pending = self.state_key(entry), self.pending_key(entry)
+            commands.append((state, partial(_hmget, key=state, fields=_MARK_FIELDS)))
+            commands.append((pending, partial(_hkeys, key=pending)))
         values = self._retrying(partial(self._pipelined, commands))
-        return {
-            entry: HighWaterMark(from_epoch_us(int(slot)), sent=_text(state) != "claimed")
-            for entry, (slot, state) in zip(entries, values, strict=True)
-            if slot is not None
-        }
+        marks = {}
+        for index, entry in enumerate(entries):
+            fields, pending = values[2 * index], values[2 * index + 1]
+            try:
+                for reply in (fields, pending):
+                    if isinstance(reply, Exception):
+                        raise reply
+                slot, state, finished = fields
+                if slot is None:
+                    continue
+                marks[entry] = HighWaterMark(
+                    from_epoch_us(int(slot)),
+                    sent=_text(state) != "claimed",
+                    unsent=tuple(sorted(from_epoch_us(int(field)) for field in pending)),
+                    finished=finished is not None,
+                )
+            except (ValueError, OverflowError, ResponseError) as exc:
+                logger.error(
+                    "fork scheduler: state of entry %r cannot be read, skipped: %s", entry, exc
+                )
+        return marks
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim every slot in one pipeline (per node); see :data:`.lua.CLAIM`."""
@@ -150,12 +180,15 @@ class RedisBackend:
                 self.settings.history_size,
                 "1" if claim.takeover else "0",
                 claim.known_mark_us,
+                self._pending_max_age_us,
             )
             for claim in claims
         ]
         replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
         return [
-            ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
+            ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
+            if isinstance(reply, Exception)
+            else ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
             for claim, reply in zip(claims, replies, strict=True)
         ]
 
@@ -168,10 +201,12 @@ class RedisBackend:
             for claim in claims
         ]
         replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
-        return [int(reply) == 1 for reply in replies]
+        _log_errors("fenced", claims, replies)
+        return [not isinstance(reply, Exception) and int(reply) == 1 for reply in replies]
 
-    def mark_sent(self, claims: Sequence[Claim]) -> None:
-        """Move published slots from ``claimed`` to ``sent`` (one round trip)."""
+    def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
+        """Move published slots from ``claimed`` to ``sent`` (one round trip); ``outcome``
+        ``"uncertain"``: the publish raised after it may have reached the broker."""
         commands = [
             self._script_command(
                 self._mark_sent_script,
@@ -180,10 +215,11 @@ class RedisBackend:
                 claim.task_id,
                 self.replica_id,
                 self.settings.history_size,
+                outcome,
             )
             for claim in claims
         ]
-        self._retrying(partial(self._pipelined, commands))
+        _log_errors("recorded as sent", claims, self._retrying(partial(self._pipelined, commands)))
 
     def mark_skipped(self, claims: Sequence[Claim], reason: str) -> None:
         """Give back won claims that will not be published; see :data:`.lua.MARK_SKIPPED`."""
@@ -199,22 +235,21 @@ class RedisBackend:
             )
             for claim in claims
         ]
-        self._retrying(partial(self._pipelined, commands))
+        _log_errors("given back", claims, self._retrying(partial(self._pipelined, commands)))
 
     def record_failure(self, claim: Claim, error: BaseException) -> None:
-        """Count a publish that raised; see :data:`.lua.RECORD_OUTCOME`."""
-        record_outcome(
-            self.client,
-            self.keys,
+        """Count a publish that raised and drop its claim; see :data:`.lua.RECORD_FAILURE`."""
+        command = self._script_command(
+            self._record_failure_script,
             claim.entry,
-            slot_us=claim.slot_us,
-            task_id=claim.task_id,
-            who=self.replica_id,
-            outcome="failed",
-            counter="failures",
-            history_size=self.settings.history_size,
-            error=f"{type(error).__name__}: {error}",
+            claim.slot_us,
+            claim.task_id,
+            self.replica_id,
+            self.settings.history_size,
+            f"{type(error).__name__}: {error}"[:500],
         )
+        replies = self._retrying(partial(self._pipelined, [command]))
+        _log_errors("recorded as failed", [claim], replies)
 
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
@@ -341,39 +376,76 @@ def _execute(
     """One pipeline of ``EVALSHA``/plain commands; scripts are loaded once on ``NOSCRIPT``.
 
     Calling ``EVALSHA`` directly spares the ``SCRIPT EXISTS`` round trip redis-py makes before
-    every pipeline holding scripts. A restarted (or failed-over) Redis answers ``NOSCRIPT`` to
-    all of them: the scripts are loaded and the batch runs again, which is safe because no
-    script ran.
+    every pipeline holding scripts. A restarted (or failed-over) Redis answers ``NOSCRIPT``:
+    the scripts are loaded and the commands that got it run again, which is safe because they
+    did not run (the others keep their replies). An error reply of one command (a script that
+    raised on a corrupted value) is returned in its place; an error that refuses every command
+    (read-only, out of memory, no permission, a cluster redirect) is raised.
     """
+    replies: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
-        for _, issue in commands:
-            issue(pipe)
+        for index in todo:
+            commands[index][1](pipe)
         if wait is not None:
             pipe.execute_command("WAIT", *wait)  # type: ignore[no-untyped-call]
-        try:
-            replies: list[Any] = pipe.execute()
-            if wait is not None:
-                acknowledged = int(replies.pop())
-                if acknowledged < wait[0]:
-                    raise redis.ConnectionError(
-                        f"writes confirmed by {acknowledged} of {wait[0]} Redis replicas"
-                    )
-        except NoScriptError:
-            if attempt == 2:
-                raise
-            for source in lua.ALL_SCRIPTS:
-                client.script_load(source)
-            continue
-        return replies
+        answers: list[Any] = pipe.execute(raise_on_error=False)
+        if wait is not None:
+            acknowledged = answers.pop()
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            if int(acknowledged) < wait[0]:
+                raise redis.ConnectionError(
+                    f"writes confirmed by {acknowledged} of {wait[0]} Redis replicas"
+                )
+        unloaded = []
+        for index, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, NoScriptError):
+                unloaded.append(index)
+            elif isinstance(answer, Exception) and _refuses_everything(answer):
+                raise answer
+            else:
+                replies[index] = answer
+        if not unloaded:
+            return replies
+        if attempt == 2:
+            raise NoScriptError("scripts missing right after SCRIPT LOAD")
+        for source in lua.ALL_SCRIPTS:
+            client.script_load(source)
+        todo = unloaded
     raise AssertionError("unreachable")
 
 
-_MARK_FIELDS = ("hwm", "state")
+def _refuses_everything(error: Exception) -> bool:
+    """True for an error reply that is about the server, not about one command's keys."""
+    if type(error) is not ResponseError:
+        return True
+    return str(error).split(" ", 1)[0] in SERVER_WIDE_ERRORS
+
+
+def _log_errors(what: str, claims: Sequence[Claim], replies: Sequence[Any]) -> None:
+    """Log each claim whose script raised (the others of the batch went through)."""
+    for claim, reply in zip(claims, replies, strict=True):
+        if isinstance(reply, Exception):
+            logger.error(
+                "fork scheduler: %s slot %s could not be %s: %s",
+                claim.entry,
+                claim.slot.isoformat(),
+                what,
+                reply,
+            )
+
+
+_MARK_FIELDS = ("hwm", "state", "finished")
 
 
 def _hmget(pipe: Pipeline, *, key: str, fields: Sequence[str]) -> object:
     return pipe.hmget(key, fields)
+
+
+def _hkeys(pipe: Pipeline, *, key: str) -> object:
+    return pipe.hkeys(key)
 
 
 def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
