@@ -66,6 +66,21 @@ class Keys:
         return f"{self.prefix}{{runtime}}:version"
 
     @property
+    def runtime_since(self) -> str:
+        """Hash: name -> instant (us) each runtime entry's promised next run was computed from."""
+        return f"{self.prefix}{{runtime}}:since"
+
+    @property
+    def runtime_removed(self) -> str:
+        """Zset: name -> Redis TIME (ms) of its removal, until trimmed from the change log."""
+        return f"{self.prefix}{{runtime}}:removed"
+
+    @property
+    def runtime_floor(self) -> str:
+        """String: the highest version of a removal trimmed from the change log."""
+        return f"{self.prefix}{{runtime}}:floor"
+
+    @property
     def replicas(self) -> str:
         """Hash: replica id -> JSON of its last tick."""
         return f"{self.prefix}{{replicas}}"

@@ -13,37 +13,55 @@ import os
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 
 import redis
 
 from .entry import Entry, entry_from_dict
 from .errors import ConfigError
-from .store import RuntimeStore, StoredEntry
+from .store import Changes, RuntimeStore, StoredEntry
 
 logger = logging.getLogger("celery_fork_scheduler")
 
 #: Errors that mean "Redis cannot be asked right now": the next refresh tries again.
 REFRESH_ERRORS = (redis.RedisError, OSError)
+#: A replica record whose last tick is older than this is removed (its replica died).
+REPLICA_RETENTION = timedelta(hours=1)
+#: How often a replica looks for such records.
+REPLICA_PRUNE_INTERVAL = timedelta(minutes=10)
 
 
 @dataclass
 class Update:
-    """Runtime entries to (re)queue and names to drop."""
+    """Runtime entries to (re)queue and names to drop.
+
+    ``since``: for changed entries, the instant their writer computed the promised next run
+    from (name -> instant); queue each from its first slot after it. Entries stored without
+    one are absent.
+    """
 
     changed: list[Entry] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    since: dict[str, datetime] = field(default_factory=dict)
 
 
 class RuntimeEntries:
-    """The runtime entries one replica knows, and the version it has seen."""
+    """The runtime entries one replica knows, and the version it has seen.
+
+    ``since`` maps each valid runtime entry loaded (by :meth:`load`, kept up to date by
+    :meth:`poll`) to the instant its writer computed the promised next run from.
+    """
 
     def __init__(self, store: RuntimeStore, default_timezone: tzinfo, replica_id: str) -> None:
         self.store = store
         self.default_timezone = default_timezone
         self.replica_id = replica_id
         self.version = 0
+        self.since: dict[str, datetime] = {}
+        #: Every name stored at the version seen, valid or not (to tell removals on a reload).
+        self._names: set[str] = set()
         self._reported: set[tuple[str, int]] = set()
+        self._next_prune: datetime | None = None
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
         """Every valid runtime entry (none when Redis cannot be reached: a refresh follows)."""
@@ -53,32 +71,62 @@ class RuntimeEntries:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
             return {}
         self.version = version
+        self._names = set(stored)
+        self.since = {}
         entries = {}
         for name, item in stored.items():
             entry = self._parse(name, item, static_names)
             if entry is not None:
                 entries[name] = entry
+                self._note_since(name, item)
         return entries
 
     def poll(self, static_names: Collection[str]) -> Update | None:
-        """What changed since the last poll; ``None`` when nothing did or Redis is away."""
+        """What changed since the last poll; ``None`` when nothing did or Redis is away.
+
+        A replica whose version is below the change log's floor (it was away longer than
+        removals are kept there) reloads everything, so it never misses a removal.
+        """
         try:
             changes = self.store.changes_since(self.version)
+            if self.version < changes.floor:
+                changes = self._everything()
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
         if changes.version == self.version and not changes.changed and not changes.removed:
             return None
         self.version = changes.version
+        self._names.difference_update(changes.removed)
+        self._names.update(changes.changed)
         update = Update(removed=[n for n in changes.removed if n not in static_names])
+        for name in changes.removed:
+            self.since.pop(name, None)
         for name, item in changes.changed.items():
             entry = self._parse(name, item, static_names)
             if entry is not None:
                 update.changed.append(entry)
+                since = self._note_since(name, item)
+                if since is not None:
+                    update.since[name] = since
         return update
 
+    def _everything(self) -> Changes:
+        """Every stored entry as changed, and every name known before and gone as removed."""
+        version, stored = self.store.all()
+        return Changes(version, stored, sorted(self._names - set(stored)))
+
+    def _note_since(self, name: str, item: StoredEntry | bytes) -> datetime | None:
+        since = item.since if isinstance(item, StoredEntry) else None
+        if since is None:
+            self.since.pop(name, None)
+        else:
+            self.since[name] = since
+        return since
+
     def announce(self, now: datetime, entry_count: int) -> None:
-        """Record this replica in Redis (for ``celery schedule replicas``)."""
+        """Record this replica in Redis (for ``celery schedule replicas``); now and then,
+        remove the records of replicas that have not ticked for :data:`REPLICA_RETENTION`."""
         record = {
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
@@ -88,8 +136,18 @@ class RuntimeEntries:
         }
         try:
             self.store.client.hset(self.store.keys.replicas, self.replica_id, json.dumps(record))
+            if self._next_prune is None or now >= self._next_prune:
+                self._next_prune = now + REPLICA_PRUNE_INTERVAL
+                self._prune_replicas(now - REPLICA_RETENTION)
         except REFRESH_ERRORS:
             logger.debug("fork scheduler: replica record not written", exc_info=True)
+
+    def _prune_replicas(self, oldest: datetime) -> None:
+        """Remove replica records whose last tick is before ``oldest`` (unreadable ones stay)."""
+        records = self.store.client.hgetall(self.store.keys.replicas)
+        stale = [rid for rid, raw in records.items() if _ticked_before(raw, oldest)]
+        if stale:
+            self.store.client.hdel(self.store.keys.replicas, *stale)
 
     def workers_seen(self) -> bool:
         """True when some worker announced that it frees singleton markers (or Redis is away)."""
@@ -120,3 +178,12 @@ class RuntimeEntries:
                 self._reported.add((name, version))
                 logger.error("fork scheduler: runtime entry skipped: %s", exc)
             return None
+
+
+def _ticked_before(raw: bytes | str, oldest: datetime) -> bool:
+    """True when a replica record's last tick is readable and before ``oldest``."""
+    try:
+        last = datetime.fromisoformat(json.loads(raw)["last_tick"])
+        return last.tzinfo is not None and last < oldest
+    except Exception:  # a record this code did not write: leave it
+        return False

@@ -12,35 +12,92 @@ and runtime entries alike.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import ConfigError, ForkSchedulerError
 from .keys import Keys
 
+logger = logging.getLogger("celery_fork_scheduler")
+
+#: Removed entries: their change-log members, and their own keys, go after this retention.
+#: Long enough for every replica to have seen the removal; a replica away longer reloads all.
+DELETED_RETENTION = timedelta(days=1)
+
+#: Shared by PUT and DELETE: trim the change-log members of entries removed longer than the
+#: retention ago (at most 100 per call) and raise the floor version to theirs. A replica whose
+#: version is below the floor may have missed a removal: it reloads everything.
+#: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[5] removed zset, KEYS[6] floor.
+#: Expects ``now_ms`` in scope; ARGV[5] retention (ms).
+_TRIM = """
+local function trim()
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms - tonumber(ARGV[5]),
+                         'LIMIT', 0, 100)
+  if #old == 0 then
+    return
+  end
+  local floor = tonumber(redis.call('GET', KEYS[6]) or '0')
+  for _, name in ipairs(old) do
+    if redis.call('HEXISTS', KEYS[1], name) == 0 then
+      floor = math.max(floor, tonumber(redis.call('ZSCORE', KEYS[2], name) or '0'))
+      redis.call('ZREM', KEYS[2], name)
+    end
+    redis.call('ZREM', KEYS[5], name)
+  end
+  redis.call('SET', KEYS[6], string.format('%.0f', floor))
+end
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 #: Store or replace one runtime entry.
-#: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[3] version counter.
-#: ARGV[1] name, ARGV[2] JSON, ARGV[3] expected version ("" any, "0" must not exist).
-#: Returns {new version} or {-1, current version} when the expected version is stale.
-PUT = """
+#: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[3] version counter, KEYS[4] since hash,
+#: KEYS[5] removed zset, KEYS[6] floor version.
+#: ARGV[1] name, ARGV[2] JSON, ARGV[3] expected version ("" any, "0" must not exist),
+#: ARGV[4] the instant (us) the writer computed the entry's next run from ("": Redis TIME),
+#: ARGV[5] retention of removals (ms).
+#: Returns {new version, 1 if the entry is new else 0} or {-1, current version} when the
+#: expected version is stale.
+PUT = (
+    _NOW
+    + _TRIM
+    + """
 local current = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+local created = 0
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   current = 0
+  created = 1
 end
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then
   return {-1, current}
 end
+local since = ARGV[4]
+if since == '' then
+  since = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
 local version = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], since)
 redis.call('ZADD', KEYS[2], version, ARGV[1])
-return {version}
+redis.call('ZREM', KEYS[5], ARGV[1])
+trim()
+return {version, created}
 """
+)
 
-#: Remove one runtime entry. Same KEYS; ARGV[1] name, ARGV[2] expected version ("" any).
+#: Remove one runtime entry. Same KEYS; ARGV[1] name, ARGV[2] expected version ("" any),
+#: ARGV[5] retention of removals (ms).
 #: Returns {new version}, {0} when there was no such entry, or {-1, current} when stale.
-DELETE = """
+DELETE = (
+    _NOW
+    + _TRIM
+    + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return {0}
 end
@@ -50,9 +107,16 @@ if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
 end
 local version = redis.call('INCR', KEYS[3])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], version, ARGV[1])
+redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
+trim()
 return {version}
 """
+)
+
+#: The pause fields of a state hash (a leftover pause is cleared when a name is added again).
+_PAUSE_FIELDS = ("paused", "pause_note", "paused_at")
 
 
 class StaleVersionError(ForkSchedulerError):
@@ -70,20 +134,30 @@ class StaleVersionError(ForkSchedulerError):
 
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
-    """A runtime entry as stored: its JSON data and the version of its latest change."""
+    """A runtime entry as stored: its JSON data and the version of its latest change.
+
+    ``since``: the instant its writer computed the promised next run from (the first slot to
+    fire is the first one after it); ``None`` for entries stored before it was recorded.
+    """
 
     name: str
     data: Mapping[str, Any]
     version: int
+    since: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed since a version: new or changed entries, and removed names."""
+    """What changed since a version: new or changed entries, and removed names.
+
+    ``floor``: removals up to this version may have been trimmed from the change log; a reader
+    whose version is below it must reload everything (:meth:`RuntimeStore.all`).
+    """
 
     version: int
     changed: dict[str, StoredEntry | bytes]
     removed: list[str]
+    floor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +172,25 @@ class PauseState:
 class RuntimeStore:
     """Reads and writes runtime entries and per-entry controls."""
 
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, *, retention: timedelta = DELETED_RETENTION
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.retention_ms = int(retention.total_seconds() * 1000)
         self._put = client.register_script(PUT)
         self._delete = client.register_script(DELETE)
 
     @property
     def _runtime_keys(self) -> list[str]:
-        return [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_version]
+        return [
+            self.keys.runtime_entries,
+            self.keys.runtime_changes,
+            self.keys.runtime_version,
+            self.keys.runtime_since,
+            self.keys.runtime_removed,
+            self.keys.runtime_floor,
+        ]
 
     # -- runtime entries ----------------------------------------------------------------------
 
@@ -119,13 +203,14 @@ class RuntimeStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.runtime_entries, name)
         pipe.zscore(self.keys.runtime_changes, name)
-        raw, version = pipe.execute()
+        pipe.hget(self.keys.runtime_since, name)
+        raw, version, since = pipe.execute()
         if raw is None:
             return None
-        try:
-            return StoredEntry(name, json.loads(raw), int(version or 0))
-        except ValueError:
-            raise ConfigError("stored JSON cannot be decoded", entry=name) from None
+        decoded = _decode(name, raw, int(version or 0), since)
+        if not isinstance(decoded, StoredEntry):
+            raise ConfigError("stored JSON cannot be decoded", entry=name)
+        return decoded
 
     def all(self) -> tuple[int, dict[str, StoredEntry | bytes]]:
         """The version and every runtime entry; undecodable JSON comes back as raw bytes."""
@@ -133,10 +218,14 @@ class RuntimeStore:
         pipe.get(self.keys.runtime_version)
         pipe.hgetall(self.keys.runtime_entries)
         pipe.zrange(self.keys.runtime_changes, 0, -1, withscores=True)
-        version, raw, scores = pipe.execute()
+        pipe.hgetall(self.keys.runtime_since)
+        version, raw, scores, since = pipe.execute()
         versions = {_text(name): int(score) for name, score in scores}
+        instants = {_text(name): value for name, value in since.items()}
         entries = {
-            _text(name): _decode(_text(name), data, versions.get(_text(name), 0))
+            _text(name): _decode(
+                _text(name), data, versions.get(_text(name), 0), instants.get(_text(name))
+            )
             for name, data in raw.items()
         }
         return int(version or 0), entries
@@ -146,35 +235,76 @@ class RuntimeStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.runtime_version)
         pipe.zrangebyscore(self.keys.runtime_changes, f"({version}", "+inf", withscores=True)
-        current, changed = pipe.execute()
+        pipe.get(self.keys.runtime_floor)
+        current, changed, floor = pipe.execute()
         names = [_text(name) for name, _ in changed]
         if not names:
-            return Changes(int(current or 0), {}, [])
+            return Changes(int(current or 0), {}, [], int(floor or 0))
         versions = {_text(name): int(score) for name, score in changed}
-        values = self.client.hmget(self.keys.runtime_entries, names)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.runtime_entries, names)
+        pipe.hmget(self.keys.runtime_since, names)
+        values, instants = pipe.execute()
         present = {
-            name: _decode(name, value, versions[name])
-            for name, value in zip(names, values, strict=True)
+            name: _decode(name, value, versions[name], since)
+            for name, value, since in zip(names, values, instants, strict=True)
             if value is not None
         }
         removed = [name for name, value in zip(names, values, strict=True) if value is None]
-        return Changes(max(int(current or 0), *versions.values()), present, removed)
+        return Changes(
+            max(int(current or 0), *versions.values()), present, removed, int(floor or 0)
+        )
 
-    def put(self, name: str, data: Mapping[str, Any], expected_version: int | None = None) -> int:
-        """Store a runtime entry and return its version; ``expected_version=0``: must be new."""
+    def put(
+        self,
+        name: str,
+        data: Mapping[str, Any],
+        expected_version: int | None = None,
+        *,
+        since: datetime | None = None,
+    ) -> int:
+        """Store a runtime entry and return its version; ``expected_version=0``: must be new.
+
+        ``since``: the instant the writer computed the entry's promised next run from (``None``:
+        Redis TIME). The entry's own keys lose an expiry left by an earlier removal; a new
+        entry also loses a leftover pause.
+        """
         expected = "" if expected_version is None else str(expected_version)
-        reply = self._put(keys=self._runtime_keys, args=[name, json.dumps(data), expected])
+        instant = "" if since is None else str(_epoch_us(since))
+        reply = self._put(
+            keys=self._runtime_keys,
+            args=[name, json.dumps(data), expected, instant, self.retention_ms],
+        )
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.entry_keys(name):
+            pipe.persist(key)
+        if int(reply[1]) == 1:
+            pipe.hdel(self.keys.state(name), *_PAUSE_FIELDS)
+        pipe.execute()
         return int(reply[0])
 
     def delete(self, name: str, expected_version: int | None = None) -> bool:
-        """Remove a runtime entry; False when there was none."""
+        """Remove a runtime entry; False when there was none.
+
+        Its own keys (state, pending, running, buffered, history) expire after the retention
+        instead of going at once: a replica that has not seen the removal yet may still claim
+        a slot of it, and without the high-water mark it could win a published slot again.
+        """
         expected = "" if expected_version is None else str(expected_version)
-        reply = self._delete(keys=self._runtime_keys, args=[name, expected])
+        reply = self._delete(
+            keys=self._runtime_keys, args=[name, expected, "", "", self.retention_ms]
+        )
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
-        return int(reply[0]) > 0
+        if int(reply[0]) == 0:
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.entry_keys(name):
+            pipe.pexpire(key, self.retention_ms)
+        pipe.execute()
+        return True
 
     # -- per-entry controls -------------------------------------------------------------------
 
@@ -225,8 +355,31 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
-def _decode(name: str, raw: bytes | str, version: int) -> StoredEntry | bytes:
+def _decode(
+    name: str, raw: bytes | str, version: int, since: bytes | str | None = None
+) -> StoredEntry | bytes:
+    """The stored entry, or its raw bytes when it cannot be decoded in any way (the reader
+    reports it, naming it); one bad record never stops the others."""
     try:
-        return StoredEntry(name, json.loads(raw), version)
-    except ValueError:
+        return StoredEntry(name, json.loads(raw), version, _instant(name, since))
+    except Exception:  # e.g. RecursionError from JSON nested too deep
         return raw if isinstance(raw, bytes) else raw.encode()
+
+
+def _instant(name: str, raw: bytes | str | None) -> datetime | None:
+    """A stored ``since`` (us since the epoch); ``None`` when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=int(raw))
+    except (ValueError, OverflowError):
+        logger.error("fork scheduler: runtime entry %r: unreadable since %r ignored", name, raw)
+        return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _epoch_us(instant: datetime) -> int:
+    delta = instant - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -210,8 +210,10 @@ def beats(redis_url: str) -> Iterator[list[Beat]]:
         beat.scheduler.close()
 
 
-def runtime(redis_url: str, name: str, **definition: Any) -> None:
-    Manager(make_app(redis_url)).add(name, "t", every(1).seconds, **definition)
+def runtime(redis_url: str, name: str, clock: FakeClock | None = None, **definition: Any) -> None:
+    """Add a runtime entry with a Manager on ``clock`` (a running beat's, so that what it
+    promises is on the beat's time)."""
+    Manager(make_app(redis_url), clock=clock).add(name, "t", every(1).seconds, **definition)
 
 
 def test_beat_skips_a_corrupted_entry_naming_it_and_fires_the_others(
@@ -246,7 +248,7 @@ def test_beat_skips_an_entry_corrupted_while_it_runs_and_says_so_once(
     beat.run_for(1)
     with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
         corrupt(redis_client, "late-broken", b'{"schema": 1, "task": ')
-        runtime(redis_url, "late-good")
+        runtime(redis_url, "late-good", beat.clock)
         beat.run_for(5)
     assert "late-broken" not in beat.scheduler.entries
     assert len(beat.publisher.fired("late-good")) >= 4
