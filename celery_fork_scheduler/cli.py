@@ -5,8 +5,9 @@ A thin click layer over :class:`~celery_fork_scheduler.Manager`, registered thro
 on a terminal (and never with ``celery --no-color``).
 
 Exit codes: ``0`` done; ``1`` the operation failed (no such entry, stale version, aborted,
-``validate`` found problems); ``2`` bad input (a schedule, a definition, a usage mistake);
-``3`` Redis is not configured or cannot be reached. Errors are one line on stderr.
+a stored record that cannot be read, ``validate`` found problems); ``2`` bad input (a schedule,
+a definition, a usage mistake); ``3`` Redis is not configured or cannot be reached (or, for
+``trigger``, the broker). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from .backends.redis_connection import mask_url
 from .config import read_settings
 from .errors import BackendUnavailableError, ConfigError, ForkSchedulerError, ScheduleError
 from .manager import (
+    BrokerUnavailableError,
     EntryStats,
     Job,
     JobNotFoundError,
     Manager,
     RedisRequiredError,
     ReplicaInfo,
+    StoredRecordError,
 )
 from .schedules import SlotSchedule, coerce_schedule
 from .store import StaleVersionError
@@ -74,7 +77,7 @@ class BadInputError(CommandError):
 
 
 class RedisUnavailableError(CommandError):
-    """Redis is not configured or cannot be reached: exit code 3."""
+    """Redis is not configured or cannot be reached (or the broker, to send a run): exit 3."""
 
     exit_code = EXIT_NO_REDIS
 
@@ -94,11 +97,11 @@ def _redis_location(app: Any) -> str:
 
 def _translate(app: Any, exc: Exception) -> CommandError | None:
     """The one-line error for a known failure, or ``None`` to let it propagate."""
+    if isinstance(exc, (JobNotFoundError, StaleVersionError, StoredRecordError)):
+        return CommandError(str(exc))
     if isinstance(exc, (ScheduleError, ConfigError)):
         return BadInputError(str(exc))
-    if isinstance(exc, (JobNotFoundError, StaleVersionError)):
-        return CommandError(str(exc))
-    if isinstance(exc, RedisRequiredError):
+    if isinstance(exc, (RedisRequiredError, BrokerUnavailableError)):
         return RedisUnavailableError(str(exc))
     if isinstance(exc, (redis.RedisError, BackendUnavailableError)):
         return RedisUnavailableError(f"cannot reach {_redis_location(app)}: {exc}")
@@ -252,6 +255,8 @@ def _fields(pairs: Sequence[tuple[str, Cell]]) -> str:
 
 
 def _state(job: Job) -> Cell:
+    if job.finished:
+        return ("finished", "blue")
     if job.paused and not job.enabled:
         return ("paused, disabled", "yellow")
     if job.paused:
@@ -289,6 +294,7 @@ def _job_data(job: Job) -> dict[str, Any]:
         "last_run": _iso(job.last_run),
         "last_outcome": job.last_outcome,
         "run_count": job.run_count,
+        "finished": job.finished,
         "version": job.version,
         "args": list(job.args),
         "kwargs": dict(job.kwargs),
@@ -322,11 +328,12 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
         at = item.get("at")
         outcome = str(item.get("outcome", ""))
         duration = item.get("duration")
+        slot_time, at_time = _stored_time(slot), _stored_time(at)
         rows.append(
             [
-                _local(datetime.fromisoformat(slot), zone) if isinstance(slot, str) else "-",
+                _local(slot_time, zone) if slot_time else str(slot if slot is not None else "-"),
                 (outcome, _outcome_colour(outcome)),
-                _relative(datetime.fromisoformat(at), now) if isinstance(at, str) else "-",
+                _relative(at_time, now) if at_time else str(at if at is not None else "-"),
                 f"{duration:.2f}s" if isinstance(duration, (int, float)) else "",
                 str(item.get("task_id", "")),
                 str(item.get("replica", "")),
@@ -334,6 +341,17 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
             ]
         )
     return _table(["SLOT", "OUTCOME", "AT", "DURATION", "TASK ID", "BY", "ERROR"], rows)
+
+
+def _stored_time(value: object) -> datetime | None:
+    """An ISO-8601 time of a history item, or ``None`` when it is not one (shown as stored)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        return moment.astimezone(timezone.utc) if moment.tzinfo else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _counters(stats: EntryStats) -> dict[str, int]:
@@ -387,7 +405,10 @@ def schedule() -> None:
 def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> None:
     """Every entry (config, @periodic and runtime) with its next and last run."""
     session = _session(ctx, as_json)
-    jobs = [job for job in session.manager().jobs(tag) if job.paused or not paused]
+    manager = session.manager()
+    jobs = [job for job in manager.jobs(tag) if job.paused or not paused]
+    for name, why in sorted(manager.unreadable().items()):
+        session.warn(f"runtime entry {name!r} skipped: {why}")
 
     def render() -> str:
         if not jobs:
@@ -422,7 +443,7 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     session = _session(ctx, as_json)
     manager = session.manager()
     job = manager.get(name)
-    slots = manager.next_runs(name, count, after=session.now)
+    slots = [] if job.finished else manager.next_runs(name, count, after=session.now)
     try:
         counters = _counters(manager.stats(name))
         history = [item.to_dict() for item in manager.history_items(name, 10)]
@@ -439,7 +460,9 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
 
     def render() -> str:
         paused: Cell = _state(job)
-        if job.paused:
+        if job.finished:
+            paused = (f"finished (max runs {job.max_runs} reached)", "blue")
+        elif job.paused:
             since = f" since {_local(job.paused_at, zone)}" if job.paused_at else ""
             note = f": {job.pause_note}" if job.pause_note else ""
             paused = (f"paused{since}{note}", "yellow")
@@ -464,7 +487,9 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
         ]
         parts = [_fields(pairs), "", f"next {len(slots)} runs"]
         parts += [f"  {_local(slot, zone)}  ({_relative(slot, session.now)})" for slot in slots]
-        if not slots:
+        if job.finished:
+            parts.append("  none: the entry has finished its runs")
+        elif not slots:
             parts.append("  none: the schedule has ended")
         parts += ["", "counters"]
         parts.append(
@@ -730,11 +755,20 @@ def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
         result = session.manager().trigger(name)
     except TypeError as exc:  # Celery checks the arguments against the task's signature
         raise BadInputError(f"cannot send {name!r}: {exc}") from None
+    except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send
+        location = _redis_location(session.app)
+        raise RedisUnavailableError(f"cannot reach {location}: {exc}; nothing was sent") from None
+    warning = (
+        f"the run was not recorded in Redis: {result.unrecorded}" if result.unrecorded else None
+    )
+    if warning is not None:
+        session.warn(f"sent, but {warning}")
     data = {
         "name": name,
         "task_id": result.task_id,
         "skipped": result.task_id is None,
         "reason": result.skipped,
+        "warning": warning,
     }
     session.emit(
         data,

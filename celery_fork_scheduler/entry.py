@@ -151,9 +151,7 @@ def _check_name(name: str) -> None:
             "(the name is the Redis Cluster hash tag of the entry's keys)",
         )
     if name in RESERVED_NAMES:
-        raise _fail(
-            name, "name", "this entry name is reserved: its keys would be global keys"
-        )
+        raise _fail(name, "name", "this entry name is reserved: its keys would be global keys")
 
 
 def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> None:

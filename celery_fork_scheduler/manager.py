@@ -7,6 +7,7 @@ paused, resumed and triggered, but not removed or replaced from here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar
 
+import redis
 from celery.beat import EmbeddedService
+from kombu.exceptions import OperationalError
 
 from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
@@ -24,7 +27,7 @@ from .entry import Catchup, Entry, entries_from_config, entry_from_config, entry
 from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
-from .publishing import CeleryPublisher, build_occurrence
+from .publishing import CeleryPublisher, Occurrence, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
 from .validation import CheckReport, Problem, check_app_report
@@ -33,6 +36,15 @@ logger = logging.getLogger("celery_fork_scheduler")
 
 #: A replica records itself every 5 s; one silent for longer than this is stale.
 REPLICA_LIVE_SECONDS = 15.0
+
+#: Delete a marker only while it still holds a run that was never sent.
+#: KEYS[1] the running marker. ARGV[1] task id. Returns 1 when deleted, else 0.
+RELEASE_UNSENT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class JobNotFoundError(ForkSchedulerError, KeyError):
@@ -44,6 +56,25 @@ class JobNotFoundError(ForkSchedulerError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StoredRecordError(ConfigError):
+    """A runtime entry stored in Redis cannot be decoded (corrupted, or nested too deep)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__("stored JSON cannot be decoded", entry=name)
+
+
+class BrokerUnavailableError(ForkSchedulerError):
+    """The broker could not be reached to send a run: nothing was sent."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        self.name = name
+        self.error = error
+        super().__init__(
+            f"cannot send {name!r}: cannot reach the broker: {error}; nothing was sent"
+        )
 
 
 class RedisRequiredError(ForkSchedulerError):
@@ -84,6 +115,7 @@ class Job:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    finished: bool = False
 
     @property
     def schedule_text(self) -> str:
@@ -188,15 +220,16 @@ class Manager:
         expected = (
             expected_version if expected_version is not None else (None if replace_existing else 0)
         )
+        now = self._clock()
         try:
-            version = self.store().put(name, entry_to_dict(entry), expected)
+            version = self.store().put(name, entry_to_dict(entry), expected, since=now)
         except StaleVersionError:
             if expected != 0:
                 raise
             raise ConfigError(
                 "a runtime entry of this name exists; pass replace_existing=True", entry=name
             ) from None
-        return self._job(entry, {}, version)
+        return self._job(entry, {}, version, now)
 
     def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
         """Change fields of a runtime entry; a stale ``expected_version`` is refused."""
@@ -208,12 +241,14 @@ class Manager:
             definition.pop("max_runs", None)
         definition.update(changes)
         entry = self._validate(name, definition)
+        now = self._clock()
         version = self.store().put(
             name,
             entry_to_dict(entry),
             stored.version if expected_version is None else expected_version,
+            since=now,
         )
-        return self._job(entry, self.store().states([name])[name], version)
+        return self._job(entry, self.store().states([name])[name], version, now)
 
     def _validate(self, name: str, definition: Mapping[str, Any]) -> Entry:
         if not isinstance(name, str) or not name.strip():
@@ -236,15 +271,20 @@ class Manager:
         if tag is not None:
             entries = {n: e for n, e in entries.items() if tag in e[0].tags}
         states = self._states(sorted(entries))
+        now = self._clock()
         return [
-            self._job(entry, states.get(name, {}), version)
+            self._job(entry, states.get(name, {}), version, now)
             for name, (entry, version) in sorted(entries.items())
         ]
 
     def get(self, name: str) -> Job:
         """One entry as a :class:`Job`; :class:`JobNotFoundError` if there is none."""
         entry, version = self._entry(name)
-        return self._job(entry, self._states([name]).get(name, {}), version)
+        return self._job(entry, self._states([name]).get(name, {}), version, self._clock())
+
+    def unreadable(self) -> dict[str, str]:
+        """The runtime entries that cannot be read, name -> why; :meth:`jobs` leaves them out."""
+        return self._runtime()[1] if self._has_redis() else {}
 
     def next_runs(self, name: str, n: int = 5, *, after: datetime | None = None) -> list[datetime]:
         """The next ``n`` slots of an entry (UTC), after now or ``after``."""
@@ -339,11 +379,18 @@ class Manager:
 
     def trigger(self, name: str) -> TriggerResult:
         """Publish one run of an entry now, unless it is a singleton whose previous run is still
-        executing (``skipped="busy"``) or the concurrency cap is reached (``"capped"``)."""
+        executing (``skipped="busy"``) or the concurrency cap is reached (``"capped"``).
+
+        Redis is asked first: when it cannot be reached nothing is sent (the Redis error is
+        raised). A broker that cannot be reached raises :class:`BrokerUnavailableError`, and
+        nothing is sent either. Once the run is sent, a failure to record it in Redis does not
+        raise: the result says what was not recorded (``unrecorded``).
+        """
         entry, _ = self._entry(name)
+        client, keys, settings = self._redis(), self._keys(), self._settings()
+        client.ping()
         slot = self._clock()
         task_id = task_id_for(name, slot)
-        client, keys, settings = self._redis(), self._keys(), self._settings()
         lease_ms = int(settings.singleton_lease.total_seconds() * 1000)
         if entry.singleton and not client.set(keys.running(name), task_id, nx=True, px=lease_ms):
             logger.info(
@@ -356,14 +403,54 @@ class Manager:
                 TAKE_CAP_PLACES, 1, keys.cap, settings.max_concurrent, lease_ms * 1000, task_id
             )
             if not int(granted):
-                if entry.singleton:
-                    client.delete(keys.running(name))
+                self._give_back(entry, task_id, capped=False)
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
                 return TriggerResult(skipped="capped")
-        occurrence = build_occurrence(entry, slot, task_id, capped=capped)
-        CeleryPublisher(self.app, lambda: None).publish(occurrence)
-        client.hincrby(keys.state(name), "runs", 1)
-        client.hset(keys.state(name), "last_manual_run", slot.isoformat())
+        try:
+            self._send(build_occurrence(entry, slot, task_id, capped=capped))
+        except BaseException:
+            self._give_back(entry, task_id, capped=capped)
+            raise
+        return self._record_manual_run(name, slot, task_id)
+
+    def _send(self, occurrence: Occurrence) -> None:
+        try:
+            CeleryPublisher(self.app, lambda: None).publish(occurrence)
+        except OperationalError as exc:
+            raise BrokerUnavailableError(occurrence.entry, exc) from exc
+
+    def _give_back(self, entry: Entry, task_id: str, *, capped: bool) -> None:
+        """Free the singleton marker and the place under the cap of a run never sent."""
+        client, keys = self._redis(), self._keys()
+        try:
+            if entry.singleton:
+                client.eval(RELEASE_UNSENT, 1, keys.running(entry.name), task_id)
+            if capped:
+                client.zrem(keys.cap, task_id)
+        except redis.RedisError as exc:
+            logger.warning(
+                "fork scheduler: run_now(%s) was not sent and its markers could not be freed "
+                "(they expire with their lease): %s",
+                entry.name,
+                exc,
+            )
+
+    def _record_manual_run(self, name: str, slot: datetime, task_id: str) -> TriggerResult:
+        keys = self._keys()
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.hincrby(keys.state(name), "runs", 1)
+        pipe.hset(keys.state(name), "last_manual_run", slot.isoformat())
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "fork scheduler: run_now(%s) sent task %s, but the run was not recorded: %s",
+                name,
+                task_id,
+                why,
+            )
+            return TriggerResult(task_id=task_id, unrecorded=why)
         return TriggerResult(task_id=task_id)
 
     # -- embedded beat ----------------------------------------------------------------------------
@@ -418,22 +505,30 @@ class Manager:
     def _all_entries(self) -> dict[str, tuple[Entry, int]]:
         entries = {name: (entry, 0) for name, entry in self._static_entries().items()}
         if self._has_redis():
-            _, stored = self.store().all()
-            for name, item in stored.items():
-                if name in entries or not isinstance(item, StoredEntry):
-                    continue
-                try:
-                    entries[name] = (self._from_stored(item), item.version)
-                except ConfigError as exc:
-                    logger.error("fork scheduler: stored entry skipped: %s", exc)
+            for name, item in self._runtime()[0].items():
+                entries.setdefault(name, item)
         return entries
+
+    def _runtime(self) -> tuple[dict[str, tuple[Entry, int]], dict[str, str]]:
+        """The readable runtime entries with their versions, and why the others are not."""
+        entries: dict[str, tuple[Entry, int]] = {}
+        unreadable: dict[str, str] = {}
+        for name, item in self.store().all()[1].items():
+            try:
+                if not isinstance(item, StoredEntry):
+                    raise StoredRecordError(name)
+                entries[name] = (self._from_stored(item), item.version)
+            except ForkSchedulerError as exc:
+                logger.error("fork scheduler: stored entry skipped: %s", exc)
+                unreadable[name] = str(exc)
+        return entries, unreadable
 
     def _entry(self, name: str) -> tuple[Entry, int]:
         static = self._static_entries()
         if name in static:
             return static[name], 0
         if self._has_redis():
-            stored = self.store().get(name)
+            stored = self._get_stored(name)
             if stored is not None:
                 return self._from_stored(stored), stored.version
         raise JobNotFoundError(name)
@@ -441,10 +536,16 @@ class Manager:
     def _stored(self, name: str) -> StoredEntry:
         if name in self._static_entries():
             raise ConfigError("static entries cannot be changed at runtime", entry=name)
-        stored = self.store().get(name)
+        stored = self._get_stored(name)
         if stored is None:
             raise JobNotFoundError(name)
         return stored
+
+    def _get_stored(self, name: str) -> StoredEntry | None:
+        try:
+            return self.store().get(name)
+        except ConfigError:  # the store's word for JSON it cannot decode
+            raise StoredRecordError(name) from None
 
     def _from_stored(self, stored: StoredEntry) -> Entry:
         from .entry import entry_from_dict
@@ -469,9 +570,12 @@ class Manager:
             return [name]
         return [job.name for job in self.jobs(tag)]
 
-    def _job(self, entry: Entry, state: Mapping[str, str], version: int) -> Job:
-        pause = pause_state(state)
-        last = _last_run(state)
+    def _job(self, entry: Entry, state: Mapping[str, str], version: int, now: datetime) -> Job:
+        finished = _finished(entry, state)
+        try:
+            pause = pause_state(state)
+        except ValueError:  # a pause time that does not parse: still paused
+            pause = PauseState(bool(state.get("paused")), state.get("pause_note", ""))
         return Job(
             name=entry.name,
             task=entry.task,
@@ -480,9 +584,9 @@ class Manager:
             source=entry.source,
             enabled=entry.enabled,
             overlap=entry.overlap,
-            next_run=entry.first_slot_after(self._clock()),
-            last_run=last,
-            run_count=int(state.get("runs", 0) or 0),
+            next_run=None if finished else entry.first_slot_after(now),
+            last_run=_last_run(state),
+            run_count=_number(state.get("runs")),
             paused=pause.paused,
             pause_note=pause.note,
             paused_at=pause.since,
@@ -499,6 +603,7 @@ class Manager:
             max_runs=entry.max_runs,
             catchup=entry.catchup,
             catchup_window=entry.catchup_window,
+            finished=finished,
         )
 
 
@@ -537,7 +642,7 @@ class HistoryItem:
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         return cls(text=text, data=data if isinstance(data, dict) else None)
 
@@ -556,7 +661,7 @@ class HistoryItem:
                 duration=data.get("duration"),
                 error=data.get("error", ""),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"history item is not a run record: {self.text[:80]!r}") from exc
 
     def to_dict(self) -> dict[str, Any]:
@@ -568,7 +673,8 @@ class HistoryItem:
         for key in _HISTORY_TIMES:
             value = item.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                item[key] = _from_us(value).isoformat()
+                with contextlib.suppress(OverflowError, ValueError):  # else kept as stored
+                    item[key] = _from_us(value).isoformat()
         return item
 
 
@@ -586,12 +692,12 @@ class EntryStats:
     def from_state(cls, state: Mapping[str, str]) -> EntryStats:
         """Read the counters out of an entry's state hash."""
         return cls(
-            runs=int(state.get("runs", 0) or 0),
-            completed=int(state.get("completed", 0) or 0),
-            errors=int(state.get("errors", 0) or 0),
-            failures=int(state.get("failures", 0) or 0),
+            runs=_number(state.get("runs")),
+            completed=_number(state.get("completed")),
+            errors=_number(state.get("errors")),
+            failures=_number(state.get("failures")),
             skips={
-                key.removeprefix("skips:"): int(value)
+                key.removeprefix("skips:"): _number(value)
                 for key, value in state.items()
                 if key.startswith("skips:")
             },
@@ -624,7 +730,7 @@ class ReplicaInfo:
         """Parse a record as written by a replica's announce, ``now`` for its age."""
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = {}
         if not isinstance(record, dict):
             record = {}
@@ -642,10 +748,12 @@ class ReplicaInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class TriggerResult:
-    """What :meth:`Manager.trigger` did: the task id sent, or why nothing was sent."""
+    """What :meth:`Manager.trigger` did: the task id sent, or why nothing was sent; and, for a
+    run that was sent, why it could not be recorded in Redis (``unrecorded``)."""
 
     task_id: str | None = None
     skipped: Literal["busy", "capped"] | None = None
+    unrecorded: str | None = None
 
 
 @dataclass
@@ -759,7 +867,28 @@ def _first_slots(entry: Entry, after: datetime, n: int) -> Iterator[datetime]:
 
 def _last_run(state: Mapping[str, str]) -> datetime | None:
     sent_at = state.get("sent_at")
-    return _from_us(int(sent_at)) if sent_at else None
+    try:
+        return _from_us(int(sent_at)) if sent_at else None
+    except (ValueError, OverflowError):  # a corrupted state hash: no last run to show
+        return None
+
+
+def _number(value: str | None) -> int:
+    """A counter of a state hash; 0 when missing or corrupted."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _finished(entry: Entry, state: Mapping[str, str]) -> bool:
+    """Whether the entry used up its ``max_runs``: its run counter reached it (the claim
+    script's own test), or the script recorded it as ``finished`` under this or a higher
+    ``max_runs`` (a raised ``max_runs`` makes it active again)."""
+    if entry.max_runs is None:
+        return False
+    used = max(_number(state.get("runs")), _number(state.get("finished")))
+    return used >= entry.max_runs
 
 
 def _from_us(value: float) -> datetime:
@@ -780,6 +909,10 @@ def _instant(value: object) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return (
+            moment.astimezone(timezone.utc)
+            if moment.tzinfo
+            else moment.replace(tzinfo=timezone.utc)
+        )
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
