@@ -206,3 +206,22 @@ def test_claims_that_no_redis_replica_confirms_fail_closed(redis_url: str) -> No
         assert backend.high_water_marks(["a"])["a"].slot == PAST
     finally:
         backend.close()
+
+
+def test_marks_report_unsent_claims_and_finished_entries(backend: ClaimBackend) -> None:
+    later = PAST + timedelta(seconds=1)
+    assert [r.outcome for r in backend.claim([claim("a", PAST), claim("a", later)])] == [
+        ClaimOutcome.WON,
+        ClaimOutcome.WON,
+    ]
+    assert backend.high_water_marks(["a"])["a"].unsent == (PAST, later)
+    backend.mark_sent([claim("a", PAST)], outcome="uncertain")
+    backend.record_failure(claim("a", later), ConnectionError("broker down"))
+    mark = backend.high_water_marks(["a"])["a"]
+    assert (mark.unsent, mark.sent, mark.finished) == ((), True, False)
+    once = Claim("b", PAST, task_id_for("b", PAST), max_runs=1)
+    backend.claim([once])
+    backend.mark_sent([once])
+    next_one = Claim("b", later, task_id_for("b", later), max_runs=1)
+    assert backend.claim([next_one])[0].outcome is ClaimOutcome.FINISHED
+    assert backend.high_water_marks(["b"])["b"].finished
