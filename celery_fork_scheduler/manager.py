@@ -27,7 +27,7 @@ from .entry import Catchup, Entry, entries_from_config, entry_from_config, entry
 from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
-from .publishing import CeleryPublisher, Occurrence, build_occurrence
+from .publishing import CeleryPublisher, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
 from .validation import CheckReport, Problem, check_app_report
@@ -67,14 +67,19 @@ class StoredRecordError(ConfigError):
 
 
 class BrokerUnavailableError(ForkSchedulerError):
-    """The broker could not be reached to send a run: nothing was sent."""
+    """The broker could not be reached to send a run. Without ``task_id`` nothing was sent;
+    with it, the broker failed during the publish and the run may have been sent."""
 
-    def __init__(self, name: str, error: Exception) -> None:
+    def __init__(self, name: str, error: Exception, *, task_id: str | None = None) -> None:
         self.name = name
         self.error = error
-        super().__init__(
-            f"cannot send {name!r}: cannot reach the broker: {error}; nothing was sent"
+        self.task_id = task_id
+        outcome = (
+            "nothing was sent"
+            if task_id is None
+            else f"the run may have been sent (task id {task_id}): check before sending again"
         )
+        super().__init__(f"cannot send {name!r}: cannot reach the broker: {error}; {outcome}")
 
 
 class RedisRequiredError(ForkSchedulerError):
@@ -381,14 +386,16 @@ class Manager:
         """Publish one run of an entry now, unless it is a singleton whose previous run is still
         executing (``skipped="busy"``) or the concurrency cap is reached (``"capped"``).
 
-        Redis is asked first: when it cannot be reached nothing is sent (the Redis error is
-        raised). A broker that cannot be reached raises :class:`BrokerUnavailableError`, and
-        nothing is sent either. Once the run is sent, a failure to record it in Redis does not
-        raise: the result says what was not recorded (``unrecorded``).
+        Redis and the broker are reached first: when either cannot be, nothing is sent (the
+        Redis error, or :class:`BrokerUnavailableError`). A broker lost during the publish is a
+        :class:`BrokerUnavailableError` with the ``task_id`` that may have been sent. Once the
+        run is sent, a failure to record it in Redis does not raise: the result says what was
+        not recorded (``unrecorded``).
         """
         entry, _ = self._entry(name)
         client, keys, settings = self._redis(), self._keys(), self._settings()
         client.ping()
+        self._reach_broker(name)
         slot = self._clock()
         task_id = task_id_for(name, slot)
         lease_ms = int(settings.singleton_lease.total_seconds() * 1000)
@@ -407,17 +414,25 @@ class Manager:
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
                 return TriggerResult(skipped="capped")
         try:
-            self._send(build_occurrence(entry, slot, task_id, capped=capped))
-        except BaseException:
+            CeleryPublisher(self.app, lambda: None).publish(
+                build_occurrence(entry, slot, task_id, capped=capped)
+            )
+        except OperationalError as exc:  # connected, then lost: the message may have gone out
+            raise BrokerUnavailableError(name, exc, task_id=task_id) from exc
+        except Exception:
             self._give_back(entry, task_id, capped=capped)
             raise
         return self._record_manual_run(name, slot, task_id)
 
-    def _send(self, occurrence: Occurrence) -> None:
+    def _reach_broker(self, name: str) -> None:
+        """Connect to the broker once, so that a broker that is down costs nothing."""
         try:
-            CeleryPublisher(self.app, lambda: None).publish(occurrence)
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(
+                    max_retries=2, interval_start=0, interval_step=0.2, interval_max=0.2
+                )
         except OperationalError as exc:
-            raise BrokerUnavailableError(occurrence.entry, exc) from exc
+            raise BrokerUnavailableError(name, exc) from exc
 
     def _give_back(self, entry: Entry, task_id: str, *, capped: bool) -> None:
         """Free the singleton marker and the place under the cap of a run never sent."""

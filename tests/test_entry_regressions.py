@@ -20,7 +20,7 @@ import pytest
 import redis
 from celery import Celery
 from celery.bin.base import CLIContext
-from celery.signals import after_task_publish
+from celery.signals import after_task_publish, before_task_publish
 from click.testing import CliRunner, Result
 
 from celery_fork_scheduler import Manager, periodic
@@ -158,6 +158,24 @@ def test_trigger_with_the_broker_down_is_one_line_exit_3_and_frees_the_singleton
     assert redis_client.exists(KEYS.running(name)) == 0
     assert redis_client.zcard(KEYS.cap) == 0
     assert redis_client.hget(KEYS.state(name), "runs") is None
+
+
+def test_trigger_whose_broker_is_lost_during_the_publish_says_the_run_may_be_sent(
+    redis_url: str, redis_client: redis.Redis, claims: RedisServer
+) -> None:
+    app = make_app(claims.url, fork_scheduler_redis_url=redis_url)
+
+    def stop(**_: Any) -> None:
+        claims.stop()
+
+    before_task_publish.connect(stop, weak=False)
+    try:
+        result = runner_for(app)("trigger", "single")
+    finally:
+        before_task_publish.disconnect(stop)
+    assert_one_line_error(result, 3, "cannot reach the broker")
+    assert "the run may have been sent (task id " in result.stderr
+    assert redis_client.exists(KEYS.running("single")) == 1  # kept: the run may be executing
 
 
 # -- 2. buffer_one messages must be JSON ---------------------------------------------------------
