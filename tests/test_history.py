@@ -43,7 +43,7 @@ def slot(second: int) -> datetime:
 class BrokenPublisher(RecordingPublisher):
     def publish(self, occurrence: Occurrence) -> None:
         if occurrence.entry == "broken":
-            raise ConnectionError("broker down")
+            raise LookupError("no queue named 'missing'")
         super().publish(occurrence)
 
 
@@ -116,6 +116,8 @@ def expected_records(
         elif args["reason"] != "claimed":
             task_id = task_id_for(entry, args["slot"])
             outcome = f"skipped:{args['reason']}"
+            if outcome == "skipped:finished" and any(key[0] == outcome for key in items):
+                continue  # recorded once: every replica is told, the first one writes it
             items[(outcome, args["slot"], task_id, args["replica"], "")] += 1
     return items
 
@@ -159,11 +161,12 @@ def test_history_and_stats_match_what_two_replicas_did(
         sent_slots = {a["slot"] for kind, a in mine if kind == "dispatched"}
         assert stats.runs == len(sent_slots | {a["slot"] for kind, a in mine if kind == "failed"})
         assert stats.failures == sum(kind == "failed" for kind, _ in mine)
-        assert stats.skips == dict(
-            collections.Counter(
-                a["reason"] for kind, a in mine if kind == "skipped" and a["reason"] != "claimed"
-            )
+        skips = collections.Counter(
+            a["reason"] for kind, a in mine if kind == "skipped" and a["reason"] != "claimed"
         )
+        if skips["finished"]:
+            skips["finished"] = 1
+        assert stats.skips == dict(skips)
         assert (stats.completed, stats.errors) == (0, 0)
 
     ok = manager.history("ok", n=1000)
@@ -172,10 +175,10 @@ def test_history_and_stats_match_what_two_replicas_did(
     assert manager.stats("paused").skips == {"paused": 4}
     assert manager.stats("single").skips == {"busy": 4}
     assert manager.stats("limited").runs == 2
-    assert manager.stats("limited").skips == {"finished": 2}
+    assert manager.stats("limited").skips == {"finished": 1}
     broken = manager.history("broken", n=1000)
     assert {r.outcome for r in broken} == {"failed"}
-    assert {r.error for r in broken} == {"ConnectionError: broker down"}
+    assert {r.error for r in broken} == {"LookupError: no queue named 'missing'"}
     assert manager.stats("broken").failures >= 2
 
 
