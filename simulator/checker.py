@@ -1,0 +1,481 @@
+"""The promises of docs/guarantees.md, stated as invariants over one run's records.
+
+Inputs: the broker log (every message the broker accepted, with the Redis time it arrived),
+the runs the simulated worker executed, the reports the replicas sent (``entry_skipped``,
+``entry_failed``, ``entry_dispatched`` and the claim answers seen at the backend), the fault
+windows, the replicas' lives, and Redis itself at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from celery_fork_scheduler.entry import Entry, entries_from_config, entry_from_config
+
+from .model import Report, Violation, Window
+from .redis_proc import datetime_to_us, us_to_datetime
+from .world import World
+
+SECOND = 1_000_000
+
+# -- tolerances (all in microseconds of virtual time) ----------------------------------------
+
+#: A replica counts as healthy for a slot only if it was up this long before it (it has loaded
+#: its entries and measured Redis's clock).
+PRE = 2 * SECOND
+#: ... and stays up, unfrozen, this long after it: the claim lease (10 s) for a takeover of a
+#: claim whose winner stalled, plus one retry (1 s) and a margin.
+HORIZON = 14 * SECOND
+#: Freezes shorter than this (a retry sleep, a slow call) do not make a replica unhealthy.
+SHORT_FREEZE = SECOND
+#: Redis accepts a claim this early by its own clock (EARLY_TOLERANCE of the claim script).
+EARLY = 500_000
+#: Scheduling noise allowed on top of EARLY (the simulated tick jitter is 0-2 ms).
+EARLY_SLACK = 5_000
+#: Slots this close before a loss of Redis data may be lost with it (claimed, not yet fenced:
+#: documented), and slots up to this long after Redis is back may be refused by the restored
+#: high-water mark (Redis time of the first claim plus the 0.5 s early tolerance).
+LOSS_BEFORE = 1_500_000
+LOSS_AFTER = SECOND
+#: A runtime change reaches every replica within one refresh (1 s) plus the tick in hand.
+REFRESH = 1_600_000
+#: A change this close after a slot may come before the replicas handled it.
+CHANGE_SLACK = 50_000
+#: Bound on the number of Redis keys: per entry ever defined (state, pending, running,
+#: buffered, history) plus global keys.
+KEYS_PER_ENTRY = 5
+GLOBAL_KEYS = 10
+#: Bound on each in-process container of a replica, per entry ever defined (queue items,
+#: reported slots, known marks, superseded definitions...), plus a constant.
+CONTAINER_PER_ENTRY = 8
+CONTAINER_BASE = 200
+#: Pending-claim fields left per killed replica at most (one publish batch).
+PUBLISH_BATCH = 100
+
+#: Skip reasons that excuse a missing slot, with the condition checked for each.
+EXCUSES = ("paused", "finished", "busy", "buffered", "capped", "in_flight", "behind", "error")
+
+
+class Checker:
+    """Checks one finished run."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.scenario = world.scenario
+        self.zone = ZoneInfo(self.scenario.timezone)
+        self.violations: list[Violation] = []
+        self.static: dict[str, dict[str, Entry]] = {
+            version: entries_from_config(schedule, default_timezone=self.zone)
+            for version, schedule in self.scenario.configs.items()
+        }
+        self.reports: dict[tuple[str, datetime], list[Report]] = defaultdict(list)
+        for report in world.reports:
+            self.reports[(report.entry, report.slot)].append(report)
+        self.published: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
+        for message in world.messages:
+            if message.source != "trigger":
+                self.published[(message.entry, message.slot)].append(message)
+        self.loss = [w for w in world.windows if w.kind == "data_loss"]
+        self.redis_trouble = [
+            w for w in world.windows if w.kind in ("redis_down", "redis_paused", "data_loss")
+        ]
+
+    def fail(self, rule: str, entry: str, text: str, slot: datetime | None = None) -> None:
+        self.violations.append(Violation(rule, entry, text, slot))
+
+    # -- entry definitions over time ----------------------------------------------------------
+
+    def runtime_epochs(self, name: str) -> list[tuple[int, int, Entry | None]]:
+        """(from, to, entry) for each definition a runtime entry had (None: removed)."""
+        changes = self.world.runtime_definitions.get(name, [])
+        epochs: list[tuple[int, int, Entry | None]] = []
+        for index, (at, definition) in enumerate(changes):
+            end = changes[index + 1][0] if index + 1 < len(changes) else self.scenario.t_end
+            entry = (
+                entry_from_config(name, definition, default_timezone=self.zone, source="runtime")
+                if definition is not None
+                else None
+            )
+            epochs.append((at, end, entry))
+        return epochs
+
+    def healthy(self, start: int, end: int, defines: Any) -> bool:
+        """Whether one replica defining the entry was up and unfrozen over [start, end]."""
+        for replica in self.world.history:
+            if not defines(replica.config):
+                continue
+            if replica.started_at > start:
+                continue
+            stopped = replica.stopped_at if replica.stopped_at is not None else self.scenario.t_end
+            if stopped < end:
+                continue
+            if any(
+                w.end - w.start >= SHORT_FREEZE and w.start <= end and w.end >= start
+                for w in replica.frozen
+            ):
+                continue
+            return True
+        return False
+
+    def troubled(self, start: int, end: int, windows: Iterable[Window]) -> bool:
+        return any(w.start <= end and w.end >= start for w in windows)
+
+    # -- the invariants -----------------------------------------------------------------------
+
+    def check(self) -> list[Violation]:
+        self.violations.extend(self.world.crashes)
+        self.check_once_and_early()
+        self.check_expected()
+        self.check_policies()
+        self.check_bounded()
+        return self.violations
+
+    def all_definitions(self, name: str) -> list[Entry]:
+        found = [config[name] for config in self.static.values() if name in config]
+        found += [entry for _, _, entry in self.runtime_epochs(name) if entry is not None]
+        return found
+
+    def check_once_and_early(self) -> None:
+        for (name, slot), messages in self.published.items():
+            if len(messages) > 1:
+                where = ", ".join(f"{m.replica}@{self._t(m.at)}" for m in messages)
+                self.fail(
+                    "duplicate",
+                    name,
+                    f"{name} slot {slot.isoformat()} published {len(messages)} times ({where})",
+                    slot,
+                )
+            for message in messages:
+                if message.source != "beat":
+                    continue
+                if message.at < datetime_to_us(slot) - EARLY - EARLY_SLACK:
+                    self.fail(
+                        "early",
+                        name,
+                        f"{name} slot {slot.isoformat()} published at "
+                        f"{self._t(message.at)}, before Redis's clock reached it",
+                        slot,
+                    )
+            definitions = self.all_definitions(name)
+            if not definitions:
+                continue
+            if not any(self._is_slot(entry, slot) for entry in definitions):
+                self.fail(
+                    "not_a_slot",
+                    name,
+                    f"{name} published {slot.isoformat()}, which is "
+                    "not a slot of any of its definitions (or is outside start/end)",
+                    slot,
+                )
+
+    @staticmethod
+    def _is_slot(entry: Entry, slot: datetime) -> bool:
+        if entry.start_at is not None and slot < entry.start_at:
+            return False
+        if entry.end_at is not None and slot > entry.end_at:
+            return False
+        previous = entry.schedule.previous_slot(slot)
+        return previous == slot
+
+    def _t(self, us: int) -> str:
+        return f"+{(us - self.scenario.t0) / SECOND:.3f}s"
+
+    def expected_slots(self) -> list[tuple[str, datetime, Entry]]:
+        """Slots that a healthy cluster must publish (or report with a documented reason)."""
+        expected: list[tuple[str, datetime, Entry]] = []
+        first = self.scenario.t0
+        last = self.scenario.t_end - HORIZON
+        names = sorted({n for config in self.static.values() for n in config})
+        for name in names:
+            seen: set[datetime] = set()
+            for version, config in self.static.items():
+                entry = config.get(name)
+                if entry is None:
+                    continue
+                definers = {v for v, c in self.static.items() if name in c}
+                for slot in self._slots(entry, first, last):
+                    if slot in seen:
+                        continue
+                    s = datetime_to_us(slot)
+                    if self.healthy(s - PRE, s + HORIZON, definers.__contains__):
+                        seen.add(slot)
+                        expected.append((name, slot, entry))
+                del version
+        for name in self.scenario.runtime_names:
+            epochs = self.runtime_epochs(name)
+            seen_runtime: set[datetime] = set()
+            for index, (start, end, entry) in enumerate(epochs):
+                if entry is None:
+                    continue
+                low, high = max(first, start - CHANGE_SLACK), min(last, end + REFRESH)
+                for slot in self._slots(entry, low, high):
+                    s = datetime_to_us(slot)
+                    if slot in seen_runtime or not self._runtime_required(epochs, index, slot):
+                        continue
+                    if self.healthy(s - PRE, s + HORIZON, lambda _config: True):
+                        seen_runtime.add(slot)
+                        expected.append((name, slot, entry))
+        return expected
+
+    def _runtime_required(
+        self, epochs: list[tuple[int, int, Entry | None]], index: int, slot: datetime
+    ) -> bool:
+        """Whether a runtime definition owes ``slot``.
+
+        Clearly in force (from one refresh after it was stored until just before the next
+        change): owed. Within a change's refresh: owed when the definitions on both sides of the
+        change have that slot (an edit of args or tags must not drop the slot due meanwhile).
+        """
+        start, end, _ = epochs[index]
+        s = datetime_to_us(slot)
+        if start + REFRESH <= s < end - CHANGE_SLACK:
+            return True
+        if end - CHANGE_SLACK <= s < end + REFRESH:
+            following = epochs[index + 1][2] if index + 1 < len(epochs) else None
+            return following is not None and self._is_slot(following, slot)
+        if start - CHANGE_SLACK <= s < start + REFRESH:
+            previous = epochs[index - 1][2] if index > 0 else None
+            return previous is not None and self._is_slot(previous, slot)
+        return False
+
+    def _slots(self, entry: Entry, first: int, last: int) -> list[datetime]:
+        after, until = us_to_datetime(first), us_to_datetime(last)
+        if entry.start_at is not None and after < entry.start_at:
+            after = entry.start_at - (us_to_datetime(1) - us_to_datetime(0))
+        if entry.end_at is not None and until > entry.end_at:
+            until = entry.end_at
+        if until <= after:
+            return []
+        return list(entry.schedule.slots(after, until))
+
+    def check_expected(self) -> None:
+        world = self.world
+        corrupted = world.corrupted
+        for name, slot, entry in self.expected_slots():
+            key = (name, slot)
+            if key in self.published:
+                continue
+            s = datetime_to_us(slot)
+            if self.troubled(s - SECOND, s + HORIZON, self.redis_trouble):
+                continue
+            if any(w.start - LOSS_BEFORE <= s <= w.end + LOSS_AFTER for w in self.loss):
+                continue
+            if key in world.lost_unfenced:
+                continue
+            if name in corrupted and corrupted[name] <= s + HORIZON and self.reports.get(key):
+                continue
+            if self._paused_at(name, s) or self._finished_before(name, entry, s):
+                continue
+            if self._singleton_busy(name, s):
+                continue
+            reasons = self._valid_excuses(name, slot, entry)
+            if reasons:
+                continue
+            said = sorted(
+                {
+                    f"{r.replica}:{r.kind}{'=' + r.reason if r.reason else ''}"
+                    for r in self.reports.get(key, [])
+                }
+            )
+            self.fail(
+                "missed",
+                name,
+                f"{name} slot {slot.isoformat()} ({self._t(s)}) never published while Redis was "
+                f"up and a replica healthy; reports: {', '.join(said) or 'none (silent loss)'}",
+                slot,
+            )
+
+    def _paused_at(self, name: str, s: int) -> bool:
+        for start, end in self.world.pauses.get(name, []):
+            stop = end if end is not None else self.scenario.t_end
+            if start - EARLY - SECOND <= s <= stop + REFRESH:
+                return True
+        return False
+
+    def _finished_before(self, name: str, entry: Entry, s: int) -> bool:
+        if not entry.max_runs:
+            return False
+        runs = [m for m in self.world.messages if m.entry == name and m.at <= s + HORIZON]
+        failed = {
+            r.slot
+            for (n, _), rs in self.reports.items()
+            if n == name
+            for r in rs
+            if r.kind == "failed"
+        }
+        return len(runs) + len(failed) >= entry.max_runs
+
+    def _singleton_busy(self, name: str, s: int) -> bool:
+        return any(
+            run.entry == name and run.singleton and run.start - EARLY <= s <= run.end + SECOND
+            for run in self.world.runs
+        )
+
+    def _valid_excuses(self, name: str, slot: datetime, entry: Entry) -> list[str]:
+        key = (name, slot)
+        valid = []
+        for report in self.reports.get(key, []):
+            reason = report.reason if report.kind == "skipped" else report.kind
+            if self._excuses(reason, name, key, entry):
+                valid.append(reason)
+        return valid
+
+    def _excuses(self, reason: str, name: str, key: tuple[str, datetime], entry: Entry) -> bool:
+        """Whether a reported reason is a documented exception that applies here."""
+        world = self.world
+        checks = {
+            "busy": entry.singleton,
+            "buffered": entry.singleton,
+            "capped": self.scenario.max_concurrent > 0,
+            "in_flight": key in world.killed_fenced or key in world.uncertain,
+            "behind": True,
+            "error": name in world.corrupted,
+            "failed": name in world.corrupted or key in world.uncertain,
+            "paused": name in world.pauses,
+        }
+        return checks.get(reason, False)
+
+    def check_policies(self) -> None:
+        world = self.world
+        # Paused: nothing published for a slot well inside a pause (while Redis kept its data).
+        for name, intervals in world.pauses.items():
+            for start, end in intervals:
+                stop = end if end is not None else self.scenario.t_end
+                for message in world.messages:
+                    if message.entry != name or message.source == "trigger":
+                        continue
+                    s = datetime_to_us(message.slot)
+                    if start + EARLY + 100_000 < s < stop and message.at < stop:
+                        if any(w.start <= s and w.start >= start - SECOND for w in self.loss):
+                            continue
+                        self.fail(
+                            "paused",
+                            name,
+                            f"{name} slot {message.slot.isoformat()} "
+                            f"published at {self._t(message.at)} while paused since "
+                            f"{self._t(start)}",
+                            message.slot,
+                        )
+        # max_runs / one_off.
+        for name in {m.entry for m in world.messages}:
+            limits = [e.max_runs for e in self.all_definitions(name) if e.max_runs]
+            if not limits:
+                continue
+            limit = max(limits)
+            sent = sorted(
+                (m for m in world.messages if m.entry == name and m.source != "trigger"),
+                key=lambda m: m.at,
+            )
+            if len(sent) > limit:
+                extra = sent[limit]
+                if any(w.start <= extra.at for w in self.loss):
+                    continue  # the run counter went with the data (documented)
+                if any(t <= extra.at for t, n in world.triggers if n == name):
+                    continue  # a manual trigger counts as a run
+                self.fail(
+                    "finished",
+                    name,
+                    f"{name} published {len(sent)} runs, max_runs is "
+                    f"{limit} (run {limit + 1}: slot {extra.slot.isoformat()})",
+                    extra.slot,
+                )
+        # Singleton: no two runs of one entry at once.
+        by_entry: dict[str, list[Any]] = defaultdict(list)
+        for run in world.runs:
+            if run.singleton:
+                by_entry[run.entry].append(run)
+        for name, runs in by_entry.items():
+            runs.sort(key=lambda run: run.start)
+            for before, after in itertools.pairwise(runs):
+                if after.start < before.end:
+                    if any(
+                        before.start - SECOND <= w.end and w.start <= after.start for w in self.loss
+                    ):
+                        continue
+                    self.fail(
+                        "singleton",
+                        name,
+                        f"{name}: run of slot {after.slot.isoformat()} "
+                        f"started at {self._t(after.start)} while the run of "
+                        f"{before.slot.isoformat()} ran until {self._t(before.end)}",
+                        after.slot,
+                    )
+        # The concurrency cap.
+        cap = self.scenario.max_concurrent
+        if cap > 0:
+            points = []
+            for run in world.runs:
+                if run.capped:
+                    points.append((run.start, 1, run))
+                    points.append((run.end, -1, run))
+            points.sort(key=lambda p: (p[0], p[1]))
+            running = 0
+            for at, delta, run in points:
+                running += delta
+                if running > cap and not any(w.start <= at for w in self.loss):
+                    self.fail(
+                        "capped",
+                        run.entry,
+                        f"{running} capped runs at {self._t(at)}, "
+                        f"fork_scheduler_max_concurrent is {cap}",
+                        run.slot,
+                    )
+                    break
+
+    def check_bounded(self) -> None:
+        world = self.world
+        names = set(self.scenario.runtime_names)
+        for config in self.static.values():
+            names.update(config)
+        if world.redis_up:
+            client = world.redis.admin
+            keys = client.dbsize()
+            limit = KEYS_PER_ENTRY * len(names) + GLOBAL_KEYS
+            if keys > limit:
+                self.fail("bounded", "", f"{keys} Redis keys at the end, more than {limit}")
+            kills = sum(1 for r in world.history if r.how_stopped in ("killed", "crashed"))
+            pending = 0
+            for name in names:
+                pending += (
+                    client.hlen(f"sim:{{{name}}}:pending")
+                    if client.type(f"sim:{{{name}}}:pending") == b"hash"
+                    else 0
+                )
+            limit = 3 * len(names) + kills * PUBLISH_BATCH + len(world.uncertain)
+            if pending > limit:
+                self.fail(
+                    "bounded", "", f"{pending} pending claims left in Redis, more than {limit}"
+                )
+        limit = CONTAINER_PER_ENTRY * len(names) + CONTAINER_BASE
+        for replica in world.replicas.values():
+            if not replica.alive or replica.scheduler is None:
+                continue
+            for attr, value in vars(replica.scheduler).items():
+                size = _size(value)
+                if size is not None and size > limit:
+                    self.fail(
+                        "bounded",
+                        "",
+                        f"{replica.name}.{attr} holds {size} items at the end, more than {limit}",
+                    )
+
+
+def _size(value: Any) -> int | None:
+    if isinstance(value, (set, frozenset, dict, list)):
+        return len(value)
+    if type(value).__name__ == "TimeQueue":
+        return len(value)
+    return None
+
+
+def counts(world: World) -> Counter[str]:
+    """What a run did, for the summary line."""
+    result: Counter[str] = Counter()
+    result["published"] = sum(1 for m in world.messages if m.source == "beat")
+    result["replicas"] = len(world.history)
+    return result

@@ -1,0 +1,228 @@
+"""Run seeds (in parallel worker processes, each with its own Redis) and report violations."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model import Violation
+from .redis_proc import FakeTimeRedis, SetupError, VirtualClockFile
+
+SECOND = 1_000_000
+#: Trace lines shown around a violation (the events touching its entry, and the faults).
+TRACE_LIMIT = 120
+
+
+@dataclass
+class Result:
+    """What one seed came to."""
+
+    seed: int
+    violations: list[Violation]
+    trace: list[tuple[int, str, str]] = field(default_factory=list)
+    t0: int = 0
+    summary: list[str] = field(default_factory=list)
+    published: int = 0
+    seconds: float = 0.0
+
+
+_SERVER: FakeTimeRedis | None = None
+
+
+def _server() -> FakeTimeRedis:
+    global _SERVER
+    if _SERVER is None:
+        workdir = Path(tempfile.mkdtemp(prefix="fork-sim-"))
+        clock = VirtualClockFile(workdir / "faketime")
+        _SERVER = FakeTimeRedis(workdir, clock)
+        _SERVER.start()
+    return _SERVER
+
+
+def run_seed(seed: int, *, mutation: str | None = None) -> Result:
+    """Draw and run one seed, check it, return the result."""
+    from . import mutations
+    from .checker import Checker
+    from .scenario import draw
+    from .world import World, install
+
+    started = time.perf_counter()
+    server = _server()
+    server.clock_file.set(0)
+    server.reset()
+    scenario = draw(seed)
+    world = World(scenario, server)
+    install(world)
+    with mutations.applied(mutation):
+        try:
+            world.run()
+        finally:
+            world.finish()
+        violations = Checker(world).check()
+    if not server.running:
+        server.start()
+    return Result(
+        seed,
+        violations,
+        world.trace,
+        scenario.t0,
+        scenario.summary,
+        sum(1 for m in world.messages if m.source == "beat"),
+        time.perf_counter() - started,
+    )
+
+
+def _run_quiet(args: tuple[int, str | None]) -> Result:
+    seed, mutation = args
+    try:
+        return run_seed(seed, mutation=mutation)
+    except SetupError:
+        raise
+    except BaseException as exc:  # the simulator itself failed: report it as a violation
+        import traceback
+
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        text = " | ".join(traceback.format_exception(exc)[-4:]).replace("\n", " ")
+        return Result(seed, [Violation("simulator", "", f"simulator error: {text}")])
+
+
+def _close_server() -> None:
+    if _SERVER is not None:
+        _SERVER.close()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1-200``, ``5``, ``1,4,9-12``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            low, high = part.split("-", 1)
+            seeds.extend(range(int(low), int(high) + 1))
+        elif part:
+            seeds.append(int(part))
+    return seeds
+
+
+def shortest_trace(result: Result, violation: Violation) -> list[str]:
+    """The trace lines that touch the violating entry, plus the world's faults around them."""
+    lines = []
+    for at, entry, text in result.trace:
+        if violation.entry and entry not in ("", violation.entry):
+            continue
+        if not violation.entry and entry:
+            continue
+        lines.append(f"  {(at - result.t0) / SECOND:9.3f}s  {text}")
+    if violation.slot is not None:
+        # Keep the part of the story that leads to the slot: up to 60 s before it.
+        from .redis_proc import datetime_to_us
+
+        slot_us = datetime_to_us(violation.slot)
+        lines = [
+            line
+            for line, (at, _, _) in zip(lines, _filtered(result, violation), strict=True)
+            if at >= slot_us - 60 * SECOND
+        ] or lines
+    if len(lines) > TRACE_LIMIT:
+        lines = [*lines[: TRACE_LIMIT // 2], "  ...", *lines[-TRACE_LIMIT // 2 :]]
+    return lines
+
+
+def _filtered(result: Result, violation: Violation) -> list[tuple[int, str, str]]:
+    return [
+        item
+        for item in result.trace
+        if not (violation.entry and item[1] not in ("", violation.entry))
+        and not (not violation.entry and item[1])
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python scripts/simulate.py --seeds 1-200`` / ``--seed N --trace``."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Set and dict orders of strings must not change between a run and its replay.
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    parser = argparse.ArgumentParser(description="Deterministic simulator of a scheduler cluster")
+    parser.add_argument("--seeds", default="1-50", help="seeds to run: 1-200, or 3,7,10-12")
+    parser.add_argument("--seed", type=int, help="run one seed")
+    parser.add_argument("--trace", action="store_true", help="print the full event trace")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--mutation", help="re-introduce a known bug (see --list-mutations)")
+    parser.add_argument("--list-mutations", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
+    args = parser.parse_args(argv)
+    logging.disable(logging.CRITICAL)
+    from . import mutations
+
+    if args.list_mutations:
+        for name, text in mutations.DESCRIPTIONS.items():
+            print(f"{name:14} {text}")
+        return 0
+    seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds)
+    started = time.perf_counter()
+    results: list[Result] = []
+    work = [(seed, args.mutation) for seed in seeds]
+    try:
+        if args.jobs > 1 and len(seeds) > 1:
+            context = multiprocessing.get_context("fork")
+            pool = context.Pool(args.jobs, initializer=_init_worker)
+            try:
+                for result in pool.imap(_run_quiet, work):
+                    results.append(result)
+                    _print_result(result, args)
+            finally:
+                pool.close()
+                pool.join()
+        else:
+            for item in work:
+                result = _run_quiet(item)
+                results.append(result)
+                _print_result(result, args)
+    finally:
+        _close_server()
+    total = sum(len(r.violations) for r in results)
+    failing = [r.seed for r in results if r.violations]
+    elapsed = time.perf_counter() - started
+    if failing:
+        print(f"seeds with violations: {' '.join(map(str, failing))}")
+    print(f"({elapsed:.1f} s wall, {args.jobs} job(s))", file=sys.stderr)
+    print(f"{len(results)} runs, {total} violations")
+    return 1 if total else 0
+
+
+def _init_worker() -> None:
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _close_server, exitpriority=10)
+    with contextlib.suppress(Exception):
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _print_result(result: Result, args: argparse.Namespace) -> None:
+    if args.verbose or args.trace:
+        print(
+            f"seed {result.seed}: {len(result.violations)} violations, {result.published} "
+            f"published, {result.seconds:.2f} s; {'; '.join(result.summary)}"
+        )
+    if args.trace:
+        for at, _, text in result.trace:
+            print(f"  {(at - result.t0) / SECOND:9.3f}s  {text}")
+    for violation in result.violations:
+        print(f"seed {result.seed}: VIOLATION [{violation.rule}] {violation.text}")
+        if not args.trace:
+            print(f"  replay: python scripts/simulate.py --seed {result.seed} --trace")
+            for line in shortest_trace(result, violation):
+                print(line)
+    sys.stdout.flush()

@@ -1,0 +1,436 @@
+"""Drawing one run from its seed: entries, policies, replicas, faults, edits.
+
+Everything random in a run comes from ``random.Random(seed)`` here (and from the world's own
+generator, seeded from the same seed), so a seed replays exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from celery.schedules import crontab
+from celery.schedules import schedule as celery_schedule
+
+from celery_fork_scheduler.schedules import Interval, at, cron, every
+
+from .model import POINTS, PublishFault, ReplicaFault, WorldEvent
+from .redis_proc import datetime_to_us, us_to_datetime
+
+SECOND = 1_000_000
+#: Virtual start of every run: 2030-01-01T00:00:00Z plus a drawn offset (cron and daily
+#: schedules then meet different minutes and hours).
+BASE = 1_893_456_000 * SECOND
+
+
+@dataclass
+class Scenario:
+    """One run, fully drawn."""
+
+    seed: int
+    t0: int
+    t_end: int
+    timezone: str
+    max_loop_interval: int
+    max_concurrent: int
+    configs: dict[str, dict[str, dict[str, Any]]]
+    initial_replicas: list[str]
+    skews: dict[int, int]
+    events: list[WorldEvent]
+    replica_faults: list[ReplicaFault]
+    publish_faults: list[PublishFault]
+    run_durations: dict[str, int]
+    runtime_names: list[str] = field(default_factory=list)
+    families: dict[str, str] = field(default_factory=dict)
+    cold_restarts: list[tuple[int, int]] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+
+
+INTERVALS = (1, 2, 3, 4, 5, 7, 10, 15, 30)
+
+
+def _schedule(rng: random.Random, family: str, t0: datetime, zone: str) -> Any:
+    seconds = rng.choice(INTERVALS)
+    if family == "interval":
+        return Interval(
+            every=timedelta(seconds=seconds), phase=timedelta(milliseconds=rng.randrange(0, 1000))
+        )
+    if family == "every":
+        return every(seconds).seconds
+    if family == "celery_timedelta":
+        return timedelta(seconds=seconds)
+    if family == "celery_number":
+        return float(seconds)
+    if family == "celery_schedule":
+        return celery_schedule(run_every=timedelta(seconds=seconds))
+    if family == "cron6":
+        step = rng.choice((1, 2, 3, 5, 10, 15, 20, 30))
+        return cron(f"*/{step} * * * * *")
+    if family == "cron5":
+        return cron("* * * * *")
+    if family == "crontab":
+        return crontab(minute="*")
+    if family == "daily":
+        local = t0.astimezone(ZoneInfo(zone))
+        times = sorted(
+            {
+                (local + timedelta(seconds=rng.randrange(20, 200))).time().replace(microsecond=0)
+                for _ in range(rng.randrange(1, 4))
+            }
+        )
+        return at(*[time(t.hour, t.minute, t.second) for t in times])
+    if family == "every_minute":
+        return every(1).minute
+    raise AssertionError(family)
+
+
+FAMILIES = (
+    "interval",
+    "every",
+    "celery_timedelta",
+    "celery_number",
+    "celery_schedule",
+    "cron6",
+    "cron5",
+    "crontab",
+    "daily",
+    "every_minute",
+)
+
+
+def _policies(rng: random.Random, t0: datetime, span: int) -> dict[str, Any]:
+    policies: dict[str, Any] = {}
+    roll = rng.random()
+    if roll < 0.2:
+        policies["singleton"] = True
+    elif roll < 0.32:
+        policies["overlap"] = "buffer_one"
+    roll = rng.random()
+    if roll < 0.08:
+        policies["one_off"] = True
+    elif roll < 0.18:
+        policies["max_runs"] = rng.randrange(1, 6)
+    policies["catchup"] = rng.choice(("latest", "latest", "all", "skip"))
+    if rng.random() < 0.1:
+        policies["catchup_window"] = rng.choice((10, 60, 600))
+    if rng.random() < 0.2:
+        policies["start_at"] = (
+            t0 + timedelta(seconds=rng.randrange(5, span // SECOND))
+        ).isoformat()
+    if rng.random() < 0.2:
+        end = t0 + timedelta(seconds=rng.randrange(20, span // SECOND))
+        if "start_at" in policies and datetime.fromisoformat(policies["start_at"]) >= end:
+            policies.pop("start_at")
+        policies["end_at"] = end.isoformat()
+    return policies
+
+
+def draw(seed: int) -> Scenario:
+    """Draw the run of ``seed``."""
+    rng = random.Random(seed)
+    t0_us = BASE + rng.randrange(0, 86_400) * SECOND + rng.randrange(0, SECOND)
+    t0 = us_to_datetime(t0_us)
+    span = rng.randrange(100, 200) * SECOND
+    zone = rng.choice(("UTC", "UTC", "Europe/Berlin", "America/New_York"))
+    summary: list[str] = []
+
+    entries: dict[str, dict[str, Any]] = {}
+    families: dict[str, str] = {}
+    durations: dict[str, int] = {}
+    count = rng.randrange(5, 12)
+    for index in range(count):
+        family = rng.choice(FAMILIES)
+        name = f"e{index:02d}-{family}"
+        definition: dict[str, Any] = {
+            "task": "sim.task",
+            "schedule": _schedule(rng, family, t0, zone),
+            "args": [index],
+            **_policies(rng, t0, span),
+        }
+        if family.startswith("cron") and rng.random() < 0.3:
+            definition["timezone"] = rng.choice(("Europe/Berlin", "Asia/Kolkata"))
+        entries[name] = definition
+        families[name] = family
+        if definition.get("singleton") or definition.get("overlap") == "buffer_one":
+            durations[name] = rng.randrange(1, 25) * SECOND
+    burst = rng.random() < 0.15
+    cold: list[tuple[int, int]] = []
+    events: list[WorldEvent] = []
+    t_end = t0_us + span
+    if burst or rng.random() < 0.15:
+        # A cold restart: every replica down for a while, then the catch-up rules.
+        name = "catchup-all"
+        entries[name] = {
+            "task": "sim.task",
+            "schedule": Interval(every=timedelta(seconds=1)),
+            "catchup": "all",
+        }
+        families[name] = "interval"
+        outage = rng.randrange(520, 700) * SECOND if burst else rng.randrange(10, 120) * SECOND
+        down_at = t0_us + rng.randrange(30, span // SECOND - 40) * SECOND
+        cold.append((down_at, down_at + outage))
+        t_end += outage
+        summary.append(f"cold restart {outage / SECOND:.0f} s")
+
+    configs = {"v1": dict(entries)}
+    replicas = rng.randrange(2, 5)
+    initial = ["v1"] * replicas
+    rolling = rng.random() < 0.2
+    if rolling:
+        v2 = dict(entries)
+        removed = rng.choice(sorted(entries))
+        v2.pop(removed)
+        v2["v2-only"] = {"task": "sim.task", "schedule": Interval(every=timedelta(seconds=3))}
+        families["v2-only"] = "interval"
+        changed = rng.choice(sorted(v2))
+        v2[changed] = {**v2[changed], "args": ["v2"]}
+        configs["v2"] = v2
+        summary.append(f"rolling deploy (v2 drops {removed}, adds v2-only, changes {changed})")
+
+    max_concurrent = rng.choice((0, 0, 0, rng.randrange(2, 6)))
+    skews = {
+        slot: rng.choice((0, 0, rng.randrange(-30 * SECOND, 30 * SECOND)))
+        for slot in range(replicas)
+    }
+
+    replica_faults: list[ReplicaFault] = []
+    publish_faults: list[PublishFault] = []
+    first, last = t0_us + 8 * SECOND, t_end - 25 * SECOND
+
+    def when() -> int:
+        moment = rng.randrange(first, last)
+        for down, up in cold:
+            if down - 20 * SECOND <= moment <= up + 10 * SECOND:
+                moment = up + rng.randrange(10, 20) * SECOND
+        return min(moment, last)
+
+    faults = rng.randrange(2, 9)
+    for _ in range(faults):
+        kind = rng.choice(
+            (
+                "kill",
+                "kill",
+                "freeze",
+                "freeze",
+                "sigterm",
+                "idle_kill",
+                "redis_empty",
+                "redis_data",
+                "failover",
+                "client_pause",
+                "slow",
+                "publish_fail",
+                "publish_uncertain",
+                "publish_hang",
+                "prepare_fail",
+                "clock_step",
+            )
+        )
+        slot = rng.randrange(replicas)
+        at_ = when()
+        restart = rng.randrange(0, 15 * SECOND) if rng.random() < 0.8 else None
+        if kind in ("kill", "freeze", "sigterm"):
+            point = rng.choice(POINTS)
+            duration = (
+                rng.choice((rng.randrange(100_000, 3 * SECOND), rng.randrange(8, 40) * SECOND))
+                if kind == "freeze"
+                else 0
+            )
+            replica_faults.append(
+                ReplicaFault(
+                    slot, at_, point, kind, duration, restart if kind != "freeze" else None
+                )
+            )
+            summary.append(f"{kind} r{slot} at {point}")
+        elif kind == "idle_kill":
+            replica_faults.append(ReplicaFault(slot, at_, "idle", "kill", 0, restart))
+            summary.append(f"kill r{slot} between ticks")
+        elif kind in ("redis_empty", "redis_data"):
+            down = rng.choice((0, rng.randrange(100_000, 8 * SECOND)))
+            events.append(
+                WorldEvent(at_, "redis_restart", {"keep_data": kind == "redis_data", "down": down})
+            )
+            summary.append(kind.replace("_", " restarted "))
+        elif kind == "failover":
+            lag = rng.randrange(200_000, 5 * SECOND)
+            down = rng.randrange(0, 3 * SECOND)
+            events.append(WorldEvent(at_, "lag_start", {"failover_after": lag, "down": down}))
+            summary.append("failover to a lagging replica")
+        elif kind == "client_pause":
+            events.append(
+                WorldEvent(at_, "client_pause", {"duration": rng.randrange(200_000, 8 * SECOND)})
+            )
+            summary.append("CLIENT PAUSE")
+        elif kind == "slow":
+            events.append(
+                WorldEvent(
+                    at_,
+                    "slow",
+                    {
+                        "duration": rng.randrange(2, 20) * SECOND,
+                        "latency": rng.randrange(5_000, 400_000),
+                    },
+                )
+            )
+            summary.append("slow Redis")
+        elif kind.startswith("publish_") or kind == "prepare_fail":
+            sub = {"publish_fail": "fail", "publish_uncertain": "uncertain"}.get(kind)
+            sub = sub or ("hang" if kind == "publish_hang" else "prepare")
+            publish_faults.append(
+                PublishFault(
+                    slot,
+                    at_,
+                    sub,
+                    rng.randrange(500_000, 30 * SECOND) if sub == "hang" else 0,
+                    rng.random() < 0.5,
+                )
+            )
+            summary.append(f"publish {sub} on r{slot}")
+        elif kind == "clock_step":
+            step = rng.choice(
+                (rng.randrange(-3600, 3600) * SECOND, rng.randrange(-5 * SECOND, 5 * SECOND))
+            )
+            events.append(WorldEvent(at_, "clock_step", {"slot": slot, "step": step}))
+            summary.append(f"clock step r{slot}")
+
+    if rng.random() < 0.1:
+        victim = rng.choice(sorted(entries))
+        events.append(
+            WorldEvent(when(), "corrupt", {"entry": victim, "how": rng.choice(("hwm", "type"))})
+        )
+        summary.append(f"corrupted state of {victim}")
+
+    for down, up in cold:
+        for slot in range(replicas):
+            events.append(
+                WorldEvent(down + slot * 1000, "stop_replica", {"slot": slot, "how": "kill"})
+            )
+            events.append(
+                WorldEvent(
+                    up + slot * rng.randrange(0, 2 * SECOND),
+                    "start_replica",
+                    {"slot": slot, "config": "v1"},
+                )
+            )
+
+    if rolling:
+        moment = rng.randrange(first, max(first + 1, last - 40 * SECOND))
+        for slot in range(replicas):
+            moment += rng.randrange(3, 12) * SECOND
+            events.append(WorldEvent(moment, "stop_replica", {"slot": slot, "how": "sigterm"}))
+            events.append(
+                WorldEvent(
+                    moment + rng.randrange(0, 3 * SECOND),
+                    "start_replica",
+                    {"slot": slot, "config": "v2"},
+                )
+            )
+
+    runtime_names = _runtime_ops(rng, t0, t0_us, last, zone, events, families, durations, summary)
+
+    events.sort(key=lambda event: event.at)
+    return Scenario(
+        seed=seed,
+        t0=t0_us,
+        t_end=t_end,
+        timezone=zone,
+        max_loop_interval=rng.choice((5, 300)),
+        max_concurrent=max_concurrent,
+        configs=configs,
+        initial_replicas=initial,
+        skews=skews,
+        events=events,
+        replica_faults=replica_faults,
+        publish_faults=publish_faults,
+        run_durations=durations,
+        runtime_names=runtime_names,
+        families=families,
+        cold_restarts=cold,
+        summary=summary,
+    )
+
+
+def _runtime_ops(
+    rng: random.Random,
+    t0: datetime,
+    t0_us: int,
+    last: int,
+    zone: str,
+    events: list[WorldEvent],
+    families: dict[str, str],
+    durations: dict[str, int],
+    summary: list[str],
+) -> list[str]:
+    """Runtime entries added, edited, paused, resumed, triggered and removed by an operator,
+    at instants near their slot boundaries."""
+    names = []
+    for index in range(rng.randrange(0, 4)):
+        name = f"rt{index}"
+        names.append(name)
+        seconds = rng.choice((1, 2, 3, 5, 10))
+        definition: dict[str, Any] = {
+            "task": "sim.runtime",
+            "schedule": Interval(every=timedelta(seconds=seconds)),
+            "args": [0],
+        }
+        if rng.random() < 0.25:
+            definition["singleton"] = True
+            durations[name] = rng.randrange(1, 8) * SECOND
+        if rng.random() < 0.15:
+            definition["max_runs"] = rng.randrange(1, 5)
+        families[name] = "runtime"
+        events.append(
+            WorldEvent(
+                t0_us + rng.randrange(0, 3 * SECOND),
+                "manage",
+                {"op": "add", "name": name, "definition": definition},
+            )
+        )
+        version = 0
+        for _ in range(rng.randrange(1, 7)):
+            op = rng.choice(
+                ("update", "update", "reschedule", "pause", "resume", "trigger", "remove", "add")
+            )
+            moment = rng.randrange(t0_us + 5 * SECOND, last)
+            # Near a slot boundary of the current interval: just before, at, or just after.
+            period = int(definition["schedule"].every.total_seconds() * SECOND)
+            boundary = moment - (moment % period)
+            moment = boundary + rng.choice(
+                (-1_100_000, -400_000, -2_000, 0, 1_500, 300_000, 900_000)
+            )
+            if op == "update":
+                version += 1
+                definition = {**definition, "args": [version]}
+                events.append(
+                    WorldEvent(
+                        moment, "manage", {"op": "update", "name": name, "definition": definition}
+                    )
+                )
+            elif op == "reschedule":
+                seconds = rng.choice((1, 2, 3, 5))
+                definition = {**definition, "schedule": Interval(every=timedelta(seconds=seconds))}
+                events.append(
+                    WorldEvent(
+                        moment, "manage", {"op": "update", "name": name, "definition": definition}
+                    )
+                )
+            elif op == "add":
+                events.append(
+                    WorldEvent(
+                        moment, "manage", {"op": "add", "name": name, "definition": definition}
+                    )
+                )
+            else:
+                events.append(
+                    WorldEvent(moment + rng.randrange(1, 999), "manage", {"op": op, "name": name})
+                )
+        summary.append(f"runtime entry {name}")
+    return names
+
+
+def to_us(moment: datetime) -> int:
+    """Re-export for the checker."""
+    return datetime_to_us(moment)

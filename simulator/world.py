@@ -1,0 +1,843 @@
+"""The simulated cluster: replicas, a faketime'd Redis, a broker log, a worker, an operator.
+
+Everything runs in one thread on virtual time (whole microseconds since the epoch). An event
+heap orders replica ticks, worker run ends, operator edits and faults; Redis's clock is the
+virtual clock (see :mod:`.redis_proc`), and each replica's wall clock is the virtual clock plus
+its own skew. A replica *frozen* at a named point of its tick (a backend or publisher call)
+stays on the Python stack while the simulator runs the rest of the world forward; a replica
+*killed* at a point gets a private ``BaseException`` that unwinds its stack, and its object is
+thrown away (its memory is gone, as with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import random
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+import celery_fork_scheduler.manager as manager_module
+import celery_fork_scheduler.scheduler as scheduler_module
+import celery_fork_scheduler.worker as worker_module
+from celery_fork_scheduler import publishing, signals
+from celery_fork_scheduler.backends.redis import RedisBackend
+from celery_fork_scheduler.backends.redis_connection import client_from_url
+from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler.errors import BackendUnavailableError
+from celery_fork_scheduler.ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER
+from celery_fork_scheduler.manager import Manager
+from celery_fork_scheduler.scheduler import Scheduler
+
+from .model import Message, PublishFault, ReplicaFault, Report, Run, Violation, Window, WorldEvent
+from .redis_proc import FakeTimeRedis, us_to_datetime
+
+SECOND = 1_000_000
+#: A tick never takes less than this much virtual time before the next one (beat's loop).
+MIN_TICK_US = 1_000
+#: A call during CLIENT PAUSE that waits longer than this fails as a client timeout.
+CLIENT_TIMEOUT_US = 5 * SECOND
+#: A run that takes longer than this (wall seconds) is stopped and reported.
+WALL_LIMIT = 120
+
+
+class Killed(BaseException):
+    """Raised inside a replica killed at a named point: unwinds it like SIGKILL would."""
+
+
+@dataclass
+class Replica:
+    """One beat replica (one incarnation of a replica slot)."""
+
+    slot: int
+    generation: int
+    name: str
+    config: str
+    skew: int  # us added to virtual time for this host's wall clock
+    monotonic_base: int
+    scheduler: Any = None
+    alive: bool = True
+    busy: bool = False
+    started_at: int = 0
+    stopped_at: int | None = None
+    how_stopped: str = ""
+    frozen: list[Window] = field(default_factory=list)
+
+
+class World:
+    """One run of the simulated cluster."""
+
+    def __init__(self, scenario: Any, redis_server: FakeTimeRedis, *, trace: bool = False):
+        self.scenario = scenario
+        self.redis = redis_server
+        self.vt: int = scenario.t0
+        self.rng = random.Random(scenario.seed * 7919 + 1)
+        self.keep_trace = trace
+        self.trace: list[tuple[int, str, str]] = []  # (us, entry or "", text)
+        self._heap: list[tuple[int, int, str, Any]] = []
+        self._seq = 0
+        self.replicas: dict[int, Replica] = {}
+        self.history: list[Replica] = []
+        self.stack: list[Replica] = []
+        self.messages: list[Message] = []
+        self.reports: list[Report] = []
+        self.runs: list[Run] = []
+        self.windows: list[Window] = []  # redis faults, data loss, edits...
+        self.crashes: list[Violation] = []
+        self.paused_until = 0  # CLIENT PAUSE
+        self.slow: tuple[int, int, int] | None = None  # (start, end, latency us)
+        self.lagging_since: int | None = None
+        self.redis_up = True
+        self.replica_faults: list[ReplicaFault] = list(scenario.replica_faults)
+        self.publish_faults: list[PublishFault] = list(scenario.publish_faults)
+        self.deferred_calls: list[tuple[int, Callable[[], Any]]] = []
+        self.apps: dict[str, Celery] = {}
+        self.schedulers: dict[int, Replica] = {}
+        self.runtime_definitions: dict[str, list[tuple[int, dict[str, Any] | None]]] = {}
+        self.pauses: dict[str, list[list[int | None]]] = {}
+        self.corrupted: dict[str, int] = {}
+        self.uncertain: set[tuple[str, datetime]] = set()
+        self.killed_fenced: set[tuple[str, datetime]] = set()
+        self.fenced_by: dict[tuple[str, datetime], str] = {}
+        self.won_unfenced: dict[tuple[str, datetime], int] = {}
+        self.lost_unfenced: set[tuple[str, datetime]] = set()
+        self.triggers: list[tuple[int, str]] = []
+        self._worker_client: Any = None
+        self._worker: Any = None
+        self._manager: Manager | None = None
+        self._events = 0
+        self._deadline = time.monotonic() + WALL_LIMIT
+
+    # -- trace and time -----------------------------------------------------------------------
+
+    def log(self, text: str, entry: str = "") -> None:
+        """Add a line to the trace (kept always: the checker filters it per entry)."""
+        self.trace.append((self.vt, entry, text))
+
+    def now_dt(self) -> datetime:
+        """Virtual time (Redis's clock) as an aware datetime."""
+        return us_to_datetime(self.vt)
+
+    def _set_time(self, us: int) -> None:
+        if us > self.vt:
+            self.vt = us
+        self.redis.clock_file.set(self.vt)
+
+    def schedule(self, at: int, kind: str, payload: Any = None) -> None:
+        """Queue an event."""
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, payload))
+
+    # -- the main loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the whole scenario to its end."""
+        self._set_time(self.vt)
+        self._build_apps()
+        self._worker_client = client_from_url(self.redis.url)
+        self._manager = Manager(self.apps["v1"], clock=self.now_dt)
+        for event in self.scenario.events:
+            self.schedule(event.at, "event", event)
+        for fault in self.replica_faults:
+            if fault.point == "idle":
+                self.schedule(fault.at, "idle_fault", fault)
+        for slot, config in enumerate(self.scenario.initial_replicas):
+            self.start_replica(slot, config)
+        self.run_until(self.scenario.t_end)
+        self.finish()
+
+    def run_until(self, end: int) -> None:
+        """Process every event due up to ``end`` (re-entrant: a freeze runs the world forward)."""
+        while self._heap and self._heap[0][0] <= end:
+            self._events += 1
+            if self._events % 10_000 == 0 and time.monotonic() > self._deadline:
+                raise RuntimeError(f"run took more than {WALL_LIMIT} s of wall time (runaway?)")
+            at, _, kind, payload = heapq.heappop(self._heap)
+            self._set_time(at)
+            self._dispatch(kind, payload)
+        self._set_time(end)
+
+    def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind == "tick":
+            replica = payload
+            if replica.alive and not replica.busy:
+                self._tick(replica)
+        elif kind == "event":
+            self._world_event(payload)
+        elif kind == "idle_fault":
+            self._idle_fault(payload)
+        elif kind == "run_end":
+            self._run_end(payload)
+        elif kind == "deferred":
+            payload()
+        elif kind == "start":
+            slot, config = payload
+            self.start_replica(slot, config)
+
+    # -- replicas -------------------------------------------------------------------------------
+
+    def _build_apps(self) -> None:
+        for version, beat_schedule in self.scenario.configs.items():
+            app = Celery(f"sim-{version}", set_as_current=False)
+            app.conf.update(
+                broker_url="memory://",
+                result_backend=None,
+                result_expires=None,
+                timezone=self.scenario.timezone,
+                beat_schedule=beat_schedule,
+                beat_max_loop_interval=self.scenario.max_loop_interval,
+                fork_scheduler_redis_url=self.redis.url,
+                fork_scheduler_key_prefix="sim:",
+                fork_scheduler_max_concurrent=self.scenario.max_concurrent,
+                fork_scheduler_history_size=5,
+            )
+            self.apps[version] = app
+
+    def start_replica(self, slot: int, config: str) -> None:
+        """Start a fresh replica in ``slot`` with config version ``config``."""
+        old = self.replicas.get(slot)
+        generation = old.generation + 1 if old is not None else 0
+        if old is not None and old.alive:
+            return
+        skew = self.scenario.skews.get(slot, 0)
+        replica = Replica(
+            slot=slot,
+            generation=generation,
+            name=f"r{slot}.{generation}",
+            config=config,
+            skew=skew,
+            monotonic_base=self.rng.randrange(10**9, 10**10),
+            started_at=self.vt,
+        )
+        self.replicas[slot] = replica
+        self.history.append(replica)
+        self.log(f"start replica {replica.name} (config {config}, clock {skew / SECOND:+.3f} s)")
+        app = self.apps[config]
+        settings = read_settings(app.conf)
+        client = client_from_url(self.redis.url)
+        real = RedisBackend(client, settings, sleep=lambda seconds: self.freeze(replica, seconds))
+        real.replica_id = replica.name
+        backend = SimBackend(self, replica, real)
+        publisher = SimPublisher(self, replica)
+
+        def build() -> None:
+            replica.scheduler = Scheduler(
+                app,
+                backend=backend,
+                publisher=publisher,
+                monotonic=lambda: (self.vt + replica.monotonic_base) / SECOND,
+                exit_on_config_error=False,
+            )
+            self.schedulers[id(replica.scheduler)] = replica
+
+        self._call(replica, build)
+        if replica.alive:
+            self.schedule(self.vt + self.rng.randrange(0, 3000), "tick", replica)
+
+    def replica_clock(self) -> datetime:
+        """The wall clock of the replica running now (patched in as ``utc_now``)."""
+        replica = self.stack[-1] if self.stack else None
+        skew = replica.skew if replica is not None else 0
+        return us_to_datetime(self.vt + skew)
+
+    def _tick(self, replica: Replica) -> None:
+        result: list[float] = []
+        self._call(replica, lambda: result.append(replica.scheduler.tick()))
+        if replica.alive and result:
+            delay = max(int(result[0] * SECOND), MIN_TICK_US)
+            jitter = self.rng.randrange(0, 2000)
+            self.schedule(self.vt + delay + jitter, "tick", replica)
+
+    def _call(self, replica: Replica, action: Callable[[], Any]) -> None:
+        """Run replica code, turning a kill, a SIGTERM or a crash into the replica's end."""
+        self.stack.append(replica)
+        replica.busy = True
+        try:
+            action()
+        except Killed:
+            self._stopped(replica, "killed")
+        except SystemExit:
+            self.log(f"{replica.name} stops on SIGTERM (SystemExit)")
+            with contextlib.suppress(Exception, Killed):
+                if replica.scheduler is not None:
+                    replica.scheduler.sync()
+                    replica.scheduler.close()
+            self._stopped(replica, "sigterm")
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc)).strip().splitlines()
+            self.crashes.append(
+                Violation("crash", "", f"replica {replica.name} crashed: {' | '.join(text[-6:])}")
+            )
+            self._stopped(replica, "crashed")
+        finally:
+            self.stack.pop()
+            replica.busy = False
+
+    def _stopped(self, replica: Replica, how: str) -> None:
+        if replica.stopped_at is None:
+            replica.stopped_at = self.vt
+            replica.how_stopped = how
+        replica.alive = False
+        self.log(f"replica {replica.name} {how}")
+        for key, owner in self.fenced_by.items():
+            if owner == replica.name and how in ("killed", "crashed"):
+                self.killed_fenced.add(key)
+
+    def kill(self, replica: Replica, where: str) -> None:
+        """SIGKILL ``replica`` (at a named point inside its stack, or between ticks)."""
+        self.log(f"kill {replica.name} at {where}")
+        replica.alive = False
+        if replica.stopped_at is None:
+            replica.stopped_at = self.vt
+            replica.how_stopped = "killed"
+
+    def freeze(self, replica: Replica, seconds: float) -> None:
+        """The replica waits (SIGSTOP, a slow call, a retry sleep): the world runs on."""
+        if not replica.alive:
+            raise Killed
+        until = self.vt + int(seconds * SECOND)
+        replica.frozen.append(Window(self.vt, until, "frozen"))
+        self.run_until(until)
+        replica.frozen[-1].end = self.vt
+        if not replica.alive:
+            raise Killed
+
+    def hook(self, replica: Replica, point: str) -> None:
+        """A named point of the tick: apply the faults drawn for it."""
+        if not replica.alive:
+            raise Killed
+        for fault in self.replica_faults:
+            if fault.done or fault.slot != replica.slot or self.vt < fault.at:
+                continue
+            if fault.point not in (point, "any"):
+                continue
+            fault.done = True
+            self._apply(replica, fault, point)
+
+    def _apply(self, replica: Replica, fault: ReplicaFault, point: str) -> None:
+        if fault.restart_after is not None:
+            self.schedule(self.vt + fault.restart_after, "start", (fault.slot, replica.config))
+        if fault.action == "kill":
+            self.kill(replica, point)
+            raise Killed
+        if fault.action == "freeze":
+            self.log(f"freeze {replica.name} at {point} for {fault.duration / SECOND:.3f} s")
+            self.freeze(replica, fault.duration / SECOND)
+            self.log(f"{replica.name} resumes at {point}")
+        elif fault.action == "sigterm":
+            self.log(f"SIGTERM to {replica.name} at {point}")
+            signal.raise_signal(signal.SIGTERM)
+
+    def _idle_fault(self, fault: ReplicaFault) -> None:
+        replica = self.replicas.get(fault.slot)
+        if replica is None or not replica.alive:
+            return
+        if replica.busy:
+            fault.point = "any"  # delivered at its next named point
+            return
+        fault.done = True
+        if fault.restart_after is not None:
+            self.schedule(self.vt + fault.restart_after, "start", (fault.slot, replica.config))
+        if fault.action == "kill":
+            self.kill(replica, "idle")
+        elif fault.action == "sigterm":
+            self.log(f"SIGTERM to {replica.name} between ticks")
+            self._call(replica, lambda: signal.raise_signal(signal.SIGTERM))
+        elif fault.action == "freeze":
+            self.log(f"freeze {replica.name} between ticks for {fault.duration / SECOND:.3f} s")
+            self._call(replica, lambda: self.freeze(replica, fault.duration / SECOND))
+
+    # -- Redis ------------------------------------------------------------------------------------
+
+    def redis_call(self, replica: Replica, name: str, call: Callable[[], Any]) -> Any:
+        """A backend call as the network and Redis make it: slow, paused, lagging or down."""
+        if self.slow is not None and self.slow[0] <= self.vt < self.slow[1]:
+            self.freeze(replica, self.slow[2] / SECOND)
+        if self.vt < self.paused_until:
+            wait = self.paused_until - self.vt
+            if wait > CLIENT_TIMEOUT_US:
+                # The client gives up; Redis runs the command when the pause ends.
+                self.schedule(self.paused_until, "deferred", lambda: _quietly(call))
+                self.freeze(replica, CLIENT_TIMEOUT_US / SECOND)
+                raise BackendUnavailableError(f"simulated client timeout in CLIENT PAUSE ({name})")
+            self.freeze(replica, wait / SECOND)
+        result = call()
+        if self.lagging_since is not None and name in ("claim", "begin_publish"):
+            # fork_scheduler_wait_replicas=1 against a replica that stopped following: the
+            # write happened on the master but no replica confirmed it.
+            raise BackendUnavailableError("writes confirmed by 0 of 1 Redis replicas (simulated)")
+        return result
+
+    def _world_event(self, event: WorldEvent) -> None:
+        kind, args = event.kind, event.args
+        handler = getattr(self, f"_ev_{kind}")
+        handler(**args)
+
+    def _ev_redis_restart(self, keep_data: bool, down: int) -> None:
+        self.log(
+            f"redis restart {'with its data' if keep_data else 'EMPTY'}, down {down / SECOND:.3f} s"
+        )
+        if not self.redis_up:
+            return
+        if keep_data:
+            self.redis.save()
+        else:
+            self.redis.drop_data()
+            self.windows.append(Window(self.vt, self.vt + down, "data_loss", "restart empty"))
+        self.redis.kill()
+        self.redis_up = False
+        self.windows.append(Window(self.vt, self.vt + down, "redis_down"))
+        self._note_unfenced_lost()
+        self.schedule(self.vt + down, "event", WorldEvent(self.vt + down, "redis_up", {}))
+
+    def _ev_redis_up(self) -> None:
+        self.redis.start()
+        self.redis_up = True
+        self.log("redis is back")
+
+    def _ev_lag_start(self, failover_after: int, down: int) -> None:
+        if not self.redis_up:
+            return
+        self.log("redis replica stops following the master (lag starts)")
+        self.redis.save("lag.rdb")
+        self.lagging_since = self.vt
+        self.schedule(self.vt + failover_after, "event", WorldEvent(0, "failover", {"down": down}))
+
+    def _ev_failover(self, down: int) -> None:
+        if self.lagging_since is None:
+            return
+        self.log(
+            "failover to the lagging replica (writes since lag start lost), "
+            f"down {down / SECOND:.3f} s"
+        )
+        self.windows.append(Window(self.lagging_since, self.vt + down, "data_loss", "failover"))
+        self.windows.append(Window(self.lagging_since, self.vt + down, "redis_down", "lagging"))
+        self.lagging_since = None
+        self.redis.kill()
+        self.redis.use_snapshot("lag.rdb")
+        self.redis_up = False
+        self._note_unfenced_lost()
+        self.schedule(self.vt + down, "event", WorldEvent(0, "redis_up", {}))
+
+    def _note_unfenced_lost(self) -> None:
+        for key in self.won_unfenced:
+            self.lost_unfenced.add(key)
+        self.won_unfenced.clear()
+
+    def _ev_client_pause(self, duration: int) -> None:
+        self.log(f"CLIENT PAUSE {duration / SECOND:.3f} s")
+        self.paused_until = max(self.paused_until, self.vt + duration)
+        self.windows.append(Window(self.vt, self.vt + duration, "redis_paused"))
+
+    def _ev_slow(self, duration: int, latency: int) -> None:
+        self.log(f"redis slow for {duration / SECOND:.1f} s: {latency / 1000:.0f} ms per call")
+        self.slow = (self.vt, self.vt + duration, latency)
+        self.windows.append(Window(self.vt, self.vt + duration, "redis_slow"))
+
+    def _ev_clock_step(self, slot: int, step: int) -> None:
+        replica = self.replicas.get(slot)
+        if replica is None or not replica.alive:
+            return
+        replica.skew += step
+        self.log(f"clock of {replica.name} steps {step / SECOND:+.3f} s")
+        self.windows.append(Window(self.vt, self.vt + 2 * SECOND, "clock_step", replica.name))
+
+    def _ev_corrupt(self, entry: str, how: str) -> None:
+        if not self.redis_up:
+            return
+        key = f"sim:{{{entry}}}:state"
+        client = self.redis.admin
+        with contextlib.suppress(redis.RedisError):
+            if how == "hwm":
+                client.hset(key, "hwm", "not-a-number")
+            else:
+                client.delete(key)
+                client.set(key, "wrong type")
+        self.corrupted.setdefault(entry, self.vt)
+        self.log(f"operator corrupts the state of {entry} ({how})", entry)
+
+    def _ev_stop_replica(self, slot: int, how: str) -> None:
+        replica = self.replicas.get(slot)
+        if replica is None or not replica.alive:
+            return
+        fault = ReplicaFault(slot, self.vt, "idle", how)
+        self._idle_fault(fault)
+
+    def _ev_start_replica(self, slot: int, config: str) -> None:
+        self.start_replica(slot, config)
+
+    # -- the operator (Manager) ----------------------------------------------------------------
+
+    def _ev_manage(self, op: str, name: str, definition: dict[str, Any] | None = None) -> None:
+        manager = self._manager
+        assert manager is not None
+        try:
+            if op == "add":
+                assert definition is not None
+                manager.add(name, replace_existing=True, **definition)
+                self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
+            elif op == "update":
+                assert definition is not None
+                changes = {k: v for k, v in definition.items() if k not in ("task",)}
+                manager.update(name, **changes)
+                self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
+            elif op == "remove":
+                manager.remove(name)
+                self.runtime_definitions.setdefault(name, []).append((self.vt, None))
+                for interval in self.pauses.get(name, []):
+                    if interval[1] is None:
+                        interval[1] = self.vt  # a removed entry's state may be forgotten
+            elif op == "pause":
+                manager.pause(name)
+                self.pauses.setdefault(name, []).append([self.vt, None])
+            elif op == "resume":
+                manager.resume(name)
+                for interval in self.pauses.get(name, []):
+                    if interval[1] is None:
+                        interval[1] = self.vt
+            elif op == "trigger":
+                self.triggers.append((self.vt, name))
+                manager.trigger(name)
+        except Exception as exc:
+            self.log(f"operator {op} {name} failed: {type(exc).__name__}: {exc}", name)
+            return
+        self.log(f"operator {op} {name}" + (f" {definition}" if definition else ""), name)
+
+    # -- broker and worker ---------------------------------------------------------------------
+
+    def accept(self, replica: str, occurrence: Any, source: str) -> None:
+        """The broker takes a message; the worker starts running it."""
+        headers = dict(occurrence.headers)
+        message = Message(
+            occurrence.entry,
+            occurrence.slot,
+            occurrence.task_id,
+            replica,
+            self.vt,
+            source,
+            headers,
+        )
+        self.messages.append(message)
+        self.log(
+            f"broker <- {occurrence.entry} slot {occurrence.slot.isoformat()} "
+            f"from {replica} ({source})",
+            occurrence.entry,
+        )
+        durations = self.scenario.run_durations
+        duration = durations.get(occurrence.entry, 0)
+        if duration <= 0:
+            duration = self.rng.randrange(50_000, 2 * SECOND)
+        else:
+            duration = self.rng.randrange(duration // 2, duration + 1)
+        run = Run(
+            occurrence.entry,
+            occurrence.slot,
+            occurrence.task_id,
+            self.vt,
+            self.vt + duration,
+            OVERLAP_HEADER in headers,
+            bool(headers.get(CAPPED_HEADER)),
+        )
+        self.runs.append(run)
+        self.schedule(run.end, "run_end", (run, headers))
+
+    def _run_end(self, payload: tuple[Run, dict[str, Any]]) -> None:
+        run, headers = payload
+        hooks = self._worker_hooks()
+        if ENTRY_HEADER not in headers:
+            return
+        self.log(f"worker: run of {run.entry} slot {run.slot.isoformat()} ends", run.entry)
+        with contextlib.suppress(Exception):
+            hooks._finish(run.entry, run.task_id, singleton=run.singleton, capped=run.capped)
+        record = worker_module.Run(
+            entry=run.entry,
+            slot=run.slot.isoformat(),
+            task_id=run.task_id,
+            started=run.start / SECOND,
+            singleton=run.singleton,
+            capped=run.capped,
+            worker="sim-worker",
+        )
+        with contextlib.suppress(Exception):
+            hooks._record(record, "completed", "completed", duration=(run.end - run.start) / SECOND)
+
+    def _worker_hooks(self) -> Any:
+        if self._worker is None:
+            hooks = worker_module.WorkerHooks(self.apps["v1"])
+            hooks._settings = read_settings(self.apps["v1"].conf)
+            hooks._client = self._worker_client
+            self._worker = hooks
+        return self._worker
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Close whatever is open (the checker reads Redis afterwards)."""
+        for replica in self.replicas.values():
+            if replica.alive and replica.scheduler is not None:
+                backend = replica.scheduler._backend
+                with contextlib.suppress(Exception):
+                    backend.real.client.close()
+        if self._worker_client is not None:
+            with contextlib.suppress(Exception):
+                self._worker_client.close()
+
+
+def _quietly(call: Callable[[], Any]) -> None:
+    with contextlib.suppress(Exception):
+        call()
+
+
+class SimBackend:
+    """The replica's RedisBackend, with named points and the network between."""
+
+    def __init__(self, world: World, replica: Replica, real: RedisBackend) -> None:
+        self.world = world
+        self.replica = replica
+        self.real = real
+        self.replica_id = real.replica_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    @property
+    def protects_replicas(self) -> bool:
+        return True
+
+    def _around(self, point: str, name: str, call: Callable[[], Any]) -> Any:
+        world, replica = self.world, self.replica
+        world.hook(replica, f"before_{point}")
+        result = world.redis_call(replica, name, call)
+        world.hook(replica, f"after_{point}")
+        return result
+
+    def high_water_marks(self, entries: Sequence[str]) -> Any:
+        return self._around("marks", "marks", lambda: self.real.high_water_marks(entries))
+
+    def claim(self, claims: Sequence[Any]) -> Any:
+        world = self.world
+        world.hook(self.replica, "before_claim")
+        results = world.redis_call(self.replica, "claim", lambda: self.real.claim(claims))
+        for result in results:
+            outcome = getattr(result.outcome, "value", str(result.outcome))
+            claim = result.claim
+            world.reports.append(
+                Report(world.vt, self.replica.name, claim.entry, claim.slot, f"claim:{outcome}")
+            )
+            if outcome in ("won", "taken_over"):
+                world.won_unfenced[(claim.entry, claim.slot)] = world.vt
+            if outcome not in ("early",):
+                world.log(
+                    f"{self.replica.name} claim {claim.entry} {claim.slot.isoformat()}"
+                    f"{' (takeover)' if claim.takeover else ''} -> {outcome}",
+                    claim.entry,
+                )
+        world.hook(self.replica, "after_claim")
+        return results
+
+    def take_cap_places(self, claims: Sequence[Any], cap: int) -> Any:
+        return self._around("cap", "cap", lambda: self.real.take_cap_places(claims, cap))
+
+    def begin_publish(self, claims: Sequence[Any]) -> Any:
+        world = self.world
+        world.hook(self.replica, "before_fence")
+        held = world.redis_call(
+            self.replica, "begin_publish", lambda: self.real.begin_publish(claims)
+        )
+        for claim, ok in zip(claims, held, strict=False):
+            key = (claim.entry, claim.slot)
+            world.won_unfenced.pop(key, None)
+            if ok:
+                world.fenced_by[key] = self.replica.name
+                world.reports.append(
+                    Report(world.vt, self.replica.name, claim.entry, claim.slot, "fenced")
+                )
+        world.hook(self.replica, "after_fence")
+        return held
+
+    def mark_sent(self, claims: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        return self._around(
+            "record", "mark_sent", lambda: self.real.mark_sent(claims, *args, **kwargs)
+        )
+
+    def mark_skipped(self, claims: Sequence[Any], reason: str) -> Any:
+        return self.world.redis_call(
+            self.replica, "mark_skipped", lambda: self.real.mark_skipped(claims, reason)
+        )
+
+    def record_failure(self, claim: Any, error: BaseException) -> Any:
+        return self.world.redis_call(
+            self.replica, "record_failure", lambda: self.real.record_failure(claim, error)
+        )
+
+    def server_time(self) -> datetime:
+        result: datetime = self.world.redis_call(self.replica, "server_time", self.real.server_time)
+        return result
+
+
+class SimPublisher:
+    """Records what reaches the broker; fails, hangs or dies as the scenario draws."""
+
+    def __init__(self, world: World, replica: Replica) -> None:
+        self.world = world
+        self.replica = replica
+
+    def _fault(self, kinds: tuple[str, ...]) -> PublishFault | None:
+        for fault in self.world.publish_faults:
+            if (
+                not fault.done
+                and fault.slot == self.replica.slot
+                and self.world.vt >= fault.at
+                and fault.kind in kinds
+            ):
+                fault.done = True
+                return fault
+        return None
+
+    def prepare(self) -> None:
+        self.world.hook(self.replica, "before_prepare")
+        fault = self._fault(("prepare",))
+        if fault is not None:
+            self.world.log(f"{self.replica.name}: broker connection refused (prepare)")
+            raise OperationalError("simulated: broker connection refused")
+
+    def publish(self, occurrence: Any) -> None:
+        error = self.publish_many([occurrence])[0]
+        if error is not None:
+            raise error
+
+    def publish_many(self, occurrences: Sequence[Any]) -> list[Exception | None]:
+        world, replica = self.world, self.replica
+        world.hook(replica, "before_publish")
+        fault = self._fault(("fail", "uncertain", "hang"))
+        if fault is not None and fault.kind == "hang":
+            world.log(f"{replica.name}: broker hangs {fault.duration / SECOND:.3f} s")
+            world.freeze(replica, fault.duration / SECOND)
+        if fault is not None and fault.kind == "fail":
+            world.log(f"{replica.name}: publish of {len(occurrences)} fails before sending")
+            for occurrence in occurrences:
+                world.reports.append(
+                    Report(world.vt, replica.name, occurrence.entry, occurrence.slot, "send_failed")
+                )
+            return [OperationalError("simulated: not sent") for _ in occurrences]
+        if fault is not None and fault.kind == "uncertain":
+            world.log(
+                f"{replica.name}: publish of {len(occurrences)} raises with uncertain delivery "
+                f"({'delivered' if fault.delivered else 'not delivered'})"
+            )
+            for occurrence in occurrences:
+                world.uncertain.add((occurrence.entry, occurrence.slot))
+                if fault.delivered:
+                    world.accept(replica.name, occurrence, "beat")
+            uncertain = getattr(publishing, "DeliveryUncertain", None)
+            cause = OperationalError("simulated: connection lost during the flush")
+            if uncertain is not None:
+                return [uncertain(cause) for _ in occurrences]
+            return [cause for _ in occurrences]
+        half = len(occurrences) // 2
+        for index, occurrence in enumerate(occurrences):
+            if index == half:
+                world.hook(replica, "mid_publish")
+            world.accept(replica.name, occurrence, "beat")
+        world.hook(replica, "after_publish")
+        return [None for _ in occurrences]
+
+
+class LoggingCeleryPublisher:
+    """Stands in for CeleryPublisher where the worker (buffer_one) or the Manager publish."""
+
+    world: World | None = None
+    source = "worker"
+
+    def __init__(self, app: Any, producer: Any) -> None:
+        self.app = app
+
+    def prepare(self) -> None:
+        """Nothing to connect."""
+
+    def publish(self, occurrence: Any) -> None:
+        world = LoggingCeleryPublisher.world
+        assert world is not None
+        world.accept("worker", occurrence, "worker")
+
+    def publish_many(self, occurrences: Sequence[Any]) -> list[Exception | None]:
+        for occurrence in occurrences:
+            self.publish(occurrence)
+        return [None for _ in occurrences]
+
+
+_RECEIVERS: dict[str, Any] = {}
+
+
+def install(world: World) -> None:
+    """Point the process-wide patches (clock, signals, publishers) at ``world``."""
+    LoggingCeleryPublisher.world = world
+    scheduler_module.utc_now = world.replica_clock  # type: ignore[assignment]
+    worker_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
+    manager_module.CeleryPublisher = _ManagerPublisher  # type: ignore[misc,assignment]
+    signal.signal(signal.SIGTERM, _sigterm)
+    if not _RECEIVERS:
+        _connect_signals()
+    _RECEIVERS["world"] = world
+
+
+class _ManagerPublisher(LoggingCeleryPublisher):
+    def publish(self, occurrence: Any) -> None:
+        world = LoggingCeleryPublisher.world
+        assert world is not None
+        world.accept("operator", occurrence, "trigger")
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(143)
+
+
+def _connect_signals() -> None:
+    def receiver(kind: str) -> Callable[..., None]:
+        def receive(sender: Any = None, **kwargs: Any) -> None:
+            world: World | None = _RECEIVERS.get("world")
+            if world is None:
+                return
+            replica = world.schedulers.get(id(sender))
+            if replica is None:
+                return
+            entry, slot = kwargs.get("entry", ""), kwargs.get("slot")
+            if not isinstance(slot, datetime):
+                return
+            reason = str(kwargs.get("reason", ""))
+            if kind == "failed":
+                exception = kwargs.get("exception")
+                reason = type(exception).__name__ if exception is not None else ""
+            world.reports.append(Report(world.vt, replica.name, entry, slot, kind, reason))
+            if kind != "dispatched":
+                world.log(
+                    f"{replica.name} {kind} {entry} {slot.isoformat()} {reason}".rstrip(), entry
+                )
+
+        return receive
+
+    for kind, sig in (
+        ("skipped", signals.entry_skipped),
+        ("failed", signals.entry_failed),
+        ("dispatched", signals.entry_dispatched),
+    ):
+        function = receiver(kind)
+        _RECEIVERS[kind] = function
+        sig.connect(function, weak=False)
+
+
+def utc(us: int) -> datetime:
+    """Alias for readability in scenarios."""
+    return us_to_datetime(us)
+
+
+__all__ = ["SECOND", "Killed", "Replica", "World", "install", "timedelta", "timezone", "utc"]
