@@ -7,6 +7,7 @@ Sentinel (with a forced failover). The servers come from
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,8 @@ import pytest
 import redis
 
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
+from celery_fork_scheduler.backends import redis as redis_backend
+from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import Settings
 from celery_fork_scheduler.errors import BackendUnavailableError
@@ -33,18 +36,21 @@ PAST = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 #: The least a Redis ACL user needs for claims (found by removing each in turn: see
 #: ``test_each_command_of_the_minimal_acl_is_needed_and_its_lack_fails_closed``). The Lua
 #: scripts run with the caller's permissions, so the commands they call count: time, hget,
-#: hset, hdel, hincrby, pexpire, and lpush + ltrim (the capped run history).
-#: ``script|load``: scripts run by SHA are loaded again after a ``NOSCRIPT`` reply.
-#: ``ping``: redis-py's connection health check. Not listed: ``select`` (only for db != 0),
-#: the cluster discovery commands of a Redis Cluster client, and what only some features
-#: use (see ``FEATURE_ACL_COMMANDS``).
+#: hset, hdel, hgetall (stale claims pruned on every win), hincrby, pexpire, and lpush + ltrim
+#: (the capped run history). ``hmget`` + ``hkeys``: the high-water marks and unsent claims
+#: every replica reads at start-up. ``script|load``: scripts run by SHA are loaded again after
+#: a ``NOSCRIPT`` reply. ``ping``: redis-py's connection health check. Not listed: ``select``
+#: (only for db != 0), the cluster discovery commands of a Redis Cluster client, and what only
+#: some features use (see ``FEATURE_ACL_COMMANDS``).
 MINIMAL_ACL_COMMANDS = (
     "evalsha",
     "script|load",
     "hmget",
+    "hkeys",
     "hget",
     "hset",
     "hdel",
+    "hgetall",
     "hincrby",
     "pexpire",
     "time",
@@ -53,9 +59,22 @@ MINIMAL_ACL_COMMANDS = (
     "ltrim",
 )
 #: Called by the scripts of singleton entries (running marker: exists/get/set/del), of
-#: ``fork_scheduler_max_concurrent`` (zadd/zcard/zremrangebyscore) and by failure records
-#: (eval). Grant them too unless those features are unused.
-FEATURE_ACL_COMMANDS = ("exists", "get", "set", "del", "zadd", "zcard", "zremrangebyscore", "eval")
+#: ``fork_scheduler_max_concurrent`` (zadd/zcard/zremrangebyscore), by failure records (eval)
+#: and by the write-back of a known mark after Redis lost its data (info: when the data was
+#: lost; rare, but without it such a claim fails closed, see
+#: ``test_a_restore_without_info_fails_closed``). Grant them too unless those features are
+#: unused.
+FEATURE_ACL_COMMANDS = (
+    "exists",
+    "get",
+    "set",
+    "del",
+    "zadd",
+    "zcard",
+    "zremrangebyscore",
+    "eval",
+    "info",
+)
 #: A password with every character that needs quoting in a URL.
 PASSWORD = "s3cr3t/p@ss:w%rd?#"
 
@@ -166,6 +185,90 @@ def test_an_acl_user_cannot_touch_keys_outside_the_prefix(acl_server: RedisServe
             backend.claim([claim("a", PAST)])
     finally:
         backend.close()
+
+
+def test_a_script_refused_by_the_acl_fails_the_whole_batch_closed(
+    acl_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command a script may not run is the deployment's fault, not one entry's: the call
+    fails (as a refused EVALSHA would), while a WRONGTYPE entry stays that entry's error."""
+    url = set_user(acl_server, tuple(c for c in MINIMAL_ACL_COMMANDS if c != "hgetall"))
+    admin = redis.Redis(port=acl_server.port)
+    backend = RedisBackend.from_url(url, Settings(max_retries=0))
+    try:
+        admin.set(backend.state_key("wrong-type"), "a string, not a hash")
+        with (
+            caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"),
+            pytest.raises(BackendUnavailableError, match="NoPermissionError") as raised,
+        ):
+            backend.claim([claim("wrong-type", PAST), claim("a", PAST)])
+        assert "can't run this command" in str(raised.value)
+        assert not caplog.records  # no per-entry error: the scheduler reports the outage
+        set_user(acl_server, MINIMAL_ACL_COMMANDS)
+        admin.set(backend.state_key("wrong-type"), "a string, not a hash")
+        results = backend.claim([claim("wrong-type", PAST), claim("a", PAST)])
+        assert [r.outcome for r in results] == [ClaimOutcome.ERROR, ClaimOutcome.WON]
+        assert "WRONGTYPE" in results[0].error
+    finally:
+        backend.close()
+        admin.close()
+
+
+def test_a_restore_without_info_fails_closed(acl_server: RedisServer) -> None:
+    """``info`` is only called to write back a mark Redis lost; without it that claim fails
+    the call, and with it the mark is restored and the old slot refused."""
+    known = Claim("a", PAST, task_id_for("a", PAST), known_mark_us=to_epoch_us(PAST))
+    backend = RedisBackend.from_url(set_user(acl_server, MINIMAL_ACL_COMMANDS), Settings())
+    try:
+        with pytest.raises(BackendUnavailableError, match="NoPermissionError"):
+            backend.claim([known])
+    finally:
+        backend.close()
+    url = set_user(acl_server, (*MINIMAL_ACL_COMMANDS, "info"))
+    backend = RedisBackend.from_url(url, Settings())
+    try:
+        assert outcomes(backend, [known]) == [ClaimOutcome.CLAIMED]
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "whole_call"),
+    [
+        # Redis 6.2 (redis-py has taken the ERR code off)
+        (
+            "Error running script (call to f_2248ea7f): @user_script:1: @user_script: 1: "
+            "The user executing the script can't run this command or subcommand",
+            True,
+        ),
+        ("@user_script: 1: The user executing the script can't run this command", True),
+        # Redis 7.0
+        (
+            "The user executing the script can't access at least one of the keys mentioned "
+            "in the command arguments script: 1111e7f8, on @user_script:1.",
+            True,
+        ),
+        # Redis 7.2 and later
+        (
+            "ACL failure in script: User scheduler has no permissions to run the 'hgetall' "
+            "command script: 8a2f, on @user_script:4.",
+            True,
+        ),
+        ("NOPERM this user has no permissions to run the 'hkeys' command", True),
+        ("Error running script (call to f_ab): @user_script:1: MISCONF cannot persist", True),
+        # one entry's data
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        (
+            "Error running script (call to f_fd1f): @user_script:1: WRONGTYPE Operation "
+            "against a key holding the wrong kind of value",
+            False,
+        ),
+        ("corrupted hwm The user executing the script can't run this", False),
+        ("corrupted hwm NOPERM ACL failure in script:", False),
+    ],
+)
+def test_which_script_errors_fail_the_whole_call(reply: str, whole_call: bool) -> None:
+    assert redis_backend._refuses_everything(redis.ResponseError(reply)) is whole_call
 
 
 def test_the_password_is_never_shown(acl_server: RedisServer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoPermissionError,
     NoScriptError,
     ResponseError,
     TryAgainError,
@@ -63,7 +65,20 @@ CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadin
 #: Errors that mean "the cluster layout changed": refresh it and try again.
 CLUSTER_REDIRECTS = (AskError, ClusterDownError, MovedError, TryAgainError)
 #: Codes of plain error replies that refuse every command, not one claim: the whole call fails.
-SERVER_WIDE_ERRORS = frozenset({"MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN"})
+#: Also looked for in the error of a command a script called (6.2 wraps it in the script's
+#: location, which :data:`SCRIPT_LOCATION` takes off).
+SERVER_WIDE_ERRORS = frozenset(
+    {"MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "OOM", "READONLY", "NOPERM"}
+)
+#: Where Redis 6.2 says a script's error came from (redis-py has taken the ``ERR`` code off).
+SCRIPT_LOCATION = re.compile(
+    r"(?:ERR )?(?:Error running script \(call to f_[0-9a-f]+\): )?(?:@user_\w+: ?\d+: )*"
+)
+#: How Redis words an ACL refusal of a command that a script called, after the location: 6.2
+#: and 7.0 "The user executing the script can't run this command or subcommand" (or "can't
+#: access at least one of the keys"), 7.2 and later "ACL failure in script: ...". Matched at
+#: the start only, so that a value quoted in the error of one entry (a corrupted hwm) never is.
+SCRIPT_ACL_REFUSALS = ("The user executing the script can't ", "ACL failure in script:")
 
 
 class RedisBackend:
@@ -379,8 +394,9 @@ def _execute(
     every pipeline holding scripts. A restarted (or failed-over) Redis answers ``NOSCRIPT``:
     the scripts are loaded and the commands that got it run again, which is safe because they
     did not run (the others keep their replies). An error reply of one command (a script that
-    raised on a corrupted value) is returned in its place; an error that refuses every command
-    (read-only, out of memory, no permission, a cluster redirect) is raised.
+    raised on a corrupted value, a ``WRONGTYPE``) is returned in its place; an error that
+    refuses every command (read-only, out of memory, no permission, a cluster redirect) is
+    raised, and so is a script's command refused by the ACL: the user lacks it for every entry.
     """
     replies: list[Any] = [None] * len(commands)
     todo = list(range(len(commands)))
@@ -404,6 +420,9 @@ def _execute(
             if isinstance(answer, NoScriptError):
                 unloaded.append(index)
             elif isinstance(answer, Exception) and _refuses_everything(answer):
+                if _is_script_acl_refusal(answer):
+                    # A permission the deployment lacks, not one entry's data: fail closed.
+                    raise NoPermissionError(str(answer))
                 raise answer
             else:
                 replies[index] = answer
@@ -418,10 +437,29 @@ def _execute(
 
 
 def _refuses_everything(error: Exception) -> bool:
-    """True for an error reply that is about the server, not about one command's keys."""
+    """True for an error reply that is about the server or the user's permissions (a command
+    refused by the ACL, even inside a script), not about one command's keys (``WRONGTYPE``,
+    a corrupted value)."""
     if type(error) is not ResponseError:
         return True
-    return str(error).split(" ", 1)[0] in SERVER_WIDE_ERRORS
+    return _reply_code(error) in SERVER_WIDE_ERRORS or _is_script_acl_refusal(error)
+
+
+def _is_script_acl_refusal(error: Exception) -> bool:
+    """True for a command a script called that the ACL refused (any Redis 6.2 to 7.x)."""
+    if type(error) is not ResponseError:
+        return False
+    return _reply_code(error) == "NOPERM" or _after_location(error).startswith(SCRIPT_ACL_REFUSALS)
+
+
+def _after_location(error: Exception) -> str:
+    text = str(error)
+    location = SCRIPT_LOCATION.match(text)
+    return text[location.end() :] if location else text
+
+
+def _reply_code(error: Exception) -> str:
+    return _after_location(error).split(" ", 1)[0]
 
 
 def _log_errors(what: str, claims: Sequence[Claim], replies: Sequence[Any]) -> None:
