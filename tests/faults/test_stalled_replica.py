@@ -76,12 +76,12 @@ class Stalling(Scheduler):
             backend.claim = claim
         return super()._run_chunk(chunk, now)
 
-    def _publish(self, batch):
+    def _publish(self, batch, now):
         stall = bool(batch) and not Stalling.stalled
         if stall and STALL_POINT == "before_send":
             Stalling.stalled = True
             _stall(STALL_POINT)
-        sent = super()._publish(batch)
+        sent = super()._publish(batch, now)
         if stall and STALL_POINT == "after_send":
             Stalling.stalled = True
             _stall(STALL_POINT)
