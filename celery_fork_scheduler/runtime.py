@@ -85,11 +85,14 @@ class RuntimeEntries:
         """What changed since the last poll; ``None`` when nothing did or Redis is away.
 
         A replica whose version is below the change log's floor (it was away longer than
-        removals are kept there) reloads everything, so it never misses a removal.
+        removals are kept there), or above Redis's own (Redis lost its data), reloads
+        everything, so it never misses a removal.
         """
         try:
             changes = self.store.changes_since(self.version)
-            if self.version < changes.floor:
+            if self.version < changes.floor or changes.version < self.version:
+                # Away longer than removals are kept, or Redis lost its data (its version
+                # went back): only a full read says which entries are left.
                 changes = self._everything()
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)

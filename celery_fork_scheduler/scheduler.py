@@ -26,7 +26,7 @@ from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
 from .decorators import periodic_entries
-from .entry import Entry, entries_from_config
+from .entry import Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
@@ -79,6 +79,16 @@ SUPERSEDED_KEPT = 4
 def _first_slot(work: Work) -> datetime:
     """The earliest slot a work asks about."""
     return work.due[0].claim.slot if work.due else work.item.slot
+
+
+def _same_definition(first: Entry, second: Entry) -> bool:
+    """True when two entry objects define the same thing (as stored)."""
+    if first is second:
+        return True
+    try:
+        return entry_to_dict(first) == entry_to_dict(second)
+    except Exception:  # a definition that cannot be stored (lazy args) compares unequal
+        return False
 
 
 def utc_now() -> datetime:
@@ -432,6 +442,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         start = since or now or self.now()
         previous = self.entries.get(entry.name)
+        if previous is not None and _same_definition(previous, entry):
+            return  # read again (a full reload), not changed: its queued slots stand
         if previous is not None and previous is not entry:
             kept = self._superseded.setdefault(entry.name, {})
             kept[id(previous)] = (previous, start)

@@ -270,3 +270,22 @@ def test_a_restarted_cluster_loads_runtime_entries_at_start(
     assert all("job" in r.scheduler.entries for r in cluster.replicas)
     store = RuntimeStore(cluster.manager.store().client, Keys("scheduler:"))
     assert store.get("job") is not None
+
+
+def test_after_redis_lost_its_data_every_replica_agrees_on_the_runtime_entries(
+    cluster: Cluster, clock: FakeClock, redis_client: Any
+) -> None:
+    """A Redis restarted empty forgets runtime entries and resets the version counter: the
+    replicas that knew them drop them like a fresh replica would, and see what is added next."""
+    cluster.manager.every(1).seconds.name("forgotten").do("reports.forgotten")
+    cluster.manager.every(1).seconds.name("other").do("reports.other")
+    cluster.run_for(3)
+    assert all("forgotten" in r.scheduler.entries for r in cluster.replicas)
+    redis_client.flushall()
+    cluster.manager.every(1).seconds.name("added-after").do("reports.added")
+    cluster.refresh()
+    cluster.clear()
+    cluster.run_for(4)
+    assert cluster.fires("forgotten") == {}
+    assert len(cluster.fires("added-after")) == 4
+    assert all("added-after" in r.scheduler.entries for r in cluster.replicas)
