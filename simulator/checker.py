@@ -57,6 +57,13 @@ CONTAINER_BASE = 200
 #: Pending-claim fields left per killed replica at most (one publish batch).
 PUBLISH_BATCH = 100
 
+#: catchup="all" after all replicas were down: missed slots older than the grace (5 s) at the
+#: restart are the catch-up's, at most MAX_CATCH_UP_SLOTS (1000) of them, all published
+#: within this long after the first replica is back.
+CATCH_UP_GRACE = 6 * SECOND
+MAX_CATCH_UP = 1000
+CATCH_UP_SETTLE = 30 * SECOND
+
 #: Skip reasons that excuse a missing slot, with the condition checked for each.
 EXCUSES = ("paused", "finished", "busy", "buffered", "capped", "in_flight", "behind", "error")
 
@@ -131,6 +138,7 @@ class Checker:
         self.violations.extend(self.world.crashes)
         self.check_once_and_early()
         self.check_expected()
+        self.check_catch_up()
         self.check_policies()
         self.check_bounded()
         return self.violations
@@ -289,6 +297,51 @@ class Checker:
                 f"up and a replica healthy; reports: {', '.join(said) or 'none (silent loss)'}",
                 slot,
             )
+
+    def check_catch_up(self) -> None:
+        """After every replica was down, ``catchup="all"`` publishes each missed slot."""
+        for down, up in self.scenario.cold_restarts:
+            settled = up + CATCH_UP_SETTLE
+            if settled > self.scenario.t_end or self.troubled(down, settled, self.redis_trouble):
+                continue
+            for name, entry in self.static["v1"].items():
+                if entry.catchup != "all" or entry.catchup_window is not None or entry.max_runs:
+                    continue
+                if name in self.world.pauses or name in self.world.corrupted:
+                    continue
+                before = [
+                    datetime_to_us(m.slot)
+                    for m in self.world.messages
+                    if m.entry == name and m.at <= down and m.source == "beat"
+                ]
+                if not before:
+                    continue  # no high-water mark to catch up from
+                missed = self._slots(entry, max(before), up - CATCH_UP_GRACE)
+                lost = [
+                    slot
+                    for slot in missed[-MAX_CATCH_UP:]
+                    if (name, slot) not in self.published
+                    and not self._valid_excuses(name, slot, entry)
+                ]
+                if lost:
+                    self.fail(
+                        "catch_up",
+                        name,
+                        f"{name} (catchup='all') missed {len(missed)} slots while every replica "
+                        f"was down ({self._t(down)} to {self._t(up)}); {len(lost)} never "
+                        f"published, first {lost[0].isoformat()}; reports for it: "
+                        f"{self._said((name, lost[0]))}",
+                        lost[0],
+                    )
+
+    def _said(self, key: tuple[str, datetime]) -> str:
+        said = sorted(
+            {
+                f"{r.replica}:{r.kind}{'=' + r.reason if r.reason else ''}"
+                for r in self.reports.get(key, [])
+            }
+        )
+        return ", ".join(said) or "none (silent loss)"
 
     def _paused_at(self, name: str, s: int) -> bool:
         for start, end in self.world.pauses.get(name, []):
@@ -452,6 +505,8 @@ class Checker:
                     "bounded", "", f"{pending} pending claims left in Redis, more than {limit}"
                 )
         limit = CONTAINER_PER_ENTRY * len(names) + CONTAINER_BASE
+        if self.scenario.cold_restarts:
+            limit += MAX_CATCH_UP  # a catch-up of catchup="all" queues up to 1000 slots
         for replica in world.replicas.values():
             if not replica.alive or replica.scheduler is None:
                 continue

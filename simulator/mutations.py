@@ -1,11 +1,181 @@
-"""Known bugs re-introduced on purpose, to prove the simulator finds them."""
+"""Known bugs re-introduced on purpose, to prove the simulator finds them.
+
+Each mutation puts one finding of the review back into the *current* code, in this process
+only (the Lua source the backend registers, or one method of the scheduler or backend), for
+the duration of a run. ``python scripts/simulate.py --mutation NAME --seeds 1-200`` then
+lists the seeds that catch it; ``scripts/mutations.sh`` runs the whole table.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
-DESCRIPTIONS: dict[str, str] = {}
+import celery_fork_scheduler.scheduler as scheduler_module
+from celery_fork_scheduler.backends import lua
+from celery_fork_scheduler.backends.base import ClaimOutcome
+from celery_fork_scheduler.backends.redis import RedisBackend
+from celery_fork_scheduler.errors import BackendUnavailableError
+from celery_fork_scheduler.scheduler import Scheduler
+
+DESCRIPTIONS: dict[str, str] = {
+    "always_won": "a broken claim backend: a slot claimed by another replica answers 'won' and "
+    "the fence lets every claim through (sanity check of the checker, not a finding)",
+    "finding1": "the claim restores a lost mark only when the whole state hash is gone "
+    "(a worker's outcome record made it again without hwm)",
+    "finding2": "a publish that raised with uncertain delivery is tried again a second later",
+    "finding4": "the restored mark is max(known, Redis now + 0.5 s): it covers the next slot",
+    "finding5": "a burst is cut into claim chunks by slot, started at a replica-specific "
+    "chunk: an entry's later slots can be claimed before its earlier ones",
+    "finding6": "queue items are matched to their entry by identity: an edit drops the slot "
+    "due in its tick and the pending/takeover retries of that entry",
+    "finding13": "one failing script in a claim pipeline fails the whole chunk "
+    "(backend unavailable): no entry of the chunk fires",
+}
+
+
+def _lua(old: str, new: str) -> Callable[[], Callable[[], None]]:
+    """Replace ``old`` by ``new`` in the claim script (and in the scripts loaded on NOSCRIPT)."""
+
+    def apply() -> Callable[[], None]:
+        original, scripts = lua.CLAIM, lua.ALL_SCRIPTS
+        if old not in original:
+            raise RuntimeError(f"mutation no longer applies: {old!r} not in the claim script")
+        mutated = original.replace(old, new)
+        lua.CLAIM = mutated
+        lua.ALL_SCRIPTS = tuple(mutated if s is original else s for s in scripts)
+
+        def undo() -> None:
+            lua.CLAIM, lua.ALL_SCRIPTS = original, scripts
+
+        return undo
+
+    return apply
+
+
+def _patch(owner: Any, name: str, make: Callable[[Any], Any]) -> Callable[[], Callable[[], None]]:
+    def apply() -> Callable[[], None]:
+        original = getattr(owner, name)
+        setattr(owner, name, make(original))
+
+        def undo() -> None:
+            setattr(owner, name, original)
+
+        return undo
+
+    return apply
+
+
+def _finding2() -> Callable[[], None]:
+    """Uncertain delivery is not recognised: the failure counts as 'not sent' and is retried."""
+
+    class NeverRaised(Exception):
+        pass
+
+    undo = []
+    for name, value in (
+        ("DeliveryUncertain", NeverRaised),
+        ("is_transient", lambda error: True),
+    ):
+        if hasattr(scheduler_module, name):
+            original = getattr(scheduler_module, name)
+            setattr(scheduler_module, name, value)
+            undo.append((name, original))
+
+    def restore() -> None:
+        for name, original in undo:
+            setattr(scheduler_module, name, original)
+
+    return restore
+
+
+def _old_chunks(original: Any) -> Any:
+    def chunks(self: Any, works: list[Any]) -> list[list[Any]]:
+        works.sort(key=lambda work: (work.item.slot, work.item.entry.name))
+        result: list[list[Any]] = [[]]
+        size = 0
+        for work in works:
+            if size and size + len(work.due) > scheduler_module.CLAIM_BATCH:
+                result.append([])
+                size = 0
+            result[-1].append(work)
+            size += len(work.due)
+        start = zlib.crc32(self.backend.replica_id.encode()) % len(result)
+        return result[start:] + result[:start]
+
+    return chunks
+
+
+def _by_identity(original: Any) -> Any:
+    def work_for(self: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.entries.get(item.entry.name) is not item.entry:
+            return None
+        return original(self, item, *args, **kwargs)
+
+    return work_for
+
+
+def _whole_pipeline_fails(original: Any) -> Any:
+    def claim(self: Any, claims: Any) -> Any:
+        results = original(self, claims)
+        for result in results:
+            if result.outcome is getattr(ClaimOutcome, "ERROR", None):
+                raise BackendUnavailableError(f"Redis refused the command: {result.error}")
+        return results
+
+    return claim
+
+
+def _always_won(original: Any) -> Any:
+    def claim(self: Any, claims: Any) -> Any:
+        results = original(self, claims)
+        return [
+            replace(result, outcome=ClaimOutcome.WON)
+            if result.outcome is ClaimOutcome.CLAIMED
+            else result
+            for result in results
+        ]
+
+    return claim
+
+
+def _always_fenced(original: Any) -> Any:
+    def begin_publish(self: Any, claims: Any) -> Any:
+        original(self, claims)
+        return [True for _ in claims]
+
+    return begin_publish
+
+
+def _both(*undos: Callable[[], None]) -> Callable[[], None]:
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+
+    return undo
+
+
+MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
+    "always_won": lambda: _both(
+        _patch(RedisBackend, "claim", _always_won)(),
+        _patch(RedisBackend, "begin_publish", _always_fenced)(),
+    ),
+    "finding1": _lua(
+        "if known > 0 and (not hwm_text or known > hwm) then",
+        "if known > 0 and redis.call('EXISTS', KEYS[1]) == 0 then",
+    ),
+    "finding2": _finding2,
+    "finding4": _lua(
+        "restored = math.max(known, data_lost_at() + tonumber(ARGV[4]))",
+        "restored = math.max(known, now + tonumber(ARGV[4]))",
+    ),
+    "finding5": _patch(Scheduler, "_chunks", _old_chunks),
+    "finding6": _patch(Scheduler, "_work_for", _by_identity),
+    "finding13": _patch(RedisBackend, "claim", _whole_pipeline_fails),
+}
 
 
 @contextlib.contextmanager
@@ -14,4 +184,10 @@ def applied(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    raise SystemExit(f"unknown mutation {name!r}; known: {', '.join(DESCRIPTIONS)}")
+    if name not in MUTATIONS:
+        raise SystemExit(f"unknown mutation {name!r}; known: {', '.join(MUTATIONS)}")
+    undo = MUTATIONS[name]()
+    try:
+        yield
+    finally:
+        undo()

@@ -156,6 +156,8 @@ class FakeTimeRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server (it loads ``dump.rdb`` from its directory if there is one)."""
+        if self.running:
+            return
         args = [
             self.binary,
             "--port",
@@ -186,6 +188,8 @@ class FakeTimeRedis:
         while True:
             try:
                 if self.admin.ping():
+                    if self.process.poll() is not None:
+                        raise SetupError(f"port {self.port} is served by another process")
                     return
             except (redis.ConnectionError, redis.BusyLoadingError):
                 pass

@@ -202,6 +202,10 @@ def draw(seed: int) -> Scenario:
 
     def when() -> int:
         moment = rng.randrange(first, last)
+        if rng.random() < 0.5:
+            # At a slot boundary (most schedules fire on whole seconds): just before the
+            # replicas' ticks, between them, or just after.
+            moment = moment - moment % SECOND + rng.randrange(-3_000, 6_000)
         for down, up in cold:
             if down - 20 * SECOND <= moment <= up + 10 * SECOND:
                 moment = up + rng.randrange(10, 20) * SECOND

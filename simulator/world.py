@@ -400,6 +400,8 @@ class World:
         self.schedule(self.vt + down, "event", WorldEvent(self.vt + down, "redis_up", {}))
 
     def _ev_redis_up(self) -> None:
+        if self.redis_up:
+            return
         self.redis.start()
         self.redis_up = True
         self.log("redis is back")
@@ -413,7 +415,8 @@ class World:
         self.schedule(self.vt + failover_after, "event", WorldEvent(0, "failover", {"down": down}))
 
     def _ev_failover(self, down: int) -> None:
-        if self.lagging_since is None:
+        if self.lagging_since is None or not self.redis_up:
+            self.lagging_since = None
             return
         self.log(
             "failover to the lagging replica (writes since lag start lost), "
