@@ -76,6 +76,12 @@ class Keys:
         return f"{self.prefix}{{runtime}}:removed"
 
     @property
+    def runtime_epoch(self) -> str:
+        """String: set by the first write after the runtime keys were created (or lost): a
+        replica that sees it change knows Redis lost its runtime entries, and reads them all."""
+        return f"{self.prefix}{{runtime}}:epoch"
+
+    @property
     def runtime_floor(self) -> str:
         """String: the highest version of a removal trimmed from the change log."""
         return f"{self.prefix}{{runtime}}:floor"

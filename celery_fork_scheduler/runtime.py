@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 
 import redis
@@ -57,6 +57,8 @@ class RuntimeEntries:
         self.default_timezone = default_timezone
         self.replica_id = replica_id
         self.version = 0
+        #: The epoch of the runtime keys seen at the last full read (see Keys.runtime_epoch).
+        self.epoch: str | None = None
         self.since: dict[str, datetime] = {}
         #: Every name stored at the version seen, valid or not (to tell removals on a reload).
         self._names: set[str] = set()
@@ -66,10 +68,12 @@ class RuntimeEntries:
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
         """Every valid runtime entry (none when Redis cannot be reached: a refresh follows)."""
         try:
+            epoch = self.store.epoch()
             version, stored = self.store.all()
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
             return {}
+        self.epoch = epoch
         self.version = version
         self._names = set(stored)
         self.since = {}
@@ -85,18 +89,21 @@ class RuntimeEntries:
         """What changed since the last poll; ``None`` when nothing did or Redis is away.
 
         A replica whose version is below the change log's floor (it was away longer than
-        removals are kept there), or above Redis's own (Redis lost its data), reloads
-        everything, so it never misses a removal.
+        removals are kept there), or that sees a new epoch or a version below its own (Redis
+        lost its data), reloads everything, so it never misses a removal.
         """
         try:
             changes = self.store.changes_since(self.version)
-            if self.version < changes.floor or changes.version < self.version:
-                # Away longer than removals are kept, or Redis lost its data (its version
-                # went back): only a full read says which entries are left.
-                changes = self._everything()
+            lost = changes.epoch != self.epoch or changes.version < self.version
+            if lost or self.version < changes.floor:
+                # Redis lost the runtime keys (a new epoch, or the version went back), or this
+                # replica was away longer than removals are kept: only a full read says which
+                # entries are left.
+                changes = replace(self._everything(), epoch=changes.epoch)
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
+        self.epoch = changes.epoch
         if changes.version == self.version and not changes.changed and not changes.removed:
             return None
         self.version = changes.version

@@ -54,11 +54,12 @@ end
 _NOW = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[7], t[1] .. '.' .. t[2], 'NX')
 """
 
 #: Store or replace one runtime entry.
 #: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[3] version counter, KEYS[4] since hash,
-#: KEYS[5] removed zset, KEYS[6] floor version.
+#: KEYS[5] removed zset, KEYS[6] floor version, KEYS[7] epoch (set once, by the first write).
 #: ARGV[1] name, ARGV[2] JSON, ARGV[3] expected version ("" any, "0" must not exist),
 #: ARGV[4] the instant (us) the writer computed the entry's next run from ("": Redis TIME),
 #: ARGV[5] retention of removals (ms).
@@ -158,6 +159,9 @@ class Changes:
     changed: dict[str, StoredEntry | bytes]
     removed: list[str]
     floor: int = 0
+    #: The epoch of the runtime keys (``None`` before the first write): it changes only when
+    #: Redis lost them.
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +194,15 @@ class RuntimeStore:
             self.keys.runtime_since,
             self.keys.runtime_removed,
             self.keys.runtime_floor,
+            self.keys.runtime_epoch,
         ]
 
     # -- runtime entries ----------------------------------------------------------------------
+
+    def epoch(self) -> str | None:
+        """The epoch of the runtime keys (see :attr:`Keys.runtime_epoch`)."""
+        epoch = self.client.get(self.keys.runtime_epoch)
+        return None if epoch is None else _text(epoch)
 
     def version(self) -> int:
         """The version counter: it changes whenever any runtime entry does."""
@@ -236,10 +246,12 @@ class RuntimeStore:
         pipe.get(self.keys.runtime_version)
         pipe.zrangebyscore(self.keys.runtime_changes, f"({version}", "+inf", withscores=True)
         pipe.get(self.keys.runtime_floor)
-        current, changed, floor = pipe.execute()
+        pipe.get(self.keys.runtime_epoch)
+        current, changed, floor, epoch = pipe.execute()
+        epoch = None if epoch is None else _text(epoch)
         names = [_text(name) for name, _ in changed]
         if not names:
-            return Changes(int(current or 0), {}, [], int(floor or 0))
+            return Changes(int(current or 0), {}, [], int(floor or 0), epoch)
         versions = {_text(name): int(score) for name, score in changed}
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.keys.runtime_entries, names)
@@ -252,7 +264,7 @@ class RuntimeStore:
         }
         removed = [name for name, value in zip(names, values, strict=True) if value is None]
         return Changes(
-            max(int(current or 0), *versions.values()), present, removed, int(floor or 0)
+            max(int(current or 0), *versions.values()), present, removed, int(floor or 0), epoch
         )
 
     def put(

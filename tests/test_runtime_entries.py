@@ -282,10 +282,13 @@ def test_after_redis_lost_its_data_every_replica_agrees_on_the_runtime_entries(
     cluster.run_for(3)
     assert all("forgotten" in r.scheduler.entries for r in cluster.replicas)
     redis_client.flushall()
-    cluster.manager.every(1).seconds.name("added-after").do("reports.added")
+    # More writes than before the loss: the new version counter passes the replicas' own.
+    for name in ("added-after", "second", "third"):
+        cluster.manager.every(1).seconds.name(name).do("reports.added")
     cluster.refresh()
     cluster.clear()
     cluster.run_for(4)
     assert cluster.fires("forgotten") == {}
-    assert len(cluster.fires("added-after")) == 4
-    assert all("added-after" in r.scheduler.entries for r in cluster.replicas)
+    for name in ("added-after", "second", "third"):
+        assert len(cluster.fires(name)) == 4, name
+        assert all(name in r.scheduler.entries for r in cluster.replicas)

@@ -30,6 +30,7 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
     P{runtime}:since     hash    name -> instant (us) its promised next run was computed from
     P{runtime}:removed   zset    name -> Redis TIME (ms) of its removal, until trimmed
     P{runtime}:floor     string  highest version of a removal trimmed from the change log
+    P{runtime}:epoch     string  set by the first write; a change says Redis lost these keys
     P{replicas}          hash    replica id -> JSON (last tick, schedule version); pruned after
                                  an hour without a tick
     P{workers}:seen      string  set by workers that release singletons (TTL)
