@@ -296,12 +296,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         Reading the high-water marks of 100 000 entries takes seconds, so it happens in the
         first ticks (:meth:`_catch_up_batch`), while the next slots are already queued.
         """
+        grace = self.settings.catchup_grace
         for entry in self.entries.values():
             if entry.enabled:
-                self._unchecked.append((entry, self._queue_upcoming(entry, now)))
+                since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+                start = now if since is None else min(now, max(since, now - grace))
+                self._unchecked.append((entry, self._queue_upcoming(entry, start)))
 
     def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
-        """Queue an entry's first slot after ``now`` (beat starting is no reason to fire)."""
+        """Queue an entry's first slot after ``now`` (beat starting is no reason to fire; a
+        runtime entry starts from the instant it was added, when that is recent)."""
         upcoming = entry.first_slot_after(now)
         if upcoming is not None:
             self.queue.push(upcoming.timestamp(), entry, upcoming)
@@ -310,10 +314,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _catch_up_batch(self, now: datetime) -> None:
         """Read the high-water marks of the next batch of entries and queue what they missed.
 
-        An entry with a high-water mark catches up by its policy (see :mod:`.catchup`), bounded
-        by ``beat_cron_starting_deadline``; every slot claimed and never recorded sent (its
+        An entry with a high-water mark (or a runtime entry that never ran, from the instant it
+        was added) catches up by its policy (see :mod:`.catchup`), bounded by
+        ``beat_cron_starting_deadline``. Every slot claimed and never recorded sent (its
         replica died, and so may have every replica that saw it pending) is asked for again,
-        so that it is taken over or reported. An entry that used up ``max_runs`` is retired.
+        so that it is taken over or reported, as long as it is no older than a lease and the
+        grace; older ones are missed slots like the others, and the catch-up rule decides.
         While the backend cannot be reached, the batch waits for a later tick.
         """
         if self.monotonic() < self._next_catch_up:
@@ -329,29 +335,59 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         deadline = self.app.conf.beat_cron_starting_deadline
         window = timedelta(seconds=deadline) if deadline is not None else None
         for entry, upcoming in batch:
+            if self.entries.get(entry.name) is not entry:
+                continue
             mark = marks.get(entry.name)
-            if mark is None or self.entries.get(entry.name) is not entry:
+            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+            reference = mark.slot if mark is not None else since
+            if reference is None:
+                continue
+            missed = [
+                slot
+                for slot in slots_due(
+                    entry, reference, now, grace=self.settings.catchup_grace, window=window
+                )
+                if upcoming is None or slot < upcoming
+            ]
+            for slot in missed:
+                self.queue.push(now.timestamp(), entry, slot, retry=True)
+            if mark is None:
                 continue
             slot_us = to_epoch_us(mark.slot)
             if slot_us > self._known_marks.get(entry.name, 0):
                 self._known_marks[entry.name] = slot_us
-            missed = [
-                slot
-                for slot in slots_due(
-                    entry, mark.slot, now, grace=self.settings.catchup_grace, window=window
-                )
-                if upcoming is None or slot < upcoming
-            ]
-            if mark.finished:
-                self._retire(entry)
-                continue
-            for slot in missed:
-                self.queue.push(now.timestamp(), entry, slot, retry=True)
             unsent = set(mark.unsent)
             if not mark.sent:
                 unsent.add(mark.slot)
-            for slot in sorted(unsent.difference(missed)):
+            for slot in self._unsent_to_ask(entry, unsent.difference(missed), bool(missed), now):
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
+
+    def _unsent_to_ask(
+        self, entry: Entry, unsent: set[datetime], caught_up: bool, now: datetime
+    ) -> list[datetime]:
+        """The unsent claims found at start-up to take over, oldest first.
+
+        One no older than a claim lease plus the grace is a claim a replica just died with:
+        it is taken over. An older one was missed while every replica was down, and follows
+        the entry's catch-up policy like any missed slot: ``"all"`` takes each over,
+        ``"latest"`` the latest one unless another slot fires anyway, ``"skip"`` none.
+        """
+        recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
+        recent = sorted(slot for slot in unsent if slot >= recent_after)
+        deadline = self.app.conf.beat_cron_starting_deadline
+        limits = [entry.catchup_window]
+        if deadline is not None:
+            limits.append(timedelta(seconds=deadline))
+        old = sorted(
+            slot
+            for slot in unsent
+            if slot < recent_after and all(now - slot <= w for w in limits if w is not None)
+        )
+        if entry.catchup == "all":
+            return old + recent
+        if entry.catchup == "latest" and not caught_up and not recent:
+            return old[-1:]
+        return recent
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -525,8 +561,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         name = item.entry.name
         entry = self.entries.get(name)
-        if entry is None or not entry.enabled or name in self._finished:
-            return None  # removed, disabled or finished since it was queued
+        if entry is None or not entry.enabled:
+            return None  # removed or disabled since it was queued
+        if name in self._finished and not item.retry:
+            return None  # finished: no new slot; a retry still settles its claim
         if item.retry:
             slots = [item.slot]
             follow_up = None
@@ -541,7 +579,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entry, until = superseded
             after = item.slot - timedelta(microseconds=1)
             slots = slots_due(entry, after, min(now, until), grace=self.settings.catchup_grace)
-            follow_up = None
+            upcoming = entry.first_slot_after(now)
+            follow_up = upcoming if upcoming is not None and upcoming <= until else None
         due = []
         for slot in slots:
             if (name, slot) not in seen:
@@ -757,13 +796,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _learn_marks(self, results: Sequence[ClaimResult]) -> None:
         """Remember, per entry, the latest slot Redis said is claimed or decided.
 
-        Every answer but ``early`` says so, ``pending`` included: a replica that is always a
-        few milliseconds behind the winner hears only ``pending``, and must still know the
-        marks it would write back if Redis lost its data.
+        Every answer but ``early`` and ``error`` says so, ``pending`` included: a replica that
+        is always a few milliseconds behind the winner hears only ``pending``, and must still
+        know the marks it would write back if Redis lost its data.
         """
         known = self._known_marks
         for result in results:
-            if result.outcome is not ClaimOutcome.EARLY:
+            if result.outcome not in (ClaimOutcome.EARLY, ClaimOutcome.ERROR):
                 name, slot_us = result.claim.entry, result.claim.slot_us
                 if slot_us > known.get(name, 0):
                     known[name] = slot_us
@@ -894,14 +933,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         )
 
     def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
-        """A message that certainly did not leave: tried again while the broker is what
-        failed and the slot is recent (its fenced claim is still this replica's); else the
-        failure is recorded and the slot is not published."""
+        """A message that certainly did not leave: while the broker is what failed and the
+        slot is recent, its fence is lifted and this replica asks for it again (should it stop
+        meanwhile, another replica takes the claim over after the lease); else the failure is
+        recorded and the slot is not published."""
         self._failed(due_slot, error, "publishing")
         claim = due_slot.claim
         if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
-            self._ask_again([due_slot], now)
-            return
+            with contextlib.suppress(BackendUnavailableError):
+                self.backend.end_fence([claim])
+                self._ask_again([due_slot], now)
+                return
         with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
 

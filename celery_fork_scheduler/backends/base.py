@@ -142,6 +142,12 @@ class ClaimBackend(Protocol):
         :class:`~celery_fork_scheduler.errors.BackendUnavailableError` like :meth:`claim`.
         """
 
+    def end_fence(self, claims: Sequence[Claim]) -> None:
+        """Lift the fence of claims whose messages certainly did not leave (refused by the
+        broker): the slots may be published again, by this replica or, after the lease, by
+        another. Raises :class:`~celery_fork_scheduler.errors.BackendUnavailableError` like
+        :meth:`claim`."""
+
     def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
         """Record that these won claims were published (state ``claimed`` -> ``sent``).
 

@@ -103,6 +103,9 @@ class LocalBackend:
         """Every won claim is still held: no other replica shares this backend."""
         return [True] * len(claims)
 
+    def end_fence(self, claims: Sequence[Claim]) -> None:
+        """Nothing to lift: no other replica shares this backend."""
+
     def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
         """Forget the unsent claims that were published (or maybe published: "uncertain")."""
         for claim in claims:

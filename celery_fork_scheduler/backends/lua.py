@@ -53,32 +53,34 @@ end
 
 #: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
 #: A restart (with or without persistence) loses nothing after its start, so the start time
-#: (now - uptime, rounded up to the next second) bounds it. A flush, SWAPDB, DEBUG (RELOAD),
-#: REPLICAOF or FAILOVER since the start, a promotion of a former replica, or a CONFIG RESETSTAT
-#: (which would hide the others from INFO commandstats) can lose data at any later instant:
-#: then only ``now`` is a sound bound. Expects ``now`` (us) in scope.
+#: (now - uptime: whole seconds, rounded down, so no later than the start) bounds it. A flush,
+#: SWAPDB, DEBUG (RELOAD), REPLICAOF or FAILOVER since the start, a promotion of a former
+#: replica, or a CONFIG RESETSTAT (which would hide the others from INFO commandstats) can lose
+#: data at any later instant:
+#: then only ``now`` is a sound bound. Returns the instant and whether it is the start time
+#: (a bound that holds for every entry, known to this replica or not). Expects ``now`` (us).
 _DATA_LOST_AT = """
 local function data_lost_at()
   local stats = '\\n' .. redis.call('INFO', 'commandstats')
   for _, name in ipairs({'flushall', 'flushdb', 'swapdb', 'debug', 'replicaof', 'slaveof',
                          'failover', 'config|resetstat'}) do
     if string.find(stats, '\\ncmdstat_' .. name .. ':', 1, true) then
-      return now
+      return now, false
     end
   end
   -- Redis 6.2 counts CONFIG as one command: any CONFIG call may have been a RESETSTAT.
   if string.find(stats, '\\ncmdstat_config:', 1, true) then
-    return now
+    return now, false
   end
   local replication = redis.call('INFO', 'replication')
   if not string.find(replication, 'second_repl_offset:-1', 1, true) then
-    return now
+    return now, false
   end
   local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
   if not uptime then
-    return now
+    return now, false
   end
-  return math.min(now, now - uptime * 1000000 + 1000000)
+  return math.min(now, now - uptime * 1000000), true
 end
 """
 
@@ -116,15 +118,23 @@ if not hwm then
   return redis.error_reply('ERR corrupted hwm ' .. string.sub(hwm_text, 1, 40))
 end
 local known = tonumber(ARGV[13])
-if known > 0 and (not hwm_text or known > hwm) then
-  -- Redis lost the mark (restarted empty, flushed; a worker's outcome record may have made the
-  -- hash again) or a part of it (failover to a lagging replica): write back what this replica
-  -- saw, and with no mark at all refuse every slot that could have been claimed before the
-  -- data was lost: up to that instant plus the early tolerance.
-  local restored = known
-  if not hwm_text then
-    restored = math.max(known, data_lost_at() + tonumber(ARGV[4]))
+local restored = nil
+if not hwm_text then
+  -- No mark: a new entry, or Redis lost it (restarted empty, flushed; a worker's outcome
+  -- record may have made the hash again). Refuse every slot that could have been claimed
+  -- before the data was lost: up to that instant plus the early tolerance, and at least what
+  -- this replica saw. After a restart that instant is Redis's start, which holds for an entry
+  -- this replica never saw claimed too; other losses are bounded only by now, applied when
+  -- this replica knows the entry was claimed (a new entry's first slot must still fire).
+  local lost_at, at_start = data_lost_at()
+  if known > 0 or at_start then
+    restored = math.max(known, lost_at + tonumber(ARGV[4]))
   end
+elseif known > hwm then
+  -- A part of the marks was lost (failover to a lagging replica): write back what was seen.
+  restored = known
+end
+if restored then
   redis.call('HSET', KEYS[1], 'hwm', string.format('%.0f', restored), 'state', 'sent',
              'reason', 'restored')
   hwm = restored
@@ -232,6 +242,23 @@ redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing'
 return 1
 """
 
+#: Lift the fence of a claim whose message certainly did not leave (the broker refused it):
+#: any replica may publish the slot again, after the lease, if this one does not.
+#: KEYS[2] pending hash. ARGV[1] slot (us), ARGV[2] replica id.
+#: Returns 1 when the fence was this replica's and is lifted, else 0.
+END_FENCE = """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+if not pending then
+  return 0
+end
+local owner, claimed_at = string.match(pending, '^([^|]*)|(%d+)')
+if owner ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at)
+return 1
+"""
+
 #: Record that a claimed slot was published (or that its publish raised after it may have
 #: reached the broker: outcome "uncertain"; it is not published again either way).
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list.
@@ -325,25 +352,45 @@ return 1
 
 #: Take places under the cluster-wide cap of concurrent scheduled runs.
 #: KEYS[1] the cap zset. ARGV[1] cap, ARGV[2] lease (us), ARGV[3..] task ids wanting a place.
-#: Returns the number of places granted, in the order of the task ids.
+#: A task id that holds a place already keeps it (renewed) and never counts against itself.
+#: Places are granted in the order of the task ids, up to the first one refused; the ids after
+#: it are refused too, and lose a place they held (their claims are given back).
+#: Returns the number of places granted.
 TAKE_CAP_PLACES = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local held = 0
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    held = held + 1
+  end
+end
+local free = tonumber(ARGV[1]) - (redis.call('ZCARD', KEYS[1]) - held)
 local granted = 0
 local lease_end = string.format('%.0f', now + tonumber(ARGV[2]))
 for i = 3, #ARGV do
-  if granted >= free then
-    break
+  local mine = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if granted >= 0 and (mine or free > 0) then
+    if not mine then
+      free = free - 1
+    end
+    redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
+    granted = granted + 1
+  else
+    if granted >= 0 then
+      granted = -granted - 1
+    end
+    redis.call('ZREM', KEYS[1], ARGV[i])
   end
-  redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
-  granted = granted + 1
+end
+if granted < 0 then
+  return -granted - 1
 end
 return granted
 """
 
-#: Keep a singleton run's marker alive while the worker runs it.
+#: Keep a singleton run's marker alive while the worker holds the run (received or running).
 #: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
 #: Returns 1 when the marker was still this run's, else 0.
 HEARTBEAT = """
@@ -354,19 +401,64 @@ end
 return 0
 """
 
-#: Keep a run's place under the concurrency cap while the worker runs it.
+#: Keep a run's place under the concurrency cap while the worker holds the run.
 #: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] lease (ms).
 #: Returns 1 when the run still held a place, else 0.
 CAP_HEARTBEAT = """
 local t = redis.call('TIME')
 local lease_end = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]) * 1000
-return redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%.0f', lease_end), ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', lease_end), ARGV[1])
+return 1
 """
 
-#: A run ended: free its markers; hand the singleton to the held-back run, if any.
+#: A singleton run starts: it must hold its marker. One that expired while the run waited (a
+#: countdown, a backlog, workers down) is taken again if nobody else holds it.
+#: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
+#: Returns 1 when the run held its marker (renewed), 2 when it took it again, 0 when another
+#: run holds it (this one must not execute).
+START_SINGLETON = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+
+#: A run under the cap starts: it must hold its place; one that expired while the run waited is
+#: taken again if the cap has room.
+#: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] cap, ARGV[3] lease (us).
+#: Returns 1 when the run held its place (renewed), 2 when it took one again, 0 when the cap is
+#: full (this run must not execute).
+START_CAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease_end = string.format('%.0f', now + tonumber(ARGV[3]))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
+return 2
+"""
+
+#: A run ended (its last attempt): free its marker; hand it to the held-back run, if any.
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash.
 #: ARGV[1] task id, ARGV[2] lease (ms).
-#: Returns the held-back JSON message to publish now (its task id now holds the marker), or nil.
+#: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
+#: holds the marker: publish it now) or "paused" (the entry was paused meanwhile: the held run
+#: is dropped, the marker freed).
 RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return nil
@@ -377,12 +469,66 @@ if not held then
   return nil
 end
 redis.call('DEL', KEYS[2])
+if redis.call('HGET', KEYS[3], 'paused') then
+  redis.call('DEL', KEYS[1])
+  return {'paused', held}
+end
 local message = cjson.decode(held)
 redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'runs', 1)
-return held
+return {'send', held}
 """
 
+#: The held-back run handed over by RELEASE is not sent: its publish failed ("failed": the
+#: message goes back to be held, unless another is held by now) or the cap is full ("capped").
+#: Its marker is freed, its run is given back.
+#: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash, KEYS[4] history list.
+#: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
+#: size, ARGV[6] "failed" | "capped", ARGV[7] error text.
+GIVE_BACK_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HINCRBY', KEYS[3], 'runs', -1)
+local item = {slot = tonumber(ARGV[3]), replica = ARGV[4], task_id = ARGV[2]}
+if ARGV[6] == 'failed' then
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  redis.call('HINCRBY', KEYS[3], 'failures', 1)
+  item['outcome'] = 'failed'
+  item['error'] = ARGV[7]
+else
+  redis.call('HINCRBY', KEYS[3], 'skips:' .. ARGV[6], 1)
+  item['outcome'] = 'skipped:' .. ARGV[6]
+end
+if tonumber(ARGV[5]) > 0 then
+  local t = redis.call('TIME')
+  item['at'] = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('LPUSH', KEYS[4], cjson.encode(item))
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+end
+return 1
+"""
+
+#: A run was not executed: its marker or its place was another run's by the time it started,
+#: or (held back) its entry was paused.
+#: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id, ARGV[3] who,
+#: ARGV[4] reason ("busy" | "capped" | "paused"), ARGV[5] history size, ARGV[6] "1" for a
+#: scheduled run (given back: it does not count towards max_runs), "0" for a manual one or a
+#: held run never counted.
+RECORD_SKIP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[4], 1)
+if ARGV[6] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'runs', -1)
+end
+if tonumber(ARGV[5]) > 0 then
+  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(ARGV[1]), replica = ARGV[3],
+    task_id = ARGV[2], outcome = 'skipped:' .. ARGV[4], at = now}))
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
+return 1
+"""
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
-ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, MARK_SENT, MARK_SKIPPED, RECORD_FAILURE)
+ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, END_FENCE, MARK_SENT, MARK_SKIPPED, RECORD_FAILURE)

@@ -105,6 +105,7 @@ class RedisBackend:
         self._owns_client = owns_client
         self._claim_script = client.register_script(lua.CLAIM)
         self._begin_publish_script = client.register_script(lua.BEGIN_PUBLISH)
+        self._end_fence_script = client.register_script(lua.END_FENCE)
         self._mark_sent_script = client.register_script(lua.MARK_SENT)
         self._mark_skipped_script = client.register_script(lua.MARK_SKIPPED)
         self._record_failure_script = client.register_script(lua.RECORD_FAILURE)
@@ -218,6 +219,17 @@ class RedisBackend:
         replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
         _log_errors("fenced", claims, replies)
         return [not isinstance(reply, Exception) and int(reply) == 1 for reply in replies]
+
+    def end_fence(self, claims: Sequence[Claim]) -> None:
+        """Lift the fence of claims whose messages were refused; see :data:`.lua.END_FENCE`."""
+        commands = [
+            self._script_command(
+                self._end_fence_script, claim.entry, claim.slot_us, self.replica_id
+            )
+            for claim in claims
+        ]
+        replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
+        _log_errors("unfenced", claims, replies)
 
     def mark_sent(self, claims: Sequence[Claim], outcome: str = "sent") -> None:
         """Move published slots from ``claimed`` to ``sent`` (one round trip); ``outcome``
