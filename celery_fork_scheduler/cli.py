@@ -51,7 +51,11 @@ EXIT_NO_REDIS = 3
 
 _PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 _OUTCOME_COLOURS = {"sent": "green", "completed": "green", "error": "red", "failed": "red"}
-_SKIP_REASONS = {"busy": "still running", "capped": "concurrency cap reached"}
+_SKIP_REASONS = {
+    "busy": "still running",
+    "capped": "concurrency cap reached",
+    "paused": "the entry is paused (--force runs it anyway)",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -746,13 +750,15 @@ def resume(ctx: click.Context, name: str | None, tag: str | None, as_json: bool)
 
 @schedule.command("trigger", cls=CeleryCommand)
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Run it even if the entry is paused.")
 @_json_option
 @click.pass_context
-def trigger(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Run an entry now (a singleton still running is not started twice)."""
+def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
+    """Run an entry now: not if paused (unless --force), nor while a singleton still runs,
+    nor over the cap; it does not count towards max_runs."""
     session = _session(ctx, as_json)
     try:
-        result = session.manager().trigger(name)
+        result = session.manager().trigger(name, force=force)
     except TypeError as exc:  # Celery checks the arguments against the task's signature
         raise BadInputError(f"cannot send {name!r}: {exc}") from None
     except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send

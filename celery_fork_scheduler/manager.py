@@ -31,6 +31,7 @@ from .publishing import CeleryPublisher, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry, pause_state
 from .validation import CheckReport, Problem, check_app_report
+from .worker import MANUAL_HEADER
 
 logger = logging.getLogger("celery_fork_scheduler")
 
@@ -107,6 +108,8 @@ class Job:
     last_run: datetime | None
     run_count: int
     paused: bool
+    #: Runs sent by :meth:`Manager.trigger`; they are not in ``run_count`` (``max_runs``).
+    manual_runs: int = 0
     pause_note: str = ""
     paused_at: datetime | None = None
     last_outcome: str = ""
@@ -133,7 +136,7 @@ class Manager:
 
     def __init__(self, app: Any, *, clock: Callable[[], datetime] | None = None) -> None:
         self.app = app
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or self._server_clock
         self._client: Any = None
         self._job_name: str | None = None
         self._singleton_all = False
@@ -377,24 +380,33 @@ class Manager:
         self._entry(name)
         return self.store().pause_states([name])[name]
 
-    def run_now(self, name: str) -> str | None:
+    def run_now(self, name: str, *, force: bool = False) -> str | None:
         """Publish one run of an entry now; returns its task id, or ``None`` when the run was
         skipped (see :meth:`trigger`, which says why)."""
-        return self.trigger(name).task_id
+        return self.trigger(name, force=force).task_id
 
-    def trigger(self, name: str) -> TriggerResult:
-        """Publish one run of an entry now, unless it is a singleton whose previous run is still
-        executing (``skipped="busy"``) or the concurrency cap is reached (``"capped"``).
+    def trigger(self, name: str, *, force: bool = False) -> TriggerResult:
+        """Publish one run of an entry now, outside its schedule.
+
+        - A paused entry is not run (``skipped="paused"``) unless ``force=True``.
+        - It does not count towards ``max_runs`` (``Job.manual_runs`` counts it), so a finished
+          entry can be triggered too.
+        - It respects the overlap policy: ``skipped="busy"`` while a run of a singleton (or
+          ``buffer_one``) entry holds its marker; and the concurrency cap (``"capped"``).
 
         Redis and the broker are reached first: when either cannot be, nothing is sent (the
         Redis error, or :class:`BrokerUnavailableError`). A broker lost during the publish is a
-        :class:`BrokerUnavailableError` with the ``task_id`` that may have been sent. Once the
-        run is sent, a failure to record it in Redis does not raise: the result says what was
-        not recorded (``unrecorded``).
+        :class:`BrokerUnavailableError` with the ``task_id`` that may have been sent. After any
+        failure to send, the marker and the place are given back at once (a run that was sent
+        anyway takes them again when it starts, or is not run if another run holds them). Once
+        the run is sent, a failure to record it in Redis does not raise: the result says what
+        was not recorded (``unrecorded``).
         """
         entry, _ = self._entry(name)
         client, keys, settings = self._redis(), self._keys(), self._settings()
-        client.ping()
+        if client.hget(keys.state(name), "paused") and not force:
+            logger.info("fork scheduler: run_now(%s) skipped: the entry is paused", name)
+            return TriggerResult(skipped="paused")
         self._reach_broker(name)
         slot = self._clock()
         task_id = task_id_for(name, slot)
@@ -413,11 +425,12 @@ class Manager:
                 self._give_back(entry, task_id, capped=False)
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
                 return TriggerResult(skipped="capped")
+        occurrence = build_occurrence(entry, slot, task_id, capped=capped)
+        occurrence = replace(occurrence, headers={**occurrence.headers, MANUAL_HEADER: True})
         try:
-            CeleryPublisher(self.app, lambda: None).publish(
-                build_occurrence(entry, slot, task_id, capped=capped)
-            )
+            CeleryPublisher(self.app, lambda: None).publish(occurrence)
         except OperationalError as exc:  # connected, then lost: the message may have gone out
+            self._give_back(entry, task_id, capped=capped)
             raise BrokerUnavailableError(name, exc, task_id=task_id) from exc
         except Exception:
             self._give_back(entry, task_id, capped=capped)
@@ -453,7 +466,7 @@ class Manager:
     def _record_manual_run(self, name: str, slot: datetime, task_id: str) -> TriggerResult:
         keys = self._keys()
         pipe = self._redis().pipeline(transaction=False)
-        pipe.hincrby(keys.state(name), "runs", 1)
+        pipe.hincrby(keys.state(name), "manual_runs", 1)
         pipe.hset(keys.state(name), "last_manual_run", slot.isoformat())
         try:
             pipe.execute()
@@ -567,6 +580,17 @@ class Manager:
 
         return entry_from_dict(stored.name, stored.data, default_timezone=self.app.timezone)
 
+    def _server_clock(self) -> datetime:
+        """Redis's clock, which every replica schedules on (a ``next_run`` computed from it is
+        the one they fire); this host's clock without Redis."""
+        if self._has_redis():
+            with contextlib.suppress(redis.RedisError, OSError):
+                seconds, micros = self._redis().time()
+                return datetime.fromtimestamp(int(seconds), timezone.utc) + timedelta(
+                    microseconds=int(micros)
+                )
+        return datetime.now(timezone.utc)
+
     def _has_redis(self) -> bool:
         try:
             self._redis()
@@ -602,6 +626,7 @@ class Manager:
             next_run=None if finished else entry.first_slot_after(now),
             last_run=_last_run(state),
             run_count=_number(state.get("runs")),
+            manual_runs=_number(state.get("manual_runs")),
             paused=pause.paused,
             pause_note=pause.note,
             paused_at=pause.since,
@@ -767,7 +792,7 @@ class TriggerResult:
     run that was sent, why it could not be recorded in Redis (``unrecorded``)."""
 
     task_id: str | None = None
-    skipped: Literal["busy", "capped"] | None = None
+    skipped: Literal["busy", "capped", "paused"] | None = None
     unrecorded: str | None = None
 
 

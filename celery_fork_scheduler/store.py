@@ -116,8 +116,9 @@ return {version}
 """
 )
 
-#: The pause fields of a state hash (a leftover pause is cleared when a name is added again).
-_PAUSE_FIELDS = ("paused", "pause_note", "paused_at")
+#: The fields of a state hash that a name added again starts without: its run count, its
+#: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
+_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at")
 
 
 class StaleVersionError(ForkSchedulerError):
@@ -279,9 +280,14 @@ class RuntimeStore:
 
         ``since``: the instant the writer computed the entry's promised next run from (``None``:
         Redis TIME). The entry's own keys lose an expiry left by an earlier removal; a new
-        entry also loses a leftover pause.
+        entry (a name added again included) starts afresh: no run count, no finished mark, no
+        pause, no held-back run. That is done before it is stored, so that no replica sees it
+        with the old state; and again after, should the name have been removed meanwhile.
         """
         expected = "" if expected_version is None else str(expected_version)
+        fresh = not self.client.hexists(self.keys.runtime_entries, name)
+        if fresh:
+            self._start_afresh(self.client.pipeline(transaction=False), name).execute()
         instant = "" if since is None else str(_epoch_us(since))
         reply = self._put(
             keys=self._runtime_keys,
@@ -292,17 +298,24 @@ class RuntimeStore:
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys.entry_keys(name):
             pipe.persist(key)
-        if int(reply[1]) == 1:
-            pipe.hdel(self.keys.state(name), *_PAUSE_FIELDS)
+        if int(reply[1]) == 1 and not fresh:
+            self._start_afresh(pipe, name)
         pipe.execute()
         return int(reply[0])
+
+    def _start_afresh(self, pipe: Any, name: str) -> Any:
+        """Queue the reset of a name's state on ``pipe`` (see :meth:`put`)."""
+        pipe.hdel(self.keys.state(name), *_FRESH_FIELDS)
+        pipe.delete(self.keys.buffered(name))
+        return pipe
 
     def delete(self, name: str, expected_version: int | None = None) -> bool:
         """Remove a runtime entry; False when there was none.
 
-        Its own keys (state, pending, running, buffered, history) expire after the retention
-        instead of going at once: a replica that has not seen the removal yet may still claim
-        a slot of it, and without the high-water mark it could win a published slot again.
+        Its own keys (state, pending, running, history) expire after the retention instead of
+        going at once: a replica that has not seen the removal yet may still claim a slot of
+        it, and without the high-water mark it could win a published slot again. A held-back
+        run (``buffer_one``) goes at once: it is never sent.
         """
         expected = "" if expected_version is None else str(expected_version)
         reply = self._delete(
@@ -315,6 +328,7 @@ class RuntimeStore:
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys.entry_keys(name):
             pipe.pexpire(key, self.retention_ms)
+        pipe.delete(self.keys.buffered(name))
         pipe.execute()
         return True
 

@@ -1,14 +1,22 @@
-"""Worker side: report the runs this scheduler published, and free their markers.
+"""Worker side: report the runs this scheduler published, and hold and free their markers.
 
 Connected by :func:`celery_fork_scheduler.install`. For a task that carries the scheduler's
 headers it
 
-- sends :data:`~.signals.job_started`, :data:`~.signals.job_completed` (with the duration) and
-  :data:`~.signals.job_failed`;
-- keeps the singleton marker and the place under the concurrency cap alive while the task runs
-  (a heartbeat every third of ``fork_scheduler_singleton_lease``), and frees both when the task
-  ends, fails or is revoked — a worker killed mid-task frees them when the lease runs out;
-- publishes the run held back by overlap ``buffer_one`` as soon as the running one ends;
+- keeps the singleton marker and the place under the concurrency cap alive while this worker
+  holds the run: from the moment it receives the message (a countdown, an ETA or a prefetched
+  backlog included) until the run's last attempt ends (a heartbeat every third of
+  ``fork_scheduler_singleton_lease``);
+- checks, as the run starts, that it still holds its marker and its place: one that expired
+  while the run waited is taken again; when another run holds the marker (or the cap is full),
+  the run is not executed (state ``IGNORED``; recorded as skipped ``busy`` / ``capped``);
+- sends :data:`~.signals.job_started` once per run (not per attempt) and one final outcome:
+  :data:`~.signals.job_completed` or :data:`~.signals.job_failed` (a hard time limit under the
+  prefork pool included, reported by the pool's parent process);
+- frees the marker and the place when the last attempt ends (never on a retry or a requeued
+  rejection), fails or is revoked — a worker killed mid-task frees them when the lease runs out;
+- publishes the run held back by overlap ``buffer_one`` as soon as the running one ends, with a
+  place under the cap, unless its entry was paused meanwhile;
 - marks Redis so that beat can tell that some worker does all this.
 """
 
@@ -19,11 +27,13 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from celery import signals as celery_signals
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker import state as worker_state
 
 from . import signals
 from .backends import lua
@@ -33,14 +43,20 @@ from .backends.redis import record_outcome
 from .config import Settings, read_settings
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from .keys import Keys
-from .publishing import CeleryPublisher, occurrence_from_json
+from .publishing import CeleryPublisher, Occurrence, is_transient, occurrence_from_json
 
 logger = logging.getLogger("celery_fork_scheduler.worker")
+
+#: Header of a run sent by :meth:`Manager.trigger`: it never counted towards ``max_runs``.
+MANUAL_HEADER = "fork_scheduler_manual"
+
+#: Celery task states after which the run goes on with another attempt (same task id).
+_NOT_FINAL = frozenset({"RETRY"})
 
 
 @dataclass(slots=True)
 class Run:
-    """A scheduled run executing on this worker."""
+    """A scheduled run held by this process (received by its consumer, or executing)."""
 
     entry: str
     slot: str
@@ -49,6 +65,11 @@ class Run:
     singleton: bool
     capped: bool
     worker: str
+    manual: bool = False
+    #: Why the run must not execute ("busy", "capped"), decided when it starts.
+    skipped: str | None = None
+    #: The run's body was kept from executing (see :meth:`WorkerHooks.guard_tasks`).
+    prevented: bool = False
 
 
 def _header(request: Any, name: str) -> Any:
@@ -61,6 +82,23 @@ def _header(request: Any, name: str) -> Any:
     return request_dict.get(name)
 
 
+def _run_of(request: Any, task_id: str) -> Run | None:
+    """The scheduled run a task request carries, or ``None`` for any other task."""
+    entry = _header(request, ENTRY_HEADER)
+    if entry is None:
+        return None
+    return Run(
+        entry=entry,
+        slot=_header(request, SLOT_HEADER),
+        task_id=task_id,
+        started=time.monotonic(),
+        singleton=_header(request, OVERLAP_HEADER) is not None,
+        capped=bool(_header(request, CAPPED_HEADER)),
+        worker=getattr(request, "hostname", None) or socket.gethostname(),
+        manual=bool(_header(request, MANUAL_HEADER)),
+    )
+
+
 class WorkerHooks:
     """The worker-side signal handlers of one Celery app."""
 
@@ -68,7 +106,11 @@ class WorkerHooks:
         self.app = app
         self._settings: Settings | None = None
         self._client: Any = None
+        #: Runs executing in this process (task_prerun to task_postrun).
         self._runs: dict[str, Run] = {}
+        #: Runs this process's consumer received and has not seen end (heartbeat, and the
+        #: outcome of a run whose pool process was killed: a hard time limit).
+        self._received: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._stopping = threading.Event()
@@ -92,8 +134,14 @@ class WorkerHooks:
             self._client = redis_client_for(self.app, self.settings)
         return self._client
 
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.settings.singleton_lease.total_seconds() * 1000)
+
     def connect(self) -> None:
         """Connect the handlers to Celery's worker signals."""
+        celery_signals.worker_init.connect(self.guard_tasks, weak=False)
+        celery_signals.task_received.connect(self.on_received, weak=False)
         celery_signals.task_prerun.connect(self.on_prerun, weak=False)
         celery_signals.task_postrun.connect(self.on_postrun, weak=False)
         celery_signals.task_failure.connect(self.on_failure, weak=False)
@@ -102,6 +150,26 @@ class WorkerHooks:
         celery_signals.worker_shutdown.connect(self.on_worker_shutdown, weak=False)
 
     # -- Celery signal handlers ---------------------------------------------------------------
+
+    def guard_tasks(self, **_: Any) -> None:
+        """Let a run that must not execute be stopped before its body: each task's
+        ``before_start`` (called by Celery after ``task_prerun``) raises ``Ignore`` for it.
+
+        Done when the worker starts, before Celery builds its tracers (and forks its pool).
+        """
+        for task in self.app.tasks.values():
+            cls = type(task)
+            if "_fork_scheduler_guard" not in cls.__dict__:
+                cls.before_start = _guarded(self, cls.before_start)
+                cls._fork_scheduler_guard = True
+
+    def prevent(self, task_id: str) -> None:
+        """Raise ``Ignore`` when the run ``task_id`` must not execute (from ``before_start``)."""
+        with self._lock:
+            run = self._runs.get(task_id)
+        if run is not None and run.skipped:
+            run.prevented = True
+            raise Ignore(f"fork scheduler: not run ({run.skipped})")
 
     def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         """Tell beat that this worker releases markers; keep saying so."""
@@ -127,39 +195,77 @@ class WorkerHooks:
         """Stop the heartbeat thread."""
         self._stopping.set()
 
-    def on_prerun(self, task_id: str, task: Any, **_: Any) -> None:
-        """A scheduled run starts: remember it, send ``job_started``."""
-        entry = _header(task.request, ENTRY_HEADER)
-        if entry is None or task.app is not self.app:
+    def on_received(self, request: Any = None, **_: Any) -> None:
+        """The consumer got a scheduled run (it may wait for its ETA or a free process): keep
+        its marker and place alive from now on."""
+        task_id = getattr(request, "id", None)
+        if task_id is None or getattr(request, "app", self.app) is not self.app:
             return
-        run = Run(
-            entry=entry,
-            slot=_header(task.request, SLOT_HEADER),
-            task_id=task_id,
-            started=time.monotonic(),
-            singleton=_header(task.request, OVERLAP_HEADER) is not None,
-            capped=bool(_header(task.request, CAPPED_HEADER)),
-            worker=getattr(task.request, "hostname", None) or socket.gethostname(),
-        )
+        run = _run_of(request, task_id)
+        if run is None:
+            return
+        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
+        with self._lock:
+            # Runs the consumer no longer holds ended in a pool process (which freed them).
+            for stale in [i for i in self._received if i not in held and i not in self._runs]:
+                del self._received[stale]
+            self._received[task_id] = run
+        if run.singleton or run.capped:
+            self._ensure_heartbeat()
+
+    def on_prerun(self, task_id: str, task: Any, **_: Any) -> None:
+        """A scheduled run starts: check its marker and place, send ``job_started`` once."""
+        if task.app is not self.app:
+            return
+        run = _run_of(task.request, task_id)
+        if run is None:
+            return
+        run.skipped = self._take_markers(run)
         with self._lock:
             self._runs[task_id] = run
         if run.singleton or run.capped:
             self._ensure_heartbeat()
-        signals.job_started.send(sender=task, entry=entry, slot=run.slot, task_id=task_id)
+        if run.skipped:
+            logger.warning(
+                "fork scheduler: %s slot %s id %s not run: %s",
+                run.entry,
+                run.slot,
+                task_id,
+                "another run holds its marker" if run.skipped == "busy" else "cap reached",
+            )
+            return
+        if not task.request.retries:
+            signals.job_started.send(sender=task, entry=run.entry, slot=run.slot, task_id=task_id)
 
-    def on_postrun(self, task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-        """A scheduled run ended: free its markers, send ``job_completed`` on success."""
+    def on_postrun(
+        self,
+        task_id: str,
+        task: Any,
+        state: str | None = None,
+        retval: Any = None,
+        **_: Any,
+    ) -> None:
+        """An attempt ended. After the last one, free the run's markers and send
+        ``job_completed`` on success; a retry or a requeued rejection keeps them."""
         with self._lock:
             run = self._runs.pop(task_id, None)
         if run is None:
             return
-        self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+        if run.skipped and run.prevented:
+            self._forget(task_id)
+            self._record_skip(run, run.skipped)
+            self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+            return
+        if state in _NOT_FINAL or (state == "REJECTED" and getattr(retval, "requeue", False)):
+            return
+        self._forget(task_id)
         if state == "SUCCESS":
             duration = time.monotonic() - run.started
             self._record(run, "completed", "completed", duration=duration)
             signals.job_completed.send(
                 sender=task, entry=run.entry, slot=run.slot, task_id=task_id, duration=duration
             )
+        self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
 
     def on_failure(
         self,
@@ -168,58 +274,107 @@ class WorkerHooks:
         exception: BaseException | None = None,
         **_: Any,
     ) -> None:
-        """A scheduled run raised: send ``job_failed`` (postrun frees the markers)."""
+        """A run failed for good: record it and send ``job_failed``. Sent by the process that
+        ran it (postrun then frees the markers), or by the prefork pool's parent for a hard time
+        limit or a lost process: then the markers are freed here."""
         with self._lock:
             run = self._runs.get(task_id)
-        if run is not None:
-            self._record(
-                run,
-                "error",
-                "errors",
-                duration=time.monotonic() - run.started,
-                error=f"{type(exception).__name__}: {exception}",
-            )
-            signals.job_failed.send(
-                sender=sender, entry=run.entry, slot=run.slot, task_id=task_id, exception=exception
-            )
+            parent_side = run is None
+            if parent_side:
+                run = self._received.get(task_id)
+        if run is None:
+            return
+        if parent_side:
+            if isinstance(exception, WorkerLostError) and self._requeued_when_lost(sender):
+                return
+            self._forget(task_id)
+            self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+        self._record(
+            run,
+            "error",
+            "errors",
+            duration=time.monotonic() - run.started,
+            error=f"{type(exception).__name__}: {exception}",
+        )
+        signals.job_failed.send(
+            sender=sender, entry=run.entry, slot=run.slot, task_id=task_id, exception=exception
+        )
 
     def on_revoked(self, request: Any = None, **_: Any) -> None:
         """A scheduled run was revoked, maybe before it started: free its markers."""
-        entry = _header(request, ENTRY_HEADER)
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
-        if entry is None or task_id is None:
+        if task_id is None:
+            return
+        run = _run_of(request, task_id)
+        if run is None:
             return
         with self._lock:
             self._runs.pop(task_id, None)
-        self._finish(
-            entry,
-            task_id,
-            singleton=_header(request, OVERLAP_HEADER) is not None,
-            capped=bool(_header(request, CAPPED_HEADER)),
-        )
+        self._forget(task_id)
+        self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
 
     # -- markers ----------------------------------------------------------------------------
+
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            self._received.pop(task_id, None)
+
+    def _requeued_when_lost(self, task: Any) -> bool:
+        """A run whose process died is requeued (and runs again) with these settings."""
+        acks_late = getattr(task, "acks_late", False)
+        return bool(acks_late and self.app.conf.task_reject_on_worker_lost)
+
+    def _take_markers(self, run: Run) -> str | None:
+        """At start: hold the marker and the place again; why the run must not execute."""
+        client = self.client
+        if client is None or not (run.singleton or run.capped):
+            return None
+        try:
+            if run.singleton:
+                marker = self.keys.running(run.entry)
+                held = client.eval(lua.START_SINGLETON, 1, marker, run.task_id, self._lease_ms)
+                if int(held) == 0:
+                    return "busy"
+            cap = self.settings.max_concurrent
+            if run.capped and cap > 0:
+                held = client.eval(
+                    lua.START_CAP, 1, self.keys.cap, run.task_id, cap, self._lease_ms * 1000
+                )
+                if int(held) == 0:
+                    return "capped"
+        except Exception:
+            logger.warning(
+                "fork scheduler: could not check the markers of %s (%s); running it",
+                run.entry,
+                run.task_id,
+                exc_info=True,
+            )
+        return None
 
     def _finish(self, entry: str, task_id: str, *, singleton: bool, capped: bool) -> None:
         client = self.client
         if client is None or not (singleton or capped):
             return
-        lease_ms = int(self.settings.singleton_lease.total_seconds() * 1000)
         try:
             if capped:
                 client.zrem(self.keys.cap, task_id)
             if singleton:
-                held = client.eval(
+                reply = client.eval(
                     lua.RELEASE,
                     3,
                     self.keys.running(entry),
                     self.keys.buffered(entry),
                     self.keys.state(entry),
                     task_id,
-                    lease_ms,
+                    self._lease_ms,
                 )
-                if held is not None:
-                    self._publish_held(held)
+                if reply is not None:
+                    what, held = reply
+                    if _text(what) == "paused":
+                        occurrence = occurrence_from_json(held)
+                        self._record_skip(_held_run(occurrence), "paused", counted=False)
+                    else:
+                        self._publish_held(held)
         except Exception:
             logger.exception(
                 "fork scheduler: could not free the markers of %s (%s)", entry, task_id
@@ -251,15 +406,92 @@ class WorkerHooks:
                 "fork scheduler: could not record the end of %s", run.entry, exc_info=True
             )
 
+    def _record_skip(self, run: Run, reason: str, *, counted: bool = True) -> None:
+        """Record a run that was not executed; a scheduled one is given back (``max_runs``)."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            client.eval(
+                lua.RECORD_SKIP,
+                5,
+                *self.keys.entry_keys(run.entry),
+                to_epoch_us(datetime.fromisoformat(run.slot)),
+                run.task_id,
+                run.worker,
+                reason,
+                self.settings.history_size,
+                "1" if counted and not run.manual else "0",
+            )
+        except Exception:
+            logger.warning(
+                "fork scheduler: could not record the skip of %s", run.entry, exc_info=True
+            )
+
     def _publish_held(self, held: bytes | str) -> None:
-        """Publish the run that overlap ``buffer_one`` held back."""
+        """Publish the run that overlap ``buffer_one`` held back (it now holds the marker),
+        with a place under the cap. Over the cap it is skipped (``capped``); when its publish
+        fails the marker is freed at once and the run recorded as failed (a message that
+        certainly did not leave is held back again)."""
         occurrence = occurrence_from_json(held)
-        CeleryPublisher(self.app, lambda: None).publish(occurrence)
+        cap = self.settings.max_concurrent
+        if cap > 0:
+            granted = self.client.eval(
+                lua.TAKE_CAP_PLACES,
+                1,
+                self.keys.cap,
+                cap,
+                self._lease_ms * 1000,
+                occurrence.task_id,
+            )
+            if not int(granted):
+                self._give_back_held(held, occurrence, "capped")
+                logger.warning(
+                    "fork scheduler: held-back run of %s slot %s skipped: cap reached",
+                    occurrence.entry,
+                    occurrence.slot.isoformat(),
+                )
+                return
+            occurrence = replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
+        try:
+            CeleryPublisher(self.app, lambda: None).publish(occurrence)
+        except Exception as exc:
+            if cap > 0:
+                self.client.zrem(self.keys.cap, occurrence.task_id)
+            mode = "uncertain" if is_transient(exc) else "failed"
+            self._give_back_held(held, occurrence, mode, error=f"{type(exc).__name__}: {exc}")
+            logger.warning(
+                "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
+                occurrence.entry,
+                occurrence.slot.isoformat(),
+                mode,
+                exc,
+            )
+            return
         logger.info(
             "fork scheduler: sent held-back run of %s slot %s id %s",
             occurrence.entry,
             occurrence.slot.isoformat(),
             occurrence.task_id,
+        )
+
+    def _give_back_held(
+        self, held: bytes | str, occurrence: Occurrence, mode: str, *, error: str = ""
+    ) -> None:
+        self.client.eval(
+            lua.GIVE_BACK_HELD,
+            4,
+            self.keys.running(occurrence.entry),
+            self.keys.buffered(occurrence.entry),
+            self.keys.state(occurrence.entry),
+            self.keys.history(occurrence.entry),
+            held,
+            occurrence.task_id,
+            to_epoch_us(occurrence.slot),
+            socket.gethostname(),
+            self.settings.history_size,
+            mode,
+            error[:500],
         )
 
     def _mark_seen(self) -> None:
@@ -274,18 +506,52 @@ class WorkerHooks:
 
     def _beat_hearts(self) -> None:
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
-        lease_ms = int(self.settings.singleton_lease.total_seconds() * 1000)
         while not self._stopping.wait(interval):
             with self._lock:
-                runs = [run for run in self._runs.values() if run.singleton or run.capped]
+                held = {**self._received, **self._runs}
+            runs = [run for run in held.values() if run.singleton or run.capped]
             try:
                 self._mark_seen()
                 for run in runs:
                     if run.singleton:
                         self.client.eval(
-                            lua.HEARTBEAT, 1, self.keys.running(run.entry), run.task_id, lease_ms
+                            lua.HEARTBEAT,
+                            1,
+                            self.keys.running(run.entry),
+                            run.task_id,
+                            self._lease_ms,
                         )
                     if run.capped:
-                        self.client.eval(lua.CAP_HEARTBEAT, 1, self.keys.cap, run.task_id, lease_ms)
+                        self.client.eval(
+                            lua.CAP_HEARTBEAT, 1, self.keys.cap, run.task_id, self._lease_ms
+                        )
             except Exception:
                 logger.warning("fork scheduler: heartbeat failed; retrying", exc_info=True)
+
+
+def _guarded(hooks: WorkerHooks, before_start: Any) -> Any:
+    """``before_start`` that first stops a run :class:`WorkerHooks` decided not to execute."""
+
+    def guarded(task: Any, task_id: str, args: Any, kwargs: Any) -> Any:
+        if task.app is hooks.app:
+            hooks.prevent(task_id)
+        return before_start(task, task_id, args, kwargs)
+
+    return guarded
+
+
+def _held_run(occurrence: Occurrence) -> Run:
+    """The held-back run of ``occurrence``, as a :class:`Run` for the records."""
+    return Run(
+        entry=occurrence.entry,
+        slot=occurrence.slot.isoformat(),
+        task_id=occurrence.task_id,
+        started=time.monotonic(),
+        singleton=True,
+        capped=False,
+        worker=socket.gethostname(),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -507,7 +507,8 @@ def test_run_now_publishes_through_celery_and_counts_the_run(
     assert message["headers"]["id"] == task_id
     assert message["headers"]["task"] == "tasks.report"
     assert message["headers"][ENTRY_HEADER] == "job"
-    assert manager.get("job").run_count == 1
+    job = manager.get("job")
+    assert (job.run_count, job.manual_runs) == (0, 1)  # a trigger does not consume max_runs
 
 
 def test_run_now_works_for_a_static_entry(manager: Manager, redis_client: redis.Redis) -> None:
@@ -525,7 +526,7 @@ def test_run_now_respects_a_singleton_whose_run_is_still_executing(
     clock.advance(1)
     assert manager.run_now("job") is None
     assert len(broker_messages(redis_client)) == 1
-    assert manager.get("job").run_count == 1
+    assert manager.get("job").manual_runs == 1
     redis_client.delete(KEYS.running("job"))  # the worker released it
     assert manager.run_now("job") is not None
     assert len(broker_messages(redis_client)) == 2
