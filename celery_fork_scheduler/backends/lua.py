@@ -360,13 +360,7 @@ TAKE_CAP_PLACES = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-local held = 0
-for i = 3, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    held = held + 1
-  end
-end
-local free = tonumber(ARGV[1]) - (redis.call('ZCARD', KEYS[1]) - held)
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 local granted = 0
 local lease_end = string.format('%.0f', now + tonumber(ARGV[2]))
 for i = 3, #ARGV do

@@ -101,7 +101,8 @@ def worker(
     )  # fmt: skip
     process.start()
     try:
-        wait_until(lambda: " ready." in process.log(), timeout=60, what="the worker\n" + _log(workdir))
+        ready = lambda: " ready." in process.log()  # noqa: E731
+        wait_until(ready, timeout=60, what="the worker\n" + _log(workdir))
         yield redis_server.url
     finally:
         process.stop()
@@ -213,9 +214,7 @@ def test_a_run_whose_expired_marker_another_run_took_is_not_run(
     client.set(KEYS.running(entry), ids[2], px=30_000)  # the latest claim holds it
     for task_id in ids:
         send(sender, entry, "work", [0.5], task_id=task_id)
-    wait_until(
-        lambda: len(history(client, entry)) >= 3, timeout=30, what="three outcomes"
-    )
+    wait_until(lambda: len(history(client, entry)) >= 3, timeout=30, what="three outcomes")
     started = [n["task_id"] for n in notes(client, entry) if n["event"] == "start"]
     assert started == [ids[2]]
     outcomes = {h["task_id"]: h["outcome"] for h in history(client, entry)}
@@ -280,9 +279,7 @@ def test_the_held_run_takes_a_place_under_the_cap(client: redis.Redis, sender: C
     assert (start["task_id"], start["capped"], start["place"]) == (held_id, True, True)
 
 
-def test_a_held_run_over_the_cap_is_skipped_as_capped(
-    client: redis.Redis, sender: Celery
-) -> None:
+def test_a_held_run_over_the_cap_is_skipped_as_capped(client: redis.Redis, sender: Celery) -> None:
     entry = fresh("held-full")
     running = str(uuid.uuid4())
     held_id, held = held_message(entry, "work", [0])
@@ -343,7 +340,7 @@ def test_a_held_run_whose_publish_fails_is_kept_and_frees_the_marker(
     assert (state["runs"], state["failures"]) == ("1", "1")
 
 
-# -- 10: the hard time limit under prefork ----------------------------------------------------------
+# -- 10: the hard time limit under prefork ---------------------------------------------------------
 
 
 def test_a_hard_time_limit_is_one_final_failure_and_frees_the_marker(
@@ -361,4 +358,3 @@ def test_a_hard_time_limit_is_one_final_failure_and_frees_the_marker(
     assert item["outcome"] == "error" and "TimeLimitExceeded" in item["error"]
     assert client.hget(KEYS.state(entry), "errors") == "1"
     assert client.get(KEYS.running(entry)) is None
-
