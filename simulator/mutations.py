@@ -37,14 +37,16 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def _lua(old: str, new: str) -> Callable[[], Callable[[], None]]:
-    """Replace ``old`` by ``new`` in the claim script (and in the scripts loaded on NOSCRIPT)."""
+def _lua(*edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
+    """Edit the claim script (and the scripts loaded on NOSCRIPT): each ``(old, new)`` once."""
 
     def apply() -> Callable[[], None]:
         original, scripts = lua.CLAIM, lua.ALL_SCRIPTS
-        if old not in original:
-            raise RuntimeError(f"mutation no longer applies: {old!r} not in the claim script")
-        mutated = original.replace(old, new)
+        mutated = original
+        for old, new in edits:
+            if old not in mutated:
+                raise RuntimeError(f"mutation no longer applies: {old!r} not in the claim script")
+            mutated = mutated.replace(old, new)
         lua.CLAIM = mutated
         lua.ALL_SCRIPTS = tuple(mutated if s is original else s for s in scripts)
 
@@ -164,13 +166,15 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
         _patch(RedisBackend, "begin_publish", _always_fenced)(),
     ),
     "finding1": _lua(
-        "if known > 0 and (not hwm_text or known > hwm) then",
-        "if known > 0 and redis.call('EXISTS', KEYS[1]) == 0 then",
+        ("if not hwm_text then", "if redis.call('EXISTS', KEYS[1]) == 0 then"),
+        ("elseif known > hwm then", "elseif false then"),
     ),
     "finding2": _finding2,
     "finding4": _lua(
-        "restored = math.max(known, data_lost_at() + tonumber(ARGV[4]))",
-        "restored = math.max(known, now + tonumber(ARGV[4]))",
+        (
+            "restored = math.max(known, lost_at + tonumber(ARGV[4]))",
+            "restored = math.max(known, now + tonumber(ARGV[4]))",
+        ),
     ),
     "finding5": _patch(Scheduler, "_chunks", _old_chunks),
     "finding6": _patch(Scheduler, "_work_for", _by_identity),

@@ -254,6 +254,11 @@ def draw(seed: int) -> Scenario:
             summary.append(f"kill r{slot} between ticks")
         elif kind in ("redis_empty", "redis_data"):
             down = rng.choice((0, rng.randrange(100_000, 8 * SECOND)))
+            if rng.random() < 0.5:
+                # Between the replicas' claims of one slot (they tick 0-2 ms apart), down long
+                # enough for the others to back off and for runs to end meanwhile.
+                at_ = at_ - at_ % SECOND + rng.randrange(200, 2_500)
+                down = rng.randrange(300_000, 3 * SECOND)
             events.append(
                 WorldEvent(at_, "redis_restart", {"keep_data": kind == "redis_data", "down": down})
             )
