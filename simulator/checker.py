@@ -420,8 +420,13 @@ class Checker:
             if not limits:
                 continue
             limit = max(limits)
+            since = max([0, *world.removals.get(name, [])])  # a re-added entry starts afresh
             sent = sorted(
-                (m for m in world.messages if m.entry == name and m.source != "trigger"),
+                (
+                    m
+                    for m in world.messages
+                    if m.entry == name and m.source != "trigger" and m.at > since
+                ),
                 key=lambda m: m.at,
             )
             if len(sent) > limit:

@@ -111,6 +111,8 @@ class World:
         self.won_unfenced: dict[tuple[str, datetime], int] = {}
         self.lost_unfenced: set[tuple[str, datetime]] = set()
         self.triggers: list[tuple[int, str]] = []
+        #: When each runtime entry was removed (a re-added entry starts afresh: runs, pause).
+        self.removals: dict[str, list[int]] = {}
         self._worker_client: Any = None
         self._worker: Any = None
         self._manager: Manager | None = None
@@ -496,6 +498,7 @@ class World:
             elif op == "remove":
                 manager.remove(name)
                 self.runtime_definitions.setdefault(name, []).append((self.vt, None))
+                self.removals.setdefault(name, []).append(self.vt)
                 for interval in self.pauses.get(name, []):
                     if interval[1] is None:
                         interval[1] = self.vt  # a removed entry's state may be forgotten
