@@ -111,7 +111,7 @@ class World:
         self.won_unfenced: dict[tuple[str, datetime], int] = {}
         self.lost_unfenced: set[tuple[str, datetime]] = set()
         self.triggers: list[tuple[int, str]] = []
-        #: When each runtime entry was removed (a re-added entry starts afresh: runs, pause).
+        #: When each runtime entry was removed or (re-)added: it starts afresh (runs, pause).
         self.removals: dict[str, list[int]] = {}
         self._worker_client: Any = None
         self._worker: Any = None
@@ -489,6 +489,7 @@ class World:
             if op == "add":
                 assert definition is not None
                 manager.add(name, replace_existing=True, **definition)
+                self.removals.setdefault(name, []).append(self.vt)  # added anew: fresh counters
                 self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
             elif op == "update":
                 assert definition is not None
