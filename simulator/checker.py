@@ -109,6 +109,16 @@ class Checker:
                 else None
             )
             epochs.append((at, end, entry))
+        # Runtime entries live in Redis: a loss of its data (restart without persistence,
+        # failover to a lagging replica) may take them away until they are added again.
+        for loss in sorted(self.loss, key=lambda w: w.start):
+            cut: list[tuple[int, int, Entry | None]] = []
+            for start, end, entry in epochs:
+                if entry is not None and start <= loss.start < end:
+                    cut += [(start, loss.start, entry), (loss.start, end, None)]
+                else:
+                    cut.append((start, end, entry))
+            epochs = cut
         return epochs
 
     def healthy(self, start: int, end: int, defines: Any) -> bool:
