@@ -36,13 +36,15 @@ class Update:
     """Runtime entries to (re)queue and names to drop.
 
     ``since``: for changed entries, the instant their writer computed the promised next run
-    from (name -> instant); queue each from its first slot after it. Entries stored without
-    one are absent.
+    from (name -> instant); queue each from its first slot after it. ``added``: the same for
+    the change that created each entry (a replica that never saw it starts from there). Entries
+    stored without them are absent.
     """
 
     changed: list[Entry] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     since: dict[str, datetime] = field(default_factory=dict)
+    added: dict[str, datetime] = field(default_factory=dict)
 
 
 class RuntimeEntries:
@@ -119,6 +121,8 @@ class RuntimeEntries:
                 since = self._note_since(name, item)
                 if since is not None:
                     update.since[name] = since
+                if isinstance(item, StoredEntry) and item.added is not None:
+                    update.added[name] = item.added
         return update
 
     def _everything(self) -> Changes:

@@ -422,7 +422,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             after = self.clock()
         except BackendUnavailableError:
             return
-        offset = server - (before + (after - before) / 2)
+        round_trip = after - before
+        offset = server - (before + round_trip / 2)
+        if round_trip > CLOCK_TOLERANCE and abs(offset - self._clock_offset) < round_trip:
+            return  # a slow answer (a paused or busy Redis) cannot tell this change from noise
         if abs(offset) < CLOCK_TOLERANCE:
             offset = timedelta(0)
         if abs(offset - self._clock_offset) >= CLOCK_TOLERANCE and offset:
@@ -464,7 +467,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for name in update.removed:
             self.remove_entry(name)
         for entry in update.changed:
-            self.put_entry(entry, now, since=update.since.get(entry.name))
+            since = update.since.get(entry.name)
+            if entry.name not in self.entries:
+                since = update.added.get(entry.name, since)  # changed before this replica saw it
+            self.put_entry(entry, now, since=since)
 
     def put_entry(
         self, entry: Entry, now: datetime | None = None, *, since: datetime | None = None
@@ -689,19 +695,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
         Everything that can fail without the broker (lazy args, the broker connection)
         happens before the fence, where a failure costs nothing: the claim is given back or
-        asked for again. From the fence to the record, a normal stop waits.
+        asked for again. From the fence (its request included: a stop must not leave a fence
+        whose reply was never read) to the record, a normal stop waits.
         Raises :class:`BackendUnavailableError` when Redis went away; the batch's claims that
         were not fenced are then asked about again.
         """
         prepared = self._prepare(batch, now)
         if not prepared:
             return
-        try:
-            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
-        except BackendUnavailableError:
-            self._ask_again([due_slot for due_slot, _ in prepared], now)
-            raise
         with stop_signals_deferred():
+            try:
+                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
+            except BackendUnavailableError:
+                self._ask_again([due_slot for due_slot, _ in prepared], now)
+                raise
             self._unmarked.extend(self._publish(self._still_held(prepared, held), now))
             self._flush_unmarked()
 

@@ -84,7 +84,13 @@ if since == '' then
 end
 local version = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[1], since)
+-- "<since> <added>": the instant of this change and of the entry's creation (a replica that
+-- never saw the entry starts it from its creation: no slot promised since then is lost).
+local added = since
+if created == 0 then
+  added = string.match(redis.call('HGET', KEYS[4], ARGV[1]) or '', '^%d+ (%d+)$') or since
+end
+redis.call('HSET', KEYS[4], ARGV[1], since .. ' ' .. added)
 redis.call('ZADD', KEYS[2], version, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 trim()
@@ -140,12 +146,14 @@ class StoredEntry:
 
     ``since``: the instant its writer computed the promised next run from (the first slot to
     fire is the first one after it); ``None`` for entries stored before it was recorded.
+    ``added``: the same for the change that created the entry.
     """
 
     name: str
     data: Mapping[str, Any]
     version: int
     since: datetime | None = field(default=None, compare=False)
+    added: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,20 +395,27 @@ def _decode(
     """The stored entry, or its raw bytes when it cannot be decoded in any way (the reader
     reports it, naming it); one bad record never stops the others."""
     try:
-        return StoredEntry(name, json.loads(raw), version, _instant(name, since))
+        instants = _instants(name, since)
+        return StoredEntry(name, json.loads(raw), version, *instants)
     except Exception:  # e.g. RecursionError from JSON nested too deep
         return raw if isinstance(raw, bytes) else raw.encode()
 
 
-def _instant(name: str, raw: bytes | str | None) -> datetime | None:
-    """A stored ``since`` (us since the epoch); ``None`` when absent or unreadable."""
+def _instants(
+    name: str, raw: bytes | str | None
+) -> tuple[datetime | None, datetime | None]:
+    """A stored ``"<since> <added>"`` (us since the epoch; ``added`` may be absent): the two
+    instants, ``None`` when absent or unreadable."""
     if raw is None:
-        return None
+        return None, None
     try:
-        return _EPOCH + timedelta(microseconds=int(raw))
+        values = [_EPOCH + timedelta(microseconds=int(part)) for part in _text(raw).split()]
     except (ValueError, OverflowError):
+        values = []
+    if len(values) not in (1, 2):
         logger.error("fork scheduler: runtime entry %r: unreadable since %r ignored", name, raw)
-        return None
+        return None, None
+    return values[0], values[-1]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
