@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_fork_scheduler import Scheduler, every, signals
+from celery_fork_scheduler import Manager, Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -492,5 +492,58 @@ def test_an_outage_reports_each_entry_without_growing_per_slot(
         assert len(scheduler._reported_down) <= len(names)
         reasons = Counter(reason for _, _, reason in skipped)
         assert reasons["redis_unavailable"] >= len(names)
+    finally:
+        scheduler.close()
+
+
+def test_a_stop_signal_during_the_fence_request_waits_for_the_batch(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """A stop that lands while the fence request is on its way must not leave fenced slots
+    that nobody publishes (the other replicas would report them in flight)."""
+
+    def celery_beat_handler(signum: int, frame: Any) -> None:
+        raise SystemExit()
+
+    publisher = RecordingPublisher()
+    schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(3)}
+    scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
+    real_fence = scheduler.backend.begin_publish
+
+    def fence_then_stopped(claims: Sequence[Claim]) -> list[bool]:
+        held = real_fence(claims)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the reply is handled
+        return held
+
+    scheduler.backend.begin_publish = fence_then_stopped  # type: ignore[method-assign]
+    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
+    try:
+        scheduler.setup_schedule()
+        with pytest.raises(SystemExit):
+            run_for(scheduler, clock, 1)
+        assert len(publisher.occurrences) == 3
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        scheduler.close()
+
+
+def test_a_runtime_entry_changed_before_a_replica_saw_it_fires_from_its_creation(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Added, then changed within one refresh: the replica never saw the first definition,
+    and the slot due between the two changes must still fire."""
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(redis_url, clock, {}, publisher=publisher)
+    manager = Manager(make_app(redis_url, {}), clock=clock)
+    try:
+        scheduler.setup_schedule()
+        scheduler.tick()
+        clock.advance(0.5)  # 10:00:00.800
+        manager.every(1).seconds.name("quick").do("t")
+        clock.advance(0.5)  # 10:00:01.300: the slot 10:00:01 is due, not yet seen
+        manager.update("quick", args=[2])
+        clock.advance(0.8)  # the replica's next refresh
+        scheduler.tick()
+        assert fired(publisher)[("quick", "2026-03-02T10:00:01+00:00")] == 1
     finally:
         scheduler.close()
