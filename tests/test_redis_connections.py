@@ -36,12 +36,14 @@ PAST = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 #: The least a Redis ACL user needs for claims (found by removing each in turn: see
 #: ``test_each_command_of_the_minimal_acl_is_needed_and_its_lack_fails_closed``). The Lua
 #: scripts run with the caller's permissions, so the commands they call count: time, hget,
-#: hset, hdel, hgetall (stale claims pruned on every win), hincrby, pexpire, and lpush + ltrim
-#: (the capped run history). ``hmget`` + ``hkeys``: the high-water marks and unsent claims
-#: every replica reads at start-up. ``script|load``: scripts run by SHA are loaded again after
-#: a ``NOSCRIPT`` reply. ``ping``: redis-py's connection health check. Not listed: ``select``
-#: (only for db != 0), the cluster discovery commands of a Redis Cluster client, and what only
-#: some features use (see ``FEATURE_ACL_COMMANDS``).
+#: hset, hdel, hgetall (stale claims pruned on every win), hincrby, pexpire, lpush + ltrim
+#: (the capped run history) and info (the first claim of an entry without a mark asks when
+#: Redis may have lost its data: its start time, unless it was flushed). ``hmget`` +
+#: ``hkeys``: the high-water marks and unsent claims every replica reads at start-up.
+#: ``script|load``: scripts run by SHA are loaded again after a ``NOSCRIPT`` reply. ``ping``:
+#: redis-py's connection health check. Not listed: ``select`` (only for db != 0), the cluster
+#: discovery commands of a Redis Cluster client, and what only some features use (see
+#: ``FEATURE_ACL_COMMANDS``).
 MINIMAL_ACL_COMMANDS = (
     "evalsha",
     "script|load",
@@ -57,13 +59,11 @@ MINIMAL_ACL_COMMANDS = (
     "ping",
     "lpush",
     "ltrim",
+    "info",
 )
 #: Called by the scripts of singleton entries (running marker: exists/get/set/del), of
-#: ``fork_scheduler_max_concurrent`` (zadd/zcard/zremrangebyscore), by failure records (eval)
-#: and by the write-back of a known mark after Redis lost its data (info: when the data was
-#: lost; rare, but without it such a claim fails closed, see
-#: ``test_a_restore_without_info_fails_closed``). Grant them too unless those features are
-#: unused.
+#: ``fork_scheduler_max_concurrent`` (zadd/zcard/zremrangebyscore) and by failure records
+#: (eval). Grant them too unless those features are unused.
 FEATURE_ACL_COMMANDS = (
     "exists",
     "get",
@@ -73,7 +73,6 @@ FEATURE_ACL_COMMANDS = (
     "zcard",
     "zremrangebyscore",
     "eval",
-    "info",
 )
 #: A password with every character that needs quoting in a URL.
 PASSWORD = "s3cr3t/p@ss:w%rd?#"
@@ -87,12 +86,12 @@ def outcomes(backend: RedisBackend, claims: list[Claim]) -> list[ClaimOutcome]:
     return [result.outcome for result in backend.claim(claims)]
 
 
-def assert_claims_work(backend: RedisBackend, entry: str = "a") -> None:
+def assert_claims_work(backend: RedisBackend, entry: str = "a", slot: datetime = PAST) -> None:
     """Won once, pending for nobody else, refused after the send."""
-    assert outcomes(backend, [claim(entry, PAST)]) == [ClaimOutcome.WON]
-    backend.mark_sent([claim(entry, PAST)])
-    assert outcomes(backend, [claim(entry, PAST)]) == [ClaimOutcome.CLAIMED]
-    assert backend.high_water_marks([entry])[entry].slot == PAST
+    assert outcomes(backend, [claim(entry, slot)]) == [ClaimOutcome.WON]
+    backend.mark_sent([claim(entry, slot)])
+    assert outcomes(backend, [claim(entry, slot)]) == [ClaimOutcome.CLAIMED]
+    assert backend.high_water_marks([entry])[entry].slot == slot
 
 
 def poll(predicate: object, *, timeout: float, what: str) -> None:
@@ -105,18 +104,45 @@ def poll(predicate: object, *, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+#: How long a never-flushed server must have been up before :func:`slot_after_start`.
+UP_FOR_SECONDS = 3
+
+
+def slot_after_start(*clients: redis.Redis) -> datetime:
+    """A slot on Redis's own clock (whole seconds) after every server's start, as on a
+    long-running Redis; it and the next second are due (not early).
+
+    A never-flushed server knows that it lost nothing after its start, so the claim of an
+    entry without a mark restores one at its start time + the early tolerance and refuses
+    every slot up to it (another replica may have won it just before a restart): a slot such
+    as ``PAST`` would be answered "claimed". Redis counts its uptime from the second it started
+    in, so the restored mark is less than 1.5 s after that second: once the uptime reaches
+    3 s, one second before Redis's current second is at least 2 s after it.
+    """
+
+    def up() -> bool:
+        return all(
+            int(client.info("server")["uptime_in_seconds"]) >= UP_FOR_SECONDS for client in clients
+        )
+
+    poll(up, timeout=UP_FOR_SECONDS + 30, what=f"Redis to be up for {UP_FOR_SECONDS} s")
+    seconds, _ = clients[0].time()
+    return datetime.fromtimestamp(seconds - 1, tz=timezone.utc)
+
+
 # -- unix socket --------------------------------------------------------------------------------
 
 
 def test_claims_over_a_unix_socket() -> None:
     with UnixSocketRedis() as server:
+        direct = redis.Redis(unix_socket_path=str(server.socket_path))
+        slot = slot_after_start(direct)
         backend = RedisBackend.from_url(server.unix_url, Settings())
         try:
-            assert_claims_work(backend)
+            assert_claims_work(backend, slot=slot)
             assert str(server.socket_path) in backend.describe()
         finally:
             backend.close()
-        direct = redis.Redis(unix_socket_path=str(server.socket_path))
         assert direct.hget(backend.state_key("a"), "state") == b"sent"
         direct.close()
 
@@ -215,16 +241,17 @@ def test_a_script_refused_by_the_acl_fails_the_whole_batch_closed(
 
 
 def test_a_restore_without_info_fails_closed(acl_server: RedisServer) -> None:
-    """``info`` is only called to write back a mark Redis lost; without it that claim fails
-    the call, and with it the mark is restored and the old slot refused."""
+    """``info`` tells when Redis lost its data, for the write-back of a mark it lost: without
+    it that claim fails the call, and with it the mark is restored and the old slot refused."""
     known = Claim("a", PAST, task_id_for("a", PAST), known_mark_us=to_epoch_us(PAST))
-    backend = RedisBackend.from_url(set_user(acl_server, MINIMAL_ACL_COMMANDS), Settings())
+    without_info = tuple(command for command in MINIMAL_ACL_COMMANDS if command != "info")
+    backend = RedisBackend.from_url(set_user(acl_server, without_info), Settings())
     try:
         with pytest.raises(BackendUnavailableError, match="NoPermissionError"):
             backend.claim([known])
     finally:
         backend.close()
-    url = set_user(acl_server, (*MINIMAL_ACL_COMMANDS, "info"))
+    url = set_user(acl_server, MINIMAL_ACL_COMMANDS)
     backend = RedisBackend.from_url(url, Settings())
     try:
         assert outcomes(backend, [known]) == [ClaimOutcome.CLAIMED]
@@ -336,10 +363,13 @@ def tls_server() -> Iterator[TlsRedis]:
 
 def test_claims_over_tls(tls_server: TlsRedis) -> None:
     assert tls_server.url.startswith("rediss://")
+    direct = redis.Redis.from_url(tls_server.url, ssl_ca_certs=str(tls_server.ca_path))
+    slot = slot_after_start(direct)
+    direct.close()
     settings = Settings(redis_options={"ssl_ca_certs": str(tls_server.ca_path)})
     backend = RedisBackend.from_url(tls_server.url, settings)
     try:
-        assert_claims_work(backend, entry="tls")
+        assert_claims_work(backend, entry="tls", slot=slot)
     finally:
         backend.close()
 
@@ -374,8 +404,12 @@ def test_claims_on_a_cluster_spread_over_the_nodes_and_are_won_once(
     second = RedisBackend.from_url(cluster.url, settings)
     first.replica_id, second.replica_id = "host:1", "host:2"
     entries = [f"entry-{i:02}" for i in range(50)]
+    nodes = [redis.Redis(port=node.port) for node in cluster.nodes]
+    slot = slot_after_start(*nodes)
+    for client in nodes:
+        client.close()
     try:
-        batch = [claim(entry, PAST) for entry in entries]
+        batch = [claim(entry, slot) for entry in entries]
         assert outcomes(first, batch) == [ClaimOutcome.WON] * 50
         # Claimed, not yet sent: the other replica must wait (its lease), never win.
         assert outcomes(second, batch) == [ClaimOutcome.PENDING] * 50
@@ -384,9 +418,9 @@ def test_claims_on_a_cluster_spread_over_the_nodes_and_are_won_once(
         assert outcomes(second, batch) == [ClaimOutcome.CLAIMED] * 50
         marks = second.high_water_marks(entries)
         assert {entry: (mark.slot, mark.sent) for entry, mark in marks.items()} == {
-            entry: (PAST, True) for entry in entries
+            entry: (slot, True) for entry in entries
         }
-        later = [claim(entry, PAST + timedelta(minutes=1)) for entry in entries]
+        later = [claim(entry, slot + timedelta(seconds=1)) for entry in entries]
         assert outcomes(second, later) == [ClaimOutcome.WON] * 50
         assert outcomes(first, later) == [ClaimOutcome.PENDING] * 50
     finally:
@@ -447,10 +481,21 @@ def hwm_at(address: tuple[str, int], backend: RedisBackend, entry: str) -> bytes
         client.close()
 
 
+def master_slot_after_start(group: RedisSentinelGroup) -> datetime:
+    """:func:`slot_after_start` on the group's current master."""
+    host, port = group.master_address()
+    master = redis.Redis(host=host, port=port)
+    try:
+        return slot_after_start(master)
+    finally:
+        master.close()
+
+
 def test_claims_through_sentinel_survive_a_failover(sentinel_group: RedisSentinelGroup) -> None:
+    first = master_slot_after_start(sentinel_group)
     backend = sentinel_backend(sentinel_group)
     try:
-        assert_claims_work(backend, entry="s")
+        assert_claims_work(backend, entry="s", slot=first)
         old = sentinel_group.master_address()
         assert hwm_at(old, backend, "s") is not None
         # Let the replica have the claim before the switch (replication is asynchronous).
@@ -461,8 +506,9 @@ def test_claims_through_sentinel_survive_a_failover(sentinel_group: RedisSentine
         new = sentinel_group.failover()
         assert new != old
         # The first claim was replicated before the switch: the new master has it.
-        assert hwm_at(new, backend, "s") == str(claim("s", PAST).slot_us).encode()
-        slots = iter(PAST + timedelta(seconds=i) for i in range(1, 100_000))
+        assert hwm_at(new, backend, "s") == str(claim("s", first).slot_us).encode()
+        # Later slots, never ahead of Redis's clock (at most one per poll: 300 ms in 60 s).
+        slots = iter(first + timedelta(milliseconds=i) for i in range(1, 100_000))
 
         def a_new_claim_lands_on_the_new_master() -> bool:
             slot = next(slots)
@@ -479,12 +525,12 @@ def test_claims_through_sentinel_survive_a_failover(sentinel_group: RedisSentine
             what="claims through Sentinel to reach the new master",
         )
         # The claim of the first slot was replicated: still refused on the new master.
-        assert outcomes(backend, [claim("s", PAST)]) == [ClaimOutcome.CLAIMED]
+        assert outcomes(backend, [claim("s", first)]) == [ClaimOutcome.CLAIMED]
         # A replica that connects now goes to the new master as well.
         fresh = sentinel_backend(sentinel_group, replica="host:2")
         try:
-            assert outcomes(fresh, [claim("s", PAST)]) == [ClaimOutcome.CLAIMED]
-            assert outcomes(fresh, [claim("fresh", PAST)]) == [ClaimOutcome.WON]
+            assert outcomes(fresh, [claim("s", first)]) == [ClaimOutcome.CLAIMED]
+            assert outcomes(fresh, [claim("fresh", first)]) == [ClaimOutcome.WON]
             assert hwm_at(new, fresh, "fresh") is not None
         finally:
             fresh.close()
@@ -495,13 +541,15 @@ def test_claims_through_sentinel_survive_a_failover(sentinel_group: RedisSentine
 def test_no_slot_is_won_twice_across_a_sentinel_failover(
     sentinel_group: RedisSentinelGroup,
 ) -> None:
+    first = master_slot_after_start(sentinel_group)
     connected = sentinel_backend(sentinel_group, replica="host:1")
     try:
-        assert_claims_work(connected, entry="split")  # holds a connection to the master
+        # holds a connection to the master
+        assert_claims_work(connected, entry="split", slot=first)
         sentinel_group.failover()
         fresh = sentinel_backend(sentinel_group, replica="host:2")
         try:
-            slot = PAST + timedelta(minutes=1)
+            slot = first + timedelta(seconds=1)
             winners = []
             for backend in (connected, fresh):
                 try:

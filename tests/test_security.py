@@ -20,7 +20,7 @@ import re
 import textwrap
 import time as _time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -65,7 +65,9 @@ ACL_COMMANDS = (
     # called by the Lua scripts
     "time", "hget", "hset", "hdel", "hincrby", "hexists", "pexpire", "set", "get", "del",
     "exists", "incr", "lpush", "ltrim", "zadd", "zscore", "zcard", "zremrangebyscore",
-    "info",  # only to write back a mark Redis lost: without it such claims fail closed
+    # when Redis may have lost its data (its start time, unless flushed): asked by the first
+    # claim of every entry without a mark, so without it claims fail closed
+    "info",
     # called directly (hkeys: the unsent claims read at start-up; persist and pexpire: the
     # keys of a removed runtime entry expire, and a new put of its name keeps them again)
     "hmget", "hkeys", "hgetall", "persist", "zrange", "zrangebyscore", "zrem", "lrange", "ping",
@@ -123,6 +125,27 @@ class Replica:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def clock_after_start(client: redis.Redis) -> FakeClock:
+    """A fake clock 3 s behind Redis's own (at its current second + 0.3 s), once Redis has been
+    up 5 s: as on a long-running Redis, its slots are after the start and, for a few seconds of
+    ticks, not ahead of Redis's clock.
+
+    A never-flushed server knows that it lost nothing after its start, so the claim of an
+    entry without a mark restores one at its start time + the early tolerance and refuses
+    every slot up to it (another replica may have won it just before a restart): slots at
+    ``START`` would never fire. Redis counts its uptime from the second it started in, so the
+    restored mark is less than 1.5 s after that second: the clock starts at least 2.3 s after
+    it.
+    """
+    wait_until(
+        lambda: int(client.info("server")["uptime_in_seconds"]) >= 5,
+        timeout=30,
+        what="Redis to be up for 5 s",
+    )
+    seconds, _ = client.time()
+    return FakeClock(datetime.fromtimestamp(seconds, tz=UTC) - timedelta(seconds=2.7))
 
 
 def every_value(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
@@ -585,14 +608,17 @@ def test_the_broad_acl_line_would_let_the_user_flush_the_server(acl_server: Redi
 
 def test_beat_and_the_manager_work_over_tls_configured_in_the_settings() -> None:
     with TlsRedis() as server:
+        direct = redis.Redis.from_url(server.url, ssl_ca_certs=str(server.ca_path))
+        clock = clock_after_start(direct)
+        direct.close()
         app = make_app(
             server.url,
             {"static": {"task": "t", "schedule": every(1).seconds}},
             fork_scheduler_redis_options={"ssl_ca_certs": str(server.ca_path)},
         )
-        manager = Manager(app, clock=FakeClock(START))
+        manager = Manager(app, clock=clock)
         manager.add("rt", "t", every(1).seconds)
-        replica = Replica(app)
+        replica = Replica(app, clock)
         try:
             replica.run(2)
         finally:
