@@ -34,6 +34,8 @@ DESCRIPTIONS: dict[str, str] = {
     "due in its tick and the pending/takeover retries of that entry",
     "finding13": "one failing script in a claim pipeline fails the whole chunk "
     "(backend unavailable): no entry of the chunk fires",
+    "sigterm": "a normal stop is not deferred from the fence request to the record "
+    "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
 }
 
 
@@ -179,6 +181,9 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "finding5": _patch(Scheduler, "_chunks", _old_chunks),
     "finding6": _patch(Scheduler, "_work_for", _by_identity),
     "finding13": _patch(RedisBackend, "claim", _whole_pipeline_fails),
+    "sigterm": _patch(
+        scheduler_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
+    ),
 }
 
 

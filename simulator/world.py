@@ -28,6 +28,7 @@ from kombu.exceptions import OperationalError
 
 import celery_fork_scheduler.manager as manager_module
 import celery_fork_scheduler.scheduler as scheduler_module
+import celery_fork_scheduler.shutdown as shutdown_module
 import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler import publishing, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -71,6 +72,9 @@ class Replica:
     stopped_at: int | None = None
     how_stopped: str = ""
     frozen: list[Window] = field(default_factory=list)
+    #: This replica's own signal handlers (each replica is its own process in production):
+    #: what ``signal.signal`` set inside its frames; absent: the process default (beat's).
+    handlers: dict[int, Any] = field(default_factory=dict)
 
 
 class World:
@@ -791,7 +795,8 @@ def install(world: World) -> None:
     scheduler_module.utc_now = world.replica_clock  # type: ignore[assignment]
     worker_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
     manager_module.CeleryPublisher = _ManagerPublisher  # type: ignore[misc,assignment]
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, _dispatch_signal)
+    shutdown_module.signal = _ReplicaSignals()  # type: ignore[assignment]
     if not _RECEIVERS:
         _connect_signals()
     _RECEIVERS["world"] = world
@@ -805,7 +810,56 @@ class _ManagerPublisher(LoggingCeleryPublisher):
 
 
 def _sigterm(signum: int, frame: Any) -> None:
+    """Celery beat's handler: a normal stop raises ``SystemExit`` wherever beat is."""
     raise SystemExit(143)
+
+
+def _current() -> Replica | None:
+    world: World | None = _RECEIVERS.get("world")
+    if world is None or not world.stack:
+        return None
+    return world.stack[-1]
+
+
+def _dispatch_signal(signum: int, frame: Any) -> None:
+    """The process's handler: a stop signal goes to the replica it was sent to (the one
+    running now, on top of the stack) and runs *that replica's* handler.
+
+    Replicas nest (a frozen replica runs the world forward inside its frozen call), but in
+    production each is its own process: a signal sent to one must never reach the handler that
+    another replica installed (its deferral would then stop the wrong replica)."""
+    replica = _current()
+    handler = replica.handlers.get(signum, _default(signum)) if replica else _default(signum)
+    if callable(handler):  # (SIG_IGN, or SIG_DFL of a signal beat does not handle: ignored)
+        handler(signum, frame)
+
+
+class _ReplicaSignals:
+    """Stands in for the ``signal`` module inside ``celery_fork_scheduler.shutdown``:
+    ``signal.signal`` sets and returns the handler *of the replica running now*, so that the
+    real ``stop_signals_deferred`` defers, restores and re-delivers per replica, as it does in
+    its own process. Everything else is the real module."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(signal, name)
+
+    def signal(self, signum: int, handler: Any) -> Any:
+        replica = _current()
+        if replica is None:
+            return signal.signal(signum, handler)
+        previous = replica.handlers.get(signum, _default(signum))
+        replica.handlers[signum] = handler
+        return previous
+
+    def getsignal(self, signum: int) -> Any:
+        replica = _current()
+        if replica is None:
+            return signal.getsignal(signum)
+        return replica.handlers.get(signum, _default(signum))
+
+
+def _default(signum: int) -> Any:
+    return _sigterm if signum == signal.SIGTERM else signal.getsignal(signum)
 
 
 def _connect_signals() -> None:
