@@ -53,7 +53,8 @@ end
 
 #: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
 #: A restart (with or without persistence) loses nothing after its start, so the start time
-#: (now - uptime: whole seconds, rounded down, so no later than the start) bounds it. A flush,
+#: bounds it: Redis counts uptime in whole seconds of its start's second, so now - uptime + 1 s
+#: is never before the start (and a stale cached clock only makes uptime smaller). A flush,
 #: SWAPDB, DEBUG (RELOAD), REPLICAOF or FAILOVER since the start, a promotion of a former
 #: replica, or a CONFIG RESETSTAT (which would hide the others from INFO commandstats) can lose
 #: data at any later instant:
@@ -80,7 +81,7 @@ local function data_lost_at()
   if not uptime then
     return now, false
   end
-  return math.min(now, now - uptime * 1000000), true
+  return math.min(now, now - uptime * 1000000 + 1000000), true
 end
 """
 
