@@ -25,7 +25,8 @@ the clock).
 from __future__ import annotations
 
 import abc
-import copy
+import bisect
+import calendar
 import dataclasses
 import functools
 import math
@@ -33,12 +34,11 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import MAXYEAR, MINYEAR, date, datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import celery.schedules
-from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .errors import ScheduleError
 
@@ -703,11 +703,15 @@ _HOUR = _CronField("hour", 0, 23, {})
 _DOM = _CronField("day-of-month", 1, 31, {})
 _MONTH = _CronField("month", 1, 12, _MONTH_NAMES)
 _DOW = _CronField("day-of-week", 0, 7, _DOW_NAMES)
-_FIVE_FIELDS = (_MINUTE, _HOUR, _DOM, _MONTH, _DOW)
-_SIX_FIELDS = (_SECOND, *_FIVE_FIELDS)
-
+_NEAREST_WEEKDAY = re.compile(r"(?P<day>\d+)w")
+_NTH_WEEKDAY = re.compile(r"(?P<day>[a-z0-9]+)#(?P<nth>[a-z0-9]*)")
+_LAST_WEEKDAY_OF_MONTH = re.compile(r"l(?P<before>\d+)|(?P<after>\d+)l")
 _STEP_ITEM = re.compile(r"(?P<base>[^/]+)/(?P<step>[^/]*)")
 _RANGE_ITEM = re.compile(r"(?P<low>[a-z0-9]+)-(?P<high>[a-z0-9]+)")
+#: A Gregorian calendar repeats, weekdays included, every 400 years (146 097 days = 20 871 weeks):
+#: a cron expression with no slot in 400 years never fires.
+_CALENDAR_CYCLE_MONTHS = 400 * 12
+_LAST_SECOND = time(23, 59, 59)
 
 
 def _cron_value(token: str, spec: _CronField) -> int:
@@ -718,44 +722,182 @@ def _cron_value(token: str, spec: _CronField) -> int:
     return number
 
 
-def _check_cron_item(item: str, spec: _CronField) -> None:
-    """Raise ValueError describing why ``item`` (one comma-separated part) is not acceptable."""
-    if item in ("*", "?"):
-        if item == "?" and spec not in (_DOM, _DOW):
-            raise ValueError("'?' is only allowed in day-of-month and day-of-week")
-        return
-    if spec is _DOM and (item == "l" or re.fullmatch(r"\d+w|w\d+", item)):
-        if item != "l":
-            _cron_value(item.strip("w"), spec)
-        return
-    if spec is _DOW:
-        nth = re.fullmatch(r"(?P<day>[a-z0-9]+)#(?P<nth>\d+)", item)
-        if nth is not None:
-            _cron_value(nth["day"], spec)
-            if not 1 <= int(nth["nth"]) <= 5:
-                raise ValueError(f"{item!r}: the n in day#n must be 1-5")
-            return
-        if re.fullmatch(r"l[0-7]", item):
-            return
-    step = _STEP_ITEM.fullmatch(item)
-    base = item
-    if step is not None:
-        base = step["base"]
-        if not step["step"].isdigit() or not 1 <= int(step["step"]) <= spec.span:
+def _cron_range(item: str, spec: _CronField) -> range:
+    """The values of a plain item: ``*``, ``a``, ``a-b``, each with an optional ``/step``.
+
+    ``a/step`` means ``a-<field maximum>/step``; a range must not run backwards.
+    """
+    base, step = item, 1
+    stepped = _STEP_ITEM.fullmatch(item)
+    if stepped is not None:
+        base = stepped["base"]
+        if not stepped["step"].isdigit() or not 1 <= int(stepped["step"]) <= spec.span:
             raise ValueError(f"step in {item!r} must be 1-{spec.span}")
-        if base == "*":
-            return
-    span = _RANGE_ITEM.fullmatch(base)
-    if span is not None:
-        _cron_value(span["low"], spec)
-        if not (spec is _DOM and span["high"] == "l"):
-            _cron_value(span["high"], spec)
-        return
-    _cron_value(base, spec)
+        step = int(stepped["step"])
+    if base == "*":
+        return range(spec.low, spec.high + 1, step)
+    bounds = _RANGE_ITEM.fullmatch(base)
+    if bounds is None:
+        low = _cron_value(base, spec)
+        return range(low, (spec.high if stepped is not None else low) + 1, step)
+    low, high = _cron_value(bounds["low"], spec), _cron_value(bounds["high"], spec)
+    if low > high:
+        hint = f"; for Sunday write 7: '{low}-7'" if spec is _DOW and high == 0 else ""
+        raise ValueError(
+            f"range {base!r} runs backwards ({low} > {high}): cron ranges do not wrap around, "
+            f"write two ranges instead{hint}"
+        )
+    return range(low, high + 1, step)
 
 
-def _check_cron_syntax(expr: str) -> tuple[str, bool]:
-    """Validate every field of ``expr``; return (expression for croniter, seconds-first?)."""
+@dataclass(frozen=True)
+class _DaySpec:
+    """What the day-of-month and day-of-week fields of a cron expression select."""
+
+    month_days: frozenset[int]
+    last_day: bool
+    last_weekday: bool
+    nearest_weekday: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+    nth_weekday: frozenset[tuple[int, int]]  # (weekday, n): the n-th such weekday of the month
+    last_of_weekday: frozenset[int]  # the last such weekday of the month
+    #: Vixie cron: a day field starting with ``*`` (or ``?``) makes the two fields AND, else OR.
+    star: bool
+
+
+def _parse_day_fields(dom: str, dow: str) -> _DaySpec:
+    """Parse the two day fields (lowercase); ValueError names the field."""
+    month_days: set[int] = set()
+    last_day = last_weekday = False
+    nearest: set[int] = set()
+    for item in dom.split(","):
+        try:
+            if item == "l":
+                last_day = True
+            elif item == "lw":
+                last_weekday = True
+            elif (near := _NEAREST_WEEKDAY.fullmatch(item)) is not None:
+                nearest.add(_cron_value(near["day"], _DOM))
+            else:
+                month_days.update(_cron_range("*" if item == "?" else item, _DOM))
+        except ValueError as exc:
+            raise ValueError(f"{_DOM.name} field {dom!r}: {exc}") from None
+    weekdays: set[int] = set()
+    nth: set[tuple[int, int]] = set()
+    last_of: set[int] = set()
+    for item in dow.split(","):
+        try:
+            if (hashed := _NTH_WEEKDAY.fullmatch(item)) is not None:
+                if not hashed["nth"].isdigit() or not 1 <= int(hashed["nth"]) <= 5:
+                    raise ValueError(f"{item!r}: the n in day#n must be 1-5")
+                nth.add((_cron_value(hashed["day"], _DOW) % 7, int(hashed["nth"])))
+            elif (last := _LAST_WEEKDAY_OF_MONTH.fullmatch(item)) is not None:
+                last_of.add(_cron_value(last["before"] or last["after"], _DOW) % 7)
+            else:
+                weekdays.update(d % 7 for d in _cron_range("*" if item == "?" else item, _DOW))
+        except ValueError as exc:
+            raise ValueError(f"{_DOW.name} field {dow!r}: {exc}") from None
+    return _DaySpec(
+        month_days=frozenset(month_days),
+        last_day=last_day,
+        last_weekday=last_weekday,
+        nearest_weekday=frozenset(nearest),
+        weekdays=frozenset(weekdays),
+        nth_weekday=frozenset(nth),
+        last_of_weekday=frozenset(last_of),
+        star=dom.startswith(("*", "?")) or dow.startswith(("*", "?")),
+    )
+
+
+def _nearest_weekday(day: int, length: int, first_weekday: int) -> int | None:
+    """The Monday-to-Friday day nearest to ``day`` within the month (None if the month is
+    shorter); ``first_weekday`` is the weekday of the 1st, 0 = Monday."""
+    if day > length:
+        return None
+    weekday = (first_weekday + day - 1) % 7
+    if weekday == 5:  # Saturday: the Friday before, or the Monday after the 1st
+        return day - 1 if day > 1 else day + 2
+    if weekday == 6:  # Sunday: the Monday after, or the Friday before the last day
+        return day + 1 if day < length else day - 2
+    return day
+
+
+@dataclass(frozen=True)
+class _CronSpec:
+    """A parsed cron expression: sorted times of day, months and the day fields."""
+
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    months: frozenset[int]
+    days: _DaySpec
+
+    def month_days(self, year: int, month: int, day_and: bool) -> list[int]:
+        """The days of ``year``-``month`` that match, ascending."""
+        first_weekday, length = calendar.monthrange(year, month)
+        spec = self.days
+        by_date = {d for d in spec.month_days if d <= length}
+        if spec.last_day:
+            by_date.add(length)
+        if spec.last_weekday:
+            by_date.add(cast(int, _nearest_weekday(length, length, first_weekday)))
+        for wanted in spec.nearest_weekday:
+            near = _nearest_weekday(wanted, length, first_weekday)
+            if near is not None:
+                by_date.add(near)
+        by_weekday = set()
+        for day in range(1, length + 1):
+            weekday = (first_weekday + day) % 7  # 0 = Sunday
+            if (
+                weekday in spec.weekdays
+                or (weekday, (day + 6) // 7) in spec.nth_weekday
+                or (weekday in spec.last_of_weekday and day + 7 > length)
+            ):
+                by_weekday.add(day)
+        return sorted(by_date & by_weekday if day_and else by_date | by_weekday)
+
+    def time_at_or_after(self, clock: time) -> time | None:
+        """The first matching time of day at or after ``clock``."""
+        hour, minute, second = clock.hour, clock.minute, clock.second
+        for h in self.hours[bisect.bisect_left(self.hours, hour) :]:
+            if h > hour:
+                return time(h, self.minutes[0], self.seconds[0])
+            for m in self.minutes[bisect.bisect_left(self.minutes, minute) :]:
+                if m > minute:
+                    return time(h, m, self.seconds[0])
+                index = bisect.bisect_left(self.seconds, second)
+                if index < len(self.seconds):
+                    return time(h, m, self.seconds[index])
+        return None
+
+    def time_at_or_before(self, clock: time) -> time | None:
+        """The last matching time of day at or before ``clock`` (whole seconds)."""
+        hour, minute, second = clock.hour, clock.minute, clock.second
+        for h in reversed(self.hours[: bisect.bisect_right(self.hours, hour)]):
+            if h < hour:
+                return time(h, self.minutes[-1], self.seconds[-1])
+            for m in reversed(self.minutes[: bisect.bisect_right(self.minutes, minute)]):
+                if m < minute:
+                    return time(h, m, self.seconds[-1])
+                index = bisect.bisect_right(self.seconds, second)
+                if index:
+                    return time(h, m, self.seconds[index - 1])
+        return None
+
+
+def _parse_plain_field(part: str, spec: _CronField) -> tuple[int, ...]:
+    """The sorted values of a seconds, minutes, hours or months field; ValueError names it."""
+    try:
+        if "?" in part:
+            raise ValueError("'?' is only allowed in day-of-month and day-of-week")
+        return tuple(sorted({v for item in part.split(",") for v in _cron_range(item, spec)}))
+    except ValueError as exc:
+        raise ValueError(f"{spec.name} field {part!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cron(expr: str) -> _CronSpec:
+    """Parse a normalised expression (or macro); ScheduleError names the field and why."""
     effective = MACROS.get(expr.lower(), expr)
     if effective.startswith("@"):
         raise ScheduleError(
@@ -763,44 +905,29 @@ def _check_cron_syntax(expr: str) -> tuple[str, bool]:
         )
     parts = effective.lower().split()
     if len(parts) == 5:
-        specs: tuple[_CronField, ...] = _FIVE_FIELDS
-    elif len(parts) == 6:
-        specs = _SIX_FIELDS
-    else:
+        parts.insert(0, "0")
+    elif len(parts) != 6:
         raise ScheduleError(
             f"cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week) "
             f"or 6 with seconds first, got {len(parts)}"
         )
-    for part, spec in zip(parts, specs, strict=True):
-        for item in part.split(","):
-            try:
-                _check_cron_item(item, spec)
-            except ValueError as exc:
-                raise ScheduleError(f"cron {expr!r}: {spec.name} field {part!r}: {exc}") from None
-    return " ".join(parts), len(parts) == 6
-
-
-@functools.lru_cache(maxsize=4096)
-def _croniter_prototype(expr: str, day_or: bool) -> croniter:
-    """A parsed croniter for ``expr``, shared read-only; callers work on a shallow copy."""
-    effective, seconds_first = _check_cron_syntax(expr)
     try:
-        return croniter(
-            effective,
-            datetime(2000, 1, 1),
-            day_or=day_or,
-            second_at_beginning=seconds_first,
+        seconds, minutes, hours, months = (
+            _parse_plain_field(parts[index], spec)
+            for index, spec in ((0, _SECOND), (1, _MINUTE), (2, _HOUR), (4, _MONTH))
         )
-    except CroniterError as exc:
+        days = _parse_day_fields(parts[3], parts[5])
+    except ValueError as exc:
         raise ScheduleError(f"cron {expr!r}: {exc}") from None
+    return _CronSpec(seconds, minutes, hours, frozenset(months), days)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Cron(_WallClockSchedule):
     """A cron expression in local wall time: 5 fields, 6 with seconds first, or a macro.
 
-    ``day_or`` is Vixie cron's rule (a restricted day-of-month OR a restricted day-of-week);
-    ``False`` is Celery ``crontab``'s AND.
+    ``day_or=True`` is Vixie cron's day rule: when one day field starts with ``*`` both must
+    match, else either; ``day_or=False`` is Celery ``crontab``'s rule, both must always match.
     """
 
     expr: str
@@ -815,31 +942,53 @@ class Cron(_WallClockSchedule):
         if expr.lower() in MACROS:
             expr = expr.lower()
         object.__setattr__(self, "expr", expr)
-        parsed = _croniter_prototype(expr, bool(self.day_or))
-        days, weekdays = parsed.expanded[2], parsed.expanded[4]
-        both_restricted = days != ["*"] and weekdays != ["*"]
-        # AND and OR only differ when both day fields are restricted: keep one definition.
-        object.__setattr__(self, "day_or", bool(self.day_or) or not both_restricted)
+        star = _parse_cron(expr).days.star  # ScheduleError names a bad field
+        # With a day field starting with '*' both rules AND the fields: keep one definition.
+        object.__setattr__(self, "day_or", bool(self.day_or) or star)
 
-    def _iterator(self) -> croniter:
-        return copy.copy(_croniter_prototype(self.expr, self.day_or))
+    @property
+    def _day_and(self) -> bool:
+        return not self.day_or or _parse_cron(self.expr).days.star
 
     def _wall_next(self, wall: datetime) -> datetime | None:
+        spec, day_and = _parse_cron(self.expr), self._day_and
         try:
-            return self._iterator().get_next(datetime, start_time=wall)
-        except CroniterBadDateError:
+            start = wall.replace(microsecond=0) + _ONE_SECOND
+        except OverflowError:
             return None
+        year, month, first, clock = start.year, start.month, start.day, start.time()
+        for _ in range(_CALENDAR_CYCLE_MONTHS + 1):
+            if month in spec.months:
+                for day in spec.month_days(year, month, day_and):
+                    if day >= first:
+                        moment = spec.time_at_or_after(clock if day == first else time(0))
+                        if moment is not None:
+                            return datetime.combine(date(year, month, day), moment)
+            year, month = (year, month + 1) if month < 12 else (year + 1, 1)
+            if year > MAXYEAR:
+                return None
+            first, clock = 1, time(0)
+        return None
 
     def _wall_previous(self, wall: datetime) -> datetime | None:
-        # croniter's get_prev is strict; a microsecond later makes it inclusive (it truncates).
-        try:
-            return self._iterator().get_prev(datetime, start_time=wall + _ONE_MICROSECOND)
-        except CroniterBadDateError:
-            return None
+        spec, day_and = _parse_cron(self.expr), self._day_and
+        year, month, last, clock = wall.year, wall.month, wall.day, wall.time()
+        for _ in range(_CALENDAR_CYCLE_MONTHS + 1):
+            if month in spec.months:
+                for day in reversed(spec.month_days(year, month, day_and)):
+                    if day <= last:
+                        moment = spec.time_at_or_before(clock if day == last else _LAST_SECOND)
+                        if moment is not None:
+                            return datetime.combine(date(year, month, day), moment)
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+            if year < MINYEAR:
+                return None
+            last, clock = 31, _LAST_SECOND
+        return None
 
     def validate(self) -> None:
-        """Syntax was checked at construction; also require a first slot (croniter looks 50
-        years ahead, a few milliseconds), so ``0 0 30 2 *`` fails at load time."""
+        """Syntax was checked at construction; also require a first slot (a calendar repeats
+        every 400 years, so none in 400 years means never), so ``0 0 30 2 *`` fails at load."""
         if self.next_slot(_VALIDATION_REFERENCE) is None:
             raise ScheduleError(f"cron {self.expr!r} never fires (no matching date)")
 
@@ -874,17 +1023,57 @@ def _ceil_second(moment: datetime) -> datetime:
     return whole if whole == moment else whole + _ONE_SECOND
 
 
+_DAY_MICROSECONDS = 86_400 * 1_000_000
+
+
+def _solar_day_start(lon: float, index: int) -> datetime:
+    """Start of solar day ``index`` at longitude ``lon``: local mean midnight, whole seconds."""
+    return EPOCH + timedelta(days=index, seconds=-round(lon * 240))
+
+
+def _solar_day_index(lon: float, moment: datetime) -> int:
+    """The solar day (see _solar_day_start) that contains ``moment``."""
+    shifted = _microseconds(moment - EPOCH) + round(lon * 240) * 1_000_000
+    return shifted // _DAY_MICROSECONDS
+
+
+@functools.lru_cache(maxsize=8192)
+def _solar_slot(event: str, lat: float, lon: float, index: int) -> datetime | None:
+    """The slot of ``event`` in solar day ``index``: the first event after the day's start,
+    rounded up to the second, or None if the day has none.
+
+    The search always starts at the day's start: ephem's result moves by milliseconds with the
+    start of the search, and the slot must not depend on who asks, or when.
+    """
+    solar = _celery_solar(event, lat, lon)
+    start, end = _solar_day_start(lon, index), _solar_day_start(lon, index + 1)
+    method = getattr(solar.cal, solar.method)
+    kwargs = {"use_center": True} if solar.use_center else {}
+    try:
+        found = method(
+            solar.ephem.Sun(), start=solar.ephem.Date(start.replace(tzinfo=None)), **kwargs
+        )
+    except solar.ephem.CircumpolarError:  # the sun does not cross that horizon this day
+        return None
+    moment = found.datetime().replace(tzinfo=UTC)
+    return _ceil_second(moment) if moment < end else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Solar(SlotSchedule):
-    """A solar event at a place, via Celery's ``solar`` (ephem); slots rounded up to the second
-    so replicas agree despite floating point."""
+    """A solar event at a place, with Celery's ``solar`` maths (ephem).
+
+    Each solar day (local mean midnight to midnight) has at most one slot: the day's first event,
+    searched from the day's start and rounded up to the whole second, so that every replica
+    computes the same instant whatever ``after`` it asks with.
+    """
 
     event: str
     lat: float
     lon: float
 
     type_name: ClassVar[str] = "solar"
-    #: How many days back previous_slot looks for an event that does not happen every day.
+    #: How many days next_slot and previous_slot look for an event that does not happen daily.
     max_search_days: ClassVar[int] = 366
 
     def __post_init__(self) -> None:
@@ -894,29 +1083,26 @@ class Solar(SlotSchedule):
         if not -90 <= self.lat <= 90 or not -180 <= self.lon <= 180:
             raise ScheduleError(f"solar position ({self.lat}, {self.lon}) is out of range")
 
-    def _solar(self) -> Any:
-        return _celery_solar(self.event, self.lat, self.lon)
+    def _slot(self, index: int) -> datetime | None:
+        return _solar_slot(self.event, self.lat, self.lon, index)
 
     def next_slot(self, after: datetime) -> datetime | None:
-        solar = self._solar()
-        start = _as_utc(after).replace(tzinfo=None)
-        found = solar._next_event(solar.ephem.Date(start))
-        return _ceil_second(found.datetime().replace(tzinfo=UTC))
+        moment = _as_utc(after)
+        # A day's slot is after the day's start, so days before moment's own have none after it.
+        first = _solar_day_index(self.lon, moment)
+        for index in range(first, first + self.max_search_days + 1):
+            slot = self._slot(index)
+            if slot is not None and slot > moment:
+                return slot
+        return None
 
     def previous_slot(self, at: datetime) -> datetime | None:
-        solar = self._solar()
-        # ceil(event) <= at  <=>  event <= at truncated to the second
-        start = solar.ephem.Date(_as_utc(at).replace(microsecond=0, tzinfo=None))
-        method = getattr(solar.cal, solar.method.replace("next_", "previous_"))
-        kwargs = {"use_center": True} if solar.use_center else {}
-        sun = solar.ephem.Sun()
-        for _ in range(self.max_search_days):
-            try:
-                found = method(sun, start=start, **kwargs)
-            except solar.ephem.CircumpolarError:
-                start = solar.cal.previous_antitransit(sun, start=start)
-                continue
-            return _ceil_second(found.datetime().replace(tzinfo=UTC))
+        moment = _as_utc(at)
+        last = _solar_day_index(self.lon, moment)
+        for index in range(last, last - self.max_search_days - 1, -1):
+            slot = self._slot(index)
+            if slot is not None and slot <= moment:
+                return slot
         return None
 
     def describe(self) -> str:
