@@ -1,20 +1,28 @@
-"""Properties every schedule must have, checked with Hypothesis (DST days weighted in)."""
+"""Properties every schedule family must have, checked with Hypothesis (DST days weighted in).
+
+next_slot, previous_slot and slots agree with each other for intervals, daily, weekly and monthly
+schedules, 5- and 6-field cron, macros, solar events and Celery's crontab, schedule, timedelta
+and numbers: a slot S is in ``slots(S - 1 µs, S)`` (the question the tick asks when S comes up),
+``previous_slot(S) == S``, and ``previous_slot(t) <= t < next_slot(previous_slot(t))``.
+"""
 
 from __future__ import annotations
 
 import itertools
 from datetime import datetime, timedelta, timezone
 
-import pytest
+import celery.schedules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celery_fork_scheduler.schedules import (
     SlotSchedule,
+    Solar,
     _parse_cron,
     at,
     cron,
     every,
+    from_celery,
     schedule_from_dict,
 )
 
@@ -38,6 +46,24 @@ DEFINITIONS: list[SlotSchedule] = [
     cron("0,30 */10 * * * *"),
     cron("0 0 13 * 5"),
     cron("@weekly"),
+    cron("@hourly"),
+    cron("@monthly"),
+    cron("@yearly"),
+    cron("*/7 29-31 2 * * *"),
+    cron("0 0 */2 * mon"),
+    cron("0 0 2,17 * thu#3"),
+    cron("0 30 2 15W,LW * 5L"),
+    cron("0 2 * * 1/3"),
+    every(1).week,
+    Solar(event="sunrise", lat=52.52, lon=13.405),
+    Solar(event="solar_noon", lat=-33.45, lon=-70.67),
+    Solar(event="dusk_astronomical", lat=59.9, lon=10.75),  # none around midsummer
+    from_celery(celery.schedules.crontab(minute="*/20", hour="1-3")),
+    from_celery(celery.schedules.crontab(minute=30, hour=2, day_of_month="1-7", day_of_week=0)),
+    from_celery(celery.schedules.schedule(run_every=timedelta(seconds=45))),
+    from_celery(timedelta(minutes=10)),
+    from_celery(90),
+    from_celery(0.5),
 ]
 
 schedules = st.builds(
@@ -66,6 +92,7 @@ anywhere = st.datetimes(
 )
 instants = st.one_of(near_transitions, anywhere)
 
+EPSILON = timedelta(microseconds=1)
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -96,6 +123,26 @@ def test_previous_slot_of_a_slot_is_that_slot(schedule: SlotSchedule, start: dat
     following = schedule.next_slot(start)
     assert following is not None
     assert schedule.previous_slot(following) == following
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_a_slot_is_in_the_window_that_ends_at_it(schedule: SlotSchedule, start: datetime) -> None:
+    following = schedule.next_slot(start)
+    assert following is not None
+    assert list(schedule.slots(following - EPSILON, following)) == [following]
+    assert schedule.next_slot(following - EPSILON) == following
+
+
+@PROPERTY
+@given(schedule=schedules, start=instants)
+def test_no_slot_lies_between_previous_and_next(schedule: SlotSchedule, start: datetime) -> None:
+    previous = schedule.previous_slot(start)
+    following = schedule.next_slot(start)
+    assert following is not None
+    assert schedule.previous_slot(following - EPSILON) == previous
+    if previous is not None:
+        assert list(schedule.slots(previous, following)) == [following]
 
 
 @PROPERTY
