@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,8 +31,11 @@ DEFAULTS: Mapping[str, Any] = {
     "history_size": 20,
     "event_listeners": (),
     "metrics_port": 0,
+    "metrics_address": "127.0.0.1",
     "wait_replicas": 0,
     "wait_timeout": timedelta(seconds=0.1),
+    "min_interval": timedelta(seconds=1),
+    "max_entry_size": 65_536,
 }
 
 
@@ -55,47 +59,117 @@ class Settings:
     history_size: int = 20
     event_listeners: tuple[str, ...] = ()
     metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
     wait_replicas: int = 0
     wait_timeout: timedelta = timedelta(seconds=0.1)
+    min_interval: timedelta = timedelta(seconds=1)
+    max_entry_size: int = 65_536
+
+
+#: The range each number setting accepts, checked at start (see the settings reference).
+INT_RANGES: Mapping[str, tuple[int, int]] = {
+    "max_retries": (0, 100),
+    "max_concurrent": (0, 1_000_000),
+    "history_size": (0, 10_000),
+    "metrics_port": (0, 65_535),
+    "wait_replicas": (0, 100),
+    "max_entry_size": (1_024, 16 * 1_048_576),
+}
+#: The range (seconds) each duration setting accepts.
+DURATION_RANGES: Mapping[str, tuple[float, float]] = {
+    "lock_duration": (0.001, 86_400),
+    "claim_lease": (0.1, 86_400),
+    "retry_delay": (0, 60),
+    "catchup_grace": (0, 86_400),
+    "singleton_lease": (0.1, 7 * 86_400),
+    "refresh_interval": (0.05, 3_600),
+    "wait_timeout": (0.001, 60),
+    "min_interval": (0.001, 86_400),
+}
+#: Longest key prefix; longer ones only waste memory in every key.
+MAX_PREFIX_LENGTH = 100
+#: Most event listeners.
+MAX_LISTENERS = 100
 
 
 def _setting_error(name: str, message: str) -> ConfigError:
     return ConfigError(message, field=SETTING_PREFIX + name)
 
 
-def _duration(name: str, value: object, *, allow_zero: bool) -> timedelta:
+#: Format characters that reorder or hide text on a terminal (bidirectional overrides and
+#: isolates, direction marks); other format characters (zero-width joiners) are harmless.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def has_control_characters(text: str) -> bool:
+    """True when ``text`` holds a control character (ESC, BEL, NUL, newline…), a line or
+    paragraph separator, or a bidirectional override (U+202E…)."""
+    return any(ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text)
+
+
+def _duration(name: str, value: object) -> timedelta:
+    low, high = DURATION_RANGES[name]
     try:
-        return to_timedelta(value, what=SETTING_PREFIX + name, allow_zero=allow_zero)
+        duration = to_timedelta(value, what=SETTING_PREFIX + name, allow_zero=low == 0)
     except ValueError as exc:
         raise _setting_error(name, str(exc).removeprefix(SETTING_PREFIX + name + " ")) from None
+    if not low <= duration.total_seconds() <= high:
+        raise _setting_error(name, f"must be between {low:g} and {high:g} seconds, not {value!r}")
+    return duration
 
 
-def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _setting_error(name, f"must be a whole number >= 0, not {value!r}")
+def _int(name: str, value: object) -> int:
+    low, high = INT_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _setting_error(name, f"must be a whole number from {low} to {high}, not {value!r}")
     return value
-
-
-def _port(name: str, value: object) -> int:
-    port = _non_negative_int(name, value)
-    if port > 65535:
-        raise _setting_error(name, f"must be a TCP port (0 to 65535, 0 = off), not {value!r}")
-    return port
 
 
 def _optional_str(name: str, value: object) -> str | None:
     if value is None or (isinstance(value, str) and value):
         return value
-    raise _setting_error(name, f"must be a non-empty string or None, not {value!r}")
+    raise _setting_error(name, f"must be a non-empty string or None, not {type(value).__name__}")
+
+
+def _key_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_PREFIX_LENGTH:
+        raise _setting_error(
+            "key_prefix",
+            f"must be a non-empty string of at most {MAX_PREFIX_LENGTH} characters, not {value!r}",
+        )
+    if "{" in value or "}" in value or has_control_characters(value) or value != value.strip():
+        raise _setting_error(
+            "key_prefix",
+            f"must not contain braces (Redis Cluster hash tags), control characters or "
+            f"surrounding spaces, not {value!r}",
+        )
+    return value
+
+
+def _address(name: str, value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 255
+        or any(ch.isspace() or not ch.isprintable() for ch in value)
+    ):
+        raise _setting_error(name, f"must be an IP address or host name, not {value!r}")
+    return value
 
 
 def _dotted_paths(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(path, str) and path for path in value
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) > MAX_LISTENERS
+        or not all(isinstance(path, str) and path for path in value)
     ):
-        raise _setting_error(name, f"must be a list of dotted paths, not {value!r}")
+        raise _setting_error(
+            name, f"must be a list of at most {MAX_LISTENERS} dotted paths, not {value!r}"
+        )
     return tuple(value)
 
 
@@ -124,32 +198,31 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"unknown setting; known settings are: {known}", field=key)
         raw[name] = conf[key]
 
-    key_prefix = raw["key_prefix"]
-    if not isinstance(key_prefix, str) or not key_prefix:
-        raise _setting_error("key_prefix", f"must be a non-empty string, not {key_prefix!r}")
     if not isinstance(raw["enabled"], bool):
         raise _setting_error("enabled", f"must be True or False, not {raw['enabled']!r}")
     options = raw["redis_options"]
     if not isinstance(options, Mapping):
         raise _setting_error("redis_options", f"must be a dict of client options, not {options!r}")
-    claim_lease = _duration("claim_lease", raw["claim_lease"], allow_zero=False)
     return Settings(
         redis_url=_optional_str("redis_url", raw["redis_url"]),
         redis_options=dict(options),
-        key_prefix=key_prefix,
-        lock_duration=_duration("lock_duration", raw["lock_duration"], allow_zero=False),
-        claim_lease=claim_lease,
-        max_retries=_non_negative_int("max_retries", raw["max_retries"]),
-        retry_delay=_duration("retry_delay", raw["retry_delay"], allow_zero=True),
+        key_prefix=_key_prefix(raw["key_prefix"]),
+        lock_duration=_duration("lock_duration", raw["lock_duration"]),
+        claim_lease=_duration("claim_lease", raw["claim_lease"]),
+        max_retries=_int("max_retries", raw["max_retries"]),
+        retry_delay=_duration("retry_delay", raw["retry_delay"]),
         enabled=raw["enabled"],
-        max_concurrent=_non_negative_int("max_concurrent", raw["max_concurrent"]),
-        catchup_grace=_duration("catchup_grace", raw["catchup_grace"], allow_zero=True),
+        max_concurrent=_int("max_concurrent", raw["max_concurrent"]),
+        catchup_grace=_duration("catchup_grace", raw["catchup_grace"]),
         state_filename=_optional_str("state_filename", raw["state_filename"]),
-        singleton_lease=_duration("singleton_lease", raw["singleton_lease"], allow_zero=False),
-        refresh_interval=_duration("refresh_interval", raw["refresh_interval"], allow_zero=False),
-        history_size=_non_negative_int("history_size", raw["history_size"]),
+        singleton_lease=_duration("singleton_lease", raw["singleton_lease"]),
+        refresh_interval=_duration("refresh_interval", raw["refresh_interval"]),
+        history_size=_int("history_size", raw["history_size"]),
         event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
-        metrics_port=_port("metrics_port", raw["metrics_port"]),
-        wait_replicas=_non_negative_int("wait_replicas", raw["wait_replicas"]),
-        wait_timeout=_duration("wait_timeout", raw["wait_timeout"], allow_zero=False),
+        metrics_port=_int("metrics_port", raw["metrics_port"]),
+        metrics_address=_address("metrics_address", raw["metrics_address"]),
+        wait_replicas=_int("wait_replicas", raw["wait_replicas"]),
+        wait_timeout=_duration("wait_timeout", raw["wait_timeout"]),
+        min_interval=_duration("min_interval", raw["min_interval"]),
+        max_entry_size=_int("max_entry_size", raw["max_entry_size"]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,10 +11,11 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .config import DEFAULTS, has_control_characters
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
 from .keys import Keys
-from .schedules import SlotSchedule, coerce_schedule, schedule_from_dict
+from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 
 EntrySource = Literal["config", "decorator", "runtime"]
 Overlap = Literal["allow", "skip", "buffer_one"]
@@ -44,6 +46,46 @@ EXTRA_KEYS = frozenset(
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
 
 _EPSILON = timedelta(microseconds=1)
+
+#: Limits on what an entry may hold (a runtime entry is written by API callers: these keep one
+#: of them from filling Redis, the replicas' memory or the operator's terminal).
+MAX_NAME_LENGTH = 200
+MAX_TASK_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 4_096
+MAX_TAGS = 100
+MAX_TAG_LENGTH = 100
+#: Deepest nesting of lists and dicts in args, kwargs and options (JSON parsers recurse).
+MAX_JSON_DEPTH = 32
+#: Default floor of the interval between two slots (``fork_scheduler_min_interval``).
+DEFAULT_MIN_INTERVAL: timedelta = DEFAULTS["min_interval"]
+#: Default largest stored JSON of a runtime entry, bytes (``fork_scheduler_max_entry_size``).
+DEFAULT_MAX_ENTRY_SIZE: int = DEFAULTS["max_entry_size"]
+#: Message headers Celery sets itself (task protocol 2): an entry must not override them.
+CELERY_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+        "correlation_id",
+        "reply_to",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False, slots=True)
@@ -141,8 +183,14 @@ RESERVED_NAMES = _reserved_names(Keys(""))
 
 
 def _check_name(name: str) -> None:
-    """Refuse a name that would break the Redis Cluster hash tag ``{<name>}`` of its keys or
-    make one of its keys a global key."""
+    """Refuse a name that is too long, holds control characters, would break the Redis Cluster
+    hash tag ``{<name>}`` of its keys or make one of its keys a global key."""
+    if len(name) > MAX_NAME_LENGTH or has_control_characters(name):
+        raise ConfigError(
+            f"entry names are at most {MAX_NAME_LENGTH} characters, without control characters",
+            entry=name[:60],
+            field="name",
+        )
     if "{" in name or "}" in name:
         raise _fail(
             name,
@@ -172,6 +220,99 @@ def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> No
                 f"overlap 'buffer_one' holds a run back in Redis as JSON, "
                 f"and this cannot be stored as JSON: {exc}",
             ) from None
+
+
+def json_depth(value: object, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and dicts nest in ``value`` (a scalar is 0); counts no further than
+    ``limit + 1``."""
+    depth = 0
+    level = [value]
+    while depth <= limit:
+        children: list[object] = []
+        nested = False
+        for item in level:
+            if isinstance(item, Mapping):
+                nested = True
+                children.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                nested = True
+                children.extend(item)
+        if not nested:
+            break
+        depth += 1
+        level = children
+    return depth
+
+
+def _check_depth(name: str, field_name: str, value: object) -> None:
+    if not callable(value) and json_depth(value) > MAX_JSON_DEPTH:
+        raise _fail(
+            name, field_name, f"nests lists and dicts more than {MAX_JSON_DEPTH} levels deep"
+        )
+
+
+def _headers(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse ``options.headers`` that would override Celery's or the scheduler's headers."""
+    headers = options.get("headers")
+    if headers is None:
+        return
+    if not isinstance(headers, Mapping) or not all(isinstance(key, str) for key in headers):
+        raise _fail(name, "options", f"'headers' must be a dict with string keys, not {headers!r}")
+    reserved = sorted(
+        key
+        for key in headers
+        if key.lower() in CELERY_HEADERS or key.lower().startswith("fork_scheduler_")
+    )
+    if reserved:
+        raise _fail(
+            name,
+            "options",
+            f"'headers' must not set Celery's own or the scheduler's message headers: "
+            f"{', '.join(map(repr, reserved))}",
+        )
+
+
+def _shortest_gap(schedule: SlotSchedule, floor: timedelta) -> timedelta | None:
+    """The interval of an interval schedule; for others, the shortest gap between their first
+    50 slots after 2030-01-01 when ``floor`` exceeds one second (their resolution)."""
+    if isinstance(schedule, Interval):
+        return schedule.every
+    if floor <= timedelta(seconds=1):
+        return None
+    return _sampled_gap(schedule)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sampled_gap(schedule: SlotSchedule) -> timedelta | None:
+    slots: list[datetime] = []
+    after = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    for _ in range(50):
+        slot = schedule.next_slot(after)
+        if slot is None:
+            break
+        slots.append(slot)
+        after = slot
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
+    return min(gaps) if gaps else None
+
+
+def _check_interval(name: str, schedule: SlotSchedule, floor: timedelta) -> None:
+    gap = _shortest_gap(schedule, floor)
+    if gap is not None and gap < floor:
+        raise _fail(
+            name,
+            "schedule",
+            f"fires every {gap.total_seconds():g} s, more often than the minimum interval "
+            f"({floor.total_seconds():g} s, fork_scheduler_min_interval)",
+        )
+
+
+def _text(name: str, field_name: str, value: object, limit: int) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, field_name, f"must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise _fail(name, field_name, f"is {len(value)} characters long, at most {limit}")
+    return value
 
 
 def _zone(name: str, value: object) -> tzinfo | None:
@@ -216,6 +357,15 @@ def _tags(name: str, value: object) -> frozenset[str]:
         isinstance(tag, str) and tag for tag in value
     ):
         raise _fail(name, "tags", f"must be a list of non-empty strings, not {value!r}")
+    if len(value) > MAX_TAGS or any(
+        len(tag) > MAX_TAG_LENGTH or has_control_characters(tag) for tag in value
+    ):
+        raise _fail(
+            name,
+            "tags",
+            f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each, "
+            "without control characters",
+        )
     return frozenset(value)
 
 
@@ -269,10 +419,12 @@ def entry_from_config(
     *,
     default_timezone: tzinfo,
     source: EntrySource = "config",
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
 ) -> Entry:
     """Build an :class:`Entry` from one ``beat_schedule`` item.
 
-    Raises :class:`ConfigError` naming the entry and the field for any wrong key or value.
+    Raises :class:`ConfigError` naming the entry and the field for any wrong key or value,
+    a schedule firing more often than ``min_interval`` included.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
@@ -287,6 +439,12 @@ def entry_from_config(
     task = definition.get("task")
     if not isinstance(task, str) or not task:
         raise _fail(name, "task", f"must be a task name (non-empty string), not {task!r}")
+    if len(task) > MAX_TASK_LENGTH or has_control_characters(task):
+        raise _fail(
+            name,
+            "task",
+            f"task names are at most {MAX_TASK_LENGTH} characters, without control characters",
+        )
     if "schedule" not in definition:
         raise _fail(name, "schedule", "is missing")
 
@@ -302,6 +460,7 @@ def entry_from_config(
         schedule = shared_schedule(schedule)
     except ScheduleError as exc:
         raise _fail(name, "schedule", str(exc)) from None
+    _check_interval(name, schedule, min_interval)
 
     args = definition.get("args") or ()
     if not isinstance(args, (list, tuple)) and not callable(args):
@@ -316,9 +475,12 @@ def entry_from_config(
         raise _fail(name, "options", f"must be a dict of apply_async options, not {options!r}")
     if "task_id" in options:
         raise _fail(name, "options", "'task_id' is set by the scheduler (one id per slot)")
-    description = definition.get("description") or ""
-    if not isinstance(description, str):
-        raise _fail(name, "description", f"must be a string, not {description!r}")
+    _headers(name, options)
+    for field_name, value in (("args", args), ("kwargs", kwargs), ("options", options)):
+        _check_depth(name, field_name, value)
+    description = _text(
+        name, "description", definition.get("description") or "", MAX_DESCRIPTION_LENGTH
+    )
 
     start_at = _instant(name, "start_at", definition.get("start_at"), zone)
     end_at = _instant(name, "end_at", definition.get("end_at"), zone)
@@ -352,6 +514,7 @@ def entries_from_config(
     *,
     default_timezone: tzinfo,
     source: EntrySource = "config",
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
 ) -> dict[str, Entry]:
     """Validate a whole ``beat_schedule``; the first bad entry raises :class:`ConfigError`."""
     if not beat_schedule:
@@ -361,7 +524,13 @@ def entries_from_config(
             f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule"
         )
     return {
-        name: entry_from_config(name, definition, default_timezone=default_timezone, source=source)
+        name: entry_from_config(
+            name,
+            definition,
+            default_timezone=default_timezone,
+            source=source,
+            min_interval=min_interval,
+        )
         for name, definition in beat_schedule.items()
     }
 
@@ -370,10 +539,11 @@ def entries_from_config(
 ENTRY_SCHEMA = 1
 
 
-def entry_to_dict(entry: Entry) -> dict[str, Any]:
+def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:
     """The JSON-safe stored form of a runtime entry (``schema`` included).
 
-    Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON.
+    Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON, or
+    when the whole is larger than ``max_size`` bytes of JSON.
     """
     if callable(entry.args) or callable(entry.kwargs):
         raise _fail(entry.name, "args", "runtime entries need plain values, not callables")
@@ -401,14 +571,41 @@ def entry_to_dict(entry: Entry) -> dict[str, Any]:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise _fail(entry.name, key, f"cannot be stored as JSON: {exc}") from None
+    check_size(entry.name, data, max_size)
     return data
 
 
-def entry_from_dict(name: str, data: Mapping[str, Any], *, default_timezone: tzinfo) -> Entry:
+def check_size(name: str, data: Mapping[str, Any], max_size: int) -> None:
+    """Refuse a stored entry whose JSON is larger than ``max_size`` bytes, naming the
+    largest field."""
+    size = len(json.dumps(data, default=str).encode())
+    if size > max_size:
+        largest = max(data, key=lambda key: len(json.dumps(data[key], default=str)))
+        raise _fail(
+            name,
+            largest,
+            f"the entry is {size} bytes of JSON, more than {max_size} "
+            "(fork_scheduler_max_entry_size)",
+        )
+
+
+def entry_from_dict(
+    name: str,
+    data: Mapping[str, Any],
+    *,
+    default_timezone: tzinfo,
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+) -> Entry:
     """Rebuild a runtime entry from its stored form, validating it like a config entry."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"stored entry is not a JSON object: {data!r}", entry=name)
+        raise ConfigError(f"stored entry is not a JSON object: {type(data).__name__}", entry=name)
     if data.get("schema") != ENTRY_SCHEMA:
-        raise _fail(name, "schema", f"unknown stored entry schema {data.get('schema')!r}")
+        raise _fail(name, "schema", f"unknown stored entry schema {data.get('schema')!r:.60}")
     definition = {key: value for key, value in data.items() if key != "schema"}
-    return entry_from_config(name, definition, default_timezone=default_timezone, source="runtime")
+    return entry_from_config(
+        name,
+        definition,
+        default_timezone=default_timezone,
+        source="runtime",
+        min_interval=min_interval,
+    )

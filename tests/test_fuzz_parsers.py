@@ -21,7 +21,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from celery_fork_scheduler.config import DEFAULTS, SETTING_PREFIX, Settings, read_settings
+from celery_fork_scheduler.config import (
+    DEFAULTS,
+    SETTING_PREFIX,
+    Settings,
+    has_control_characters,
+    read_settings,
+)
 from celery_fork_scheduler.durations import to_timedelta
 from celery_fork_scheduler.entry import (
     ENTRY_KEYS,
@@ -387,11 +393,16 @@ def test_entry_from_config_builds_or_names_the_entry_and_field(
         assert isinstance(entry, Entry)
 
 
+def _no_controls(text: str) -> bool:
+    """Names, tasks and tags with control characters are refused (test_hostile_input.py)."""
+    return not has_control_characters(text)
+
+
 @st.composite
 def valid_definitions(draw: st.DrawFn) -> dict[str, Any]:
     """Definitions that a runtime entry can have (JSON-storable values)."""
     definition: dict[str, Any] = {
-        "task": draw(st.text(min_size=1, max_size=20)),
+        "task": draw(st.text(min_size=1, max_size=20).filter(_no_controls)),
         "schedule": draw(valid_schedules()),
     }
     plain = st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.text(max_size=8))
@@ -399,7 +410,7 @@ def valid_definitions(draw: st.DrawFn) -> dict[str, Any]:
         "args": st.lists(plain, max_size=3),
         "kwargs": st.dictionaries(st.text(max_size=5), plain, max_size=3),
         "options": st.sampled_from([{}, {"queue": "q"}, {"priority": 5}]),
-        "tags": st.lists(st.text(min_size=1, max_size=5), max_size=3),
+        "tags": st.lists(st.text(min_size=1, max_size=5).filter(_no_controls), max_size=3),
         "overlap": st.sampled_from(["allow", "skip", "buffer_one"]),
         "enabled": st.booleans(),
         "description": st.text(max_size=20),
@@ -418,7 +429,9 @@ def valid_definitions(draw: st.DrawFn) -> dict[str, Any]:
 
 @FUZZ
 @given(
-    st.text(min_size=1, max_size=40).filter(lambda name: not {"{", "}"} & set(name)),
+    st.text(min_size=1, max_size=40).filter(
+        lambda name: not {"{", "}"} & set(name) and _no_controls(name)
+    ),
     valid_definitions(),
 )
 def test_a_valid_entry_round_trips_through_its_stored_json(
