@@ -533,7 +533,6 @@ def test_a_celery_solar_becomes_a_solar_schedule() -> None:
 
 
 def test_solar_slots_come_from_celerys_maths() -> None:
-    pytest.importorskip("ephem")
     schedule = Solar(event="sunrise", lat=52.5, lon=13.4)
     first = schedule.next_slot(utc("2026-06-21T00:00:00Z"))
     assert first is not None
