@@ -8,7 +8,10 @@ Sunday; 1 August a Saturday.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from celery.schedules import crontab
@@ -254,3 +257,20 @@ def test_previous_slot_agrees_at_second_precision() -> None:
     assert schedule.previous_slot(slot) == slot
     assert schedule.previous_slot(slot - timedelta(microseconds=1)) == utc("2026-01-01T00:00:20Z")
     assert list(schedule.slots(slot - timedelta(microseconds=1), slot)) == [slot]
+
+
+def test_the_cron_dialect_example_runs() -> None:
+    script = Path(__file__).resolve().parent.parent / "examples" / "cron_dialect" / "run.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--after", "2026-01-01T00:00:00+00:00"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    # odd days AND Mondays: Mon 5 and Mon 19 January
+    assert "'0 0 */2 * mon'  -- odd days AND Mondays" in completed.stdout
+    assert "2026-01-19 00:00:00 UTC   Mon 2026-01-19 00:00:00 UTC" in completed.stdout
+    assert "hour field '22-2': range '22-2' runs backwards" in completed.stdout
+    assert "cron '0 0 30 2 *' never fires" in completed.stdout
