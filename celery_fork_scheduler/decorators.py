@@ -11,10 +11,10 @@ of ``beat_schedule`` (a "decorator" entry: static, never removed at runtime).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timezone, tzinfo
+from datetime import timedelta, timezone, tzinfo
 from typing import Any, TypeVar
 
-from .entry import Entry, entries_from_config, entry_from_config
+from .entry import DEFAULT_MIN_INTERVAL, Entry, entries_from_config, entry_from_config
 
 T = TypeVar("T")
 
@@ -58,7 +58,14 @@ def periodic(
             "singleton": singleton,
             **policies,
         }
-        entry_from_config(entry_name, definition, default_timezone=timezone.utc, source="decorator")
+        # The interval floor is a setting, checked when the entries are loaded.
+        entry_from_config(
+            entry_name,
+            definition,
+            default_timezone=timezone.utc,
+            source="decorator",
+            min_interval=timedelta(0),
+        )
         registry = app.__dict__.setdefault(REGISTRY_ATTRIBUTE, {})
         registry[entry_name] = definition
         return task
@@ -66,7 +73,11 @@ def periodic(
     return decorate
 
 
-def periodic_entries(app: Any, *, default_timezone: tzinfo) -> dict[str, Entry]:
+def periodic_entries(
+    app: Any, *, default_timezone: tzinfo, min_interval: timedelta = DEFAULT_MIN_INTERVAL
+) -> dict[str, Entry]:
     """The entries declared with :func:`periodic` on tasks of ``app``."""
     registry = app.__dict__.get(REGISTRY_ATTRIBUTE) or {}
-    return entries_from_config(registry, default_timezone=default_timezone, source="decorator")
+    return entries_from_config(
+        registry, default_timezone=default_timezone, source="decorator", min_interval=min_interval
+    )

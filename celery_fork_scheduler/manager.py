@@ -230,7 +230,7 @@ class Manager:
         )
         now = self._clock()
         try:
-            version = self.store().put(name, entry_to_dict(entry), expected, since=now)
+            version = self.store().put(name, self._stored_form(entry), expected, since=now)
         except StaleVersionError:
             if expected != 0:
                 raise
@@ -252,7 +252,7 @@ class Manager:
         now = self._clock()
         version = self.store().put(
             name,
-            entry_to_dict(entry),
+            self._stored_form(entry),
             stored.version if expected_version is None else expected_version,
             since=now,
         )
@@ -268,8 +268,15 @@ class Manager:
                 field="name",
             )
         return entry_from_config(
-            name, definition, default_timezone=self.app.timezone, source="runtime"
+            name,
+            definition,
+            default_timezone=self.app.timezone,
+            source="runtime",
+            min_interval=self._settings().min_interval,
         )
+
+    def _stored_form(self, entry: Entry) -> dict[str, Any]:
+        return entry_to_dict(entry, max_size=self._settings().max_entry_size)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -523,10 +530,14 @@ class Manager:
         return RuntimeStore(self._redis(), self._keys())
 
     def _static_entries(self) -> dict[str, Entry]:
+        floor = self._settings().min_interval
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=self.app.timezone
+            self.app.conf.beat_schedule, default_timezone=self.app.timezone, min_interval=floor
         )
-        for name, entry in periodic_entries(self.app, default_timezone=self.app.timezone).items():
+        decorated = periodic_entries(
+            self.app, default_timezone=self.app.timezone, min_interval=floor
+        )
+        for name, entry in decorated.items():
             entries.setdefault(name, entry)  # beat_schedule wins, as in beat
         return entries
 
@@ -541,11 +552,12 @@ class Manager:
         """The readable runtime entries with their versions, and why the others are not."""
         entries: dict[str, tuple[Entry, int]] = {}
         unreadable: dict[str, str] = {}
+        floor = self._settings().min_interval
         for name, item in self.store().all()[1].items():
             try:
                 if not isinstance(item, StoredEntry):
                     raise StoredRecordError(name)
-                entries[name] = (self._from_stored(item), item.version)
+                entries[name] = (self._from_stored(item, floor), item.version)
             except ForkSchedulerError as exc:
                 logger.error("fork scheduler: stored entry skipped: %s", exc)
                 unreadable[name] = str(exc)
@@ -558,7 +570,7 @@ class Manager:
         if self._has_redis():
             stored = self._get_stored(name)
             if stored is not None:
-                return self._from_stored(stored), stored.version
+                return self._from_stored(stored, self._settings().min_interval), stored.version
         raise JobNotFoundError(name)
 
     def _stored(self, name: str) -> StoredEntry:
@@ -575,10 +587,15 @@ class Manager:
         except ConfigError:  # the store's word for JSON it cannot decode
             raise StoredRecordError(name) from None
 
-    def _from_stored(self, stored: StoredEntry) -> Entry:
+    def _from_stored(self, stored: StoredEntry, floor: timedelta) -> Entry:
         from .entry import entry_from_dict
 
-        return entry_from_dict(stored.name, stored.data, default_timezone=self.app.timezone)
+        return entry_from_dict(
+            stored.name,
+            stored.data,
+            default_timezone=self.app.timezone,
+            min_interval=floor,
+        )
 
     def _server_clock(self) -> datetime:
         """Redis's clock, which every replica schedules on (a ``next_run`` computed from it is

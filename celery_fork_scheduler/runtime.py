@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, tzinfo
 
 import redis
 
-from .entry import Entry, entry_from_dict
+from .entry import DEFAULT_MIN_INTERVAL, Entry, entry_from_dict
 from .errors import ConfigError
 from .store import Changes, RuntimeStore, StoredEntry
 
@@ -54,9 +54,17 @@ class RuntimeEntries:
     :meth:`poll`) to the instant its writer computed the promised next run from.
     """
 
-    def __init__(self, store: RuntimeStore, default_timezone: tzinfo, replica_id: str) -> None:
+    def __init__(
+        self,
+        store: RuntimeStore,
+        default_timezone: tzinfo,
+        replica_id: str,
+        *,
+        min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    ) -> None:
         self.store = store
         self.default_timezone = default_timezone
+        self.min_interval = min_interval
         self.replica_id = replica_id
         self.version = 0
         #: The epoch of the runtime keys seen at the last full read (see Keys.runtime_epoch).
@@ -186,7 +194,12 @@ class RuntimeEntries:
                 raise ConfigError("a static entry of this name exists; it wins", entry=name)
             if not isinstance(item, StoredEntry):
                 raise ConfigError("stored JSON cannot be decoded", entry=name)
-            return entry_from_dict(name, item.data, default_timezone=self.default_timezone)
+            return entry_from_dict(
+                name,
+                item.data,
+                default_timezone=self.default_timezone,
+                min_interval=self.min_interval,
+            )
         except Exception as exc:  # one bad stored entry must never stop the others
             if (name, version) not in self._reported:
                 self._reported.add((name, version))

@@ -67,7 +67,7 @@ def check_app_report(app: Any, *, client: Any = None) -> CheckReport:
     problems: list[Problem] = []
     settings = _settings(app, problems)
     _import_tasks(app, problems)
-    static, found = _static_entries(app)
+    static, found = _static_entries(app, settings)
     problems += found
     entries = dict(static)
     entries.update(_runtime_entries(app, settings, static, client, problems))
@@ -116,7 +116,7 @@ def _import_tasks(app: Any, problems: list[Problem]) -> None:
 # -- entries --------------------------------------------------------------------------------------
 
 
-def _static_entries(app: Any) -> tuple[dict[str, Entry], list[Problem]]:
+def _static_entries(app: Any, settings: Settings) -> tuple[dict[str, Entry], list[Problem]]:
     """Every valid config and @periodic entry, and a problem for each bad one."""
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
@@ -139,7 +139,11 @@ def _static_entries(app: Any) -> tuple[dict[str, Entry], list[Problem]]:
                 )
             try:
                 entries[name] = entry_from_config(
-                    name, definition, default_timezone=app.timezone, source=source
+                    name,
+                    definition,
+                    default_timezone=app.timezone,
+                    source=source,
+                    min_interval=settings.min_interval,
                 )
             except ConfigError as exc:
                 problems.append(_config_problem(exc, source))
@@ -170,7 +174,7 @@ def _runtime_entries(
             client = redis_client_for(app, settings)
         client.ping()
         store = RuntimeStore(client, Keys(settings.key_prefix))
-        entries, found = _stored_entries(app, store, static)
+        entries, found = _stored_entries(app, store, static, settings)
         problems += found
         problems += _singleton_problems(store, {**static, **entries})
         return entries
@@ -186,7 +190,7 @@ def _runtime_entries(
 
 
 def _stored_entries(
-    app: Any, store: RuntimeStore, static: Mapping[str, Entry]
+    app: Any, store: RuntimeStore, static: Mapping[str, Entry], settings: Settings
 ) -> tuple[dict[str, Entry], list[Problem]]:
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
@@ -202,7 +206,12 @@ def _stored_entries(
             problems.append(Problem(message=message, entry=name, source="runtime"))
         else:
             try:
-                entries[name] = entry_from_dict(name, item.data, default_timezone=app.timezone)
+                entries[name] = entry_from_dict(
+                    name,
+                    item.data,
+                    default_timezone=app.timezone,
+                    min_interval=settings.min_interval,
+                )
             except ConfigError as exc:
                 problems.append(_config_problem(exc, "runtime"))
     return entries, problems
