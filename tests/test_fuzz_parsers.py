@@ -97,6 +97,7 @@ unit_words = st.sampled_from(
 weekday_words = st.sampled_from([*WEEKDAY_NAMES, *(name[:3] for name in WEEKDAY_NAMES)])
 cron_field = st.one_of(
     st.sampled_from(["*", "?", "L", "W", "#", "-", "/", ",", "*/0", "1-", "-1", "mon", "jan"]),
+    st.sampled_from(["LW", "5L", "L5", "mon#2", "15W", "fri-mon", "3-3", "1/3", "6-6/2"]),
     st.integers(min_value=0, max_value=70).map(str),
     st.tuples(st.integers(0, 70), st.integers(0, 70)).map(lambda p: f"{p[0]}-{p[1]}"),
     st.integers(0, 70).map(lambda n: f"*/{n}"),
@@ -233,6 +234,18 @@ def test_cron_builds_or_names_the_expression_or_zone(text: str, zone: str | None
     else:
         assert isinstance(schedule, Cron)
         assert Cron(expr=schedule.expr, tz=schedule.tz) == schedule
+        # An accepted expression either never fires (said at load time) or has slots that
+        # next_slot and previous_slot agree on.
+        try:
+            schedule.validate()
+        except ScheduleError as exc:
+            assert "never fires" in str(exc)
+            return
+        after = datetime(2026, 3, 29, 0, 30, tzinfo=timezone.utc)
+        slot = schedule.next_slot(after)
+        assert slot is not None and slot > after
+        assert schedule.previous_slot(slot) == slot
+        assert schedule.next_slot(slot - timedelta(microseconds=1)) == slot
 
 
 # -- times ----------------------------------------------------------------------------------------
