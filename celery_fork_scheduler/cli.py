@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
@@ -26,8 +25,8 @@ import redis
 from celery.bin.base import CeleryCommand
 
 from .backends.factory import redis_url_for
-from .backends.redis_connection import mask_url
-from .config import read_settings
+from .backends.redis_connection import mask_url, scrub_secrets
+from .config import has_control_characters, read_settings
 from .errors import BackendUnavailableError, ConfigError, ForkSchedulerError, ScheduleError
 from .manager import (
     BrokerUnavailableError,
@@ -49,7 +48,8 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NO_REDIS = 3
 
-_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+#: The most next runs or history items a command computes or reads.
+MAX_COUNT = 10_000
 _OUTCOME_COLOURS = {"sent": "green", "completed": "green", "error": "red", "failed": "red"}
 _SKIP_REASONS = {
     "busy": "still running",
@@ -61,7 +61,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # --------------------------------------------------------------------------------------------
-# errors: one line, an exit code, passwords masked
+# errors: one line, an exit code, passwords masked, control characters escaped
 # --------------------------------------------------------------------------------------------
 
 
@@ -71,7 +71,7 @@ class CommandError(click.ClickException):
     exit_code = EXIT_FAILED
 
     def __init__(self, message: str) -> None:
-        super().__init__(_scrub(message))
+        super().__init__(_safe(_scrub(message)))
 
 
 class BadInputError(CommandError):
@@ -88,7 +88,18 @@ class RedisUnavailableError(CommandError):
 
 def _scrub(text: str) -> str:
     """``text`` with any password inside a URL replaced by ``**``."""
-    return _PASSWORD_IN_URL.sub(r"\1**@", text)
+    return scrub_secrets(text)
+
+
+def _safe(text: str) -> str:
+    """``text`` with control characters (ESC, BEL, NUL, newlines, bidirectional overrides…)
+    shown as escapes, so that stored text cannot steer the operator's terminal."""
+    if not has_control_characters(text):
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if has_control_characters(ch) else ch
+        for ch in text
+    )
 
 
 def _redis_location(app: Any) -> str:
@@ -158,7 +169,7 @@ class Session:
 
     def warn(self, message: str) -> None:
         click.echo(
-            click.style(f"warning: {message}", fg="yellow"),
+            click.style(f"warning: {_safe(_scrub(message))}", fg="yellow"),
             err=True,
             color=False if self.no_color else None,
         )
@@ -231,7 +242,9 @@ Cell = str | tuple[str, str]
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Cell]]) -> str:
     """Left-aligned columns; a cell ``(text, colour)`` is coloured after padding."""
-    cells = [[(c, "") if isinstance(c, str) else c for c in row] for row in rows]
+    cells = [
+        [(_safe(c), "") if isinstance(c, str) else (_safe(c[0]), c[1]) for c in row] for row in rows
+    ]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(text)) for w, (text, _) in zip(widths, row, strict=True)]
@@ -254,6 +267,7 @@ def _fields(pairs: Sequence[tuple[str, Cell]]) -> str:
     lines = []
     for label, value in pairs:
         text, colour = (value, "") if isinstance(value, str) else value
+        text = _safe(text)
         lines.append(f"{label.ljust(width)}  {click.style(text, fg=colour) if colour else text}")
     return "\n".join(lines)
 
@@ -326,7 +340,7 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
     rows: list[list[Cell]] = []
     for item in items:
         if "raw" in item:
-            rows.append(["?", "?", "", "", "", "", str(item["raw"])])
+            rows.append(["?", "?", "", "", "", "", _scrub(str(item["raw"]))])
             continue
         slot = item.get("slot")
         at = item.get("at")
@@ -341,10 +355,18 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
                 f"{duration:.2f}s" if isinstance(duration, (int, float)) else "",
                 str(item.get("task_id", "")),
                 str(item.get("replica", "")),
-                str(item.get("error", "")),
+                _scrub(str(item.get("error", ""))),
             ]
         )
     return _table(["SLOT", "OUTCOME", "AT", "DURATION", "TASK ID", "BY", "ERROR"], rows)
+
+
+def _history_data(item: dict[str, Any]) -> dict[str, Any]:
+    """A history item with any URL credentials in its error text masked."""
+    for key in ("error", "raw"):
+        if isinstance(item.get(key), str):
+            item[key] = _scrub(item[key])
+    return item
 
 
 def _stored_time(value: object) -> datetime | None:
@@ -388,7 +410,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _names_text(names: Sequence[str]) -> str:
-    return ", ".join(names) if names else "-"
+    return _safe(", ".join(names)) if names else "-"
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,7 +461,14 @@ def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> N
 
 @schedule.command("show", cls=CeleryCommand)
 @click.argument("name")
-@click.option("-n", "count", default=10, show_default=True, help="How many next runs.")
+@click.option(
+    "-n",
+    "count",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, MAX_COUNT),
+    help="How many next runs.",
+)
 @_json_option
 @click.pass_context
 def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
@@ -450,7 +479,7 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     slots = [] if job.finished else manager.next_runs(name, count, after=session.now)
     try:
         counters = _counters(manager.stats(name))
-        history = [item.to_dict() for item in manager.history_items(name, 10)]
+        history = [_history_data(item.to_dict()) for item in manager.history_items(name, 10)]
     except RedisRequiredError:
         counters, history = {}, []
     zone = _zone_of(job.schedule)
@@ -534,7 +563,7 @@ def _catchup_text(job: Job) -> str:
 
 @schedule.command("next", cls=CeleryCommand)
 @click.argument("expression")
-@click.option("-n", "count", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("-n", "count", default=10, show_default=True, type=click.IntRange(1, MAX_COUNT))
 @click.option("--tz", "zone", help="IANA time zone (default: the app's timezone).")
 @_json_option
 @click.pass_context
@@ -562,7 +591,7 @@ def next_(ctx: click.Context, expression: str, count: int, zone: str | None, as_
     }
 
     def render() -> str:
-        lines = [f"{parsed.describe()}  ({shown.key})"]
+        lines = [_safe(f"{parsed.describe()}  ({shown.key})")]
         width = len(str(len(slots)))
         for index, slot in enumerate(slots, 1):
             lines.append(
@@ -584,6 +613,8 @@ def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Paramet
             decoded = json.loads(value)
         except ValueError as exc:
             raise BadInputError(f"--{param.name}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadInputError(f"--{param.name}: JSON nested too deeply") from None
         if not isinstance(decoded, kind):
             raise BadInputError(f"--{param.name}: expected a JSON {what}")
         return decoded
@@ -643,7 +674,9 @@ def add(
     _check_task_known(session, task)
     session.emit(
         _job_data(job),
-        lambda: f"added {job.name!r}: {job.schedule_text}, next run {_next_text(job, session.now)}",
+        lambda: _safe(
+            f"added {job.name!r}: {job.schedule_text}, next run {_next_text(job, session.now)}"
+        ),
     )
 
 
@@ -788,7 +821,7 @@ def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
 
 @schedule.command("history", cls=CeleryCommand)
 @click.argument("name")
-@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, MAX_COUNT))
 @_json_option
 @click.pass_context
 def history(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
@@ -796,7 +829,7 @@ def history(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     session = _session(ctx, as_json)
     manager = session.manager()
     job = manager.get(name)
-    items = [item.to_dict() for item in manager.history_items(name, count)]
+    items = [_history_data(item.to_dict()) for item in manager.history_items(name, count)]
     session.emit(
         items,
         lambda: (
@@ -902,7 +935,7 @@ def validate(ctx: click.Context, strict: bool, as_json: bool) -> None:
             click.style(
                 f"{p.severity}: ", fg="red" if p.severity == "error" else "yellow", bold=True
             )
-            + _scrub(p.message)
+            + _safe(_scrub(p.message))
             for p in report.problems
         ]
         summary = (

@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .config import INT_RANGES
+from .entry import MAX_JSON_DEPTH, json_depth
 from .errors import ConfigError, ForkSchedulerError
 from .keys import Keys
 
 logger = logging.getLogger("celery_fork_scheduler")
+
+#: Largest stored entry the store writes at all (the top of ``fork_scheduler_max_entry_size``;
+#: the Manager applies the setting itself).
+MAX_STORED_BYTES = INT_RANGES["max_entry_size"][1]
+#: Longest pause note, characters.
+MAX_NOTE_LENGTH = 1_000
 
 #: Removed entries: their change-log members, and their own keys, go after this retention.
 #: Long enough for every replica to have seen the removal; a replica away longer reloads all.
@@ -292,6 +300,7 @@ class RuntimeStore:
         pause, no held-back run. That is done before it is stored, so that no replica sees it
         with the old state; and again after, should the name have been removed meanwhile.
         """
+        encoded = _encode(name, data)
         expected = "" if expected_version is None else str(expected_version)
         fresh = not self.client.hexists(self.keys.runtime_entries, name)
         if fresh:
@@ -299,7 +308,7 @@ class RuntimeStore:
         instant = "" if since is None else str(_epoch_us(since))
         reply = self._put(
             keys=self._runtime_keys,
-            args=[name, json.dumps(data), expected, instant, self.retention_ms],
+            args=[name, encoded, expected, instant, self.retention_ms],
         )
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
@@ -343,7 +352,14 @@ class RuntimeStore:
     # -- per-entry controls -------------------------------------------------------------------
 
     def pause(self, names: Sequence[str], note: str = "", *, at: datetime | None = None) -> None:
-        """Pause entries (static or runtime) for every replica, with an optional note."""
+        """Pause entries (static or runtime) for every replica, with an optional note of at
+        most :data:`MAX_NOTE_LENGTH` characters."""
+        if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
+            raise ConfigError(
+                f"must be a string of at most {MAX_NOTE_LENGTH} characters",
+                entry=names[0] if len(names) == 1 else None,
+                field="note",
+            )
         since = (at or datetime.now(timezone.utc)).isoformat()
         pipe = self.client.pipeline(transaction=False)
         for name in names:
@@ -383,6 +399,20 @@ def pause_state(state: Mapping[str, str]) -> PauseState:
     return PauseState(
         True, state.get("pause_note", ""), datetime.fromisoformat(since) if since else None
     )
+
+
+def _encode(name: str, data: Mapping[str, Any]) -> str:
+    """The stored JSON of an entry; refused when nested deeper than the entries allow (a
+    reader's parser would recurse that deep) or larger than :data:`MAX_STORED_BYTES`."""
+    if json_depth(data, MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH + 1:
+        raise ConfigError(f"nests more than {MAX_JSON_DEPTH} levels deep", entry=name)
+    try:
+        encoded = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot be stored as JSON: {exc}", entry=name) from None
+    if len(encoded.encode()) > MAX_STORED_BYTES:
+        raise ConfigError(f"is larger than {MAX_STORED_BYTES} bytes of JSON", entry=name)
+    return encoded
 
 
 def _text(value: bytes | str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -25,20 +25,57 @@ CLIENT_DEFAULTS: Mapping[str, Any] = {
 }
 
 
-def mask_url(url: str) -> str:
+#: Schemes whose URL may list several hosts joined by ``;`` (Kombu's form).
+MULTI_HOST_SCHEMES = ("sentinel://", "redis+sentinel://")
+
+#: A URL's credentials in free text: ``scheme://[user:]secret@`` up to the line's last ``@``
+#: (an unencoded ``@``, ``/``, ``#``, ``?`` or space in a password ends nothing early).
+_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?[^\n]*@", re.IGNORECASE)
+
+
+def mask_url(url: object) -> str:
     """The URL with its password replaced by ``**``, for logs and errors.
 
-    Kombu's multi-host form (``sentinel://a;sentinel://b``) is masked host by host; a part
-    that cannot be parsed is shown as its scheme only.
+    Everything between ``://`` and the URL's last ``@`` but the user name is hidden, so a
+    password with unencoded ``;``, ``/``, ``#``, ``?`` or ``@`` never shows; a user name
+    alone (``redis://secret@host``) is hidden too. Sentinel URLs listing several hosts
+    (``sentinel://a;sentinel://b``) are masked host by host. A value that is not a string is
+    shown as its type only.
     """
-    parts = []
-    for part in url.split(";"):
-        part = part.strip()
-        try:
-            parts.append(str(maybe_sanitize_url(part)))
-        except ValueError:
-            parts.append(f"{urlsplit(part).scheme}://***")
-    return ";".join(parts)
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    if url.startswith(MULTI_HOST_SCHEMES):
+        return ";".join(_mask_one(part.strip()) for part in url.split(";"))
+    return _mask_one(url)
+
+
+def _mask_one(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "***" if "@" in url else url
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    shown = f"{user}:" if colon and "/" not in user else ""
+    return f"{scheme}://{shown}**{rest[at:]}"
+
+
+def scrub_secrets(text: str) -> str:
+    """``text`` with the credentials of any URL in it replaced by ``**`` (error messages,
+    stored task errors, log lines)."""
+    return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}**@", text)
+
+
+def _bad_url(url: str, what: str, reason: object) -> ConfigError:
+    """The error for a URL that cannot be used; the parser's words only when the URL carries
+    no credentials (they may quote part of a password)."""
+    if "@" in url:
+        reason = (
+            "it cannot be parsed; URL-encode special characters of the password "
+            "(urllib.parse.quote(password, safe=''))"
+        )
+    return ConfigError(f"bad {what} {mask_url(url)}: {reason}", field="fork_scheduler_redis_url")
 
 
 def client_from_url(
@@ -54,17 +91,19 @@ def client_from_url(
     the master name from ``master_name`` in ``options``, the query string or the broker's
     transport options.
     """
+    if not isinstance(url, str):
+        raise ConfigError(
+            f"must be a URL string, not {mask_url(url)}", field="fork_scheduler_redis_url"
+        )
     settings = {**CLIENT_DEFAULTS, **(options or {})}
-    if url.startswith(("sentinel://", "redis+sentinel://")):
+    if url.startswith(MULTI_HOST_SCHEMES):
         return _sentinel_master(url, settings, transport_options or {})
     try:
         if settings.pop("cluster", False):
             return RedisCluster.from_url(url, **settings)
         return redis.Redis.from_url(url, **settings)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"bad Redis URL {mask_url(url)}: {exc}", field="fork_scheduler_redis_url"
-        ) from None
+        raise _bad_url(url, "Redis URL", exc) from None
 
 
 def _sentinel_master(
@@ -75,14 +114,17 @@ def _sentinel_master(
     db = 0
     query: dict[str, str] = {}
     for part in url.split(";"):
-        parsed = urlsplit(part.strip())
-        if not parsed.hostname:
-            continue
-        hosts.append((parsed.hostname, parsed.port or 26379))
+        try:
+            parsed = urlsplit(part.strip())
+            if not parsed.hostname:
+                continue
+            hosts.append((parsed.hostname, parsed.port or 26379))
+            if parsed.path.strip("/"):
+                db = int(parsed.path.strip("/"))
+        except ValueError as exc:
+            raise _bad_url(url, "Sentinel URL", exc) from None
         password = password or (unquote(parsed.password) if parsed.password else None)
         username = username or (unquote(parsed.username) if parsed.username else None)
-        if parsed.path.strip("/"):
-            db = int(parsed.path.strip("/"))
         query.update(parse_qsl(parsed.query))
     master_name = (
         settings.pop("master_name", None)
