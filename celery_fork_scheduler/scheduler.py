@@ -508,6 +508,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._reported_down.pop(name, None)
         self._known_marks.pop(name, None)
         if self.metrics is not None:
+            self.metrics.forget(name)
             self.metrics.entries.set(len(self.entries))
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
