@@ -32,6 +32,7 @@ import functools
 import math
 import re
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import MAXYEAR, MINYEAR, date, datetime, time, timedelta, timezone, tzinfo
@@ -1024,6 +1025,7 @@ def _ceil_second(moment: datetime) -> datetime:
 
 
 _DAY_MICROSECONDS = 86_400 * 1_000_000
+_EPHEM_LOCK = threading.Lock()
 
 
 def _solar_day_start(lon: float, index: int) -> datetime:
@@ -1050,9 +1052,10 @@ def _solar_slot(event: str, lat: float, lon: float, index: int) -> datetime | No
     method = getattr(solar.cal, solar.method)
     kwargs = {"use_center": True} if solar.use_center else {}
     try:
-        found = method(
-            solar.ephem.Sun(), start=solar.ephem.Date(start.replace(tzinfo=None)), **kwargs
-        )
+        with _EPHEM_LOCK:  # ephem moves the shared observer's date while it searches
+            found = method(
+                solar.ephem.Sun(), start=solar.ephem.Date(start.replace(tzinfo=None)), **kwargs
+            )
     except solar.ephem.CircumpolarError:  # the sun does not cross that horizon this day
         return None
     moment = found.datetime().replace(tzinfo=UTC)
