@@ -704,9 +704,9 @@ _HOUR = _CronField("hour", 0, 23, {})
 _DOM = _CronField("day-of-month", 1, 31, {})
 _MONTH = _CronField("month", 1, 12, _MONTH_NAMES)
 _DOW = _CronField("day-of-week", 0, 7, _DOW_NAMES)
-_NEAREST_WEEKDAY = re.compile(r"(?P<day>\d+)w")
+_NEAREST_WEEKDAY = re.compile(r"(?P<day>[0-9]+)w")
 _NTH_WEEKDAY = re.compile(r"(?P<day>[a-z0-9]+)#(?P<nth>[a-z0-9]*)")
-_LAST_WEEKDAY_OF_MONTH = re.compile(r"l(?P<before>\d+)|(?P<after>\d+)l")
+_LAST_WEEKDAY_OF_MONTH = re.compile(r"l(?P<before>[0-9]+)|(?P<after>[0-9]+)l")
 _STEP_ITEM = re.compile(r"(?P<base>[^/]+)/(?P<step>[^/]*)")
 _RANGE_ITEM = re.compile(r"(?P<low>[a-z0-9]+)-(?P<high>[a-z0-9]+)")
 #: A Gregorian calendar repeats, weekdays included, every 400 years (146 097 days = 20 871 weeks):
@@ -715,8 +715,12 @@ _CALENDAR_CYCLE_MONTHS = 400 * 12
 _LAST_SECOND = time(23, 59, 59)
 
 
+def _is_number(token: str) -> bool:
+    return token.isascii() and token.isdigit()
+
+
 def _cron_value(token: str, spec: _CronField) -> int:
-    number = spec.names.get(token) if not token.isdigit() else int(token)
+    number = int(token) if _is_number(token) else spec.names.get(token)
     if number is None or not spec.low <= number <= spec.high:
         names = f" or a name ({', '.join(spec.names)})" if spec.names else ""
         raise ValueError(f"{token!r} is not a value {spec.low}-{spec.high}{names}")
@@ -732,7 +736,7 @@ def _cron_range(item: str, spec: _CronField) -> range:
     stepped = _STEP_ITEM.fullmatch(item)
     if stepped is not None:
         base = stepped["base"]
-        if not stepped["step"].isdigit() or not 1 <= int(stepped["step"]) <= spec.span:
+        if not _is_number(stepped["step"]) or not 1 <= int(stepped["step"]) <= spec.span:
             raise ValueError(f"step in {item!r} must be 1-{spec.span}")
         step = int(stepped["step"])
     if base == "*":
@@ -789,7 +793,7 @@ def _parse_day_fields(dom: str, dow: str) -> _DaySpec:
     for item in dow.split(","):
         try:
             if (hashed := _NTH_WEEKDAY.fullmatch(item)) is not None:
-                if not hashed["nth"].isdigit() or not 1 <= int(hashed["nth"]) <= 5:
+                if not _is_number(hashed["nth"]) or not 1 <= int(hashed["nth"]) <= 5:
                     raise ValueError(f"{item!r}: the n in day#n must be 1-5")
                 nth.add((_cron_value(hashed["day"], _DOW) % 7, int(hashed["nth"])))
             elif (last := _LAST_WEEKDAY_OF_MONTH.fullmatch(item)) is not None:
