@@ -96,6 +96,26 @@ class Run:
     end: int
     singleton: bool
     capped: bool
+    worker: str = ""
+    attempt: int = 0  # retries before this attempt
+    fate: str = ""  # success | retry | failure | time_limit | lost | killed ("" : running)
+
+
+@dataclass
+class WorkerSetup:
+    """The workers of a run (drawn from the seed)."""
+
+    pools: list[tuple[str, int]]  # (pool, concurrency) per worker
+    acks_late: bool = False
+    reject_on_worker_lost: bool = False
+    time_limit: int | None = None  # hard time limit (us), enforced by prefork pools
+    #: entry -> (max retries, probability that an attempt asks for a retry, countdown us)
+    retries: dict[str, tuple[int, float, int]] = field(default_factory=dict)
+    fail_rate: float = 0.0
+    singleton_lease: int = 60  # fork_scheduler_singleton_lease (s)
+    #: probability that the worker's publish of a held-back run fails ("refused": certainly
+    #: not sent; "uncertain": a connection error)
+    held_publish_fail: float = 0.0
 
 
 @dataclass

@@ -15,11 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 import celery_fork_scheduler.scheduler as scheduler_module
+import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler.backends import lua
 from celery_fork_scheduler.backends.base import ClaimOutcome
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.scheduler import Scheduler
+from celery_fork_scheduler.store import RuntimeStore
 
 DESCRIPTIONS: dict[str, str] = {
     "always_won": "a broken claim backend: a slot claimed by another replica answers 'won' and "
@@ -34,9 +36,55 @@ DESCRIPTIONS: dict[str, str] = {
     "due in its tick and the pending/takeover retries of that entry",
     "finding13": "one failing script in a claim pipeline fails the whole chunk "
     "(backend unavailable): no entry of the chunk fires",
+    "retry_frees": "a retry frees the singleton marker and the cap place (on_postrun treats "
+    "RETRY as the last attempt; issue 14 item 1)",
+    "no_retake": "a run does not check its marker and place as it starts (START_SINGLETON and "
+    "START_CAP always answer 'held'; issue 14 item 2)",
+    "held_no_place": "the held buffer_one run is published without a place under the cap "
+    "(issue 14 item 3)",
+    "cap_counts_own": "TAKE_CAP_PLACES counts a run's own place against it (issue 14 item 5)",
+    "held_ignores_pause": "RELEASE publishes the held run of a paused entry (issue 14 item 6)",
+    "readd_keeps_state": "a runtime entry added anew keeps the removed one's state: run count, "
+    "pause, held run (issue 14 item 8)",
     "sigterm": "a normal stop is not deferred from the fence request to the record "
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
 }
+
+
+def _script(name: str, *edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
+    """Edit one of the worker's scripts (``lua.<name>``, read at each call)."""
+
+    def apply() -> Callable[[], None]:
+        original = getattr(lua, name)
+        mutated = original
+        for old, new in edits:
+            if old not in mutated:
+                raise RuntimeError(f"mutation no longer applies: {old!r} not in lua.{name}")
+            mutated = mutated.replace(old, new)
+        setattr(lua, name, mutated)
+
+        def undo() -> None:
+            setattr(lua, name, original)
+
+        return undo
+
+    return apply
+
+
+def _set(owner: Any, name: str, value: Any) -> Callable[[], Callable[[], None]]:
+    return _patch(owner, name, lambda original: value)
+
+
+def _held_without_place(original: Any) -> Any:
+    def publish_held(self: Any, held: Any) -> Any:
+        settings = self.settings
+        self._settings = replace(settings, max_concurrent=0)
+        try:
+            return original(self, held)
+        finally:
+            self._settings = settings
+
+    return publish_held
 
 
 def _lua(*edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
@@ -181,6 +229,26 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "finding5": _patch(Scheduler, "_chunks", _old_chunks),
     "finding6": _patch(Scheduler, "_work_for", _by_identity),
     "finding13": _patch(RedisBackend, "claim", _whole_pipeline_fails),
+    "retry_frees": _set(worker_module, "_NOT_FINAL", frozenset()),
+    "no_retake": lambda: _both(
+        _script("START_SINGLETON", ("if holder then\n  return 0\nend\n", ""))(),
+        _script(
+            "START_CAP",
+            ("if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then\n  return 0\nend\n", ""),
+        )(),
+    ),
+    "held_no_place": _patch(worker_module.WorkerHooks, "_publish_held", _held_without_place),
+    "cap_counts_own": _script(
+        "TAKE_CAP_PLACES",
+        ("(mine or free > 0)", "free > 0"),
+        ("    if not mine then\n      free = free - 1\n    end\n", "    free = free - 1\n"),
+    ),
+    "held_ignores_pause": _script(
+        "RELEASE", ("if redis.call('HGET', KEYS[3], 'paused') then", "if false then")
+    ),
+    "readd_keeps_state": _patch(
+        RuntimeStore, "_start_afresh", lambda original: lambda self, pipe, name: pipe
+    ),
     "sigterm": _patch(
         scheduler_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
     ),

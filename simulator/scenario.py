@@ -17,7 +17,7 @@ from celery.schedules import schedule as celery_schedule
 
 from celery_fork_scheduler.schedules import Interval, at, cron, every
 
-from .model import POINTS, PublishFault, ReplicaFault, WorldEvent
+from .model import POINTS, PublishFault, ReplicaFault, WorkerSetup, WorldEvent
 from .redis_proc import datetime_to_us, us_to_datetime
 
 SECOND = 1_000_000
@@ -47,6 +47,7 @@ class Scenario:
     families: dict[str, str] = field(default_factory=dict)
     cold_restarts: list[tuple[int, int]] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    workers: WorkerSetup = field(default_factory=lambda: WorkerSetup([("solo", 1)]))
 
 
 INTERVALS = (1, 2, 3, 4, 5, 7, 10, 15, 30)
@@ -339,6 +340,12 @@ def draw(seed: int) -> Scenario:
             )
 
     runtime_names = _runtime_ops(rng, t0, t0_us, last, zone, events, families, durations, summary)
+    # The workers come from their own generator: the draws above stay what they were.
+    workers = _workers(random.Random(seed * 31 + 7), entries, runtime_names, events, durations)
+    workers_summary(workers, summary)
+    for event in events:
+        if event.kind.startswith("worker"):
+            summary.append(event.kind.replace("_", " "))
 
     events.sort(key=lambda event: event.at)
     return Scenario(
@@ -359,7 +366,82 @@ def draw(seed: int) -> Scenario:
         families=families,
         cold_restarts=cold,
         summary=summary,
+        workers=workers,
     )
+
+
+def _workers(
+    rng: random.Random,
+    entries: dict[str, dict[str, Any]],
+    runtime_names: list[str],
+    events: list[WorldEvent],
+    durations: dict[str, int],
+) -> WorkerSetup:
+    """Workers, their settings, retries, time limits, and their faults."""
+    pools = [
+        (pool, 1 if pool == "solo" else rng.randrange(1, 4))
+        for pool in (rng.choice(("prefork", "prefork", "solo")) for _ in range(rng.randrange(1, 4)))
+    ]
+    lease = rng.choice((5, 10, 20, 60))
+    setup = WorkerSetup(
+        pools,
+        acks_late=rng.random() < 0.5,
+        reject_on_worker_lost=rng.random() < 0.5,
+        time_limit=rng.randrange(3, 20) * SECOND if rng.random() < 0.3 else None,
+        fail_rate=rng.choice((0.0, 0.0, 0.05)),
+        singleton_lease=lease,
+        held_publish_fail=rng.choice((0.0, 0.0, 0.3)),
+    )
+    for name in [*sorted(entries), *runtime_names]:
+        if rng.random() < 0.3:
+            setup.retries[name] = (
+                rng.randrange(1, 4),
+                rng.uniform(0.3, 0.7),
+                rng.randrange(SECOND // 2, 2 * lease * SECOND),
+            )
+    # Runtime entries with overlap="buffer_one" (their definitions are the operator's).
+    for name in runtime_names:
+        if rng.random() < 0.3:
+            durations.setdefault(name, rng.randrange(1, 8) * SECOND)
+            for event in events:
+                definition = event.args.get("definition")
+                if event.kind == "manage" and event.args.get("name") == name and definition:
+                    definition.pop("singleton", None)
+                    definition["overlap"] = "buffer_one"
+    times = sorted(event.at for event in events) or [0]
+    first, last = times[0], times[-1]
+    for _ in range(rng.randrange(0, 4)):
+        if last <= first:
+            break
+        moment = rng.randrange(first, last)
+        kind = rng.choice(("worker_stop", "worker_kill", "worker_child_lost", "worker_child_lost"))
+        if kind == "worker_stop":
+            duration = rng.randrange(lease * SECOND // 2, (2 * lease + 5) * SECOND)
+            events.append(WorldEvent(moment, kind, {"duration": duration}))
+        elif kind == "worker_kill":
+            restart = rng.randrange(SECOND, (lease + 10) * SECOND)
+            events.append(
+                WorldEvent(
+                    moment, kind, {"index": rng.randrange(len(pools)), "restart_after": restart}
+                )
+            )
+        else:
+            events.append(WorldEvent(moment, kind, {"index": rng.randrange(len(pools))}))
+    return setup
+
+
+def workers_summary(setup: WorkerSetup, summary: list[str]) -> None:
+    pools = ", ".join(f"{pool} x{n}" for pool, n in setup.pools)
+    extras = [f"lease {setup.singleton_lease} s"]
+    if setup.acks_late:
+        extras.append(
+            "acks_late" + (" +reject_on_worker_lost" if setup.reject_on_worker_lost else "")
+        )
+    if setup.time_limit:
+        extras.append(f"time limit {setup.time_limit / SECOND:.0f} s")
+    if setup.retries:
+        extras.append(f"retries on {len(setup.retries)} entries")
+    summary.append(f"workers {pools} ({', '.join(extras)})")
 
 
 def _runtime_ops(

@@ -35,12 +35,12 @@ from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.backends.redis_connection import client_from_url
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.errors import BackendUnavailableError
-from celery_fork_scheduler.ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER
 from celery_fork_scheduler.manager import Manager
 from celery_fork_scheduler.scheduler import Scheduler
 
 from .model import Message, PublishFault, ReplicaFault, Report, Run, Violation, Window, WorldEvent
 from .redis_proc import FakeTimeRedis, us_to_datetime
+from .workers import ObservedClient, Workers
 
 SECOND = 1_000_000
 #: A tick never takes less than this much virtual time before the next one (beat's loop).
@@ -85,6 +85,8 @@ class World:
         self.redis = redis_server
         self.vt: int = scenario.t0
         self.rng = random.Random(scenario.seed * 7919 + 1)
+        #: The workers draw from their own generator (the replicas' draws stay the same).
+        self.worker_rng = random.Random(scenario.seed * 7919 + 2)
         self.keep_trace = trace
         self.trace: list[tuple[int, str, str]] = []  # (us, entry or "", text)
         self._heap: list[tuple[int, int, str, Any]] = []
@@ -117,8 +119,17 @@ class World:
         self.triggers: list[tuple[int, str]] = []
         #: When each runtime entry was removed or (re-)added: it starts afresh (runs, pause).
         self.removals: dict[str, list[int]] = {}
-        self._worker_client: Any = None
-        self._worker: Any = None
+        #: When each runtime entry was removed, or added while absent (its held run must go).
+        self.fresh_starts: dict[str, list[int]] = {}
+        self.worker_client: Any = None
+        self.worker_app: Any = None
+        self.workers: Workers | None = None
+        #: What became of held-back runs (buffer_one): (us, entry, what, slot or None).
+        self.held: list[tuple[int, str, str, datetime | None]] = []
+        #: Runs a worker did not execute (given back: not counted): (us, entry, task id, reason).
+        self.worker_skips: list[tuple[int, str, str, str]] = []
+        #: Claims the cap refused: (us, entry, slot, places held by other runs, cap).
+        self.cap_refusals: list[tuple[int, str, datetime, int, int]] = []
         self._manager: Manager | None = None
         self._events = 0
         self._deadline = time.monotonic() + WALL_LIMIT
@@ -149,8 +160,10 @@ class World:
         """Run the whole scenario to its end."""
         self._set_time(self.vt)
         self._build_apps()
-        self._worker_client = client_from_url(self.redis.url)
+        self.worker_client = ObservedClient(self, client_from_url(self.redis.url))
         self._manager = Manager(self.apps["v1"], clock=self.now_dt)
+        self.workers = Workers(self)
+        self.workers.start_all()
         for event in self.scenario.events:
             self.schedule(event.at, "event", event)
         for fault in self.replica_faults:
@@ -181,8 +194,8 @@ class World:
             self._world_event(payload)
         elif kind == "idle_fault":
             self._idle_fault(payload)
-        elif kind == "run_end":
-            self._run_end(payload)
+        elif kind == "worker":
+            self._worker_event(*payload)
         elif kind == "deferred":
             payload()
         elif kind == "start":
@@ -192,9 +205,11 @@ class World:
     # -- replicas -------------------------------------------------------------------------------
 
     def _build_apps(self) -> None:
-        for version, beat_schedule in self.scenario.configs.items():
+        for version, beat_schedule in [*self.scenario.configs.items(), ("worker", {})]:
             app = Celery(f"sim-{version}", set_as_current=False)
             app.conf.update(
+                fork_scheduler_singleton_lease=self.scenario.workers.singleton_lease,
+                task_reject_on_worker_lost=self.scenario.workers.reject_on_worker_lost,
                 broker_url="memory://",
                 result_backend=None,
                 result_expires=None,
@@ -207,6 +222,7 @@ class World:
                 fork_scheduler_history_size=5,
             )
             self.apps[version] = app
+        self.worker_app = self.apps.pop("worker")
 
     def start_replica(self, slot: int, config: str) -> None:
         """Start a fresh replica in ``slot`` with config version ``config``."""
@@ -492,8 +508,11 @@ class World:
         try:
             if op == "add":
                 assert definition is not None
+                known = self.runtime_definitions.get(name)
                 manager.add(name, replace_existing=True, **definition)
                 self.removals.setdefault(name, []).append(self.vt)  # added anew: fresh counters
+                if not known or known[-1][1] is None:
+                    self.fresh_starts.setdefault(name, []).append(self.vt)
                 self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
             elif op == "update":
                 assert definition is not None
@@ -504,6 +523,7 @@ class World:
                 manager.remove(name)
                 self.runtime_definitions.setdefault(name, []).append((self.vt, None))
                 self.removals.setdefault(name, []).append(self.vt)
+                self.fresh_starts.setdefault(name, []).append(self.vt)
                 for interval in self.pauses.get(name, []):
                     if interval[1] is None:
                         interval[1] = self.vt  # a removed entry's state may be forgotten
@@ -543,51 +563,46 @@ class World:
             f"from {replica} ({source})",
             occurrence.entry,
         )
-        durations = self.scenario.run_durations
-        duration = durations.get(occurrence.entry, 0)
-        if duration <= 0:
-            duration = self.rng.randrange(50_000, 2 * SECOND)
-        else:
-            duration = self.rng.randrange(duration // 2, duration + 1)
-        run = Run(
-            occurrence.entry,
-            occurrence.slot,
-            occurrence.task_id,
-            self.vt,
-            self.vt + duration,
-            OVERLAP_HEADER in headers,
-            bool(headers.get(CAPPED_HEADER)),
-        )
-        self.runs.append(run)
-        self.schedule(run.end, "run_end", (run, headers))
+        assert self.workers is not None
+        self.workers.put(occurrence, self.vt, 0, "trigger" if source == "trigger" else "first")
 
-    def _run_end(self, payload: tuple[Run, dict[str, Any]]) -> None:
-        run, headers = payload
-        hooks = self._worker_hooks()
-        if ENTRY_HEADER not in headers:
-            return
-        self.log(f"worker: run of {run.entry} slot {run.slot.isoformat()} ends", run.entry)
-        with contextlib.suppress(Exception):
-            hooks._finish(run.entry, run.task_id, singleton=run.singleton, capped=run.capped)
-        record = worker_module.Run(
-            entry=run.entry,
-            slot=run.slot.isoformat(),
-            task_id=run.task_id,
-            started=run.start / SECOND,
-            singleton=run.singleton,
-            capped=run.capped,
-            worker="sim-worker",
-        )
-        with contextlib.suppress(Exception):
-            hooks._record(record, "completed", "completed", duration=(run.end - run.start) / SECOND)
+    def _worker_event(self, op: str, arg: Any) -> None:
+        workers = self.workers
+        assert workers is not None
+        if op == "dispatch":
+            workers.dispatch()
+        elif op == "end":
+            workers.attempt_end(*arg)
+        elif op == "start":
+            workers.start(arg)
+        elif op == "heartbeat":
+            workers.heartbeat()
+        elif op == "restart_all":
+            workers.restart_all()
 
-    def _worker_hooks(self) -> Any:
-        if self._worker is None:
-            hooks = worker_module.WorkerHooks(self.apps["v1"])
-            hooks._settings = read_settings(self.apps["v1"].conf)
-            hooks._client = self._worker_client
-            self._worker = hooks
-        return self._worker
+    def _ev_worker_stop(self, duration: int) -> None:
+        assert self.workers is not None
+        self.workers.stop_all(duration)
+
+    def _ev_worker_kill(self, index: int, restart_after: int) -> None:
+        assert self.workers is not None
+        self.workers.kill(index, restart_after)
+
+    def _ev_worker_child_lost(self, index: int) -> None:
+        assert self.workers is not None
+        self.workers.child_lost(index)
+
+    def held_event(self, entry: str, what: str, slot: datetime | None = None) -> None:
+        """Note what became of a held-back run of ``entry`` (buffer_one)."""
+        self.held.append((self.vt, entry, what, slot))
+        self.log(f"held-back run of {entry}: {what}", entry)
+
+    def worker_crash(self, what: str, exc: BaseException) -> None:
+        """A worker hook raised (Celery would log it and go on)."""
+        text = "".join(traceback.format_exception(exc)).strip().splitlines()
+        self.crashes.append(
+            Violation("crash", "", f"worker hook {what} raised: {' | '.join(text[-6:])}")
+        )
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -598,9 +613,11 @@ class World:
                 backend = replica.scheduler._backend
                 with contextlib.suppress(Exception):
                     backend.real.client.close()
-        if self._worker_client is not None:
+        if self.workers is not None:
+            self.workers.finish()
+        if self.worker_client is not None:
             with contextlib.suppress(Exception):
-                self._worker_client.close()
+                self.worker_client.real.close()
 
 
 def _quietly(call: Callable[[], Any]) -> None:
@@ -646,6 +663,10 @@ class SimBackend:
             )
             if outcome in ("won", "taken_over"):
                 world.won_unfenced[(claim.entry, claim.slot)] = world.vt
+            if outcome == "buffered":
+                world.held_event(claim.entry, "held", claim.slot)
+            elif outcome in ("won", "taken_over"):
+                world.held.append((world.vt, claim.entry, "won", claim.slot))
             if outcome not in ("early",):
                 world.log(
                     f"{self.replica.name} claim {claim.entry} {claim.slot.isoformat()}"
@@ -656,7 +677,26 @@ class SimBackend:
         return results
 
     def take_cap_places(self, claims: Sequence[Any], cap: int) -> Any:
-        return self._around("cap", "cap", lambda: self.real.take_cap_places(claims, cap))
+        world = self.world
+        world.hook(self.replica, "before_cap")
+        places: set[bytes] = set()
+
+        def call() -> Any:
+            # The places held by other runs just before the script runs (same virtual instant).
+            with contextlib.suppress(redis.RedisError):
+                places.update(
+                    world.redis.admin.zrangebyscore("sim:{cap}:running", f"({world.vt}", "+inf")
+                )
+            return self.real.take_cap_places(claims, cap)
+
+        granted = world.redis_call(self.replica, "cap", call)
+        ids = [claim.task_id.encode() for claim in claims]
+        new = sum(1 for task_id in ids[:granted] if task_id not in places)
+        for claim, task_id in zip(claims[granted:], ids[granted:], strict=True):
+            others = len(places - {task_id}) + new  # every place but its own
+            world.cap_refusals.append((world.vt, claim.entry, claim.slot, others, cap))
+        world.hook(self.replica, "after_cap")
+        return granted
 
     def begin_publish(self, claims: Sequence[Any]) -> Any:
         world = self.world
@@ -778,7 +818,16 @@ class LoggingCeleryPublisher:
     def publish(self, occurrence: Any) -> None:
         world = LoggingCeleryPublisher.world
         assert world is not None
+        fail = world.scenario.workers.held_publish_fail
+        if fail and world.worker_rng.random() < fail:
+            if world.worker_rng.random() < 0.7:
+                world.log(f"worker: publish of the held-back {occurrence.entry} refused")
+                raise ValueError("simulated: the broker refused the message (not sent)")
+            world.log(f"worker: publish of the held-back {occurrence.entry} uncertain")
+            world.uncertain.add((occurrence.entry, occurrence.slot))
+            raise OperationalError("simulated: connection lost during the publish")
         world.accept("worker", occurrence, "worker")
+        world.held.append((world.vt, occurrence.entry, "published", occurrence.slot))
 
     def publish_many(self, occurrences: Sequence[Any]) -> list[Exception | None]:
         for occurrence in occurrences:
