@@ -12,9 +12,11 @@ a definition, a usage mistake); ``3`` Redis is not configured or cannot be reach
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any, TypeVar
@@ -125,12 +127,45 @@ def _translate(app: Any, exc: Exception) -> CommandError | None:
     return None
 
 
+class _OnceHandler(logging.Handler):
+    """Prints each distinct warning or error the package logs once, as a ``warning:`` line."""
+
+    def __init__(self, no_color: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.no_color = no_color
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            text = click.style(f"warning: {_safe(_scrub(message))}", fg="yellow")
+            click.echo(text, err=True, color=False if self.no_color else None)
+
+
+@contextlib.contextmanager
+def _logs_as_warnings(ctx: click.Context) -> Iterator[None]:
+    """While a command runs, the package's log records are its ``warning:`` lines (once each,
+    escaped, passwords masked), not lines of the logging set-up: a bad record is one line."""
+    logger = logging.getLogger("celery_fork_scheduler")
+    handler = _OnceHandler(bool(getattr(ctx.find_root().obj, "no_color", False)))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 class ScheduleGroup(click.Group):
     """The ``schedule`` group: turns known failures and usage mistakes into one-line errors."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _logs_as_warnings(ctx):
+                return super().invoke(ctx)
         except CommandError:
             raise
         except click.UsageError as exc:
@@ -433,8 +468,7 @@ def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> N
     session = _session(ctx, as_json)
     manager = session.manager()
     jobs = [job for job in manager.jobs(tag) if job.paused or not paused]
-    for name, why in sorted(manager.unreadable().items()):
-        session.warn(f"runtime entry {name!r} skipped: {why}")
+    # Manager.jobs logs each unreadable runtime record: one warning line (_logs_as_warnings).
 
     def render() -> str:
         if not jobs:
