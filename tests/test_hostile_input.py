@@ -559,6 +559,40 @@ def test_the_security_page_states_the_writers_power_and_has_no_stale_list() -> N
     assert "ACL" in text and "read-only" in text
 
 
+#: The read-only Redis user of docs/security.md: enough for list, show, history, replicas.
+READ_ONLY_COMMANDS = "+hget +hgetall +lrange +zrange +zscore +get +exists +time +ping"
+
+
+def test_a_read_only_acl_user_reads_everything_and_changes_nothing(
+    redis_url: str, redis_client: redis.Redis, manager: Manager
+) -> None:
+    manager.add("fine", "tasks.t", every(1).minutes)
+    manager.pause("fine", note="why")
+    redis_client.hset(KEYS.replicas, "r1", json.dumps({"entries": 1}))
+    rule = ["on", ">ro-pw", "resetkeys", "~scheduler:*", "resetchannels", "-@all"]
+    redis_client.execute_command("ACL", "SETUSER", "reader", *rule, *READ_ONLY_COMMANDS.split())
+    try:
+        port = redis_client.connection_pool.connection_kwargs["port"]
+        reader = make_app(f"redis://reader:ro-pw@127.0.0.1:{port}/0")
+        before = dump(redis_client)
+        for command in (("list",), ("show", "fine"), ("history", "fine"), ("replicas",)):
+            result = cli(reader, *command)
+            assert result.exit_code == 0, result.output
+        assert "why" in cli(reader, "show", "fine").output
+        for command in (
+            ("add", "new", "tasks.t", "every 1 minutes"),
+            ("pause", "fine"),
+            ("resume", "fine"),
+            ("remove", "fine", "--yes"),
+        ):
+            result = cli(reader, *command)
+            assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert dump(redis_client) == before
+        reader.close()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "reader")
+
+
 # -- fuzz: random, deep, huge and malformed records ------------------------------------------------
 
 
