@@ -798,6 +798,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             held_message=held,
             takeover=takeover,
             known_mark_us=self._known_marks.get(entry.name, 0),
+            runtime=entry.source == "runtime",
         )
         return DueSlot(entry, claim)
 
@@ -824,8 +825,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _admit(
         self, due: Sequence[DueSlot], results: Sequence[ClaimResult], now: datetime
     ) -> list[DueSlot]:
-        """The won slots that may be published: retries queued, skips reported, cap applied."""
+        """The won slots that may be published: retries queued, skips reported, cap applied.
+
+        An entry answered ``finished`` is retired, unless one of its slots of the same batch
+        is given back under the cap (its run count then drops below ``max_runs`` again).
+        """
         won: list[DueSlot] = []
+        finished: list[Entry] = []
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
             if outcome.publish:
@@ -847,18 +853,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._skipped(due_slot, "error")
             else:
                 if outcome is ClaimOutcome.FINISHED:
-                    self._retire(due_slot.entry)
+                    finished.append(due_slot.entry)
                 self._skipped(due_slot, outcome.value)
+        admitted, given_back = self._apply_cap(won)
+        for entry in finished:
+            if entry.name not in given_back:
+                self._retire(entry)
+        return admitted
+
+    def _apply_cap(self, won: list[DueSlot]) -> tuple[list[DueSlot], set[str]]:
+        """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that
+        find one, and the names of the entries whose slots were given back (``capped``)."""
         cap = self.settings.max_concurrent
         if cap <= 0 or not won:
-            return won
+            return won, set()
         granted = self.backend.take_cap_places([slot.claim for slot in won], cap)
         over = won[granted:]
         if over:
             self.backend.mark_skipped([slot.claim for slot in over], "capped")
             for due_slot in over:
                 self._skipped(due_slot, "capped")
-        return [replace(slot, capped=True) for slot in won[:granted]]
+        admitted = [replace(slot, capped=True) for slot in won[:granted]]
+        return admitted, {due_slot.entry.name for due_slot in over}
 
     def _skipped(self, due_slot: DueSlot, reason: str) -> None:
         """Report a due slot this replica does not publish."""

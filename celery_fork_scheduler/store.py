@@ -132,7 +132,7 @@ return {version}
 
 #: The fields of a state hash that a name added again starts without: its run count, its
 #: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
-_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at")
+_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
 
 
 class StaleVersionError(ForkSchedulerError):
@@ -331,8 +331,9 @@ class RuntimeStore:
 
         Its own keys (state, pending, running, history) expire after the retention instead of
         going at once: a replica that has not seen the removal yet may still claim a slot of
-        it, and without the high-water mark it could win a published slot again. A held-back
-        run (``buffer_one``) goes at once: it is never sent.
+        it, and without the high-water mark it could win a published slot again; the state
+        says ``removed``, so that such a claim is refused. A held-back run (``buffer_one``) goes
+        at once: it is never sent.
         """
         expected = "" if expected_version is None else str(expected_version)
         reply = self._delete(
@@ -343,6 +344,7 @@ class RuntimeStore:
         if int(reply[0]) == 0:
             return False
         pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.state(name), "removed", "1")
         for key in self.keys.entry_keys(name):
             pipe.pexpire(key, self.retention_ms)
         pipe.delete(self.keys.buffered(name))

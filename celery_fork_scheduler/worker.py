@@ -370,9 +370,9 @@ class WorkerHooks:
                 )
                 if reply is not None:
                     what, held = reply
-                    if _text(what) == "paused":
+                    if _text(what) in ("paused", "removed"):
                         occurrence = occurrence_from_json(held)
-                        self._record_skip(_held_run(occurrence), "paused", counted=False)
+                        self._record_skip(_held_run(occurrence), _text(what), counted=False)
                     else:
                         self._publish_held(held)
         except Exception:

@@ -547,3 +547,54 @@ def test_a_runtime_entry_changed_before_a_replica_saw_it_fires_from_its_creation
         assert fired(publisher)[("quick", "2026-03-02T10:00:01+00:00")] == 1
     finally:
         scheduler.close()
+
+
+def test_a_removed_runtime_entry_is_refused_to_a_replica_that_has_not_seen_the_removal(
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
+) -> None:
+    publisher = RecordingPublisher()
+    scheduler = make_scheduler(redis_url, clock, {}, publisher=publisher)
+    manager = Manager(make_app(redis_url, {}), clock=clock)
+    try:
+        scheduler.setup_schedule()
+        manager.every(1).seconds.name("gone").do("t")
+        clock.advance(1)
+        scheduler.tick()  # loaded
+        manager.remove("gone")
+        publisher.clear()
+        clock.advance(0.1)  # due before this replica's next refresh
+        scheduler._next_refresh = float("inf")  # it has not seen the removal yet
+        run_for(scheduler, clock, 2)
+        assert fired(publisher) == {}
+        assert any(entry == "gone" and reason == "removed" for entry, _, reason in skipped)
+    finally:
+        scheduler.close()
+
+
+def test_an_entry_whose_last_run_is_given_back_under_the_cap_is_not_retired(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """A batch wins the last allowed run, then hears `finished` for the next slot; the cap
+    gives the won run back: the entry has a run left and must keep firing."""
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys("scheduler:")
+    last_seen = to_epoch_us(datetime(2026, 3, 2, 9, 59, 57, tzinfo=timezone.utc))
+    client.hset(keys.state("once"), mapping={"hwm": last_seen, "state": "sent"})
+    client.zadd(keys.cap, {"someone-else": to_epoch_us(datetime.now(timezone.utc)) + 60_000_000})
+    publisher = RecordingPublisher()
+    schedule = {
+        "once": {"task": "t", "schedule": every(1).seconds, "max_runs": 1, "catchup": "all"}
+    }
+    scheduler = make_scheduler(
+        redis_url, clock, schedule, publisher=publisher, fork_scheduler_max_concurrent=1
+    )
+    try:
+        scheduler.setup_schedule()
+        scheduler.tick()  # 09:59:58 won then capped, 09:59:59 finished, 10:00:00 finished
+        assert publisher.occurrences == []
+        client.zrem(keys.cap, "someone-else")
+        run_for(scheduler, clock, 1.5)
+        assert len(publisher.occurrences) == 1
+    finally:
+        scheduler.close()
+        client.close()

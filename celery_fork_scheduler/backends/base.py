@@ -38,6 +38,8 @@ class ClaimOutcome(enum.Enum):
     EARLY = "early"
     #: Skipped: the entry is paused.
     PAUSED = "paused"
+    #: Skipped: the runtime entry was removed (this replica had not seen it yet).
+    REMOVED = "removed"
     #: Skipped: the previous run of a singleton entry is still executing.
     BUSY = "busy"
     #: Held back (overlap ``buffer_one``): published as soon as the running one ends.
@@ -76,6 +78,9 @@ class Claim:
     #: The latest slot of the entry this replica saw claimed (us); written back if Redis lost
     #: the entry's state, so that a restarted-empty Redis cannot let an old slot be won again.
     known_mark_us: int = 0
+    #: True for a runtime entry: its claim is refused once the entry was removed (a replica
+    #: may not have seen the removal yet). A static entry of the same name is not affected.
+    runtime: bool = False
 
     @property
     def slot_us(self) -> int:

@@ -94,11 +94,13 @@ end
 #: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size,
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
 #: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0,
-#: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won.
+#: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
+#: ARGV[15] "1" for a runtime entry (refused once removed), else "0".
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "paused" | "busy" | "buffered" | "finished" | "in_flight"; wait_us: how long to wait before
-#: asking again (pending, early), else 0. "in_flight": the owner began publishing the slot and
-#: never confirmed it; whether it reached the broker is unknown, so it is not taken over.
+#: "paused" | "removed" | "busy" | "buffered" | "finished" | "in_flight"; wait_us: how long to
+#: wait before asking again (pending, early), else 0. "in_flight": the owner began publishing
+#: the slot and never confirmed it; whether it reached the broker is unknown, so it is not
+#: taken over.
 #: A corrupted ``hwm`` is an error reply (for this claim only).
 CLAIM = (
     """
@@ -152,6 +154,10 @@ if slot > hwm then
     redis.call('HINCRBY', KEYS[1], 'skips:' .. reason, 1)
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
+  end
+  if ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'removed') then
+    -- A runtime entry removed while this replica had not seen it yet: nothing to record.
+    return {'removed', 0}
   end
   if redis.call('HGET', KEYS[1], 'paused') then
     return skip('paused')
@@ -452,8 +458,8 @@ return 2
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash.
 #: ARGV[1] task id, ARGV[2] lease (ms).
 #: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
-#: holds the marker: publish it now) or "paused" (the entry was paused meanwhile: the held run
-#: is dropped, the marker freed).
+#: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
+#: meanwhile: the held run is dropped, the marker freed).
 RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return nil
@@ -464,6 +470,10 @@ if not held then
   return nil
 end
 redis.call('DEL', KEYS[2])
+if redis.call('HGET', KEYS[3], 'removed') then
+  redis.call('DEL', KEYS[1])
+  return {'removed', held}
+end
 if redis.call('HGET', KEYS[3], 'paused') then
   redis.call('DEL', KEYS[1])
   return {'paused', held}

@@ -197,6 +197,7 @@ class RedisBackend:
                 "1" if claim.takeover else "0",
                 claim.known_mark_us,
                 self._pending_max_age_us,
+                "1" if claim.runtime else "0",
             )
             for claim in claims
         ]
