@@ -128,7 +128,8 @@ def _translate(app: Any, exc: Exception) -> CommandError | None:
 
 
 class _OnceHandler(logging.Handler):
-    """Prints each distinct warning or error the package logs once, as a ``warning:`` line."""
+    """Prints each distinct warning the package logs once, as a ``warning:`` line. Its errors
+    are about stored records that the commands report themselves, one line each."""
 
     def __init__(self, no_color: bool) -> None:
         super().__init__(logging.WARNING)
@@ -137,7 +138,7 @@ class _OnceHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if message not in self.seen:
+        if record.levelno < logging.ERROR and message not in self.seen:
             self.seen.add(message)
             text = click.style(f"warning: {_safe(_scrub(message))}", fg="yellow")
             click.echo(text, err=True, color=False if self.no_color else None)
@@ -145,8 +146,9 @@ class _OnceHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _logs_as_warnings(ctx: click.Context) -> Iterator[None]:
-    """While a command runs, the package's log records are its ``warning:`` lines (once each,
-    escaped, passwords masked), not lines of the logging set-up: a bad record is one line."""
+    """While a command runs, the package's log records do not reach the logging set-up (which,
+    unset, prints them on stderr): its warnings are ``warning:`` lines, once each, escaped,
+    passwords masked; a bad stored record is the one line its command prints."""
     logger = logging.getLogger("celery_fork_scheduler")
     handler = _OnceHandler(bool(getattr(ctx.find_root().obj, "no_color", False)))
     propagate = logger.propagate
@@ -468,7 +470,8 @@ def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> N
     session = _session(ctx, as_json)
     manager = session.manager()
     jobs = [job for job in manager.jobs(tag) if job.paused or not paused]
-    # Manager.jobs logs each unreadable runtime record: one warning line (_logs_as_warnings).
+    for name, why in sorted(manager.unreadable().items()):
+        session.warn(f"runtime entry {name!r} skipped: {why}")
 
     def render() -> str:
         if not jobs:
