@@ -92,7 +92,7 @@ MAX_PREFIX_LENGTH = 100
 MAX_LISTENERS = 100
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``repr(value)``, cut to 60 characters (a huge value must not flood the error)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -123,7 +123,7 @@ def _duration(name: str, value: object) -> timedelta:
         raise _setting_error(name, str(exc).removeprefix(SETTING_PREFIX + name + " ")) from None
     if not low <= duration.total_seconds() <= high:
         raise _setting_error(
-            name, f"must be between {low:g} and {high:g} seconds, not {_shown(value)}"
+            name, f"must be between {low:g} and {high:g} seconds, not {shown(value)}"
         )
     return duration
 
@@ -132,7 +132,7 @@ def _int(name: str, value: object) -> int:
     low, high = INT_RANGES[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _setting_error(
-            name, f"must be a whole number from {low} to {high}, not {_shown(value)}"
+            name, f"must be a whole number from {low} to {high}, not {shown(value)}"
         )
     return value
 
@@ -148,13 +148,13 @@ def _key_prefix(value: object) -> str:
         raise _setting_error(
             "key_prefix",
             f"must be a non-empty string of at most {MAX_PREFIX_LENGTH} characters, "
-            f"not {_shown(value)}",
+            f"not {shown(value)}",
         )
     if "{" in value or "}" in value or has_control_characters(value) or value != value.strip():
         raise _setting_error(
             "key_prefix",
             f"must not contain braces (Redis Cluster hash tags), control characters or "
-            f"surrounding spaces, not {_shown(value)}",
+            f"surrounding spaces, not {shown(value)}",
         )
     return value
 
@@ -166,7 +166,7 @@ def _address(name: str, value: object) -> str:
         or len(value) > 255
         or any(ch.isspace() or not ch.isprintable() for ch in value)
     ):
-        raise _setting_error(name, f"must be an IP address or host name, not {_shown(value)}")
+        raise _setting_error(name, f"must be an IP address or host name, not {shown(value)}")
     return value
 
 
@@ -179,7 +179,7 @@ def _dotted_paths(name: str, value: object) -> tuple[str, ...]:
         or not all(isinstance(path, str) and path for path in value)
     ):
         raise _setting_error(
-            name, f"must be a list of at most {MAX_LISTENERS} dotted paths, not {_shown(value)}"
+            name, f"must be a list of at most {MAX_LISTENERS} dotted paths, not {shown(value)}"
         )
     return tuple(value)
 
@@ -210,11 +210,11 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
         raw[name] = conf[key]
 
     if not isinstance(raw["enabled"], bool):
-        raise _setting_error("enabled", f"must be True or False, not {_shown(raw['enabled'])}")
+        raise _setting_error("enabled", f"must be True or False, not {shown(raw['enabled'])}")
     options = raw["redis_options"]
     if not isinstance(options, Mapping):
         raise _setting_error(
-            "redis_options", f"must be a dict of client options, not {_shown(options)}"
+            "redis_options", f"must be a dict of client options, not {shown(options)}"
         )
     return Settings(
         redis_url=_optional_str("redis_url", raw["redis_url"]),

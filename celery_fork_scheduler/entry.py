@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .config import DEFAULTS, has_control_characters
+from .config import DEFAULTS, has_control_characters, shown
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
 from .keys import Keys
@@ -257,7 +257,9 @@ def _headers(name: str, options: Mapping[str, Any]) -> None:
     if headers is None:
         return
     if not isinstance(headers, Mapping) or not all(isinstance(key, str) for key in headers):
-        raise _fail(name, "options", f"'headers' must be a dict with string keys, not {headers!r}")
+        raise _fail(
+            name, "options", f"'headers' must be a dict with string keys, not {shown(headers)}"
+        )
     reserved = sorted(
         key
         for key in headers
@@ -322,12 +324,14 @@ def _zone(name: str, value: object) -> tzinfo | None:
         return value
     if not isinstance(value, str) or not value:
         raise _fail(
-            name, "timezone", f"must be an IANA zone name such as 'Europe/Berlin', not {value!r}"
+            name,
+            "timezone",
+            f"must be an IANA zone name such as 'Europe/Berlin', not {shown(value)}",
         )
     try:
         return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise _fail(name, "timezone", f"unknown time zone {value!r}") from None
+        raise _fail(name, "timezone", f"unknown time zone {shown(value)}") from None
 
 
 def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetime | None:
@@ -337,15 +341,17 @@ def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetim
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise _fail(name, field_name, f"not an ISO-8601 date-time: {value!r}") from None
+            raise _fail(name, field_name, f"not an ISO-8601 date-time: {shown(value)}") from None
     if not isinstance(value, datetime):
-        raise _fail(name, field_name, f"must be a datetime or an ISO-8601 string, not {value!r}")
+        raise _fail(
+            name, field_name, f"must be a datetime or an ISO-8601 string, not {shown(value)}"
+        )
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
     try:
         return value.astimezone(timezone.utc)
     except OverflowError:
-        raise _fail(name, field_name, f"out of range: {value!r}") from None
+        raise _fail(name, field_name, f"out of range: {shown(value)}") from None
 
 
 def _tags(name: str, value: object) -> frozenset[str]:
@@ -356,7 +362,7 @@ def _tags(name: str, value: object) -> frozenset[str]:
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(
         isinstance(tag, str) and tag for tag in value
     ):
-        raise _fail(name, "tags", f"must be a list of non-empty strings, not {value!r}")
+        raise _fail(name, "tags", f"must be a list of non-empty strings, not {shown(value)}")
     if len(value) > MAX_TAGS or any(
         len(tag) > MAX_TAG_LENGTH or has_control_characters(tag) for tag in value
     ):
@@ -373,14 +379,14 @@ def _flag(name: str, field_name: str, value: object, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _fail(name, field_name, f"must be True or False, not {value!r}")
+        raise _fail(name, field_name, f"must be True or False, not {shown(value)}")
     return value
 
 
 def _choice(name: str, field_name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         allowed = ", ".join(repr(choice) for choice in choices)
-        raise _fail(name, field_name, f"must be one of {allowed}, not {value!r}")
+        raise _fail(name, field_name, f"must be one of {allowed}, not {shown(value)}")
     return str(value)
 
 
@@ -398,9 +404,9 @@ def _max_runs(name: str, definition: Mapping[str, Any]) -> int | None:
     value = definition.get("max_runs")
     one_off = _flag(name, "one_off", definition.get("one_off"), False)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _fail(name, "max_runs", f"must be a whole number >= 1, not {value!r}")
+        raise _fail(name, "max_runs", f"must be a whole number >= 1, not {shown(value)}")
     if one_off and value not in (None, 1):
-        raise _fail(name, "max_runs", f"one_off=True means one run, not {value!r}")
+        raise _fail(name, "max_runs", f"one_off=True means one run, not {shown(value)}")
     return 1 if one_off else value
 
 
@@ -427,7 +433,7 @@ def entry_from_config(
     a schedule firing more often than ``min_interval`` included.
     """
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
+        raise ConfigError(f"entry names must be non-empty strings, not {shown(name)}")
     _check_name(name)
     if not isinstance(definition, Mapping):
         raise ConfigError(f"must be a dict, not {type(definition).__name__}", entry=name)
@@ -438,7 +444,7 @@ def entry_from_config(
 
     task = definition.get("task")
     if not isinstance(task, str) or not task:
-        raise _fail(name, "task", f"must be a task name (non-empty string), not {task!r}")
+        raise _fail(name, "task", f"must be a task name (non-empty string), not {shown(task)}")
     if len(task) > MAX_TASK_LENGTH or has_control_characters(task):
         raise _fail(
             name,
@@ -464,15 +470,15 @@ def entry_from_config(
 
     args = definition.get("args") or ()
     if not isinstance(args, (list, tuple)) and not callable(args):
-        raise _fail(name, "args", f"must be a list or tuple, not {args!r}")
+        raise _fail(name, "args", f"must be a list or tuple, not {shown(args)}")
     kwargs = definition.get("kwargs") or {}
     if not isinstance(kwargs, Mapping) and not callable(kwargs):
-        raise _fail(name, "kwargs", f"must be a dict, not {kwargs!r}")
+        raise _fail(name, "kwargs", f"must be a dict, not {shown(kwargs)}")
     if isinstance(kwargs, Mapping) and not all(isinstance(key, str) for key in kwargs):
-        raise _fail(name, "kwargs", f"keys must be strings (argument names), not {kwargs!r}")
+        raise _fail(name, "kwargs", f"keys must be strings (argument names), not {shown(kwargs)}")
     options = definition.get("options") or {}
     if not isinstance(options, Mapping):
-        raise _fail(name, "options", f"must be a dict of apply_async options, not {options!r}")
+        raise _fail(name, "options", f"must be a dict of apply_async options, not {shown(options)}")
     if "task_id" in options:
         raise _fail(name, "options", "'task_id' is set by the scheduler (one id per slot)")
     _headers(name, options)

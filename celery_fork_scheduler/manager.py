@@ -214,8 +214,9 @@ class Manager:
         definition = {
             "task": task_name,
             "schedule": schedule,
-            "args": list(args),
-            "kwargs": dict(kwargs or {}),
+            # Anything but a list/tuple or a dict goes to validation, which names the field.
+            "args": list(args) if isinstance(args, (list, tuple)) else args,
+            "kwargs": dict(kwargs) if isinstance(kwargs, Mapping) else kwargs,
             **policies,
         }
         entry = self._validate(name, definition)

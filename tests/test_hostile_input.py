@@ -286,6 +286,29 @@ def test_oversized_fields_are_refused_naming_the_field(
     assert dump(redis_client) == before
 
 
+@pytest.mark.parametrize(
+    ("policies", "field"),
+    [
+        ({"args": "x" * 1_000_000}, "args"),
+        ({"args": "abc"}, "args"),
+        ({"kwargs": ["x"] * 100_000}, "kwargs"),
+        ({"tags": ["t"] * 100_000 + [1]}, "tags"),
+        ({"options": {"headers": ["x"] * 100_000}}, "options"),
+        ({"timezone": "x" * 1_000_000}, "timezone"),
+    ],
+    ids=["args", "args-string", "kwargs", "tags", "headers", "timezone"],
+)
+def test_a_huge_wrong_value_makes_a_short_error(
+    manager: Manager, policies: dict[str, Any], field: str
+) -> None:
+    message = refused(
+        lambda: manager.add("big", "tasks.t", every(1).minutes, **policies),
+        entry="big",
+        field=field,
+    )
+    assert len(str(message)) < 300
+
+
 def test_the_entry_size_limit_is_a_setting(redis_url: str) -> None:
     app = make_app(redis_url, fork_scheduler_max_entry_size=1_048_576)
     Manager(app).add("big", "tasks.t", every(1).minutes, args=["x" * 500_000])
