@@ -253,6 +253,28 @@ def test_the_floor_is_a_setting(redis_url: str) -> None:
     slow.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Scheduler._setup_schedule does not pass fork_scheduler_min_interval on: "
+    "entries_from_config(..., min_interval=self.settings.min_interval), the same for "
+    "periodic_entries(...), and RuntimeEntries(..., min_interval=self.settings.min_interval)",
+)
+def test_beat_follows_a_lower_floor(redis_url: str, manager: Manager) -> None:
+    app = make_app(redis_url, fork_scheduler_min_interval=0.25)
+    Manager(app).add("quick-runtime", "tasks.t", 0.5)
+    app.close()
+    replica = Replica(
+        redis_url,
+        {"quick-static": {"task": "tasks.t", "schedule": 0.5}},
+        fork_scheduler_min_interval=0.25,
+    )
+    try:
+        replica.run(2)
+    finally:
+        replica.close()
+    assert set(replica.fired()) == {"quick-static", "quick-runtime"}
+
+
 def test_a_cli_add_under_the_floor_is_one_line_naming_the_entry(app: Celery) -> None:
     result = cli(app, "add", "flood", "tasks.t", "every 1 seconds")
     assert result.exit_code == 0, result.output
