@@ -1043,36 +1043,55 @@ def _solar_day_index(lon: float, moment: datetime) -> int:
     return shifted // _DAY_MICROSECONDS
 
 
-@functools.lru_cache(maxsize=8192)
-def _solar_slot(event: str, lat: float, lon: float, index: int) -> datetime | None:
-    """The slot of ``event`` in solar day ``index``: the first event after the day's start,
-    rounded up to the second, or None if the day has none.
+#: Events of one kind in one solar day, at most (near the poles, one that drifts across local
+#: midnight can happen twice in a day).
+_SOLAR_EVENTS_PER_DAY = 3
+#: After ephem finds no crossing around a start, the next search starts this much later.
+_SOLAR_RETRY_STEP = timedelta(hours=4)
 
-    The search always starts at the day's start: ephem's result moves by milliseconds with the
-    start of the search, and the slot must not depend on who asks, or when.
+
+@functools.lru_cache(maxsize=8192)
+def _solar_slots(event: str, lat: float, lon: float, index: int) -> tuple[datetime, ...]:
+    """The slots of ``event`` in solar day ``index``, in order: each event in the day, rounded
+    up to the second.
+
+    The searches start at the day's start, then just after the event found before (or a few
+    hours later, when ephem finds no crossing around a start):
+    ephem's result moves by milliseconds with the start of the search, and the slots must not
+    depend on who asks, or when.
     """
     solar = _celery_solar(event, lat, lon)
     start, end = _solar_day_start(lon, index), _solar_day_start(lon, index + 1)
     method = getattr(solar.cal, solar.method)
     kwargs = {"use_center": True} if solar.use_center else {}
-    try:
-        with _EPHEM_LOCK:  # ephem moves the shared observer's date while it searches
-            found = method(
-                solar.ephem.Sun(), start=solar.ephem.Date(start.replace(tzinfo=None)), **kwargs
-            )
-    except solar.ephem.CircumpolarError:  # the sun does not cross that horizon this day
-        return None
-    moment = found.datetime().replace(tzinfo=UTC)
-    return _ceil_second(moment) if moment < end else None
+    slots: list[datetime] = []
+    while len(slots) < _SOLAR_EVENTS_PER_DAY and start < end:
+        try:
+            with _EPHEM_LOCK:  # ephem moves the shared observer's date while it searches
+                found = method(
+                    solar.ephem.Sun(), start=solar.ephem.Date(start.replace(tzinfo=None)), **kwargs
+                )
+        except solar.ephem.CircumpolarError:
+            # Not around this start (the first or last such night of a season): later in
+            # the day the sun may cross that horizon.
+            start += _SOLAR_RETRY_STEP
+            continue
+        moment = found.datetime().replace(tzinfo=UTC)
+        if moment >= end:
+            break
+        slots.append(_ceil_second(moment))
+        start = moment + timedelta(minutes=1)
+    return tuple(slots)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Solar(SlotSchedule):
     """A solar event at a place, with Celery's ``solar`` maths (ephem).
 
-    Each solar day (local mean midnight to midnight) has at most one slot: the day's first event,
-    searched from the day's start and rounded up to the whole second, so that every replica
-    computes the same instant whatever ``after`` it asks with.
+    Each solar day (local mean midnight to midnight) is searched from its start (and then from
+    just after each event found), every event rounded up to the whole second, so that every
+    replica computes the same instants whatever ``after`` it asks with. Near the poles an event
+    that drifts across local midnight can happen twice in one solar day: both fire.
     """
 
     event: str
@@ -1090,26 +1109,26 @@ class Solar(SlotSchedule):
         if not -90 <= self.lat <= 90 or not -180 <= self.lon <= 180:
             raise ScheduleError(f"solar position ({self.lat}, {self.lon}) is out of range")
 
-    def _slot(self, index: int) -> datetime | None:
-        return _solar_slot(self.event, self.lat, self.lon, index)
+    def _slots(self, index: int) -> tuple[datetime, ...]:
+        return _solar_slots(self.event, self.lat, self.lon, index)
 
     def next_slot(self, after: datetime) -> datetime | None:
         moment = _as_utc(after)
-        # A day's slot is after the day's start, so days before moment's own have none after it.
+        # A day's slots are after the day's start, so days before moment's own have none after it.
         first = _solar_day_index(self.lon, moment)
         for index in range(first, first + self.max_search_days + 1):
-            slot = self._slot(index)
-            if slot is not None and slot > moment:
-                return slot
+            for slot in self._slots(index):
+                if slot > moment:
+                    return slot
         return None
 
     def previous_slot(self, at: datetime) -> datetime | None:
         moment = _as_utc(at)
         last = _solar_day_index(self.lon, moment)
         for index in range(last, last - self.max_search_days - 1, -1):
-            slot = self._slot(index)
-            if slot is not None and slot <= moment:
-                return slot
+            for slot in reversed(self._slots(index)):
+                if slot <= moment:
+                    return slot
         return None
 
     def describe(self) -> str:

@@ -70,6 +70,8 @@ class Run:
     skipped: str | None = None
     #: The run's body was kept from executing (see :meth:`WorkerHooks.guard_tasks`).
     prevented: bool = False
+    #: A later attempt (a retry): an earlier one ran the body and counted the run.
+    retried: bool = False
 
 
 def _header(request: Any, name: str) -> Any:
@@ -80,6 +82,15 @@ def _header(request: Any, name: str) -> Any:
             return value
     request_dict = getattr(request, "request_dict", None) or {}
     return request_dict.get(name)
+
+
+class RetrySkipped(Exception):
+    """A retry of a scheduled run was not started: another run held its marker or the cap
+    was full when it came up (the attempt waited in the broker past the lease)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"retry not run: {reason}")
 
 
 def _run_of(request: Any, task_id: str) -> Run | None:
@@ -221,6 +232,7 @@ class WorkerHooks:
         if run is None:
             return
         run.skipped = self._take_markers(run)
+        run.retried = bool(task.request.retries)
         with self._lock:
             self._runs[task_id] = run
         if run.singleton or run.capped:
@@ -253,7 +265,17 @@ class WorkerHooks:
             return
         if run.skipped and run.prevented:
             self._forget(task_id)
-            self._record_skip(run, run.skipped)
+            # A retry that may not start still ran its first attempt: the run counts, and it
+            # ends here (its one final outcome).
+            self._record_skip(run, run.skipped, counted=not run.retried)
+            if run.retried:
+                signals.job_failed.send(
+                    sender=task,
+                    entry=run.entry,
+                    slot=run.slot,
+                    task_id=task_id,
+                    exception=RetrySkipped(run.skipped),
+                )
             self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
             return
         if state in _NOT_FINAL or (state == "REJECTED" and getattr(retval, "requeue", False)):
