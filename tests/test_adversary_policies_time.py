@@ -160,7 +160,7 @@ def test_a_retry_attempt_skipped_at_start_does_not_give_back_a_run_that_executed
     """
     hooks, _ = _retried_run_loses_its_marker(hooks_app, redis_client)
     runs = int(redis_client.hget(hooks.keys.state("single"), "runs"))
-    assert runs == 2, "R1 executed its first attempt and R2 ran: two runs, the count says %d" % runs
+    assert runs == 2, f"R1 executed its first attempt and R2 ran: two runs, the count says {runs}"
 
 
 def test_a_retried_run_whose_later_attempt_is_skipped_still_gets_one_final_outcome(
