@@ -212,11 +212,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._setup_schedule()
 
     def _setup_schedule(self) -> None:
+        floor = self.settings.min_interval
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=self.default_timezone
+            self.app.conf.beat_schedule, default_timezone=self.default_timezone, min_interval=floor
         )
         for name, entry in periodic_entries(
-            self.app, default_timezone=self.default_timezone
+            self.app, default_timezone=self.default_timezone, min_interval=floor
         ).items():
             if name in entries:
                 logger.warning(
@@ -230,7 +231,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         backend = self.backend
         store = backend.runtime_store()
         if store is not None:
-            self.runtime = RuntimeEntries(store, self.default_timezone, backend.replica_id)
+            self.runtime = RuntimeEntries(
+                store, self.default_timezone, backend.replica_id, min_interval=floor
+            )
             entries.update(self.runtime.load(self.static_names))
         self.entries = entries
         logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))

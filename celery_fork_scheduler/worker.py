@@ -40,6 +40,7 @@ from .backends import lua
 from .backends.base import to_epoch_us
 from .backends.factory import redis_client_for
 from .backends.redis import record_outcome
+from .backends.redis_connection import scrub_secrets
 from .config import Settings, read_settings
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from .keys import Keys
@@ -82,6 +83,15 @@ def _header(request: Any, name: str) -> Any:
             return value
     request_dict = getattr(request, "request_dict", None) or {}
     return request_dict.get(name)
+
+
+#: Stored error texts are cut to this many characters.
+ERROR_TEXT_LIMIT = 2000
+
+
+def _error_text(error: BaseException | None) -> str:
+    """An error as stored in history: its type and message, credentials masked, cut short."""
+    return scrub_secrets(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
 
 
 class RetrySkipped(Exception):
@@ -316,7 +326,7 @@ class WorkerHooks:
             "error",
             "errors",
             duration=time.monotonic() - run.started,
-            error=f"{type(exception).__name__}: {exception}",
+            error=_error_text(exception),
         )
         signals.job_failed.send(
             sender=sender, entry=run.entry, slot=run.slot, task_id=task_id, exception=exception
@@ -481,7 +491,7 @@ class WorkerHooks:
             if cap > 0:
                 self.client.zrem(self.keys.cap, occurrence.task_id)
             mode = "uncertain" if is_transient(exc) else "failed"
-            self._give_back_held(held, occurrence, mode, error=f"{type(exc).__name__}: {exc}")
+            self._give_back_held(held, occurrence, mode, error=_error_text(exc))
             logger.warning(
                 "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
                 occurrence.entry,

@@ -253,12 +253,6 @@ def test_the_floor_is_a_setting(redis_url: str) -> None:
     slow.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Scheduler._setup_schedule does not pass fork_scheduler_min_interval on: "
-    "entries_from_config(..., min_interval=self.settings.min_interval), the same for "
-    "periodic_entries(...), and RuntimeEntries(..., min_interval=self.settings.min_interval)",
-)
 def test_beat_follows_a_lower_floor(redis_url: str, manager: Manager) -> None:
     app = make_app(redis_url, fork_scheduler_min_interval=0.25)
     Manager(app).add("quick-runtime", "tasks.t", 0.5)
