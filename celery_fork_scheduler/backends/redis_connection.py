@@ -31,6 +31,12 @@ MULTI_HOST_SCHEMES = ("sentinel://", "redis+sentinel://")
 #: A URL's credentials in free text: ``scheme://[user:]secret@`` up to the line's last ``@``
 #: (an unencoded ``@``, ``/``, ``#``, ``?`` or space in a password ends nothing early).
 _CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?[^\n]*@", re.IGNORECASE)
+#: A secret passed as a query parameter (``?password=``, ``&sentinel_password=``, ``token=``).
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][a-z_]*(?:pass(?:word)?|passwd|token|secret|auth)[a-z_]*=)[^&#\s]*", re.IGNORECASE
+)
+#: Where a Kombu multi-host URL starts its next host (``...;sentinel://b``).
+_NEXT_HOST = re.compile(r";(?=\s*[a-z][a-z0-9+.\-]*://)", re.IGNORECASE)
 
 
 def mask_url(url: object) -> str:
@@ -45,26 +51,27 @@ def mask_url(url: object) -> str:
     if not isinstance(url, str):
         return f"<{type(url).__name__}>"
     if url.startswith(MULTI_HOST_SCHEMES):
-        return ";".join(_mask_one(part.strip()) for part in url.split(";"))
+        return ";".join(_mask_one(part.strip()) for part in _NEXT_HOST.split(url))
     return _mask_one(url)
 
 
 def _mask_one(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
-        return "***" if "@" in url else url
+        return "***" if "@" in url else _SECRET_PARAMETER.sub(r"\1**", url)
     at = rest.rfind("@")
     if at < 0:
-        return url
+        return _SECRET_PARAMETER.sub(r"\1**", url)
     user, colon, _ = rest[:at].partition(":")
     shown = f"{user}:" if colon and "/" not in user else ""
-    return f"{scheme}://{shown}**{rest[at:]}"
+    return f"{scheme}://{shown}**" + _SECRET_PARAMETER.sub(r"\1**", rest[at:])
 
 
 def scrub_secrets(text: str) -> str:
-    """``text`` with the credentials of any URL in it replaced by ``**`` (error messages,
-    stored task errors, log lines)."""
-    return _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}**@", text)
+    """``text`` with the credentials of any URL in it replaced by ``**``, those in its query
+    string (``?password=``) too (error messages, stored task errors, log lines)."""
+    text = _CREDENTIALS_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}**@", text)
+    return _SECRET_PARAMETER.sub(r"\1**", text)
 
 
 def _bad_url(url: str, what: str, reason: object) -> ConfigError:
