@@ -158,6 +158,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: Per entry, the latest slot reported skipped during the current outage: each slot is
         #: reported once, and the record stays as small as the number of entries.
         self._reported_down: dict[str, datetime] = {}
+        #: Slots reported missed during the current outage, and when it began (a summary line
+        #: is logged when Redis is back).
+        self._outage_missed = 0
+        self._outage_started: datetime | None = None
         #: Earlier definitions of changed entries (by name, then ``id``) with the instant up to
         #: which their slots are still theirs: a change never drops a slot already due.
         self._superseded: dict[str, dict[int, tuple[Entry, datetime]]] = {}
@@ -204,7 +208,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if not self.exit_on_config_error:
                 raise
             logger.critical("fork scheduler: invalid configuration: %s", exc)
-            raise SystemExit(f"celery beat: invalid configuration: {exc}") from None
+            # The line above says it all; a message here would be printed (and logged) again.
+            raise SystemExit(1) from None
 
     def setup_schedule(self) -> None:
         """Validate every entry, pick the backend and queue each entry's first slot."""
@@ -237,7 +242,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entries.update(self.runtime.load(self.static_names))
         self.entries = entries
         logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
-        if not backend.protects_replicas:
+        if not backend.protects_replicas and getattr(backend, "warns_single_replica", True):
             logger.warning(
                 "fork scheduler: no Redis configured (fork_scheduler_redis_url, or a redis:// "
                 "broker_url): running as a single replica; several beat replicas would NOT be "
@@ -251,12 +256,41 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._follow_redis_clock()
         self._queue_first_slots(self.now())
         self._warn_about_unsupported_policies()
+        self._warn_about_tasks()
         if self.settings.metrics_port:
             self.metrics = Metrics()
             self.metrics.connect(self)
             self.metrics.serve(self.settings.metrics_port)
             self.metrics.entries.set(len(self.entries))
             logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
+
+    def _warn_about_tasks(self) -> None:
+        """Once per entry at start-up: a task this app does not know (it is sent by name and
+        may be a typo), and arguments the task's signature refuses (they would fail at every
+        slot; the publish is then recorded failed, not retried)."""
+        tasks = self.app.tasks
+        for entry in self.entries.values():
+            task = tasks.get(entry.task)
+            if task is None:
+                logger.warning(
+                    "fork scheduler: entry %s: task %r is not registered in this app; it is sent "
+                    "by name (check the name, and that the app imports the task's module)",
+                    entry.name,
+                    entry.task,
+                )
+                continue
+            header = getattr(task, "__header__", None)
+            if header is None or callable(entry.args) or callable(entry.kwargs):
+                continue  # untyped task, or lazy arguments known only at publish time
+            try:
+                header(*entry.args, **entry.kwargs)
+            except TypeError as exc:
+                logger.warning(
+                    "fork scheduler: entry %s, field args/kwargs: they do not fit task %s: %s",
+                    entry.name,
+                    entry.task,
+                    exc,
+                )
 
     def _warn_about_unsupported_policies(self) -> None:
         """Say so when singleton or cap settings cannot be enforced."""
@@ -1011,6 +1045,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 exc,
             )
             self._backend_down = True
+            self._outage_started = now
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for work in works:
             for due_slot in work.due:
@@ -1018,6 +1053,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     continue  # asked again during the same outage: reported once
                 name, slot = due_slot.entry.name, due_slot.claim.slot
                 self._reported_down[name] = slot
+                self._outage_missed += 1
                 signals.entry_skipped.send(
                     sender=self, entry=name, slot=slot, reason="redis_unavailable"
                 )
@@ -1035,8 +1071,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _on_backend_up(self) -> None:
         if self._backend_down:
             logger.warning("fork scheduler: claim backend reachable again, publishing resumes")
+            if self._outage_missed:
+                logger.warning(
+                    "fork scheduler: %d slots of %d entries missed between %s and %s: "
+                    "redis_unavailable",
+                    self._outage_missed,
+                    len(self._reported_down),
+                    slot_isoformat(self._outage_started or self.now()),
+                    slot_isoformat(self.now()),
+                )
             self._backend_down = False
             self._reported_down.clear()
+            self._outage_missed = 0
+            self._outage_started = None
 
     def _seconds_to_next_wakeup(self) -> float:
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
@@ -1082,4 +1129,5 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     @property
     def info(self) -> str:
         """Shown in beat's startup banner."""
-        return f"    . fork scheduler -> {self.backend.describe()}"
+        with self._config_errors_stop_beat():
+            return f"    . fork scheduler -> {self.backend.describe()}"

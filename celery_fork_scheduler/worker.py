@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import signals as celery_signals
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker import state as worker_state
@@ -94,6 +95,12 @@ def _error_text(error: BaseException | None) -> str:
     return scrub_secrets(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
 
 
+#: While Redis cannot be reached, the worker says so at most once in this many seconds.
+REDIS_WARNING_SECONDS = 60.0
+#: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
+REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+
+
 class RetrySkipped(Exception):
     """A retry of a scheduled run was not started: another run held its marker or the cap
     was full when it came up (the attempt waited in the broker past the lease)."""
@@ -129,6 +136,10 @@ class WorkerHooks:
         self._client: Any = None
         #: Runs executing in this process (task_prerun to task_postrun).
         self._runs: dict[str, Run] = {}
+        #: When the last "cannot reach Redis" warning was logged (monotonic), and how many
+        #: failures were left unsaid since.
+        self._redis_warned_at: float | None = None
+        self._redis_unsaid = 0
         #: Runs this process's consumer received and has not seen end (heartbeat, and the
         #: outcome of a run whose pool process was killed: a hard time limit).
         self._received: dict[str, Run] = {}
@@ -374,13 +385,8 @@ class WorkerHooks:
                 )
                 if int(held) == 0:
                     return "capped"
-        except Exception:
-            logger.warning(
-                "fork scheduler: could not check the markers of %s (%s); running it",
-                run.entry,
-                run.task_id,
-                exc_info=True,
-            )
+        except Exception as exc:
+            self._redis_failed(f"check the markers of {run.entry} ({run.task_id}); running it", exc)
         return None
 
     def _finish(self, entry: str, task_id: str, *, singleton: bool, capped: bool) -> None:
@@ -407,10 +413,8 @@ class WorkerHooks:
                         self._record_skip(_held_run(occurrence), _text(what), counted=False)
                     else:
                         self._publish_held(held)
-        except Exception:
-            logger.exception(
-                "fork scheduler: could not free the markers of %s (%s)", entry, task_id
-            )
+        except Exception as exc:
+            self._redis_failed(f"free the markers of {entry} ({task_id})", exc)
 
     def _record(
         self, run: Run, outcome: str, counter: str, *, duration: float, error: str = ""
@@ -433,10 +437,32 @@ class WorkerHooks:
                 duration=duration,
                 error=error,
             )
-        except Exception:
-            logger.warning(
-                "fork scheduler: could not record the end of %s", run.entry, exc_info=True
-            )
+        except Exception as exc:
+            self._redis_failed(f"record the end of {run.entry}", exc)
+
+    def _redis_failed(self, doing: str, error: Exception) -> None:
+        """Log a Redis call that failed: while Redis cannot be reached, one WARNING a minute
+        (no traceback, the failures counted); any other error with its traceback."""
+        if not isinstance(error, REDIS_UNREACHABLE):
+            logger.warning("fork scheduler: could not %s", doing, exc_info=True)
+            return
+        now = time.monotonic()
+        if (
+            self._redis_warned_at is not None
+            and now - self._redis_warned_at < REDIS_WARNING_SECONDS
+        ):
+            self._redis_unsaid += 1
+            return
+        unsaid, self._redis_unsaid = self._redis_unsaid, 0
+        self._redis_warned_at = now
+        more = f" ({unsaid} more since the last warning)" if unsaid else ""
+        logger.warning(
+            "fork scheduler: cannot reach Redis (%s), so could not %s; runs go on, markers expire"
+            " with their lease%s",
+            scrub_secrets(f"{type(error).__name__}: {error}"),
+            doing,
+            more,
+        )
 
     def _record_skip(self, run: Run, reason: str, *, counted: bool = True) -> None:
         """Record a run that was not executed; a scheduled one is given back (``max_runs``)."""
@@ -455,10 +481,8 @@ class WorkerHooks:
                 self.settings.history_size,
                 "1" if counted and not run.manual else "0",
             )
-        except Exception:
-            logger.warning(
-                "fork scheduler: could not record the skip of %s", run.entry, exc_info=True
-            )
+        except Exception as exc:
+            self._redis_failed(f"record the skip of {run.entry}", exc)
 
     def _publish_held(self, held: bytes | str) -> None:
         """Publish the run that overlap ``buffer_one`` held back (it now holds the marker),
@@ -557,8 +581,8 @@ class WorkerHooks:
                         self.client.eval(
                             lua.CAP_HEARTBEAT, 1, self.keys.cap, run.task_id, self._lease_ms
                         )
-            except Exception:
-                logger.warning("fork scheduler: heartbeat failed; retrying", exc_info=True)
+            except Exception as exc:
+                self._redis_failed("renew the markers of the runs in progress (heartbeat)", exc)
 
 
 def _guarded(hooks: WorkerHooks, before_start: Any) -> Any:

@@ -6,6 +6,7 @@ maths; claims, leases and Redis ``TIME`` are real.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.entry import Entry
 from celery_fork_scheduler.entry import entry_from_config as _entry_from_config
+from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import CeleryPublisher, Occurrence
@@ -598,3 +600,81 @@ def test_an_entry_whose_last_run_is_given_back_under_the_cap_is_not_retired(
     finally:
         scheduler.close()
         client.close()
+
+
+def test_start_up_warns_once_about_unknown_tasks_and_arguments_that_do_not_fit(
+    redis_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(
+        redis_url,
+        {
+            "typo": {"task": "tasks.ad", "schedule": every(10).seconds},
+            "short": {"task": "tasks.add", "schedule": every(10).seconds, "args": (1,)},
+            "fine": {"task": "tasks.add", "schedule": every(10).seconds, "args": (1, 2)},
+        },
+    )
+
+    @app.task(name="tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with caplog.at_level(logging.WARNING, logger="celery_fork_scheduler"):
+        scheduler = make_scheduler(redis_url, clock, {}, app=app)  # beat sets up at construction
+    try:
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("entry typo: task 'tasks.ad' is not registered" in m for m in lines) == 1
+        assert sum("entry short, field args/kwargs: they do not fit" in m for m in lines) == 1
+        assert not any("entry fine" in m for m in lines)
+    finally:
+        scheduler.close()
+
+
+def test_an_outage_ends_with_one_summary_of_what_was_missed(
+    redis_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = [f"e{i}" for i in range(3)]
+    schedule = {name: {"task": "t", "schedule": every(1).seconds} for name in names}
+    scheduler = make_scheduler(redis_url, clock, schedule, fork_scheduler_max_retries=0)
+    try:
+        scheduler.setup_schedule()
+        real_claim = scheduler.backend.claim
+
+        def down(claims: Sequence[Claim]) -> Any:
+            raise BackendUnavailableError("Redis unreachable (test)")
+
+        scheduler.backend.claim = down  # type: ignore[method-assign]
+        run_for(scheduler, clock, 3, step=1)
+        scheduler.backend.claim = real_claim  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="celery_fork_scheduler"):
+            run_for(scheduler, clock, 1, step=1)
+        summaries = [r.getMessage() for r in caplog.records if "slots of" in r.getMessage()]
+        assert len(summaries) == 1
+        assert summaries[0].startswith("fork scheduler: 9 slots of 3 entries missed between")
+    finally:
+        scheduler.close()
+
+
+def test_the_harness_does_not_warn_about_replicas_in_a_users_tests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from celery_fork_scheduler.testing import ScheduleHarness
+
+    app = Celery("users-suite", set_as_current=False, broker="memory://")
+    app.conf.beat_schedule = {"job": {"task": "t", "schedule": every(10).seconds}}
+    with caplog.at_level(logging.WARNING, logger="celery_fork_scheduler"):
+        harness = ScheduleHarness(app, start=START)
+    harness.close()
+    assert "single replica" not in caplog.text
+
+
+def test_the_banner_shows_the_replica_id_the_replica_uses(redis_url: str) -> None:
+    """Celery builds a scheduler of its own for the banner (lazy): it must name the replica
+    that then runs, as the logs, history and ``schedule replicas`` do."""
+    app = make_app(redis_url, {})
+    banner = Scheduler(app, lazy=True)
+    running = Scheduler(app)
+    try:
+        assert running.backend.replica_id in banner.info
+    finally:
+        banner.close()
+        running.close()

@@ -197,6 +197,19 @@ def from_epoch_us(value: int) -> datetime:
     return EPOCH + timedelta(microseconds=value)
 
 
+#: This process's token, with the pid it was drawn in (a forked child draws its own).
+_process_token: tuple[int, str] | None = None
+
+
 def replica_identity() -> str:
-    """``hostname:pid:token``: readable, and unique even for two PID-1 containers on one host."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """``hostname:pid:token``: readable, and unique even for two PID-1 containers on one host.
+
+    The same for every backend of one process (beat's banner builds a scheduler of its own:
+    it shows the id the replica then uses); several replicas in one process (tests, the
+    simulator) set distinct ids themselves.
+    """
+    global _process_token
+    pid = os.getpid()
+    if _process_token is None or _process_token[0] != pid:
+        _process_token = (pid, secrets.token_hex(3))
+    return f"{socket.gethostname()}:{pid}:{_process_token[1]}"

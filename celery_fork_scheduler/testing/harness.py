@@ -28,6 +28,9 @@ __all__ = ["ScheduleHarness", "assert_fires", "assert_never_fires"]
 class _HarnessBackend(LocalBackend):
     """The in-process backend, plus pause state."""
 
+    #: A harness is one replica on purpose: no "NOT protected" warning in the user's tests.
+    warns_single_replica = False
+
     def __init__(self) -> None:
         super().__init__(None)
         self.paused: set[str] = set()
