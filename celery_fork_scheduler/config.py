@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -12,6 +14,21 @@ from .durations import to_timedelta
 from .errors import ConfigError
 
 SETTING_PREFIX = "fork_scheduler_"
+
+logger = logging.getLogger("celery_fork_scheduler")
+
+#: True in a worker process (set from ``worker_init`` by ``install(app)``): a bad
+#: ``fork_scheduler_*`` setting is logged once and its default used, never raised, so that a
+#: scheduler setting cannot take the workers down. Beat and the CLI stay strict.
+_lenient = False
+#: The problems already logged in this process (each is logged once).
+_reported: set[str] = set()
+
+
+def tolerate_bad_settings() -> None:
+    """Make this process (a worker) log bad settings once instead of raising."""
+    global _lenient
+    _lenient = True
 
 #: Every known setting and its default. Durations accept seconds (numbers) or ``timedelta``.
 DEFAULTS: Mapping[str, Any] = {
@@ -194,48 +211,113 @@ def _setting_name(key: str) -> str | None:
     return None
 
 
-def read_settings(conf: Mapping[str, Any]) -> Settings:
+def _unknown_setting(key: str) -> ConfigError:
+    """The error for an unknown ``fork_scheduler_*`` key, with the closest known name."""
+    upper = key.isupper()
+    prefix = key[: len(key) - len(key.lower().split(SETTING_PREFIX, 1)[1])]
+    known = [prefix + (name.upper() if upper else name) for name in DEFAULTS]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return ConfigError(f"unknown setting; did you mean {close[0]!r}?", field=key)
+    listed = ", ".join(SETTING_PREFIX + name for name in DEFAULTS)
+    return ConfigError(f"unknown setting; known settings are: {listed}", field=key)
+
+
+#: Redis URL schemes the claim backend accepts.
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "redis+sentinel://")
+
+
+def _redis_url(value: object) -> str | None:
+    url = _optional_str("redis_url", value)
+    if url is None or url.startswith(REDIS_URL_SCHEMES[3:]):
+        return url
+    if not url.startswith(REDIS_URL_SCHEMES):
+        from .backends.redis_connection import mask_url
+
+        raise _setting_error(
+            "redis_url",
+            f"bad Redis URL {mask_url(url)}: it must start with one of "
+            + ", ".join(REDIS_URL_SCHEMES),
+        )
+    return url
+
+
+def _enabled(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _setting_error("enabled", f"must be True or False, not {shown(value)}")
+    return value
+
+
+def _redis_options(value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _setting_error(
+            "redis_options", f"must be a dict of client options, not {shown(value)}"
+        )
+    return dict(value)
+
+
+def _named(check: Callable[[str, Any], Any], name: str) -> Callable[[Any], Any]:
+    return lambda value: check(name, value)
+
+
+#: How each setting is checked, in the order problems are reported.
+CHECKS: Mapping[str, Callable[[Any], Any]] = {
+    "enabled": _enabled,
+    "redis_options": _redis_options,
+    "redis_url": _redis_url,
+    "key_prefix": _key_prefix,
+    **{name: _named(_duration, name) for name in ("lock_duration", "claim_lease")},
+    "max_retries": _named(_int, "max_retries"),
+    "retry_delay": _named(_duration, "retry_delay"),
+    "max_concurrent": _named(_int, "max_concurrent"),
+    "catchup_grace": _named(_duration, "catchup_grace"),
+    "state_filename": _named(_optional_str, "state_filename"),
+    "singleton_lease": _named(_duration, "singleton_lease"),
+    "refresh_interval": _named(_duration, "refresh_interval"),
+    "history_size": _named(_int, "history_size"),
+    "event_listeners": _named(_dotted_paths, "event_listeners"),
+    "metrics_port": _named(_int, "metrics_port"),
+    "metrics_address": _named(_address, "metrics_address"),
+    "wait_replicas": _named(_int, "wait_replicas"),
+    "wait_timeout": _named(_duration, "wait_timeout"),
+    "min_interval": _named(_duration, "min_interval"),
+    "max_entry_size": _named(_int, "max_entry_size"),
+}
+
+
+def _tolerated(exc: ConfigError, what: str) -> None:
+    message = f"fork scheduler: {exc} ({what}; beat refuses to start until it is fixed)"
+    if message not in _reported:
+        _reported.add(message)
+        logger.error(message)
+
+
+def read_settings(conf: Mapping[str, Any], *, strict: bool | None = None) -> Settings:
     """Read and validate every ``fork_scheduler_*`` setting of a Celery ``app.conf``.
 
-    An unknown ``fork_scheduler_*`` key (a typo) is an error, as is a value of the wrong kind.
+    An unknown ``fork_scheduler_*`` key (a typo) is an error, with the closest known name, as
+    is a value of the wrong kind. With ``strict=False`` (the default in a worker process) each
+    problem is logged once instead and the setting keeps its default.
     """
+    strict = not _lenient if strict is None else strict
     raw = dict(DEFAULTS)
     for key in list(conf.keys()):
         name = _setting_name(key)
         if name is None:
             continue
         if name not in DEFAULTS:
-            known = ", ".join(SETTING_PREFIX + k for k in DEFAULTS)
-            raise ConfigError(f"unknown setting; known settings are: {known}", field=key)
+            if strict:
+                raise _unknown_setting(key)
+            _tolerated(_unknown_setting(key), "ignored")
+            continue
         raw[name] = conf[key]
-
-    if not isinstance(raw["enabled"], bool):
-        raise _setting_error("enabled", f"must be True or False, not {shown(raw['enabled'])}")
-    options = raw["redis_options"]
-    if not isinstance(options, Mapping):
-        raise _setting_error(
-            "redis_options", f"must be a dict of client options, not {shown(options)}"
-        )
-    return Settings(
-        redis_url=_optional_str("redis_url", raw["redis_url"]),
-        redis_options=dict(options),
-        key_prefix=_key_prefix(raw["key_prefix"]),
-        lock_duration=_duration("lock_duration", raw["lock_duration"]),
-        claim_lease=_duration("claim_lease", raw["claim_lease"]),
-        max_retries=_int("max_retries", raw["max_retries"]),
-        retry_delay=_duration("retry_delay", raw["retry_delay"]),
-        enabled=raw["enabled"],
-        max_concurrent=_int("max_concurrent", raw["max_concurrent"]),
-        catchup_grace=_duration("catchup_grace", raw["catchup_grace"]),
-        state_filename=_optional_str("state_filename", raw["state_filename"]),
-        singleton_lease=_duration("singleton_lease", raw["singleton_lease"]),
-        refresh_interval=_duration("refresh_interval", raw["refresh_interval"]),
-        history_size=_int("history_size", raw["history_size"]),
-        event_listeners=_dotted_paths("event_listeners", raw["event_listeners"]),
-        metrics_port=_int("metrics_port", raw["metrics_port"]),
-        metrics_address=_address("metrics_address", raw["metrics_address"]),
-        wait_replicas=_int("wait_replicas", raw["wait_replicas"]),
-        wait_timeout=_duration("wait_timeout", raw["wait_timeout"]),
-        min_interval=_duration("min_interval", raw["min_interval"]),
-        max_entry_size=_int("max_entry_size", raw["max_entry_size"]),
-    )
+    values: dict[str, Any] = {}
+    for name, check in CHECKS.items():
+        try:
+            values[name] = check(raw[name])
+        except ConfigError as exc:
+            if strict:
+                raise
+            _tolerated(exc, "the default is used")
+            values[name] = check(DEFAULTS[name])
+    return Settings(**values)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULTS, SETTING_PREFIX, read_settings
+from .config import DEFAULTS, SETTING_PREFIX, read_settings, tolerate_bad_settings
+from .errors import ConfigError
 from .listeners import resolve_listeners
 
 if TYPE_CHECKING:
@@ -21,6 +23,10 @@ def install(app: Any) -> Manager:
     - sets ``beat_scheduler``, so a plain ``celery beat`` uses this scheduler;
     - connects the worker-side handlers: job events, singleton and cap release, ``buffer_one``;
     - exposes the :class:`~celery_fork_scheduler.Manager` as ``app.fork_scheduler``.
+
+    It never raises for a bad ``fork_scheduler_*`` setting (it runs while the app module is
+    imported, by workers too): ``celery beat`` stops with one line naming the setting,
+    ``celery schedule validate`` reports it, and a worker logs it once and runs.
     """
     existing: Manager | None = getattr(app, "fork_scheduler", None)
     if existing is not None:
@@ -35,7 +41,23 @@ def install(app: Any) -> Manager:
             app.conf[SETTING_PREFIX + name] = default
     app.conf.beat_scheduler = SCHEDULER_PATH
     WorkerHooks(app).connect()
-    resolve_listeners(read_settings(app.conf).event_listeners)
+    # A bad setting is reported by what reads the settings next (beat, validate, the worker).
+    with contextlib.suppress(ConfigError):
+        resolve_listeners(read_settings(app.conf).event_listeners)
+    _connect_worker_init(app)
     manager = Manager(app)
     app.fork_scheduler = manager
     return manager
+
+
+def _connect_worker_init(app: Any) -> None:
+    """In a worker, bad settings are logged once (at start) and never raised."""
+    from celery.signals import worker_init
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", app) is not app:
+            return
+        tolerate_bad_settings()
+        read_settings(app.conf)  # logs each problem now, once
+
+    worker_init.connect(on_worker_init, weak=False)

@@ -1,0 +1,160 @@
+"""Issue 17: the mistakes of a Celery user's first hour, each one clear line from the real
+``celery`` command (exit code, the line, no ``Traceback``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from celery_fork_scheduler.testing import CeleryProcess, wait_until
+
+from .conftest import dump_logs
+from .harness import write_project
+
+pytestmark = pytest.mark.e2e
+
+SCHEDULE = """
+app.conf.timezone = "Europe/Berlin"
+app.conf.beat_schedule = {{
+    "every-minute": {{"task": "record", "schedule": timedelta(minutes=1)}},
+    "nightly": {{"task": "record", "schedule": crontab(minute=0, hour=3)}},
+}}
+{settings}
+import celery_fork_scheduler
+celery_fork_scheduler.install(app)
+"""
+
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
+
+
+def project(workdir: Path, settings: str = "") -> str:
+    return write_project(workdir, SCHEDULE.format(settings=settings))
+
+
+def celery(
+    module: str, workdir: Path, broker: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m celery -A <module> <args>`` in ``workdir`` to its end."""
+    env = {**os.environ, "TEST_BROKER_URL": broker, "PYTHONPATH": str(workdir)}
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", module, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def beat(module: str, workdir: Path, broker: str) -> subprocess.CompletedProcess[str]:
+    """``celery beat -S fork``, which must stop by itself."""
+    state = str(workdir / "beat-schedule")
+    return celery(module, workdir, broker, "beat", "-S", "fork", "-s", state, timeout=30)
+
+
+def one_line(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    """The command ended with ``code`` and says ``text`` on exactly one line, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    assert [line for line in output.splitlines() if text in line] == [
+        next(line for line in output.splitlines() if text in line)
+    ], output
+
+
+# -- 1. trigger with the broker down --------------------------------------------------------
+
+
+def test_trigger_with_the_broker_down_is_one_line_and_exit_3(
+    redis_url: str, workdir: Path
+) -> None:
+    module = project(workdir, f"app.conf.fork_scheduler_redis_url = {redis_url!r}")
+    result = celery(module, workdir, CLOSED_PORT_URL, "schedule", "trigger", "every-minute")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip().splitlines()[0]
+    ], result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("Error: cannot send 'every-minute': cannot reach the broker"), line
+    assert line.endswith("nothing was sent"), line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+# -- 2. a typo'd setting ----------------------------------------------------------------------
+
+TYPO = "app.conf.fork_scheduler_claim_leas = 5"
+DID_YOU_MEAN = (
+    "field 'fork_scheduler_claim_leas': unknown setting; "
+    "did you mean 'fork_scheduler_claim_lease'?"
+)
+
+
+def test_a_typo_stops_beat_with_one_line_naming_the_setting(
+    redis_url: str, workdir: Path
+) -> None:
+    module = project(workdir, TYPO)
+    one_line(beat(module, workdir, redis_url), 1, DID_YOU_MEAN)
+
+
+def test_validate_reports_a_typo_with_the_setting_it_meant(redis_url: str, workdir: Path) -> None:
+    module = project(workdir, TYPO)
+    one_line(celery(module, workdir, redis_url, "schedule", "validate"), 1, DID_YOU_MEAN)
+
+SEND = """
+from {module} import app
+app.send_task("record", headers={{
+    "fork_scheduler_entry": "every-minute", "fork_scheduler_slot": "2026-01-01T00:00:00+00:00"
+}})
+"""
+
+
+def test_a_typo_is_logged_once_by_a_worker_that_runs_its_tasks(
+    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+) -> None:
+    module = project(workdir, TYPO)
+    worker = CeleryProcess.worker(
+        module, cwd=workdir, workdir=workdir, env={"TEST_BROKER_URL": redis_url}, concurrency=1
+    )
+    processes.append(worker.start())
+    client = redis.Redis.from_url(redis_url)
+    # The CLI refuses the settings too; a scheduled run as beat would send it:
+    sent = subprocess.run(
+        [sys.executable, "-c", SEND.format(module=module)],
+        cwd=workdir,
+        env={**os.environ, "TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    wait_until(
+        lambda: client.llen("test:received") == 1,
+        timeout=20,
+        what="the worker ran the triggered task\n" + dump_logs(processes),
+    )
+    log = worker.log()
+    assert log.count(DID_YOU_MEAN) == 1, log
+    assert "Traceback" not in log, log
+
+
+# -- 3. a malformed fork_scheduler_redis_url ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis//host:6379/0", "it must start with one of redis://"),
+        ("redis://host:abc/0", "Port could not be cast to integer"),
+    ],
+)
+def test_a_malformed_redis_url_stops_beat_with_one_line(
+    redis_url: str, workdir: Path, url: str, reason: str
+) -> None:
+    module = project(workdir, f"app.conf.fork_scheduler_redis_url = {url!r}")
+    result = beat(module, workdir, redis_url)
+    one_line(result, 1, f"field 'fork_scheduler_redis_url': bad Redis URL {url}: {reason}")
