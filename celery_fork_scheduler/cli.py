@@ -40,7 +40,7 @@ from .manager import (
     ReplicaInfo,
     StoredRecordError,
 )
-from .schedules import SlotSchedule, coerce_schedule
+from .schedules import Interval, SlotSchedule, coerce_schedule
 from .store import StaleVersionError
 from .validation import Problem
 
@@ -274,6 +274,19 @@ def _zone_of(schedule: SlotSchedule) -> ZoneInfo:
     return schedule.zone
 
 
+def _zone_column(schedule: SlotSchedule) -> str:
+    """The zone a schedule follows; ``-`` for an interval, which ignores zones."""
+    return "-" if isinstance(schedule, Interval) else schedule.zone.key
+
+
+def _entry_names(session: Session) -> set[str]:
+    """The static entries, and the runtime ones when Redis answers (for a hint only)."""
+    names = set(session.app.conf.beat_schedule or {})
+    with contextlib.suppress(Exception):
+        names.update(job.name for job in session.manager().jobs())
+    return names
+
+
 Cell = str | tuple[str, str]
 
 
@@ -480,7 +493,7 @@ def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> N
             [
                 job.name,
                 job.schedule_text,
-                _zone_of(job.schedule).key,
+                _zone_column(job.schedule),
                 ",".join(sorted(job.tags)) or "-",
                 _next_text(job, session.now),
                 _last_text(job, session.now),
@@ -607,7 +620,15 @@ def _catchup_text(job: Job) -> str:
 def next_(ctx: click.Context, expression: str, count: int, zone: str | None, as_json: bool) -> None:
     """Preview the next runs of any schedule string or cron expression (no Redis needed)."""
     session = _session(ctx, as_json)
-    parsed = coerce_schedule(expression, default_tz=session.app.timezone)
+    try:
+        parsed = coerce_schedule(expression, default_tz=session.app.timezone)
+    except ScheduleError:
+        if expression in _entry_names(session):
+            raise BadInputError(
+                f"{expression!r} is an entry, not a schedule: its next runs are in "
+                f"'celery schedule show {expression}'"
+            ) from None
+        raise
     if zone is not None:
         parsed = parsed.with_timezone(zone)
     parsed.validate()

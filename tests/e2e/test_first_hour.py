@@ -158,3 +158,26 @@ def test_a_malformed_redis_url_stops_beat_with_one_line(
     module = project(workdir, f"app.conf.fork_scheduler_redis_url = {url!r}")
     result = beat(module, workdir, redis_url)
     one_line(result, 1, f"field 'fork_scheduler_redis_url': bad Redis URL {url}: {reason}")
+
+
+# -- 9. next NAME, the TZ column of interval entries ------------------------------------------
+
+
+def test_next_with_an_entry_name_points_to_show(redis_url: str, workdir: Path) -> None:
+    module = project(workdir)
+    result = celery(module, workdir, redis_url, "schedule", "next", "every-minute")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: 'every-minute' is an entry, not a schedule: its next runs are in "
+        "'celery schedule show every-minute'"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_list_shows_no_zone_for_interval_entries(redis_url: str, workdir: Path) -> None:
+    module = project(workdir)
+    result = celery(module, workdir, redis_url, "schedule", "list")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["every-minute"][4] == "-"  # NAME, "every", "minute", then TZ
+    assert "Europe/Berlin" in rows["nightly"]
