@@ -6,10 +6,8 @@ prefixed ``CELERY_``::
     app.config_from_object("django.conf:settings", namespace="CELERY")
 
 Celery's own settings (broker, time zone, ``beat_schedule``, ``beat_scheduler``) reach Celery
-that way. The ``CELERY_FORK_SCHEDULER_*`` settings below need the two extra lines shown in
-``README.md`` (next to this file) in ``celery.py``: the scheduler reads its settings under
-their plain names (``fork_scheduler_key_prefix``), which ``namespace="CELERY"`` alone does not
-provide.
+that way, and so do the ``CELERY_FORK_SCHEDULER_*`` settings below: the scheduler reads them
+directly (nothing to copy in ``celery.py``; see ``README.md`` next to this file).
 
 This file is plain Python on purpose: ``tests/test_django_snippet.py`` loads it without Django.
 """
@@ -70,7 +68,7 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-# -- celery-fork-scheduler's settings (copied to fork_scheduler_* in celery.py) ------------------
+# -- celery-fork-scheduler's settings (read directly, like CELERY_* ones) -------------------------
 
 CELERY_FORK_SCHEDULER_KEY_PREFIX = "shop-scheduler:"
 CELERY_FORK_SCHEDULER_CLAIM_LEASE = 15  # seconds, or a timedelta
