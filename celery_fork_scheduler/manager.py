@@ -156,7 +156,10 @@ class Manager:
         return self
 
     def with_distributed_locker(self, locker: Any) -> Manager:
-        """Use the Redis client of a :class:`~celery_fork_scheduler.RedisLocker`."""
+        """Read and write the schedule through ``locker.client`` (a
+        :class:`~celery_fork_scheduler.RedisLocker`'s Redis connection) instead of a client made
+        from ``fork_scheduler_redis_url``. Keys keep ``fork_scheduler_key_prefix`` (the locker's
+        ``key_prefix`` names its locks only) and no job runs under the locker's lock."""
         self._client = locker.client
         return self
 
