@@ -30,6 +30,7 @@ def tolerate_bad_settings() -> None:
     global _lenient
     _lenient = True
 
+
 #: Every known setting and its default. Durations accept seconds (numbers) or ``timedelta``.
 DEFAULTS: Mapping[str, Any] = {
     "redis_url": None,

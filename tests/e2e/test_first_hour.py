@@ -70,15 +70,13 @@ def one_line(result: subprocess.CompletedProcess[str], code: int, text: str) -> 
 # -- 1. trigger with the broker down --------------------------------------------------------
 
 
-def test_trigger_with_the_broker_down_is_one_line_and_exit_3(
-    redis_url: str, workdir: Path
-) -> None:
+def test_trigger_with_the_broker_down_is_one_line_and_exit_3(redis_url: str, workdir: Path) -> None:
     module = project(workdir, f"app.conf.fork_scheduler_redis_url = {redis_url!r}")
     result = celery(module, workdir, CLOSED_PORT_URL, "schedule", "trigger", "every-minute")
     assert result.returncode == 3, result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip().splitlines()[0]
-    ], result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]], (
+        result.stderr
+    )
     line = result.stderr.strip()
     assert line.startswith("Error: cannot send 'every-minute': cannot reach the broker"), line
     assert line.endswith("nothing was sent"), line
@@ -89,14 +87,11 @@ def test_trigger_with_the_broker_down_is_one_line_and_exit_3(
 
 TYPO = "app.conf.fork_scheduler_claim_leas = 5"
 DID_YOU_MEAN = (
-    "field 'fork_scheduler_claim_leas': unknown setting; "
-    "did you mean 'fork_scheduler_claim_lease'?"
+    "field 'fork_scheduler_claim_leas': unknown setting; did you mean 'fork_scheduler_claim_lease'?"
 )
 
 
-def test_a_typo_stops_beat_with_one_line_naming_the_setting(
-    redis_url: str, workdir: Path
-) -> None:
+def test_a_typo_stops_beat_with_one_line_naming_the_setting(redis_url: str, workdir: Path) -> None:
     module = project(workdir, TYPO)
     one_line(beat(module, workdir, redis_url), 1, DID_YOU_MEAN)
 
@@ -104,6 +99,7 @@ def test_a_typo_stops_beat_with_one_line_naming_the_setting(
 def test_validate_reports_a_typo_with_the_setting_it_meant(redis_url: str, workdir: Path) -> None:
     module = project(workdir, TYPO)
     one_line(celery(module, workdir, redis_url, "schedule", "validate"), 1, DID_YOU_MEAN)
+
 
 SEND = """
 from {module} import app
