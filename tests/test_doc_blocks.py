@@ -173,3 +173,118 @@ def test_a_documented_schedule_command_exists_with_its_options(block: Block) -> 
             command.make_context(name, list(args), parent=click.Context(schedule))
         except click.UsageError as exc:
             pytest.fail(f"{block.where}: 'schedule {' '.join(words)}': {exc}")
+
+
+@dataclass
+class Typed:
+    """One ``$ celery ...`` command of a console block, with what the page says it prints."""
+
+    where: str
+    words: list[str]
+    output: list[str]
+    exit_code: int | None = None
+
+
+def typed_commands(block: Block) -> list[Typed]:
+    typed: list[Typed] = []
+    lines = block.code.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("$ echo $?") and typed:
+            typed[-1].exit_code = int(lines[index + 1])
+        elif line.startswith("$ celery "):
+            words = shlex.split(line[2:], comments=True)
+            typed.append(Typed(f"{block.where}+{index}", words, []))
+        elif typed and not line.startswith("$") and typed[-1].exit_code is None:
+            typed[-1].output.append(line)
+    return typed
+
+
+CLI_PAGE = ROOT / "docs" / "cli.md"
+
+
+def test_the_commands_of_the_cli_page_run_against_its_project(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``docs/cli.md``'s ``proj.py`` on the test redis-server; each ``$ celery -A proj
+    schedule ...`` command of the page runs, in order, and ends as the page says (success or
+    ``Error:``, the exit code of ``echo $?``, the table's header, an ``Error:`` line word for
+    word), never with a traceback."""
+    page = blocks(CLI_PAGE)
+    project = next(b for b in page if b.lang == "python").code
+    (tmp_path / "proj.py").write_text(
+        project.replace("redis://:s3cret@127.0.0.1:6379/0", redis_url)
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{ROOT}", "NO_COLOR": "1"}
+    commands = [
+        typed
+        for block in page
+        if block.lang == "console" and not block.illustration
+        for typed in typed_commands(block)
+        if typed.words[1:3] == ["-A", "proj"]  # the page's project (others are sketched)
+    ]
+    assert len(commands) >= 10
+    for typed in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", *typed.words[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said = f"{typed.where}: {' '.join(typed.words)}\n{result.stdout}{result.stderr}"
+        assert "Traceback" not in result.stdout + result.stderr, said
+        errors = [line for line in typed.output if line.startswith("Error:")]
+        if typed.exit_code is not None:
+            assert result.returncode == typed.exit_code, said
+        assert (result.returncode != 0) == bool(errors), said
+        if errors:
+            assert result.stderr.strip().splitlines()[0] == errors[0], said
+        shown = [line for line in typed.output if line.strip()]
+        header = shown[0].split() if shown else []
+        got = result.stdout.splitlines()[0].split() if result.stdout.strip() else []
+        # A table the page shows has these columns (history and replicas need a running
+        # beat to have rows: without one they say so instead).
+        if header[:1] in (["NAME"], ["SLOT"], ["REPLICA"]) and got[:1] == header[:1]:
+            assert got == header, said
+
+
+#: Commands CI runs as they are: the test suite, and the demo (examples/demo/run.py, run by
+#: tests/test_examples.py).
+CI_COMMANDS = ("bash scripts/test.sh", "bash scripts/demo.sh", ".venv/bin/python -m pytest ")
+
+
+def _covered(block: Block) -> str | None:
+    """How CI runs a shell block that is not an illustration, or ``None``."""
+    if block.page == CLI_PAGE and block.lang == "console":
+        return "test_the_commands_of_the_cli_page_run_against_its_project"
+    examples = (ROOT / "tests" / "test_examples.py").read_text()
+    commands = [
+        line.removeprefix("$ ").split("#")[0].strip()
+        for line in block.code.splitlines()
+        if line.strip()
+        and not line.lstrip().startswith("#")
+        and (block.lang != "console" or line.startswith("$ "))
+    ]
+    if commands and all(c.startswith(CI_COMMANDS) for c in commands):
+        return "CI itself (scripts/test.sh; scripts/demo.sh runs examples/demo/run.py)"
+    scripts = [c.split()[1] for c in commands if c.startswith("python examples/")]
+    if commands and len(scripts) == len(commands):
+        ran = all(
+            (ROOT / script).exists() and script.removeprefix("examples/") in examples
+            for script in scripts
+        )
+        return "tests/test_examples.py" if ran else None
+    return None
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b for b in ALL if (b.lang in SHELL or b.lang == "console") and not b.illustration],
+    ids=lambda b: b.where,
+)
+def test_a_shell_block_runs_in_ci_or_says_why_not(block: Block) -> None:
+    assert _covered(block), (
+        f"{block.where}: no test runs this block; run it, or mark it "
+        "'<!-- illustration: REASON -->'"
+    )
