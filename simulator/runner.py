@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery_fork_scheduler.testing.processes import remove_stale_faketime_files
+
 from .model import Violation
 from .redis_proc import FakeTimeRedis, SetupError, VirtualClockFile
 
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_result(result, args)
     finally:
         _close_server()
+        remove_stale_faketime_files()  # each Redis under libfaketime leaves its files behind
     total = sum(len(r.violations) for r in results)
     failing = [r.seed for r in results if r.violations]
     elapsed = time.perf_counter() - started

@@ -273,7 +273,8 @@ class Workers:
                 f"({held.skipped})",
                 entry,
             )
-            world.worker_skips.append((world.vt, entry, task_id, held.skipped))
+            if not attempt.delivery.retries:  # a skipped retry: its first attempt ran, it counts
+                world.worker_skips.append((world.vt, entry, task_id, held.skipped))
             self._end(attempt)
             return
         headers = dict(occurrence.headers)

@@ -12,7 +12,38 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CeleryProcess", "wait_until"]
+__all__ = ["CeleryProcess", "remove_stale_faketime_files", "wait_until"]
+
+#: Where libfaketime keeps a semaphore and a shared-memory file per wrapped process.
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def remove_stale_faketime_files(directory: Path = SHARED_MEMORY) -> int:
+    """Delete the files libfaketime left for processes that are gone; return how many.
+
+    A process killed under libfaketime leaves ``faketime_shm_<pid>`` and
+    ``sem.faketime_sem_<pid>`` behind; when the pid comes round again, the ``faketime``
+    wrapper refuses to start ("sem_open: File exists").
+    """
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in directory.glob("*faketime_s*_*"):
+            pid = path.name.rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def wait_until(
@@ -103,6 +134,8 @@ class CeleryProcess:
 
     def start(self) -> CeleryProcess:
         """Start the process, appending its output to the log file."""
+        if self.args and Path(self.args[0]).name == "faketime":
+            remove_stale_faketime_files()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.args,
