@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULTS, SETTING_PREFIX, read_settings, tolerate_bad_settings
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from .manager import Manager
 
 SCHEDULER_PATH = "celery_fork_scheduler.scheduler:Scheduler"
+
+logger = logging.getLogger("celery_fork_scheduler")
 
 
 def install(app: Any) -> Manager:
@@ -42,15 +44,24 @@ def install(app: Any) -> Manager:
     app.conf.beat_scheduler = SCHEDULER_PATH
     WorkerHooks(app).connect()
     # A bad setting is reported by what reads the settings next (beat, validate, the worker).
-    with contextlib.suppress(ConfigError):
-        resolve_listeners(read_settings(app.conf).event_listeners)
-    _connect_worker_init(app)
+    listener_error: ConfigError | None = None
+    try:
+        paths = read_settings(app.conf).event_listeners
+    except ConfigError:
+        resolved = False  # a worker resolves them from the settings it tolerates
+    else:
+        resolved = True
+        try:
+            resolve_listeners(paths)
+        except ConfigError as exc:
+            listener_error = exc
+    _connect_worker_init(app, resolve=not resolved, error=listener_error)
     manager = Manager(app)
     app.fork_scheduler = manager
     return manager
 
 
-def _connect_worker_init(app: Any) -> None:
+def _connect_worker_init(app: Any, *, resolve: bool, error: ConfigError | None) -> None:
     """In a worker, bad settings are logged once (at start) and never raised."""
     from celery.signals import worker_init
 
@@ -58,6 +69,14 @@ def _connect_worker_init(app: Any) -> None:
         if getattr(sender, "app", app) is not app:
             return
         tolerate_bad_settings()
-        read_settings(app.conf)  # logs each problem now, once
+        settings = read_settings(app.conf)  # logs each problem now, once
+        problem = error
+        if resolve:
+            try:
+                resolve_listeners(settings.event_listeners)
+            except ConfigError as exc:
+                problem = exc
+        if problem is not None:
+            logger.error("fork scheduler: %s (the worker runs without these listeners)", problem)
 
     worker_init.connect(on_worker_init, weak=False)

@@ -90,10 +90,28 @@ def _config_problem(exc: ConfigError, source: str | None = None) -> Problem:
 
 def _settings(app: Any, problems: list[Problem]) -> Settings:
     try:
-        return read_settings(app.conf)
+        settings = read_settings(app.conf, strict=True)
     except ConfigError as exc:
         problems.append(_config_problem(exc))
         return _fallback_settings(app.conf)
+    _check_listeners(settings.event_listeners, problems)
+    return settings
+
+
+def _check_listeners(paths: tuple[str, ...], problems: list[Problem]) -> None:
+    """Each ``fork_scheduler_event_listeners`` path imports (nothing is registered)."""
+    from celery.utils.imports import symbol_by_name
+
+    for path in paths:
+        try:
+            symbol_by_name(path)
+        except (ImportError, AttributeError, ValueError) as exc:
+            problems.append(
+                Problem(
+                    message=f"cannot import {path!r}: {exc}",
+                    field="fork_scheduler_event_listeners",
+                )
+            )
 
 
 def _fallback_settings(conf: Mapping[str, Any]) -> Settings:

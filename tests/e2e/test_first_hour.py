@@ -177,3 +177,11 @@ def test_list_shows_no_zone_for_interval_entries(redis_url: str, workdir: Path) 
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert rows["every-minute"][4] == "-"  # NAME, "every", "minute", then TZ
     assert "Europe/Berlin" in rows["nightly"]
+
+
+def test_validate_reports_an_event_listener_that_does_not_import(
+    redis_url: str, workdir: Path
+) -> None:
+    module = project(workdir, "app.conf.fork_scheduler_event_listeners = ['no.such.Listener']")
+    result = celery(module, workdir, redis_url, "schedule", "validate")
+    one_line(result, 1, "cannot import 'no.such.Listener'")
