@@ -12,6 +12,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from celery_fork_scheduler import install
+from celery_fork_scheduler.signals import job_completed, job_started
 from celery_fork_scheduler.testing import ScheduleHarness
 from celery_fork_scheduler.testing.delivery import send_occurrences
 
@@ -47,3 +48,38 @@ def test_the_documented_copy_is_this_test() -> None:
     here = Path(__file__).read_text()
     body = here[here.index('@pytest.fixture(scope="session")') : here.index("\n\n\ndef test_the_")]
     assert body in (Path(__file__).parent.parent / "docs" / "testing.md").read_text()
+
+
+def test_worker_side_signals_of_a_harness_driven_run(
+    celery_app: Any, fork_scheduler_harness: Callable[..., ScheduleHarness]
+) -> None:
+    """The worker hooks of install(app) see a run the harness fired: job_started and
+    job_completed name its entry and slot (the worker-side path, in process)."""
+    seen: list[tuple[str, str, str]] = []
+
+    def record(signal: str) -> Callable[..., None]:
+        def receiver(sender: Any = None, entry: str = "", slot: Any = None, **_: Any) -> None:
+            seen.append((signal, entry, str(slot)))
+
+        return receiver
+
+    started, completed = record("started"), record("completed")
+    job_started.connect(started)
+    job_completed.connect(completed)
+
+    @celery_app.task(name="reports.pulse")
+    def pulse() -> None: ...
+
+    install(celery_app)
+    celery_app.conf.beat_schedule = {"pulse": {"task": "reports.pulse", "schedule": 60.0}}
+    harness = fork_scheduler_harness(celery_app, start="2026-03-01T00:00:30Z")
+    fired = harness.advance(minutes=1)
+    try:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False):
+            for result in send_occurrences(celery_app, fired):
+                result.get(timeout=10)
+    finally:
+        job_started.disconnect(started)
+        job_completed.disconnect(completed)
+    slot = "2026-03-01T00:01:00+00:00"
+    assert seen == [("started", "pulse", slot), ("completed", "pulse", slot)]
