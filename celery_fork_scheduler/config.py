@@ -17,18 +17,19 @@ SETTING_PREFIX = "fork_scheduler_"
 
 logger = logging.getLogger("celery_fork_scheduler")
 
-#: True in a worker process (set from ``worker_init`` by ``install(app)``): a bad
-#: ``fork_scheduler_*`` setting is logged once and its default used, never raised, so that a
-#: scheduler setting cannot take the workers down. Beat and the CLI stay strict.
-_lenient = False
+#: The ``app.conf`` of each app a worker of this process runs (added from ``worker_init`` by
+#: ``install(app)``): a bad ``fork_scheduler_*`` setting of theirs is logged once and its
+#: default used, never raised, so that a scheduler setting cannot take the workers down. Beat
+#: and the CLI stay strict.
+_lenient: list[Mapping[str, Any]] = []
 #: The problems already logged in this process (each is logged once).
 _reported: set[str] = set()
 
 
-def tolerate_bad_settings() -> None:
-    """Make this process (a worker) log bad settings once instead of raising."""
-    global _lenient
-    _lenient = True
+def tolerate_bad_settings(conf: Mapping[str, Any]) -> None:
+    """Make the settings of ``conf`` (a worker's app) log problems once instead of raising."""
+    if not any(known is conf for known in _lenient):
+        _lenient.append(conf)
 
 
 #: Every known setting and its default. Durations accept seconds (numbers) or ``timedelta``.
@@ -300,7 +301,8 @@ def read_settings(conf: Mapping[str, Any], *, strict: bool | None = None) -> Set
     is a value of the wrong kind. With ``strict=False`` (the default in a worker process) each
     problem is logged once instead and the setting keeps its default.
     """
-    strict = not _lenient if strict is None else strict
+    if strict is None:
+        strict = not any(known is conf for known in _lenient)
     raw = dict(DEFAULTS)
     for key in list(conf.keys()):
         name = _setting_name(key)

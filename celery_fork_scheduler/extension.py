@@ -68,7 +68,7 @@ def _connect_worker_init(app: Any, *, resolve: bool, error: ConfigError | None) 
     def on_worker_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:
             return
-        tolerate_bad_settings()
+        tolerate_bad_settings(app.conf)
         settings = read_settings(app.conf)  # logs each problem now, once
         problem = error
         if resolve:
