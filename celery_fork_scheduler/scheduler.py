@@ -396,11 +396,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             unsent = set(mark.unsent)
             if not mark.sent:
                 unsent.add(mark.slot)
-            for slot in self._unsent_to_ask(entry, unsent.difference(missed), bool(missed), now):
+            asks = self._unsent_to_ask(entry, unsent.difference(missed), bool(missed), now, window)
+            for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
 
     def _unsent_to_ask(
-        self, entry: Entry, unsent: set[datetime], caught_up: bool, now: datetime
+        self,
+        entry: Entry,
+        unsent: set[datetime],
+        caught_up: bool,
+        now: datetime,
+        window: timedelta | None,
     ) -> list[datetime]:
         """The unsent claims found at start-up to take over, oldest first.
 
@@ -411,14 +417,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
         recent = sorted(slot for slot in unsent if slot >= recent_after)
-        deadline = self.app.conf.beat_cron_starting_deadline
-        limits = [entry.catchup_window]
-        if deadline is not None:
-            limits.append(timedelta(seconds=deadline))
+        limits = [w for w in (entry.catchup_window, window) if w is not None]
         old = sorted(
-            slot
-            for slot in unsent
-            if slot < recent_after and all(now - slot <= w for w in limits if w is not None)
+            slot for slot in unsent if slot < recent_after and all(now - slot <= w for w in limits)
         )
         if entry.catchup == "all":
             return old + recent
@@ -635,19 +636,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
         """Report an entry whose slot could not even be prepared, and keep it scheduled."""
         entry = item.entry
-        logger.error(
-            "fork scheduler: %s slot %s failed before its claim: %r",
-            entry.name,
-            slot_isoformat(item.slot),
-            error,
-        )
-        signals.entry_failed.send(
-            sender=self,
-            entry=entry.name,
-            slot=item.slot,
-            task_id=task_id_for(entry.name, item.slot),
-            exception=error,
-        )
+        self._failed(entry, item.slot, error, "preparing the claim of")
         if item.retry or self.entries.get(entry.name) is not entry:
             return
         with contextlib.suppress(Exception):
@@ -791,7 +780,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
         """A won slot whose message cannot be built: report it and give the claim back."""
-        self._failed(due_slot, error, "building the message of")
+        self._failed(due_slot.entry, due_slot.claim.slot, error, "building the message of")
         with contextlib.suppress(BackendUnavailableError):
             self.backend.mark_skipped([due_slot.claim], "error")
         self._skipped(due_slot, "error")
@@ -886,7 +875,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
                 )
             elif outcome is ClaimOutcome.ERROR:
-                self._failed(due_slot, RuntimeError(result.error), "claiming")
+                self._failed(
+                    due_slot.entry, due_slot.claim.slot, RuntimeError(result.error), "claiming"
+                )
                 self._skipped(due_slot, "error")
             else:
                 if outcome is ClaimOutcome.FINISHED:
@@ -954,7 +945,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._dispatched(due_slot)
                 records.append((due_slot.claim, "sent"))
             elif isinstance(error, DeliveryUncertain):
-                self._failed(due_slot, error, "publishing")
+                self._failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
                 self._skipped(due_slot, "in_flight")
                 records.append((due_slot.claim, "uncertain"))
             else:
@@ -978,19 +969,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             replica=self.backend.replica_id,
         )
 
-    def _failed(self, due_slot: DueSlot, error: Exception, doing: str) -> None:
-        """Log and signal (``entry_failed``) an error about one slot."""
-        entry, claim = due_slot.entry, due_slot.claim
+    def _failed(self, entry: Entry, slot: datetime, error: Exception, doing: str) -> None:
+        """Log and signal (``entry_failed``) an error about one slot of ``entry``."""
         logger.error(
             "fork scheduler: %s %s (%s) for slot %s failed: %r",
             doing,
             entry.name,
             entry.task,
-            slot_isoformat(claim.slot),
+            slot_isoformat(slot),
             error,
         )
         signals.entry_failed.send(
-            sender=self, entry=entry.name, slot=claim.slot, task_id=claim.task_id, exception=error
+            sender=self,
+            entry=entry.name,
+            slot=slot,
+            task_id=task_id_for(entry.name, slot),
+            exception=error,
         )
 
     def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
@@ -998,7 +992,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         slot is recent, its fence is lifted and this replica asks for it again (should it stop
         meanwhile, another replica takes the claim over after the lease); else the failure is
         recorded and the slot is not published."""
-        self._failed(due_slot, error, "publishing")
+        self._failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
         claim = due_slot.claim
         if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
             with contextlib.suppress(BackendUnavailableError):

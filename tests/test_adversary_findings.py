@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from replica_helpers import START, fired, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
@@ -28,56 +27,9 @@ from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, RedisServer
 
-#: Slot maths on a fake clock well in the past of Redis TIME: claims are never `early`.
-START = "2026-03-02T10:00:00.300+00:00"
-
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(f"2026-03-02T{text}+00:00")
-
-
-def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    app = Celery("adversary", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
-
-
-def make_scheduler(
-    redis_url: str,
-    clock: FakeClock,
-    beat_schedule: dict[str, Any],
-    *,
-    publisher: Any = None,
-    replica_id: str = "replica-a",
-    **conf: Any,
-) -> Scheduler:
-    app = make_app(redis_url, beat_schedule, **conf)
-    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-    backend.replica_id = replica_id
-    return Scheduler(
-        app,
-        clock=clock,
-        backend=backend,
-        publisher=publisher or RecordingPublisher(),
-        monotonic=lambda: clock.now.timestamp(),
-        exit_on_config_error=False,
-    )
-
-
-def fired(*publishers: RecordingPublisher) -> Counter[tuple[str, str]]:
-    return Counter((o.entry, o.slot.isoformat()) for p in publishers for o in p.occurrences)
-
-
-def run_for(scheduler: Scheduler, clock: FakeClock, seconds: float, step: float = 0.25) -> None:
-    for _ in range(int(seconds / step)):
-        clock.advance(step)
-        scheduler.tick()
 
 
 def run_real_time(schedulers: list[Scheduler], clock: FakeClock, seconds: float) -> None:

@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from replica_helpers import START, fired, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.backends.base import to_epoch_us
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.entry import Entry
 from celery_fork_scheduler.entry import entry_from_config as _entry_from_config
 from celery_fork_scheduler.errors import BackendUnavailableError
@@ -32,47 +31,9 @@ from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import CeleryPublisher, Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
-#: Slot maths on a fake clock a little in the past of Redis TIME: never `early`.
-START = "2026-03-02T10:00:00.300+00:00"
-
 
 def entry_from_config(name: str, definition: dict[str, Any]) -> Entry:
     return _entry_from_config(name, definition, default_timezone=timezone.utc, source="runtime")
-
-
-def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    app = Celery("regressions", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
-
-
-def make_scheduler(
-    redis_url: str,
-    clock: FakeClock,
-    beat_schedule: dict[str, Any],
-    *,
-    publisher: Any = None,
-    replica_id: str = "replica-a",
-    app: Celery | None = None,
-    **conf: Any,
-) -> Scheduler:
-    app = app or make_app(redis_url, beat_schedule, **conf)
-    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-    backend.replica_id = replica_id
-    return Scheduler(
-        app,
-        clock=clock,
-        backend=backend,
-        publisher=publisher or RecordingPublisher(),
-        monotonic=lambda: clock.now.timestamp(),
-        exit_on_config_error=False,
-    )
 
 
 @pytest.fixture
@@ -92,10 +53,6 @@ def skipped() -> Iterator[list[tuple[str, datetime, str]]]:
     signals.entry_skipped.disconnect(receive)
 
 
-def fired(publisher: RecordingPublisher) -> Counter[tuple[str, str]]:
-    return Counter((o.entry, o.slot.isoformat()) for o in publisher.occurrences)
-
-
 def tick_until_fired(
     scheduler: Scheduler, clock: FakeClock, publisher: RecordingPublisher, key: tuple[str, str]
 ) -> None:
@@ -105,12 +62,6 @@ def tick_until_fired(
         assert time.monotonic() < deadline, fired(publisher)
         time.sleep(0.05)
         clock.advance(0.05)
-        scheduler.tick()
-
-
-def run_for(scheduler: Scheduler, clock: FakeClock, seconds: float, step: float = 0.25) -> None:
-    for _ in range(int(seconds / step)):
-        clock.advance(step)
         scheduler.tick()
 
 

@@ -38,15 +38,19 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
 
 from __future__ import annotations
 
-#: Shared by the scripts that record a run: push a JSON item to the capped history list.
-#: Expects ``now`` (us) in scope; KEYS[5] is the history list.
+#: Shared by the scripts that record a run: push a JSON item (with the fields of ``extra``, if
+#: any) to the capped history list. Expects ``now`` (us) in scope; KEYS[5] is the history list.
 _RECORD = """
-local function record(slot, replica, task_id, outcome, size)
+local function record(slot, replica, task_id, outcome, size, extra)
   if tonumber(size) <= 0 then
     return
   end
-  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(slot), replica = replica,
-    task_id = task_id, outcome = outcome, at = now}))
+  local item = {slot = tonumber(slot), replica = replica, task_id = task_id, outcome = outcome,
+                at = now}
+  for field, value in pairs(extra or {}) do
+    item[field] = value
+  end
+  redis.call('LPUSH', KEYS[5], cjson.encode(item))
   redis.call('LTRIM', KEYS[5], 0, tonumber(size) - 1)
 end
 """
@@ -323,39 +327,41 @@ return 1
 #: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id,
 #: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
 #: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text.
-RECORD_OUTCOME = """
+RECORD_OUTCOME = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
-if tonumber(ARGV[6]) > 0 then
-  local item = {slot = tonumber(ARGV[1]), replica = ARGV[3], task_id = ARGV[2],
-                outcome = ARGV[4], at = now}
-  if ARGV[7] ~= '' then item['duration'] = tonumber(ARGV[7]) end
-  if ARGV[8] ~= '' then item['error'] = ARGV[8] end
-  redis.call('LPUSH', KEYS[5], cjson.encode(item))
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
-end
+local extra = {}
+if ARGV[7] ~= '' then extra['duration'] = tonumber(ARGV[7]) end
+if ARGV[8] ~= '' then extra['error'] = ARGV[8] end
+record(ARGV[1], ARGV[3], ARGV[2], ARGV[4], ARGV[6], extra)
 return 1
 """
+)
 
 #: Record a publish that raised: nobody publishes the slot, so its pending claim goes.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list. ARGV[1] slot (us),
 #: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
-RECORD_FAILURE = """
+RECORD_FAILURE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'failed')
 end
-if tonumber(ARGV[4]) > 0 then
-  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(ARGV[1]), replica = ARGV[3],
-    task_id = ARGV[2], outcome = 'failed', at = now, error = ARGV[5]}))
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[4]) - 1)
-end
+record(ARGV[1], ARGV[3], ARGV[2], 'failed', ARGV[4], {error = ARGV[5]})
 return 1
 """
+)
 
 #: Take places under the cluster-wide cap of concurrent scheduled runs.
 #: KEYS[1] the cap zset. ARGV[1] cap, ARGV[2] lease (us), ARGV[3..] task ids wanting a place.
@@ -520,20 +526,21 @@ return 1
 #: ARGV[4] reason ("busy" | "capped" | "paused"), ARGV[5] history size, ARGV[6] "1" for a
 #: scheduled run (given back: it does not count towards max_runs), "0" for a manual one or a
 #: held run never counted.
-RECORD_SKIP = """
+RECORD_SKIP = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+    + _RECORD
+    + """
 redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[4], 1)
 if ARGV[6] == '1' then
   redis.call('HINCRBY', KEYS[1], 'runs', -1)
 end
-if tonumber(ARGV[5]) > 0 then
-  redis.call('LPUSH', KEYS[5], cjson.encode({slot = tonumber(ARGV[1]), replica = ARGV[3],
-    task_id = ARGV[2], outcome = 'skipped:' .. ARGV[4], at = now}))
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
-end
+record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. ARGV[4], ARGV[5])
 return 1
 """
+)
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
 ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, END_FENCE, MARK_SENT, MARK_SKIPPED, RECORD_FAILURE)
