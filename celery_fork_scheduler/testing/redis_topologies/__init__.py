@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 import redis
 
-from .redis_server import RedisServer, free_port
+from ..redis_server import RedisServer, free_port
 
 __all__ = [
     "CLUSTER_SLOTS",
