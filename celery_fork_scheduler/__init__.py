@@ -32,9 +32,9 @@ from .manager import (
     RunRecord,
     TriggerResult,
 )
-from .schedule_parsing import parse_schedule
 from .scheduler import Scheduler
 from .schedules import SlotSchedule, at, cron, every
+from .schedules.parsing import parse_schedule
 from .slot import ScheduledSlot, scheduled_slot
 from .store import StaleVersionError
 from .validation import CheckReport, Problem, check_app

@@ -25,8 +25,8 @@ from celery_fork_scheduler.durations import to_timedelta
 from celery_fork_scheduler.entry import entry_from_config, entry_from_dict, entry_to_dict
 from celery_fork_scheduler.errors import ConfigError, ScheduleError
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.schedule_parsing import parse_schedule
 from celery_fork_scheduler.schedules import cron, parse_time, schedule_from_dict
+from celery_fork_scheduler.schedules.parsing import parse_schedule
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 UTC = timezone.utc

@@ -37,7 +37,6 @@ from celery_fork_scheduler.entry import (
     entry_to_dict,
 )
 from celery_fork_scheduler.errors import ConfigError, ScheduleError
-from celery_fork_scheduler.schedule_parsing import parse_schedule
 from celery_fork_scheduler.schedules import (
     WEEKDAY_NAMES,
     Cron,
@@ -51,6 +50,7 @@ from celery_fork_scheduler.schedules import (
     parse_time,
     schedule_from_dict,
 )
+from celery_fork_scheduler.schedules.parsing import parse_schedule
 
 UTC = timezone.utc
 FUZZ = settings(

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from celery_fork_scheduler.errors import ScheduleError
-from celery_fork_scheduler.schedule_parsing import parse_schedule
 from celery_fork_scheduler.schedules import SlotSchedule, at, cron, every
+from celery_fork_scheduler.schedules.parsing import parse_schedule
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import celery.schedules
 
-from .errors import ScheduleError
+from ..errors import ScheduleError
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -1336,7 +1336,7 @@ def from_celery(schedule: object, default_tz: str | tzinfo | None = None) -> Slo
 def coerce_schedule(value: object, default_tz: str | tzinfo | None = None) -> SlotSchedule:
     """Any accepted schedule value (string forms included) to a SlotSchedule with tz resolved."""
     if isinstance(value, str):
-        from .schedule_parsing import parse_schedule
+        from .parsing import parse_schedule
 
         return parse_schedule(value).resolve_timezone(default_tz)
     return from_celery(value, default_tz)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 
-from .errors import ScheduleError
-from .schedules import (
+from ..errors import ScheduleError
+from . import (
     MACROS,
     WEEKDAY_NAMES,
     Cron,
