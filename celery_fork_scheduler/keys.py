@@ -92,6 +92,11 @@ class Keys:
         return f"{self.prefix}{{replicas}}"
 
     @property
+    def outages(self) -> str:
+        """Capped list: the latest outage summaries of every replica, newest first (JSON)."""
+        return f"{self.prefix}{{outages}}"
+
+    @property
     def workers_seen(self) -> str:
         """String with a TTL, set by workers that release singleton markers."""
         return f"{self.prefix}{{workers}}:seen"

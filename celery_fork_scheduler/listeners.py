@@ -2,7 +2,7 @@
 
 A listener implements any of :class:`EventListener`'s methods; registered listeners are called
 from the Celery signals of :mod:`.signals` (worker side: run / complete / error; beat side:
-due / dispatched / skipped / failed). Register with :func:`register_event_listeners`,
+due / dispatched / skipped / failed / outage ended). Register with :func:`register_event_listeners`,
 ``Manager.register_event_listeners``, or the setting ``fork_scheduler_event_listeners``
 (dotted paths, resolved by :func:`celery_fork_scheduler.install`). A listener that raises is
 logged and changes nothing else.
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from . import signals
+from .outages import Outage
 
 logger = logging.getLogger("celery_fork_scheduler.events")
 
@@ -53,6 +54,10 @@ class LoggingEventListener:
     def on_entry_dispatched(self, job_name: str, slot: datetime, job_id: str, replica: str) -> None:
         """Log a publish."""
         logger.info("job %s slot %s dispatched by %s (id %s)", job_name, slot, replica, job_id)
+
+    def on_outage_ended(self, outage: Outage) -> None:
+        """Log what an outage cost."""
+        logger.warning("replica %s: %s", outage.replica, outage.summary())
 
     def on_entry_skipped(self, job_name: str, slot: datetime, reason: str) -> None:
         """Log a skipped slot."""
@@ -127,6 +132,10 @@ def _on_entry_failed(
     _call("on_entry_failed", entry, slot, task_id, exception)
 
 
+def _on_outage_ended(sender: Any = None, outage: Outage | None = None, **_: Any) -> None:
+    _call("on_outage_ended", outage)
+
+
 _CONNECTIONS = (
     (signals.job_started, _on_started),
     (signals.job_completed, _on_completed),
@@ -135,6 +144,7 @@ _CONNECTIONS = (
     (signals.entry_dispatched, _on_dispatched),
     (signals.entry_skipped, _on_skipped),
     (signals.entry_failed, _on_entry_failed),
+    (signals.outage_ended, _on_outage_ended),
 )
 
 
@@ -147,6 +157,7 @@ HOOKS = (
     "on_entry_dispatched",
     "on_entry_skipped",
     "on_entry_failed",
+    "on_outage_ended",
 )
 
 

@@ -8,6 +8,7 @@ asks the claim backend for the right to publish each due slot. Slot maths live i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 import zlib
@@ -31,6 +32,7 @@ from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
+from .outages import LISTED_ENTRIES, Outage
 from .publishing import (
     CeleryPublisher,
     DeliveryUncertain,
@@ -1066,18 +1068,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._backend_down:
             logger.warning("fork scheduler: claim backend reachable again, publishing resumes")
             if self._outage_missed:
-                logger.warning(
-                    "fork scheduler: %d slots of %d entries missed between %s and %s: "
-                    "redis_unavailable",
-                    self._outage_missed,
-                    len(self._reported_down),
-                    slot_isoformat(self._outage_started or self.now()),
-                    slot_isoformat(self.now()),
-                )
+                self._report_outage()
             self._backend_down = False
             self._reported_down.clear()
             self._outage_missed = 0
             self._outage_started = None
+
+    def _report_outage(self) -> None:
+        """Log, keep in Redis and signal what the outage that just ended cost."""
+        outage = Outage(
+            replica=self.backend.replica_id,
+            started=self._outage_started or self.now(),
+            ended=self.now(),
+            slots=self._outage_missed,
+            entry_count=len(self._reported_down),
+            entries=tuple(itertools.islice(self._reported_down, LISTED_ENTRIES)),
+        )
+        logger.warning("fork scheduler: %s", outage.summary())
+        try:
+            self.backend.record_outage(outage)
+        except BackendUnavailableError as exc:
+            logger.warning("fork scheduler: the outage summary was not kept in Redis: %s", exc)
+        signals.outage_ended.send(sender=self, outage=outage)
 
     def _seconds_to_next_wakeup(self) -> float:
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime

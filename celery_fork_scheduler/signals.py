@@ -7,7 +7,9 @@ Beat side (``sender`` is the Scheduler):
   ``replica``);
 - :data:`entry_skipped` — the slot was not published by this replica (``entry``, ``slot``,
   ``reason``: one of :data:`SKIP_REASONS`);
-- :data:`entry_failed` — publishing raised (``entry``, ``slot``, ``task_id``, ``exception``).
+- :data:`entry_failed` — publishing raised (``entry``, ``slot``, ``task_id``, ``exception``);
+- :data:`outage_ended` — the claim backend answers again after an outage (``outage``: an
+  :class:`~celery_fork_scheduler.outages.Outage`, what the replica reported missed meanwhile).
 
 Worker side, only for tasks this scheduler published (``sender`` is the task):
 
@@ -31,6 +33,7 @@ __all__ = [
     "job_completed",
     "job_failed",
     "job_started",
+    "outage_ended",
 ]
 
 #: Why a due slot was not published by this replica.
@@ -52,6 +55,7 @@ entry_dispatched = Signal(
 )
 entry_skipped = Signal(name="entry_skipped", providing_args={"entry", "slot", "reason"})
 entry_failed = Signal(name="entry_failed", providing_args={"entry", "slot", "task_id", "exception"})
+outage_ended = Signal(name="outage_ended", providing_args={"outage"})
 job_started = Signal(name="job_started", providing_args={"entry", "slot", "task_id"})
 job_completed = Signal(
     name="job_completed", providing_args={"entry", "slot", "task_id", "duration"}

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ..outages import Outage
     from ..store import RuntimeStore
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -172,6 +173,10 @@ class ClaimBackend(Protocol):
 
         Returns how many of them, from the first, may be published.
         """
+
+    def record_outage(self, outage: Outage) -> None:
+        """Keep the summary of an outage this replica just came through (the local backend,
+        with nobody else to tell, keeps none)."""
 
     def server_time(self) -> datetime:
         """The backend's clock (Redis ``TIME``); this host's clock for the local backend."""

@@ -13,10 +13,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us, replica_identity
+
+if TYPE_CHECKING:
+    from ..outages import Outage
 
 #: Version of the state file's layout; an unknown version is an error, never a silent reset.
 STATE_SCHEMA = 1
@@ -129,6 +132,9 @@ class LocalBackend:
     def server_time(self) -> datetime:
         """This host's clock: there is no other."""
         return datetime.now(timezone.utc)
+
+    def record_outage(self, outage: Outage) -> None:
+        """The local backend never goes down: nothing to keep."""
 
     def runtime_store(self) -> None:
         """No runtime entries without Redis."""

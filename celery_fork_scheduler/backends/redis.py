@@ -35,6 +35,7 @@ from redis.sentinel import SentinelConnectionPool
 from ..config import Settings
 from ..errors import BackendUnavailableError
 from ..keys import Keys
+from ..outages import KEPT_OUTAGES, Outage
 from ..store import RuntimeStore
 from . import lua
 from .base import (
@@ -343,6 +344,17 @@ class RedisBackend:
             ):
                 replies[index] = reply
         return replies
+
+    def record_outage(self, outage: Outage) -> None:
+        """Push the summary onto the capped list of outages (:data:`.outages.KEPT_OUTAGES`)."""
+
+        def push() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.lpush(self.keys.outages, outage.encode())
+            pipe.ltrim(self.keys.outages, 0, KEPT_OUTAGES - 1)
+            pipe.execute()
+
+        self._retrying(push)
 
     def server_time(self) -> datetime:
         """Redis ``TIME``."""
