@@ -33,8 +33,7 @@ from .manager import (
     TriggerResult,
 )
 from .scheduler import Scheduler
-from .schedules import SlotSchedule, at, cron, every
-from .schedules.parsing import parse_schedule
+from .schedules import SlotSchedule, at, cron, every, parse_schedule
 from .slot import ScheduledSlot, scheduled_slot
 from .store import StaleVersionError
 from .validation import CheckReport, Problem, check_app

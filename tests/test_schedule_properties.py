@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from celery_fork_scheduler.schedules import (
     SlotSchedule,
     Solar,
-    _parse_cron,
     at,
     cron,
     every,
     from_celery,
     schedule_from_dict,
 )
+from celery_fork_scheduler.schedules.cron_fields import _parse_cron
 
 UTC = timezone.utc
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]

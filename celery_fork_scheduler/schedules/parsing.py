@@ -26,17 +26,11 @@ import re
 from datetime import time, timedelta
 
 from ..errors import ScheduleError
-from . import (
-    MACROS,
-    WEEKDAY_NAMES,
-    Cron,
-    Daily,
-    Interval,
-    Monthly,
-    SlotSchedule,
-    Weekly,
-    parse_time,
-)
+from .base import SlotSchedule, parse_time
+from .calendar import WEEKDAY_NAMES, Daily, Monthly, Weekly
+from .cron_fields import MACROS
+from .cron_schedule import Cron
+from .interval import Interval
 
 __all__ = ["parse_schedule"]
 
