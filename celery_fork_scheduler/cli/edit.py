@@ -1,0 +1,259 @@
+"""The commands that steer the schedule: add, remove, pause, resume and trigger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+import redis
+from celery.bin.base import CeleryCommand
+
+from ..errors import BackendUnavailableError
+from ..manager import Manager
+from .output import job_data, next_text, plural, safe
+from .session import (
+    BadInputError,
+    CommandError,
+    RedisUnavailableError,
+    Session,
+    json_option,
+    redis_location,
+    session_for,
+)
+
+_SKIP_REASONS = {
+    "busy": "still running",
+    "capped": "concurrency cap reached",
+    "paused": "the entry is paused (--force runs it anyway)",
+}
+
+
+def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            decoded = json.loads(value)
+        except ValueError as exc:
+            raise BadInputError(f"--{param.name}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadInputError(f"--{param.name}: JSON nested too deeply") from None
+        if not isinstance(decoded, kind):
+            raise BadInputError(f"--{param.name}: expected a JSON {what}")
+        return decoded
+
+    return convert
+
+
+@click.command("add", cls=CeleryCommand)
+@click.argument("name")
+@click.argument("task")
+@click.argument("schedule_text", metavar="SCHEDULE")
+@click.option("--args", callback=_json_value(list, "array"), help="Positional args, JSON array.")
+@click.option("--kwargs", callback=_json_value(dict, "object"), help="Keyword args, JSON object.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
+@click.option("--singleton", is_flag=True, help="Never run twice at once across the cluster.")
+@click.option("--queue", help="The queue to send the task to.")
+@click.option("--tz", "zone", help="IANA time zone of the schedule.")
+@click.option("--description", default="", help="Free text shown by list/show.")
+@click.option("--replace", is_flag=True, help="Replace a runtime entry of the same name.")
+@json_option
+@click.pass_context
+def add(
+    ctx: click.Context,
+    name: str,
+    task: str,
+    schedule_text: str,
+    args: list[Any] | None,
+    kwargs: dict[str, Any] | None,
+    tags: tuple[str, ...],
+    singleton: bool,
+    queue: str | None,
+    zone: str | None,
+    description: str,
+    replace: bool,
+    as_json: bool,
+) -> None:
+    """Add a runtime entry; every beat replica picks it up within a second."""
+    session = session_for(ctx, as_json)
+    policies: dict[str, Any] = {"description": description}
+    if tags:
+        policies["tags"] = list(tags)
+    if singleton:
+        policies["singleton"] = True
+    if queue:
+        policies["options"] = {"queue": queue}
+    if zone:
+        policies["timezone"] = zone
+    job = session.manager().add(
+        name,
+        task,
+        schedule_text,
+        args=args or (),
+        kwargs=kwargs,
+        replace_existing=replace,
+        **policies,
+    )
+    _check_task_known(session, task)
+    session.emit(
+        job_data(job),
+        lambda: safe(
+            f"added {job.name!r}: {job.schedule_text}, next run {next_text(job, session.now)}"
+        ),
+    )
+
+
+def _check_task_known(session: Session, task: str) -> None:
+    session.app.loader.import_default_modules()
+    if task not in session.app.tasks:
+        session.warn(f"task {task!r} is not registered in this app (a typo?)")
+
+
+@click.command("remove", cls=CeleryCommand)
+@click.argument("name", required=False)
+@click.option("--tag", help="Remove every runtime entry with this tag.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+def remove(ctx: click.Context, name: str | None, tag: str | None, yes: bool, as_json: bool) -> None:
+    """Remove a runtime entry, or every runtime entry with a tag (static entries stay)."""
+    _one_of(name, tag)
+    session = session_for(ctx, as_json)
+    manager = session.manager()
+    if name is not None:
+        manager.remove(name)
+        session.emit({"removed": [name]}, lambda: f"removed {name!r}")
+        return
+    assert tag is not None
+    tagged = manager.jobs(tag)
+    runtime = [job.name for job in tagged if job.source == "runtime"]
+    static = [job.name for job in tagged if job.source != "runtime"]
+    if not runtime:
+        kept = f" (static entries cannot be removed, pause them: {_names_text(static)})"
+        raise CommandError(f"no runtime entries tagged {tag!r}" + (kept if static else ""))
+    if not yes:
+        question = f"Remove {plural(len(runtime), 'runtime entry')} tagged {tag!r}"
+        click.confirm(f"{question} ({_names_text(runtime)})?", abort=True, err=True)
+    removed = manager.remove_by_tag(tag)
+    if static:
+        session.warn(f"static entries stay (pause them instead): {_names_text(static)}")
+    session.emit(
+        {"removed": removed, "kept_static": static},
+        lambda: f"removed {plural(len(removed), 'entry')} tagged {tag!r}: {_names_text(removed)}",
+    )
+
+
+def _one_of(name: str | None, tag: str | None) -> None:
+    if (name is None) == (tag is None):
+        raise BadInputError("give either a NAME or --tag TAG, not both or neither")
+
+
+def _names_text(names: Sequence[str]) -> str:
+    return safe(", ".join(names)) if names else "-"
+
+
+def _steer(
+    ctx: click.Context,
+    verb: str,
+    action: Callable[[Manager], list[str]],
+    *,
+    name: str | None,
+    tag: str | None,
+    confirm: bool,
+    as_json: bool,
+) -> None:
+    _one_of(name, tag)
+    session = session_for(ctx, as_json)
+    manager = session.manager()
+    if tag is not None:
+        names = [job.name for job in manager.jobs(tag)]
+        if not names:
+            raise CommandError(f"no entries tagged {tag!r}")
+        if confirm:
+            question = f"{verb.capitalize()} {plural(len(names), 'entry')} tagged {tag!r}"
+            click.confirm(f"{question} ({_names_text(names)})?", abort=True, err=True)
+    done = action(manager)
+    what = f"{name!r}" if name is not None else f"{plural(len(done), 'entry')} tagged {tag!r}"
+    session.emit(
+        {f"{verb}d": done}, lambda: f"{verb}d {what}" + (f": {_names_text(done)}" if tag else "")
+    )
+
+
+@click.command("pause", cls=CeleryCommand)
+@click.argument("name", required=False)
+@click.option("--tag", help="Pause every entry with this tag.")
+@click.option("--note", default="", help="Why (shown by list and show).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (with --tag).")
+@json_option
+@click.pass_context
+def pause(
+    ctx: click.Context, name: str | None, tag: str | None, note: str, yes: bool, as_json: bool
+) -> None:
+    """Pause an entry (or every entry with a tag) on every replica, at once."""
+    _steer(
+        ctx,
+        "pause",
+        lambda manager: manager.pause(name, tag=tag, note=note),
+        name=name,
+        tag=tag,
+        confirm=not yes,
+        as_json=as_json,
+    )
+
+
+@click.command("resume", cls=CeleryCommand)
+@click.argument("name", required=False)
+@click.option("--tag", help="Resume every entry with this tag.")
+@json_option
+@click.pass_context
+def resume(ctx: click.Context, name: str | None, tag: str | None, as_json: bool) -> None:
+    """Resume a paused entry (or every entry with a tag)."""
+    _steer(
+        ctx,
+        "resume",
+        lambda manager: manager.resume(name, tag=tag),
+        name=name,
+        tag=tag,
+        confirm=False,
+        as_json=as_json,
+    )
+
+
+@click.command("trigger", cls=CeleryCommand)
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Run it even if the entry is paused.")
+@json_option
+@click.pass_context
+def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
+    """Run an entry now: not if paused (unless --force), nor while a singleton still runs,
+    nor over the cap; it does not count towards max_runs."""
+    session = session_for(ctx, as_json)
+    try:
+        result = session.manager().trigger(name, force=force)
+    except TypeError as exc:  # Celery checks the arguments against the task's signature
+        raise BadInputError(f"cannot send {name!r}: {exc}") from None
+    except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send
+        location = redis_location(session.app)
+        raise RedisUnavailableError(f"cannot reach {location}: {exc}; nothing was sent") from None
+    warning = (
+        f"the run was not recorded in Redis: {result.unrecorded}" if result.unrecorded else None
+    )
+    if warning is not None:
+        session.warn(f"sent, but {warning}")
+    data = {
+        "name": name,
+        "task_id": result.task_id,
+        "skipped": result.task_id is None,
+        "reason": result.skipped,
+        "warning": warning,
+    }
+    session.emit(
+        data,
+        lambda: (
+            f"skipped: {_SKIP_REASONS[result.skipped]}"
+            if result.skipped
+            else f"sent {name!r}: task id {result.task_id}"
+        ),
+    )
