@@ -7,6 +7,8 @@ by process.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -14,20 +16,31 @@ from celery import Celery
 from celery_fork_scheduler import Scheduler
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 #: Slot maths on a fake clock well in the past of Redis TIME: claims are never `early`.
 START = "2026-03-02T10:00:00.300+00:00"
 
 
-def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    """An app whose claims go to ``redis_url`` (the broker is in memory)."""
-    app = Celery("replicas", set_as_current=False, broker="memory://")
+def make_app(
+    redis_url: str | None,
+    beat_schedule: dict[str, Any] | None = None,
+    *,
+    main: str = "replicas",
+    **conf: Any,
+) -> Celery:
+    """An app named ``main`` whose claims go to ``redis_url`` (none: the app sets no Redis URL).
+
+    The broker is in memory; no ``beat_schedule`` is an empty one.
+    """
+    app = Celery(main, set_as_current=False, broker="memory://")
+    if redis_url is not None:
+        conf["fork_scheduler_redis_url"] = redis_url
     app.conf.update(
         timezone="UTC",
-        beat_schedule=beat_schedule,
+        beat_schedule={} if beat_schedule is None else beat_schedule,
         result_expires=None,
-        fork_scheduler_redis_url=redis_url,
         **conf,
     )
     return app
@@ -36,25 +49,41 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Cele
 def make_scheduler(
     redis_url: str,
     clock: FakeClock,
-    beat_schedule: dict[str, Any],
+    beat_schedule: dict[str, Any] | None = None,
     *,
     publisher: Any = None,
-    replica_id: str = "replica-a",
+    replica_id: str | None = "replica-a",
     app: Celery | None = None,
+    monotonic: Callable[[], float] | None = None,
     **conf: Any,
 ) -> Scheduler:
-    """One replica with its own Redis connection, recording what it publishes."""
+    """One replica with its own Redis connection, recording what it publishes.
+
+    ``replica_id`` None keeps the backend's own id; ``monotonic`` defaults to the fake clock.
+    """
     app = app or make_app(redis_url, beat_schedule, **conf)
     backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-    backend.replica_id = replica_id
+    if replica_id is not None:
+        backend.replica_id = replica_id
     return Scheduler(
         app,
         clock=clock,
         backend=backend,
         publisher=publisher or RecordingPublisher(),
-        monotonic=lambda: clock.now.timestamp(),
+        monotonic=monotonic or (lambda: clock.now.timestamp()),
         exit_on_config_error=False,
     )
+
+
+def tick_for(
+    tick: Callable[[], object], clock: FakeClock, seconds: float, step: float = 0.25
+) -> None:
+    """Tick, then move the fake clock on by ``step``, until ``seconds`` passed; tick once more."""
+    end = clock() + timedelta(seconds=seconds)
+    while clock() < end:
+        tick()
+        clock.advance(step)
+    tick()
 
 
 def fired(*publishers: RecordingPublisher) -> Counter[tuple[str, str]]:
@@ -67,3 +96,16 @@ def run_for(scheduler: Scheduler, clock: FakeClock, seconds: float, step: float 
     for _ in range(int(seconds / step)):
         clock.advance(step)
         scheduler.tick()
+
+
+class BrokenPublisher(RecordingPublisher):
+    """Records what it publishes, but the occurrences of the entry ``broken`` raise ``error``."""
+
+    def __init__(self, error: Callable[[], Exception] = lambda: ConnectionError("broker down")):
+        super().__init__()
+        self.error = error
+
+    def publish(self, occurrence: Occurrence) -> None:
+        if occurrence.entry == "broken":
+            raise self.error()
+        super().publish(occurrence)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.durations import to_timedelta
 from celery_fork_scheduler.entry import entry_from_config, entry_from_dict, entry_to_dict
@@ -290,14 +290,7 @@ def test_unicode_entry_names_round_trip_through_stored_json(name: str) -> None:
 
 
 def make_app(redis_url: str, beat_schedule: dict[str, Any] | None = None, **conf: Any) -> Celery:
-    app = Celery("bad_input", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule or {},
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
+    app = replica_helpers.make_app(redis_url, beat_schedule or {}, main="bad_input", **conf)
     return app
 
 
@@ -373,14 +366,13 @@ class Replica:
         self.clock = FakeClock(START)
         self.monotonic = 0.0
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-        self.scheduler = Scheduler(
-            app,
-            clock=self.clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            self.clock,
+            app=app,
             publisher=self.publisher,
+            replica_id=None,
             monotonic=lambda: self.monotonic,
-            exit_on_config_error=False,
         )
 
     def run(self, seconds: int) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import replica_helpers
 from celery import Celery
 
 from celery_fork_scheduler import ConfigError, Manager, Scheduler, every, periodic
@@ -19,9 +19,7 @@ START = "2026-03-02T10:00:00.300+00:00"
 
 
 def make_app(beat_schedule: dict[str, Any] | None = None) -> Celery:
-    app = Celery("decorator_tests", set_as_current=False, broker="memory://")
-    app.conf.update(timezone="UTC", beat_schedule=beat_schedule or {}, result_expires=None)
-    return app
+    return replica_helpers.make_app(None, beat_schedule or {}, main="decorator_tests")
 
 
 @pytest.fixture
@@ -46,11 +44,7 @@ class Beat:
         )
 
     def run_for(self, seconds: float, step: float = 0.25) -> None:
-        end = self.clock() + timedelta(seconds=seconds)
-        while self.clock() < end:
-            self.scheduler.tick()
-            self.clock.advance(step)
-        self.scheduler.tick()
+        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds, step)
 
 
 @pytest.fixture

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.ids import CAPPED_HEADER, task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.signals import entry_skipped
@@ -28,15 +27,7 @@ KEYS = Keys("scheduler:")
 
 
 def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    app = Celery("policy_tests", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
+    return replica_helpers.make_app(redis_url, beat_schedule, main="policy_tests", **conf)
 
 
 class Beat:
@@ -48,23 +39,16 @@ class Beat:
         self.app = make_app(redis_url, beat_schedule, **conf)
         self.clock = clock
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(self.app.conf))
-        backend.replica_id = f"policy-test-{id(self)}"
-        self.scheduler = Scheduler(
-            self.app,
-            clock=clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=self.app,
             publisher=self.publisher,
-            monotonic=lambda: clock().timestamp(),
-            exit_on_config_error=False,
+            replica_id=f"policy-test-{id(self)}",
         )
 
     def run_for(self, seconds: float, step: float = 0.25) -> None:
-        end = self.clock() + timedelta(seconds=seconds)
-        while self.clock() < end:
-            self.scheduler.tick()
-            self.clock.advance(step)
-        self.scheduler.tick()
+        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds, step)
 
     def fired(self, entry: str = "e") -> list[str]:
         return self.publisher.fired(entry)

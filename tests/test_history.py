@@ -8,22 +8,22 @@ story. The worker-side records (completed / error) are written by the worker hoo
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 from celery.app.task import Context
+from replica_helpers import BrokenPublisher
 
 from celery_fork_scheduler import Manager, RunRecord, Scheduler, every, signals
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.publishing import Occurrence
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 from celery_fork_scheduler.worker import WorkerHooks
 
 START = "2026-03-02T10:00:00.300+00:00"
@@ -40,23 +40,12 @@ def slot(second: int) -> datetime:
     return datetime.fromisoformat(f"2026-03-02T10:00:{second:02}+00:00")
 
 
-class BrokenPublisher(RecordingPublisher):
-    def publish(self, occurrence: Occurrence) -> None:
-        if occurrence.entry == "broken":
-            raise LookupError("no queue named 'missing'")
-        super().publish(occurrence)
+def broken_publisher() -> BrokenPublisher:
+    return BrokenPublisher(lambda: LookupError("no queue named 'missing'"))
 
 
 def make_app(redis_url: str, schedule: dict[str, Any] = SCHEDULE, **conf: Any) -> Celery:
-    app = Celery("history", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=schedule,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
+    return replica_helpers.make_app(redis_url, schedule, main="history", **conf)
 
 
 @pytest.fixture
@@ -83,14 +72,13 @@ def make_scheduler(redis_url: str) -> Iterator[Any]:
     made: list[Scheduler] = []
 
     def make(app: Celery, clock: FakeClock, name: str) -> Scheduler:
-        backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-        backend.replica_id = name
-        scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
-            publisher=BrokenPublisher(),
-            exit_on_config_error=False,
+        scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=app,
+            publisher=broken_publisher(),
+            replica_id=name,
+            monotonic=time.monotonic,
         )
         made.append(scheduler)
         return scheduler

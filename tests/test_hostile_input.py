@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
-from celery_fork_scheduler import Manager, Scheduler, every
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler import signals as fork_signals
 from celery_fork_scheduler.backends import redis_connection
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -39,14 +40,7 @@ UTC = timezone.utc
 
 
 def make_app(redis_url: str, beat_schedule: dict[str, Any] | None = None, **conf: Any) -> Celery:
-    app = Celery("hostile", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule or {},
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
+    app = replica_helpers.make_app(redis_url, beat_schedule or {}, main="hostile", **conf)
 
     @app.task(name="tasks.t", shared=False)  # type: ignore[untyped-decorator]
     def t(*args: Any, **kwargs: Any) -> None: ...
@@ -123,14 +117,13 @@ class Replica:
         self.clock = FakeClock(START)
         self.monotonic = 0.0
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(self.app.conf))
-        self.scheduler = Scheduler(
-            self.app,
-            clock=self.clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            self.clock,
+            app=self.app,
             publisher=self.publisher,
+            replica_id=None,
             monotonic=lambda: self.monotonic,
-            exit_on_config_error=False,
         )
 
     def run(self, seconds: int) -> None:

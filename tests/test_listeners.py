@@ -13,12 +13,14 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import replica_helpers
 from celery import Celery
+from replica_helpers import BrokenPublisher
 
 from celery_fork_scheduler import (
     EventListener,
@@ -32,8 +34,7 @@ from celery_fork_scheduler import (
     signals,
 )
 from celery_fork_scheduler.errors import ConfigError
-from celery_fork_scheduler.publishing import Occurrence
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 
 START = "2026-03-02T10:00:00.300+00:00"
 
@@ -94,13 +95,6 @@ def registered() -> Iterator[list[Any]]:
     listeners.unregister_event_listeners(*made)
 
 
-class BrokenPublisher(RecordingPublisher):
-    def publish(self, occurrence: Occurrence) -> None:
-        if occurrence.entry == "broken":
-            raise ConnectionError("broker down")
-        super().publish(occurrence)
-
-
 SCHEDULE = {
     "ok": {"task": "t", "schedule": every(1).seconds},
     "paused": {"task": "t", "schedule": every(1).seconds},
@@ -109,15 +103,7 @@ SCHEDULE = {
 
 
 def make_app(redis_url: str, **conf: Any) -> Celery:
-    app = Celery("listeners", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=SCHEDULE,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
+    return replica_helpers.make_app(redis_url, SCHEDULE, main="listeners", **conf)
 
 
 def run_beat(app: Celery, seconds: float = 3) -> Scheduler:
@@ -125,11 +111,7 @@ def run_beat(app: Celery, seconds: float = 3) -> Scheduler:
     scheduler = Scheduler(app, clock=clock, publisher=BrokenPublisher(), exit_on_config_error=False)
     try:
         Manager(app).pause("paused")
-        end = clock.now + timedelta(seconds=seconds)
-        while clock.now < end:
-            scheduler.tick()
-            clock.advance(0.25)
-        scheduler.tick()
+        replica_helpers.tick_for(scheduler.tick, clock, seconds)
     finally:
         scheduler.close()
     return scheduler

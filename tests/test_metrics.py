@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import replica_helpers
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
+from replica_helpers import BrokenPublisher
 
 from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.errors import ConfigError
 from celery_fork_scheduler.metrics import Metrics
-from celery_fork_scheduler.publishing import Occurrence
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, free_port, wait_until
+from celery_fork_scheduler.testing import FakeClock, free_port, wait_until
 
 START = "2026-03-02T10:00:00.300+00:00"
 SCHEDULE = {
@@ -28,23 +28,8 @@ SCHEDULE = {
 }
 
 
-class BrokenPublisher(RecordingPublisher):
-    def publish(self, occurrence: Occurrence) -> None:
-        if occurrence.entry == "broken":
-            raise ConnectionError("broker down")
-        super().publish(occurrence)
-
-
 def make_app(redis_url: str, **conf: Any) -> Celery:
-    app = Celery("metrics", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=SCHEDULE,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
+    return replica_helpers.make_app(redis_url, SCHEDULE, main="metrics", **conf)
 
 
 @pytest.fixture
@@ -57,15 +42,13 @@ def make_scheduler(redis_url: str, clock: FakeClock) -> Iterator[Any]:
     made: list[Scheduler] = []
 
     def make(name: str, **conf: Any) -> Scheduler:
-        app = make_app(redis_url, **conf)
-        backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-        backend.replica_id = name
-        scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
+        scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=make_app(redis_url, **conf),
             publisher=BrokenPublisher(),
-            exit_on_config_error=False,
+            replica_id=name,
+            monotonic=time.monotonic,
         )
         made.append(scheduler)
         return scheduler

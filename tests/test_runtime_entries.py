@@ -9,15 +9,13 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import ConfigError, Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import ConfigError, Manager, every
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.signals import entry_skipped
 from celery_fork_scheduler.store import RuntimeStore
@@ -28,15 +26,9 @@ STATIC = {"static-report": {"task": "reports.static", "schedule": every(1).secon
 
 
 def make_app(redis_url: str) -> Celery:
-    app = Celery("runtime_tests", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=STATIC,
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        fork_scheduler_refresh_interval=1.0,
+    return replica_helpers.make_app(
+        redis_url, STATIC, main="runtime_tests", fork_scheduler_refresh_interval=1.0
     )
-    return app
 
 
 class Replica:
@@ -45,15 +37,12 @@ class Replica:
     def __init__(self, redis_url: str, clock: FakeClock, index: int) -> None:
         app = make_app(redis_url)
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-        backend.replica_id = f"runtime-replica-{index}-{id(self)}"
-        self.scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=app,
             publisher=self.publisher,
-            monotonic=lambda: clock().timestamp(),
-            exit_on_config_error=False,
+            replica_id=f"runtime-replica-{index}-{id(self)}",
         )
 
 
@@ -79,11 +68,7 @@ class Cluster:
             replica.scheduler.tick()
 
     def run_for(self, seconds: float, step: float = 0.25) -> None:
-        end = self.clock() + timedelta(seconds=seconds)
-        while self.clock() < end:
-            self.tick()
-            self.clock.advance(step)
-        self.tick()
+        replica_helpers.tick_for(self.tick, self.clock, seconds, step)
 
     def refresh(self) -> None:
         """Let one ``fork_scheduler_refresh_interval`` pass, then tick every replica."""

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import Scheduler, every, signals
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import every, signals
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
@@ -27,15 +26,7 @@ ENTRIES = {f"e{i:02}": {"task": "t", "schedule": every(1).seconds} for i in rang
 
 
 def make_app(redis_url: str, **conf: Any) -> Celery:
-    app = Celery("replicas", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=conf.pop("beat_schedule", ENTRIES),
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
-    return app
+    return replica_helpers.make_app(redis_url, conf.pop("beat_schedule", ENTRIES), **conf)
 
 
 class Replica:
@@ -47,16 +38,14 @@ class Replica:
         app = make_app(redis_url, **conf)
         self.monotonic = 0.0
         self.publisher = publisher or RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
         # Real replicas differ by pid; these share one process.
-        backend.replica_id = f"test-replica-{id(self)}"
-        self.scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=app,
             publisher=self.publisher,
+            replica_id=f"test-replica-{id(self)}",
             monotonic=lambda: self.monotonic,
-            exit_on_config_error=False,
         )
 
 

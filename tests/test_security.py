@@ -27,14 +27,15 @@ from urllib.parse import quote
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import Manager, Scheduler, every
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.backends import Claim, ClaimOutcome, lua
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.backends.redis_connection import client_from_url, mask_url
-from celery_fork_scheduler.config import Settings, read_settings
+from celery_fork_scheduler.config import Settings
 from celery_fork_scheduler.errors import BackendUnavailableError, ConfigError
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
@@ -86,14 +87,7 @@ def acl_rule(commands: tuple[str, ...], prefix: str = "scheduler:") -> list[str]
 
 
 def make_app(redis_url: str, beat_schedule: dict[str, Any] | None = None, **conf: Any) -> Celery:
-    app = Celery("security", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule or {},
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-        **conf,
-    )
+    app = replica_helpers.make_app(redis_url, beat_schedule or {}, main="security", **conf)
     return app
 
 
@@ -104,14 +98,13 @@ class Replica:
         self.clock = clock or FakeClock(START)
         self.monotonic = 0.0
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        self.scheduler = Scheduler(
-            app,
-            clock=self.clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            app.conf.fork_scheduler_redis_url,
+            self.clock,
+            app=app,
             publisher=self.publisher,
+            replica_id=None,
             monotonic=lambda: self.monotonic,
-            exit_on_config_error=False,
         )
 
     def run(self, seconds: float, step: float = 0.25) -> None:

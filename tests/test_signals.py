@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import replica_helpers
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -83,14 +83,7 @@ class Beat:
         backend_url: str | None = None,
         **conf: Any,
     ) -> None:
-        self.app = Celery("signals", set_as_current=False, broker="memory://")
-        self.app.conf.update(
-            timezone="UTC",
-            beat_schedule=schedule,
-            result_expires=None,
-            fork_scheduler_redis_url=redis_url,
-            **conf,
-        )
+        self.app = replica_helpers.make_app(redis_url, schedule, main="signals", **conf)
         self.clock = clock
         self.monotonic = 0.0
         self.publisher = publisher or RecordingPublisher()

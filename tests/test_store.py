@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
+import replica_helpers
 from celery import Celery
 
-from celery_fork_scheduler import ForkSchedulerError, Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import ForkSchedulerError, Manager, every
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.store import RuntimeStore, StaleVersionError, StoredEntry
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
@@ -166,14 +164,8 @@ def test_resume_keeps_the_counters_of_the_entry(
 
 
 def make_app(redis_url: str) -> Celery:
-    app = Celery("store_tests", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule={"static": {"task": "t", "schedule": every(1).seconds}},
-        result_expires=None,
-        fork_scheduler_redis_url=redis_url,
-    )
-    return app
+    static = {"static": {"task": "t", "schedule": every(1).seconds}}
+    return replica_helpers.make_app(redis_url, static, main="store_tests")
 
 
 class Beat:
@@ -183,23 +175,16 @@ class Beat:
         self.app = make_app(redis_url)
         self.clock = clock
         self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(redis_url, read_settings(self.app.conf))
-        backend.replica_id = f"store-test-{id(self)}"
-        self.scheduler = Scheduler(
-            self.app,
-            clock=clock,
-            backend=backend,
+        self.scheduler = replica_helpers.make_scheduler(
+            redis_url,
+            clock,
+            app=self.app,
             publisher=self.publisher,
-            monotonic=lambda: clock().timestamp(),
-            exit_on_config_error=False,
+            replica_id=f"store-test-{id(self)}",
         )
 
     def run_for(self, seconds: float, step: float = 0.25) -> None:
-        end = self.clock() + timedelta(seconds=seconds)
-        while self.clock() < end:
-            self.scheduler.tick()
-            self.clock.advance(step)
-        self.scheduler.tick()
+        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds, step)
 
 
 @pytest.fixture
