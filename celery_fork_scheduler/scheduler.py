@@ -8,42 +8,34 @@ asks the claim backend for the right to publish each due slot. Slot maths live i
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from celery import beat
 from celery.schedules import crontab
 
-from . import signals
+from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
 from .backends.base import to_epoch_us
 from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
 from .decorators import periodic_entries
+from .due import DueSlot, Work
 from .entry import Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
-from .outages import LISTED_ENTRIES, Outage
-from .publishing import (
-    CeleryPublisher,
-    DeliveryUncertain,
-    Occurrence,
-    Publisher,
-    build_occurrence,
-    is_transient,
-    occurrence_to_json,
-)
+from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
+from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
+from .reports import SlotReports
 from .runtime import RuntimeEntries
-from .shutdown import stop_signals_deferred
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -58,16 +50,6 @@ INITIAL_CLAIM_RATE = 1000.0
 RATE_SAMPLE_MIN = 50
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
-#: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
-PUBLISH_BATCH = 100
-#: How long to wait before asking a backend that could not be reached again.
-BACKEND_RETRY_SECONDS = 1.0
-#: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
-WARNED_SKIPS = frozenset(
-    {"capped", "redis_unavailable", "behind", "in_flight", "error", "broker_unavailable"}
-)
-#: At most one such warning per reason in this many seconds.
-WARNING_INTERVAL = 60.0
 #: Clock differences with Redis below this are noise, not skew.
 CLOCK_TOLERANCE = timedelta(milliseconds=250)
 #: How often a replica records itself in Redis (``celery schedule replicas``).
@@ -98,27 +80,11 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(slots=True)
-class Work:
-    """What one due queue item asks for: slots to claim, and the entry's next slot."""
-
-    item: QueueItem
-    due: list[DueSlot]
-    follow_up: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class DueSlot:
-    """One slot of one entry that this tick will try to claim and publish."""
-
-    entry: Entry
-    claim: Claim
-    #: True when the run holds a place under ``fork_scheduler_max_concurrent``.
-    capped: bool = False
-
-
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """Active-active Celery beat scheduler (``celery beat -S fork``)."""
+
+    #: How won slots are fenced, published and recorded (a subclass may extend it).
+    pipeline_class: type[PublishPipeline] = PublishPipeline
 
     def __init__(
         self,
@@ -147,23 +113,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with self._config_errors_stop_beat():
             self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
-        self.publisher: Publisher = publisher or CeleryPublisher(app, lambda: self.producer)
         self._backend: ClaimBackend | None = None
-        self._backend_down = False
-        #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
-        self._unmarked: list[tuple[Claim, str]] = []
+        self.reports = SlotReports(self, lambda: self.backend.replica_id, monotonic)
+        self.pipeline = self.pipeline_class(
+            lambda: self.backend,
+            publisher or CeleryPublisher(app, lambda: self.producer),
+            self.settings,
+            self.reports,
+            self.queue,
+        )
+        self.outage = BackendOutage(self.reports, lambda: self.backend, self.now)
         self.static_names: frozenset[str] = frozenset()
         self.runtime: RuntimeEntries | None = None
         self.metrics: Metrics | None = None
-        self._warned_at: dict[str, float] = {}
         self._clock_offset = timedelta(0)
-        #: Per entry, the latest slot reported skipped during the current outage: each slot is
-        #: reported once, and the record stays as small as the number of entries.
-        self._reported_down: dict[str, datetime] = {}
-        #: Slots reported missed during the current outage, and when it began (a summary line
-        #: is logged when Redis is back).
-        self._outage_missed = 0
-        self._outage_started: datetime | None = None
         #: Earlier definitions of changed entries (by name, then ``id``) with the instant up to
         #: which their slots are still theirs: a change never drops a slot already due.
         self._superseded: dict[str, dict[int, tuple[Entry, datetime]]] = {}
@@ -180,7 +143,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._unchecked: list[tuple[Entry, datetime | None]] = []
         #: No high-water marks are read before this (monotonic): a failed read backs off.
         self._next_catch_up = 0.0
-        self._suppressed: dict[str, int] = {}
         self._next_refresh = 0.0
         self._next_announce = 0.0
         super().__init__(app, *args, **kwargs)
@@ -195,6 +157,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.app, self.settings, self.schedule_filename
             )
         return self._backend
+
+    @property
+    def publisher(self) -> Publisher:
+        """What sends the messages (Celery's producer unless one is injected)."""
+        return self.pipeline.publisher
+
+    @publisher.setter
+    def publisher(self, publisher: Publisher) -> None:
+        self.pipeline.publisher = publisher
 
     @property
     def default_timezone(self) -> tzinfo:
@@ -367,7 +338,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             marks = self.backend.high_water_marks([entry.name for entry, _ in batch])
         except BackendUnavailableError as exc:
-            self._warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
+            self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self._next_catch_up = self.monotonic() + BACKEND_RETRY_SECONDS
             return
         del self._unchecked[: len(batch)]
@@ -439,7 +410,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._unchecked:
             self._catch_up_batch(now)
         due_items = self.queue.pop_due(now.timestamp())
-        if due_items or self._unmarked:
+        if due_items or self.pipeline.unmarked:
             self._handle(due_items, now)
         return self._seconds_to_next_wakeup()
 
@@ -545,7 +516,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             logger.info("fork scheduler: entry %s removed", name)
         self._superseded.pop(name, None)
         self._finished.discard(name)
-        self._reported_down.pop(name, None)
+        self.outage.reported_entries.pop(name, None)
         self._known_marks.pop(name, None)
         if self.metrics is not None:
             self.metrics.forget(name)
@@ -556,12 +527,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         works = self._decide(items, now)
         for work in works:
             for due_slot in work.due:
-                if not self._reported_during_outage(due_slot):
-                    signals.entry_due.send(
-                        sender=self, entry=due_slot.entry.name, slot=due_slot.claim.slot
-                    )
+                if not self.outage.reported(due_slot):
+                    self.reports.due(due_slot)
         try:
-            self._flush_unmarked()
+            self.pipeline.record()
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, works, now)
             return
@@ -638,7 +607,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
         """Report an entry whose slot could not even be prepared, and keep it scheduled."""
         entry = item.entry
-        self._failed(entry, item.slot, error, "preparing the claim of")
+        self.reports.failed(entry, item.slot, error, "preparing the claim of")
         if item.retry or self.entries.get(entry.name) is not entry:
             return
         with contextlib.suppress(Exception):
@@ -659,7 +628,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for work in works:
             if len(work.due) > 1:
                 for due_slot in work.due[:-1]:
-                    self._skipped(due_slot, "behind")
+                    self.reports.skipped(due_slot, "behind")
                 work.due = work.due[-1:]
         return works
 
@@ -706,111 +675,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.claim_latency.observe(self.monotonic() - started)
         self._learn_marks(results)
         admitted = self._admit(due, results, now)
-        self._on_backend_up()
+        self.outage.end()
         for work in chunk:
             if work.follow_up is not None and work.item.entry.name not in self._finished:
                 self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
-        for start in range(0, len(admitted), PUBLISH_BATCH):
-            try:
-                self._send_batch(admitted[start : start + PUBLISH_BATCH], now)
-            except BackendUnavailableError as exc:
-                self._ask_again(admitted[start + PUBLISH_BATCH :], now)
-                return exc
-        self._note_rate(len(due), started)
-        return None
-
-    def _send_batch(self, batch: Sequence[DueSlot], now: datetime) -> None:
-        """Prepare, fence, publish and record one batch of won slots.
-
-        Everything that can fail without the broker (lazy args, the broker connection)
-        happens before the fence, where a failure costs nothing: the claim is given back or
-        asked for again. From the fence (its request included: a stop must not leave a fence
-        whose reply was never read) to the record, a normal stop waits.
-        Raises :class:`BackendUnavailableError` when Redis went away; the batch's claims that
-        were not fenced are then asked about again.
-        """
-        prepared = self._prepare(batch, now)
-        if not prepared:
-            return
-        with stop_signals_deferred():
-            try:
-                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
-            except BackendUnavailableError:
-                self._ask_again([due_slot for due_slot, _ in prepared], now)
-                raise
-            self._unmarked.extend(self._publish(self._still_held(prepared, held), now))
-            self._flush_unmarked()
-
-    def _prepare(self, batch: Sequence[DueSlot], now: datetime) -> list[tuple[DueSlot, Occurrence]]:
-        """Build the messages of won slots and make sure the broker can be reached.
-
-        A message that cannot be built (lazy args that raise) will never be: its claim is
-        given back and reported. A broker that cannot be reached leaves the claims unfenced
-        and this replica asks again a second later while the slots are recent; after that
-        they are given back and reported (``broker_unavailable``). Nothing was sent.
-        """
-        prepared = []
-        for due_slot in batch:
-            claim = due_slot.claim
-            try:
-                occurrence = build_occurrence(
-                    due_slot.entry, claim.slot, claim.task_id, capped=due_slot.capped
-                )
-            except Exception as exc:
-                self._give_back(due_slot, exc)
-            else:
-                prepared.append((due_slot, occurrence))
-        if not prepared:
-            return prepared
-        try:
-            self.publisher.prepare()
-        except Exception as exc:
-            self._warn_rate_limited("broker", f"cannot reach the broker, publishing waits: {exc!r}")
-            late = []
-            for due_slot, _ in prepared:
-                if now - due_slot.claim.slot <= self.settings.catchup_grace:
-                    self._ask_again([due_slot], now)
-                else:
-                    late.append(due_slot)
-            if late:
-                with contextlib.suppress(BackendUnavailableError):
-                    self.backend.mark_skipped([d.claim for d in late], "broker_unavailable")
-                for due_slot in late:
-                    self._skipped(due_slot, "broker_unavailable")
-            return []
-        return prepared
-
-    def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
-        """A won slot whose message cannot be built: report it and give the claim back."""
-        self._failed(due_slot.entry, due_slot.claim.slot, error, "building the message of")
-        with contextlib.suppress(BackendUnavailableError):
-            self.backend.mark_skipped([due_slot.claim], "error")
-        self._skipped(due_slot, "error")
-
-    def _still_held(
-        self,
-        batch: Sequence[tuple[DueSlot, Occurrence]],
-        held: Sequence[bool],
-    ) -> list[tuple[DueSlot, Occurrence]]:
-        """The fenced slots of ``batch``; the others were taken over while this replica stalled.
-
-        The fence (:meth:`~.backends.base.ClaimBackend.begin_publish`) is what makes a stall
-        anywhere harmless: a replica stopped before it loses its claims to a takeover and
-        publishes none of them; one stopped after it keeps them, and nobody else publishes them.
-        """
-        kept = []
-        for prepared, still_held in zip(batch, held, strict=True):
-            if still_held:
-                kept.append(prepared)
-            else:
-                self._skipped(prepared[0], "claimed")
-        return kept
-
-    def _ask_again(self, due_slots: Sequence[DueSlot], now: datetime) -> None:
-        """Queue won claims that could not be fenced, to be asked about (takeover-only) soon."""
-        when = now.timestamp() + BACKEND_RETRY_SECONDS
-        for due_slot in due_slots:
-            self.queue.push(when, due_slot.entry, due_slot.claim.slot, takeover=True)
+        lost = self.pipeline.send(admitted, now)
+        if lost is None:
+            self._note_rate(len(due), started)
+        return lost
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         task_id = task_id_for(entry.name, slot)
@@ -864,7 +736,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             outcome = result.outcome
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
-                    self._warn_rate_limited(
+                    self.reports.warn_rate_limited(
                         "taken_over",
                         f"{due_slot.entry.name} slot {slot_isoformat(due_slot.claim.slot)} "
                         "taken over from a replica that did not publish it",
@@ -877,14 +749,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
                 )
             elif outcome is ClaimOutcome.ERROR:
-                self._failed(
+                self.reports.failed(
                     due_slot.entry, due_slot.claim.slot, RuntimeError(result.error), "claiming"
                 )
-                self._skipped(due_slot, "error")
+                self.reports.skipped(due_slot, "error")
             else:
                 if outcome is ClaimOutcome.FINISHED:
                     finished.append(due_slot.entry)
-                self._skipped(due_slot, outcome.value)
+                self.reports.skipped(due_slot, outcome.value)
         admitted, given_back = self._apply_cap(won)
         for entry in finished:
             if entry.name not in given_back:
@@ -902,107 +774,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if over:
             self.backend.mark_skipped([slot.claim for slot in over], "capped")
             for due_slot in over:
-                self._skipped(due_slot, "capped")
+                self.reports.skipped(due_slot, "capped")
         admitted = [replace(slot, capped=True) for slot in won[:granted]]
         return admitted, {due_slot.entry.name for due_slot in over}
-
-    def _skipped(self, due_slot: DueSlot, reason: str) -> None:
-        """Report a due slot this replica does not publish."""
-        entry, slot = due_slot.entry.name, due_slot.claim.slot
-        if reason in WARNED_SKIPS:
-            self._warn_rate_limited(
-                reason, f"{entry} slot {slot_isoformat(slot)} skipped: {reason}"
-            )
-        else:
-            logger.debug(
-                "fork scheduler: %s slot %s skipped: %s", entry, slot_isoformat(slot), reason
-            )
-        signals.entry_skipped.send(sender=self, entry=entry, slot=slot, reason=reason)
-
-    def _warn_rate_limited(self, key: str, message: str) -> None:
-        """A WARNING at most every WARNING_INTERVAL seconds per key, counting the rest."""
-        now = self.monotonic()
-        last = self._warned_at.get(key)
-        if last is not None and now - last < WARNING_INTERVAL:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._warned_at[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        more = f" ({suppressed} more like it since the last warning)" if suppressed else ""
-        logger.warning("fork scheduler: %s%s", message, more)
-
-    def _publish(
-        self, batch: Sequence[tuple[DueSlot, Occurrence]], now: datetime
-    ) -> list[tuple[Claim, str]]:
-        """Send a fenced batch; return the claims to record, each with its outcome.
-
-        A slot is published by this replica at most once: a message whose delivery is
-        uncertain is recorded as such and reported (``in_flight``), never sent again. Only a
-        message that certainly was not sent, for want of the broker, is tried again.
-        """
-        errors = self.publisher.publish_many([occurrence for _, occurrence in batch])
-        records = []
-        for (due_slot, _), error in zip(batch, errors, strict=True):
-            if error is None:
-                self._dispatched(due_slot)
-                records.append((due_slot.claim, "sent"))
-            elif isinstance(error, DeliveryUncertain):
-                self._failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
-                self._skipped(due_slot, "in_flight")
-                records.append((due_slot.claim, "uncertain"))
-            else:
-                self._not_sent(due_slot, error, now)
-        return records
-
-    def _dispatched(self, due_slot: DueSlot) -> None:
-        entry, claim = due_slot.entry, due_slot.claim
-        logger.info(
-            "fork scheduler: sent %s (%s) slot %s id %s",
-            entry.name,
-            entry.task,
-            slot_isoformat(claim.slot),
-            claim.task_id,
-        )
-        signals.entry_dispatched.send(
-            sender=self,
-            entry=entry.name,
-            slot=claim.slot,
-            task_id=claim.task_id,
-            replica=self.backend.replica_id,
-        )
-
-    def _failed(self, entry: Entry, slot: datetime, error: Exception, doing: str) -> None:
-        """Log and signal (``entry_failed``) an error about one slot of ``entry``."""
-        logger.error(
-            "fork scheduler: %s %s (%s) for slot %s failed: %r",
-            doing,
-            entry.name,
-            entry.task,
-            slot_isoformat(slot),
-            error,
-        )
-        signals.entry_failed.send(
-            sender=self,
-            entry=entry.name,
-            slot=slot,
-            task_id=task_id_for(entry.name, slot),
-            exception=error,
-        )
-
-    def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
-        """A message that certainly did not leave: while the broker is what failed and the
-        slot is recent, its fence is lifted and this replica asks for it again (should it stop
-        meanwhile, another replica takes the claim over after the lease); else the failure is
-        recorded and the slot is not published."""
-        self._failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
-        claim = due_slot.claim
-        if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
-            with contextlib.suppress(BackendUnavailableError):
-                self.backend.end_fence([claim])
-                self._ask_again([due_slot], now)
-                return
-        with contextlib.suppress(BackendUnavailableError):
-            self.backend.record_failure(claim, error)
 
     def _retire(self, entry: Entry) -> None:
         """An entry that used up ``max_runs`` is never claimed again; a runtime one is removed."""
@@ -1014,82 +788,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 self.runtime.store.delete(entry.name)
 
-    def _flush_unmarked(self) -> None:
-        """Record published claims; kept for the next tick if the backend is down."""
-        if not self._unmarked:
-            return
-        pending, self._unmarked = self._unmarked, []
-        try:
-            for outcome in ("sent", "uncertain"):
-                claims = [claim for claim, said in pending if said == outcome]
-                if claims:
-                    self.backend.mark_sent(claims, outcome=outcome)
-                pending = [record for record in pending if record[1] != outcome]
-        except BackendUnavailableError:
-            self._unmarked = pending + self._unmarked
-            raise
-
     def _on_backend_down(self, exc: Exception, works: Sequence[Work], now: datetime) -> None:
-        """Fail closed: publish nothing of ``works`` now, ask again soon, log once per outage.
+        """Fail closed: publish nothing of ``works`` now, report their slots (once per
+        outage), and ask again a second later.
 
         Their queue items go back unchanged, so that the catch-up rule decides, once Redis is
         back, which of the slots missed meanwhile still fire.
         """
-        if not self._backend_down:
-            logger.error(
-                "fork scheduler: claim backend unavailable, publishing nothing until it is back: %s",  # noqa: E501
-                exc,
-            )
-            self._backend_down = True
-            self._outage_started = now
+        self.outage.begin(exc, now)
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for work in works:
             for due_slot in work.due:
-                if self._reported_during_outage(due_slot):
-                    continue  # asked again during the same outage: reported once
-                name, slot = due_slot.entry.name, due_slot.claim.slot
-                self._reported_down[name] = slot
-                self._outage_missed += 1
-                signals.entry_skipped.send(
-                    sender=self, entry=name, slot=slot, reason="redis_unavailable"
-                )
+                self.outage.miss(due_slot)
             item = work.item
             if item.entry.name in self.entries:
                 self.queue.push(
                     when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
                 )
-
-    def _reported_during_outage(self, due_slot: DueSlot) -> bool:
-        """True when this slot was reported skipped (``redis_unavailable``) already."""
-        reported = self._reported_down.get(due_slot.entry.name)
-        return reported is not None and due_slot.claim.slot <= reported
-
-    def _on_backend_up(self) -> None:
-        if self._backend_down:
-            logger.warning("fork scheduler: claim backend reachable again, publishing resumes")
-            if self._outage_missed:
-                self._report_outage()
-            self._backend_down = False
-            self._reported_down.clear()
-            self._outage_missed = 0
-            self._outage_started = None
-
-    def _report_outage(self) -> None:
-        """Log, keep in Redis and signal what the outage that just ended cost."""
-        outage = Outage(
-            replica=self.backend.replica_id,
-            started=self._outage_started or self.now(),
-            ended=self.now(),
-            slots=self._outage_missed,
-            entry_count=len(self._reported_down),
-            entries=tuple(itertools.islice(self._reported_down, LISTED_ENTRIES)),
-        )
-        logger.warning("fork scheduler: %s", outage.summary())
-        try:
-            self.backend.record_outage(outage)
-        except BackendUnavailableError as exc:
-            logger.warning("fork scheduler: the outage summary was not kept in Redis: %s", exc)
-        signals.outage_ended.send(sender=self, outage=outage)
 
     def _seconds_to_next_wakeup(self) -> float:
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
@@ -1097,7 +812,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         longest = float(self.max_interval)
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
-        if self._unmarked:
+        if self.pipeline.unmarked:
             longest = min(longest, BACKEND_RETRY_SECONDS)
         if self._unchecked:
             longest = min(longest, max(self._next_catch_up - self.monotonic(), 0.0))

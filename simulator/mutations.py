@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import celery_fork_scheduler.pipeline as pipeline_module
 import celery_fork_scheduler.scheduler as scheduler_module
 import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler.backends import lua
@@ -132,14 +133,14 @@ def _finding2() -> Callable[[], None]:
         ("DeliveryUncertain", NeverRaised),
         ("is_transient", lambda error: True),
     ):
-        if hasattr(scheduler_module, name):
-            original = getattr(scheduler_module, name)
-            setattr(scheduler_module, name, value)
+        if hasattr(pipeline_module, name):
+            original = getattr(pipeline_module, name)
+            setattr(pipeline_module, name, value)
             undo.append((name, original))
 
     def restore() -> None:
         for name, original in undo:
-            setattr(scheduler_module, name, original)
+            setattr(pipeline_module, name, original)
 
     return restore
 
@@ -250,7 +251,7 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
         RuntimeStore, "_start_afresh", lambda original: lambda self, pipe, name: pipe
     ),
     "sigterm": _patch(
-        scheduler_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
+        pipeline_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
     ),
 }
 

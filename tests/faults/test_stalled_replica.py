@@ -22,19 +22,7 @@ import pytest
 
 from celery_fork_scheduler.testing import wait_until
 
-from .conftest import (
-    MARGIN,
-    broker_fires,
-    dump_logs,
-    duplicated,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beat,
-    write_project,
-)
-from .report import build
+from .conftest import MARGIN, every_entries, every_second, now, project, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +35,7 @@ SETTINGS = f"app.conf.fork_scheduler_claim_lease = {LEASE}\n"
 STALLING = f'''
 import time as _time
 
+from celery_fork_scheduler.pipeline import PublishPipeline
 from celery_fork_scheduler.scheduler import Scheduler
 
 
@@ -76,61 +65,53 @@ class Stalling(Scheduler):
             backend.claim = claim
         return super()._run_chunk(chunk, now)
 
-    def _publish(self, batch, now):
+
+
+class StallingPipeline(PublishPipeline):
+    def publish(self, batch, now):
         stall = bool(batch) and not Stalling.stalled
         if stall and STALL_POINT == "before_send":
             Stalling.stalled = True
             _stall(STALL_POINT)
-        sent = super()._publish(batch, now)
+        sent = super().publish(batch, now)
         if stall and STALL_POINT == "after_send":
             Stalling.stalled = True
             _stall(STALL_POINT)
         return sent
+
+
+Stalling.pipeline_class = StallingPipeline
 '''
 
 
 @pytest.mark.parametrize("point", ["claim_reply", "before_send", "after_send"])
-def test_a_stalled_replica_publishes_each_slot_once(
-    point: str, env, workdir, processes, broker, report
-) -> None:
+def test_a_stalled_replica_publishes_each_slot_once(point: str, scenario) -> None:
     source = (
         project(every_entries(ENTRIES), settings=SETTINGS)
         + STALLING
         + f"\nSTALL_POINT = {point!r}\n"
     )
-    module = write_project(workdir, source)
-    began = time.monotonic()
+    module = scenario.write(source)
     start = now()
     # The other replica runs first: it asks about the same slots, gets "pending" for those the
     # staller won, and would take them over when the lease runs out.
-    other = start_beat(module, workdir, env, processes, "other")
-    stalling = start_beat(
-        module, workdir, env, processes, "stalling", scheduler=f"{module}:Stalling"
-    )
+    other = scenario.start_beat(module, "other")
+    stalling = scenario.start_beat(module, "stalling", scheduler=f"{module}:Stalling")
     wait_until(
         lambda: "STALLING" in stalling.log(),
         timeout=30,
-        what="the staller to win a batch\n" + dump_logs(processes),
+        what="the staller to win a batch\n" + scenario.logs(),
     )
     time.sleep(STALL + 3)
     end = now()
-    alive = stalling.alive() and other.alive()
-    stalling.stop()
-    other.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN * 3, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
-    result = build(
+    alive = stop_all([stalling, other])
+    expected = every_second(ENTRIES, start + MARGIN * 3, end - MARGIN)
+    fires, result = scenario.judge(
         f"1b replica stalled ({point})",
-        fires.counts,
         expected,
-        seconds=time.monotonic() - began,
         note=f"stall {STALL}s > lease {LEASE}s, end {end:%T}",
     )
-    report(result)
-    assert alive, dump_logs(processes)
-    assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, f"{fires.missed(expected)}\n{dump_logs(processes)}"
+    assert alive, scenario.logs()
+    scenario.assert_clean(fires, result, expected)
     if point == "claim_reply":
-        assert "taken over" in other.log(), dump_logs(processes)
+        assert "taken over" in other.log(), scenario.logs()

@@ -1,0 +1,29 @@
+"""What one tick works on: due slots with their claims, grouped by the queue item that asked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .backends import Claim
+from .entry import Entry
+from .timequeue import QueueItem
+
+
+@dataclass(frozen=True, slots=True)
+class DueSlot:
+    """One slot of one entry that this tick will try to claim and publish."""
+
+    entry: Entry
+    claim: Claim
+    #: True when the run holds a place under ``fork_scheduler_max_concurrent``.
+    capped: bool = False
+
+
+@dataclass(slots=True)
+class Work:
+    """What one due queue item asks for: slots to claim, and the entry's next slot."""
+
+    item: QueueItem
+    due: list[DueSlot]
+    follow_up: datetime | None

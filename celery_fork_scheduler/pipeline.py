@@ -1,0 +1,220 @@
+"""Fence, publish, record: how a won slot becomes at most one message, and is recorded.
+
+The order is the guarantee (see ``docs/guarantees.md``):
+
+1. **prepare** — build each message and make sure the broker can be reached. A failure here
+   costs nothing: the claim is given back (a message that can never be built) or asked for
+   again (a broker that cannot be reached yet).
+2. **fence** — :meth:`~.backends.base.ClaimBackend.begin_publish`: from here no other replica
+   takes the claims over; a claim taken over while this replica stalled is not published.
+3. **publish** — one broker round trip per batch. A message that may have left is never sent
+   again (``uncertain``, reported ``in_flight``); only one that certainly did not leave, for
+   want of the broker, is fenced off again and asked for a second later.
+4. **record** — :meth:`~.backends.base.ClaimBackend.mark_sent`; kept in memory and tried
+   again at each tick while Redis is away.
+
+A normal stop (SIGTERM, SIGINT) that arrives between the fence request and the record waits
+for the record (:func:`.shutdown.stop_signals_deferred`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from .backends import Claim, ClaimBackend
+from .config import Settings
+from .due import DueSlot
+from .errors import BackendUnavailableError
+from .publishing import DeliveryUncertain, Occurrence, Publisher, build_occurrence, is_transient
+from .reports import SlotReports
+from .shutdown import stop_signals_deferred
+from .timequeue import TimeQueue
+
+#: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
+PUBLISH_BATCH = 100
+#: How long to wait before asking a backend (or broker) that could not be reached again.
+BACKEND_RETRY_SECONDS = 1.0
+
+Prepared = tuple[DueSlot, Occurrence]
+
+
+class PublishPipeline:
+    """The won slots of one replica, from its claims to the broker and back to Redis."""
+
+    def __init__(
+        self,
+        backend: Callable[[], ClaimBackend],
+        publisher: Publisher,
+        settings: Settings,
+        reports: SlotReports,
+        queue: TimeQueue,
+    ) -> None:
+        """``backend`` gives the claim backend (created on first use by the scheduler);
+        slots to ask about again go back to ``queue``."""
+        self._backend = backend
+        self.publisher = publisher
+        self.settings = settings
+        self.reports = reports
+        self.queue = queue
+        #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
+        self.unmarked: list[tuple[Claim, str]] = []
+
+    @property
+    def backend(self) -> ClaimBackend:
+        """The claim backend."""
+        return self._backend()
+
+    def send(self, admitted: Sequence[DueSlot], now: datetime) -> BackendUnavailableError | None:
+        """Publish and record the admitted slots, :data:`PUBLISH_BATCH` at a time.
+
+        Returns the error when the backend went away; the slots not yet fenced are then
+        queued to be asked about again (takeover-only).
+        """
+        for start in range(0, len(admitted), PUBLISH_BATCH):
+            try:
+                self._send_batch(admitted[start : start + PUBLISH_BATCH], now)
+            except BackendUnavailableError as exc:
+                self.ask_again(admitted[start + PUBLISH_BATCH :], now)
+                return exc
+        return None
+
+    def record(self) -> None:
+        """Record published claims; kept for the next tick if the backend is down (raises
+        :class:`BackendUnavailableError` then)."""
+        if not self.unmarked:
+            return
+        pending, self.unmarked = self.unmarked, []
+        try:
+            for outcome in ("sent", "uncertain"):
+                claims = [claim for claim, said in pending if said == outcome]
+                if claims:
+                    self.backend.mark_sent(claims, outcome=outcome)
+                pending = [record for record in pending if record[1] != outcome]
+        except BackendUnavailableError:
+            self.unmarked = pending + self.unmarked
+            raise
+
+    def ask_again(self, due_slots: Sequence[DueSlot], now: datetime) -> None:
+        """Queue won claims that could not be fenced, to be asked about (takeover-only) soon."""
+        when = now.timestamp() + BACKEND_RETRY_SECONDS
+        for due_slot in due_slots:
+            self.queue.push(when, due_slot.entry, due_slot.claim.slot, takeover=True)
+
+    def _send_batch(self, batch: Sequence[DueSlot], now: datetime) -> None:
+        """Prepare, fence, publish and record one batch (steps 1-4 of the module docstring).
+
+        Raises :class:`BackendUnavailableError` when Redis went away; the batch's claims that
+        were not fenced are then asked about again.
+        """
+        prepared = self._prepare(batch, now)
+        if not prepared:
+            return
+        with stop_signals_deferred():
+            try:
+                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
+            except BackendUnavailableError:
+                self.ask_again([due_slot for due_slot, _ in prepared], now)
+                raise
+            self.unmarked.extend(self.publish(self._still_held(prepared, held), now))
+            self.record()
+
+    def _prepare(self, batch: Sequence[DueSlot], now: datetime) -> list[Prepared]:
+        """Build the messages of won slots and make sure the broker can be reached.
+
+        A message that cannot be built (lazy args that raise) will never be: its claim is
+        given back and reported. A broker that cannot be reached leaves the claims unfenced
+        and this replica asks again a second later while the slots are recent; after that
+        they are given back and reported (``broker_unavailable``). Nothing was sent.
+        """
+        prepared = []
+        for due_slot in batch:
+            claim = due_slot.claim
+            try:
+                occurrence = build_occurrence(
+                    due_slot.entry, claim.slot, claim.task_id, capped=due_slot.capped
+                )
+            except Exception as exc:
+                self._give_back(due_slot, exc)
+            else:
+                prepared.append((due_slot, occurrence))
+        if not prepared:
+            return prepared
+        try:
+            self.publisher.prepare()
+        except Exception as exc:
+            self.reports.warn_rate_limited(
+                "broker", f"cannot reach the broker, publishing waits: {exc!r}"
+            )
+            late = []
+            for due_slot, _ in prepared:
+                if now - due_slot.claim.slot <= self.settings.catchup_grace:
+                    self.ask_again([due_slot], now)
+                else:
+                    late.append(due_slot)
+            if late:
+                with contextlib.suppress(BackendUnavailableError):
+                    self.backend.mark_skipped([d.claim for d in late], "broker_unavailable")
+                for due_slot in late:
+                    self.reports.skipped(due_slot, "broker_unavailable")
+            return []
+        return prepared
+
+    def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
+        """A won slot whose message cannot be built: report it and give the claim back."""
+        self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "building the message of")
+        with contextlib.suppress(BackendUnavailableError):
+            self.backend.mark_skipped([due_slot.claim], "error")
+        self.reports.skipped(due_slot, "error")
+
+    def _still_held(self, batch: Sequence[Prepared], held: Sequence[bool]) -> list[Prepared]:
+        """The fenced slots of ``batch``; the others were taken over while this replica stalled.
+
+        The fence is what makes a stall anywhere harmless: a replica stopped before it loses
+        its claims to a takeover and publishes none of them; one stopped after it keeps them,
+        and nobody else publishes them.
+        """
+        kept = []
+        for prepared, still_held in zip(batch, held, strict=True):
+            if still_held:
+                kept.append(prepared)
+            else:
+                self.reports.skipped(prepared[0], "claimed")
+        return kept
+
+    def publish(self, batch: Sequence[Prepared], now: datetime) -> list[tuple[Claim, str]]:
+        """Send a fenced batch; return the claims to record, each with its outcome.
+
+        A slot is published by this replica at most once: a message whose delivery is
+        uncertain is recorded as such and reported (``in_flight``), never sent again. Only a
+        message that certainly was not sent, for want of the broker, is tried again.
+        """
+        errors = self.publisher.publish_many([occurrence for _, occurrence in batch])
+        records = []
+        for (due_slot, _), error in zip(batch, errors, strict=True):
+            if error is None:
+                self.reports.dispatched(due_slot)
+                records.append((due_slot.claim, "sent"))
+            elif isinstance(error, DeliveryUncertain):
+                self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
+                self.reports.skipped(due_slot, "in_flight")
+                records.append((due_slot.claim, "uncertain"))
+            else:
+                self._not_sent(due_slot, error, now)
+        return records
+
+    def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
+        """A message that certainly did not leave: while the broker is what failed and the
+        slot is recent, its fence is lifted and this replica asks for it again (should it stop
+        meanwhile, another replica takes the claim over after the lease); else the failure is
+        recorded and the slot is not published."""
+        self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
+        claim = due_slot.claim
+        if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
+            with contextlib.suppress(BackendUnavailableError):
+                self.backend.end_fence([claim])
+                self.ask_again([due_slot], now)
+                return
+        with contextlib.suppress(BackendUnavailableError):
+            self.backend.record_failure(claim, error)
