@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from replica_helpers import START
 
-from celery_fork_scheduler.testing import RedisServer
+from celery_fork_scheduler.testing import FakeClock, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock at ``replica_helpers.START`` (a module may define its own)."""
+    return FakeClock(START)

@@ -109,3 +109,48 @@ class BrokenPublisher(RecordingPublisher):
         if occurrence.entry == "broken":
             raise self.error()
         super().publish(occurrence)
+
+
+class Beat:
+    """One replica of ``app`` on the test Redis, ticking on a fake clock."""
+
+    def __init__(self, redis_url: str, clock: FakeClock, app: Celery, replica_id: str) -> None:
+        self.app = app
+        self.clock = clock
+        self.publisher = RecordingPublisher()
+        self.scheduler = make_scheduler(
+            redis_url, clock, app=app, publisher=self.publisher, replica_id=replica_id
+        )
+
+    def run_for(self, seconds: float, step: float = 0.25) -> None:
+        """Tick every ``step`` s of the fake clock for ``seconds``; tick once more at the end."""
+        tick_for(self.scheduler.tick, self.clock, seconds, step)
+
+
+class SteppedReplica:
+    """One replica of ``app`` on the test Redis (its own replica id): a fake clock from
+    ``START``, and a monotonic clock that starts at 0 and moves with it."""
+
+    def __init__(self, redis_url: str, app: Celery, clock: FakeClock | None = None) -> None:
+        self.app = app
+        self.clock = clock or FakeClock(START)
+        self.monotonic = 0.0
+        self.publisher = RecordingPublisher()
+        self.scheduler = make_scheduler(
+            redis_url,
+            self.clock,
+            app=app,
+            publisher=self.publisher,
+            replica_id=None,
+            monotonic=lambda: self.monotonic,
+        )
+
+    def run(self, seconds: float, step: float = 0.25) -> None:
+        """Move both clocks on by ``step`` and tick, for ``seconds``."""
+        for _ in range(int(seconds / step)):
+            self.clock.advance(step)
+            self.monotonic += step
+            self.scheduler.tick()
+
+    def close(self) -> None:
+        self.scheduler.close()

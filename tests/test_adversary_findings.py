@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from replica_helpers import START, fired, make_app, make_scheduler, run_for
+from replica_helpers import fired, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
@@ -40,11 +40,6 @@ def run_real_time(schedulers: list[Scheduler], clock: FakeClock, seconds: float)
         clock.advance(0.05)
         for scheduler in schedulers:
             scheduler.tick()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from celery_fork_scheduler.errors import ConfigError, ScheduleError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.schedules import cron, parse_time, schedule_from_dict
 from celery_fork_scheduler.schedules.parsing import parse_schedule
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 
 UTC = timezone.utc
 KEYS = Keys("scheduler:")
@@ -358,34 +358,14 @@ def test_a_runtime_entry_the_manager_accepts_can_be_read_back(manager: Manager) 
     assert [job.name for job in manager.jobs()] == ["tiny-window"]
 
 
-class Replica:
+class Replica(replica_helpers.SteppedReplica):
     """One Scheduler on the test Redis, with a fake clock and a recording publisher."""
 
     def __init__(self, redis_url: str, beat_schedule: dict[str, Any]) -> None:
-        app = make_app(redis_url, beat_schedule)
-        self.clock = FakeClock(START)
-        self.monotonic = 0.0
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            self.clock,
-            app=app,
-            publisher=self.publisher,
-            replica_id=None,
-            monotonic=lambda: self.monotonic,
-        )
-
-    def run(self, seconds: int) -> None:
-        for _ in range(seconds * 4):
-            self.clock.advance(0.25)
-            self.monotonic += 0.25
-            self.scheduler.tick()
+        super().__init__(redis_url, make_app(redis_url, beat_schedule))
 
     def fired(self) -> set[str]:
         return {occurrence.entry for occurrence in self.publisher.occurrences}
-
-    def close(self) -> None:
-        self.scheduler.close()
 
 
 def store_raw(client: redis.Redis, name: str | bytes, raw: str | bytes) -> None:

@@ -20,9 +20,8 @@ from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.ids import CAPPED_HEADER, task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.signals import entry_skipped
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 
-START = "2026-03-02T10:00:00.300+00:00"
 KEYS = Keys("scheduler:")
 
 
@@ -30,36 +29,20 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Cele
     return replica_helpers.make_app(redis_url, beat_schedule, main="policy_tests", **conf)
 
 
-class Beat:
+class Beat(replica_helpers.Beat):
     """One beat replica on the test Redis, driven by a fake clock."""
 
     def __init__(
         self, redis_url: str, clock: FakeClock, beat_schedule: dict[str, Any], **conf: Any
     ) -> None:
-        self.app = make_app(redis_url, beat_schedule, **conf)
-        self.clock = clock
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            clock,
-            app=self.app,
-            publisher=self.publisher,
-            replica_id=f"policy-test-{id(self)}",
-        )
-
-    def run_for(self, seconds: float, step: float = 0.25) -> None:
-        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds, step)
+        app = make_app(redis_url, beat_schedule, **conf)
+        super().__init__(redis_url, clock, app, f"policy-test-{id(self)}")
 
     def fired(self, entry: str = "e") -> list[str]:
         return self.publisher.fired(entry)
 
 
 BeatFactory = Any
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

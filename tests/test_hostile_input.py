@@ -30,7 +30,7 @@ from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.errors import ConfigError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.metrics import Metrics
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, free_port
+from celery_fork_scheduler.testing import FakeClock, free_port
 
 KEYS = Keys("scheduler:")
 START = "2026-03-02T10:00:00.300+00:00"
@@ -109,28 +109,11 @@ def nested(depth: int) -> Any:
     return value
 
 
-class Replica:
+class Replica(replica_helpers.SteppedReplica):
     """One Scheduler on the test Redis: fake clock, recording publisher."""
 
     def __init__(self, redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> None:
-        self.app = make_app(redis_url, beat_schedule, **conf)
-        self.clock = FakeClock(START)
-        self.monotonic = 0.0
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            self.clock,
-            app=self.app,
-            publisher=self.publisher,
-            replica_id=None,
-            monotonic=lambda: self.monotonic,
-        )
-
-    def run(self, seconds: int) -> None:
-        for _ in range(seconds * 4):
-            self.clock.advance(0.25)
-            self.monotonic += 0.25
-            self.scheduler.tick()
+        super().__init__(redis_url, make_app(redis_url, beat_schedule, **conf))
 
     def fired(self) -> dict[str, int]:
         counts: dict[str, int] = {}

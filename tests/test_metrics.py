@@ -20,7 +20,6 @@ from celery_fork_scheduler.errors import ConfigError
 from celery_fork_scheduler.metrics import Metrics
 from celery_fork_scheduler.testing import FakeClock, free_port, wait_until
 
-START = "2026-03-02T10:00:00.300+00:00"
 SCHEDULE = {
     "ok": {"task": "t", "schedule": every(1).seconds},
     "paused": {"task": "t", "schedule": every(1).seconds},
@@ -30,11 +29,6 @@ SCHEDULE = {
 
 def make_app(redis_url: str, **conf: Any) -> Celery:
     return replica_helpers.make_app(redis_url, SCHEDULE, main="metrics", **conf)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

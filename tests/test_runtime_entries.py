@@ -21,7 +21,6 @@ from celery_fork_scheduler.signals import entry_skipped
 from celery_fork_scheduler.store import RuntimeStore
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
-START = "2026-03-02T10:00:00.300+00:00"
 STATIC = {"static-report": {"task": "reports.static", "schedule": every(1).seconds}}
 
 
@@ -86,11 +85,6 @@ class Cluster:
     def clear(self) -> None:
         for replica in self.replicas:
             replica.publisher.clear()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

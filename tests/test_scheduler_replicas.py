@@ -21,7 +21,6 @@ from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
-START = "2026-03-02T10:00:00.300+00:00"
 ENTRIES = {f"e{i:02}": {"task": "t", "schedule": every(1).seconds} for i in range(30)}
 
 
@@ -47,11 +46,6 @@ class Replica:
             replica_id=f"test-replica-{id(self)}",
             monotonic=lambda: self.monotonic,
         )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

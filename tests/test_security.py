@@ -42,7 +42,6 @@ from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import (
     CeleryProcess,
     FakeClock,
-    RecordingPublisher,
     RedisServer,
     free_port,
     wait_until,
@@ -91,33 +90,14 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any] | None = None, **conf
     return app
 
 
-class Replica:
+class Replica(replica_helpers.SteppedReplica):
     """One Scheduler with a fake clock and a recording publisher."""
 
     def __init__(self, app: Celery, clock: FakeClock | None = None) -> None:
-        self.clock = clock or FakeClock(START)
-        self.monotonic = 0.0
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            app.conf.fork_scheduler_redis_url,
-            self.clock,
-            app=app,
-            publisher=self.publisher,
-            replica_id=None,
-            monotonic=lambda: self.monotonic,
-        )
-
-    def run(self, seconds: float, step: float = 0.25) -> None:
-        for _ in range(int(seconds / step)):
-            self.clock.advance(step)
-            self.monotonic += step
-            self.scheduler.tick()
+        super().__init__(app.conf.fork_scheduler_redis_url, app, clock)
 
     def fired(self, entry: str | None = None) -> list[str]:
         return self.publisher.fired(entry)
-
-    def close(self) -> None:
-        self.scheduler.close()
 
 
 def clock_after_start(client: redis.Redis) -> FakeClock:

@@ -25,7 +25,6 @@ from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, free_port
 
-START = "2026-03-02T10:00:00.300+00:00"
 BEAT_SIGNALS = {
     "due": signals.entry_due,
     "dispatched": signals.entry_dispatched,
@@ -104,11 +103,6 @@ class Beat:
             self.scheduler.tick()
             self.clock.advance(min(step, (end - self.clock.now).total_seconds()))
         self.scheduler.tick()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
 
 
 @pytest.fixture

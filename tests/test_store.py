@@ -15,7 +15,7 @@ from celery import Celery
 from celery_fork_scheduler import ForkSchedulerError, Manager, every
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.store import RuntimeStore, StaleVersionError, StoredEntry
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 
 START = "2026-03-02T10:00:00.300+00:00"
 KEYS = Keys("scheduler:")
@@ -168,23 +168,11 @@ def make_app(redis_url: str) -> Celery:
     return replica_helpers.make_app(redis_url, static, main="store_tests")
 
 
-class Beat:
+class Beat(replica_helpers.Beat):
     """One scheduler on the test Redis, its clocks and what it published."""
 
     def __init__(self, redis_url: str, clock: FakeClock) -> None:
-        self.app = make_app(redis_url)
-        self.clock = clock
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            clock,
-            app=self.app,
-            publisher=self.publisher,
-            replica_id=f"store-test-{id(self)}",
-        )
-
-    def run_for(self, seconds: float, step: float = 0.25) -> None:
-        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds, step)
+        super().__init__(redis_url, clock, make_app(redis_url), f"store-test-{id(self)}")
 
 
 @pytest.fixture
