@@ -27,6 +27,7 @@ from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
 from .manager_results import EntryStats, HistoryItem, Job, ReplicaInfo, RunRecord, TriggerResult
+from .outages import Outage
 from .publishing import CeleryPublisher, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
 from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry
@@ -296,6 +297,12 @@ class Manager:
         self._entry(name)
         raw = self._redis().lrange(self._keys().history(name), 0, max(n, 1) - 1)
         return [HistoryItem.from_stored(item) for item in raw]
+
+    def outages(self, n: int = 20) -> list[Outage]:
+        """The latest claim-backend outages the replicas came through, newest first: what
+        each cost (``schedule history --outages``). Items that cannot be read are left out."""
+        raw = self._redis().lrange(self._keys().outages, 0, max(n, 1) - 1)
+        return [outage for outage in map(Outage.decode, raw) if outage is not None]
 
     def stats(self, name: str) -> EntryStats:
         """The counters of an entry: runs, skips by reason, failures, completions, errors."""

@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from celery_fork_scheduler import Manager
 from celery_fork_scheduler.cli import schedule
 from celery_fork_scheduler.keys import Keys
+from celery_fork_scheduler.outages import LISTED_ENTRIES, Outage
 
 KEYS = Keys("scheduler:")
 
@@ -212,6 +213,26 @@ def test_history_lists_runs_newest_first(run: Run, redis_client: redis.Redis) ->
     assert [item.get("outcome") for item in items] == [
         None, "skipped:paused", "completed", "sent"
     ]  # fmt: skip
+
+
+def test_history_outages_lists_kept_summaries_and_skips_damaged_ones(
+    run: Run, redis_client: redis.Redis
+) -> None:
+    assert run("history", "--outages").stdout.strip() == "no outage kept"
+    started = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
+    names = tuple(f"entry-{i:02}" for i in range(LISTED_ENTRIES))
+    outage = Outage("vm:1:ab", started, started + timedelta(minutes=4), 250, 30, names)
+    redis_client.lpush(KEYS.outages, outage.encode(), b'{"replica": "half a record"}')
+    shown = json.loads(run("history", "--outages", "--json").stdout)
+    assert shown == [outage.to_dict()]  # the damaged item is left out, never an error
+    table = run("history", "--outages").stdout.splitlines()
+    assert table[0].split() == ["STARTED", "LASTED", "MISSED", "ENTRIES", "REPLICA"]
+    assert "4m" in table[1] and "250 slots of 30 entries" in table[1] and "(+10)" in table[1]
+
+
+@pytest.mark.parametrize("args", [[], ["cleanup", "--outages"]])
+def test_history_takes_a_name_or_outages(run: Run, args: list[str]) -> None:
+    assert_one_line_error(run("history", *args), 2, "give an entry NAME, or --outages")
 
 
 # -- next ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from . import edit, inspect, validate
+from . import edit, inspection, validate
 from .session import ScheduleGroup
 
 __all__ = ["schedule"]
@@ -26,16 +26,16 @@ def schedule() -> None:
 
 
 for command in (
-    inspect.list_,
-    inspect.show,
-    inspect.next_,
+    inspection.list_,
+    inspection.show,
+    inspection.next_,
     edit.add,
     edit.remove,
     edit.pause,
     edit.resume,
     edit.trigger,
-    inspect.history,
-    inspect.replicas,
+    inspection.history,
+    inspection.replicas,
     validate.validate,
 ):
     schedule.add_command(command)

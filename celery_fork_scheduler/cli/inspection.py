@@ -234,6 +234,27 @@ def _history_table(items: Sequence[Mapping[str, Any]], zone: tzinfo, now: dateti
     return table(["SLOT", "OUTCOME", "AT", "DURATION", "TASK ID", "BY", "ERROR"], rows)
 
 
+def _outage_table(outages: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    rows: list[list[Cell]] = []
+    for outage in outages:
+        started, ended = (
+            datetime.fromisoformat(outage["started"]),
+            datetime.fromisoformat(outage["ended"]),
+        )
+        names = ", ".join(outage["entries"])
+        more = outage["entry_count"] - len(outage["entries"])
+        rows.append(
+            [
+                relative(started, now),
+                span((ended - started).total_seconds()),
+                f"{outage['slots']} slots of {outage['entry_count']} entries",
+                safe(names + (f" (+{more})" if more > 0 else "")),
+                outage["replica"],
+            ]
+        )
+    return table(["STARTED", "LASTED", "MISSED", "ENTRIES", "REPLICA"], rows)
+
+
 def _history_data(item: dict[str, Any]) -> dict[str, Any]:
     """A history item with any URL credentials in its error text masked."""
     for key in ("error", "raw"):
@@ -314,14 +335,26 @@ def _entry_names(session: Session) -> set[str]:
 
 
 @click.command("history", cls=CeleryCommand)
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, MAX_COUNT))
+@click.option(
+    "--outages",
+    is_flag=True,
+    help="Instead of an entry's runs: the latest Redis outages and the slots each cost.",
+)
 @json_option
 @click.pass_context
-def history(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
-    """The latest runs of an entry, newest first (as many as fork_scheduler_history_size)."""
+def history(ctx: click.Context, name: str | None, count: int, outages: bool, as_json: bool) -> None:
+    """The latest runs of an entry, newest first (as many as fork_scheduler_history_size),
+    or with --outages the latest claim-backend outages, newest first."""
+    if outages == (name is not None):
+        raise click.UsageError("give an entry NAME, or --outages (not both)")
     session = session_for(ctx, as_json)
     manager = session.manager()
+    if name is None:
+        kept = [outage.to_dict() for outage in manager.outages(count)]
+        session.emit(kept, lambda: _outage_table(kept, session.now) if kept else "no outage kept")
+        return
     job = manager.get(name)
     items = [_history_data(item.to_dict()) for item in manager.history_items(name, count)]
     session.emit(
