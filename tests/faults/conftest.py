@@ -13,9 +13,10 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ from celery_fork_scheduler import every
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER
 from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
 
-from .report import ScenarioReport, save, table
+from .report import ScenarioReport, build, save, table
 
 __all__ = [
     "CLAIM_LEASE",
@@ -34,15 +35,18 @@ __all__ = [
     "MARGIN",
     "BrokerWatch",
     "Fires",
+    "Scenario",
     "broker_fires",
     "dump_logs",
     "duplicated",
     "every_entries",
+    "every_second",
     "expected_every",
     "now",
     "project",
     "start_beat",
     "start_beats",
+    "stop_all",
     "write_project",
 ]
 
@@ -153,6 +157,96 @@ def duplicated(fires: Fires) -> dict[str, list[str]]:
     }
 
 
+def every_second(entries: int, first: datetime, last: datetime) -> dict[str, list[datetime]]:
+    """The slots expected of ``every_entries(entries)`` in ``[first, last]``."""
+    slots = expected_every(1, first, last)
+    return {f"entry-{i:02}": slots for i in range(entries)}
+
+
+class Scenario:
+    """One scenario's project, replicas and verdict, over the fixtures every scenario takes."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,  # noqa: F811
+        processes: list[CeleryProcess],  # noqa: F811
+        broker: redis.Redis,
+        report: Callable[[ScenarioReport], None],
+    ) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.processes = processes
+        self.broker = broker
+        self.report = report
+        self.began = time.monotonic()
+
+    def write(self, body: str, name: str = "proj") -> str:
+        """Write the project module; the scenario's time counts from the last one written."""
+        module = write_project(self.workdir, body, name=name)
+        self.began = time.monotonic()
+        return module
+
+    def start_beat(self, module: str, name: str, **options: Any) -> CeleryProcess:
+        return start_beat(module, self.workdir, self.env, self.processes, name, **options)
+
+    def start_beats(
+        self, module: str, count: int = 3, *, name: str = "beat", **options: Any
+    ) -> list[CeleryProcess]:
+        """Start ``count`` replicas ``<name>-0``, ``<name>-1``, ... together; wait for each."""
+        names = [f"{name}-{i}" for i in range(count)]
+        return start_beats(module, self.workdir, self.env, self.processes, names, **options)
+
+    def logs(self) -> str:
+        return dump_logs(self.processes)
+
+    def fires(self) -> Fires:
+        return broker_fires(self.broker)
+
+    def judge(
+        self,
+        title: str,
+        expected: dict[str, list[datetime]],
+        *,
+        fires: Fires | None = None,
+        counts: dict[str, Counter[str]] | None = None,
+        windows: Sequence[tuple[datetime, datetime]] = (),
+        note: str = "",
+    ) -> tuple[Fires, ScenarioReport]:
+        """Count ``fires`` (default: the broker's) or ``counts`` against ``expected``, report it.
+
+        Returns the fires and the report.
+        """
+        fires = self.fires() if fires is None else fires
+        result = build(
+            title,
+            fires.counts if counts is None else counts,
+            expected,
+            windows=windows,
+            seconds=time.monotonic() - self.began,
+            note=note,
+        )
+        self.report(result)
+        return fires, result
+
+    def assert_clean(
+        self, fires: Fires, result: ScenarioReport, expected: dict[str, Any], context: str = ""
+    ) -> None:
+        """No slot published twice, none missed outside the windows the docs allow."""
+        prefix = f"{context}: " if context else ""
+        assert fires.duplicates() == 0, f"{prefix}{duplicated(fires)}\n{self.logs()}"
+        assert result.missed_outside == 0, f"{prefix}{fires.missed(expected)}\n{self.logs()}"
+
+
+def stop_all(beats: Iterable[CeleryProcess]) -> bool:
+    """Stop every beat; return whether they were all alive before."""
+    beats = list(beats)
+    alive = all([beat.alive() for beat in beats])
+    for beat in beats:
+        beat.stop()
+    return alive
+
+
 class BrokerWatch:
     """Follows the broker queue from a thread: when each (entry, slot) was first seen.
 
@@ -230,6 +324,17 @@ def broker(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def scenario(
+    env: dict[str, str],
+    workdir: Path,  # noqa: F811
+    processes: list[CeleryProcess],  # noqa: F811
+    broker: redis.Redis,
+    report: Callable[[ScenarioReport], None],
+) -> Scenario:
+    return Scenario(env, workdir, processes, broker, report)
 
 
 @pytest.fixture

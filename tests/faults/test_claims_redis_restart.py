@@ -15,20 +15,7 @@ from datetime import timedelta
 
 import pytest
 
-from .conftest import (
-    GRACE,
-    MARGIN,
-    broker_fires,
-    dump_logs,
-    duplicated,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beats,
-    write_project,
-)
-from .report import build
+from .conftest import GRACE, MARGIN, every_entries, every_second, now, project, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -51,12 +38,10 @@ def restart_empty(server, down: float) -> tuple:
 
 
 def test_claims_redis_restarted_empty_republishes_nothing_and_keeps_firing(
-    env, workdir, processes, broker, claims_server, report
+    scenario, broker, claims_server
 ) -> None:
     rng = random.Random(SEED)
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
-    beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)])
+    beats = scenario.start_beats(scenario.write(project(every_entries(ENTRIES))))
     start = now()
     windows = []
     # A short outage (inside the grace) and a long one (beyond it), at random moments.
@@ -68,25 +53,13 @@ def test_claims_redis_restarted_empty_republishes_nothing_and_keeps_firing(
         assert before > 0
     time.sleep(8)
     end = now()
-    assert all(beat.alive() for beat in beats), dump_logs(processes)
-    for beat in beats:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+    assert stop_all(beats), scenario.logs()
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     outages = "; ".join(f"down {a:%T.%f} - up {b - AFTER_RESTART:%T.%f}" for a, b in windows)
-    result = build(
-        "2 claims Redis restarted empty",
-        fires.counts,
-        expected,
-        windows=windows,
-        seconds=time.monotonic() - began,
-        note=outages,
+    fires, result = scenario.judge(
+        "2 claims Redis restarted empty", expected, windows=windows, note=outages
     )
-    report(result)
-    assert fires.duplicates() == 0, f"{outages}: {duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, f"{outages}: {fires.missed(expected)}"
+    scenario.assert_clean(fires, result, expected, outages)
     assert all("claim backend unavailable" in beat.log() for beat in beats)
 
 
@@ -96,11 +69,9 @@ def test_claims_redis_restarted_empty_republishes_nothing_and_keeps_firing(
 #: loss is published twice"); issue 9 requires it never to happen ("no slot the worker already
 #: ran fires again - replicas keep their own high-water marks and write them back").
 def test_a_replica_asleep_across_an_empty_restart_republishes_nothing(
-    env, workdir, processes, broker, claims_server, report
+    scenario, claims_server
 ) -> None:
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
-    beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)])
+    beats = scenario.start_beats(scenario.write(project(every_entries(ENTRIES))))
     start = now()
     time.sleep(4 + (1 - time.time() % 1) + 0.5)  # half way between two slots
     beats[0].signal(signal.SIGSTOP)
@@ -109,21 +80,10 @@ def test_a_replica_asleep_across_an_empty_restart_republishes_nothing(
     beats[0].signal(signal.SIGCONT)
     time.sleep(8)
     end = now()
-    assert all(beat.alive() for beat in beats), dump_logs(processes)
-    for beat in beats:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+    assert stop_all(beats), scenario.logs()
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     window = (stopped, restarted + AFTER_RESTART)
-    result = build(
-        "2b replica asleep across empty restart",
-        fires.counts,
-        expected,
-        windows=[window],
-        seconds=time.monotonic() - began,
+    fires, result = scenario.judge(
+        "2b replica asleep across empty restart", expected, windows=[window]
     )
-    report(result)
-    assert result.missed_outside == 0, f"{window}: {fires.missed(expected)}\n{dump_logs(processes)}"
-    assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
+    scenario.assert_clean(fires, result, expected, str(window))

@@ -10,20 +10,7 @@ from datetime import timedelta
 import pytest
 import redis
 
-from .conftest import (
-    GRACE,
-    MARGIN,
-    broker_fires,
-    dump_logs,
-    duplicated,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beats,
-    write_project,
-)
-from .report import build
+from .conftest import GRACE, MARGIN, every_entries, every_second, now, project, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +30,10 @@ BROKER_PAUSE_WINDOWS: list = []
 
 
 def test_claims_redis_client_pause_kills_nothing_and_duplicates_nothing(
-    env, workdir, processes, broker, claims_server, report
+    scenario, claims_server
 ) -> None:
     rng = random.Random(20260503)
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
-    beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)])
+    beats = scenario.start_beats(scenario.write(project(every_entries(ENTRIES))))
     start = now()
     time.sleep(rng.uniform(4.0, 6.0))
     claims = redis.Redis.from_url(claims_server.url)
@@ -57,33 +42,22 @@ def test_claims_redis_client_pause_kills_nothing_and_duplicates_nothing(
     claims.close()
     time.sleep(CLAIMS_PAUSE.total_seconds() + GRACE.total_seconds() + 5)
     end = now()
-    alive = [beat.alive() for beat in beats]
-    for beat in beats:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+    alive = stop_all(beats)
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     window = (paused, paused + CLAIMS_PAUSE_WINDOW)
-    result = build(
+    fires, result = scenario.judge(
         "3 claims Redis CLIENT PAUSE 5000 ALL",
-        fires.counts,
         expected,
         windows=[window],
-        seconds=time.monotonic() - began,
         note=f"paused {paused:%T.%f}",
     )
-    report(result)
-    assert all(alive), dump_logs(processes)
-    assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, fires.missed(expected)
+    assert alive, scenario.logs()
+    scenario.assert_clean(fires, result, expected)
 
 
-def test_a_slow_broker_duplicates_nothing(env, workdir, processes, broker, report) -> None:
+def test_a_slow_broker_duplicates_nothing(scenario, broker) -> None:
     rng = random.Random(20260504)
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
-    beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)])
+    beats = scenario.start_beats(scenario.write(project(every_entries(ENTRIES))))
     start = now()
     pauses = []
     for _ in range(BROKER_PAUSES):
@@ -94,22 +68,13 @@ def test_a_slow_broker_duplicates_nothing(env, workdir, processes, broker, repor
         time.sleep(BROKER_PAUSE.total_seconds())
     time.sleep(6)
     end = now()
-    alive = [beat.alive() for beat in beats]
-    for beat in beats:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
-    result = build(
+    alive = stop_all(beats)
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
+    fires, result = scenario.judge(
         "4 slow broker (CLIENT PAUSE 3000 WRITE)",
-        fires.counts,
         expected,
         windows=BROKER_PAUSE_WINDOWS,
-        seconds=time.monotonic() - began,
         note="paused " + ", ".join(f"{p:%T.%f}" for p in pauses),
     )
-    report(result)
-    assert all(alive), dump_logs(processes)
-    assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, fires.missed(expected)
+    assert alive, scenario.logs()
+    scenario.assert_clean(fires, result, expected)

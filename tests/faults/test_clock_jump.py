@@ -9,22 +9,10 @@ from __future__ import annotations
 import shutil
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    MARGIN,
-    BrokerWatch,
-    dump_logs,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beats,
-    write_project,
-)
-from .report import build
+from .conftest import MARGIN, BrokerWatch, every_entries, every_second, now, project, stop_all
 
 pytestmark = [
     pytest.mark.e2e,
@@ -41,61 +29,46 @@ MISS_WINDOWS: list = []
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
-def _run(scenario, env, workdir, redis_url, processes, report, prefixes, during) -> list:
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
+def _run(title, scenario, redis_url, prefixes, during) -> list:
+    module = scenario.write(project(every_entries(ENTRIES)))
     with BrokerWatch(redis_url) as watch:
-        beats = start_beats(
-            module, workdir, env, processes, [f"beat-{i}" for i in range(3)], prefixes=prefixes
-        )
+        beats = scenario.start_beats(module, prefixes=prefixes)
         start = now()
         during()
         end = now()
-        alive = [beat.alive() for beat in beats]
-        for beat in beats:
-            beat.stop()
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+        alive = stop_all(beats)
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     early = watch.early(EARLY_TOLERANCE)
-    result = build(
-        scenario,
-        watch.counts,
-        expected,
-        windows=MISS_WINDOWS,
-        seconds=time.monotonic() - began,
-        note=f"early={len(early)}",
+    _, result = scenario.judge(
+        title, expected, counts=watch.counts, windows=MISS_WINDOWS, note=f"early={len(early)}"
     )
-    report(result)
-    assert all(alive), dump_logs(processes)
-    assert result.duplicated == 0, dump_logs(processes)
+    assert alive, scenario.logs()
+    assert result.duplicated == 0, scenario.logs()
     assert early == {}, early
-    assert result.missed_outside == 0, dump_logs(processes)
+    assert result.missed_outside == 0, scenario.logs()
     return beats
 
 
 @pytest.mark.parametrize("offset", ["+1h", "-1h"])
 def test_a_replica_an_hour_off_never_duplicates_nor_fires_early(
-    offset, env, workdir, redis_url, processes, report
+    offset, scenario, redis_url
 ) -> None:
     beats = _run(
         f"5 clock {offset} on one replica",
-        env,
-        workdir,
+        scenario,
         redis_url,
-        processes,
-        report,
         [["faketime", "-f", offset], [], []],
         lambda: time.sleep(20),
     )
     # It schedules on Redis's clock: it takes part instead of idling or firing an hour off.
-    assert "off Redis TIME" in beats[0].log(), dump_logs(processes)
-    assert " sent " in beats[0].log(), dump_logs(processes)
+    assert "off Redis TIME" in beats[0].log(), scenario.logs()
+    assert " sent " in beats[0].log(), scenario.logs()
 
 
 def test_a_replica_whose_clock_jumps_an_hour_and_back_never_duplicates_nor_fires_early(
-    env, workdir: Path, redis_url, processes, report
+    scenario, redis_url
 ) -> None:
-    offset_file = workdir / "faketime-offset"
+    offset_file = scenario.workdir / "faketime-offset"
     offset_file.write_text("+0\n")
     jumping = {
         "LD_PRELOAD": LIBFAKETIME,
@@ -113,16 +86,9 @@ def test_a_replica_whose_clock_jumps_an_hour_and_back_never_duplicates_nor_fires
 
     env_prefix = ["env", *(f"{k}={v}" for k, v in jumping.items())]
     beats = _run(
-        "5b clock jumps +1h/-1h mid-run",
-        env,
-        workdir,
-        redis_url,
-        processes,
-        report,
-        [env_prefix, [], []],
-        during,
+        "5b clock jumps +1h/-1h mid-run", scenario, redis_url, [env_prefix, [], []], during
     )
-    assert "off Redis TIME" in beats[0].log(), f"{jumps}\n{dump_logs(processes)}"
+    assert "off Redis TIME" in beats[0].log(), f"{jumps}\n{scenario.logs()}"
 
 
 #: A lone replica whose clock steps +1 h while it runs: the docs promise "Nothing, or one
@@ -133,9 +99,9 @@ JUMP_SETTLE = 3.0
 
 
 def test_a_lone_replica_keeps_publishing_after_its_clock_steps_an_hour_ahead(
-    env, workdir: Path, redis_url, processes, report
+    scenario, redis_url
 ) -> None:
-    offset_file = workdir / "faketime-offset"
+    offset_file = scenario.workdir / "faketime-offset"
     offset_file.write_text("+0\n")
     prefix = [
         "env",
@@ -143,28 +109,23 @@ def test_a_lone_replica_keeps_publishing_after_its_clock_steps_an_hour_ahead(
         f"FAKETIME_TIMESTAMP_FILE={offset_file}",
         "FAKETIME_NO_CACHE=1",
     ]
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
+    module = scenario.write(project(every_entries(ENTRIES)))
     with BrokerWatch(redis_url) as watch:
-        (beat,) = start_beats(module, workdir, env, processes, ["lone"], prefixes=[prefix])
+        beat = scenario.start_beat(module, "lone", prefix=prefix)
         time.sleep(4)
         offset_file.write_text("+1h\n")
         jumped = now()
         time.sleep(12)
         end = now()
-        alive = beat.alive()
-        beat.stop()
-    slots = expected_every(1, jumped + timedelta(seconds=JUMP_SETTLE), end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
+        alive = stop_all([beat])
+    expected = every_second(ENTRIES, jumped + timedelta(seconds=JUMP_SETTLE), end - MARGIN)
     early = watch.early(EARLY_TOLERANCE)
-    result = build(
+    _, result = scenario.judge(
         "5c lone replica, clock steps +1h",
-        watch.counts,
         expected,
-        seconds=time.monotonic() - began,
+        counts=watch.counts,
         note=f"early={len(early)}",
     )
-    report(result)
-    assert alive, dump_logs(processes)
+    assert alive, scenario.logs()
     assert result.duplicated == 0 and early == {}
-    assert result.missed == 0, f"jumped {jumped:%T.%f}\n{dump_logs(processes)}"
+    assert result.missed == 0, f"jumped {jumped:%T.%f}\n{scenario.logs()}"

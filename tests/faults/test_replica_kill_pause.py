@@ -11,21 +11,7 @@ import time
 
 import pytest
 
-from .conftest import (
-    CLAIM_LEASE,
-    MARGIN,
-    broker_fires,
-    dump_logs,
-    duplicated,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beat,
-    start_beats,
-    write_project,
-)
-from .report import build
+from .conftest import CLAIM_LEASE, MARGIN, every_entries, every_second, now, project, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -39,13 +25,10 @@ MISS_WINDOWS: list = []
 TAIL = CLAIM_LEASE.total_seconds() + 2
 
 
-def test_random_kills_and_pauses_publish_every_slot_once(
-    env, workdir, processes, broker, report
-) -> None:
+def test_random_kills_and_pauses_publish_every_slot_once(scenario) -> None:
     rng = random.Random(SEED)
-    module = write_project(workdir, project(every_entries(ENTRIES)))
-    began = time.monotonic()
-    beats = start_beats(module, workdir, env, processes, [f"beat-{i}" for i in range(3)])
+    module = scenario.write(project(every_entries(ENTRIES)))
+    beats = scenario.start_beats(module)
     generation = [0, 0, 0]
     start = now()
     events = []
@@ -61,13 +44,8 @@ def test_random_kills_and_pauses_publish_every_slot_once(
             events.append(f"{now():%T.%f} kill beat-{target}")
             time.sleep(rng.uniform(0.2, 1.5))
             generation[target] += 1
-            beats[target] = start_beat(
-                module,
-                workdir,
-                env,
-                processes,
-                f"beat-{target}.{generation[target]}",
-                wait=False,
+            beats[target] = scenario.start_beat(
+                module, f"beat-{target}.{generation[target]}", wait=False
             )
         else:
             pause = rng.uniform(2.0, 7.0)
@@ -77,21 +55,9 @@ def test_random_kills_and_pauses_publish_every_slot_once(
             beats[target].signal(signal.SIGCONT)
     time.sleep(TAIL)
     end = now()
-    assert all(beat.alive() for beat in beats), dump_logs(processes)
-    for beat in beats:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    slots = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": slots for i in range(ENTRIES)}
-    result = build(
-        "1 kill/pause",
-        fires.counts,
-        expected,
-        windows=MISS_WINDOWS,
-        seconds=time.monotonic() - began,
-        note="; ".join(events),
+    assert stop_all(beats), scenario.logs()
+    expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
+    fires, result = scenario.judge(
+        "1 kill/pause", expected, windows=MISS_WINDOWS, note="; ".join(events)
     )
-    report(result)
-    assert fires.duplicates() == 0, f"{events}: {duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, f"{events}: {fires.missed(expected)}"
+    scenario.assert_clean(fires, result, expected, str(events))

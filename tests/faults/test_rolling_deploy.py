@@ -9,20 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from .conftest import (
-    MARGIN,
-    broker_fires,
-    dump_logs,
-    duplicated,
-    every_entries,
-    expected_every,
-    now,
-    project,
-    start_beat,
-    start_beats,
-    write_project,
-)
-from .report import build
+from .conftest import MARGIN, every_entries, every_second, expected_every, now, project, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +33,10 @@ MISS_WINDOWS: list = []
 STEP = timedelta(seconds=2)
 
 
-def test_a_rolling_deploy_loses_no_v2_slot_and_duplicates_nothing(
-    env, workdir, processes, broker, report
-) -> None:
-    v1 = write_project(workdir, V1, name="proj_v1")
-    v2 = write_project(workdir, V2, name="proj_v2")
-    began = time.monotonic()
-    old = start_beats(v1, workdir, env, processes, [f"v1-{i}" for i in range(REPLICAS)])
+def test_a_rolling_deploy_loses_no_v2_slot_and_duplicates_nothing(scenario) -> None:
+    v1 = scenario.write(V1, name="proj_v1")
+    v2 = scenario.write(V2, name="proj_v2")
+    old = scenario.start_beats(v1, REPLICAS, name="v1")
     start = now()
     time.sleep(3)
     new = []
@@ -60,22 +44,18 @@ def test_a_rolling_deploy_loses_no_v2_slot_and_duplicates_nothing(
     for i in range(REPLICAS):
         old[i].stop()
         last_v1_gone = now()
-        new.append(start_beat(v2, workdir, env, processes, f"v2-{i}"))
+        new.append(scenario.start_beat(v2, f"v2-{i}"))
         first_v2_up = first_v2_up or now()
         time.sleep(STEP.total_seconds())
     last_v2_up = now() - STEP
     time.sleep(6)
     end = now()
-    alive = [beat.alive() for beat in new]
-    for beat in new:
-        beat.stop()
-
-    fires = broker_fires(broker)
-    every_second = expected_every(1, start + MARGIN, end - MARGIN)
-    expected = {f"entry-{i:02}": every_second for i in range(COMMON)}
+    alive = stop_all(new)
+    expected = every_second(COMMON, start + MARGIN, end - MARGIN)
     expected["added"] = expected_every(1, first_v2_up + MARGIN, end - MARGIN)
     expected["changed"] = expected_every(3, last_v2_up + MARGIN, end - MARGIN)
     expected["removed"] = expected_every(1, start + MARGIN, start + timedelta(seconds=3))
+    fires = scenario.fires()
     late_removed = sorted(
         slot for slot in fires.counts["removed"] if slot > last_v1_gone.isoformat()
     )
@@ -83,18 +63,15 @@ def test_a_rolling_deploy_loses_no_v2_slot_and_duplicates_nothing(
         f"v1 up {start:%T}, v2 first up {first_v2_up:%T.%f}, last v1 gone "
         f"{last_v1_gone:%T.%f}, last v2 up {last_v2_up:%T.%f}"
     )
-    result = build(
+    fires, result = scenario.judge(
         "6 rolling deploy v1->v2",
-        fires.counts,
         expected,
+        fires=fires,
         windows=MISS_WINDOWS,
-        seconds=time.monotonic() - began,
         note=f"{timeline}; v1-only fired after v1 gone: {len(late_removed)}",
     )
-    report(result)
-    assert all(alive), dump_logs(processes)
-    assert fires.duplicates() == 0, f"{duplicated(fires)}\n{dump_logs(processes)}"
-    assert result.missed_outside == 0, f"{timeline}: {fires.missed(expected)}"
+    assert alive, scenario.logs()
+    scenario.assert_clean(fires, result, expected, timeline)
     assert late_removed == [], timeline
     # The changed entry follows version 2 (every 3 s) once only version 2 runs.
     after = [s for s in fires.counts["changed"] if s > (last_v1_gone + MARGIN).isoformat()]
