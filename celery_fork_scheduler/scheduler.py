@@ -21,7 +21,6 @@ from celery.schedules import crontab
 
 from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
-from .backends.base import to_epoch_us
 from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, read_settings
@@ -34,8 +33,11 @@ from .listeners import resolve_listeners
 from .metrics import Metrics
 from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
 from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
+from .redis_clock import RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
+from .startup_catchup import StartupCatchUp
+from .startup_checks import warn_about_tasks, warn_about_unsupported_policies
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -48,10 +50,6 @@ CLAIM_BATCH = 500
 INITIAL_CLAIM_RATE = 1000.0
 #: Batches smaller than this say little about the rate.
 RATE_SAMPLE_MIN = 50
-#: High-water marks read per tick at start-up.
-MARKS_BATCH = 5000
-#: Clock differences with Redis below this are noise, not skew.
-CLOCK_TOLERANCE = timedelta(milliseconds=250)
 #: How often a replica records itself in Redis (``celery schedule replicas``).
 ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
@@ -126,7 +124,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.static_names: frozenset[str] = frozenset()
         self.runtime: RuntimeEntries | None = None
         self.metrics: Metrics | None = None
-        self._clock_offset = timedelta(0)
         #: Earlier definitions of changed entries (by name, then ``id``) with the instant up to
         #: which their slots are still theirs: a change never drops a slot already due.
         self._superseded: dict[str, dict[int, tuple[Entry, datetime]]] = {}
@@ -134,15 +131,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._finished: set[str] = set()
         #: Slots per second this replica handles (claim + publish), to spot a backlog.
         self._claim_rate = INITIAL_CLAIM_RATE
-        #: (wall, monotonic) at the last tick, to notice a stepped host clock.
-        self._last_clocks: tuple[float, float] | None = None
         #: The latest slot of each entry Redis confirmed claimed (us): written back to a Redis
         #: that lost its data, so that no replica can claim an older slot again.
         self._known_marks: dict[str, int] = {}
-        #: Entries whose high-water marks are still to be read, with their first queued slot.
-        self._unchecked: list[tuple[Entry, datetime | None]] = []
-        #: No high-water marks are read before this (monotonic): a failed read backs off.
-        self._next_catch_up = 0.0
+        self.redis_clock = RedisClock(
+            self.clock, monotonic, lambda: self.backend, follow=clock is None
+        )
+        self.catch_up = StartupCatchUp(
+            lambda: self.backend,
+            self.settings,
+            self.queue,
+            self.reports,
+            monotonic,
+            self._known_marks,
+        )
         self._next_refresh = 0.0
         self._next_announce = 0.0
         super().__init__(app, *args, **kwargs)
@@ -226,63 +228,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing"
             )
             return
-        self._follow_redis_clock()
+        self.redis_clock.follow()
         self._queue_first_slots(self.now())
-        self._warn_about_unsupported_policies()
-        self._warn_about_tasks()
+        warn_about_unsupported_policies(self.entries.values(), self.settings, backend, self.runtime)
+        warn_about_tasks(self.app, self.entries.values())
         if self.settings.metrics_port:
             self.metrics = Metrics()
             self.metrics.connect(self)
             self.metrics.serve(self.settings.metrics_port)
             self.metrics.entries.set(len(self.entries))
             logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
-
-    def _warn_about_tasks(self) -> None:
-        """Once per entry at start-up: a task this app does not know (it is sent by name and
-        may be a typo), and arguments the task's signature refuses (they would fail at every
-        slot; the publish is then recorded failed, not retried)."""
-        tasks = self.app.tasks
-        for entry in self.entries.values():
-            task = tasks.get(entry.task)
-            if task is None:
-                logger.warning(
-                    "fork scheduler: entry %s: task %r is not registered in this app; it is sent "
-                    "by name (check the name, and that the app imports the task's module)",
-                    entry.name,
-                    entry.task,
-                )
-                continue
-            header = getattr(task, "__header__", None)
-            if header is None or callable(entry.args) or callable(entry.kwargs):
-                continue  # untyped task, or lazy arguments known only at publish time
-            try:
-                header(*entry.args, **entry.kwargs)
-            except TypeError as exc:
-                logger.warning(
-                    "fork scheduler: entry %s, field args/kwargs: they do not fit task %s: %s",
-                    entry.name,
-                    entry.task,
-                    exc,
-                )
-
-    def _warn_about_unsupported_policies(self) -> None:
-        """Say so when singleton or cap settings cannot be enforced."""
-        singletons = sorted(e.name for e in self.entries.values() if e.singleton)
-        needs_workers = bool(singletons) or self.settings.max_concurrent > 0
-        if not needs_workers:
-            return
-        if not self.backend.protects_replicas:
-            logger.warning(
-                "fork scheduler: singleton entries (%s) and fork_scheduler_max_concurrent need "
-                "Redis; without it they are not enforced",
-                ", ".join(singletons[:5]) or "-",
-            )
-        elif self.runtime is not None and not self.runtime.workers_seen():
-            logger.warning(
-                "fork scheduler: no worker has announced that it frees singleton markers; call "
-                "celery_fork_scheduler.install(app) in the app the workers load, or singleton "
-                "entries will wait for fork_scheduler_singleton_lease after every run"
-            )
 
     def _default_entries(self, entries: Mapping[str, Entry]) -> dict[str, Entry]:
         """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it."""
@@ -304,14 +259,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Queue every entry's next slot now; look for missed slots batch by batch.
 
         Reading the high-water marks of 100 000 entries takes seconds, so it happens in the
-        first ticks (:meth:`_catch_up_batch`), while the next slots are already queued.
+        first ticks (:class:`.startup_catchup.StartupCatchUp`), while the next slots are
+        already queued.
         """
         grace = self.settings.catchup_grace
         for entry in self.entries.values():
             if entry.enabled:
                 since = self.runtime.since.get(entry.name) if self.runtime is not None else None
                 start = now if since is None else min(now, max(since, now - grace))
-                self._unchecked.append((entry, self._queue_upcoming(entry, start)))
+                self.catch_up.add(entry, self._queue_upcoming(entry, start))
 
     def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
         """Queue an entry's first slot after ``now`` (beat starting is no reason to fire; a
@@ -321,94 +277,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.queue.push(upcoming.timestamp(), entry, upcoming)
         return upcoming
 
-    def _catch_up_batch(self, now: datetime) -> None:
-        """Read the high-water marks of the next batch of entries and queue what they missed.
-
-        An entry with a high-water mark (or a runtime entry that never ran, from the instant it
-        was added) catches up by its policy (see :mod:`.catchup`), bounded by
-        ``beat_cron_starting_deadline``. Every slot claimed and never recorded sent (its
-        replica died, and so may have every replica that saw it pending) is asked for again,
-        so that it is taken over or reported, as long as it is no older than a lease and the
-        grace; older ones are missed slots like the others, and the catch-up rule decides.
-        While the backend cannot be reached, the batch waits for a later tick.
-        """
-        if self.monotonic() < self._next_catch_up:
-            return
-        batch = self._unchecked[:MARKS_BATCH]
-        try:
-            marks = self.backend.high_water_marks([entry.name for entry, _ in batch])
-        except BackendUnavailableError as exc:
-            self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
-            self._next_catch_up = self.monotonic() + BACKEND_RETRY_SECONDS
-            return
-        del self._unchecked[: len(batch)]
-        deadline = self.app.conf.beat_cron_starting_deadline
-        window = timedelta(seconds=deadline) if deadline is not None else None
-        for entry, upcoming in batch:
-            if self.entries.get(entry.name) is not entry:
-                continue
-            mark = marks.get(entry.name)
-            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
-            reference = mark.slot if mark is not None else since
-            if reference is None:
-                continue
-            missed = [
-                slot
-                for slot in slots_due(
-                    entry, reference, now, grace=self.settings.catchup_grace, window=window
-                )
-                if upcoming is None or slot < upcoming
-            ]
-            for slot in missed:
-                self.queue.push(now.timestamp(), entry, slot, retry=True)
-            if mark is None:
-                continue
-            slot_us = to_epoch_us(mark.slot)
-            if slot_us > self._known_marks.get(entry.name, 0):
-                self._known_marks[entry.name] = slot_us
-            unsent = set(mark.unsent)
-            if not mark.sent:
-                unsent.add(mark.slot)
-            asks = self._unsent_to_ask(entry, unsent.difference(missed), bool(missed), now, window)
-            for slot in asks:
-                self.queue.push(now.timestamp(), entry, slot, takeover=True)
-
-    def _unsent_to_ask(
-        self,
-        entry: Entry,
-        unsent: set[datetime],
-        caught_up: bool,
-        now: datetime,
-        window: timedelta | None,
-    ) -> list[datetime]:
-        """The unsent claims found at start-up to take over, oldest first.
-
-        One no older than a claim lease plus the grace is a claim a replica just died with:
-        it is taken over. An older one was missed while every replica was down, and follows
-        the entry's catch-up policy like any missed slot: ``"all"`` takes each over,
-        ``"latest"`` the latest one unless another slot fires anyway, ``"skip"`` none.
-        """
-        recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
-        recent = sorted(slot for slot in unsent if slot >= recent_after)
-        limits = [w for w in (entry.catchup_window, window) if w is not None]
-        old = sorted(
-            slot for slot in unsent if slot < recent_after and all(now - slot <= w for w in limits)
-        )
-        if entry.catchup == "all":
-            return old + recent
-        if entry.catchup == "latest" and not caught_up and not recent:
-            return old[-1:]
-        return recent
-
     # -- the tick ---------------------------------------------------------------------------
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
-        self._watch_for_clock_steps()
+        self.redis_clock.watch_for_steps()
         self._refresh_runtime_entries()
         now = self.now()
-        if self._unchecked:
-            self._catch_up_batch(now)
+        self._catch_up(now)
         due_items = self.queue.pop_due(now.timestamp())
         if due_items or self.pipeline.unmarked:
             self._handle(due_items, now)
@@ -416,50 +292,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def now(self) -> datetime:
         """The current instant on Redis's clock: this host's clock plus the measured offset."""
-        return self.clock() + self._clock_offset
+        return self.redis_clock.now()
 
-    def _follow_redis_clock(self) -> None:
-        """Measure this host's clock against Redis ``TIME`` and schedule on Redis's clock.
-
-        A replica whose clock is off (or jumps) then computes the same due slots as the others,
-        and the claim script still refuses a slot that is early by Redis ``TIME``. Only with the
-        real clock: an injected test clock is left alone.
-        """
-        if self.clock is not utc_now or not self.backend.protects_replicas:
-            return
-        try:
-            before = self.clock()
-            server = self.backend.server_time()
-            after = self.clock()
-        except BackendUnavailableError:
-            return
-        round_trip = after - before
-        offset = server - (before + round_trip / 2)
-        if round_trip > CLOCK_TOLERANCE and abs(offset - self._clock_offset) < round_trip:
-            return  # a slow answer (a paused or busy Redis) cannot tell this change from noise
-        if abs(offset) < CLOCK_TOLERANCE:
-            offset = timedelta(0)
-        if abs(offset - self._clock_offset) >= CLOCK_TOLERANCE and offset:
-            logger.warning(
-                "fork scheduler: this host's clock is %+.3f s off Redis TIME; scheduling on "
-                "Redis's clock",
-                -offset.total_seconds(),
-            )
-        self._clock_offset = offset
-
-    def _watch_for_clock_steps(self) -> None:
-        """Re-measure Redis's clock at once when this host's clock stepped since the last tick.
-
-        A step (NTP, a VM resumed, an operator) shows as a change of wall time that monotonic
-        time does not share; the due slots of this tick are then computed on the corrected
-        clock, not on the stepped one.
-        """
-        wall, steady = self.clock().timestamp(), self.monotonic()
-        if self._last_clocks is not None:
-            step = (wall - self._last_clocks[0]) - (steady - self._last_clocks[1])
-            if abs(step) >= CLOCK_TOLERANCE.total_seconds():
-                self._follow_redis_clock()
-        self._last_clocks = (wall, steady)
+    def _catch_up(self, now: datetime) -> None:
+        """Read the next batch of high-water marks at start-up; queue what they missed."""
+        deadline = self.app.conf.beat_cron_starting_deadline
+        self.catch_up.run_batch(
+            now,
+            self.entries,
+            self.runtime.since if self.runtime is not None else {},
+            timedelta(seconds=deadline) if deadline is not None else None,
+        )
 
     def _refresh_runtime_entries(self) -> None:
         """At most every ``fork_scheduler_refresh_interval``: follow Redis's clock, apply
@@ -467,7 +310,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.runtime is None or self.monotonic() < self._next_refresh:
             return
         self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
-        self._follow_redis_clock()
+        self.redis_clock.follow()
         now = self.now()
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
@@ -814,8 +657,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             longest = min(longest, self.settings.refresh_interval.total_seconds())
         if self.pipeline.unmarked:
             longest = min(longest, BACKEND_RETRY_SECONDS)
-        if self._unchecked:
-            longest = min(longest, max(self._next_catch_up - self.monotonic(), 0.0))
+        next_read = self.catch_up.seconds_to_next_read()
+        if next_read is not None:
+            longest = min(longest, next_read)
         wakeup = self.queue.next_wakeup()
         if wakeup is None:
             return longest

@@ -1,0 +1,144 @@
+"""What a starting replica owes: the slots its entries missed while no replica ran (by their
+catch-up policy), and the claims a dead replica left unsent (taken over).
+
+Reading the high-water marks of 100 000 entries takes seconds, so it happens in batches over
+the first ticks, while every entry's next slot is already queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from .backends import ClaimBackend
+from .backends.base import to_epoch_us
+from .catchup import slots_due
+from .config import Settings
+from .entry import Entry
+from .errors import BackendUnavailableError
+from .pipeline import BACKEND_RETRY_SECONDS
+from .reports import SlotReports
+from .timequeue import TimeQueue
+
+#: High-water marks read per tick at start-up.
+MARKS_BATCH = 5000
+
+
+class StartupCatchUp:
+    """The entries whose high-water marks are still to be read, each with its first queued
+    slot, and what to queue once they are read."""
+
+    def __init__(
+        self,
+        backend: Callable[[], ClaimBackend],
+        settings: Settings,
+        queue: TimeQueue,
+        reports: SlotReports,
+        monotonic: Callable[[], float],
+        known_marks: dict[str, int],
+    ) -> None:
+        """``known_marks`` (entry -> us) is the scheduler's record of claimed slots; the marks
+        read here raise it."""
+        self._backend = backend
+        self.settings = settings
+        self.queue = queue
+        self.reports = reports
+        self.monotonic = monotonic
+        self.known_marks = known_marks
+        self.unchecked: list[tuple[Entry, datetime | None]] = []
+        #: No high-water marks are read before this (monotonic): a failed read backs off.
+        self.next_read = 0.0
+
+    def add(self, entry: Entry, upcoming: datetime | None) -> None:
+        """Check ``entry`` in a coming batch; ``upcoming`` is its first queued slot."""
+        self.unchecked.append((entry, upcoming))
+
+    def seconds_to_next_read(self) -> float | None:
+        """How long until the next batch may be read (``None``: nothing left to read)."""
+        if not self.unchecked:
+            return None
+        return max(self.next_read - self.monotonic(), 0.0)
+
+    def run_batch(
+        self,
+        now: datetime,
+        entries: Mapping[str, Entry],
+        since: Mapping[str, datetime],
+        starting_deadline: timedelta | None,
+    ) -> None:
+        """Read the high-water marks of the next batch of entries and queue what they missed.
+
+        An entry with a high-water mark (or a runtime entry that never ran, from ``since``,
+        the instant it was added) catches up by its policy (see :mod:`.catchup`), bounded by
+        ``beat_cron_starting_deadline``. Every slot claimed and never recorded sent (its
+        replica died, and so may have every replica that saw it pending) is asked for again,
+        so that it is taken over or reported, as long as it is no older than a lease and the
+        grace; older ones are missed slots like the others, and the catch-up rule decides.
+        While the backend cannot be reached, the batch waits for a later tick. Entries that
+        changed or went since they were added (not ``entries[name]``) are passed over.
+        """
+        if not self.unchecked or self.monotonic() < self.next_read:
+            return
+        batch = self.unchecked[:MARKS_BATCH]
+        try:
+            marks = self._backend().high_water_marks([entry.name for entry, _ in batch])
+        except BackendUnavailableError as exc:
+            self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
+            self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
+            return
+        del self.unchecked[: len(batch)]
+        grace = self.settings.catchup_grace
+        for entry, upcoming in batch:
+            if entries.get(entry.name) is not entry:
+                continue
+            mark = marks.get(entry.name)
+            reference = mark.slot if mark is not None else since.get(entry.name)
+            if reference is None:
+                continue
+            missed = [
+                slot
+                for slot in slots_due(entry, reference, now, grace=grace, window=starting_deadline)
+                if upcoming is None or slot < upcoming
+            ]
+            for slot in missed:
+                self.queue.push(now.timestamp(), entry, slot, retry=True)
+            if mark is None:
+                continue
+            slot_us = to_epoch_us(mark.slot)
+            if slot_us > self.known_marks.get(entry.name, 0):
+                self.known_marks[entry.name] = slot_us
+            unsent = set(mark.unsent)
+            if not mark.sent:
+                unsent.add(mark.slot)
+            asks = self._unsent_to_ask(
+                entry, unsent.difference(missed), bool(missed), now, starting_deadline
+            )
+            for slot in asks:
+                self.queue.push(now.timestamp(), entry, slot, takeover=True)
+
+    def _unsent_to_ask(
+        self,
+        entry: Entry,
+        unsent: set[datetime],
+        caught_up: bool,
+        now: datetime,
+        window: timedelta | None,
+    ) -> list[datetime]:
+        """The unsent claims found at start-up to take over, oldest first.
+
+        One no older than a claim lease plus the grace is a claim a replica just died with:
+        it is taken over. An older one was missed while every replica was down, and follows
+        the entry's catch-up policy like any missed slot: ``"all"`` takes each over,
+        ``"latest"`` the latest one unless another slot fires anyway, ``"skip"`` none.
+        """
+        recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
+        recent = sorted(slot for slot in unsent if slot >= recent_after)
+        limits = [w for w in (entry.catchup_window, window) if w is not None]
+        old = sorted(
+            slot for slot in unsent if slot < recent_after and all(now - slot <= w for w in limits)
+        )
+        if entry.catchup == "all":
+            return old + recent
+        if entry.catchup == "latest" and not caught_up and not recent:
+            return old[-1:]
+        return recent
