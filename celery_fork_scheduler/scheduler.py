@@ -1,8 +1,18 @@
-"""The beat Scheduler: orchestration only — decide, claim, publish, record.
+"""The beat Scheduler: orchestration only. One tick reads top to bottom:
 
-Each replica keeps a heap of next slots (:mod:`.timequeue`), sleeps until the earliest, and
-asks the claim backend for the right to publish each due slot. Slot maths live in
-:mod:`.schedules`, entry validation in :mod:`.entry`, claims in :mod:`.backends`.
+1. **queue** — each entry's next slot waits in a heap (:mod:`.timequeue`); :meth:`Scheduler.tick`
+   pops the due ones (after the start-up catch-up, :mod:`.startup_catchup`, and the runtime
+   entry refresh, :mod:`.runtime`);
+2. **decide** — :meth:`Scheduler._decide` turns each due item into the slots to claim now
+   (:mod:`.catchup`), with the entry's next slot;
+3. **claim** — :meth:`Scheduler._run_chunk` asks the claim backend (:mod:`.backends`) about a
+   chunk of them in one round trip;
+4. **admit** — :meth:`Scheduler._admit` keeps the won slots, queues retries, reports skips and
+   applies the cluster-wide cap;
+5. **pipeline** — :class:`.pipeline.PublishPipeline` fences, publishes and records them.
+
+Reports (signals, logs) go through :mod:`.reports`; a backend that cannot be reached is handled
+by :mod:`.backend_outage`; time is Redis's (:mod:`.redis_clock`).
 """
 
 from __future__ import annotations
