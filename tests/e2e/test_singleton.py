@@ -10,14 +10,16 @@ what the beat replicas logged.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -197,6 +199,113 @@ def shut_down(
     return stopped
 
 
+def run_cluster(
+    redis_url: str,
+    workdir: Path,
+    processes: list[CeleryProcess],
+    source: str,
+    *,
+    runs: int,
+    timeout: float,
+    beats: int,
+    workers: int,
+    concurrency: int,
+) -> tuple[list[Run], list[CeleryProcess], float]:
+    """Write ``source``, start the cluster, wait for ``runs`` runs to start, shut it down.
+
+    Returns the recorded runs, the beat replicas and when they stopped.
+    """
+    module = write_project(workdir, source)
+    client = redis.Redis.from_url(redis_url)
+    started_workers, started_beats = start_cluster(
+        module,
+        workdir,
+        {"TEST_BROKER_URL": redis_url},
+        processes,
+        beats=beats,
+        workers=workers,
+        concurrency=concurrency,
+    )
+    wait_until(
+        lambda: starts(client) >= runs,
+        timeout=timeout,
+        what=f"{runs} runs\n" + dump_logs(processes),
+    )
+    stopped = shut_down(client, started_beats, started_workers, processes)
+    return recorded_runs(client), started_beats, stopped
+
+
+@dataclass
+class KilledInside:
+    """What :func:`kill_inside_singleton` saw."""
+
+    first: Run
+    #: The marker still named the first run, and no other run had started, just before the kill.
+    held: bool
+    killed: float
+    freed: float
+    runs: list[Run]
+    beats: list[CeleryProcess]
+
+
+def kill_inside_singleton(
+    module: str,
+    workdir: Path,
+    env: dict[str, str],
+    processes: list[CeleryProcess],
+    *,
+    markers: redis.Redis,
+    runs: redis.Redis,
+    first_within: float,
+    hold: float,
+    lease: float,
+    second_within: float,
+) -> KilledInside:
+    """Two replicas, one worker; SIGKILL the worker ``hold`` s into the first run of
+    ``long-singleton``, start a fresh worker ``w-fresh``, wait until the running marker (in
+    ``markers``) no longer names the first run, then for a second run (recorded in ``runs``).
+    """
+    workers, beats = start_cluster(
+        module, workdir, env, processes, beats=2, workers=1, concurrency=2
+    )
+    marker = "scheduler:{long-singleton}:running"
+    wait_until(
+        lambda: starts(runs) >= 1, timeout=first_within, what="a run\n" + dump_logs(processes)
+    )
+    first = recorded_runs(runs)[0]
+    time.sleep(hold)  # the worker's heartbeat keeps the marker past the lease while it runs
+    held = markers.get(marker) == first.task_id and starts(runs) == 1
+
+    workers[0].kill()
+    killed = time.time()
+    fresh = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, name="w-fresh", env=env)
+    processes.append(fresh)
+    fresh.start()
+    wait_until(
+        lambda: markers.get(marker) != first.task_id,
+        timeout=lease + 3,
+        what="the marker of the killed run to expire\n" + dump_logs(processes),
+    )
+    freed = time.time()
+    wait_until(
+        lambda: starts(runs) >= 2,
+        timeout=second_within,
+        what="a run on the fresh worker\n" + dump_logs(processes),
+    )
+    for beat in beats:
+        beat.stop()
+    fresh.kill()
+    return KilledInside(first, held, killed, freed, recorded_runs(runs), beats)
+
+
+@pytest.fixture
+def cluster_run(
+    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+) -> Callable[..., tuple[list[Run], list[CeleryProcess], float]]:
+    """:func:`run_cluster` on the test's Redis, directory and processes."""
+    return functools.partial(run_cluster, redis_url, workdir, processes)
+
+
 # -- 1. singleton: skip ------------------------------------------------------------------------
 
 SINGLETON = """
@@ -212,24 +321,12 @@ app.conf.beat_schedule = {
 
 
 def test_singleton_never_overlaps_across_workers_and_reports_its_skips(
-    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+    cluster_run: Callable[..., Any], processes: list[CeleryProcess]
 ) -> None:
     """Every 2 s, runs 6 s: 3 replicas, 2 workers with 2 slots each, default 60 s lease."""
-    module = write_project(workdir, project(SINGLETON))
-    client = redis.Redis.from_url(redis_url)
-    workers, beats = start_cluster(
-        module,
-        workdir,
-        {"TEST_BROKER_URL": redis_url},
-        processes,
-        beats=3,
-        workers=2,
-        concurrency=2,
+    runs, beats, stopped = cluster_run(
+        project(SINGLETON), runs=4, timeout=50, beats=3, workers=2, concurrency=2
     )
-    wait_until(lambda: starts(client) >= 4, timeout=50, what="4 runs\n" + dump_logs(processes))
-    stopped = shut_down(client, beats, workers, processes)
-
-    runs = recorded_runs(client)
     logs = dump_logs(processes)
     finished = [run for run in runs if run.end is not None]
     assert len(finished) >= 3, logs
@@ -275,23 +372,11 @@ app.conf.beat_schedule = {
 
 
 def test_buffer_one_starts_exactly_one_held_back_run_as_soon_as_the_last_ends(
-    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+    cluster_run: Callable[..., Any], processes: list[CeleryProcess]
 ) -> None:
-    module = write_project(workdir, project(BUFFER_ONE))
-    client = redis.Redis.from_url(redis_url)
-    workers, beats = start_cluster(
-        module,
-        workdir,
-        {"TEST_BROKER_URL": redis_url},
-        processes,
-        beats=3,
-        workers=2,
-        concurrency=2,
+    runs, beats, stopped = cluster_run(
+        project(BUFFER_ONE), runs=4, timeout=50, beats=3, workers=2, concurrency=2
     )
-    wait_until(lambda: starts(client) >= 4, timeout=50, what="4 runs\n" + dump_logs(processes))
-    stopped = shut_down(client, beats, workers, processes)
-
-    runs = recorded_runs(client)
     logs = dump_logs(processes)
     assert len(runs) >= 4, logs
     assert max_concurrent(runs, stopped) == 1, (runs, logs)
@@ -334,47 +419,27 @@ def test_a_killed_worker_frees_the_singleton_within_its_lease(
 ) -> None:
     module = write_project(workdir, project(KILLED))
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    env = {"TEST_BROKER_URL": redis_url}
-    workers, beats = start_cluster(
-        module, workdir, env, processes, beats=2, workers=1, concurrency=2
+    seen = kill_inside_singleton(
+        module,
+        workdir,
+        {"TEST_BROKER_URL": redis_url},
+        processes,
+        markers=client,
+        runs=client,
+        first_within=30,
+        hold=2 * LEASE + 1,  # beyond the 4 s lease
+        lease=LEASE,
+        second_within=45,
     )
-    marker = "scheduler:{long-singleton}:running"
-    wait_until(lambda: starts(client) >= 1, timeout=30, what="a run\n" + dump_logs(processes))
-    first = recorded_runs(client)[0]
-    # The worker's heartbeat keeps the marker beyond the 4 s lease while the task runs.
-    time.sleep(2 * LEASE + 1)
-    assert client.get(marker) == first.task_id, dump_logs(processes)
-    assert starts(client) == 1, dump_logs(processes)
-
-    workers[0].kill()
-    killed = time.time()
-    fresh = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, name="w-fresh", env=env)
-    processes.append(fresh)
-    fresh.start()
-    wait_until(
-        lambda: client.get(marker) != first.task_id,
-        timeout=LEASE + 3,
-        what="the marker of the killed run to expire\n" + dump_logs(processes),
-    )
-    freed = time.time()
-    wait_until(
-        lambda: starts(client) >= 2,
-        timeout=45,
-        what="a run on the fresh worker\n" + dump_logs(processes),
-    )
-    for beat in beats:
-        beat.stop()
-    fresh.kill()
-
-    runs = recorded_runs(client)
-    second = runs[1]
-    assert freed - killed <= LEASE + 1, freed - killed
+    assert seen.held, dump_logs(processes)
+    first, second, killed = seen.first, seen.runs[1], seen.killed
+    assert seen.freed - killed <= LEASE + 1, seen.freed - killed
     # The first slot after the lease ran out was published (not one lease + much later) ...
     assert second.slot_time - killed <= LEASE + INTERVAL + 1, (second, killed)
     # ... and it ran on the fresh worker, the killed run never finished.
     assert second.hostname.startswith("w-fresh@"), second
     assert first.end is None
-    busy = [m for m in beat_lines(beats, SKIPPED) if m["reason"] == "busy"]
+    busy = [m for m in beat_lines(seen.beats, SKIPPED) if m["reason"] == "busy"]
     assert len(busy) >= (2 * LEASE) / INTERVAL, dump_logs(processes)
 
 
@@ -390,23 +455,11 @@ app.conf.beat_schedule = {
 
 
 def test_the_cap_holds_across_workers_and_replicas(
-    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+    cluster_run: Callable[..., Any], processes: list[CeleryProcess]
 ) -> None:
-    module = write_project(workdir, project(CAPPED))
-    client = redis.Redis.from_url(redis_url)
-    workers, beats = start_cluster(
-        module,
-        workdir,
-        {"TEST_BROKER_URL": redis_url},
-        processes,
-        beats=2,
-        workers=2,
-        concurrency=4,
+    runs, beats, stopped = cluster_run(
+        project(CAPPED), runs=6, timeout=50, beats=2, workers=2, concurrency=4
     )
-    wait_until(lambda: starts(client) >= 6, timeout=50, what="6 runs\n" + dump_logs(processes))
-    stopped = shut_down(client, beats, workers, processes)
-
-    runs = recorded_runs(client)
     logs = dump_logs(processes)
     # 4 entries due together every 3 s, each run 5 s, 8 worker slots: only the cap limits them.
     assert max_concurrent(runs, stopped) == 2, (runs, logs)
@@ -440,20 +493,9 @@ app.conf.beat_schedule = {
 
 
 def test_settings_made_after_install_are_used_by_the_worker(
-    redis_url: str, workdir: Path, processes: list[CeleryProcess]
+    cluster_run: Callable[..., Any], processes: list[CeleryProcess]
 ) -> None:
-    module = write_project(workdir, INSTALL_FIRST + SLOW_TASK)
-    client = redis.Redis.from_url(redis_url)
-    workers, beats = start_cluster(
-        module,
-        workdir,
-        {"TEST_BROKER_URL": redis_url},
-        processes,
-        beats=1,
-        workers=1,
-        concurrency=2,
+    runs, _, stopped = cluster_run(
+        INSTALL_FIRST + SLOW_TASK, runs=2, timeout=40, beats=1, workers=1, concurrency=2
     )
-    wait_until(lambda: starts(client) >= 2, timeout=40, what="2 runs\n" + dump_logs(processes))
-    stopped = shut_down(client, beats, workers, processes)
-    runs = recorded_runs(client)
     assert max_concurrent(runs, stopped) == 1, (runs, dump_logs(processes))

@@ -8,11 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
+from e2e.test_singleton import kill_inside_singleton
 from e2e.test_singleton import project as singleton_project
-from e2e.test_singleton import recorded_runs, start_cluster, starts
 
 from celery_fork_scheduler import every
-from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import PROJECT_HEAD, dump_logs, write_project
 from .report import build
@@ -49,36 +48,19 @@ def test_a_worker_killed_inside_a_singleton_frees_it_within_its_lease(
     broker = redis.Redis.from_url(env["TEST_BROKER_URL"], decode_responses=True)
     claims = redis.Redis.from_url(claims_server.url, decode_responses=True)
     began = time.monotonic()
-    workers, beats = start_cluster(
-        module, workdir, env, processes, beats=2, workers=1, concurrency=2
+    seen = kill_inside_singleton(
+        module,
+        workdir,
+        env,
+        processes,
+        markers=claims,
+        runs=broker,
+        first_within=20,
+        hold=LEASE + 1,
+        lease=LEASE,
+        second_within=15,
     )
-    marker = "scheduler:{long-singleton}:running"
-    wait_until(lambda: starts(broker) >= 1, timeout=20, what="a run\n" + dump_logs(processes))
-    first = recorded_runs(broker)[0]
-    time.sleep(LEASE + 1)  # the heartbeat keeps the marker past the lease while it runs
-    held = claims.get(marker) == first.task_id and starts(broker) == 1
-
-    workers[0].kill()
-    killed = time.time()
-    fresh = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, name="w-fresh", env=env)
-    processes.append(fresh)
-    fresh.start()
-    wait_until(
-        lambda: claims.get(marker) != first.task_id,
-        timeout=LEASE + 3,
-        what="the marker of the killed run to expire\n" + dump_logs(processes),
-    )
-    freed = time.time()
-    wait_until(
-        lambda: starts(broker) >= 2,
-        timeout=15,
-        what="a run on the fresh worker\n" + dump_logs(processes),
-    )
-    for beat in beats:
-        beat.stop()
-    fresh.kill()
-
-    runs = recorded_runs(broker)
+    runs, first, killed, freed, held = seen.runs, seen.first, seen.killed, seen.freed, seen.held
     counts: dict[str, dict[str, int]] = {"long-singleton": {}}
     for run in runs:
         counts["long-singleton"][run.slot] = counts["long-singleton"].get(run.slot, 0) + 1
