@@ -6,30 +6,16 @@ otherwise starts a private, throwaway ``redis-server`` for the duration of the r
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 from celery_fork_scheduler.locking import RedisLocker, RedisLockerOptions
-from celery_fork_scheduler.testing import RedisServer
+from celery_fork_scheduler.testing import redis_url_from_env
 
 THREADS = 4
 INCREMENTS = 50
 COUNTER_KEY = "example:locking:counter"
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def worker(locker: RedisLocker) -> None:
@@ -46,7 +32,7 @@ def main() -> int:
         max_retries=10_000,
         retry_delay=timedelta(milliseconds=1),
     )
-    with redis_url() as url, RedisLocker(url, options) as locker:
+    with redis_url_from_env() as url, RedisLocker(url, options) as locker:
         locker.client.delete(COUNTER_KEY)
         threads = [threading.Thread(target=worker, args=(locker,)) for _ in range(THREADS)]
         for thread in threads:

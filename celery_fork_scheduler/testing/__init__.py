@@ -6,7 +6,7 @@ from .clock import FakeClock
 from .harness import ScheduleHarness, assert_fires, assert_never_fires
 from .processes import CeleryProcess, wait_until
 from .recording import RecordingPublisher
-from .redis_server import RedisServer, find_redis_server, free_port
+from .redis_server import RedisServer, find_redis_server, free_port, redis_url_from_env
 
 __all__ = [
     "CeleryProcess",
@@ -18,5 +18,6 @@ __all__ = [
     "assert_never_fires",
     "find_redis_server",
     "free_port",
+    "redis_url_from_env",
     "wait_until",
 ]

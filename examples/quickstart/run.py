@@ -9,31 +9,17 @@ Uses ``$REDIS_URL`` when set, otherwise a private, throwaway ``redis-server``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 #: What the ``proj.hello`` task writes to the worker log.
 FIRE = re.compile(r"hello from (?P<entry>\S+) for slot (?P<slot>\S+), task id (?P<task_id>\S+)")
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def main() -> int:
@@ -45,7 +31,7 @@ def main() -> int:
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-quickstart-"))
-    with redis_url() as url:
+    with redis_url_from_env() as url:
         env = {"QUICKSTART_REDIS_URL": url}
         print(f"Redis {url}; logs in {workdir} (kept on failure)", flush=True)
         worker = CeleryProcess.worker("proj", cwd=HERE, workdir=workdir, env=env)

@@ -11,34 +11,21 @@ throwaway ``redis-server``. Takes about 25 seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
 
 HERE = Path(__file__).resolve().parent
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def slot_time(run: dict[str, Any]) -> float:
@@ -53,7 +40,7 @@ def main() -> int:
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-runtime-manager-"))
-    with redis_url() as url:
+    with redis_url_from_env() as url:
         os.environ["RUNTIME_MANAGER_REDIS_URL"] = url
         sys.path.insert(0, str(HERE))
         import proj  # the example app, configured for this Redis

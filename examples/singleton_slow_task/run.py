@@ -13,37 +13,23 @@ Uses ``$REDIS_URL`` when set, otherwise a private, throwaway ``redis-server``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
+from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 RUNS_KEY = "singleton-example:runs"  # as in proj.py
 SKIPPED = re.compile(r"fork scheduler: slow-report slot (?P<slot>\S+) skipped: (?P<reason>busy)")
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """``$REDIS_URL``, or the URL of a throwaway server stopped on exit."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def runs(client: redis.Redis) -> list[dict[str, object]]:
@@ -73,7 +59,7 @@ def main() -> int:
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-singleton-"))
-    with redis_url() as url:
+    with redis_url_from_env() as url:
         client = redis.Redis.from_url(url)
         for key in client.scan_iter("singleton-example:*"):
             client.delete(key)
