@@ -63,13 +63,7 @@ class Job:
         except ValueError:  # a pause time that does not parse: still paused
             pause = PauseState(bool(state.get("paused")), state.get("pause_note", ""))
         return cls(
-            name=entry.name,
-            task=entry.task,
-            schedule=entry.schedule,
-            tags=entry.tags,
-            source=entry.source,
-            enabled=entry.enabled,
-            overlap=entry.overlap,
+            **{field: getattr(entry, field) for field in _ENTRY_FIELDS},
             next_run=None if finished else entry.first_slot_after(now),
             last_run=_last_run(state),
             run_count=_number(state.get("runs")),
@@ -84,14 +78,26 @@ class Job:
             args=tuple(entry.args) if not callable(entry.args) else (),
             kwargs=dict(entry.kwargs) if not callable(entry.kwargs) else {},
             options=dict(entry.options),
-            description=entry.description,
-            start_at=entry.start_at,
-            end_at=entry.end_at,
-            max_runs=entry.max_runs,
-            catchup=entry.catchup,
-            catchup_window=entry.catchup_window,
             finished=finished,
         )
+
+
+#: The fields of a :class:`Job` that are the entry's own, as they are.
+_ENTRY_FIELDS = (
+    "name",
+    "task",
+    "schedule",
+    "tags",
+    "source",
+    "enabled",
+    "overlap",
+    "description",
+    "start_at",
+    "end_at",
+    "max_runs",
+    "catchup",
+    "catchup_window",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

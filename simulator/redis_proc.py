@@ -17,13 +17,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import redis
+
+from celery_fork_scheduler.testing.redis_server import free_port, server_args
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -89,14 +90,6 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class VirtualClockFile:
     """The timestamp file libfaketime reads: rewritten in place, always the same length."""
 
@@ -158,25 +151,8 @@ class FakeTimeRedis:
         """Start the server (it loads ``dump.rdb`` from its directory if there is one)."""
         if self.running:
             return
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--dbfilename",
-            "dump.rdb",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ]
+        extra = ("--dbfilename", "dump.rdb", "--loglevel", "warning")
+        args = server_args(self.binary, self.port, self.workdir, *extra)
         self.process = subprocess.Popen(
             args,
             env=self.env,

@@ -55,6 +55,18 @@ local function record(slot, replica, task_id, outcome, size, extra)
 end
 """
 
+#: ``now``: Redis TIME in microseconds.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+
+def _recording(body: str) -> str:
+    """A script that records runs: ``now`` and ``record`` (see ``_RECORD``), then ``body``."""
+    return _NOW + _RECORD + body
+
+
 #: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
 #: A restart (with or without persistence) loses nothing after its start, so the start time
 #: bounds it: Redis counts uptime in whole seconds of its start's second, so now - uptime + 1 s
@@ -107,10 +119,7 @@ end
 #: taken over.
 #: A corrupted ``hwm`` is an error reply (for this claim only).
 CLAIM = (
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
+    _NOW
     + _RECORD
     + _DATA_LOST_AT
     + """
@@ -235,40 +244,43 @@ return {'taken_over', 0}
 """
 )
 
+#: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
+#: ``claimed_at``); else the script returns 0.
+_OWN_CLAIM = """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+if not pending then
+  return 0
+end
+local owner, claimed_at = string.match(pending, '^([^|]*)|(%d+)')
+if owner ~= ARGV[2] then
+  return 0
+end
+"""
+
 #: Begin publishing a won slot (the fence): from now on no replica takes the claim over, since
 #: whether the message reached the broker can no longer be known from here.
 #: KEYS[2] pending hash. ARGV[1] slot (us), ARGV[2] replica id.
 #: Returns 1 when this replica still holds the claim (publish it), 0 when another replica took
 #: it over or Redis no longer knows it (do not publish).
-BEGIN_PUBLISH = """
-local pending = redis.call('HGET', KEYS[2], ARGV[1])
-if not pending then
-  return 0
-end
-local owner, claimed_at = string.match(pending, '^([^|]*)|(%d+)')
-if owner ~= ARGV[2] then
-  return 0
-end
+BEGIN_PUBLISH = (
+    _OWN_CLAIM
+    + """\
 redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing')
 return 1
 """
+)
 
 #: Lift the fence of a claim whose message certainly did not leave (the broker refused it):
 #: any replica may publish the slot again, after the lease, if this one does not.
 #: KEYS[2] pending hash. ARGV[1] slot (us), ARGV[2] replica id.
 #: Returns 1 when the fence was this replica's and is lifted, else 0.
-END_FENCE = """
-local pending = redis.call('HGET', KEYS[2], ARGV[1])
-if not pending then
-  return 0
-end
-local owner, claimed_at = string.match(pending, '^([^|]*)|(%d+)')
-if owner ~= ARGV[2] then
-  return 0
-end
+END_FENCE = (
+    _OWN_CLAIM
+    + """\
 redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at)
 return 1
 """
+)
 
 #: Record that a claimed slot was published (or that its publish raised after it may have
 #: reached the broker: outcome "uncertain"; it is not published again either way).
@@ -276,13 +288,8 @@ return 1
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size,
 #: ARGV[5] outcome for the history ("sent" | "uncertain").
 #: Returns 1 when the slot was still pending, 0 when another replica had recorded it already.
-MARK_SENT = (
+MARK_SENT = _recording(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-    + _RECORD
-    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 1 then
   redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
@@ -299,13 +306,8 @@ return removed
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason, ARGV[4] replica id, ARGV[5] history size.
 #: Returns 1 when the claim was given back, 0 when it was no longer pending.
-MARK_SKIPPED = (
+MARK_SKIPPED = _recording(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-    + _RECORD
-    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 0 then
   return 0
@@ -327,13 +329,8 @@ return 1
 #: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id,
 #: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
 #: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text.
-RECORD_OUTCOME = (
+RECORD_OUTCOME = _recording(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-    + _RECORD
-    + """
 redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
 local extra = {}
 if ARGV[7] ~= '' then extra['duration'] = tonumber(ARGV[7]) end
@@ -346,13 +343,8 @@ return 1
 #: Record a publish that raised: nobody publishes the slot, so its pending claim goes.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list. ARGV[1] slot (us),
 #: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
-RECORD_FAILURE = (
+RECORD_FAILURE = _recording(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-    + _RECORD
-    + """
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
@@ -369,9 +361,9 @@ return 1
 #: Places are granted in the order of the task ids, up to the first one refused; the ids after
 #: it are refused too, and lose a place they held (their claims are given back).
 #: Returns the number of places granted.
-TAKE_CAP_PLACES = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+TAKE_CAP_PLACES = (
+    _NOW
+    + """\
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 local granted = 0
@@ -396,6 +388,7 @@ if granted < 0 then
 end
 return granted
 """
+)
 
 #: Keep a singleton run's marker alive while the worker holds the run (received or running).
 #: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
@@ -444,9 +437,9 @@ return 2
 #: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] cap, ARGV[3] lease (us).
 #: Returns 1 when the run held its place (renewed), 2 when it took one again, 0 when the cap is
 #: full (this run must not execute).
-START_CAP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+START_CAP = (
+    _NOW
+    + """\
 local lease_end = string.format('%.0f', now + tonumber(ARGV[3]))
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
@@ -459,6 +452,7 @@ end
 redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
 return 2
 """
+)
 
 #: A run ended (its last attempt): free its marker; hand it to the held-back run, if any.
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash.
@@ -526,13 +520,8 @@ return 1
 #: ARGV[4] reason ("busy" | "capped" | "paused"), ARGV[5] history size, ARGV[6] "1" for a
 #: scheduled run (given back: it does not count towards max_runs), "0" for a manual one or a
 #: held run never counted.
-RECORD_SKIP = (
+RECORD_SKIP = _recording(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-"""
-    + _RECORD
-    + """
 redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[4], 1)
 if ARGV[6] == '1' then
   redis.call('HINCRBY', KEYS[1], 'runs', -1)

@@ -219,3 +219,14 @@ def _frozen_setattr(self: object, name: str, value: object) -> None:
 def _accept_celery_assignments(cls: type[SlotSchedule]) -> None:
     """Let Celery's ``schedule.app = app`` pass on a frozen schedule (it is ignored)."""
     setattr(cls, "__setattr__", _frozen_setattr)  # noqa: B010
+
+
+def in_zone(schedule: SlotSchedule, zone: str | None, context: str) -> SlotSchedule:
+    """``schedule`` in the IANA zone ``zone`` (``None``: as it is); an unknown zone is a
+    :class:`ScheduleError` that begins with ``context``."""
+    if zone is None:
+        return schedule
+    try:
+        return schedule.with_timezone(zone)
+    except ScheduleError as exc:
+        raise ScheduleError(f"{context}: {exc}") from None

@@ -7,7 +7,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from ..errors import ScheduleError
-from .base import SlotSchedule
+from .base import SlotSchedule, in_zone
 from .calendar import WEEKDAY_NAMES, Daily, Monthly, Weekly, _times
 from .cron_schedule import Cron
 from .interval import Interval
@@ -93,9 +93,4 @@ def schedule_from_dict(data: Mapping[str, Any]) -> SlotSchedule:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise ScheduleError(f"schedule of type {kind!r} is invalid: {exc}") from exc
-    if zone_name is None:
-        return result
-    try:
-        return result.with_timezone(zone_name)
-    except ScheduleError as exc:
-        raise ScheduleError(f"schedule field 'tz': {exc}") from None
+    return in_zone(result, zone_name, "schedule field 'tz'")

@@ -26,7 +26,7 @@ import re
 from datetime import time, timedelta
 
 from ..errors import ScheduleError
-from .base import SlotSchedule, parse_time
+from .base import SlotSchedule, in_zone, parse_time
 from .calendar import WEEKDAY_NAMES, Daily, Monthly, Weekly
 from .cron_fields import MACROS
 from .cron_schedule import Cron
@@ -78,18 +78,12 @@ def parse_schedule(text: str) -> SlotSchedule:
     zoned = _ZONE.fullmatch(source)
     if zoned is not None:
         body, zone = zoned["body"], zoned["zone"]
+    failed = f"cannot parse schedule {text!r}"
     try:
         schedule = _parse_body(body)
-    except _Unparsable as exc:
-        raise ScheduleError(f"cannot parse schedule {text!r}: {exc}") from None
-    except ScheduleError as exc:
-        raise ScheduleError(f"cannot parse schedule {text!r}: {exc}") from None
-    if zone is None:
-        return schedule
-    try:
-        return schedule.with_timezone(zone)
-    except ScheduleError as exc:
-        raise ScheduleError(f"cannot parse schedule {text!r}: {exc}") from None
+    except (_Unparsable, ScheduleError) as exc:
+        raise ScheduleError(f"{failed}: {exc}") from None
+    return in_zone(schedule, zone, failed)
 
 
 def _parse_body(body: str) -> SlotSchedule:

@@ -102,11 +102,11 @@ class CeleryProcess:
         cls,
         app: str,
         *,
+        concurrency: int = 8,
         cwd: str | os.PathLike[str],
         workdir: str | os.PathLike[str],
         name: str = "worker",
         env: Mapping[str, str] | None = None,
-        concurrency: int = 8,
     ) -> CeleryProcess:
         """A ``celery worker`` with a thread pool, named ``name``; its log goes to ``workdir``."""
         command = [

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_from_env"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_from_env", "server_args"]
 
 
 def find_redis_server() -> str:
@@ -42,6 +42,27 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def server_args(binary: str, port: int, workdir: str | os.PathLike[str], *extra: str) -> list[str]:
+    """The command line of a ``redis-server`` in the foreground on 127.0.0.1:``port``, its files
+    in ``workdir``, no snapshots nor append-only file, then the options ``extra``."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--daemonize",
+        "no",
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
@@ -82,22 +103,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         """Start the server and wait until it answers ``PING``."""
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--daemonize",
-            "no",
-            *self.extra_args,
-        ]
+        args = server_args(self.binary, self.port, self.workdir, *self.extra_args)
         log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
