@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -12,6 +12,17 @@ from kombu.exceptions import OperationalError
 
 from .entry import Entry
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER, slot_isoformat
+from .message_template import (
+    Rendered,
+    Template,
+    capturable,
+    capture,
+    collects_commands,
+    make_template,
+    redis_commands,
+    render,
+    templates_allowed,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +37,9 @@ class Occurrence:
     kwargs: Mapping[str, Any]
     options: Mapping[str, Any]
     headers: Mapping[str, Any]
+    #: The entry it was built from (``None`` when read back from JSON): the occurrences of one
+    #: entry object share one message template.
+    definition: Entry | None = field(default=None, compare=False, repr=False)
 
 
 def build_occurrence(
@@ -56,6 +70,7 @@ def build_occurrence(
         kwargs=dict(kwargs),
         options=options,
         headers=headers,
+        definition=None if callable(entry.args) or callable(entry.kwargs) else entry,
     )
 
 
@@ -147,37 +162,169 @@ class CeleryPublisher:
     """Publishes through the Celery app, as Celery's own beat does, reusing one producer.
 
     A registered task goes through ``Task.apply_async`` (so its own routing and options apply);
-    an unknown task name through ``app.send_task``.
+    an unknown task name through ``app.send_task``. On Kombu's virtual transports (Redis,
+    memory, filesystem, ...) each entry's message is built by Celery once and copied for its
+    later occurrences (:mod:`.message_template`); ``templates=False`` turns that off.
     """
 
-    def __init__(self, app: Any, producer: Callable[[], Any]) -> None:
+    def __init__(self, app: Any, producer: Callable[[], Any], *, templates: bool = True) -> None:
         self.app = app
         self._producer = producer
+        self.templates = templates
+        #: Per entry name: the entry object a template was made from, and the template (None:
+        #: this entry is always published through Celery).
+        self._cache: dict[str, tuple[Entry, Template | None]] = {}
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
         self._producer()
 
     def publish(self, occurrence: Occurrence) -> None:
-        """Send one occurrence with its task id and headers."""
+        """Send one occurrence with its task id and headers, through Celery."""
         self._send(occurrence, self._producer())
 
     def publish_many(self, occurrences: Sequence[Occurrence]) -> list[Exception | None]:
-        """Send a batch through Kombu's ``Producer.batch`` where the transport supports it
-        (Redis: one pipeline of ``LPUSH``); messages are built exactly as one by one.
+        """Send a batch; for each, ``None`` when sent, else the error.
 
-        A message refused while it is added to the batch was not sent. When the final flush
-        fails, Kombu cannot say which messages reached the broker: each of them gets a
-        :class:`DeliveryUncertain`. Without batches, a broker error during a publish is
-        uncertain too; an encoding or routing error is not.
+        Templated messages go to the transport in one round trip (Redis: one pipeline of
+        ``LPUSH``); the others through Kombu's ``Producer.batch`` where the transport supports
+        it, built exactly as one by one. A message refused while it is built or added to the
+        batch was not sent. When the final flush fails, nobody can say which messages reached
+        the broker: each of them gets a :class:`DeliveryUncertain`. Without batches, a broker
+        error during a publish is uncertain too; an encoding or routing error is not.
         """
         producer = self._producer()
-        if producer is None or not hasattr(producer, "batch"):
-            return [
-                DeliveryUncertain(error) if error is not None and is_transient(error) else error
-                for error in publish_each(self, occurrences)
-            ]
+        channel = self._templating_channel(producer)
+        if channel is None:
+            return self._publish_through_celery(occurrences, producer)
         errors: list[Exception | None] = [None] * len(occurrences)
+        rendered: list[tuple[int, Rendered]] = []
+        plain: list[int] = []
+        for index, occurrence in enumerate(occurrences):
+            try:
+                done = self.render(occurrence, producer, channel)
+            except Exception as exc:  # Celery refused to build it: nothing was sent
+                errors[index] = exc
+                continue
+            if done is None:
+                plain.append(index)
+            else:
+                rendered.append((index, done))
+        for (index, _), error in zip(
+            rendered, self._put_rendered(channel, [r for _, r in rendered]), strict=True
+        ):
+            errors[index] = error
+        through_celery = self._publish_through_celery([occurrences[i] for i in plain], producer)
+        for index, error in zip(plain, through_celery, strict=True):
+            errors[index] = error
+        return errors
+
+    def commands_for(self, occurrences: Sequence[Occurrence]) -> list[Any] | None:
+        """The Redis commands of each occurrence (``[(name, args), ...]``), or for one that
+        cannot be rendered the error Celery raised building it; ``None`` for the whole batch
+        when the broker is not a Kombu Redis transport whose commands can be collected, or an
+        occurrence has no template. Nothing is sent."""
+        producer = self._producer()
+        channel = self._templating_channel(producer)
+        if channel is None or not collects_commands(channel):
+            return None
+        result: list[Any] = []
+        for occurrence in occurrences:
+            try:
+                done = self.render(occurrence, producer, channel)
+            except Exception as exc:
+                result.append(exc)
+                continue
+            if done is None:
+                return None
+            result.append(redis_commands(channel, done))
+        return result
+
+    def broker_client(self) -> Any | None:
+        """The redis-py client of a Kombu Redis broker channel (``None`` for other brokers)."""
+        channel = self._templating_channel(self._producer())
+        if channel is None or not collects_commands(channel):
+            return None
+        return channel.client
+
+    def render(self, occurrence: Occurrence, producer: Any, channel: Any) -> Rendered | None:
+        """The messages of ``occurrence`` from its entry's template, capturing one when there
+        is none yet; ``None`` when it must go through Celery. Raises what Celery raises when
+        it cannot build the message. Sends nothing."""
+        definition = occurrence.definition
+        cached = self._cache.get(occurrence.entry)
+        if definition is not None and cached is not None and cached[0] is definition:
+            template = cached[1]
+            if template is None:
+                return None
+            return render(
+                template,
+                occurrence.task_id,
+                slot_isoformat(occurrence.slot),
+                bool(occurrence.headers.get(CAPPED_HEADER)),
+                self.app.now(),
+            )
+        captured = capture(channel, lambda: self._send(occurrence, producer))
+        template = None
+        if captured is not None and definition is not None:
+            template = make_template(captured, dict(occurrence.options), occurrence.task_id)
+        if definition is not None:
+            self._cache[occurrence.entry] = (definition, template)
+        return None if captured is None else Rendered(tuple(captured))
+
+    def _templating_channel(self, producer: Any) -> Any | None:
+        """The producer's channel when messages may be captured and copied, else ``None``."""
+        channel = getattr(producer, "channel", None)
+        if not self.templates or channel is None or not capturable(channel):
+            return None
+        return channel if templates_allowed(self.app) else None
+
+    def _put_rendered(self, channel: Any, rendered: Sequence[Rendered]) -> list[Exception | None]:
+        """Hand rendered messages to the transport: Redis in one pipeline, others one by one."""
+        if not rendered:
+            return []
+        if collects_commands(channel):
+            try:
+                commands = [redis_commands(channel, done) for done in rendered]
+            except Exception as exc:  # nothing was sent
+                return [exc for _ in rendered]
+            try:
+                with channel.conn_or_acquire() as client:
+                    pipe = client.pipeline(transaction=False)
+                    for name, args in (command for each in commands for command in each):
+                        getattr(pipe, name)(*args)
+                    pipe.execute()
+            except Exception as exc:
+                return [DeliveryUncertain(exc) for _ in rendered]
+            return [None for _ in rendered]
+        errors: list[Exception | None] = []
+        for done in rendered:
+            try:
+                for queue, message in done.messages:
+                    channel._put(queue, message)
+            except Exception as exc:
+                errors.append(DeliveryUncertain(exc) if is_transient(exc) else exc)
+            else:
+                errors.append(None)
+        return errors
+
+    def _publish_through_celery(
+        self, occurrences: Sequence[Occurrence], producer: Any
+    ) -> list[Exception | None]:
+        """Each occurrence built and sent by Celery, in one Kombu batch where supported."""
+        if not occurrences:
+            return []
+        if producer is None or not hasattr(producer, "batch"):
+            errors: list[Exception | None] = []
+            for occurrence in occurrences:
+                try:
+                    self._send(occurrence, producer)
+                except Exception as exc:
+                    errors.append(DeliveryUncertain(exc) if is_transient(exc) else exc)
+                else:
+                    errors.append(None)
+            return errors
+        errors = [None] * len(occurrences)
         try:
             # One more than the batch holds: Kombu never flushes before the block ends.
             with producer.batch(max_size=len(occurrences) + 1):

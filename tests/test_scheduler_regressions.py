@@ -6,6 +6,7 @@ maths; claims, leases and Redis ``TIME`` are real.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -86,14 +87,67 @@ class FlushLosesItsReply:
         return LostReply()
 
 
+class PipelineLosesItsReply:
+    """The broker client of a Kombu Redis channel whose pipelines run, then lose the reply."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        real = self._client.pipeline(*args, **kwargs)
+
+        class LostReply:
+            pushes = False
+
+            def __getattr__(self, name: str) -> Any:
+                self.pushes = self.pushes or name == "lpush"
+                return getattr(real, name)
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                real.reset()
+
+            def execute(self) -> Any:
+                replies = real.execute()
+                if self.pushes:  # the messages' pipeline, not Kombu's own bookkeeping
+                    raise redis.ConnectionError("connection lost while reading the reply")
+                return replies
+
+        return LostReply()
+
+
+def lose_the_reply(scheduler: Scheduler, app: Any, templates: bool) -> None:
+    """Make the broker lose the reply of the publish, on the Celery path or the template path."""
+    if not templates:
+        publisher = CeleryPublisher(
+            app, lambda: FlushLosesItsReply(scheduler.producer), templates=False
+        )
+        scheduler.publisher = publisher
+        return
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    channel = scheduler.producer.channel
+
+    @contextlib.contextmanager
+    def conn_or_acquire(client: Any = None) -> Iterator[Any]:
+        yield PipelineLosesItsReply(channel.client)
+
+    channel.conn_or_acquire = conn_or_acquire
+
+
+@pytest.mark.parametrize("templates", [False, True], ids=["celery-path", "template-path"])
 def test_a_publish_of_uncertain_delivery_is_never_sent_again(
-    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]], templates: bool
 ) -> None:
     app = make_app(
         redis_url, {"job": {"task": "job", "schedule": every(10).seconds}}, broker_url=redis_url
     )
     scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: FlushLosesItsReply(scheduler.producer))
+    lose_the_reply(scheduler, app, templates)
     scheduler.setup_schedule()
     broker = redis.Redis.from_url(redis_url)
     try:
