@@ -46,39 +46,26 @@ def test_locking_critical_section() -> None:
     assert "counter = 200 (expected 200)" in output
 
 
-@pytest.mark.e2e
-def test_quickstart() -> None:
-    output = run_example("quickstart/run.py", timeout=120)
-    assert "scheduled task runs received by the worker" in output
-    assert "hello-every-2s" in output
+#: The examples that start a worker and beat: (directory, arguments, timeout, lines they print).
+PROCESS_EXAMPLES = [
+    ("quickstart", [], 120, ["scheduled task runs received by the worker", "hello-every-2s"]),
+    ("demo", ["--seconds", "16"], 240, ["OK: every slot fired exactly once"]),
+    ("runtime_manager", [], 240, ["runs received; pause, resume, run_now and removal held"]),
+    ("decorators", [], 180, ["OK: every @periodic entry fired"]),
+    ("singleton_slow_task", [], 240, ["runs, never two at once;"]),
+    ("event_listeners", [], 180, ["events logged by the listener", "dispatch"]),
+]
 
 
 @pytest.mark.e2e
-def test_demo() -> None:
-    output = run_example("demo/run.py", "--seconds", "16", timeout=240)
-    assert "OK: every slot fired exactly once" in output
-
-
-@pytest.mark.e2e
-def test_runtime_manager() -> None:
-    output = run_example("runtime_manager/run.py", timeout=240)
-    assert "runs received; pause, resume, run_now and removal held" in output
-
-
-@pytest.mark.e2e
-def test_decorators() -> None:
-    output = run_example("decorators/run.py", timeout=180)
-    assert "OK: every @periodic entry fired" in output
-
-
-@pytest.mark.e2e
-def test_singleton_slow_task() -> None:
-    output = run_example("singleton_slow_task/run.py", timeout=240)
-    assert "runs, never two at once;" in output
-
-
-@pytest.mark.e2e
-def test_event_listeners() -> None:
-    output = run_example("event_listeners/run.py", timeout=180)
-    assert "events logged by the listener" in output
-    assert "dispatch" in output
+@pytest.mark.parametrize(
+    ("example", "args", "timeout", "expected"),
+    PROCESS_EXAMPLES,
+    ids=[example for example, *_ in PROCESS_EXAMPLES],
+)
+def test_example_with_processes(
+    example: str, args: list[str], timeout: float, expected: list[str]
+) -> None:
+    output = run_example(f"{example}/run.py", *args, timeout=timeout)
+    for line in expected:
+        assert line in output

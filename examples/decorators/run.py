@@ -10,7 +10,6 @@ otherwise a private, throwaway ``redis-server``. Takes about 15 seconds.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 import shutil
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
+from celery_fork_scheduler.testing import redis_url_from_env, wait_until
+from celery_fork_scheduler.testing.examples import parse_options, print_failure, worker_and_beat
 
 HERE = Path(__file__).resolve().parent
 #: What the tasks write to the worker log.
@@ -32,11 +32,7 @@ EXPECTED = {"tasks.heartbeat": 2, "report-every-3s": 2, "report-eu-twice": 2}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--timeout", type=float, default=30.0, help="give up after (seconds)")
-    options = parser.parse_args()
+    options = parse_options(__doc__, timeout=(30.0, "give up after (seconds)"))
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-decorators-"))
     with redis_url_from_env() as url:
@@ -44,38 +40,26 @@ def main() -> int:
         client = redis.Redis.from_url(url)
         client.delete(*(f"scheduler:{{{entry}}}:state" for entry in EXPECTED))
         client.close()
-        env = {"DECORATORS_REDIS_URL": url}
         print(f"Redis {url}; logs in {workdir} (kept on failure)", flush=True)
-        worker = CeleryProcess.worker("proj", cwd=HERE, workdir=workdir, env=env)
-        beat = CeleryProcess.beat("proj", cwd=HERE, workdir=workdir, env=env)
+        with worker_and_beat(HERE, workdir, {"DECORATORS_REDIS_URL": url}) as (worker, beat):
 
-        def fires() -> list[re.Match[str]]:
-            return list(FIRE.finditer(worker.log()))
+            def fires() -> list[re.Match[str]]:
+                return list(FIRE.finditer(worker.log()))
 
-        def done() -> bool:
-            counts = collections.Counter(match["entry"] for match in fires())
-            return all(counts[entry] >= n for entry, n in EXPECTED.items())
+            def done() -> bool:
+                counts = collections.Counter(match["entry"] for match in fires())
+                return all(counts[entry] >= n for entry, n in EXPECTED.items())
 
-        try:
-            worker.start()
-            beat.start()
-            print("worker and `celery -A proj beat -S fork` started", flush=True)
-            wait_until(
-                lambda: done() or not (worker.alive() and beat.alive()),
-                timeout=options.timeout,
-                what="every @periodic entry to fire",
-            )
-            if not done():
-                raise TimeoutError("a process exited early")
-        except TimeoutError as exc:
-            print(
-                f"FAILED: {exc}\n--- beat log (tail)\n{beat.log()[-4000:]}"
-                f"\n--- worker log (tail)\n{worker.log()[-4000:]}"
-            )
-            return 1
-        finally:
-            beat.stop()
-            worker.stop()
+            try:
+                wait_until(
+                    lambda: done() or not (worker.alive() and beat.alive()),
+                    timeout=options.timeout,
+                    what="every @periodic entry to fire",
+                )
+                if not done():
+                    raise TimeoutError("a process exited early")
+            except TimeoutError as exc:
+                return print_failure(exc, [beat, worker])
 
         received = fires()
         for match in received:

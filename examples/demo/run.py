@@ -8,7 +8,6 @@ window where at least one replica was healthy, the fires the worker received, du
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -20,18 +19,19 @@ from pathlib import Path
 
 import redis
 
+from celery_fork_scheduler.testing.examples import parse_options
+
 HERE = Path(__file__).resolve().parent
 #: Replicas need a moment to boot; slots before this are not expected.
 WARMUP = timedelta(seconds=6)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    options = parse_options(
+        __doc__,
+        seconds=(30.0, "how long the replicas run"),
+        replicas=(3, "number of beat replicas"),
     )
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long the replicas run")
-    parser.add_argument("--replicas", type=int, default=3, help="number of beat replicas")
-    options = parser.parse_args()
 
     from celery_fork_scheduler.testing import CeleryProcess, RedisServer, wait_until
 

@@ -9,7 +9,6 @@ a private, throwaway ``redis-server``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import shutil
@@ -18,7 +17,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
+from celery_fork_scheduler.testing import redis_url_from_env, wait_until
+from celery_fork_scheduler.testing.examples import parse_options, print_failure, worker_and_beat
 
 HERE = Path(__file__).resolve().parent
 #: Lines of each kind to wait for before stopping.
@@ -37,11 +37,7 @@ def kinds(log: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--timeout", type=float, default=30.0, help="give up after (seconds)")
-    options = parser.parse_args()
+    options = parse_options(__doc__, timeout=(30.0, "give up after (seconds)"))
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-events-"))
     log = workdir / "events.log"
@@ -53,29 +49,20 @@ def main() -> int:
             "EVENTS_PREFIX": f"events-example-{uuid.uuid4().hex[:8]}:",
         }
         print(f"Redis {url}; event log {log}", flush=True)
-        worker = CeleryProcess.worker("proj", cwd=HERE, workdir=workdir, env=env)
-        beat = CeleryProcess.beat("proj", cwd=HERE, workdir=workdir, env=env)
-        try:
-            worker.start()
-            beat.start()
-            print("worker and `celery -A proj beat -S fork` started", flush=True)
-            wait_until(
-                lambda: (
-                    all(kinds(log)[k] >= n for k, n in WANTED.items())
-                    or not (worker.alive() and beat.alive())
-                ),
-                timeout=options.timeout,
-                what=f"events {WANTED}",
-            )
-        except TimeoutError as exc:
-            print(f"FAILED: {exc}\n--- beat log\n{beat.log()}\n--- worker log\n{worker.log()}")
-            return 1
-        finally:
-            beat.stop()
-            worker.stop()
+        with worker_and_beat(HERE, workdir, env) as (worker, beat):
+            try:
+                wait_until(
+                    lambda: (
+                        all(kinds(log)[k] >= n for k, n in WANTED.items())
+                        or not (worker.alive() and beat.alive())
+                    ),
+                    timeout=options.timeout,
+                    what=f"events {WANTED}",
+                )
+            except TimeoutError as exc:
+                return print_failure(exc, [beat, worker])
         if not all(kinds(log)[k] >= n for k, n in WANTED.items()):
-            print(f"FAILED: a process exited early\n--- beat log\n{beat.log()}")
-            return 1
+            return print_failure("a process exited early", [beat])
 
         print(f"\n--- {log.name}")
         print(log.read_text(encoding="utf-8"), end="")

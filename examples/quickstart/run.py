@@ -8,14 +8,14 @@ Uses ``$REDIS_URL`` when set, otherwise a private, throwaway ``redis-server``.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
+from celery_fork_scheduler.testing import redis_url_from_env, wait_until
+from celery_fork_scheduler.testing.examples import parse_options, print_failure, worker_and_beat
 
 HERE = Path(__file__).resolve().parent
 #: What the ``proj.hello`` task writes to the worker log.
@@ -23,43 +23,30 @@ FIRE = re.compile(r"hello from (?P<entry>\S+) for slot (?P<slot>\S+), task id (?
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    options = parse_options(
+        __doc__, fires=(4, "task runs to wait for"), timeout=(30.0, "give up after (seconds)")
     )
-    parser.add_argument("--fires", type=int, default=4, help="task runs to wait for")
-    parser.add_argument("--timeout", type=float, default=30.0, help="give up after (seconds)")
-    options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-quickstart-"))
     with redis_url_from_env() as url:
-        env = {"QUICKSTART_REDIS_URL": url}
         print(f"Redis {url}; logs in {workdir} (kept on failure)", flush=True)
-        worker = CeleryProcess.worker("proj", cwd=HERE, workdir=workdir, env=env)
-        beat = CeleryProcess.beat("proj", cwd=HERE, workdir=workdir, env=env)
+        with worker_and_beat(HERE, workdir, {"QUICKSTART_REDIS_URL": url}) as (worker, beat):
 
-        def fires() -> list[re.Match[str]]:
-            return list(FIRE.finditer(worker.log()))
+            def fires() -> list[re.Match[str]]:
+                return list(FIRE.finditer(worker.log()))
 
-        try:
-            worker.start()
-            beat.start()
-            print("worker and `celery -A proj beat -S fork` started", flush=True)
-            wait_until(
-                lambda: len(fires()) >= options.fires or not (worker.alive() and beat.alive()),
-                timeout=options.timeout,
-                what=f"{options.fires} task runs",
-            )
-        except TimeoutError as exc:
-            print(f"FAILED: {exc}\n--- beat log\n{beat.log()}\n--- worker log\n{worker.log()}")
-            return 1
-        finally:
-            beat.stop()
-            worker.stop()
+            try:
+                wait_until(
+                    lambda: len(fires()) >= options.fires or not (worker.alive() and beat.alive()),
+                    timeout=options.timeout,
+                    what=f"{options.fires} task runs",
+                )
+            except TimeoutError as exc:
+                return print_failure(exc, [beat, worker])
 
         received = fires()
         if len(received) < options.fires:
-            print(f"FAILED: a process exited early\n--- beat log\n{beat.log()}")
-            return 1
+            return print_failure("a process exited early", [beat])
         for match in received:
             print(f"  {match['entry']:15} slot {match['slot']}  task id {match['task_id']}")
         print(f"{len(received)} scheduled task runs received by the worker")

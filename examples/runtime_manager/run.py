@@ -10,7 +10,6 @@ throwaway ``redis-server``. Takes about 25 seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from typing import Any
 
 import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
+from celery_fork_scheduler.testing import redis_url_from_env, wait_until
+from celery_fork_scheduler.testing.examples import parse_options, print_failure, worker_and_beat
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,11 +33,7 @@ def slot_time(run: dict[str, Any]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--timeout", type=float, default=20.0, help="longest wait for one step")
-    options = parser.parse_args()
+    options = parse_options(__doc__, timeout=(20.0, "longest wait for one step"))
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-runtime-manager-"))
     with redis_url_from_env() as url:
@@ -49,79 +45,71 @@ def main() -> int:
         client.delete(proj.RECEIVED)
         manager = proj.app.fork_scheduler
         manager.clear()
-        env = {"RUNTIME_MANAGER_REDIS_URL": url}
-        worker = CeleryProcess.worker("proj", cwd=HERE, workdir=workdir, env=env)
-        beat = CeleryProcess.beat("proj", cwd=HERE, workdir=workdir, env=env)
         print(f"Redis {url}; logs in {workdir} (kept on failure)", flush=True)
+        env = {"RUNTIME_MANAGER_REDIS_URL": url}
+        with worker_and_beat(HERE, workdir, env) as (worker, beat):
 
-        def runs(label: str | None = None) -> list[dict[str, Any]]:
-            received = [json.loads(raw) for raw in client.lrange(proj.RECEIVED, 0, -1)]
-            return [run for run in received if label is None or run["label"] == label]
+            def runs(label: str | None = None) -> list[dict[str, Any]]:
+                received = [json.loads(raw) for raw in client.lrange(proj.RECEIVED, 0, -1)]
+                return [run for run in received if label is None or run["label"] == label]
 
-        def wait(predicate: Any, what: str) -> None:
-            wait_until(
-                lambda: predicate() or not (worker.alive() and beat.alive()),
-                timeout=options.timeout,
-                what=what,
-            )
-            if not (worker.alive() and beat.alive()):
-                raise TimeoutError(f"a process exited while waiting for {what}")
+            def wait(predicate: Any, what: str) -> None:
+                wait_until(
+                    lambda: predicate() or not (worker.alive() and beat.alive()),
+                    timeout=options.timeout,
+                    what=what,
+                )
+                if not (worker.alive() and beat.alive()):
+                    raise TimeoutError(f"a process exited while waiting for {what}")
 
-        try:
-            worker.start()
-            beat.start()
-            wait(lambda: client.hlen("scheduler:{replicas}") > 0, "the beat replica to tick")
-            print("worker and one beat replica running\n", flush=True)
+            try:
+                wait(lambda: client.hlen("scheduler:{replicas}") > 0, "the beat replica to tick")
+                print("worker and one beat replica running\n", flush=True)
 
-            report = manager.every(2).seconds.name("report").tag("demo").do(proj.work, "report")
-            cleanup = (
-                manager.cron("*/3 * * * * *")
-                .name("cleanup")
-                .tag("demo")
-                .singleton()
-                .do("proj.work", "cleanup")
-            )
-            print(f"added   {report.name!r} ({report.schedule_text}), version {report.version}")
-            print(f"added   {cleanup.name!r} ({cleanup.schedule_text}, singleton)")
-            wait(lambda: len(runs("report")) >= 2, "two runs of 'report'")
-            wait(lambda: len(runs("cleanup")) >= 1, "a run of 'cleanup'")
+                report = manager.every(2).seconds.name("report").tag("demo").do(proj.work, "report")
+                cleanup = (
+                    manager.cron("*/3 * * * * *")
+                    .name("cleanup")
+                    .tag("demo")
+                    .singleton()
+                    .do("proj.work", "cleanup")
+                )
+                print(f"added   {report.name!r} ({report.schedule_text}), version {report.version}")
+                print(f"added   {cleanup.name!r} ({cleanup.schedule_text}, singleton)")
+                wait(lambda: len(runs("report")) >= 2, "two runs of 'report'")
+                wait(lambda: len(runs("cleanup")) >= 1, "a run of 'cleanup'")
 
-            manager.pause("report", note="paused by run.py")
-            paused_at = time.time()
-            state = manager.is_paused("report")
-            print(f"paused  'report' (note {state.note!r})")
-            time.sleep(4.5)
-            during_pause = [r for r in runs("report") if slot_time(r) > paused_at + 0.5]
-            print(f"        runs of 'report' with a slot during the pause: {len(during_pause)}")
+                manager.pause("report", note="paused by run.py")
+                paused_at = time.time()
+                state = manager.is_paused("report")
+                print(f"paused  'report' (note {state.note!r})")
+                time.sleep(4.5)
+                during_pause = [r for r in runs("report") if slot_time(r) > paused_at + 0.5]
+                print(f"        runs of 'report' with a slot during the pause: {len(during_pause)}")
 
-            manager.resume("report")
-            resumed_at = time.time()
-            print("resumed 'report'")
-            wait(
-                lambda: any(slot_time(r) > resumed_at for r in runs("report")),
-                "a run of 'report' after resume",
-            )
+                manager.resume("report")
+                resumed_at = time.time()
+                print("resumed 'report'")
+                wait(
+                    lambda: any(slot_time(r) > resumed_at for r in runs("report")),
+                    "a run of 'report' after resume",
+                )
 
-            task_id = manager.run_now("report")
-            print(f"run_now 'report' -> task id {task_id}")
-            wait(lambda: any(r["task_id"] == task_id for r in runs()), "the triggered run")
+                task_id = manager.run_now("report")
+                print(f"run_now 'report' -> task id {task_id}")
+                wait(lambda: any(r["task_id"] == task_id for r in runs()), "the triggered run")
 
-            print("jobs:   " + ", ".join(f"{j.name} (runs {j.run_count})" for j in manager.jobs()))
-            removed = manager.remove_by_tag("demo")
-            removed_at = time.time()
-            print(f"removed {sorted(removed)} by tag 'demo'")
-            time.sleep(3)
-            after_removal = [r for r in runs() if slot_time(r) > removed_at + 2.0]
-            print(f"        runs with a slot after the removal: {len(after_removal)}")
-        except TimeoutError as exc:
-            print(
-                f"FAILED: {exc}\n--- beat log (tail)\n{beat.log()[-4000:]}"
-                f"\n--- worker log (tail)\n{worker.log()[-4000:]}"
-            )
-            return 1
-        finally:
-            beat.stop()
-            worker.stop()
+                print(
+                    "jobs:   " + ", ".join(f"{j.name} (runs {j.run_count})" for j in manager.jobs())
+                )
+                removed = manager.remove_by_tag("demo")
+                removed_at = time.time()
+                print(f"removed {sorted(removed)} by tag 'demo'")
+                time.sleep(3)
+                after_removal = [r for r in runs() if slot_time(r) > removed_at + 2.0]
+                print(f"        runs with a slot after the removal: {len(after_removal)}")
+            except TimeoutError as exc:
+                return print_failure(exc, [beat, worker])
 
         print("\nwhat the worker received:")
         for run in runs():

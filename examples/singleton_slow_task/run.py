@@ -12,7 +12,6 @@ Uses ``$REDIS_URL`` when set, otherwise a private, throwaway ``redis-server``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import redis
 
 from celery_fork_scheduler.testing import CeleryProcess, redis_url_from_env, wait_until
+from celery_fork_scheduler.testing.examples import parse_options, print_failure
 
 HERE = Path(__file__).resolve().parent
 RUNS_KEY = "singleton-example:runs"  # as in proj.py
@@ -51,12 +51,9 @@ def slot_clock(run: dict[str, object]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    options = parse_options(
+        __doc__, runs=(3, "finished runs to wait for"), timeout=(30.0, "give up after (seconds)")
     )
-    parser.add_argument("--runs", type=int, default=3, help="finished runs to wait for")
-    parser.add_argument("--timeout", type=float, default=30.0, help="give up after (seconds)")
-    options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-singleton-"))
     with redis_url_from_env() as url:
@@ -95,9 +92,7 @@ def main() -> int:
                 what=f"{options.runs} finished runs",
             )
         except TimeoutError as exc:
-            logs = "\n".join(f"--- {p.log_path.name}\n{p.log()[-3000:]}" for p in processes)
-            print(f"FAILED: {exc}\n{logs}")
-            return 1
+            return print_failure(exc, processes, tail=3000)
         finally:
             for beat in beats:
                 beat.stop()
