@@ -6,8 +6,9 @@ by process.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -73,6 +74,24 @@ def make_scheduler(
         monotonic=monotonic or (lambda: clock.now.timestamp()),
         exit_on_config_error=False,
     )
+
+
+@contextlib.contextmanager
+def schedulers(redis_url: str, **defaults: Any) -> Iterator[Callable[..., Scheduler]]:
+    """``make(clock, replica_id, **options)``: a :func:`make_scheduler` replica with ``defaults``
+    (``options`` win); every replica made is closed on exit."""
+    made: list[Scheduler] = []
+
+    def make(clock: FakeClock, replica_id: str, **options: Any) -> Scheduler:
+        scheduler = make_scheduler(redis_url, clock, replica_id=replica_id, **defaults, **options)
+        made.append(scheduler)
+        return scheduler
+
+    try:
+        yield make
+    finally:
+        for scheduler in made:
+            scheduler.close()
 
 
 def tick_for(

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.app.task import Context
 from replica_helpers import BrokenPublisher
 
-from celery_fork_scheduler import Manager, RunRecord, Scheduler, every, signals
+from celery_fork_scheduler import Manager, RunRecord, every, signals
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import FakeClock
@@ -69,23 +69,9 @@ def recorded() -> Iterator[list[tuple[str, dict[str, Any]]]]:
 
 @pytest.fixture
 def make_scheduler(redis_url: str) -> Iterator[Any]:
-    made: list[Scheduler] = []
-
-    def make(app: Celery, clock: FakeClock, name: str) -> Scheduler:
-        scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            clock,
-            app=app,
-            publisher=broken_publisher(),
-            replica_id=name,
-            monotonic=time.monotonic,
-        )
-        made.append(scheduler)
-        return scheduler
-
-    yield make
-    for scheduler in made:
-        scheduler.close()
+    """``make(app, clock, name)``: a replica of ``app`` whose publishes all fail."""
+    with replica_helpers.schedulers(redis_url, monotonic=time.monotonic) as make:
+        yield lambda app, clock, name: make(clock, name, app=app, publisher=broken_publisher())
 
 
 def expected_records(

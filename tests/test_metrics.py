@@ -33,23 +33,14 @@ def make_app(redis_url: str, **conf: Any) -> Celery:
 
 @pytest.fixture
 def make_scheduler(redis_url: str, clock: FakeClock) -> Iterator[Any]:
-    made: list[Scheduler] = []
+    """``make(name, **conf)``: a replica of an app with ``conf`` whose publishes all fail."""
+    with replica_helpers.schedulers(redis_url, monotonic=time.monotonic) as make:
 
-    def make(name: str, **conf: Any) -> Scheduler:
-        scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            clock,
-            app=make_app(redis_url, **conf),
-            publisher=BrokenPublisher(),
-            replica_id=name,
-            monotonic=time.monotonic,
-        )
-        made.append(scheduler)
-        return scheduler
+        def made(name: str, **conf: Any) -> Scheduler:
+            app = make_app(redis_url, **conf)
+            return make(clock, name, app=app, publisher=BrokenPublisher())
 
-    yield make
-    for scheduler in made:
-        scheduler.close()
+        yield made
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
