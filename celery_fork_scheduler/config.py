@@ -7,8 +7,9 @@ import logging
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 from .durations import to_timedelta
 from .errors import ConfigError
@@ -83,7 +84,16 @@ class Settings:
     wait_timeout: timedelta = timedelta(seconds=0.1)
     min_interval: timedelta = timedelta(seconds=1)
     max_entry_size: int = 65_536
+    #: Celery's ``beat_cron_starting_deadline``: at start-up, older missed slots are not
+    #: caught up (``None``: no bound).
+    starting_deadline: timedelta | None = None
 
+
+#: Celery's own settings read with the others: the :class:`Settings` field each one fills and
+#: its default.
+CELERY_SETTINGS: Mapping[str, tuple[str, Any]] = {
+    "beat_cron_starting_deadline": ("starting_deadline", None),
+}
 
 #: The range each number setting accepts, checked at start (see the settings reference).
 INT_RANGES: Mapping[str, tuple[int, int]] = {
@@ -258,6 +268,18 @@ def _redis_options(value: object) -> dict[str, Any]:
     return dict(value)
 
 
+def _starting_deadline(value: object) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return to_timedelta(value, what="beat_cron_starting_deadline")
+    except ValueError as exc:
+        raise ConfigError(
+            str(exc).removeprefix("beat_cron_starting_deadline "),
+            field="beat_cron_starting_deadline",
+        ) from None
+
+
 def _named(check: Callable[[str, Any], Any], name: str) -> Callable[[Any], Any]:
     return lambda value: check(name, value)
 
@@ -284,6 +306,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "wait_timeout": _named(_duration, "wait_timeout"),
     "min_interval": _named(_duration, "min_interval"),
     "max_entry_size": _named(_int, "max_entry_size"),
+    "starting_deadline": _starting_deadline,
 }
 
 
@@ -298,12 +321,16 @@ def read_settings(conf: Mapping[str, Any], *, strict: bool | None = None) -> Set
     """Read and validate every ``fork_scheduler_*`` setting of a Celery ``app.conf``.
 
     An unknown ``fork_scheduler_*`` key (a typo) is an error, with the closest known name, as
-    is a value of the wrong kind. With ``strict=False`` (the default in a worker process) each
-    problem is logged once instead and the setting keeps its default.
+    is a value of the wrong kind; Celery's ``beat_cron_starting_deadline`` is checked too. With
+    ``strict=False`` (the default in a worker process) each problem is logged once instead and
+    the setting keeps its default.
     """
     if strict is None:
         strict = not any(known is conf for known in _lenient)
-    raw = dict(DEFAULTS)
+    defaults = {**DEFAULTS, **dict(CELERY_SETTINGS.values())}
+    raw = dict(defaults)
+    for celery_key, (field_name, default) in CELERY_SETTINGS.items():
+        raw[field_name] = conf.get(celery_key, default)
     for key in list(conf.keys()):
         name = _setting_name(key)
         if name is None:
@@ -322,5 +349,28 @@ def read_settings(conf: Mapping[str, Any], *, strict: bool | None = None) -> Set
             if strict:
                 raise
             _tolerated(exc, "the default is used")
-            values[name] = check(DEFAULTS[name])
+            values[name] = check(defaults[name])
     return Settings(**values)
+
+
+def app_timezone(app: Any) -> tzinfo:
+    """The app's ``timezone`` setting as a ``tzinfo`` (Celery's ``app.timezone``; UTC when
+    unset).
+
+    Raises :class:`ConfigError` naming the setting ``timezone`` for an unknown zone name or a
+    value of the wrong kind, rather than letting each entry be blamed for it.
+    """
+    try:
+        zone = app.timezone
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            f"unknown time zone {shown(app.conf.timezone)}: "
+            "expected an IANA name such as 'Europe/Berlin'",
+            field="timezone",
+        ) from None
+    if not isinstance(zone, tzinfo):
+        raise ConfigError(
+            f"must be an IANA zone name such as 'Europe/Berlin' or a tzinfo, not {shown(zone)}",
+            field="timezone",
+        )
+    return zone

@@ -53,7 +53,8 @@ def periodic(
             "schedule": schedule,
             "args": list(args),
             "kwargs": dict(kwargs or {}),
-            "options": dict(options or {}),
+            # Anything but a dict is left as given, for the entry check to name it.
+            "options": dict(options) if isinstance(options, Mapping) else options,
             "tags": list(tags),
             "singleton": singleton,
             **policies,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from kombu.entity import Exchange, Queue
 
 from .config import DEFAULTS, has_control_characters, shown
 from .durations import to_timedelta
@@ -274,6 +277,70 @@ def _headers(name: str, options: Mapping[str, Any]) -> None:
         )
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_instant(value: object) -> bool:
+    """A ``datetime`` (aware or naive, as Celery takes it) or an ISO-8601 string."""
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, datetime)
+
+
+#: How the ``apply_async`` options with an obvious type are checked: a test and the words for
+#: what it accepts. Numbers are seconds; ``expires`` and ``eta`` take an instant as Celery does.
+OPTION_RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = {
+    "queue": (
+        lambda v: (isinstance(v, str) and v != "") or isinstance(v, Queue),
+        "a queue name (a non-empty string) or a kombu Queue",
+    ),
+    "exchange": (lambda v: isinstance(v, (str, Exchange)), "a string or a kombu Exchange"),
+    "routing_key": (lambda v: isinstance(v, str), "a string"),
+    "priority": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255,
+        "a whole number from 0 to 255",
+    ),
+    "countdown": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+    "expires": (
+        lambda v: (_is_number(v) and v > 0) or _is_instant(v),
+        "a number of seconds > 0, a datetime or an ISO-8601 string",
+    ),
+    "eta": (_is_instant, "a datetime or an ISO-8601 string"),
+    "time_limit": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "soft_time_limit": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "serializer": (lambda v: isinstance(v, str), "a string"),
+    "compression": (lambda v: isinstance(v, str), "a string"),
+    "shadow": (lambda v: isinstance(v, str), "a string"),
+    "ignore_result": (lambda v: isinstance(v, bool), "True or False"),
+    "retry": (lambda v: isinstance(v, bool), "True or False"),
+    "retry_policy": (lambda v: isinstance(v, Mapping), "a dict"),
+}
+
+
+def _options(name: str, value: object) -> Mapping[str, Any]:
+    """Check the ``apply_async`` options of an entry (``None`` is none): a wrong one would
+    fail every slot at publish, or send every message already expired."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(name, "options", f"must be a dict of apply_async options, not {shown(value)}")
+    for key, option in value.items():
+        if not isinstance(key, str):
+            raise _fail(name, "options", f"option names must be strings, not {shown(key)}")
+        accepts, expected = OPTION_RULES.get(key, (None, ""))
+        if accepts is not None and option is not None and not accepts(option):
+            raise _fail(name, "options", f"{key!r} must be {expected}, not {shown(option)}")
+    if "task_id" in value:
+        raise _fail(name, "options", "'task_id' is set by the scheduler (one id per slot)")
+    _headers(name, value)
+    return value
+
+
 def _shortest_gap(schedule: SlotSchedule, floor: timedelta) -> timedelta | None:
     """The interval of an interval schedule; for others, the shortest gap between their first
     50 slots after 2030-01-01 when ``floor`` exceeds one second (their resolution)."""
@@ -476,12 +543,7 @@ def entry_from_config(
         raise _fail(name, "kwargs", f"must be a dict, not {shown(kwargs)}")
     if isinstance(kwargs, Mapping) and not all(isinstance(key, str) for key in kwargs):
         raise _fail(name, "kwargs", f"keys must be strings (argument names), not {shown(kwargs)}")
-    options = definition.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise _fail(name, "options", f"must be a dict of apply_async options, not {shown(options)}")
-    if "task_id" in options:
-        raise _fail(name, "options", "'task_id' is set by the scheduler (one id per slot)")
-    _headers(name, options)
+    options = _options(name, definition.get("options"))
     for field_name, value in (("args", args), ("kwargs", kwargs), ("options", options)):
         _check_depth(name, field_name, value)
     description = _text(

@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError
 
 from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
-from .config import Settings, read_settings
+from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .entry import Entry, entries_from_config, entry_from_config, entry_to_dict
 from .errors import ConfigError, ForkSchedulerError
@@ -250,7 +250,7 @@ class Manager:
         return entry_from_config(
             name,
             definition,
-            default_timezone=self.app.timezone,
+            default_timezone=app_timezone(self.app),
             source="runtime",
             min_interval=self._settings().min_interval,
         )
@@ -518,10 +518,10 @@ class Manager:
     def _static_entries(self) -> dict[str, Entry]:
         floor = self._settings().min_interval
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=self.app.timezone, min_interval=floor
+            self.app.conf.beat_schedule, default_timezone=app_timezone(self.app), min_interval=floor
         )
         decorated = periodic_entries(
-            self.app, default_timezone=self.app.timezone, min_interval=floor
+            self.app, default_timezone=app_timezone(self.app), min_interval=floor
         )
         for name, entry in decorated.items():
             entries.setdefault(name, entry)  # beat_schedule wins, as in beat
@@ -579,7 +579,7 @@ class Manager:
         return entry_from_dict(
             stored.name,
             stored.data,
-            default_timezone=self.app.timezone,
+            default_timezone=app_timezone(self.app),
             min_interval=floor,
         )
 

@@ -33,7 +33,7 @@ from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
 from .backends.factory import create_backend
 from .catchup import slots_due
-from .config import Settings, read_settings
+from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .due import DueSlot, Work
 from .entry import Entry, entries_from_config, entry_to_dict
@@ -181,9 +181,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     @property
     def default_timezone(self) -> tzinfo:
-        """The app's ``timezone`` setting (UTC when unset)."""
-        zone: tzinfo = self.app.timezone
-        return zone
+        """The app's ``timezone`` setting (UTC when unset); :class:`ConfigError` when bad."""
+        return app_timezone(self.app)
 
     @contextlib.contextmanager
     def _config_errors_stop_beat(self) -> Iterator[None]:
@@ -306,12 +305,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _catch_up(self, now: datetime) -> None:
         """Read the next batch of high-water marks at start-up; queue what they missed."""
-        deadline = self.app.conf.beat_cron_starting_deadline
         self.catch_up.run_batch(
             now,
             self.entries,
             self.runtime.since if self.runtime is not None else {},
-            timedelta(seconds=deadline) if deadline is not None else None,
+            self.settings.starting_deadline,
         )
 
     def _refresh_runtime_entries(self) -> None:

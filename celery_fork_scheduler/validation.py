@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timezone, tzinfo
 from typing import Any, Literal
 
 import redis
 
 from .backends.factory import redis_client_for, redis_url_for
 from .backends.redis_connection import mask_url
-from .config import Settings, read_settings
+from .config import Settings, app_timezone, read_settings
 from .decorators import REGISTRY_ATTRIBUTE
 from .entry import Entry, EntrySource, entry_from_config, entry_from_dict
 from .errors import ConfigError
@@ -66,11 +67,12 @@ def check_app_report(app: Any, *, client: Any = None) -> CheckReport:
     client to read runtime entries with (default: one built from the settings, then closed)."""
     problems: list[Problem] = []
     settings = _settings(app, problems)
+    zone = _timezone(app, problems)
     _import_tasks(app, problems)
-    static, found = _static_entries(app, settings)
+    static, found = _static_entries(app, settings, zone)
     problems += found
     entries = dict(static)
-    entries.update(_runtime_entries(app, settings, static, client, problems))
+    entries.update(_runtime_entries(app, settings, zone, static, client, problems))
     valid = []
     for entry in sorted(entries.values(), key=lambda e: e.name):
         problem = _task_problem(app, entry)
@@ -124,6 +126,15 @@ def _fallback_settings(conf: Mapping[str, Any]) -> Settings:
     )
 
 
+def _timezone(app: Any, problems: list[Problem]) -> tzinfo:
+    """The app's ``timezone``; UTC, to go on checking the entries, when it is bad."""
+    try:
+        return app_timezone(app)
+    except ConfigError as exc:
+        problems.append(_config_problem(exc))
+        return timezone.utc
+
+
 def _import_tasks(app: Any, problems: list[Problem]) -> None:
     try:
         app.loader.import_default_modules()
@@ -134,7 +145,9 @@ def _import_tasks(app: Any, problems: list[Problem]) -> None:
 # -- entries --------------------------------------------------------------------------------------
 
 
-def _static_entries(app: Any, settings: Settings) -> tuple[dict[str, Entry], list[Problem]]:
+def _static_entries(
+    app: Any, settings: Settings, zone: tzinfo
+) -> tuple[dict[str, Entry], list[Problem]]:
     """Every valid config and @periodic entry, and a problem for each bad one."""
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
@@ -159,7 +172,7 @@ def _static_entries(app: Any, settings: Settings) -> tuple[dict[str, Entry], lis
                 entries[name] = entry_from_config(
                     name,
                     definition,
-                    default_timezone=app.timezone,
+                    default_timezone=zone,
                     source=source,
                     min_interval=settings.min_interval,
                 )
@@ -171,6 +184,7 @@ def _static_entries(app: Any, settings: Settings) -> tuple[dict[str, Entry], lis
 def _runtime_entries(
     app: Any,
     settings: Settings,
+    zone: tzinfo,
     static: Mapping[str, Entry],
     client: Any,
     problems: list[Problem],
@@ -192,7 +206,7 @@ def _runtime_entries(
             client = redis_client_for(app, settings)
         client.ping()
         store = RuntimeStore(client, Keys(settings.key_prefix))
-        entries, found = _stored_entries(app, store, static, settings)
+        entries, found = _stored_entries(store, static, settings, zone)
         problems += found
         problems += _singleton_problems(store, {**static, **entries})
         return entries
@@ -208,7 +222,7 @@ def _runtime_entries(
 
 
 def _stored_entries(
-    app: Any, store: RuntimeStore, static: Mapping[str, Entry], settings: Settings
+    store: RuntimeStore, static: Mapping[str, Entry], settings: Settings, zone: tzinfo
 ) -> tuple[dict[str, Entry], list[Problem]]:
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
@@ -227,7 +241,7 @@ def _stored_entries(
                 entries[name] = entry_from_dict(
                     name,
                     item.data,
-                    default_timezone=app.timezone,
+                    default_timezone=zone,
                     min_interval=settings.min_interval,
                 )
             except ConfigError as exc:

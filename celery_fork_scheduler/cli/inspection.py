@@ -13,6 +13,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from ..backends.redis_connection import scrub_secrets
+from ..config import app_timezone
 from ..errors import ScheduleError
 from ..manager import RedisRequiredError
 from ..manager_results import EntryStats, Job, ReplicaInfo
@@ -284,7 +285,7 @@ def next_(ctx: click.Context, expression: str, count: int, zone: str | None, as_
     """Preview the next runs of any schedule string or cron expression (no Redis needed)."""
     session = session_for(ctx, as_json)
     try:
-        parsed = coerce_schedule(expression, default_tz=session.app.timezone)
+        parsed = coerce_schedule(expression, default_tz=app_timezone(session.app))
     except ScheduleError:
         if expression in _entry_names(session):
             raise BadInputError(
