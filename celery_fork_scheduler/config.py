@@ -265,7 +265,9 @@ def _redis_options(value: object) -> dict[str, Any]:
         raise _setting_error(
             "redis_options", f"must be a dict of client options, not {shown(value)}"
         )
-    return dict(value)
+    from .backends.redis_connection import check_client_options
+
+    return check_client_options(value)
 
 
 def _starting_deadline(value: object) -> timedelta | None:

@@ -239,8 +239,7 @@ class Manager:
         return Job.from_entry(entry, self.store().states([name])[name], version, now)
 
     def _validate(self, name: str, definition: Mapping[str, Any]) -> Entry:
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"entry names must be non-empty strings, not {name!r}")
+        _check_name(name)
         if len(name) > 200 or any(ch in name for ch in "\n\r\t"):
             raise ConfigError(
                 "entry names are at most 200 characters, without control characters",
@@ -330,6 +329,7 @@ class Manager:
 
     def remove(self, name: str, *, expected_version: int | None = None) -> bool:
         """Remove a runtime entry; static entries cannot be removed (ConfigError)."""
+        _check_name(name)
         if name in self._static_entries():
             raise ConfigError(
                 "static entries (config or decorator) cannot be removed at runtime; "
@@ -550,6 +550,7 @@ class Manager:
         return entries, unreadable
 
     def _entry(self, name: str) -> tuple[Entry, int]:
+        _check_name(name)
         static = self._static_entries()
         if name in static:
             return static[name], 0
@@ -560,6 +561,7 @@ class Manager:
         raise JobNotFoundError(name)
 
     def _stored(self, name: str) -> StoredEntry:
+        _check_name(name)
         if name in self._static_entries():
             raise ConfigError("static entries cannot be changed at runtime", entry=name)
         stored = self._get_stored(name)
@@ -611,6 +613,13 @@ class Manager:
             self._entry(name)
             return [name]
         return [job.name for job in self.jobs(tag)]
+
+
+def _check_name(name: object) -> None:
+    """Refuse an entry name that is not a non-empty string (``None`` included) before it
+    reaches Redis; every method that takes an entry name calls this."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"entry names must be non-empty strings, not {name!r}", field="name")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from .backends.factory import redis_client_for
 from .backends.redis import record_outcome
 from .backends.redis_connection import scrub_secrets
 from .config import Settings, read_settings
+from .errors import ConfigError
 from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from .keys import Keys
 from .publishing import CeleryPublisher, Occurrence, is_transient, occurrence_from_json
@@ -140,6 +141,8 @@ class WorkerHooks:
         #: failures were left unsaid since.
         self._redis_warned_at: float | None = None
         self._redis_unsaid = 0
+        #: The bad settings already logged by this process.
+        self._said: set[str] = set()
         #: Runs this process's consumer received and has not seen end (heartbeat, and the
         #: outcome of a run whose pool process was killed: a hard time limit).
         self._received: dict[str, Run] = {}
@@ -161,10 +164,37 @@ class WorkerHooks:
 
     @property
     def client(self) -> Any:
-        """The Redis client, created on first use (``None`` without Redis)."""
+        """The Redis client, created on first use; ``None`` without Redis, or while one
+        cannot be made (the runs go on without their markers)."""
         if self._client is None:
-            self._client = redis_client_for(self.app, self.settings)
+            self._client = self._new_client()
         return self._client
+
+    def _new_client(self) -> Any:
+        """A client for the configured Redis. Bad ``fork_scheduler_redis_options`` (that do
+        not fit the URL) are logged once as an ERROR and the defaults used; a Redis that cannot
+        be used is a warning (once per outage) and ``None``, never an exception."""
+        settings = self.settings
+        try:
+            try:
+                return redis_client_for(self.app, settings)
+            except ConfigError as exc:
+                if exc.field != "fork_scheduler_redis_options" or not settings.redis_options:
+                    raise
+                self._bad_setting(exc, "the default is used")
+                return redis_client_for(self.app, replace(settings, redis_options={}))
+        except ConfigError as exc:
+            self._bad_setting(exc, "runs go on without Redis")
+        except Exception as exc:
+            self._redis_failed("connect", exc)
+        return None
+
+    def _bad_setting(self, error: ConfigError, what: str) -> None:
+        """Log a bad setting once per process, as an ERROR line without a traceback."""
+        message = f"fork scheduler: {error} ({what}; beat refuses to start until it is fixed)"
+        if message not in self._said:
+            self._said.add(message)
+            logger.error(message)
 
     @property
     def _lease_ms(self) -> int:
@@ -568,9 +598,12 @@ class WorkerHooks:
             runs = [run for run in held.values() if run.singleton or run.capped]
             try:
                 self._mark_seen()
+                client = self.client
+                if client is None:
+                    continue
                 for run in runs:
                     if run.singleton:
-                        self.client.eval(
+                        client.eval(
                             lua.HEARTBEAT,
                             1,
                             self.keys.running(run.entry),
@@ -578,7 +611,7 @@ class WorkerHooks:
                             self._lease_ms,
                         )
                     if run.capped:
-                        self.client.eval(
+                        client.eval(
                             lua.CAP_HEARTBEAT, 1, self.keys.cap, run.task_id, self._lease_ms
                         )
             except Exception as exc:
