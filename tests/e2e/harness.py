@@ -1,19 +1,27 @@
-"""Helpers of the end-to-end tests: a project module on disk, counting what the broker got."""
+"""Helpers of the end-to-end tests: a project module on disk, its processes, counting what the
+broker got."""
 
 from __future__ import annotations
 
 import base64
 import collections
 import json
+import os
+import subprocess
+import sys
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from celery_fork_scheduler.ids import ENTRY_HEADER, SLOT_HEADER
+from celery_fork_scheduler.testing import CeleryProcess, wait_until
+
+from .conftest import dump_logs
 
 PROJECT_TEMPLATE = """
 import json
@@ -53,6 +61,63 @@ def write_project(directory: Path, body: str, name: str = "proj") -> str:
     """Write ``<name>.py``: an app with a ``record`` task, plus ``body``. Return the module."""
     (directory / f"{name}.py").write_text(PROJECT_TEMPLATE.format(body=textwrap.dedent(body)))
     return name
+
+
+def run_python(
+    workdir: Path, broker: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python <args>`` in ``workdir`` (its project importable, its broker ``broker``) to
+    its end; the output is captured as text."""
+    env = {**os.environ, "TEST_BROKER_URL": broker, "PYTHONPATH": str(workdir)}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_worker_and_beat(
+    module: str, workdir: Path, broker: str, processes: list[CeleryProcess]
+) -> tuple[CeleryProcess, CeleryProcess]:
+    """Start a worker, then one ``celery beat -S fork`` of the project ``module``; both are added
+    to ``processes`` (stopped at the end of the test)."""
+    env = {"TEST_BROKER_URL": broker}
+    worker = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, env=env)
+    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, env=env)
+    processes.extend([worker, beat])
+    worker.start()
+    beat.start()
+    return worker, beat
+
+
+def beat_replicas(
+    module: str, workdir: Path, env: dict[str, str], count: int, **options: Any
+) -> list[CeleryProcess]:
+    """``count`` replicas ``beat-<i>`` of ``module`` (``options``: of ``CeleryProcess.beat``)."""
+    return [
+        CeleryProcess.beat(
+            module, cwd=workdir, workdir=workdir, env=env, name=f"beat-{i}", **options
+        )
+        for i in range(count)
+    ]
+
+
+def start_beats(
+    beats: Sequence[CeleryProcess], processes: list[CeleryProcess], timeout: float = 60
+) -> None:
+    """Add ``beats`` to ``processes``, start them and wait until each has its backend."""
+    processes.extend(beats)
+    for beat in beats:
+        beat.start()
+    for beat in beats:
+        wait_until(
+            lambda b=beat: "fork scheduler: backend" in b.log(),
+            timeout=timeout,
+            what=f"{beat.log_path.name} to start\n" + dump_logs(processes),
+        )
 
 
 @dataclass

@@ -6,20 +6,16 @@ Every test here FAILS today; each docstring says which promise it breaks and wha
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from celery_fork_scheduler.testing import CeleryProcess, wait_until
+from celery_fork_scheduler.testing import CeleryProcess
 
-from .conftest import dump_logs
-from .harness import write_project
-from .test_first_hour import celery, one_line, project
+from .harness import run_python, write_project
+from .test_first_hour import celery, one_line, project, worker_ran_a_scheduled_run
 
 pytestmark = pytest.mark.e2e
 
@@ -45,40 +41,15 @@ def _run_beat_for(
     module: str, workdir: Path, broker: str, seconds: float
 ) -> tuple[int | None, str]:
     """Run ``celery beat -S fork`` for at most ``seconds``; (exit code or None, its output)."""
-    env = {**os.environ, "TEST_BROKER_URL": broker, "PYTHONPATH": str(workdir)}
-    log = workdir / "beat.out"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                module,
-                "beat",
-                "-S",
-                "fork",
-                "-l",
-                "info",
-                "-s",
-                str(workdir / "beat-schedule"),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            code: int | None = process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            code = None
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    return code, log.read_text()
+    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, env={"TEST_BROKER_URL": broker})
+    assert beat.start().process is not None
+    try:
+        code: int | None = beat.process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        beat.stop(timeout=15)
+    return code, beat.log()
 
 
 # -- 1. entry options are never checked --------------------------------------------------------
@@ -214,14 +185,6 @@ def test_cluster_option_on_a_plain_redis_is_a_traceback_in_the_cli(
     one_line(validate, 1, "Cluster mode is not enabled")
 
 
-SEND = """
-from {module} import app
-app.send_task("record", headers={{
-    "fork_scheduler_entry": "every-minute", "fork_scheduler_slot": "2026-01-01T00:00:00+00:00"
-}})
-"""
-
-
 @pytest.mark.parametrize(
     "options", ["{'cluster': True}", "{'socket_timout': 5}"], ids=["cluster", "typo"]
 )
@@ -245,25 +208,7 @@ def test_bad_redis_options_make_the_worker_hooks_log_tracebacks(
         f"app.conf.fork_scheduler_redis_url = {redis_url!r}\n"
         f"app.conf.fork_scheduler_redis_options = {options}",
     )
-    worker = CeleryProcess.worker(
-        module, cwd=workdir, workdir=workdir, env={"TEST_BROKER_URL": redis_url}, concurrency=1
-    )
-    processes.append(worker.start())
-    client = redis.Redis.from_url(redis_url)
-    sent = subprocess.run(
-        [sys.executable, "-c", SEND.format(module=module)],
-        cwd=workdir,
-        env={**os.environ, "TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sent.returncode == 0, sent.stderr
-    wait_until(
-        lambda: client.llen("test:received") == 1,
-        timeout=30,
-        what="the worker ran the task\n" + dump_logs(processes),
-    )
+    worker = worker_ran_a_scheduled_run(module, workdir, redis_url, processes, timeout=30)
     time.sleep(1)
     log = worker.log()
     assert "Traceback" not in log, log
@@ -376,13 +321,6 @@ for call in (m.get, m.remove, m.trigger):
     except Exception as exc:
         print("BAD", call.__name__, type(exc).__module__, type(exc).__name__, exc)
 """
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=workdir,
-        env={**os.environ, "TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(workdir, redis_url, "-c", script)
     assert result.returncode == 0, result.stderr
     assert "BAD" not in result.stdout, result.stdout

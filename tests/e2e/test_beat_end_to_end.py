@@ -19,7 +19,7 @@ from celery_fork_scheduler.schedules import coerce_schedule
 from celery_fork_scheduler.testing import CeleryProcess, RedisServer, ScheduleHarness, wait_until
 
 from .conftest import dump_logs
-from .harness import worker_fires, write_project
+from .harness import start_worker_and_beat, worker_fires, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +46,8 @@ def test_beat_publishes_each_slot_once_with_headers_and_task_id(
     redis_url: str, workdir: Path, processes: list[CeleryProcess]
 ) -> None:
     module = write_project(workdir, MIXED_SCHEDULE)
-    env = {"TEST_BROKER_URL": redis_url}
     client = redis.Redis.from_url(redis_url)
-    worker = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, env=env)
-    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, env=env)
-    processes.extend([worker, beat])
-    worker.start()
-    beat.start()
+    _worker, beat = start_worker_and_beat(module, workdir, redis_url, processes)
     wait_until(
         lambda: "sent " in beat.log(), timeout=60, what="the first publish\n" + dump_logs(processes)
     )

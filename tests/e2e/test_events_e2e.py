@@ -21,7 +21,7 @@ from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import write_project
+from .harness import start_worker_and_beat, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -93,13 +93,8 @@ def test_job_signals_fire_once_per_run_and_agree_with_history_and_stats(
     redis_url: str, workdir: Path, processes: list[CeleryProcess]
 ) -> None:
     module = write_project(workdir, PROJECT)
-    env = {"TEST_BROKER_URL": redis_url}
+    worker, beat = start_worker_and_beat(module, workdir, redis_url, processes)
     client = redis.Redis.from_url(redis_url)
-    worker = CeleryProcess.worker(module, cwd=workdir, workdir=workdir, env=env)
-    beat = CeleryProcess.beat(module, cwd=workdir, workdir=workdir, env=env)
-    processes.extend([worker, beat])
-    worker.start()
-    beat.start()
 
     def counts() -> collections.Counter[tuple[str, str]]:
         return collections.Counter((e["signal"], e["entry"]) for e in read(client, "test:events"))

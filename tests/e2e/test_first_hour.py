@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import redis
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import write_project
+from .harness import run_python, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +38,7 @@ def celery(
     module: str, workdir: Path, broker: str, *args: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m celery -A <module> <args>`` in ``workdir`` to its end."""
-    env = {**os.environ, "TEST_BROKER_URL": broker, "PYTHONPATH": str(workdir)}
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", module, *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python(workdir, broker, "-m", "celery", "-A", module, *args, timeout=timeout)
 
 
 def beat(module: str, workdir: Path, broker: str) -> subprocess.CompletedProcess[str]:
@@ -109,30 +99,31 @@ app.send_task("record", headers={{
 """
 
 
+def worker_ran_a_scheduled_run(
+    module: str, workdir: Path, broker: str, processes: list[CeleryProcess], timeout: float
+) -> CeleryProcess:
+    """Start a worker (one thread), send it a run of ``every-minute`` as beat would (the CLI may
+    refuse the settings), and wait until it ran it; the worker is returned."""
+    worker = CeleryProcess.worker(
+        module, cwd=workdir, workdir=workdir, env={"TEST_BROKER_URL": broker}, concurrency=1
+    )
+    processes.append(worker.start())
+    client = redis.Redis.from_url(broker)
+    sent = run_python(workdir, broker, "-c", SEND.format(module=module))
+    assert sent.returncode == 0, sent.stderr
+    wait_until(
+        lambda: client.llen("test:received") == 1,
+        timeout=timeout,
+        what="the worker ran the triggered task\n" + dump_logs(processes),
+    )
+    return worker
+
+
 def test_a_typo_is_logged_once_by_a_worker_that_runs_its_tasks(
     redis_url: str, workdir: Path, processes: list[CeleryProcess]
 ) -> None:
     module = project(workdir, TYPO)
-    worker = CeleryProcess.worker(
-        module, cwd=workdir, workdir=workdir, env={"TEST_BROKER_URL": redis_url}, concurrency=1
-    )
-    processes.append(worker.start())
-    client = redis.Redis.from_url(redis_url)
-    # The CLI refuses the settings too; a scheduled run as beat would send it:
-    sent = subprocess.run(
-        [sys.executable, "-c", SEND.format(module=module)],
-        cwd=workdir,
-        env={**os.environ, "TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sent.returncode == 0, sent.stderr
-    wait_until(
-        lambda: client.llen("test:received") == 1,
-        timeout=20,
-        what="the worker ran the triggered task\n" + dump_logs(processes),
-    )
+    worker = worker_ran_a_scheduled_run(module, workdir, redis_url, processes, timeout=20)
     log = worker.log()
     assert log.count(DID_YOU_MEAN) == 1, log
     assert "Traceback" not in log, log

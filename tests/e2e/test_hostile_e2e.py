@@ -9,9 +9,6 @@ it runs. Beat keeps publishing both good entries, reports each poisoned one by n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import broker_fires, write_project
+from .harness import broker_fires, run_python, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +67,7 @@ def test_beat_keeps_publishing_while_poisoned_records_are_reported(
     assert set(broker_fires(client).counts) == {"static", "good"}
     assert broker_fires(client).duplicates() == 0
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", module, "schedule", "list"],
-        cwd=workdir,
-        env={**os.environ, "TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run_python(workdir, redis_url, "-m", "celery", "-A", module, "schedule", "list")
     assert listed.returncode == 0, listed.stderr
     for name in ("poisoned", "poisoned-late"):
         lines = [line for line in listed.stderr.splitlines() if repr(name) in line]

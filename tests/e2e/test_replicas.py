@@ -19,7 +19,7 @@ from celery_fork_scheduler import every
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import broker_fires, write_project
+from .harness import broker_fires, start_beats, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -59,15 +59,7 @@ def start_replicas(
         )
         for i in range(count)
     ]
-    processes.extend(replicas)
-    for replica in replicas:
-        replica.start()
-    for replica in replicas:
-        wait_until(
-            lambda r=replica: "fork scheduler: backend" in r.log(),
-            timeout=90,
-            what=f"{replica.log_path.name} to start\n" + dump_logs(processes),
-        )
+    start_beats(replicas, processes, timeout=90)
     return replicas
 
 

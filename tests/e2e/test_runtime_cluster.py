@@ -22,7 +22,7 @@ from celery_fork_scheduler import Manager, StaleVersionError, every
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import broker_fires, decode_body, write_project
+from .harness import beat_replicas, broker_fires, decode_body, start_beats, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -58,19 +58,8 @@ def test_runtime_changes_reach_every_replica_within_one_refresh(
     module = write_project(workdir, "app.conf.beat_schedule = {}\n")
     env = {"TEST_BROKER_URL": redis_url}
     client = redis.Redis.from_url(redis_url)
-    beats = [
-        CeleryProcess.beat(module, cwd=workdir, workdir=workdir, name=f"beat-{i}", env=env)
-        for i in range(3)
-    ]
-    processes.extend(beats)
-    for beat in beats:
-        beat.start()
-    for beat in beats:
-        wait_until(
-            lambda b=beat: "fork scheduler: backend" in b.log(),
-            timeout=60,
-            what=f"{beat.log_path.name} to start\n" + dump_logs(processes),
-        )
+    beats = beat_replicas(module, workdir, env, 3)
+    start_beats(beats, processes)
 
     app = Celery("steering", broker=redis_url, set_as_current=False)
     app.conf.timezone = "UTC"

@@ -27,7 +27,7 @@ import redis
 from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .conftest import dump_logs
-from .harness import write_project
+from .harness import beat_replicas, start_beats, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -141,31 +141,14 @@ def start_cluster(
         )
         for i in range(workers)
     ]
-    started_beats = [
-        # At debug level: a replica logs each busy or buffered skip as a DEBUG line.
-        CeleryProcess.beat(
-            module,
-            cwd=workdir,
-            workdir=workdir,
-            name=f"beat-{i}",
-            env=env,
-            extra_args=["-l", "debug"],
-        )
-        for i in range(beats)
-    ]
-    processes.extend(started_workers + started_beats)
+    # At debug level: a replica logs each busy or buffered skip as a DEBUG line.
+    started_beats = beat_replicas(module, workdir, env, beats, extra_args=["-l", "debug"])
+    processes.extend(started_workers)
     for worker in started_workers:
         worker.start()
     for worker in started_workers:
         wait_for_worker(worker, processes)
-    for beat in started_beats:
-        beat.start()
-    for beat in started_beats:
-        wait_until(
-            lambda b=beat: "fork scheduler: backend" in b.log(),
-            timeout=60,
-            what=f"{beat.log_path.name} to start\n" + dump_logs(processes),
-        )
+    start_beats(started_beats, processes)
     return started_workers, started_beats
 
 
