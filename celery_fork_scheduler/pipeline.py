@@ -20,10 +20,13 @@ for the record (:func:`.shutdown.stop_signals_deferred`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from .backends import Claim, ClaimBackend
+from .backends.base import PublishesOnce
 from .config import Settings
 from .due import DueSlot
 from .errors import BackendUnavailableError
@@ -36,6 +39,10 @@ from .timequeue import TimeQueue
 PUBLISH_BATCH = 100
 #: How long to wait before asking a backend (or broker) that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
+#: The broker commands :data:`.lua.PUBLISH_ONCE` runs (what Kombu's Redis ``_put`` issues).
+ONCE_COMMANDS = frozenset({"lpush", "pexpire"})
+
+logger = logging.getLogger("celery_fork_scheduler")
 
 Prepared = tuple[DueSlot, Occurrence]
 
@@ -60,6 +67,8 @@ class PublishPipeline:
         self.queue = queue
         #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
         self.unmarked: list[tuple[Claim, str]] = []
+        #: The publisher last asked whether the broker shares the claims' Redis, and the answer.
+        self._shared_with: tuple[Publisher, bool] | None = None
 
     @property
     def backend(self) -> ClaimBackend:
@@ -112,6 +121,10 @@ class PublishPipeline:
         if not prepared:
             return
         with stop_signals_deferred():
+            if self._shares_redis_with_broker():
+                prepared = self._publish_once(prepared, now)
+                if not prepared:
+                    return
             try:
                 held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
             except BackendUnavailableError:
@@ -119,6 +132,76 @@ class PublishPipeline:
                 raise
             self.unmarked.extend(self.publish(self._still_held(prepared, held), now))
             self.record()
+
+    def _shares_redis_with_broker(self) -> bool:
+        """True when the broker is a Kombu Redis transport on the claims' Redis server and
+        database (asked once per publisher): then :meth:`_publish_once` applies."""
+        publisher = self.publisher
+        if self._shared_with is not None and self._shared_with[0] is publisher:
+            return self._shared_with[1]
+        broker_client = getattr(publisher, "broker_client", None)
+        backend = self.backend
+        if broker_client is None or not isinstance(backend, PublishesOnce):
+            self._shared_with = (publisher, False)
+            return False
+        try:
+            client = broker_client()
+        except Exception:  # the broker is out of reach: ask again at the next batch
+            return False
+        shared = client is not None and backend.shares_redis_with(client)
+        self._shared_with = (publisher, shared)
+        if shared:
+            logger.info(
+                "fork scheduler: the broker shares the claims' Redis: each slot is fenced, "
+                "published and recorded in one step"
+            )
+        return shared
+
+    def _publish_once(self, prepared: Sequence[Prepared], now: datetime) -> list[Prepared]:
+        """Fence, publish and record each slot in one script (:data:`.lua.PUBLISH_ONCE`):
+        there is no instant at which a stopped or killed replica leaves a slot published but
+        unrecorded, nor fenced but unpublished. Returns the slots that must take the fence path
+        (no template, or a broker command the script does not run).
+
+        Raises :class:`BackendUnavailableError` when Redis went away; the slots are then asked
+        about again (a lost reply is safe: a published slot is recorded, an unpublished one is
+        still this replica's claim).
+        """
+        commands_for = getattr(self.publisher, "commands_for", None)
+        occurrences = [occurrence for _, occurrence in prepared]
+        commands = commands_for(occurrences) if commands_for is not None else None
+        if commands is None:
+            return list(prepared)
+        once: list[tuple[DueSlot, Any]] = []
+        rest: list[Prepared] = []
+        for (due_slot, occurrence), each in zip(prepared, commands, strict=True):
+            if isinstance(each, Exception):  # Celery refused to build it: nothing was sent
+                self._not_sent(due_slot, each, now)
+            elif all(name in ONCE_COMMANDS for name, _ in each):
+                once.append((due_slot, each))
+            else:
+                rest.append((due_slot, occurrence))
+        if not once:
+            return rest
+        backend = self.backend
+        assert isinstance(backend, PublishesOnce)  # see _shares_redis_with_broker
+        try:
+            replies = backend.publish_once(
+                [due_slot.claim for due_slot, _ in once], [each for _, each in once]
+            )
+        except BackendUnavailableError:
+            self.ask_again([due_slot for due_slot, _ in once], now)
+            raise
+        for (due_slot, _), reply in zip(once, replies, strict=True):
+            if isinstance(reply, Exception):  # fenced, then a command failed: never again
+                self.reports.failed(due_slot.entry, due_slot.claim.slot, reply, "publishing")
+                self.reports.skipped(due_slot, "in_flight")
+                self.unmarked.append((due_slot.claim, "uncertain"))
+            elif reply:
+                self.reports.dispatched(due_slot)
+            else:
+                self.reports.skipped(due_slot, "claimed")
+        return rest
 
     def _prepare(self, batch: Sequence[DueSlot], now: datetime) -> list[Prepared]:
         """Build the messages of won slots and make sure the broker can be reached.

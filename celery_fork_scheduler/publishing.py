@@ -237,7 +237,9 @@ class CeleryPublisher:
                 continue
             if done is None:
                 return None
-            result.append(redis_commands(channel, done))
+            prefix = getattr(channel, "global_keyprefix", "") or ""
+            commands = redis_commands(channel, done)
+            result.append([(name, (prefix + key, *rest)) for name, (key, *rest) in commands])
         return result
 
     def broker_client(self) -> Any | None:

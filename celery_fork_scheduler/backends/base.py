@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..outages import Outage
@@ -189,6 +189,20 @@ class ClaimBackend(Protocol):
 
     def close(self) -> None:
         """Release connections and files this backend opened."""
+
+
+@runtime_checkable
+class PublishesOnce(Protocol):
+    """A backend that can fence, publish and record a slot in one step, when the broker is a
+    Kombu Redis transport on its own Redis (the Redis backend, outside Redis Cluster)."""
+
+    def shares_redis_with(self, broker_client: Any) -> bool:
+        """True when ``broker_client`` reaches this backend's Redis server and database."""
+
+    def publish_once(
+        self, claims: Sequence[Claim], commands: Sequence[Sequence[tuple[str, tuple[Any, ...]]]]
+    ) -> list[Any]:
+        """Per claim: 1 published now, 2 published before, 0 not this replica's, or the error."""
 
 
 def to_epoch_us(instant: datetime) -> int:

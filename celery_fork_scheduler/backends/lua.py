@@ -531,5 +531,61 @@ return 1
 """
 )
 
+#: Fence, publish and record one won slot in one step, when the broker is a Kombu Redis
+#: transport on the same Redis (and database) as the claims: a replica killed at any instant
+#: either published and recorded the slot, or left its claim to be taken over.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list, KEYS[6...] the broker keys
+#: of the message. ARGV[1] slot (us), ARGV[2] replica id, ARGV[3] task id, ARGV[4] history
+#: size, ARGV[5] the number of broker commands, then three ARGV per command: "lpush" |
+#: "pexpire", the index of its key in KEYS, its argument (the message JSON, or milliseconds).
+#: Returns 1 when published now; 2 when this replica's publish of the slot was recorded
+#: already (a retried request whose first reply was lost); 0 when the claim is not this
+#: replica's (taken over) or was fenced by a publish whose delivery is uncertain.
+#: The fence is set before the commands: should one fail (a queue key of the wrong type), the
+#: slot stays fenced and is never published again (reported as uncertain).
+PUBLISH_ONCE = _recording(
+    """
+local pending = redis.call('HGET', KEYS[2], ARGV[1])
+if not pending then
+  if redis.call('HGET', KEYS[1], 'task_id') == ARGV[3]
+      and redis.call('HGET', KEYS[1], 'owner') == ARGV[2]
+      and redis.call('HGET', KEYS[1], 'state') == 'sent' then
+    return 2
+  end
+  return 0
+end
+local owner, claimed_at, flag = string.match(pending, '^([^|]*)|(%d+)|?(%a*)$')
+if owner ~= ARGV[2] or flag == 'publishing' then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing')
+for i = 0, tonumber(ARGV[5]) - 1 do
+  local name, key, value = ARGV[6 + 3 * i], KEYS[tonumber(ARGV[7 + 3 * i])], ARGV[8 + 3 * i]
+  if name == 'lpush' then
+    redis.call('LPUSH', key, value)
+  elseif name == 'pexpire' then
+    redis.call('PEXPIRE', key, value)
+  else
+    return redis.error_reply('ERR unsupported broker command ' .. name)
+  end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
+if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'sent')
+end
+record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
+return 1
+"""
+)
+
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
-ALL_SCRIPTS = (CLAIM, BEGIN_PUBLISH, END_FENCE, MARK_SENT, MARK_SKIPPED, RECORD_FAILURE)
+ALL_SCRIPTS = (
+    CLAIM,
+    BEGIN_PUBLISH,
+    END_FENCE,
+    MARK_SENT,
+    MARK_SKIPPED,
+    RECORD_FAILURE,
+    PUBLISH_ONCE,
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -111,6 +112,7 @@ class RedisBackend:
         self._mark_skipped_script = client.register_script(lua.MARK_SKIPPED)
         self._record_failure_script = client.register_script(lua.RECORD_FAILURE)
         self._take_cap_script = client.register_script(lua.TAKE_CAP_PLACES)
+        self._publish_once_script = client.register_script(lua.PUBLISH_ONCE)
         self._singleton_lease_ms = _us(settings.singleton_lease) // 1000
         self._lease_us = _us(settings.claim_lease)
         self._tolerance_us = _us(EARLY_TOLERANCE)
@@ -221,6 +223,61 @@ class RedisBackend:
         replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
         _log_errors("fenced", claims, replies)
         return [not isinstance(reply, Exception) and int(reply) == 1 for reply in replies]
+
+    def shares_redis_with(self, broker_client: Any) -> bool:
+        """True when ``broker_client`` (a Kombu Redis channel's client) reaches this backend's
+        Redis server and database: a key written here is read there. Then each slot can be
+        fenced, published and recorded in one script (:meth:`publish_once`). Never with Redis
+        Cluster (a message's queue and an entry's keys live on different nodes)."""
+        if isinstance(self.client, RedisCluster):
+            return False
+        token = secrets.token_hex(8)
+        key = f"{self.prefix}{{probe}}:{token}"
+        try:
+            self.client.set(key, token, ex=60)
+            return _text(broker_client.get(key)) == token
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.client.delete(key)
+
+    def publish_once(
+        self, claims: Sequence[Claim], commands: Sequence[Sequence[tuple[str, tuple[Any, ...]]]]
+    ) -> list[Any]:
+        """Fence, publish and record each won claim with its broker commands, one script per
+        claim in one round trip; see :data:`.lua.PUBLISH_ONCE`. For each claim its reply (1
+        published, 2 published before, 0 not this replica's) or the error it raised.
+
+        Safe to repeat after a lost reply: a slot this replica published is never published
+        again, and one it did not is still its claim.
+        """
+        replies = self._retrying(
+            partial(
+                self._pipelined,
+                [self._publish_once_command(c, cs) for c, cs in zip(claims, commands, strict=True)],
+                acknowledged=True,
+            )
+        )
+        _log_errors("published", claims, replies)
+        return [reply if isinstance(reply, Exception) else int(reply) for reply in replies]
+
+    def _publish_once_command(
+        self, claim: Claim, commands: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> Command:
+        keys = self.keys.entry_keys(claim.entry)
+        args: list[Any] = [
+            claim.slot_us,
+            self.replica_id,
+            claim.task_id,
+            self.settings.history_size,
+            len(commands),
+        ]
+        for name, (key, value) in commands:
+            if key not in keys:
+                keys.append(key)
+            args.extend((name, keys.index(key) + 1, value))
+        return keys[0], partial(_run_script, script=self._publish_once_script, keys=keys, args=args)
 
     def end_fence(self, claims: Sequence[Claim]) -> None:
         """Lift the fence of claims whose messages were refused; see :data:`.lua.END_FENCE`."""
