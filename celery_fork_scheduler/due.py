@@ -22,8 +22,10 @@ class DueSlot:
 
 @dataclass(slots=True)
 class Work:
-    """What one due queue item asks for: slots to claim, and the entry's next slot."""
+    """What one due queue item asks for: slots to claim, and the entry whose next slot
+    follows them (none for a retry), up to ``until`` for an earlier definition."""
 
     item: QueueItem
     due: list[DueSlot]
-    follow_up: datetime | None
+    follow: Entry | None
+    until: datetime | None = None

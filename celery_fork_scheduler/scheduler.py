@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -66,11 +66,6 @@ ANNOUNCE_SECONDS = 5.0
 MIN_RETRY_SECONDS = 0.05
 #: Earlier definitions of a changed entry remembered, for the slots they still owe.
 SUPERSEDED_KEPT = 4
-
-
-def _first_slot(work: Work) -> datetime:
-    """The earliest slot a work asks about."""
-    return work.due[0].claim.slot if work.due else work.item.slot
 
 
 def _same_definition(first: Entry, second: Entry) -> bool:
@@ -374,39 +369,48 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.entries.set(len(self.entries))
 
     def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
-        """One tick: decide, then claim -> admit -> publish -> record, chunk by chunk."""
-        works = self._decide(items, now)
-        for work in works:
-            for due_slot in work.due:
-                if not self.outage.reported(due_slot):
-                    self.reports.due(due_slot)
+        """One tick, streamed chunk by chunk: decide -> claim -> admit -> publish -> record.
+
+        The first chunk is published before the next one is decided, so that the first
+        message of a large burst leaves as soon as that of a small one.
+        """
+        seen: set[tuple[str, datetime]] = set()
         try:
             self.pipeline.record()
         except BackendUnavailableError as exc:
-            self._on_backend_down(exc, works, now)
+            self._on_backend_down(exc, self._decide(items, now, seen, len(items)), now)
             return
-        chunks = self._chunks(works)
+        chunks = self._chunks(items)
+        left = len(items)
         for index, chunk in enumerate(chunks):
+            works = self._decide(chunk, now, seen, left)
+            left -= len(chunk)
+            for work in works:
+                for due_slot in work.due:
+                    if not self.outage.reported(due_slot):
+                        self.reports.due(due_slot)
             try:
-                lost = self._run_chunk(chunk, now)
+                lost = self._run_chunk(works, now)
             except BackendUnavailableError as exc:  # nothing of this chunk was claimed
-                self._on_backend_down(exc, [work for rest in chunks[index:] for work in rest], now)
+                rest = [item for later in chunks[index + 1 :] for item in later]
+                self._on_backend_down(exc, works + self._decide(rest, now, seen, left), now)
                 return
             if lost is not None:  # lost after the claims: the chunks after this one wait
-                self._on_backend_down(
-                    lost, [work for rest in chunks[index + 1 :] for work in rest], now
-                )
+                rest = [item for later in chunks[index + 1 :] for item in later]
+                self._on_backend_down(lost, self._decide(rest, now, seen, left), now)
                 return
 
-    def _decide(self, items: Iterable[QueueItem], now: datetime) -> list[Work]:
+    def _decide(
+        self, items: Sequence[QueueItem], now: datetime, seen: set[tuple[str, datetime]], left: int
+    ) -> list[Work]:
         """Turn due queue items into slots to claim, each with its entry's next slot.
 
         A slot asked for twice in one tick (say, by a retry and by its entry's chain) is
-        claimed once: a replica renews its own unsent claim, so a second claim would publish
-        it twice.
+        claimed once (``seen``: the slots of this tick so far): a replica renews its own unsent
+        claim, so a second claim would publish it twice. ``left``: the items of the tick not
+        decided yet, these included (the backlog, for :meth:`_shed_backlog`).
         """
         works: list[Work] = []
-        seen: set[tuple[str, datetime]] = set()
         for item in items:
             try:
                 work = self._work_for(item, now, seen)
@@ -415,7 +419,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 continue
             if work is not None:
                 works.append(work)
-        return self._shed_backlog(works)
+        return self._shed_backlog(works, left - len(items))
 
     def _work_for(
         self, item: QueueItem, now: datetime, seen: set[tuple[str, datetime]]
@@ -432,13 +436,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
+        until: datetime | None = None
         if item.retry:
             slots = [item.slot]
-            follow_up = None
         elif entry is item.entry:
             after = item.slot - timedelta(microseconds=1)
             slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
-            follow_up = entry.first_slot_after(now)
         else:
             superseded = self._superseded.get(name, {}).get(id(item.entry))
             if superseded is None:
@@ -446,14 +449,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entry, until = superseded
             after = item.slot - timedelta(microseconds=1)
             slots = slots_due(entry, after, min(now, until), grace=self.settings.catchup_grace)
-            upcoming = entry.first_slot_after(now)
-            follow_up = upcoming if upcoming is not None and upcoming <= until else None
         due = []
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
                 due.append(self._due_slot(entry, slot, takeover=item.takeover))
-        return Work(item, due, follow_up)
+        return Work(item, due, None if item.retry else entry, until)
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
         """Report an entry whose slot could not even be prepared, and keep it scheduled."""
@@ -464,7 +465,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with contextlib.suppress(Exception):
             self._queue_upcoming(entry, now)
 
-    def _shed_backlog(self, works: list[Work]) -> list[Work]:
+    def _shed_backlog(self, works: list[Work], undecided: int) -> list[Work]:
         """When this replica is too far behind, keep only each entry's latest due slot.
 
         A backlog that cannot be published before it is older than the catch-up grace (at the
@@ -472,7 +473,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         each entry gets its newest slot, in turn, and the older ones are reported skipped
         (reason ``"behind"``) — Celery's fire-once, applied under overload.
         """
-        backlog = sum(len(work.due) for work in works)
+        backlog = sum(len(work.due) for work in works) + undecided  # one slot per item left
         capacity = self._claim_rate * self.settings.catchup_grace.total_seconds()
         if backlog <= max(capacity, CLAIM_BATCH):
             return works
@@ -483,35 +484,32 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 work.due = work.due[-1:]
         return works
 
-    def _chunks(self, works: list[Work]) -> list[list[Work]]:
-        """Split a burst into claim batches, in an order of this replica's own.
+    def _chunks(self, items: Sequence[QueueItem]) -> list[list[QueueItem]]:
+        """Split a burst's queue items into claim batches, in an order of this replica's own.
 
         Every replica cuts the burst at the same places but starts at a different chunk, so
         replicas share a burst instead of racing for the same entries in the same order. All
-        the works of one entry go in one chunk, whatever its size: an entry's slots must be
+        the items of one entry go in one chunk, whatever its size: an entry's slots must be
         claimed oldest first, since a claim raises the entry's high-water mark past every
         earlier slot.
         """
-        by_entry: dict[str, list[Work]] = {}
-        for work in works:
-            by_entry.setdefault(work.item.entry.name, []).append(work)
+        by_entry: dict[str, list[QueueItem]] = {}
+        for item in items:
+            by_entry.setdefault(item.entry.name, []).append(item)
         groups = sorted(
-            by_entry.items(), key=lambda named: (min(map(_first_slot, named[1])), named[0])
+            by_entry.items(), key=lambda named: (min(item.slot for item in named[1]), named[0])
         )
-        chunks: list[list[Work]] = [[]]
-        size = 0
+        chunks: list[list[QueueItem]] = [[]]
         for _, group in groups:
-            count = sum(len(work.due) for work in group)
-            if size and size + count > CLAIM_BATCH:
+            if chunks[-1] and len(chunks[-1]) + len(group) > CLAIM_BATCH:
                 chunks.append([])
-                size = 0
             chunks[-1].extend(group)
-            size += count
         start = zlib.crc32(self.backend.replica_id.encode()) % len(chunks)
         return chunks[start:] + chunks[:start]
 
     def _run_chunk(self, chunk: Sequence[Work], now: datetime) -> BackendUnavailableError | None:
-        """Claim one batch, queue its entries' next slots, publish what was won, record it.
+        """Claim one batch, publish what was won, record it, then queue its entries' next
+        slots (after the publish: the messages of a burst go first).
 
         Returns the error when the backend went away after the claims; the won slots not yet
         fenced are then queued to be asked about again.
@@ -527,13 +525,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._learn_marks(results)
         admitted = self._admit(due, results, now)
         self.outage.end()
-        for work in chunk:
-            if work.follow_up is not None and work.item.entry.name not in self._finished:
-                self.queue.push(work.follow_up.timestamp(), work.item.entry, work.follow_up)
         lost = self.pipeline.send(admitted, now)
+        for work in chunk:
+            self._queue_follow_up(work, now)
         if lost is None:
             self._note_rate(len(due), started)
         return lost
+
+    def _queue_follow_up(self, work: Work, now: datetime) -> None:
+        """Queue the next slot of a work's entry after ``now`` (an earlier definition's only up
+        to its change)."""
+        entry = work.follow
+        if entry is None or work.item.entry.name in self._finished:
+            return
+        try:
+            upcoming = entry.first_slot_after(now)
+        except Exception as exc:  # one entry's failure is that entry's, never the tick's
+            self.reports.failed(entry, work.item.slot, exc, "computing the next slot of")
+            return
+        if upcoming is not None and (work.until is None or upcoming <= work.until):
+            self.queue.push(upcoming.timestamp(), work.item.entry, upcoming)
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         task_id = task_id_for(entry.name, slot)

@@ -146,16 +146,13 @@ def _finding2() -> Callable[[], None]:
 
 
 def _old_chunks(original: Any) -> Any:
-    def chunks(self: Any, works: list[Any]) -> list[list[Any]]:
-        works.sort(key=lambda work: (work.item.slot, work.item.entry.name))
+    def chunks(self: Any, items: list[Any]) -> list[list[Any]]:
+        items = sorted(items, key=lambda item: (item.slot, item.entry.name))
         result: list[list[Any]] = [[]]
-        size = 0
-        for work in works:
-            if size and size + len(work.due) > scheduler_module.CLAIM_BATCH:
+        for item in items:
+            if len(result[-1]) >= scheduler_module.CLAIM_BATCH:
                 result.append([])
-                size = 0
-            result[-1].append(work)
-            size += len(work.due)
+            result[-1].append(item)
         start = zlib.crc32(self.backend.replica_id.encode()) % len(result)
         return result[start:] + result[:start]
 

@@ -136,3 +136,34 @@ def test_claims_in_another_database_keep_the_fence_path(
         assert len(fenced) == 1
     finally:
         scheduler.close()
+
+
+def test_a_burst_is_streamed_the_first_chunk_leaves_before_the_next_is_decided(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Issue 19: a 2 000-entry burst is decided, claimed and published chunk by chunk; the
+    entries' next slots are computed after their chunk is published."""
+    schedule = {f"e{i:04}": {"task": "t", "schedule": every(10).seconds} for i in range(2000)}
+    scheduler = make_scheduler(redis_url, clock, schedule)
+    steps: list[str] = []
+    real_decide, real_send = scheduler._decide, scheduler.pipeline.send
+
+    def decide(items: Any, *args: Any) -> Any:
+        steps.append(f"decide {len(items)}")
+        return real_decide(items, *args)
+
+    def send(admitted: Any, now: Any) -> Any:
+        steps.append(f"send {len(admitted)}")
+        return real_send(admitted, now)
+
+    scheduler._decide = decide  # type: ignore[method-assign]
+    scheduler.pipeline.send = send  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10)
+        burst = [step.split()[0] for step in steps[steps.index("decide 500") :]]
+        assert burst[:8] == ["decide", "send"] * 4, steps
+        assert len(scheduler.publisher.occurrences) == 2000  # type: ignore[attr-defined]
+        assert len(scheduler.queue) >= 2000  # every entry's next slot queued
+    finally:
+        scheduler.close()
