@@ -26,6 +26,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+import redis
 from celery import beat
 from celery.schedules import crontab
 
@@ -160,9 +161,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def backend(self) -> ClaimBackend:
         """The claim backend, created on first use."""
         if self._backend is None:
-            self._backend = self._backend_override or create_backend(
-                self.app, self.settings, self.schedule_filename
-            )
+            try:
+                self._backend = self._backend_override or create_backend(
+                    self.app, self.settings, self.schedule_filename
+                )
+            except redis.RedisError as exc:  # a cluster client connects at once
+                raise ConfigError(
+                    f"cannot use the claims Redis: {exc}", field="fork_scheduler_redis_url"
+                ) from None
         return self._backend
 
     @property

@@ -15,7 +15,7 @@ import pytest
 from celery_fork_scheduler.testing import CeleryProcess
 
 from .harness import run_python, write_project
-from .test_first_hour import celery, one_line, project, worker_ran_a_scheduled_run
+from .test_first_hour import beat, celery, one_line, project, worker_ran_a_scheduled_run
 
 pytestmark = pytest.mark.e2e
 
@@ -183,6 +183,7 @@ def test_cluster_option_on_a_plain_redis_is_a_traceback_in_the_cli(
     one_line(result, 3, "Cluster mode is not enabled")
     validate = celery(module, workdir, redis_url, "schedule", "validate")
     one_line(validate, 1, "Cluster mode is not enabled")
+    one_line(beat(module, workdir, redis_url), 1, "Cluster mode is not enabled")
 
 
 @pytest.mark.parametrize(
