@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kombu.exceptions import OperationalError
 
@@ -104,6 +104,8 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
         headers=data["headers"],
     )
 
+
+T = TypeVar("T")
 
 #: Errors that say the broker could not be reached: worth trying again if nothing was sent.
 TRANSIENT_ERRORS = (OperationalError, ConnectionError, TimeoutError, OSError)
@@ -299,16 +301,12 @@ class CeleryPublisher:
             except Exception as exc:
                 return [DeliveryUncertain(exc) for _ in rendered]
             return [None for _ in rendered]
-        errors: list[Exception | None] = []
-        for done in rendered:
-            try:
-                for queue, message in done.messages:
-                    channel._put(queue, message)
-            except Exception as exc:
-                errors.append(DeliveryUncertain(exc) if is_transient(exc) else exc)
-            else:
-                errors.append(None)
-        return errors
+
+        def put(done: Rendered) -> None:
+            for queue, message in done.messages:
+                channel._put(queue, message)
+
+        return _one_by_one(rendered, put)
 
     def _publish_through_celery(
         self, occurrences: Sequence[Occurrence], producer: Any
@@ -317,16 +315,8 @@ class CeleryPublisher:
         if not occurrences:
             return []
         if producer is None or not hasattr(producer, "batch"):
-            errors: list[Exception | None] = []
-            for occurrence in occurrences:
-                try:
-                    self._send(occurrence, producer)
-                except Exception as exc:
-                    errors.append(DeliveryUncertain(exc) if is_transient(exc) else exc)
-                else:
-                    errors.append(None)
-            return errors
-        errors = [None] * len(occurrences)
+            return _one_by_one(occurrences, lambda occurrence: self._send(occurrence, producer))
+        errors: list[Exception | None] = [None] * len(occurrences)
         try:
             # One more than the batch holds: Kombu never flushes before the block ends.
             with producer.batch(max_size=len(occurrences) + 1):
@@ -351,3 +341,17 @@ class CeleryPublisher:
             task.apply_async(occurrence.args, occurrence.kwargs, **common)
         else:
             self.app.send_task(occurrence.task, occurrence.args, occurrence.kwargs, **common)
+
+
+def _one_by_one(items: Sequence[T], send: Callable[[T], None]) -> list[Exception | None]:
+    """Send each item alone: ``None`` when sent, else the error. A broker error during a send
+    is a :class:`DeliveryUncertain` (the message may have left); any other was not sent."""
+    errors: list[Exception | None] = []
+    for item in items:
+        try:
+            send(item)
+        except Exception as exc:
+            errors.append(DeliveryUncertain(exc) if is_transient(exc) else exc)
+        else:
+            errors.append(None)
+    return errors

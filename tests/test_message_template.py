@@ -154,6 +154,17 @@ def test_the_template_follows_a_changed_entry(redis_url: str) -> None:
     app.close()
 
 
+def publish_three(broker_url: str) -> list[Any]:
+    """Publish three occurrences of one entry in one batch; they are all sent."""
+    app = make_app(broker_url, {})
+    entry = entry_from_config("job", JOB_EU, default_timezone=timezone.utc)
+    occurrences = [build_occurrence(entry, s, task_id_for("job", s)) for s in SLOTS]
+    with app.producer_or_acquire() as producer:
+        assert CeleryPublisher(app, lambda: producer).publish_many(occurrences) == [None] * 3
+    app.close()
+    return occurrences
+
+
 @pytest.fixture
 def publish_hook() -> Iterator[list[str]]:
     seen: list[str] = []
@@ -171,27 +182,15 @@ def test_publish_hooks_of_celery_turn_templates_off(
 ) -> None:
     """A ``before_task_publish`` receiver (tracing, say) sees every message, as without
     templates."""
-    app = make_app(redis_url, {})
-    entry = entry_from_config("job", JOB_EU, default_timezone=timezone.utc)
-    occurrences = [build_occurrence(entry, s, task_id_for("job", s)) for s in SLOTS]
-    with app.producer_or_acquire() as producer:
-        errors = CeleryPublisher(app, lambda: producer).publish_many(occurrences)
-    assert errors == [None, None, None]
+    occurrences = publish_three(redis_url)
     assert publish_hook == [o.task_id for o in occurrences]
     assert redis_client.llen("celery") == 3
-    app.close()
 
 
 def test_templated_messages_reach_the_broker_in_order_once(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    app = make_app(redis_url, {})
-    entry = entry_from_config("job", JOB_EU, default_timezone=timezone.utc)
-    occurrences = [build_occurrence(entry, s, task_id_for("job", s)) for s in SLOTS]
-    with app.producer_or_acquire() as producer:
-        errors = CeleryPublisher(app, lambda: producer).publish_many(occurrences)
-    assert errors == [None, None, None]
+    occurrences = publish_three(redis_url)
     queued = [json.loads(raw) for raw in reversed(redis_client.lrange("celery", 0, -1))]
     assert [m["headers"]["id"] for m in queued] == [o.task_id for o in occurrences]
     assert len({m["properties"]["delivery_tag"] for m in queued}) == 3
-    app.close()

@@ -13,7 +13,7 @@ import pytest
 import redis
 from replica_helpers import make_app, make_scheduler, run_for
 
-from celery_fork_scheduler import every
+from celery_fork_scheduler import Scheduler, every
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -31,17 +31,24 @@ def queued(client: redis.Redis, queue: str = "celery") -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
 
 
+def beat_on(broker_url: str, claims_url: str, clock: FakeClock) -> tuple[Scheduler, list[Any]]:
+    """A replica of an entry every 10 s publishing through Celery to ``broker_url``, claiming
+    on ``claims_url``; and the batches it fences apart from their publish."""
+    app = make_app(claims_url, {"job": {"task": "job", "schedule": every(10).seconds}})
+    app.conf.broker_url = broker_url
+    scheduler = make_scheduler(claims_url, clock, {}, app=app)
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    fenced: list[Any] = []
+    real_begin = scheduler.backend.begin_publish
+    scheduler.backend.begin_publish = lambda claims: fenced.append(claims) or real_begin(claims)  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    return scheduler, fenced
+
+
 def test_a_shared_redis_publishes_and_records_each_slot_in_one_step(
     redis_url: str, redis_client: redis.Redis, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = make_app(redis_url, {"job": {"task": "job", "schedule": every(10).seconds}})
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    begun: list[Any] = []
-    real_begin = scheduler.backend.begin_publish
-    scheduler.backend.begin_publish = lambda claims: begun.append(claims) or real_begin(claims)  # type: ignore[method-assign]
-    scheduler.setup_schedule()
+    scheduler, begun = beat_on(redis_url, redis_url, clock)
     try:
         with caplog.at_level(logging.INFO, logger="celery_fork_scheduler"):
             run_for(scheduler, clock, 25)
@@ -121,15 +128,7 @@ def test_a_broker_command_that_fails_leaves_the_slot_fenced_never_sent_again(
 def test_claims_in_another_database_keep_the_fence_path(
     redis_url: str, redis_client: redis.Redis, clock: FakeClock
 ) -> None:
-    claims_url = redis_url.rsplit("/", 1)[0] + "/1"
-    app = make_app(claims_url, {"job": {"task": "job", "schedule": every(10).seconds}})
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(claims_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    fenced: list[Any] = []
-    real_begin = scheduler.backend.begin_publish
-    scheduler.backend.begin_publish = lambda claims: fenced.append(claims) or real_begin(claims)  # type: ignore[method-assign]
-    scheduler.setup_schedule()
+    scheduler, fenced = beat_on(redis_url, redis_url.rsplit("/", 1)[0] + "/1", clock)
     try:
         run_for(scheduler, clock, 15)
         assert len(queued(redis_client)) == 1
