@@ -12,16 +12,26 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery import Celery
 
 from celery_fork_scheduler import Scheduler
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 #: Slot maths on a fake clock well in the past of Redis TIME: claims are never `early`.
 START = "2026-03-02T10:00:00.300+00:00"
+
+
+def store_raw(client: redis.Redis, name: str | bytes, raw: str | bytes) -> None:
+    """A runtime entry as the Manager writes it (default prefix), with ``raw`` as its value."""
+    keys = Keys("scheduler:")
+    version = client.incr(keys.runtime_version)
+    client.hset(keys.runtime_entries, name, raw)
+    client.zadd(keys.runtime_changes, {name: version})
 
 
 def make_app(

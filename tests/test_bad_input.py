@@ -18,19 +18,18 @@ import pytest
 import redis
 import replica_helpers
 from celery import Celery
+from replica_helpers import store_raw
 
 from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.durations import to_timedelta
 from celery_fork_scheduler.entry import entry_from_config, entry_from_dict, entry_to_dict
 from celery_fork_scheduler.errors import ConfigError, ScheduleError
-from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.schedules import cron, parse_time, schedule_from_dict
 from celery_fork_scheduler.schedules.parsing import parse_schedule
 from celery_fork_scheduler.testing import FakeClock
 
 UTC = timezone.utc
-KEYS = Keys("scheduler:")
 START = "2026-03-02T10:00:00.300+00:00"
 
 
@@ -368,13 +367,6 @@ class Replica(replica_helpers.SteppedReplica):
         return {occurrence.entry for occurrence in self.publisher.occurrences}
 
 
-def store_raw(client: redis.Redis, name: str | bytes, raw: str | bytes) -> None:
-    """Write a runtime entry as the Manager would, but with ``raw`` as its stored value."""
-    version = client.incr(KEYS.runtime_version)
-    client.hset(KEYS.runtime_entries, name, raw)
-    client.zadd(KEYS.runtime_changes, {name: version})
-
-
 def stored(**data: Any) -> str:
     return json.dumps({"schema": 1, "task": "t", **data})
 
@@ -430,20 +422,27 @@ def corrupted_run(redis_url: str, name: str | bytes, raw: str | bytes, *, late: 
     return replica
 
 
+def run_past_a_corrupt_entry(
+    redis_url: str, caplog: pytest.LogCaptureFixture, name: str, raw: str | bytes, late: bool
+) -> tuple[Replica, list[str]]:
+    """A corrupted run: both good entries fired; the replica and the error lines logged."""
+    with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
+        replica = corrupted_run(redis_url, name, raw, late=late)
+    replica.close()
+    assert replica.fired() == {"good-static", "good-runtime"}
+    return replica, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])
 @pytest.mark.parametrize("label", sorted(SKIPPED))
 def test_a_corrupted_runtime_entry_is_skipped_with_an_error_and_the_others_keep_firing(
     redis_url: str, caplog: pytest.LogCaptureFixture, label: str, late: bool
 ) -> None:
     name = f"corrupt-{label}"
-    with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
-        replica = corrupted_run(redis_url, name, SKIPPED[label], late=late)
-    replica.close()
-    assert replica.fired() == {"good-static", "good-runtime"}
+    replica, errors = run_past_a_corrupt_entry(redis_url, caplog, name, SKIPPED[label], late)
     # Each entry fires every second: none was held up by the bad one.
     slots = [o.slot for o in replica.publisher.occurrences if o.entry == "good-static"]
     assert len(slots) == len(set(slots)) >= 5
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("skipped" in message and repr(name) in message for message in errors), errors
 
 
@@ -453,11 +452,7 @@ def test_a_runtime_entry_that_crashes_a_parser_is_skipped_too(
     redis_url: str, caplog: pytest.LogCaptureFixture, label: str, late: bool
 ) -> None:
     name = f"corrupt-{label}"
-    with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
-        replica = corrupted_run(redis_url, name, CRASHING[label], late=late)
-    replica.close()
-    assert replica.fired() == {"good-static", "good-runtime"}
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    _, errors = run_past_a_corrupt_entry(redis_url, caplog, name, CRASHING[label], late)
     assert any(repr(name) in message for message in errors), errors
 
 

@@ -22,6 +22,7 @@ from celery import Celery
 from celery.bin.base import CLIContext
 from celery.signals import after_task_publish, before_task_publish
 from click.testing import CliRunner, Result
+from replica_helpers import store_raw
 
 from celery_fork_scheduler import Manager, periodic
 from celery_fork_scheduler.cli import schedule
@@ -350,12 +351,6 @@ def test_list_and_show_say_finished(run: Run) -> None:
 
 
 # -- 6. corrupted stored records ------------------------------------------------------------------
-
-
-def store_raw(client: redis.Redis, name: str, raw: str) -> None:
-    version = client.incr(KEYS.runtime_version)
-    client.hset(KEYS.runtime_entries, name, raw)
-    client.zadd(KEYS.runtime_changes, {name: version})
 
 
 @pytest.fixture

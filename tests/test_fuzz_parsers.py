@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import string
+from collections.abc import Callable
 from datetime import datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -178,6 +179,18 @@ def assert_names(error: ValueError, *candidates: object) -> None:
     )
 
 
+T = TypeVar("T")
+
+
+def built_or_named(build: Callable[[], T], *candidates: object) -> T | None:
+    """What ``build()`` returns, or None when it raised a ScheduleError naming a candidate."""
+    try:
+        return build()
+    except ScheduleError as exc:
+        assert_names(exc, *candidates)
+        return None
+
+
 # -- schedule strings -----------------------------------------------------------------------------
 
 
@@ -186,11 +199,8 @@ def assert_names(error: ValueError, *candidates: object) -> None:
 def test_parse_schedule_returns_a_schedule_or_a_schedule_error_quoting_the_text(
     text: str,
 ) -> None:
-    try:
-        schedule = parse_schedule(text)
-    except ScheduleError as exc:
-        assert_names(exc, text)
-    else:
+    schedule = built_or_named(lambda: parse_schedule(text), text)
+    if schedule is not None:
         assert isinstance(schedule, SlotSchedule)
         assert isinstance(schedule.describe(), str)
 
@@ -227,11 +237,8 @@ def test_parse_schedule_of_a_non_string_is_a_schedule_error(value: object) -> No
 @FUZZ
 @given(cron_text, st.one_of(st.none(), st.sampled_from([*ZONES, "Nowhere/Land", "", "../x"])))
 def test_cron_builds_or_names_the_expression_or_zone(text: str, zone: str | None) -> None:
-    try:
-        schedule = cron(text, zone)
-    except ScheduleError as exc:
-        assert_names(exc, text, " ".join(text.split()), zone)
-    else:
+    schedule = built_or_named(lambda: cron(text, zone), text, " ".join(text.split()), zone)
+    if schedule is not None:
         assert isinstance(schedule, Cron)
         assert Cron(expr=schedule.expr, tz=schedule.tz) == schedule
         # An accepted expression either never fires (said at load time) or has slots that
@@ -262,11 +269,8 @@ def test_cron_builds_or_names_the_expression_or_zone(text: str, zone: str | None
     )
 )
 def test_parse_time_of_any_text_is_a_time_or_a_schedule_error_quoting_it(text: str) -> None:
-    try:
-        parsed = parse_time(text)
-    except ScheduleError as exc:
-        assert_names(exc, text)
-    else:
+    parsed = built_or_named(lambda: parse_time(text), text)
+    if parsed is not None:
         assert isinstance(parsed, time)
         assert parsed.tzinfo is None and parsed.microsecond == 0
 
@@ -298,11 +302,8 @@ UNITS = [
     st.sampled_from(UNITS),
 )
 def test_every_n_builds_or_names_n(n: Any, unit: str) -> None:
-    try:
-        built = getattr(every(n), unit)
-    except ScheduleError as exc:
-        assert_names(exc, "every(", n)
-    else:
+    built = built_or_named(lambda: getattr(every(n), unit), "every(", n)
+    if built is not None:
         assert isinstance(built, (Interval, Daily, Weekly, Monthly))
         assert parse_schedule(built.describe()) == built
 

@@ -180,15 +180,22 @@ def test_a_capped_slot_is_given_back_and_recorded_as_skipped(
     assert record.task_id == task_id_for(loser, slot(1))
 
 
-def test_the_history_is_capped_newest_first(redis_url: str, make_scheduler: Any) -> None:
+def run_ok_every_second(
+    redis_url: str, make_scheduler: Any, history_size: int, seconds: int
+) -> Manager:
+    """One replica runs a lone every-second entry "ok" for ``seconds`` ticks."""
     schedule = {"ok": {"task": "t", "schedule": every(1).seconds}}
-    app = make_app(redis_url, schedule, fork_scheduler_history_size=3)
+    app = make_app(redis_url, schedule, fork_scheduler_history_size=history_size)
     clock = FakeClock(START)
     scheduler = make_scheduler(app, clock, "replica-1")
-    for _ in range(5):
+    for _ in range(seconds):
         clock.advance(1)
         scheduler.tick()
-    manager = Manager(app)
+    return Manager(app)
+
+
+def test_the_history_is_capped_newest_first(redis_url: str, make_scheduler: Any) -> None:
+    manager = run_ok_every_second(redis_url, make_scheduler, history_size=3, seconds=5)
     assert [r.slot for r in manager.history("ok")] == [slot(5), slot(4), slot(3)]
     assert [r.slot for r in manager.history("ok", n=2)] == [slot(5), slot(4)]
     assert manager.stats("ok").runs == 5
@@ -197,14 +204,7 @@ def test_the_history_is_capped_newest_first(redis_url: str, make_scheduler: Any)
 def test_a_history_size_of_zero_keeps_only_the_counters(
     redis_url: str, make_scheduler: Any
 ) -> None:
-    schedule = {"ok": {"task": "t", "schedule": every(1).seconds}}
-    app = make_app(redis_url, schedule, fork_scheduler_history_size=0)
-    clock = FakeClock(START)
-    scheduler = make_scheduler(app, clock, "replica-1")
-    for _ in range(3):
-        clock.advance(1)
-        scheduler.tick()
-    manager = Manager(app)
+    manager = run_ok_every_second(redis_url, make_scheduler, history_size=0, seconds=3)
     assert manager.history("ok") == []
     assert manager.stats("ok").runs == 3
 

@@ -19,6 +19,7 @@ import replica_helpers
 from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
+from replica_helpers import store_raw
 
 from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler import signals as fork_signals
@@ -89,13 +90,6 @@ def refused(call: Any, *, entry: str | None, field: str) -> ConfigError:
     if entry is not None:
         assert raised.value.entry == entry, raised.value
     return raised.value
-
-
-def store_raw(client: redis.Redis, name: str | bytes, raw: str | bytes) -> None:
-    """A runtime entry as the Manager writes it, with ``raw`` as its value."""
-    version = client.incr(KEYS.runtime_version)
-    client.hset(KEYS.runtime_entries, name, raw)
-    client.zadd(KEYS.runtime_changes, {name: version})
 
 
 def stored(**data: Any) -> str:

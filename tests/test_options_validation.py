@@ -43,6 +43,17 @@ def make_app(**conf: Any) -> Celery:
     return app
 
 
+def start_beat(app: Celery, tmp_path: Path) -> Scheduler:
+    """Beat's scheduler on ``app`` with a fake clock, raising (not exiting) on a config error."""
+    return Scheduler(
+        app,
+        clock=FakeClock(START),
+        publisher=RecordingPublisher(),
+        backend=LocalBackend(tmp_path / "state.json"),
+        exit_on_config_error=False,
+    )
+
+
 # -- entry options ----------------------------------------------------------------------------
 
 
@@ -189,13 +200,7 @@ def test_check_reports_a_bad_starting_deadline() -> None:
 def test_beat_refuses_a_string_starting_deadline_before_it_starts(tmp_path: Path) -> None:
     app = make_app(timezone="UTC", beat_cron_starting_deadline="60")
     with pytest.raises(ConfigError, match=r"field 'beat_cron_starting_deadline'"):
-        Scheduler(
-            app,
-            clock=FakeClock(START),
-            publisher=RecordingPublisher(),
-            backend=LocalBackend(tmp_path / "state.json"),
-            exit_on_config_error=False,
-        )
+        start_beat(app, tmp_path)
     app.close()
 
 
@@ -245,13 +250,7 @@ def test_check_blames_the_timezone_setting_not_the_entries(value: object) -> Non
 def test_beat_refuses_a_bad_app_timezone_naming_it(value: object, tmp_path: Path) -> None:
     app = make_app(timezone=value, beat_schedule=NIGHTLY)
     with pytest.raises(ConfigError, match=r"^field 'timezone': "):
-        Scheduler(
-            app,
-            clock=FakeClock(START),
-            publisher=RecordingPublisher(),
-            backend=LocalBackend(tmp_path / "state.json"),
-            exit_on_config_error=False,
-        )
+        start_beat(app, tmp_path)
     app.close()
 
 
