@@ -298,6 +298,17 @@ def test_which_script_errors_fail_the_whole_call(reply: str, whole_call: bool) -
     assert redis_backend._refuses_everything(redis.ResponseError(reply)) is whole_call
 
 
+def claim_refusal(url: str, settings: Settings) -> str:
+    """The message of the BackendUnavailableError a claim on ``url`` raises."""
+    backend = RedisBackend.from_url(url, settings)
+    try:
+        with pytest.raises(BackendUnavailableError) as refused:
+            backend.claim([claim("a", PAST)])
+    finally:
+        backend.close()
+    return str(refused.value)
+
+
 def test_the_password_is_never_shown(acl_server: RedisServer) -> None:
     url = set_user(acl_server, MINIMAL_ACL_COMMANDS)
     secrets = (PASSWORD, quote(PASSWORD, safe=""))
@@ -313,23 +324,12 @@ def test_the_password_is_never_shown(acl_server: RedisServer) -> None:
         backend.close()
 
     wrong = set_user(acl_server, MINIMAL_ACL_COMMANDS, password="another-" + PASSWORD)
-    backend = RedisBackend.from_url(url, settings)
-    try:
-        with pytest.raises(BackendUnavailableError) as refused:
-            backend.claim([claim("a", PAST)])
-    finally:
-        backend.close()
-    assert not any(secret in str(refused.value) for secret in secrets), refused.value
+    refused = claim_refusal(url, settings)
+    assert not any(secret in refused for secret in secrets), refused
     assert wrong != url
 
     down = f"redis://scheduler:{quote(PASSWORD, safe='')}@127.0.0.1:{free_port()}/0"
-    backend = RedisBackend.from_url(down, settings)
-    try:
-        with pytest.raises(BackendUnavailableError) as unreachable:
-            backend.claim([claim("a", PAST)])
-    finally:
-        backend.close()
-    message = str(unreachable.value)
+    message = claim_refusal(down, settings)
     assert "unreachable" in message
     assert not any(secret in message for secret in secrets), message
 

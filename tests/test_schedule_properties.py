@@ -93,6 +93,15 @@ anywhere = st.datetimes(
 instants = st.one_of(near_transitions, anywhere)
 
 EPSILON = timedelta(microseconds=1)
+
+
+def neighbours(schedule: SlotSchedule, start: datetime) -> tuple[datetime | None, datetime]:
+    """The slots before (if any) and after ``start``; every generated schedule has a next one."""
+    following = schedule.next_slot(start)
+    assert following is not None
+    return schedule.previous_slot(start), following
+
+
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -137,9 +146,7 @@ def test_a_slot_is_in_the_window_that_ends_at_it(schedule: SlotSchedule, start: 
 @PROPERTY
 @given(schedule=schedules, start=instants)
 def test_no_slot_lies_between_previous_and_next(schedule: SlotSchedule, start: datetime) -> None:
-    previous = schedule.previous_slot(start)
-    following = schedule.next_slot(start)
-    assert following is not None
+    previous, following = neighbours(schedule, start)
     assert schedule.previous_slot(following - EPSILON) == previous
     if previous is not None:
         assert list(schedule.slots(previous, following)) == [following]
@@ -148,9 +155,7 @@ def test_no_slot_lies_between_previous_and_next(schedule: SlotSchedule, start: d
 @PROPERTY
 @given(schedule=schedules, start=instants)
 def test_previous_and_next_slot_bracket_an_instant(schedule: SlotSchedule, start: datetime) -> None:
-    previous = schedule.previous_slot(start)
-    following = schedule.next_slot(start)
-    assert following is not None
+    previous, following = neighbours(schedule, start)
     if previous is not None:
         assert previous <= start < following
         assert schedule.next_slot(previous) == following

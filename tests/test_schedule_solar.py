@@ -58,12 +58,21 @@ def almanac(event: str, day: date, lat: float, lon: float) -> datetime:
 JUNE = [date(2026, 6, 1) + timedelta(days=n) for n in range(30)]
 
 
-@pytest.mark.parametrize("event", sorted(EVENTS))
-def test_each_day_has_a_whole_second_slot_at_the_almanac_time(event: str) -> None:
+def june_in_berlin(event: str) -> tuple[Solar, list[tuple[date, datetime]]]:
+    """The Berlin schedule of ``event`` and its first slot after each midnight (UTC) of June."""
     schedule = Solar(event=event, lat=BERLIN[0], lon=BERLIN[1])
+    found = []
     for day in JUNE:
         slot = schedule.next_slot(datetime(day.year, day.month, day.day, tzinfo=UTC))
         assert slot is not None
+        found.append((day, slot))
+    return schedule, found
+
+
+@pytest.mark.parametrize("event", sorted(EVENTS))
+def test_each_day_has_a_whole_second_slot_at_the_almanac_time(event: str) -> None:
+    _, slots = june_in_berlin(event)
+    for day, slot in slots:
         assert slot.microsecond == 0
         assert abs(slot - almanac(event, day, *BERLIN)) < TOLERANCE, (event, day, slot)
 
@@ -71,10 +80,8 @@ def test_each_day_has_a_whole_second_slot_at_the_almanac_time(event: str) -> Non
 @pytest.mark.parametrize("event", sorted(EVENTS))
 def test_a_slot_is_found_by_the_question_the_tick_asks_at_it(event: str) -> None:
     """The tick asks for the slots in ``(S - 1 µs, S]`` when slot S comes up."""
-    schedule = Solar(event=event, lat=BERLIN[0], lon=BERLIN[1])
-    for day in JUNE:
-        slot = schedule.next_slot(datetime(day.year, day.month, day.day, tzinfo=UTC))
-        assert slot is not None
+    schedule, slots = june_in_berlin(event)
+    for _, slot in slots:
         assert list(schedule.slots(slot - EPSILON, slot)) == [slot]
         assert schedule.next_slot(slot - EPSILON) == slot
         assert schedule.previous_slot(slot) == slot

@@ -11,6 +11,7 @@ import pytest
 import redis
 import replica_helpers
 from celery import Celery
+from replica_helpers import store_raw
 
 from celery_fork_scheduler import ForkSchedulerError, Manager, every
 from celery_fork_scheduler.keys import Keys
@@ -29,9 +30,7 @@ def store(redis_client: redis.Redis) -> RuntimeStore:
 
 def corrupt(client: redis.Redis, name: str, raw: bytes = b"{not json") -> None:
     """Write an undecodable runtime entry the way a broken writer would, version included."""
-    version = client.incr(KEYS.runtime_version)
-    client.hset(KEYS.runtime_entries, name, raw)
-    client.zadd(KEYS.runtime_changes, {name: version})
+    store_raw(client, name, raw)
 
 
 # -- versions ----------------------------------------------------------------------------------
@@ -189,20 +188,34 @@ def runtime(redis_url: str, name: str, clock: FakeClock | None = None, **definit
     Manager(make_app(redis_url), clock=clock).add(name, "t", every(1).seconds, **definition)
 
 
+def run_beside_a_corrupted_entry(
+    redis_url: str,
+    redis_client: redis.Redis,
+    beats: list[Beat],
+    name: str,
+    seconds: int,
+    raw: bytes = b"{not json",
+) -> Beat:
+    """A beat runs ``seconds`` with a good runtime entry "good" and a corrupted one, ``name``:
+    it skips ``name`` and fires "good" every second."""
+    runtime(redis_url, "good")
+    corrupt(redis_client, name, raw)
+    beat = Beat(redis_url, FakeClock(START))
+    beats.append(beat)
+    beat.run_for(seconds)
+    assert name not in beat.scheduler.entries
+    assert len(beat.publisher.fired("good")) == seconds
+    return beat
+
+
 def test_beat_skips_a_corrupted_entry_naming_it_and_fires_the_others(
     redis_url: str,
     redis_client: redis.Redis,
     beats: list[Beat],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runtime(redis_url, "good")
-    corrupt(redis_client, "broken-entry")
     with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
-        beat = Beat(redis_url, FakeClock(START))
-        beats.append(beat)
-        beat.run_for(3)
-    assert "broken-entry" not in beat.scheduler.entries
-    assert len(beat.publisher.fired("good")) == 3
+        beat = run_beside_a_corrupted_entry(redis_url, redis_client, beats, "broken-entry", 3)
     assert len(beat.publisher.fired("static")) == 3
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
@@ -246,14 +259,9 @@ def test_beat_skips_a_stored_entry_it_cannot_use_naming_it(
     data: Any,
     message: str,
 ) -> None:
-    runtime(redis_url, "good")
-    corrupt(redis_client, "unusable", json.dumps(data).encode())
+    raw = json.dumps(data).encode()
     with caplog.at_level(logging.ERROR, logger="celery_fork_scheduler"):
-        beat = Beat(redis_url, FakeClock(START))
-        beats.append(beat)
-        beat.run_for(2)
-    assert "unusable" not in beat.scheduler.entries
-    assert len(beat.publisher.fired("good")) == 2
+        run_beside_a_corrupted_entry(redis_url, redis_client, beats, "unusable", 2, raw)
     assert "'unusable'" in caplog.text
     assert message in caplog.text
 
