@@ -43,11 +43,14 @@ def make_app(
 ) -> Celery:
     """An app named ``main`` whose claims go to ``redis_url`` (none: the app sets no Redis URL).
 
-    The broker is in memory; no ``beat_schedule`` is an empty one.
+    The broker is in memory; no ``beat_schedule`` is an empty one. Every replica asks about
+    every slot at once (``fork_scheduler_owner_grace=0``): these tests race replicas for the
+    same claims on purpose; tests/test_ownership.py turns the division of entries on.
     """
     app = Celery(main, set_as_current=False, broker="memory://")
     if redis_url is not None:
         conf["fork_scheduler_redis_url"] = redis_url
+    conf.setdefault("fork_scheduler_owner_grace", 0)
     app.conf.update(
         timezone="UTC",
         beat_schedule={} if beat_schedule is None else beat_schedule,
@@ -154,6 +157,20 @@ class Beat:
     def run_for(self, seconds: float, step: float = 0.25) -> None:
         """Tick every ``step`` s of the fake clock for ``seconds``; tick once more at the end."""
         tick_for(self.scheduler.tick, self.clock, seconds, step)
+
+
+def closed_after(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """For a fixture: ``make`` (which returns a beat), closing each made beat's scheduler after
+    the test. ``yield from closed_after(...)`` in the fixture."""
+    made: list[Any] = []
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    yield factory
+    for beat in made:
+        beat.scheduler.close()
 
 
 class SteppedReplica:

@@ -47,16 +47,9 @@ BeatFactory = Any
 
 @pytest.fixture
 def make_beat(redis_url: str, clock: FakeClock) -> Iterator[BeatFactory]:
-    made: list[Beat] = []
-
-    def factory(beat_schedule: dict[str, Any], **conf: Any) -> Beat:
-        beat = Beat(redis_url, clock, beat_schedule, **conf)
-        made.append(beat)
-        return beat
-
-    yield factory
-    for beat in made:
-        beat.scheduler.close()
+    yield from replica_helpers.closed_after(
+        lambda beat_schedule, **conf: Beat(redis_url, clock, beat_schedule, **conf)
+    )
 
 
 @pytest.fixture
@@ -194,13 +187,19 @@ CATCHUP_CASES = [
 ]
 
 
+def fired_the_first_minute(make_beat: BeatFactory, policy: dict[str, Any]) -> Beat:
+    """A beat with an every-minute entry under ``policy`` that ran to 10:01:01 (one slot)."""
+    beat = make_beat(every_minute(**policy))
+    beat.run_for(61, step=1)
+    assert beat.fired() == [at("10:01:00")]
+    return beat
+
+
 @pytest.mark.parametrize(("policy", "expected"), CATCHUP_CASES)
 def test_after_every_replica_was_down_missed_slots_follow_the_catchup_policy(
     make_beat: BeatFactory, clock: FakeClock, policy: dict[str, Any], expected: list[str]
 ) -> None:
-    first = make_beat(every_minute(**policy))
-    first.run_for(61, step=1)
-    assert first.fired() == [at("10:01:00")]
+    first = fired_the_first_minute(make_beat, policy)
     first.scheduler.close()
 
     clock.set(at("10:05:30"))  # down from 10:01:01 to 10:05:30
@@ -213,8 +212,7 @@ def test_after_every_replica_was_down_missed_slots_follow_the_catchup_policy(
 def test_after_a_stall_missed_slots_follow_the_catchup_policy(
     make_beat: BeatFactory, clock: FakeClock, policy: dict[str, Any], expected: list[str]
 ) -> None:
-    beat = make_beat(every_minute(**policy))
-    beat.run_for(61, step=1)
+    beat = fired_the_first_minute(make_beat, policy)
     clock.set(at("10:05:30"))  # no tick from 10:01:01 to 10:05:30
     beat.run_for(31, step=1)
     assert beat.fired() == [at("10:01:00")] + [at(t) for t in expected]

@@ -6,8 +6,9 @@ import dataclasses
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 
 import pytest
 import redis
@@ -248,6 +249,14 @@ def test_an_uncontended_lock_never_sleeps(redis_client: redis.Redis) -> None:
 # --- contention ----------------------------------------------------------------------------
 
 
+def start_and_join(workers: Sequence[threading.Thread | BaseProcess], timeout: float) -> None:
+    """Start every worker, then wait up to ``timeout`` seconds for each."""
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout)
+
+
 def test_threads_increment_a_counter_without_losing_updates(redis_url: str) -> None:
     threads_count, times = 8, 25
     with RedisLocker(redis_url, PATIENT) as locker:
@@ -255,10 +264,7 @@ def test_threads_increment_a_counter_without_losing_updates(redis_url: str) -> N
             threading.Thread(target=increment_under_lock, args=(locker, "counter", times))
             for _ in range(threads_count)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        start_and_join(threads, 60)
         assert not any(thread.is_alive() for thread in threads)
         assert int(locker.client.get("counter") or 0) == threads_count * times
         assert not locker.client.exists("scheduler:lock:counter")
@@ -273,10 +279,7 @@ def test_processes_increment_a_counter_without_losing_updates(
         context.Process(target=increment_in_process, args=(redis_url, "counter", times))
         for _ in range(processes_count)
     ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
+    start_and_join(processes, 120)
     assert [process.exitcode for process in processes] == [0] * processes_count
     assert int(redis_client.get("counter") or 0) == processes_count * times
 

@@ -107,16 +107,9 @@ class Beat:
 
 @pytest.fixture
 def beats(redis_url: str, clock: FakeClock) -> Iterator[Any]:
-    made: list[Beat] = []
-
-    def make(schedule: dict[str, Any], **kwargs: Any) -> Beat:
-        beat = Beat(redis_url, schedule, clock, **kwargs)
-        made.append(beat)
-        return beat
-
-    yield make
-    for beat in made:
-        beat.scheduler.close()
+    yield from replica_helpers.closed_after(
+        lambda schedule, **kwargs: Beat(redis_url, schedule, clock, **kwargs)
+    )
 
 
 def every_second(**policies: Any) -> dict[str, Any]:
