@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
 from celery.schedules import crontab
+from slot_helpers import first_slots, utc
 
 from celery_fork_scheduler.errors import ScheduleError
 from celery_fork_scheduler.schedules import SlotSchedule, cron, from_celery
@@ -23,22 +24,8 @@ UTC = timezone.utc
 NEW_YEAR = "2026-01-01T00:00:00Z"
 
 
-def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def following(schedule: SlotSchedule, after: str, count: int) -> list[str]:
-    found, moment = [], utc(after)
-    for _ in range(count):
-        slot = schedule.next_slot(moment)
-        assert slot is not None
-        found.append(slot.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        moment = slot
-    return found
-
-
 def days(schedule: SlotSchedule, after: str, count: int) -> list[str]:
-    return [slot[:10] for slot in following(schedule, after, count)]
+    return [slot[:10] for slot in first_slots(schedule, after, count)]
 
 
 # -- a range with equal ends is that one value (croniter widens it to the whole field) ----------
@@ -59,7 +46,7 @@ def days(schedule: SlotSchedule, after: str, count: int) -> list[str]:
     ],
 )
 def test_a_range_with_equal_ends_is_one_value(expr: str, expected: list[str]) -> None:
-    assert following(cron(expr), NEW_YEAR, 2) == expected
+    assert first_slots(cron(expr), NEW_YEAR, 2) == expected
 
 
 def test_a_one_day_range_that_february_lacks_never_fires() -> None:
@@ -131,7 +118,7 @@ def test_an_or_with_an_impossible_nth_weekday_still_fires_on_the_days_of_month()
     # April 2026 has no fifth Sunday: the 20th to the 25th fire, every minute.
     schedule = cron("* * 20-25 apr sun#5")
     schedule.validate()
-    assert following(schedule, NEW_YEAR, 2) == ["2026-04-20T00:00:00Z", "2026-04-20T00:01:00Z"]
+    assert first_slots(schedule, NEW_YEAR, 2) == ["2026-04-20T00:00:00Z", "2026-04-20T00:01:00Z"]
 
 
 # -- day of week steps: N/S is N-7/S ---------------------------------------------------------------
@@ -155,7 +142,7 @@ def test_a_start_with_a_step_runs_to_the_end_of_the_field(expr: str, expected: l
 
 
 def test_a_start_with_a_step_in_minutes() -> None:
-    assert following(cron("50/4 0 * * *"), NEW_YEAR, 3) == [
+    assert first_slots(cron("50/4 0 * * *"), NEW_YEAR, 3) == [
         "2026-01-01T00:50:00Z",
         "2026-01-01T00:54:00Z",
         "2026-01-01T00:58:00Z",
@@ -240,13 +227,14 @@ def test_a_celery_crontab_in_a_dst_gap_fires_at_the_end_of_the_gap() -> None:
     """Berlin skips 02:00-03:00 on 2026-03-29: 02:30 fires at 03:00 CEST (01:00Z), as a cron
     string or a daily schedule would; Celery's own beat would use 03:30 CEST (01:30Z)."""
     schedule = from_celery(crontab(minute=30, hour=2), "Europe/Berlin")
-    assert following(schedule, "2026-03-28T00:00:00Z", 3) == [
+    assert first_slots(schedule, "2026-03-28T00:00:00Z", 3) == [
         "2026-03-28T01:30:00Z",  # 02:30 CET
         "2026-03-29T01:00:00Z",  # 03:00 CEST, the first instant after the gap
         "2026-03-30T00:30:00Z",  # 02:30 CEST
     ]
     assert schedule.next_slot(utc("2026-03-29T00:59:59Z")) == utc("2026-03-29T01:00:00Z")
-    assert following(cron("30 2 * * *", "Europe/Berlin"), "2026-03-28T00:00:00Z", 3) == following(
+    as_cron = cron("30 2 * * *", "Europe/Berlin")
+    assert first_slots(as_cron, "2026-03-28T00:00:00Z", 3) == first_slots(
         schedule, "2026-03-28T00:00:00Z", 3
     )
 

@@ -16,24 +16,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
+from slot_helpers import first_slots, utc
 
 from celery_fork_scheduler.schedules import SlotSchedule, at, cron, every
-
-
-def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def first_slots(schedule: SlotSchedule, after: str, count: int) -> list[str]:
-    found: list[str] = []
-    moment = utc(after)
-    for _ in range(count):
-        following = schedule.next_slot(moment)
-        assert following is not None
-        found.append(following.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        moment = following
-    return found
-
 
 BERLIN = "Europe/Berlin"
 NEW_YORK = "America/New_York"
