@@ -223,27 +223,34 @@ def test_catch_up_all_claims_each_entry_oldest_first_in_a_burst_over_one_chunk(
         scheduler.close()
 
 
-def test_a_runtime_edit_in_the_tick_its_slot_is_due_keeps_that_slot(
+@pytest.fixture
+def empty_replica(
     redis_url: str, clock: FakeClock
-) -> None:
+) -> Iterator[tuple[Scheduler, RecordingPublisher]]:
+    """A replica with no static entries, set up; closed after the test."""
     publisher = RecordingPublisher()
     scheduler = make_scheduler(redis_url, clock, {}, publisher=publisher)
     try:
         scheduler.setup_schedule()
-        first = entry_from_config("edited", {"task": "t", "schedule": every(10).seconds})
-        scheduler.put_entry(first, clock.now)
-        clock.advance(9.8)  # 10:00:10.100: the slot 10:00:10 is due
-        changed = entry_from_config(
-            "edited", {"task": "t", "schedule": every(10).seconds, "args": [2]}
-        )
-        scheduler.put_entry(changed, clock.now)
-        scheduler.tick()
-        assert fired(publisher) == {("edited", "2026-03-02T10:00:10+00:00"): 1}
-        run_for(scheduler, clock, 10)
-        assert fired(publisher)[("edited", "2026-03-02T10:00:20+00:00")] == 1
-        assert publisher.occurrences[-1].args == (2,)
+        yield scheduler, publisher
     finally:
         scheduler.close()
+
+
+def test_a_runtime_edit_in_the_tick_its_slot_is_due_keeps_that_slot(
+    empty_replica: tuple[Scheduler, RecordingPublisher], clock: FakeClock
+) -> None:
+    scheduler, publisher = empty_replica
+    first = entry_from_config("edited", {"task": "t", "schedule": every(10).seconds})
+    scheduler.put_entry(first, clock.now)
+    clock.advance(9.8)  # 10:00:10.100: the slot 10:00:10 is due
+    changed = entry_from_config("edited", {"task": "t", "schedule": every(10).seconds, "args": [2]})
+    scheduler.put_entry(changed, clock.now)
+    scheduler.tick()
+    assert fired(publisher) == {("edited", "2026-03-02T10:00:10+00:00"): 1}
+    run_for(scheduler, clock, 10)
+    assert fired(publisher)[("edited", "2026-03-02T10:00:20+00:00")] == 1
+    assert publisher.occurrences[-1].args == (2,)
 
 
 def test_a_takeover_retry_follows_its_entry_through_a_runtime_edit(
@@ -274,20 +281,15 @@ def test_a_takeover_retry_follows_its_entry_through_a_runtime_edit(
 
 
 def test_a_runtime_entry_fires_the_first_slot_after_the_instant_it_was_added(
-    redis_url: str, clock: FakeClock
+    empty_replica: tuple[Scheduler, RecordingPublisher], clock: FakeClock
 ) -> None:
-    publisher = RecordingPublisher()
-    scheduler = make_scheduler(redis_url, clock, {}, publisher=publisher)
-    try:
-        scheduler.setup_schedule()
-        added_at = clock.now  # 10:00:00.300; the promised next_run is 10:00:01
-        clock.advance(1.2)  # the replica sees it at its next refresh, after that slot
-        entry = entry_from_config("late", {"task": "t", "schedule": every(1).seconds})
-        scheduler.put_entry(entry, clock.now, since=added_at)
-        scheduler.tick()
-        assert fired(publisher)[("late", "2026-03-02T10:00:01+00:00")] == 1
-    finally:
-        scheduler.close()
+    scheduler, publisher = empty_replica
+    added_at = clock.now  # 10:00:00.300; the promised next_run is 10:00:01
+    clock.advance(1.2)  # the replica sees it at its next refresh, after that slot
+    entry = entry_from_config("late", {"task": "t", "schedule": every(1).seconds})
+    scheduler.put_entry(entry, clock.now, since=added_at)
+    scheduler.tick()
+    assert fired(publisher)[("late", "2026-03-02T10:00:01+00:00")] == 1
 
 
 def test_a_finished_entry_is_retired_instead_of_claimed_at_every_slot(
