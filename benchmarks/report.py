@@ -104,6 +104,16 @@ def markdown(results: Sequence[Result], notes: Sequence[str]) -> str:
     idle = group(results, "idle")
     if idle:
         parts += ["\n### Idle entries (due in about a day) and start-up\n", _idle_table(idle)]
+    if any(r.get("memory_template_per_s") for r in refs):
+        parts += ["\n### Message template on transports that are not Redis\n"]
+        parts += [_template_table(refs)]
+    storms = [r for r in results if r.get("scenario") == "kill_storm"]
+    if storms:
+        parts += ["\n### Kill storm: three replicas, one SIGKILLed every 2–3 s\n"]
+        parts += [_kill_storm_table(storms)]
+    goals = _goals_table(results)
+    if goals:
+        parts += ["\n### Against the goals of issue 19\n", goals]
     if notes:
         parts += ["\n### Not run\n", "\n".join(f"- {note}" for note in notes)]
     return "\n".join(parts) + "\n"
@@ -157,7 +167,8 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], plain: float |
 
 def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], plain_10k: float | None) -> str:
     header = (
-        "N", "peer", "published", "slot → last message (s)", "÷ plain loop's time for N",
+        "N", "peer", "published", "slot → first message (s)", "slot → last message (s)",
+        "÷ plain loop's time for N",
         "messages/s", "lag p50 (s)", "lag p99 (s)", "CPU s / 1 000", "peak RSS (MiB)",
         "Redis cmds / publish", "of which script calls", "share per replica", "duplicates",
     )  # fmt: skip
@@ -167,7 +178,8 @@ def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], plain_10k: flo
         shares = _shares(runs)
         rows.append((
             f"{n:,}".replace(",", " "), PEERS[peer].label, cell(runs, "published", 0),
-            cell(runs, "slot_to_last_s", 2), _ratio(runs, "slot_to_last_s", reference),
+            cell(runs, "slot_to_first_s", 3), cell(runs, "slot_to_last_s", 2),
+            _ratio(runs, "slot_to_last_s", reference),
             cell(runs, "burst_rate", 0), cell(runs, "lag_p50", 3), cell(runs, "lag_p99", 3),
             cell(runs, "cpu_per_1000", 3), cell(runs, "peak_rss_mib", 1),
             cell(runs, "commands_per_publish", 2), cell(runs, "scripts_per_publish", 2), shares,
@@ -204,6 +216,142 @@ def _idle_table(grouped: Mapping[tuple[int, str], list[Result]]) -> str:
         for (n, peer), runs in grouped.items()
     ]
     return _table(header, rows)
+
+
+def _per_run_ratio(runs: Sequence[Result], top: str, bottom: str) -> list[dict[str, float]]:
+    """``top / bottom`` of each run that has both (a ratio taken inside one run)."""
+    return [
+        {"r": r[top] / r[bottom]}
+        for r in runs
+        if isinstance(r.get(top), (int, float)) and r.get(bottom)
+    ]
+
+
+def _template_table(refs: Sequence[Result]) -> str:
+    header = (
+        "transport", "plain `send_task` loop (messages/s)", "template path (messages/s)",
+        "template ÷ plain loop", "publisher without templates (messages/s)",
+    )  # fmt: skip
+    rows = []
+    for transport in ("memory", "filesystem"):
+        runs = [r for r in refs if r.get(f"{transport}_template_per_s")]
+        if not runs:
+            continue
+        ratios = _per_run_ratio(runs, f"{transport}_template_per_s", f"{transport}_plain_per_s")
+        rows.append((
+            f"`{transport}://`", cell(runs, f"{transport}_plain_per_s", 0),
+            cell(runs, f"{transport}_template_per_s", 0), cell(ratios, "r", 2),
+            cell(runs, f"{transport}_celery_per_s", 0),
+        ))  # fmt: skip
+    return _table(header, rows)
+
+
+def _kill_storm_table(storms: Sequence[Result]) -> str:
+    header = (
+        "entries (every second)", "replicas", "SIGKILLs", "seconds", "slots expected",
+        "received", "duplicates", "missed", "test passed",
+    )  # fmt: skip
+    n = storms[0].get("n", 0)
+    passed = sum(1 for r in storms if r.get("passed"))
+    row = (
+        f"{n:,}".replace(",", " "), "3", cell(storms, "kills", 0), cell(storms, "seconds", 0),
+        cell(storms, "expected", 0), cell(storms, "received", 0), cell(storms, "duplicated", 0),
+        cell(storms, "missed", 0), f"{passed}/{len(storms)} runs",
+    )  # fmt: skip
+    return _table(header, [row])
+
+
+def _goals_table(results: Sequence[Result]) -> str:
+    """Each goal of issue 19 beside the median measured in this invocation: met or not."""
+    refs = [r for r in results if r.get("scenario") == "references"]
+    plain = median(refs, "plain_loop_per_s")
+    plain_10k = median(refs, "plain_loop_10k_s")
+    bursts, every = group(results, "burst"), group(results, "every")
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(goal: str, measured: str, value: float | None, met: bool | None) -> None:
+        verdict = "—" if value is None or met is None else ("met" if met else "**not met**")
+        rows.append((goal, measured, "—" if value is None else _number(value, 3), verdict))
+
+    one, three = bursts.get((10_000, "fork1"), []), bursts.get((10_000, "fork3"), [])
+    if one:
+        ratio = median(one, "slot_to_last_s")
+        ratio = ratio / plain_10k if ratio is not None and plain_10k else None
+        add(
+            "burst of 10 000, one replica: slot → last message ≤ 0.3× the plain loop's time",
+            "median slot → last ÷ median plain loop time for 10 000",
+            ratio,
+            ratio is not None and ratio <= 0.3,
+        )
+        first = median(one, "slot_to_first_s")
+        add(
+            "burst of 10 000, one replica: first message ≤ 0.1 s after the slot",
+            "slot → first message (s)",
+            first,
+            first is not None and first <= 0.1,
+        )
+    if one and three:
+        t1, t3 = median(one, "slot_to_last_s"), median(three, "slot_to_last_s")
+        add(
+            "burst of 10 000: three replicas faster than one",
+            "slot → last, three replicas ÷ one replica",
+            t3 / t1 if t1 and t3 else None,
+            bool(t1 and t3 and t3 < t1),
+        )
+    ten = every.get((10_000, "fork1"), [])
+    if ten:
+        share = [
+            {"p": r["published_per_s"] / r["demanded_per_s"]}
+            for r in ten
+            if r.get("published_per_s") is not None
+        ]
+        value = median(share, "p")
+        add(
+            "10 000 entries every second, one replica: ≥ 95 % of demanded slots published",
+            "published ÷ demanded",
+            value,
+            value is not None and value >= 0.95,
+        )
+        p99 = median(ten, "lag_p99")
+        add(
+            "10 000 entries every second, one replica: p99 lag < 1 s",
+            "lag p99 (s)",
+            p99,
+            p99 is not None and p99 < 1,
+        )
+        top = every.get((100_000, "fork1"), [])
+        rate = median(top or ten, "published_per_s")
+        ratio = rate / plain if rate is not None and plain else None
+        where = "N = 100 000" if top else "N = 10 000 (capped by the 10 000/s demanded)"
+        add(
+            "every second, one replica, Redis broker: ≥ 10× the plain loop's rate",
+            f"published/s ÷ plain loop, {where}",
+            ratio,
+            ratio is not None and ratio >= 10,
+        )
+    memory = _per_run_ratio(refs, "memory_template_per_s", "memory_plain_per_s")
+    if memory:
+        value = median(memory, "r")
+        add(
+            "`memory://`: template path ≥ 2× the plain loop",
+            "template ÷ plain loop",
+            value,
+            value is not None and value >= 2,
+        )
+    storms = [r for r in results if r.get("scenario") == "kill_storm"]
+    if storms:
+        bad = sum(int(r.get("duplicated") or 0) + int(r.get("missed") or 0) for r in storms)
+        complete = all(r.get("expected") for r in storms)
+        kills = min(int(r.get("kills") or 0) for r in storms)
+        add(
+            "kill storm (3 replicas, 800+ entries/s, ≥ 15 SIGKILLs): 0 duplicates, 0 missed",
+            f"duplicates + missed over {len(storms)} run(s) (fewest kills in a run: {kills})",
+            float(bad) if complete else None,
+            complete and bad == 0 and kills >= 15,
+        )
+    if not rows:
+        return ""
+    return _table(("goal", "measured as", "median", "verdict"), rows)
 
 
 # -- the plot ---------------------------------------------------------------------------------

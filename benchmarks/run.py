@@ -7,6 +7,10 @@ Writes ``docs/benchmarks.md`` (tables, machine, command), ``docs/img/benchmarks.
 raw figures to ``benchmarks/results/<mode>.json``; prints the tables. Installs the peers'
 packages (``celery-redbeat``, ``matplotlib``) into the running interpreter when missing.
 
+The kill-storm fault scenario (``tests/faults/test_kill_storm_shared_redis.py``) runs once per
+run through pytest, with ``KILL_STORM_ENTRIES`` entries (default 800); its counts are read from
+the report file the fault suite writes (``FAULTS_REPORT``).
+
 A burst must start on a whole minute (``crontab()``); while waiting for one, the runner runs
 other scenarios that fit in the wait, so the waits cost little.
 """
@@ -53,6 +57,9 @@ import report  # noqa: E402
 import scenarios  # noqa: E402
 from harness import PEERS  # noqa: E402
 
+#: Entries of the kill-storm scenario (the fault test's own default is 800).
+KILL_STORM_ENTRIES = int(os.environ.get("KILL_STORM_ENTRIES", "800"))
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -93,6 +100,8 @@ class Task:
     def describe(self) -> str:
         if self.kind == "references":
             return f"run {self.run}: references"
+        if self.kind == "kill_storm":
+            return f"run {self.run}: kill storm, 3 replicas, N={self.n}"
         return f"run {self.run}: {self.kind} {PEERS[self.peer].label} N={self.n}"
 
 
@@ -112,7 +121,9 @@ class Runner:
             return self.durations[task.key] + 1
         s = self.mode.settings
         if task.kind == "references":
-            return 6 + s.plain_loop_count / 1500 + s.ceiling_seconds
+            return 6 + s.plain_loop_count / 1500 + s.ceiling_seconds + s.plain_loop_count / 800
+        if task.kind == "kill_storm":
+            return 100.0
         if task.kind == "every":
             per_entry = 1 / 400 if task.peer == "redbeat" else 1 / 3000
             return min(s.startup_cap, 2.5 + task.n * per_entry) + s.warmup + s.window + 3
@@ -170,6 +181,8 @@ class Runner:
     def _run(self, task: Task, s: scenarios.Settings, **extra: float) -> dict[str, Any]:
         if task.kind == "references":
             return scenarios.references(s)
+        if task.kind == "kill_storm":
+            return scenarios.kill_storm(task.n, s.logs)
         peer = PEERS[task.peer]
         if task.kind == "every":
             return scenarios.every_second(peer, task.n, s)
@@ -199,6 +212,7 @@ class Runner:
             tasks.append(Task("references", run))
             tasks += [Task("every", run, p, n) for n in mode.every_sizes for p in PEERS]
             tasks += [Task("idle", run, p, mode.idle_size) for p in PEERS]
+            tasks.append(Task("kill_storm", run, "fork3", KILL_STORM_ENTRIES))
             bursts += [Task("burst", run, p, mode.burst_size) for p in mode.burst_peers]
         return tasks, bursts
 
@@ -332,9 +346,10 @@ METHOD = """\
   as well as the `EVALSHA` itself, so a script call doing six writes counts seven; the script
   calls alone are shown as *of which script calls*.
 * **Burst**: N `crontab()` entries; the beat starts early enough to be idle before the minute.
-  *slot → last message* = time from the minute to the N-th message; a burst not finished
-  within the cap is reported as `> cap`. *Share per replica* is read from each entry's state
-  hash (`owner`) after the burst.
+  *slot → first message* = time from the minute to the first message (sampled every 20 ms, so
+  ±0.02 s); *slot → last message* = time from the minute to the N-th message; a burst not
+  finished within the cap is reported as `> cap`. *Share per replica* is read from each
+  entry's state hash (`owner`) after the burst.
 * **Idle**: N `crontab(minute=m, hour=h)` entries due about 23 h later, plus one probe entry
   every second whose first message marks the end of start-up; then CPU (% of one core) and RSS
   (`VmRSS`) over a short window. A peer that does not publish within the start-up cap is
@@ -344,6 +359,20 @@ METHOD = """\
   size); the *ceiling* is Redis's own rate for pipelined `LPUSH` of a message of exactly that
   size, from Python (redis-py pipeline, 1 000 per pipeline, one connection) and from
   `redis-benchmark -P 1000 -c 1`.
+* **Message template on transports that are not Redis** (`benchmarks/template_path.py`, part
+  of the references): one process, Kombu's `memory://` (N = the plain loop's count) and
+  `filesystem://` (N / 2, one file per message in a temporary folder), one reused producer;
+  N messages sent three ways — the plain `send_task` loop with the same headers, the
+  scheduler's `CeleryPublisher.publish_many` in batches of 100 (occurrences of one entry,
+  built inside the timing; the first message captured, the others copied from it), and the
+  same publisher with `templates=False` (every message built by Celery). Each way runs twice,
+  alternately, and its faster pass is kept; every pass's messages are counted on the transport.
+  The ratio is taken inside each run.
+* **Kill storm**: the fault scenario `tests/faults/test_kill_storm_shared_redis.py`, run by
+  pytest once per run (`KILL_STORM_ENTRIES` entries every second, default 800; three
+  replicas, broker = the claims' Redis, one replica SIGKILLed at a seeded random instant and
+  restarted every 2–3 s, 16 times); expected, received, duplicated and missed slots come from
+  the report the fault suite writes (`FAULTS_REPORT`, see `tests/faults/report.py`).
 * Figures are the median over the runs, with min–max in parentheses.
 """
 
@@ -358,8 +387,9 @@ def write_report(
         "",
         "`celery_fork_scheduler` beside Celery's default `PersistentScheduler` and RedBeat, on a "
         "real Redis, in the same run with the same entries; with the plain `send_task` loop and "
-        "Redis's pipelined `LPUSH` rate as references. Generated by `benchmarks/run.py`; do not "
-        "edit by hand.",
+        "Redis's pipelined `LPUSH` rate as references, the message template on Kombu's "
+        "`memory://` and `filesystem://` transports, and the kill-storm fault scenario. "
+        "Generated by `benchmarks/run.py`; do not edit by hand.",
         "",
         f"- command: `{command}` ({mode.name} mode, {mode.runs} run(s), "
         f"took {elapsed / 60:.1f} min, started {started})",

@@ -4,16 +4,21 @@
 * ``burst`` — N ``crontab()`` entries due on the same minute: slot to last message.
 * ``idle`` — N entries due in about a day, plus one probe entry every second: start-up to
   the probe's first publish, then CPU % and RSS.
-* ``references`` — the plain ``send_task`` loop and pipelined ``LPUSH`` (the ceiling).
+* ``references`` — the plain ``send_task`` loop and pipelined ``LPUSH`` (the ceiling); the
+  message template beside the plain loop on Kombu's ``memory://`` and ``filesystem://``.
+* ``kill_storm`` — the fault scenario ``tests/faults/test_kill_storm_shared_redis.py`` (three
+  replicas, one SIGKILLed every 2-3 s), run by pytest; its counts read from its report.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -211,6 +216,7 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
     minute = min(slots) if slots else (math.floor(times[0] / 60) * 60 if times else boundary)
     in_burst = [i for i, t in enumerate(times) if minute <= t <= minute + settings.burst_cap]
     published = len(in_burst)
+    first = times[in_burst[0]] if in_burst else None
     last = times[in_burst[-1]] if in_burst else None
     commands = command_delta(commands0, commands1)
     shares = {
@@ -224,6 +230,7 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
         n,
         published=published,
         complete=published >= n,
+        slot_to_first_s=(first - minute) if first is not None else None,
         slot_to_last_s=(last - minute) if published >= n and last is not None else None,
         slot_to_last_over=settings.burst_cap if published < n else None,
         burst_rate=published / (last - minute) if last and last > minute else None,
@@ -315,6 +322,11 @@ def references(settings: Settings) -> dict[str, Any]:
         client.delete(QUEUE)
         ceiling = _pipelined_lpush(client, message, settings.ceiling_seconds)
         bench = _redis_benchmark(server.port, len(message))
+    templates: dict[str, float] = {}
+    for url, messages in (("memory://", count), ("filesystem://", count // 2)):
+        path = _template_path(url, messages)
+        for name in ("plain_per_s", "template_per_s", "celery_per_s"):
+            templates[f"{path['transport']}_{name}"] = path[name]
     return {
         "scenario": "references",
         "plain_loop_per_s": loop["count"] / loop["seconds"],
@@ -324,7 +336,21 @@ def references(settings: Settings) -> dict[str, Any]:
         "message_bytes": len(message),
         "ceiling_per_s": ceiling,
         "redis_benchmark_per_s": bench,
+        **templates,
     }
+
+
+def _template_path(url: str, count: int) -> dict[str, Any]:
+    """``template_path.py``: plain loop, template path and Celery path on one transport."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / "template_path.py"), url, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=HERE.parent,
+    )
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def _pipelined_lpush(client: redis.Redis, message: bytes, seconds: float) -> float:
@@ -372,3 +398,45 @@ def _redis_benchmark(port: int, size: int) -> float | None:
         if cells and cells[0].upper() == "LPUSH":
             return float(cells[1])
     return None
+
+
+# -- the kill storm (a fault scenario) ---------------------------------------------------------
+
+#: The fault scenario run by ``kill_storm``.
+KILL_STORM_TEST = "tests/faults/test_kill_storm_shared_redis.py"
+
+
+def kill_storm(entries: int, logs: Path) -> dict[str, Any]:
+    """Run the kill-storm fault test with ``entries`` entries; its counts from its report."""
+    report = Path(tempfile.mkdtemp(prefix="kill-storm-", dir=logs)) / "faults.jsonl"
+    env = {**os.environ, "FAULTS_REPORT": str(report), "KILL_STORM_ENTRIES": str(entries)}
+    started = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", KILL_STORM_TEST],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+        env=env,
+        timeout=600,
+    )
+    lines = report.read_text().splitlines() if report.exists() else []
+    figures: dict[str, Any] = {
+        "scenario": "kill_storm",
+        "peer": "fork3",
+        "n": entries,
+        "passed": done.returncode == 0,
+        "test_seconds": time.time() - started,
+    }
+    if not lines:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+        return {**figures, "error": "no report: " + " / ".join(tail)[-300:]}
+    found = json.loads(lines[-1])
+    return {
+        **figures,
+        "expected": found["expected"],
+        "received": found["received"],
+        "duplicated": found["duplicated"],
+        "missed": found["missed"],
+        "kills": found["note"].count("kill beat-"),
+        "seconds": found["seconds"],
+    }
