@@ -56,6 +56,7 @@ DEFAULTS: Mapping[str, Any] = {
     "wait_timeout": timedelta(seconds=0.1),
     "min_interval": timedelta(seconds=1),
     "max_entry_size": 65_536,
+    "owner_grace": timedelta(seconds=1),
 }
 
 
@@ -84,6 +85,9 @@ class Settings:
     wait_timeout: timedelta = timedelta(seconds=0.1)
     min_interval: timedelta = timedelta(seconds=1)
     max_entry_size: int = 65_536
+    #: How long after a slot a replica waits for the entry's owner before asking itself
+    #: (``0``: every replica asks at once; see :mod:`.ownership`).
+    owner_grace: timedelta = timedelta(seconds=1)
     #: Celery's ``beat_cron_starting_deadline``: at start-up, older missed slots are not
     #: caught up (``None``: no bound).
     starting_deadline: timedelta | None = None
@@ -114,6 +118,7 @@ DURATION_RANGES: Mapping[str, tuple[float, float]] = {
     "refresh_interval": (0.05, 3_600),
     "wait_timeout": (0.001, 60),
     "min_interval": (0.001, 86_400),
+    "owner_grace": (0, 60),
 }
 #: Longest key prefix; longer ones only waste memory in every key.
 MAX_PREFIX_LENGTH = 100
@@ -308,6 +313,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "wait_timeout": _named(_duration, "wait_timeout"),
     "min_interval": _named(_duration, "min_interval"),
     "max_entry_size": _named(_int, "max_entry_size"),
+    "owner_grace": _named(_duration, "owner_grace"),
     "starting_deadline": _starting_deadline,
 }
 

@@ -29,3 +29,6 @@ class Work:
     due: list[DueSlot]
     follow: Entry | None
     until: datetime | None = None
+    #: The instant up to which the entry's slots were decided (now, or now minus the owner's
+    #: grace for another replica's entry): the next slot follows it.
+    horizon: datetime | None = None

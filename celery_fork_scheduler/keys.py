@@ -92,6 +92,11 @@ class Keys:
         return f"{self.prefix}{{replicas}}"
 
     @property
+    def progress(self) -> str:
+        """Hash: replica id -> JSON of its progress record (see :mod:`.ownership`)."""
+        return f"{self.prefix}{{replicas}}:progress"
+
+    @property
     def outages(self) -> str:
         """Capped list: the latest outage summaries of every replica, newest first (JSON)."""
         return f"{self.prefix}{{outages}}"

@@ -67,7 +67,10 @@ class SlotReports:
 
     def skipped(self, due_slot: DueSlot, reason: str) -> None:
         """This replica does not publish the slot, for ``reason`` (a skip reason)."""
-        entry, slot = due_slot.entry.name, due_slot.claim.slot
+        self.skipped_slot(due_slot.entry.name, due_slot.claim.slot, reason)
+
+    def skipped_slot(self, entry: str, slot: datetime, reason: str) -> None:
+        """:meth:`skipped`, by entry name and slot."""
         if reason in WARNED_SKIPS:
             self.warn_rate_limited(reason, f"{entry} slot {slot_isoformat(slot)} skipped: {reason}")
         else:

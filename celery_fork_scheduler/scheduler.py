@@ -18,10 +18,11 @@ by :mod:`.backend_outage`; time is Redis's (:mod:`.redis_clock`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -42,6 +43,7 @@ from .errors import BackendUnavailableError, ConfigError
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
+from .ownership import Ownership
 from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
 from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
 from .redis_clock import RedisClock
@@ -79,6 +81,23 @@ def _same_definition(first: Entry, second: Entry) -> bool:
         return False
 
 
+def _digest(entries: Iterable[Entry]) -> int:
+    """A fingerprint of entry definitions (replicas with different ones never trust each
+    other's progress)."""
+    digest = 0
+    for entry in entries:
+        try:
+            text = json.dumps(entry_to_dict(entry), sort_keys=True, default=str)
+        except Exception:  # a definition that cannot be stored (lazy args): by its repr
+            text = repr(entry)
+        digest = zlib.crc32(text.encode(), digest)
+    return digest
+
+
+def _from_timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 def utc_now() -> datetime:
     """The real clock: the current aware UTC instant."""
     return datetime.now(timezone.utc)
@@ -114,6 +133,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.monotonic = monotonic
         self.entries: dict[str, Entry] = {}
         self.queue = TimeQueue()
+        #: Items of entries another replica owns, waiting for the owner's grace.
+        self.deferred = TimeQueue()
+        self.ownership: Ownership | None = None
+        self._static_digest = 0
         with self._config_errors_stop_beat():
             self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
@@ -225,6 +248,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 store, self.default_timezone, backend.replica_id, min_interval=floor
             )
             entries.update(self.runtime.load(self.static_names))
+            if self.settings.owner_grace > timedelta(0):
+                self.ownership = Ownership(
+                    store.client,
+                    store.keys.progress,
+                    backend.replica_id,
+                    self.settings.owner_grace,
+                    self.monotonic,
+                )
+                self._static_digest = _digest(entries[name] for name in sorted(self.static_names))
         self.entries = entries
         logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
         if not backend.protects_replicas and getattr(backend, "warns_single_replica", True):
@@ -295,10 +327,33 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._refresh_runtime_entries()
         now = self.now()
         self._catch_up(now)
-        due_items = self.queue.pop_due(now.timestamp())
+        self._follow_owners(now)
+        due_items = self.queue.pop_due(now.timestamp()) + self.deferred.pop_due(now.timestamp())
+        handled = True
         if due_items or self.pipeline.unmarked:
-            self._handle(due_items, now)
+            handled = self._handle(due_items, now)
+        if handled:
+            self._report_progress(now)
         return self._seconds_to_next_wakeup()
+
+    def _follow_owners(self, now: datetime) -> None:
+        """Follow which replicas are live, and so which entries this one owns; when that view
+        changes, the deferred items are decided again (one may be this replica's now)."""
+        if self.ownership is None or self.runtime is None:
+            return
+        basis = zlib.crc32(f"{self._static_digest}|{self.runtime.version}".encode())
+        if self.ownership.follow(now, basis):
+            for item in self.deferred.pop_all():
+                self.queue.push(item.when, item.entry, item.slot)
+
+    def _report_progress(self, now: datetime) -> None:
+        """Tell the other replicas up to when this one asked about every slot it owns: every
+        item due by ``now`` was handled, except those queued again after their slot."""
+        if self.ownership is None or self.catch_up.unchecked:
+            return  # until every missed slot is queued, nothing is promised
+        late = self.queue.oldest_late_slot()
+        until = now if late is None else min(now, _from_timestamp(late) - timedelta(microseconds=1))
+        self.ownership.report(until, now)
 
     def now(self) -> datetime:
         """The current instant on Redis's clock: this host's clock plus the measured offset."""
@@ -374,18 +429,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.forget(name)
             self.metrics.entries.set(len(self.entries))
 
-    def _handle(self, items: Sequence[QueueItem], now: datetime) -> None:
+    def _handle(self, items: Sequence[QueueItem], now: datetime) -> bool:
         """One tick, streamed chunk by chunk: decide -> claim -> admit -> publish -> record.
 
         The first chunk is published before the next one is decided, so that the first
-        message of a large burst leaves as soon as that of a small one.
+        message of a large burst leaves as soon as that of a small one. Returns False when
+        the claim backend went away (the items not handled are queued again).
         """
         seen: set[tuple[str, datetime]] = set()
         try:
             self.pipeline.record()
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, self._decide(items, now, seen, len(items)), now)
-            return
+            return False
         chunks = self._chunks(items)
         left = len(items)
         for index, chunk in enumerate(chunks):
@@ -400,11 +456,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             except BackendUnavailableError as exc:  # nothing of this chunk was claimed
                 rest = [item for later in chunks[index + 1 :] for item in later]
                 self._on_backend_down(exc, works + self._decide(rest, now, seen, left), now)
-                return
+                return False
             if lost is not None:  # lost after the claims: the chunks after this one wait
                 rest = [item for later in chunks[index + 1 :] for item in later]
                 self._on_backend_down(lost, self._decide(rest, now, seen, left), now)
-                return
+                return False
+        return True
 
     def _decide(
         self, items: Sequence[QueueItem], now: datetime, seen: set[tuple[str, datetime]], left: int
@@ -442,25 +499,39 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
+        ownership = self.ownership
+        mine = item.retry or ownership is None or ownership.owns(name)
+        # Another replica's entry: only its slots older than the grace are this one's business.
+        horizon = now if mine or ownership is None else now - ownership.grace
+        if item.slot > horizon:
+            assert ownership is not None  # only another replica's entry waits
+            self.deferred.push((item.slot + ownership.grace).timestamp(), item.entry, item.slot)
+            return None  # its owner asks first
         until: datetime | None = None
         if item.retry:
             slots = [item.slot]
         elif entry is item.entry:
             after = item.slot - timedelta(microseconds=1)
-            slots = slots_due(entry, after, now, grace=self.settings.catchup_grace)
+            slots = slots_due(entry, after, horizon, grace=self.settings.catchup_grace)
         else:
             superseded = self._superseded.get(name, {}).get(id(item.entry))
             if superseded is None:
                 return None
             entry, until = superseded
             after = item.slot - timedelta(microseconds=1)
-            slots = slots_due(entry, after, min(now, until), grace=self.settings.catchup_grace)
+            slots = slots_due(
+                entry, after, min(horizon, until), grace=self.settings.catchup_grace
+            )
+        if not mine and ownership is not None and ownership.handled_elsewhere(name, slots, now):
+            for slot in slots:
+                self.reports.skipped_slot(name, slot, "claimed")
+            return Work(item, [], entry, until, horizon)
         due = []
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
                 due.append(self._due_slot(entry, slot, takeover=item.takeover))
-        return Work(item, due, None if item.retry else entry, until)
+        return Work(item, due, None if item.retry else entry, until, horizon)
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
         """Report an entry whose slot could not even be prepared, and keep it scheduled."""
@@ -539,13 +610,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return lost
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:
-        """Queue the next slot of a work's entry after ``now`` (an earlier definition's only up
-        to its change)."""
+        """Queue the next slot of a work's entry after the instant its slots were decided up
+        to (an earlier definition's only up to its change)."""
         entry = work.follow
         if entry is None or work.item.entry.name in self._finished:
             return
         try:
-            upcoming = entry.first_slot_after(now)
+            upcoming = entry.first_slot_after(work.horizon or now)
         except Exception as exc:  # one entry's failure is that entry's, never the tick's
             self.reports.failed(entry, work.item.slot, exc, "computing the next slot of")
             return
@@ -685,9 +756,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         next_read = self.catch_up.seconds_to_next_read()
         if next_read is not None:
             longest = min(longest, next_read)
-        wakeup = self.queue.next_wakeup()
-        if wakeup is None:
+        wakeups = [w for w in (self.queue.next_wakeup(), self.deferred.next_wakeup()) if w]
+        if not wakeups:
             return longest
+        wakeup = min(wakeups)
         return max(0.0, min(wakeup - self.now().timestamp(), longest))
 
     # -- Celery's Scheduler hooks -------------------------------------------------------------
@@ -713,6 +785,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         finally:
             if self.runtime is not None:
                 self.runtime.forget()
+            if self.ownership is not None:
+                self.ownership.forget()
             if self._backend is not None:
                 self._backend.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +38,10 @@ class TimeQueue:
     def __init__(self) -> None:
         self._heap: list[QueueItem] = []
         self._counter = itertools.count()
+        #: Items queued to wake up after their slot (retries, catch-up, deferred): how many per
+        #: slot (epoch seconds), and those slots in a lazy min-heap.
+        self._late: Counter[float] = Counter()
+        self._late_slots: list[float] = []
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -53,14 +58,37 @@ class TimeQueue:
         """Queue a wake-up at ``when`` for ``slot`` of ``entry``."""
         item = QueueItem(when, next(self._counter), entry, slot, retry or takeover, takeover)
         heapq.heappush(self._heap, item)
+        at = slot.timestamp()
+        if at < when:
+            if not self._late[at]:
+                heapq.heappush(self._late_slots, at)
+            self._late[at] += 1
 
     def pop_due(self, now: float) -> list[QueueItem]:
         """Remove and return every item whose wake-up time is ``<= now``."""
         due = []
         heap = self._heap
         while heap and heap[0].when <= now:
-            due.append(heapq.heappop(heap))
+            item = heapq.heappop(heap)
+            at = item.slot.timestamp()
+            if at < item.when:
+                self._late[at] -= 1
+                if not self._late[at]:
+                    del self._late[at]
+            due.append(item)
         return due
+
+    def pop_all(self) -> list[QueueItem]:
+        """Remove and return every item."""
+        return self.pop_due(float("inf"))
+
+    def oldest_late_slot(self) -> float | None:
+        """The earliest slot (epoch seconds) of an item queued to wake up after its slot, or
+        ``None``: every slot before the next wake-up has been handled."""
+        late = self._late_slots
+        while late and not self._late[late[0]]:
+            heapq.heappop(late)
+        return late[0] if late else None
 
     def next_wakeup(self) -> float | None:
         """The earliest wake-up time, or ``None`` when the queue is empty."""

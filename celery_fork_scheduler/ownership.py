@@ -1,0 +1,173 @@
+"""Replicas divide the entries instead of racing for them.
+
+The live replicas (those whose progress record in Redis is fresher than :data:`OWNER_LEASE`)
+own the entries by rendezvous hashing: each entry belongs to the replica with the highest
+``crc32(replica id, entry name)``. A replica claims its own entries' slots at once and asks about
+another's only ``fork_scheduler_owner_grace`` after the slot, and only when the owner has not
+said it handled the slot. The claim script stays the only judge of who publishes: ownership
+decides who asks first, so exactly-once never depends on it.
+
+The owner says so through its **progress record**: "every slot up to P of the entries I own
+under view V has been asked about", where V fingerprints what decides the slots and their owner
+(the live replica set, the runtime entries version, the static entries). Another replica trusts
+the record only under the very same view; during a membership change, a rolling deploy of a new
+``beat_schedule`` or before a runtime change reached everyone, views differ and every replica
+asks, as without ownership. A dead or slow owner costs a grace, never a slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+
+from .backends.base import from_epoch_us, to_epoch_us
+
+logger = logging.getLogger("celery_fork_scheduler")
+
+#: A replica whose progress record is older than this is not live: its entries are re-divided.
+OWNER_LEASE = timedelta(seconds=5)
+#: The record of a replica gone this long is removed.
+RECORD_RETENTION = timedelta(minutes=10)
+#: Progress records are written at most this often (and at least every tick otherwise).
+WRITE_INTERVAL = 0.2
+#: Other replicas' records are read at most this often.
+READ_INTERVAL = 0.2
+#: Errors that mean "Redis cannot be asked right now": every replica then asks as before.
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One replica's record: its owned slots up to ``until`` are handled under view ``view``."""
+
+    until: datetime
+    written: datetime
+    view: int
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"until": to_epoch_us(self.until), "at": to_epoch_us(self.written), "view": self.view}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Progress | None:
+        try:
+            data = json.loads(raw)
+            until, written = from_epoch_us(int(data["until"])), from_epoch_us(int(data["at"]))
+            return cls(until, written, int(data["view"]))
+        except (ValueError, TypeError, KeyError, OverflowError):
+            return None
+
+
+def owner_of(name: str, replicas: Iterable[str]) -> str:
+    """The replica owning entry ``name`` among ``replicas`` (rendezvous hashing: the highest
+    hash of the pair wins, so a replica that leaves moves only its own entries)."""
+    encoded = name.encode()
+
+    def weight(rid: str) -> tuple[bytes, str]:
+        return hashlib.blake2b(encoded, digest_size=8, key=rid.encode()[:64]).digest(), rid
+
+    return max(replicas, key=weight)
+
+
+class Ownership:
+    """One replica's view of who owns which entries, and its own progress record."""
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        replica_id: str,
+        grace: timedelta,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.replica_id = replica_id
+        self.grace = grace
+        self.monotonic = monotonic
+        self.live: tuple[str, ...] = (replica_id,)
+        #: What, besides the live set, decides the slots: runtime version, static entries.
+        self.basis = 0
+        self.view = self._fingerprint()
+        self.records: dict[str, Progress] = {}
+        self._next_read = 0.0
+        self._next_write = 0.0
+
+    def owns(self, name: str) -> bool:
+        """True when this replica owns entry ``name`` (always, when it is alone)."""
+        return len(self.live) == 1 or owner_of(name, self.live) == self.replica_id
+
+    def handled_elsewhere(self, name: str, slots: Iterable[datetime], now: datetime) -> bool:
+        """True when the owner of ``name`` said, under this replica's view, that it asked
+        about every one of ``slots`` (so this replica need not)."""
+        record = self.records.get(owner_of(name, self.live))
+        if record is None or record.view != self.view or now - record.written > OWNER_LEASE:
+            return False
+        return all(slot <= record.until for slot in slots)
+
+    def follow(self, now: datetime, basis: int) -> bool:
+        """Read the replicas' records (at most every :data:`READ_INTERVAL`); return True when
+        this replica's view changed (the live set or the ``basis`` of the slots)."""
+        if self.monotonic() < self._next_read and basis == self.basis:
+            return False
+        self._next_read = self.monotonic() + READ_INTERVAL
+        try:
+            raw = self.client.hgetall(self.key)
+        except REDIS_ERRORS:
+            raw = None
+        if raw is not None:
+            records = {_text(rid): Progress.decode(value) for rid, value in raw.items()}
+            self.records = {rid: r for rid, r in records.items() if r is not None}
+            self._prune(now)
+        live = {rid for rid, r in self.records.items() if now - r.written <= OWNER_LEASE}
+        live.add(self.replica_id)
+        before = self.view
+        self.live, self.basis = tuple(sorted(live)), basis
+        self.view = self._fingerprint()
+        return self.view != before
+
+    def report(self, until: datetime, now: datetime) -> None:
+        """Write this replica's progress record (at most every :data:`WRITE_INTERVAL`)."""
+        if self.monotonic() < self._next_write:
+            return
+        self._next_write = self.monotonic() + WRITE_INTERVAL
+        record = Progress(until, now, self.view)
+        try:
+            self.client.hset(self.key, self.replica_id, record.encode())
+        except REDIS_ERRORS:
+            logger.debug("fork scheduler: progress record not written", exc_info=True)
+
+    def forget(self) -> None:
+        """Remove this replica's record (a clean stop: its entries are re-divided at once)."""
+        try:
+            self.client.hdel(self.key, self.replica_id)
+        except REDIS_ERRORS:
+            logger.debug("fork scheduler: progress record not removed", exc_info=True)
+
+    def _prune(self, now: datetime) -> None:
+        """Remove the records of replicas gone for :data:`RECORD_RETENTION` (each restart is a
+        new replica id)."""
+        gone = [rid for rid, r in self.records.items() if now - r.written > RECORD_RETENTION]
+        if gone:
+            try:
+                self.client.hdel(self.key, *gone)
+            except REDIS_ERRORS:
+                return
+            for rid in gone:
+                del self.records[rid]
+
+    def _fingerprint(self) -> int:
+        return zlib.crc32(f"{self.basis}|{'|'.join(self.live)}".encode())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,130 @@
+"""Replicas divide the entries (issue 20): each asks first about the slots of the entries it
+owns; another asks only when the owner has not handled a slot within the grace. Exactly-once
+stays with the claim script: ownership only changes who asks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from replica_helpers import START, fired, schedulers, tick_for
+
+from celery_fork_scheduler import Scheduler, every
+from celery_fork_scheduler.ownership import owner_of
+from celery_fork_scheduler.publishing import Occurrence
+from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+
+ENTRIES = {f"e{i:02}": {"task": "t", "schedule": every(1).seconds} for i in range(30)}
+DIVIDED = {"fork_scheduler_owner_grace": 1}
+
+
+def test_rendezvous_hashing_divides_entries_evenly_and_moves_only_a_dead_replicas_share() -> None:
+    names = [f"entry-{i}" for i in range(3000)]
+    three = Counter(owner_of(name, ["a", "b", "c"]) for name in names)
+    assert all(800 <= count <= 1200 for count in three.values()), three
+    before = {name: owner_of(name, ["a", "b", "c"]) for name in names}
+    # "c" left: only its entries move; a's and b's stay where they were.
+    assert all(owner_of(n, ["a", "b"]) == before[n] for n in names if before[n] != "c")
+
+
+class Counting:
+    """Counts the claims each replica asks Redis for."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.asked = 0
+        real = scheduler.backend.claim
+
+        def claim(claims: Any) -> Any:
+            self.asked += len(claims)
+            return real(claims)
+
+        scheduler.backend.claim = claim  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture
+def make(redis_url: str) -> Iterator[Any]:
+    with schedulers(redis_url, **DIVIDED) as make:
+        yield lambda clock, rid, **options: make(
+            clock, rid, **{"beat_schedule": ENTRIES, **options}
+        )
+
+
+def tick_all(replicas: list[Scheduler], clock: FakeClock, seconds: float) -> None:
+    tick_for(lambda: [r.tick() for r in replicas], clock, seconds, step=0.1)
+
+
+def test_three_replicas_ask_about_each_slot_about_once_and_publish_it_once(
+    make: Any, clock: FakeClock
+) -> None:
+    replicas = [make(clock, f"replica-{name}") for name in "abc"]
+    counts = [Counting(r) for r in replicas]
+    tick_all(replicas, clock, 3)  # the replicas see each other
+    asked_before = sum(c.asked for c in counts)
+    published_before = sum(fired(r.publisher).total() for r in replicas)  # type: ignore[arg-type]
+    tick_all(replicas, clock, 10)
+    everything = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    published = everything.total() - published_before
+    asked = sum(c.asked for c in counts) - asked_before
+    assert published >= 30 * 9
+    assert asked <= 1.2 * published, (asked, published)  # without division: 3x
+    assert all(fired(r.publisher).total() > 0 for r in replicas)  # type: ignore[arg-type]
+
+
+class TimedPublisher(RecordingPublisher):
+    """Records, with each occurrence, the fake clock's time of its publish."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.at: dict[tuple[str, datetime], datetime] = {}
+
+    def publish(self, occurrence: Occurrence) -> None:
+        self.at[(occurrence.entry, occurrence.slot)] = self.clock()
+        super().publish(occurrence)
+
+
+def test_a_dead_owner_costs_its_entries_a_grace_never_a_slot(make: Any, clock: FakeClock) -> None:
+    survivor_publisher = TimedPublisher(clock)
+    replicas = [
+        make(clock, "replica-a"),
+        make(clock, "replica-b", publisher=survivor_publisher),
+    ]
+    tick_all(replicas, clock, 3)
+    dead_at = clock()
+    tick_for(replicas[1].tick, clock, 12, step=0.1)  # replica-a stopped ticking (killed)
+    everything = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    first = dead_at.replace(microsecond=0) + timedelta(seconds=1)
+    for name in ENTRIES:
+        for second in range(11):
+            slot = first + timedelta(seconds=second)
+            assert (name, slot.isoformat()) in everything, (name, slot)
+    delays = [at - slot for (_, slot), at in survivor_publisher.at.items() if slot > dead_at]
+    assert max(delays) > timedelta(seconds=0.9)  # the dead owner's entries waited a grace
+    assert max(delays) <= timedelta(seconds=1.3)  # and no more
+
+
+def test_replicas_whose_entries_differ_never_trust_each_others_progress(
+    make: Any, clock: FakeClock, redis_url: str
+) -> None:
+    """A rolling deploy: one replica has an entry the other does not know yet. Neither skips
+    on the other's word; every slot of every entry is still published once."""
+    extra = {**ENTRIES, "new-entry": {"task": "t", "schedule": every(1).seconds}}
+    old = make(clock, "replica-old")
+    new = make(clock, "replica-new", beat_schedule=extra)
+    tick_all([old, new], clock, 8)
+    everything = fired(old.publisher, new.publisher)  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    assert old.ownership is not None and new.ownership is not None
+    assert old.ownership.view != new.ownership.view
+    slots = {slot for (name, slot) in everything if name == "new-entry"}
+    assert len(slots) >= 7
