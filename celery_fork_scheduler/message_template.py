@@ -6,17 +6,23 @@ through Celery and Kombu as usual up to the transport, where it is *captured* in
 (the virtual transport's ``_put``: after routing, encoding and Kombu's own augmentation).
 Later occurrences copy the captured message and patch:
 
-- the task id (``headers.id``, ``headers.root_id``, ``properties.correlation_id``);
+- the task id (``headers.id``, ``properties.correlation_id``, and ``headers.root_id`` unless
+  the entry's options set one);
 - this scheduler's per-slot headers (``fork_scheduler_slot``, ``fork_scheduler_capped``);
 - ``headers.expires`` / ``headers.eta`` when they come from numeric ``expires`` / ``countdown``
-  options (recomputed from the app's clock at send time, as Celery does);
-- Kombu's ``properties.delivery_tag`` (a new uuid).
+  options (recomputed from the app's clock at send time, the seconds added in UTC, as Celery
+  does);
+- Kombu's ``properties.delivery_tag`` (a new uuid);
+- the queues: a message sent to a named exchange is routed again at every send, through the
+  exchange's bindings, as Kombu does.
 
 No template is made (the entry is published through Celery each time, as before) when the
 message would differ in another way: lazy args, an ``eta``, a datetime ``expires``, a fanout
-exchange, a transport that is not Kombu's virtual kind (py-amqp), or receivers of Celery's
-``before_task_publish`` / ``after_task_publish`` signals (they may change every message, and
-they are not sent for templated messages) or ``task_send_sent_event``.
+exchange, a transport that is not Kombu's virtual kind (py-amqp), a router function in
+``task_routes`` (it may answer differently at each call), or receivers of Celery's
+``before_task_publish`` / ``after_task_publish`` / ``task_sent`` signals (they may change every
+message, and they are not sent for templated messages) or ``task_send_sent_event``. A task
+registered (or unregistered) since its template was made gets a new template.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import numbers
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import signals as celery_signals
+from celery.app.routes import MapRoute
 
 from .ids import CAPPED_HEADER, SLOT_HEADER
 
@@ -39,12 +46,17 @@ Captured = tuple[str, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """The messages one occurrence of an entry became (one per bound queue)."""
+    """The message one occurrence of an entry became, and where it is routed."""
 
-    messages: tuple[Captured, ...]
+    message: dict[str, Any]
+    #: Kombu's exchange and routing key ("" exchange: the routing key names the queue).
+    exchange: str
+    routing_key: str
     #: Seconds after send time, from numeric ``expires`` / ``countdown`` options.
     expires: float | None
     countdown: float | None
+    #: ``headers.root_id`` follows the task id (Celery's default), rather than an option.
+    root_is_task: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +66,21 @@ class Rendered:
     messages: tuple[Captured, ...]
 
 
+#: Celery's signals sent at each publish: their receivers turn templates off.
+PUBLISH_SIGNALS = (
+    celery_signals.before_task_publish,
+    celery_signals.after_task_publish,
+    celery_signals.task_sent,
+)
+
+
 def templates_allowed(app: Any) -> bool:
-    """False when per-message hooks would make a copied message wrong."""
+    """False when per-message hooks or routers would make a copied message wrong."""
     if app.conf.task_send_sent_event:
         return False
-    return not any(
-        signal.receivers
-        for signal in (celery_signals.before_task_publish, celery_signals.after_task_publish)
-    )
+    if any(signal.receivers for signal in PUBLISH_SIGNALS):
+        return False
+    return all(isinstance(route, MapRoute) for route in app.amqp.routes)
 
 
 def capturable(channel: Any) -> bool:
@@ -107,52 +126,85 @@ def make_template(
         return None
     if countdown is not None and not _seconds(countdown):
         return None
-    for _, message in captured:
-        headers = message.get("headers") or {}
-        properties = message.get("properties") or {}
-        if headers.get("id") != task_id or properties.get("correlation_id") != task_id:
-            return None  # a router or hook renamed the task: not ours to patch
-        if headers.get("eta") is not None and countdown is None:
-            return None
-        if headers.get("expires") is not None and expires is None:
-            return None
+    messages = [message for _, message in captured]
+    if any(message != messages[0] for message in messages):
+        return None  # not one message delivered to several queues
+    message = messages[0]
+    headers = message.get("headers") or {}
+    properties = message.get("properties") or {}
+    delivery = properties.get("delivery_info") or {}
+    if headers.get("id") != task_id or properties.get("correlation_id") != task_id:
+        return None  # a router or hook renamed the task: not ours to patch
+    if headers.get("eta") is not None and countdown is None:
+        return None
+    if headers.get("expires") is not None and expires is None:
+        return None
+    exchange, routing_key = delivery.get("exchange"), delivery.get("routing_key")
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        return None
+    if not exchange and [queue for queue, _ in captured] != [routing_key]:
+        return None
     return Template(
-        tuple(captured),
+        message,
+        exchange,
+        routing_key,
         float(expires) if expires is not None else None,
         float(countdown) if countdown is not None else None,
+        headers.get("root_id") == task_id,
     )
 
 
-def render(template: Template, task_id: str, slot_header: str, capped: bool, now: Any) -> Rendered:
-    """The messages of one occurrence: the template with its per-occurrence fields patched.
+def render(
+    template: Template,
+    task_id: str,
+    slot_header: str,
+    capped: bool,
+    now: datetime,
+    queues: list[str],
+) -> Rendered:
+    """The messages of one occurrence: the template with its per-occurrence fields patched,
+    for each of ``queues`` (see :func:`queues_of`).
 
     ``now`` is the app's clock (``app.now()``), read once per render, as Celery reads it once
     per publish.
     """
-    expires = (now + timedelta(seconds=template.expires)).isoformat() if template.expires else None
-    eta = (now + timedelta(seconds=template.countdown)).isoformat() if template.countdown else None
-    messages = []
-    for queue, original in template.messages:
-        headers = dict(original["headers"])
-        headers["id"] = task_id
-        if headers.get("root_id") is not None:
-            headers["root_id"] = task_id
-        headers[SLOT_HEADER] = slot_header
-        if capped:
-            headers[CAPPED_HEADER] = True
-        else:
-            headers.pop(CAPPED_HEADER, None)
-        if template.expires is not None:
-            headers["expires"] = expires
-        if template.countdown is not None:
-            headers["eta"] = eta
-        properties = dict(original["properties"])
-        properties["correlation_id"] = task_id
-        properties["delivery_tag"] = str(uuid.uuid4())
-        message = dict(original)
-        message["headers"], message["properties"] = headers, properties
-        messages.append((queue, message))
-    return Rendered(tuple(messages))
+    original = template.message
+    headers = dict(original["headers"])
+    headers["id"] = task_id
+    if template.root_is_task:
+        headers["root_id"] = task_id
+    headers[SLOT_HEADER] = slot_header
+    if capped:
+        headers[CAPPED_HEADER] = True
+    else:
+        headers.pop(CAPPED_HEADER, None)
+    if template.expires is not None:
+        headers["expires"] = _seconds_after(now, template.expires).isoformat()
+    if template.countdown is not None:
+        headers["eta"] = _seconds_after(now, template.countdown).isoformat()
+    properties = dict(original["properties"])
+    properties["correlation_id"] = task_id
+    properties["delivery_tag"] = str(uuid.uuid4())
+    message = dict(original)
+    message["headers"], message["properties"] = headers, properties
+    return Rendered(tuple((queue, message) for queue in queues))
+
+
+def queues_of(template: Template, channel: Any) -> list[str]:
+    """Where Kombu would deliver the template's message now: the routing key's queue for the
+    default exchange, else the exchange's current bindings (read from the broker, as Kombu
+    reads them at every publish)."""
+    if not template.exchange:
+        return [template.routing_key]
+    return list(channel._lookup(template.exchange, template.routing_key))
+
+
+def _seconds_after(now: datetime, seconds: float) -> datetime:
+    """``now`` plus elapsed seconds, added in UTC (across a DST change the wall clock moves by
+    more or less), as Celery adds them."""
+    if now.tzinfo is None:
+        return now + timedelta(seconds=seconds)
+    return (now.astimezone(timezone.utc) + timedelta(seconds=seconds)).astimezone(now.tzinfo)
 
 
 def _seconds(value: Any) -> bool:

@@ -19,6 +19,7 @@ from .message_template import (
     capture,
     collects_commands,
     make_template,
+    queues_of,
     redis_commands,
     render,
     templates_allowed,
@@ -173,9 +174,9 @@ class CeleryPublisher:
         self.app = app
         self._producer = producer
         self.templates = templates
-        #: Per entry name: the entry object a template was made from, and the template (None:
-        #: this entry is always published through Celery).
-        self._cache: dict[str, tuple[Entry, Template | None]] = {}
+        #: Per entry name: the entry object a template was made from, whether its task was
+        #: registered then, and the template (None: this entry goes through Celery).
+        self._cache: dict[str, tuple[Entry, bool, Template | None]] = {}
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -255,10 +256,13 @@ class CeleryPublisher:
         """The messages of ``occurrence`` from its entry's template, capturing one when there
         is none yet; ``None`` when it must go through Celery. Raises what Celery raises when
         it cannot build the message. Sends nothing."""
+        if not templates_allowed(self.app):
+            return None
         definition = occurrence.definition
+        registered = occurrence.task in self.app.tasks
         cached = self._cache.get(occurrence.entry)
-        if definition is not None and cached is not None and cached[0] is definition:
-            template = cached[1]
+        if definition is not None and cached is not None and cached[:2] == (definition, registered):
+            template = cached[2]
             if template is None:
                 return None
             return render(
@@ -267,13 +271,15 @@ class CeleryPublisher:
                 slot_isoformat(occurrence.slot),
                 bool(occurrence.headers.get(CAPPED_HEADER)),
                 self.app.now(),
+                queues_of(template, channel),
             )
-        captured = capture(channel, lambda: self._send(occurrence, producer))
+        # No retry: Kombu would publish again on a new channel, past the capture.
+        captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         template = None
         if captured is not None and definition is not None:
             template = make_template(captured, dict(occurrence.options), occurrence.task_id)
         if definition is not None:
-            self._cache[occurrence.entry] = (definition, template)
+            self._cache[occurrence.entry] = (definition, registered, template)
         return None if captured is None else Rendered(tuple(captured))
 
     def _templating_channel(self, producer: Any) -> Any | None:
@@ -281,6 +287,8 @@ class CeleryPublisher:
         channel = getattr(producer, "channel", None)
         if not self.templates or channel is None or not capturable(channel):
             return None
+        if getattr(channel, "closed", False) or getattr(channel, "connection", None) is None:
+            return None  # closed by a reconnection: Celery's path revives the producer
         return channel if templates_allowed(self.app) else None
 
     def _put_rendered(self, channel: Any, rendered: Sequence[Rendered]) -> list[Exception | None]:
@@ -290,16 +298,17 @@ class CeleryPublisher:
         if collects_commands(channel):
             try:
                 commands = [redis_commands(channel, done) for done in rendered]
-            except Exception as exc:  # nothing was sent
-                return [exc for _ in rendered]
-            try:
                 with channel.conn_or_acquire() as client:
                     pipe = client.pipeline(transaction=False)
                     for name, args in (command for each in commands for command in each):
                         getattr(pipe, name)(*args)
-                    pipe.execute()
-            except Exception as exc:
-                return [DeliveryUncertain(exc) for _ in rendered]
+                    try:
+                        pipe.execute()
+                    except Exception as exc:  # some of the commands may have run
+                        return [DeliveryUncertain(exc) for _ in rendered]
+            except Exception as exc:  # before anything was sent: the broker is out of reach
+                error = exc if is_transient(exc) else OperationalError(f"broker unusable: {exc!r}")
+                return [error for _ in rendered]
             return [None for _ in rendered]
 
         def put(done: Rendered) -> None:
@@ -329,13 +338,14 @@ class CeleryPublisher:
             return [error or DeliveryUncertain(exc) for error in errors]
         return errors
 
-    def _send(self, occurrence: Occurrence, producer: Any) -> None:
+    def _send(self, occurrence: Occurrence, producer: Any, **overrides: Any) -> None:
         task = self.app.tasks.get(occurrence.task)
         common = {
             "task_id": occurrence.task_id,
             "headers": dict(occurrence.headers),
             "producer": producer,
             **occurrence.options,
+            **overrides,
         }
         if task is not None:
             task.apply_async(occurrence.args, occurrence.kwargs, **common)
