@@ -8,11 +8,12 @@ paused, resumed and triggered, but not removed or replaced from here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, NamedTuple
 
 import redis
 from celery.beat import EmbeddedService
@@ -22,7 +23,14 @@ from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
-from .entry import Entry, entries_from_config, entry_from_config, entry_to_dict
+from .entry import (
+    ENTRY_SCHEMA,
+    Entry,
+    check_size,
+    entries_from_config,
+    entry_from_config,
+    entry_to_dict,
+)
 from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
 from .keys import Keys
@@ -30,12 +38,22 @@ from .manager_results import EntryStats, HistoryItem, Job, ReplicaInfo, RunRecor
 from .outages import Outage
 from .publishing import CeleryPublisher, build_occurrence
 from .schedules import EveryBuilder, SlotSchedule, at, cron, every
-from .store import PauseState, RuntimeStore, StaleVersionError, StoredEntry
+from .store import (
+    MAX_STORED_BYTES,
+    BulkConflictError,
+    PauseState,
+    RuntimeStore,
+    StaleVersionError,
+    StoredEntry,
+    encode_entry,
+)
 from .validation import CheckReport, Problem, check_app_report
 from .worker import MANUAL_HEADER
 
 __all__ = [
     "BrokerUnavailableError",
+    "BulkConfigError",
+    "BulkConflictError",
     "EntryStats",
     "HistoryItem",
     "Job",
@@ -47,6 +65,7 @@ __all__ = [
     "ReplicaInfo",
     "RunRecord",
     "StoredRecordError",
+    "Tagged",
     "TriggerResult",
 ]
 
@@ -79,6 +98,45 @@ class StoredRecordError(ConfigError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__("stored JSON cannot be decoded", entry=name)
+
+
+#: Entries written per round trip by the bulk calls (one script call per batch).
+DEFAULT_BATCH_SIZE = 1_000
+#: Errors a :class:`BulkConfigError` message shows (``errors`` holds them all).
+SHOWN_ERRORS = 10
+
+
+class BulkConfigError(ConfigError):
+    """Definitions of a bulk call (``add_many``, ``update_many``, ``remove_many``) are bad:
+    nothing was written. ``errors`` holds one error per bad definition, each naming its entry
+    and field: :class:`ConfigError` (``StoredRecordError`` included) or
+    :class:`JobNotFoundError`; the message shows the first ten."""
+
+    def __init__(self, errors: Sequence[ForkSchedulerError], *, total: int) -> None:
+        self.errors = list(errors)
+        shown = "; ".join(str(error) for error in self.errors[:SHOWN_ERRORS])
+        more = len(self.errors) - SHOWN_ERRORS
+        super().__init__(
+            f"{len(self.errors)} of {total} definitions refused, nothing was written: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+        )
+
+
+class Tagged(NamedTuple):
+    """The names of the entries with a tag, sorted: static ones and runtime ones."""
+
+    static: list[str]
+    runtime: list[str]
+
+
+@dataclass(frozen=True)
+class _Bulk:
+    """What validating many definitions needs, read once."""
+
+    zone: tzinfo
+    floor: timedelta
+    max_size: int
+    static: frozenset[str]
 
 
 class BrokerUnavailableError(ForkSchedulerError):
@@ -222,13 +280,7 @@ class Manager:
     def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
         """Change fields of a runtime entry; a stale ``expected_version`` is refused."""
         stored = self._stored(name)
-        definition = {key: value for key, value in stored.data.items() if key != "schema"}
-        if "singleton" in changes and "overlap" not in changes:
-            definition.pop("overlap", None)
-        if "one_off" in changes and "max_runs" not in changes:
-            definition.pop("max_runs", None)
-        definition.update(changes)
-        entry = self._validate(name, definition)
+        entry = self._validate(name, _changed(stored.data, changes))
         now = self._clock()
         version = self.store().put(
             name,
@@ -256,6 +308,277 @@ class Manager:
 
     def _stored_form(self, entry: Entry) -> dict[str, Any]:
         return entry_to_dict(entry, max_size=self._settings().max_entry_size)
+
+    # -- bulk changes ---------------------------------------------------------------------------
+
+    def add_many(
+        self,
+        definitions: Iterable[Mapping[str, Any]],
+        *,
+        replace_existing: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> dict[str, int]:
+        """Store many runtime entries; returns name -> version, in the order given.
+
+        Each definition is a dict: ``name`` plus the keys of a ``beat_schedule`` entry
+        (``task`` — a name or a task —, ``schedule``, ``args``, ``tags``, ...). Every one is
+        validated, and (without ``replace_existing``) checked not to exist, before anything is
+        written: any problem raises one :class:`BulkConfigError` naming each bad entry and
+        field, and nothing is stored. Then ``batch_size`` entries are written per round trip,
+        each batch at once; a name added by someone else meanwhile fails its batch with
+        :class:`BulkConflictError` (``written``: what the batches before stored).
+        """
+        bulk, size = self._bulk(), _batch(batch_size)
+        items: list[tuple[str, str]] = []
+        errors: list[ForkSchedulerError] = []
+        seen: set[str] = set()
+        total = 0
+        for index, definition in enumerate(definitions):
+            total += 1
+            try:
+                name, fields = self._named(index, definition)
+                if name in seen:
+                    raise ConfigError("is given more than once", entry=name, field="name")
+                seen.add(name)
+                items.append((name, self._encoded(name, fields, bulk)))
+            except ConfigError as exc:
+                errors.append(exc)
+        if not replace_existing:
+            existing = self._versions([name for name, _ in items])
+            errors += [
+                ConfigError(
+                    "a runtime entry of this name exists; pass replace_existing=True", entry=name
+                )
+                for name, version in existing.items()
+                if version is not None
+            ]
+        if errors:
+            raise BulkConfigError(errors, total=total)
+        expected = None if replace_existing else 0
+        return self._put_many([(name, text, expected) for name, text in items], size)
+
+    def update_many(
+        self,
+        changes: Iterable[Mapping[str, Any]],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> dict[str, int]:
+        """Change fields of many runtime entries, as :meth:`update` does for one; returns
+        name -> new version. Each change is a dict: ``name`` plus the keys that change.
+
+        Every entry is read (at one instant per batch of names) and every result validated
+        before anything is written (:class:`BulkConfigError`, naming each bad entry and field;
+        a missing entry is a :class:`JobNotFoundError` in it). Each entry is written only if it
+        is still at the version read, or at ``expected_versions[name]`` when given: otherwise
+        :class:`BulkConflictError`, before anything is written when the versions read already
+        differ, else for the batch that met the change.
+        """
+        bulk, size = self._bulk(), _batch(batch_size)
+        wanted: dict[str, dict[str, Any]] = {}
+        errors: list[ForkSchedulerError] = []
+        total = 0
+        for index, change in enumerate(changes):
+            total += 1
+            try:
+                name, fields = self._named(index, change)
+                if name in wanted:
+                    raise ConfigError("is given more than once", entry=name, field="name")
+                if name in bulk.static:
+                    raise ConfigError("static entries cannot be changed at runtime", entry=name)
+                wanted[name] = fields
+            except ConfigError as exc:
+                errors.append(exc)
+        expected_versions = dict(expected_versions or {})
+        errors += [
+            ConfigError("an expected version is given, but no change", entry=name)
+            for name in expected_versions
+            if name not in wanted
+        ]
+        stored = self._get_many(list(wanted))
+        items: list[tuple[str, str, int | None]] = []
+        conflicts: list[StaleVersionError] = []
+        for name, fields in wanted.items():
+            item = stored.get(name)
+            try:
+                if item is None:
+                    raise JobNotFoundError(name)
+                if not isinstance(item, StoredEntry):
+                    raise StoredRecordError(name)
+                definition = _changed(item.data, fields)
+                items.append((name, self._encoded(name, definition, bulk), item.version))
+            except (ConfigError, JobNotFoundError) as exc:
+                errors.append(exc)
+                continue
+            expected = expected_versions.get(name, item.version)
+            if expected != item.version:
+                conflicts.append(StaleVersionError(name, expected, item.version))
+        if errors:
+            raise BulkConfigError(errors, total=total)
+        if conflicts:
+            raise BulkConflictError(conflicts)
+        return self._put_many(items, size)
+
+    def remove_many(
+        self,
+        names: Iterable[str],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+        missing_ok: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[str]:
+        """Remove many runtime entries; returns the names removed, in the order given.
+
+        Every name is checked before anything is removed: a static entry's name, a bad name or
+        (unless ``missing_ok``) a name with no runtime entry raises one
+        :class:`BulkConfigError` naming each. ``expected_versions`` (name -> version) refuses
+        stale removals as :meth:`remove` does (:class:`BulkConflictError`).
+        """
+        static = self._bulk().static
+        unique: list[str] = []
+        errors: list[ForkSchedulerError] = []
+        total = 0
+        for name in names:
+            total += 1
+            try:
+                _check_name(name)
+                if name in static:
+                    raise ConfigError(
+                        "static entries (config or decorator) cannot be removed at runtime; "
+                        "pause it, or remove it from the code",
+                        entry=name,
+                    )
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
+            unique.append(name)
+        unique = list(dict.fromkeys(unique))
+        versions = self._versions(unique)
+        if not missing_ok:
+            errors += [JobNotFoundError(name) for name in unique if versions[name] is None]
+        if errors:
+            raise BulkConfigError(errors, total=total)
+        expected = dict(expected_versions or {})
+        conflicts = [
+            StaleVersionError(name, expected[name], versions[name] or 0)
+            for name in unique
+            if name in expected and expected[name] != versions[name]
+        ]
+        if conflicts:
+            raise BulkConflictError(conflicts)
+        present = [name for name in unique if versions[name] is not None]
+        return self._delete_many([(name, expected.get(name)) for name in present], batch_size)
+
+    def tagged(self, tag: str) -> Tagged:
+        """The names of the entries with ``tag``, static and runtime (one read of the runtime
+        entries; only those that mention the tag are decoded)."""
+        static = self._static_entries()
+        runtime = self.store().names_with_tag(tag) if self._has_redis() else []
+        return Tagged(
+            sorted(name for name, entry in static.items() if tag in entry.tags),
+            sorted(name for name in runtime if name not in static),
+        )
+
+    def _bulk(self) -> _Bulk:
+        settings = self._settings()
+        return _Bulk(
+            app_timezone(self.app),
+            settings.min_interval,
+            settings.max_entry_size,
+            frozenset(self._static_entries()),
+        )
+
+    def _named(self, index: int, definition: object) -> tuple[str, dict[str, Any]]:
+        """The name and the other fields of ``definitions[index]``, its name checked."""
+        if not isinstance(definition, Mapping):
+            raise ConfigError(
+                f"must be a dict with a name, not {type(definition).__name__} "
+                f"(definitions[{index}])"
+            )
+        fields = dict(definition)
+        name = fields.pop("name", None)
+        try:
+            _check_name(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc.reason} (definitions[{index}])", field="name") from None
+        assert isinstance(name, str)
+        task = fields.get("task")
+        if task is not None and not isinstance(task, str):
+            fields["task"] = getattr(task, "name", task)
+        return name, fields
+
+    def _encoded(self, name: str, definition: Mapping[str, Any], bulk: _Bulk) -> str:
+        """The stored JSON of one definition, validated as :meth:`add` validates it."""
+        if name in bulk.static:
+            raise ConfigError(
+                "a static entry (config or decorator) has this name; "
+                "runtime entries cannot replace it",
+                entry=name,
+            )
+        if self._singleton_all and "overlap" not in definition and "singleton" not in definition:
+            definition = {**definition, "overlap": "skip"}
+        if len(name) > 200 or "\n" in name or "\r" in name or "\t" in name:
+            raise ConfigError(
+                "entry names are at most 200 characters, without control characters",
+                entry=name[:60],
+                field="name",
+            )
+        entry = entry_from_config(
+            name, definition, default_timezone=bulk.zone, source="runtime", min_interval=bulk.floor
+        )
+        if callable(entry.args) or callable(entry.kwargs):
+            entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field
+        data = _stored_data(entry)
+        try:
+            # As encode_entry, whose depth check entry_from_config made field by field.
+            encoded = json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError):
+            entry_to_dict(entry, max_size=bulk.max_size)  # names the field that cannot be stored
+            encode_entry(name, data)  # raises
+            raise
+        if len(encoded.encode()) > min(bulk.max_size, MAX_STORED_BYTES):
+            check_size(name, data, min(bulk.max_size, MAX_STORED_BYTES))
+        return encoded
+
+    def _versions(self, names: Sequence[str]) -> dict[str, int | None]:
+        store, versions = self.store(), {}
+        for start in range(0, len(names), DEFAULT_BATCH_SIZE):
+            versions.update(store.versions(names[start : start + DEFAULT_BATCH_SIZE]))
+        return versions
+
+    def _get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
+        store, stored = self.store(), {}
+        for start in range(0, len(names), DEFAULT_BATCH_SIZE):
+            stored.update(store.get_many(names[start : start + DEFAULT_BATCH_SIZE]))
+        return stored
+
+    def _put_many(
+        self, items: Sequence[tuple[str, str, int | None]], batch_size: int
+    ) -> dict[str, int]:
+        """Write ``items`` in batches, each from the clock read just before it (as
+        :meth:`add` does for one entry)."""
+        store, versions = self.store(), dict[str, int]()
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            try:
+                written = store.put_many(batch, since=self._clock())
+            except BulkConflictError as exc:
+                raise exc.after(list(versions)) from None
+            versions.update(zip((name for name, _, _ in batch), written, strict=True))
+        return versions
+
+    def _delete_many(
+        self, items: Sequence[tuple[str, int | None]], batch_size: int
+    ) -> list[str]:
+        store, removed = self.store(), list[str]()
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            try:
+                versions = store.delete_many(batch)
+            except BulkConflictError as exc:
+                raise exc.after(removed) from None
+            removed += [name for (name, _), v in zip(batch, versions, strict=True) if v]
+        return removed
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -341,18 +664,16 @@ class Manager:
         return True
 
     def remove_by_tag(self, tag: str) -> list[str]:
-        """Remove every runtime entry with ``tag``; returns their names (static ones stay)."""
-        names = [job.name for job in self.jobs(tag) if job.source == "runtime"]
-        for name in names:
-            self.store().delete(name)
-        return names
+        """Remove every runtime entry with ``tag``; returns their names, sorted (static ones
+        stay). One read finds them; they are removed in batches (see :meth:`remove_many`)."""
+        return self._delete_many(
+            [(name, None) for name in self.tagged(tag).runtime], DEFAULT_BATCH_SIZE
+        )
 
     def clear(self) -> int:
         """Remove every runtime entry; returns how many."""
-        _, stored = self.store().all()
-        for name in stored:
-            self.store().delete(name)
-        return len(stored)
+        names = [_text(name) for name in self._redis().hkeys(self._keys().runtime_entries)]
+        return len(self._delete_many([(name, None) for name in names], DEFAULT_BATCH_SIZE))
 
     def pause(
         self, name: str | None = None, *, tag: str | None = None, note: str = ""
@@ -612,7 +933,55 @@ class Manager:
         if name is not None:
             self._entry(name)
             return [name]
-        return [job.name for job in self.jobs(tag)]
+        assert tag is not None
+        static, runtime = self.tagged(tag)
+        return sorted(static + runtime)
+
+
+def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored entry's definition with ``changes`` applied, as :meth:`Manager.update` does:
+    ``singleton`` replaces ``overlap`` and ``one_off`` replaces ``max_runs`` unless given too."""
+    definition = {key: value for key, value in data.items() if key != "schema"}
+    if "singleton" in changes and "overlap" not in changes:
+        definition.pop("overlap", None)
+    if "one_off" in changes and "max_runs" not in changes:
+        definition.pop("max_runs", None)
+    definition.update(changes)
+    return definition
+
+
+def _stored_data(entry: Entry) -> dict[str, Any]:
+    """:func:`~.entry.entry_to_dict` without its per-field checks, which the bulk calls make
+    only when the whole cannot be stored (tests/test_bulk_manager.py checks they agree)."""
+    return {
+        "schema": ENTRY_SCHEMA,
+        "task": entry.task,
+        "schedule": entry.schedule.to_dict(),
+        "args": list(entry.args),
+        "kwargs": dict(entry.kwargs),
+        "options": dict(entry.options),
+        "tags": sorted(entry.tags),
+        "overlap": entry.overlap,
+        "enabled": entry.enabled,
+        "start_at": entry.start_at.isoformat() if entry.start_at else None,
+        "end_at": entry.end_at.isoformat() if entry.end_at else None,
+        "description": entry.description,
+        "max_runs": entry.max_runs,
+        "catchup": entry.catchup,
+        "catchup_window": (
+            entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
+        ),
+    }
+
+
+def _batch(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 10_000:
+        raise ConfigError(f"must be an integer from 1 to 10000, not {size!r}", field="batch_size")
+    return size
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
 def _check_name(name: object) -> None:

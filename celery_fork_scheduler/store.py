@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from redis.cluster import RedisCluster
+
 from .config import INT_RANGES
 from .entry import MAX_JSON_DEPTH, json_depth
 from .errors import ConfigError, ForkSchedulerError
@@ -39,10 +41,10 @@ DELETED_RETENTION = timedelta(days=1)
 #: retention ago (at most 100 per call) and raise the floor version to theirs. A replica whose
 #: version is below the floor may have missed a removal: it reloads everything.
 #: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[5] removed zset, KEYS[6] floor.
-#: Expects ``now_ms`` in scope; ARGV[5] retention (ms).
+#: Expects ``now_ms`` in scope; ``retention``: of removals (ms).
 _TRIM = """
-local function trim()
-  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms - tonumber(ARGV[5]),
+local function trim(retention)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_ms - retention,
                          'LIMIT', 0, 100)
   if #old == 0 then
     return
@@ -101,7 +103,7 @@ end
 redis.call('HSET', KEYS[4], ARGV[1], since .. ' ' .. added)
 redis.call('ZADD', KEYS[2], version, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
-trim()
+trim(tonumber(ARGV[5]))
 return {version, created}
 """
 )
@@ -125,7 +127,7 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], version, ARGV[1])
 redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
-trim()
+trim(tonumber(ARGV[5]))
 return {version}
 """
 )
@@ -133,6 +135,184 @@ return {version}
 #: The fields of a state hash that a name added again starts without: its run count, its
 #: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
+_FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
+
+#: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
+#: ``update_many``): PUT for each, in one script. KEYS[1..7] as PUT; with ARGV[3] "1", then the
+#: five keys of each entry (``Keys.entry_keys``: state, pending, running, buffered, history),
+#: entry after entry, and a new entry's state is reset and its keys lose an expiry here, in the
+#: same script (one Redis); with "0" the caller does that (Redis Cluster: those keys live on
+#: other slots). ARGV[1] since (us; "": Redis TIME), ARGV[2] retention of removals (ms), then
+#: triples: name, JSON, expected version ("" any, "0" must not exist).
+#: Returns {v, created}, the i-th entry taking version v + i and the i-th character of created
+#: being "1" when it is new, else "0"; or {-1, {name, current, ...}} when any expected version
+#: is stale, and then nothing is written.
+PUT_MANY = (
+    _NOW
+    + _TRIM
+    + """
+local own_keys = ARGV[3] == '1'
+local count = (#ARGV - 3) / 3
+local currents, stale = {}, {}
+for i = 1, count do
+  local name, expected = ARGV[i * 3 + 1], ARGV[i * 3 + 3]
+  local current = -1
+  if redis.call('HEXISTS', KEYS[1], name) == 1 then
+    current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
+  end
+  currents[i] = current
+  if expected ~= '' and tonumber(expected) ~= math.max(current, 0) then
+    stale[#stale + 1] = name
+    stale[#stale + 1] = math.max(current, 0)
+  end
+end
+if #stale > 0 then
+  return {-1, stale}
+end
+local since = ARGV[1]
+if since == '' then
+  since = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
+local first = redis.call('INCRBY', KEYS[3], count) - count
+local created = {}
+for i = 1, count do
+  local name = ARGV[i * 3 + 1]
+  local added = since
+  created[i] = '0'
+  if currents[i] < 0 then
+    created[i] = '1'
+    local base = 7 + (i - 1) * 5
+    if own_keys and redis.call('EXISTS', unpack(KEYS, base + 1, base + 5)) > 0 then
+      redis.call('HDEL', KEYS[base + 1], """
+    + _FRESH_LUA
+    + """)
+      redis.call('DEL', KEYS[base + 4])
+      for j = 1, 5 do
+        redis.call('PERSIST', KEYS[base + j])
+      end
+    end
+  else
+    added = string.match(redis.call('HGET', KEYS[4], name) or '', '^%d+ (%d+)$') or since
+  end
+  redis.call('HSET', KEYS[1], name, ARGV[i * 3 + 2])
+  redis.call('HSET', KEYS[4], name, since .. ' ' .. added)
+  redis.call('ZADD', KEYS[2], first + i, name)
+  redis.call('ZREM', KEYS[5], name)
+end
+trim(tonumber(ARGV[2]))
+return {first, table.concat(created)}
+"""
+)
+
+#: Remove a batch of runtime entries, all or none: DELETE for each, in one script. KEYS as
+#: PUT_MANY (with ARGV[3] "1", a removed entry's state says ``removed``, its keys expire after
+#: the retention and its held-back run goes, here). ARGV[1] unused, ARGV[2] retention (ms),
+#: ARGV[3] "1"/"0", then pairs: name, expected version ("" any).
+#: Returns {v, removed}: the i-th character of removed is "1" when the i-th entry was removed,
+#: "0" when there was none; the removed take versions v + 1, v + 2, ... in order. Or {-1,
+#: {name, current, ...}} when any expected version is stale (nothing done).
+DELETE_MANY = (
+    _NOW
+    + _TRIM
+    + """
+local own_keys = ARGV[3] == '1'
+local count = (#ARGV - 3) / 2
+local present, stale, found = {}, {}, 0
+for i = 1, count do
+  local name, expected = ARGV[i * 2 + 2], ARGV[i * 2 + 3]
+  present[i] = '0'
+  if redis.call('HEXISTS', KEYS[1], name) == 1 then
+    present[i] = '1'
+    found = found + 1
+    local current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
+    if expected ~= '' and tonumber(expected) ~= current then
+      stale[#stale + 1] = name
+      stale[#stale + 1] = current
+    end
+  end
+end
+if #stale > 0 then
+  return {-1, stale}
+end
+local first = tonumber(redis.call('GET', KEYS[3]) or '0')
+if found > 0 then
+  first = redis.call('INCRBY', KEYS[3], found) - found
+end
+local version = first
+for i = 1, count do
+  if present[i] == '1' then
+    local name = ARGV[i * 2 + 2]
+    version = version + 1
+    redis.call('HDEL', KEYS[1], name)
+    redis.call('HDEL', KEYS[4], name)
+    redis.call('ZADD', KEYS[2], version, name)
+    redis.call('ZADD', KEYS[5], now_ms, name)
+    if own_keys then
+      local base = 7 + (i - 1) * 5
+      redis.call('HSET', KEYS[base + 1], 'removed', '1')
+      for j = 1, 5 do
+        redis.call('PEXPIRE', KEYS[base + j], ARGV[2])
+      end
+      redis.call('DEL', KEYS[base + 4])
+    end
+  end
+end
+trim(tonumber(ARGV[2]))
+return {first, table.concat(present)}
+"""
+)
+
+#: Entries a TAGGED call looks at (a hint to HSCAN).
+TAG_PAGE = 10_000
+
+#: One page of the runtime entries whose ``tags`` hold a tag. KEYS[1] entries hash; ARGV[1]
+#: HSCAN cursor, ARGV[2] page size, ARGV[3] the tag, ARGV[4] and ARGV[5] the tag as JSON (with
+#: and without escapes): only records holding either are decoded. Returns {cursor, {names}}.
+TAGGED = """
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local found = {}
+local items = page[2]
+for i = 1, #items, 2 do
+  local raw = items[i + 1]
+  if string.find(raw, ARGV[4], 1, true) or string.find(raw, ARGV[5], 1, true) then
+    local ok, data = pcall(cjson.decode, raw)
+    if ok and type(data) == 'table' and type(data['tags']) == 'table' then
+      for _, tag in ipairs(data['tags']) do
+        if tag == ARGV[3] then
+          found[#found + 1] = items[i]
+          break
+        end
+      end
+    end
+  end
+end
+return {page[1], found}
+"""
+
+#: Read a batch of runtime entries at one instant. KEYS[1] entries hash, KEYS[2] changes zset,
+#: KEYS[3] since hash; ARGV[2...] the names. With ARGV[1] "data": for each name {JSON, since,
+#: version} (false for what is absent, version -1); with "version": the versions only, -1 for
+#: no entry, in one string, separated by commas.
+READ_MANY = """
+local out = {}
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  local exists = redis.call('HEXISTS', KEYS[1], name) == 1
+  local version = -1
+  if exists then
+    version = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
+  end
+  if ARGV[1] == 'data' then
+    out[i - 1] = {redis.call('HGET', KEYS[1], name), redis.call('HGET', KEYS[3], name), version}
+  else
+    out[i - 1] = string.format('%.0f', version)
+  end
+end
+if ARGV[1] == 'data' then
+  return out
+end
+return table.concat(out, ',')
+"""
 
 
 class StaleVersionError(ForkSchedulerError):
@@ -146,6 +326,38 @@ class StaleVersionError(ForkSchedulerError):
             f"entry {name!r} changed since it was read (version {expected}, now {current}); "
             "read it again and retry"
         )
+
+
+class BulkConflictError(StaleVersionError):
+    """Entries of a bulk change (``Manager.add_many``, ``update_many``, ``remove_many``) are
+    not at the version expected (for ``add_many``: they exist). The batch that holds them wrote
+    nothing; ``written`` names what batches before it stored (empty when the conflict was found
+    before anything was written). ``conflicts``: one :class:`StaleVersionError` each; ``name``,
+    ``expected`` and ``current`` are the first one's."""
+
+    def __init__(self, conflicts: Sequence[StaleVersionError], written: Sequence[str] = ()) -> None:
+        self.conflicts = list(conflicts)
+        self.written = list(written)
+        first = self.conflicts[0]
+        self.name, self.expected, self.current = first.name, first.expected, first.current
+        shown = ", ".join(
+            f"{c.name!r} (version {c.expected}, now {c.current})" for c in self.conflicts[:10]
+        )
+        more = f" and {len(self.conflicts) - 10} more" if len(self.conflicts) > 10 else ""
+        done = (
+            f"; the {len(self.written)} entries of the batches before were written"
+            if self.written
+            else "; nothing was written"
+        )
+        ForkSchedulerError.__init__(
+            self,
+            f"{len(self.conflicts)} entries changed since they were read: {shown}{more}{done}; "
+            "read them again and retry",
+        )
+
+    def after(self, written: Sequence[str]) -> BulkConflictError:
+        """The same conflicts, after ``written`` were stored by earlier batches."""
+        return BulkConflictError(self.conflicts, [*written, *self.written])
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +413,13 @@ class RuntimeStore:
         self.retention_ms = int(retention.total_seconds() * 1000)
         self._put = client.register_script(PUT)
         self._delete = client.register_script(DELETE)
+        self._put_many = client.register_script(PUT_MANY)
+        self._delete_many = client.register_script(DELETE_MANY)
+        self._read_many = client.register_script(READ_MANY)
+        self._tagged = client.register_script(TAGGED)
+        #: One Redis (not a cluster): the bulk scripts also touch each entry's own keys, which
+        #: on Redis Cluster live on other slots and are written by pipelines around them.
+        self.one_node = not isinstance(client, RedisCluster)
 
     @property
     def _runtime_keys(self) -> list[str]:
@@ -351,6 +570,136 @@ class RuntimeStore:
         pipe.execute()
         return True
 
+    # -- many runtime entries at once (the Manager's bulk calls) --------------------------
+
+    def versions(self, names: Sequence[str]) -> dict[str, int | None]:
+        """The version of each name's runtime entry, ``None`` for no entry (one script call)."""
+        if not names:
+            return {}
+        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
+        reply = _text(self._read_many(keys=keys, args=["version", *names])).split(",")
+        return {
+            name: None if int(value) < 0 else int(value)
+            for name, value in zip(names, reply, strict=True)
+        }
+
+    def get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
+        """The runtime entries of ``names`` that exist, read at one instant (one script call);
+        undecodable JSON comes back as raw bytes."""
+        if not names:
+            return {}
+        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
+        reply = self._read_many(keys=keys, args=["data", *names])
+        return {
+            name: _decode(name, raw, int(version), since)
+            for name, (raw, since, version) in zip(names, reply, strict=True)
+            if raw is not None
+        }
+
+    def names_with_tag(self, tag: str) -> list[str]:
+        """The runtime entries whose stored ``tags`` hold ``tag``: Redis looks (a script over
+        pages of :data:`TAG_PAGE` entries), decoding only the records that mention the tag;
+        undecodable records are left out."""
+        needles = [json.dumps(tag), json.dumps(tag, ensure_ascii=False)]
+        found: list[str] = []
+        cursor = "0"
+        while True:
+            reply = self._tagged(
+                keys=[self.keys.runtime_entries], args=[cursor, TAG_PAGE, tag, *needles]
+            )
+            cursor = _text(reply[0])
+            found += [_text(name) for name in reply[1]]
+            if cursor == "0":
+                return found
+
+    def put_many(
+        self,
+        items: Sequence[tuple[str, str, int | None]],
+        *,
+        since: datetime | None = None,
+    ) -> list[int]:
+        """Store a batch of runtime entries, all or none: ``(name, JSON, expected version)``
+        each (the JSON from :func:`encode_entry`; expected as in :meth:`put`). Returns their
+        versions, in order; :class:`BulkConflictError` when any expected version is stale, and
+        then nothing is written.
+
+        As :meth:`put` for each entry (a new entry starts afresh), in one script call on one
+        Redis, where the reset is atomic with the write; on Redis Cluster the entries' own
+        keys are reset and kept by pipelines before and after the script, as :meth:`put` does.
+        """
+        if not items:
+            return []
+        names = [name for name, _, _ in items]
+        _distinct(names)
+        instant = "" if since is None else str(_epoch_us(since))
+        args: list[Any] = [instant, self.retention_ms, "1" if self.one_node else "0"]
+        for name, encoded, expected in items:
+            args += [name, encoded, "" if expected is None else str(expected)]
+        keys = self._runtime_keys
+        fresh: set[str] = set()
+        if self.one_node:
+            keys = keys + [key for name in names for key in self.keys.entry_keys(name)]
+        else:
+            fresh = {name for name, version in self.versions(names).items() if version is None}
+            pipe = self.client.pipeline(transaction=False)
+            for name in fresh:
+                self._start_afresh(pipe, name)
+            pipe.execute()
+        reply = self._put_many(keys=keys, args=args)
+        first = int(reply[0])
+        if first < 0:
+            raise _conflicts(reply[1], {name: expected for name, _, expected in items})
+        flags = _text(reply[1])
+        created = [name for name, flag in zip(names, flags, strict=True) if flag == "1"]
+        if not self.one_node and created:
+            pipe = self.client.pipeline(transaction=False)
+            for name in created:
+                for key in self.keys.entry_keys(name):
+                    pipe.persist(key)
+                if name not in fresh:
+                    self._start_afresh(pipe, name)
+            pipe.execute()
+        return [first + index for index in range(1, len(items) + 1)]
+
+    def delete_many(self, items: Sequence[tuple[str, int | None]]) -> list[int | None]:
+        """Remove a batch of runtime entries, all or none: ``(name, expected version or
+        None)`` each. Returns the version of each removal, ``None`` for a name with no entry;
+        :class:`BulkConflictError` when any expected version is stale (nothing is removed).
+        As :meth:`delete` for each entry, in one script call (on Redis Cluster, the entries'
+        own keys are marked and set to expire by a pipeline after it)."""
+        if not items:
+            return []
+        names = [name for name, _ in items]
+        _distinct(names)
+        args: list[Any] = ["", self.retention_ms, "1" if self.one_node else "0"]
+        for name, expected in items:
+            args += [name, "" if expected is None else str(expected)]
+        keys = self._runtime_keys
+        if self.one_node:
+            keys = keys + [key for name in names for key in self.keys.entry_keys(name)]
+        reply = self._delete_many(keys=keys, args=args)
+        version = int(reply[0])
+        if version < 0:
+            raise _conflicts(reply[1], dict(items))
+        versions: list[int | None] = []
+        removed = []
+        for name, flag in zip(names, _text(reply[1]), strict=True):
+            if flag == "1":
+                version += 1
+                versions.append(version)
+                removed.append(name)
+            else:
+                versions.append(None)
+        if not self.one_node and removed:
+            pipe = self.client.pipeline(transaction=False)
+            for name in removed:
+                pipe.hset(self.keys.state(name), "removed", "1")
+                for key in self.keys.entry_keys(name):
+                    pipe.pexpire(key, self.retention_ms)
+                pipe.delete(self.keys.buffered(name))
+            pipe.execute()
+        return versions
+
     # -- per-entry controls -------------------------------------------------------------------
 
     def pause(self, names: Sequence[str], note: str = "", *, at: datetime | None = None) -> None:
@@ -401,6 +750,26 @@ def pause_state(state: Mapping[str, str]) -> PauseState:
     return PauseState(
         True, state.get("pause_note", ""), datetime.fromisoformat(since) if since else None
     )
+
+
+def _distinct(names: Sequence[str]) -> None:
+    if len(set(names)) != len(names):
+        raise ValueError("a batch names an entry more than once")
+
+
+def _conflicts(flat: Sequence[Any], expected: Mapping[str, int | None]) -> BulkConflictError:
+    """The error of a bulk script's reply ``{name, current, name, current, ...}``."""
+    conflicts = []
+    for index in range(0, len(flat), 2):
+        name = _text(flat[index])
+        conflicts.append(StaleVersionError(name, expected.get(name) or 0, int(flat[index + 1])))
+    return BulkConflictError(conflicts)
+
+
+def encode_entry(name: str, data: Mapping[str, Any]) -> str:
+    """The JSON :meth:`RuntimeStore.put` stores for ``data`` (what :meth:`RuntimeStore.put_many`
+    takes); :class:`ConfigError` when it cannot be stored."""
+    return _encode(name, data)
 
 
 def _encode(name: str, data: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ from celery.bin.base import CeleryCommand
 
 from ..errors import BackendUnavailableError
 from ..manager import Manager
+from .entries_file import SHOWN_NAMES, read_entries
 from .output import job_data, next_text, plural, safe
 from .session import (
     BadInputError,
@@ -48,37 +49,73 @@ def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Paramet
 
 
 @click.command("add", cls=CeleryCommand)
-@click.argument("name")
-@click.argument("task")
-@click.argument("schedule_text", metavar="SCHEDULE")
+@click.argument("name", required=False)
+@click.argument("task", required=False)
+@click.argument("schedule_text", metavar="SCHEDULE", required=False)
+@click.option(
+    "--file",
+    "entries_file",
+    metavar="FILE",
+    help="Add every entry of a JSON or YAML file (a list of entries with a name, or an "
+    "object name -> entry); '-' reads JSON from stdin.",
+)
 @click.option("--args", callback=_json_value(list, "array"), help="Positional args, JSON array.")
 @click.option("--kwargs", callback=_json_value(dict, "object"), help="Keyword args, JSON object.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
 @click.option("--singleton", is_flag=True, help="Never run twice at once across the cluster.")
 @click.option("--queue", help="The queue to send the task to.")
 @click.option("--tz", "zone", help="IANA time zone of the schedule.")
-@click.option("--description", default="", help="Free text shown by list/show.")
+@click.option("--description", help="Free text shown by list/show.")
 @click.option("--replace", is_flag=True, help="Replace a runtime entry of the same name.")
 @json_option
 @click.pass_context
 def add(
     ctx: click.Context,
-    name: str,
-    task: str,
-    schedule_text: str,
+    name: str | None,
+    task: str | None,
+    schedule_text: str | None,
+    entries_file: str | None,
     args: list[Any] | None,
     kwargs: dict[str, Any] | None,
     tags: tuple[str, ...],
     singleton: bool,
     queue: str | None,
     zone: str | None,
-    description: str,
+    description: str | None,
     replace: bool,
     as_json: bool,
 ) -> None:
-    """Add a runtime entry; every beat replica picks it up within a second."""
+    """Add a runtime entry; every beat replica picks it up within a second. With --file, add
+    every entry of a file at once: all are checked first, and none is added if any is bad."""
+    if entries_file is not None:
+        given = {
+            "NAME": name,
+            "--args": args,
+            "--kwargs": kwargs,
+            "--singleton": singleton or None,
+            "--queue": queue,
+            "--tz": zone,
+            "--description": description,
+        }
+        extra = [option for option, value in given.items() if value is not None]
+        if extra:
+            raise BadInputError(
+                f"--file: {', '.join(extra)} cannot be given with it "
+                "(set them in the file's entries; --tag and --replace apply to every entry)"
+            )
+        _add_file(ctx, entries_file, tags, replace, as_json)
+        return
+    if name is None or task is None or schedule_text is None:
+        missing = next(
+            label
+            for label, value in (("NAME", name), ("TASK", task), ("SCHEDULE", schedule_text))
+            if value is None
+        )
+        raise click.UsageError(
+            f"Missing argument '{missing}': give NAME TASK SCHEDULE, or --file FILE", ctx=ctx
+        )
     session = session_for(ctx, as_json)
-    policies: dict[str, Any] = {"description": description}
+    policies: dict[str, Any] = {"description": description or ""}
     if tags:
         policies["tags"] = list(tags)
     if singleton:
@@ -105,6 +142,49 @@ def add(
     )
 
 
+def _add_file(
+    ctx: click.Context, path: str, tags: tuple[str, ...], replace: bool, as_json: bool
+) -> None:
+    definitions = read_entries(path)
+    if tags:
+        definitions = [_with_tags(definition, tags) for definition in definitions]
+    session = session_for(ctx, as_json)
+    versions = session.manager().add_many(definitions, replace_existing=replace)
+    session.app.loader.import_default_modules()
+    unknown = sorted(
+        {
+            task
+            for task in (definition.get("task") for definition in definitions)
+            if isinstance(task, str) and task not in session.app.tasks
+        }
+    )
+    if unknown:
+        session.warn(
+            f"tasks not registered in this app (typos?): {_names_text(unknown[:SHOWN_NAMES])}"
+            + (f" and {len(unknown) - SHOWN_NAMES} more" if len(unknown) > SHOWN_NAMES else "")
+        )
+    names = list(versions)
+    shown = _names_text(names[:SHOWN_NAMES]) + (
+        f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    )
+    where = "stdin" if path == "-" else path
+    session.emit(
+        {"added": versions},
+        lambda: safe(f"added {plural(len(names), 'entry')} from {where}: {shown}"),
+    )
+
+
+def _with_tags(definition: Any, tags: tuple[str, ...]) -> Any:
+    """``definition`` with ``tags`` added (anything but a dict with a list of tags is left for
+    the Manager to name)."""
+    if not isinstance(definition, dict):
+        return definition
+    present = definition.get("tags") or []
+    if not isinstance(present, list):
+        return definition
+    return {**definition, "tags": [*present, *(tag for tag in tags if tag not in present)]}
+
+
 def _check_task_known(session: Session, task: str) -> None:
     session.app.loader.import_default_modules()
     if task not in session.app.tasks:
@@ -127,9 +207,7 @@ def remove(ctx: click.Context, name: str | None, tag: str | None, yes: bool, as_
         session.emit({"removed": [name]}, lambda: f"removed {name!r}")
         return
     assert tag is not None
-    tagged = manager.jobs(tag)
-    runtime = [job.name for job in tagged if job.source == "runtime"]
-    static = [job.name for job in tagged if job.source != "runtime"]
+    static, runtime = manager.tagged(tag)
     if not runtime:
         kept = f" (static entries cannot be removed, pause them: {_names_text(static)})"
         raise CommandError(f"no runtime entries tagged {tag!r}" + (kept if static else ""))
@@ -168,7 +246,8 @@ def _steer(
     session = session_for(ctx, as_json)
     manager = session.manager()
     if tag is not None:
-        names = [job.name for job in manager.jobs(tag)]
+        static, runtime = manager.tagged(tag)
+        names = sorted(static + runtime)
         if not names:
             raise CommandError(f"no entries tagged {tag!r}")
         if confirm:
