@@ -6,9 +6,11 @@ import functools
 import itertools
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
+from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -91,6 +93,12 @@ CELERY_HEADERS = frozenset(
 )
 
 
+#: Shared by every entry without tags, kwargs or options: a million entries need not hold a
+#: million empty containers (entries never change theirs).
+NO_TAGS: frozenset[str] = frozenset()
+NO_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, kw_only=True, eq=False, slots=True)
 class Entry:
     """One named schedule: what to send, when, and the policies around it.
@@ -103,9 +111,9 @@ class Entry:
     task: str
     schedule: SlotSchedule
     args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    tags: frozenset[str] = frozenset()
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: NO_MAPPING)
+    options: Mapping[str, Any] = field(default_factory=lambda: NO_MAPPING)
+    tags: frozenset[str] = NO_TAGS
     overlap: Overlap = "allow"
     enabled: bool = True
     start_at: datetime | None = None
@@ -439,7 +447,7 @@ def _tags(name: str, value: object) -> frozenset[str]:
             f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each, "
             "without control characters",
         )
-    return frozenset(value)
+    return frozenset(value) if value else NO_TAGS
 
 
 def _flag(name: str, field_name: str, value: object, default: bool) -> bool:
@@ -559,11 +567,11 @@ def entry_from_config(
     _check_json(name, overlap, {"args": args, "kwargs": kwargs, "options": options})
     return Entry(
         name=name,
-        task=task,
+        task=sys.intern(task),
         schedule=schedule,
         args=args,
-        kwargs=kwargs,
-        options=dict(options),
+        kwargs=kwargs if kwargs or callable(kwargs) else NO_MAPPING,
+        options=dict(options) if options else NO_MAPPING,
         tags=_tags(name, definition.get("tags")),
         overlap=overlap,
         enabled=_flag(name, "enabled", definition.get("enabled"), True),
