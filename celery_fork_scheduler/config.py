@@ -57,6 +57,7 @@ DEFAULTS: Mapping[str, Any] = {
     "min_interval": timedelta(seconds=1),
     "max_entry_size": 65_536,
     "owner_grace": timedelta(seconds=1),
+    "web_token": None,
 }
 
 
@@ -88,6 +89,9 @@ class Settings:
     #: How long after a slot a replica waits for the entry's owner before asking itself
     #: (``0``: every replica asks at once; see :mod:`.ownership`).
     owner_grace: timedelta = timedelta(seconds=1)
+    #: The token every write of ``celery schedule web`` needs (``None``: read-only, unless
+    #: ``--token`` gives one).
+    web_token: str | None = None
     #: Celery's ``beat_cron_starting_deadline``: at start-up, older missed slots are not
     #: caught up (``None``: no bound).
     starting_deadline: timedelta | None = None
@@ -314,6 +318,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "min_interval": _named(_duration, "min_interval"),
     "max_entry_size": _named(_int, "max_entry_size"),
     "owner_grace": _named(_duration, "owner_grace"),
+    "web_token": _named(_optional_str, "web_token"),
     "starting_deadline": _starting_deadline,
 }
 

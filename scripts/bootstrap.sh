@@ -10,17 +10,23 @@ if { ! command -v redis-server || ! command -v faketime; } >/dev/null 2>&1 && [ 
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server faketime >/dev/null
 fi
+# The dashboard's real-browser test (tests/e2e/test_web_browser.py) drives Debian's Chromium.
+if { ! command -v chromium || ! command -v chromedriver; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "bootstrap: installing chromium and chromium-driver with apt" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import celery_fork_scheduler, pytest, ruff" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import celery_fork_scheduler, pytest, ruff, flask, selenium" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "bootstrap: installing the package with its test and dev extras" >&2
+  echo "bootstrap: installing the package with its test, dev and web extras" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test,dev]'
+  .venv/bin/python -m pip install -q -e '.[test,dev,web]'
   touch .venv/.installed
 fi
 if ! command -v redis-server >/dev/null 2>&1; then

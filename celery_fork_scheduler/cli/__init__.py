@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from . import edit, inspection, validate
+from . import edit, inspection, validate, web
 from .session import ScheduleGroup
 
 __all__ = ["schedule"]
@@ -37,5 +37,6 @@ for command in (
     inspection.history,
     inspection.replicas,
     validate.validate,
+    web.web,
 ):
     schedule.add_command(command)

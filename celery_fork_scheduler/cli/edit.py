@@ -12,6 +12,7 @@ from celery.bin.base import CeleryCommand
 
 from ..errors import BackendUnavailableError
 from ..manager import Manager
+from ..manager_results import TriggerResult
 from .entries_file import SHOWN_NAMES, read_entries
 from .output import job_data, next_text, plural, safe
 from .session import (
@@ -316,18 +317,9 @@ def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
     except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send
         location = redis_location(session.app)
         raise RedisUnavailableError(f"cannot reach {location}: {exc}; nothing was sent") from None
-    warning = (
-        f"the run was not recorded in Redis: {result.unrecorded}" if result.unrecorded else None
-    )
-    if warning is not None:
-        session.warn(f"sent, but {warning}")
-    data = {
-        "name": name,
-        "task_id": result.task_id,
-        "skipped": result.task_id is None,
-        "reason": result.skipped,
-        "warning": warning,
-    }
+    data = trigger_data(name, result)
+    if data["warning"] is not None:
+        session.warn(f"sent, but {data['warning']}")
     session.emit(
         data,
         lambda: (
@@ -336,3 +328,17 @@ def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
             else f"sent {name!r}: task id {result.task_id}"
         ),
     )
+
+
+def trigger_data(name: str, result: TriggerResult) -> dict[str, Any]:
+    """The ``trigger --json`` shape (``POST /api/entries/<name>/trigger`` too)."""
+    warning = (
+        f"the run was not recorded in Redis: {result.unrecorded}" if result.unrecorded else None
+    )
+    return {
+        "name": name,
+        "task_id": result.task_id,
+        "skipped": result.task_id is None,
+        "reason": result.skipped,
+        "warning": warning,
+    }

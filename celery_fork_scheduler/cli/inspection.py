@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
@@ -15,7 +16,7 @@ from celery.bin.base import CeleryCommand
 from ..backends.redis_connection import scrub_secrets
 from ..config import app_timezone
 from ..errors import ScheduleError
-from ..manager import RedisRequiredError
+from ..manager import Manager, RedisRequiredError
 from ..manager_results import EntryStats, Job, ReplicaInfo
 from ..schedules import coerce_schedule
 from .output import (
@@ -112,22 +113,15 @@ def _last_text(job: Job, now: datetime) -> Cell:
 def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
     """The full definition of one entry, its next runs, counters and last runs."""
     session = session_for(ctx, as_json)
-    manager = session.manager()
-    job = manager.get(name)
-    slots = [] if job.finished else manager.next_runs(name, count, after=session.now)
-    try:
-        counters = _counters(manager.stats(name))
-        history = [_history_data(item.to_dict()) for item in manager.history_items(name, 10)]
-    except RedisRequiredError:
-        counters, history = {}, []
+    details = entry_details(session.manager(), name, session.now, count)
+    job, slots, counters, history = (
+        details.job,
+        details.slots,
+        details.counters,
+        details.history,
+    )
     zone = zone_of(job.schedule)
-    data = {
-        **job_data(job),
-        **_limits_data(job),
-        "next_runs": [slot.isoformat() for slot in slots],
-        "counters": counters,
-        "history": history,
-    }
+    data = details.to_dict()
 
     def render() -> str:
         paused: Cell = _state(job)
@@ -176,6 +170,41 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
         return "\n".join(parts)
 
     session.emit(data, render)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryDetails:
+    """What ``show`` (and the web page of an entry) tells of one entry."""
+
+    job: Job
+    slots: list[datetime]
+    counters: dict[str, int]
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``show --json`` shape (``GET /api/entries/<name>`` too)."""
+        return {
+            **job_data(self.job),
+            **_limits_data(self.job),
+            "next_runs": [slot.isoformat() for slot in self.slots],
+            "counters": self.counters,
+            "history": self.history,
+        }
+
+
+def entry_details(
+    manager: Manager, name: str, now: datetime, count: int, *, history: int = 10
+) -> EntryDetails:
+    """One entry, its next ``count`` runs after ``now``, its counters and latest ``history``
+    items (none of the last two without Redis)."""
+    job = manager.get(name)
+    slots = [] if job.finished else manager.next_runs(name, count, after=now)
+    try:
+        counters = _counters(manager.stats(name))
+        items = [history_data(item.to_dict()) for item in manager.history_items(name, history)]
+    except RedisRequiredError:
+        counters, items = {}, []
+    return EntryDetails(job=job, slots=slots, counters=counters, history=items)
 
 
 def _indent(text: str) -> str:
@@ -256,7 +285,7 @@ def _outage_table(outages: Sequence[Mapping[str, Any]], now: datetime) -> str:
     return table(["STARTED", "LASTED", "MISSED", "ENTRIES", "REPLICA"], rows)
 
 
-def _history_data(item: dict[str, Any]) -> dict[str, Any]:
+def history_data(item: dict[str, Any]) -> dict[str, Any]:
     """A history item with any URL credentials in its error text masked."""
     for key in ("error", "raw"):
         if isinstance(item.get(key), str):
@@ -357,7 +386,7 @@ def history(ctx: click.Context, name: str | None, count: int, outages: bool, as_
         session.emit(kept, lambda: _outage_table(kept, session.now) if kept else "no outage kept")
         return
     job = manager.get(name)
-    items = [_history_data(item.to_dict()) for item in manager.history_items(name, count)]
+    items = [history_data(item.to_dict()) for item in manager.history_items(name, count)]
     session.emit(
         items,
         lambda: (
@@ -379,16 +408,9 @@ def history(ctx: click.Context, name: str | None, count: int, outages: bool, as_
 def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
     """The beat replicas seen recently: last tick, runtime version, entries."""
     session = session_for(ctx, as_json)
-    manager = session.manager()
-    current = manager.store().version()
-    everyone = manager.replicas(within=math.inf)
-    shown = [replica for replica in everyone if replica.seen_within(within)]
-    hidden = len(everyone) - len(shown)
-    data = {
-        "runtime_version": current,
-        "replicas": [_replica_data(replica) for replica in shown],
-        "hidden_older": hidden,
-    }
+    report = replicas_report(session.manager(), within)
+    current, shown, hidden = report.runtime_version, report.shown, report.hidden_older
+    data = report.to_dict()
 
     def render() -> str:
         lines = []
@@ -416,7 +438,34 @@ def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
     session.emit(data, render)
 
 
-def _replica_data(replica: ReplicaInfo) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class ReplicasReport:
+    """The replicas seen within a time, and how many older records are not shown."""
+
+    runtime_version: int
+    shown: list[ReplicaInfo]
+    hidden_older: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``replicas --json`` shape (``GET /api/replicas`` too)."""
+        return {
+            "runtime_version": self.runtime_version,
+            "replicas": [replica_data(replica) for replica in self.shown],
+            "hidden_older": self.hidden_older,
+        }
+
+
+def replicas_report(manager: Manager, within: float) -> ReplicasReport:
+    """The replicas that ticked within ``within`` seconds (see :meth:`Manager.replicas`)."""
+    current = manager.store().version()
+    everyone = manager.replicas(within=math.inf)
+    shown = [replica for replica in everyone if replica.seen_within(within)]
+    return ReplicasReport(
+        runtime_version=current, shown=shown, hidden_older=len(everyone) - len(shown)
+    )
+
+
+def replica_data(replica: ReplicaInfo) -> dict[str, Any]:
     return {
         "id": replica.id,
         "hostname": replica.hostname,
