@@ -46,6 +46,7 @@ from .store import (
     StaleVersionError,
     StoredEntry,
     encode_entry,
+    joined_tags,
 )
 from .validation import CheckReport, Problem, check_app_report
 from .worker import MANUAL_HEADER
@@ -329,7 +330,7 @@ class Manager:
         :class:`BulkConflictError` (``written``: what the batches before stored).
         """
         bulk, size = self._bulk(), _batch(batch_size)
-        items: list[tuple[str, str]] = []
+        items: list[tuple[str, tuple[str, str]]] = []
         errors: list[ForkSchedulerError] = []
         seen: set[str] = set()
         total = 0
@@ -355,7 +356,7 @@ class Manager:
         if errors:
             raise BulkConfigError(errors, total=total)
         expected = None if replace_existing else 0
-        return self._put_many([(name, text, expected) for name, text in items], size)
+        return self._put_many([(name, text, expected, tags) for name, (text, tags) in items], size)
 
     def update_many(
         self,
@@ -396,7 +397,7 @@ class Manager:
             if name not in wanted
         ]
         stored = self._get_many(list(wanted))
-        items: list[tuple[str, str, int | None]] = []
+        items: list[tuple[str, str, int | None, str]] = []
         conflicts: list[StaleVersionError] = []
         for name, fields in wanted.items():
             item = stored.get(name)
@@ -406,7 +407,8 @@ class Manager:
                 if not isinstance(item, StoredEntry):
                     raise StoredRecordError(name)
                 definition = _changed(item.data, fields)
-                items.append((name, self._encoded(name, definition, bulk), item.version))
+                text, tags = self._encoded(name, definition, bulk)
+                items.append((name, text, item.version, tags))
             except (ConfigError, JobNotFoundError) as exc:
                 errors.append(exc)
                 continue
@@ -507,8 +509,9 @@ class Manager:
             fields["task"] = getattr(task, "name", task)
         return name, fields
 
-    def _encoded(self, name: str, definition: Mapping[str, Any], bulk: _Bulk) -> str:
-        """The stored JSON of one definition, validated as :meth:`add` validates it."""
+    def _encoded(self, name: str, definition: Mapping[str, Any], bulk: _Bulk) -> tuple[str, str]:
+        """The stored JSON of one definition, validated as :meth:`add` validates it, and its
+        tags as the store indexes them."""
         if name in bulk.static:
             raise ConfigError(
                 "a static entry (config or decorator) has this name; "
@@ -538,7 +541,7 @@ class Manager:
             raise
         if len(encoded.encode()) > min(bulk.max_size, MAX_STORED_BYTES):
             check_size(name, data, min(bulk.max_size, MAX_STORED_BYTES))
-        return encoded
+        return encoded, joined_tags(data["tags"])
 
     def _versions(self, names: Sequence[str]) -> dict[str, int | None]:
         store, versions = self.store(), {}
@@ -553,7 +556,7 @@ class Manager:
         return stored
 
     def _put_many(
-        self, items: Sequence[tuple[str, str, int | None]], batch_size: int
+        self, items: Sequence[tuple[str, str, int | None, str]], batch_size: int
     ) -> dict[str, int]:
         """Write ``items`` in batches, each from the clock read just before it (as
         :meth:`add` does for one entry)."""
@@ -564,12 +567,10 @@ class Manager:
                 written = store.put_many(batch, since=self._clock())
             except BulkConflictError as exc:
                 raise exc.after(list(versions)) from None
-            versions.update(zip((name for name, _, _ in batch), written, strict=True))
+            versions.update(zip((item[0] for item in batch), written, strict=True))
         return versions
 
-    def _delete_many(
-        self, items: Sequence[tuple[str, int | None]], batch_size: int
-    ) -> list[str]:
+    def _delete_many(self, items: Sequence[tuple[str, int | None]], batch_size: int) -> list[str]:
         store, removed = self.store(), list[str]()
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]

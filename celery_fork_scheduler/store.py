@@ -61,23 +61,55 @@ local function trim(retention)
 end
 """
 
+#: Shared by every write: keep the tag index. KEYS[8] the index (zset, score 0, a member
+#: "<tag>|<name>" for each tag of each entry, the tag with "%" and "|" escaped as %25 and %7C:
+#: the names of a tag are one lexical range), KEYS[9] each entry's escaped tags, joined by "|"
+#: (no field when none). ``retag(name, joined)`` gives ``name`` the tags ``joined`` ("" none).
+_RETAG = """
+local function retag(name, joined)
+  local old = redis.call('HGET', KEYS[9], name)
+  if old == joined or (not old and joined == '') then
+    return
+  end
+  if old then
+    for tag in string.gmatch(old, '[^|]+') do
+      redis.call('ZREM', KEYS[8], tag .. '|' .. name)
+    end
+  end
+  if joined == '' then
+    redis.call('HDEL', KEYS[9], name)
+    return
+  end
+  redis.call('HSET', KEYS[9], name, joined)
+  for tag in string.gmatch(joined, '[^|]+') do
+    redis.call('ZADD', KEYS[8], 0, tag .. '|' .. name)
+  end
+end
+"""
+
 _NOW = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[7], t[1] .. '.' .. t[2], 'NX')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[10], '1')  -- no entry to index: the tag index is complete
+end
 """
 
 #: Store or replace one runtime entry.
 #: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[3] version counter, KEYS[4] since hash,
-#: KEYS[5] removed zset, KEYS[6] floor version, KEYS[7] epoch (set once, by the first write).
+#: KEYS[5] removed zset, KEYS[6] floor version, KEYS[7] epoch (set once, by the first write),
+#: KEYS[8] tag index, KEYS[9] tags of each entry (see _RETAG), KEYS[10] set once the tag index
+#: holds every entry (see INDEX_TAGS).
 #: ARGV[1] name, ARGV[2] JSON, ARGV[3] expected version ("" any, "0" must not exist),
 #: ARGV[4] the instant (us) the writer computed the entry's next run from ("": Redis TIME),
-#: ARGV[5] retention of removals (ms).
+#: ARGV[5] retention of removals (ms), ARGV[6] its tags, separated by NUL.
 #: Returns {new version, 1 if the entry is new else 0} or {-1, current version} when the
 #: expected version is stale.
 PUT = (
     _NOW
     + _TRIM
+    + _RETAG
     + """
 local current = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
 local created = 0
@@ -103,6 +135,7 @@ end
 redis.call('HSET', KEYS[4], ARGV[1], since .. ' ' .. added)
 redis.call('ZADD', KEYS[2], version, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+retag(ARGV[1], ARGV[6])
 trim(tonumber(ARGV[5]))
 return {version, created}
 """
@@ -114,6 +147,7 @@ return {version, created}
 DELETE = (
     _NOW
     + _TRIM
+    + _RETAG
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return {0}
@@ -127,6 +161,7 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[2], version, ARGV[1])
 redis.call('ZADD', KEYS[5], now_ms, ARGV[1])
+retag(ARGV[1], '')
 trim(tonumber(ARGV[5]))
 return {version}
 """
@@ -138,24 +173,25 @@ _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "remov
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
-#: ``update_many``): PUT for each, in one script. KEYS[1..7] as PUT; with ARGV[3] "1", then the
+#: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT; with ARGV[3] "1", then the
 #: five keys of each entry (``Keys.entry_keys``: state, pending, running, buffered, history),
 #: entry after entry, and a new entry's state is reset and its keys lose an expiry here, in the
 #: same script (one Redis); with "0" the caller does that (Redis Cluster: those keys live on
 #: other slots). ARGV[1] since (us; "": Redis TIME), ARGV[2] retention of removals (ms), then
-#: triples: name, JSON, expected version ("" any, "0" must not exist).
+#: four per entry: name, JSON, expected version ("" any, "0" must not exist), tags (as PUT).
 #: Returns {v, created}, the i-th entry taking version v + i and the i-th character of created
 #: being "1" when it is new, else "0"; or {-1, {name, current, ...}} when any expected version
 #: is stale, and then nothing is written.
 PUT_MANY = (
     _NOW
     + _TRIM
+    + _RETAG
     + """
 local own_keys = ARGV[3] == '1'
-local count = (#ARGV - 3) / 3
+local count = (#ARGV - 3) / 4
 local currents, stale = {}, {}
 for i = 1, count do
-  local name, expected = ARGV[i * 3 + 1], ARGV[i * 3 + 3]
+  local name, expected = ARGV[i * 4], ARGV[i * 4 + 2]
   local current = -1
   if redis.call('HEXISTS', KEYS[1], name) == 1 then
     current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
@@ -173,15 +209,17 @@ local since = ARGV[1]
 if since == '' then
   since = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 end
-local first = redis.call('INCRBY', KEYS[3], count) - count
+-- GET and SET rather than INCRBY: the scripts need no command beyond the documented ACL list
+local first = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('SET', KEYS[3], string.format('%.0f', first + count))
 local created = {}
 for i = 1, count do
-  local name = ARGV[i * 3 + 1]
+  local name = ARGV[i * 4]
   local added = since
   created[i] = '0'
   if currents[i] < 0 then
     created[i] = '1'
-    local base = 7 + (i - 1) * 5
+    local base = 10 + (i - 1) * 5
     if own_keys and redis.call('EXISTS', unpack(KEYS, base + 1, base + 5)) > 0 then
       redis.call('HDEL', KEYS[base + 1], """
     + _FRESH_LUA
@@ -194,10 +232,11 @@ for i = 1, count do
   else
     added = string.match(redis.call('HGET', KEYS[4], name) or '', '^%d+ (%d+)$') or since
   end
-  redis.call('HSET', KEYS[1], name, ARGV[i * 3 + 2])
+  redis.call('HSET', KEYS[1], name, ARGV[i * 4 + 1])
   redis.call('HSET', KEYS[4], name, since .. ' ' .. added)
   redis.call('ZADD', KEYS[2], first + i, name)
   redis.call('ZREM', KEYS[5], name)
+  retag(name, ARGV[i * 4 + 3])
 end
 trim(tonumber(ARGV[2]))
 return {first, table.concat(created)}
@@ -214,6 +253,7 @@ return {first, table.concat(created)}
 DELETE_MANY = (
     _NOW
     + _TRIM
+    + _RETAG
     + """
 local own_keys = ARGV[3] == '1'
 local count = (#ARGV - 3) / 2
@@ -236,7 +276,7 @@ if #stale > 0 then
 end
 local first = tonumber(redis.call('GET', KEYS[3]) or '0')
 if found > 0 then
-  first = redis.call('INCRBY', KEYS[3], found) - found
+  redis.call('SET', KEYS[3], string.format('%.0f', first + found))
 end
 local version = first
 for i = 1, count do
@@ -247,8 +287,9 @@ for i = 1, count do
     redis.call('HDEL', KEYS[4], name)
     redis.call('ZADD', KEYS[2], version, name)
     redis.call('ZADD', KEYS[5], now_ms, name)
+    retag(name, '')
     if own_keys then
-      local base = 7 + (i - 1) * 5
+      local base = 10 + (i - 1) * 5
       redis.call('HSET', KEYS[base + 1], 'removed', '1')
       for j = 1, 5 do
         redis.call('PEXPIRE', KEYS[base + j], ARGV[2])
@@ -262,32 +303,39 @@ return {first, table.concat(present)}
 """
 )
 
-#: Entries a TAGGED call looks at (a hint to HSCAN).
-TAG_PAGE = 10_000
+#: Names an INDEX_TAGS call indexes.
+TAG_PAGE = 1_000
 
-#: One page of the runtime entries whose ``tags`` hold a tag. KEYS[1] entries hash; ARGV[1]
-#: HSCAN cursor, ARGV[2] page size, ARGV[3] the tag, ARGV[4] and ARGV[5] the tag as JSON (with
-#: and without escapes): only records holding either are decoded. Returns {cursor, {names}}.
-TAGGED = """
-local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local found = {}
-local items = page[2]
-for i = 1, #items, 2 do
-  local raw = items[i + 1]
-  if string.find(raw, ARGV[4], 1, true) or string.find(raw, ARGV[5], 1, true) then
+#: Index the tags of entries stored before the tag index existed (by an earlier version), a
+#: page of names (read by HKEYS) per call; the last call marks the index complete (KEYS[10]).
+#: KEYS as PUT; ARGV[1] "1" on the last call, ARGV[2...] names. Entries written since are
+#: indexed by their own writes.
+INDEX_TAGS = (
+    _RETAG
+    + """
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], name)
+  if raw and redis.call('HEXISTS', KEYS[9], name) == 0 then
     local ok, data = pcall(cjson.decode, raw)
     if ok and type(data) == 'table' and type(data['tags']) == 'table' then
+      local tags = {}
       for _, tag in ipairs(data['tags']) do
-        if tag == ARGV[3] then
-          found[#found + 1] = items[i]
-          break
+        if type(tag) == 'string' and tag ~= '' then
+          tags[#tags + 1] = string.gsub(string.gsub(tag, '%%', '%%25'), '|', '%%7C')
         end
       end
+      table.sort(tags)
+      retag(name, table.concat(tags, '|'))
     end
   end
 end
-return {page[1], found}
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[10], '1')
+end
+return 1
 """
+)
 
 #: Read a batch of runtime entries at one instant. KEYS[1] entries hash, KEYS[2] changes zset,
 #: KEYS[3] since hash; ARGV[2...] the names. With ARGV[1] "data": for each name {JSON, since,
@@ -416,7 +464,7 @@ class RuntimeStore:
         self._put_many = client.register_script(PUT_MANY)
         self._delete_many = client.register_script(DELETE_MANY)
         self._read_many = client.register_script(READ_MANY)
-        self._tagged = client.register_script(TAGGED)
+        self._index_tags = client.register_script(INDEX_TAGS)
         #: One Redis (not a cluster): the bulk scripts also touch each entry's own keys, which
         #: on Redis Cluster live on other slots and are written by pipelines around them.
         self.one_node = not isinstance(client, RedisCluster)
@@ -431,6 +479,9 @@ class RuntimeStore:
             self.keys.runtime_removed,
             self.keys.runtime_floor,
             self.keys.runtime_epoch,
+            tag_index_key(self.keys),
+            entry_tags_key(self.keys),
+            tag_indexed_key(self.keys),
         ]
 
     # -- runtime entries ----------------------------------------------------------------------
@@ -527,7 +578,7 @@ class RuntimeStore:
         instant = "" if since is None else str(_epoch_us(since))
         reply = self._put(
             keys=self._runtime_keys,
-            args=[name, encoded, expected, instant, self.retention_ms],
+            args=[name, encoded, expected, instant, self.retention_ms, joined_tags(data)],
         )
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
@@ -597,31 +648,33 @@ class RuntimeStore:
         }
 
     def names_with_tag(self, tag: str) -> list[str]:
-        """The runtime entries whose stored ``tags`` hold ``tag``: Redis looks (a script over
-        pages of :data:`TAG_PAGE` entries), decoding only the records that mention the tag;
-        undecodable records are left out."""
-        needles = [json.dumps(tag), json.dumps(tag, ensure_ascii=False)]
-        found: list[str] = []
-        cursor = "0"
-        while True:
-            reply = self._tagged(
-                keys=[self.keys.runtime_entries], args=[cursor, TAG_PAGE, tag, *needles]
-            )
-            cursor = _text(reply[0])
-            found += [_text(name) for name in reply[1]]
-            if cursor == "0":
-                return found
+        """The names of the runtime entries tagged ``tag``, from the tag index (one read).
+        Entries stored before the index existed (by an earlier version) are indexed first,
+        once, in pages of :data:`TAG_PAGE` names."""
+        if not self.client.exists(tag_indexed_key(self.keys)):
+            names = self.client.hkeys(self.keys.runtime_entries)
+            for start in range(0, max(len(names), 1), TAG_PAGE):
+                last = "1" if start + TAG_PAGE >= len(names) else "0"
+                page = names[start : start + TAG_PAGE]
+                self._index_tags(keys=self._runtime_keys, args=[last, *page])
+        escaped = _escaped(tag).encode()
+        prefix = escaped + b"|"
+        members = self.client.zrange(  # ZRANGE BYLEX: one of the documented ACL commands
+            tag_index_key(self.keys), b"[" + prefix, b"(" + escaped + b"}", bylex=True
+        )
+        return [_text(member[len(prefix) :]) for member in members]
 
     def put_many(
         self,
-        items: Sequence[tuple[str, str, int | None]],
+        items: Sequence[tuple[str, str, int | None, str]],
         *,
         since: datetime | None = None,
     ) -> list[int]:
-        """Store a batch of runtime entries, all or none: ``(name, JSON, expected version)``
-        each (the JSON from :func:`encode_entry`; expected as in :meth:`put`). Returns their
-        versions, in order; :class:`BulkConflictError` when any expected version is stale, and
-        then nothing is written.
+        """Store a batch of runtime entries, all or none: ``(name, JSON, expected version,
+        tags)`` each (the JSON from :func:`encode_entry`, its tags from :func:`joined_tags`;
+        expected as in :meth:`put`). Returns their versions, in order;
+        :class:`BulkConflictError` when any expected version is stale, and then nothing is
+        written.
 
         As :meth:`put` for each entry (a new entry starts afresh), in one script call on one
         Redis, where the reset is atomic with the write; on Redis Cluster the entries' own
@@ -629,12 +682,12 @@ class RuntimeStore:
         """
         if not items:
             return []
-        names = [name for name, _, _ in items]
+        names = [item[0] for item in items]
         _distinct(names)
         instant = "" if since is None else str(_epoch_us(since))
         args: list[Any] = [instant, self.retention_ms, "1" if self.one_node else "0"]
-        for name, encoded, expected in items:
-            args += [name, encoded, "" if expected is None else str(expected)]
+        for name, encoded, expected, tags in items:
+            args += [name, encoded, "" if expected is None else str(expected), tags]
         keys = self._runtime_keys
         fresh: set[str] = set()
         if self.one_node:
@@ -648,7 +701,7 @@ class RuntimeStore:
         reply = self._put_many(keys=keys, args=args)
         first = int(reply[0])
         if first < 0:
-            raise _conflicts(reply[1], {name: expected for name, _, expected in items})
+            raise _conflicts(reply[1], {item[0]: item[2] for item in items})
         flags = _text(reply[1])
         created = [name for name, flag in zip(names, flags, strict=True) if flag == "1"]
         if not self.one_node and created:
@@ -750,6 +803,35 @@ def pause_state(state: Mapping[str, str]) -> PauseState:
     return PauseState(
         True, state.get("pause_note", ""), datetime.fromisoformat(since) if since else None
     )
+
+
+def tag_index_key(keys: Keys) -> str:
+    """Zset: ``"<tag>|<name>"`` for each tag of each runtime entry (score 0; see _RETAG)."""
+    return f"{keys.prefix}{{runtime}}:tag-index"
+
+
+def entry_tags_key(keys: Keys) -> str:
+    """Hash: name -> its tags, escaped, joined by ``|`` (runtime entries with tags only)."""
+    return f"{keys.prefix}{{runtime}}:entry-tags"
+
+
+def tag_indexed_key(keys: Keys) -> str:
+    """String: set once every runtime entry stored before the tag index is indexed."""
+    return f"{keys.prefix}{{runtime}}:tag-indexed"
+
+
+def joined_tags(data: Mapping[str, Any] | Sequence[str]) -> str:
+    """The tags of a stored entry (or the tags themselves) as the scripts index them: sorted,
+    escaped, joined by ``|``; what is not a non-empty string is not indexed."""
+    tags = data.get("tags") if isinstance(data, Mapping) else data
+    if not isinstance(tags, (list, tuple, set, frozenset)):
+        return ""
+    return "|".join(sorted({_escaped(t) for t in tags if isinstance(t, str) and t}))
+
+
+def _escaped(tag: str) -> str:
+    """A tag as the index holds it: without ``|``, which ends it in an index member."""
+    return tag.replace("%", "%25").replace("|", "%7C")
 
 
 def _distinct(names: Sequence[str]) -> None:

@@ -598,3 +598,49 @@ def test_since_is_utc_microseconds(redis_url: str, redis_client: redis.Redis) ->
     at = datetime(2026, 3, 2, 10, 0, 0, 250, tzinfo=timezone.utc)
     Manager(make_app(redis_url), clock=lambda: at).add_many(tenants(1))
     assert since_of(redis_client, "sync-0") == [int(at.timestamp()) * 1_000_000 + 250] * 2
+
+
+def test_the_tag_index_follows_every_write(manager: Manager, redis_client: redis.Redis) -> None:
+    manager.add("one", "tasks.sync", "every 10 seconds", tags=["a", "b", "a|b", "%7C"])
+    assert manager.tagged("a|b").runtime == ["one"] and manager.tagged("|").runtime == []
+    assert manager.tagged("%7C").runtime == ["one"]
+    manager.add_many(tenants(2, tag="a"))
+    assert manager.tagged("a").runtime == ["one", "sync-0", "sync-1"]
+    manager.update("one", tags=["b", "c"])
+    manager.update_many([{"name": "sync-0", "tags": ["c"]}])
+    manager.add_many(
+        [{"name": "sync-1", "task": "t", "schedule": "every 10 seconds"}], replace_existing=True
+    )
+    assert manager.tagged("a").runtime == []
+    assert manager.tagged("c").runtime == ["one", "sync-0"]
+    assert manager.tagged("b").runtime == ["one"]
+    manager.remove("one")
+    assert manager.tagged("b").runtime == [] and manager.tagged("c").runtime == ["sync-0"]
+    manager.clear()
+    assert redis_client.zcard(store_module.tag_index_key(KEYS)) == 0
+    assert redis_client.hlen(store_module.entry_tags_key(KEYS)) == 0
+
+
+def test_entries_stored_before_the_index_are_indexed_once(
+    manager: Manager, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager.add_many(tenants(3, tag="old"))
+    # As an earlier version left them: entries, no index, no mark.
+    redis_client.delete(
+        store_module.tag_index_key(KEYS),
+        store_module.entry_tags_key(KEYS),
+        store_module.tag_indexed_key(KEYS),
+    )
+    redis_client.hset(KEYS.runtime_entries, "corrupt", b'{"tags": ["old"')
+    redis_client.hset(KEYS.runtime_entries, "odd", json.dumps({"tags": ["old", 3, "50%|x", ""]}))
+    monkeypatch.setattr(store_module, "TAG_PAGE", 2)
+    assert manager.tagged("old").runtime == ["odd", "sync-0", "sync-1", "sync-2"]
+    assert redis_client.get(store_module.tag_indexed_key(KEYS)) == b"1"
+    assert redis_client.hget(store_module.entry_tags_key(KEYS), "odd") == b"50%25%7Cx|old"
+    assert manager.tagged("50%|x").runtime == ["odd"] and manager.tagged("50%").runtime == []
+    assert manager.remove_by_tag("old") == ["odd", "sync-0", "sync-1", "sync-2"]
+
+
+def test_a_new_store_needs_no_indexing(manager: Manager, redis_client: redis.Redis) -> None:
+    manager.add_many(tenants(1))
+    assert redis_client.get(store_module.tag_indexed_key(KEYS)) == b"1"
