@@ -270,9 +270,13 @@ def _covered(block: Block) -> str | None:
         return "CI itself (scripts/test.sh; scripts/demo.sh runs examples/demo/run.py)"
     scripts = [c.split()[1] for c in commands if c.startswith("python examples/")]
     if commands and len(scripts) == len(commands):
+        from test_examples import PROCESS_EXAMPLES
+
+        run = {f"{example}/run.py" for example, *_ in PROCESS_EXAMPLES}
+        names = [script.removeprefix("examples/") for script in scripts]
         ran = all(
-            (ROOT / script).exists() and script.removeprefix("examples/") in examples
-            for script in scripts
+            (ROOT / "examples" / name).exists() and (name in examples or name in run)
+            for name in names
         )
         return "tests/test_examples.py" if ran else None
     return None
