@@ -183,6 +183,9 @@ def test_the_timeline_marks_each_slot_with_its_final_outcome(
     assert "skipped: paused" in html
     assert "boom" in html and "hunter2" not in html
     assert '<svg class="chart" id="durations"' in html and html.count('class="bar ') == 2
+    listed = client.get("/entries").get_data(as_text=True)
+    row = listed[listed.index('data-entry="cleanup"') :]
+    assert re.search(r'class="outcome inflight">in flight<', row[: row.index("</tr>")])
 
 
 def test_the_durations_chart_scales_to_the_longest_run() -> None:
@@ -543,3 +546,11 @@ def test_schedule_web_refuses_a_short_token(app: Celery) -> None:
     obj = CLIContext(app=app, no_color=True, workdir=None)
     result = CliRunner().invoke(schedule, ["web", "--token", "short"], obj=obj)
     assert result.exit_code == 2 and "at least 8 characters" in result.stderr
+
+
+def test_every_form_the_pages_render_carries_the_csrf_token(client: FlaskClient) -> None:
+    csrf = log_in(client)
+    for path in ("/entries", "/entries?tag=reports", "/entries/nightly", "/new"):
+        html = client.get(path).get_data(as_text=True)
+        forms = html.count('<form method="post"')
+        assert forms and html.count(f'name="csrf_token" value="{csrf}"') == forms, path

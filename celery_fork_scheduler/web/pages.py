@@ -81,7 +81,7 @@ def entries() -> str:
     shown = views.filter_jobs(everything, tag=tag, state=state, search=search)
     return render_template(
         "entries.html",
-        rows=views.rows(shown, board.now()),
+        rows=views.rows(shown, board.now(), views.histories(manager, [j.name for j in shown], 3)),
         total=len(everything),
         tags=views.all_tags(everything),
         states=views.STATES,

@@ -68,10 +68,18 @@ class Row:
     outcome_class: str
 
 
-def rows(jobs: Sequence[Job], now: datetime) -> list[Row]:
+def rows(
+    jobs: Sequence[Job],
+    now: datetime,
+    latest: Mapping[str, Sequence[HistoryItem]] | None = None,
+) -> list[Row]:
+    """A row per job; ``latest``: the newest history items of each, whose last slot's final
+    outcome (a worker's ``completed`` over the beat's ``sent``) is the one shown."""
     result = []
     for job in jobs:
         zone = zone_of(job.schedule)
+        marks = timeline((latest or {}).get(job.name, ()), zone)
+        last = marks[-1] if marks else None
         result.append(
             Row(
                 job=job,
@@ -79,8 +87,8 @@ def rows(jobs: Sequence[Job], now: datetime) -> list[Row]:
                 next_local=local(job.next_run, zone) if job.next_run else "never",
                 next_relative=relative(job.next_run, now) if job.next_run else "",
                 last_relative=relative(job.last_run, now) if job.last_run else "-",
-                last_outcome=job.last_outcome,
-                outcome_class=outcome_class(job.last_outcome) if job.last_outcome else "",
+                last_outcome=last.label if last else job.last_outcome,
+                outcome_class=last.kind if last else outcome_class(job.last_outcome),
             )
         )
     return result
@@ -109,7 +117,7 @@ _LABELS = {
     "failed": "failed",
     "skipped": "skipped",
     "uncertain": "sent, maybe (the publish raised)",
-    "inflight": "in flight (sent, no outcome yet)",
+    "inflight": "in flight",
 }
 
 
@@ -337,10 +345,13 @@ def definition_text(data: Mapping[str, Any]) -> str:
     return scrub_secrets(json.dumps(shown, indent=2, default=str, ensure_ascii=False))
 
 
-def histories(manager: Manager, limit: int = 100) -> dict[str, list[HistoryItem]]:
-    """The latest ``limit`` history items of every entry, read in one round trip (none
-    without Redis)."""
-    names = [job.name for job in manager.jobs()]
+def histories(
+    manager: Manager, names: Sequence[str] | None = None, limit: int = 100
+) -> dict[str, list[HistoryItem]]:
+    """The latest ``limit`` history items of each entry (default: every entry), read in one
+    round trip (none without Redis)."""
+    if names is None:
+        names = [job.name for job in manager.jobs()]
     try:
         store = manager.store()
     except RedisRequiredError:
