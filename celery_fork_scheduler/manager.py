@@ -37,7 +37,7 @@ from .keys import Keys
 from .manager_results import EntryStats, HistoryItem, Job, ReplicaInfo, RunRecord, TriggerResult
 from .outages import Outage
 from .publishing import CeleryPublisher, build_occurrence
-from .schedules import EveryBuilder, SlotSchedule, at, cron, every
+from .schedules import EveryBuilder, SlotSchedule, at, cron, every, parse_schedule
 from .store import (
     MAX_STORED_BYTES,
     BulkConflictError,
@@ -103,6 +103,8 @@ class StoredRecordError(ConfigError):
 
 #: Entries written per round trip by the bulk calls (one script call per batch).
 DEFAULT_BATCH_SIZE = 1_000
+#: Distinct schedule strings a bulk call keeps parsed.
+MAX_PARSED = 10_000
 #: Errors a :class:`BulkConfigError` message shows (``errors`` holds them all).
 SHOWN_ERRORS = 10
 
@@ -138,6 +140,9 @@ class _Bulk:
     floor: timedelta
     max_size: int
     static: frozenset[str]
+    #: Schedule strings parsed so far (most definitions of a bulk call share a few): entry
+    #: validation resolves the zone of each, as it would for the string.
+    parsed: dict[str, SlotSchedule] = field(default_factory=dict)
 
 
 class BrokerUnavailableError(ForkSchedulerError):
@@ -526,6 +531,14 @@ class Manager:
                 entry=name[:60],
                 field="name",
             )
+        raw = definition.get("schedule")
+        if isinstance(raw, str):
+            parsed = bulk.parsed.get(raw)
+            if parsed is None and len(bulk.parsed) < MAX_PARSED:
+                with contextlib.suppress(Exception):  # entry_from_config names the error
+                    parsed = bulk.parsed[raw] = parse_schedule(raw)
+            if parsed is not None:
+                definition = {**definition, "schedule": parsed}
         entry = entry_from_config(
             name, definition, default_timezone=bulk.zone, source="runtime", min_interval=bulk.floor
         )

@@ -644,3 +644,22 @@ def test_entries_stored_before_the_index_are_indexed_once(
 def test_a_new_store_needs_no_indexing(manager: Manager, redis_client: redis.Redis) -> None:
     manager.add_many(tenants(1))
     assert redis_client.get(store_module.tag_indexed_key(KEYS)) == b"1"
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["every 10 seconds", "daily at 09:00", "daily at 09:00 in Europe/Berlin", "*/5 * * * *"],
+)
+def test_a_schedule_string_shared_by_entries_of_other_zones_is_each_ones_own(
+    manager: Manager, redis_client: redis.Redis, schedule: str
+) -> None:
+    zones = [None, "America/New_York", "Asia/Kolkata", None]
+    definitions = [
+        {"name": f"bulk-{i}", "task": "t", "schedule": schedule, "timezone": zone}
+        for i, zone in enumerate(zones)
+    ]
+    manager.add_many(definitions)
+    for i, zone in enumerate(zones):
+        manager.add(f"one-{i}", "t", schedule, timezone=zone)
+        assert stored(redis_client, f"bulk-{i}") == stored(redis_client, f"one-{i}")
+        assert manager.get(f"bulk-{i}").next_run == manager.get(f"one-{i}").next_run
