@@ -10,7 +10,8 @@ medians of ``--runs`` (min-max beside them):
 - ``Manager.add_many`` of ``--entries`` entries (every 10th tagged ``"tenant-0"``... up to
   ``--tagged``): entries/s, validation included;
 - ``Manager.remove_by_tag`` of ``--tagged`` of them (the others stay): seconds;
-- ``Manager.pause(tag=)`` of the same: seconds.
+- ``Manager.pause(tag=)`` of the same: seconds;
+- the Redis memory of the tag index per entry (bytes; the entries carry one or two tags).
 
 Goals (issue 20): ``add_many`` >= 20 000 entries/s, ``remove_by_tag`` of 10 000 <= 0.5 s.
 """
@@ -69,7 +70,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
     batch = definitions(options.entries, options.tagged)
-    rates: dict[str, list[float]] = {"add": [], "add_many": [], "remove": [], "pause": []}
+    rates: dict[str, list[float]] = {
+        "add": [],
+        "add_many": [],
+        "remove": [],
+        "pause": [],
+        "index": [],
+    }
     with RedisServer() as server:
         app = Celery("bench_bulk", broker="memory://", set_as_current=False)
         app.conf.update(timezone="UTC", fork_scheduler_redis_url=server.url)
@@ -87,6 +94,11 @@ def main() -> None:
             client.flushall()
             rates["add_many"].append(len(batch) / timed(lambda: manager.add_many(batch)))
             assert client.hlen("scheduler:{runtime}:entries") == len(batch)
+            index = sum(
+                int(client.memory_usage(key, samples=0) or 0)
+                for key in ("scheduler:{runtime}:tag-index", "scheduler:{runtime}:entry-tags")
+            )
+            rates["index"].append(index / len(batch))
             rates["pause"].append(timed(lambda: manager.pause(tag=TAG)))
             start = time.perf_counter()
             removed = manager.remove_by_tag(TAG)
@@ -109,6 +121,7 @@ def main() -> None:
         f"{figure(rates['remove'], 's', 3)}"
     )
     print(f"{f'Manager.pause(tag=) of {options.tagged:,}':<44} {figure(rates['pause'], 's', 3)}")
+    print(f"{'Redis bytes per entry, tag index':<44} {figure(rates['index'], 'B')}")
 
 
 def _policies(definition: dict[str, Any]) -> dict[str, Any]:
