@@ -441,6 +441,8 @@ class Manager:
         :class:`BulkConfigError` naming each. ``expected_versions`` (name -> version) refuses
         stale removals as :meth:`remove` does (:class:`BulkConflictError`).
         """
+        if isinstance(names, (str, bytes)):
+            raise ConfigError("give a list of entry names, not one string", field="names")
         static = self._bulk().static
         unique: list[str] = []
         errors: list[ForkSchedulerError] = []
@@ -478,7 +480,7 @@ class Manager:
 
     def tagged(self, tag: str) -> Tagged:
         """The names of the entries with ``tag``, static and runtime (one read of the runtime
-        entries; only those that mention the tag are decoded)."""
+        entries' tag index)."""
         static = self._static_entries()
         runtime = self.store().names_with_tag(tag) if self._has_redis() else []
         return Tagged(
@@ -550,8 +552,8 @@ class Manager:
             encoded = json.dumps(data, allow_nan=False)
         except (TypeError, ValueError):
             entry_to_dict(entry, max_size=bulk.max_size)  # names the field that cannot be stored
-            encode_entry(name, data)  # raises
-            raise
+            encode_entry(name, data)
+            raise ConfigError("cannot be stored as JSON", entry=name) from None
         if len(encoded.encode()) > min(bulk.max_size, MAX_STORED_BYTES):
             check_size(name, data, min(bulk.max_size, MAX_STORED_BYTES))
         return encoded, joined_tags(data["tags"])

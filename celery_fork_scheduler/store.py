@@ -565,7 +565,8 @@ class RuntimeStore:
         """Store a runtime entry and return its version; ``expected_version=0``: must be new.
 
         ``since``: the instant the writer computed the entry's promised next run from (``None``:
-        Redis TIME). The entry's own keys lose an expiry left by an earlier removal; a new
+        Redis TIME). A new entry's own keys lose an expiry left by an earlier removal (an
+        update leaves them, and the lease of a running marker, alone); a new
         entry (a name added again included) starts afresh: no run count, no finished mark, no
         pause, no held-back run. That is done before it is stored, so that no replica sees it
         with the old state; and again after, should the name have been removed meanwhile.
@@ -582,12 +583,13 @@ class RuntimeStore:
         )
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
-        pipe = self.client.pipeline(transaction=False)
-        for key in self.keys.entry_keys(name):
-            pipe.persist(key)
-        if int(reply[1]) == 1 and not fresh:
-            self._start_afresh(pipe, name)
-        pipe.execute()
+        if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
+            pipe = self.client.pipeline(transaction=False)
+            for key in self.keys.entry_keys(name):
+                pipe.persist(key)
+            if not fresh:
+                self._start_afresh(pipe, name)
+            pipe.execute()
         return int(reply[0])
 
     def _start_afresh(self, pipe: Any, name: str) -> Any:

@@ -663,3 +663,23 @@ def test_a_schedule_string_shared_by_entries_of_other_zones_is_each_ones_own(
         manager.add(f"one-{i}", "t", schedule, timezone=zone)
         assert stored(redis_client, f"bulk-{i}") == stored(redis_client, f"one-{i}")
         assert manager.get(f"bulk-{i}").next_run == manager.get(f"one-{i}").next_run
+
+
+def test_remove_many_wants_a_list_of_names(manager: Manager) -> None:
+    manager.add_many(tenants(1))
+    with pytest.raises(ConfigError, match="a list of entry names"):
+        manager.remove_many("sync-0")
+    assert manager.remove_many(iter(["sync-0"])) == ["sync-0"]
+
+
+def test_an_update_keeps_the_lease_of_a_running_marker(
+    manager: Manager, redis_client: redis.Redis
+) -> None:
+    manager.add("a", "tasks.sync", "every 10 seconds", singleton=True)
+    manager.add_many([{"name": "b", "task": "tasks.sync", "schedule": "every 10 seconds"}])
+    for name in ("a", "b"):
+        redis_client.set(KEYS.running(name), "task-1", px=60_000)
+    manager.update("a", args=[1])
+    manager.update_many([{"name": "b", "args": [1]}])
+    assert 0 < redis_client.pttl(KEYS.running("a")) <= 60_000
+    assert 0 < redis_client.pttl(KEYS.running("b")) <= 60_000
