@@ -95,7 +95,7 @@ def entries() -> str:
 @blueprint.get("/entries/<path:name>")
 def entry(name: str) -> str:
     board = dashboard()
-    details = entry_details(board.manager, name, board.now(), 10, history=HISTORY_READ)
+    details = entry_details(board.manager, name, board.now(), 10, history=1)
     job = details.job
     zone = zone_of(job.schedule)
     marks = views.timeline(board.manager.history_items(name, HISTORY_READ), zone)
