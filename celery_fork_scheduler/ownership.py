@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,8 +62,8 @@ class Progress:
             data = json.loads(raw)
             until, written = from_epoch_us(int(data["until"])), from_epoch_us(int(data["at"]))
             return cls(until, written, int(data["view"]))
-        except (ValueError, TypeError, KeyError, OverflowError):
-            return None
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+            return None  # a record this code did not write
 
 
 def owner_of(name: str, replicas: Iterable[str]) -> str:
@@ -126,7 +125,7 @@ class Ownership:
             raw = None
         if raw is not None:
             records = {_text(rid): Progress.decode(value) for rid, value in raw.items()}
-            self.records = {rid: r for rid, r in records.items() if r is not None}
+            self.records = {rid: r for rid, r in records.items() if rid and r is not None}
             self._prune(now)
         live = {rid for rid, r in self.records.items() if now - r.written <= OWNER_LEASE}
         live.add(self.replica_id)
@@ -166,8 +165,13 @@ class Ownership:
                 del self.records[rid]
 
     def _fingerprint(self) -> int:
-        return zlib.crc32(f"{self.basis}|{'|'.join(self.live)}".encode())
+        text = f"{self.basis}|{'|'.join(self.live)}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """A replica id as written; "" for one this code did not write (not UTF-8)."""
+    try:
+        return value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        return ""

@@ -232,7 +232,7 @@ class PublishPipeline:
             )
             late = []
             for due_slot, _ in prepared:
-                if now - due_slot.claim.slot <= self.settings.catchup_grace:
+                if self._worth_retrying(due_slot.claim, now):
                     self.ask_again([due_slot], now)
                 else:
                     late.append(due_slot)
@@ -243,6 +243,15 @@ class PublishPipeline:
                     self.reports.skipped(due_slot, "broker_unavailable")
             return []
         return prepared
+
+    def _worth_retrying(self, claim: Claim, now: datetime) -> bool:
+        """Whether a slot the broker refused is still recent enough to try again a second
+        later: within the catch-up grace, or, for a dead replica's claim taken over (always a
+        lease old), within the lease and twice the grace."""
+        window = self.settings.catchup_grace
+        if claim.takeover:
+            window += self.settings.claim_lease + self.settings.catchup_grace
+        return now - claim.slot <= window
 
     def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
         """A won slot whose message cannot be built: report it and give the claim back."""
@@ -294,7 +303,7 @@ class PublishPipeline:
         recorded and the slot is not published."""
         self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
         claim = due_slot.claim
-        if is_transient(error) and now - claim.slot <= self.settings.catchup_grace:
+        if is_transient(error) and self._worth_retrying(claim, now):
             with contextlib.suppress(BackendUnavailableError):
                 self.backend.end_fence([claim])
                 self.ask_again([due_slot], now)

@@ -73,6 +73,9 @@ class RuntimeEntries:
         #: Every name stored at the version seen, valid or not (to tell removals on a reload).
         self._names: set[str] = set()
         self._reported: set[tuple[str, int]] = set()
+        #: Stored entries this replica refused (name -> version): replicas that refuse
+        #: different entries must not trust each other's progress (see :mod:`.ownership`).
+        self.refused: dict[str, int] = {}
         self._next_prune: datetime | None = None
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
@@ -87,6 +90,7 @@ class RuntimeEntries:
         self.version = version
         self._names = set(stored)
         self.since = {}
+        self.refused = {}
         entries = {}
         for name, item in stored.items():
             entry = self._parse(name, item, static_names)
@@ -122,6 +126,7 @@ class RuntimeEntries:
         update = Update(removed=[n for n in changes.removed if n not in static_names])
         for name in changes.removed:
             self.since.pop(name, None)
+            self.refused.pop(name, None)
         for name, item in changes.changed.items():
             entry = self._parse(name, item, static_names)
             if entry is not None:
@@ -137,6 +142,12 @@ class RuntimeEntries:
         """Every stored entry as changed, and every name known before and gone as removed."""
         version, stored = self.store.all()
         return Changes(version, stored, sorted(self._names - set(stored)))
+
+    def basis(self) -> str:
+        """What decides this replica's runtime slots beyond the stored entries: the version it
+        has seen, the entries it refused, and how it reads a zone-less schedule."""
+        refused = ",".join(f"{name}@{version}" for name, version in sorted(self.refused.items()))
+        return f"{self.version}|{refused}|{self.default_timezone}|{self.min_interval}"
 
     def _note_since(self, name: str, item: StoredEntry | bytes) -> datetime | None:
         since = item.since if isinstance(item, StoredEntry) else None
@@ -189,6 +200,7 @@ class RuntimeEntries:
         self, name: str, item: StoredEntry | bytes, static_names: Collection[str]
     ) -> Entry | None:
         version = item.version if isinstance(item, StoredEntry) else -1
+        self.refused.pop(name, None)
         try:
             if name in static_names:
                 raise ConfigError("a static entry of this name exists; it wins", entry=name)
@@ -201,6 +213,7 @@ class RuntimeEntries:
                 min_interval=self.min_interval,
             )
         except Exception as exc:  # one bad stored entry must never stop the others
+            self.refused[name] = version
             if (name, version) not in self._reported:
                 self._reported.add((name, version))
                 logger.error("fork scheduler: runtime entry skipped: %s", exc)

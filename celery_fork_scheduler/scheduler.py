@@ -248,7 +248,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 store, self.default_timezone, backend.replica_id, min_interval=floor
             )
             entries.update(self.runtime.load(self.static_names))
-            if self.settings.owner_grace > timedelta(0):
+            if self._divides_entries():
                 self.ownership = Ownership(
                     store.client,
                     store.keys.progress,
@@ -280,6 +280,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.serve(self.settings.metrics_port)
             self.metrics.entries.set(len(self.entries))
             logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
+
+    def _divides_entries(self) -> bool:
+        """Whether this replica takes part in dividing the entries (see :mod:`.ownership`): not
+        when it publishes nothing, nor when the owner's grace would outlast the catch-up grace
+        (a dead owner's slots would be missed slots)."""
+        grace, catchup = self.settings.owner_grace, self.settings.catchup_grace
+        if not self.settings.enabled or grace <= timedelta(0):
+            return False
+        if grace >= catchup:
+            logger.warning(
+                "fork scheduler: fork_scheduler_owner_grace (%s s) is not below "
+                "fork_scheduler_catchup_grace (%s s): every replica asks about every slot",
+                grace.total_seconds(),
+                catchup.total_seconds(),
+            )
+            return False
+        return True
 
     def _default_entries(self, entries: Mapping[str, Entry]) -> dict[str, Entry]:
         """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it."""
@@ -341,7 +358,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         changes, the deferred items are decided again (one may be this replica's now)."""
         if self.ownership is None or self.runtime is None:
             return
-        basis = zlib.crc32(f"{self._static_digest}|{self.runtime.version}".encode())
+        basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
         if self.ownership.follow(now, basis):
             for item in self.deferred.pop_all():
                 self.queue.push(item.when, item.entry, item.slot)
