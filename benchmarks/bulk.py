@@ -7,8 +7,9 @@ Starts a private ``redis-server`` (``celery_fork_scheduler.testing.RedisServer``
 medians of ``--runs`` (min-max beside them):
 
 - ``Manager.add``, one call per entry (``--one-by-one`` entries): entries/s;
-- ``Manager.add_many`` of ``--entries`` entries (every 10th tagged ``"tenant-0"``... up to
-  ``--tagged``): entries/s, validation included;
+- ``Manager.add_many`` of ``--entries`` entries (the first ``--tagged`` of them tagged
+  :data:`TAG` too): entries/s, validation included; and per CPU second of this process and
+  the redis-server together (what an otherwise idle machine gives: the two work in turn);
 - ``Manager.remove_by_tag`` of ``--tagged`` of them (the others stay): seconds;
 - ``Manager.pause(tag=)`` of the same: seconds;
 - the Redis memory of the tag index per entry (bytes; the entries carry one or two tags).
@@ -56,6 +57,12 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the redis-server has used (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def figure(values: list[float], unit: str, digits: int = 0) -> str:
     median = statistics.median(values)
     spread = f"{min(values):,.{digits}f}-{max(values):,.{digits}f}" if len(values) > 1 else "-"
@@ -76,6 +83,7 @@ def main() -> None:
         "remove": [],
         "pause": [],
         "index": [],
+        "cpu": [],
     }
     with RedisServer() as server:
         app = Celery("bench_bulk", broker="memory://", set_as_current=False)
@@ -92,7 +100,10 @@ def main() -> None:
             )
             rates["add"].append(len(few) / seconds)
             client.flushall()
+            cpu = time.process_time(), redis_cpu(client)
             rates["add_many"].append(len(batch) / timed(lambda: manager.add_many(batch)))
+            used = time.process_time() - cpu[0] + redis_cpu(client) - cpu[1]
+            rates["cpu"].append(len(batch) / used)
             assert client.hlen("scheduler:{runtime}:entries") == len(batch)
             index = sum(
                 int(client.memory_usage(key, samples=0) or 0)
@@ -106,7 +117,8 @@ def main() -> None:
             assert len(removed) == options.tagged
             print(
                 f"run {run + 1}: add {rates['add'][-1]:,.0f}/s, add_many "
-                f"{rates['add_many'][-1]:,.0f}/s, pause(tag=) {rates['pause'][-1]:.3f} s, "
+                f"{rates['add_many'][-1]:,.0f}/s ({rates['cpu'][-1]:,.0f} per CPU second), "
+                f"pause(tag=) {rates['pause'][-1]:.3f} s, "
                 f"remove_by_tag {rates['remove'][-1]:.3f} s",
                 flush=True,
             )
@@ -115,6 +127,9 @@ def main() -> None:
     print(f"{'Manager.add, one per entry':<44} {figure(rates['add'], 'entries/s')}")
     print(
         f"{f'Manager.add_many of {options.entries:,}':<44} {figure(rates['add_many'], 'entries/s')}"
+    )
+    print(
+        f"{'  the same, per CPU second (client + Redis)':<44} {figure(rates['cpu'], 'entries/s')}"
     )
     print(
         f"{f'Manager.remove_by_tag of {options.tagged:,} (of {options.entries:,})':<44} "

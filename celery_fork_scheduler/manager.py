@@ -143,6 +143,8 @@ class _Bulk:
     #: Schedule strings parsed so far (most definitions of a bulk call share a few): entry
     #: validation resolves the zone of each, as it would for the string.
     parsed: dict[str, SlotSchedule] = field(default_factory=dict)
+    #: The stored form of each (shared) schedule object met: id -> (schedule, its dict).
+    stored: dict[int, tuple[SlotSchedule, dict[str, Any]]] = field(default_factory=dict)
 
 
 class BrokerUnavailableError(ForkSchedulerError):
@@ -546,7 +548,10 @@ class Manager:
         )
         if callable(entry.args) or callable(entry.kwargs):
             entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field
-        data = _stored_data(entry)
+        known = bulk.stored.get(id(entry.schedule))
+        if known is None or known[0] is not entry.schedule:
+            known = bulk.stored[id(entry.schedule)] = (entry.schedule, entry.schedule.to_dict())
+        data = _stored_data(entry, known[1])
         try:
             # As encode_entry, whose depth check entry_from_config made field by field.
             encoded = json.dumps(data, allow_nan=False)
@@ -575,15 +580,12 @@ class Manager:
     ) -> dict[str, int]:
         """Write ``items`` in batches, each from the clock read just before it (as
         :meth:`add` does for one entry)."""
-        store, versions = self.store(), dict[str, int]()
-        for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            try:
-                written = store.put_many(batch, since=self._clock())
-            except BulkConflictError as exc:
-                raise exc.after(list(versions)) from None
-            versions.update(zip((item[0] for item in batch), written, strict=True))
-        return versions
+        batches = (
+            (items[start : start + batch_size], self._clock())
+            for start in range(0, len(items), batch_size)
+        )
+        written = self.store().put_batches(batches)
+        return dict(zip((item[0] for item in items), written, strict=True))
 
     def _delete_many(self, items: Sequence[tuple[str, int | None]], batch_size: int) -> list[str]:
         store, removed = self.store(), list[str]()
@@ -966,13 +968,14 @@ def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
     return definition
 
 
-def _stored_data(entry: Entry) -> dict[str, Any]:
+def _stored_data(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """:func:`~.entry.entry_to_dict` without its per-field checks, which the bulk calls make
-    only when the whole cannot be stored (tests/test_bulk_manager.py checks they agree)."""
+    only when the whole cannot be stored (tests/test_bulk_manager.py checks they agree), with
+    ``schedule`` the stored form of the entry's schedule."""
     return {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
-        "schedule": entry.schedule.to_dict(),
+        "schedule": schedule,
         "args": list(entry.args),
         "kwargs": dict(entry.kwargs),
         "options": dict(entry.options),

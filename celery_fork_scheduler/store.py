@@ -11,13 +11,17 @@ and runtime entries alike.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import redis
 from redis.cluster import RedisCluster
 
 from .config import INT_RANGES
@@ -173,25 +177,42 @@ _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "remov
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
-#: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT; with ARGV[3] "1", then the
-#: five keys of each entry (``Keys.entry_keys``: state, pending, running, buffered, history),
-#: entry after entry, and a new entry's state is reset and its keys lose an expiry here, in the
-#: same script (one Redis); with "0" the caller does that (Redis Cluster: those keys live on
-#: other slots). ARGV[1] since (us; "": Redis TIME), ARGV[2] retention of removals (ms), then
-#: four per entry: name, JSON, expected version ("" any, "0" must not exist), tags (as PUT).
+#: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT, KEYS[11] the chain of
+#: the call's batches. ARGV[3] "0": the caller resets a new entry's state and makes its keys
+#: lose an expiry (Redis Cluster: those keys live on other slots); else "1" and the layout of
+#: an entry's five keys (``Keys.entry_keys``: state, pending, running, buffered, history), each
+#: as the text before and after the name, all joined by newlines, and the script does it, at
+#: once with the write. (On one Redis only: it builds those keys rather than receive them as
+#: KEYS, which would cost more to send than the entry itself.) ARGV[1] since (us; "": Redis
+#: TIME), ARGV[2] retention of removals (ms), ARGV[4] the batch's number in its call ("": not
+#: chained), then four per entry: name, JSON, expected version ("" any, "0" must not exist),
+#: tags (as PUT). A chained batch runs only when KEYS[11] holds the number of the batch before
+#: it (batches are sent before the one before them has answered: one that fails stops the
+#: others), and then sets it to its own.
 #: Returns {v, created}, the i-th entry taking version v + i and the i-th character of created
 #: being "1" when it is new, else "0"; or {-1, {name, current, ...}} when any expected version
-#: is stale, and then nothing is written.
+#: is stale, or {-2} when the batch before was not written; then nothing is written.
 PUT_MANY = (
     _NOW
     + _TRIM
     + _RETAG
     + """
-local own_keys = ARGV[3] == '1'
-local count = (#ARGV - 3) / 4
+local own_keys, layout = false, {}
+for part in string.gmatch(ARGV[3] .. '\\n', '([^\\n]*)\\n') do
+  layout[#layout + 1] = part
+end
+own_keys = layout[1] == '1'
+-- the j-th key of an entry (Keys.entry_keys order), built from the layout in ARGV[3]
+local function entry_key(name, j)
+  return layout[2 * j] .. name .. layout[2 * j + 1]
+end
+if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[11]) or '0') ~= tonumber(ARGV[4]) - 1 then
+  return {-2}  -- the batch before this one was not written
+end
+local count = (#ARGV - 4) / 4
 local currents, stale = {}, {}
 for i = 1, count do
-  local name, expected = ARGV[i * 4], ARGV[i * 4 + 2]
+  local name, expected = ARGV[i * 4 + 1], ARGV[i * 4 + 3]
   local current = -1
   if redis.call('HEXISTS', KEYS[1], name) == 1 then
     current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
@@ -212,41 +233,70 @@ end
 -- GET and SET rather than INCRBY: the scripts need no command beyond the documented ACL list
 local first = tonumber(redis.call('GET', KEYS[3]) or '0')
 redis.call('SET', KEYS[3], string.format('%.0f', first + count))
+-- Written together, one command per key and up to 4 000 arguments per command.
+local entries, instants, changes, names, tags_of, index = {}, {}, {}, {}, {}, {}
+local function push(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+local function many(command, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(command, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
 local created = {}
 for i = 1, count do
-  local name = ARGV[i * 4]
+  local name = ARGV[i * 4 + 1]
   local added = since
   created[i] = '0'
   if currents[i] < 0 then
     created[i] = '1'
-    local base = 10 + (i - 1) * 5
-    if own_keys and redis.call('EXISTS', unpack(KEYS, base + 1, base + 5)) > 0 then
-      redis.call('HDEL', KEYS[base + 1], """
+    if own_keys and redis.call('EXISTS', entry_key(name, 1), entry_key(name, 2),
+        entry_key(name, 3), entry_key(name, 4), entry_key(name, 5)) > 0 then
+      redis.call('HDEL', entry_key(name, 1), """
     + _FRESH_LUA
     + """)
-      redis.call('DEL', KEYS[base + 4])
+      redis.call('DEL', entry_key(name, 4))
       for j = 1, 5 do
-        redis.call('PERSIST', KEYS[base + j])
+        redis.call('PERSIST', entry_key(name, j))
       end
     end
   else
     added = string.match(redis.call('HGET', KEYS[4], name) or '', '^%d+ (%d+)$') or since
   end
-  redis.call('HSET', KEYS[1], name, ARGV[i * 4 + 1])
-  redis.call('HSET', KEYS[4], name, since .. ' ' .. added)
-  redis.call('ZADD', KEYS[2], first + i, name)
-  redis.call('ZREM', KEYS[5], name)
-  retag(name, ARGV[i * 4 + 3])
+  push(entries, name, ARGV[i * 4 + 2])
+  push(instants, name, since .. ' ' .. added)
+  push(changes, first + i, name)
+  names[#names + 1] = name
+  local joined = ARGV[i * 4 + 4]
+  if currents[i] < 0 and joined ~= '' and not redis.call('HGET', KEYS[9], name) then
+    push(tags_of, name, joined)  -- a new entry: nothing to take out of the index
+    for tag in string.gmatch(joined, '[^|]+') do
+      push(index, 0, tag .. '|' .. name)
+    end
+  else
+    retag(name, joined)
+  end
+end
+many('HSET', KEYS[1], entries)
+many('HSET', KEYS[4], instants)
+many('ZADD', KEYS[2], changes)
+many('ZREM', KEYS[5], names)
+many('HSET', KEYS[9], tags_of)
+many('ZADD', KEYS[8], index)
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[11], ARGV[4], 'PX', 600000)
 end
 trim(tonumber(ARGV[2]))
 return {first, table.concat(created)}
 """
 )
 
-#: Remove a batch of runtime entries, all or none: DELETE for each, in one script. KEYS as
-#: PUT_MANY (with ARGV[3] "1", a removed entry's state says ``removed``, its keys expire after
-#: the retention and its held-back run goes, here). ARGV[1] unused, ARGV[2] retention (ms),
-#: ARGV[3] "1"/"0", then pairs: name, expected version ("" any).
+#: Remove a batch of runtime entries, all or none: DELETE for each, in one script. KEYS[1..10]
+#: as PUT; ARGV[3] as PUT_MANY's (with the layout, a removed entry's state says ``removed``,
+#: its keys expire after the retention and its held-back run goes, here; with "0", the caller
+#: does that). ARGV[1] unused, ARGV[2] retention (ms), then pairs: name, expected version
+#: ("" any).
 #: Returns {v, removed}: the i-th character of removed is "1" when the i-th entry was removed,
 #: "0" when there was none; the removed take versions v + 1, v + 2, ... in order. Or {-1,
 #: {name, current, ...}} when any expected version is stale (nothing done).
@@ -255,7 +305,15 @@ DELETE_MANY = (
     + _TRIM
     + _RETAG
     + """
-local own_keys = ARGV[3] == '1'
+local own_keys, layout = false, {}
+for part in string.gmatch(ARGV[3] .. '\\n', '([^\\n]*)\\n') do
+  layout[#layout + 1] = part
+end
+own_keys = layout[1] == '1'
+-- the j-th key of an entry (Keys.entry_keys order), built from the layout in ARGV[3]
+local function entry_key(name, j)
+  return layout[2 * j] .. name .. layout[2 * j + 1]
+end
 local count = (#ARGV - 3) / 2
 local present, stale, found = {}, {}, 0
 for i = 1, count do
@@ -289,12 +347,11 @@ for i = 1, count do
     redis.call('ZADD', KEYS[5], now_ms, name)
     retag(name, '')
     if own_keys then
-      local base = 10 + (i - 1) * 5
-      redis.call('HSET', KEYS[base + 1], 'removed', '1')
+      redis.call('HSET', entry_key(name, 1), 'removed', '1')
       for j = 1, 5 do
-        redis.call('PEXPIRE', KEYS[base + j], ARGV[2])
+        redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
       end
-      redis.call('DEL', KEYS[base + 4])
+      redis.call('DEL', entry_key(name, 4))
     end
   end
 end
@@ -374,6 +431,11 @@ class StaleVersionError(ForkSchedulerError):
             f"entry {name!r} changed since it was read (version {expected}, now {current}); "
             "read it again and retry"
         )
+
+
+#: One entry of a bulk write: name, JSON, expected version (``None`` any, 0 new), tags (as
+#: :func:`joined_tags` gives them).
+BulkItem = tuple[str, str, "int | None", str]
 
 
 class BulkConflictError(StaleVersionError):
@@ -468,6 +530,7 @@ class RuntimeStore:
         #: One Redis (not a cluster): the bulk scripts also touch each entry's own keys, which
         #: on Redis Cluster live on other slots and are written by pipelines around them.
         self.one_node = not isinstance(client, RedisCluster)
+        self._chain_id = ""
 
     @property
     def _runtime_keys(self) -> list[str]:
@@ -668,7 +731,7 @@ class RuntimeStore:
 
     def put_many(
         self,
-        items: Sequence[tuple[str, str, int | None, str]],
+        items: Sequence[BulkItem],
         *,
         since: datetime | None = None,
     ) -> list[int]:
@@ -686,15 +749,9 @@ class RuntimeStore:
             return []
         names = [item[0] for item in items]
         _distinct(names)
-        instant = "" if since is None else str(_epoch_us(since))
-        args: list[Any] = [instant, self.retention_ms, "1" if self.one_node else "0"]
-        for name, encoded, expected, tags in items:
-            args += [name, encoded, "" if expected is None else str(expected), tags]
-        keys = self._runtime_keys
+        keys, args = self._put_call(items, since, "")
         fresh: set[str] = set()
-        if self.one_node:
-            keys = keys + [key for name in names for key in self.keys.entry_keys(name)]
-        else:
+        if not self.one_node:
             fresh = {name for name, version in self.versions(names).items() if version is None}
             pipe = self.client.pipeline(transaction=False)
             for name in fresh:
@@ -716,6 +773,99 @@ class RuntimeStore:
             pipe.execute()
         return [first + index for index in range(1, len(items) + 1)]
 
+    def _put_call(
+        self, items: Sequence[BulkItem], since: datetime | None, chain: str
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of one PUT_MANY call."""
+        instant = "" if since is None else str(_epoch_us(since))
+        args: list[Any] = [instant, self.retention_ms, self._layout(), chain]
+        for name, encoded, expected, tags in items:
+            args += [name, encoded, "" if expected is None else str(expected), tags]
+        return [*self._runtime_keys, self._chain_key(chain)], args
+
+    def _layout(self) -> str:
+        """ARGV[3] of the bulk scripts: "0" on Redis Cluster, else "1" and the layout of an
+        entry's own keys (see PUT_MANY)."""
+        if not self.one_node:
+            return "0"
+        parts = [part for key in self.keys.entry_keys("\0") for part in key.split("\0")]
+        return "\n".join(["1", *parts])
+
+    def _chain_key(self, chain: str) -> str:
+        return f"{self.keys.prefix}{{runtime}}:bulk:{self._chain_id if chain else 'none'}"
+
+    def put_batches(
+        self, batches: Iterable[tuple[Sequence[BulkItem], datetime | None]]
+    ) -> list[int]:
+        """:meth:`put_many` for each batch, in order; the versions of every entry.
+
+        On one Redis the next batch is sent while the one before runs (two in flight on one
+        connection): the client builds one while Redis writes the other. Each runs only if the
+        one before it was written (a chain key), so the first that fails stops the rest, as if
+        they were sent one by one: :class:`BulkConflictError` with ``written``, the names of the
+        batches before it. On Redis Cluster the batches go one by one.
+        """
+        versions: list[int] = []
+        written: list[str] = []
+        if not self.one_node:
+            for items, since in batches:
+                try:
+                    versions += self.put_many(items, since=since)
+                except BulkConflictError as exc:
+                    raise exc.after(written) from None
+                written += [item[0] for item in items]
+            return versions
+        self._chain_id = uuid.uuid4().hex
+        self.client.script_load(PUT_MANY)
+        connection = self.client.connection_pool.get_connection()
+        in_flight: collections.deque[Sequence[BulkItem]] = collections.deque()
+        failure: BaseException | None = None
+        clean = False
+        try:
+            for number, (items, since) in enumerate(batches, 1):
+                _distinct([item[0] for item in items])
+                keys, args = self._put_call(items, since, str(number))
+                connection.send_command("EVALSHA", self._put_many.sha, len(keys), *keys, *args)
+                in_flight.append(items)
+                if len(in_flight) > 1:
+                    failure = self._answer(connection, in_flight.popleft(), versions, written)
+                    if failure is not None:
+                        break
+            while in_flight:
+                answer = self._answer(connection, in_flight.popleft(), versions, written)
+                failure = failure or answer
+            clean = True
+        finally:
+            if not clean:
+                connection.disconnect()  # replies left unread: start afresh
+            self.client.connection_pool.release(connection)
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(self._chain_key("1"))
+        if failure is not None:
+            raise failure
+        return versions
+
+    def _answer(
+        self,
+        connection: Any,
+        items: Sequence[BulkItem],
+        versions: list[int],
+        written: list[str],
+    ) -> BaseException | None:
+        """Read the reply of one chained batch: its versions, or why it wrote nothing."""
+        try:
+            reply = connection.read_response()
+        except redis.ResponseError as exc:
+            return exc
+        first = int(reply[0])
+        if first == -2:
+            return None  # stopped by the batch before, which said why
+        if first < 0:
+            return _conflicts(reply[1], {item[0]: item[2] for item in items}).after(written)
+        versions += [first + index for index in range(1, len(items) + 1)]
+        written += [item[0] for item in items]
+        return None
+
     def delete_many(self, items: Sequence[tuple[str, int | None]]) -> list[int | None]:
         """Remove a batch of runtime entries, all or none: ``(name, expected version or
         None)`` each. Returns the version of each removal, ``None`` for a name with no entry;
@@ -726,13 +876,10 @@ class RuntimeStore:
             return []
         names = [name for name, _ in items]
         _distinct(names)
-        args: list[Any] = ["", self.retention_ms, "1" if self.one_node else "0"]
+        args: list[Any] = ["", self.retention_ms, self._layout()]
         for name, expected in items:
             args += [name, "" if expected is None else str(expected)]
-        keys = self._runtime_keys
-        if self.one_node:
-            keys = keys + [key for name in names for key in self.keys.entry_keys(name)]
-        reply = self._delete_many(keys=keys, args=args)
+        reply = self._delete_many(keys=self._runtime_keys, args=args)
         version = int(reply[0])
         if version < 0:
             raise _conflicts(reply[1], dict(items))
