@@ -350,6 +350,10 @@ METHOD = """\
   ±0.02 s); *slot → last message* = time from the minute to the N-th message; a burst not
   finished within the cap is reported as `> cap`. *Share per replica* is read from each
   entry's state hash (`owner`) after the burst.
+  The beat starts shortly before the minute, so the burst is each entry's *first* occurrence:
+  `fork` builds each of these messages through Celery and captures its template from it, so
+  the burst pays Celery's full message building and shows none of the template's speed-up
+  (the every-second scenarios do, from their second second on).
 * **Idle**: N `crontab(minute=m, hour=h)` entries due about 23 h later, plus one probe entry
   every second whose first message marks the end of start-up; then CPU (% of one core) and RSS
   (`VmRSS`) over a short window. A peer that does not publish within the start-up cap is
@@ -416,7 +420,9 @@ def write_report(
         "the time the previous one was sent, `fork` from a fixed grid of slots (see lag †).",
         "- Scenarios run one after the other, never two at once; still, the figures of one "
         "invocation are only comparable with each other: another process loading the machine "
-        "moves every absolute number (compare the ratios to the plain loop).",
+        "moves every absolute number (compare the ratios to the plain loop). Ratios to the "
+        "plain loop are taken inside each run (the plain loop of the same run), then the "
+        "median over the runs is shown.",
         "",
     ]
     text = "\n".join(lines)
