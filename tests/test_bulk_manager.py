@@ -262,7 +262,7 @@ def test_a_re_added_name_starts_afresh(
 
 
 def test_an_entry_added_meanwhile_fails_its_batch_only(
-    manager: Manager, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    layout: str, manager: Manager, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = Manager._versions
 
@@ -273,7 +273,7 @@ def test_an_entry_added_meanwhile_fails_its_batch_only(
 
     monkeypatch.setattr(Manager, "_versions", check_then_race)
     with pytest.raises(BulkConflictError) as raised:
-        manager.add_many(tenants(5), batch_size=2)
+        manager.add_many(tenants(9), batch_size=2)
     assert raised.value.written == ["sync-0", "sync-1"]
     assert [(c.name, c.expected, c.current) for c in raised.value.conflicts] == [("sync-3", 0, 1)]
     assert isinstance(raised.value, StaleVersionError)
@@ -281,7 +281,9 @@ def test_an_entry_added_meanwhile_fails_its_batch_only(
         "sync-0",
         "sync-1",
         "sync-3",
-    ]
+    ]  # the batches after the one that failed wrote nothing either
+    assert redis_client.get(KEYS.runtime_version) == b"3"
+    assert not redis_client.keys("scheduler:{runtime}:bulk:*")  # the chain is gone
 
 
 def test_the_batch_size_is_checked(manager: Manager) -> None:
