@@ -485,6 +485,8 @@ class Manager:
         entries' tag index)."""
         static = self._static_entries()
         runtime = self.store().names_with_tag(tag) if self._has_redis() else []
+        if runtime:  # only names that have an entry (an earlier version's removal may linger)
+            runtime = [name for name, v in self._versions(runtime).items() if v is not None]
         return Tagged(
             sorted(name for name, entry in static.items() if tag in entry.tags),
             sorted(name for name in runtime if name not in static),

@@ -685,3 +685,12 @@ def test_an_update_keeps_the_lease_of_a_running_marker(
     manager.update_many([{"name": "b", "args": [1]}])
     assert 0 < redis_client.pttl(KEYS.running("a")) <= 60_000
     assert 0 < redis_client.pttl(KEYS.running("b")) <= 60_000
+
+
+def test_a_name_left_in_the_index_without_its_entry_is_not_listed(
+    manager: Manager, redis_client: redis.Redis
+) -> None:
+    manager.add_many(tenants(2))
+    redis_client.hdel(KEYS.runtime_entries, "sync-1")  # as an earlier version's removal does
+    assert manager.tagged("tenants").runtime == ["sync-0"]
+    assert manager.pause(tag="tenants") == ["sync-0"]
