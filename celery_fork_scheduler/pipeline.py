@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from .backends import Claim, ClaimBackend
 from .backends.base import PublishesOnce
 from .config import Settings
 from .due import DueSlot
+from .entry import Entry
 from .errors import BackendUnavailableError
+from .ids import task_id_for
 from .publishing import DeliveryUncertain, Occurrence, Publisher, build_occurrence, is_transient
 from .reports import SlotReports
 from .shutdown import stop_signals_deferred
@@ -39,6 +42,9 @@ from .timequeue import TimeQueue
 PUBLISH_BATCH = 100
 #: How long to wait before asking a backend (or broker) that could not be reached again.
 BACKEND_RETRY_SECONDS = 1.0
+#: Only entries due within this long of their noting get their message template ahead of
+#: time (a later first slot builds it then: once per process).
+WARM_HORIZON = timedelta(minutes=10)
 #: The broker commands :data:`.lua.PUBLISH_ONCE` runs (what Kombu's Redis ``_put`` issues).
 ONCE_COMMANDS = frozenset({"lpush", "pexpire"})
 
@@ -57,6 +63,7 @@ class PublishPipeline:
         settings: Settings,
         reports: SlotReports,
         queue: TimeQueue,
+        monotonic: Callable[[], float],
     ) -> None:
         """``backend`` gives the claim backend (created on first use by the scheduler);
         slots to ask about again go back to ``queue``."""
@@ -65,8 +72,11 @@ class PublishPipeline:
         self.settings = settings
         self.reports = reports
         self.queue = queue
+        self.monotonic = monotonic
         #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
         self.unmarked: list[tuple[Claim, str]] = []
+        #: Entries whose message template is still to be made (see :meth:`warm`).
+        self._cold: deque[Entry] = deque()
         #: The publisher last asked whether the broker shares the claims' Redis, and the answer.
         self._shared_with: tuple[Publisher, bool] | None = None
 
@@ -74,6 +84,24 @@ class PublishPipeline:
     def backend(self) -> ClaimBackend:
         """The claim backend."""
         return self._backend()
+
+    def note_entries(self, entries: Iterable[Entry]) -> None:
+        """Entries whose message template is to be made in idle time (see :meth:`warm`)."""
+        self._cold.extend(entry for entry in entries if not _lazy(entry))
+
+    def warm(self, deadline: float, now: datetime) -> None:
+        """Until ``deadline`` (monotonic), make the message templates of noted entries due
+        within :data:`WARM_HORIZON`, so that the first slot of each goes out as fast as the
+        later ones (a burst of entries that never fired)."""
+        warm = getattr(self.publisher, "warm", None)
+        if warm is None:
+            self._cold.clear()
+            return
+        while self._cold and self.monotonic() < deadline:
+            entry = self._cold.popleft()
+            slot = entry.first_slot_after(now)
+            if slot is not None and slot - now <= WARM_HORIZON:
+                warm(build_occurrence(entry, slot, task_id_for(entry.name, slot)))
 
     def send(self, admitted: Sequence[DueSlot], now: datetime) -> BackendUnavailableError | None:
         """Publish and record the admitted slots, :data:`PUBLISH_BATCH` at a time.
@@ -177,7 +205,7 @@ class PublishPipeline:
         for (due_slot, occurrence), each in zip(prepared, commands, strict=True):
             if isinstance(each, Exception):  # Celery refused to build it: nothing was sent
                 self._not_sent(due_slot, each, now)
-            elif all(name in ONCE_COMMANDS for name, _ in each):
+            elif each is not None and all(name in ONCE_COMMANDS for name, _ in each):
                 once.append((due_slot, each))
             else:
                 rest.append((due_slot, occurrence))
@@ -310,3 +338,8 @@ class PublishPipeline:
                 return
         with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
+
+
+def _lazy(entry: Entry) -> bool:
+    """Args or kwargs computed at each publish: no template (and no call ahead of time)."""
+    return callable(entry.args) or callable(entry.kwargs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +110,12 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
 
 T = TypeVar("T")
 
+#: Message templates kept per publisher (least recently used dropped): about 1.5 KiB each, so
+#: a million entries do not hold a million messages; a burst larger than this rebuilds some.
+TEMPLATES_KEPT = 50_000
+
+logger = logging.getLogger("celery_fork_scheduler")
+
 #: Errors that say the broker could not be reached: worth trying again if nothing was sent.
 TRANSIENT_ERRORS = (OperationalError, ConnectionError, TimeoutError, OSError)
 
@@ -176,7 +184,8 @@ class CeleryPublisher:
         self.templates = templates
         #: Per entry name: the entry object a template was made from, whether its task was
         #: registered then, and the template (None: this entry goes through Celery).
-        self._cache: dict[str, tuple[Entry, bool, Template | None]] = {}
+        #: The most recently used :data:`TEMPLATES_KEPT` of them.
+        self._cache: OrderedDict[str, tuple[Entry, bool, Template | None]] = OrderedDict()
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -223,10 +232,10 @@ class CeleryPublisher:
         return errors
 
     def commands_for(self, occurrences: Sequence[Occurrence]) -> list[Any] | None:
-        """The Redis commands of each occurrence (``[(name, args), ...]``), or for one that
-        cannot be rendered the error Celery raised building it; ``None`` for the whole batch
-        when the broker is not a Kombu Redis transport whose commands can be collected, or an
-        occurrence has no template. Nothing is sent."""
+        """The Redis commands of each occurrence (``[(name, args), ...]``); for one that cannot
+        be rendered the error Celery raised building it, for one without a template ``None``;
+        ``None`` for the whole batch when the broker is not a Kombu Redis transport whose
+        commands can be collected. Nothing is sent."""
         producer = self._producer()
         channel = self._templating_channel(producer)
         if channel is None or not collects_commands(channel):
@@ -239,11 +248,26 @@ class CeleryPublisher:
                 result.append(exc)
                 continue
             if done is None:
-                return None
+                result.append(None)  # no template: this one takes the fence path
+                continue
             prefix = getattr(channel, "global_keyprefix", "") or ""
             commands = redis_commands(channel, done)
             result.append([(name, (prefix + key, *rest)) for name, (key, *rest) in commands])
         return result
+
+    def warm(self, occurrence: Occurrence) -> None:
+        """Make the template of ``occurrence``'s entry now, in idle time, so that its first
+        slot is sent as fast as the later ones. Sends nothing; a failure is the first
+        publish's to report."""
+        if occurrence.definition is None:
+            return
+        try:
+            producer = self._producer()
+            channel = self._templating_channel(producer)
+            if channel is not None:
+                self.render(occurrence, producer, channel)
+        except Exception:
+            logger.debug("fork scheduler: no template for %s yet", occurrence.entry, exc_info=True)
 
     def broker_client(self) -> Any | None:
         """The redis-py client of a Kombu Redis broker channel (``None`` for other brokers)."""
@@ -262,6 +286,7 @@ class CeleryPublisher:
         registered = occurrence.task in self.app.tasks
         cached = self._cache.get(occurrence.entry)
         if definition is not None and cached is not None and cached[:2] == (definition, registered):
+            self._cache.move_to_end(occurrence.entry)
             template = cached[2]
             if template is None:
                 return None
@@ -280,6 +305,9 @@ class CeleryPublisher:
             template = make_template(captured, dict(occurrence.options), occurrence.task_id)
         if definition is not None:
             self._cache[occurrence.entry] = (definition, registered, template)
+            self._cache.move_to_end(occurrence.entry)
+            if len(self._cache) > TEMPLATES_KEPT:
+                self._cache.popitem(last=False)
         return None if captured is None else Rendered(tuple(captured))
 
     def _templating_channel(self, producer: Any) -> Any | None:

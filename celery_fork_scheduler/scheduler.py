@@ -67,6 +67,10 @@ RATE_SAMPLE_MIN = 50
 ANNOUNCE_SECONDS = 5.0
 #: The shortest wait before asking again about a slot that is pending or early.
 MIN_RETRY_SECONDS = 0.05
+#: Idle time is spent making message templates, up to this long before the next wake-up...
+WARM_MARGIN = 0.05
+#: ... and at most this long per tick (a tick stays responsive to stop signals and changes).
+WARM_LONGEST = 0.5
 #: Earlier definitions of a changed entry remembered, for the slots they still owe.
 SUPERSEDED_KEPT = 4
 
@@ -148,6 +152,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.settings,
             self.reports,
             self.queue,
+            monotonic,
         )
         self.outage = BackendOutage(self.reports, lambda: self.backend, self.now)
         self.static_names: frozenset[str] = frozenset()
@@ -272,6 +277,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return
         self.redis_clock.follow()
         self._queue_first_slots(self.now())
+        self.pipeline.note_entries(self.entries.values())
         warn_about_unsupported_policies(self.entries.values(), self.settings, backend, self.runtime)
         warn_about_tasks(self.app, self.entries.values())
         if self.settings.metrics_port:
@@ -351,7 +357,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             handled = self._handle(due_items, now)
         if handled:
             self._report_progress(now)
-        return self._seconds_to_next_wakeup()
+        sleep = self._seconds_to_next_wakeup()
+        if sleep > WARM_MARGIN:
+            started = self.monotonic()
+            self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now)
+            sleep = max(0.0, sleep - (self.monotonic() - started))
+        return sleep
 
     def _follow_owners(self, now: datetime) -> None:
         """Follow which replicas are live, and so which entries this one owns; when that view
@@ -428,6 +439,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 del kept[next(iter(kept))]
         self.entries[entry.name] = entry
         self._finished.discard(entry.name)
+        self.pipeline.note_entries([entry])
         logger.info("fork scheduler: entry %s (%s)", entry.name, entry.schedule.describe())
         if entry.enabled and self.settings.enabled:
             self._queue_upcoming(entry, start)

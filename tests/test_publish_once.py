@@ -166,3 +166,19 @@ def test_a_burst_is_streamed_the_first_chunk_leaves_before_the_next_is_decided(
         assert len(scheduler.queue) >= 2000  # every entry's next slot queued
     finally:
         scheduler.close()
+
+
+def test_idle_time_makes_the_templates_of_entries_due_soon_and_sends_nothing(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Issue 19: the first slot of an entry that never fired goes out as fast as the later
+    ones, its message template made while beat waited for it."""
+    scheduler, _ = beat_on(redis_url, redis_url, clock)
+    try:
+        scheduler.tick()  # 10:00:00.3: the first slot is at 10:00:10
+        publisher = scheduler.publisher
+        assert isinstance(publisher, CeleryPublisher)
+        assert "job" in publisher._cache and publisher._cache["job"][2] is not None
+        assert redis_client.llen("celery") == 0
+    finally:
+        scheduler.close()
