@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from app_helpers import two_task_app
 from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
@@ -27,28 +28,7 @@ Run = Callable[..., Result]
 
 def make_app(broker: str, **conf: Any) -> Celery:
     """An app with two tasks and three static entries (one a singleton)."""
-    app = Celery("cli_test", broker=broker, set_as_current=False)
-    app.conf.update(timezone="UTC", **conf)
-
-    @app.task(name="tasks.cleanup", shared=False)  # type: ignore[untyped-decorator]
-    def cleanup() -> None: ...
-
-    @app.task(name="tasks.report", shared=False)  # type: ignore[untyped-decorator]
-    def report(day: str = "today") -> None: ...
-
-    app.conf.beat_schedule = {
-        "cleanup": {"task": "tasks.cleanup", "schedule": "every 5 minutes", "tags": ["ops"]},
-        "nightly": {
-            "task": "tasks.report",
-            "schedule": "daily at 02:00",
-            "timezone": "Europe/Berlin",
-            "tags": ["reports"],
-            "singleton": True,
-            "description": "the nightly PDF",
-        },
-        **conf.pop("extra_entries", {}),
-    }
-    return app
+    return two_task_app("cli_test", broker, nightly={"singleton": True}, **conf)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from app_helpers import two_task_app
 from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner
@@ -33,26 +34,7 @@ TIME_FIELDS = ("next_run", "next_run_local", "next_runs")
 
 
 def make_app(redis_url: str) -> Celery:
-    app = Celery("web_test", broker=redis_url, set_as_current=False)
-    app.conf.update(timezone="UTC", fork_scheduler_redis_url=redis_url)
-
-    @app.task(name="tasks.cleanup", shared=False)  # type: ignore[untyped-decorator]
-    def cleanup() -> None: ...
-
-    @app.task(name="tasks.report", shared=False)  # type: ignore[untyped-decorator]
-    def report(day: str = "today") -> None: ...
-
-    app.conf.beat_schedule = {
-        "cleanup": {"task": "tasks.cleanup", "schedule": "every 5 minutes", "tags": ["ops"]},
-        "nightly": {
-            "task": "tasks.report",
-            "schedule": "daily at 02:00",
-            "timezone": "Europe/Berlin",
-            "tags": ["reports"],
-            "description": "the nightly PDF",
-        },
-    }
-    return app
+    return two_task_app("web_test", redis_url, fork_scheduler_redis_url=redis_url)
 
 
 @pytest.fixture
@@ -98,6 +80,14 @@ def without_times(data: Any) -> Any:
 
 def us(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000)
+
+
+def happened(
+    slot: datetime, outcome: str, replica: str, at: datetime | None = None, **more: Any
+) -> dict[str, Any]:
+    """A history item as stored: ``at`` defaults to the slot itself."""
+    stored = {"slot": us(slot), "outcome": outcome, "replica": replica, "at": us(at or slot)}
+    return {**stored, **more}
 
 
 def push_history(client: redis.Redis, entry: str, *items: dict[str, Any]) -> None:
@@ -157,25 +147,18 @@ def test_the_timeline_marks_each_slot_with_its_final_outcome(
     push_history(
         redis_client,
         "cleanup",
-        {"slot": us(slots[0]), "outcome": "sent", "replica": "b1", "at": us(slots[0])},
-        {
-            "slot": us(slots[0]),
-            "outcome": "completed",
-            "replica": "w",
-            "at": us(slots[0]),
-            "duration": 1.5,
-        },
-        {"slot": us(slots[1]), "outcome": "sent", "replica": "b1", "at": us(slots[1])},
-        {
-            "slot": us(slots[1]),
-            "outcome": "error",
-            "replica": "w",
-            "at": us(slots[1]),
-            "duration": 0.25,
-            "error": "ValueError('boom') at redis://:hunter2@db:6379/0",
-        },
-        {"slot": us(slots[2]), "outcome": "skipped:paused", "replica": "b1", "at": us(slots[2])},
-        {"slot": us(slots[3]), "outcome": "sent", "replica": "b1", "at": us(slots[3])},
+        happened(slots[0], "sent", "b1"),
+        happened(slots[0], "completed", "w", duration=1.5),
+        happened(slots[1], "sent", "b1"),
+        happened(
+            slots[1],
+            "error",
+            "w",
+            duration=0.25,
+            error="ValueError('boom') at redis://:hunter2@db:6379/0",
+        ),
+        happened(slots[2], "skipped:paused", "b1"),
+        happened(slots[3], "sent", "b1"),
     )
     html = client.get("/entries/cleanup").get_data(as_text=True)
     kinds = re.findall(r'class="mark (\w+)"', html)
@@ -216,14 +199,9 @@ def test_the_replicas_page_counts_what_each_replica_published_and_skipped(
     push_history(
         redis_client,
         "cleanup",
-        {"slot": us(now), "outcome": "sent", "replica": "beat-1", "at": us(now)},
-        {"slot": us(now), "outcome": "skipped:busy", "replica": "beat-1", "at": us(now)},
-        {
-            "slot": us(now),
-            "outcome": "sent",
-            "replica": "beat-1",
-            "at": us(now - timedelta(hours=2)),
-        },
+        happened(now, "sent", "beat-1"),
+        happened(now, "skipped:busy", "beat-1"),
+        happened(now, "sent", "beat-1", at=now - timedelta(hours=2)),
     )
     html = client.get("/replicas").get_data(as_text=True)
     row = html[html.index("beat-1") : html.index("</tr>", html.index("beat-1"))]
@@ -248,7 +226,7 @@ def test_the_missed_page_shows_outages_and_skips(
     push_history(
         redis_client,
         "nightly",
-        {"slot": us(now), "outcome": "skipped:paused", "replica": "beat-1", "at": us(now)},
+        happened(now, "skipped:paused", "beat-1"),
     )
     html = client.get("/missed").get_data(as_text=True)
     assert "7 slots of 2 entries" in html and "3m" in html

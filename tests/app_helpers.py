@@ -1,0 +1,36 @@
+"""The small app the CLI and the dashboard tests drive: two tasks and their static entries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+
+def two_task_app(
+    main: str, broker: str, nightly: dict[str, Any] | None = None, **conf: Any
+) -> Celery:
+    """Tasks ``tasks.cleanup`` and ``tasks.report``; entries ``cleanup`` and ``nightly`` (with
+    ``nightly``'s extra fields) and any ``extra_entries``; ``conf`` is the app's configuration."""
+    app = Celery(main, broker=broker, set_as_current=False)
+    app.conf.update(timezone="UTC", **conf)
+
+    @app.task(name="tasks.cleanup", shared=False)  # type: ignore[untyped-decorator]
+    def cleanup() -> None: ...
+
+    @app.task(name="tasks.report", shared=False)  # type: ignore[untyped-decorator]
+    def report(day: str = "today") -> None: ...
+
+    app.conf.beat_schedule = {
+        "cleanup": {"task": "tasks.cleanup", "schedule": "every 5 minutes", "tags": ["ops"]},
+        "nightly": {
+            "task": "tasks.report",
+            "schedule": "daily at 02:00",
+            "timezone": "Europe/Berlin",
+            "tags": ["reports"],
+            "description": "the nightly PDF",
+            **(nightly or {}),
+        },
+        **conf.pop("extra_entries", {}),
+    }
+    return app
