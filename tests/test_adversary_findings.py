@@ -76,12 +76,8 @@ def test_raising_max_runs_of_a_finished_static_entry_brings_it_back(
     (no entry_skipped): a silent loss of every later slot.
     """
     first = RecordingPublisher()
-    a = make_scheduler(
-        redis_url,
-        clock,
-        {"job": {"task": "job", "schedule": every(10).seconds, "max_runs": 1}},
-        publisher=first,
-    )
+    job = {"task": "job", "schedule": every(10).seconds}
+    a = make_scheduler(redis_url, clock, {"job": {**job, "max_runs": 1}}, publisher=first)
     a.setup_schedule()
     run_for(a, clock, 25)  # 10:00:10 fires, 10:00:20 answers `finished`
     a.close()
@@ -89,11 +85,7 @@ def test_raising_max_runs_of_a_finished_static_entry_brings_it_back(
 
     second = RecordingPublisher()
     b = make_scheduler(
-        redis_url,
-        clock,
-        {"job": {"task": "job", "schedule": every(10).seconds, "max_runs": 3}},
-        publisher=second,
-        replica_id="replica-b",
+        redis_url, clock, {"job": {**job, "max_runs": 3}}, publisher=second, replica_id="replica-b"
     )
     try:
         b.setup_schedule()

@@ -436,26 +436,18 @@ def run_past_a_corrupt_entry(
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])
-@pytest.mark.parametrize("label", sorted(SKIPPED))
+@pytest.mark.parametrize("label", sorted(SKIPPED) + sorted(CRASHING))
 def test_a_corrupted_runtime_entry_is_skipped_with_an_error_and_the_others_keep_firing(
     redis_url: str, caplog: pytest.LogCaptureFixture, label: str, late: bool
 ) -> None:
+    """Stored values that fail to parse, and those that crashed a parser (CRASHING), alike."""
     name = f"corrupt-{label}"
-    replica, errors = run_past_a_corrupt_entry(redis_url, caplog, name, SKIPPED[label], late)
+    raw = {**SKIPPED, **CRASHING}[label]
+    replica, errors = run_past_a_corrupt_entry(redis_url, caplog, name, raw, late)
     # Each entry fires every second: none was held up by the bad one.
     slots = [o.slot for o in replica.publisher.occurrences if o.entry == "good-static"]
     assert len(slots) == len(set(slots)) >= 5
     assert any("skipped" in message and repr(name) in message for message in errors), errors
-
-
-@pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])
-@pytest.mark.parametrize("label", sorted(CRASHING))
-def test_a_runtime_entry_that_crashes_a_parser_is_skipped_too(
-    redis_url: str, caplog: pytest.LogCaptureFixture, label: str, late: bool
-) -> None:
-    name = f"corrupt-{label}"
-    _, errors = run_past_a_corrupt_entry(redis_url, caplog, name, CRASHING[label], late)
-    assert any(repr(name) in message for message in errors), errors
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["at-start", "while-running"])

@@ -6,7 +6,7 @@ string the way ``add`` does."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -279,43 +279,68 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(record.levelno, record.getMessage()) for record in caplog.records]
 
 
-def test_a_worker_logs_a_mistyped_option_once_and_uses_the_defaults(
-    lenient: None, closed_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    hooks = _hooks(make_app(closed_url, **{OPTIONS: {"socket_timout": 5}}))
-    with caplog.at_level(logging.WARNING):
-        client = hooks.client
-        hooks.settings  # noqa: B018 -- read again: said once
+def _read_twice(hooks: WorkerHooks) -> None:
+    """Defaults used: a client; the settings read again say nothing more."""
+    client = hooks.client
+    hooks.settings  # noqa: B018 -- read again: said once
     assert client is not None
     client.close()
-    [(level, message)] = _lines(caplog)
-    assert level == logging.ERROR
-    assert "unknown option 'socket_timout'" in message and OPTIONS in message
 
 
-def test_a_worker_logs_options_that_do_not_fit_the_url_once_and_uses_the_defaults(
-    lenient: None, closed_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    hooks = _hooks(make_app(closed_url, **{OPTIONS: {"master_name": "mymaster"}}))
-    with caplog.at_level(logging.WARNING):
-        client = hooks.client
-        hooks._client = None
-        assert hooks.client is not None
+def _connect_twice(hooks: WorkerHooks) -> None:
+    """Defaults used: a plain client, made again without another word."""
+    client = hooks.client
+    hooks._client = None
+    assert hooks.client is not None
     assert isinstance(client, redis.Redis)
     client.close()
-    [(level, message)] = _lines(caplog)
-    assert level == logging.ERROR
-    assert "'master_name' is a Sentinel option" in message and OPTIONS in message
 
 
-def test_a_worker_without_a_usable_cluster_warns_once_and_goes_on(
-    lenient: None, closed_url: str, caplog: pytest.LogCaptureFixture
+def _no_client_twice(hooks: WorkerHooks) -> None:
+    """No client, asked twice, and the worker goes on."""
+    assert hooks.client is None
+    assert hooks.client is None
+    hooks._mark_seen()
+
+
+@pytest.mark.parametrize(
+    ("options", "use", "level", "said"),
+    [
+        pytest.param(
+            {"socket_timout": 5},
+            _read_twice,
+            logging.ERROR,
+            "unknown option 'socket_timout'",
+            id="mistyped-option-uses-the-defaults",
+        ),
+        pytest.param(
+            {"master_name": "mymaster"},
+            _connect_twice,
+            logging.ERROR,
+            "'master_name' is a Sentinel option",
+            id="options-that-do-not-fit-the-url-use-the-defaults",
+        ),
+        pytest.param(
+            {"cluster": True},
+            _no_client_twice,
+            logging.WARNING,
+            "cannot reach Redis",
+            id="no-usable-cluster-goes-on",
+        ),
+    ],
+)
+def test_a_worker_logs_a_bad_option_once(
+    lenient: None,
+    closed_url: str,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+    use: Callable[[WorkerHooks], None],
+    level: int,
+    said: str,
 ) -> None:
-    hooks = _hooks(make_app(closed_url, **{OPTIONS: {"cluster": True}}))
+    hooks = _hooks(make_app(closed_url, **{OPTIONS: options}))
     with caplog.at_level(logging.WARNING):
-        assert hooks.client is None
-        assert hooks.client is None
-        hooks._mark_seen()
-    [(level, message)] = _lines(caplog)
-    assert level == logging.WARNING
-    assert "cannot reach Redis" in message and OPTIONS in message
+        use(hooks)
+    [(logged, message)] = _lines(caplog)
+    assert logged == level
+    assert said in message and OPTIONS in message

@@ -65,39 +65,24 @@ def test_a_good_schedule_has_no_problems(check: Check) -> None:
     assert report.valid == ("cleanup", "nightly")
 
 
+def bad(field: str, match: str, case: str, task: str = "checked.cleanup", **definition: Any) -> Any:
+    """A case: an entry (``schedule`` ``@daily`` unless given) and the field its error names."""
+    return pytest.param({"task": task, "schedule": "@daily", **definition}, field, match, id=case)
+
+
 @pytest.mark.parametrize(
     ("definition", "field", "match"),
     [
-        pytest.param(
-            {"task": "checked.cleanup", "schedule": "every 5 minuets"},
+        bad(
             "schedule",
             "cannot parse schedule 'every 5 minuets'",
-            id="invalid-expression",
+            "invalid-expression",
+            schedule="every 5 minuets",
         ),
-        pytest.param(
-            {"task": "checked.cleanup", "schedule": "0 0 30 2 *"},
-            "schedule",
-            "cron '0 0 30 2 *' never fires",
-            id="impossible-date",
-        ),
-        pytest.param(
-            {"task": "tasks.missing", "schedule": "@daily"},
-            "task",
-            "unknown task 'tasks.missing'",
-            id="unknown-task",
-        ),
-        pytest.param(
-            {"task": "checked.cleanup", "schedule": "@daily", "singelton": True},
-            "singelton",
-            "unknown key",
-            id="unknown-key",
-        ),
-        pytest.param(
-            {"task": "checked.cleanup", "schedule": "@daily", "args": [1]},
-            "args",
-            "args/kwargs do not fit task 'checked.cleanup'",
-            id="args-do-not-fit",
-        ),
+        bad("schedule", "cron '0 0 30 2 *' never fires", "impossible-date", schedule="0 0 30 2 *"),
+        bad("task", "unknown task 'tasks.missing'", "unknown-task", task="tasks.missing"),
+        bad("singelton", "unknown key", "unknown-key", singelton=True),
+        bad("args", "args/kwargs do not fit task 'checked.cleanup'", "args-do-not-fit", args=[1]),
     ],
 )
 def test_a_bad_config_entry_is_one_error_naming_entry_field_and_source(
