@@ -60,6 +60,11 @@ def make_scheduler(tmp_path: Path) -> Iterator[SchedulerFactory]:
         scheduler.close()
 
 
+def at_seconds(*seconds: int) -> list[str]:
+    """The slots at these seconds past 10:00 on the test day, as ``fired`` lists them."""
+    return [f"2026-03-02T10:00:{s:02}+00:00" for s in seconds]
+
+
 def run_for(scheduler: Scheduler, clock: FakeClock, seconds: float, step: float = 0.25) -> None:
     """Tick as beat would, at most ``step`` apart, for ``seconds`` of fake time."""
     end = clock.now + timedelta(seconds=seconds)
@@ -82,11 +87,7 @@ def test_an_interval_entry_fires_at_each_anchored_slot(make_scheduler: Scheduler
         {"e": {"task": "t", "schedule": every(10).seconds}}
     )
     run_for(scheduler, clock, 30)
-    assert publisher.fired("e") == [
-        "2026-03-02T10:00:10+00:00",
-        "2026-03-02T10:00:20+00:00",
-        "2026-03-02T10:00:30+00:00",
-    ]
+    assert publisher.fired("e") == at_seconds(10, 20, 30)
 
 
 def test_each_message_carries_the_entry_the_slot_and_a_deterministic_task_id(
@@ -128,10 +129,8 @@ def test_native_celery_schedules_keep_working(make_scheduler: SchedulerFactory) 
         }
     )
     run_for(scheduler, clock, 60)
-    assert publisher.fired("td") == [f"2026-03-02T10:00:{s}+00:00" for s in ("20", "40")] + [
-        "2026-03-02T10:01:00+00:00"
-    ]
-    assert publisher.fired("num") == ["2026-03-02T10:00:30+00:00", "2026-03-02T10:01:00+00:00"]
+    assert publisher.fired("td") == [*at_seconds(20, 40), "2026-03-02T10:01:00+00:00"]
+    assert publisher.fired("num") == [*at_seconds(30), "2026-03-02T10:01:00+00:00"]
     assert len(publisher.fired("sched")) == 4
     assert publisher.fired("crontab") == ["2026-03-02T10:01:00+00:00"]
 
@@ -141,7 +140,7 @@ def test_a_six_field_cron_fires_on_its_seconds(make_scheduler: SchedulerFactory)
         {"c": {"task": "t", "schedule": cron("*/10 * * * * *")}}
     )
     run_for(scheduler, clock, 25)
-    assert publisher.fired("c") == ["2026-03-02T10:00:10+00:00", "2026-03-02T10:00:20+00:00"]
+    assert publisher.fired("c") == at_seconds(10, 20)
 
 
 def test_tick_returns_the_time_to_the_next_slot_bounded_by_the_max_interval(
@@ -217,11 +216,7 @@ def test_a_short_delay_fires_every_slot_inside_the_grace(make_scheduler: Schedul
     scheduler.tick()
     clock.advance(3)
     scheduler.tick()
-    assert publisher.fired("e") == [
-        "2026-03-02T10:00:01+00:00",
-        "2026-03-02T10:00:02+00:00",
-        "2026-03-02T10:00:03+00:00",
-    ]
+    assert publisher.fired("e") == at_seconds(1, 2, 3)
 
 
 def test_a_disabled_entry_never_fires(make_scheduler: SchedulerFactory) -> None:
@@ -248,11 +243,7 @@ def test_start_at_and_end_at_bound_the_slots(make_scheduler: SchedulerFactory) -
         }
     )
     run_for(scheduler, clock, 10)
-    assert publisher.fired("e") == [
-        "2026-03-02T10:00:03+00:00",
-        "2026-03-02T10:00:04+00:00",
-        "2026-03-02T10:00:05+00:00",
-    ]
+    assert publisher.fired("e") == at_seconds(3, 4, 5)
 
 
 def test_disabling_the_scheduler_publishes_nothing_and_says_why(
@@ -303,9 +294,7 @@ def test_an_unreachable_backend_publishes_nothing_then_recovers_by_itself(
     backend.down = False
     run_for(scheduler, clock, 3)
     # Slots older than the catch-up grace (5 s) were missed; the recent ones fire, then on time.
-    assert publisher.fired("e") == [
-        f"2026-03-02T10:00:{s:02}+00:00" for s in (1, 2, *range(19, 26))
-    ]
+    assert publisher.fired("e") == at_seconds(1, 2, *range(19, 26))
 
 
 @pytest.mark.parametrize(

@@ -446,6 +446,22 @@ def test_a_corrupted_mark_fails_its_entry_only(
         scheduler.close()
 
 
+def run_until_stopped(scheduler: Scheduler, clock: FakeClock) -> None:
+    """Start the scheduler and run it under celery beat's SIGTERM handler (SystemExit) until a
+    SIGTERM sent within its first second stops it."""
+
+    def celery_beat_handler(signum: int, frame: Any) -> None:
+        raise SystemExit()
+
+    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
+    try:
+        scheduler.setup_schedule()
+        with pytest.raises(SystemExit):
+            run_for(scheduler, clock, 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_stop_signal_after_the_fence_waits_for_the_batch_to_be_sent_and_recorded(
     redis_url: str, clock: FakeClock
 ) -> None:
@@ -454,18 +470,12 @@ def test_a_stop_signal_after_the_fence_waits_for_the_batch_to_be_sent_and_record
             os.kill(os.getpid(), signal.SIGTERM)  # a rolling deploy, mid-batch
             return super().publish_many(occurrences)
 
-    def celery_beat_handler(signum: int, frame: Any) -> None:
-        raise SystemExit()
-
     publisher = StoppedMidPublish()
     schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(5)}
     scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
     client = redis.Redis.from_url(redis_url)
-    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
     try:
-        scheduler.setup_schedule()
-        with pytest.raises(SystemExit):
-            run_for(scheduler, clock, 1)
+        run_until_stopped(scheduler, clock)
         assert len(publisher.occurrences) == 5
         keys = Keys("scheduler:")
         # Recorded as sent before beat exits: nobody reports them in flight, nothing is lost.
@@ -473,7 +483,6 @@ def test_a_stop_signal_after_the_fence_waits_for_the_batch_to_be_sent_and_record
             assert client.hget(keys.state(f"e{i}"), "state") == b"sent"
             assert not client.hlen(keys.pending(f"e{i}"))
     finally:
-        signal.signal(signal.SIGTERM, previous)
         scheduler.close()
         client.close()
 
@@ -508,10 +517,6 @@ def test_a_stop_signal_during_the_fence_request_waits_for_the_batch(
 ) -> None:
     """A stop that lands while the fence request is on its way must not leave fenced slots
     that nobody publishes (the other replicas would report them in flight)."""
-
-    def celery_beat_handler(signum: int, frame: Any) -> None:
-        raise SystemExit()
-
     publisher = RecordingPublisher()
     schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(3)}
     scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
@@ -523,14 +528,10 @@ def test_a_stop_signal_during_the_fence_request_waits_for_the_batch(
         return held
 
     scheduler.backend.begin_publish = fence_then_stopped  # type: ignore[method-assign]
-    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
     try:
-        scheduler.setup_schedule()
-        with pytest.raises(SystemExit):
-            run_for(scheduler, clock, 1)
+        run_until_stopped(scheduler, clock)
         assert len(publisher.occurrences) == 3
     finally:
-        signal.signal(signal.SIGTERM, previous)
         scheduler.close()
 
 
