@@ -179,38 +179,6 @@ def test_month_edges(expr: str, after: str, expected: str) -> None:
     assert days(cron(expr), after, 1) == [expected]
 
 
-# -- what is refused -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("expr", "message"),
-    [
-        pytest.param("5-1 * * * *", r"minute field '5-1': range '5-1' runs backwards", id="5-1"),
-        pytest.param("0 22-2 * * *", r"hour field '22-2': .* do not wrap", id="22-2"),
-        pytest.param("0 0 * * fri-mon", "day-of-week field 'fri-mon': range", id="fri-mon"),
-        pytest.param("0 0 * * 3-sun", "day-of-week field '3-sun': .*write 7: '3-7'", id="3-sun"),
-        pytest.param("0 0 * nov-feb *", "month field 'nov-feb'", id="nov-feb"),
-        pytest.param("0 0 20-10/2 * *", "day-of-month field '20-10/2'", id="stepped-reversed"),
-        pytest.param("*/61 * * * *", r"step in '\*/61' must be 1-60", id="step-beyond-minutes"),
-        pytest.param("0 0 * * */9", r"step in '\*/9' must be 1-8", id="step-beyond-weekdays"),
-        pytest.param("0 0 L/2 * *", "day-of-month field 'l/2'", id="L-with-step"),
-        pytest.param("0 0 W15 * *", "day-of-month field 'w15'", id="W-first"),
-        pytest.param("0 0 1-5W * *", "day-of-month field '1-5w'", id="W-range"),
-        pytest.param("0 0 32W * *", "day-of-month field '32w'", id="W-32"),
-        pytest.param("0 0 * * L", "day-of-week field 'l'", id="L-alone-in-dow"),
-        pytest.param("0 0 * * 8L", "day-of-week field '8l'", id="8L"),
-        pytest.param("0 0 * * mon#0", "day-of-week field 'mon#0'", id="nth-0"),
-        pytest.param("0 0 * * 1#", "day-of-week field '1#'", id="nth-missing"),
-        pytest.param("0 0 15-L * *", "day-of-month field '15-l'", id="range-to-L"),
-        pytest.param("0 0 0 * *", "day-of-month field '0'", id="day-0"),
-        pytest.param("0 0 1,,2 * *", "day-of-month field '1,,2'", id="empty-item"),
-    ],
-)
-def test_what_cron_does_not_mean_is_refused_naming_the_field(expr: str, message: str) -> None:
-    with pytest.raises(ScheduleError, match=message):
-        cron(expr)
-
-
 def test_day_rule_definitions_are_normalised() -> None:
     # With a '*' day field both rules AND the day fields: one definition, one description.
     assert from_celery(crontab(minute=0, hour=0, day_of_week="mon")).describe() == "cron 0 0 * * 1"
