@@ -18,10 +18,10 @@ import pytest
 import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
+from publish_helpers import sent_by_celery
 
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.message_template import capture
 from celery_fork_scheduler.publishing import CeleryPublisher, DeliveryUncertain, build_occurrence
 from celery_fork_scheduler.testing import RedisServer
 
@@ -55,12 +55,15 @@ def declared_producer(app: Celery) -> Any:
     return producer
 
 
-def sent_by_celery(app: Celery, producer: Any, occ: Any) -> list[tuple[str, dict[str, Any]]]:
-    """What Celery and Kombu hand the transport for ``occ`` (captured, not sent)."""
-    celery_path = CeleryPublisher(app, lambda: producer, templates=False)
-    captured = capture(producer.channel, lambda: celery_path._send(occ, producer))
-    assert captured is not None
-    return captured
+def ours_and_celerys(app: Celery, job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message the template renders for ``job``'s second occurrence, and Celery's own."""
+    producer = declared_producer(app)
+    publisher = templated(app, producer, job, 0)
+    rendered = publisher.render(occurrence(job, 1), producer, producer.channel)
+    assert rendered is not None
+    [(_, ours)] = rendered.messages
+    [(_, theirs)] = sent_by_celery(app, producer, occurrence(job, 1))
+    return ours, theirs
 
 
 def templated(app: Celery, producer: Any, the_entry: Any, number: int) -> Any:
@@ -189,12 +192,7 @@ def test_expires_and_eta_across_a_dst_change_are_an_hour_off(redis_url: str, opt
     before_dst = datetime(2026, 3, 29, 0, 30, tzinfo=timezone.utc)
     app.now = lambda: before_dst.astimezone(app.timezone)  # type: ignore[method-assign]
     job = entry("job", options={option: 7200})
-    producer = declared_producer(app)
-    publisher = templated(app, producer, job, 0)
-    rendered = publisher.render(occurrence(job, 1), producer, producer.channel)
-    assert rendered is not None
-    [(_, ours)] = rendered.messages
-    [(_, theirs)] = sent_by_celery(app, producer, occurrence(job, 1))
+    ours, theirs = ours_and_celerys(app, job)
     field = "expires" if option == "expires" else "eta"
     gap = datetime.fromisoformat(ours["headers"][field]) - datetime.fromisoformat(
         theirs["headers"][field]
@@ -296,12 +294,7 @@ def test_a_root_id_option_is_overwritten_by_the_task_id(redis_url: str) -> None:
     occurrence; the template rewrites it to each occurrence's task id."""
     app = new_app(redis_url)
     job = entry("job", options={"root_id": "nightly-workflow"})
-    producer = declared_producer(app)
-    publisher = templated(app, producer, job, 0)
-    rendered = publisher.render(occurrence(job, 1), producer, producer.channel)
-    assert rendered is not None
-    [(_, ours)] = rendered.messages
-    [(_, theirs)] = sent_by_celery(app, producer, occurrence(job, 1))
+    ours, theirs = ours_and_celerys(app, job)
     assert ours["headers"]["root_id"] == theirs["headers"]["root_id"] == "nightly-workflow"
     app.close()
 

@@ -14,10 +14,10 @@ import pytest
 import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
+from publish_helpers import sent_by_celery
 
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.message_template import capture
 from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 JOB_EU = {"task": "tasks.report", "schedule": 60, "args": ["eu"]}
@@ -67,14 +67,6 @@ def make_app(broker: str, conf: dict[str, Any]) -> Celery:
     def report(region: str, *, day: str = "today") -> None: ...
 
     return app
-
-
-def sent_by_celery(app: Celery, producer: Any, occurrence: Any) -> list[tuple[str, dict[str, Any]]]:
-    """What Celery and Kombu hand the transport for this occurrence (captured, not sent)."""
-    celery_path = CeleryPublisher(app, lambda: producer, templates=False)
-    captured = capture(producer.channel, lambda: celery_path._send(occurrence, producer))
-    assert captured is not None
-    return captured
 
 
 def same_message(templated: dict[str, Any], celery: dict[str, Any]) -> None:

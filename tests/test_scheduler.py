@@ -154,19 +154,24 @@ def test_tick_returns_the_time_to_the_next_slot_bounded_by_the_max_interval(
     assert scheduler.tick() == pytest.approx(2.7)
 
 
-def test_after_downtime_an_overdue_entry_fires_once(
-    make_scheduler: SchedulerFactory, tmp_path: Path
-) -> None:
+def restarted_at_10_05_30(
+    make_scheduler: SchedulerFactory, tmp_path: Path, **conf: Any
+) -> tuple[Scheduler, FakeClock, RecordingPublisher]:
+    """A minutely entry fires at 10:01; beat stops, and starts again (with ``conf``) at 10:05:30
+    from the state it saved."""
     state = tmp_path / "restart.json"
     definition = {"e": {"task": "t", "schedule": every(1).minutes}}
     first, clock, publisher = make_scheduler(definition, state=state)
     run_for(first, clock, 61, step=1)
     assert publisher.fired("e") == ["2026-03-02T10:01:00+00:00"]
     first.close()
+    return make_scheduler(definition, state=state, start="2026-03-02T10:05:30+00:00", **conf)
 
-    second, clock, publisher = make_scheduler(
-        definition, state=state, start="2026-03-02T10:05:30+00:00"
-    )
+
+def test_after_downtime_an_overdue_entry_fires_once(
+    make_scheduler: SchedulerFactory, tmp_path: Path
+) -> None:
+    second, _, publisher = restarted_at_10_05_30(make_scheduler, tmp_path)
     second.tick()
     assert publisher.fired("e") == ["2026-03-02T10:05:00+00:00"]
 
@@ -174,14 +179,8 @@ def test_after_downtime_an_overdue_entry_fires_once(
 def test_the_starting_deadline_drops_a_missed_slot_that_is_too_old(
     make_scheduler: SchedulerFactory, tmp_path: Path
 ) -> None:
-    state = tmp_path / "restart.json"
-    definition = {"e": {"task": "t", "schedule": every(1).minutes}}
-    first, clock, _ = make_scheduler(definition, state=state)
-    run_for(first, clock, 61, step=1)
-    first.close()
-
-    second, clock, publisher = make_scheduler(
-        definition, state=state, start="2026-03-02T10:05:30+00:00", beat_cron_starting_deadline=10
+    second, clock, publisher = restarted_at_10_05_30(
+        make_scheduler, tmp_path, beat_cron_starting_deadline=10
     )
     run_for(second, clock, 31)
     assert publisher.fired("e") == ["2026-03-02T10:06:00+00:00"]
