@@ -149,34 +149,56 @@ def test_a_start_with_a_step_in_minutes() -> None:
     ]
 
 
-# -- L, W and # at the edges of a month ------------------------------------------------------------
+# -- the next slot: L, W and # at the edges of a month; whole fields, seconds and macros ---------
+
+
+#: (cron expression, after, its next slot): worked out by hand
+NEXT_SLOT = [
+    # 1 Feb is a Sunday: the nearest weekday is Monday the 2nd
+    ("0 0 1W * *", "2026-01-31T00:00:00Z", "2026-02-02T00:00:00Z"),
+    # 1 Aug is a Saturday: not Friday 31 July (another month) but Monday the 3rd
+    ("0 0 1W * *", "2026-07-15T00:00:00Z", "2026-08-03T00:00:00Z"),
+    # 31 May is a Sunday: not Monday 1 June but Friday the 29th
+    ("0 0 31W * *", "2026-05-01T00:00:00Z", "2026-05-29T00:00:00Z"),
+    # 28 Feb is a Saturday: Friday the 27th
+    ("0 0 28W 2 *", "2026-01-01T00:00:00Z", "2026-02-27T00:00:00Z"),
+    # a day the month lacks never fires in it: 30W skips February
+    ("0 0 30W * *", "2026-01-31T00:00:00Z", "2026-03-30T00:00:00Z"),
+    # the last weekday: Sunday 31 May -> Friday 29
+    ("0 0 LW * *", "2026-05-01T00:00:00Z", "2026-05-29T00:00:00Z"),
+    # the fifth Monday: none in February 2026, then 30 March
+    ("0 0 * * mon#5", "2026-02-01T00:00:00Z", "2026-03-30T00:00:00Z"),
+    # 7 is Sunday in every form: the last Sunday of February is the 22nd
+    ("0 0 * 2 7L", "2026-01-01T00:00:00Z", "2026-02-22T00:00:00Z"),
+    ("0 0 * 2 7#4", "2026-01-01T00:00:00Z", "2026-02-22T00:00:00Z"),
+    ("0 0 L 2 *", "2027-12-31T00:00:00Z", "2028-02-29T00:00:00Z"),
+    # whole fields, seconds and macros
+    ("*/5 * * * *", "2026-05-04T12:03:10Z", "2026-05-04T12:05:00Z"),
+    ("*/10 * * * * *", "2026-05-04T12:00:05Z", "2026-05-04T12:00:10Z"),
+    ("30 0 12 * * *", "2026-05-04T11:00:00Z", "2026-05-04T12:00:30Z"),
+    ("0 0 29 2 *", "2026-03-01T00:00:00Z", "2028-02-29T00:00:00Z"),
+    ("0 0 L * *", "2028-02-01T00:00:00Z", "2028-02-29T00:00:00Z"),
+    ("0 0 L 2 *", "2026-01-01T00:00:00Z", "2026-02-28T00:00:00Z"),
+    ("0 0 * * 5#3", "2026-01-01T00:00:00Z", "2026-01-16T00:00:00Z"),
+    ("0 0 15W * *", "2026-02-01T00:00:00Z", "2026-02-16T00:00:00Z"),
+    ("0 0 13 * 5", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+    ("0 9 * * mon-fri", "2026-01-02T10:00:00Z", "2026-01-05T09:00:00Z"),
+    ("@yearly", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"),
+    ("@annually", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"),
+    ("@monthly", "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"),
+    ("@weekly", "2026-01-01T00:00:00Z", "2026-01-04T00:00:00Z"),
+    ("@daily", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+    ("@midnight", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+    ("@hourly", "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"),
+]
 
 
 @pytest.mark.parametrize(
     ("expr", "after", "expected"),
-    [
-        # 1 Feb is a Sunday: the nearest weekday is Monday the 2nd
-        pytest.param("0 0 1W * *", "2026-01-31T00:00:00Z", "2026-02-02", id="1W-sunday"),
-        # 1 Aug is a Saturday: not Friday 31 July (another month) but Monday the 3rd
-        pytest.param("0 0 1W * *", "2026-07-15T00:00:00Z", "2026-08-03", id="1W-saturday"),
-        # 31 May is a Sunday: not Monday 1 June but Friday the 29th
-        pytest.param("0 0 31W * *", "2026-05-01T00:00:00Z", "2026-05-29", id="31W-sunday"),
-        # 28 Feb is a Saturday: Friday the 27th
-        pytest.param("0 0 28W 2 *", "2026-01-01T00:00:00Z", "2026-02-27", id="28W-saturday"),
-        # a day the month lacks never fires in it: 30W skips February
-        pytest.param("0 0 30W * *", "2026-01-31T00:00:00Z", "2026-03-30", id="30W-february"),
-        # the last weekday: Sunday 31 May -> Friday 29
-        pytest.param("0 0 LW * *", "2026-05-01T00:00:00Z", "2026-05-29", id="LW"),
-        # the fifth Monday: none in February 2026, then 30 March
-        pytest.param("0 0 * * mon#5", "2026-02-01T00:00:00Z", "2026-03-30", id="fifth-monday"),
-        # 7 is Sunday in every form: the last Sunday of February is the 22nd
-        pytest.param("0 0 * 2 7L", "2026-01-01T00:00:00Z", "2026-02-22", id="7L"),
-        pytest.param("0 0 * 2 7#4", "2026-01-01T00:00:00Z", "2026-02-22", id="7#4"),
-        pytest.param("0 0 L 2 *", "2027-12-31T00:00:00Z", "2028-02-29", id="L-leap"),
-    ],
+    [pytest.param(*row, id=f"{row[0]} after {row[1]}") for row in NEXT_SLOT],
 )
-def test_month_edges(expr: str, after: str, expected: str) -> None:
-    assert days(cron(expr), after, 1) == [expected]
+def test_cron_fires_at_the_hand_checked_instant(expr: str, after: str, expected: str) -> None:
+    assert first_slots(cron(expr), after, 1) == [expected]
 
 
 def test_day_rule_definitions_are_normalised() -> None:

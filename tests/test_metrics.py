@@ -21,9 +21,7 @@ from celery_fork_scheduler.metrics import Metrics
 from celery_fork_scheduler.testing import FakeClock, free_port, wait_until
 
 SCHEDULE = {
-    "ok": {"task": "t", "schedule": every(1).seconds},
-    "paused": {"task": "t", "schedule": every(1).seconds},
-    "broken": {"task": "t", "schedule": every(1).seconds},
+    name: {"task": "t", "schedule": every(1).seconds} for name in ("ok", "paused", "broken")
 }
 
 

@@ -320,10 +320,9 @@ def env(redis_url: str, claims_server: RedisServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+def broker(redis_client: redis.Redis) -> redis.Redis:
+    """A client of the broker: the session's Redis (``redis_client`` by the scenarios' name)."""
+    return redis_client
 
 
 @pytest.fixture
