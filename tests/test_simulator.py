@@ -60,12 +60,12 @@ def test_a_seed_replays_the_same_trace() -> None:
 
 
 def test_a_stop_that_is_not_deferred_is_caught() -> None:
-    result = _simulate("--seed", "21", "--mutation", "sigterm")
+    result = _simulate("--seed", "48", "--mutation", "sigterm")
     assert result.returncode == 1
     assert "VIOLATION [missed]" in result.stdout
 
 
 def test_a_run_that_skips_its_marker_check_is_caught() -> None:
-    result = _simulate("--seed", "2", "--mutation", "no_retake")
+    result = _simulate("--seed", "6", "--mutation", "no_retake")
     assert result.returncode == 1
     assert "VIOLATION [singleton]" in result.stdout or "VIOLATION [capped]" in result.stdout
