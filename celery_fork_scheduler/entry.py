@@ -615,18 +615,13 @@ def entries_from_config(
 ENTRY_SCHEMA = 1
 
 
-def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:
-    """The JSON-safe stored form of a runtime entry (``schema`` included).
-
-    Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON, or
-    when the whole is larger than ``max_size`` bytes of JSON.
-    """
-    if callable(entry.args) or callable(entry.kwargs):
-        raise _fail(entry.name, "args", "runtime entries need plain values, not callables")
-    data: dict[str, Any] = {
+def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
+    ``schedule`` the stored form of its schedule."""
+    return {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
-        "schedule": entry.schedule.to_dict(),
+        "schedule": schedule,
         "args": list(entry.args),
         "kwargs": dict(entry.kwargs),
         "options": dict(entry.options),
@@ -642,6 +637,17 @@ def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> di
             entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
         ),
     }
+
+
+def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:
+    """The JSON-safe stored form of a runtime entry (``schema`` included).
+
+    Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON, or
+    when the whole is larger than ``max_size`` bytes of JSON.
+    """
+    if callable(entry.args) or callable(entry.kwargs):
+        raise _fail(entry.name, "args", "runtime entries need plain values, not callables")
+    data = stored_fields(entry, entry.schedule.to_dict())
     for key, value in data.items():
         try:
             json.dumps(value, allow_nan=False)

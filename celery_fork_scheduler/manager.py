@@ -24,12 +24,12 @@ from .backends.lua import TAKE_CAP_PLACES
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .entry import (
-    ENTRY_SCHEMA,
     Entry,
     check_size,
     entries_from_config,
     entry_from_config,
     entry_to_dict,
+    stored_fields,
 )
 from .errors import ConfigError, ForkSchedulerError
 from .ids import task_id_for
@@ -553,7 +553,7 @@ class Manager:
         known = bulk.stored.get(id(entry.schedule))
         if known is None or known[0] is not entry.schedule:
             known = bulk.stored[id(entry.schedule)] = (entry.schedule, entry.schedule.to_dict())
-        data = _stored_data(entry, known[1])
+        data = stored_fields(entry, known[1])
         try:
             # As encode_entry, whose depth check entry_from_config made field by field.
             encoded = json.dumps(data, allow_nan=False)
@@ -968,31 +968,6 @@ def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
         definition.pop("max_runs", None)
     definition.update(changes)
     return definition
-
-
-def _stored_data(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
-    """:func:`~.entry.entry_to_dict` without its per-field checks, which the bulk calls make
-    only when the whole cannot be stored (tests/test_bulk_manager.py checks they agree), with
-    ``schedule`` the stored form of the entry's schedule."""
-    return {
-        "schema": ENTRY_SCHEMA,
-        "task": entry.task,
-        "schedule": schedule,
-        "args": list(entry.args),
-        "kwargs": dict(entry.kwargs),
-        "options": dict(entry.options),
-        "tags": sorted(entry.tags),
-        "overlap": entry.overlap,
-        "enabled": entry.enabled,
-        "start_at": entry.start_at.isoformat() if entry.start_at else None,
-        "end_at": entry.end_at.isoformat() if entry.end_at else None,
-        "description": entry.description,
-        "max_runs": entry.max_runs,
-        "catchup": entry.catchup,
-        "catchup_window": (
-            entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
-        ),
-    }
 
 
 def _batch(size: int) -> int:

@@ -54,6 +54,17 @@ class Job:
         """The schedule in human form, e.g. ``"every 5 minutes"``."""
         return self.schedule.describe()
 
+    @property
+    def state(self) -> str:
+        """``finished``, ``paused``, ``disabled`` or ``active`` (the first that applies)."""
+        if self.finished:
+            return "finished"
+        if self.paused:
+            return "paused"
+        if not self.enabled:
+            return "disabled"
+        return "active"
+
     @classmethod
     def from_entry(cls, entry: Entry, state: Mapping[str, str], version: int, now: datetime) -> Job:
         """The snapshot of ``entry`` from its state hash (``version`` 0 for a static entry)."""

@@ -25,17 +25,6 @@ RECENT = timedelta(hours=1)
 LISTED_SKIPS = 50
 
 
-def job_state(job: Job) -> str:
-    """``finished``, ``paused``, ``disabled`` or ``active`` (the first that applies)."""
-    if job.finished:
-        return "finished"
-    if job.paused:
-        return "paused"
-    if not job.enabled:
-        return "disabled"
-    return "active"
-
-
 def all_tags(jobs: Iterable[Job]) -> list[str]:
     return sorted({tag for job in jobs for tag in job.tags})
 
@@ -50,7 +39,7 @@ def filter_jobs(
         job
         for job in jobs
         if (not tag or tag in job.tags)
-        and (not state or job_state(job) == state)
+        and (not state or job.state == state)
         and (not needle or needle in job.name.casefold())
     ]
 
@@ -83,7 +72,7 @@ def rows(
         result.append(
             Row(
                 job=job,
-                state=job_state(job),
+                state=job.state,
                 next_local=local(job.next_run, zone) if job.next_run else "never",
                 next_relative=relative(job.next_run, now) if job.next_run else "",
                 last_relative=relative(job.last_run, now) if job.last_run else "-",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import redis
 
 from ...backends.redis_connection import scrub_secrets
+from ...cli.output import relative
 from ...errors import ConfigError, ForkSchedulerError
 from ...manager import Manager
 from ...manager_results import Job, RunRecord
@@ -90,17 +91,6 @@ EXPECTED_ERRORS = (ForkSchedulerError, ValueError, redis.RedisError, OSError)
 # -- the entries page --------------------------------------------------------------------------
 
 
-def state_of(job: Job) -> str:
-    """``finished``, ``paused``, ``disabled`` or ``active`` (paused wins over disabled)."""
-    if job.finished:
-        return "finished"
-    if job.paused:
-        return "paused"
-    if not job.enabled:
-        return "disabled"
-    return "active"
-
-
 @dataclass(frozen=True)
 class Row:
     """One entry as the page shows it."""
@@ -122,7 +112,7 @@ class Row:
 
     @property
     def state(self) -> str:
-        return state_of(self.job)
+        return self.job.state
 
     @property
     def static(self) -> bool:
@@ -171,7 +161,7 @@ def select(jobs: Iterable[Job], *, search: str = "", tag: str = "", state: str =
         for job in jobs
         if (not needle or needle in job.name.casefold())
         and (not tag or tag in job.tags)
-        and (not state or state_of(job) == state)
+        and (not state or job.state == state)
     ]
 
 
@@ -442,26 +432,6 @@ def zone_name(job: Job) -> str:
 def local(moment: datetime, zone: tzinfo) -> str:
     """``2026-01-05 09:00:00 CET``: the instant in the entry's zone."""
     return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def relative(moment: datetime, now: datetime) -> str:
-    """``in 5m``, ``2h 3m ago``."""
-    seconds = (moment - now).total_seconds()
-    return f"in {span(seconds)}" if seconds >= 0 else f"{span(seconds)} ago"
-
-
-def span(seconds: float) -> str:
-    whole = int(abs(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h" if hours else f"{days}d"
 
 
 def outcome_class(outcome: str) -> str:
