@@ -176,6 +176,21 @@ return {version}
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
+#: ``entry_key(name, j)``: the j-th key of an entry (Keys.entry_keys order), built from the key
+#: layout in ARGV[3] ("1" when the script may build the entries' keys itself, then the parts
+#: around the name); ``own_keys`` says which.
+_LAYOUT = """
+local own_keys, layout = false, {}
+for part in string.gmatch(ARGV[3] .. '\\n', '([^\\n]*)\\n') do
+  layout[#layout + 1] = part
+end
+own_keys = layout[1] == '1'
+-- the j-th key of an entry (Keys.entry_keys order), built from the layout in ARGV[3]
+local function entry_key(name, j)
+  return layout[2 * j] .. name .. layout[2 * j + 1]
+end
+"""
+
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
 #: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT, KEYS[11] the chain of
 #: the call's batches. ARGV[3] "0": the caller resets a new entry's state and makes its keys
@@ -196,16 +211,8 @@ PUT_MANY = (
     _NOW
     + _TRIM
     + _RETAG
+    + _LAYOUT
     + """
-local own_keys, layout = false, {}
-for part in string.gmatch(ARGV[3] .. '\\n', '([^\\n]*)\\n') do
-  layout[#layout + 1] = part
-end
-own_keys = layout[1] == '1'
--- the j-th key of an entry (Keys.entry_keys order), built from the layout in ARGV[3]
-local function entry_key(name, j)
-  return layout[2 * j] .. name .. layout[2 * j + 1]
-end
 if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[11]) or '0') ~= tonumber(ARGV[4]) - 1 then
   return {-2}  -- the batch before this one was not written
 end
@@ -304,16 +311,8 @@ DELETE_MANY = (
     _NOW
     + _TRIM
     + _RETAG
+    + _LAYOUT
     + """
-local own_keys, layout = false, {}
-for part in string.gmatch(ARGV[3] .. '\\n', '([^\\n]*)\\n') do
-  layout[#layout + 1] = part
-end
-own_keys = layout[1] == '1'
--- the j-th key of an entry (Keys.entry_keys order), built from the layout in ARGV[3]
-local function entry_key(name, j)
-  return layout[2 * j] .. name .. layout[2 * j + 1]
-end
 local count = (#ARGV - 3) / 2
 local present, stale, found = {}, {}, 0
 for i = 1, count do

@@ -1,4 +1,5 @@
-"""The small app the CLI and the dashboard tests drive: two tasks and their static entries."""
+"""Small apps the tests drive: the CLI and dashboard app (two tasks and their static entries),
+and an in-memory app for the fake-clock harness."""
 
 from __future__ import annotations
 
@@ -33,4 +34,11 @@ def two_task_app(
         },
         **conf.pop("extra_entries", {}),
     }
+    return app
+
+
+def berlin_app(main: str, beat_schedule: dict[str, Any]) -> Celery:
+    """An app on the in-memory broker, in Europe/Berlin, with ``beat_schedule``."""
+    app = Celery(main, set_as_current=False, broker="memory://")
+    app.conf.update(timezone="Europe/Berlin", result_expires=None, beat_schedule=beat_schedule)
     return app

@@ -7,6 +7,7 @@ pause state and counters are real Redis.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +20,13 @@ from celery_fork_scheduler import ConfigError, Manager, every
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.signals import entry_skipped
 from celery_fork_scheduler.store import RuntimeStore
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
+from celery_fork_scheduler.testing import FakeClock
 
 STATIC = {"static-report": {"task": "reports.static", "schedule": every(1).seconds}}
+
+
+#: Every replica started gets an id of its own, as a restarted process does.
+STARTS = itertools.count()
 
 
 def make_app(redis_url: str) -> Celery:
@@ -30,32 +35,22 @@ def make_app(redis_url: str) -> Celery:
     )
 
 
-class Replica:
-    """One beat replica: its own app, Redis connection, replica id and publisher."""
-
-    def __init__(self, redis_url: str, clock: FakeClock, index: int) -> None:
-        app = make_app(redis_url)
-        self.publisher = RecordingPublisher()
-        self.scheduler = replica_helpers.make_scheduler(
-            redis_url,
-            clock,
-            app=app,
-            publisher=self.publisher,
-            replica_id=f"runtime-replica-{index}-{id(self)}",
-        )
-
-
 class Cluster:
     """Replicas ticking in turn on one fake clock, and a Manager of the same app."""
 
     def __init__(self, redis_url: str, clock: FakeClock) -> None:
         self.redis_url = redis_url
         self.clock = clock
-        self.replicas: list[Replica] = []
+        self.replicas: list[replica_helpers.Beat] = []
         self.manager = Manager(make_app(redis_url), clock=clock)
 
     def start(self, count: int = 3) -> None:
-        self.replicas = [Replica(self.redis_url, self.clock, i) for i in range(count)]
+        self.replicas = [
+            replica_helpers.Beat(
+                self.redis_url, self.clock, make_app(self.redis_url), f"runtime-{i}-{next(STARTS)}"
+            )
+            for i in range(count)
+        ]
 
     def stop(self) -> None:
         for replica in self.replicas:

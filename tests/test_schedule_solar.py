@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import celery.schedules
 import pytest
-from celery import Celery
+from app_helpers import berlin_app
 
 from celery_fork_scheduler.schedules import Solar, from_celery
 from celery_fork_scheduler.testing import ScheduleHarness
@@ -116,17 +116,8 @@ def test_polar_night_has_no_sunrise() -> None:
 
 
 def test_a_solar_entry_fires_at_its_event_on_a_fake_clock() -> None:
-    app = Celery("solar", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="Europe/Berlin",
-        result_expires=None,
-        beat_schedule={
-            "sunrise": {
-                "task": "garden.lights_off",
-                "schedule": celery.schedules.solar("sunrise", *BERLIN),
-            }
-        },
-    )
+    sunrise = {"task": "garden.lights_off", "schedule": celery.schedules.solar("sunrise", *BERLIN)}
+    app = berlin_app("solar", {"sunrise": sunrise})
     schedule = from_celery(celery.schedules.solar("sunrise", *BERLIN))
     first = schedule.next_slot(datetime(2026, 6, 1, tzinfo=UTC))
     assert first is not None

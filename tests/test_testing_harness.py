@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import app_helpers
 import pytest
 from celery import Celery
 
@@ -16,16 +17,13 @@ Harness = Callable[..., ScheduleHarness]
 
 
 def berlin_app() -> Celery:
-    app = Celery("harness", set_as_current=False, broker="memory://")
-    app.conf.update(
-        timezone="Europe/Berlin",
-        result_expires=None,
-        beat_schedule={
+    return app_helpers.berlin_app(
+        "harness",
+        {
             "nightly": {"task": "reports.nightly", "schedule": "daily at 02:30"},
             "pulse": {"task": "pulse", "schedule": every(15).minutes, "args": [1]},
         },
     )
-    return app
 
 
 def test_the_plugin_fixture_runs_an_apps_schedule_on_a_fake_clock(

@@ -10,6 +10,7 @@ Redis while the broker keeps every message published.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter, defaultdict
@@ -44,6 +45,7 @@ __all__ = [
     "expected_every",
     "now",
     "project",
+    "sleep_to_a_random_moment",
     "start_beat",
     "start_beats",
     "stop_all",
@@ -180,6 +182,20 @@ class Scenario:
         self.broker = broker
         self.report = report
         self.began = time.monotonic()
+        #: What the scenario did to its replicas, for the report.
+        self.events: list[str] = []
+        self._restarts: Counter[int] = Counter()
+
+    def kill_and_restart(
+        self, beats: list[CeleryProcess], target: int, module: str, down: float = 0.0
+    ) -> None:
+        """SIGKILL ``beat-<target>``; after ``down`` seconds start it again (a new log)."""
+        beats[target].kill()
+        self.events.append(f"{now():%T.%f} kill beat-{target}")
+        time.sleep(down)
+        self._restarts[target] += 1
+        name = f"beat-{target}.{self._restarts[target]}"
+        beats[target] = self.start_beat(module, name, wait=False)
 
     def write(self, body: str, name: str = "proj") -> str:
         """Write the project module; the scenario's time counts from the last one written."""
@@ -236,6 +252,16 @@ class Scenario:
         prefix = f"{context}: " if context else ""
         assert fires.duplicates() == 0, f"{prefix}{duplicated(fires)}\n{self.logs()}"
         assert result.missed_outside == 0, f"{prefix}{fires.missed(expected)}\n{self.logs()}"
+
+
+def sleep_to_a_random_moment(
+    rng: random.Random, low: float, high: float, inside_burst: float
+) -> None:
+    """Sleep ``low`` to ``high`` seconds, to a random moment: half the time just after a whole
+    second (inside the burst, when claims and publishes are in flight: at most ``inside_burst``
+    seconds after it), else anywhere in the second."""
+    fraction = rng.uniform(0.0, inside_burst) if rng.random() < 0.5 else rng.random()
+    time.sleep(rng.uniform(low, high) + (1 - time.time() % 1) + fraction)
 
 
 def stop_all(beats: Iterable[CeleryProcess]) -> bool:
@@ -326,14 +352,11 @@ def broker(redis_client: redis.Redis) -> redis.Redis:
 
 
 @pytest.fixture
-def scenario(
-    env: dict[str, str],
-    workdir: Path,  # noqa: F811
-    processes: list[CeleryProcess],  # noqa: F811
-    broker: redis.Redis,
-    report: Callable[[ScenarioReport], None],
-) -> Scenario:
-    return Scenario(env, workdir, processes, broker, report)
+def scenario(request: pytest.FixtureRequest) -> Scenario:
+    """A :class:`Scenario` over the fixtures ``env``, ``workdir``, ``processes``, ``broker``
+    and ``report``."""
+    names = ("env", "workdir", "processes", "broker", "report")
+    return Scenario(*(request.getfixturevalue(name) for name in names))
 
 
 @pytest.fixture

@@ -20,7 +20,16 @@ import redis
 
 from celery_fork_scheduler.testing import CeleryProcess
 
-from .conftest import CLAIM_LEASE, MARGIN, Scenario, every_entries, every_second, now, stop_all
+from .conftest import (
+    CLAIM_LEASE,
+    MARGIN,
+    Scenario,
+    every_entries,
+    every_second,
+    now,
+    sleep_to_a_random_moment,
+    stop_all,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,19 +58,10 @@ def test_one_step_publish_through_a_kill_storm_is_exactly_once(
     module = scenario.write(PROJECT.format(entries=every_entries(ENTRIES)))
     beats = scenario.start_beats(module)
     start = now()
-    generation = [0, 0, 0]
-    events = []
     time.sleep(2)
     for _ in range(KILLS):
-        fraction = rng.uniform(0.0, 0.05) if rng.random() < 0.5 else rng.random()
-        time.sleep(rng.uniform(1.0, 2.0) + (1 - time.time() % 1) + fraction)
-        target = rng.randrange(3)
-        beats[target].kill()
-        events.append(f"{now():%T.%f} kill beat-{target}")
-        generation[target] += 1
-        beats[target] = scenario.start_beat(
-            module, f"beat-{target}.{generation[target]}", wait=False
-        )
+        sleep_to_a_random_moment(rng, 1.0, 2.0, inside_burst=0.05)
+        scenario.kill_and_restart(beats, rng.randrange(3), module)
     time.sleep(TAIL)
     end = now()
     assert stop_all(beats), scenario.logs()
@@ -69,6 +69,8 @@ def test_one_step_publish_through_a_kill_storm_is_exactly_once(
     assert one_step, "no replica used the one-step publish\n" + scenario.logs()
     expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     fires, result = scenario.judge(
-        f"7 kill storm, shared Redis ({ENTRIES} entries)", expected, note="; ".join(events)
+        f"7 kill storm, shared Redis ({ENTRIES} entries)",
+        expected,
+        note="; ".join(scenario.events),
     )
-    scenario.assert_clean(fires, result, expected, f"{len(events)} kills: {events}")
+    scenario.assert_clean(fires, result, expected, f"{len(scenario.events)} kills")

@@ -11,7 +11,16 @@ import time
 
 import pytest
 
-from .conftest import CLAIM_LEASE, MARGIN, every_entries, every_second, now, project, stop_all
+from .conftest import (
+    CLAIM_LEASE,
+    MARGIN,
+    every_entries,
+    every_second,
+    now,
+    project,
+    sleep_to_a_random_moment,
+    stop_all,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,28 +38,18 @@ def test_random_kills_and_pauses_publish_every_slot_once(scenario) -> None:
     rng = random.Random(SEED)
     module = scenario.write(project(every_entries(ENTRIES)))
     beats = scenario.start_beats(module)
-    generation = [0, 0, 0]
     start = now()
-    events = []
     time.sleep(3)
     for _ in range(EVENTS):
-        # A random moment: often just after a whole second (inside the burst, when claims and
-        # publishes are in flight), else anywhere in the second.
-        fraction = rng.uniform(0.0, 0.03) if rng.random() < 0.5 else rng.random()
-        time.sleep(rng.uniform(0.5, 2.5) + (1 - time.time() % 1) + fraction)
+        # Often inside the burst, when claims and publishes are in flight.
+        sleep_to_a_random_moment(rng, 0.5, 2.5, inside_burst=0.03)
         target = rng.randrange(3)
         if rng.random() < 0.5:
-            beats[target].kill()
-            events.append(f"{now():%T.%f} kill beat-{target}")
-            time.sleep(rng.uniform(0.2, 1.5))
-            generation[target] += 1
-            beats[target] = scenario.start_beat(
-                module, f"beat-{target}.{generation[target]}", wait=False
-            )
+            scenario.kill_and_restart(beats, target, module, down=rng.uniform(0.2, 1.5))
         else:
             pause = rng.uniform(2.0, 7.0)
             beats[target].signal(signal.SIGSTOP)
-            events.append(f"{now():%T.%f} stop beat-{target} {pause:.1f}s")
+            scenario.events.append(f"{now():%T.%f} stop beat-{target} {pause:.1f}s")
             time.sleep(pause)
             beats[target].signal(signal.SIGCONT)
     time.sleep(TAIL)
@@ -58,6 +57,6 @@ def test_random_kills_and_pauses_publish_every_slot_once(scenario) -> None:
     assert stop_all(beats), scenario.logs()
     expected = every_second(ENTRIES, start + MARGIN, end - MARGIN)
     fires, result = scenario.judge(
-        "1 kill/pause", expected, windows=MISS_WINDOWS, note="; ".join(events)
+        "1 kill/pause", expected, windows=MISS_WINDOWS, note="; ".join(scenario.events)
     )
-    scenario.assert_clean(fires, result, expected, str(events))
+    scenario.assert_clean(fires, result, expected, str(scenario.events))
