@@ -39,6 +39,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         allow_module_level=True,
     )
 
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 TOKEN = "browser-test-token-0123"
@@ -197,9 +198,19 @@ def test_the_dashboard_in_a_browser_over_a_running_cluster(
         "finance migration"
     )
     browser.find_element(By.ID, "pause").click()
-    assert "finance migration" in browser.find_element(By.ID, "pause-note").text
-    state = client.hgetall(KEYS.state("nightly-report"))
-    assert state[b"paused"] == b"1" and state[b"pause_note"] == b"finance migration"
+
+    def paused() -> bool:
+        state = client.hgetall(KEYS.state("nightly-report"))
+        return state.get(b"paused") == b"1" and state.get(b"pause_note") == b"finance migration"
+
+    wait_until(paused, timeout=30, what="the pause made through the page to reach Redis")
+    def shows_the_note() -> bool:
+        try:
+            return "finance migration" in browser.find_element(By.ID, "pause-note").text
+        except WebDriverException:  # the page is still loading
+            return False
+
+    wait_until(shows_the_note, timeout=30, what="the entry's page to show the pause note")
 
     # The form says what is wrong beside the field, with the validator's words.
     browser.get(base + "new")
