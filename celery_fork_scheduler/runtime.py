@@ -80,23 +80,26 @@ class RuntimeEntries:
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
         """Every valid runtime entry (none when Redis cannot be reached: a refresh follows)."""
+        names: set[str] = set()
+        self.since, self.refused = {}, {}
+        entries: dict[str, Entry] = {}
         try:
             epoch = self.store.epoch()
-            version, stored = self.store.all()
+            version, pages = self.store.pages()
+            for page in pages:  # one page of raw JSON in memory at a time
+                names.update(page)
+                for name, item in page.items():
+                    entry = self._parse(name, item, static_names)
+                    if entry is not None:
+                        entries[name] = entry
+                        self._note_since(name, item)
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
+            self.since, self.refused = {}, {}
             return {}
         self.epoch = epoch
         self.version = version
-        self._names = set(stored)
-        self.since = {}
-        self.refused = {}
-        entries = {}
-        for name, item in stored.items():
-            entry = self._parse(name, item, static_names)
-            if entry is not None:
-                entries[name] = entry
-                self._note_since(name, item)
+        self._names = names
         return entries
 
     def poll(self, static_names: Collection[str]) -> Update | None:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -511,6 +511,10 @@ class PauseState:
     since: datetime | None = None
 
 
+#: Runtime entries read per round trip when a replica reads them all.
+PAGE_SIZE = 1000
+
+
 class RuntimeStore:
     """Reads and writes runtime entries and per-entry controls."""
 
@@ -573,21 +577,44 @@ class RuntimeStore:
 
     def all(self) -> tuple[int, dict[str, StoredEntry | bytes]]:
         """The version and every runtime entry; undecodable JSON comes back as raw bytes."""
+        version, pages = self.pages()
+        return version, {name: item for page in pages for name, item in page.items()}
+
+    def pages(
+        self, size: int = PAGE_SIZE
+    ) -> tuple[int, Iterator[dict[str, StoredEntry | bytes]]]:
+        """The version, and every runtime entry page by page (``HSCAN``): a replica reading a
+        million entries holds one page of raw JSON at a time.
+
+        The version is read first: whatever changes while the pages are read has a later
+        version, so the next :meth:`changes_since` applies it (an entry may then come twice,
+        or be read after its removal: the change log has the last word).
+        """
+        version = int(self.client.get(self.keys.runtime_version) or 0)
+
+        def read() -> Iterator[dict[str, StoredEntry | bytes]]:
+            cursor: int | None = None
+            while cursor != 0:
+                cursor, raw = self.client.hscan(
+                    self.keys.runtime_entries, cursor or 0, count=size
+                )
+                if raw:
+                    yield self._page(raw)
+
+        return version, read()
+
+    def _page(self, raw: Mapping[bytes | str, bytes]) -> dict[str, StoredEntry | bytes]:
+        """Decode one page of stored entries, with their versions and instants."""
+        names = list(raw)
         pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.keys.runtime_version)
-        pipe.hgetall(self.keys.runtime_entries)
-        pipe.zrange(self.keys.runtime_changes, 0, -1, withscores=True)
-        pipe.hgetall(self.keys.runtime_since)
-        version, raw, scores, since = pipe.execute()
-        versions = {_text(name): int(score) for name, score in scores}
-        instants = {_text(name): value for name, value in since.items()}
-        entries = {
-            _text(name): _decode(
-                _text(name), data, versions.get(_text(name), 0), instants.get(_text(name))
-            )
-            for name, data in raw.items()
+        for name in names:
+            pipe.zscore(self.keys.runtime_changes, name)
+        pipe.hmget(self.keys.runtime_since, names)
+        *scores, since = pipe.execute()
+        return {
+            _text(name): _decode(_text(name), raw[name], int(score or 0), instant)
+            for name, score, instant in zip(names, scores, since, strict=True)
         }
-        return int(version or 0), entries
 
     def changes_since(self, version: int) -> Changes:
         """Entries changed or removed after ``version`` (one round trip, two if any changed)."""

@@ -585,7 +585,7 @@ def test_the_security_page_states_the_writers_power_and_has_no_stale_list() -> N
 
 
 #: The read-only Redis user of docs/security.md: enough for list, show, history, replicas.
-READ_ONLY_COMMANDS = "+hget +hgetall +lrange +zrange +zscore +get +exists +time +ping"
+READ_ONLY_COMMANDS = "+hget +hgetall +hscan +hmget +lrange +zrange +zscore +get +exists +time +ping"
 
 
 def test_a_read_only_acl_user_reads_everything_and_changes_nothing(
