@@ -41,12 +41,13 @@ def make_app(url: str, folder: Path) -> Celery:
     app = Celery("templatepath", broker=url)
     app.conf.broker_connection_retry_on_startup = True
     if url.startswith("filesystem://"):
-        for name in ("in", "out"):
+        for name in ("in", "out", "control"):
             (folder / name).mkdir(exist_ok=True)
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "in"),
             "data_folder_out": str(folder / "in"),
             "processed_folder": str(folder / "out"),
+            "control_folder": str(folder / "control"),  # Kombu's default: ./control
         }
     return app
 
