@@ -339,15 +339,10 @@ class Manager:
         bulk, size = self._bulk(), _batch(batch_size)
         items: list[tuple[str, tuple[str, str]]] = []
         errors: list[ForkSchedulerError] = []
-        seen: set[str] = set()
-        total = 0
-        for index, definition in enumerate(definitions):
-            total += 1
+        definitions = list(definitions)
+        total = len(definitions)
+        for name, fields in self._each_named(definitions, errors):
             try:
-                name, fields = self._named(index, definition)
-                if name in seen:
-                    raise ConfigError("is given more than once", entry=name, field="name")
-                seen.add(name)
                 items.append((name, self._encoded(name, fields, bulk)))
             except ConfigError as exc:
                 errors.append(exc)
@@ -364,6 +359,23 @@ class Manager:
             raise BulkConfigError(errors, total=total)
         expected = None if replace_existing else 0
         return self._put_many([(name, text, expected, tags) for name, (text, tags) in items], size)
+
+    def _each_named(
+        self, definitions: Sequence[Mapping[str, Any]], errors: list[ForkSchedulerError]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each definition's name and other fields, each name once; a definition without a
+        valid name, or repeating one, goes to ``errors``."""
+        seen: set[str] = set()
+        for index, definition in enumerate(definitions):
+            try:
+                name, fields = self._named(index, definition)
+                if name in seen:
+                    raise ConfigError("is given more than once", entry=name, field="name")
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
+            seen.add(name)
+            yield name, fields
 
     def update_many(
         self,
@@ -385,18 +397,14 @@ class Manager:
         bulk, size = self._bulk(), _batch(batch_size)
         wanted: dict[str, dict[str, Any]] = {}
         errors: list[ForkSchedulerError] = []
-        total = 0
-        for index, change in enumerate(changes):
-            total += 1
-            try:
-                name, fields = self._named(index, change)
-                if name in wanted:
-                    raise ConfigError("is given more than once", entry=name, field="name")
-                if name in bulk.static:
-                    raise ConfigError("static entries cannot be changed at runtime", entry=name)
+        changes = list(changes)
+        total = len(changes)
+        for name, fields in self._each_named(changes, errors):
+            if name in bulk.static:
+                message = "static entries cannot be changed at runtime"
+                errors.append(ConfigError(message, entry=name))
+            else:
                 wanted[name] = fields
-            except ConfigError as exc:
-                errors.append(exc)
         expected_versions = dict(expected_versions or {})
         errors += [
             ConfigError("an expected version is given, but no change", entry=name)

@@ -41,6 +41,68 @@ from .session import BadInputError, Session, json_option, session_for
 MAX_COUNT = 10_000
 
 
+@dataclass(frozen=True, kw_only=True)
+class EntryDetails:
+    """What ``show`` (and the web page of an entry) tells of one entry."""
+
+    job: Job
+    slots: list[datetime]
+    counters: dict[str, int]
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``show --json`` shape (``GET /api/entries/<name>`` too)."""
+        return {
+            **job_data(self.job),
+            **_limits_data(self.job),
+            "next_runs": [slot.isoformat() for slot in self.slots],
+            "counters": self.counters,
+            "history": self.history,
+        }
+
+
+def entry_details(
+    manager: Manager, name: str, now: datetime, count: int, *, history: int = 10
+) -> EntryDetails:
+    """One entry, its next ``count`` runs after ``now``, its counters and latest ``history``
+    items (none of the last two without Redis)."""
+    job = manager.get(name)
+    slots = [] if job.finished else manager.next_runs(name, count, after=now)
+    try:
+        counters = _counters(manager.stats(name))
+        items = [history_data(item.to_dict()) for item in manager.history_items(name, history)]
+    except RedisRequiredError:
+        counters, items = {}, []
+    return EntryDetails(job=job, slots=slots, counters=counters, history=items)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicasReport:
+    """The replicas seen within a time, and how many older records are not shown."""
+
+    runtime_version: int
+    shown: list[ReplicaInfo]
+    hidden_older: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``replicas --json`` shape (``GET /api/replicas`` too)."""
+        return {
+            "runtime_version": self.runtime_version,
+            "replicas": [replica_data(replica) for replica in self.shown],
+            "hidden_older": self.hidden_older,
+        }
+
+
+def replicas_report(manager: Manager, within: float) -> ReplicasReport:
+    """The replicas that ticked within ``within`` seconds (see :meth:`Manager.replicas`)."""
+    current = manager.store().version()
+    everyone = manager.replicas(within=math.inf)
+    shown = [replica for replica in everyone if replica.seen_within(within)]
+    return ReplicasReport(
+        runtime_version=current, shown=shown, hidden_older=len(everyone) - len(shown)
+    )
+
+
 @click.command("list", cls=CeleryCommand)
 @click.option("--tag", help="Only entries with this tag.")
 @click.option("--paused", is_flag=True, help="Only paused entries.")
@@ -170,41 +232,6 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
         return "\n".join(parts)
 
     session.emit(data, render)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EntryDetails:
-    """What ``show`` (and the web page of an entry) tells of one entry."""
-
-    job: Job
-    slots: list[datetime]
-    counters: dict[str, int]
-    history: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``show --json`` shape (``GET /api/entries/<name>`` too)."""
-        return {
-            **job_data(self.job),
-            **_limits_data(self.job),
-            "next_runs": [slot.isoformat() for slot in self.slots],
-            "counters": self.counters,
-            "history": self.history,
-        }
-
-
-def entry_details(
-    manager: Manager, name: str, now: datetime, count: int, *, history: int = 10
-) -> EntryDetails:
-    """One entry, its next ``count`` runs after ``now``, its counters and latest ``history``
-    items (none of the last two without Redis)."""
-    job = manager.get(name)
-    slots = [] if job.finished else manager.next_runs(name, count, after=now)
-    try:
-        counters = _counters(manager.stats(name))
-        items = [history_data(item.to_dict()) for item in manager.history_items(name, history)]
-    except RedisRequiredError:
-        counters, items = {}, []
-    return EntryDetails(job=job, slots=slots, counters=counters, history=items)
 
 
 def _indent(text: str) -> str:
@@ -436,33 +463,6 @@ def replicas(ctx: click.Context, within: float, as_json: bool) -> None:
         return "\n".join(lines)
 
     session.emit(data, render)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplicasReport:
-    """The replicas seen within a time, and how many older records are not shown."""
-
-    runtime_version: int
-    shown: list[ReplicaInfo]
-    hidden_older: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``replicas --json`` shape (``GET /api/replicas`` too)."""
-        return {
-            "runtime_version": self.runtime_version,
-            "replicas": [replica_data(replica) for replica in self.shown],
-            "hidden_older": self.hidden_older,
-        }
-
-
-def replicas_report(manager: Manager, within: float) -> ReplicasReport:
-    """The replicas that ticked within ``within`` seconds (see :meth:`Manager.replicas`)."""
-    current = manager.store().version()
-    everyone = manager.replicas(within=math.inf)
-    shown = [replica for replica in everyone if replica.seen_within(within)]
-    return ReplicasReport(
-        runtime_version=current, shown=shown, hidden_older=len(everyone) - len(shown)
-    )
 
 
 def replica_data(replica: ReplicaInfo) -> dict[str, Any]:
