@@ -89,19 +89,20 @@ class PublishPipeline:
         """Entries whose message template is to be made in idle time (see :meth:`warm`)."""
         self._cold.extend(entry for entry in entries if not _lazy(entry))
 
-    def warm(self, deadline: float, now: datetime) -> None:
+    def warm(self, deadline: float, now: datetime) -> bool:
         """Until ``deadline`` (monotonic), make the message templates of noted entries due
         within :data:`WARM_HORIZON`, so that the first slot of each goes out as fast as the
-        later ones (a burst of entries that never fired)."""
+        later ones (a burst of entries that never fired). Returns whether it spent time."""
         warm = getattr(self.publisher, "warm", None)
-        if warm is None:
+        if warm is None or not self._cold:
             self._cold.clear()
-            return
+            return False
         while self._cold and self.monotonic() < deadline:
             entry = self._cold.popleft()
             slot = entry.first_slot_after(now)
             if slot is not None and slot - now <= WARM_HORIZON:
                 warm(build_occurrence(entry, slot, task_id_for(entry.name, slot)))
+        return True
 
     def send(self, admitted: Sequence[DueSlot], now: datetime) -> BackendUnavailableError | None:
         """Publish and record the admitted slots, :data:`PUBLISH_BATCH` at a time.

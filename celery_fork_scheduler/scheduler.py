@@ -380,8 +380,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         sleep = self._seconds_to_next_wakeup()
         if sleep > WARM_MARGIN:
             started = self.monotonic()
-            self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now)
-            sleep = max(0.0, sleep - (self.monotonic() - started))
+            if self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now):
+                sleep = max(0.0, sleep - (self.monotonic() - started))
         return sleep
 
     def _follow_owners(self, now: datetime) -> None:
