@@ -125,6 +125,11 @@ class Entry:
     source: EntrySource = "config"
 
     @property
+    def lazy(self) -> bool:
+        """True when ``args`` or ``kwargs`` are callables, evaluated at each publish."""
+        return callable(self.args) or callable(self.kwargs)
+
+    @property
     def singleton(self) -> bool:
         """True when runs of this entry must not overlap (``overlap`` is not ``"allow"``)."""
         return self.overlap != "allow"
@@ -645,7 +650,7 @@ def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> di
     Raises :class:`ConfigError` naming the field when a value cannot be stored as JSON, or
     when the whole is larger than ``max_size`` bytes of JSON.
     """
-    if callable(entry.args) or callable(entry.kwargs):
+    if entry.lazy:
         raise _fail(entry.name, "args", "runtime entries need plain values, not callables")
     data = stored_fields(entry, entry.schedule.to_dict())
     for key, value in data.items():

@@ -556,7 +556,7 @@ class Manager:
         entry = entry_from_config(
             name, definition, default_timezone=bulk.zone, source="runtime", min_interval=bulk.floor
         )
-        if callable(entry.args) or callable(entry.kwargs):
+        if entry.lazy:
             entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field
         known = bulk.stored.get(id(entry.schedule))
         if known is None or known[0] is not entry.schedule:

@@ -101,14 +101,18 @@ class Ownership:
         self._next_read = 0.0
         self._next_write = 0.0
 
-    def owns(self, name: str) -> bool:
-        """True when this replica owns entry ``name`` (always, when it is alone)."""
-        return len(self.live) == 1 or owner_of(name, self.live) == self.replica_id
+    def other_owner(self, name: str) -> str | None:
+        """The replica that owns entry ``name``, when it is not this one (``None`` when this
+        replica owns it; always when it is alone)."""
+        if len(self.live) == 1:
+            return None
+        owner = owner_of(name, self.live)
+        return None if owner == self.replica_id else owner
 
-    def handled_elsewhere(self, name: str, slots: Iterable[datetime], now: datetime) -> bool:
-        """True when the owner of ``name`` said, under this replica's view, that it asked
-        about every one of ``slots`` (so this replica need not)."""
-        record = self.records.get(owner_of(name, self.live))
+    def handled_by(self, owner: str, slots: Iterable[datetime], now: datetime) -> bool:
+        """True when ``owner`` said, under this replica's view, that it asked about every one
+        of ``slots`` (so this replica need not)."""
+        record = self.records.get(owner)
         if record is None or record.view != self.view or now - record.written > OWNER_LEASE:
             return False
         return all(slot <= record.until for slot in slots)

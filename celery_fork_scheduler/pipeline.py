@@ -87,7 +87,7 @@ class PublishPipeline:
 
     def note_entries(self, entries: Iterable[Entry]) -> None:
         """Entries whose message template is to be made in idle time (see :meth:`warm`)."""
-        self._cold.extend(entry for entry in entries if not _lazy(entry))
+        self._cold.extend(entry for entry in entries if not entry.lazy)
 
     def warm(self, deadline: float, now: datetime) -> bool:
         """Until ``deadline`` (monotonic), make the message templates of noted entries due
@@ -340,7 +340,3 @@ class PublishPipeline:
         with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
 
-
-def _lazy(entry: Entry) -> bool:
-    """Args or kwargs computed at each publish: no template (and no call ahead of time)."""
-    return callable(entry.args) or callable(entry.kwargs)

@@ -73,7 +73,7 @@ def build_occurrence(
         kwargs=dict(kwargs),
         options=options,
         headers=headers,
-        definition=None if callable(entry.args) or callable(entry.kwargs) else entry,
+        definition=None if entry.lazy else entry,
     )
 
 
@@ -279,9 +279,8 @@ class CeleryPublisher:
     def render(self, occurrence: Occurrence, producer: Any, channel: Any) -> Rendered | None:
         """The messages of ``occurrence`` from its entry's template, capturing one when there
         is none yet; ``None`` when it must go through Celery. Raises what Celery raises when
-        it cannot build the message. Sends nothing."""
-        if not templates_allowed(self.app):
-            return None
+        it cannot build the message. Sends nothing. ``channel`` comes from
+        :meth:`_templating_channel`, which checks once per batch that templates are allowed."""
         definition = occurrence.definition
         registered = occurrence.task in self.app.tasks
         cached = self._cache.get(occurrence.entry)

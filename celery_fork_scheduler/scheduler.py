@@ -500,15 +500,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 for due_slot in work.due:
                     if not self.outage.reported(due_slot):
                         self.reports.due(due_slot)
+            waiting: list[Work] = []  # lost after the claims: only later chunks wait
             try:
                 lost = self._run_chunk(works, now)
             except BackendUnavailableError as exc:  # nothing of this chunk was claimed
+                lost, waiting = exc, works
+            if lost is not None:
                 rest = [item for later in chunks[index + 1 :] for item in later]
-                self._on_backend_down(exc, works + self._decide(rest, now, seen, left), now)
-                return False
-            if lost is not None:  # lost after the claims: the chunks after this one wait
-                rest = [item for later in chunks[index + 1 :] for item in later]
-                self._on_backend_down(lost, self._decide(rest, now, seen, left), now)
+                self._on_backend_down(lost, waiting + self._decide(rest, now, seen, left), now)
                 return False
         return True
 
@@ -549,9 +548,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
         ownership = self.ownership
-        mine = item.retry or ownership is None or ownership.owns(name)
+        owner = None if item.retry or ownership is None else ownership.other_owner(name)
         # Another replica's entry: only its slots older than the grace are this one's business.
-        horizon = now if mine or ownership is None else now - ownership.grace
+        horizon = now if owner is None or ownership is None else now - ownership.grace
         if item.slot > horizon:
             assert ownership is not None  # only another replica's entry waits
             self.deferred.push((item.slot + ownership.grace).timestamp(), item.entry, item.slot)
@@ -568,10 +567,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 return None
             entry, until = superseded
             after = item.slot - timedelta(microseconds=1)
-            slots = slots_due(
-                entry, after, min(horizon, until), grace=self.settings.catchup_grace
-            )
-        if not mine and ownership is not None and ownership.handled_elsewhere(name, slots, now):
+            slots = slots_due(entry, after, min(horizon, until), grace=self.settings.catchup_grace)
+        if owner is not None and ownership is not None and ownership.handled_by(owner, slots, now):
             for slot in slots:
                 self.reports.skipped_slot(name, slot, "claimed")
             return Work(item, [], entry, until, horizon)

@@ -31,7 +31,7 @@ def warn_about_tasks(app: Any, entries: Iterable[Entry]) -> None:
             )
             continue
         header = getattr(task, "__header__", None)
-        if header is None or callable(entry.args) or callable(entry.kwargs):
+        if header is None or entry.lazy:
             continue  # untyped task, or lazy arguments known only at publish time
         try:
             header(*entry.args, **entry.kwargs)

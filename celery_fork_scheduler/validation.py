@@ -276,7 +276,7 @@ def _task_problem(app: Any, entry: Entry) -> Problem | None:
         )
         return Problem(message=message, entry=entry.name, field="task", source=entry.source)
     check = getattr(task, "__header__", None)
-    if not task.typing or check is None or callable(entry.args) or callable(entry.kwargs):
+    if not task.typing or check is None or entry.lazy:
         return None
     try:
         check(*entry.args, **entry.kwargs)

@@ -7,12 +7,11 @@ Every test here FAILS today; each docstring says which promise it breaks and wha
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from celery_fork_scheduler.testing import CeleryProcess
+from celery_fork_scheduler.testing import CeleryProcess, wait_until
 
 from .harness import run_python, write_project
 from .test_first_hour import beat, celery, one_line, project, worker_ran_a_scheduled_run
@@ -210,7 +209,8 @@ def test_bad_redis_options_make_the_worker_hooks_log_tracebacks(
         f"app.conf.fork_scheduler_redis_options = {options}",
     )
     worker = worker_ran_a_scheduled_run(module, workdir, redis_url, processes, timeout=30)
-    time.sleep(1)
+    # Celery logs the success after the run's hooks (task_postrun) ran.
+    wait_until(lambda: "succeeded in" in worker.log(), timeout=30, what="the run's end logged")
     log = worker.log()
     assert "Traceback" not in log, log
     assert "raised:" not in log, log
