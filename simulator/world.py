@@ -712,8 +712,31 @@ class SimBackend:
                 world.reports.append(
                     Report(world.vt, self.replica.name, claim.entry, claim.slot, "fenced")
                 )
+            else:
+                world.log(
+                    f"{self.replica.name} fence refused {claim.entry} {claim.slot.isoformat()}: "
+                    f"{self._fence_state(claim)}",
+                    claim.entry,
+                )
         world.hook(self.replica, "after_fence")
         return held
+
+    def _fence_state(self, claim: Any) -> str:
+        """What Redis holds for a claim whose fence was refused (for the trace)."""
+        keys = self.real.keys
+        admin = self.world.redis.admin
+        try:
+            pending = admin.hget(keys.pending(claim.entry), str(claim.slot_us))
+            ttl = admin.pttl(keys.pending(claim.entry))
+            state = admin.hgetall(keys.state(claim.entry))
+            seconds, micros = admin.time()
+        except (redis.RedisError, OSError) as exc:
+            return f"Redis unreadable ({exc!r})"
+        shown = {k.decode(): v.decode() for k, v in state.items() if k in (b"hwm", b"state")}
+        return (
+            f"pending={pending!r} pttl={ttl} state={shown} "
+            f"redis_time={seconds * SECOND + micros - self.world.vt:+d}us"
+        )
 
     def mark_sent(self, claims: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
         return self._around(
