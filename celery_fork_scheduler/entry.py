@@ -46,6 +46,7 @@ EXTRA_KEYS = frozenset(
         "one_off",
         "catchup",
         "catchup_window",
+        "pause_on_failure",
     }
 )
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
@@ -122,6 +123,8 @@ class Entry:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    #: Pause the entry cluster-wide when one of its runs fails for good (after its retries).
+    pause_on_failure: bool = False
     source: EntrySource = "config"
 
     @property
@@ -586,6 +589,9 @@ def entry_from_config(
         max_runs=_max_runs(name, definition),
         catchup=_choice(name, "catchup", definition.get("catchup", "latest"), CATCHUPS),  # type: ignore[arg-type]
         catchup_window=_window(name, definition.get("catchup_window")),
+        pause_on_failure=_flag(
+            name, "pause_on_failure", definition.get("pause_on_failure"), False
+        ),
         source=source,
     )
 
@@ -623,7 +629,7 @@ ENTRY_SCHEMA = 1
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
     ``schedule`` the stored form of its schedule."""
-    return {
+    data = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
         "schedule": schedule,
@@ -642,6 +648,10 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
             entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
         ),
     }
+    # Stored only when set: replicas of an older version still read every other entry.
+    if entry.pause_on_failure:
+        data["pause_on_failure"] = True
+    return data
 
 
 def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:

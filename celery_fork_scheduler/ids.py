@@ -16,6 +16,8 @@ SLOT_HEADER = "fork_scheduler_slot"
 OVERLAP_HEADER = "fork_scheduler_overlap"
 #: Message header of runs holding a place under ``fork_scheduler_max_concurrent``.
 CAPPED_HEADER = "fork_scheduler_capped"
+#: Message header of runs whose entry is paused when the run fails for good.
+PAUSE_ON_FAILURE_HEADER = "fork_scheduler_pause_on_failure"
 
 
 def slot_isoformat(slot: datetime) -> str:

@@ -1,9 +1,10 @@
 """Event listeners, as in the original design: plain objects with ``on_*`` methods.
 
 A listener implements any of :class:`EventListener`'s methods; registered listeners are called
-from the Celery signals of :mod:`.signals` (worker side: run / complete / error; beat side:
-due / dispatched / skipped / failed / outage ended). Register with :func:`register_event_listeners`,
-``Manager.register_event_listeners``, or the setting ``fork_scheduler_event_listeners``
+from the Celery signals of :mod:`.signals` (worker side: run / complete / error, and the
+optional paused on failure; beat side: due / dispatched / skipped / failed / outage ended).
+Register with :func:`register_event_listeners`, ``Manager.register_event_listeners``, or the
+setting ``fork_scheduler_event_listeners``
 (dotted paths, resolved by :func:`celery_fork_scheduler.install`). A listener that raises is
 logged and changes nothing else.
 """
@@ -62,6 +63,10 @@ class LoggingEventListener:
     def on_entry_skipped(self, job_name: str, slot: datetime, reason: str) -> None:
         """Log a skipped slot."""
         logger.info("job %s slot %s skipped: %s", job_name, slot, reason)
+
+    def on_entry_paused(self, job_id: str, job_name: str, note: str) -> None:
+        """Log an entry paused because a run failed (``pause_on_failure``)."""
+        logger.warning("job %s paused (id %s): %s", job_name, job_id, note)
 
 
 _LISTENERS: list[Any] = []
@@ -132,6 +137,12 @@ def _on_entry_failed(
     _call("on_entry_failed", entry, slot, task_id, exception)
 
 
+def _on_paused_on_failure(
+    sender: Any = None, entry: str = "", task_id: str = "", note: str = "", **_: Any
+) -> None:
+    _call("on_entry_paused", task_id, entry, note)
+
+
 def _on_outage_ended(sender: Any = None, outage: Outage | None = None, **_: Any) -> None:
     _call("on_outage_ended", outage)
 
@@ -145,6 +156,7 @@ _CONNECTIONS = (
     (signals.entry_skipped, _on_skipped),
     (signals.entry_failed, _on_entry_failed),
     (signals.outage_ended, _on_outage_ended),
+    (signals.entry_paused_on_failure, _on_paused_on_failure),
 )
 
 
@@ -158,6 +170,7 @@ HOOKS = (
     "on_entry_skipped",
     "on_entry_failed",
     "on_outage_ended",
+    "on_entry_paused",
 )
 
 

@@ -47,6 +47,7 @@ class Job:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    pause_on_failure: bool = False
     finished: bool = False
 
     @property
@@ -108,6 +109,7 @@ _ENTRY_FIELDS = (
     "max_runs",
     "catchup",
     "catchup_window",
+    "pause_on_failure",
 )
 
 

@@ -13,7 +13,14 @@ from typing import Any, Protocol, TypeVar
 from kombu.exceptions import OperationalError
 
 from .entry import Entry
-from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER, slot_isoformat
+from .ids import (
+    CAPPED_HEADER,
+    ENTRY_HEADER,
+    OVERLAP_HEADER,
+    PAUSE_ON_FAILURE_HEADER,
+    SLOT_HEADER,
+    slot_isoformat,
+)
 from .message_template import (
     Rendered,
     Template,
@@ -51,7 +58,7 @@ def build_occurrence(
     """The message for ``slot`` of ``entry``: lazy args evaluated, headers added.
 
     Runs that the worker must report the end of (singletons, runs under the concurrency cap)
-    carry the headers that tell it so.
+    or act on (``pause_on_failure``) carry the headers that tell it so.
     """
     options = dict(entry.options)
     headers = dict(options.pop("headers", None) or {})
@@ -62,6 +69,8 @@ def build_occurrence(
         headers[OVERLAP_HEADER] = entry.overlap
     if capped:
         headers[CAPPED_HEADER] = True
+    if entry.pause_on_failure:
+        headers[PAUSE_ON_FAILURE_HEADER] = True
     args = entry.args() if callable(entry.args) else entry.args
     kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
     return Occurrence(

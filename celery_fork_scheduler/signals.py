@@ -15,7 +15,11 @@ Worker side, only for tasks this scheduler published (``sender`` is the task):
 
 - :data:`job_started` (``entry``, ``slot``, ``task_id``);
 - :data:`job_completed` (``entry``, ``slot``, ``task_id``, ``duration`` in seconds);
-- :data:`job_failed` (``entry``, ``slot``, ``task_id``, ``exception``).
+- :data:`job_failed` (``entry``, ``slot``, ``task_id``, ``exception``);
+- :data:`entry_paused_on_failure` — a run of an entry with ``pause_on_failure`` failed for good
+  and the worker paused the entry for every replica (``entry``, ``slot``, ``task_id``,
+  ``exception``, ``note``: the pause note). Sent once per pause, after ``job_failed``; not sent
+  when the entry was paused already.
 
 A receiver that raises is logged by Celery and changes nothing else.
 """
@@ -29,6 +33,7 @@ __all__ = [
     "entry_dispatched",
     "entry_due",
     "entry_failed",
+    "entry_paused_on_failure",
     "entry_skipped",
     "job_completed",
     "job_failed",
@@ -61,3 +66,7 @@ job_completed = Signal(
     name="job_completed", providing_args={"entry", "slot", "task_id", "duration"}
 )
 job_failed = Signal(name="job_failed", providing_args={"entry", "slot", "task_id", "exception"})
+entry_paused_on_failure = Signal(
+    name="entry_paused_on_failure",
+    providing_args={"entry", "slot", "task_id", "exception", "note"},
+)

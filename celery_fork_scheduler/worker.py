@@ -15,6 +15,9 @@ headers it
   prefork pool included, reported by the pool's parent process);
 - frees the marker and the place when the last attempt ends (never on a retry or a requeued
   rejection), fails or is revoked — a worker killed mid-task frees them when the lease runs out;
+- pauses the entry for every replica when a run of an entry with ``pause_on_failure`` fails for
+  good (in the same script that records the failure), and sends
+  :data:`~.signals.entry_paused_on_failure`;
 - publishes the run held back by overlap ``buffer_one`` as soon as the running one ends, with a
   place under the cap, unless its entry was paused meanwhile;
 - marks Redis so that beat can tell that some worker does all this.
@@ -28,7 +31,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -44,7 +47,13 @@ from .backends.redis import record_outcome
 from .backends.redis_connection import scrub_secrets
 from .config import Settings, read_settings
 from .errors import ConfigError
-from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
+from .ids import (
+    CAPPED_HEADER,
+    ENTRY_HEADER,
+    OVERLAP_HEADER,
+    PAUSE_ON_FAILURE_HEADER,
+    SLOT_HEADER,
+)
 from .keys import Keys
 from .publishing import CeleryPublisher, Occurrence, is_transient, occurrence_from_json
 
@@ -75,6 +84,8 @@ class Run:
     prevented: bool = False
     #: A later attempt (a retry): an earlier one ran the body and counted the run.
     retried: bool = False
+    #: Pause the entry when the run fails for good (the entry's ``pause_on_failure``).
+    pause_on_failure: bool = False
 
 
 def _header(request: Any, name: str) -> Any:
@@ -89,6 +100,16 @@ def _header(request: Any, name: str) -> Any:
 
 #: Stored error texts are cut to this many characters.
 ERROR_TEXT_LIMIT = 2000
+#: The error in a pause note is cut to this many characters.
+PAUSE_ERROR_LIMIT = 200
+
+
+def pause_note_for(task_id: str, error: BaseException | None) -> str:
+    """The note of an entry paused by a failed run: the task id and the error, short."""
+    shown = scrub_secrets(repr(error))
+    if len(shown) > PAUSE_ERROR_LIMIT:
+        shown = shown[: PAUSE_ERROR_LIMIT - 3] + "..."
+    return f"paused on failure: task {task_id} raised {shown}"
 
 
 def _error_text(error: BaseException | None) -> str:
@@ -125,6 +146,7 @@ def _run_of(request: Any, task_id: str) -> Run | None:
         capped=bool(_header(request, CAPPED_HEADER)),
         worker=getattr(request, "hostname", None) or socket.gethostname(),
         manual=bool(_header(request, MANUAL_HEADER)),
+        pause_on_failure=bool(_header(request, PAUSE_ON_FAILURE_HEADER)),
     )
 
 
@@ -362,16 +384,28 @@ class WorkerHooks:
                 return
             self._forget(task_id)
             self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
-        self._record(
+        note = pause_note_for(task_id, exception) if run.pause_on_failure else ""
+        paused = self._record(
             run,
             "error",
             "errors",
             duration=time.monotonic() - run.started,
             error=_error_text(exception),
+            pause_note=note,
         )
         signals.job_failed.send(
             sender=sender, entry=run.entry, slot=run.slot, task_id=task_id, exception=exception
         )
+        if paused:
+            logger.warning("fork scheduler: %s paused for every replica: %s", run.entry, note)
+            signals.entry_paused_on_failure.send(
+                sender=sender,
+                entry=run.entry,
+                slot=run.slot,
+                task_id=task_id,
+                exception=exception,
+                note=note,
+            )
 
     def on_revoked(self, request: Any = None, **_: Any) -> None:
         """A scheduled run was revoked, maybe before it started: free its markers."""
@@ -447,14 +481,22 @@ class WorkerHooks:
             self._redis_failed(f"free the markers of {entry} ({task_id})", exc)
 
     def _record(
-        self, run: Run, outcome: str, counter: str, *, duration: float, error: str = ""
-    ) -> None:
-        """Count the run's end and push it to the entry's history in Redis."""
+        self,
+        run: Run,
+        outcome: str,
+        counter: str,
+        *,
+        duration: float,
+        error: str = "",
+        pause_note: str = "",
+    ) -> bool:
+        """Count the run's end and push it to the entry's history in Redis; with a
+        ``pause_note``, pause the entry in the same script. Returns whether it paused it."""
         client = self.client
         if client is None:
-            return
+            return False
         try:
-            record_outcome(
+            return record_outcome(
                 client,
                 self.keys,
                 run.entry,
@@ -466,9 +508,12 @@ class WorkerHooks:
                 history_size=self.settings.history_size,
                 duration=duration,
                 error=error,
+                pause_note=pause_note,
+                paused_at=datetime.now(timezone.utc).isoformat() if pause_note else "",
             )
         except Exception as exc:
             self._redis_failed(f"record the end of {run.entry}", exc)
+        return False
 
     def _redis_failed(self, doing: str, error: Exception) -> None:
         """Log a Redis call that failed: while Redis cannot be reached, one WARNING a minute

@@ -328,15 +328,25 @@ return 1
 #: Record a run's end as seen by a worker, or a publish that raised.
 #: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id,
 #: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
-#: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text.
+#: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text,
+#: ARGV[9] pause note ("": do not pause; else pause the entry, as ``Store.pause`` does, with this
+#: note, unless it is paused already or was removed), ARGV[10] paused_at (ISO-8601).
+#: Returns 1 when this call paused the entry, else 0.
 RECORD_OUTCOME = _recording(
     """
+local paused = 0
+if ARGV[9] ~= '' and not redis.call('HGET', KEYS[1], 'paused')
+    and not redis.call('HGET', KEYS[1], 'removed') then
+  redis.call('HSET', KEYS[1], 'paused', '1', 'pause_note', ARGV[9], 'paused_at', ARGV[10])
+  paused = 1
+end
 redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
 local extra = {}
 if ARGV[7] ~= '' then extra['duration'] = tonumber(ARGV[7]) end
 if ARGV[8] ~= '' then extra['error'] = ARGV[8] end
+if paused == 1 then extra['note'] = ARGV[9] end
 record(ARGV[1], ARGV[3], ARGV[2], ARGV[4], ARGV[6], extra)
-return 1
+return paused
 """
 )
 

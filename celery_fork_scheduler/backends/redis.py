@@ -593,9 +593,15 @@ def record_outcome(
     history_size: int,
     duration: float | None = None,
     error: str = "",
-) -> None:
-    """Count a run's outcome and push it to the entry's history (one script call)."""
-    client.eval(
+    pause_note: str = "",
+    paused_at: str = "",
+) -> bool:
+    """Count a run's outcome and push it to the entry's history (one script call).
+
+    With a ``pause_note``, the same call pauses the entry for every replica (unless it is
+    paused already, or was removed); returns whether it did.
+    """
+    paused = client.eval(
         lua.RECORD_OUTCOME,
         5,
         *keys.entry_keys(entry),
@@ -607,4 +613,7 @@ def record_outcome(
         history_size,
         "" if duration is None else f"{duration:.6f}",
         error[:500],
+        pause_note,
+        paused_at,
     )
+    return bool(int(paused))

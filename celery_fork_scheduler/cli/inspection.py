@@ -205,6 +205,7 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
             ("ends", local(job.end_at, zone) if job.end_at else "-"),
             ("max runs", str(job.max_runs) if job.max_runs is not None else "-"),
             ("catchup", _catchup_text(job)),
+            ("on failure", "pause" if job.pause_on_failure else "-"),
             ("tags", ", ".join(sorted(job.tags)) or "-"),
             ("args", json.dumps(list(job.args), default=str)),
             ("kwargs", json.dumps(dict(job.kwargs), default=str)),

@@ -118,6 +118,7 @@ def job_data(job: Job) -> dict[str, Any]:
         "paused": job.paused,
         "pause_note": job.pause_note,
         "paused_at": iso(job.paused_at),
+        "pause_on_failure": job.pause_on_failure,
         "overlap": job.overlap,
         "singleton": job.overlap != "allow",
         "next_run": iso(job.next_run),
