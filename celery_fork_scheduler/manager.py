@@ -249,7 +249,8 @@ class Manager:
 
         ``policies`` are the entry keys of ``beat_schedule`` (``tags``, ``singleton``,
         ``overlap``, ``timezone``, ``options``, ``max_runs``, ``one_off``, ``start_at``,
-        ``end_at``, ``catchup``, ``catchup_window``, ``enabled``, ``description``). Without
+        ``end_at``, ``catchup``, ``catchup_window``, ``pause_on_failure``, ``enabled``,
+        ``description``). Without
         ``replace_existing`` an existing runtime entry of that name is an error; with
         ``expected_version`` a stale replacement is refused.
         """

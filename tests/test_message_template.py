@@ -107,6 +107,7 @@ def test_a_templated_occurrence_is_the_message_celery_builds(
         "kwargs": {"day": "monday"},
         "options": options,
         "singleton": True,
+        "pause_on_failure": True,  # its header is copied like the others
     }
     entry = entry_from_config("nightly", definition, default_timezone=timezone.utc)
     with app.producer_or_acquire() as producer:
