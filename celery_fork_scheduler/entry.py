@@ -589,9 +589,7 @@ def entry_from_config(
         max_runs=_max_runs(name, definition),
         catchup=_choice(name, "catchup", definition.get("catchup", "latest"), CATCHUPS),  # type: ignore[arg-type]
         catchup_window=_window(name, definition.get("catchup_window")),
-        pause_on_failure=_flag(
-            name, "pause_on_failure", definition.get("pause_on_failure"), False
-        ),
+        pause_on_failure=_flag(name, "pause_on_failure", definition.get("pause_on_failure"), False),
         source=source,
     )
 

@@ -234,9 +234,7 @@ def test_a_triggered_run_of_a_runtime_entry_pauses_it_too(
         cluster.wait_for_end("nightly")
     job = cluster.manager.get("nightly")
     assert job.paused and job.pause_on_failure
-    assert job.pause_note == (
-        f"paused on failure: task {result.task_id} raised ValueError('boom')"
-    )
+    assert job.pause_note == (f"paused on failure: task {result.task_id} raised ValueError('boom')")
     assert [e["entry"] for e in paused_events] == ["nightly"]
     cluster.manager.resume("nightly")
     assert not cluster.manager.get("nightly").paused
@@ -281,7 +279,7 @@ def test_the_failure_of_a_removed_entry_does_not_pause_it(redis_client: redis.Re
 
 @pytest.mark.parametrize("value", ["yes", 1, [True]], ids=["text", "number", "list"])
 def test_a_pause_on_failure_that_is_not_a_bool_is_refused_naming_the_entry(value: Any) -> None:
-    with pytest.raises(ConfigError, match="pause_on_failure.*must be True or False") as caught:
+    with pytest.raises(ConfigError, match=r"pause_on_failure.*must be True or False") as caught:
         entry_from_config(
             "job",
             {"task": "t", "schedule": 60, "pause_on_failure": value},
