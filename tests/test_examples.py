@@ -54,6 +54,12 @@ PROCESS_EXAMPLES = [
     ("decorators", [], 180, ["OK: every @periodic entry fired"]),
     ("singleton_slow_task", [], 240, ["runs, never two at once;"]),
     ("event_listeners", [], 180, ["events logged by the listener", "dispatch"]),
+    (
+        "pause_on_failure",
+        [],
+        120,
+        ["note: paused on failure: task", "OK: failed once, paused, resumed, ran again"],
+    ),
 ]
 
 
