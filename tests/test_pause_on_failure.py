@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.bin.base import CLIContext
 from celery.contrib.testing.worker import start_worker
+from click.testing import CliRunner, Result
 
 from celery_fork_scheduler import ConfigError, Manager, Scheduler, every, install
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend, record_outcome
+from celery_fork_scheduler.cli import schedule
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.entry import entry_from_config, entry_to_dict
 from celery_fork_scheduler.ids import PAUSE_ON_FAILURE_HEADER
@@ -297,3 +300,35 @@ def test_only_entries_that_set_it_carry_the_header_and_store_the_key() -> None:
     assert PAUSE_ON_FAILURE_HEADER not in build_occurrence(off, START, "id-2").headers
     assert entry_to_dict(on)["pause_on_failure"] is True
     assert "pause_on_failure" not in entry_to_dict(off)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_the_cli_adds_the_key_and_shows_the_pause_and_its_note_until_resumed(
+    cluster_of: Any,
+) -> None:
+    cluster = cluster_of({})
+
+    def run(*args: str) -> Result:
+        obj = CLIContext(app=cluster.app, no_color=True, workdir=None)
+        result = CliRunner().invoke(schedule, list(args), obj=obj)
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("add", "nightly", "tasks.boom", "every 1 hour", "--pause-on-failure")
+    assert cluster.manager.get("nightly").pause_on_failure
+    assert "on failure   pause" in run("show", "nightly").stdout
+    with start_worker(cluster.app, pool="solo", perform_ping_check=False):
+        task_id = cluster.manager.trigger("nightly").task_id
+        cluster.wait_for_end("nightly")
+    note = f"paused on failure: task {task_id} raised ValueError('boom')"
+    assert f": {note}" in run("show", "nightly").stdout
+    shown = json.loads(run("show", "nightly", "--json").stdout)
+    assert (shown["paused"], shown["pause_note"], shown["pause_on_failure"]) == (True, note, True)
+    assert [job["name"] for job in json.loads(run("list", "--paused", "--json").stdout)] == [
+        "nightly"
+    ]
+    run("resume", "nightly")
+    shown = json.loads(run("show", "nightly", "--json").stdout)
+    assert (shown["paused"], shown["pause_note"]) == (False, "")

@@ -64,6 +64,7 @@ def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Paramet
 @click.option("--kwargs", callback=_json_value(dict, "object"), help="Keyword args, JSON object.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
 @click.option("--singleton", is_flag=True, help="Never run twice at once across the cluster.")
+@click.option("--pause-on-failure", is_flag=True, help="Pause the entry when a run fails for good.")
 @click.option("--queue", help="The queue to send the task to.")
 @click.option("--tz", "zone", help="IANA time zone of the schedule.")
 @click.option("--description", help="Free text shown by list/show.")
@@ -80,6 +81,7 @@ def add(
     kwargs: dict[str, Any] | None,
     tags: tuple[str, ...],
     singleton: bool,
+    pause_on_failure: bool,
     queue: str | None,
     zone: str | None,
     description: str | None,
@@ -94,6 +96,7 @@ def add(
             "--args": args,
             "--kwargs": kwargs,
             "--singleton": singleton or None,
+            "--pause-on-failure": pause_on_failure or None,
             "--queue": queue,
             "--tz": zone,
             "--description": description,
@@ -121,6 +124,8 @@ def add(
         policies["tags"] = list(tags)
     if singleton:
         policies["singleton"] = True
+    if pause_on_failure:
+        policies["pause_on_failure"] = True
     if queue:
         policies["options"] = {"queue": queue}
     if zone:
