@@ -326,6 +326,7 @@ def definition_text(data: Mapping[str, Any]) -> str:
         "max_runs",
         "catchup",
         "catchup_window_seconds",
+        "pause_on_failure",
         "description",
         "source",
         "version",
