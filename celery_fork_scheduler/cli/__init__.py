@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from . import edit, inspection, validate, web
+from . import backfill, edit, inspection, validate, web
 from .session import ScheduleGroup
 
 __all__ = ["schedule"]
@@ -34,6 +34,7 @@ for command in (
     edit.pause,
     edit.resume,
     edit.trigger,
+    backfill.backfill,
     inspection.history,
     inspection.replicas,
     validate.validate,
