@@ -645,19 +645,30 @@ for _, raw in ipairs(items) do
   end
 end
 if ARGV[7] ~= '1' then
-  if #items >= tonumber(ARGV[6]) then
-    -- A full list may have lost older items: it knows every slot whose record could not
-    -- precede its oldest item (a slot is never recorded more than 0.5 s before it is due).
-    local horizon = nil
-    if #items > 0 then
-      local ok, tail = pcall(cjson.decode, items[#items])
-      if ok and type(tail) == 'table' and type(tail.at) == 'number' then
-        horizon = tail.at - 500000
+  -- A full list may have lost items. Every item lost to a push of the scheduler is older than
+  -- the oldest item of the scheduler still listed; an item of the scheduler lost to a push of
+  -- a backfill raised 'forgotten'. A slot is recorded at most 0.5 s before it is due, so a
+  -- slot due more than 0.5 s after both was recorded after anything lost: it is known.
+  local size = tonumber(ARGV[6])
+  local horizon = nil
+  if size <= 0 then
+    horizon = math.huge
+  elseif #items >= size then
+    horizon = tonumber(redis.call('HGET', KEYS[6], 'forgotten'))
+    for i = #items, 1, -1 do
+      local ok, item = pcall(cjson.decode, items[i])
+      if not ok or type(item) ~= 'table' or type(item.at) ~= 'number' then
+        horizon = math.huge
+        break
+      end
+      if not item.backfill then
+        horizon = math.max(horizon or item.at, item.at)
+        break
       end
     end
-    if not horizon or slot < horizon then
-      return {'skipped', 'unknown'}
-    end
+  end
+  if horizon and slot <= horizon + 500000 then
+    return {'skipped', 'unknown'}
   end
   if redis.call('HGET', KEYS[1], 'paused') then
     return {'skipped', 'paused'}
@@ -694,6 +705,20 @@ if not mark or string.match(mark, '^publishing|([^|]*)|') ~= ARGV[3] then
   return 0
 end
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[4] .. '|' .. ARGV[2] .. '|' .. string.format('%.0f', now))
+local size = tonumber(ARGV[5])
+if size > 0 then
+  -- The push below trims the oldest items: remember when the latest of the scheduler's was
+  -- recorded (BACKFILL_CLAIM cannot tell its slots from the list any more).
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[5], size - 1, -1)) do
+    local ok, item = pcall(cjson.decode, raw)
+    if ok and type(item) == 'table' and not item.backfill and type(item.at) == 'number' then
+      local forgotten = tonumber(redis.call('HGET', KEYS[6], 'forgotten')) or 0
+      if item.at > forgotten then
+        redis.call('HSET', KEYS[6], 'forgotten', string.format('%.0f', item.at))
+      end
+    end
+  end
+end
 local extra = {backfill = true}
 if ARGV[4] == 'sent' then
   redis.call('HINCRBY', KEYS[1], 'backfilled', 1)
