@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -155,7 +156,8 @@ def test_two_concurrent_backfills_of_one_range_publish_each_slot_exactly_once(
             app.close()
     ids = [m["headers"]["id"] for m in broker_messages(redis_client)]
     assert len(ids) == 40 == len(set(ids))
-    for first, second in zip(*results):
+    assert [len(r) for r in results] == [40, 40]
+    for first, second in zip(*results, strict=True):
         assert [first.outcome, second.outcome].count("sent") == 1
 
 
@@ -334,7 +336,7 @@ def test_the_command_refuses_bad_input_in_one_line(
     assert result.exit_code == 2, result.output
     [line] = result.output.strip().splitlines()
     assert "Traceback" not in result.output
-    assert __import__("re").search(match, line), line
+    assert re.search(match, line), line
     assert redis_client.keys("*") == []
 
 
