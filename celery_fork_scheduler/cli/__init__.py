@@ -7,7 +7,7 @@ on a terminal (and never with ``celery --no-color``).
 Exit codes: ``0`` done; ``1`` the operation failed (no such entry, stale version, aborted,
 a stored record that cannot be read, ``validate`` found problems); ``2`` bad input (a schedule,
 a definition, a usage mistake); ``3`` Redis is not configured or cannot be reached (or, for
-``trigger``, the broker). Errors are one line on stderr.
+``trigger`` and ``backfill``, the broker). Errors are one line on stderr.
 """
 
 from __future__ import annotations
