@@ -276,7 +276,8 @@ def run_backfill(
     )
     results: list[BackfillSlot] = []
     with app.producer_or_acquire() as producer:
-        publisher = CeleryPublisher(app, lambda: producer)
+        # No message templates: each backfilled message carries headers of its own.
+        publisher = CeleryPublisher(app, lambda: producer, templates=False)
         for slot in slots:
             task_id = task_id_for(entry.name, slot)
             if not options.dry_run:

@@ -344,3 +344,26 @@ def test_the_command_names_an_unknown_entry(app: Celery) -> None:
     result = cli(app, "backfill", "ghost", "--from", "2026-01-01T00:00", "--to", "2026-01-01T01:00")
     assert result.exit_code == 1
     assert "ghost" in result.output
+
+
+def test_a_publish_that_raises_is_recorded_failed_ends_the_run_and_is_never_retried(
+    manager: Manager,
+    redis_client: redis.Redis,
+    minute: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery_fork_scheduler import backfill
+
+    def refuse(self: Any, occurrence: Any) -> None:
+        raise OSError("broker gone mid-publish")
+
+    decided(redis_client, "minutely", minute - MINUTE)
+    with monkeypatch.context() as patch:
+        patch.setattr(backfill.CeleryPublisher, "publish", refuse)
+        results = manager.backfill("minutely", minute - 3 * MINUTE, minute - MINUTE)
+    assert outcomes(results) == ["failed"]
+    assert "broker gone" in results[0].detail
+    [item] = manager.history_items("minutely")
+    assert (item.data or {})["outcome"] == "failed" and (item.data or {})["backfill"] is True
+    again = manager.backfill("minutely", minute - 3 * MINUTE, minute - MINUTE, rate=1000)
+    assert outcomes(again) == ["skipped:failed", "sent", "sent"]
