@@ -367,3 +367,25 @@ def test_a_publish_that_raises_is_recorded_failed_ends_the_run_and_is_never_retr
     assert (item.data or {})["outcome"] == "failed" and (item.data or {})["backfill"] is True
     again = manager.backfill("minutely", minute - 3 * MINUTE, minute - MINUTE, rate=1000)
     assert outcomes(again) == ["skipped:failed", "sent", "sent"]
+
+
+def test_a_run_held_back_or_running_for_its_slot_is_not_backfilled(
+    manager: Manager, redis_client: redis.Redis, minute: datetime
+) -> None:
+    slots = [minute - n * MINUTE for n in range(4, 0, -1)]
+    decided(redis_client, "solo", slots[-1])
+    held = {"slot": us(slots[0]), "replica": "r1", "task_id": task_id_for("solo", slots[0])}
+    redis_client.lpush(
+        KEYS.history("solo"),
+        json.dumps({**held, "outcome": "skipped:buffered", "at": us(slots[0])}),
+    )
+    redis_client.set(KEYS.buffered("solo"), json.dumps({"task_id": task_id_for("solo", slots[1])}))
+    redis_client.set(KEYS.running("solo"), task_id_for("solo", slots[2]))
+    results = manager.backfill("solo", slots[0], slots[-1], rate=1000, overlap="allow")
+    assert outcomes(results) == [
+        "skipped:buffered",  # its held run is published by a worker, with no "sent" item
+        "skipped:buffered",  # held right now
+        "already_published",  # running right now
+        "sent",
+    ]
+    assert results[2].detail == "running"

@@ -594,15 +594,15 @@ ALL_SCRIPTS = (
 )
 
 #: Decide whether one past slot of an entry may be backfilled, and claim it for the backfill.
-#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message
-#: (unused), KEYS[5] history list, KEYS[6] backfill hash (slot -> "<state>|<who>|<at us>").
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
+#: KEYS[5] history list, KEYS[6] backfill hash (slot -> "<state>|<who>|<at us>").
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] backfill run id, ARGV[4] overlap ("allow" |
 #: "skip"), ARGV[5] singleton lease (ms), ARGV[6] history size, ARGV[7] "1" to force (a slot
 #: older than the history remembers, a paused entry), ARGV[8] "1" for a dry run (writes nothing).
 #: Returns {verdict, detail}: "claimed" (publish it now, then run BACKFILL_RECORD), "eligible"
 #: (dry run: it would be claimed), "already_published" (detail: what says so), or "skipped"
-#: (detail: "future" | "undecided" | "in_flight" | "failed" | "pending" | "unknown" |
-#: "paused" | "busy").
+#: (detail: "future" | "undecided" | "in_flight" | "failed" | "pending" | "buffered" |
+#: "uncertain" | "unknown" | "paused" | "busy").
 #: The claim is also the fence: a backfill slot is never taken over, so a backfill killed
 #: between this script and BACKFILL_RECORD leaves the slot "publishing" for ever (reported
 #: "skipped:in_flight" afterwards): at most once.
@@ -633,16 +633,33 @@ end
 if slot == hwm and redis.call('HGET', KEYS[1], 'state') == 'sent' then
   return {'already_published', 'state'}
 end
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  return {'already_published', 'running'}
+end
+local held = redis.call('GET', KEYS[4])
+if held and string.find(held, ARGV[2], 1, true) then
+  return {'skipped', 'buffered'}
+end
 local items = redis.call('LRANGE', KEYS[5], 0, -1)
+-- A run held back by buffer_one ("skipped:buffered") is published by a worker later, without
+-- a "sent" item; one whose publish was uncertain ("skipped:uncertain"), or whose publisher
+-- died after its fence ("skipped:in_flight"), may have left.
+local maybe = nil
 for _, raw in ipairs(items) do
   local ok, item = pcall(cjson.decode, raw)
   if ok and type(item) == 'table' and type(item.slot) == 'number'
       and math.abs(item.slot - slot) < 500000 then
     local outcome = tostring(item.outcome)
-    if outcome ~= 'failed' and string.sub(outcome, 1, 8) ~= 'skipped:' then
+    if outcome == 'skipped:buffered' or outcome == 'skipped:uncertain'
+        or outcome == 'skipped:in_flight' then
+      maybe = string.sub(outcome, 9)
+    elseif outcome ~= 'failed' and string.sub(outcome, 1, 8) ~= 'skipped:' then
       return {'already_published', outcome}
     end
   end
+end
+if maybe then
+  return {'skipped', maybe}
 end
 if ARGV[7] ~= '1' then
   -- A full list may have lost items. Every item lost to a push of the scheduler is older than
