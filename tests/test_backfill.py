@@ -389,3 +389,36 @@ def test_a_run_held_back_or_running_for_its_slot_is_not_backfilled(
         "sent",
     ]
     assert results[2].detail == "running"
+
+
+def test_a_backfill_and_the_scheduler_claims_never_both_win_a_slot(
+    app: Celery, manager: Manager, redis_client: redis.Redis, redis_url: str, minute: datetime
+) -> None:
+    from celery_fork_scheduler.backends.base import Claim
+    from celery_fork_scheduler.backends.redis import RedisBackend
+    from celery_fork_scheduler.config import read_settings
+
+    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
+    try:
+
+        def claim(slot: datetime) -> Any:
+            [result] = backend.claim([Claim("minutely", slot, task_id_for("minutely", slot))])
+            return result
+
+        assert claim(minute - 3 * MINUTE).outcome.value == "won"
+        backend.mark_sent(
+            [Claim("minutely", minute - 3 * MINUTE, task_id_for("minutely", minute - 3 * MINUTE))]
+        )
+        assert claim(minute - 2 * MINUTE).outcome.value == "won"  # pending: not published yet
+        results = manager.backfill("minutely", minute - 4 * MINUTE, minute - MINUTE, rate=1000)
+        assert outcomes(results) == [
+            "sent",  # before the scheduler's first claim: it never published it
+            "already_published",
+            "skipped:pending",
+            "skipped:undecided",
+        ]
+        # The scheduler can no longer win the backfilled slot (it is below its mark).
+        assert claim(minute - 4 * MINUTE).outcome.value != "won"
+    finally:
+        backend.close()
+    assert len(broker_messages(redis_client)) == 1
