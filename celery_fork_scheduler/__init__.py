@@ -21,6 +21,8 @@ from .ids import ENTRY_HEADER, SLOT_HEADER, task_id_for
 from .listeners import EventListener, LoggingEventListener, register_event_listeners
 from .locking import RedisLock, RedisLocker, RedisLockerOptions
 from .manager import (
+    BackfillInputError,
+    BackfillSlot,
     EntryStats,
     HistoryItem,
     Job,
@@ -44,6 +46,8 @@ __all__ = [
     "ENTRY_HEADER",
     "SLOT_HEADER",
     "BackendUnavailableError",
+    "BackfillInputError",
+    "BackfillSlot",
     "CheckReport",
     "ConfigError",
     "EntryStats",

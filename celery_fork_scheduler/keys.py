@@ -35,6 +35,10 @@ class Keys:
         """Capped list: the latest runs of ``entry``, newest first (JSON)."""
         return f"{self.prefix}{{{entry}}}:history"
 
+    def backfill(self, entry: str) -> str:
+        """Hash: the slots of ``entry`` claimed by a backfill, and how each ended."""
+        return f"{self.prefix}{{{entry}}}:backfill"
+
     def entry_keys(self, entry: str) -> list[str]:
         """The keys the claim scripts of ``entry`` touch, in their KEYS order."""
         return [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -21,6 +22,16 @@ from kombu.exceptions import OperationalError
 
 from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
+from .backfill import (
+    DEFAULT_LIMIT,
+    DEFAULT_RATE,
+    BackfillInputError,
+    BackfillOptions,
+    BackfillOverlap,
+    BackfillSlot,
+    backfill_slots,
+    run_backfill,
+)
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .entry import (
@@ -52,6 +63,8 @@ from .validation import CheckReport, Problem, check_app_report
 from .worker import MANUAL_HEADER
 
 __all__ = [
+    "BackfillInputError",
+    "BackfillSlot",
     "BrokerUnavailableError",
     "BulkConfigError",
     "BulkConflictError",
@@ -779,6 +792,55 @@ class Manager:
             self._give_back(entry, task_id, capped=capped)
             raise
         return self._record_manual_run(name, slot, task_id)
+
+    def backfill(
+        self,
+        name: str,
+        start: datetime,
+        end: datetime,
+        *,
+        overlap: BackfillOverlap | None = None,
+        rate: float = DEFAULT_RATE,
+        limit: int = DEFAULT_LIMIT,
+        dry_run: bool = False,
+        force: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> list[BackfillSlot]:
+        """Publish each slot of an entry in ``[start, end]`` that was never published, once
+        across the cluster, oldest first, at most ``rate`` per second; one
+        :class:`BackfillSlot` per slot (see ``docs/manager.md``, "Backfill").
+
+        - ``overlap``: the entry's own policy by default; ``"allow"`` publishes a singleton's
+          slots even while one of its runs holds the running marker (``"skip"`` and
+          ``"buffer_one"`` both skip them as ``skipped:busy``).
+        - ``force``: also slots older than what the entry's capped history remembers
+          (``skipped:unknown`` otherwise) and slots of a paused entry (``skipped:paused``).
+        - ``dry_run``: decide every slot (``would_send``) without writing or sending anything.
+        - Naive datetimes are UTC. :class:`BackfillInputError` (nothing written) when ``start``
+          is after ``end``, the range holds more than ``limit`` slots, or an option is bad;
+          :class:`JobNotFoundError` for an unknown entry; :class:`BrokerUnavailableError`
+          when the broker cannot be reached (nothing claimed).
+        """
+        entry, _ = self._entry(name)
+        options = BackfillOptions(
+            overlap=overlap, rate=rate, limit=limit, dry_run=dry_run, force=force
+        ).checked(name)
+        slots = backfill_slots(entry, start, end, options.limit)
+        client = self._redis()
+        if not dry_run:
+            self._reach_broker(name)
+        return run_backfill(
+            self.app,
+            client,
+            self._keys(),
+            self._settings(),
+            entry,
+            slots,
+            options,
+            sleep=sleep,
+            monotonic=monotonic,
+        )
 
     def _reach_broker(self, name: str) -> None:
         """Connect to the broker once, so that a broker that is down costs nothing."""

@@ -46,6 +46,12 @@ def test_locking_critical_section() -> None:
     assert "counter = 200 (expected 200)" in output
 
 
+def test_backfill_publishes_missed_slots_once() -> None:
+    output = run_example("backfill/run.py", "--minutes", "4", timeout=120)
+    assert "OK: 3 missed slots backfilled once; the second run sent nothing" in output
+    assert output.count("already_published") == 5  # one in the first run, four in the second
+
+
 #: The examples that start a worker and beat: (directory, arguments, timeout, lines they print).
 PROCESS_EXAMPLES = [
     ("quickstart", [], 120, ["scheduled task runs received by the worker", "hello-every-2s"]),

@@ -23,6 +23,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
     P{<entry>}:running   string  task id of the run in progress (singleton), with a lease (PX)
     P{<entry>}:buffered  string  JSON message of the one run held back (overlap "buffer_one")
     P{<entry>}:history   list    JSON of the latest runs, newest first, capped (history_size)
+    P{<entry>}:backfill  hash    <slot us> -> "publishing|<backfill run>|<at us>", then
+                                 "sent|<task id>|<at us>" or "failed|<task id>|<at us>":
+                                 slots claimed by a backfill (never claimed twice)
     P{cap}:running       zset    task id -> lease end (us): scheduled runs executing now
     P{runtime}:entries   hash    name -> JSON of a runtime entry (schema-versioned)
     P{runtime}:changes   zset    name -> version of its latest change (deletes included)
@@ -598,4 +601,161 @@ ALL_SCRIPTS = (
     MARK_SKIPPED,
     RECORD_FAILURE,
     PUBLISH_ONCE,
+)
+
+#: Decide whether one past slot of an entry may be backfilled, and claim it for the backfill.
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
+#: KEYS[5] history list, KEYS[6] backfill hash (slot -> "<state>|<who>|<at us>").
+#: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] backfill run id, ARGV[4] overlap ("allow" |
+#: "skip"), ARGV[5] singleton lease (ms), ARGV[6] history size, ARGV[7] "1" to force (a slot
+#: older than the history remembers, a paused entry), ARGV[8] "1" for a dry run (writes nothing).
+#: Returns {verdict, detail}: "claimed" (publish it now, then run BACKFILL_RECORD), "eligible"
+#: (dry run: it would be claimed), "already_published" (detail: what says so), or "skipped"
+#: (detail: "future" | "undecided" | "in_flight" | "failed" | "pending" | "buffered" |
+#: "uncertain" | "unknown" | "paused" | "busy").
+#: The claim is also the fence: a backfill slot is never taken over, so a backfill killed
+#: between this script and BACKFILL_RECORD leaves the slot "publishing" for ever (reported
+#: "skipped:in_flight" afterwards): at most once.
+BACKFILL_CLAIM = (
+    _NOW
+    + """
+local slot = tonumber(ARGV[1])
+if slot > now then
+  return {'skipped', 'future'}
+end
+local hwm = tonumber(redis.call('HGET', KEYS[1], 'hwm'))
+if not hwm or slot > hwm then
+  return {'skipped', 'undecided'}
+end
+local mark = redis.call('HGET', KEYS[6], ARGV[1])
+if mark then
+  local state = string.match(mark, '^(%a+)')
+  if state == 'sent' then
+    return {'already_published', 'backfill'}
+  elseif state == 'failed' then
+    return {'skipped', 'failed'}
+  end
+  return {'skipped', 'in_flight'}
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return {'skipped', 'pending'}
+end
+if slot == hwm and redis.call('HGET', KEYS[1], 'state') == 'sent' then
+  return {'already_published', 'state'}
+end
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  return {'already_published', 'running'}
+end
+local held = redis.call('GET', KEYS[4])
+if held and string.find(held, ARGV[2], 1, true) then
+  return {'skipped', 'buffered'}
+end
+local items = redis.call('LRANGE', KEYS[5], 0, -1)
+-- A run held back by buffer_one ("skipped:buffered") is published by a worker later, without
+-- a "sent" item; one whose publish was uncertain ("skipped:uncertain"), or whose publisher
+-- died after its fence ("skipped:in_flight"), may have left.
+local maybe = nil
+for _, raw in ipairs(items) do
+  local ok, item = pcall(cjson.decode, raw)
+  if ok and type(item) == 'table' and type(item.slot) == 'number'
+      and math.abs(item.slot - slot) < 500000 then
+    local outcome = tostring(item.outcome)
+    if outcome == 'skipped:buffered' or outcome == 'skipped:uncertain'
+        or outcome == 'skipped:in_flight' then
+      maybe = string.sub(outcome, 9)
+    elseif outcome ~= 'failed' and string.sub(outcome, 1, 8) ~= 'skipped:' then
+      return {'already_published', outcome}
+    end
+  end
+end
+if maybe then
+  return {'skipped', maybe}
+end
+if ARGV[7] ~= '1' then
+  -- A full list may have lost items. Every item lost to a push of the scheduler is older than
+  -- the oldest item of the scheduler still listed; an item of the scheduler lost to a push of
+  -- a backfill raised 'forgotten'. A slot is recorded at most 0.5 s before it is due, so a
+  -- slot due more than 0.5 s after both was recorded after anything lost: it is known.
+  local size = tonumber(ARGV[6])
+  local horizon = nil
+  if size <= 0 then
+    horizon = math.huge
+  elseif #items >= size then
+    horizon = tonumber(redis.call('HGET', KEYS[6], 'forgotten'))
+    for i = #items, 1, -1 do
+      local ok, item = pcall(cjson.decode, items[i])
+      if not ok or type(item) ~= 'table' or type(item.at) ~= 'number' then
+        horizon = math.huge
+        break
+      end
+      if not item.backfill then
+        horizon = math.max(horizon or item.at, item.at)
+        break
+      end
+    end
+  end
+  if horizon and slot <= horizon + 500000 then
+    return {'skipped', 'unknown'}
+  end
+  if redis.call('HGET', KEYS[1], 'paused') then
+    return {'skipped', 'paused'}
+  end
+end
+local dry = ARGV[8] == '1'
+if ARGV[4] ~= 'allow' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[2] then
+    return {'skipped', 'busy'}
+  end
+  if not dry then
+    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+  end
+end
+if dry then
+  return {'eligible', ''}
+end
+redis.call('HSET', KEYS[6], ARGV[1], 'publishing|' .. ARGV[3] .. '|' .. string.format('%.0f', now))
+return {'claimed', ''}
+"""
+)
+
+#: Record the publish of a slot claimed by BACKFILL_CLAIM: the backfill hash says "sent" (or
+#: "failed": the publish raised, the message may have left; never published again either way)
+#: and the entry's history gets an item with ``backfill: true``.
+#: KEYS as BACKFILL_CLAIM. ARGV[1] slot (us), ARGV[2] task id, ARGV[3] backfill run id,
+#: ARGV[4] outcome ("sent" | "failed"), ARGV[5] history size, ARGV[6] error text (or "").
+#: Returns 1 when recorded, 0 when the claim is not this run's (nothing written).
+BACKFILL_RECORD = _recording(
+    """
+local mark = redis.call('HGET', KEYS[6], ARGV[1])
+if not mark or string.match(mark, '^publishing|([^|]*)|') ~= ARGV[3] then
+  return 0
+end
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[4] .. '|' .. ARGV[2] .. '|' .. string.format('%.0f', now))
+local size = tonumber(ARGV[5])
+if size > 0 then
+  -- The push below trims the oldest items: remember when the latest of the scheduler's was
+  -- recorded (BACKFILL_CLAIM cannot tell its slots from the list any more).
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[5], size - 1, -1)) do
+    local ok, item = pcall(cjson.decode, raw)
+    if ok and type(item) == 'table' and not item.backfill and type(item.at) == 'number' then
+      local forgotten = tonumber(redis.call('HGET', KEYS[6], 'forgotten')) or 0
+      if item.at > forgotten then
+        redis.call('HSET', KEYS[6], 'forgotten', string.format('%.0f', item.at))
+      end
+    end
+  end
+end
+local extra = {backfill = true}
+if ARGV[4] == 'sent' then
+  redis.call('HINCRBY', KEYS[1], 'backfilled', 1)
+else
+  extra['error'] = ARGV[6]
+  if redis.call('GET', KEYS[3]) == ARGV[2] then
+    redis.call('DEL', KEYS[3])
+  end
+end
+record(ARGV[1], ARGV[3], ARGV[2], ARGV[4], ARGV[5], extra)
+return 1
+"""
 )

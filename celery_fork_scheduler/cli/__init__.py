@@ -7,14 +7,14 @@ on a terminal (and never with ``celery --no-color``).
 Exit codes: ``0`` done; ``1`` the operation failed (no such entry, stale version, aborted,
 a stored record that cannot be read, ``validate`` found problems); ``2`` bad input (a schedule,
 a definition, a usage mistake); ``3`` Redis is not configured or cannot be reached (or, for
-``trigger``, the broker). Errors are one line on stderr.
+``trigger`` and ``backfill``, the broker). Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import click
 
-from . import edit, inspection, validate, web
+from . import backfill, edit, inspection, validate, web
 from .session import ScheduleGroup
 
 __all__ = ["schedule"]
@@ -34,6 +34,7 @@ for command in (
     edit.pause,
     edit.resume,
     edit.trigger,
+    backfill.backfill,
     inspection.history,
     inspection.replicas,
     validate.validate,
