@@ -312,6 +312,7 @@ class Manager:
             default_timezone=app_timezone(self.app),
             source="runtime",
             min_interval=self._settings().min_interval,
+            calendars=self._settings().calendars,
         )
 
     def _stored_form(self, entry: Entry) -> dict[str, Any]:
@@ -554,7 +555,12 @@ class Manager:
             if parsed is not None:
                 definition = {**definition, "schedule": parsed}
         entry = entry_from_config(
-            name, definition, default_timezone=bulk.zone, source="runtime", min_interval=bulk.floor
+            name,
+            definition,
+            default_timezone=bulk.zone,
+            source="runtime",
+            min_interval=bulk.floor,
+            calendars=self._settings().calendars,
         )
         if entry.lazy:
             entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field
@@ -866,11 +872,18 @@ class Manager:
 
     def _static_entries(self) -> dict[str, Entry]:
         floor = self._settings().min_interval
+        calendars = self._settings().calendars
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=app_timezone(self.app), min_interval=floor
+            self.app.conf.beat_schedule,
+            default_timezone=app_timezone(self.app),
+            min_interval=floor,
+            calendars=calendars,
         )
         decorated = periodic_entries(
-            self.app, default_timezone=app_timezone(self.app), min_interval=floor
+            self.app,
+            default_timezone=app_timezone(self.app),
+            min_interval=floor,
+            calendars=calendars,
         )
         for name, entry in decorated.items():
             entries.setdefault(name, entry)  # beat_schedule wins, as in beat
@@ -932,6 +945,7 @@ class Manager:
             stored.data,
             default_timezone=app_timezone(self.app),
             min_interval=floor,
+            calendars=self._settings().calendars,
         )
 
     def _server_clock(self) -> datetime:
