@@ -642,6 +642,12 @@ class Manager:
         entry, _ = self._entry(name)
         return list(_first_slots(entry, after or self._clock(), n))
 
+    def excluded_runs(self, name: str, slots: Iterable[datetime]) -> list[datetime]:
+        """Those of ``slots`` that fall on the entry's exclusion dates (``exclude``,
+        ``calendar``): they are recorded skipped (``excluded``), never published."""
+        entry, _ = self._entry(name)
+        return [slot for slot in slots if entry.excludes(slot)]
+
     def history(self, name: str, n: int = 20) -> list[RunRecord]:
         """The latest runs of an entry, newest first (up to ``fork_scheduler_history_size``);
         ``ValueError`` when an item cannot be decoded (see :meth:`history_items`)."""

@@ -47,6 +47,9 @@ class Job:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    #: The entry's own exclusion dates (canonical items) and the calendars it names.
+    exclude: tuple[str, ...] = ()
+    calendar: tuple[str, ...] = ()
     finished: bool = False
 
     @property
@@ -108,6 +111,8 @@ _ENTRY_FIELDS = (
     "max_runs",
     "catchup",
     "catchup_window",
+    "exclude",
+    "calendar",
 )
 
 

@@ -234,7 +234,7 @@ def test_an_unknown_calendar_lists_the_defined_ones() -> None:
 def test_the_calendars_setting_is_checked_naming_the_calendar_and_item() -> None:
     app = Celery("calendars", set_as_current=False)
     app.conf.fork_scheduler_calendars = {"ok": ["12-25"], "holidays-de": ["2026-12-24", "soon"]}
-    with pytest.raises(ConfigError, match="calendar 'holidays-de'.*'soon'") as refused:
+    with pytest.raises(ConfigError, match=r"calendar 'holidays-de'.*'soon'") as refused:
         read_settings(app.conf)
     assert refused.value.field == "fork_scheduler_calendars"
     app.conf.fork_scheduler_calendars = ["12-25"]

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import redis
 import replica_helpers
 from celery import Celery
+from celery.bin.base import CLIContext
+from click.testing import CliRunner
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
+from celery_fork_scheduler.cli import schedule
+from celery_fork_scheduler.errors import ConfigError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
@@ -155,3 +161,61 @@ def test_an_excluded_slot_takes_no_cap_place_nor_singleton_marker(
         run([one], clock, 1)
         assert published([one], "single") == ["2026-03-03T00:00:00+00:00"]
         assert redis_client.zcard(keys.cap) == 1
+
+
+# -- runtime entries, Manager and CLI -----------------------------------------------------------
+
+
+def test_runtime_entries_keep_exclude_and_calendar_and_replicas_skip_their_slots(
+    redis_url: str, clock: FakeClock
+) -> None:
+    with replicas(redis_url, clock, {}, 2) as both, skipped() as skips:
+        manager = Manager(both[0].app, clock=clock)
+        job = manager.add(
+            "payday",
+            "t",
+            every(1).seconds,
+            exclude=[("2026-03-02", "2026-03-02")],
+            calendar="march",
+        )
+        assert (job.exclude, job.calendar) == (("2026-03-02..2026-03-02",), ("march",))
+        updated = manager.update("payday", exclude=["12-25"])
+        assert (updated.exclude, updated.calendar) == (("12-25",), ("march",))
+        assert manager.get("payday").exclude == ("12-25",)
+        run(both, clock, 6)
+    allowed = published(both, "payday")
+    assert allowed and all(slot.startswith("2026-03-03T") for slot in allowed)
+    assert any(entry == "payday" and reason == "excluded" for entry, _, reason in skips)
+
+
+def test_an_unknown_calendar_is_refused_by_the_manager_naming_the_field(
+    redis_url: str, clock: FakeClock
+) -> None:
+    manager = Manager(make_app(redis_url, {}), clock=clock)
+    with pytest.raises(ConfigError, match="unknown calendar 'nope'") as refused:
+        manager.add("payday", "t", "every 1 hour", calendar="nope")
+    assert (refused.value.entry, refused.value.field) == ("payday", "calendar")
+
+
+def test_schedule_show_prints_exclusions_and_marks_excluded_next_runs(redis_url: str) -> None:
+    # The CLI reads the real clock: exclude tomorrow, every year.
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date()
+    yearly = tomorrow.strftime("%m-%d")
+    app = make_app(
+        redis_url,
+        {"payroll": {"task": "t", "schedule": "daily at 09:00", "exclude": [yearly]}},
+    )
+    obj = CLIContext(app=app, no_color=True, workdir=None)
+    result = CliRunner().invoke(schedule, ["show", "payroll", "-n", "3"], obj=obj)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["exclude", yearly] for line in lines), result.stdout
+    assert any(line.split() == ["calendar", "-"] for line in lines), result.stdout
+    runs = [line for line in lines if "09:00:00" in line]
+    assert len(runs) == 3, result.stdout
+    for line in runs:
+        assert line.rstrip().endswith("excluded") is (tomorrow.isoformat() in line), line
+    as_json = CliRunner().invoke(schedule, ["show", "payroll", "-n", "3", "--json"], obj=obj)
+    data = json.loads(as_json.stdout)
+    assert data["exclude"] == [yearly]
+    assert [slot[:10] for slot in data["excluded_runs"]] == [tomorrow.isoformat()]
