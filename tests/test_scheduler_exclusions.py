@@ -219,3 +219,17 @@ def test_schedule_show_prints_exclusions_and_marks_excluded_next_runs(redis_url:
     data = json.loads(as_json.stdout)
     assert data["exclude"] == [yearly]
     assert [slot[:10] for slot in data["excluded_runs"]] == [tomorrow.isoformat()]
+
+
+def test_schedule_add_takes_exclude_and_calendar_options(redis_url: str) -> None:
+    app = make_app(redis_url, {})
+    obj = CLIContext(app=app, no_color=True, workdir=None)
+    args = ["add", "payday", "t", "every 1 hour", "--exclude", "12-25", "--calendar", "march"]
+    result = CliRunner().invoke(schedule, [*args, "--exclude", "2026-12-24..2026-12-31"], obj=obj)
+    assert result.exit_code == 0, result.output
+    job = Manager(app).get("payday")
+    assert (job.exclude, job.calendar) == (("12-25", "2026-12-24..2026-12-31"), ("march",))
+    refused = CliRunner().invoke(
+        schedule, ["add", "bad", "t", "every 1 hour", "--exclude", "12-32"], obj=obj
+    )
+    assert refused.exit_code != 0 and "'12-32'" in refused.stderr and "exclude" in refused.stderr
