@@ -107,7 +107,10 @@ def normalise_items(items: object) -> tuple[str, ...]:
         )
     if len(items) > MAX_ITEMS:
         raise ExclusionError(f"at most {MAX_ITEMS} items, not {len(items)}")
-    return tuple(dict.fromkeys(_normalise(item) for item in items))
+    canonical = [_normalise(item) for item in items]
+    if isinstance(items, (set, frozenset)):  # no order of its own: one for every replica
+        canonical.sort()
+    return tuple(dict.fromkeys(canonical))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -97,6 +97,14 @@ def test_repeated_items_are_kept_once_in_order() -> None:
     assert normalise_items(["12-25", "2026-01-01", "12-25"]) == ("12-25", "2026-01-01")
 
 
+def test_a_set_of_items_gets_one_order_on_every_replica() -> None:
+    assert normalise_items({"12-25", "2026-01-01", date(2025, 5, 1)}) == (
+        "12-25",
+        "2025-05-01",
+        "2026-01-01",
+    )
+
+
 # -- matching ----------------------------------------------------------------------------------
 
 
