@@ -13,6 +13,10 @@ paused or cut off from Redis — and the entry's ``catchup`` policy decides:
 
 ``catchup_window`` (and, at start-up, ``beat_cron_starting_deadline``) bounds how old a missed slot
 may be and still fire.
+
+A slot on one of the entry's exclusion dates (``exclude``, ``calendar``) would not have fired:
+it is never the missed slot ``"latest"`` fires, and a recent one does not stand in for it. It
+is still claimed when it comes up (recent, or with ``"all"``), to be recorded skipped.
 """
 
 from __future__ import annotations
@@ -43,10 +47,23 @@ def slots_due(
         return recent
     if entry.catchup == "all":
         return _bounded(entry, oldest, cutoff) + recent
-    if recent:
+    if any(not entry.excludes(slot) for slot in recent):
         return recent
-    latest = entry.last_slot_at_or_before(cutoff)
-    return [latest] if latest is not None and latest > oldest else []
+    latest = _latest_included(entry, cutoff, oldest)
+    return ([latest] if latest is not None else []) + recent
+
+
+def _latest_included(entry: Entry, at: datetime, oldest: datetime) -> datetime | None:
+    """The latest slot in ``(oldest, at]`` not on an exclusion date (looking back at most
+    :data:`MAX_CATCH_UP_SLOTS` slots)."""
+    for _ in range(MAX_CATCH_UP_SLOTS):
+        slot = entry.last_slot_at_or_before(at)
+        if slot is None or slot <= oldest:
+            return None
+        if not entry.excludes(slot):
+            return slot
+        at = slot - timedelta(microseconds=1)
+    return None
 
 
 def _bounded(entry: Entry, after: datetime, until: datetime) -> list[datetime]:

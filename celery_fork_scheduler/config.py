@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from .durations import to_timedelta
 from .errors import ConfigError
+from .exclusions import ExclusionError, calendars_from_setting
 
 SETTING_PREFIX = "fork_scheduler_"
 
@@ -58,6 +59,7 @@ DEFAULTS: Mapping[str, Any] = {
     "max_entry_size": 65_536,
     "owner_grace": timedelta(seconds=1),
     "web_token": None,
+    "calendars": {},
 }
 
 
@@ -95,6 +97,9 @@ class Settings:
     #: Celery's ``beat_cron_starting_deadline``: at start-up, older missed slots are not
     #: caught up (``None``: no bound).
     starting_deadline: timedelta | None = None
+    #: Named lists of exclusion dates (canonical items, see :mod:`.exclusions`) that entries
+    #: use with their ``calendar`` key.
+    calendars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 #: Celery's own settings read with the others: the :class:`Settings` field each one fills and
@@ -291,6 +296,13 @@ def _starting_deadline(value: object) -> timedelta | None:
         ) from None
 
 
+def _calendars(value: object) -> Mapping[str, tuple[str, ...]]:
+    try:
+        return calendars_from_setting(value)
+    except ExclusionError as exc:
+        raise _setting_error("calendars", str(exc)) from None
+
+
 def _named(check: Callable[[str, Any], Any], name: str) -> Callable[[Any], Any]:
     return lambda value: check(name, value)
 
@@ -320,6 +332,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "owner_grace": _named(_duration, "owner_grace"),
     "web_token": _named(_optional_str, "web_token"),
     "starting_deadline": _starting_deadline,
+    "calendars": _calendars,
 }
 
 

@@ -59,10 +59,10 @@ def periodic(
             "singleton": singleton,
             **policies,
         }
-        # The interval floor is a setting, checked when the entries are loaded.
+        # The interval floor and the calendars are settings, checked when the entries are loaded.
         entry_from_config(
             entry_name,
-            definition,
+            {key: value for key, value in definition.items() if key != "calendar"},
             default_timezone=timezone.utc,
             source="decorator",
             min_interval=timedelta(0),
@@ -75,10 +75,18 @@ def periodic(
 
 
 def periodic_entries(
-    app: Any, *, default_timezone: tzinfo, min_interval: timedelta = DEFAULT_MIN_INTERVAL
+    app: Any,
+    *,
+    default_timezone: tzinfo,
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    calendars: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Entry]:
     """The entries declared with :func:`periodic` on tasks of ``app``."""
     registry = app.__dict__.get(REGISTRY_ATTRIBUTE) or {}
     return entries_from_config(
-        registry, default_timezone=default_timezone, source="decorator", min_interval=min_interval
+        registry,
+        default_timezone=default_timezone,
+        source="decorator",
+        min_interval=min_interval,
+        calendars=calendars,
     )

@@ -19,6 +19,7 @@ from kombu.entity import Exchange, Queue
 from .config import DEFAULTS, has_control_characters, shown
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
+from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalise_items
 from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 
@@ -47,6 +48,8 @@ EXTRA_KEYS = frozenset(
         "catchup",
         "catchup_window",
         "pause_on_failure",
+        "exclude",
+        "calendar",
     }
 )
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
@@ -125,6 +128,12 @@ class Entry:
     catchup_window: timedelta | None = None
     #: Pause the entry cluster-wide when one of its runs fails for good (after its retries).
     pause_on_failure: bool = False
+    #: Exclusion items of the entry itself, canonical (see :mod:`.exclusions`).
+    exclude: tuple[str, ...] = ()
+    #: Names of ``fork_scheduler_calendars`` whose dates are excluded too.
+    calendar: tuple[str, ...] = ()
+    #: ``exclude`` and the calendars' items compiled in the entry's time zone (``None``: none).
+    exclusions: Exclusions | None = None
     source: EntrySource = "config"
 
     @property
@@ -136,6 +145,10 @@ class Entry:
     def singleton(self) -> bool:
         """True when runs of this entry must not overlap (``overlap`` is not ``"allow"``)."""
         return self.overlap != "allow"
+
+    def excludes(self, slot: datetime) -> bool:
+        """True when ``slot`` falls on an excluded date (it is then skipped, ``excluded``)."""
+        return self.exclusions is not None and self.exclusions.excludes(slot)
 
     def first_slot_after(self, after: datetime) -> datetime | None:
         """Return the first slot strictly after ``after`` that lies inside start/end."""
@@ -502,6 +515,50 @@ def _window(name: str, value: object) -> timedelta | None:
         raise _fail(name, "catchup_window", str(exc).removeprefix("catchup_window ")) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(items: tuple[str, ...], zone: tzinfo) -> Exclusions | None:
+    """:func:`.exclusions.compile_exclusions`, shared by entries with the same items and zone."""
+    return compile_exclusions(items, zone)
+
+
+def _calendar_names(name: str, value: object, calendars: Mapping[str, Any]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(each, str) and each for each in value
+    ):
+        raise _fail(
+            name, "calendar", f"must be a calendar name or a list of names, not {shown(value)}"
+        )
+    unknown = [each for each in value if each not in calendars]
+    if unknown:
+        known = ", ".join(map(repr, sorted(calendars))) or "none"
+        raise _fail(
+            name,
+            "calendar",
+            f"unknown calendar {shown(unknown[0])} (fork_scheduler_calendars defines: {known})",
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def _exclusions(
+    name: str,
+    definition: Mapping[str, Any],
+    calendars: Mapping[str, tuple[str, ...]],
+    zone: tzinfo,
+) -> tuple[tuple[str, ...], tuple[str, ...], Exclusions | None]:
+    """The entry's own items, its calendars' names, and all their items compiled."""
+    try:
+        own = normalise_items(definition.get("exclude"))
+    except ExclusionError as exc:
+        raise _fail(name, "exclude", str(exc)) from None
+    names = _calendar_names(name, definition.get("calendar"), calendars)
+    items = tuple(dict.fromkeys(own + tuple(item for each in names for item in calendars[each])))
+    return own, names, _compiled(items, zone)
+
+
 def entry_from_config(
     name: str,
     definition: Mapping[str, Any],
@@ -509,11 +566,13 @@ def entry_from_config(
     default_timezone: tzinfo,
     source: EntrySource = "config",
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    calendars: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Entry:
     """Build an :class:`Entry` from one ``beat_schedule`` item.
 
     Raises :class:`ConfigError` naming the entry and the field for any wrong key or value,
-    a schedule firing more often than ``min_interval`` included.
+    a schedule firing more often than ``min_interval`` included. ``calendars``: the
+    ``fork_scheduler_calendars`` setting (checked), which the ``calendar`` key names.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"entry names must be non-empty strings, not {shown(name)}")
@@ -571,6 +630,7 @@ def entry_from_config(
     if start_at is not None and end_at is not None and end_at <= start_at:
         raise _fail(name, "end_at", "must be later than start_at")
 
+    exclude, calendar, exclusions = _exclusions(name, definition, calendars or {}, zone)
     overlap = _overlap(name, definition)
     _check_json(name, overlap, {"args": args, "kwargs": kwargs, "options": options})
     return Entry(
@@ -590,6 +650,9 @@ def entry_from_config(
         catchup=_choice(name, "catchup", definition.get("catchup", "latest"), CATCHUPS),  # type: ignore[arg-type]
         catchup_window=_window(name, definition.get("catchup_window")),
         pause_on_failure=_flag(name, "pause_on_failure", definition.get("pause_on_failure"), False),
+        exclude=exclude,
+        calendar=calendar,
+        exclusions=exclusions,
         source=source,
     )
 
@@ -600,6 +663,7 @@ def entries_from_config(
     default_timezone: tzinfo,
     source: EntrySource = "config",
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    calendars: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Entry]:
     """Validate a whole ``beat_schedule``; the first bad entry raises :class:`ConfigError`."""
     if not beat_schedule:
@@ -615,6 +679,7 @@ def entries_from_config(
             default_timezone=default_timezone,
             source=source,
             min_interval=min_interval,
+            calendars=calendars,
         )
         for name, definition in beat_schedule.items()
     }
@@ -626,7 +691,8 @@ ENTRY_SCHEMA = 1
 
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
-    ``schedule`` the stored form of its schedule."""
+    ``schedule`` the stored form of its schedule. ``exclude``, ``calendar`` and
+    ``pause_on_failure`` are written only when set (an entry without them reads the same on a replica that predates them)."""
     data = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
@@ -649,6 +715,10 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     # Stored only when set: replicas of an older version still read every other entry.
     if entry.pause_on_failure:
         data["pause_on_failure"] = True
+    if entry.exclude:
+        data["exclude"] = list(entry.exclude)
+    if entry.calendar:
+        data["calendar"] = list(entry.calendar)
     return data
 
 
@@ -690,6 +760,7 @@ def entry_from_dict(
     *,
     default_timezone: tzinfo,
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    calendars: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Entry:
     """Rebuild a runtime entry from its stored form, validating it like a config entry."""
     if not isinstance(data, Mapping):
@@ -703,4 +774,5 @@ def entry_from_dict(
         default_timezone=default_timezone,
         source="runtime",
         min_interval=min_interval,
+        calendars=calendars,
     )

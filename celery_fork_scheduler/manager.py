@@ -326,6 +326,7 @@ class Manager:
             default_timezone=app_timezone(self.app),
             source="runtime",
             min_interval=self._settings().min_interval,
+            calendars=self._settings().calendars,
         )
 
     def _stored_form(self, entry: Entry) -> dict[str, Any]:
@@ -568,7 +569,12 @@ class Manager:
             if parsed is not None:
                 definition = {**definition, "schedule": parsed}
         entry = entry_from_config(
-            name, definition, default_timezone=bulk.zone, source="runtime", min_interval=bulk.floor
+            name,
+            definition,
+            default_timezone=bulk.zone,
+            source="runtime",
+            min_interval=bulk.floor,
+            calendars=self._settings().calendars,
         )
         if entry.lazy:
             entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field
@@ -649,6 +655,12 @@ class Manager:
         """The next ``n`` slots of an entry (UTC), after now or ``after``."""
         entry, _ = self._entry(name)
         return list(_first_slots(entry, after or self._clock(), n))
+
+    def excluded_runs(self, name: str, slots: Iterable[datetime]) -> list[datetime]:
+        """Those of ``slots`` that fall on the entry's exclusion dates (``exclude``,
+        ``calendar``): they are recorded skipped (``excluded``), never published."""
+        entry, _ = self._entry(name)
+        return [slot for slot in slots if entry.excludes(slot)]
 
     def history(self, name: str, n: int = 20) -> list[RunRecord]:
         """The latest runs of an entry, newest first (up to ``fork_scheduler_history_size``);
@@ -929,11 +941,18 @@ class Manager:
 
     def _static_entries(self) -> dict[str, Entry]:
         floor = self._settings().min_interval
+        calendars = self._settings().calendars
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=app_timezone(self.app), min_interval=floor
+            self.app.conf.beat_schedule,
+            default_timezone=app_timezone(self.app),
+            min_interval=floor,
+            calendars=calendars,
         )
         decorated = periodic_entries(
-            self.app, default_timezone=app_timezone(self.app), min_interval=floor
+            self.app,
+            default_timezone=app_timezone(self.app),
+            min_interval=floor,
+            calendars=calendars,
         )
         for name, entry in decorated.items():
             entries.setdefault(name, entry)  # beat_schedule wins, as in beat
@@ -995,6 +1014,7 @@ class Manager:
             stored.data,
             default_timezone=app_timezone(self.app),
             min_interval=floor,
+            calendars=self._settings().calendars,
         )
 
     def _server_clock(self) -> datetime:

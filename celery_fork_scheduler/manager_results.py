@@ -48,6 +48,9 @@ class Job:
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
     pause_on_failure: bool = False
+    #: The entry's own exclusion dates (canonical items) and the calendars it names.
+    exclude: tuple[str, ...] = ()
+    calendar: tuple[str, ...] = ()
     finished: bool = False
 
     @property
@@ -110,6 +113,8 @@ _ENTRY_FIELDS = (
     "catchup",
     "catchup_window",
     "pause_on_failure",
+    "exclude",
+    "calendar",
 )
 
 

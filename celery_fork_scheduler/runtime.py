@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 
@@ -61,8 +61,10 @@ class RuntimeEntries:
         replica_id: str,
         *,
         min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+        calendars: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.store = store
+        self.calendars = calendars or {}
         self.default_timezone = default_timezone
         self.min_interval = min_interval
         self.replica_id = replica_id
@@ -214,6 +216,7 @@ class RuntimeEntries:
                 item.data,
                 default_timezone=self.default_timezone,
                 min_interval=self.min_interval,
+                calendars=self.calendars,
             )
         except Exception as exc:  # one bad stored entry must never stop the others
             self.refused[name] = version

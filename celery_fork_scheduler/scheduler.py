@@ -251,11 +251,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _setup_schedule(self) -> None:
         floor = self.settings.min_interval
+        calendars = self.settings.calendars
         entries = entries_from_config(
-            self.app.conf.beat_schedule, default_timezone=self.default_timezone, min_interval=floor
+            self.app.conf.beat_schedule,
+            default_timezone=self.default_timezone,
+            min_interval=floor,
+            calendars=calendars,
         )
         for name, entry in periodic_entries(
-            self.app, default_timezone=self.default_timezone, min_interval=floor
+            self.app,
+            default_timezone=self.default_timezone,
+            min_interval=floor,
+            calendars=calendars,
         ).items():
             if name in entries:
                 logger.warning(
@@ -270,7 +277,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         store = backend.runtime_store()
         if store is not None:
             self.runtime = RuntimeEntries(
-                store, self.default_timezone, backend.replica_id, min_interval=floor
+                store,
+                self.default_timezone,
+                backend.replica_id,
+                min_interval=floor,
+                calendars=calendars,
             )
             entries.update(self.runtime.load(self.static_names))
             if self._divides_entries():
@@ -670,20 +681,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.queue.push(upcoming.timestamp(), work.item.entry, upcoming)
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
+        """The claim of one slot. A slot on an exclusion date is claimed too, so that one
+        replica records it skipped (``excluded``); it holds no message back and asks no overlap
+        policy (the claim script never lets it win)."""
         task_id = task_id_for(entry.name, slot)
+        excluded = entry.excludes(slot)
         held = ""
-        if entry.overlap == "buffer_one":
+        if entry.overlap == "buffer_one" and not excluded:
             held = occurrence_to_json(build_occurrence(entry, slot, task_id))
         claim = Claim(
             entry.name,
             slot,
             task_id,
-            overlap=entry.overlap,
+            overlap="allow" if excluded else entry.overlap,
             max_runs=entry.max_runs or 0,
             held_message=held,
             takeover=takeover,
             known_mark_us=self._known_marks.get(entry.name, 0),
             runtime=entry.source == "runtime",
+            excluded=excluded,
         )
         return DueSlot(entry, claim)
 
@@ -784,7 +800,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for work in works:
             for due_slot in work.due:
-                self.outage.miss(due_slot)
+                if not due_slot.claim.excluded:  # it would not have fired: not missed
+                    self.outage.miss(due_slot)
             item = work.item
             if item.entry.name in self.entries:
                 self.queue.push(

@@ -48,6 +48,7 @@ SKIP_REASONS = (
     "buffered",  # buffer_one: held back until the running one ends
     "capped",  # fork_scheduler_max_concurrent reached
     "paused",  # the entry is paused
+    "excluded",  # the slot falls on an exclusion date (exclude, calendar)
     "finished",  # max_runs used up
     "redis_unavailable",  # the claim backend could not be reached: fail closed
     "behind",  # this replica fell too far behind: only each entry's latest slot is claimed

@@ -175,6 +175,7 @@ def _static_entries(
                     default_timezone=zone,
                     source=source,
                     min_interval=settings.min_interval,
+                    calendars=settings.calendars,
                 )
             except ConfigError as exc:
                 problems.append(_config_problem(exc, source))
@@ -243,6 +244,7 @@ def _stored_entries(
                     item.data,
                     default_timezone=zone,
                     min_interval=settings.min_interval,
+                    calendars=settings.calendars,
                 )
             except ConfigError as exc:
                 problems.append(_config_problem(exc, "runtime"))

@@ -41,6 +41,14 @@ def test_native_schedules_prints_next_slots() -> None:
     assert "-> every 45 seconds" in output
 
 
+def test_exclusions_prints_a_month_of_slots_marking_the_excluded_ones() -> None:
+    output = run_example("exclusions/run.py", "--after", "2026-12-01T00:00:00+00:00", timeout=60)
+    assert "Wed 2026-12-23 09:00 CET  runs" in output
+    assert "Thu 2026-12-24 09:00 CET  excluded" in output  # the entry's own range
+    assert "Fri 2026-12-25 09:00 CET  excluded" in output  # the calendar's yearly 12-25
+    assert "17 runs, 6 excluded" in output
+
+
 def test_locking_critical_section() -> None:
     output = run_example("locking_critical_section.py", timeout=120)
     assert "counter = 200 (expected 200)" in output

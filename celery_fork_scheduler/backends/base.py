@@ -39,6 +39,8 @@ class ClaimOutcome(enum.Enum):
     EARLY = "early"
     #: Skipped: the entry is paused.
     PAUSED = "paused"
+    #: Skipped: the slot falls on one of the entry's exclusion dates (``exclude``, ``calendar``).
+    EXCLUDED = "excluded"
     #: Skipped: the runtime entry was removed (this replica had not seen it yet).
     REMOVED = "removed"
     #: Skipped: the previous run of a singleton entry is still executing.
@@ -82,6 +84,9 @@ class Claim:
     #: True for a runtime entry: its claim is refused once the entry was removed (a replica
     #: may not have seen the removal yet). A static entry of the same name is not affected.
     runtime: bool = False
+    #: True when the slot falls on an exclusion date: the claim records it skipped
+    #: (``excluded``) instead of winning it; it counts no run and takes no running marker.
+    excluded: bool = False
 
     @property
     def slot_us(self) -> int:

@@ -87,6 +87,9 @@ class LocalBackend:
             if slot_us > self._marks.get(claim.entry, -1) and not claim.takeover:
                 self._marks[claim.entry] = slot_us
                 self._dirty = True
+                if claim.excluded:
+                    results.append(ClaimResult(claim, ClaimOutcome.EXCLUDED))
+                    continue
                 runs = self._runs.get(claim.entry, 0)
                 if claim.max_runs and runs >= claim.max_runs:
                     self._finished[claim.entry] = claim.max_runs

@@ -114,12 +114,13 @@ end
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
 #: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0,
 #: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
-#: ARGV[15] "1" for a runtime entry (refused once removed), else "0".
+#: ARGV[15] "1" for a runtime entry (refused once removed), else "0",
+#: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won).
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "paused" | "removed" | "busy" | "buffered" | "finished" | "in_flight"; wait_us: how long to
-#: wait before asking again (pending, early), else 0. "in_flight": the owner began publishing
-#: the slot and never confirmed it; whether it reached the broker is unknown, so it is not
-#: taken over.
+#: "excluded" | "paused" | "removed" | "busy" | "buffered" | "finished" | "in_flight"; wait_us:
+#: how long to wait before asking again (pending, early), else 0. "in_flight": the owner began
+#: publishing the slot and never confirmed it; whether it reached the broker is unknown, so it is
+#: not taken over.
 #: A corrupted ``hwm`` is an error reply (for this claim only).
 CLAIM = (
     _NOW
@@ -174,6 +175,11 @@ if slot > hwm then
   if ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'removed') then
     -- A runtime entry removed while this replica had not seen it yet: nothing to record.
     return {'removed', 0}
+  end
+  if ARGV[16] == '1' then
+    -- An exclusion date: the mark moves past the slot and one skip is recorded, atomically,
+    -- so exactly one replica records it; no run is counted and no running marker is taken.
+    return skip('excluded')
   end
   if redis.call('HGET', KEYS[1], 'paused') then
     return skip('paused')

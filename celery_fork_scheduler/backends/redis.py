@@ -201,6 +201,7 @@ class RedisBackend:
                 claim.known_mark_us,
                 self._pending_max_age_us,
                 "1" if claim.runtime else "0",
+                "1" if claim.excluded else "0",
             )
             for claim in claims
         ]

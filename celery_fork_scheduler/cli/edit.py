@@ -68,6 +68,18 @@ def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Paramet
 @click.option("--queue", help="The queue to send the task to.")
 @click.option("--tz", "zone", help="IANA time zone of the schedule.")
 @click.option("--description", help="Free text shown by list/show.")
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    help="An exclusion date: 2026-12-24, 2026-12-24..2027-01-01 or yearly 12-25 (repeat).",
+)
+@click.option(
+    "--calendar",
+    "calendars",
+    multiple=True,
+    help="A calendar of fork_scheduler_calendars whose dates are excluded (repeat).",
+)
 @click.option("--replace", is_flag=True, help="Replace a runtime entry of the same name.")
 @json_option
 @click.pass_context
@@ -85,6 +97,8 @@ def add(
     queue: str | None,
     zone: str | None,
     description: str | None,
+    exclude: tuple[str, ...],
+    calendars: tuple[str, ...],
     replace: bool,
     as_json: bool,
 ) -> None:
@@ -100,6 +114,8 @@ def add(
             "--queue": queue,
             "--tz": zone,
             "--description": description,
+            "--exclude": exclude or None,
+            "--calendar": calendars or None,
         }
         extra = [option for option, value in given.items() if value is not None]
         if extra:
@@ -130,6 +146,10 @@ def add(
         policies["options"] = {"queue": queue}
     if zone:
         policies["timezone"] = zone
+    if exclude:
+        policies["exclude"] = list(exclude)
+    if calendars:
+        policies["calendar"] = list(calendars)
     job = session.manager().add(
         name,
         task,

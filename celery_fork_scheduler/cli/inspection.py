@@ -49,6 +49,8 @@ class EntryDetails:
     slots: list[datetime]
     counters: dict[str, int]
     history: list[dict[str, Any]]
+    #: The slots among :attr:`slots` on an exclusion date (skipped, ``excluded``).
+    excluded: frozenset[datetime] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """The ``show --json`` shape (``GET /api/entries/<name>`` too)."""
@@ -56,6 +58,7 @@ class EntryDetails:
             **job_data(self.job),
             **_limits_data(self.job),
             "next_runs": [slot.isoformat() for slot in self.slots],
+            "excluded_runs": [slot.isoformat() for slot in self.slots if slot in self.excluded],
             "counters": self.counters,
             "history": self.history,
         }
@@ -68,12 +71,17 @@ def entry_details(
     items (none of the last two without Redis)."""
     job = manager.get(name)
     slots = [] if job.finished else manager.next_runs(name, count, after=now)
+    excluded = (
+        frozenset(manager.excluded_runs(name, slots))
+        if job.exclude or job.calendar
+        else frozenset()
+    )
     try:
         counters = _counters(manager.stats(name))
         items = [history_data(item.to_dict()) for item in manager.history_items(name, history)]
     except RedisRequiredError:
         counters, items = {}, []
-    return EntryDetails(job=job, slots=slots, counters=counters, history=items)
+    return EntryDetails(job=job, slots=slots, counters=counters, history=items, excluded=excluded)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +214,8 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
             ("max runs", str(job.max_runs) if job.max_runs is not None else "-"),
             ("catchup", _catchup_text(job)),
             ("on failure", "pause" if job.pause_on_failure else "-"),
+            ("exclude", ", ".join(job.exclude) or "-"),
+            ("calendar", ", ".join(job.calendar) or "-"),
             ("tags", ", ".join(sorted(job.tags)) or "-"),
             ("args", json.dumps(list(job.args), default=str)),
             ("kwargs", json.dumps(dict(job.kwargs), default=str)),
@@ -214,7 +224,11 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
             ("version", str(job.version)),
         ]
         parts = [fields(pairs), "", f"next {len(slots)} runs"]
-        parts += [f"  {local(slot, zone)}  ({relative(slot, session.now)})" for slot in slots]
+        parts += [
+            f"  {local(slot, zone)}  ({relative(slot, session.now)})"
+            + ("  excluded" if slot in details.excluded else "")
+            for slot in slots
+        ]
         if job.finished:
             parts.append("  none: the entry has finished its runs")
         elif not slots:
@@ -248,6 +262,8 @@ def _limits_data(job: Job) -> dict[str, Any]:
         "max_runs": job.max_runs,
         "catchup": job.catchup,
         "catchup_window_seconds": window.total_seconds() if window is not None else None,
+        "exclude": list(job.exclude),
+        "calendar": list(job.calendar),
     }
 
 

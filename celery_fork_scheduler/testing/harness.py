@@ -102,7 +102,11 @@ class ScheduleHarness:
     def add(self, name: str, definition: Mapping[str, Any]) -> None:
         """Add (or replace) an entry as a runtime entry would be, from its next slot."""
         entry = entry_from_config(
-            name, definition, default_timezone=self.scheduler.default_timezone, source="runtime"
+            name,
+            definition,
+            default_timezone=self.scheduler.default_timezone,
+            source="runtime",
+            calendars=self.scheduler.settings.calendars,
         )
         self.scheduler.put_entry(entry, self.clock.now)
 
