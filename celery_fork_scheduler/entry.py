@@ -692,7 +692,8 @@ ENTRY_SCHEMA = 1
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
     ``schedule`` the stored form of its schedule. ``exclude``, ``calendar`` and
-    ``pause_on_failure`` are written only when set (an entry without them reads the same on a replica that predates them)."""
+    ``pause_on_failure`` are written only when set (an entry without them reads the same on a
+    replica that predates them)."""
     data = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
