@@ -201,6 +201,7 @@ class RedisBackend:
                 claim.known_mark_us,
                 self._pending_max_age_us,
                 "1" if claim.runtime else "0",
+                self.settings.buffer_limit,
             )
             for claim in claims
         ]
@@ -208,7 +209,7 @@ class RedisBackend:
         return [
             ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
             if isinstance(reply, Exception)
-            else ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
+            else _claim_result(claim, reply)
             for claim, reply in zip(claims, replies, strict=True)
         ]
 
@@ -608,3 +609,11 @@ def record_outcome(
         "" if duration is None else f"{duration:.6f}",
         error[:500],
     )
+
+
+def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
+    """The :class:`ClaimResult` of one CLAIM reply (see :data:`.lua.CLAIM`)."""
+    outcome = ClaimOutcome(_text(reply[0]))
+    if outcome is ClaimOutcome.RELEASED:
+        return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
+    return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
