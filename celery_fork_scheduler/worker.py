@@ -274,7 +274,7 @@ class WorkerHooks:
         """The consumer got a scheduled run (it may wait for its ETA or a free process): keep
         its marker and place alive from now on."""
         task_id = getattr(request, "id", None)
-        if task_id is None or getattr(request, "app", self.app) is not self.app:
+        if task_id is None or getattr(sender, "app", self.app) is not self.app:
             return
         run = _run_of(request, task_id)
         if run is None:
@@ -388,6 +388,7 @@ class WorkerHooks:
 
     def on_revoked(
         self,
+        sender: Any = None,
         request: Any = None,
         terminated: bool = False,
         signum: Any = None,
@@ -397,7 +398,7 @@ class WorkerHooks:
         """A scheduled run was revoked, maybe before it started: record it (``revoked`` in the
         history, counter ``revoked``) and free its markers."""
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
-        if task_id is None:
+        if task_id is None or getattr(sender, "app", self.app) is not self.app:
             return
         run = _run_of(request, task_id)
         if run is None:
