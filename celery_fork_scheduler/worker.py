@@ -274,7 +274,7 @@ class WorkerHooks:
         """The consumer got a scheduled run (it may wait for its ETA or a free process): keep
         its marker and place alive from now on."""
         task_id = getattr(request, "id", None)
-        if task_id is None or getattr(sender, "app", self.app) is not self.app:
+        if task_id is None or getattr(request, "app", self.app) is not self.app:
             return
         run = _run_of(request, task_id)
         if run is None:

@@ -7,6 +7,7 @@ let them) whose broker is the same real Redis. Each run notes its start and end 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -202,7 +203,7 @@ def runs(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def assert_never_two_at_once(found: list[dict[str, Any]]) -> None:
-    for before, after in zip(found, found[1:], strict=False):
+    for before, after in itertools.pairwise(found):
         assert after["start"] >= before["end"], f"{after['slot']} overlaps {before['slot']}"
 
 
@@ -265,7 +266,12 @@ def test_buffer_all_runs_every_queued_slot_one_after_another_in_slot_order(
     cluster: Any, redis_client: redis.Redis
 ) -> None:
     beat = cluster(
-        {"task": "overlap.slow", "schedule": every(1).seconds, "args": [0.6], "overlap": "buffer_all"}
+        {
+            "task": "overlap.slow",
+            "schedule": every(1).seconds,
+            "args": [0.6],
+            "overlap": "buffer_all",
+        }
     )
     with start_worker(beat.app, pool="threads", concurrency=4, perform_ping_check=False):
         beat.run_for(1)  # slot 1 runs
@@ -280,7 +286,7 @@ def test_buffer_all_runs_every_queued_slot_one_after_another_in_slot_order(
     assert [run["slot"] for run in found] == [second(i) for i in (1, 2, 3, 4)]
     assert_never_two_at_once(found)
     # The next queued run is published as the previous one ends: no lease to wait for.
-    for before, after in zip(found, found[1:], strict=False):
+    for before, after in itertools.pairwise(found):
         assert after["start"] - before["end"] < 2.0
     assert redis_client.exists(KEYS.buffered("e"), KEYS.running("e")) == 0
     assert history(redis_client)[second(3)] == "skipped:buffered,completed"
@@ -301,8 +307,10 @@ def test_cancel_other_replaces_a_run_that_has_not_started(
     assert redis_client.llen("celery") == 2
     with start_worker(beat.app, pool="threads", concurrency=4, perform_ping_check=False):
         wait_until(
-            lambda: sum("end" in run for run in runs(redis_client)) == 1
-            and "skipped:replaced" in history(redis_client).get(second(1), ""),
+            lambda: (
+                sum("end" in run for run in runs(redis_client)) == 1
+                and "skipped:replaced" in history(redis_client).get(second(1), "")
+            ),
             timeout=15,
             what="slot 2 run, slot 1 replaced",
         )
@@ -348,8 +356,10 @@ def test_a_revoked_run_is_recorded_in_the_history(cluster: Any, redis_client: re
         beat.app.control.revoke(revoked)
         beat.run_for(1)
         wait_until(
-            lambda: history(redis_client).get(second(1), "").endswith("revoked")
-            and "completed" in history(redis_client).get(second(2), ""),
+            lambda: (
+                history(redis_client).get(second(1), "").endswith("revoked")
+                and "completed" in history(redis_client).get(second(2), "")
+            ),
             timeout=15,
             what="slot 1 revoked, slot 2 run",
         )
