@@ -453,7 +453,9 @@ class WorkerHooks:
         marker (terminating it for ``terminate_other``) and take the marker once it stopped;
         why the run must not execute (``"replaced"`` by a later run, ``"busy"`` after waiting
         ``fork_scheduler_replace_wait`` in vain)."""
-        wait = self.settings.replace_wait or self.settings.singleton_lease
+        wait = self.settings.replace_wait
+        if wait is None:
+            wait = self.settings.singleton_lease
         deadline = time.monotonic() + wait.total_seconds()
         revoked: str | None = None
         while True:
