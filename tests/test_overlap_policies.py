@@ -31,6 +31,7 @@ from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.signals import entry_skipped
 from celery_fork_scheduler.testing import FakeClock, wait_until
+from celery_fork_scheduler.worker import Run, WorkerHooks
 
 KEYS = Keys("scheduler:")
 RUNS_KEY = "overlap-test:runs"
@@ -379,3 +380,29 @@ def test_settings_reach_the_claim(redis_url: str) -> None:
         assert backend.settings.singleton_lease == timedelta(seconds=5)
     finally:
         backend.close()
+
+
+def test_a_replacing_run_revokes_the_holder_waits_and_takes_the_marker(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(redis_url, {})
+    app.conf.fork_scheduler_replace_wait = 0  # no wait: the answer after one look
+    revoked: list[tuple[str, bool]] = []
+    monkeypatch.setattr(
+        app.control,
+        "revoke",
+        lambda task_id, terminate, signal: revoked.append((task_id, terminate)),
+    )
+    hooks = WorkerHooks(app)
+    run = Run("e", second(1), "new", 0.0, True, False, "w@h", overlap="terminate_other")
+    redis_client.set(KEYS.running("e"), "old", px=60_000)
+    redis_client.hset(KEYS.state("e"), "latest_run", "new")
+    assert hooks._take_over(hooks.client, run) == "busy"
+    assert revoked == [("old", True)]
+    redis_client.hset(KEYS.state("e"), "latest_run", "newer")  # a later slot was claimed
+    assert hooks._take_over(hooks.client, run) == "replaced"
+    redis_client.hset(KEYS.state("e"), "latest_run", "new")
+    redis_client.delete(KEYS.running("e"))  # the old run stopped
+    assert hooks._take_over(hooks.client, run) is None
+    assert redis_client.get(KEYS.running("e")) == b"new"
+    app.close()
