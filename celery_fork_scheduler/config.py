@@ -48,6 +48,8 @@ DEFAULTS: Mapping[str, Any] = {
     "catchup_grace": timedelta(seconds=5),
     "state_filename": None,
     "singleton_lease": timedelta(seconds=60),
+    "buffer_limit": 100,
+    "replace_wait": None,
     "refresh_interval": timedelta(seconds=1),
     "history_size": 20,
     "event_listeners": (),
@@ -79,6 +81,12 @@ class Settings:
     catchup_grace: timedelta = timedelta(seconds=5)
     state_filename: str | None = None
     singleton_lease: timedelta = timedelta(seconds=60)
+    #: Most runs of one ``buffer_all`` entry queued behind the running one; further slots are
+    #: skipped (``buffer_full``).
+    buffer_limit: int = 100
+    #: How long the new run of a ``cancel_other`` / ``terminate_other`` entry waits for the run
+    #: it replaces to stop (``None``: the singleton lease).
+    replace_wait: timedelta | None = None
     refresh_interval: timedelta = timedelta(seconds=1)
     history_size: int = 20
     event_listeners: tuple[str, ...] = ()
@@ -112,6 +120,7 @@ CELERY_SETTINGS: Mapping[str, tuple[str, Any]] = {
 INT_RANGES: Mapping[str, tuple[int, int]] = {
     "max_retries": (0, 100),
     "max_concurrent": (0, 1_000_000),
+    "buffer_limit": (1, 100_000),
     "history_size": (0, 10_000),
     "metrics_port": (0, 65_535),
     "wait_replicas": (0, 100),
@@ -124,6 +133,7 @@ DURATION_RANGES: Mapping[str, tuple[float, float]] = {
     "retry_delay": (0, 60),
     "catchup_grace": (0, 86_400),
     "singleton_lease": (0.1, 7 * 86_400),
+    "replace_wait": (0, 7 * 86_400),
     "refresh_interval": (0.05, 3_600),
     "wait_timeout": (0.001, 60),
     "min_interval": (0.001, 86_400),
@@ -178,6 +188,10 @@ def _int(name: str, value: object) -> int:
             name, f"must be a whole number from {low} to {high}, not {shown(value)}"
         )
     return value
+
+
+def _optional_duration(name: str, value: object) -> timedelta | None:
+    return None if value is None else _duration(name, value)
 
 
 def _optional_str(name: str, value: object) -> str | None:
@@ -320,6 +334,8 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "catchup_grace": _named(_duration, "catchup_grace"),
     "state_filename": _named(_optional_str, "state_filename"),
     "singleton_lease": _named(_duration, "singleton_lease"),
+    "buffer_limit": _named(_int, "buffer_limit"),
+    "replace_wait": _named(_optional_duration, "replace_wait"),
     "refresh_interval": _named(_duration, "refresh_interval"),
     "history_size": _named(_int, "history_size"),
     "event_listeners": _named(_dotted_paths, "event_listeners"),

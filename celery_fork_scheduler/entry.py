@@ -24,10 +24,21 @@ from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 
 EntrySource = Literal["config", "decorator", "runtime"]
-Overlap = Literal["allow", "skip", "buffer_one"]
+Overlap = Literal["allow", "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other"]
 Catchup = Literal["skip", "latest", "all"]
 
-OVERLAPS: tuple[Overlap, ...] = ("allow", "skip", "buffer_one")
+OVERLAPS: tuple[Overlap, ...] = (
+    "allow",
+    "skip",
+    "buffer_one",
+    "buffer_all",
+    "cancel_other",
+    "terminate_other",
+)
+#: The policies that hold runs back in Redis as JSON (their args must be JSON).
+BUFFERING: tuple[Overlap, ...] = ("buffer_one", "buffer_all")
+#: The policies under which a new run replaces (revokes) the one in progress.
+REPLACING: tuple[Overlap, ...] = ("cancel_other", "terminate_other")
 CATCHUPS: tuple[Catchup, ...] = ("skip", "latest", "all")
 
 #: Keys of Celery's own ``beat_schedule`` entries, all accepted unchanged.
@@ -235,10 +246,10 @@ def _check_name(name: str) -> None:
 
 
 def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> None:
-    """``buffer_one`` holds a run back in Redis as JSON: its args, kwargs and options must be
-    JSON. Lazy (callable) args and kwargs cannot be checked here: the scheduler checks what
-    they return when it publishes."""
-    if overlap != "buffer_one":
+    """``buffer_one`` and ``buffer_all`` hold runs back in Redis as JSON: their args, kwargs and
+    options must be JSON. Lazy (callable) args and kwargs cannot be checked here: the scheduler
+    checks what they return when it publishes."""
+    if overlap not in BUFFERING:
         return
     for field_name, value in values.items():
         if callable(value):
@@ -249,7 +260,7 @@ def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> No
             raise _fail(
                 name,
                 field_name,
-                f"overlap 'buffer_one' holds a run back in Redis as JSON, "
+                f"overlap {overlap!r} holds runs back in Redis as JSON, "
                 f"and this cannot be stored as JSON: {exc}",
             ) from None
 

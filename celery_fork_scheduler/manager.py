@@ -1132,7 +1132,8 @@ class JobBuilder:
         return self._with(overlap="skip")
 
     def overlap(self, policy: str) -> JobBuilder:
-        """``"allow"``, ``"skip"`` (singleton) or ``"buffer_one"``."""
+        """``"allow"``, ``"skip"`` (singleton), ``"buffer_one"``, ``"buffer_all"``,
+        ``"cancel_other"`` or ``"terminate_other"`` (see docs/singleton.md)."""
         return self._with(overlap=policy)
 
     def timezone(self, zone: str) -> JobBuilder:

@@ -38,9 +38,11 @@ from .catchup import slots_due
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .due import DueSlot, Work
-from .entry import Entry, entries_from_config, entry_to_dict
+from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
+from .held import HeldRuns
 from .ids import slot_isoformat, task_id_for
+from .keys import Keys
 from .listeners import resolve_listeners
 from .metrics import Metrics
 from .ownership import Ownership
@@ -687,7 +689,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         task_id = task_id_for(entry.name, slot)
         excluded = entry.excludes(slot)
         held = ""
-        if entry.overlap == "buffer_one" and not excluded:
+        if entry.overlap in BUFFERING and not excluded:
             held = occurrence_to_json(build_occurrence(entry, slot, task_id))
         claim = Claim(
             entry.name,
@@ -749,6 +751,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
                 )
+            elif outcome is ClaimOutcome.RELEASED:
+                self.reports.skipped(due_slot, result.reason)
+                self._publish_released(result)
             elif outcome is ClaimOutcome.ERROR:
                 self.reports.failed(
                     due_slot.entry, due_slot.claim.slot, RuntimeError(result.error), "claiming"
@@ -763,6 +768,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if entry.name not in given_back:
                 self._retire(entry)
         return admitted
+
+    def _publish_released(self, result: ClaimResult) -> None:
+        """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker
+        (the last runner died): as a worker does when a run ends."""
+        client = getattr(self.backend, "client", None)
+        if client is None:
+            return
+        held = HeldRuns(
+            app=self.app, client=client, keys=Keys(self.settings.key_prefix), settings=self.settings
+        )
+        try:
+            held.publish(result.held)
+        except Exception as exc:  # the run's marker expires with its lease; the queue goes on
+            logger.warning(
+                "fork scheduler: could not send the queued run of %s: %r", result.claim.entry, exc
+            )
 
     def _apply_cap(self, won: list[DueSlot]) -> tuple[list[DueSlot], set[str]]:
         """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that

@@ -45,7 +45,8 @@ __all__ = [
 SKIP_REASONS = (
     "claimed",  # another replica claimed (and published) it
     "busy",  # singleton: the previous run is still executing
-    "buffered",  # buffer_one: held back until the running one ends
+    "buffered",  # buffer_one / buffer_all: held back until the running one(s) end
+    "buffer_full",  # buffer_all: fork_scheduler_buffer_limit runs are queued already
     "capped",  # fork_scheduler_max_concurrent reached
     "paused",  # the entry is paused
     "excluded",  # the slot falls on an exclusion date (exclude, calendar)

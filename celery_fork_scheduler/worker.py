@@ -46,7 +46,9 @@ from .backends.factory import redis_client_for
 from .backends.redis import record_outcome
 from .backends.redis_connection import scrub_secrets
 from .config import Settings, read_settings
+from .entry import REPLACING
 from .errors import ConfigError
+from .held import HeldRuns, error_text
 from .ids import (
     CAPPED_HEADER,
     ENTRY_HEADER,
@@ -55,12 +57,23 @@ from .ids import (
     SLOT_HEADER,
 )
 from .keys import Keys
-from .publishing import CeleryPublisher, Occurrence, is_transient, occurrence_from_json
+from .publishing import Occurrence, occurrence_from_json
 
 logger = logging.getLogger("celery_fork_scheduler.worker")
 
 #: Header of a run sent by :meth:`Manager.trigger`: it never counted towards ``max_runs``.
 MANUAL_HEADER = "fork_scheduler_manual"
+
+#: Why a run is not executed, as the worker logs it.
+_NOT_RUN = {
+    "busy": "another run holds its marker",
+    "capped": "cap reached",
+    "replaced": "a later run of its entry replaces it (overlap cancel_other/terminate_other)",
+}
+
+#: How often the new run of a ``cancel_other`` / ``terminate_other`` entry asks whether the
+#: run it replaces stopped (seconds).
+REPLACE_POLL_SECONDS = 0.1
 
 #: Celery task states after which the run goes on with another attempt (same task id).
 _NOT_FINAL = frozenset({"RETRY"})
@@ -78,6 +91,8 @@ class Run:
     capped: bool
     worker: str
     manual: bool = False
+    #: The entry's overlap policy (from the message), ``"allow"`` for a run under the cap only.
+    overlap: str = "allow"
     #: Why the run must not execute ("busy", "capped"), decided when it starts.
     skipped: str | None = None
     #: The run's body was kept from executing (see :meth:`WorkerHooks.guard_tasks`).
@@ -98,8 +113,6 @@ def _header(request: Any, name: str) -> Any:
     return request_dict.get(name)
 
 
-#: Stored error texts are cut to this many characters.
-ERROR_TEXT_LIMIT = 2000
 #: The error in a pause note is cut to this many characters.
 PAUSE_ERROR_LIMIT = 200
 
@@ -113,8 +126,8 @@ def pause_note_for(task_id: str, error: BaseException | None) -> str:
 
 
 def _error_text(error: BaseException | None) -> str:
-    """An error as stored in history: its type and message, credentials masked, cut short."""
-    return scrub_secrets(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
+    """An error as stored in history (see :func:`.held.error_text`)."""
+    return error_text(error)
 
 
 #: While Redis cannot be reached, the worker says so at most once in this many seconds.
@@ -137,16 +150,18 @@ def _run_of(request: Any, task_id: str) -> Run | None:
     entry = _header(request, ENTRY_HEADER)
     if entry is None:
         return None
+    overlap = _header(request, OVERLAP_HEADER)
     return Run(
         entry=entry,
         slot=_header(request, SLOT_HEADER),
         task_id=task_id,
         started=time.monotonic(),
-        singleton=_header(request, OVERLAP_HEADER) is not None,
+        singleton=overlap is not None,
         capped=bool(_header(request, CAPPED_HEADER)),
         worker=getattr(request, "hostname", None) or socket.gethostname(),
         manual=bool(_header(request, MANUAL_HEADER)),
         pause_on_failure=bool(_header(request, PAUSE_ON_FAILURE_HEADER)),
+        overlap=overlap or "allow",
     )
 
 
@@ -316,7 +331,7 @@ class WorkerHooks:
                 run.entry,
                 run.slot,
                 task_id,
-                "another run holds its marker" if run.skipped == "busy" else "cap reached",
+                _NOT_RUN.get(run.skipped, run.skipped),
             )
             return
         if not task.request.retries:
@@ -407,17 +422,29 @@ class WorkerHooks:
                 note=note,
             )
 
-    def on_revoked(self, request: Any = None, **_: Any) -> None:
-        """A scheduled run was revoked, maybe before it started: free its markers."""
+    def on_revoked(
+        self,
+        sender: Any = None,
+        request: Any = None,
+        terminated: bool = False,
+        signum: Any = None,
+        expired: bool = False,
+        **_: Any,
+    ) -> None:
+        """A scheduled run was revoked, maybe before it started: record it (``revoked`` in the
+        history, counter ``revoked``) and free its markers."""
         task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
-        if task_id is None:
+        if task_id is None or getattr(sender, "app", self.app) is not self.app:
             return
         run = _run_of(request, task_id)
         if run is None:
             return
         with self._lock:
-            self._runs.pop(task_id, None)
+            held = self._runs.pop(task_id, None) or self._received.get(task_id)
         self._forget(task_id)
+        how = "expired" if expired else f"terminated ({signum})" if terminated else ""
+        started = held.started if held is not None else run.started
+        self._record(run, "revoked", "revoked", duration=time.monotonic() - started, error=how)
         self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
 
     # -- markers ----------------------------------------------------------------------------
@@ -437,7 +464,11 @@ class WorkerHooks:
         if client is None or not (run.singleton or run.capped):
             return None
         try:
-            if run.singleton:
+            if run.singleton and run.overlap in REPLACING:
+                reason = self._take_over(client, run)
+                if reason is not None:
+                    return reason
+            elif run.singleton:
                 marker = self.keys.running(run.entry)
                 held = client.eval(lua.START_SINGLETON, 1, marker, run.task_id, self._lease_ms)
                 if int(held) == 0:
@@ -452,6 +483,46 @@ class WorkerHooks:
         except Exception as exc:
             self._redis_failed(f"check the markers of {run.entry} ({run.task_id}); running it", exc)
         return None
+
+    def _take_over(self, client: Any, run: Run) -> str | None:
+        """A ``cancel_other`` / ``terminate_other`` run starts: revoke the run holding the
+        marker (terminating it for ``terminate_other``) and take the marker once it stopped;
+        why the run must not execute (``"replaced"`` by a later run, ``"busy"`` after waiting
+        ``fork_scheduler_replace_wait`` in vain)."""
+        wait = self.settings.replace_wait
+        if wait is None:
+            wait = self.settings.singleton_lease
+        deadline = time.monotonic() + wait.total_seconds()
+        revoked: str | None = None
+        while True:
+            code, other = client.eval(
+                lua.TAKE_OVER,
+                2,
+                self.keys.running(run.entry),
+                self.keys.state(run.entry),
+                run.task_id,
+                self._lease_ms,
+                "0" if run.manual else "1",
+            )
+            if int(code) == 0:
+                return "replaced"
+            if int(code) in (1, 2):
+                return None
+            holder = _text(other)
+            if holder != revoked:
+                terminate = run.overlap == "terminate_other"
+                logger.info(
+                    "fork scheduler: %s id %s replaces run %s: %s it",
+                    run.entry,
+                    run.task_id,
+                    holder,
+                    "terminating" if terminate else "revoking",
+                )
+                self.app.control.revoke(holder, terminate=terminate, signal="SIGTERM")
+                revoked = holder
+            if time.monotonic() >= deadline:
+                return "busy"
+            time.sleep(REPLACE_POLL_SECONDS)
 
     def _finish(self, entry: str, task_id: str, *, singleton: bool, capped: bool) -> None:
         client = self.client
@@ -560,69 +631,10 @@ class WorkerHooks:
             self._redis_failed(f"record the skip of {run.entry}", exc)
 
     def _publish_held(self, held: bytes | str) -> None:
-        """Publish the run that overlap ``buffer_one`` held back (it now holds the marker),
-        with a place under the cap. Over the cap it is skipped (``capped``); when its publish
-        fails the marker is freed at once and the run recorded as failed (a message that
-        certainly did not leave is held back again)."""
-        occurrence = occurrence_from_json(held)
-        cap = self.settings.max_concurrent
-        if cap > 0:
-            granted = self.client.eval(
-                lua.TAKE_CAP_PLACES,
-                1,
-                self.keys.cap,
-                cap,
-                self._lease_ms * 1000,
-                occurrence.task_id,
-            )
-            if not int(granted):
-                self._give_back_held(held, occurrence, "capped")
-                logger.warning(
-                    "fork scheduler: held-back run of %s slot %s skipped: cap reached",
-                    occurrence.entry,
-                    occurrence.slot.isoformat(),
-                )
-                return
-            occurrence = replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
-        try:
-            CeleryPublisher(self.app, lambda: None).publish(occurrence)
-        except Exception as exc:
-            if cap > 0:
-                self.client.zrem(self.keys.cap, occurrence.task_id)
-            mode = "uncertain" if is_transient(exc) else "failed"
-            self._give_back_held(held, occurrence, mode, error=_error_text(exc))
-            logger.warning(
-                "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
-                occurrence.entry,
-                occurrence.slot.isoformat(),
-                mode,
-                exc,
-            )
-            return
-        logger.info(
-            "fork scheduler: sent held-back run of %s slot %s id %s",
-            occurrence.entry,
-            occurrence.slot.isoformat(),
-            occurrence.task_id,
-        )
-
-    def _give_back_held(
-        self, held: bytes | str, occurrence: Occurrence, mode: str, *, error: str = ""
-    ) -> None:
-        self.client.eval(
-            lua.GIVE_BACK_HELD,
-            4,
-            self.keys.running(occurrence.entry),
-            self.keys.buffered(occurrence.entry),
-            self.keys.state(occurrence.entry),
-            self.keys.history(occurrence.entry),
-            held,
-            occurrence.task_id,
-            to_epoch_us(occurrence.slot),
-            socket.gethostname(),
-            self.settings.history_size,
-            mode,
-            error[:500],
+        """Publish the run that overlap ``buffer_one`` held back, or the next one queued by
+        ``buffer_all`` (it now holds the marker); see :meth:`.HeldRuns.publish`."""
+        HeldRuns(app=self.app, client=self.client, keys=self.keys, settings=self.settings).publish(
+            held
         )
 
     def _mark_seen(self) -> None:

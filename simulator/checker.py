@@ -66,7 +66,17 @@ MAX_CATCH_UP = 1000
 CATCH_UP_SETTLE = 30 * SECOND
 
 #: Skip reasons that excuse a missing slot, with the condition checked for each.
-EXCUSES = ("paused", "finished", "busy", "buffered", "capped", "in_flight", "behind", "error")
+EXCUSES = (
+    "paused",
+    "finished",
+    "busy",
+    "buffered",
+    "buffer_full",
+    "capped",
+    "in_flight",
+    "behind",
+    "error",
+)
 
 
 class Checker:
@@ -410,8 +420,10 @@ class Checker:
         valid = []
         for report in self.reports.get(key, []):
             reason = report.reason if report.kind == "skipped" else report.kind
-            if report.kind in ("claim:busy", "claim:buffered", "claim:paused"):
+            if report.kind in ("claim:busy", "claim:buffered", "claim:paused", "claim:buffer_full"):
                 reason = report.kind.split(":")[1]  # Redis's answer, before the replica stopped
+            if report.kind == "claim:released":
+                reason = "buffered"  # queued (buffer_all), the head of the queue released
             if self._excuses(reason, name, key, entry):
                 valid.append(reason)
         return valid
@@ -422,6 +434,7 @@ class Checker:
         checks = {
             "busy": entry.singleton,
             "buffered": entry.singleton,
+            "buffer_full": entry.overlap == "buffer_all",
             "capped": self.scenario.max_concurrent > 0,
             "in_flight": key in world.killed_fenced or key in world.uncertain,
             "behind": True,
@@ -531,6 +544,7 @@ class Checker:
 
         self.check_cap_refusals()
         self.check_held()
+        self.check_queued()
         self.check_removed()
 
     def _markers_lost(self, start: int, end: int) -> bool:
@@ -565,8 +579,11 @@ class Checker:
         entry left in the queue or on a worker and its last run over for a lease and more, was
         lost too."""
         world = self.world
+        queues = self._buffer_all_names()
         events: list[tuple[int, int, str, str, Any]] = [
-            (at, index, name, what, slot) for index, (at, name, what, slot) in enumerate(world.held)
+            (at, index, name, what, slot)
+            for index, (at, name, what, slot) in enumerate(world.held)
+            if name not in queues
         ]
         names = {event[2] for event in events}
         for name, intervals in world.pauses.items():
@@ -617,6 +634,41 @@ class Checker:
                 f"published (its entry's last run ended at {self._t(last_end)})",
                 slot,
             )
+
+    def _buffer_all_names(self) -> set[str]:
+        """The entries that had overlap ``buffer_all`` in some definition."""
+        names = {m.entry for m in self.world.messages} | {e for _, e, _, _ in self.world.held}
+        return {
+            name
+            for name in names
+            if any(e.overlap == "buffer_all" for e in self.all_definitions(name))
+        }
+
+    def check_queued(self) -> None:
+        """``buffer_all`` runs its queued slots in slot order, each once: the runs of such an
+        entry are published in increasing slot order (manual triggers aside), unless Redis lost
+        the markers and the queue in between. (No two at once: the singleton rule above.)"""
+        world = self.world
+        for name in self._buffer_all_names():
+            sent = sorted(
+                (m for m in world.messages if m.entry == name and m.source != "trigger"),
+                key=lambda m: m.at,
+            )
+            for before, after in itertools.pairwise(sent):
+                if after.slot > before.slot or self._markers_lost(before.at, after.at):
+                    continue
+                if any(
+                    before.at <= moment <= after.at for moment in world.fresh_starts.get(name, [])
+                ):
+                    continue
+                self.fail(
+                    "buffer_all",
+                    name,
+                    f"{name}: slot {after.slot.isoformat()} published at {self._t(after.at)} "
+                    f"after slot {before.slot.isoformat()} (published at {self._t(before.at)}): "
+                    "not in slot order, or twice",
+                    after.slot,
+                )
 
     def check_removed(self) -> None:
         """Paused and removed entries publish nothing; a re-added entry starts afresh."""

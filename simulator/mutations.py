@@ -47,6 +47,8 @@ DESCRIPTIONS: dict[str, str] = {
     "held_ignores_pause": "RELEASE publishes the held run of a paused entry (issue 14 item 6)",
     "readd_keeps_state": "a runtime entry added anew keeps the removed one's state: run count, "
     "pause, held run (issue 14 item 8)",
+    "queue_lifo": "RELEASE hands the marker to the newest queued run of buffer_all, not the "
+    "oldest (issue 22 item 5)",
     "sigterm": "a normal stop is not deferred from the fence request to the record "
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
 }
@@ -240,6 +242,9 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
         "TAKE_CAP_PLACES",
         ("(mine or free > 0)", "free > 0"),
         ("    if not mine then\n      free = free - 1\n    end\n", "    free = free - 1\n"),
+    ),
+    "queue_lifo": _script(
+        "RELEASE", ("held = redis.call('LPOP', KEYS[2])", "held = redis.call('RPOP', KEYS[2])")
     ),
     "held_ignores_pause": _script(
         "RELEASE", ("if redis.call('HGET', KEYS[3], 'paused') then", "if false then")

@@ -109,6 +109,8 @@ def _policies(rng: random.Random, t0: datetime, span: int) -> dict[str, Any]:
         policies["singleton"] = True
     elif roll < 0.32:
         policies["overlap"] = "buffer_one"
+    elif roll < 0.42:
+        policies["overlap"] = "buffer_all"
     roll = rng.random()
     if roll < 0.08:
         policies["one_off"] = True
@@ -155,7 +157,7 @@ def draw(seed: int) -> Scenario:
             definition["timezone"] = rng.choice(("Europe/Berlin", "Asia/Kolkata"))
         entries[name] = definition
         families[name] = family
-        if definition.get("singleton") or definition.get("overlap") == "buffer_one":
+        if definition.get("singleton") or definition.get("overlap") in ("buffer_one", "buffer_all"):
             durations[name] = rng.randrange(1, 25) * SECOND
     burst = rng.random() < 0.15
     cold: list[tuple[int, int]] = []
@@ -399,15 +401,17 @@ def _workers(
                 rng.uniform(0.3, 0.7),
                 rng.randrange(SECOND // 2, 2 * lease * SECOND),
             )
-    # Runtime entries with overlap="buffer_one" (their definitions are the operator's).
+    # Runtime entries with overlap="buffer_one" or "buffer_all" (their definitions are the
+    # operator's).
     for name in runtime_names:
         if rng.random() < 0.3:
             durations.setdefault(name, rng.randrange(1, 8) * SECOND)
+            overlap = rng.choice(("buffer_one", "buffer_all"))
             for event in events:
                 definition = event.args.get("definition")
                 if event.kind == "manage" and event.args.get("name") == name and definition:
                     definition.pop("singleton", None)
-                    definition["overlap"] = "buffer_one"
+                    definition["overlap"] = overlap
     times = sorted(event.at for event in events) or [0]
     first, last = times[0], times[-1]
     for _ in range(rng.randrange(0, 4)):

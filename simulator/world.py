@@ -26,10 +26,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+import celery_fork_scheduler.held as held_module
 import celery_fork_scheduler.manager as manager_module
 import celery_fork_scheduler.scheduler as scheduler_module
 import celery_fork_scheduler.shutdown as shutdown_module
-import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler import publishing, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.backends.redis_connection import client_from_url
@@ -865,7 +865,7 @@ def install(world: World) -> None:
     """Point the process-wide patches (clock, signals, publishers) at ``world``."""
     LoggingCeleryPublisher.world = world
     scheduler_module.utc_now = world.replica_clock  # type: ignore[assignment]
-    worker_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
+    held_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
     manager_module.CeleryPublisher = _ManagerPublisher  # type: ignore[misc,assignment]
     signal.signal(signal.SIGTERM, _dispatch_signal)
     shutdown_module.signal = _ReplicaSignals()  # type: ignore[assignment]

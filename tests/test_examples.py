@@ -67,6 +67,7 @@ PROCESS_EXAMPLES = [
     ("runtime_manager", [], 240, ["runs received; pause, resume, run_now and removal held"]),
     ("decorators", [], 180, ["OK: every @periodic entry fired"]),
     ("singleton_slow_task", [], 240, ["runs, never two at once;"]),
+    ("overlap_policies", [], 120, ["OK: queued runs one after another in slot order"]),
     ("event_listeners", [], 180, ["events logged by the listener", "dispatch"]),
     (
         "pause_on_failure",

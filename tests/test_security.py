@@ -65,6 +65,8 @@ ACL_COMMANDS = (
     # called by the Lua scripts
     "time", "hget", "hset", "hdel", "hincrby", "hexists", "pexpire", "set", "get", "del",
     "exists", "incr", "lpush", "ltrim", "zadd", "zscore", "zcard", "zremrangebyscore",
+    # the queue of overlap buffer_all (a list; a message held by buffer_one is a string)
+    "type", "rpush", "lpop", "llen",
     # when Redis may have lost its data (its start time, unless flushed): asked by the first
     # claim of every entry without a mark, so without it claims fail closed
     "info",
@@ -475,6 +477,16 @@ def exercise_everything(url: str, admin: redis.Redis) -> None:
         lost = Claim("lost", slot, task_id_for("lost", slot), known_mark_us=to_epoch_us(slot))
         assert [r.outcome for r in backend.claim([lost])] == [ClaimOutcome.CLAIMED]
         assert admin.hget(keys.state("lost"), "reason") == b"restored"
+        # buffer_all: a slot queued behind the run in progress, in a list
+        queued = Claim(
+            "queued",
+            slot,
+            task_id_for("queued", slot),
+            overlap="buffer_all",
+            held_message=json.dumps({"task_id": "next"}),
+        )
+        admin.set(keys.running("queued"), "runner")
+        assert [r.outcome for r in backend.claim([queued])] == [ClaimOutcome.BUFFERED]
     finally:
         replica.close()
     assert manager.history("rt") and manager.stats("rt").runs >= 1
@@ -496,6 +508,8 @@ def exercise_everything(url: str, admin: redis.Redis) -> None:
     hooks._publish_held = published.append  # type: ignore[method-assign]
     hooks._finish("single", task_id, singleton=True, capped=False)
     assert admin.get(keys.running("single")) == b"held" and len(published) == 1
+    hooks._finish("queued", "runner", singleton=True, capped=False)
+    assert admin.get(keys.running("queued")) == b"next" and len(published) == 2
     run = Run("single", "2026-03-02T10:00:01+00:00", task_id, 0.0, True, False, "w@h")
     hooks._record(run, "completed", "completed", duration=0.1)
     assert admin.hget(keys.state("single"), "completed") == b"1"

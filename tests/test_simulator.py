@@ -69,3 +69,9 @@ def test_a_run_that_skips_its_marker_check_is_caught() -> None:
     result = _simulate("--seed", "6", "--mutation", "no_retake")
     assert result.returncode == 1
     assert "VIOLATION [singleton]" in result.stdout or "VIOLATION [capped]" in result.stdout
+
+
+def test_a_buffer_all_queue_released_out_of_slot_order_is_caught() -> None:
+    result = _simulate("--seed", "5", "--mutation", "queue_lifo")
+    assert result.returncode == 1
+    assert "VIOLATION [buffer_all]" in result.stdout

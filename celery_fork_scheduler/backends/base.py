@@ -45,8 +45,15 @@ class ClaimOutcome(enum.Enum):
     REMOVED = "removed"
     #: Skipped: the previous run of a singleton entry is still executing.
     BUSY = "busy"
-    #: Held back (overlap ``buffer_one``): published as soon as the running one ends.
+    #: Held back (overlap ``buffer_one``, or queued by ``buffer_all``): published as soon as
+    #: the running one (and, for ``buffer_all``, every run queued before it) ends.
     BUFFERED = "buffered"
+    #: Skipped: the queue of a ``buffer_all`` entry is full (``fork_scheduler_buffer_limit``).
+    BUFFER_FULL = "buffer_full"
+    #: ``buffer_all``: the slot was queued (or refused, queue full) while no run held the
+    #: marker (its runner died): the head of the queue now holds it and must be published
+    #: (``ClaimResult.held``; ``ClaimResult.reason`` says what became of the slot).
+    RELEASED = "released"
     #: Skipped: the entry has used up its ``max_runs``.
     FINISHED = "finished"
     #: Another replica began publishing the slot and never confirmed it (it stopped or died
@@ -69,11 +76,12 @@ class Claim:
     entry: str
     slot: datetime
     task_id: str
-    #: The entry's overlap policy: ``"allow"``, ``"skip"`` or ``"buffer_one"``.
+    #: The entry's overlap policy: ``"allow"``, ``"skip"``, ``"buffer_one"``, ``"buffer_all"``,
+    #: ``"cancel_other"`` or ``"terminate_other"``.
     overlap: str = "allow"
     #: The entry's ``max_runs`` (0: no limit).
     max_runs: int = 0
-    #: For ``buffer_one``: the JSON message to hold back while a run is executing.
+    #: For ``buffer_one`` / ``buffer_all``: the JSON message to hold back while a run executes.
     held_message: str = ""
     #: Ask only to take over (or renew) an existing claim, never to make a new one: the slot
     #: was seen claimed before, so if Redis no longer knows it, it lost its state.
@@ -117,6 +125,10 @@ class ClaimResult:
     outcome: ClaimOutcome
     retry_after: float = 0.0
     error: str = ""
+    #: For RELEASED: the JSON message of the queued run to publish now, and what became of
+    #: the claimed slot itself (``"buffered"`` or ``"buffer_full"``).
+    held: str = ""
+    reason: str = ""
 
 
 class ClaimBackend(Protocol):

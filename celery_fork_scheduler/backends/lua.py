@@ -13,6 +13,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  sent_at      Redis TIME of the latest publish, microseconds
                                  runs         slots claimed to run (skipped ones are given back)
                                  paused       "1" while paused; pause_note, paused_at beside it
+                                 latest_run   task id of the latest run claimed (overlap
+                                              "cancel_other" / "terminate_other")
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
@@ -22,6 +24,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  publish it (never taken over from then on)
     P{<entry>}:running   string  task id of the run in progress (singleton), with a lease (PX)
     P{<entry>}:buffered  string  JSON message of the one run held back (overlap "buffer_one")
+                         list    JSON messages of the runs queued, oldest slot first
+                                 (overlap "buffer_all", at most fork_scheduler_buffer_limit)
     P{<entry>}:history   list    JSON of the latest runs, newest first, capped (history_size)
     P{<entry>}:backfill  hash    <slot us> -> "publishing|<backfill run>|<at us>", then
                                  "sent|<task id>|<at us>" or "failed|<task id>|<at us>":
@@ -109,18 +113,25 @@ end
 #: KEYS[5] history list.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] replica id, ARGV[4] early tolerance (us),
 #: ARGV[5] claim lease (us), ARGV[6] TTL of the pending hash (ms), ARGV[7] overlap
-#: ("allow" | "skip" | "buffer_one"), ARGV[8] max runs (0: no limit), ARGV[9] singleton lease
-#: (ms), ARGV[10] JSON message to hold back for "buffer_one" (else ""), ARGV[11] history size,
+#: ("allow" | "skip" | "buffer_one" | "buffer_all" | "cancel_other" | "terminate_other"),
+#: ARGV[8] max runs (0: no limit), ARGV[9] singleton lease (ms), ARGV[10] JSON message to hold
+#: back for "buffer_one" / "buffer_all" (else ""), ARGV[11] history size,
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
 #: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0,
 #: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
 #: ARGV[15] "1" for a runtime entry (refused once removed), else "0",
-#: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won).
+#: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
+#: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list).
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "excluded" | "paused" | "removed" | "busy" | "buffered" | "finished" | "in_flight"; wait_us:
-#: how long to wait before asking again (pending, early), else 0. "in_flight": the owner began
-#: publishing the slot and never confirmed it; whether it reached the broker is unknown, so it is
-#: not taken over.
+#: "excluded" | "paused" | "removed" | "busy" | "buffered" | "buffer_full" | "finished" |
+#: "in_flight"; wait_us: how long to wait before asking again (pending, early), else 0.
+#: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
+#: the broker is unknown, so it is not taken over.
+#: Or {"released", 0, message, reason}: a "buffer_all" slot was queued (reason "buffered") or
+#: refused ("buffer_full") while no run held the marker (its runner died): the head of the
+#: queue, whose task id now holds the marker, must be published by the caller.
+#: "cancel_other" / "terminate_other": a slot that finds a run in progress is won without
+#: taking the marker (the new run's worker revokes the old run and takes it over at start).
 #: A corrupted ``hwm`` is an error reply (for this claim only).
 CLAIM = (
     _NOW
@@ -194,11 +205,37 @@ if slot > hwm then
     redis.call('HSET', KEYS[1], 'finished', ARGV[8])
     return skip('finished')
   end
-  if ARGV[7] ~= 'allow' and redis.call('EXISTS', KEYS[3]) == 1 then
-    if ARGV[7] == 'buffer_one' and redis.call('EXISTS', KEYS[4]) == 0 then
-      redis.call('SET', KEYS[4], ARGV[10])
-      return skip('buffered')
+  local replacing = ARGV[7] == 'cancel_other' or ARGV[7] == 'terminate_other'
+  local running = ARGV[7] ~= 'allow' and redis.call('EXISTS', KEYS[3]) == 1
+  if running and ARGV[7] == 'buffer_one' and redis.call('EXISTS', KEYS[4]) == 0 then
+    redis.call('SET', KEYS[4], ARGV[10])
+    return skip('buffered')
+  end
+  if ARGV[7] == 'buffer_all' and (running or redis.call('EXISTS', KEYS[4]) == 1) then
+    -- Queued behind the running run, in slot order (a message held under buffer_one before
+    -- the policy changed goes first).
+    if redis.call('TYPE', KEYS[4]).ok == 'string' then
+      local held = redis.call('GET', KEYS[4])
+      redis.call('DEL', KEYS[4])
+      redis.call('RPUSH', KEYS[4], held)
     end
+    local reason = 'buffered'
+    if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[17]) then
+      redis.call('RPUSH', KEYS[4], ARGV[10])
+    else
+      reason = 'buffer_full'
+    end
+    skip(reason)
+    if running then
+      return {reason, 0}
+    end
+    -- Nobody runs (the last runner died, its lease expired): the head of the queue runs now.
+    local head = redis.call('LPOP', KEYS[4])
+    redis.call('SET', KEYS[3], cjson.decode(head)['task_id'], 'PX', ARGV[9])
+    redis.call('HINCRBY', KEYS[1], 'runs', 1)
+    return {'released', 0, head, reason}
+  end
+  if running and not replacing then
     return skip('busy')
   end
   redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
@@ -217,8 +254,13 @@ if slot > hwm then
   end
   redis.call('HSET', KEYS[2], ARGV[1], mine)
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  if ARGV[7] ~= 'allow' then
+  if ARGV[7] ~= 'allow' and not running then
     redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[9])
+  end
+  if replacing then
+    -- The run in progress (if any) keeps its marker until it stops: this run's worker
+    -- revokes it and takes the marker over (TAKE_OVER); any older run waiting is replaced.
+    redis.call('HSET', KEYS[1], 'latest_run', ARGV[2])
   end
   if ARGV[7] == 'buffer_one' then
     -- A run held back before its runner died is superseded by this one.
@@ -451,6 +493,30 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 """
 
+#: A run of a "cancel_other" / "terminate_other" entry starts: it takes the marker over from
+#: the run it replaces once that one stopped.
+#: KEYS[1] running marker, KEYS[2] state hash. ARGV[1] task id, ARGV[2] lease (ms),
+#: ARGV[3] "1" for a scheduled run (replaced by a later one), "0" for a manual one.
+#: Returns {code, task id}: {0, newer} a later run was claimed since (this one must not
+#: execute); {1, ""} the run held its marker (renewed); {2, ""} it took the free marker;
+#: {3, holder} another run holds it (revoke that one, then ask again).
+TAKE_OVER = """
+local latest = redis.call('HGET', KEYS[2], 'latest_run')
+if ARGV[3] == '1' and latest and latest ~= ARGV[1] then
+  return {0, latest}
+end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, ''}
+end
+if holder then
+  return {3, holder}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {2, ''}
+"""
+
 #: A run under the cap starts: it must hold its place; one that expired while the run waited is
 #: taken again if the cap has room.
 #: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] cap, ARGV[3] lease (us).
@@ -473,8 +539,9 @@ return 2
 """
 )
 
-#: A run ended (its last attempt): free its marker; hand it to the held-back run, if any.
-#: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash.
+#: A run ended (its last attempt): free its marker; hand it to the held-back run, if any (the
+#: one of "buffer_one", or the head of the queue of "buffer_all").
+#: KEYS[1] running marker, KEYS[2] buffered message (string) or queue (list), KEYS[3] state hash.
 #: ARGV[1] task id, ARGV[2] lease (ms).
 #: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
 #: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
@@ -483,12 +550,18 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return nil
 end
-local held = redis.call('GET', KEYS[2])
+local kind = redis.call('TYPE', KEYS[2]).ok
+local held = nil
+if kind == 'list' then
+  held = redis.call('LPOP', KEYS[2])
+elseif kind == 'string' then
+  held = redis.call('GET', KEYS[2])
+  redis.call('DEL', KEYS[2])
+end
 if not held then
   redis.call('DEL', KEYS[1])
   return nil
 end
-redis.call('DEL', KEYS[2])
 if redis.call('HGET', KEYS[3], 'removed') then
   redis.call('DEL', KEYS[1])
   return {'removed', held}
@@ -504,7 +577,8 @@ return {'send', held}
 """
 
 #: The held-back run handed over by RELEASE is not sent: its publish failed ("failed": the
-#: message goes back to be held, unless another is held by now) or the cap is full ("capped").
+#: message goes back to be held, unless another is held by now; at the head of a "buffer_all"
+#: queue) or the cap is full ("capped").
 #: Its marker is freed, its run is given back.
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash, KEYS[4] history list.
 #: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
@@ -516,7 +590,11 @@ end
 redis.call('HINCRBY', KEYS[3], 'runs', -1)
 local item = {slot = tonumber(ARGV[3]), replica = ARGV[4], task_id = ARGV[2]}
 if ARGV[6] == 'failed' then
-  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  if redis.call('TYPE', KEYS[2]).ok == 'list' then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+  else
+    redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  end
   redis.call('HINCRBY', KEYS[3], 'failures', 1)
   item['outcome'] = 'failed'
   item['error'] = ARGV[7]

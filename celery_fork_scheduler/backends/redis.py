@@ -202,6 +202,7 @@ class RedisBackend:
                 self._pending_max_age_us,
                 "1" if claim.runtime else "0",
                 "1" if claim.excluded else "0",
+                self.settings.buffer_limit,
             )
             for claim in claims
         ]
@@ -209,7 +210,7 @@ class RedisBackend:
         return [
             ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
             if isinstance(reply, Exception)
-            else ClaimResult(claim, ClaimOutcome(_text(reply[0])), int(reply[1]) / 1_000_000)
+            else _claim_result(claim, reply)
             for claim, reply in zip(claims, replies, strict=True)
         ]
 
@@ -618,3 +619,11 @@ def record_outcome(
         paused_at,
     )
     return bool(int(paused))
+
+
+def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
+    """The :class:`ClaimResult` of one CLAIM reply (see :data:`.lua.CLAIM`)."""
+    outcome = ClaimOutcome(_text(reply[0]))
+    if outcome is ClaimOutcome.RELEASED:
+        return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
+    return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)

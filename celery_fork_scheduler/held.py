@@ -1,0 +1,112 @@
+"""Publishing a run that was held back in Redis (overlap ``buffer_one`` and ``buffer_all``).
+
+A held run is published by whoever hands it the entry's running marker: the worker that ends
+the running run (the RELEASE script), or the beat replica whose claim found the marker expired
+with runs still queued (``buffer_all``, the CLAIM outcome ``released``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .backends import lua
+from .backends.base import to_epoch_us
+from .backends.redis_connection import scrub_secrets
+from .config import Settings
+from .ids import CAPPED_HEADER
+from .keys import Keys
+from .publishing import CeleryPublisher, Occurrence, is_transient, occurrence_from_json
+
+logger = logging.getLogger("celery_fork_scheduler.worker")
+
+#: Stored error texts are cut to this many characters.
+ERROR_TEXT_LIMIT = 2000
+
+
+def error_text(error: BaseException | None) -> str:
+    """An error as stored in history: its type and message, credentials masked, cut short."""
+    return scrub_secrets(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldRuns:
+    """Publishes held runs of ``app`` with the Redis ``client`` of the scheduler's keys."""
+
+    app: Any
+    client: Any
+    keys: Keys
+    settings: Settings
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.settings.singleton_lease.total_seconds() * 1000)
+
+    def publish(self, held: bytes | str) -> None:
+        """Publish a held run (it holds the marker already), with a place under the cap. Over
+        the cap it is skipped (``capped``); when its publish fails the marker is freed at once
+        and the run recorded as failed (a message that certainly did not leave is held back
+        again: at the head of a ``buffer_all`` queue)."""
+        occurrence = occurrence_from_json(held)
+        cap = self.settings.max_concurrent
+        if cap > 0:
+            granted = self.client.eval(
+                lua.TAKE_CAP_PLACES,
+                1,
+                self.keys.cap,
+                cap,
+                self._lease_ms * 1000,
+                occurrence.task_id,
+            )
+            if not int(granted):
+                self.give_back(held, occurrence, "capped")
+                logger.warning(
+                    "fork scheduler: held-back run of %s slot %s skipped: cap reached",
+                    occurrence.entry,
+                    occurrence.slot.isoformat(),
+                )
+                return
+            occurrence = replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
+        try:
+            CeleryPublisher(self.app, lambda: None).publish(occurrence)
+        except Exception as exc:
+            if cap > 0:
+                self.client.zrem(self.keys.cap, occurrence.task_id)
+            mode = "uncertain" if is_transient(exc) else "failed"
+            self.give_back(held, occurrence, mode, error=error_text(exc))
+            logger.warning(
+                "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
+                occurrence.entry,
+                occurrence.slot.isoformat(),
+                mode,
+                exc,
+            )
+            return
+        logger.info(
+            "fork scheduler: sent held-back run of %s slot %s id %s",
+            occurrence.entry,
+            occurrence.slot.isoformat(),
+            occurrence.task_id,
+        )
+
+    def give_back(
+        self, held: bytes | str, occurrence: Occurrence, mode: str, *, error: str = ""
+    ) -> None:
+        """The held run handed the marker is not sent: free the marker, record why."""
+        self.client.eval(
+            lua.GIVE_BACK_HELD,
+            4,
+            self.keys.running(occurrence.entry),
+            self.keys.buffered(occurrence.entry),
+            self.keys.state(occurrence.entry),
+            self.keys.history(occurrence.entry),
+            held,
+            occurrence.task_id,
+            to_epoch_us(occurrence.slot),
+            socket.gethostname(),
+            self.settings.history_size,
+            mode,
+            error[:500],
+        )
