@@ -8,7 +8,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from kombu.entity import Exchange, Queue
 from .config import DEFAULTS, has_control_characters, shown
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
+from .jitter import jitter_offset
 from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 
@@ -46,6 +47,7 @@ EXTRA_KEYS = frozenset(
         "one_off",
         "catchup",
         "catchup_window",
+        "jitter",
     }
 )
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
@@ -122,6 +124,11 @@ class Entry:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    #: The entry's own jitter (``None``: the app's ``fork_scheduler_default_jitter``).
+    jitter: timedelta | None = None
+    #: The app's default jitter as it applies to this entry (at most its period); set by the
+    #: scheduler (:meth:`with_default_jitter`), never stored.
+    default_jitter: timedelta = timedelta(0)
     source: EntrySource = "config"
 
     @property
@@ -133,6 +140,44 @@ class Entry:
     def singleton(self) -> bool:
         """True when runs of this entry must not overlap (``overlap`` is not ``"allow"``)."""
         return self.overlap != "allow"
+
+    @property
+    def effective_jitter(self) -> timedelta:
+        """The jitter its slots are published with: its own, else the app's default."""
+        return self.jitter if self.jitter is not None else self.default_jitter
+
+    def with_default_jitter(self, default: timedelta) -> Entry:
+        """This entry under the app's default jitter, cut to its period (itself when the
+        default does not apply: it has its own jitter, or the default is zero)."""
+        if self.jitter is not None or default <= timedelta(0):
+            return self
+        period = schedule_period(self.schedule)
+        applied = default if period is None else min(default, period)
+        if applied == self.default_jitter:
+            return self
+        return replace(self, default_jitter=applied)
+
+    def publish_at(self, slot: datetime) -> datetime:
+        """The instant ``slot`` is published at: the slot plus its deterministic offset in
+        ``[0, jitter)`` (see :mod:`.jitter`); the slot itself without jitter."""
+        jitter = self.effective_jitter
+        if not jitter:
+            return slot
+        return slot + jitter_offset(self.name, slot, jitter)
+
+    def due_edge(self, at: datetime) -> datetime:
+        """The instant that splits the slots at ``at``: those up to it are due (their publish
+        instant is ``<= at``), the later ones are not. ``at`` itself without jitter.
+
+        A jitter is at most the gap between two slots, so the publish instants keep the
+        slots' order and only the last slot at or before ``at`` can still be waiting.
+        """
+        if not self.effective_jitter:
+            return at
+        last = self.schedule.previous_slot(at)
+        if last is not None and self.publish_at(last) > at:
+            return last - _EPSILON
+        return at
 
     def first_slot_after(self, after: datetime) -> datetime | None:
         """Return the first slot strictly after ``after`` that lies inside start/end."""
@@ -378,6 +423,14 @@ def _sampled_gap(schedule: SlotSchedule) -> timedelta | None:
     return min(gaps) if gaps else None
 
 
+def schedule_period(schedule: SlotSchedule) -> timedelta | None:
+    """The bound of a jitter: an interval schedule's interval; for the others, the shortest gap
+    between their first 50 slots after 2030-01-01 (``None``: fewer than two slots)."""
+    if isinstance(schedule, Interval):
+        return schedule.every
+    return _sampled_gap(schedule)
+
+
 def _check_interval(name: str, schedule: SlotSchedule, floor: timedelta) -> None:
     gap = _shortest_gap(schedule, floor)
     if gap is not None and gap < floor:
@@ -499,6 +552,24 @@ def _window(name: str, value: object) -> timedelta | None:
         raise _fail(name, "catchup_window", str(exc).removeprefix("catchup_window ")) from None
 
 
+def _jitter(name: str, value: object, schedule: SlotSchedule) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        jitter = to_timedelta(value, what="jitter", allow_text=True)
+    except ValueError as exc:
+        raise _fail(name, "jitter", str(exc).removeprefix("jitter ")) from None
+    period = schedule_period(schedule)
+    if period is not None and jitter > period:
+        raise _fail(
+            name,
+            "jitter",
+            f"must be at most the schedule's period ({period.total_seconds():g} s), "
+            f"not {jitter.total_seconds():g} s",
+        )
+    return jitter
+
+
 def entry_from_config(
     name: str,
     definition: Mapping[str, Any],
@@ -586,6 +657,7 @@ def entry_from_config(
         max_runs=_max_runs(name, definition),
         catchup=_choice(name, "catchup", definition.get("catchup", "latest"), CATCHUPS),  # type: ignore[arg-type]
         catchup_window=_window(name, definition.get("catchup_window")),
+        jitter=_jitter(name, definition.get("jitter"), schedule),
         source=source,
     )
 
@@ -622,8 +694,9 @@ ENTRY_SCHEMA = 1
 
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
-    ``schedule`` the stored form of its schedule."""
-    return {
+    ``schedule`` the stored form of its schedule. ``jitter`` is there only when the entry has
+    its own (a replica of an earlier version still reads the others)."""
+    fields: dict[str, Any] = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
         "schedule": schedule,
@@ -642,6 +715,9 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
             entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
         ),
     }
+    if entry.jitter is not None:
+        fields["jitter"] = entry.jitter.total_seconds()
+    return fields
 
 
 def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:

@@ -339,4 +339,3 @@ class PublishPipeline:
                 return
         with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
-

@@ -13,7 +13,14 @@ from typing import Any, Protocol, TypeVar
 from kombu.exceptions import OperationalError
 
 from .entry import Entry
-from .ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER, slot_isoformat
+from .ids import (
+    CAPPED_HEADER,
+    ENTRY_HEADER,
+    OVERLAP_HEADER,
+    PUBLISH_AT_HEADER,
+    SLOT_HEADER,
+    slot_isoformat,
+)
 from .message_template import (
     Rendered,
     Template,
@@ -58,6 +65,8 @@ def build_occurrence(
     headers.update(
         {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(slot), "celery_beat_task": True}
     )
+    if entry.effective_jitter:
+        headers[PUBLISH_AT_HEADER] = slot_isoformat(entry.publish_at(slot))
     if entry.overlap != "allow":
         headers[OVERLAP_HEADER] = entry.overlap
     if capped:
@@ -294,6 +303,7 @@ class CeleryPublisher:
                 occurrence.task_id,
                 slot_isoformat(occurrence.slot),
                 bool(occurrence.headers.get(CAPPED_HEADER)),
+                occurrence.headers.get(PUBLISH_AT_HEADER),
                 self.app.now(),
                 queues_of(template, channel),
             )

@@ -580,9 +580,7 @@ class RuntimeStore:
         version, pages = self.pages()
         return version, {name: item for page in pages for name, item in page.items()}
 
-    def pages(
-        self, size: int = PAGE_SIZE
-    ) -> tuple[int, Iterator[dict[str, StoredEntry | bytes]]]:
+    def pages(self, size: int = PAGE_SIZE) -> tuple[int, Iterator[dict[str, StoredEntry | bytes]]]:
         """The version, and every runtime entry page by page (``HSCAN``): a replica reading a
         million entries holds one page of raw JSON at a time.
 
@@ -595,9 +593,7 @@ class RuntimeStore:
         def read() -> Iterator[dict[str, StoredEntry | bytes]]:
             cursor: int | None = None
             while cursor != 0:
-                cursor, raw = self.client.hscan(
-                    self.keys.runtime_entries, cursor or 0, count=size
-                )
+                cursor, raw = self.client.hscan(self.keys.runtime_entries, cursor or 0, count=size)
                 if raw:
                     yield self._page(raw)
 
@@ -1059,9 +1055,7 @@ def _decode(
         return raw if isinstance(raw, bytes) else raw.encode()
 
 
-def _instants(
-    name: str, raw: bytes | str | None
-) -> tuple[datetime | None, datetime | None]:
+def _instants(name: str, raw: bytes | str | None) -> tuple[datetime | None, datetime | None]:
     """A stored ``"<since> <added>"`` (us since the epoch; ``added`` may be absent): the two
     instants, ``None`` when absent or unreadable."""
     if raw is None:
