@@ -47,6 +47,8 @@ class Job:
     max_runs: int | None = None
     catchup: Catchup = "latest"
     catchup_window: timedelta | None = None
+    #: The entry's own jitter (``None``: ``fork_scheduler_default_jitter`` applies).
+    jitter: timedelta | None = None
     finished: bool = False
 
     @property
@@ -108,6 +110,7 @@ _ENTRY_FIELDS = (
     "max_runs",
     "catchup",
     "catchup_window",
+    "jitter",
 )
 
 
