@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from replica_helpers import fired, schedulers, tick_for
 
 from celery_fork_scheduler import ConfigError, Manager, Scheduler, every
 from celery_fork_scheduler.backends import LocalBackend
@@ -350,3 +351,36 @@ def test_an_unjittered_message_has_no_publish_at_header() -> None:
     plain, jittered = occurrence_headers([build(), build(jitter=5)], slot)
     assert PUBLISH_AT_HEADER not in plain
     assert datetime.fromisoformat(jittered[PUBLISH_AT_HEADER]) >= slot
+
+
+# -- replicas dividing the entries (ownership) -----------------------------------------------
+
+SPREAD = {f"j{i:02}": {"task": "t", "schedule": every(2).seconds, "jitter": 2} for i in range(12)}
+
+
+def test_a_dead_owner_costs_its_jittered_entries_a_grace_after_the_offset(
+    redis_url: str,
+) -> None:
+    clock = FakeClock(START)
+    survivor = TimedPublisher(clock)
+    with schedulers(redis_url, fork_scheduler_owner_grace=1, beat_schedule=SPREAD) as make:
+        replicas = [make(clock, "replica-a"), make(clock, "replica-b", publisher=survivor)]
+        tick_for(lambda: [r.tick() for r in replicas], clock, 4, step=0.1)
+        dead_at = clock()
+        tick_for(replicas[1].tick, clock, 10, step=0.1)  # replica-a stopped ticking
+        everything = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+        assert max(everything.values()) == 1
+        entries = replicas[1].entries
+        lateness = []
+        for occurrence, at in zip(survivor.occurrences, survivor.times, strict=True):
+            due = entries[occurrence.entry].publish_at(occurrence.slot)
+            assert at >= due, (occurrence.entry, occurrence.slot, at, due)
+            if occurrence.slot > dead_at:
+                lateness.append(at - due)
+        first = dead_at.replace(microsecond=0) + timedelta(seconds=2 - dead_at.second % 2)
+        for name in SPREAD:
+            for step in range(4):
+                slot = first + timedelta(seconds=2 * step)
+                assert (name, slot.isoformat()) in everything, (name, slot)
+        assert max(lateness) > timedelta(seconds=0.9)  # the dead owner's entries waited a grace
+        assert max(lateness) <= timedelta(seconds=1.3)  # counted from the offset, and no more
