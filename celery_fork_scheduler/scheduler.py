@@ -592,16 +592,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             slots = slots_due(
                 entry, after, min(horizon, _reach(entry, until)), grace=self.settings.catchup_grace
             )
+        decided = entry.due_edge(horizon)  # a slot still waiting for its jitter comes next
         if owner is not None and ownership is not None and ownership.handled_by(owner, slots, now):
             for slot in slots:
                 self.reports.skipped_slot(name, slot, "claimed")
-            return Work(item, [], entry, until, horizon)
+            return Work(item, [], entry, until, decided)
         due = []
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
                 due.append(self._due_slot(entry, slot, takeover=item.takeover))
-        decided = entry.due_edge(horizon)  # a slot still waiting for its jitter comes next
         return Work(item, due, None if item.retry else entry, until, decided)
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
