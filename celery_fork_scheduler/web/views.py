@@ -326,6 +326,7 @@ def definition_text(data: Mapping[str, Any]) -> str:
         "max_runs",
         "catchup",
         "catchup_window_seconds",
+        "jitter_seconds",
         "description",
         "source",
         "version",
