@@ -38,11 +38,16 @@ def slots_due(
     grace: timedelta,
     window: timedelta | None = None,
 ) -> list[datetime]:
-    """Slots of ``entry`` in ``(after, now]`` that should be claimed now, oldest first."""
-    cutoff = now - grace
-    recent = _bounded(entry, max(after, cutoff), now)
+    """Slots of ``entry`` in ``(after, now]`` that should be claimed now, oldest first.
+
+    Lateness is measured from a slot's publish instant (the slot plus its jitter offset, see
+    :meth:`.Entry.publish_at`): a slot is due once that instant has come, recent while it is
+    no older than the grace, and within a window while it is no older than the window.
+    """
+    cutoff = entry.due_edge(now - grace)
+    recent = _bounded(entry, max(after, cutoff), entry.due_edge(now))
     limits = [w for w in (entry.catchup_window, window) if w is not None]
-    oldest = max([after, *(now - w for w in limits)])
+    oldest = max([after, *(entry.due_edge(now - w) for w in limits)])
     if oldest >= cutoff or entry.catchup == "skip":
         return recent
     if entry.catchup == "all":

@@ -62,6 +62,7 @@ DEFAULTS: Mapping[str, Any] = {
     "owner_grace": timedelta(seconds=1),
     "web_token": None,
     "calendars": {},
+    "default_jitter": timedelta(0),
 }
 
 
@@ -102,6 +103,9 @@ class Settings:
     #: The token every write of ``celery schedule web`` needs (``None``: read-only, unless
     #: ``--token`` gives one).
     web_token: str | None = None
+    #: The jitter of the entries that set none (at most each entry's period; see the
+    #: ``jitter`` entry key).
+    default_jitter: timedelta = timedelta(0)
     #: Celery's ``beat_cron_starting_deadline``: at start-up, older missed slots are not
     #: caught up (``None``: no bound).
     starting_deadline: timedelta | None = None
@@ -138,6 +142,7 @@ DURATION_RANGES: Mapping[str, tuple[float, float]] = {
     "wait_timeout": (0.001, 60),
     "min_interval": (0.001, 86_400),
     "owner_grace": (0, 60),
+    "default_jitter": (0, 86_400),
 }
 #: Longest key prefix; longer ones only waste memory in every key.
 MAX_PREFIX_LENGTH = 100
@@ -168,10 +173,12 @@ def has_control_characters(text: str) -> bool:
     return any(ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text)
 
 
-def _duration(name: str, value: object) -> timedelta:
+def _duration(name: str, value: object, *, allow_text: bool = False) -> timedelta:
     low, high = DURATION_RANGES[name]
     try:
-        duration = to_timedelta(value, what=SETTING_PREFIX + name, allow_zero=low == 0)
+        duration = to_timedelta(
+            value, what=SETTING_PREFIX + name, allow_zero=low == 0, allow_text=allow_text
+        )
     except ValueError as exc:
         raise _setting_error(name, str(exc).removeprefix(SETTING_PREFIX + name + " ")) from None
     if not low <= duration.total_seconds() <= high:
@@ -347,6 +354,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "max_entry_size": _named(_int, "max_entry_size"),
     "owner_grace": _named(_duration, "owner_grace"),
     "web_token": _named(_optional_str, "web_token"),
+    "default_jitter": lambda value: _duration("default_jitter", value, allow_text=True),
     "starting_deadline": _starting_deadline,
     "calendars": _calendars,
 }

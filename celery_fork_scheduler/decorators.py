@@ -39,7 +39,8 @@ def periodic(
     such as ``"daily at 10:30"``, a cron expression, a Celery schedule); ``name`` defaults to
     the task name; ``policies`` are the other entry keys (``overlap``, ``timezone``,
     ``max_runs``, ``one_off``, ``start_at``, ``end_at``, ``catchup``, ``catchup_window``,
-    ``enabled``, ``description``). A bad value raises :class:`ConfigError` at import.
+    ``jitter``, ``enabled``, ``description``). A bad value raises :class:`ConfigError` at
+    import.
     """
 
     def decorate(task: T) -> T:

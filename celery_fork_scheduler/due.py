@@ -30,5 +30,6 @@ class Work:
     follow: Entry | None
     until: datetime | None = None
     #: The instant up to which the entry's slots were decided (now, or now minus the owner's
-    #: grace for another replica's entry): the next slot follows it.
+    #: grace for another replica's entry; with jitter, just before a slot still waiting for
+    #: its offset): the next slot follows it.
     horizon: datetime | None = None

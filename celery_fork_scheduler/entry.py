@@ -8,7 +8,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from types import MappingProxyType
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from .config import DEFAULTS, has_control_characters, shown
 from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
 from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalise_items
+from .jitter import jitter_offset
 from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 
@@ -61,6 +62,7 @@ EXTRA_KEYS = frozenset(
         "pause_on_failure",
         "exclude",
         "calendar",
+        "jitter",
     }
 )
 ENTRY_KEYS = CELERY_KEYS | EXTRA_KEYS
@@ -145,6 +147,11 @@ class Entry:
     calendar: tuple[str, ...] = ()
     #: ``exclude`` and the calendars' items compiled in the entry's time zone (``None``: none).
     exclusions: Exclusions | None = None
+    #: The entry's own jitter (``None``: the app's ``fork_scheduler_default_jitter``).
+    jitter: timedelta | None = None
+    #: The app's default jitter as it applies to this entry (at most its period); set by the
+    #: scheduler (:meth:`with_default_jitter`), never stored.
+    default_jitter: timedelta = timedelta(0)
     source: EntrySource = "config"
 
     @property
@@ -160,6 +167,44 @@ class Entry:
     def excludes(self, slot: datetime) -> bool:
         """True when ``slot`` falls on an excluded date (it is then skipped, ``excluded``)."""
         return self.exclusions is not None and self.exclusions.excludes(slot)
+
+    @property
+    def effective_jitter(self) -> timedelta:
+        """The jitter its slots are published with: its own, else the app's default."""
+        return self.jitter if self.jitter is not None else self.default_jitter
+
+    def with_default_jitter(self, default: timedelta) -> Entry:
+        """This entry under the app's default jitter, cut to its period (itself when the
+        default does not apply: it has its own jitter, or the default is zero)."""
+        if self.jitter is not None or default <= timedelta(0):
+            return self
+        period = schedule_period(self.schedule)
+        applied = default if period is None else min(default, period)
+        if applied == self.default_jitter:
+            return self
+        return replace(self, default_jitter=applied)
+
+    def publish_at(self, slot: datetime) -> datetime:
+        """The instant ``slot`` is published at: the slot plus its deterministic offset in
+        ``[0, jitter)`` (see :mod:`.jitter`); the slot itself without jitter."""
+        jitter = self.effective_jitter
+        if not jitter:
+            return slot
+        return slot + jitter_offset(self.name, slot, jitter)
+
+    def due_edge(self, at: datetime) -> datetime:
+        """The instant that splits the slots at ``at``: those up to it are due (their publish
+        instant is ``<= at``), the later ones are not. ``at`` itself without jitter.
+
+        A jitter is at most the gap between two slots, so the publish instants keep the
+        slots' order and only the last slot at or before ``at`` can still be waiting.
+        """
+        if not self.effective_jitter:
+            return at
+        last = self.schedule.previous_slot(at)
+        if last is not None and self.publish_at(last) > at:
+            return last - _EPSILON
+        return at
 
     def first_slot_after(self, after: datetime) -> datetime | None:
         """Return the first slot strictly after ``after`` that lies inside start/end."""
@@ -405,6 +450,14 @@ def _sampled_gap(schedule: SlotSchedule) -> timedelta | None:
     return min(gaps) if gaps else None
 
 
+def schedule_period(schedule: SlotSchedule) -> timedelta | None:
+    """The bound of a jitter: an interval schedule's interval; for the others, the shortest gap
+    between their first 50 slots after 2030-01-01 (``None``: fewer than two slots)."""
+    if isinstance(schedule, Interval):
+        return schedule.every
+    return _sampled_gap(schedule)
+
+
 def _check_interval(name: str, schedule: SlotSchedule, floor: timedelta) -> None:
     gap = _shortest_gap(schedule, floor)
     if gap is not None and gap < floor:
@@ -570,6 +623,24 @@ def _exclusions(
     return own, names, _compiled(items, zone)
 
 
+def _jitter(name: str, value: object, schedule: SlotSchedule) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        jitter = to_timedelta(value, what="jitter", allow_text=True)
+    except ValueError as exc:
+        raise _fail(name, "jitter", str(exc).removeprefix("jitter ")) from None
+    period = schedule_period(schedule)
+    if period is not None and jitter > period:
+        raise _fail(
+            name,
+            "jitter",
+            f"must be at most the schedule's period ({period.total_seconds():g} s), "
+            f"not {jitter.total_seconds():g} s",
+        )
+    return jitter
+
+
 def entry_from_config(
     name: str,
     definition: Mapping[str, Any],
@@ -664,6 +735,7 @@ def entry_from_config(
         exclude=exclude,
         calendar=calendar,
         exclusions=exclusions,
+        jitter=_jitter(name, definition.get("jitter"), schedule),
         source=source,
     )
 
@@ -702,10 +774,10 @@ ENTRY_SCHEMA = 1
 
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
-    ``schedule`` the stored form of its schedule. ``exclude``, ``calendar`` and
-    ``pause_on_failure`` are written only when set (an entry without them reads the same on a
-    replica that predates them)."""
-    data = {
+    ``schedule`` the stored form of its schedule. ``jitter``, ``pause_on_failure``, ``exclude``
+    and ``calendar`` are there only when set (a replica of an earlier version still reads the
+    others)."""
+    fields: dict[str, Any] = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
         "schedule": schedule,
@@ -724,14 +796,15 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
             entry.catchup_window.total_seconds() if entry.catchup_window is not None else None
         ),
     }
-    # Stored only when set: replicas of an older version still read every other entry.
+    if entry.jitter is not None:
+        fields["jitter"] = entry.jitter.total_seconds()
     if entry.pause_on_failure:
-        data["pause_on_failure"] = True
+        fields["pause_on_failure"] = True
     if entry.exclude:
-        data["exclude"] = list(entry.exclude)
+        fields["exclude"] = list(entry.exclude)
     if entry.calendar:
-        data["calendar"] = list(entry.calendar)
-    return data
+        fields["calendar"] = list(entry.calendar)
+    return fields
 
 
 def entry_to_dict(entry: Entry, *, max_size: int = DEFAULT_MAX_ENTRY_SIZE) -> dict[str, Any]:

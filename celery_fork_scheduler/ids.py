@@ -12,6 +12,9 @@ TASK_ID_NAMESPACE = uuid.UUID("6f1c2a4e-4b7d-5c1e-9a52-3d0f5b8e7c21")
 ENTRY_HEADER = "fork_scheduler_entry"
 #: Message header carrying the nominal fire time (ISO-8601, UTC).
 SLOT_HEADER = "fork_scheduler_slot"
+#: Message header of jittered runs: the instant the slot was due to be published (the slot
+#: plus its jitter offset; ISO-8601, UTC).
+PUBLISH_AT_HEADER = "fork_scheduler_publish_at"
 #: Message header of singleton runs: the entry's overlap policy ("skip" or "buffer_one").
 OVERLAP_HEADER = "fork_scheduler_overlap"
 #: Message header of runs holding a place under ``fork_scheduler_max_concurrent``.

@@ -262,10 +262,9 @@ class Manager:
 
         ``policies`` are the entry keys of ``beat_schedule`` (``tags``, ``singleton``,
         ``overlap``, ``timezone``, ``options``, ``max_runs``, ``one_off``, ``start_at``,
-        ``end_at``, ``catchup``, ``catchup_window``, ``pause_on_failure``, ``enabled``,
-        ``description``). Without
-        ``replace_existing`` an existing runtime entry of that name is an error; with
-        ``expected_version`` a stale replacement is refused.
+        ``end_at``, ``catchup``, ``catchup_window``, ``pause_on_failure``, ``jitter``,
+        ``enabled``, ``description``). Without ``replace_existing`` an existing runtime entry of
+        that name is an error; with ``expected_version`` a stale replacement is refused.
         """
         task_name = task if isinstance(task, str) else getattr(task, "name", None)
         if self._singleton_all and "overlap" not in policies and "singleton" not in policies:

@@ -51,6 +51,8 @@ class Job:
     #: The entry's own exclusion dates (canonical items) and the calendars it names.
     exclude: tuple[str, ...] = ()
     calendar: tuple[str, ...] = ()
+    #: The entry's own jitter (``None``: ``fork_scheduler_default_jitter`` applies).
+    jitter: timedelta | None = None
     finished: bool = False
 
     @property
@@ -115,6 +117,7 @@ _ENTRY_FIELDS = (
     "pause_on_failure",
     "exclude",
     "calendar",
+    "jitter",
 )
 
 

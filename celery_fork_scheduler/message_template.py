@@ -8,7 +8,8 @@ Later occurrences copy the captured message and patch:
 
 - the task id (``headers.id``, ``properties.correlation_id``, and ``headers.root_id`` unless
   the entry's options set one);
-- this scheduler's per-slot headers (``fork_scheduler_slot``, ``fork_scheduler_capped``);
+- this scheduler's per-slot headers (``fork_scheduler_slot``, ``fork_scheduler_capped``,
+  ``fork_scheduler_publish_at``);
 - ``headers.expires`` / ``headers.eta`` when they come from numeric ``expires`` / ``countdown``
   options (recomputed from the app's clock at send time, the seconds added in UTC, as Celery
   does);
@@ -38,7 +39,7 @@ from typing import Any
 from celery import signals as celery_signals
 from celery.app.routes import MapRoute
 
-from .ids import CAPPED_HEADER, SLOT_HEADER
+from .ids import CAPPED_HEADER, PUBLISH_AT_HEADER, SLOT_HEADER
 
 #: A captured message: the queue it went to and Kombu's message dict.
 Captured = tuple[str, dict[str, Any]]
@@ -159,6 +160,7 @@ def render(
     task_id: str,
     slot_header: str,
     capped: bool,
+    publish_at: str | None,
     now: datetime,
     queues: list[str],
 ) -> Rendered:
@@ -178,6 +180,10 @@ def render(
         headers[CAPPED_HEADER] = True
     else:
         headers.pop(CAPPED_HEADER, None)
+    if publish_at is not None:
+        headers[PUBLISH_AT_HEADER] = publish_at
+    else:
+        headers.pop(PUBLISH_AT_HEADER, None)
     if template.expires is not None:
         headers["expires"] = _seconds_after(now, template.expires).isoformat()
     if template.countdown is not None:

@@ -18,6 +18,7 @@ from .ids import (
     ENTRY_HEADER,
     OVERLAP_HEADER,
     PAUSE_ON_FAILURE_HEADER,
+    PUBLISH_AT_HEADER,
     SLOT_HEADER,
     slot_isoformat,
 )
@@ -65,6 +66,8 @@ def build_occurrence(
     headers.update(
         {ENTRY_HEADER: entry.name, SLOT_HEADER: slot_isoformat(slot), "celery_beat_task": True}
     )
+    if entry.effective_jitter:
+        headers[PUBLISH_AT_HEADER] = slot_isoformat(entry.publish_at(slot))
     if entry.overlap != "allow":
         headers[OVERLAP_HEADER] = entry.overlap
     if capped:
@@ -303,6 +306,7 @@ class CeleryPublisher:
                 occurrence.task_id,
                 slot_isoformat(occurrence.slot),
                 bool(occurrence.headers.get(CAPPED_HEADER)),
+                occurrence.headers.get(PUBLISH_AT_HEADER),
                 self.app.now(),
                 queues_of(template, channel),
             )

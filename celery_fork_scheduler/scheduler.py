@@ -120,6 +120,13 @@ def _digest(entries: Iterable[Entry]) -> int:
     return digest
 
 
+def _reach(entry: Entry, until: datetime) -> datetime:
+    """Up to when an earlier definition, in force until ``until``, publishes: its last slot
+    up to ``until`` is still its own, also when its jitter offset falls after the change."""
+    last = entry.last_slot_at_or_before(until)
+    return until if last is None else max(until, entry.publish_at(last))
+
+
 def _from_timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -295,7 +302,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     self.monotonic,
                 )
                 self._static_digest = _digest(entries[name] for name in sorted(self.static_names))
-        self.entries = entries
+        self.entries = {name: self._jittered(entry) for name, entry in entries.items()}
         logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
         if not backend.protects_replicas and getattr(backend, "warns_single_replica", True):
             logger.warning(
@@ -319,6 +326,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.metrics.serve(self.settings.metrics_port)
             self.metrics.entries.set(len(self.entries))
             logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
+
+    def _jittered(self, entry: Entry) -> Entry:
+        """``entry`` under ``fork_scheduler_default_jitter`` (unless it has its own)."""
+        return entry.with_default_jitter(self.settings.default_jitter)
 
     def _divides_entries(self) -> bool:
         """Whether this replica takes part in dividing the entries (see :mod:`.ownership`): not
@@ -368,12 +379,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.catch_up.add(entry, self._queue_upcoming(entry, start))
 
     def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
-        """Queue an entry's first slot after ``now`` (beat starting is no reason to fire; a
-        runtime entry starts from the instant it was added, when that is recent)."""
-        upcoming = entry.first_slot_after(now)
+        """Queue an entry's first slot to publish after ``now`` (beat starting is no reason
+        to fire; a runtime entry starts from the instant it was added, when that is recent).
+
+        With jitter, that is the first slot whose publish instant is after ``now``: a slot
+        just before ``now`` may still be waiting for its offset.
+        """
+        upcoming = entry.first_slot_after(entry.due_edge(now))
         if upcoming is not None:
-            self.queue.push(upcoming.timestamp(), entry, upcoming)
+            self._push_chain(entry, upcoming)
         return upcoming
+
+    def _push_chain(self, entry: Entry, slot: datetime) -> None:
+        """Queue ``slot`` of ``entry`` to wake up at its publish instant (the slot plus its
+        jitter offset)."""
+        self.queue.push(entry.publish_at(slot).timestamp(), entry, slot)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -462,6 +482,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         definition is disabled.
         """
         start = since or now or self.now()
+        entry = self._jittered(entry)
         previous = self.entries.get(entry.name)
         if previous is not None and _same_definition(previous, entry):
             return  # read again (a full reload), not changed: its queued slots stand
@@ -562,11 +583,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return None  # finished: no new slot; a retry still settles its claim
         ownership = self.ownership
         owner = None if item.retry or ownership is None else ownership.other_owner(name)
-        # Another replica's entry: only its slots older than the grace are this one's business.
+        # Another replica's entry: only its slots published longer than the grace ago are
+        # this one's business (a slot is published at its jittered instant).
         horizon = now if owner is None or ownership is None else now - ownership.grace
-        if item.slot > horizon:
-            assert ownership is not None  # only another replica's entry waits
-            self.deferred.push((item.slot + ownership.grace).timestamp(), item.entry, item.slot)
+        publish_at = item.entry.publish_at(item.slot)
+        if owner is not None and ownership is not None and publish_at > horizon:
+            self.deferred.push((publish_at + ownership.grace).timestamp(), item.entry, item.slot)
             return None  # its owner asks first
         until: datetime | None = None
         if item.retry:
@@ -580,17 +602,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 return None
             entry, until = superseded
             after = item.slot - timedelta(microseconds=1)
-            slots = slots_due(entry, after, min(horizon, until), grace=self.settings.catchup_grace)
+            slots = slots_due(
+                entry, after, min(horizon, _reach(entry, until)), grace=self.settings.catchup_grace
+            )
+        decided = entry.due_edge(horizon)  # a slot still waiting for its jitter comes next
         if owner is not None and ownership is not None and ownership.handled_by(owner, slots, now):
             for slot in slots:
                 self.reports.skipped_slot(name, slot, "claimed")
-            return Work(item, [], entry, until, horizon)
+            return Work(item, [], entry, until, decided)
         due = []
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
                 due.append(self._due_slot(entry, slot, takeover=item.takeover))
-        return Work(item, due, None if item.retry else entry, until, horizon)
+        return Work(item, due, None if item.retry else entry, until, decided)
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
         """Report an entry whose slot could not even be prepared, and keep it scheduled."""
@@ -680,7 +705,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.reports.failed(entry, work.item.slot, exc, "computing the next slot of")
             return
         if upcoming is not None and (work.until is None or upcoming <= work.until):
-            self.queue.push(upcoming.timestamp(), work.item.entry, upcoming)
+            self._push_chain(work.item.entry, upcoming)
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
         """The claim of one slot. A slot on an exclusion date is claimed too, so that one

@@ -126,16 +126,21 @@ class StartupCatchUp:
     ) -> list[datetime]:
         """The unsent claims found at start-up to take over, oldest first.
 
-        One no older than a claim lease plus the grace is a claim a replica just died with:
-        it is taken over. An older one was missed while every replica was down, and follows
-        the entry's catch-up policy like any missed slot: ``"all"`` takes each over,
-        ``"latest"`` the latest one unless another slot fires anyway, ``"skip"`` none.
+        One published no longer than a claim lease plus the grace ago (its jitter included)
+        is a claim a replica just died with: it is taken over. An older one was missed while
+        every replica was down, and follows the entry's catch-up policy like any missed slot:
+        ``"all"`` takes each over, ``"latest"`` the latest one unless another slot fires
+        anyway, ``"skip"`` none.
         """
         recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
-        recent = sorted(slot for slot in unsent if slot >= recent_after)
+        # Ages count from the publish instant (jitter included), as for every missed slot.
+        published = {slot: entry.publish_at(slot) for slot in unsent}
+        recent = sorted(slot for slot in unsent if published[slot] >= recent_after)
         limits = [w for w in (entry.catchup_window, window) if w is not None]
         old = sorted(
-            slot for slot in unsent if slot < recent_after and all(now - slot <= w for w in limits)
+            slot
+            for slot in unsent
+            if published[slot] < recent_after and all(now - published[slot] <= w for w in limits)
         )
         if entry.catchup == "all":
             return old + recent

@@ -37,6 +37,8 @@ SHORT_FREEZE = SECOND
 EARLY = 500_000
 #: Scheduling noise allowed on top of EARLY (the simulated tick jitter is 0-2 ms).
 EARLY_SLACK = 5_000
+#: A replica schedules a jittered slot on its measure of Redis's clock: allowed error.
+JITTER_SLACK = 5_000
 #: Slots this close before a loss of Redis data may be lost with it (claimed, not yet fenced:
 #: documented), and slots up to this long after Redis is back may be refused by the restored
 #: high-water mark: the claim bounds the loss by Redis's uptime, counted in whole seconds and
@@ -197,12 +199,32 @@ class Checker:
             definitions = self.all_definitions(name)
             if not definitions:
                 continue
+            self._check_jitter(name, slot, messages, definitions)
             if not any(self._is_slot(entry, slot) for entry in definitions):
                 self.fail(
                     "not_a_slot",
                     name,
                     f"{name} published {slot.isoformat()}, which is "
                     "not a slot of any of its definitions (or is outside start/end)",
+                    slot,
+                )
+
+    def _check_jitter(
+        self, name: str, slot: datetime, messages: list[Any], definitions: list[Entry]
+    ) -> None:
+        """Never published before slot + offset (the earliest publish instant of the
+        definitions that have the slot), on Redis's clock as the replica measured it."""
+        instants = [entry.publish_at(slot) for entry in definitions if self._is_slot(entry, slot)]
+        if not instants or min(instants) == slot:
+            return
+        due = datetime_to_us(min(instants))
+        for message in messages:
+            if message.source == "beat" and message.at < due - JITTER_SLACK:
+                self.fail(
+                    "jitter_early",
+                    name,
+                    f"{name} slot {slot.isoformat()} published at {self._t(message.at)}, "
+                    f"before its jittered instant {self._t(due)}",
                     slot,
                 )
 

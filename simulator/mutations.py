@@ -20,6 +20,7 @@ import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler.backends import lua
 from celery_fork_scheduler.backends.base import ClaimOutcome
 from celery_fork_scheduler.backends.redis import RedisBackend
+from celery_fork_scheduler.entry import Entry
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.scheduler import Scheduler
 from celery_fork_scheduler.store import RuntimeStore
@@ -51,6 +52,8 @@ DESCRIPTIONS: dict[str, str] = {
     "oldest (issue 22 item 5)",
     "sigterm": "a normal stop is not deferred from the fence request to the record "
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
+    "jitter_ignored": "a jittered slot is queued and decided at its nominal time: its offset "
+    "is ignored (issue 22)",
 }
 
 
@@ -254,6 +257,16 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     ),
     "sigterm": _patch(
         pipeline_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
+    ),
+    "jitter_ignored": lambda: _both(
+        _patch(Entry, "due_edge", lambda original: lambda self, at: at)(),
+        _patch(
+            Scheduler,
+            "_push_chain",
+            lambda original: (
+                lambda self, entry, slot: self.queue.push(slot.timestamp(), entry, slot)
+            ),
+        )(),
     ),
 }
 

@@ -131,6 +131,22 @@ def _policies(rng: random.Random, t0: datetime, span: int) -> dict[str, Any]:
     return policies
 
 
+#: Jitters drawn for static entries (seconds): at most 1 s, the shortest period drawn.
+JITTERS = (0.25, 0.5, 1.0)
+
+
+def _jitter(rng: random.Random, entries: dict[str, dict[str, Any]], summary: list[str]) -> None:
+    """Give some static entries a jitter, from a generator of its own (the rest of a seed's
+    draw stays as it was before jitter existed)."""
+    jittered = []
+    for name, definition in entries.items():
+        if rng.random() < 0.4:
+            definition["jitter"] = rng.choice(JITTERS)
+            jittered.append(f"{name}={definition['jitter']:g}s")
+    if jittered:
+        summary.append("jitter " + ", ".join(jittered))
+
+
 def draw(seed: int) -> Scenario:
     """Draw the run of ``seed``."""
     rng = random.Random(seed)
@@ -159,6 +175,7 @@ def draw(seed: int) -> Scenario:
         families[name] = family
         if definition.get("singleton") or definition.get("overlap") in ("buffer_one", "buffer_all"):
             durations[name] = rng.randrange(1, 25) * SECOND
+    _jitter(random.Random(seed * 7919 + 3), entries, summary)
     burst = rng.random() < 0.15
     cold: list[tuple[int, int]] = []
     events: list[WorldEvent] = []

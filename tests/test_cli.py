@@ -172,6 +172,17 @@ def test_show_prints_when_an_entry_may_fire_and_how_it_catches_up(app: Celery, r
     assert "catchup      latest" in run("show", "cleanup").stdout
 
 
+def test_show_and_list_print_an_entry_jitter(app: Celery, run: Run) -> None:
+    Manager(app).add("spread", "tasks.cleanup", "every 10 seconds", jitter="2.5s")
+    assert "jitter       2.5 s" in run("show", "spread").stdout
+    assert "jitter       default (fork_scheduler_default_jitter)" in run("show", "cleanup").stdout
+    assert "every 10 seconds (jitter 2.5 s)" in run("list").stdout
+    listed = {job["name"]: job for job in json.loads(run("list", "--json").stdout)}
+    assert listed["spread"]["jitter_seconds"] == 2.5
+    assert listed["cleanup"]["jitter_seconds"] is None
+    assert json.loads(run("show", "spread", "--json").stdout)["jitter_seconds"] == 2.5
+
+
 def test_show_of_an_unknown_entry_is_one_line_and_exit_1(run: Run) -> None:
     assert_one_line_error(run("show", "nope"), 1, "no entry named 'nope'")
 

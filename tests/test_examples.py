@@ -49,6 +49,14 @@ def test_exclusions_prints_a_month_of_slots_marking_the_excluded_ones() -> None:
     assert "17 runs, 6 excluded" in output
 
 
+def test_jitter_prints_slots_and_their_jittered_instants() -> None:
+    output = run_example("jitter/run.py", "--after", "2026-03-02T09:59:00+00:00", timeout=60)
+    assert "sync-crm: cron * * * * * in UTC, jitter 30 s (own)" in output
+    assert "heartbeat: every minute, jitter 10 s (default)" in output
+    # Deterministic: the same offset on every machine (a hash of entry and slot).
+    assert "slot 10:00:00  published at 10:00:23.054614  (+23.055 s)" in output
+
+
 def test_locking_critical_section() -> None:
     output = run_example("locking_critical_section.py", timeout=120)
     assert "counter = 200 (expected 200)" in output

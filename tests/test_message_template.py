@@ -17,7 +17,7 @@ from kombu import Exchange, Queue
 from publish_helpers import sent_by_celery
 
 from celery_fork_scheduler.entry import entry_from_config
-from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.ids import PUBLISH_AT_HEADER, task_id_for
 from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 JOB_EU = {"task": "tasks.report", "schedule": 60, "args": ["eu"]}
@@ -187,3 +187,30 @@ def test_templated_messages_reach_the_broker_in_order_once(
     queued = [json.loads(raw) for raw in reversed(redis_client.lrange("celery", 0, -1))]
     assert [m["headers"]["id"] for m in queued] == [o.task_id for o in occurrences]
     assert len({m["properties"]["delivery_tag"] for m in queued}) == 3
+
+
+@pytest.mark.parametrize("jitter", [0, 30], ids=["none", "30s"])
+def test_a_templated_jittered_occurrence_is_the_message_celery_builds(
+    broker: str, jitter: int
+) -> None:
+    app = make_app(broker, {})
+    definition = {"task": "tasks.report", "schedule": 60, "args": ["eu"], "jitter": jitter}
+    entry = entry_from_config("jittered", definition, default_timezone=timezone.utc)
+    with app.producer_or_acquire() as producer:
+        producer.channel.connection.state.clear()
+        for queue in app.amqp.queues.values():
+            queue(producer.channel).declare()
+        publisher = CeleryPublisher(app, lambda: producer)
+        for slot in SLOTS:
+            occurrence = build_occurrence(entry, slot, task_id_for("jittered", slot))
+            assert (PUBLISH_AT_HEADER in occurrence.headers) == bool(jitter)
+            rendered = publisher.render(occurrence, producer, producer.channel)
+            expected = sent_by_celery(app, producer, occurrence)
+            if rendered is None:
+                continue
+            for (_, ours), (_, theirs) in zip(rendered.messages, expected, strict=True):
+                same_message(ours, theirs)
+                assert ours["headers"].get(PUBLISH_AT_HEADER) == occurrence.headers.get(
+                    PUBLISH_AT_HEADER
+                )
+    app.close()

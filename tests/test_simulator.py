@@ -52,6 +52,12 @@ def test_a_broken_claim_backend_is_caught() -> None:
     assert "replay: python scripts/simulate.py --seed" in result.stdout
 
 
+def test_a_slot_published_before_its_jitter_offset_is_caught() -> None:
+    result = _simulate("--seed", "1", "--mutation", "jitter_ignored")
+    assert result.returncode == 1
+    assert "VIOLATION [jitter_early]" in result.stdout
+
+
 def test_a_seed_replays_the_same_trace() -> None:
     first = _simulate("--seed", "3", "--trace")
     second = _simulate("--seed", "3", "--trace")

@@ -130,7 +130,7 @@ def list_(ctx: click.Context, tag: str | None, paused: bool, as_json: bool) -> N
         rows = [
             [
                 job.name,
-                job.schedule_text,
+                job.schedule_text + (f" (jitter {_jitter_text(job)})" if job.jitter else ""),
                 zone_column(job.schedule),
                 ",".join(sorted(job.tags)) or "-",
                 next_text(job, session.now),
@@ -216,6 +216,7 @@ def show(ctx: click.Context, name: str, count: int, as_json: bool) -> None:
             ("on failure", "pause" if job.pause_on_failure else "-"),
             ("exclude", ", ".join(job.exclude) or "-"),
             ("calendar", ", ".join(job.calendar) or "-"),
+            ("jitter", _jitter_text(job)),
             ("tags", ", ".join(sorted(job.tags)) or "-"),
             ("args", json.dumps(list(job.args), default=str)),
             ("kwargs", json.dumps(dict(job.kwargs), default=str)),
@@ -270,6 +271,12 @@ def _limits_data(job: Job) -> dict[str, Any]:
 def _catchup_text(job: Job) -> str:
     window = job.catchup_window
     return job.catchup + (f" (window {span(window.total_seconds())})" if window else "")
+
+
+def _jitter_text(job: Job) -> str:
+    if job.jitter is None:
+        return "default (fork_scheduler_default_jitter)"
+    return f"{job.jitter.total_seconds():g} s" if job.jitter else "0 (none)"
 
 
 def _counters(stats: EntryStats) -> dict[str, int]:

@@ -132,6 +132,7 @@ def job_data(job: Job) -> dict[str, Any]:
         "kwargs": dict(job.kwargs),
         "options": dict(job.options),
         "description": job.description,
+        "jitter_seconds": job.jitter.total_seconds() if job.jitter is not None else None,
     }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 
+from ..durations import DAY_UNITS, UNIT_SECONDS
 from ..errors import ScheduleError
 from .base import SlotSchedule, in_zone, parse_time
 from .calendar import WEEKDAY_NAMES, Daily, Monthly, Weekly
@@ -41,13 +42,6 @@ _EXPECTED = (
     "optionally followed by ' in <IANA zone>'"
 )
 
-_UNIT_SECONDS = {
-    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
-    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
-    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3_600),
-    **dict.fromkeys(("w", "week", "weeks"), 604_800),
-}
-_DAY_UNITS = ("d", "day", "days")
 _WEEKDAYS = {
     **{name: index for index, name in enumerate(WEEKDAY_NAMES)},
     **{name[:3]: index for index, name in enumerate(WEEKDAY_NAMES)},
@@ -117,18 +111,18 @@ def _parse_every_unit(text: str) -> SlotSchedule | None:
         return None
     unit = match["unit"]
     count = int(match["n"]) if match["n"] is not None else 1
-    if unit not in _UNIT_SECONDS and unit not in _DAY_UNITS:
+    if unit not in UNIT_SECONDS and unit not in DAY_UNITS:
         if match["n"] is None:
             return None  # maybe a weekday: "every monday at 09:00"
         raise _Unparsable(f"unknown unit {unit!r}, expected seconds, minutes, hours, days or weeks")
     if count < 1:
         raise _Unparsable(f"the count must be at least 1, got {count}")
-    if unit in _DAY_UNITS:
+    if unit in DAY_UNITS:
         return Daily(every_days=count, times=_times(match["times"]))
     if match["times"] is not None:
         raise _Unparsable(f"'at' needs a day unit ('every 2 days at 10:30'), not {unit!r}")
     try:
-        return Interval(every=timedelta(seconds=count * _UNIT_SECONDS[unit]))
+        return Interval(every=timedelta(seconds=count * UNIT_SECONDS[unit]))
     except OverflowError:
         raise _Unparsable(f"interval too long: {count} {unit}") from None
 

@@ -327,6 +327,7 @@ def definition_text(data: Mapping[str, Any]) -> str:
         "catchup",
         "catchup_window_seconds",
         "pause_on_failure",
+        "jitter_seconds",
         "description",
         "source",
         "version",
