@@ -53,7 +53,7 @@ def test_a_broken_claim_backend_is_caught() -> None:
 
 
 def test_a_slot_published_before_its_jitter_offset_is_caught() -> None:
-    result = _simulate("--seed", "1", "--mutation", "jitter_ignored")
+    result = _simulate("--seed", "2", "--mutation", "jitter_ignored")
     assert result.returncode == 1
     assert "VIOLATION [jitter_early]" in result.stdout
 
