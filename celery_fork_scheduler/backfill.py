@@ -52,6 +52,10 @@ DEFAULT_LIMIT = 10_000
 BackfillOverlap = Literal["allow", "skip", "buffer_one"]
 _OVERLAPS = ("allow", "skip", "buffer_one")
 _EPSILON = timedelta(microseconds=1)
+#: The earliest ``start`` accepted: slot arithmetic steps a little before it, and a day's
+#: margin keeps every zone's local time of it representable.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+INF = float("inf")
 
 
 class BackfillInputError(ConfigError):
@@ -75,7 +79,8 @@ class BackfillOptions:
                 entry=name,
                 field="overlap",
             )
-        if isinstance(self.rate, bool) or not self.rate > 0:
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < INF:
             raise BackfillInputError(
                 f"must be a number of publishes per second above 0, not {self.rate!r}",
                 entry=name,
@@ -131,6 +136,13 @@ def backfill_slots(entry: Entry, start: datetime, end: datetime, limit: int) -> 
     """
     start = _utc(entry.name, "start", start)
     end = _utc(entry.name, "end", end)
+    if start < EARLIEST:
+        raise BackfillInputError(
+            f"{start.isoformat()} is before {EARLIEST.date().isoformat()}: no schedule reaches "
+            "back that far",
+            entry=entry.name,
+            field="start",
+        )
     if start > end:
         raise BackfillInputError(
             f"{start.isoformat()} is after end {end.isoformat()}", entry=entry.name, field="start"
@@ -280,6 +292,9 @@ def run_backfill(
         publisher = CeleryPublisher(app, lambda: producer, templates=False)
         for slot in slots:
             task_id = task_id_for(entry.name, slot)
+            if entry.excludes(slot):  # never published, by design: nothing to make up for
+                results.append(BackfillSlot(slot=slot, outcome="skipped:excluded", task_id=task_id))
+                continue
             if not options.dry_run:
                 run.pace.wait()
             verdict, detail = run.decide(slot, task_id)

@@ -186,10 +186,17 @@ class Entry:
 
     def publish_at(self, slot: datetime) -> datetime:
         """The instant ``slot`` is published at: the slot plus its deterministic offset in
-        ``[0, jitter)`` (see :mod:`.jitter`); the slot itself without jitter."""
+        ``[0, jitter)`` (see :mod:`.jitter`); the slot itself without jitter.
+
+        Where the next slot comes sooner than the jitter (a cron schedule on the day a
+        daylight-saving change shortens a gap), the offset is taken over that gap instead, so
+        that every slot is still published before the next one."""
         jitter = self.effective_jitter
         if not jitter:
             return slot
+        following = next_slot_of(self.schedule, slot)
+        if following is not None and following - slot < jitter:
+            jitter = following - slot
         return slot + jitter_offset(self.name, slot, jitter)
 
     def due_edge(self, at: datetime) -> datetime:
