@@ -64,6 +64,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     fork_scheduler_redis_url=URL,
     redbeat_redis_url=URL,
+    fork_scheduler_default_jitter=float(os.environ.get("BENCH_JITTER", "0")),
 )
 
 if KIND == "every":

@@ -26,6 +26,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+import celery_fork_scheduler.backfill as backfill_module
 import celery_fork_scheduler.held as held_module
 import celery_fork_scheduler.manager as manager_module
 import celery_fork_scheduler.scheduler as scheduler_module
@@ -130,6 +131,15 @@ class World:
         self.worker_skips: list[tuple[int, str, str, str]] = []
         #: Claims the cap refused: (us, entry, slot, places held by other runs, cap).
         self.cap_refusals: list[tuple[int, str, datetime, int, int]] = []
+        #: Every Manager.backfill the operator ran (see :class:`Backfill`).
+        self.backfills: list[Backfill] = []
+        #: The backfills running now (innermost last: one may start inside another's sleep).
+        self.backfilling: list[Backfill] = []
+        #: The backfills' publishes fail from a generator of their own (the draws above stay).
+        self.backfill_rng = random.Random(scenario.seed * 7919 + 6)
+        #: The operator as an actor that can wait (a backfill's paced sleep) while the world
+        #: runs on; never killed.
+        self.operator = Replica(-1, 0, "operator", "", 0, 0)
         self._manager: Manager | None = None
         self._events = 0
         self._deadline = time.monotonic() + WALL_LIMIT
@@ -543,6 +553,40 @@ class World:
             return
         self.log(f"operator {op} {name}" + (f" {definition}" if definition else ""), name)
 
+    def _ev_backfill(self, name: str, start: int, end: int, rate: float, label: str) -> None:
+        """The operator backfills ``[start, end]`` of ``name``, paced on virtual time."""
+        manager = self._manager
+        assert manager is not None
+        run = Backfill(label, name, start, end, self.vt)
+        self.backfills.append(run)
+        self.backfilling.append(run)
+        self.log(
+            f"operator backfill {label} {name} [{us_to_datetime(start).isoformat()}, "
+            f"{us_to_datetime(end).isoformat()}] rate {rate}",
+            name,
+        )
+        try:
+            results = manager.backfill(
+                name,
+                us_to_datetime(start),
+                us_to_datetime(end),
+                rate=rate,
+                sleep=lambda seconds: self.freeze(self.operator, seconds),
+                monotonic=lambda: self.vt / SECOND,
+            )
+        except Exception as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"operator backfill {label} {name} failed: {run.error}", name)
+        else:
+            run.results = [(result.slot, result.outcome) for result in results]
+            counts: dict[str, int] = {}
+            for _, outcome in run.results:
+                counts[outcome] = counts.get(outcome, 0) + 1
+            self.log(f"operator backfill {label} {name} done: {counts}", name)
+        finally:
+            run.ended = self.vt
+            self.backfilling.remove(run)
+
     # -- broker and worker ---------------------------------------------------------------------
 
     def accept(self, replica: str, occurrence: Any, source: str) -> None:
@@ -826,13 +870,32 @@ class SimPublisher:
         return [None for _ in occurrences]
 
 
+@dataclass
+class Backfill:
+    """One ``Manager.backfill`` of the operator, and what became of it."""
+
+    label: str  # the "replica" of its messages: backfill#<n>
+    entry: str
+    start: int
+    end: int
+    began: int
+    ended: int | None = None
+    #: (slot, outcome) per slot, as ``Manager.backfill`` returned them (None: it raised).
+    results: list[tuple[datetime, str]] | None = None
+    error: str = ""
+    #: Per publish: (slot, us, the entry's hwm in Redis just before it (None: unreadable),
+    #: what the simulated broker did: "sent" | "refused" | "uncertain_delivered" |
+    #: "uncertain_lost").
+    publishes: list[tuple[datetime, int, int | None, str]] = field(default_factory=list)
+
+
 class LoggingCeleryPublisher:
     """Stands in for CeleryPublisher where the worker (buffer_one) or the Manager publish."""
 
     world: World | None = None
     source = "worker"
 
-    def __init__(self, app: Any, producer: Any) -> None:
+    def __init__(self, app: Any, producer: Any, **kwargs: Any) -> None:
         self.app = app
 
     def prepare(self) -> None:
@@ -867,6 +930,7 @@ def install(world: World) -> None:
     scheduler_module.utc_now = world.replica_clock  # type: ignore[assignment]
     held_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
     manager_module.CeleryPublisher = _ManagerPublisher  # type: ignore[misc,assignment]
+    backfill_module.CeleryPublisher = _BackfillPublisher  # type: ignore[misc,assignment]
     signal.signal(signal.SIGTERM, _dispatch_signal)
     shutdown_module.signal = _ReplicaSignals()  # type: ignore[assignment]
     if not _RECEIVERS:
@@ -879,6 +943,36 @@ class _ManagerPublisher(LoggingCeleryPublisher):
         world = LoggingCeleryPublisher.world
         assert world is not None
         world.accept("operator", occurrence, "trigger")
+
+
+class _BackfillPublisher(LoggingCeleryPublisher):
+    """Celery's producer as ``Manager.backfill`` uses it: into the broker log, source
+    ``backfill``; 1 publish in 12 is refused (not sent) and 1 in 12 raises with uncertain
+    delivery (delivered or not), from the world's backfill generator."""
+
+    def publish(self, occurrence: Any) -> None:
+        world = LoggingCeleryPublisher.world
+        assert world is not None and world.backfilling
+        run = world.backfilling[-1]
+        hwm: int | None = None
+        with contextlib.suppress(Exception):
+            raw = world.redis.admin.hget(f"sim:{{{occurrence.entry}}}:state", "hwm")
+            hwm = int(float(raw)) if raw is not None else None
+        draw = world.backfill_rng.random()
+        if draw < 1 / 12:
+            run.publishes.append((occurrence.slot, world.vt, hwm, "refused"))
+            world.log(f"{run.label}: publish of {occurrence.entry} refused", occurrence.entry)
+            raise ValueError("simulated: the broker refused the message (not sent)")
+        if draw < 2 / 12:
+            delivered = world.backfill_rng.random() < 0.5
+            what = "uncertain_delivered" if delivered else "uncertain_lost"
+            run.publishes.append((occurrence.slot, world.vt, hwm, what))
+            world.log(f"{run.label}: publish of {occurrence.entry} {what}", occurrence.entry)
+            if delivered:
+                world.accept(run.label, occurrence, "backfill")
+            raise OperationalError("simulated: connection lost during the publish")
+        run.publishes.append((occurrence.slot, world.vt, hwm, "sent"))
+        world.accept(run.label, occurrence, "backfill")
 
 
 def _sigterm(signum: int, frame: Any) -> None:

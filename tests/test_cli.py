@@ -183,6 +183,30 @@ def test_show_and_list_print_an_entry_jitter(app: Celery, run: Run) -> None:
     assert json.loads(run("show", "spread", "--json").stdout)["jitter_seconds"] == 2.5
 
 
+def test_add_takes_a_jitter_and_an_overlap_policy(app: Celery, run: Run) -> None:
+    result = run("add", "spread", "tasks.cleanup", "every 1 minute", "--jitter", "30")
+    assert result.exit_code == 0, result.output
+    result = run(
+        "add",
+        "queued",
+        "tasks.cleanup",
+        "every 1 minute",
+        "--jitter",
+        "2 minutes",
+        "--overlap",
+        "buffer_all",
+    )
+    assert_one_line_error(result, 2, "field 'jitter'")  # more than the period
+    result = run("add", "queued", "tasks.cleanup", "every 1 minute", "--overlap", "buffer_all")
+    assert result.exit_code == 0, result.output
+    manager = Manager(app)
+    assert manager.get("spread").jitter == timedelta(seconds=30)
+    assert manager.get("queued").overlap == "buffer_all"
+    assert (
+        run("add", "x", "tasks.cleanup", "every 1 minute", "--overlap", "sometimes").exit_code == 2
+    )
+
+
 def test_show_of_an_unknown_entry_is_one_line_and_exit_1(run: Run) -> None:
     assert_one_line_error(run("show", "nope"), 1, "no entry named 'nope'")
 

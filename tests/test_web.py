@@ -139,6 +139,29 @@ def test_the_page_of_an_entry_shows_its_next_ten_fires_definition_and_version(
     assert 'id="version">0' in html
 
 
+def test_the_page_of_an_entry_shows_its_jitter_window_and_strikes_its_excluded_fires(
+    app: Celery,
+) -> None:
+    """Issue 22: the dashboard shows the jitter window and marks the next fires that fall on
+    an excluded date (the entry excludes the date of its own next fire)."""
+    manager = Manager(app)
+    manager.add("jittery", "tasks.report", "*/10 * * * *", jitter=30)
+    after = datetime.now(timezone.utc)
+    upcoming = manager.next_runs("jittery", 2, after=after)
+    day = upcoming[0].date().isoformat()
+    manager.add("closed-today", "tasks.report", "0 * * * *", exclude=[day], timezone="UTC")
+    client = client_for(app, token=TOKEN)
+    jittery = client.get("/entries/jittery").get_data(as_text=True)
+    assert 'id="jitter-window"' in jittery
+    assert "within 30 s after its slot" in jittery
+    closed = client.get("/entries/closed-today").get_data(as_text=True)
+    assert closed.count('class="excluded"') >= 1
+    assert "excluded</span>" in closed
+    plain = client.get("/entries/nightly").get_data(as_text=True)
+    assert 'id="jitter-window"' not in plain
+    assert 'class="excluded"' not in plain
+
+
 def test_the_timeline_marks_each_slot_with_its_final_outcome(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:

@@ -10,6 +10,7 @@ import click
 import redis
 from celery.bin.base import CeleryCommand
 
+from ..entry import OVERLAPS
 from ..errors import BackendUnavailableError
 from ..manager import Manager
 from ..manager_results import TriggerResult
@@ -65,6 +66,12 @@ def _json_value(kind: type, what: str) -> Callable[[click.Context, click.Paramet
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
 @click.option("--singleton", is_flag=True, help="Never run twice at once across the cluster.")
 @click.option("--pause-on-failure", is_flag=True, help="Pause the entry when a run fails for good.")
+@click.option("--jitter", help="Publish each slot up to this long after it: 30, 30s, 2 minutes.")
+@click.option(
+    "--overlap",
+    type=click.Choice(OVERLAPS),
+    help="What a slot does while the previous run still executes.",
+)
 @click.option("--queue", help="The queue to send the task to.")
 @click.option("--tz", "zone", help="IANA time zone of the schedule.")
 @click.option("--description", help="Free text shown by list/show.")
@@ -94,6 +101,8 @@ def add(
     tags: tuple[str, ...],
     singleton: bool,
     pause_on_failure: bool,
+    jitter: str | None,
+    overlap: str | None,
     queue: str | None,
     zone: str | None,
     description: str | None,
@@ -111,6 +120,8 @@ def add(
             "--kwargs": kwargs,
             "--singleton": singleton or None,
             "--pause-on-failure": pause_on_failure or None,
+            "--jitter": jitter,
+            "--overlap": overlap,
             "--queue": queue,
             "--tz": zone,
             "--description": description,
@@ -142,6 +153,10 @@ def add(
         policies["singleton"] = True
     if pause_on_failure:
         policies["pause_on_failure"] = True
+    if jitter is not None:
+        policies["jitter"] = _number_or_text(jitter)
+    if overlap is not None:
+        policies["overlap"] = overlap
     if queue:
         policies["options"] = {"queue": queue}
     if zone:
@@ -166,6 +181,14 @@ def add(
             f"added {job.name!r}: {job.schedule_text}, next run {next_text(job, session.now)}"
         ),
     )
+
+
+def _number_or_text(value: str) -> float | str:
+    """``"30"`` is 30 seconds; other text (``"30s"``, ``"2 minutes"``) is the entry's to check."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _add_file(

@@ -104,7 +104,11 @@ def entry(name: str) -> str:
         job=job,
         row=views.rows([job], board.now())[0],
         zone=zone.key,
-        next_runs=[(local(slot, zone), relative(slot, board.now())) for slot in details.slots],
+        next_runs=[
+            (local(slot, zone), relative(slot, board.now()), slot in details.excluded)
+            for slot in details.slots
+        ],
+        jitter=job.jitter.total_seconds() if job.jitter else 0.0,
         counters=details.counters,
         marks=marks,
         chart=views.duration_chart(marks),
