@@ -6,7 +6,9 @@ second over time (issue 22).
 Each run starts one ``celery beat -S fork`` replica (a throwaway ``redis-server``, no worker)
 shortly before a minute, samples the queue length every 20 ms and counts the messages that
 arrive in each second after the minute. The jitter is ``fork_scheduler_default_jitter``, so
-every entry gets it. Prints one bar chart per run; ``--markdown`` also writes both as a table.
+every entry gets it. Prints one bar chart per run (one scale for both) and writes them to
+``benchmarks/results/jitter_burst.md`` (``--markdown``), which ``run.py``'s report keeps in
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def per_second(entries: int, jitter: float, logs: Path) -> list[int]:
     return counts
 
 
-def chart(title: str, counts: list[int]) -> list[str]:
-    """A text bar chart: one line per second."""
-    top = max(counts, default=0) or 1
+def chart(title: str, counts: list[int], top: int) -> list[str]:
+    """A text bar chart: one line per second, ``top`` messages the full width."""
+    top = top or 1
     lines = [title]
     for second, count in enumerate(counts):
         bar = "#" * max(round(BAR_WIDTH * count / top), 1 if count else 0)
@@ -71,18 +73,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--jitter", type=float, default=30.0)
-    parser.add_argument("--markdown", type=Path, help="also write the charts here")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "jitter_burst.md",
+        help="also write the charts here (kept in docs/benchmarks.md by run.py's report)",
+    )
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="jitter-burst-"))
     runs = {0.0: per_second(args.entries, 0.0, logs)}
     runs[args.jitter] = per_second(args.entries, args.jitter, logs)
     out: list[str] = []
+    top = max(max(counts, default=0) for counts in runs.values())  # one scale for both
     for jitter, counts in runs.items():
         title = f"{args.entries} crontab entries due on one minute, jitter {jitter:g} s"
-        out += [*chart(title, counts), ""]
+        out += [*chart(title, counts, top), ""]
     print("\n".join(out))
-    if args.markdown:
-        args.markdown.write_text("```text\n" + "\n".join(out).rstrip() + "\n```\n")
+    args.markdown.write_text("```text\n" + "\n".join(out).rstrip() + "\n```\n")
     return 0
 
 

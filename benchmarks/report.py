@@ -10,6 +10,9 @@ from typing import Any
 
 from harness import PEERS
 
+#: The jitter chart (``benchmarks/jitter_burst.py --markdown`` writes it), kept in the report.
+JITTER_RESULTS = Path(__file__).resolve().parent / "results" / "jitter_burst.md"
+
 Result = Mapping[str, Any]
 
 
@@ -126,6 +129,9 @@ def markdown(results: Sequence[Result], notes: Sequence[str]) -> str:
     goals = _goals_table(results)
     if goals:
         parts += ["\n### Against the goals of issue 19\n", goals]
+    if JITTER_RESULTS.exists():  # written by jitter_burst.py, a run of its own
+        parts += ["\n### Jitter: the same burst spread over 30 s (issue 22)\n"]
+        parts += [JITTER_RESULTS.read_text().rstrip()]
     if notes:
         parts += ["\n### Not run\n", "\n".join(f"- {note}" for note in notes)]
     return "\n".join(parts) + "\n"

@@ -168,6 +168,7 @@ class Checker:
         self.check_expected()
         self.check_catch_up()
         self.check_policies()
+        self.check_backfills()
         self.check_bounded()
         return self.violations
 
@@ -503,7 +504,7 @@ class Checker:
                     m
                     for m in world.messages
                     if m.entry == name
-                    and m.source != "trigger"
+                    and m.source not in ("trigger", "backfill")  # neither counts (documented)
                     and m.at > since
                     and m.task_id not in self.not_run
                 ),
@@ -676,7 +677,11 @@ class Checker:
         world = self.world
         for name in self._buffer_all_names():
             sent = sorted(
-                (m for m in world.messages if m.entry == name and m.source != "trigger"),
+                (
+                    m
+                    for m in world.messages
+                    if m.entry == name and m.source not in ("trigger", "backfill")
+                ),
                 key=lambda m: m.at,
             )
             for before, after in itertools.pairwise(sent):
@@ -747,6 +752,102 @@ class Checker:
                     f"(since {self._t(start)})",
                     message.slot,
                 )
+
+    def check_backfills(self) -> None:
+        """``Manager.backfill`` publishes only what was never published, and says so.
+
+        - ``backfill_republished``: a backfill never publishes a slot that reached the broker
+          before (from any source but a manual trigger, whose slot is its own instant), unless
+          Redis lost its data in between (the history and the backfill hash went with it).
+          A later publish of a backfilled slot is the ``duplicate`` rule's.
+        - ``backfill_undecided``: never a slot after Redis's clock, nor after the entry's
+          high-water mark as Redis held it just before the publish (the scheduler has not
+          decided it), unless Redis lost its data since the backfill began.
+        - ``backfill_report``: the per-slot result agrees with the broker: ``sent`` has its
+          message from this backfill, a ``failed`` one only if the broker took it although the
+          publish raised, every other outcome none; every message of the backfill is in its
+          result (when it returned one).
+        - ``backfill_order``: one backfill publishes its slots in increasing slot order.
+        """
+        world = self.world
+        for run in world.backfills:
+            mine = [m for m in world.messages if m.replica == run.label]
+            lost = any(
+                w.start <= (run.ended or self.scenario.t_end) and w.end >= run.began
+                for w in self.loss
+            )
+            for message in mine:
+                slot_us = datetime_to_us(message.slot)
+                earlier = [
+                    m
+                    for m in self.published.get((message.entry, message.slot), [])
+                    if m is not message
+                    and m.at <= message.at
+                    and m.replica != run.label
+                    and not any(m.at <= w.start <= message.at for w in self.loss)
+                ]
+                if earlier:
+                    self.fail(
+                        "backfill_republished",
+                        message.entry,
+                        f"{run.label} published {message.entry} slot {message.slot.isoformat()} "
+                        f"at {self._t(message.at)}, already published by "
+                        f"{earlier[0].replica} ({earlier[0].source}) at {self._t(earlier[0].at)}",
+                        message.slot,
+                    )
+                hwm = next((h for s, _, h, _ in run.publishes if s == message.slot), None)
+                if not lost and (slot_us > message.at or hwm is None or slot_us > hwm):
+                    self.fail(
+                        "backfill_undecided",
+                        message.entry,
+                        f"{run.label} published {message.entry} slot {message.slot.isoformat()} "
+                        f"at {self._t(message.at)}, beyond Redis's clock or the entry's "
+                        f"high-water mark ({self._t(hwm) if hwm is not None else 'none'})",
+                        message.slot,
+                    )
+            for before, after in itertools.pairwise(mine):
+                if after.slot <= before.slot:
+                    self.fail(
+                        "backfill_order",
+                        run.entry,
+                        f"{run.label} published slot {after.slot.isoformat()} after "
+                        f"{before.slot.isoformat()}",
+                        after.slot,
+                    )
+            if run.results is None:
+                continue
+            fates = {slot: what for slot, _, _, what in run.publishes}
+            sent = Counter(m.slot for m in mine)
+            reported = {slot for slot, _ in run.results}
+            for slot, outcome in run.results:
+                if outcome == "sent":
+                    ok = sent[slot] == 1
+                elif outcome == "failed":
+                    delivered = fates.get(slot) == "uncertain_delivered"
+                    ok = sent[slot] == (1 if delivered else 0) and fates.get(slot) not in (
+                        None,
+                        "sent",
+                    )
+                else:
+                    ok = sent[slot] == 0
+                if not ok:
+                    self.fail(
+                        "backfill_report",
+                        run.entry,
+                        f"{run.label} reported {run.entry} slot {slot.isoformat()} {outcome!r}; "
+                        f"the broker took {sent[slot]} message(s) of it from this backfill "
+                        f"(publish: {fates.get(slot, 'none')})",
+                        slot,
+                    )
+            for slot in sent:
+                if slot not in reported:
+                    self.fail(
+                        "backfill_report",
+                        run.entry,
+                        f"{run.label} published {run.entry} slot {slot.isoformat()} but its "
+                        "result does not list the slot",
+                        slot,
+                    )
 
     def check_bounded(self) -> None:
         world = self.world

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import celery_fork_scheduler.backfill as backfill_module
+import celery_fork_scheduler.manager as manager_module
 import celery_fork_scheduler.pipeline as pipeline_module
 import celery_fork_scheduler.scheduler as scheduler_module
 import celery_fork_scheduler.worker as worker_module
@@ -54,6 +56,13 @@ DESCRIPTIONS: dict[str, str] = {
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
     "jitter_ignored": "a jittered slot is queued and decided at its nominal time: its offset "
     "is ignored (issue 22)",
+    "backfill_ignores_history": "BACKFILL_CLAIM ignores the entry's history and state: a slot "
+    "the scheduler published is backfilled again (issue 22)",
+    "backfill_undecided": "BACKFILL_CLAIM checks neither Redis's clock nor the high-water mark: "
+    "a slot the scheduler has not decided yet, or a future one, is backfilled (issue 22)",
+    "backfill_failed_as_sent": "a backfill publish that raised is reported and recorded 'sent' "
+    "(issue 22)",
+    "backfill_newest_first": "a backfill publishes its range newest slot first (issue 22)",
 }
 
 
@@ -75,6 +84,53 @@ def _script(name: str, *edits: tuple[str, str]) -> Callable[[], Callable[[], Non
         return undo
 
     return apply
+
+
+def _backfill_script(*edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
+    """Edit ``BACKFILL_CLAIM`` as the backfill module registers it (at each backfill)."""
+
+    def apply() -> Callable[[], None]:
+        original = backfill_module.BACKFILL_CLAIM
+        mutated = original
+        for old, new in edits:
+            if old not in mutated:
+                raise RuntimeError(f"mutation no longer applies: {old!r} not in BACKFILL_CLAIM")
+            mutated = mutated.replace(old, new)
+        backfill_module.BACKFILL_CLAIM = mutated
+
+        def undo() -> None:
+            backfill_module.BACKFILL_CLAIM = original
+
+        return undo
+
+    return apply
+
+
+def _failed_as_sent(original: Any) -> Any:
+    def publish(self: Any, publisher: Any, slot: Any, task_id: str) -> Any:
+        result = original(self, publisher, slot, task_id)
+        if result.outcome == "failed":
+            self.record(slot, task_id, "sent", "")
+            return replace(result, outcome="sent", detail="")
+        return result
+
+    return publish
+
+
+def _newest_first(original: Any) -> Any:
+    def run_backfill(
+        app: Any,
+        client: Any,
+        keys: Any,
+        settings: Any,
+        entry: Any,
+        slots: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        return original(app, client, keys, settings, entry, list(reversed(slots)), *args, **kwargs)
+
+    return run_backfill
 
 
 def _set(owner: Any, name: str, value: Any) -> Callable[[], Callable[[], None]]:
@@ -268,6 +324,19 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
             ),
         )(),
     ),
+    "backfill_ignores_history": _backfill_script(
+        ("if slot == hwm and redis.call('HGET', KEYS[1], 'state') == 'sent' then", "if false then"),
+        (
+            "elseif outcome ~= 'failed' and string.sub(outcome, 1, 8) ~= 'skipped:' then",
+            "elseif false then",
+        ),
+    ),
+    "backfill_undecided": _backfill_script(
+        ("if slot > now then", "if false then"),
+        ("if not hwm or slot > hwm then", "if false then"),
+    ),
+    "backfill_failed_as_sent": _patch(backfill_module._Run, "publish", _failed_as_sent),
+    "backfill_newest_first": _patch(manager_module, "run_backfill", _newest_first),
 }
 
 

@@ -362,6 +362,17 @@ def draw(seed: int) -> Scenario:
     # The workers come from their own generator: the draws above stay what they were.
     workers = _workers(random.Random(seed * 31 + 7), entries, runtime_names, events, durations)
     workers_summary(workers, summary)
+    # Backfills from a generator of their own, drawn last: nothing above moves.
+    _backfills(
+        random.Random(seed * 7919 + 5),
+        sorted(configs["v1"]),
+        runtime_names,
+        sorted(durations),
+        t0_us,
+        last,
+        events,
+        summary,
+    )
     for event in events:
         if event.kind.startswith("worker"):
             summary.append(event.kind.replace("_", " "))
@@ -541,6 +552,74 @@ def _runtime_ops(
                 )
         summary.append(f"runtime entry {name}")
     return names
+
+
+#: Publishes per second a drawn backfill is paced to.
+BACKFILL_RATES = (1.0, 2.0, 5.0, 20.0, 200.0)
+
+
+def _backfills(
+    rng: random.Random,
+    static: list[str],
+    runtime_names: list[str],
+    overlapping: list[str],
+    t0_us: int,
+    last: int,
+    events: list[WorldEvent],
+    summary: list[str],
+) -> None:
+    """``Manager.backfill`` runs of the operator in 3 runs of 5: 1-3 of them, each over a past
+    range of a static or runtime entry (its slots published, skipped, missed or never decided;
+    a recent one, inside what the history remembers, or an older one),
+    or racing the replicas (a range ending now or just after: the latest decided slot, the one
+    being decided, a future one); in 3 of 10 a second backfill of the same range starts 0-3 s
+    later, often while the first one still sleeps between its paced publishes.
+
+    Half of them go to an entry with a singleton policy, if any (its busy slots are what a
+    backfill sends), and 4 in 10 of those with ``overlap="allow"`` (all its busy slots, runs
+    without a marker). ``force`` is never drawn: the operator then vouches that the slots older
+    than the history were not published, which the simulator cannot know."""
+    if rng.random() >= 0.6 or last - t0_us < 60 * SECOND:
+        return
+    names = static + runtime_names
+    singletons = [name for name in overlapping if name in names]
+    for index in range(rng.randrange(1, 4)):
+        overlap = None
+        if singletons and rng.random() < 0.5:
+            name = rng.choice(singletons)
+            overlap = "allow" if rng.random() < 0.4 else None
+        else:
+            name = rng.choice(names)
+        at_ = rng.randrange(t0_us + 30 * SECOND, last)
+        if rng.random() < 0.35:
+            end = at_ + rng.choice((0, 0, rng.randrange(0, 2 * SECOND)))
+            start = end - rng.randrange(2, 15) * SECOND
+            how = "racing"
+        elif rng.random() < 0.6:
+            # Recent: within what the entry's history (5 items in the simulator) remembers.
+            end = at_ - rng.randrange(0, 6 * SECOND)
+            start = end - rng.randrange(1, 10) * SECOND
+            how = "recent"
+        else:
+            end = at_ - rng.randrange(0, 20 * SECOND)
+            start = end - rng.randrange(1, 40) * SECOND
+            how = "past"
+        rate = rng.choice(BACKFILL_RATES)
+        label = f"backfill#{index}"
+        args = {
+            "name": name,
+            "start": start,
+            "end": end,
+            "rate": rate,
+            "label": label,
+            "overlap": overlap,
+        }
+        events.append(WorldEvent(at_, "backfill", args))
+        summary.append(f"backfill {name} ({how}, {rate:g}/s{', allow' if overlap else ''})")
+        if rng.random() < 0.3:
+            later = at_ + rng.choice((0, rng.randrange(0, 3 * SECOND)))
+            events.append(WorldEvent(later, "backfill", {**args, "label": f"{label}b"}))
+            summary.append(f"backfill {name} again")
 
 
 def to_us(moment: datetime) -> int:

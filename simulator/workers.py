@@ -32,6 +32,7 @@ from celery.worker import state as worker_state
 
 import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler.backends import lua
+from celery_fork_scheduler.backfill import BACKFILL_HEADER
 from celery_fork_scheduler.ids import CAPPED_HEADER, ENTRY_HEADER, OVERLAP_HEADER
 
 from .model import Run
@@ -296,8 +297,11 @@ class Workers:
         limit = setup.time_limit
         if attempt.worker.pool == "prefork" and limit is not None and duration > limit:
             fate, duration = "time_limit", limit
+        # Manual triggers and backfilled runs take no place under the cap (documented).
         capped = bool(headers.get(CAPPED_HEADER)) or (
-            world.scenario.max_concurrent > 0 and attempt.delivery.source != "trigger"
+            world.scenario.max_concurrent > 0
+            and attempt.delivery.source != "trigger"
+            and not headers.get(BACKFILL_HEADER)
         )
         run = Run(
             entry,

@@ -553,7 +553,9 @@ class World:
             return
         self.log(f"operator {op} {name}" + (f" {definition}" if definition else ""), name)
 
-    def _ev_backfill(self, name: str, start: int, end: int, rate: float, label: str) -> None:
+    def _ev_backfill(
+        self, name: str, start: int, end: int, rate: float, label: str, overlap: str | None
+    ) -> None:
         """The operator backfills ``[start, end]`` of ``name``, paced on virtual time."""
         manager = self._manager
         assert manager is not None
@@ -562,7 +564,8 @@ class World:
         self.backfilling.append(run)
         self.log(
             f"operator backfill {label} {name} [{us_to_datetime(start).isoformat()}, "
-            f"{us_to_datetime(end).isoformat()}] rate {rate}",
+            f"{us_to_datetime(end).isoformat()}] rate {rate}"
+            + (f" overlap={overlap}" if overlap else ""),
             name,
         )
         try:
@@ -571,6 +574,7 @@ class World:
                 us_to_datetime(start),
                 us_to_datetime(end),
                 rate=rate,
+                overlap=overlap,  # type: ignore[arg-type]
                 sleep=lambda seconds: self.freeze(self.operator, seconds),
                 monotonic=lambda: self.vt / SECOND,
             )

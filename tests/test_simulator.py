@@ -81,3 +81,27 @@ def test_a_buffer_all_queue_released_out_of_slot_order_is_caught() -> None:
     result = _simulate("--seed", "5", "--mutation", "queue_lifo")
     assert result.returncode == 1
     assert "VIOLATION [buffer_all]" in result.stdout
+
+
+def test_backfills_run_on_virtual_time_and_replay() -> None:
+    first = _simulate("--seed", "6", "--trace")
+    second = _simulate("--seed", "6", "--trace")
+    assert first.stdout == second.stdout
+    assert "operator backfill backfill#" in first.stdout
+    assert "(backfill)" in first.stdout  # it reached the simulated broker
+    assert first.stdout.strip().splitlines()[-1] == "1 runs, 0 violations"
+
+
+@pytest.mark.parametrize(
+    ("mutation", "seed", "rule"),
+    [
+        ("backfill_ignores_history", "4", "backfill_republished"),
+        ("backfill_undecided", "24", "backfill_undecided"),
+        ("backfill_failed_as_sent", "10", "backfill_report"),
+        ("backfill_newest_first", "6", "backfill_order"),
+    ],
+)
+def test_a_broken_backfill_is_caught(mutation: str, seed: str, rule: str) -> None:
+    result = _simulate("--seed", seed, "--mutation", mutation)
+    assert result.returncode == 1
+    assert f"VIOLATION [{rule}]" in result.stdout
