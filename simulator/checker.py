@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from celery_fork_scheduler.entry import Entry, entries_from_config, entry_from_config
+from celery_fork_scheduler.entry import REPLACING, Entry, entries_from_config, entry_from_config
 
 from .model import Report, Violation, Window
 from .redis_proc import datetime_to_us, us_to_datetime
@@ -530,12 +530,15 @@ class Checker:
                 by_entry[run.entry].append(run)
         for name, runs in by_entry.items():
             runs.sort(key=lambda run: run.start)
+            # cancel_other / terminate_other: a new run revokes (terminates) the one running
+            # and starts only once it stopped, so their runs never overlap either.
+            replacing = any(e.overlap in REPLACING for e in self.all_definitions(name))
             for before, after in itertools.pairwise(runs):
                 if after.start < before.end:
                     if self._markers_lost(before.start, after.start):
                         continue
                     self.fail(
-                        "singleton",
+                        "replaced" if replacing else "singleton",
                         name,
                         f"{name}: run of slot {after.slot.isoformat()} "
                         f"started at {self._t(after.start)} while the run of "

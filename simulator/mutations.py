@@ -63,6 +63,8 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill_failed_as_sent": "a backfill publish that raised is reported and recorded 'sent' "
     "(issue 22)",
     "backfill_newest_first": "a backfill publishes its range newest slot first (issue 22)",
+    "take_over_no_wait": "TAKE_OVER takes the marker of a cancel_other / terminate_other entry "
+    "from the run holding it without revoking it or waiting for it to stop (issue 22 item 5)",
 }
 
 
@@ -337,6 +339,7 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     ),
     "backfill_failed_as_sent": _patch(backfill_module._Run, "publish", _failed_as_sent),
     "backfill_newest_first": _patch(manager_module, "run_backfill", _newest_first),
+    "take_over_no_wait": _script("TAKE_OVER", ("if holder then\n  return {3, holder}\nend\n", "")),
 }
 
 

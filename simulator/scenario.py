@@ -176,6 +176,7 @@ def draw(seed: int) -> Scenario:
         if definition.get("singleton") or definition.get("overlap") in ("buffer_one", "buffer_all"):
             durations[name] = rng.randrange(1, 25) * SECOND
     _jitter(random.Random(seed * 7919 + 3), entries, summary)
+    _replacing(random.Random(seed * 7919 + 7), entries, summary)
     burst = rng.random() < 0.15
     cold: list[tuple[int, int]] = []
     events: list[WorldEvent] = []
@@ -552,6 +553,17 @@ def _runtime_ops(
                 )
         summary.append(f"runtime entry {name}")
     return names
+
+
+def _replacing(rng: random.Random, entries: dict[str, dict[str, Any]], summary: list[str]) -> None:
+    """About 4 in 10 ``singleton`` entries become ``overlap="cancel_other"`` or
+    ``"terminate_other"`` (from a generator of their own: the other draws stay)."""
+    for name, definition in entries.items():
+        if definition.get("singleton") and rng.random() < 0.4:
+            overlap = rng.choice(("cancel_other", "terminate_other"))
+            definition.pop("singleton")
+            definition["overlap"] = overlap
+            summary.append(f"{name} {overlap}")
 
 
 #: Publishes per second a drawn backfill is paced to.

@@ -126,6 +126,8 @@ class Worker:
     reserved: list[Attempt] = field(default_factory=list)
     alive: bool = True
     consuming: bool = True
+    #: Task ids revoked while this incarnation was up (Celery keeps them in memory).
+    revoked: set[str] = field(default_factory=set)
 
 
 class Workers:
@@ -235,6 +237,9 @@ class Workers:
         request = FakeRequest(occurrence.task_id, headers, worker.name, delivery.retries)
         task = FakeTask(self.app, request, self.setup.acks_late)
         attempt = Attempt(delivery, worker, request, task)
+        if occurrence.task_id in worker.revoked:
+            self._announce_revoked(attempt, "on receipt")
+            return
         worker_state.requests[occurrence.task_id] = request
         self._call("task_received", lambda: worker.parent.on_received(request=request))
         worker.reserved.append(attempt)
@@ -259,8 +264,16 @@ class Workers:
         entry, task_id = occurrence.entry, occurrence.task_id
         attempt.proc = proc
         proc.attempt = attempt
+        if task_id in attempt.worker.revoked:
+            self._announce_revoked(attempt, "before it starts")
+            self._end(attempt)
+            return
         hooks = proc.hooks
+        # The run of a cancel_other / terminate_other entry may wait here (TAKE_OVER polls on
+        # virtual time, the world runs on): its worker may die meanwhile.
         self._call("task_prerun", lambda: hooks.on_prerun(task_id=task_id, task=attempt.task))
+        if attempt.ended or not attempt.worker.alive or proc.attempt is not attempt:
+            return
         held = hooks._runs.get(task_id)
         if held is not None and held.skipped:
             with contextlib.suppress(Ignore):
@@ -424,10 +437,12 @@ class Workers:
         worker.reserved.clear()
         for proc in worker.procs:
             attempt = proc.attempt
-            if attempt is None or attempt.run is None:
+            if attempt is None or attempt.ended:
                 continue
-            attempt.run.end = world.vt
-            attempt.run.fate = "killed"
+            if attempt.run is not None:
+                attempt.run.end = world.vt
+                attempt.run.fate = "killed"
+            # (run None: still in task_prerun, waiting to take over its entry's marker)
             attempt.ended = True
             worker_state.requests.pop(attempt.delivery.occurrence.task_id, None)
             if self.setup.acks_late:
@@ -452,6 +467,55 @@ class Workers:
             old = self.workers[index]
             if old.alive and not old.consuming:
                 self.start(index)  # a new process; the old one finishes its runs
+
+    # -- revoke (cancel_other / terminate_other) ----------------------------------------------
+
+    def revoke(self, task_id: str, terminate: bool = False, signal: Any = None, **_: Any) -> None:
+        """``app.control.revoke``: every live worker remembers the id (a message of it is
+        discarded when received or about to start, with ``task_revoked``); with ``terminate``
+        a prefork worker kills the pool process executing it (``task_revoked`` in the parent,
+        ``terminated=True``). A solo worker is busy executing: it reads the broadcast only
+        after the run ended, so terminating does nothing there."""
+        world = self.world
+        world.log(f"control: revoke {task_id}{' (terminate)' if terminate else ''}")
+        world.revokes.append((world.vt, task_id, terminate))
+        for worker in self.every:
+            if not worker.alive:
+                continue
+            worker.revoked.add(task_id)
+            if not terminate or worker.pool != "prefork":
+                continue
+            for proc in worker.procs:
+                attempt = proc.attempt
+                if (
+                    attempt is None
+                    or attempt.run is None
+                    or attempt.ended
+                    or attempt.delivery.occurrence.task_id != task_id
+                ):
+                    continue
+                attempt.run.end = world.vt
+                attempt.run.fate = "revoked"
+                proc.hooks = self._hooks()  # the pool process is killed (SIGTERM)
+                self._announce_revoked(attempt, "terminated", terminated=True, signum=signal)
+                self._end(attempt)
+
+    def _announce_revoked(
+        self, attempt: Attempt, how: str, *, terminated: bool = False, signum: Any = None
+    ) -> None:
+        occurrence = attempt.delivery.occurrence
+        attempt.ended = True
+        self.world.log(
+            f"{attempt.worker.name}: {occurrence.entry} slot {occurrence.slot.isoformat()} "
+            f"revoked ({how})",
+            occurrence.entry,
+        )
+        self._call(
+            "task_revoked",
+            lambda: attempt.worker.parent.on_revoked(
+                sender=attempt.task, request=attempt.request, terminated=terminated, signum=signum
+            ),
+        )
 
     def _requeue(self, attempt: Attempt, source: str) -> None:
         occurrence = attempt.delivery.occurrence

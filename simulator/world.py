@@ -31,6 +31,7 @@ import celery_fork_scheduler.held as held_module
 import celery_fork_scheduler.manager as manager_module
 import celery_fork_scheduler.scheduler as scheduler_module
 import celery_fork_scheduler.shutdown as shutdown_module
+import celery_fork_scheduler.worker as worker_module
 from celery_fork_scheduler import publishing, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.backends.redis_connection import client_from_url
@@ -140,6 +141,10 @@ class World:
         #: The operator as an actor that can wait (a backfill's paced sleep) while the world
         #: runs on; never killed.
         self.operator = Replica(-1, 0, "operator", "", 0, 0)
+        #: The workers as an actor that can wait (a replacing run polling TAKE_OVER).
+        self.worker_actor = Replica(-2, 0, "workers", "", 0, 0)
+        #: app.control.revoke calls of the workers: (us, task id, terminate).
+        self.revokes: list[tuple[int, str, bool]] = []
         self._manager: Manager | None = None
         self._events = 0
         self._deadline = time.monotonic() + WALL_LIMIT
@@ -173,6 +178,8 @@ class World:
         self.worker_client = ObservedClient(self, client_from_url(self.redis.url))
         self._manager = Manager(self.apps["v1"], clock=self.now_dt)
         self.workers = Workers(self)
+        # app.control.revoke reaches the simulated workers (a cached property: set it).
+        self.worker_app.control = _Control(self.workers)
         self.workers.start_all()
         for event in self.scenario.events:
             self.schedule(event.at, "event", event)
@@ -937,6 +944,7 @@ def install(world: World) -> None:
     backfill_module.CeleryPublisher = _BackfillPublisher  # type: ignore[misc,assignment]
     signal.signal(signal.SIGTERM, _dispatch_signal)
     shutdown_module.signal = _ReplicaSignals()  # type: ignore[assignment]
+    worker_module.time = _WorkerTime(world)  # type: ignore[assignment]
     if not _RECEIVERS:
         _connect_signals()
     _RECEIVERS["world"] = world
@@ -977,6 +985,33 @@ class _BackfillPublisher(LoggingCeleryPublisher):
             raise OperationalError("simulated: connection lost during the publish")
         run.publishes.append((occurrence.slot, world.vt, hwm, "sent"))
         world.accept(run.label, occurrence, "backfill")
+
+
+class _Control:
+    """The worker app's ``control``: a revoke broadcast reaches the simulated workers."""
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+
+    def revoke(self, task_id: str, **kwargs: Any) -> None:
+        self.workers.revoke(task_id, **kwargs)
+
+
+class _WorkerTime:
+    """``time`` inside ``celery_fork_scheduler.worker``: the monotonic clock is virtual time
+    and ``sleep`` (a replacing run polling for the marker) lets the world run on."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return self.world.vt / SECOND
+
+    def sleep(self, seconds: float) -> None:
+        self.world.freeze(self.world.worker_actor, seconds)
 
 
 def _sigterm(signum: int, frame: Any) -> None:

@@ -105,3 +105,12 @@ def test_a_broken_backfill_is_caught(mutation: str, seed: str, rule: str) -> Non
     result = _simulate("--seed", seed, "--mutation", mutation)
     assert result.returncode == 1
     assert f"VIOLATION [{rule}]" in result.stdout
+
+
+def test_a_replacing_run_that_does_not_wait_for_the_old_one_is_caught() -> None:
+    clean = _simulate("--seed", "6", "--trace")
+    assert "control: revoke" in clean.stdout  # a cancel_other / terminate_other run took over
+    assert clean.stdout.strip().splitlines()[-1] == "1 runs, 0 violations"
+    result = _simulate("--seed", "6", "--mutation", "take_over_no_wait")
+    assert result.returncode == 1
+    assert "VIOLATION [replaced]" in result.stdout
