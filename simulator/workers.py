@@ -126,7 +126,8 @@ class Worker:
     reserved: list[Attempt] = field(default_factory=list)
     alive: bool = True
     consuming: bool = True
-    #: Task ids revoked while this incarnation was up (Celery keeps them in memory).
+    #: Task ids revoked while this incarnation was up, or known to a live worker when it
+    #: started (Celery keeps them in memory and shares them at start: mingle).
     revoked: set[str] = field(default_factory=set)
 
 
@@ -180,6 +181,10 @@ class Workers:
         if pool == "solo":
             procs = [Proc(parent)]
         worker = Worker(index, f"w{index}.{generation}", pool, parent, procs)
+        # Celery's mingle: a worker that starts asks the live ones for the ids they revoked.
+        for other in self.every:
+            if other.alive:
+                worker.revoked |= other.revoked
         self.workers[index] = worker
         self.every.append(worker)
         self._call("worker_ready", parent._mark_seen)
