@@ -35,6 +35,7 @@ from .backfill import (
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .entry import (
+    REPLACING,
     Entry,
     check_size,
     entries_from_config,
@@ -783,6 +784,8 @@ class Manager:
                 "fork scheduler: run_now(%s) skipped: the previous run is still executing", name
             )
             return TriggerResult(skipped="busy")
+        if entry.overlap in REPLACING:  # the newest run wins: an older one waiting gives way
+            client.hset(keys.state(name), "latest_run", task_id)
         capped = settings.max_concurrent > 0
         if capped:
             granted = client.eval(

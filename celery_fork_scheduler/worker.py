@@ -366,7 +366,11 @@ class WorkerHooks:
                 )
             self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
             return
-        if state in _NOT_FINAL or (state == "REJECTED" and getattr(retval, "requeue", False)):
+        if state == "RETRY" and run.singleton and run.overlap in REPLACING:
+            self._note_retrying(run)
+        if state in _NOT_FINAL or state == "REJECTED":
+            # A requeued rejection runs again; one not requeued is a final failure, which the
+            # worker's request reports next (task_failure, handled like the pool's parent's).
             return
         self._forget(task_id)
         if state == "SUCCESS":
@@ -376,6 +380,17 @@ class WorkerHooks:
                 sender=task, entry=run.entry, slot=run.slot, task_id=task_id, duration=duration
             )
         self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+
+    def _note_retrying(self, run: Run) -> None:
+        """A run of a replacing entry waits for a retry, holding its marker: a newer run may
+        take the marker at once (see :data:`.lua.TAKE_OVER`) instead of waiting for it."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            client.hset(self.keys.state(run.entry), "retrying", run.task_id)
+        except Exception as exc:
+            self._redis_failed(f"note the retry of {run.entry} ({run.task_id})", exc)
 
     def on_failure(
         self,
@@ -387,6 +402,8 @@ class WorkerHooks:
         """A run failed for good: record it and send ``job_failed``. Sent by the process that
         ran it (postrun then frees the markers), or by the prefork pool's parent for a hard time
         limit or a lost process: then the markers are freed here."""
+        if getattr(sender, "app", self.app) is not self.app:
+            return
         with self._lock:
             run = self._runs.get(task_id)
             parent_side = run is None
@@ -456,7 +473,10 @@ class WorkerHooks:
     def _requeued_when_lost(self, task: Any) -> bool:
         """A run whose process died is requeued (and runs again) with these settings."""
         acks_late = getattr(task, "acks_late", False)
-        return bool(acks_late and self.app.conf.task_reject_on_worker_lost)
+        reject = getattr(task, "reject_on_worker_lost", None)  # the task's own wins
+        if reject is None:
+            reject = self.app.conf.task_reject_on_worker_lost
+        return bool(acks_late and reject)
 
     def _take_markers(self, run: Run) -> str | None:
         """At start: hold the marker and the place again; why the run must not execute."""
@@ -509,6 +529,9 @@ class WorkerHooks:
             if int(code) in (1, 2):
                 return None
             holder = _text(other)
+            if int(code) == 4:  # its holder waits for a retry: it never starts again
+                self.app.control.revoke(holder)
+                return None
             if holder != revoked:
                 terminate = run.overlap == "terminate_other"
                 logger.info(
@@ -543,7 +566,7 @@ class WorkerHooks:
                 )
                 if reply is not None:
                     what, held = reply
-                    if _text(what) in ("paused", "removed"):
+                    if _text(what) in ("paused", "removed", "finished"):
                         occurrence = occurrence_from_json(held)
                         self._record_skip(_held_run(occurrence), _text(what), counted=False)
                     else:

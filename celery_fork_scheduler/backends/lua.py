@@ -13,8 +13,11 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  sent_at      Redis TIME of the latest publish, microseconds
                                  runs         slots claimed to run (skipped ones are given back)
                                  paused       "1" while paused; pause_note, paused_at beside it
+                                 max_runs     the entry's max_runs, for RELEASE (buffer_all)
                                  latest_run   task id of the latest run claimed (overlap
                                               "cancel_other" / "terminate_other")
+                                 retrying     task id of the run holding the marker while it
+                                              waits for a retry (same policies)
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
@@ -220,6 +223,8 @@ if slot > hwm then
       redis.call('RPUSH', KEYS[4], held)
     end
     local reason = 'buffered'
+    -- RELEASE hands queued runs over only while the entry has runs left (max_runs).
+    redis.call('HSET', KEYS[1], 'max_runs', ARGV[8])
     if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[17]) then
       redis.call('RPUSH', KEYS[4], ARGV[10])
     else
@@ -247,9 +252,15 @@ if slot > hwm then
   local oldest = now - tonumber(ARGV[14])
   local fields = redis.call('HGETALL', KEYS[2])
   for i = 1, #fields, 2 do
-    local at = tonumber(string.match(fields[i + 1], '^[^|]*|(%d+)') or '')
+    local owner, at_text, flag = string.match(fields[i + 1], '^([^|]*)|(%d+)|?(%a*)$')
+    local at = tonumber(at_text or '')
     if at and at < oldest then
       redis.call('HDEL', KEYS[2], fields[i])
+      if flag == 'publishing' then
+        -- Fenced, never confirmed: the message may have left. The history keeps saying so
+        -- (a backfill must not send it again).
+        record(fields[i], owner, '', 'skipped:in_flight', ARGV[11])
+      end
     end
   end
   redis.call('HSET', KEYS[2], ARGV[1], mine)
@@ -499,16 +510,26 @@ return 2
 #: ARGV[3] "1" for a scheduled run (replaced by a later one), "0" for a manual one.
 #: Returns {code, task id}: {0, newer} a later run was claimed since (this one must not
 #: execute); {1, ""} the run held its marker (renewed); {2, ""} it took the free marker;
-#: {3, holder} another run holds it (revoke that one, then ask again).
+#: {3, holder} another run holds it (revoke that one, then ask again); {4, holder} it took the
+#: marker from a run that waits for a retry (``retrying``: not executing; revoke it).
 TAKE_OVER = """
 local latest = redis.call('HGET', KEYS[2], 'latest_run')
 if ARGV[3] == '1' and latest and latest ~= ARGV[1] then
   return {0, latest}
 end
 local holder = redis.call('GET', KEYS[1])
+local retrying = redis.call('HGET', KEYS[2], 'retrying')
 if holder == ARGV[1] then
+  if retrying == ARGV[1] then
+    redis.call('HDEL', KEYS[2], 'retrying')
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, ''}
+end
+if holder and holder == retrying then
+  redis.call('HDEL', KEYS[2], 'retrying')
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {4, holder}
 end
 if holder then
   return {3, holder}
@@ -569,6 +590,12 @@ end
 if redis.call('HGET', KEYS[3], 'paused') then
   redis.call('DEL', KEYS[1])
   return {'paused', held}
+end
+local max_runs = tonumber(redis.call('HGET', KEYS[3], 'max_runs') or '0') or 0
+if max_runs > 0 and tonumber(redis.call('HGET', KEYS[3], 'runs') or '0') >= max_runs then
+  -- The entry used up max_runs: no queued run runs any more.
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return {'finished', held}
 end
 local message = cjson.decode(held)
 redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
@@ -730,9 +757,17 @@ end
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   return {'already_published', 'running'}
 end
-local held = redis.call('GET', KEYS[4])
-if held and string.find(held, ARGV[2], 1, true) then
-  return {'skipped', 'buffered'}
+local held_kind = redis.call('TYPE', KEYS[4]).ok
+local held = {}
+if held_kind == 'string' then
+  held = {redis.call('GET', KEYS[4])}
+elseif held_kind == 'list' then  -- overlap "buffer_all": the queued runs
+  held = redis.call('LRANGE', KEYS[4], 0, -1)
+end
+for _, message in ipairs(held) do
+  if string.find(message, ARGV[2], 1, true) then
+    return {'skipped', 'buffered'}
+  end
 end
 local items = redis.call('LRANGE', KEYS[5], 0, -1)
 -- A run held back by buffer_one ("skipped:buffered") is published by a worker later, without
