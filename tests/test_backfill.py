@@ -260,6 +260,31 @@ def test_a_paused_entry_is_not_backfilled_unless_forced(
     ]
 
 
+def test_a_runtime_entry_removed_while_its_backfill_runs_gets_nothing_more_sent(
+    manager: Manager, redis_client: redis.Redis, minute: datetime
+) -> None:
+    manager.add("hourly-sync", "tasks.report", "every 1 minute")
+    decided(redis_client, "hourly-sync", minute - MINUTE)
+
+    removed: list[bool] = []
+
+    def remove_while_waiting(_: float) -> None:  # the pace's wait after the first publish
+        if not removed:
+            manager.remove("hourly-sync")
+            removed.append(True)
+
+    results = manager.backfill(
+        "hourly-sync",
+        minute - 3 * MINUTE,
+        minute - MINUTE,
+        rate=1.0,
+        sleep=remove_while_waiting,
+        monotonic=lambda: 0.0,
+    )
+    assert outcomes(results) == ["sent", "skipped:removed", "skipped:removed"]
+    assert len(broker_messages(redis_client)) == 1
+
+
 def test_a_slot_claimed_by_a_backfill_that_died_before_publishing_is_never_sent(
     manager: Manager, redis_client: redis.Redis, minute: datetime
 ) -> None:

@@ -731,6 +731,9 @@ BACKFILL_CLAIM = (
     _NOW
     + """
 local slot = tonumber(ARGV[1])
+if redis.call('HGET', KEYS[1], 'removed') then
+  return {'skipped', 'removed'}  -- a runtime entry removed while the backfill ran
+end
 if slot > now then
   return {'skipped', 'future'}
 end
