@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +40,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def clock() -> FakeClock:
     """A fake clock at ``replica_helpers.START`` (a module may define its own)."""
     return FakeClock(START)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_level() -> Iterator[None]:
+    """An in-process Celery worker sets the root logger's level (``start_worker``'s
+    ``loglevel``) and leaves it: each test gets back the level it started with, so that a later
+    test's ``caplog`` sees warnings."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
