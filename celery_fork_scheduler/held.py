@@ -50,6 +50,19 @@ class HeldRuns:
         and the run recorded as failed (a message that certainly did not leave is held back
         again: at the head of a ``buffer_all`` queue)."""
         occurrence = occurrence_from_json(held)
+        if not self.confirmed():
+            # The hand-over lives on the master only: a failover may undo it, and the slot
+            # would be handed over (and published) again. Put it back; whoever releases the
+            # entry's marker next sends it, on either side of a failover.
+            self.give_back(held, occurrence, "unconfirmed")
+            logger.warning(
+                "fork scheduler: held-back run of %s slot %s put back: the hand-over was not "
+                "confirmed by %d Redis replica(s)",
+                occurrence.entry,
+                occurrence.slot.isoformat(),
+                self.settings.wait_replicas,
+            )
+            return
         cap = self.settings.max_concurrent
         if cap > 0:
             granted = self.client.eval(
@@ -90,6 +103,15 @@ class HeldRuns:
             occurrence.slot.isoformat(),
             occurrence.task_id,
         )
+
+    def confirmed(self) -> bool:
+        """With ``fork_scheduler_wait_replicas``, whether that many replicas have the writes
+        made so far (the hand-over of the marker); always True without it."""
+        wanted = self.settings.wait_replicas
+        if wanted <= 0:
+            return True
+        timeout_ms = int(self.settings.wait_timeout.total_seconds() * 1000)
+        return int(self.client.execute_command("WAIT", wanted, timeout_ms)) >= wanted
 
     def give_back(
         self, held: bytes | str, occurrence: Occurrence, mode: str, *, error: str = ""

@@ -940,6 +940,9 @@ def install(world: World) -> None:
     LoggingCeleryPublisher.world = world
     scheduler_module.utc_now = world.replica_clock  # type: ignore[assignment]
     held_module.CeleryPublisher = LoggingCeleryPublisher  # type: ignore[misc,assignment]
+    # fork_scheduler_wait_replicas=1, as for the claims (see World.redis_call): a hand-over
+    # made while the replica does not follow is not confirmed.
+    held_module.HeldRuns.confirmed = lambda self: world.lagging_since is None  # type: ignore[method-assign]
     manager_module.CeleryPublisher = _ManagerPublisher  # type: ignore[misc,assignment]
     backfill_module.CeleryPublisher = _BackfillPublisher  # type: ignore[misc,assignment]
     signal.signal(signal.SIGTERM, _dispatch_signal)

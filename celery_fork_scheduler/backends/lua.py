@@ -609,12 +609,22 @@ return {'send', held}
 #: Its marker is freed, its run is given back.
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash, KEYS[4] history list.
 #: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
-#: size, ARGV[6] "failed" | "capped", ARGV[7] error text.
+#: size, ARGV[6] "failed" | "capped" | "unconfirmed" (the hand-over was not confirmed by the
+#: replicas: held back again, nothing recorded), ARGV[7] error text.
 GIVE_BACK_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
 redis.call('HINCRBY', KEYS[3], 'runs', -1)
+if ARGV[6] == 'unconfirmed' then
+  -- Held back again, as if never handed over (nothing to record).
+  if redis.call('TYPE', KEYS[2]).ok == 'list' then
+    redis.call('LPUSH', KEYS[2], ARGV[1])
+  else
+    redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  end
+  return 1
+end
 local item = {slot = tonumber(ARGV[3]), replica = ARGV[4], task_id = ARGV[2]}
 if ARGV[6] == 'failed' then
   if redis.call('TYPE', KEYS[2]).ok == 'list' then
