@@ -705,7 +705,9 @@ class Manager:
     # -- steering -------------------------------------------------------------------------------
 
     def remove(self, name: str, *, expected_version: int | None = None) -> bool:
-        """Remove a runtime entry; static entries cannot be removed (ConfigError)."""
+        """Remove a runtime entry; static entries cannot be removed (ConfigError). A slot
+        that was due before the removal still fires once if a replica had not published it
+        yet; no later slot does."""
         _check_name(name)
         if name in self._static_entries():
             raise ConfigError(

@@ -173,6 +173,17 @@ return {version}
 
 #: The fields of a state hash that a name added again starts without: its run count, its
 #: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
+def _removal_mark(client: Any) -> str:
+    """The ``removed`` field of a removed runtime entry's state: the instant of the removal by
+    Redis's clock (us since the epoch). Its slots due up to then may still be claimed (by a
+    replica that has not seen the removal yet); the later ones are refused."""
+    reply = client.time()
+    if isinstance(reply, dict):  # Redis Cluster: one answer per node
+        reply = next(iter(reply.values()))
+    seconds, micros = reply
+    return str(int(seconds) * 1_000_000 + int(micros))
+
+
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
@@ -346,7 +357,7 @@ for i = 1, count do
     redis.call('ZADD', KEYS[5], now_ms, name)
     retag(name, '')
     if own_keys then
-      redis.call('HSET', entry_key(name, 1), 'removed', '1')
+      redis.call('HSET', entry_key(name, 1), 'removed', string.format('%.0f', now_ms * 1000))
       for j = 1, 5 do
         redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
       end
@@ -700,8 +711,9 @@ class RuntimeStore:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[0]) == 0:
             return False
+        removed_at = _removal_mark(self.client)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.state(name), "removed", "1")
+        pipe.hset(self.keys.state(name), "removed", removed_at)
         for key in self.keys.entry_keys(name):
             pipe.pexpire(key, self.retention_ms)
         pipe.delete(self.keys.buffered(name))
@@ -915,9 +927,10 @@ class RuntimeStore:
             else:
                 versions.append(None)
         if not self.one_node and removed:
+            removed_at = _removal_mark(self.client)
             pipe = self.client.pipeline(transaction=False)
             for name in removed:
-                pipe.hset(self.keys.state(name), "removed", "1")
+                pipe.hset(self.keys.state(name), "removed", removed_at)
                 for key in self.keys.entry_keys(name):
                     pipe.pexpire(key, self.retention_ms)
                 pipe.delete(self.keys.buffered(name))

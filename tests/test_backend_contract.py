@@ -225,3 +225,32 @@ def test_marks_report_unsent_claims_and_finished_entries(backend: ClaimBackend) 
     next_one = Claim("b", later, task_id_for("b", later), max_runs=1)
     assert backend.claim([next_one])[0].outcome is ClaimOutcome.FINISHED
     assert backend.high_water_marks(["b"])["b"].finished
+
+
+def test_a_removed_runtime_entry_still_fires_its_slots_due_before_the_removal(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A replica that has not seen a removal yet claims a slot due before it: that slot still
+    fires (it was promised); slots after the removal are refused (``removed``)."""
+    backend = RedisBackend.from_url(redis_url, Settings())
+    seconds, micros = redis_client.time()
+    now = datetime.fromtimestamp(seconds, timezone.utc) + timedelta(microseconds=micros)
+    before, after = now - timedelta(seconds=2), now + timedelta(milliseconds=300)
+    removed_at = int(now.timestamp() * 1_000_000)
+    try:
+        redis_client.hset(backend.keys.state("rt"), "removed", removed_at)
+        results = backend.claim(
+            [
+                Claim("rt", before, task_id_for("rt", before), runtime=True),
+                Claim("rt", after, task_id_for("rt", after), runtime=True),
+            ]
+        )
+        assert [result.outcome for result in results] == [
+            ClaimOutcome.WON,
+            ClaimOutcome.REMOVED,
+        ]
+        redis_client.hset(backend.keys.state("other"), "removed", "1")  # an older version's mark
+        older = backend.claim([Claim("other", before, task_id_for("other", before), runtime=True)])
+        assert older[0].outcome is ClaimOutcome.REMOVED
+    finally:
+        backend.close()

@@ -247,7 +247,7 @@ def test_a_re_added_name_starts_afresh(
     redis_client.set(KEYS.buffered("sync-1"), "held back")
     redis_client.rpush(KEYS.history("sync-1"), "{}")
     assert manager.remove_many(["sync-1", "sync-2"]) == ["sync-1", "sync-2"]
-    assert redis_client.hget(state, "removed") == b"1"
+    assert int(redis_client.hget(state, "removed") or 0) > 1  # the removal instant (us)
     assert 0 < redis_client.pttl(state) <= 86_400_000
     assert redis_client.pttl(KEYS.history("sync-1")) > 0
     assert not redis_client.exists(KEYS.buffered("sync-1"))
@@ -405,7 +405,7 @@ def test_remove_many_checks_every_name_first(
         "sync-1",
         "sync-3",
     ]
-    assert redis_client.hget(KEYS.state("sync-2"), "removed") == b"1"
+    assert int(redis_client.hget(KEYS.state("sync-2"), "removed") or 0) > 1  # its instant
     assert redis_client.pttl(KEYS.state("sync-2")) > 0
 
 

@@ -186,7 +186,10 @@ if slot > hwm then
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
   end
-  if ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'removed') then
+  local removed = ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'removed')
+  -- "removed" holds the instant of the removal (us); "1" (older versions): refuse every slot.
+  -- A slot due before the removal still fires (a replica that had not seen it yet claims it).
+  if removed and (tonumber(removed) or 1) <= 1 or removed and slot > tonumber(removed) then
     -- A runtime entry removed while this replica had not seen it yet: nothing to record.
     return {'removed', 0}
   end
@@ -513,16 +516,18 @@ return 2
 #: {3, holder} another run holds it (revoke that one, then ask again); {4, holder} it took the
 #: marker from a run that waits for a retry (``retrying``: not executing; revoke it).
 TAKE_OVER = """
+local retrying = redis.call('HGET', KEYS[2], 'retrying')
+if retrying == ARGV[1] then
+  -- This run starts again (its retry): it is executing from now on, whatever follows.
+  redis.call('HDEL', KEYS[2], 'retrying')
+  retrying = false
+end
 local latest = redis.call('HGET', KEYS[2], 'latest_run')
 if ARGV[3] == '1' and latest and latest ~= ARGV[1] then
   return {0, latest}
 end
 local holder = redis.call('GET', KEYS[1])
-local retrying = redis.call('HGET', KEYS[2], 'retrying')
 if holder == ARGV[1] then
-  if retrying == ARGV[1] then
-    redis.call('HDEL', KEYS[2], 'retrying')
-  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, ''}
 end
