@@ -622,7 +622,7 @@ class Manager:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             try:
-                versions = store.delete_many(batch)
+                versions = store.delete_many(batch, removed_at=self._clock())
             except BulkConflictError as exc:
                 raise exc.after(removed) from None
             removed += [name for (name, _), v in zip(batch, versions, strict=True) if v]
@@ -715,7 +715,7 @@ class Manager:
                 "pause it, or remove it from the code",
                 entry=name,
             )
-        if not self.store().delete(name, expected_version):
+        if not self.store().delete(name, expected_version, removed_at=self._clock()):
             raise JobNotFoundError(name)
         return True
 

@@ -171,12 +171,14 @@ return {version}
 """
 )
 
-#: The fields of a state hash that a name added again starts without: its run count, its
-#: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
-def _removal_mark(client: Any) -> str:
-    """The ``removed`` field of a removed runtime entry's state: the instant of the removal by
-    Redis's clock (us since the epoch). Its slots due up to then may still be claimed (by a
-    replica that has not seen the removal yet); the later ones are refused."""
+
+def _removal_mark(client: Any, at: datetime | None) -> str:
+    """The ``removed`` field of a removed runtime entry's state: the instant of the removal
+    (us since the epoch): ``at`` (the remover's clock), else Redis's. Its slots due up to then
+    may still be claimed (by a replica that has not seen the removal yet); the later ones are
+    refused."""
+    if at is not None:
+        return str(_epoch_us(at))
     reply = client.time()
     if isinstance(reply, dict):  # Redis Cluster: one answer per node
         reply = next(iter(reply.values()))
@@ -184,6 +186,8 @@ def _removal_mark(client: Any) -> str:
     return str(int(seconds) * 1_000_000 + int(micros))
 
 
+#: The fields of a state hash that a name added again starts without: its run count, its
+#: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
@@ -313,8 +317,8 @@ return {first, table.concat(created)}
 #: Remove a batch of runtime entries, all or none: DELETE for each, in one script. KEYS[1..10]
 #: as PUT; ARGV[3] as PUT_MANY's (with the layout, a removed entry's state says ``removed``,
 #: its keys expire after the retention and its held-back run goes, here; with "0", the caller
-#: does that). ARGV[1] unused, ARGV[2] retention (ms), then pairs: name, expected version
-#: ("" any).
+#: does that). ARGV[1] the instant of the removal (us; "": Redis TIME), ARGV[2] retention (ms),
+#: then pairs: name, expected version ("" any).
 #: Returns {v, removed}: the i-th character of removed is "1" when the i-th entry was removed,
 #: "0" when there was none; the removed take versions v + 1, v + 2, ... in order. Or {-1,
 #: {name, current, ...}} when any expected version is stale (nothing done).
@@ -325,6 +329,7 @@ DELETE_MANY = (
     + _LAYOUT
     + """
 local count = (#ARGV - 3) / 2
+local removed_at = ARGV[1] ~= '' and ARGV[1] or string.format('%.0f', now_ms * 1000)
 local present, stale, found = {}, {}, 0
 for i = 1, count do
   local name, expected = ARGV[i * 2 + 2], ARGV[i * 2 + 3]
@@ -357,7 +362,7 @@ for i = 1, count do
     redis.call('ZADD', KEYS[5], now_ms, name)
     retag(name, '')
     if own_keys then
-      redis.call('HSET', entry_key(name, 1), 'removed', string.format('%.0f', now_ms * 1000))
+      redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
       for j = 1, 5 do
         redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
       end
@@ -694,7 +699,9 @@ class RuntimeStore:
         pipe.delete(self.keys.buffered(name))
         return pipe
 
-    def delete(self, name: str, expected_version: int | None = None) -> bool:
+    def delete(
+        self, name: str, expected_version: int | None = None, *, removed_at: datetime | None = None
+    ) -> bool:
         """Remove a runtime entry; False when there was none.
 
         Its own keys (state, pending, running, history) expire after the retention instead of
@@ -711,9 +718,9 @@ class RuntimeStore:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[0]) == 0:
             return False
-        removed_at = _removal_mark(self.client)
+        mark = _removal_mark(self.client, removed_at)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.state(name), "removed", removed_at)
+        pipe.hset(self.keys.state(name), "removed", mark)
         for key in self.keys.entry_keys(name):
             pipe.pexpire(key, self.retention_ms)
         pipe.delete(self.keys.buffered(name))
@@ -900,7 +907,9 @@ class RuntimeStore:
         written += [item[0] for item in items]
         return None
 
-    def delete_many(self, items: Sequence[tuple[str, int | None]]) -> list[int | None]:
+    def delete_many(
+        self, items: Sequence[tuple[str, int | None]], *, removed_at: datetime | None = None
+    ) -> list[int | None]:
         """Remove a batch of runtime entries, all or none: ``(name, expected version or
         None)`` each. Returns the version of each removal, ``None`` for a name with no entry;
         :class:`BulkConflictError` when any expected version is stale (nothing is removed).
@@ -910,7 +919,8 @@ class RuntimeStore:
             return []
         names = [name for name, _ in items]
         _distinct(names)
-        args: list[Any] = ["", self.retention_ms, self._layout()]
+        at = "" if removed_at is None else str(_epoch_us(removed_at))
+        args: list[Any] = [at, self.retention_ms, self._layout()]
         for name, expected in items:
             args += [name, "" if expected is None else str(expected)]
         reply = self._delete_many(keys=self._runtime_keys, args=args)
@@ -927,10 +937,10 @@ class RuntimeStore:
             else:
                 versions.append(None)
         if not self.one_node and removed:
-            removed_at = _removal_mark(self.client)
+            mark = _removal_mark(self.client, removed_at)
             pipe = self.client.pipeline(transaction=False)
             for name in removed:
-                pipe.hset(self.keys.state(name), "removed", removed_at)
+                pipe.hset(self.keys.state(name), "removed", mark)
                 for key in self.keys.entry_keys(name):
                     pipe.pexpire(key, self.retention_ms)
                 pipe.delete(self.keys.buffered(name))
