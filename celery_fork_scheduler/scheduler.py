@@ -42,7 +42,6 @@ from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
 from .held import HeldRuns
 from .ids import slot_isoformat, task_id_for
-from .keys import Keys
 from .listeners import resolve_listeners
 from .metrics import Metrics
 from .ownership import Ownership
@@ -585,11 +584,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         owner = None if item.retry or ownership is None else ownership.other_owner(name)
         # Another replica's entry: only its slots published longer than the grace ago are
         # this one's business (a slot is published at its jittered instant).
-        horizon = now if owner is None or ownership is None else now - ownership.grace
-        publish_at = item.entry.publish_at(item.slot)
-        if owner is not None and ownership is not None and publish_at > horizon:
-            self.deferred.push((publish_at + ownership.grace).timestamp(), item.entry, item.slot)
-            return None  # its owner asks first
+        horizon = now
+        if owner is not None and ownership is not None:
+            horizon = now - ownership.grace
+            publish_at = item.entry.publish_at(item.slot)
+            if publish_at > horizon:
+                self.deferred.push(
+                    (publish_at + ownership.grace).timestamp(), item.entry, item.slot
+                )
+                return None  # its owner asks first
         until: datetime | None = None
         if item.retry:
             slots = [item.slot]
@@ -798,11 +801,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker
         (the last runner died): as a worker does when a run ends."""
         client = getattr(self.backend, "client", None)
-        if client is None:
+        keys = getattr(self.backend, "keys", None)
+        if client is None or keys is None:
             return
-        held = HeldRuns(
-            app=self.app, client=client, keys=Keys(self.settings.key_prefix), settings=self.settings
-        )
+        held = HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
         try:
             held.publish(result.held)
         except Exception as exc:  # the run's marker expires with its lease; the queue goes on

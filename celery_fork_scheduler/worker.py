@@ -125,11 +125,6 @@ def pause_note_for(task_id: str, error: BaseException | None) -> str:
     return f"paused on failure: task {task_id} raised {shown}"
 
 
-def _error_text(error: BaseException | None) -> str:
-    """An error as stored in history (see :func:`.held.error_text`)."""
-    return error_text(error)
-
-
 #: While Redis cannot be reached, the worker says so at most once in this many seconds.
 REDIS_WARNING_SECONDS = 60.0
 #: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
@@ -422,7 +417,7 @@ class WorkerHooks:
             "error",
             "errors",
             duration=time.monotonic() - run.started,
-            error=_error_text(exception),
+            error=error_text(exception),
             pause_note=note,
         )
         signals.job_failed.send(

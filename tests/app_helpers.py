@@ -42,3 +42,10 @@ def berlin_app(main: str, beat_schedule: dict[str, Any]) -> Celery:
     app = Celery(main, set_as_current=False, broker="memory://")
     app.conf.update(timezone="Europe/Berlin", result_expires=None, beat_schedule=beat_schedule)
     return app
+
+
+def memory_app(beat_schedule: dict[str, Any], main: str = "tests", **conf: Any) -> Celery:
+    """An app on the ``memory://`` broker, in UTC, with ``beat_schedule`` and ``conf``."""
+    app = Celery(main, set_as_current=False, broker="memory://")
+    app.conf.update(timezone="UTC", beat_schedule=beat_schedule, result_expires=None, **conf)
+    return app

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_helpers import memory_app
 from celery import Celery
 from replica_helpers import fired, schedulers, tick_for
 
@@ -203,9 +204,7 @@ class TimedPublisher(RecordingPublisher):
 
 
 def make_app(beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    app = Celery("jitter_tests", set_as_current=False, broker="memory://")
-    app.conf.update(timezone="UTC", beat_schedule=beat_schedule, result_expires=None, **conf)
-    return app
+    return memory_app(beat_schedule, "jitter_tests", **conf)
 
 
 Factory = Callable[..., tuple[Scheduler, FakeClock, TimedPublisher]]

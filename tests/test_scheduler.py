@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_helpers import memory_app
 from celery import Celery
 from celery.schedules import crontab, schedule
 
@@ -23,9 +24,7 @@ START = "2026-03-02T10:00:00.300+00:00"
 
 
 def make_app(beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    app = Celery("tests", set_as_current=False, broker="memory://")
-    app.conf.update(timezone="UTC", beat_schedule=beat_schedule, result_expires=None, **conf)
-    return app
+    return memory_app(beat_schedule, "tests", **conf)
 
 
 SchedulerFactory = Callable[..., tuple[Scheduler, FakeClock, RecordingPublisher]]
