@@ -20,9 +20,9 @@ from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.backends.redis_connection import client_from_url, mask_url
 from celery_fork_scheduler.cli import schedule
 from celery_fork_scheduler.errors import ConfigError
+from celery_fork_scheduler.held import error_text
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import free_port
-from celery_fork_scheduler.worker import _error_text
 
 SECRET = "TOPSECRET"
 UTC = timezone.utc
@@ -97,9 +97,9 @@ def test_task_error_with_a_query_string_password_is_stored_and_printed(
     credentials in them (``history``, ``show``, ``--json``). Mechanism: ``scrub_secrets``
     only knows ``scheme://user:secret@``; the ubiquitous redis-py/kombu form
     ``redis://host/0?password=secret`` (or ``...&password=``) passes through both the worker's
-    ``_error_text`` and the CLI's ``_scrub``."""
+    ``held.error_text`` and the CLI's ``_scrub``."""
     error = ConnectionError(f"cannot connect to redis://cache:6379/0?password={SECRET}")
-    stored = _error_text(error)
+    stored = error_text(error)
     assert SECRET not in stored, stored
 
     app = make_app(redis_url)
