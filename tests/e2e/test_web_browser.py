@@ -193,7 +193,17 @@ def test_the_dashboard_in_a_browser_over_a_running_cluster(
     browser.find_element(By.ID, "login-link").click()
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "login-submit").click()
+    wait_until(
+        lambda: bool(browser.find_elements(By.CSS_SELECTOR, "form[action='/logout']")),
+        timeout=30,
+        what="the login to land (its redirect must not replace the next page)",
+    )
     browser.get(base + "entries/nightly-report")
+    wait_until(
+        lambda: "nightly-report" in browser.find_element(By.TAG_NAME, "h1").text,
+        timeout=30,
+        what="the page of nightly-report",
+    )
     browser.find_element(By.CSS_SELECTOR, "#entry-actions input[name=note]").send_keys(
         "finance migration"
     )
