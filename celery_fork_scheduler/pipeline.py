@@ -13,8 +13,8 @@ The order is the guarantee (see ``docs/guarantees.md``):
 4. **record** — :meth:`~.backends.base.ClaimBackend.mark_sent`; kept in memory and tried
    again at each tick while Redis is away.
 
-A normal stop (SIGTERM, SIGINT) that arrives between the fence request and the record waits
-for the record (:func:`.shutdown.stop_signals_deferred`).
+A normal stop (SIGTERM, SIGINT) that arrives between the claim request (the scheduler holds it
+from there) and the record waits for the record (:func:`.shutdown.stop_signals_deferred`).
 """
 
 from __future__ import annotations

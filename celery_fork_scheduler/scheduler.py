@@ -50,6 +50,7 @@ from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence
 from .redis_clock import RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
+from .shutdown import stop_signals_deferred
 from .startup_catchup import StartupCatchUp
 from .startup_checks import warn_about_tasks, warn_about_unsupported_policies
 from .timequeue import QueueItem, TimeQueue
@@ -683,13 +684,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             key=lambda due_slot: (due_slot.claim.slot, due_slot.entry.name),
         )
         started = self.monotonic()
-        results = self.backend.claim([slot.claim for slot in due])
-        if self.metrics is not None and due:
-            self.metrics.claim_latency.observe(self.monotonic() - started)
-        self._learn_marks(results)
-        admitted = self._admit(due, results, now)
-        self.outage.end()
-        lost = self.pipeline.send(admitted, now)
+        with stop_signals_deferred():  # a won claim is published before a normal stop
+            results = self.backend.claim([slot.claim for slot in due])
+            if self.metrics is not None and due:
+                self.metrics.claim_latency.observe(self.monotonic() - started)
+            self._learn_marks(results)
+            admitted = self._admit(due, results, now)
+            self.outage.end()
+            lost = self.pipeline.send(admitted, now)
         for work in chunk:
             self._queue_follow_up(work, now)
         if lost is None:

@@ -1,8 +1,10 @@
-"""A normal stop (SIGTERM, SIGINT) waits until the fenced batch in hand is sent and recorded.
+"""A normal stop (SIGTERM, SIGINT) waits until the claimed batch in hand is sent and recorded.
 
 Celery's beat handler raises ``SystemExit`` wherever beat happens to be. Between the fence and
 the ``sent`` record, that would leave slots that no replica may publish again (their delivery
-is unknown): a rolling deploy would lose them. Only SIGKILL may lose anything.
+is unknown): a rolling deploy would lose them. Between the claim and the fence, it would leave
+won claims to the other replicas' lease: late, or lost if every replica is stopping. Only
+SIGKILL may lose or delay anything.
 """
 
 from __future__ import annotations

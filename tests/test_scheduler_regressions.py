@@ -22,7 +22,7 @@ from celery import Celery
 from replica_helpers import START, fired, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
-from celery_fork_scheduler.backends import Claim
+from celery_fork_scheduler.backends import Claim, ClaimResult
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.entry import Entry
 from celery_fork_scheduler.entry import entry_from_config as _entry_from_config
@@ -533,6 +533,35 @@ def test_a_stop_signal_during_the_fence_request_waits_for_the_batch(
         assert len(publisher.occurrences) == 3
     finally:
         scheduler.close()
+
+
+def test_a_stop_signal_after_a_won_claim_publishes_it_before_beat_stops(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """A rolling deploy's SIGTERM that lands between winning a claim and its fence must not
+    leave the claim to the others' lease: the slot would be published a lease late, after
+    the deploy, or not at all if the deploy stops every replica (CI, rolling deploy scenario)."""
+    publisher = RecordingPublisher()
+    schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(3)}
+    scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
+    real_claim = scheduler.backend.claim
+
+    def claim_then_stopped(claims: Sequence[Claim]) -> list[ClaimResult]:
+        results = real_claim(claims)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the won claims are fenced
+        return results
+
+    scheduler.backend.claim = claim_then_stopped  # type: ignore[method-assign]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        run_until_stopped(scheduler, clock)
+        assert len(publisher.occurrences) == 3
+        keys = Keys("scheduler:")
+        for i in range(3):
+            assert client.hget(keys.state(f"e{i}"), "state") == b"sent"
+    finally:
+        scheduler.close()
+        client.close()
 
 
 def test_a_runtime_entry_changed_before_a_replica_saw_it_fires_from_its_creation(
