@@ -14,21 +14,20 @@ from .runtime import RuntimeEntries
 
 logger = logging.getLogger("celery_fork_scheduler")
 
+#: Entries named in the warning about a task the app does not know; the rest are counted.
+UNKNOWN_TASK_NAMES_SHOWN = 5
+
 
 def warn_about_tasks(app: Any, entries: Iterable[Entry]) -> None:
-    """Once per entry: a task this app does not know (it is sent by name and may be a typo),
-    and arguments the task's signature refuses (they would fail at every slot; the publish is
-    then recorded failed, not retried)."""
+    """Once per task name this app does not know (it is sent by name and may be a typo),
+    naming the entries that send it; once per entry whose arguments the task's signature
+    refuses (they would fail at every slot; the publish is then recorded failed, not retried)."""
     tasks = app.tasks
+    unknown: dict[str, list[str]] = {}
     for entry in entries:
         task = tasks.get(entry.task)
         if task is None:
-            logger.warning(
-                "fork scheduler: entry %s: task %r is not registered in this app; it is sent "
-                "by name (check the name, and that the app imports the task's module)",
-                entry.name,
-                entry.task,
-            )
+            unknown.setdefault(entry.task, []).append(entry.name)
             continue
         header = getattr(task, "__header__", None)
         if header is None or entry.lazy:
@@ -42,6 +41,23 @@ def warn_about_tasks(app: Any, entries: Iterable[Entry]) -> None:
                 entry.task,
                 exc,
             )
+    for task_name, names in unknown.items():
+        logger.warning(
+            "fork scheduler: %s: task %r is not registered in this app; it is sent by name "
+            "(check the name, and that the app imports the task's module)",
+            _entries_named(names),
+            task_name,
+        )
+
+
+def _entries_named(names: list[str]) -> str:
+    """``entry a``, or ``entries a, b`` (the first few of a long list, and how many more):
+    ten thousand entries of one unknown task make one line, not ten thousand."""
+    if len(names) == 1:
+        return f"entry {names[0]}"
+    shown = ", ".join(names[:UNKNOWN_TASK_NAMES_SHOWN])
+    more = len(names) - UNKNOWN_TASK_NAMES_SHOWN
+    return f"entries {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 def warn_about_unsupported_policies(
