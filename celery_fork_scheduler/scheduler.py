@@ -38,7 +38,7 @@ from .catchup import slots_due
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .due import DueSlot, Work
-from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
+from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict, stored_fields
 from .errors import BackendUnavailableError, ConfigError
 from .held import HeldRuns
 from .ids import slot_isoformat, task_id_for
@@ -113,7 +113,10 @@ def _digest(entries: Iterable[Entry]) -> int:
     digest = 0
     for entry in entries:
         try:
-            text = json.dumps(entry_to_dict(entry), sort_keys=True, default=str)
+            if entry.lazy:
+                raise TypeError("lazy arguments")
+            fields = stored_fields(entry, entry.schedule.to_dict())
+            text = json.dumps(fields, sort_keys=True, allow_nan=False)
         except Exception:  # a definition that cannot be stored (lazy args): by its repr
             text = repr(entry)
         digest = zlib.crc32(text.encode(), digest)
