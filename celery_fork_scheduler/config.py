@@ -169,8 +169,16 @@ BIDI_CONTROLS = frozenset(
 
 def has_control_characters(text: str) -> bool:
     """True when ``text`` holds a control character (ESC, BEL, NUL, newline…), a line or
-    paragraph separator, or a bidirectional override (U+202E…)."""
-    return any(ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text)
+    paragraph separator, a bidirectional override (U+202E…), or a lone surrogate (bytes that
+    were not UTF-8, as a Latin-1 terminal passes them: Redis could not store the text)."""
+    return any(
+        ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in text
+    )
+
+
+def has_lone_surrogates(text: str) -> bool:
+    """True when ``text`` cannot be encoded as UTF-8 (bytes a terminal passed undecoded)."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _duration(name: str, value: object, *, allow_text: bool = False) -> timedelta:

@@ -32,7 +32,7 @@ from .backfill import (
     backfill_slots,
     run_backfill,
 )
-from .config import Settings, app_timezone, read_settings
+from .config import Settings, app_timezone, has_lone_surrogates, read_settings
 from .decorators import periodic_entries
 from .entry import (
     REPLACING,
@@ -506,6 +506,8 @@ class Manager:
     def tagged(self, tag: str) -> Tagged:
         """The names of the entries with ``tag``, static and runtime (one read of the runtime
         entries' tag index)."""
+        if not isinstance(tag, str) or not tag or has_lone_surrogates(tag):
+            raise ConfigError(f"tags must be non-empty UTF-8 text, not {tag!r}", field="tag")
         static = self._static_entries()
         runtime = self.store().names_with_tag(tag) if self._has_redis() else []
         if runtime:  # only names that have an entry (an earlier version's removal may linger)
@@ -1080,6 +1082,11 @@ def _check_name(name: object) -> None:
     reaches Redis; every method that takes an entry name calls this."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"entry names must be non-empty strings, not {name!r}", field="name")
+    if has_lone_surrogates(name):
+        raise ConfigError(
+            f"entry names must be valid UTF-8 text, not {name!r} (undecodable bytes)",
+            field="name",
+        )
 
 
 @dataclass

@@ -890,9 +890,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     schedule = property(get_schedule, set_schedule)
 
     def sync(self) -> None:
-        """Persist backend state that is kept in memory."""
-        if self._backend is not None:
-            self._backend.sync()
+        """Persist backend state that is kept in memory: the ``sent`` records of slots
+        published while Redis blinked, then the backend's own (Celery calls this on a stop)."""
+        if self._backend is None:
+            return
+        if self.pipeline.unmarked:
+            unrecorded = len(self.pipeline.unmarked)
+            try:
+                self.pipeline.record()
+            except BackendUnavailableError as exc:
+                logger.warning(
+                    "fork scheduler: %d published slot(s) could not be recorded sent (%s); "
+                    "the other replicas will report them in_flight",
+                    unrecorded,
+                    exc,
+                )
+        self._backend.sync()
 
     def close(self) -> None:
         """Sync, close the backend and release the broker connection."""

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from .config import INT_RANGES
+from .config import INT_RANGES, has_lone_surrogates
 from .entry import MAX_JSON_DEPTH, json_depth
 from .errors import ConfigError, ForkSchedulerError
 from .keys import Keys
@@ -952,9 +952,9 @@ class RuntimeStore:
     def pause(self, names: Sequence[str], note: str = "", *, at: datetime | None = None) -> None:
         """Pause entries (static or runtime) for every replica, with an optional note of at
         most :data:`MAX_NOTE_LENGTH` characters."""
-        if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
+        if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH or has_lone_surrogates(note):
             raise ConfigError(
-                f"must be a string of at most {MAX_NOTE_LENGTH} characters",
+                f"must be UTF-8 text of at most {MAX_NOTE_LENGTH} characters",
                 entry=names[0] if len(names) == 1 else None,
                 field="note",
             )

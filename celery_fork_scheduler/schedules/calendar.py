@@ -6,7 +6,7 @@ import abc
 import dataclasses
 import sys
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import MAXYEAR, MINYEAR, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ScheduleError
@@ -145,7 +145,11 @@ def _month_index(day: date) -> int:
 
 
 def _month_start(index: int) -> date:
+    """The first day of month ``index`` (months since January 1970). Past the years a
+    ``date`` holds it raises ``OverflowError``, as date arithmetic does: no slot there."""
     year, month = divmod(index, 12)
+    if not MINYEAR <= 1970 + year <= MAXYEAR:
+        raise OverflowError(f"year {1970 + year} is out of range")
     return date(1970 + year, month + 1, 1)
 
 
