@@ -567,11 +567,18 @@ def _overlap(name: str, definition: Mapping[str, Any]) -> Overlap:
     return overlap  # type: ignore[return-value]
 
 
+#: The largest ``max_runs``: the claim script counts runs in Lua numbers (exact up to 2**53).
+MAX_RUNS_LIMIT = 2**53 - 1
+
+
 def _max_runs(name: str, definition: Mapping[str, Any]) -> int | None:
     value = definition.get("max_runs")
     one_off = _flag(name, "one_off", definition.get("one_off"), False)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _fail(name, "max_runs", f"must be a whole number >= 1, not {shown(value)}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUNS_LIMIT
+    ):
+        limit = f"must be a whole number from 1 to {MAX_RUNS_LIMIT}"
+        raise _fail(name, "max_runs", f"{limit}, not {shown(value)}")
     if one_off and value not in (None, 1):
         raise _fail(name, "max_runs", f"one_off=True means one run, not {shown(value)}")
     return 1 if one_off else value

@@ -162,6 +162,7 @@ def test_a_zero_or_negative_count_in_a_string_is_refused(text: str) -> None:
         ("catchup_window", -1),
         ("max_runs", -1),
         ("max_runs", 0),
+        ("max_runs", 10**23),
     ],
 )
 def test_negative_entry_values_name_the_field(field: str, value: Any) -> None:
