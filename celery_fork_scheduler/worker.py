@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 from celery import signals as celery_signals
+from celery.contrib.testing.worker import test_worker_stopped
 from celery.exceptions import Ignore, WorkerLostError
 from celery.worker import state as worker_state
 
@@ -242,6 +243,8 @@ class WorkerHooks:
         celery_signals.task_revoked.connect(self.on_revoked, weak=False)
         celery_signals.worker_ready.connect(self.on_worker_ready, weak=False)
         celery_signals.worker_shutdown.connect(self.on_worker_shutdown, weak=False)
+        # celery.contrib.testing's in-process worker stops without worker_shutdown.
+        test_worker_stopped.connect(self.on_worker_shutdown, weak=False)
 
     # -- Celery signal handlers ---------------------------------------------------------------
 
@@ -279,15 +282,23 @@ class WorkerHooks:
         if self._heartbeat_pid == os.getpid():
             return
         self._heartbeat_pid = os.getpid()
+        self._stopping = threading.Event()
         self._mark_seen()
         thread = threading.Thread(
-            target=self._beat_hearts, name="fork-scheduler-heartbeat", daemon=True
+            target=self._beat_hearts,
+            args=(self._stopping,),
+            name="fork-scheduler-heartbeat",
+            daemon=True,
         )
         thread.start()
 
-    def on_worker_shutdown(self, **_: Any) -> None:
-        """Stop the heartbeat thread."""
+    def on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        """This app's worker stopped: stop the heartbeat thread (a worker started again in
+        this process starts a new one)."""
+        if getattr(sender, "app", sender) not in (self.app, None):
+            return
         self._stopping.set()
+        self._heartbeat_pid = None
 
     def on_received(self, request: Any = None, **_: Any) -> None:
         """The consumer got a scheduled run (it may wait for its ETA or a free process): keep
@@ -665,9 +676,9 @@ class WorkerHooks:
         except Exception:
             logger.warning("fork scheduler: could not reach Redis to announce this worker")
 
-    def _beat_hearts(self) -> None:
+    def _beat_hearts(self, stopping: threading.Event) -> None:
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
-        while not self._stopping.wait(interval):
+        while not stopping.wait(interval):
             with self._lock:
                 held = {**self._received, **self._runs}
             runs = [run for run in held.values() if run.singleton or run.capped]

@@ -52,7 +52,7 @@ DESCRIPTIONS: dict[str, str] = {
     "pause, held run (issue 14 item 8)",
     "queue_lifo": "RELEASE hands the marker to the newest queued run of buffer_all, not the "
     "oldest (issue 22 item 5)",
-    "sigterm": "a normal stop is not deferred from the fence request to the record "
+    "sigterm": "a normal stop is not deferred from the claim request to the record "
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
     "jitter_ignored": "a jittered slot is queued and decided at its nominal time: its offset "
     "is ignored (issue 22)",
@@ -313,8 +313,11 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "readd_keeps_state": _patch(
         RuntimeStore, "_start_afresh", lambda original: lambda self, pipe, name: pipe
     ),
-    "sigterm": _patch(
-        pipeline_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
+    "sigterm": lambda: _both(
+        *(
+            _patch(module, "stop_signals_deferred", lambda original: contextlib.nullcontext)()
+            for module in (pipeline_module, scheduler_module)
+        )
     ),
     "jitter_ignored": lambda: _both(
         _patch(Entry, "due_edge", lambda original: lambda self, at: at)(),
