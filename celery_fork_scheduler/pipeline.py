@@ -79,6 +79,20 @@ class PublishPipeline:
         self._cold: deque[Entry] = deque()
         #: The publisher last asked whether the broker shares the claims' Redis, and the answer.
         self._shared_with: tuple[Publisher, bool] | None = None
+        #: Slots this replica took over from one that did not publish them (each at least a
+        #: lease old then): a broker that refuses them is asked again for longer.
+        self._taken_over: set[tuple[str, datetime]] = set()
+
+    def note_taken_over(self, claims: Iterable[Claim], now: datetime) -> None:
+        """Slots won from a replica that did not publish them (see :meth:`_worth_retrying`);
+        those past any retry window are forgotten."""
+        oldest = now - self._takeover_window
+        self._taken_over = {key for key in self._taken_over if key[1] >= oldest}
+        self._taken_over.update((claim.entry, claim.slot) for claim in claims)
+
+    @property
+    def _takeover_window(self) -> timedelta:
+        return self.settings.claim_lease + 2 * self.settings.catchup_grace
 
     @property
     def backend(self) -> ClaimBackend:
@@ -276,10 +290,11 @@ class PublishPipeline:
     def _worth_retrying(self, claim: Claim, now: datetime) -> bool:
         """Whether a slot the broker refused is still recent enough to try again a second
         later: within the catch-up grace, or, for a dead replica's claim taken over (always a
-        lease old), within the lease and twice the grace."""
+        lease old), within the lease and twice the grace. This replica's own claim asked
+        about again is not a takeover: its window stays the grace."""
         window = self.settings.catchup_grace
-        if claim.takeover:
-            window += self.settings.claim_lease + self.settings.catchup_grace
+        if (claim.entry, claim.slot) in self._taken_over:
+            window = self._takeover_window
         return now - claim.slot <= window
 
     def _give_back(self, due_slot: DueSlot, error: Exception) -> None:

@@ -772,6 +772,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             outcome = result.outcome
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
+                    self.pipeline.note_taken_over([due_slot.claim], now)
                     self.reports.warn_rate_limited(
                         "taken_over",
                         f"{due_slot.entry.name} slot {slot_isoformat(due_slot.claim.slot)} "

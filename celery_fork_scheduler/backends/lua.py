@@ -415,8 +415,10 @@ return paused
 """
 )
 
-#: Record a publish that raised: nobody publishes the slot, so its pending claim goes.
-#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[5] history list. ARGV[1] slot (us),
+#: Record a publish that raised: nobody publishes the slot, so its pending claim goes, and so
+#: does the running marker it holds (the cap place is freed beside it: another hash tag).
+#: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
+#: ARGV[1] slot (us),
 #: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
 RECORD_FAILURE = _recording(
     """
@@ -424,6 +426,10 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'failed')
+end
+-- No run exists: the singleton marker the claim took for it is freed at once.
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  redis.call('DEL', KEYS[3])
 end
 record(ARGV[1], ARGV[3], ARGV[2], 'failed', ARGV[4], {error = ARGV[5]})
 return 1

@@ -323,7 +323,8 @@ class RedisBackend:
             )
             for claim in claims
         ]
-        _log_errors("given back", claims, self._retrying(partial(self._pipelined, commands)))
+        replies = self._retrying(partial(self._pipelined, [*commands, *self._free_places(claims)]))
+        _log_errors("given back", claims, replies[: len(claims)])
 
     def record_failure(self, claim: Claim, error: BaseException) -> None:
         """Count a publish that raised and drop its claim; see :data:`.lua.RECORD_FAILURE`."""
@@ -336,8 +337,17 @@ class RedisBackend:
             self.settings.history_size,
             f"{type(error).__name__}: {error}"[:500],
         )
-        replies = self._retrying(partial(self._pipelined, [command]))
-        _log_errors("recorded as failed", [claim], replies)
+        replies = self._retrying(partial(self._pipelined, [command, *self._free_places([claim])]))
+        _log_errors("recorded as failed", [claim], replies[:1])
+
+    def _free_places(self, claims: Sequence[Claim]) -> list[Command]:
+        """Free the places under the cap that claims given back or failed took (none if the
+        cap refused them): no run of theirs will ever end and free them."""
+        if self.settings.max_concurrent <= 0 or not claims:
+            return []
+        cap = self.keys.cap
+        ids = [claim.task_id for claim in claims]
+        return [(cap, lambda pipe: pipe.zrem(cap, *ids))]
 
     def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
         """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
