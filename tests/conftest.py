@@ -10,6 +10,7 @@ import redis
 from replica_helpers import START
 
 from celery_fork_scheduler.testing import FakeClock, RedisServer
+from celery_fork_scheduler.worker import WorkerHooks
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,21 @@ def _root_logger_level() -> Iterator[None]:
     level = root.level
     yield
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _worker_heartbeats_stop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Worker hooks a test drives by hand (``on_prerun`` of a singleton run) start the
+    heartbeat thread as a worker would; no worker stops it. It stops with the test, so that it
+    renews no later test's markers and announces no worker to them."""
+    created: list[WorkerHooks] = []
+    original = WorkerHooks.__init__
+
+    def recording(self: WorkerHooks, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        created.append(self)
+
+    monkeypatch.setattr(WorkerHooks, "__init__", recording)
+    yield
+    for hooks in created:
+        hooks.on_worker_shutdown()
