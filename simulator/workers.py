@@ -24,6 +24,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import TimeLimitExceeded
@@ -201,8 +202,7 @@ class Workers:
                     continue
                 every = [worker.parent, *(p.hooks for p in worker.procs)]
                 for hooks in {id(h): h for h in every}.values():
-                    hooks._stopping = _OnePass()
-                    self._call("heartbeat", hooks._beat_hearts)
+                    self._call("heartbeat", partial(hooks._beat_hearts, _OnePass()))
         self.world.schedule(self.world.vt + self.lease // 3, "worker", ("heartbeat", None))
 
     # -- the broker -------------------------------------------------------------------------
