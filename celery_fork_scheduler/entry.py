@@ -384,6 +384,9 @@ def _is_instant(value: object) -> bool:
     return isinstance(value, datetime)
 
 
+#: The most seconds an option may give (ten years): more cannot be added to a send time.
+MAX_OPTION_SECONDS = 10 * 365 * 86_400
+
 #: How the ``apply_async`` options with an obvious type are checked: a test and the words for
 #: what it accepts. Numbers are seconds; ``expires`` and ``eta`` take an instant as Celery does.
 OPTION_RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = {
@@ -397,14 +400,23 @@ OPTION_RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255,
         "a whole number from 0 to 255",
     ),
-    "countdown": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+    "countdown": (
+        lambda v: _is_number(v) and 0 <= v <= MAX_OPTION_SECONDS,
+        f"a number of seconds from 0 to {MAX_OPTION_SECONDS}",
+    ),
     "expires": (
-        lambda v: (_is_number(v) and v > 0) or _is_instant(v),
-        "a number of seconds > 0, a datetime or an ISO-8601 string",
+        lambda v: (_is_number(v) and 0 < v <= MAX_OPTION_SECONDS) or _is_instant(v),
+        f"a number of seconds > 0 and <= {MAX_OPTION_SECONDS}, a datetime or an ISO-8601 string",
     ),
     "eta": (_is_instant, "a datetime or an ISO-8601 string"),
-    "time_limit": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
-    "soft_time_limit": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "time_limit": (
+        lambda v: _is_number(v) and 0 < v <= MAX_OPTION_SECONDS,
+        f"a number of seconds > 0 and <= {MAX_OPTION_SECONDS}",
+    ),
+    "soft_time_limit": (
+        lambda v: _is_number(v) and 0 < v <= MAX_OPTION_SECONDS,
+        f"a number of seconds > 0 and <= {MAX_OPTION_SECONDS}",
+    ),
     "serializer": (lambda v: isinstance(v, str), "a string"),
     "compression": (lambda v: isinstance(v, str), "a string"),
     "shadow": (lambda v: isinstance(v, str), "a string"),

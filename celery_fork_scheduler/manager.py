@@ -117,6 +117,9 @@ class StoredRecordError(ConfigError):
 
 #: Entries written per round trip by the bulk calls (one script call per batch).
 DEFAULT_BATCH_SIZE = 1_000
+#: How often :meth:`Manager.update` without ``expected_version`` re-applies its changes to an
+#: entry another writer changed meanwhile before it gives up (``StaleVersionError``).
+UPDATE_ATTEMPTS = 5
 #: Distinct schedule strings a bulk call keeps parsed.
 MAX_PARSED = 10_000
 #: Errors a :class:`BulkConfigError` message shows (``errors`` holds them all).
@@ -300,17 +303,29 @@ class Manager:
         return Job.from_entry(entry, {}, version, now)
 
     def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
-        """Change fields of a runtime entry; a stale ``expected_version`` is refused."""
-        stored = self._stored(name)
-        entry = self._validate(name, _changed(stored.data, changes))
-        now = self._clock()
-        version = self.store().put(
-            name,
-            self._stored_form(entry),
-            stored.version if expected_version is None else expected_version,
-            since=now,
-        )
-        return Job.from_entry(entry, self.store().states([name])[name], version, now)
+        """Change fields of a runtime entry; a stale ``expected_version`` is refused.
+
+        Without ``expected_version`` only the given fields change: when another writer
+        changed the entry between the read and the write, the changes are applied again to
+        what it wrote (up to :data:`UPDATE_ATTEMPTS` times)."""
+        attempts_left = UPDATE_ATTEMPTS
+        while True:
+            stored = self._stored(name)
+            entry = self._validate(name, _changed(stored.data, changes))
+            now = self._clock()
+            try:
+                version = self.store().put(
+                    name,
+                    self._stored_form(entry),
+                    stored.version if expected_version is None else expected_version,
+                    since=now,
+                )
+            except StaleVersionError:
+                attempts_left -= 1
+                if expected_version is not None or not attempts_left:
+                    raise
+                continue
+            return Job.from_entry(entry, self.store().states([name])[name], version, now)
 
     def _validate(self, name: str, definition: Mapping[str, Any]) -> Entry:
         _check_name(name)

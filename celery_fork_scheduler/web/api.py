@@ -29,6 +29,7 @@ import functools
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, abort, request
 
@@ -76,7 +77,10 @@ def _body() -> dict[str, Any]:
     """The JSON object of the request (``{}`` when there is no body)."""
     if not request.get_data(cache=True):
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise ConfigError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ConfigError("the request body must be a JSON object")
     return body
@@ -90,8 +94,21 @@ def entries() -> Any:
     return [job_data(job) for job in jobs]
 
 
+def _encoded_in_name(suffix: str) -> bool:
+    """Whether the request's last path segment is a name that ends in ``/<suffix>`` with its
+    slash encoded (``reports%2Fhistory``): the server decodes ``%2F`` before routing, so that
+    request reached the ``.../<suffix>`` route, though it names an entry, not an action."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw:
+        return False
+    last = urlsplit(raw).path.rsplit("/", 1)[-1]
+    return unquote(last) != suffix
+
+
 @blueprint.get("/entries/<path:name>/history")
 def history(name: str) -> Any:
+    if _encoded_in_name("history"):
+        return entry(f"{name}/history")
     manager = dashboard().manager
     manager.get(name)
     return [history_data(item.to_dict()) for item in manager.history_items(name, _count("n", 20))]
@@ -146,18 +163,21 @@ def remove(name: str) -> Any:
 @blueprint.post("/entries/<path:name>/pause")
 @_write
 def pause(name: str) -> Any:
+    _refuse_encoded("pause")
     return {"paused": dashboard().manager.pause(name, note=_note())}
 
 
 @blueprint.post("/entries/<path:name>/resume")
 @_write
 def resume(name: str) -> Any:
+    _refuse_encoded("resume")
     return {"resumed": dashboard().manager.resume(name)}
 
 
 @blueprint.post("/entries/<path:name>/trigger")
 @_write
 def trigger(name: str) -> Any:
+    _refuse_encoded("trigger")
     force = _body().get("force", False)
     if not isinstance(force, bool):
         raise ConfigError("must be true or false", field="force")
@@ -184,6 +204,12 @@ def remove_tag(tag: str) -> Any:
     if not runtime:
         abort(404, f"no runtime entries tagged {tag!r}")
     return {"removed": manager.remove_by_tag(tag), "kept_static": static}
+
+
+def _refuse_encoded(action: str) -> None:
+    """A POST to an entry's own URL whose name ends in ``/<action>`` is no action."""
+    if _encoded_in_name(action):
+        abort(405, "POST an action to /api/entries/<name>/pause|resume|trigger")
 
 
 def _tagged(tag: str, action: Callable[[], list[str]]) -> list[str]:

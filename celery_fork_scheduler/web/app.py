@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from flask import Flask, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from ..backends.redis_connection import scrub_secrets
@@ -38,16 +39,29 @@ def create_app(
     bound host (default: loopback, read-only as no token is given)."""
     config = config or WebConfig()
     app = Flask(__name__)
+    app.json = CliJSON(app)
     app.extensions["fork_scheduler"] = Dashboard(
         manager or Manager(celery_app, clock=lambda: datetime.now(timezone.utc)), config
     )
     security.install(app, config)
-    app.jinja_env.filters["shown"] = safe
+    app.jinja_env.filters["shown"] = _shown
     app.jinja_env.globals["csrf_token"] = security.csrf_token
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
     app.register_error_handler(Exception, _failed)
     return app
+
+
+def _shown(text: str) -> str:
+    """Stored text as a page shows it: passwords in URLs masked, control characters escaped."""
+    return safe(scrub_secrets(text))
+
+
+class CliJSON(DefaultJSONProvider):
+    """JSON as the CLI's ``--json`` writes it: a value JSON has no form for (a ``datetime``
+    in a static entry's args) is its ``str()``, not Flask's HTTP date."""
+
+    default = staticmethod(str)
 
 
 def failure(exc: BaseException) -> tuple[int, str, str | None]:

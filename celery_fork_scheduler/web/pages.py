@@ -7,6 +7,7 @@ token (``/login``) and the session's CSRF token in the form; a read-only dashboa
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -40,11 +41,17 @@ def _shared() -> dict[str, Any]:
     }
 
 
+#: Pages that are forms for writing: a read-only dashboard does not show them.
+FORM_PAGES = frozenset({"pages.new", "pages.edit"})
+
+
 @blueprint.before_request
 def _guard_writes() -> Response | None:
+    config = dashboard().config
+    if request.endpoint in FORM_PAGES and not config.writable:
+        abort(403, config.why_read_only)
     if request.method != "POST":
         return None
-    config = dashboard().config
     if request.endpoint == "pages.logout":
         security.check_csrf()
         return None
@@ -59,8 +66,10 @@ def _guard_writes() -> Response | None:
 
 def _back(default: str | None = None) -> str:
     """Where to go after a form: its ``next`` field when it is a path of this site."""
-    target = request.values.get("next", "")
-    if target.startswith("/") and not target.startswith(("//", "/\\")):
+    # Browsers drop tabs and line breaks from URLs: "/\t/evil.example" is "//evil.example".
+    target = "".join(ch for ch in request.values.get("next", "") if ch not in "\t\n\r")
+    split = urlsplit(target)
+    if target.startswith("/") and not target.startswith(("//", "/\\")) and not split.netloc:
         return target
     return default or url_for("pages.entries")
 
