@@ -219,14 +219,15 @@ def _shares(runs: Sequence[Result]) -> str:
 
 def _idle_table(grouped: Mapping[tuple[int, str], list[Result]]) -> str:
     header = (
-        "N", "peer", "start-up to 1st publish (s)", "idle CPU (% of a core)", "RSS (MiB)",
-        "RSS per entry (KiB)", "peak RSS (MiB)",
+        "N", "peer", "start-up to 1st publish (s)", "start-up work after it (s)",
+        "idle CPU (% of a core)", "RSS (MiB)", "RSS per entry (KiB)", "peak RSS (MiB)",
     )  # fmt: skip
     rows = [
         (
             f"{n:,}".replace(",", " "),
             PEERS[peer].label,
             cell(runs, "startup_s", 2),
+            cell(runs, "settled_s", 1),
             cell(runs, "cpu_percent", 2),
             cell(runs, "rss_mib", 1),
             cell(runs, "rss_kib_per_entry", 3),

@@ -127,7 +127,7 @@ class Runner:
         if task.kind == "every":
             per_entry = 1 / 400 if task.peer == "redbeat" else 1 / 3000
             return min(s.startup_cap, 2.5 + task.n * per_entry) + s.warmup + s.window + 3
-        return s.startup_cap + s.settle + s.idle_window + 3
+        return 2 * s.startup_cap + s.settle + s.idle_window + 3
 
     def burst_margin(self, peer: str) -> float:
         """Seconds to start a burst's beat before its minute: its start-up, measured or guessed."""

@@ -282,6 +282,7 @@ def idle(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
                 return _no_start(peer, "idle", n, group, settings)
             first = sampler.arrival_times(1)[0]
             sleep_until(first + settings.settle)
+            settled = _settle(group, peer.replicas, settings.startup_cap) - first
             cpu0, t0 = group.cpu(), time.time()
             time.sleep(settings.idle_window)
             cpu1, t1 = group.cpu(), time.time()
@@ -295,12 +296,32 @@ def idle(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
         "idle",
         n,
         startup_s=first - group.started_at,
+        settled_s=settled,
         cpu_percent=100 * (cpu1 - cpu0) / (t1 - t0),
         rss_mib=memory.get("VmRSS", 0) / 1024,
         peak_rss_mib=memory.get("VmHWM", 0) / 1024,
         rss_kib_per_entry=memory.get("VmRSS", 0) / n,
         probe_messages=probes,
     )
+
+
+#: A beat is idle once a second of its life costs less than this share of a core.
+IDLE_CPU_SHARE = 0.05
+
+
+def _settle(group: BeatGroup, replicas: int, cap: float) -> float:
+    """Wait until the start-up work that goes on after the first publish (start-up checks and
+    catch-up of every entry) is done — a second costing under :data:`IDLE_CPU_SHARE` of a core
+    per replica — or ``cap`` seconds; returns the instant (epoch seconds)."""
+    deadline = time.time() + cap
+    cpu = group.cpu()
+    while time.time() < deadline:
+        time.sleep(1)
+        now = group.cpu()
+        if now - cpu < IDLE_CPU_SHARE * replicas:
+            break
+        cpu = now
+    return time.time()
 
 
 # -- references -------------------------------------------------------------------------------
