@@ -821,12 +821,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if cap <= 0 or not won:
             return won, set()
         granted = self.backend.take_cap_places([slot.claim for slot in won], cap)
-        over = won[granted:]
+        over = [slot for slot, ok in zip(won, granted, strict=True) if not ok]
         if over:
             self.backend.mark_skipped([slot.claim for slot in over], "capped")
             for due_slot in over:
                 self.reports.skipped(due_slot, "capped")
-        admitted = [replace(slot, capped=True) for slot in won[:granted]]
+        admitted = [
+            replace(slot, capped=True) for slot, ok in zip(won, granted, strict=True) if ok
+        ]
         return admitted, {due_slot.entry.name for due_slot in over}
 
     def _retire(self, entry: Entry) -> None:

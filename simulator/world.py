@@ -746,8 +746,12 @@ class SimBackend:
 
         granted = world.redis_call(self.replica, "cap", call)
         ids = [claim.task_id.encode() for claim in claims]
-        new = sum(1 for task_id in ids[:granted] if task_id not in places)
-        for claim, task_id in zip(claims[granted:], ids[granted:], strict=True):
+        new = sum(
+            1 for task_id, ok in zip(ids, granted, strict=True) if ok and task_id not in places
+        )
+        for claim, task_id, ok in zip(claims, ids, granted, strict=True):
+            if ok:
+                continue
             others = len(places - {task_id}) + new  # every place but its own
             world.cap_refusals.append((world.vt, claim.entry, claim.slot, others, cap))
         world.hook(self.replica, "after_cap")

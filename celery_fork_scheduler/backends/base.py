@@ -185,10 +185,11 @@ class ClaimBackend(Protocol):
         """Count a publish that raised, in the entry's counters and history, and drop its
         pending claim (nobody publishes that slot); the state becomes ``failed`` at the mark."""
 
-    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
-        """Reserve places under the cluster-wide cap for the first runs of ``claims``.
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> list[bool]:
+        """Reserve places under the cluster-wide cap for the runs of ``claims``.
 
-        Returns how many of them, from the first, may be published.
+        Returns, for each claim in order, whether its run may be published. A run that holds
+        a place already keeps it, wherever it stands in ``claims``.
         """
 
     def record_outage(self, outage: Outage) -> None:

@@ -432,34 +432,30 @@ return 1
 
 #: Take places under the cluster-wide cap of concurrent scheduled runs.
 #: KEYS[1] the cap zset. ARGV[1] cap, ARGV[2] lease (us), ARGV[3..] task ids wanting a place.
-#: A task id that holds a place already keeps it (renewed) and never counts against itself.
-#: Places are granted in the order of the task ids, up to the first one refused; the ids after
-#: it are refused too, and lose a place they held (their claims are given back).
-#: Returns the number of places granted.
+#: A task id that holds a place already keeps it (renewed) and never counts against itself,
+#: wherever it stands in the list: a run asked about again (a failed publish, a takeover) is
+#: never refused behind a new run that found the cap full. The other ids take the free places
+#: in the order given; the rest are refused.
+#: Returns one flag per task id, in order: 1 granted, 0 refused.
 TAKE_CAP_PLACES = (
     _NOW
     + """\
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-local granted = 0
 local lease_end = string.format('%.0f', now + tonumber(ARGV[2]))
+local granted = {}
 for i = 3, #ARGV do
   local mine = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if granted >= 0 and (mine or free > 0) then
+  if (mine or free > 0) then
     if not mine then
       free = free - 1
     end
     redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
-    granted = granted + 1
+    granted[#granted + 1] = 1
   else
-    if granted >= 0 then
-      granted = -granted - 1
-    end
     redis.call('ZREM', KEYS[1], ARGV[i])
+    granted[#granted + 1] = 0
   end
-end
-if granted < 0 then
-  return -granted - 1
 end
 return granted
 """

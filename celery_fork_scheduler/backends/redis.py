@@ -339,16 +339,16 @@ class RedisBackend:
         replies = self._retrying(partial(self._pipelined, [command]))
         _log_errors("recorded as failed", [claim], replies)
 
-    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> list[bool]:
         """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
         if not claims:
-            return 0
+            return []
         lease_us = _us(self.settings.singleton_lease)
         ids = [claim.task_id for claim in claims]
 
-        def take() -> int:
+        def take() -> list[bool]:
             granted = self._take_cap_script(keys=[self.keys.cap], args=[cap, lease_us, *ids])
-            return int(granted)
+            return [bool(int(flag)) for flag in granted]
 
         return self._retrying(take)
 
