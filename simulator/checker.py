@@ -358,6 +358,8 @@ class Checker:
                     continue
                 if name in self.world.pauses or name in self.world.corrupted:
                     continue
+                if not self._defined_after(name, down, settled):
+                    continue  # a rolling deploy dropped it meanwhile: nobody catches it up
                 before = [
                     datetime_to_us(m.slot)
                     for m in self.world.messages
@@ -382,6 +384,14 @@ class Checker:
                         f"{self._said((name, lost[0]))}",
                         lost[0],
                     )
+
+    def _defined_after(self, name: str, down: int, settled: int) -> bool:
+        """Whether a replica started after the cold restart began defines ``name``: only such
+        a replica can catch the entry up (each replica claims only the entries it defines)."""
+        return any(
+            down <= replica.started_at <= settled and name in self.static.get(replica.config, {})
+            for replica in self.world.history
+        )
 
     def _said(self, key: tuple[str, datetime]) -> str:
         said = sorted(
