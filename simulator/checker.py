@@ -612,11 +612,13 @@ class Checker:
 
         Per entry, in time order: a slot answered ``buffered`` is held; it stops being held when
         the worker publishes it, drops it as documented (paused, cap full, uncertain publish),
-        or a claim wins anew (no marker any more: the new run supersedes it), or the operator
+        or a claim wins anew and reports it ``superseded`` (no marker any more: the new run
+        replaces it; a win that drops it without saying so is a silent loss), or the operator
         pauses, removes or re-adds the entry, or Redis loses its data. A second slot held while
         one is held means the first was lost. A run still held at the end, with nothing of its
         entry left in the queue or on a worker and its last run over for a lease and more, was
-        lost too."""
+        lost too, unless its entry had no slot left to claim after it (past ``end_at``: nothing
+        claims it again to supersede it, as documented for ``buffer_all``)."""
         world = self.world
         queues = self._buffer_all_names()
         events: list[tuple[int, int, str, str, Any]] = [
@@ -654,7 +656,9 @@ class Checker:
                 released[name] = held.pop(name)  # handed over to the worker's publish
             elif what == "given_back_failed" and name in released:
                 held[name] = released.pop(name)  # not sent: held back again
-            else:  # published, won anew (supersedes), dropped as documented, operator, loss
+            elif what == "won":
+                continue  # superseding a held run is reported ("superseded"), never silent
+            else:  # published, superseded, dropped as documented, operator, loss
                 held.pop(name, None)
                 released.pop(name, None)
         workers = world.workers
@@ -666,6 +670,9 @@ class Checker:
                 continue
             if not world.redis_up or self._paused_at(name, self.scenario.t_end):
                 continue
+            orphaned = max([last_end] + [at for at, n, _, _ in world.held if n == name])
+            if not self._claimed_after(name, slot, orphaned):
+                continue  # never claimed again (past end_at): nothing supersedes it (documented)
             self.fail(
                 "buffer_one",
                 name,
@@ -673,6 +680,16 @@ class Checker:
                 f"published (its entry's last run ended at {self._t(last_end)})",
                 slot,
             )
+
+    def _claimed_after(self, name: str, slot: datetime, at: int) -> bool:
+        """Whether Redis decided a slot of ``name`` later than ``slot`` after ``at`` (the last
+        run ended, or the held run was given back): such a claim supersedes the held run."""
+        return any(
+            report.kind.startswith("claim:") and report.kind != "claim:early" and report.at > at
+            for (entry, later), reports in self.reports.items()
+            if entry == name and later > slot
+            for report in reports
+        )
 
     def _buffer_all_names(self) -> set[str]:
         """The entries that had overlap ``buffer_all`` in some definition."""

@@ -129,6 +129,9 @@ class ClaimResult:
     #: the claimed slot itself (``"buffered"`` or ``"buffer_full"``).
     held: str = ""
     reason: str = ""
+    #: For WON (overlap ``buffer_one``): the JSON message of the held-back run this slot
+    #: superseded (no run held the marker), to report as skipped ``superseded``; else "".
+    superseded: str = ""
 
 
 class ClaimBackend(Protocol):

@@ -626,4 +626,6 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     outcome = ClaimOutcome(_text(reply[0]))
     if outcome is ClaimOutcome.RELEASED:
         return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
+    if outcome is ClaimOutcome.WON and len(reply) > 2:
+        return ClaimResult(claim, outcome, superseded=_text(reply[2]))
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
