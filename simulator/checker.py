@@ -721,6 +721,13 @@ class Checker:
                     before.at <= moment <= after.at for moment in world.fresh_starts.get(name, [])
                 ):
                     continue
+                if self._fenced_before(after, before.at) and not self._ran_after_later(
+                    name, after.slot
+                ):
+                    # Won and fenced before the later slot was published, then its publisher
+                    # stalled: after the fence nobody else publishes it, so it arrives late
+                    # (guarantees.md). It never queued, and it did not run after a later slot.
+                    continue
                 self.fail(
                     "buffer_all",
                     name,
@@ -729,6 +736,23 @@ class Checker:
                     "not in slot order, or twice",
                     after.slot,
                 )
+
+    def _fenced_before(self, message: Any, at: int) -> bool:
+        """Whether the replica that published ``message`` fenced its slot before ``at``."""
+        return message.source == "beat" and any(
+            report.kind == "fenced" and report.replica == message.replica and report.at <= at
+            for report in self.reports.get((message.entry, message.slot), [])
+        )
+
+    def _ran_after_later(self, name: str, slot: datetime) -> bool:
+        """Whether the run of ``slot`` started after a run of a later slot of ``name`` did."""
+        mine = [run.start for run in self.world.runs if run.entry == name and run.slot == slot]
+        return any(
+            run.entry == name and run.slot > slot and run.start < start
+            and not self._markers_lost(run.start, start)
+            for start in mine
+            for run in self.world.runs
+        )
 
     def check_removed(self) -> None:
         """Paused and removed entries publish nothing; a re-added entry starts afresh."""
