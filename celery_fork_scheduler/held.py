@@ -73,7 +73,7 @@ class HeldRuns:
                 self._lease_ms * 1000,
                 occurrence.task_id,
             )
-            if not int(granted):
+            if not int(granted[0]):
                 self.give_back(held, occurrence, "capped")
                 logger.warning(
                     "fork scheduler: held-back run of %s slot %s skipped: cap reached",

@@ -810,7 +810,7 @@ class Manager:
             granted = client.eval(
                 TAKE_CAP_PLACES, 1, keys.cap, settings.max_concurrent, lease_ms * 1000, task_id
             )
-            if not int(granted):
+            if not int(granted[0]):
                 self._give_back(entry, task_id, capped=False)
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
                 return TriggerResult(skipped="capped")

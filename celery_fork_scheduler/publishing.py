@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from kombu.exceptions import OperationalError
 
+from .backends.base import to_epoch_us
 from .entry import Entry
 from .ids import (
     CAPPED_HEADER,
@@ -95,6 +96,7 @@ def occurrence_to_json(occurrence: Occurrence) -> str:
         {
             "entry": occurrence.entry,
             "slot": slot_isoformat(occurrence.slot),
+            "slot_us": to_epoch_us(occurrence.slot),  # read by the claim script (superseded)
             "task": occurrence.task,
             "task_id": occurrence.task_id,
             "args": list(occurrence.args),

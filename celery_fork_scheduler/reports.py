@@ -20,7 +20,15 @@ logger = logging.getLogger("celery_fork_scheduler")
 
 #: Skip reasons an operator must see: logged at WARNING (rate-limited), the others at DEBUG.
 WARNED_SKIPS = frozenset(
-    {"capped", "redis_unavailable", "behind", "in_flight", "error", "broker_unavailable"}
+    {
+        "capped",
+        "redis_unavailable",
+        "behind",
+        "in_flight",
+        "error",
+        "broker_unavailable",
+        "superseded",
+    }
 )
 #: At most one such warning per reason in this many seconds.
 WARNING_INTERVAL = 60.0

@@ -46,7 +46,13 @@ from .listeners import resolve_listeners
 from .metrics import Metrics
 from .ownership import Ownership
 from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
-from .publishing import CeleryPublisher, Publisher, build_occurrence, occurrence_to_json
+from .publishing import (
+    CeleryPublisher,
+    Publisher,
+    build_occurrence,
+    occurrence_from_json,
+    occurrence_to_json,
+)
 from .redis_clock import RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
@@ -770,6 +776,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         finished: list[Entry] = []
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
+            if result.superseded:
+                self._report_superseded(result)
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
                     self.pipeline.note_taken_over([due_slot.claim], now)
@@ -803,6 +811,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._retire(entry)
         return admitted
 
+    def _report_superseded(self, result: ClaimResult) -> None:
+        """A won ``buffer_one`` slot replaced the run held back while no run held the marker
+        (its runner died, or its publish failed): that held slot is missed, so say so."""
+        try:
+            held = occurrence_from_json(result.superseded)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning(
+                "fork scheduler: unreadable held-back run of %s superseded: %r",
+                result.claim.entry,
+                exc,
+            )
+            return
+        self.reports.skipped_slot(result.claim.entry, held.slot, "superseded")
+
     def _publish_released(self, result: ClaimResult) -> None:
         """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker
         (the last runner died): as a worker does when a run ends."""
@@ -825,12 +847,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if cap <= 0 or not won:
             return won, set()
         granted = self.backend.take_cap_places([slot.claim for slot in won], cap)
-        over = won[granted:]
+        over = [slot for slot, ok in zip(won, granted, strict=True) if not ok]
         if over:
             self.backend.mark_skipped([slot.claim for slot in over], "capped")
             for due_slot in over:
                 self.reports.skipped(due_slot, "capped")
-        admitted = [replace(slot, capped=True) for slot in won[:granted]]
+        admitted = [
+            replace(slot, capped=True) for slot, ok in zip(won, granted, strict=True) if ok
+        ]
         return admitted, {due_slot.entry.name for due_slot in over}
 
     def _retire(self, entry: Entry) -> None:

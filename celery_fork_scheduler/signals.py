@@ -47,6 +47,8 @@ SKIP_REASONS = (
     "busy",  # singleton: the previous run is still executing
     "buffered",  # buffer_one / buffer_all: held back until the running one(s) end
     "buffer_full",  # buffer_all: fork_scheduler_buffer_limit runs are queued already
+    "superseded",  # buffer_one: the held-back run, orphaned (no run held the marker), gave way
+    # to a newer slot
     "capped",  # fork_scheduler_max_concurrent reached
     "paused",  # the entry is paused
     "excluded",  # the slot falls on an exclusion date (exclude, calendar)

@@ -48,6 +48,10 @@ DESCRIPTIONS: dict[str, str] = {
     "(issue 14 item 3)",
     "cap_counts_own": "TAKE_CAP_PLACES counts a run's own place against it (issue 14 item 5)",
     "held_ignores_pause": "RELEASE publishes the held run of a paused entry (issue 14 item 6)",
+    "held_superseded_silently": "a won buffer_one claim drops the run held back while no run "
+    "held the marker without recording or reporting it (seeds 457, 517, 5108 of sim-fixes-2)",
+    "cap_prefix": "TAKE_CAP_PLACES refuses every run behind the first one refused, a run "
+    "asked about again that holds its own place included (seeds 552, 5070 of sim-fixes-2)",
     "readd_keeps_state": "a runtime entry added anew keeps the removed one's state: run count, "
     "pause, held run (issue 14 item 8)",
     "queue_lifo": "RELEASE hands the marker to the newest queued run of buffer_all, not the "
@@ -303,6 +307,17 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
         "TAKE_CAP_PLACES",
         ("(mine or free > 0)", "free > 0"),
         ("    if not mine then\n      free = free - 1\n    end\n", "    free = free - 1\n"),
+    ),
+    "held_superseded_silently": _lua(
+        ("    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)\n", ""),
+        ("    if held_slot then\n", "    if false then\n"),
+        ("    return {'won', 0, held}\n", "    return {'won', 0}\n"),
+    ),
+    "cap_prefix": _script(
+        "TAKE_CAP_PLACES",
+        ("local granted = {}\n", "local granted = {}\nlocal refused = false\n"),
+        ("  if (mine or free > 0) then\n", "  if not refused and (mine or free > 0) then\n"),
+        ("    granted[#granted + 1] = 0\n", "    refused = true\n    granted[#granted + 1] = 0\n"),
     ),
     "queue_lifo": _script(
         "RELEASE", ("held = redis.call('LPOP', KEYS[2])", "held = redis.call('RPOP', KEYS[2])")

@@ -709,7 +709,23 @@ class SimBackend:
     def claim(self, claims: Sequence[Any]) -> Any:
         world = self.world
         world.hook(self.replica, "before_claim")
-        results = world.redis_call(self.replica, "claim", lambda: self.real.claim(claims))
+
+        def call() -> Any:
+            # What became of held-back runs is noted as Redis decides it, also for a claim
+            # that Redis runs after its client gave up (CLIENT PAUSE): its answer is lost.
+            answers = self.real.claim(claims)
+            for result in answers:
+                outcome = getattr(result.outcome, "value", str(result.outcome))
+                if outcome == "buffered":
+                    world.held_event(result.claim.entry, "held", result.claim.slot)
+                elif outcome in ("won", "taken_over"):
+                    world.held.append((world.vt, result.claim.entry, "won", result.claim.slot))
+                if result.superseded:
+                    slot = publishing.occurrence_from_json(result.superseded).slot
+                    world.held_event(result.claim.entry, "superseded", slot)
+            return answers
+
+        results = world.redis_call(self.replica, "claim", call)
         for result in results:
             outcome = getattr(result.outcome, "value", str(result.outcome))
             claim = result.claim
@@ -718,10 +734,6 @@ class SimBackend:
             )
             if outcome in ("won", "taken_over"):
                 world.won_unfenced[(claim.entry, claim.slot)] = world.vt
-            if outcome == "buffered":
-                world.held_event(claim.entry, "held", claim.slot)
-            elif outcome in ("won", "taken_over"):
-                world.held.append((world.vt, claim.entry, "won", claim.slot))
             if outcome not in ("early",):
                 world.log(
                     f"{self.replica.name} claim {claim.entry} {claim.slot.isoformat()}"
@@ -746,8 +758,12 @@ class SimBackend:
 
         granted = world.redis_call(self.replica, "cap", call)
         ids = [claim.task_id.encode() for claim in claims]
-        new = sum(1 for task_id in ids[:granted] if task_id not in places)
-        for claim, task_id in zip(claims[granted:], ids[granted:], strict=True):
+        new = sum(
+            1 for task_id, ok in zip(ids, granted, strict=True) if ok and task_id not in places
+        )
+        for claim, task_id, ok in zip(claims, ids, granted, strict=True):
+            if ok:
+                continue
             others = len(places - {task_id}) + new  # every place but its own
             world.cap_refusals.append((world.vt, claim.entry, claim.slot, others, cap))
         world.hook(self.replica, "after_cap")

@@ -83,6 +83,18 @@ def test_a_buffer_all_queue_released_out_of_slot_order_is_caught() -> None:
     assert "VIOLATION [buffer_all]" in result.stdout
 
 
+def test_a_held_run_superseded_without_a_report_is_caught() -> None:
+    result = _simulate("--seed", "1", "--mutation", "held_superseded_silently")
+    assert result.returncode == 1
+    assert "VIOLATION [buffer_one]" in result.stdout
+
+
+def test_a_run_refused_behind_another_despite_its_own_place_is_caught() -> None:
+    result = _simulate("--seed", "552", "--mutation", "cap_prefix")
+    assert result.returncode == 1
+    assert "VIOLATION [cap_refused]" in result.stdout
+
+
 def test_backfills_run_on_virtual_time_and_replay() -> None:
     first = _simulate("--seed", "6", "--trace")
     second = _simulate("--seed", "6", "--trace")

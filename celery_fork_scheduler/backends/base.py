@@ -129,6 +129,9 @@ class ClaimResult:
     #: the claimed slot itself (``"buffered"`` or ``"buffer_full"``).
     held: str = ""
     reason: str = ""
+    #: For WON (overlap ``buffer_one``): the JSON message of the held-back run this slot
+    #: superseded (no run held the marker), to report as skipped ``superseded``; else "".
+    superseded: str = ""
 
 
 class ClaimBackend(Protocol):
@@ -185,10 +188,11 @@ class ClaimBackend(Protocol):
         """Count a publish that raised, in the entry's counters and history, and drop its
         pending claim (nobody publishes that slot); the state becomes ``failed`` at the mark."""
 
-    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
-        """Reserve places under the cluster-wide cap for the first runs of ``claims``.
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> list[bool]:
+        """Reserve places under the cluster-wide cap for the runs of ``claims``.
 
-        Returns how many of them, from the first, may be published.
+        Returns, for each claim in order, whether its run may be published. A run that holds
+        a place already keeps it, wherever it stands in ``claims``.
         """
 
     def record_outage(self, outage: Outage) -> None:

@@ -128,9 +128,9 @@ class LocalBackend:
         """Forget the claim (nobody publishes it); no history without Redis: see beat's log."""
         self._unsent.discard((claim.entry, claim.slot_us))
 
-    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> list[bool]:
         """No cap without Redis: workers cannot report the end of a run to this process."""
-        return len(claims)
+        return [True] * len(claims)
 
     def server_time(self) -> datetime:
         """This host's clock: there is no other."""

@@ -130,6 +130,8 @@ end
 #: "in_flight"; wait_us: how long to wait before asking again (pending, early), else 0.
 #: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
 #: the broker is unknown, so it is not taken over.
+#: A "won" slot of a "buffer_one" entry that found a run held back (no run held the marker)
+#: answers {"won", 0, message}: the held run is superseded (recorded "skipped:superseded").
 #: Or {"released", 0, message, reason}: a "buffer_all" slot was queued (reason "buffered") or
 #: refused ("buffer_full") while no run held the marker (its runner died): the head of the
 #: queue, whose task id now holds the marker, must be published by the caller.
@@ -276,9 +278,20 @@ if slot > hwm then
     -- revokes it and takes the marker over (TAKE_OVER); any older run waiting is replaced.
     redis.call('HSET', KEYS[1], 'latest_run', ARGV[2])
   end
-  if ARGV[7] == 'buffer_one' then
-    -- A run held back before its runner died is superseded by this one.
+  if ARGV[7] == 'buffer_one' and redis.call('TYPE', KEYS[4]).ok == 'string' then
+    -- A run held back while no run holds the marker (its runner died, its publish failed, a
+    -- lost write brought an old marker back) is superseded by this one: recorded as skipped
+    -- and returned, so that the miss is reported.
+    local held = redis.call('GET', KEYS[4])
     redis.call('DEL', KEYS[4])
+    local ok, message = pcall(cjson.decode, held)
+    local held_slot = ok and type(message) == 'table' and tonumber(message['slot_us'])
+    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)
+    if held_slot then
+      record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
+             'skipped:superseded', ARGV[11])
+    end
+    return {'won', 0, held}
   end
   return {'won', 0}
 end
@@ -438,34 +451,30 @@ return 1
 
 #: Take places under the cluster-wide cap of concurrent scheduled runs.
 #: KEYS[1] the cap zset. ARGV[1] cap, ARGV[2] lease (us), ARGV[3..] task ids wanting a place.
-#: A task id that holds a place already keeps it (renewed) and never counts against itself.
-#: Places are granted in the order of the task ids, up to the first one refused; the ids after
-#: it are refused too, and lose a place they held (their claims are given back).
-#: Returns the number of places granted.
+#: A task id that holds a place already keeps it (renewed) and never counts against itself,
+#: wherever it stands in the list: a run asked about again (a failed publish, a takeover) is
+#: never refused behind a new run that found the cap full. The other ids take the free places
+#: in the order given; the rest are refused.
+#: Returns one flag per task id, in order: 1 granted, 0 refused.
 TAKE_CAP_PLACES = (
     _NOW
     + """\
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-local granted = 0
 local lease_end = string.format('%.0f', now + tonumber(ARGV[2]))
+local granted = {}
 for i = 3, #ARGV do
   local mine = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if granted >= 0 and (mine or free > 0) then
+  if (mine or free > 0) then
     if not mine then
       free = free - 1
     end
     redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
-    granted = granted + 1
+    granted[#granted + 1] = 1
   else
-    if granted >= 0 then
-      granted = -granted - 1
-    end
     redis.call('ZREM', KEYS[1], ARGV[i])
+    granted[#granted + 1] = 0
   end
-end
-if granted < 0 then
-  return -granted - 1
 end
 return granted
 """

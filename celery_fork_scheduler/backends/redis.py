@@ -349,16 +349,16 @@ class RedisBackend:
         ids = [claim.task_id for claim in claims]
         return [(cap, lambda pipe: pipe.zrem(cap, *ids))]
 
-    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> int:
+    def take_cap_places(self, claims: Sequence[Claim], cap: int) -> list[bool]:
         """Reserve places under the cluster-wide cap; see :data:`.lua.TAKE_CAP_PLACES`."""
         if not claims:
-            return 0
+            return []
         lease_us = _us(self.settings.singleton_lease)
         ids = [claim.task_id for claim in claims]
 
-        def take() -> int:
+        def take() -> list[bool]:
             granted = self._take_cap_script(keys=[self.keys.cap], args=[cap, lease_us, *ids])
-            return int(granted)
+            return [bool(int(flag)) for flag in granted]
 
         return self._retrying(take)
 
@@ -636,4 +636,6 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     outcome = ClaimOutcome(_text(reply[0]))
     if outcome is ClaimOutcome.RELEASED:
         return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
+    if outcome is ClaimOutcome.WON and len(reply) > 2:
+        return ClaimResult(claim, outcome, superseded=_text(reply[2]))
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
