@@ -71,6 +71,9 @@ class RuntimeEntries:
         self.version = 0
         #: The epoch of the runtime keys seen at the last full read (see Keys.runtime_epoch).
         self.epoch: str | None = None
+        #: The latest change of the log seen at the last poll (name, version): see
+        #: :attr:`.store.Changes.anchor_kept`.
+        self.anchor: tuple[str, int] | None = None
         self.since: dict[str, datetime] = {}
         #: Every name stored at the version seen, valid or not (to tell removals on a reload).
         self._names: set[str] = set()
@@ -87,6 +90,7 @@ class RuntimeEntries:
         entries: dict[str, Entry] = {}
         try:
             epoch = self.store.epoch()
+            anchor = self.store.latest_change()
             version, pages = self.store.pages()
             for page in pages:  # one page of raw JSON in memory at a time
                 names.update(page)
@@ -100,6 +104,7 @@ class RuntimeEntries:
             self.since, self.refused = {}, {}
             return {}
         self.epoch = epoch
+        self.anchor = anchor
         self.version = version
         self._names = names
         return entries
@@ -112,17 +117,21 @@ class RuntimeEntries:
         lost its data), reloads everything, so it never misses a removal.
         """
         try:
-            changes = self.store.changes_since(self.version)
+            changes = self.store.changes_since(self.version, self.anchor)
             lost = changes.epoch != self.epoch or changes.version < self.version
-            if lost or self.version < changes.floor:
-                # Redis lost the runtime keys (a new epoch, or the version went back), or this
-                # replica was away longer than removals are kept: only a full read says which
-                # entries are left.
-                changes = replace(self._everything(), epoch=changes.epoch)
+            if lost or not changes.anchor_kept or self.version < changes.floor:
+                # Redis lost the runtime keys (a new epoch, the version went back, or the latest
+                # change this replica saw is gone from the log: an older snapshot, written to
+                # since), or this replica was away longer than removals are kept: only a full
+                # read says which entries are left.
+                changes = replace(
+                    self._everything(), epoch=changes.epoch, latest=changes.latest
+                )
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
         self.epoch = changes.epoch
+        self.anchor = changes.latest
         if changes.version == self.version and not changes.changed and not changes.removed:
             return None
         self.version = changes.version

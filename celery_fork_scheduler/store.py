@@ -516,6 +516,11 @@ class Changes:
     #: The epoch of the runtime keys (``None`` before the first write): it changes only when
     #: Redis lost them.
     epoch: str | None = None
+    #: The latest change in the log (name, version), and whether the anchor a reader gave (the
+    #: latest change it saw) is still logged at its version or later: not, when Redis came back
+    #: from an older snapshot (then later writes may have reused the versions it saw).
+    latest: tuple[str, int] | None = None
+    anchor_kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,18 +633,28 @@ class RuntimeStore:
             for name, score, instant in zip(names, scores, since, strict=True)
         }
 
-    def changes_since(self, version: int) -> Changes:
-        """Entries changed or removed after ``version`` (one round trip, two if any changed)."""
+    def latest_change(self) -> tuple[str, int] | None:
+        """The latest change in the log (name, version), or ``None`` for an empty log."""
+        top = self.client.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
+        return (_text(top[0][0]), int(top[0][1])) if top else None
+
+    def changes_since(self, version: int, anchor: tuple[str, int] | None = None) -> Changes:
+        """Entries changed or removed after ``version`` (one round trip, two if any changed);
+        ``anchor``: the latest change the reader saw, checked to be still in the log."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.runtime_version)
         pipe.zrangebyscore(self.keys.runtime_changes, f"({version}", "+inf", withscores=True)
         pipe.get(self.keys.runtime_floor)
         pipe.get(self.keys.runtime_epoch)
-        current, changed, floor, epoch = pipe.execute()
+        pipe.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
+        pipe.zscore(self.keys.runtime_changes, anchor[0] if anchor else "")
+        current, changed, floor, epoch, top, anchored = pipe.execute()
         epoch = None if epoch is None else _text(epoch)
+        latest = (_text(top[0][0]), int(top[0][1])) if top else None
+        kept = anchor is None or (anchored is not None and int(anchored) >= anchor[1])
         names = [_text(name) for name, _ in changed]
         if not names:
-            return Changes(int(current or 0), {}, [], int(floor or 0), epoch)
+            return Changes(int(current or 0), {}, [], int(floor or 0), epoch, latest, kept)
         versions = {_text(name): int(score) for name, score in changed}
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.keys.runtime_entries, names)
@@ -652,7 +667,13 @@ class RuntimeStore:
         }
         removed = [name for name, value in zip(names, values, strict=True) if value is None]
         return Changes(
-            max(int(current or 0), *versions.values()), present, removed, int(floor or 0), epoch
+            max(int(current or 0), *versions.values()),
+            present,
+            removed,
+            int(floor or 0),
+            epoch,
+            latest,
+            kept,
         )
 
     def put(
