@@ -81,12 +81,14 @@ class RuntimeEntries:
         #: Stored entries this replica refused (name -> version): replicas that refuse
         #: different entries must not trust each other's progress (see :mod:`.ownership`).
         self.refused: dict[str, int] = {}
+        #: The version of each runtime entry this replica runs (what a change of it must match).
+        self.versions: dict[str, int] = {}
         self._next_prune: datetime | None = None
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
         """Every valid runtime entry (none when Redis cannot be reached: a refresh follows)."""
         names: set[str] = set()
-        self.since, self.refused = {}, {}
+        self.since, self.refused, self.versions = {}, {}, {}
         entries: dict[str, Entry] = {}
         try:
             epoch = self.store.epoch()
@@ -101,7 +103,7 @@ class RuntimeEntries:
                         self._note_since(name, item)
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
-            self.since, self.refused = {}, {}
+            self.since, self.refused, self.versions = {}, {}, {}
             return {}
         self.epoch = epoch
         self.anchor = anchor
@@ -141,6 +143,7 @@ class RuntimeEntries:
         for name in changes.removed:
             self.since.pop(name, None)
             self.refused.pop(name, None)
+            self.versions.pop(name, None)
         for name, item in changes.changed.items():
             entry = self._parse(name, item, static_names)
             if entry is not None:
@@ -215,18 +218,21 @@ class RuntimeEntries:
     ) -> Entry | None:
         version = item.version if isinstance(item, StoredEntry) else -1
         self.refused.pop(name, None)
+        self.versions.pop(name, None)
         try:
             if name in static_names:
                 raise ConfigError("a static entry of this name exists; it wins", entry=name)
             if not isinstance(item, StoredEntry):
                 raise ConfigError("stored JSON cannot be decoded", entry=name)
-            return entry_from_dict(
+            entry = entry_from_dict(
                 name,
                 item.data,
                 default_timezone=self.default_timezone,
                 min_interval=self.min_interval,
                 calendars=self.calendars,
             )
+            self.versions[name] = version
+            return entry
         except Exception as exc:  # one bad stored entry must never stop the others
             self.refused[name] = version
             if (name, version) not in self._reported:

@@ -864,8 +864,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._finished.add(entry.name)
         logger.info("fork scheduler: entry %s finished (max_runs %s)", entry.name, entry.max_runs)
         if self.runtime is not None and entry.name not in self.static_names:
+            # Only the definition this replica ran out: an update made since (max_runs
+            # raised) is newer, and stays (StaleVersionError).
             with contextlib.suppress(Exception):
-                self.runtime.store.delete(entry.name)
+                self.runtime.store.delete(entry.name, self.runtime.versions.get(entry.name))
 
     def _on_backend_down(self, exc: Exception, works: Sequence[Work], now: datetime) -> None:
         """Fail closed: publish nothing of ``works`` now, report their slots (once per
