@@ -88,9 +88,7 @@ class Job:
             paused=pause.paused,
             pause_note=pause.note,
             paused_at=pause.since,
-            last_outcome=state.get("reason", "")
-            if state.get("state") == "skipped"
-            else state.get("state", ""),
+            last_outcome=_last_outcome(state),
             version=version,
             args=tuple(entry.args) if not callable(entry.args) else (),
             kwargs=dict(entry.kwargs) if not callable(entry.kwargs) else {},
@@ -321,3 +319,14 @@ def _instant(value: object) -> datetime | None:
         )
     except (ValueError, OverflowError):
         return None
+
+
+def _last_outcome(state: Mapping[str, str]) -> str:
+    """The latest slot's outcome: the reason of a skip, the worker's ``completed`` /
+    ``failed`` once its run ended (RECORD_OUTCOME), else the beat's ``claimed`` / ``sent``."""
+    said = state.get("state", "")
+    if said == "skipped":
+        return state.get("reason", "")
+    if said == "sent" and state.get("outcome"):
+        return state["outcome"]
+    return said

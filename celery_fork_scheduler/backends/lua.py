@@ -250,7 +250,7 @@ if slot > hwm then
   end
   redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
              'task_id', ARGV[2], 'claimed_at', now_text)
-  redis.call('HDEL', KEYS[1], 'finished')
+  redis.call('HDEL', KEYS[1], 'finished', 'outcome')
   redis.call('HINCRBY', KEYS[1], 'runs', 1)
   -- Claims older than the bound (their owners died, even mid-publish) are dropped, so that
   -- later wins renewing the hash's TTL do not keep them for ever.
@@ -403,7 +403,8 @@ return 1
 """
 )
 
-#: Record a run's end as seen by a worker, or a publish that raised.
+#: Record a run's end as seen by a worker, or a publish that raised; the run of the latest slot
+#: (the mark) leaves its outcome in the state hash (``outcome``, cleared by the next claim).
 #: KEYS[1] state hash, KEYS[5] history list. ARGV[1] slot (us), ARGV[2] task id,
 #: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
 #: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text,
@@ -419,6 +420,10 @@ if ARGV[9] ~= '' and not redis.call('HGET', KEYS[1], 'paused')
   paused = 1
 end
 redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
+if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
+  -- The latest slot's run ended: its outcome is the entry's last one (a claim clears it).
+  redis.call('HSET', KEYS[1], 'outcome', ARGV[4])
+end
 local extra = {}
 if ARGV[7] ~= '' then extra['duration'] = tonumber(ARGV[7]) end
 if ARGV[8] ~= '' then extra['error'] = ARGV[8] end
