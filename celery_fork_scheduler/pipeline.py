@@ -275,7 +275,7 @@ class PublishPipeline:
             )
             late = []
             for due_slot, _ in prepared:
-                if self._worth_retrying(due_slot.claim, now):
+                if self._worth_retrying(due_slot, now):
                     self.ask_again([due_slot], now)
                 else:
                     late.append(due_slot)
@@ -287,15 +287,17 @@ class PublishPipeline:
             return []
         return prepared
 
-    def _worth_retrying(self, claim: Claim, now: datetime) -> bool:
+    def _worth_retrying(self, due_slot: DueSlot, now: datetime) -> bool:
         """Whether a slot the broker refused is still recent enough to try again a second
-        later: within the catch-up grace, or, for a dead replica's claim taken over (always a
-        lease old), within the lease and twice the grace. This replica's own claim asked
-        about again is not a takeover: its window stays the grace."""
+        later: within the catch-up grace of the instant it is published at (its jitter
+        offset counts), or, for a dead replica's claim taken over (always a lease old),
+        within the lease and twice the grace. This replica's own claim asked about again is
+        not a takeover: its window stays the grace."""
+        claim = due_slot.claim
         window = self.settings.catchup_grace
         if (claim.entry, claim.slot) in self._taken_over:
             window = self._takeover_window
-        return now - claim.slot <= window
+        return now - due_slot.entry.publish_at(claim.slot) <= window
 
     def _give_back(self, due_slot: DueSlot, error: Exception) -> None:
         """A won slot whose message cannot be built: report it and give the claim back."""
@@ -347,7 +349,7 @@ class PublishPipeline:
         recorded and the slot is not published."""
         self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
         claim = due_slot.claim
-        if is_transient(error) and self._worth_retrying(claim, now):
+        if is_transient(error) and self._worth_retrying(due_slot, now):
             with contextlib.suppress(BackendUnavailableError):
                 self.backend.end_fence([claim])
                 self.ask_again([due_slot], now)

@@ -8,7 +8,7 @@ promise it checks. Real redis-server (``redis_url``), fake clocks, in-process re
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -286,3 +286,37 @@ def test_backfill_sends_a_singleton_slot_whose_publish_was_refused(
         f"the slot whose publish was refused was never published, yet backfill says "
         f"{result.outcome} ({result.detail})"
     )
+
+
+def test_a_jittered_slot_refused_by_the_broker_is_retried_within_the_grace_of_its_publish(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """guarantees.md, failure table, "The broker cannot be reached ...": it "asks again one
+    second later while the slots are within `fork_scheduler_catchup_grace`". A jittered slot
+    is published at slot + offset: the grace counts from that instant, not from the nominal
+    slot (else a slot whose offset passes the grace is given back at the first refusal)."""
+    from celery_fork_scheduler.jitter import jitter_offset
+
+    jitter = timedelta(seconds=40)
+    slot = datetime.fromisoformat("2026-03-02T10:01:00+00:00")
+    names = (f"late{i}" for i in range(200))
+    # an entry whose offset at that slot is well past the 5 s grace
+    name = next(n for n in names if jitter_offset(n, slot, jitter).total_seconds() > 15)
+    offset = jitter_offset(name, slot, jitter)
+    publisher = _NoBroker()
+    scheduler = make_scheduler(
+        redis_url,
+        clock,
+        {name: {"task": "tasks.fine", "schedule": timedelta(minutes=1), "jitter": 40}},
+        publisher=publisher,
+    )
+    try:
+        scheduler.tick()
+        run_for(scheduler, clock, (slot + offset - clock()).total_seconds() - 1)
+        publisher.down = True
+        run_for(scheduler, clock, 3)  # refused at its publish instant, asked again each second
+        publisher.down = False
+        run_for(scheduler, clock, 2)
+    finally:
+        scheduler.close()
+    assert [o.slot for o in publisher.occurrences if o.entry == name].count(slot) == 1
