@@ -13,8 +13,9 @@ The order is the guarantee (see ``docs/guarantees.md``):
 4. **record** — :meth:`~.backends.base.ClaimBackend.mark_sent`; kept in memory and tried
    again at each tick while Redis is away.
 
-A normal stop (SIGTERM, SIGINT) that arrives between the claim request (the scheduler holds it
-from there) and the record waits for the record (:func:`.shutdown.stop_signals_deferred`).
+A normal stop (SIGTERM, SIGINT) that arrives between the claim request and the record waits
+for the record: the scheduler claims and calls :meth:`PublishPipeline.send` inside
+:func:`.shutdown.stop_signals_deferred`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from .errors import BackendUnavailableError
 from .ids import task_id_for
 from .publishing import DeliveryUncertain, Occurrence, Publisher, build_occurrence, is_transient
 from .reports import SlotReports
-from .shutdown import stop_signals_deferred
 from .timequeue import TimeQueue
 
 #: Messages per broker round trip (Kombu's Producer.batch); staleness is checked between them.
@@ -163,18 +163,17 @@ class PublishPipeline:
         prepared = self._prepare(batch, now)
         if not prepared:
             return
-        with stop_signals_deferred():
-            if self._shares_redis_with_broker():
-                prepared = self._publish_once(prepared, now)
-                if not prepared:
-                    return
-            try:
-                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
-            except BackendUnavailableError:
-                self.ask_again([due_slot for due_slot, _ in prepared], now)
-                raise
-            self.unmarked.extend(self.publish(self._still_held(prepared, held), now))
-            self.record()
+        if self._shares_redis_with_broker():
+            prepared = self._publish_once(prepared, now)
+            if not prepared:
+                return
+        try:
+            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
+        except BackendUnavailableError:
+            self.ask_again([due_slot for due_slot, _ in prepared], now)
+            raise
+        self.unmarked.extend(self.publish(self._still_held(prepared, held), now))
+        self.record()
 
     def _shares_redis_with_broker(self) -> bool:
         """True when the broker is a Kombu Redis transport on the claims' Redis server and

@@ -774,13 +774,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         won: list[DueSlot] = []
         finished: list[Entry] = []
+        taken_over: list[Claim] = []
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
             if result.superseded:
                 self._report_superseded(result)
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
-                    self.pipeline.note_taken_over([due_slot.claim], now)
+                    taken_over.append(due_slot.claim)
                     self.reports.warn_rate_limited(
                         "taken_over",
                         f"{due_slot.entry.name} slot {slot_isoformat(due_slot.claim.slot)} "
@@ -805,6 +806,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 if outcome is ClaimOutcome.FINISHED:
                     finished.append(due_slot.entry)
                 self.reports.skipped(due_slot, outcome.value)
+        if taken_over:
+            self.pipeline.note_taken_over(taken_over, now)
         admitted, given_back = self._apply_cap(won)
         for entry in finished:
             if entry.name not in given_back:

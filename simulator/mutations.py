@@ -328,11 +328,8 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "readd_keeps_state": _patch(
         RuntimeStore, "_start_afresh", lambda original: lambda self, pipe, name: pipe
     ),
-    "sigterm": lambda: _both(
-        *(
-            _patch(module, "stop_signals_deferred", lambda original: contextlib.nullcontext)()
-            for module in (pipeline_module, scheduler_module)
-        )
+    "sigterm": _patch(
+        scheduler_module, "stop_signals_deferred", lambda original: contextlib.nullcontext
     ),
     "jitter_ignored": lambda: _both(
         _patch(Entry, "due_edge", lambda original: lambda self, at: at)(),

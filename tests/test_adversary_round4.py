@@ -11,6 +11,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 import redis
 from replica_helpers import BrokenPublisher, fired, make_scheduler, run_for
 
@@ -48,60 +49,34 @@ def _cap_schedule() -> dict[str, Any]:
 # -- the cluster cap and a slot that is given back after it took its place -------------------
 
 
-def test_a_publish_refused_for_good_gives_its_place_under_the_cap_back(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock
-) -> None:
-    """guarantees.md, failure table, "A publish is refused before anything was sent": "any
-    other error (encoding, routing) is permanent and not retried. When it gives up, the failure
-    is recorded and the claim closed." singleton.md, The cluster-wide cap: "A run takes a place
-    when its slot is published ... frees it when the run ends"; settings.md: the cap limits "how
-    many **scheduled** runs ... may execute at once".
-
-    Ordinary events: cap 1; one entry's publish is refused for good (a message that cannot be
-    encoded). Nothing runs, yet its place under the cap stays taken for a whole
-    ``fork_scheduler_singleton_lease`` (60 s): every other entry is reported ``capped`` meanwhile.
-    Cause: RECORD_FAILURE (pipeline._not_sent -> backend.record_failure) never frees the place
-    TAKE_CAP_PLACES gave the claim."""
-    publisher = BrokenPublisher(
-        error=lambda: TypeError("Object of type set is not JSON serializable")
-    )
-    scheduler = make_scheduler(
-        redis_url, clock, _cap_schedule(), publisher=publisher, fork_scheduler_max_concurrent=1
-    )
-    try:
-        scheduler.tick()
-        # broken's slot at :10 takes the place, and its publish is refused
-        run_with_instant_worker(scheduler, clock, publisher, redis_client, 14)
-    finally:
-        scheduler.close()
-    held = [m.decode() for m in redis_client.zrange(KEYS.cap, 0, -1)]
-    broken_ids = {o.task_id for o in publisher.occurrences if o.entry == "broken"}
-    assert not broken_ids  # nothing of "broken" was ever published
-    published_fine = sorted(slot for (name, slot) in fired(publisher) if name == "fine")
-    assert any(slot.endswith(":12+00:00") for slot in published_fine), (
-        f"after the refused publish of broken at :10, fine's later slots were capped; the cap "
-        f"holds {held} (no run executes); fine published {published_fine}"
-    )
-
-
 def _raise() -> list[Any]:
     raise RuntimeError("the lazy args' database is down")
 
 
-def test_lazy_args_that_raise_give_the_place_under_the_cap_back(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+@pytest.mark.parametrize("failure", ["publish_refused", "lazy_args_raise"])
+def test_a_slot_that_is_never_published_gives_its_place_under_the_cap_back(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, failure: str
 ) -> None:
-    """guarantees.md, failure table: "Lazy `args`/`kwargs` raise, or a message cannot be built |
-    The claim is given back before the fence (its run does not count, a singleton marker is
-    freed). | `entry_failed`, skip reason `error`; every other entry keeps firing."
+    """With ``fork_scheduler_max_concurrent = 1``, one entry's slot at :10 takes the place and is
+    never published; nothing runs, so the other entry's later slots must find the place free.
 
-    With ``fork_scheduler_max_concurrent = 1``: the claim is given back (MARK_SKIPPED), but the
-    place TAKE_CAP_PLACES gave it is not: no run executes, yet every other entry is reported
-    ``capped`` for a whole singleton lease (60 s). Cause: pipeline._give_back ->
-    backend.mark_skipped (lua MARK_SKIPPED frees the marker, not the place)."""
+    ``publish_refused`` — guarantees.md, "A publish is refused before anything was sent": "any
+    other error (encoding, routing) is permanent and not retried. When it gives up, the failure
+    is recorded and the claim closed." Was: RECORD_FAILURE never freed the place.
+    ``lazy_args_raise`` — guarantees.md: "Lazy `args`/`kwargs` raise ... The claim is given back
+    before the fence ... every other entry keeps firing." Was: MARK_SKIPPED freed the singleton
+    marker, not the place. singleton.md, the cluster-wide cap: "A run takes a place when its
+    slot is published ... frees it when the run ends". Either way every other entry was
+    reported ``capped`` for a whole ``fork_scheduler_singleton_lease`` (60 s)."""
     schedule = _cap_schedule()
-    schedule["broken"]["args"] = _raise
-    publisher = RecordingPublisher()
+    publisher: RecordingPublisher
+    if failure == "publish_refused":
+        publisher = BrokenPublisher(
+            error=lambda: TypeError("Object of type set is not JSON serializable")
+        )
+    else:
+        schedule["broken"]["args"] = _raise
+        publisher = RecordingPublisher()
     scheduler = make_scheduler(
         redis_url, clock, schedule, publisher=publisher, fork_scheduler_max_concurrent=1
     )
@@ -111,10 +86,11 @@ def test_lazy_args_that_raise_give_the_place_under_the_cap_back(
     finally:
         scheduler.close()
     held = [m.decode() for m in redis_client.zrange(KEYS.cap, 0, -1)]
+    assert not {o.task_id for o in publisher.occurrences if o.entry == "broken"}
     published_fine = sorted(slot for (name, slot) in fired(publisher) if name == "fine")
     assert any(slot.endswith(":12+00:00") for slot in published_fine), (
-        f"after broken's lazy args raised at :10, fine was capped; the cap holds {held} "
-        f"(nothing executes); fine published {published_fine}"
+        f"after broken's slot at :10 was never published, fine was capped; the cap holds "
+        f"{held} (nothing executes); fine published {published_fine}"
     )
 
 

@@ -5,9 +5,8 @@ against (see the round-6 report)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -236,95 +235,6 @@ def test_an_entry_removed_and_added_again_within_a_refresh_fires_no_slot_of_the_
 
 
 # -- 5. a Redis restart (with its data) between a slot's due time and its retry ---------------
-
-
-@pytest.mark.xfail(
-    strict=False,  # real time: under load the slot may miss the grace and pass
-    reason=(
-        "known and documented (events.md): a slot reported redis_unavailable may still be "
-        "published if Redis answers within the catch-up grace; reporting only the slots the "
-        "catch-up gives up needs the report moved to the catch-up decision"
-    ),
-)
-def test_a_slot_reported_redis_unavailable_is_not_dispatched_afterwards() -> None:
-    """docs/events.md, beat side: "Each due slot ends, on each replica, in exactly one of
-    `entry_dispatched`, `entry_skipped` or `entry_failed`" and "During a Redis outage each
-    slot is reported once (`entry_due`, then `entry_skipped` with `redis_unavailable`)"; the
-    outage summary (docs/guarantees.md): "`N slots of M entries missed between A and B:
-    redis_unavailable`".
-
-    Events: Redis restarts (with AOF: no data lost) while a slot of an every-second entry is
-    due. The replica reports the slot `entry_skipped` / `redis_unavailable` and counts it in
-    the outage summary as missed; once Redis is back the same queue item is asked again
-    (within the catch-up grace) and published: the slot ends in `entry_skipped` *and*
-    `entry_dispatched`, and the summary says "missed" for a slot that ran.
-    """
-    server = RedisServer(extra_args=("--appendonly", "yes")).start()
-    # A Redis just started refuses the slots up to its start to an entry without a mark: the
-    # slots here are on Redis's own clock, after its first second.
-    probe = redis.Redis.from_url(server.url)
-    while int(probe.info("server")["uptime_in_seconds"]) < 2:
-        time.sleep(0.05)
-    clock = FakeClock(datetime.now(timezone.utc))
-
-    def run_for(replica: Any, clock: FakeClock, seconds: float) -> None:
-        for _ in range(int(seconds / 0.25)):  # the real clock too: claims use Redis TIME
-            time.sleep(0.25)
-            clock.advance(0.25)
-            replica.tick()
-
-    finals: dict[str, list[str]] = {}
-
-    def on_final(kind: str):
-        def receiver(sender: Any = None, entry: str = "", slot: Any = None, **kw: Any) -> None:
-            label = kind if kind != "skipped" else f"skipped:{kw.get('reason')}"
-            finals.setdefault(slot.isoformat(), []).append(label)
-
-        return receiver
-
-    receivers = {
-        signals.entry_dispatched: on_final("dispatched"),
-        signals.entry_skipped: on_final("skipped"),
-        signals.entry_failed: on_final("failed"),
-    }
-    outages: list[Any] = []
-
-    def on_outage(sender: Any = None, outage: Any = None, **_: Any) -> None:
-        outages.append(outage)
-
-    for signal, receiver in receivers.items():
-        signal.connect(receiver, weak=False)
-    signals.outage_ended.connect(on_outage, weak=False)
-    schedule = {"tick": {"task": "reports.tick", "schedule": every(1).seconds}}
-    publisher = RecordingPublisher()
-    replica = make_scheduler(
-        server.url,
-        clock,
-        schedule,
-        publisher=publisher,
-        fork_scheduler_max_retries=0,
-        fork_scheduler_retry_delay=0.01,
-    )
-    try:
-        replica.setup_schedule()
-        run_for(replica, clock, 2.0)
-        assert fired(publisher), "nothing fired before the restart"
-        server.stop()
-        run_for(replica, clock, 1.25)  # a slot is due: Redis is away
-        server.start()
-        run_for(replica, clock, 1.5)
-        published = {slot for _, slot in fired(publisher)}
-        doubly = {slot: ends for slot, ends in finals.items() if len(ends) != 1}
-        assert not doubly, (
-            f"slots with more than one final signal: {doubly}; outages "
-            f"{[o.summary() for o in outages]}; published {sorted(published)}"
-        )
-    finally:
-        for signal, receiver in receivers.items():
-            signal.disconnect(receiver)
-        signals.outage_ended.disconnect(on_outage)
-        replica.close()
-        server.cleanup()
 
 
 # -- 6. a run with a retry, through an in-process worker: the job signals and the history ----------

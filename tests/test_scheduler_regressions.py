@@ -22,7 +22,7 @@ from celery import Celery
 from replica_helpers import START, fired, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Manager, Scheduler, every, signals
-from celery_fork_scheduler.backends import Claim, ClaimResult
+from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.entry import Entry
 from celery_fork_scheduler.entry import entry_from_config as _entry_from_config
@@ -512,46 +512,32 @@ def test_an_outage_reports_each_entry_without_growing_per_slot(
         scheduler.close()
 
 
-def test_a_stop_signal_during_the_fence_request_waits_for_the_batch(
-    redis_url: str, clock: FakeClock
+@pytest.mark.parametrize(
+    "step",
+    [
+        # A stop while the fence request is on its way must not leave fenced slots that nobody
+        # publishes (the other replicas would report them in flight).
+        "begin_publish",
+        # A rolling deploy's SIGTERM between winning a claim and its fence must not leave the
+        # claim to the others' lease: published a lease late, after the deploy, or not at all
+        # if the deploy stops every replica (CI, rolling deploy scenario).
+        "claim",
+    ],
+)
+def test_a_stop_signal_inside_the_claim_path_waits_for_the_batch_to_be_sent_and_recorded(
+    redis_url: str, clock: FakeClock, step: str
 ) -> None:
-    """A stop that lands while the fence request is on its way must not leave fenced slots
-    that nobody publishes (the other replicas would report them in flight)."""
     publisher = RecordingPublisher()
     schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(3)}
     scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
-    real_fence = scheduler.backend.begin_publish
+    real_step = getattr(scheduler.backend, step)
 
-    def fence_then_stopped(claims: Sequence[Claim]) -> list[bool]:
-        held = real_fence(claims)
+    def step_then_stopped(claims: Sequence[Claim]) -> Any:
+        reply = real_step(claims)
         os.kill(os.getpid(), signal.SIGTERM)  # arrives before the reply is handled
-        return held
+        return reply
 
-    scheduler.backend.begin_publish = fence_then_stopped  # type: ignore[method-assign]
-    try:
-        run_until_stopped(scheduler, clock)
-        assert len(publisher.occurrences) == 3
-    finally:
-        scheduler.close()
-
-
-def test_a_stop_signal_after_a_won_claim_publishes_it_before_beat_stops(
-    redis_url: str, clock: FakeClock
-) -> None:
-    """A rolling deploy's SIGTERM that lands between winning a claim and its fence must not
-    leave the claim to the others' lease: the slot would be published a lease late, after
-    the deploy, or not at all if the deploy stops every replica (CI, rolling deploy scenario)."""
-    publisher = RecordingPublisher()
-    schedule = {f"e{i}": {"task": "t", "schedule": every(1).seconds} for i in range(3)}
-    scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
-    real_claim = scheduler.backend.claim
-
-    def claim_then_stopped(claims: Sequence[Claim]) -> list[ClaimResult]:
-        results = real_claim(claims)
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the won claims are fenced
-        return results
-
-    scheduler.backend.claim = claim_then_stopped  # type: ignore[method-assign]
+    setattr(scheduler.backend, step, step_then_stopped)
     client = redis.Redis.from_url(redis_url)
     try:
         run_until_stopped(scheduler, clock)
