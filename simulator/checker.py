@@ -629,7 +629,8 @@ class Checker:
         the worker publishes it, drops it as documented (paused, cap full, uncertain publish),
         or a claim wins anew and reports it ``superseded`` (no marker any more: the new run
         replaces it; a win that drops it without saying so is a silent loss), or the operator
-        pauses, removes or re-adds the entry, or Redis loses its data. A second slot held while
+        pauses, removes or re-adds the entry, or Redis loses its data (a hold written inside a
+        failover's lag window is lost with it). A second slot held while
         one is held means the first was lost. A run still held at the end, with nothing of its
         entry left in the queue or on a worker and its last run over for a lease and more, was
         lost too, unless its entry had no slot left to claim after it (past ``end_at``: nothing
@@ -649,8 +650,11 @@ class Checker:
             for moment in moments:
                 events.append((moment, -1, name, "operator", None))
         for window in self.loss:
+            # A failover to a lagging replica loses the holds written since the lag began too:
+            # at its end, a hold made inside the window is gone with the data.
             for name in names:
                 events.append((window.start, -1, name, "operator", None))
+                events.append((window.end, -1, name, "operator", None))
         events.sort(key=lambda event: (event[0], event[1]))
         held: dict[str, tuple[int, datetime]] = {}
         released: dict[str, tuple[int, datetime]] = {}
