@@ -24,7 +24,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from itertools import islice
 
-from .entry import Entry
+from .entry import Entry, slots_of
 
 #: At most this many slots of one entry are claimed at once (``catchup="all"`` after a long outage).
 MAX_CATCH_UP_SLOTS = 1000
@@ -79,4 +79,4 @@ def _bounded(entry: Entry, after: datetime, until: datetime) -> list[datetime]:
         until = entry.end_at
     if until <= after:
         return []
-    return list(islice(entry.schedule.slots(after, until), MAX_CATCH_UP_SLOTS))
+    return list(islice(slots_of(entry.schedule, after, until), MAX_CATCH_UP_SLOTS))

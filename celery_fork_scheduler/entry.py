@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from types import MappingProxyType
@@ -240,6 +240,17 @@ def next_slot_of(schedule: SlotSchedule, after: datetime) -> datetime | None:
     compute their next slot once per instant instead of once each.
     """
     return schedule.next_slot(after)
+
+
+def slots_of(schedule: SlotSchedule, start: datetime, end: datetime) -> Iterator[datetime]:
+    """``schedule.slots(start, end)`` through :func:`next_slot_of` (shared by equal schedules)."""
+    current = start
+    while True:
+        following = next_slot_of(schedule, current)
+        if following is None or following > end:
+            return
+        yield following
+        current = following
 
 
 @functools.lru_cache(maxsize=65536)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from datetime import datetime, timezone
 
@@ -23,6 +25,7 @@ CAPPED_HEADER = "fork_scheduler_capped"
 PAUSE_ON_FAILURE_HEADER = "fork_scheduler_pause_on_failure"
 
 
+@functools.lru_cache(maxsize=1024)
 def slot_isoformat(slot: datetime) -> str:
     """Return the canonical ISO-8601 UTC form of a slot, e.g. ``2026-11-27T14:00:00+00:00``."""
     return slot.astimezone(timezone.utc).isoformat()
@@ -30,4 +33,17 @@ def slot_isoformat(slot: datetime) -> str:
 
 def task_id_for(entry: str, slot: datetime) -> str:
     """Return the task id of occurrence ``slot`` of ``entry``: the same on every replica."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{entry}@{slot_isoformat(slot)}"))
+    return _uuid5_text(f"{entry}@{slot_isoformat(slot)}")
+
+
+_NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes
+
+
+def _uuid5_text(name: str) -> str:
+    """``str(uuid.uuid5(TASK_ID_NAMESPACE, name))`` without building a UUID object (a burst
+    makes one per occurrence)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

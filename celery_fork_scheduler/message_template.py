@@ -59,6 +59,11 @@ class Template:
     #: ``headers.root_id`` follows the task id (Celery's default), rather than an option.
     root_is_task: bool
 
+    @property
+    def reads_clock(self) -> bool:
+        """Whether a render needs the app's clock (an ``expires`` or ``eta`` from seconds)."""
+        return self.expires is not None or self.countdown is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -161,14 +166,14 @@ def render(
     slot_header: str,
     capped: bool,
     publish_at: str | None,
-    now: datetime,
+    now: datetime | None,
     queues: list[str],
 ) -> Rendered:
     """The messages of one occurrence: the template with its per-occurrence fields patched,
     for each of ``queues`` (see :func:`queues_of`).
 
     ``now`` is the app's clock (``app.now()``), read once per render, as Celery reads it once
-    per publish.
+    per publish; ``None`` when the template does not read it (see :attr:`Template.reads_clock`).
     """
     original = template.message
     headers = dict(original["headers"])
@@ -184,9 +189,9 @@ def render(
         headers[PUBLISH_AT_HEADER] = publish_at
     else:
         headers.pop(PUBLISH_AT_HEADER, None)
-    if template.expires is not None:
+    if now is not None and template.expires is not None:
         headers["expires"] = _seconds_after(now, template.expires).isoformat()
-    if template.countdown is not None:
+    if now is not None and template.countdown is not None:
         headers["eta"] = _seconds_after(now, template.countdown).isoformat()
     properties = dict(original["properties"])
     properties["correlation_id"] = task_id

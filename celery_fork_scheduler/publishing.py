@@ -309,7 +309,7 @@ class CeleryPublisher:
                 slot_isoformat(occurrence.slot),
                 bool(occurrence.headers.get(CAPPED_HEADER)),
                 occurrence.headers.get(PUBLISH_AT_HEADER),
-                self.app.now(),
+                self.app.now() if template.reads_clock else None,
                 queues_of(template, channel),
             )
         # No retry: Kombu would publish again on a new channel, past the capture.

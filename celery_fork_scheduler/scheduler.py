@@ -669,12 +669,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         by_entry: dict[str, list[QueueItem]] = {}
         for item in items:
-            by_entry.setdefault(item.entry.name, []).append(item)
+            group = by_entry.get(item.entry.name)
+            if group is None:
+                by_entry[item.entry.name] = [item]
+            else:
+                group.append(item)
         groups = sorted(
-            by_entry.items(), key=lambda named: (min(item.slot for item in named[1]), named[0])
+            (min(item.slot for item in group) if len(group) > 1 else group[0].slot, name, group)
+            for name, group in by_entry.items()
         )
         chunks: list[list[QueueItem]] = [[]]
-        for _, group in groups:
+        for _, _, group in groups:
             if chunks[-1] and len(chunks[-1]) + len(group) > CLAIM_BATCH:
                 chunks.append([])
             chunks[-1].extend(group)

@@ -306,7 +306,7 @@ def test_a_finished_entry_is_retired_instead_of_claimed_at_every_slot(
         history = client.lrange(Keys("scheduler:").history("once"), 0, -1)
         # The run and one 'finished' record, not one per second since.
         assert len(history) == 2
-        assert not [item for item in scheduler.queue._heap if item.entry.name == "once"]
+        assert not [item for item in scheduler.queue.items() if item.entry.name == "once"]
     finally:
         scheduler.close()
         client.close()

@@ -138,11 +138,7 @@ end
 #: "cancel_other" / "terminate_other": a slot that finds a run in progress is won without
 #: taking the marker (the new run's worker revokes the old run and takes it over at start).
 #: A corrupted ``hwm`` is an error reply (for this claim only).
-CLAIM = (
-    _NOW
-    + _RECORD
-    + _DATA_LOST_AT
-    + """
+_CLAIM_BODY = """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
@@ -320,7 +316,7 @@ if owner == ARGV[3] then
 end
 return {'taken_over', 0}
 """
-)
+CLAIM = _NOW + _RECORD + _DATA_LOST_AT + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
 #: ``claimed_at``); else the script returns 0.
@@ -702,8 +698,7 @@ return 1
 #: replica's (taken over) or was fenced by a publish whose delivery is uncertain.
 #: The fence is set before the commands: should one fail (a queue key of the wrong type), the
 #: slot stays fenced and is never published again (reported as uncertain).
-PUBLISH_ONCE = _recording(
-    """
+_PUBLISH_ONCE_BODY = """
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
 if not pending then
   if redis.call('HGET', KEYS[1], 'task_id') == ARGV[3]
@@ -736,7 +731,79 @@ end
 record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
 return 1
 """
+PUBLISH_ONCE = _recording(_PUBLISH_ONCE_BODY)
+
+
+def _many(body: str, before: str = "") -> str:
+    """The script ``body`` (written for one item: its own ``KEYS``, ``ARGV``) run for each item
+    of a batch in one call, at one Redis ``TIME``; ``before`` is defined once, outside the loop.
+
+    ARGV[1] the number of items n, ARGV[2 .. n+1] each item's number of keys, ARGV[n+2 .. 2n+1]
+    each item's number of arguments, then every item's arguments in order; KEYS: every item's
+    keys in order. Returns one reply per item; an item whose body raised or returned an error
+    reply answers ``{"__error__", message}`` and the other items still run (as separate script
+    calls in one pipeline would). One call per batch spares Redis the set-up of a script call
+    per item, and the caller a command per item. Never on Redis Cluster: the keys of a batch
+    span hash slots.
+    """
+    return (
+        _NOW
+        + before
+        + """
+local function one(KEYS, ARGV)
+"""
+        + _RECORD
+        + body
+        + """
+end
+local count = tonumber(ARGV[1])
+local replies = {}
+local next_key, next_arg = 1, 2 + 2 * count
+for i = 1, count do
+  local key_count, arg_count = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + count + i])
+  local item_keys, item_args = {}, {}
+  for j = 1, key_count do
+    item_keys[j] = KEYS[next_key + j - 1]
+  end
+  for j = 1, arg_count do
+    item_args[j] = ARGV[next_arg + j - 1]
+  end
+  next_key, next_arg = next_key + key_count, next_arg + arg_count
+  local ok, reply = pcall(one, item_keys, item_args)
+  if not ok then
+    reply = {'__error__', type(reply) == 'table' and tostring(reply.err) or tostring(reply)}
+  elseif type(reply) == 'table' and reply.err then
+    reply = {'__error__', tostring(reply.err)}
+  elseif reply == nil then
+    reply = false
+  end
+  replies[i] = reply
+end
+return replies
+"""
+    )
+
+
+#: What Redis may have lost is read once per batch (INFO is the costliest part of a first claim).
+_DATA_LOST_AT_ONCE = (
+    _DATA_LOST_AT.replace("local function data_lost_at()", "local function read_data_lost_at()")
+    + """
+local lost_at_read, lost_at_is_start
+local function data_lost_at()
+  if lost_at_read == nil then
+    lost_at_read, lost_at_is_start = read_data_lost_at()
+  end
+  return lost_at_read, lost_at_is_start
+end
+"""
 )
+
+#: :data:`CLAIM` for a batch of slots in one call (see :func:`_many`); not on Redis Cluster.
+CLAIM_MANY = _many(_CLAIM_BODY, _DATA_LOST_AT_ONCE)
+
+#: :data:`PUBLISH_ONCE` for a batch of slots in one call (see :func:`_many`); not on Redis
+#: Cluster.
+PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY)
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
 ALL_SCRIPTS = (
@@ -747,6 +814,8 @@ ALL_SCRIPTS = (
     MARK_SKIPPED,
     RECORD_FAILURE,
     PUBLISH_ONCE,
+    CLAIM_MANY,
+    PUBLISH_ONCE_MANY,
 )
 
 #: Decide whether one past slot of an entry may be backfilled, and claim it for the backfill.

@@ -113,6 +113,8 @@ class RedisBackend:
         self._record_failure_script = client.register_script(lua.RECORD_FAILURE)
         self._take_cap_script = client.register_script(lua.TAKE_CAP_PLACES)
         self._publish_once_script = client.register_script(lua.PUBLISH_ONCE)
+        self._claim_many_script = client.register_script(lua.CLAIM_MANY)
+        self._publish_once_many_script = client.register_script(lua.PUBLISH_ONCE_MANY)
         self._singleton_lease_ms = _us(settings.singleton_lease) // 1000
         self._lease_us = _us(settings.claim_lease)
         self._tolerance_us = _us(EARLY_TOLERANCE)
@@ -180,33 +182,35 @@ class RedisBackend:
         return marks
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
-        """Claim every slot in one pipeline (per node); see :data:`.lua.CLAIM`."""
+        """Claim every slot in one script call (one pipeline per node on Redis Cluster); see
+        :data:`.lua.CLAIM`."""
         self._follow_sentinel_master()
-        commands = [
-            self._script_command(
-                self._claim_script,
-                claim.entry,
-                claim.slot_us,
-                claim.task_id,
-                self.replica_id,
-                self._tolerance_us,
-                self._lease_us,
-                self._pending_ttl_ms,
-                claim.overlap,
-                claim.max_runs,
-                self._singleton_lease_ms,
-                claim.held_message,
-                self.settings.history_size,
-                "1" if claim.takeover else "0",
-                claim.known_mark_us,
-                self._pending_max_age_us,
-                "1" if claim.runtime else "0",
-                "1" if claim.excluded else "0",
-                self.settings.buffer_limit,
+        items = [
+            (
+                self.keys.entry_keys(claim.entry),
+                [
+                    claim.slot_us,
+                    claim.task_id,
+                    self.replica_id,
+                    self._tolerance_us,
+                    self._lease_us,
+                    self._pending_ttl_ms,
+                    claim.overlap,
+                    claim.max_runs,
+                    self._singleton_lease_ms,
+                    claim.held_message,
+                    self.settings.history_size,
+                    "1" if claim.takeover else "0",
+                    claim.known_mark_us,
+                    self._pending_max_age_us,
+                    "1" if claim.runtime else "0",
+                    "1" if claim.excluded else "0",
+                    self.settings.buffer_limit,
+                ],
             )
             for claim in claims
         ]
-        replies = self._retrying(partial(self._pipelined, commands, acknowledged=True))
+        replies = self._each_item(self._claim_script, self._claim_many_script, items)
         return [
             ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
             if isinstance(reply, Exception)
@@ -254,19 +258,17 @@ class RedisBackend:
         Safe to repeat after a lost reply: a slot this replica published is never published
         again, and one it did not is still its claim.
         """
-        replies = self._retrying(
-            partial(
-                self._pipelined,
-                [self._publish_once_command(c, cs) for c, cs in zip(claims, commands, strict=True)],
-                acknowledged=True,
-            )
+        replies = self._each_item(
+            self._publish_once_script,
+            self._publish_once_many_script,
+            [self._publish_once_item(c, cs) for c, cs in zip(claims, commands, strict=True)],
         )
         _log_errors("published", claims, replies)
         return [reply if isinstance(reply, Exception) else int(reply) for reply in replies]
 
-    def _publish_once_command(
+    def _publish_once_item(
         self, claim: Claim, commands: Sequence[tuple[str, tuple[Any, ...]]]
-    ) -> Command:
+    ) -> tuple[list[str], list[Any]]:
         keys = self.keys.entry_keys(claim.entry)
         args: list[Any] = [
             claim.slot_us,
@@ -279,7 +281,37 @@ class RedisBackend:
             if key not in keys:
                 keys.append(key)
             args.extend((name, keys.index(key) + 1, value))
-        return keys[0], partial(_run_script, script=self._publish_once_script, keys=keys, args=args)
+        return keys, args
+
+    def _each_item(
+        self, single: Script, many: Script, items: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run a script for each item (its keys, its arguments), acknowledged: one call of its
+        batch form (see :func:`.lua._many`) on one Redis, one call per item in a pipeline per
+        node on Redis Cluster. The replies in order, an error reply in its item's place."""
+        if not items:
+            return []
+        if isinstance(self.client, RedisCluster) or len(items) == 1:
+            commands: list[Command] = [
+                (keys[0], partial(_run_script, script=single, keys=keys, args=args))
+                for keys, args in items
+            ]
+            return self._retrying(partial(self._pipelined, commands, acknowledged=True))
+        all_keys = [key for keys, _ in items for key in keys]
+        all_args: list[Any] = [len(items)]
+        all_args += [len(keys) for keys, _ in items]
+        all_args += [len(args) for _, args in items]
+        for _, args in items:
+            all_args += args
+        command = (all_keys[0], partial(_run_script, script=many, keys=all_keys, args=all_args))
+
+        def run() -> list[Any]:
+            [reply] = self._pipelined([command], acknowledged=True)
+            if isinstance(reply, Exception):
+                return [reply] * len(items)
+            return [_item_reply(answer) for answer in reply]
+
+        return self._retrying(run)
 
     def end_fence(self, claims: Sequence[Claim]) -> None:
         """Lift the fence of claims whose messages were refused; see :data:`.lua.END_FENCE`."""
@@ -528,6 +560,19 @@ def _execute(
             client.script_load(source)
         todo = unloaded
     raise AssertionError("unreachable")
+
+
+def _item_reply(answer: Any) -> Any:
+    """One item's reply from a batch script: its ``{"__error__", message}`` as the error reply
+    a script call of its own would have given (raised when it refuses every command)."""
+    if isinstance(answer, list) and answer and answer[0] == b"__error__":
+        error = ResponseError(_text(answer[1]))
+        if _refuses_everything(error):
+            if _is_script_acl_refusal(error):
+                raise NoPermissionError(str(error))
+            raise error
+        return error
+    return answer
 
 
 def _refuses_everything(error: Exception) -> bool:

@@ -1,0 +1,115 @@
+"""The burst hot path keeps its answers: the fast task id, the time queue's bulk pop, the batch
+claim script and the shared next-slot cache give what the plain forms give."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+
+from celery_fork_scheduler.backends.base import Claim, ClaimOutcome
+from celery_fork_scheduler.backends.redis import RedisBackend
+from celery_fork_scheduler.catchup import slots_due
+from celery_fork_scheduler.config import Settings
+from celery_fork_scheduler.entry import entry_from_config
+from celery_fork_scheduler.ids import TASK_ID_NAMESPACE, slot_isoformat, task_id_for
+from celery_fork_scheduler.keys import Keys
+from celery_fork_scheduler.timequeue import POPS_BEFORE_PARTITION, TimeQueue
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_task_id_is_the_uuid5_of_entry_and_slot(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(400):
+        name = "".join(rng.choice("aZ9-_.:/é☃ \u00a0") for _ in range(rng.randint(1, 40)))
+        slot = datetime.fromtimestamp(rng.uniform(0, 4e9), UTC).replace(
+            microsecond=rng.choice([0, rng.randint(0, 999_999)])
+        )
+        expected = str(uuid.uuid5(TASK_ID_NAMESPACE, f"{name}@{slot_isoformat(slot)}"))
+        assert task_id_for(name, slot) == expected
+
+
+@pytest.mark.parametrize("count", [1, POPS_BEFORE_PARTITION, POPS_BEFORE_PARTITION + 1, 3000])
+def test_a_burst_pops_earliest_first_first_queued_first_and_leaves_the_rest(count: int) -> None:
+    rng = random.Random(count)
+    queue = TimeQueue()
+    base = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    pushed = []
+    for index in range(count + 50):
+        when = base.timestamp() + rng.choice([0, 0, 1, 2, 3, 500])
+        entry = SimpleNamespace(name=f"e{index}")
+        slot = base - timedelta(seconds=rng.choice([0, 5]))  # some wake up after their slot
+        queue.push(when, entry, slot)  # type: ignore[arg-type]
+        pushed.append((when, index, entry))
+    now = base.timestamp() + 3
+    due = queue.pop_due(now)
+    expected = sorted((when, index) for when, index, _ in pushed if when <= now)
+    assert [(item.when, int(item.entry.name[1:])) for item in due] == expected
+    rest = queue.pop_all()
+    assert all(item.when > now for item in rest)
+    assert len(due) + len(rest) == len(pushed)
+    assert queue.oldest_late_slot() is None  # every late item was counted out
+
+
+def test_equal_schedules_share_their_slots_and_each_entry_gets_its_own() -> None:
+    daily = entry_from_config("daily", {"task": "t", "schedule": "0 9 * * *"}, default_timezone=UTC)
+    every = entry_from_config("every", {"task": "t", "schedule": 60.0}, default_timezone=UTC)
+    nine = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    for _ in range(2):  # the second time from the cache
+        assert slots_due(daily, nine - timedelta(days=2), nine, grace=timedelta(days=3)) == [
+            nine - timedelta(days=1),
+            nine,
+        ]
+        assert slots_due(every, nine - timedelta(minutes=2), nine, grace=timedelta(hours=1)) == [
+            nine - timedelta(minutes=1),
+            nine,
+        ]
+
+
+@pytest.fixture
+def backend(redis_url: str) -> Iterator[RedisBackend]:
+    made = RedisBackend.from_url(redis_url, Settings())
+    yield made
+    made.close()
+
+
+def _claim(name: str, slot: datetime, **fields: Any) -> Claim:
+    return Claim(name, slot, task_id_for(name, slot), **fields)
+
+
+def test_one_batch_script_answers_each_claim_as_its_own_script_would(
+    backend: RedisBackend, redis_client: redis.Redis, redis_url: str
+) -> None:
+    keys = Keys("scheduler:")
+    slot = backend.server_time().replace(microsecond=0) - timedelta(seconds=30)
+    redis_client.hset(keys.state("paused"), "paused", "1")
+    backend.claim([_claim("twice", slot)])
+    batch = [
+        _claim("new", slot),
+        _claim("paused", slot),
+        _claim("twice", slot),  # already this replica's: renewed
+        _claim("future", slot + timedelta(hours=1)),
+        _claim("excluded", slot, excluded=True),
+        _claim("finished", slot, max_runs=1),
+    ]
+    redis_client.hset(keys.state("finished"), mapping={"runs": "1", "hwm": "1"})
+    results = backend.claim(batch)
+    assert [result.outcome for result in results] == [
+        ClaimOutcome.WON,
+        ClaimOutcome.PAUSED,
+        ClaimOutcome.WON,
+        ClaimOutcome.EARLY,
+        ClaimOutcome.EXCLUDED,
+        ClaimOutcome.FINISHED,
+    ]
+    other = RedisBackend.from_url(redis_url, Settings())
+    other.replica_id = "another"
+    assert [r.outcome for r in other.claim(batch[:1])] == [ClaimOutcome.PENDING]
