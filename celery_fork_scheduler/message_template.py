@@ -3,8 +3,9 @@
 Celery spends about 0.17 ms building one message (signature, routing, headers, encoding); an
 entry's occurrences differ only in a few fields. The first occurrence of an entry is sent
 through Celery and Kombu as usual up to the transport, where it is *captured* instead of sent
-(the virtual transport's ``_put``: after routing, encoding and Kombu's own augmentation).
-Later occurrences copy the captured message and patch:
+(the virtual transport's ``_put``: after routing, encoding and Kombu's own augmentation);
+an entry of a shape already captured gets its template from that one instead
+(:mod:`.message_siblings`). Later occurrences copy the template's message and patch:
 
 - the task id (``headers.id``, ``properties.correlation_id``, and ``headers.root_id`` unless
   the entry's options set one);

@@ -23,6 +23,7 @@ from .ids import (
     SLOT_HEADER,
     slot_isoformat,
 )
+from .message_siblings import Shapes, for_sibling, shareable
 from .message_template import (
     Rendered,
     Template,
@@ -200,6 +201,8 @@ class CeleryPublisher:
         #: registered then, and the template (None: this entry goes through Celery).
         #: The most recently used :data:`TEMPLATES_KEPT` of them.
         self._cache: OrderedDict[str, tuple[Entry, bool, Template | None]] = OrderedDict()
+        #: Templates by shape: a new entry of a known shape gets its template without a send.
+        self._shapes = Shapes()
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -312,17 +315,46 @@ class CeleryPublisher:
                 self.app.now() if template.reads_clock else None,
                 queues_of(template, channel),
             )
+        if definition is not None:
+            sibling = self._sibling_template(occurrence, registered, channel)
+            if sibling is not None:
+                self._keep(occurrence.entry, (definition, registered, sibling))
+                return self.render(occurrence, producer, channel)
         # No retry: Kombu would publish again on a new channel, past the capture.
         captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         template = None
         if captured is not None and definition is not None:
             template = make_template(captured, dict(occurrence.options), occurrence.task_id)
         if definition is not None:
-            self._cache[occurrence.entry] = (definition, registered, template)
-            self._cache.move_to_end(occurrence.entry)
-            if len(self._cache) > TEMPLATES_KEPT:
-                self._cache.popitem(last=False)
+            self._keep(occurrence.entry, (definition, registered, template))
+            if template is not None:
+                self._shapes.add(occurrence, registered, template)
         return None if captured is None else Rendered(tuple(captured))
+
+    def _keep(self, name: str, cached: tuple[Entry, bool, Template | None]) -> None:
+        self._cache[name] = cached
+        self._cache.move_to_end(name)
+        if len(self._cache) > TEMPLATES_KEPT:
+            self._cache.popitem(last=False)
+
+    def _sibling_template(
+        self, occurrence: Occurrence, registered: bool, channel: Any
+    ) -> Template | None:
+        """The template of an entry of the same shape made this occurrence's, or ``None``.
+        Raises what Celery raises for arguments the task refuses."""
+        template = self._shapes.find(occurrence, registered)
+        if template is None or not shareable(self.app, occurrence.task):
+            return None
+        return for_sibling(
+            template,
+            self.app,
+            channel,
+            entry=occurrence.entry,
+            task_name=occurrence.task,
+            args=occurrence.args,
+            kwargs=occurrence.kwargs,
+            options=occurrence.options,
+        )
 
     def _templating_channel(self, producer: Any) -> Any | None:
         """The producer's channel when messages may be captured and copied, else ``None``."""

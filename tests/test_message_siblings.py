@@ -1,0 +1,135 @@
+"""A new entry of a known shape gets its template from a sibling's (no message sent through
+Celery), and that template sends what Celery would send for the new entry: for every option
+the docs allow, field by field (delivery tag aside; times computed at send within a second)."""
+
+from __future__ import annotations
+
+from datetime import timezone
+from typing import Any
+
+import pytest
+from celery import Celery
+from publish_helpers import sent_by_celery
+from test_message_template import OPTIONS, SLOTS, broker, make_app, same_message
+
+from celery_fork_scheduler import publishing
+from celery_fork_scheduler.entry import Entry, entry_from_config
+from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
+
+__all__ = ["broker"]  # the fixture, shared with test_message_template
+
+SIBLINGS = {
+    "nightly": (["eu"], {"day": "monday"}),
+    "weekly": (["us-east"], {"day": "friday"}),
+    "empty": ([""], {}),
+    "unicode": (["zürich ☃ \"quoted\" \\ " * 40], {"day": "日曜日"}),
+}
+
+
+def entry(name: str, options: dict[str, Any], **extra: Any) -> Entry:
+    args, kwargs = SIBLINGS[name]
+    definition = {
+        "task": "tasks.report",
+        "schedule": 60,
+        "args": args,
+        "kwargs": kwargs,
+        "options": options,
+        "singleton": True,
+        **extra,
+    }
+    return entry_from_config(name, definition, default_timezone=timezone.utc)
+
+
+@pytest.fixture
+def captures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The entries whose message went through Celery to make their template."""
+    made: list[str] = []
+    real = publishing.capture
+
+    def counting(channel: Any, send: Any) -> Any:
+        made.append("capture")
+        return real(channel, send)
+
+    monkeypatch.setattr(publishing, "capture", counting)
+    return made
+
+
+def declared(app: Celery, producer: Any) -> None:
+    producer.channel.connection.state.clear()
+    for queue in app.amqp.queues.values():
+        queue(producer.channel).declare()
+
+
+@pytest.mark.parametrize("case", [case for case in OPTIONS if case != "expires-datetime"])
+def test_a_sibling_template_is_the_message_celery_builds_for_the_sibling(
+    broker: str, case: str, captures: list[str]
+) -> None:
+    options, conf = OPTIONS[case]
+    app = make_app(broker, conf)
+    with app.producer_or_acquire() as producer:
+        declared(app, producer)
+        publisher = CeleryPublisher(app, lambda: producer)
+        for number, name in enumerate(SIBLINGS):
+            slot = SLOTS[number % len(SLOTS)]
+            occurrence = build_occurrence(entry(name, options), slot, task_id_for(name, slot))
+            rendered = publisher.render(occurrence, producer, producer.channel)
+            assert rendered is not None
+            expected = sent_by_celery(app, producer, occurrence)
+            assert [queue for queue, _ in rendered.messages] == [queue for queue, _ in expected]
+            for (_, ours), (_, theirs) in zip(rendered.messages, expected, strict=True):
+                same_message(ours, theirs)
+    assert len(captures) == 1, "one message through Celery for the whole shape"
+    app.close()
+
+
+def test_another_shape_is_captured_and_refused_arguments_raise_as_in_celery(
+    redis_url: str, captures: list[str]
+) -> None:
+    app = make_app(redis_url, {})
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        slot = SLOTS[0]
+
+        def render(made: Entry) -> Any:
+            occurrence = build_occurrence(made, slot, task_id_for(made.name, slot))
+            return publisher.render(occurrence, producer, producer.channel)
+
+        render(entry("nightly", {}))
+        render(entry("weekly", {"queue": "other"}))  # other options: another shape
+        render(entry("empty", {}, pause_on_failure=True))  # another header: another shape
+        assert len(captures) == 3
+        wrong = entry_from_config(
+            "wrong",
+            {"task": "tasks.report", "schedule": 60, "args": ["a", "b", "c"]},
+            default_timezone=timezone.utc,
+        )
+        with pytest.raises(TypeError):
+            render(wrong)
+        with pytest.raises(TypeError):  # Celery refuses them the same way
+            sent_by_celery(app, producer, build_occurrence(wrong, slot, "id"))
+    app.close()
+
+
+def test_a_task_with_its_own_apply_async_is_never_shared(
+    redis_url: str, captures: list[str]
+) -> None:
+    app = Celery("own", broker=redis_url, set_as_current=False)
+
+    class Stamping(app.Task):  # type: ignore[name-defined,misc]
+        def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+            options.setdefault("headers", {})["first-arg"] = str((args or [""])[0])
+            return super().apply_async(args, kwargs, **options)
+
+    @app.task(name="tasks.report", base=Stamping, shared=False)  # type: ignore[untyped-decorator]
+    def report(region: str, *, day: str = "today") -> None: ...
+
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        for name in ("nightly", "weekly"):
+            occurrence = build_occurrence(entry(name, {}), SLOTS[0], task_id_for(name, SLOTS[0]))
+            rendered = publisher.render(occurrence, producer, producer.channel)
+            assert rendered is not None
+            assert rendered.messages[0][1]["headers"]["first-arg"] == SIBLINGS[name][0][0]
+    assert len(captures) == 2
+    app.close()
