@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The keys of one entry the claim scripts touch, in their KEYS order (see :meth:`Keys.entry_keys`).
+_ENTRY_KEY_NAMES = ("state", "pending", "running", "buffered", "history")
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -41,13 +44,8 @@ class Keys:
 
     def entry_keys(self, entry: str) -> list[str]:
         """The keys the claim scripts of ``entry`` touch, in their KEYS order."""
-        return [
-            self.state(entry),
-            self.pending(entry),
-            self.running(entry),
-            self.buffered(entry),
-            self.history(entry),
-        ]
+        base = f"{self.prefix}{{{entry}}}:"
+        return [base + name for name in _ENTRY_KEY_NAMES]
 
     @property
     def cap(self) -> str:

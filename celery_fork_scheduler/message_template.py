@@ -169,12 +169,15 @@ def render(
     publish_at: str | None,
     now: datetime | None,
     queues: list[str],
+    *,
+    delivery_tag: str | None = None,
 ) -> Rendered:
     """The messages of one occurrence: the template with its per-occurrence fields patched,
     for each of ``queues`` (see :func:`queues_of`).
 
     ``now`` is the app's clock (``app.now()``), read once per render, as Celery reads it once
     per publish; ``None`` when the template does not read it (see :attr:`Template.reads_clock`).
+    ``delivery_tag``: Kombu's delivery tag (a new uuid when not given).
     """
     original = template.message
     headers = dict(original["headers"])
@@ -196,7 +199,7 @@ def render(
         headers["eta"] = _seconds_after(now, template.countdown).isoformat()
     properties = dict(original["properties"])
     properties["correlation_id"] = task_id
-    properties["delivery_tag"] = str(uuid.uuid4())
+    properties["delivery_tag"] = delivery_tag or str(uuid.uuid4())
     message = dict(original)
     message["headers"], message["properties"] = headers, properties
     return Rendered(tuple((queue, message) for queue in queues))

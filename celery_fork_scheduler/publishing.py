@@ -23,6 +23,7 @@ from .ids import (
     SLOT_HEADER,
     slot_isoformat,
 )
+from .message_encoding import EncodedCommands, encode
 from .message_siblings import Shapes, for_sibling, shareable
 from .message_template import (
     Rendered,
@@ -203,6 +204,8 @@ class CeleryPublisher:
         self._cache: OrderedDict[str, tuple[Entry, bool, Template | None]] = OrderedDict()
         #: Templates by shape: a new entry of a known shape gets its template without a send.
         self._shapes = Shapes()
+        #: Per entry name: its template and that template's encoded commands per variant.
+        self._encodings: dict[str, tuple[Template, dict[Any, EncodedCommands]]] = {}
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -257,20 +260,51 @@ class CeleryPublisher:
         channel = self._templating_channel(producer)
         if channel is None or not collects_commands(channel):
             return None
+        prefix = getattr(channel, "global_keyprefix", "") or ""
         result: list[Any] = []
         for occurrence in occurrences:
             try:
-                done = self.render(occurrence, producer, channel)
+                commands = self._encoded_commands(occurrence, channel)
+                if commands is None:
+                    done = self.render(occurrence, producer, channel)
+                    if done is None:
+                        result.append(None)  # no template: this one takes the fence path
+                        continue
+                    commands = redis_commands(channel, done)
             except Exception as exc:
                 result.append(exc)
                 continue
-            if done is None:
-                result.append(None)  # no template: this one takes the fence path
-                continue
-            prefix = getattr(channel, "global_keyprefix", "") or ""
-            commands = redis_commands(channel, done)
             result.append([(name, (prefix + key, *rest)) for name, (key, *rest) in commands])
         return result
+
+    def _encoded_commands(
+        self, occurrence: Occurrence, channel: Any
+    ) -> list[tuple[str, tuple[Any, ...]]] | None:
+        """The Redis commands of ``occurrence`` from its template's encoded text (see
+        :mod:`.message_encoding`), or ``None`` when it has none yet or needs its own encoding."""
+        definition = occurrence.definition
+        cached = self._cache.get(occurrence.entry)
+        registered = occurrence.task in self.app.tasks
+        if definition is None or cached is None or cached[:2] != (definition, registered):
+            return None
+        template = cached[2]
+        if template is None:
+            return None
+        publish_at = occurrence.headers.get(PUBLISH_AT_HEADER)
+        capped = bool(occurrence.headers.get(CAPPED_HEADER))
+        queues = tuple(queues_of(template, channel))
+        variant = (capped, publish_at is not None, queues)
+        known = self._encodings.get(occurrence.entry)
+        if known is None or known[0] is not template:
+            known = self._encodings[occurrence.entry] = (template, {})
+        encoded = known[1].get(variant)
+        if encoded is None:
+            encoded = encode(template, channel, *variant)
+            if encoded is None:
+                return None
+            known[1][variant] = encoded
+        self._cache.move_to_end(occurrence.entry)
+        return encoded.fill(occurrence.task_id, slot_isoformat(occurrence.slot), publish_at)
 
     def warm(self, occurrence: Occurrence) -> None:
         """Make the template of ``occurrence``'s entry now, in idle time, so that its first
@@ -283,6 +317,8 @@ class CeleryPublisher:
             channel = self._templating_channel(producer)
             if channel is not None:
                 self.render(occurrence, producer, channel)
+                if collects_commands(channel):
+                    self._encoded_commands(occurrence, channel)
         except Exception:
             logger.debug("fork scheduler: no template for %s yet", occurrence.entry, exc_info=True)
 
@@ -335,7 +371,8 @@ class CeleryPublisher:
         self._cache[name] = cached
         self._cache.move_to_end(name)
         if len(self._cache) > TEMPLATES_KEPT:
-            self._cache.popitem(last=False)
+            dropped, _ = self._cache.popitem(last=False)
+            self._encodings.pop(dropped, None)
 
     def _sibling_template(
         self, occurrence: Occurrence, registered: bool, channel: Any

@@ -676,9 +676,13 @@ def record_outcome(
     return bool(int(paused))
 
 
+#: Each claim outcome by its reply (bytes): a burst reads 10 000 of them.
+_OUTCOMES = {outcome.value.encode(): outcome for outcome in ClaimOutcome}
+
+
 def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     """The :class:`ClaimResult` of one CLAIM reply (see :data:`.lua.CLAIM`)."""
-    outcome = ClaimOutcome(_text(reply[0]))
+    outcome = _OUTCOMES.get(reply[0]) or ClaimOutcome(_text(reply[0]))
     if outcome is ClaimOutcome.RELEASED:
         return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
     if outcome is ClaimOutcome.WON and len(reply) > 2:

@@ -1,0 +1,68 @@
+"""The encoded template (issue 19): the Redis commands of an occurrence made by replacing
+placeholders in its template's encoded text route to the queues Kombu's own ``_put`` routes
+Celery's message for that occurrence to, hold that message field by field (delivery tag
+aside; times read from the clock within a second), and are Kombu's JSON of it byte for byte."""
+
+from __future__ import annotations
+
+import json
+from datetime import timezone
+from typing import Any
+
+import pytest
+from kombu.utils import json as kombu_json
+from publish_helpers import sent_by_celery
+from test_message_template import OPTIONS, SLOTS, make_app, same_message
+
+from celery_fork_scheduler.entry import entry_from_config
+from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.message_template import Rendered, redis_commands
+from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
+
+#: A header the JSON must escape.
+NOTE = 'a " \\ \u00e9 \n'
+
+
+def kombu_commands(app: Any, producer: Any, occurrence: Any) -> list[Any]:
+    captured = sent_by_celery(app, producer, occurrence)
+    return redis_commands(producer.channel, Rendered(tuple(captured)))
+
+
+@pytest.mark.parametrize("case", [case for case in OPTIONS if case != "expires-datetime"])
+@pytest.mark.parametrize("jitter", [0, 30])
+def test_encoded_commands_are_kombus_commands_for_the_occurrence(
+    redis_url: str, case: str, jitter: int
+) -> None:
+    options, conf = OPTIONS[case]
+    app = make_app(redis_url, {**conf, "fork_scheduler_default_jitter": jitter})
+    definition = {
+        "task": "tasks.report",
+        "schedule": 60,
+        "args": ["eu"],
+        "kwargs": {"day": "monday"},
+        "options": {**options, "headers": {**options.get("headers", {}), "note": 'a " \\ \u00e9'}},
+        "jitter": jitter,
+    }
+    entry = entry_from_config("nightly", definition, default_timezone=timezone.utc)
+    with app.producer_or_acquire() as producer:
+        producer.channel.connection.state.clear()
+        for queue in app.amqp.queues.values():
+            queue(producer.channel).declare()
+        publisher = CeleryPublisher(app, lambda: producer)
+        for number, slot in enumerate(SLOTS * 2):
+            capped = number % 3 == 1
+            occurrence = build_occurrence(entry, slot, task_id_for("nightly", slot), capped=capped)
+            [ours] = publisher.commands_for([occurrence])
+            theirs = kombu_commands(app, producer, occurrence)
+            assert [(name, args[0]) for name, args in ours] == [
+                (name, args[0]) for name, args in theirs
+            ]
+            for (name, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(ours, theirs, strict=True):
+                if name != "lpush":
+                    assert ours_rest == theirs_rest
+                    continue
+                ours_message, theirs_message = json.loads(ours_rest[0]), json.loads(theirs_rest[0])
+                same_message(ours_message, theirs_message)
+                # Kombu's own encoding of that message, byte for byte.
+                assert kombu_json.dumps(ours_message) == ours_rest[0]
+    app.close()
