@@ -144,7 +144,10 @@ local slot = tonumber(ARGV[1])
 if slot > now + tonumber(ARGV[4]) then
   return {'early', slot - now}
 end
-local hwm_text = redis.call('HGET', KEYS[1], 'hwm')
+-- One read of every field a claim decides on (the script runs alone: they cannot change).
+local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
+                          'outcome')
+local hwm_text = fields[1]
 local hwm = tonumber(hwm_text or '-1')
 if not hwm then
   return redis.error_reply('ERR corrupted hwm ' .. string.sub(hwm_text, 1, 40))
@@ -184,7 +187,7 @@ if slot > hwm then
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
   end
-  local removed = ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'removed')
+  local removed = ARGV[15] == '1' and fields[3]
   -- "removed" holds the instant of the removal (us); "1" (older versions): refuse every slot.
   -- A slot due before the removal still fires (a replica that had not seen it yet claims it).
   if removed and (tonumber(removed) or 1) <= 1 or removed and slot > tonumber(removed) then
@@ -196,12 +199,13 @@ if slot > hwm then
     -- so exactly one replica records it; no run is counted and no running marker is taken.
     return skip('excluded')
   end
-  if redis.call('HGET', KEYS[1], 'paused') then
+  if fields[2] then
     return skip('paused')
   end
   local max_runs = tonumber(ARGV[8])
-  if max_runs > 0 and tonumber(redis.call('HGET', KEYS[1], 'runs') or '0') >= max_runs then
-    if redis.call('HGET', KEYS[1], 'finished') == ARGV[8] then
+  local runs = tonumber(fields[4] or '0')
+  if max_runs > 0 and (runs or 0) >= max_runs then
+    if fields[5] == ARGV[8] then
       -- Recorded once already: only the mark moves (nothing is claimed at or below it).
       redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'task_id', ARGV[2])
       return {'finished', 0}
@@ -244,10 +248,18 @@ if slot > hwm then
   if running and not replacing then
     return skip('busy')
   end
-  redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
-             'task_id', ARGV[2], 'claimed_at', now_text)
-  redis.call('HDEL', KEYS[1], 'finished', 'outcome')
-  redis.call('HINCRBY', KEYS[1], 'runs', 1)
+  if runs and runs == math.floor(runs) then
+    redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
+               'task_id', ARGV[2], 'claimed_at', now_text, 'runs',
+               string.format('%.0f', runs + 1))
+  else
+    redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
+               'task_id', ARGV[2], 'claimed_at', now_text)
+    redis.call('HINCRBY', KEYS[1], 'runs', 1)  -- not a whole number: Redis says so
+  end
+  if fields[5] or fields[6] then
+    redis.call('HDEL', KEYS[1], 'finished', 'outcome')
+  end
   -- Claims older than the bound (their owners died, even mid-publish) are dropped, so that
   -- later wins renewing the hash's TTL do not keep them for ever.
   local oldest = now - tonumber(ARGV[14])
@@ -724,9 +736,10 @@ for i = 0, tonumber(ARGV[5]) - 1 do
   end
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'sent')
+  redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now), 'state', 'sent')
+else
+  redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
 end
 record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
 return 1
