@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-import unicodedata
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
@@ -167,13 +167,18 @@ BIDI_CONTROLS = frozenset(
 )
 
 
+#: The characters :func:`has_control_characters` refuses: Unicode categories Cc (control),
+#: Zl and Zp (line and paragraph separators) and Cs (surrogates), and :data:`BIDI_CONTROLS`.
+_CONTROL_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff" + "".join(sorted(BIDI_CONTROLS)) + "]"
+)
+
+
 def has_control_characters(text: str) -> bool:
     """True when ``text`` holds a control character (ESC, BEL, NUL, newline…), a line or
     paragraph separator, a bidirectional override (U+202E…), or a lone surrogate (bytes that
     were not UTF-8, as a Latin-1 terminal passes them: Redis could not store the text)."""
-    return any(
-        ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in text
-    )
+    return _CONTROL_CHARACTERS.search(text) is not None
 
 
 def has_lone_surrogates(text: str) -> bool:

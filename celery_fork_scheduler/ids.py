@@ -25,10 +25,18 @@ CAPPED_HEADER = "fork_scheduler_capped"
 PAUSE_ON_FAILURE_HEADER = "fork_scheduler_pause_on_failure"
 
 
-@functools.lru_cache(maxsize=1024)
 def slot_isoformat(slot: datetime) -> str:
     """Return the canonical ISO-8601 UTC form of a slot, e.g. ``2026-11-27T14:00:00+00:00``."""
+    if slot.tzinfo is timezone.utc:
+        return _utc_isoformat(slot)
+    # Not cached: two wall times that differ only in ``fold`` compare (and hash) equal.
     return slot.astimezone(timezone.utc).isoformat()
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_isoformat(slot: datetime) -> str:
+    """The ISO-8601 form of a UTC slot, shared by the entries of a burst."""
+    return slot.isoformat()
 
 
 def task_id_for(entry: str, slot: datetime) -> str:

@@ -157,6 +157,7 @@ class _Bulk:
     floor: timedelta
     max_size: int
     static: frozenset[str]
+    calendars: Mapping[str, tuple[str, ...]]
     #: Schedule strings parsed so far (most definitions of a bulk call share a few): entry
     #: validation resolves the zone of each, as it would for the string.
     parsed: dict[str, SlotSchedule] = field(default_factory=dict)
@@ -335,13 +336,14 @@ class Manager:
                 entry=name[:60],
                 field="name",
             )
+        settings = self._settings()
         return entry_from_config(
             name,
             definition,
             default_timezone=app_timezone(self.app),
             source="runtime",
-            min_interval=self._settings().min_interval,
-            calendars=self._settings().calendars,
+            min_interval=settings.min_interval,
+            calendars=settings.calendars,
         )
 
     def _stored_form(self, entry: Entry) -> dict[str, Any]:
@@ -539,6 +541,7 @@ class Manager:
             settings.min_interval,
             settings.max_entry_size,
             frozenset(self._static_entries()),
+            settings.calendars,
         )
 
     def _named(self, index: int, definition: object) -> tuple[str, dict[str, Any]]:
@@ -591,7 +594,7 @@ class Manager:
             default_timezone=bulk.zone,
             source="runtime",
             min_interval=bulk.floor,
-            calendars=self._settings().calendars,
+            calendars=bulk.calendars,
         )
         if entry.lazy:
             entry_to_dict(entry, max_size=bulk.max_size)  # refuses them, naming the field

@@ -48,7 +48,9 @@ class Shapes:
         key = _key(occurrence, registered)
         options, headers = _values(occurrence)
         candidates = [
-            known for known in self._by_key.get(key, []) if known[:2] != (options, headers)
+            known
+            for known in self._by_key.get(key, [])
+            if not (_same(known[0], options) and _same(known[1], headers))
         ]
         self._by_key[key] = [*candidates[-7:], (options, headers, template)]
         self._by_key.move_to_end(key)
@@ -62,7 +64,7 @@ class Shapes:
             return None
         options, headers = _values(occurrence)
         for known_options, known_headers, template in candidates:
-            if known_options == options and known_headers == headers:
+            if _same(known_options, options) and _same(known_headers, headers):
                 return template
         return None
 
@@ -82,6 +84,23 @@ def _values(occurrence: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(occurrence.options), {
         name: value for name, value in headers.items() if name not in _OWN_HEADERS
     }
+
+
+def _same(first: Any, second: Any) -> bool:
+    """Equal, and of the same types all the way down (``True == 1 == 1.0`` in Python, not in
+    a message); dicts in the same key order."""
+    if type(first) is not type(second):
+        return False
+    if isinstance(first, dict):
+        return len(first) == len(second) and all(
+            _same(key, other_key) and _same(value, second[other_key])
+            for (key, value), other_key in zip(first.items(), second, strict=True)
+        )
+    if isinstance(first, list | tuple):
+        return len(first) == len(second) and all(
+            _same(item, other) for item, other in zip(first, second, strict=True)
+        )
+    return bool(first == second)
 
 
 def shareable(app: Any, task_name: str) -> bool:
@@ -109,9 +128,10 @@ def for_sibling(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
-) -> Template:
+) -> Template | None:
     """The template of entry ``entry`` with ``args`` / ``kwargs``, from ``template`` of an
-    entry of the same shape. Raises what Celery raises for arguments the task refuses."""
+    entry of the same shape; ``None`` when its body cannot be made the way Kombu made the
+    first one. Raises what Celery raises for arguments the task refuses."""
     task = app.tasks.get(task_name)
     if task is not None and task.typing:
         task.__header__(*args, **kwargs)  # Celery's own check of the arguments
@@ -123,16 +143,43 @@ def for_sibling(
     packed = channel.decode_body(message["body"], body_encoding)
     if headers.get("compression"):
         packed = compression.decompress(packed, headers["compression"])  # type: ignore[no-untyped-call]
-    _, _, embed = serialization.loads(packed, content_type, content_encoding, accept=[content_type])  # type: ignore[no-untyped-call]
-    serializer = serialization.registry.type_to_name[content_type]
-    _, _, payload = serialization.dumps((args, dict(kwargs), embed), serializer=serializer)  # type: ignore[no-untyped-call]
+    packed = packed if isinstance(packed, bytes) else str(packed).encode()
+    original_args, original_kwargs, embed = serialization.loads(  # type: ignore[no-untyped-call]
+        packed, content_type, content_encoding, accept=[content_type]
+    )
+    serializer = _serializer_name(app, task, options, content_type)
+    if _dumps((original_args, original_kwargs, embed), serializer) != packed:
+        return None  # the serializer of that content type is not the one Celery used
+    payload = _dumps((args, dict(kwargs), embed), serializer)
     if headers.get("compression"):
         payload, _ = compression.compress(payload, headers["compression"])  # type: ignore[no-untyped-call]
     body, _ = channel.encode_body(payload, body_encoding)
     maxlevels = app.conf.task_repr_maxlevels
-    if "argsrepr" not in options:
+    if options.get("argsrepr") is None:  # as Celery: a given None is made from the arguments
         headers["argsrepr"] = saferepr(args, app.amqp.argsrepr_maxsize, maxlevels=maxlevels)
-    if "kwargsrepr" not in options:
+    if options.get("kwargsrepr") is None:
         headers["kwargsrepr"] = saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels=maxlevels)
     headers[ENTRY_HEADER] = entry
     return replace(template, message={**message, "body": body, "headers": headers})
+
+
+def _dumps(body: Any, serializer: str) -> bytes:
+    """``body`` serialized by Kombu's ``serializer``, as bytes."""
+    _, _, payload = serialization.dumps(body, serializer=serializer)  # type: ignore[no-untyped-call]
+    return payload if isinstance(payload, bytes) else str(payload).encode()
+
+
+def _serializer_name(app: Any, task: Any, options: Mapping[str, Any], content_type: str) -> str:
+    """The serializer Celery names for this message, as it chooses (the entry's option, the
+    task's, the app's), among those that write ``content_type``; else the one Kombu reads it
+    with."""
+    encoders = serialization.registry._encoders
+    chosen = (
+        options.get("serializer"),
+        getattr(task, "serializer", None),
+        app.conf.task_serializer,
+    )
+    for name in chosen:
+        if isinstance(name, str) and name in encoders and encoders[name][0] == content_type:
+            return name
+    return str(serialization.registry.type_to_name[content_type])

@@ -126,7 +126,8 @@ def make_template(
 ) -> Template | None:
     """A template from the capture of one occurrence, or ``None`` when later occurrences could
     not be made from it by the patches this module knows."""
-    expires, countdown = options.get("expires"), options.get("countdown")
+    # Celery turns a countdown into an eta only when it is truthy: 0 sends none.
+    expires, countdown = options.get("expires"), options.get("countdown") or None
     if options.get("eta") is not None:
         return None
     if expires is not None and not _seconds(expires):

@@ -4,6 +4,8 @@ claim script and the shared next-slot cache give what the plain forms give."""
 from __future__ import annotations
 
 import random
+import sys
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ import redis
 from celery_fork_scheduler.backends.base import Claim, ClaimOutcome
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.catchup import slots_due
-from celery_fork_scheduler.config import Settings
+from celery_fork_scheduler.config import BIDI_CONTROLS, Settings, has_control_characters
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import TASK_ID_NAMESPACE, slot_isoformat, task_id_for
 from celery_fork_scheduler.keys import Keys
@@ -113,3 +115,15 @@ def test_one_batch_script_answers_each_claim_as_its_own_script_would(
     other = RedisBackend.from_url(redis_url, Settings())
     other.replica_id = "another"
     assert [r.outcome for r in other.claim(batch[:1])] == [ClaimOutcome.PENDING]
+
+
+def test_the_control_character_check_is_the_unicode_categories_for_every_code_point() -> None:
+    refused = ("Cc", "Zl", "Zp", "Cs")
+    wrong = [
+        code
+        for code in range(sys.maxunicode + 1)
+        if has_control_characters(chr(code))
+        != (chr(code) in BIDI_CONTROLS or unicodedata.category(chr(code)) in refused)
+    ]
+    assert wrong == []
+    assert has_control_characters("name\x1b[31m") and not has_control_characters("zürich ☃ 日")

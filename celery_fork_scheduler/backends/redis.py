@@ -28,6 +28,7 @@ from redis.exceptions import (
     MovedError,
     NoPermissionError,
     NoScriptError,
+    ReadOnlyError,
     ResponseError,
     TryAgainError,
 )
@@ -309,7 +310,9 @@ class RedisBackend:
             [reply] = self._pipelined([command], acknowledged=True)
             if isinstance(reply, Exception):
                 return [reply] * len(items)
-            return [_item_reply(answer) for answer in reply]
+            pool = getattr(self.client, "connection_pool", None)
+            sentinel = isinstance(pool, SentinelConnectionPool)
+            return [_item_reply(answer, sentinel=sentinel) for answer in reply]
 
         return self._retrying(run)
 
@@ -562,17 +565,24 @@ def _execute(
     raise AssertionError("unreachable")
 
 
-def _item_reply(answer: Any) -> Any:
+def _item_reply(answer: Any, *, sentinel: bool = False) -> Any:
     """One item's reply from a batch script: its ``{"__error__", message}`` as the error reply
-    a script call of its own would have given (raised when it refuses every command)."""
-    if isinstance(answer, list) and answer and answer[0] == b"__error__":
-        error = ResponseError(_text(answer[1]))
-        if _refuses_everything(error):
-            if _is_script_acl_refusal(error):
-                raise NoPermissionError(str(error))
-            raise error
+    a script call of its own would have given, ``ERR`` code taken off as redis-py does (raised
+    when it refuses every command: ``READONLY`` as redis-py raises it, a connection error
+    behind Sentinel, so that the new master is asked)."""
+    if not (isinstance(answer, list) and answer and _text(answer[0]) == "__error__"):
+        return answer
+    text = _text(answer[1])
+    error = ResponseError(text[4:] if text.startswith("ERR ") else text)
+    if not _refuses_everything(error):
         return error
-    return answer
+    if _is_script_acl_refusal(error):
+        raise NoPermissionError(str(error))
+    if _reply_code(error) == "READONLY":
+        if sentinel:
+            raise redis.ConnectionError("the Sentinel master became a replica (READONLY)")
+        raise ReadOnlyError(_after_location(error)[len("READONLY ") :])
+    raise error
 
 
 def _refuses_everything(error: Exception) -> bool:
