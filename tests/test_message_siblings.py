@@ -19,18 +19,22 @@ from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 __all__ = ["broker"]  # the fixture, shared with test_message_template
 
+#: A task name no other test registers (``app.task`` without ``shared=False`` registers a task
+#: for every app made later, which would replace this module's own definitions).
+TASK = "siblings.report"
+
 SIBLINGS = {
     "nightly": (["eu"], {"day": "monday"}),
     "weekly": (["us-east"], {"day": "friday"}),
     "empty": ([""], {}),
-    "unicode": (["zürich ☃ \"quoted\" \\ " * 40], {"day": "日曜日"}),
+    "unicode": (['zürich ☃ "quoted" \\ ' * 40], {"day": "日曜日"}),
 }
 
 
-def entry(name: str, options: dict[str, Any], **extra: Any) -> Entry:
+def entry(name: str, options: dict[str, Any], task: str = "tasks.report", **extra: Any) -> Entry:
     args, kwargs = SIBLINGS[name]
     definition = {
-        "task": "tasks.report",
+        "task": task,
         "schedule": 60,
         "args": args,
         "kwargs": kwargs,
@@ -86,7 +90,11 @@ def test_a_sibling_template_is_the_message_celery_builds_for_the_sibling(
 def test_another_shape_is_captured_and_refused_arguments_raise_as_in_celery(
     redis_url: str, captures: list[str]
 ) -> None:
-    app = make_app(redis_url, {})
+    app = Celery("shapes", broker=redis_url, set_as_current=False)
+
+    @app.task(name=TASK, shared=False)  # type: ignore[untyped-decorator]
+    def report(region: str, *, day: str = "today") -> None: ...
+
     with app.producer_or_acquire() as producer:
         publisher = CeleryPublisher(app, lambda: producer)
         slot = SLOTS[0]
@@ -95,13 +103,13 @@ def test_another_shape_is_captured_and_refused_arguments_raise_as_in_celery(
             occurrence = build_occurrence(made, slot, task_id_for(made.name, slot))
             return publisher.render(occurrence, producer, producer.channel)
 
-        render(entry("nightly", {}))
-        render(entry("weekly", {"queue": "other"}))  # other options: another shape
-        render(entry("empty", {}, pause_on_failure=True))  # another header: another shape
+        render(entry("nightly", {}, TASK))
+        render(entry("weekly", {"queue": "other"}, TASK))  # other options: another shape
+        render(entry("empty", {}, TASK, pause_on_failure=True))  # another header: another shape
         assert len(captures) == 3
         wrong = entry_from_config(
             "wrong",
-            {"task": "tasks.report", "schedule": 60, "args": ["a", "b", "c"]},
+            {"task": TASK, "schedule": 60, "args": ["a", "b", "c"]},
             default_timezone=timezone.utc,
         )
         with pytest.raises(TypeError):
@@ -121,13 +129,14 @@ def test_a_task_with_its_own_apply_async_is_never_shared(
             options.setdefault("headers", {})["first-arg"] = str((args or [""])[0])
             return super().apply_async(args, kwargs, **options)
 
-    @app.task(name="tasks.report", base=Stamping, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK, base=Stamping, shared=False)  # type: ignore[untyped-decorator]
     def report(region: str, *, day: str = "today") -> None: ...
 
     with app.producer_or_acquire() as producer:
         publisher = CeleryPublisher(app, lambda: producer)
         for name in ("nightly", "weekly"):
-            occurrence = build_occurrence(entry(name, {}), SLOTS[0], task_id_for(name, SLOTS[0]))
+            made = entry(name, {}, TASK)
+            occurrence = build_occurrence(made, SLOTS[0], task_id_for(name, SLOTS[0]))
             rendered = publisher.render(occurrence, producer, producer.channel)
             assert rendered is not None
             assert rendered.messages[0][1]["headers"]["first-arg"] == SIBLINGS[name][0][0]

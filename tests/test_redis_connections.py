@@ -185,6 +185,9 @@ def exercise(url: str) -> None:
             ClaimOutcome.WON,
             ClaimOutcome.CLAIMED,
         ]
+        # A skip counts itself (HINCRBY): a slot on an exclusion date.
+        excluded = Claim("c", PAST, task_id_for("c", PAST), excluded=True)
+        assert outcomes(backend, [excluded]) == [ClaimOutcome.EXCLUDED]
     finally:
         backend.close()
 
