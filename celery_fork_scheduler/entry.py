@@ -259,6 +259,28 @@ def shared_schedule(schedule: SlotSchedule) -> SlotSchedule:
     return schedule
 
 
+def _resolve_schedule(raw: object, zone: tzinfo, own_zone: bool) -> SlotSchedule:
+    """The validated, shared schedule of a ``schedule`` value read in ``zone`` (the entry's
+    own ``timezone`` when ``own_zone``). Raises :class:`ScheduleError`."""
+    schedule = coerce_schedule(raw, default_tz=zone)
+    if own_zone:
+        schedule = schedule.with_timezone(zone)
+    validate_schedule(schedule)
+    return shared_schedule(schedule)
+
+
+#: Schedule values resolved once per distinct value, type and zone: entries added by the
+#: thousand share a few (Celery's own schedule objects are resolved each time).
+_RESOLVED_ONCE = (str, int, float, timedelta, SlotSchedule)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_schedule(kind: str, raw: object, zone: tzinfo, own_zone: bool) -> SlotSchedule:
+    """:func:`_resolve_schedule`, cached (``kind``, the value's type: so that ``1.0`` is not
+    taken for ``1``)."""
+    return _resolve_schedule(raw, zone, own_zone)
+
+
 @functools.lru_cache(maxsize=4096)
 def validate_schedule(schedule: SlotSchedule) -> None:
     """``schedule.validate()``, once per distinct schedule (a failure is not cached)."""
@@ -720,11 +742,14 @@ def entry_from_config(
         raw_schedule = definition["schedule"]
         if isinstance(raw_schedule, Mapping):
             raw_schedule = schedule_from_dict(raw_schedule)
-        schedule = coerce_schedule(raw_schedule, default_tz=zone)
-        if definition.get("timezone") is not None:
-            schedule = schedule.with_timezone(zone)
-        validate_schedule(schedule)
-        schedule = shared_schedule(schedule)
+        own_zone = definition.get("timezone") is not None
+        if isinstance(raw_schedule, _RESOLVED_ONCE):
+            kind = type(raw_schedule)
+            schedule = _resolved_schedule(
+                f"{kind.__module__}.{kind.__qualname__}", raw_schedule, zone, own_zone
+            )
+        else:
+            schedule = _resolve_schedule(raw_schedule, zone, own_zone)
     except ScheduleError as exc:
         raise _fail(name, "schedule", str(exc)) from None
     _check_interval(name, schedule, min_interval)

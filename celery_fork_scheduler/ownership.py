@@ -94,6 +94,9 @@ class Ownership:
         self.grace = grace
         self.monotonic = monotonic
         self.live: tuple[str, ...] = (replica_id,)
+        #: The owner of each entry asked about under the live set ``_owners_of``.
+        self._owners: dict[str, str] = {}
+        self._owners_of: tuple[str, ...] = ()
         #: What, besides the live set, decides the slots: runtime version, static entries.
         self.basis = 0
         self.view = self._fingerprint()
@@ -104,9 +107,14 @@ class Ownership:
     def other_owner(self, name: str) -> str | None:
         """The replica that owns entry ``name``, when it is not this one (``None`` when this
         replica owns it; always when it is alone)."""
-        if len(self.live) == 1:
+        live = self.live
+        if len(live) == 1:
             return None
-        owner = owner_of(name, self.live)
+        if self._owners_of != live:  # another live set: owners hashed again, once per entry
+            self._owners_of, self._owners = live, {}
+        owner = self._owners.get(name)
+        if owner is None:
+            owner = self._owners[name] = owner_of(name, live)
         return None if owner == self.replica_id else owner
 
     def handled_by(self, owner: str, slots: Iterable[datetime], now: datetime) -> bool:

@@ -81,7 +81,7 @@ class SlotReports:
         """:meth:`skipped`, by entry name and slot."""
         if reason in WARNED_SKIPS:
             self.warn_rate_limited(reason, f"{entry} slot {slot_isoformat(slot)} skipped: {reason}")
-        else:
+        elif logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "fork scheduler: %s slot %s skipped: %s", entry, slot_isoformat(slot), reason
             )

@@ -127,3 +127,22 @@ def test_the_control_character_check_is_the_unicode_categories_for_every_code_po
     ]
     assert wrong == []
     assert has_control_characters("name\x1b[31m") and not has_control_characters("zürich ☃ 日")
+
+
+def test_a_schedule_value_resolved_once_is_still_refused_for_a_look_alike_of_another_type() -> None:
+    from celery_fork_scheduler.errors import ConfigError
+
+    made = entry_from_config("one", {"task": "t", "schedule": 1}, default_timezone=UTC)
+    assert (
+        made.schedule
+        == entry_from_config("again", {"task": "t", "schedule": 1}, default_timezone=UTC).schedule
+    )
+    with pytest.raises(ConfigError, match="schedule"):
+        entry_from_config("flag", {"task": "t", "schedule": True}, default_timezone=UTC)
+    berlin = entry_from_config(
+        "zoned",
+        {"task": "t", "schedule": "0 9 * * *", "timezone": "Europe/Berlin"},
+        default_timezone=UTC,
+    )
+    plain = entry_from_config("plain", {"task": "t", "schedule": "0 9 * * *"}, default_timezone=UTC)
+    assert berlin.schedule.zone != plain.schedule.zone
