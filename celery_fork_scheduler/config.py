@@ -261,9 +261,14 @@ def _dotted_paths(name: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SETTING_KEY = re.compile(f"(?:celery_)?{SETTING_PREFIX}", re.IGNORECASE)
+
+
 def _setting_name(key: str) -> str | None:
     """The setting a config key names: ``fork_scheduler_x``, or Django-style namespaced
     ``CELERY_FORK_SCHEDULER_X`` (``config_from_object(..., namespace="CELERY")``)."""
+    if not _SETTING_KEY.match(key):  # most keys of a Celery config: one regex, not a loop
+        return None
     lowered = key.lower()
     for prefix in (SETTING_PREFIX, "celery_" + SETTING_PREFIX):
         if lowered.startswith(prefix) and (key.islower() or key.isupper()):
