@@ -232,13 +232,20 @@ class Entry:
         return slot
 
 
-@functools.lru_cache(maxsize=65536)
 def next_slot_of(schedule: SlotSchedule, after: datetime) -> datetime | None:
     """``schedule.next_slot(after)``, shared by entries with equal schedules.
 
     Schedules are immutable values, so thousands of entries with one cron expression (a burst)
-    compute their next slot once per instant instead of once each.
+    compute their next slot once per instant instead of once each. Only UTC instants are
+    cached: two local wall times that differ only in ``fold`` compare (and hash) equal.
     """
+    if after.tzinfo is timezone.utc:
+        return _next_utc_slot_of(schedule, after)
+    return schedule.next_slot(after)
+
+
+@functools.lru_cache(maxsize=65536)
+def _next_utc_slot_of(schedule: SlotSchedule, after: datetime) -> datetime | None:
     return schedule.next_slot(after)
 
 
@@ -269,8 +276,9 @@ def _resolve_schedule(raw: object, zone: tzinfo, own_zone: bool) -> SlotSchedule
     return shared_schedule(schedule)
 
 
-#: Schedule values resolved once per distinct value, type and zone: entries added by the
-#: thousand share a few (Celery's own schedule objects are resolved each time).
+#: Schedule values resolved once per distinct value, type and IANA zone: entries added by the
+#: thousand share a few (Celery's own schedule objects, and zones of other kinds — fixed
+#: offsets equal to each other under other names, dateutil's unhashable ones — each time).
 _RESOLVED_ONCE = (str, int, float, timedelta, SlotSchedule)
 
 
@@ -743,7 +751,7 @@ def entry_from_config(
         if isinstance(raw_schedule, Mapping):
             raw_schedule = schedule_from_dict(raw_schedule)
         own_zone = definition.get("timezone") is not None
-        if isinstance(raw_schedule, _RESOLVED_ONCE):
+        if isinstance(raw_schedule, _RESOLVED_ONCE) and isinstance(zone, ZoneInfo):
             kind = type(raw_schedule)
             schedule = _resolved_schedule(
                 f"{kind.__module__}.{kind.__qualname__}", raw_schedule, zone, own_zone
