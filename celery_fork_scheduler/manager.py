@@ -33,7 +33,7 @@ from .backfill import (
     run_backfill,
 )
 from .config import Settings, app_timezone, has_lone_surrogates, read_settings
-from .decorators import periodic_entries
+from .decorators import REGISTRY_ATTRIBUTE, periodic_entries
 from .entry import (
     REPLACING,
     Entry,
@@ -283,7 +283,7 @@ class Manager:
             **policies,
         }
         entry = self._validate(name, definition)
-        if name in self._static_entries():
+        if name in self._static_names():
             raise ConfigError(
                 "a static entry (config or decorator) has this name; "
                 "runtime entries cannot replace it",
@@ -540,7 +540,7 @@ class Manager:
             app_timezone(self.app),
             settings.min_interval,
             settings.max_entry_size,
-            frozenset(self._static_entries()),
+            self._static_names(),
             settings.calendars,
         )
 
@@ -729,7 +729,7 @@ class Manager:
         that was due before the removal still fires once if a replica had not published it
         yet; no later slot does."""
         _check_name(name)
-        if name in self._static_entries():
+        if name in self._static_names():
             raise ConfigError(
                 "static entries (config or decorator) cannot be removed at runtime; "
                 "pause it, or remove it from the code",
@@ -963,6 +963,15 @@ class Manager:
         """The runtime store (Redis); :class:`RedisRequiredError` without Redis."""
         return RuntimeStore(self._redis(), self._keys())
 
+    def _static_names(self) -> frozenset[str]:
+        """The names of the static entries (``beat_schedule`` and decorators), without building
+        them: a runtime write only needs to know it does not take one's name."""
+        schedule = self.app.conf.beat_schedule or {}
+        registry = self.app.__dict__.get(REGISTRY_ATTRIBUTE) or {}
+        if not isinstance(schedule, Mapping) or not isinstance(registry, Mapping):
+            return frozenset(self._static_entries())  # raises the error naming the setting
+        return frozenset(schedule) | frozenset(registry)
+
     def _static_entries(self) -> dict[str, Entry]:
         floor = self._settings().min_interval
         calendars = self._settings().calendars
@@ -1017,7 +1026,7 @@ class Manager:
 
     def _stored(self, name: str) -> StoredEntry:
         _check_name(name)
-        if name in self._static_entries():
+        if name in self._static_names():
             raise ConfigError("static entries cannot be changed at runtime", entry=name)
         stored = self._get_stored(name)
         if stored is None:

@@ -146,3 +146,34 @@ def test_a_schedule_value_resolved_once_is_still_refused_for_a_look_alike_of_ano
     )
     plain = entry_from_config("plain", {"task": "t", "schedule": "0 9 * * *"}, default_timezone=UTC)
     assert berlin.schedule.zone != plain.schedule.zone
+
+
+def test_a_runtime_write_checks_static_names_without_building_the_static_entries(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery import Celery
+
+    from celery_fork_scheduler import Manager
+    from celery_fork_scheduler.errors import ConfigError
+
+    app = Celery("names", broker="memory://", set_as_current=False)
+    app.conf.update(
+        fork_scheduler_redis_url=redis_url,
+        beat_schedule={f"static-{i}": {"task": "t", "schedule": 60.0} for i in range(3)},
+    )
+    manager = Manager(app)
+    built: list[int] = []
+    real = Manager._static_entries
+
+    def counting(self: Manager) -> Any:
+        built.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Manager, "_static_entries", counting)
+    manager.add("runtime-1", "t", "every 5 minutes")
+    manager.add_many([{"name": "runtime-2", "task": "t", "schedule": "every 5 minutes"}])
+    with pytest.raises(ConfigError, match="static entry"):
+        manager.add("static-1", "t", "every 5 minutes")
+    with pytest.raises(ConfigError, match="static"):
+        manager.remove("static-2")
+    assert built == []
