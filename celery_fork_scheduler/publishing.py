@@ -282,12 +282,8 @@ class CeleryPublisher:
     ) -> list[tuple[str, tuple[Any, ...]]] | None:
         """The Redis commands of ``occurrence`` from its template's encoded text (see
         :mod:`.message_encoding`), or ``None`` when it has none yet or needs its own encoding."""
-        definition = occurrence.definition
-        cached = self._cache.get(occurrence.entry)
-        registered = occurrence.task in self.app.tasks
-        if definition is None or cached is None or cached[:2] != (definition, registered):
-            return None
-        template = cached[2]
+        cached = self._cached(occurrence)
+        template = cached[0] if cached is not None else None
         if template is None:
             return None
         publish_at = occurrence.headers.get(PUBLISH_AT_HEADER)
@@ -303,7 +299,6 @@ class CeleryPublisher:
             if encoded is None:
                 return None
             known[1][variant] = encoded
-        self._cache.move_to_end(occurrence.entry)
         return encoded.fill(occurrence.task_id, slot_isoformat(occurrence.slot), publish_at)
 
     def warm(self, occurrence: Occurrence) -> None:
@@ -336,10 +331,9 @@ class CeleryPublisher:
         :meth:`_templating_channel`, which checks once per batch that templates are allowed."""
         definition = occurrence.definition
         registered = occurrence.task in self.app.tasks
-        cached = self._cache.get(occurrence.entry)
-        if definition is not None and cached is not None and cached[:2] == (definition, registered):
-            self._cache.move_to_end(occurrence.entry)
-            template = cached[2]
+        cached = self._cached(occurrence)
+        if cached is not None:
+            template = cached[0]
             if template is None:
                 return None
             return render(
@@ -366,6 +360,17 @@ class CeleryPublisher:
             if template is not None:
                 self._shapes.add(occurrence, registered, template)
         return None if captured is None else Rendered(tuple(captured))
+
+    def _cached(self, occurrence: Occurrence) -> tuple[Template | None] | None:
+        """The entry's cached template (``(None,)``: it goes through Celery), when it was made
+        from this very definition with the task registered as it is now; else ``None``."""
+        definition = occurrence.definition
+        cached = self._cache.get(occurrence.entry)
+        registered = occurrence.task in self.app.tasks
+        if definition is None or cached is None or cached[:2] != (definition, registered):
+            return None
+        self._cache.move_to_end(occurrence.entry)
+        return (cached[2],)
 
     def _keep(self, name: str, cached: tuple[Entry, bool, Template | None]) -> None:
         self._cache[name] = cached

@@ -16,3 +16,11 @@ def sent_by_celery(app: Celery, producer: Any, occurrence: Any) -> list[tuple[st
     captured = capture(producer.channel, lambda: celery_path._send(occurrence, producer))
     assert captured is not None
     return captured
+
+
+def declare_queues(app: Celery, producer: Any) -> None:
+    """Bind the app's queues on the producer's channel, as a worker declares them (Kombu
+    remembers bindings per process: the test's Redis may have been emptied since)."""
+    producer.channel.connection.state.clear()
+    for queue in app.amqp.queues.values():
+        queue(producer.channel).declare()

@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
-from publish_helpers import sent_by_celery
+from publish_helpers import declare_queues, sent_by_celery
 
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
@@ -49,9 +49,7 @@ def declared_producer(app: Celery) -> Any:
     """A producer like beat's (``auto_declare=False``), the app's queues bound as a worker
     binds them."""
     producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
-    producer.channel.connection.state.clear()
-    for queue in app.amqp.queues.values():
-        queue(producer.channel).declare()
+    declare_queues(app, producer)
     return producer
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kombu.utils import json as kombu_json
-from publish_helpers import sent_by_celery
+from publish_helpers import declare_queues, sent_by_celery
 from test_message_template import OPTIONS, SLOTS, make_app, same_message
 
 from celery_fork_scheduler.entry import entry_from_config
@@ -40,14 +40,12 @@ def test_encoded_commands_are_kombus_commands_for_the_occurrence(
         "schedule": 60,
         "args": ["eu"],
         "kwargs": {"day": "monday"},
-        "options": {**options, "headers": {**options.get("headers", {}), "note": 'a " \\ \u00e9'}},
+        "options": {**options, "headers": {**options.get("headers", {}), "note": NOTE}},
         "jitter": jitter,
     }
     entry = entry_from_config("nightly", definition, default_timezone=timezone.utc)
     with app.producer_or_acquire() as producer:
-        producer.channel.connection.state.clear()
-        for queue in app.amqp.queues.values():
-            queue(producer.channel).declare()
+        declare_queues(app, producer)
         publisher = CeleryPublisher(app, lambda: producer)
         for number, slot in enumerate(SLOTS * 2):
             capped = number % 3 == 1

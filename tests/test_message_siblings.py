@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from publish_helpers import sent_by_celery
+from publish_helpers import declare_queues, sent_by_celery
 from test_message_template import OPTIONS, SLOTS, broker, make_app, same_message
 
 from celery_fork_scheduler import publishing
@@ -59,12 +59,6 @@ def captures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return made
 
 
-def declared(app: Celery, producer: Any) -> None:
-    producer.channel.connection.state.clear()
-    for queue in app.amqp.queues.values():
-        queue(producer.channel).declare()
-
-
 @pytest.mark.parametrize("case", [case for case in OPTIONS if case != "expires-datetime"])
 def test_a_sibling_template_is_the_message_celery_builds_for_the_sibling(
     broker: str, case: str, captures: list[str]
@@ -72,7 +66,7 @@ def test_a_sibling_template_is_the_message_celery_builds_for_the_sibling(
     options, conf = OPTIONS[case]
     app = make_app(broker, conf)
     with app.producer_or_acquire() as producer:
-        declared(app, producer)
+        declare_queues(app, producer)
         publisher = CeleryPublisher(app, lambda: producer)
         for number, name in enumerate(SIBLINGS):
             slot = SLOTS[number % len(SLOTS)]

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
-from publish_helpers import sent_by_celery
+from publish_helpers import declare_queues, sent_by_celery
 
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import PUBLISH_AT_HEADER, task_id_for
@@ -111,11 +111,7 @@ def test_a_templated_occurrence_is_the_message_celery_builds(
     }
     entry = entry_from_config("nightly", definition, default_timezone=timezone.utc)
     with app.producer_or_acquire() as producer:
-        # Bound, as a worker declares them (Kombu remembers bindings per process: the test's
-        # Redis was emptied since an earlier test declared them).
-        producer.channel.connection.state.clear()
-        for queue in app.amqp.queues.values():
-            queue(producer.channel).declare()
+        declare_queues(app, producer)
         publisher = CeleryPublisher(app, lambda: producer)
         for number, slot in enumerate(SLOTS):
             capped = capped_first != (number % 2 == 1)  # a run under the cap, or not
@@ -197,9 +193,7 @@ def test_a_templated_jittered_occurrence_is_the_message_celery_builds(
     definition = {"task": "tasks.report", "schedule": 60, "args": ["eu"], "jitter": jitter}
     entry = entry_from_config("jittered", definition, default_timezone=timezone.utc)
     with app.producer_or_acquire() as producer:
-        producer.channel.connection.state.clear()
-        for queue in app.amqp.queues.values():
-            queue(producer.channel).declare()
+        declare_queues(app, producer)
         publisher = CeleryPublisher(app, lambda: producer)
         for slot in SLOTS:
             occurrence = build_occurrence(entry, slot, task_id_for("jittered", slot))
