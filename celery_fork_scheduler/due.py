@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
-from .backends import Claim
+from .backends import Claim, ClaimResult
 from .entry import Entry
+from .errors import BackendUnavailableError
 from .timequeue import QueueItem
 
 
@@ -33,3 +36,21 @@ class Work:
     #: grace for another replica's entry; with jitter, just before a slot still waiting for
     #: its offset): the next slot follows it.
     horizon: datetime | None = None
+
+
+@dataclass(slots=True)
+class ChunkClaim:
+    """One chunk of a tick whose claim was started: its works, their due slots (oldest
+    first, as claimed), when the claim started (monotonic) and its results to come."""
+
+    works: list[Work]
+    due: list[DueSlot]
+    started: float
+    results: Future[list[ClaimResult]]
+    #: The error that kept every claim of the chunk from being made, once known.
+    error: BackendUnavailableError | None = None
+
+    def settle(self) -> None:
+        """Wait for the claim to end, whatever became of it."""
+        with contextlib.suppress(BackendUnavailableError):
+            self.results.result()

@@ -24,8 +24,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from .backends import Claim, ClaimBackend
 from .backends.base import PublishesOnce
@@ -34,6 +37,7 @@ from .due import DueSlot
 from .entry import Entry
 from .errors import BackendUnavailableError
 from .ids import task_id_for
+from .lane import Lane
 from .publishing import DeliveryUncertain, Occurrence, Publisher, build_occurrence, is_transient
 from .reports import SlotReports
 from .timequeue import TimeQueue
@@ -51,6 +55,17 @@ ONCE_COMMANDS = frozenset({"lpush", "pexpire"})
 logger = logging.getLogger("celery_fork_scheduler")
 
 Prepared = tuple[DueSlot, Occurrence]
+T = TypeVar("T")
+
+
+@dataclass
+class StartedBatch:
+    """A prepared batch: the slots its one-step publish script runs for (``once``, with the
+    script's ``replies`` to come), and those that take the fence path (``rest``)."""
+
+    rest: list[Prepared]
+    once: list[DueSlot] = field(default_factory=list)
+    replies: Future[list[Any]] | None = None
 
 
 class PublishPipeline:
@@ -82,6 +97,8 @@ class PublishPipeline:
         #: Slots this replica took over from one that did not publish them (each at least a
         #: lease old then): a broker that refuses them is asked again for longer.
         self._taken_over: set[tuple[str, datetime]] = set()
+        #: Where the claim and publish scripts run beside this replica's Python work.
+        self.lane = Lane()
 
     def note_taken_over(self, claims: Iterable[Claim], now: datetime) -> None:
         """Slots won from a replica that did not publish them (see :meth:`_worth_retrying`);
@@ -118,19 +135,45 @@ class PublishPipeline:
                 warm(build_occurrence(entry, slot, task_id_for(entry.name, slot)))
         return True
 
-    def send(self, admitted: Sequence[DueSlot], now: datetime) -> BackendUnavailableError | None:
+    def send(
+        self,
+        admitted: Sequence[DueSlot],
+        now: datetime,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> BackendUnavailableError | None:
         """Publish and record the admitted slots, :data:`PUBLISH_BATCH` at a time.
 
+        Each batch's messages are built while the previous batch's publish script runs (see
+        :mod:`.lane`); ``meanwhile`` (the next chunk's claim) is called once the first batch's
+        publish has started, or at once when there is nothing to start.
+
         Returns the error when the backend went away; the slots not yet fenced are then
-        queued to be asked about again (takeover-only).
+        queued to be asked about again (takeover-only), and ``meanwhile`` may not be called.
         """
-        for start in range(0, len(admitted), PUBLISH_BATCH):
-            try:
-                self._send_batch(admitted[start : start + PUBLISH_BATCH], now)
-            except BackendUnavailableError as exc:
-                self.ask_again(admitted[start + PUBLISH_BATCH :], now)
-                return exc
-        return None
+        batches = [
+            admitted[start : start + PUBLISH_BATCH]
+            for start in range(0, len(admitted), PUBLISH_BATCH)
+        ]
+        started: StartedBatch | None = None
+        lost: BackendUnavailableError | None = None
+        for index, batch in enumerate(batches):
+            following = self._start_batch(batch, now)
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
+            if started is not None:
+                lost = self._finish_batch(started, now)
+            started = following
+            if lost is not None:
+                self._abandon(started, now)
+                for later in batches[index + 1 :]:
+                    self.ask_again(later, now)
+                return lost
+        if meanwhile is not None:
+            meanwhile()
+        if started is not None:
+            lost = self._finish_batch(started, now)
+        return lost
 
     def record(self) -> None:
         """Record published claims; kept for the next tick if the backend is down (raises
@@ -154,30 +197,40 @@ class PublishPipeline:
         for due_slot in due_slots:
             self.queue.push(when, due_slot.entry, due_slot.claim.slot, takeover=True)
 
-    def _send_batch(self, batch: Sequence[DueSlot], now: datetime) -> None:
-        """Prepare, fence, publish and record one batch (steps 1-4 of the module docstring).
-
-        Raises :class:`BackendUnavailableError` when Redis went away; the batch's claims that
-        were not fenced are then asked about again.
-        """
+    def _start_batch(self, batch: Sequence[DueSlot], now: datetime) -> StartedBatch:
+        """Prepare one batch (step 1 of the module docstring) and, on the one-step path,
+        start its publish script in the lane (see :meth:`_start_once`)."""
         prepared = self._prepare(batch, now)
-        if not prepared:
-            return
-        if self._shares_redis_with_broker():
-            prepared = self._publish_once(prepared, now)
-            if not prepared:
-                return
+        if prepared and self._shares_redis_with_broker():
+            return self._start_once(prepared, now)
+        return StartedBatch(prepared)
+
+    def _finish_batch(self, started: StartedBatch, now: datetime) -> BackendUnavailableError | None:
+        """Settle a started batch: the one-step publishes' replies, then fence, publish and
+        record the rest (steps 2-4 of the module docstring).
+
+        Returns the error when Redis went away; the batch's claims that were not fenced are
+        then asked about again.
+        """
         try:
-            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in prepared])
-        except BackendUnavailableError:
-            self.ask_again([due_slot for due_slot, _ in prepared], now)
-            raise
-        self.unmarked.extend(self.publish(self._still_held(prepared, held), now))
-        self.record()
+            self._settle_once(started, now)
+            rest = started.rest
+            if not rest:
+                return None
+            try:
+                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in rest])
+            except BackendUnavailableError:
+                self.ask_again([due_slot for due_slot, _ in rest], now)
+                raise
+            self.unmarked.extend(self.publish(self._still_held(rest, held), now))
+            self.record()
+        except BackendUnavailableError as exc:
+            return exc
+        return None
 
     def _shares_redis_with_broker(self) -> bool:
         """True when the broker is a Kombu Redis transport on the claims' Redis server and
-        database (asked once per publisher): then :meth:`_publish_once` applies."""
+        database (asked once per publisher): then :meth:`_start_once` applies."""
         publisher = self.publisher
         if self._shared_with is not None and self._shared_with[0] is publisher:
             return self._shared_with[1]
@@ -199,21 +252,24 @@ class PublishPipeline:
             )
         return shared
 
-    def _publish_once(self, prepared: Sequence[Prepared], now: datetime) -> list[Prepared]:
-        """Fence, publish and record each slot in one script (:data:`.lua.PUBLISH_ONCE`):
-        there is no instant at which a stopped or killed replica leaves a slot published but
-        unrecorded, nor fenced but unpublished. Returns the slots that must take the fence path
-        (no template, or a broker command the script does not run).
+    def _abandon(self, started: StartedBatch, now: datetime) -> None:
+        """After Redis went away: settle a started batch's publish script (it runs anyway) and
+        ask about the rest of its slots again without trying them."""
+        with contextlib.suppress(BackendUnavailableError):
+            self._settle_once(started, now)
+        self.ask_again([due_slot for due_slot, _ in started.rest], now)
 
-        Raises :class:`BackendUnavailableError` when Redis went away; the slots are then asked
-        about again (a lost reply is safe: a published slot is recorded, an unpublished one is
-        still this replica's claim).
-        """
+    def _start_once(self, prepared: Sequence[Prepared], now: datetime) -> StartedBatch:
+        """Start the script that fences, publishes and records each slot in one step
+        (:data:`.lua.PUBLISH_ONCE`): there is no instant at which a stopped or killed replica
+        leaves a slot published but unrecorded, nor fenced but unpublished. The slots that
+        must take the fence path (no template, or a broker command the script does not run)
+        are the batch's ``rest``."""
         commands_for = getattr(self.publisher, "commands_for", None)
         occurrences = [occurrence for _, occurrence in prepared]
         commands = commands_for(occurrences) if commands_for is not None else None
         if commands is None:
-            return list(prepared)
+            return StartedBatch(list(prepared))
         once: list[tuple[DueSlot, Any]] = []
         rest: list[Prepared] = []
         for (due_slot, occurrence), each in zip(prepared, commands, strict=True):
@@ -224,17 +280,28 @@ class PublishPipeline:
             else:
                 rest.append((due_slot, occurrence))
         if not once:
-            return rest
+            return StartedBatch(rest)
         backend = self.backend
         assert isinstance(backend, PublishesOnce)  # see _shares_redis_with_broker
+        claims = [due_slot.claim for due_slot, _ in once]
+        replies = self.in_lane(partial(backend.publish_once, claims, [each for _, each in once]))
+        return StartedBatch(rest, [due_slot for due_slot, _ in once], replies)
+
+    def _settle_once(self, started: StartedBatch, now: datetime) -> None:
+        """Report the one-step publishes of a batch from their replies.
+
+        Raises :class:`BackendUnavailableError` when Redis went away; the slots are then
+        asked about again (a lost reply is safe: a published slot is recorded, an unpublished
+        one is still this replica's claim).
+        """
+        if started.replies is None:
+            return
         try:
-            replies = backend.publish_once(
-                [due_slot.claim for due_slot, _ in once], [each for _, each in once]
-            )
+            replies = started.replies.result()
         except BackendUnavailableError:
-            self.ask_again([due_slot for due_slot, _ in once], now)
+            self.ask_again(started.once, now)
             raise
-        for (due_slot, _), reply in zip(once, replies, strict=True):
+        for due_slot, reply in zip(started.once, replies, strict=True):
             if isinstance(reply, Exception):  # fenced, then a command failed: never again
                 self.reports.failed(due_slot.entry, due_slot.claim.slot, reply, "publishing")
                 self.reports.skipped(due_slot, "in_flight")
@@ -243,7 +310,16 @@ class PublishPipeline:
                 self.reports.dispatched(due_slot)
             else:
                 self.reports.skipped(due_slot, "claimed")
-        return rest
+
+    def in_lane(self, call: Callable[[], T]) -> Future[T]:
+        """Start a backend call in the lane (see :mod:`.lane`): in its thread when the backend
+        allows calls beside another thread's, else at once."""
+        threaded = bool(getattr(self.backend, "concurrent_calls", False))
+        return self.lane.submit(call, threaded=threaded)
+
+    def close(self) -> None:
+        """Stop the lane's thread."""
+        self.lane.close()
 
     def _prepare(self, batch: Sequence[DueSlot], now: datetime) -> list[Prepared]:
         """Build the messages of won slots and make sure the broker can be reached.

@@ -126,9 +126,7 @@ class RuntimeEntries:
                 # change this replica saw is gone from the log: an older snapshot, written to
                 # since), or this replica was away longer than removals are kept: only a full
                 # read says which entries are left.
-                changes = replace(
-                    self._everything(), epoch=changes.epoch, latest=changes.latest
-                )
+                changes = replace(self._everything(), epoch=changes.epoch, latest=changes.latest)
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None

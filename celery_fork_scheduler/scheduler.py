@@ -22,9 +22,11 @@ import json
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
+from functools import partial
 from typing import Any
 
 import redis
@@ -37,7 +39,7 @@ from .backends.factory import create_backend
 from .catchup import slots_due
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
-from .due import DueSlot, Work
+from .due import ChunkClaim, DueSlot, Work
 from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict, stored_fields
 from .errors import BackendUnavailableError, ConfigError
 from .held import HeldRuns
@@ -525,7 +527,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """One tick, streamed chunk by chunk: decide -> claim -> admit -> publish -> record.
 
         The first chunk is published before the next one is decided, so that the first
-        message of a large burst leaves as soon as that of a small one. Returns False when
+        message of a large burst leaves as soon as that of a small one; the next chunk's claim
+        runs while this one's messages are published (see :mod:`.lane`). Returns False when
         the claim backend went away (the items not handled are queued again).
         """
         seen: set[tuple[str, datetime]] = set()
@@ -534,22 +537,41 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except BackendUnavailableError as exc:
             self._on_backend_down(exc, self._decide(items, now, seen, len(items)), now)
             return False
-        chunks = self._chunks(items)
+        chunks = deque(self._chunks(items))
         left = len(items)
-        for index, chunk in enumerate(chunks):
+
+        def claim_next() -> ChunkClaim | None:
+            nonlocal left
+            if not chunks:
+                return None
+            chunk = chunks.popleft()
             works = self._decide(chunk, now, seen, left)
             left -= len(chunk)
             for work in works:
                 for due_slot in work.due:
                     if not self.outage.reported(due_slot):
                         self.reports.due(due_slot)
-            waiting: list[Work] = []  # lost after the claims: only later chunks wait
-            try:
-                lost = self._run_chunk(works, now)
-            except BackendUnavailableError as exc:  # nothing of this chunk was claimed
-                lost, waiting = exc, works
-            if lost is not None:
-                rest = [item for later in chunks[index + 1 :] for item in later]
+            return self._start_claim(works)
+
+        ahead: list[ChunkClaim | None] = []  # the next chunk's claim, once started
+
+        def claim_ahead() -> None:
+            ahead.append(claim_next())
+
+        with stop_signals_deferred():  # a won claim is published before a normal stop
+            current = claim_next()
+            while current is not None:
+                ahead.clear()
+                lost = self._run_chunk(current, now, claim_ahead)
+                if lost is None:
+                    current = ahead[0] if ahead else claim_next()
+                    continue
+                waiting = [] if lost is not current.error else current.works
+                for claim in ahead:
+                    if claim is not None:  # its claims may have been won: asked about again
+                        claim.settle()
+                        waiting += claim.works
+                rest = [item for later in chunks for item in later]
                 self._on_backend_down(lost, waiting + self._decide(rest, now, seen, left), now)
                 return False
         return True
@@ -686,30 +708,48 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         start = zlib.crc32(self.backend.replica_id.encode()) % len(chunks)
         return _head_first(chunks[start:] + chunks[:start])
 
-    def _run_chunk(self, chunk: Sequence[Work], now: datetime) -> BackendUnavailableError | None:
-        """Claim one batch, publish what was won, record it, then queue its entries' next
-        slots (after the publish: the messages of a burst go first).
-
-        Returns the error when the backend went away after the claims; the won slots not yet
-        fenced are then queued to be asked about again.
-        """
+    def _start_claim(self, works: list[Work]) -> ChunkClaim:
+        """Start claiming the due slots of a chunk's works, oldest first, in the lane."""
         due = sorted(
-            (due_slot for work in chunk for due_slot in work.due),
+            (due_slot for work in works for due_slot in work.due),
             key=lambda due_slot: (due_slot.claim.slot, due_slot.entry.name),
         )
         started = self.monotonic()
-        with stop_signals_deferred():  # a won claim is published before a normal stop
-            results = self.backend.claim([slot.claim for slot in due])
-            if self.metrics is not None and due:
-                self.metrics.claim_latency.observe(self.monotonic() - started)
-            self._learn_marks(results)
-            admitted = self._admit(due, results, now)
-            self.outage.end()
-            lost = self.pipeline.send(admitted, now)
-        for work in chunk:
+        claims = [slot.claim for slot in due]
+        results = self.pipeline.in_lane(partial(self._claim, claims, started))
+        return ChunkClaim(works, due, started, results)
+
+    def _claim(self, claims: list[Claim], started: float) -> list[ClaimResult]:
+        """The backend's claim of ``claims`` (in the lane), its latency observed."""
+        results = self.backend.claim(claims)
+        if self.metrics is not None and claims:
+            self.metrics.claim_latency.observe(self.monotonic() - started)
+        return results
+
+    def _run_chunk(
+        self, chunk: ChunkClaim, now: datetime, meanwhile: Callable[[], None]
+    ) -> BackendUnavailableError | None:
+        """Admit one chunk's claims, publish what was won, record it, then queue its entries'
+        next slots (after the publish: the messages of a burst go first). ``meanwhile``
+        starts the next chunk's claim once this one's first publish is under way.
+
+        Returns the error when the backend went away: ``chunk.error`` when nothing of the
+        chunk was claimed, else after the claims (the won slots not yet fenced are then queued
+        to be asked about again).
+        """
+        try:
+            results = chunk.results.result()
+        except BackendUnavailableError as exc:  # nothing of this chunk was claimed
+            chunk.error = exc
+            return exc
+        self._learn_marks(results)
+        admitted = self._admit(chunk.due, results, now)
+        self.outage.end()
+        lost = self.pipeline.send(admitted, now, meanwhile)
+        for work in chunk.works:
             self._queue_follow_up(work, now)
         if lost is None:
-            self._note_rate(len(due), started)
+            self._note_rate(len(chunk.due), chunk.started)
         return lost
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:
@@ -860,9 +900,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.backend.mark_skipped([slot.claim for slot in over], "capped")
             for due_slot in over:
                 self.reports.skipped(due_slot, "capped")
-        admitted = [
-            replace(slot, capped=True) for slot, ok in zip(won, granted, strict=True) if ok
-        ]
+        admitted = [replace(slot, capped=True) for slot, ok in zip(won, granted, strict=True) if ok]
         return admitted, {due_slot.entry.name for due_slot in over}
 
     def _retire(self, entry: Entry) -> None:
@@ -951,6 +989,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.runtime.forget()
             if self.ownership is not None:
                 self.ownership.forget()
+            self.pipeline.close()
             if self._backend is not None:
                 self._backend.close()
 

@@ -696,6 +696,12 @@ class SimBackend:
     def protects_replicas(self) -> bool:
         return True
 
+    @property
+    def concurrent_calls(self) -> bool:
+        """No: the world freezes a replica inside its calls and runs the others meanwhile, so
+        every call runs in the replica's own thread, in the order the lane would run it."""
+        return False
+
     def _around(self, point: str, name: str, call: Callable[[], Any]) -> Any:
         world, replica = self.world, self.replica
         world.hook(replica, f"before_{point}")

@@ -151,9 +151,9 @@ def test_a_burst_is_streamed_the_first_chunk_leaves_before_the_next_is_decided(
         steps.append(f"decide {len(items)}")
         return real_decide(items, *args)
 
-    def send(admitted: Any, now: Any) -> Any:
+    def send(admitted: Any, now: Any, meanwhile: Any = None) -> Any:
         steps.append(f"send {len(admitted)}")
-        return real_send(admitted, now)
+        return real_send(admitted, now, meanwhile)
 
     scheduler._decide = decide  # type: ignore[method-assign]
     scheduler.pipeline.send = send  # type: ignore[method-assign]

@@ -88,6 +88,9 @@ class RedisBackend:
     """Claims, high-water marks and send records in Redis."""
 
     protects_replicas = True
+    #: Its calls may run in two threads at once (see :mod:`..lane`): each holds its own
+    #: connection from the client's pool while it runs.
+    concurrent_calls = True
 
     def __init__(
         self,
