@@ -1,0 +1,192 @@
+"""The lane (issue 19): a burst's claim and publish scripts run in a thread of their own, in
+the order asked, while the scheduler builds the next batch; every slot is still published once
+when Redis goes away, or a stop arrives, with the next chunk's claim under way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+from replica_helpers import make_app, make_scheduler, run_for
+
+from celery_fork_scheduler import Scheduler, every
+from celery_fork_scheduler.backends import Claim
+from celery_fork_scheduler.errors import BackendUnavailableError
+from celery_fork_scheduler.keys import Keys
+from celery_fork_scheduler.lane import Lane
+from celery_fork_scheduler.publishing import CeleryPublisher
+from celery_fork_scheduler.testing import FakeClock
+
+KEYS = Keys("scheduler:")
+ENTRIES = 1200  # three claim chunks (a small head, then 500 each) of 100-message batches
+
+
+def test_a_threaded_lane_runs_calls_in_another_thread_in_the_order_asked() -> None:
+    lane = Lane()
+    ran: list[tuple[int, str]] = []
+    gate = threading.Event()
+
+    def call(number: int) -> int:
+        if number == 0:
+            gate.wait(5)  # the later calls are asked for while the first one still runs
+        ran.append((number, threading.current_thread().name))
+        return number
+
+    try:
+        futures = [lane.submit(lambda n=n: call(n), threaded=True) for n in range(5)]
+        gate.set()
+        assert [future.result(timeout=10) for future in futures] == [0, 1, 2, 3, 4]
+    finally:
+        lane.close()
+    assert [number for number, _ in ran] == [0, 1, 2, 3, 4]
+    assert all(name.startswith("fork-scheduler-redis") for _, name in ran)
+
+
+def test_an_unthreaded_lane_runs_at_once_and_keeps_an_error_for_its_result() -> None:
+    lane = Lane()
+    ran: list[str] = []
+    ok = lane.submit(lambda: ran.append(threading.current_thread().name) or 1, threaded=False)
+    assert ran == [threading.current_thread().name]  # before anyone asked for the result
+    failed = lane.submit(lambda: 1 // 0, threaded=False)
+    assert ok.result() == 1
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
+
+    def stopped() -> None:
+        raise SystemExit(143)
+
+    with pytest.raises(SystemExit):  # not an error of the call: the caller stops now
+        lane.submit(stopped, threaded=False)
+
+
+def burst_beat(redis_url: str, clock: FakeClock) -> Scheduler:
+    """A replica of :data:`ENTRIES` entries every 10 s, on the one-step path (its broker is
+    the claims' Redis)."""
+    schedule = {f"e{i:04}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)}
+    app = make_app(redis_url, schedule)
+    app.conf.broker_url = redis_url
+    scheduler = make_scheduler(redis_url, clock, {}, app=app)
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    return scheduler
+
+
+def published(client: redis.Redis) -> Counter[tuple[str, str]]:
+    """(entry, slot) of every message in the queue, with how many times it is there."""
+    messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+    return Counter(
+        (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
+        for m in messages
+    )
+
+
+def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    scheduler = burst_beat(redis_url, clock)
+    backend = scheduler.backend
+    calls: list[tuple[str, int, str]] = []
+    real_claim, real_publish = backend.claim, backend.publish_once
+
+    def claim(claims: Sequence[Claim]) -> Any:
+        calls.append(("claim", len(claims), threading.current_thread().name))
+        return real_claim(claims)
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        calls.append(("publish", len(claims), threading.current_thread().name))
+        return real_publish(claims, commands)
+
+    backend.claim = claim  # type: ignore[method-assign]
+    backend.publish_once = publish_once  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        counts = published(redis_client)
+        assert len(counts) == ENTRIES and set(counts.values()) == {1}
+        assert all(name.startswith("fork-scheduler-redis") for _, _, name in calls)
+        burst = [(kind, size) for kind, size, _ in calls if size > 1]
+        claims_at = [index for index, (kind, _) in enumerate(burst) if kind == "claim"]
+        assert len(claims_at) >= 3 and sum(burst[i][1] for i in claims_at) == ENTRIES, burst
+        # Each chunk's claim (after the first) is asked for once the previous chunk's first
+        # publish is: the first messages are not held back by it.
+        assert all(burst[i - 1][0] == "publish" for i in claims_at[1:]), burst
+        assert burst[-1][0] == "publish", burst
+    finally:
+        scheduler.close()
+
+
+def test_redis_lost_while_the_next_chunk_is_claimed_still_publishes_every_slot_once(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """The second publish batch fails as if Redis went away, after the next chunk's claim was
+    won in the lane: those won claims are neither lost nor published twice."""
+    scheduler = burst_beat(redis_url, clock)
+    backend = scheduler.backend
+    real_publish = backend.publish_once
+    publishes = 0
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        nonlocal publishes
+        publishes += 1
+        if publishes == 2:
+            raise BackendUnavailableError("simulated: Redis went away")
+        return real_publish(claims, commands)
+
+    backend.publish_once = publish_once  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        first = published(redis_client)
+        assert 0 < len(first) < ENTRIES  # the burst stopped at the failure
+        run_for(scheduler, clock, 3)  # Redis answers again
+        counts = published(redis_client)
+        slot = "2026-03-02T10:00:10+00:00"
+        assert {key for key in counts if key[1] == slot} == {
+            (f"e{i:04}", slot) for i in range(ENTRIES)
+        }
+        assert set(counts.values()) == {1}
+        for i in range(ENTRIES):
+            assert redis_client.hget(KEYS.state(f"e{i:04}"), "state") == b"sent"
+    finally:
+        scheduler.close()
+
+
+def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_first(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A rolling deploy's SIGTERM arrives while the lane runs a publish script: beat stops
+    once every claim it won (the chunk being published and the next one) is published."""
+    scheduler = burst_beat(redis_url, clock)
+    backend = scheduler.backend
+    real_publish = backend.publish_once
+    publishes = 0
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        nonlocal publishes
+        publishes += 1
+        if publishes == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_publish(claims, commands)
+
+    def celery_beat_handler(signum: int, frame: Any) -> None:
+        raise SystemExit()
+
+    backend.publish_once = publish_once  # type: ignore[method-assign]
+    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
+    scheduler.setup_schedule()
+    try:
+        with pytest.raises(SystemExit):
+            run_for(scheduler, clock, 10.5)
+        counts = published(redis_client)
+        assert len(counts) == ENTRIES and set(counts.values()) == {1}
+        for i in range(ENTRIES):
+            assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0  # no claim left behind
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        scheduler.close()
