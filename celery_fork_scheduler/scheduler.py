@@ -734,16 +734,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         starts the next chunk's claim once this one's first publish is under way.
 
         Returns the error when the backend went away: ``chunk.error`` when nothing of the
-        chunk was claimed, else after the claims (the won slots not yet fenced are then queued
+        chunk was claimed or admitted, else after the claims (the won slots not yet fenced are then queued
         to be asked about again).
         """
         try:
             results = chunk.results.result()
-        except BackendUnavailableError as exc:  # nothing of this chunk was claimed
+            self._learn_marks(results)
+            admitted = self._admit(chunk.due, results, now)
+        except BackendUnavailableError as exc:  # nothing of this chunk is published
             chunk.error = exc
             return exc
-        self._learn_marks(results)
-        admitted = self._admit(chunk.due, results, now)
         self.outage.end()
         lost = self.pipeline.send(admitted, now, meanwhile)
         for work in chunk.works:

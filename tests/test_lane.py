@@ -190,3 +190,36 @@ def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_firs
     finally:
         signal.signal(signal.SIGTERM, previous)
         scheduler.close()
+
+
+def test_redis_lost_while_admitting_a_chunk_queues_it_again(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """The claims were won, then Redis went away while taking places under the cap: the tick
+    ends quietly and the chunk's slots are asked about again (found in the simulator, seed 42,
+    as a crash)."""
+    schedule = {f"e{i}": {"task": "t", "schedule": every(10).seconds} for i in range(3)}
+    app = make_app(redis_url, schedule, fork_scheduler_max_concurrent=100)
+    app.conf.broker_url = redis_url
+    scheduler = make_scheduler(redis_url, clock, {}, app=app)
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    backend = scheduler.backend
+    real_take = backend.take_cap_places
+    takes = 0
+
+    def take_cap_places(claims: Sequence[Claim], cap: int) -> Any:
+        nonlocal takes
+        takes += 1
+        if takes == 1:
+            raise BackendUnavailableError("simulated: Redis went away")
+        return real_take(claims, cap)
+
+    backend.take_cap_places = take_cap_places  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 12)
+        counts = published(redis_client)
+        slot = "2026-03-02T10:00:10+00:00"
+        assert counts == Counter({(f"e{i}", slot): 1 for i in range(3)})
+    finally:
+        scheduler.close()
