@@ -734,8 +734,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         starts the next chunk's claim once this one's first publish is under way.
 
         Returns the error when the backend went away: ``chunk.error`` when nothing of the
-        chunk was claimed or admitted, else after the claims (the won slots not yet fenced are then queued
-        to be asked about again).
+        chunk was claimed or admitted, else after the claims (the won slots not yet fenced are
+        then queued to be asked about again).
         """
         try:
             results = chunk.results.result()

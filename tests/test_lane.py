@@ -10,6 +10,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import pytest
@@ -40,7 +41,7 @@ def test_a_threaded_lane_runs_calls_in_another_thread_in_the_order_asked() -> No
         return number
 
     try:
-        futures = [lane.submit(lambda n=n: call(n), threaded=True) for n in range(5)]
+        futures = [lane.submit(partial(call, n), threaded=True) for n in range(5)]
         gate.set()
         assert [future.result(timeout=10) for future in futures] == [0, 1, 2, 3, 4]
     finally:
@@ -52,7 +53,12 @@ def test_a_threaded_lane_runs_calls_in_another_thread_in_the_order_asked() -> No
 def test_an_unthreaded_lane_runs_at_once_and_keeps_an_error_for_its_result() -> None:
     lane = Lane()
     ran: list[str] = []
-    ok = lane.submit(lambda: ran.append(threading.current_thread().name) or 1, threaded=False)
+
+    def note() -> int:
+        ran.append(threading.current_thread().name)
+        return 1
+
+    ok = lane.submit(note, threaded=False)
     assert ran == [threading.current_thread().name]  # before anyone asked for the result
     failed = lane.submit(lambda: 1 // 0, threaded=False)
     assert ok.result() == 1
@@ -90,7 +96,7 @@ def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
     redis_url: str, redis_client: redis.Redis, clock: FakeClock
 ) -> None:
     scheduler = burst_beat(redis_url, clock)
-    backend = scheduler.backend
+    backend: Any = scheduler.backend
     calls: list[tuple[str, int, str]] = []
     real_claim, real_publish = backend.claim, backend.publish_once
 
@@ -102,8 +108,8 @@ def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
         calls.append(("publish", len(claims), threading.current_thread().name))
         return real_publish(claims, commands)
 
-    backend.claim = claim  # type: ignore[method-assign]
-    backend.publish_once = publish_once  # type: ignore[method-assign]
+    backend.claim = claim
+    backend.publish_once = publish_once
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 10.5)
@@ -127,7 +133,7 @@ def test_redis_lost_while_the_next_chunk_is_claimed_still_publishes_every_slot_o
     """The second publish batch fails as if Redis went away, after the next chunk's claim was
     won in the lane: those won claims are neither lost nor published twice."""
     scheduler = burst_beat(redis_url, clock)
-    backend = scheduler.backend
+    backend: Any = scheduler.backend
     real_publish = backend.publish_once
     publishes = 0
 
@@ -138,7 +144,7 @@ def test_redis_lost_while_the_next_chunk_is_claimed_still_publishes_every_slot_o
             raise BackendUnavailableError("simulated: Redis went away")
         return real_publish(claims, commands)
 
-    backend.publish_once = publish_once  # type: ignore[method-assign]
+    backend.publish_once = publish_once
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 10.5)
@@ -163,7 +169,7 @@ def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_firs
     """A rolling deploy's SIGTERM arrives while the lane runs a publish script: beat stops
     once every claim it won (the chunk being published and the next one) is published."""
     scheduler = burst_beat(redis_url, clock)
-    backend = scheduler.backend
+    backend: Any = scheduler.backend
     real_publish = backend.publish_once
     publishes = 0
 
@@ -177,7 +183,7 @@ def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_firs
     def celery_beat_handler(signum: int, frame: Any) -> None:
         raise SystemExit()
 
-    backend.publish_once = publish_once  # type: ignore[method-assign]
+    backend.publish_once = publish_once
     previous = signal.signal(signal.SIGTERM, celery_beat_handler)
     scheduler.setup_schedule()
     try:
@@ -203,7 +209,7 @@ def test_redis_lost_while_admitting_a_chunk_queues_it_again(
     app.conf.broker_url = redis_url
     scheduler = make_scheduler(redis_url, clock, {}, app=app)
     scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    backend = scheduler.backend
+    backend: Any = scheduler.backend
     real_take = backend.take_cap_places
     takes = 0
 
@@ -214,7 +220,7 @@ def test_redis_lost_while_admitting_a_chunk_queues_it_again(
             raise BackendUnavailableError("simulated: Redis went away")
         return real_take(claims, cap)
 
-    backend.take_cap_places = take_cap_places  # type: ignore[method-assign]
+    backend.take_cap_places = take_cap_places
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 12)
