@@ -767,9 +767,7 @@ class Checker:
         """Whether the run of ``slot`` started after a run of a later slot of ``name`` did."""
         mine = [run.start for run in self.world.runs if run.entry == name and run.slot == slot]
         return any(
-            run.entry == name
-            and run.slot > slot
-            and run.start < start
+            run.entry == name and run.slot > slot and run.start < start
             and not self._markers_lost(run.start, start)
             for start in mine
             for run in self.world.runs

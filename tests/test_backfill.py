@@ -29,13 +29,13 @@ STATIC = {
 }
 
 
+
 def stored(client: redis.Redis) -> dict[bytes, bytes | None]:
     """Every key and its dump, but the workers' heartbeat (an in-process worker of an earlier
     test may still beat: it is not what a backfill writes)."""
     return {
         key: client.dump(key) for key in client.keys("*") if not key.endswith(b"{workers}:seen")
     }
-
 
 def report(*args: Any, **kwargs: Any) -> None:
     """The task the entries name."""

@@ -100,7 +100,9 @@ def test_terminate_other_kills_the_old_run_before_the_new_one_starts(
     beat.start()
     wait_until(lambda: starts(client) >= 2, timeout=30, what="2 runs\n" + dump_logs(processes))
     beat.stop()
-    history = [json.loads(raw) for raw in client.lrange("scheduler:{slow-replaced}:history", 0, -1)]
+    history = [
+        json.loads(raw) for raw in client.lrange("scheduler:{slow-replaced}:history", 0, -1)
+    ]
     worker.kill()
     runs = recorded_runs(client)
     logs = dump_logs(processes)

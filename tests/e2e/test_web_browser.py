@@ -214,7 +214,6 @@ def test_the_dashboard_in_a_browser_over_a_running_cluster(
         return state.get(b"paused") == b"1" and state.get(b"pause_note") == b"finance migration"
 
     wait_until(paused, timeout=30, what="the pause made through the page to reach Redis")
-
     def shows_the_note() -> bool:
         try:
             return "finance migration" in browser.find_element(By.ID, "pause-note").text
