@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from replica_helpers import make_app, make_scheduler, run_for
+from replica_helpers import RecordingPublisher, make_app, make_scheduler, run_for
 
 from celery_fork_scheduler import Scheduler, every
 from celery_fork_scheduler.backends import Claim
@@ -227,5 +227,30 @@ def test_redis_lost_while_admitting_a_chunk_queues_it_again(
         counts = published(redis_client)
         slot = "2026-03-02T10:00:10+00:00"
         assert counts == Counter({(f"e{i}", slot): 1 for i in range(3)})
+    finally:
+        scheduler.close()
+
+
+def test_a_pool_of_one_connection_keeps_every_call_in_beats_thread(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """``max_connections: 1``: a call in the lane's thread beside one in beat's would find no
+    connection (and wait for a retry); the lane runs inline and the burst goes out whole."""
+    publisher = RecordingPublisher()  # the fence path: beat's thread fences while claims run
+    schedule = {f"e{i:04}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)}
+    scheduler = make_scheduler(
+        redis_url,
+        clock,
+        schedule,
+        publisher=publisher,
+        fork_scheduler_redis_options={"max_connections": 1},
+    )
+    backend: Any = scheduler.backend
+    assert backend.concurrent_calls is False
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        slots = Counter((o.entry, o.slot) for o in publisher.occurrences)
+        assert len(slots) == ENTRIES and set(slots.values()) == {1}
     finally:
         scheduler.close()

@@ -88,9 +88,6 @@ class RedisBackend:
     """Claims, high-water marks and send records in Redis."""
 
     protects_replicas = True
-    #: Its calls may run in two threads at once (see :mod:`..lane`): each holds its own
-    #: connection from the client's pool while it runs.
-    concurrent_calls = True
 
     def __init__(
         self,
@@ -184,6 +181,15 @@ class RedisBackend:
                     "fork scheduler: state of entry %r cannot be read, skipped: %s", entry, exc
                 )
         return marks
+
+    @property
+    def concurrent_calls(self) -> bool:
+        """Whether its calls may run in two threads at once (see :mod:`..lane`): each holds
+        its own connection from the client's pool while it runs, so the pool must allow two
+        (``fork_scheduler_redis_options = {"max_connections": 1}`` keeps every call in beat's
+        own thread)."""
+        limit = _pool_limit(self.client)
+        return limit is None or limit >= 2
 
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim every slot in one script call (one pipeline per node on Redis Cluster); see
@@ -636,6 +642,17 @@ def _hmget(pipe: Pipeline, *, key: str, fields: Sequence[str]) -> object:
 
 def _hkeys(pipe: Pipeline, *, key: str) -> object:
     return pipe.hkeys(key)
+
+
+def _pool_limit(client: redis.Redis | RedisCluster) -> int | None:
+    """The most connections the client's pool opens (a Redis Cluster node's pool for a
+    cluster client), or None when unknown."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None and isinstance(client, RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]
+        pool = getattr(getattr(node, "redis_connection", None), "connection_pool", None)
+    limit = getattr(pool, "max_connections", None)
+    return limit if isinstance(limit, int) else None
 
 
 def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
