@@ -144,8 +144,9 @@ class PublishPipeline:
         """Publish and record the admitted slots, :data:`PUBLISH_BATCH` at a time.
 
         Each batch's messages are built while the previous batch's publish script runs (see
-        :mod:`.lane`); ``meanwhile`` (the next chunk's claim) is called once the first batch's
-        publish has started, or at once when there is nothing to start.
+        :mod:`.lane`); ``meanwhile`` (the next chunk's claim) is called once, as soon as the
+        first batch's messages are on their way: its publish script started (one step), or
+        it was published (the fence path); at the end when there was nothing to publish.
 
         Returns the error when the backend went away; the slots not yet fenced are then
         queued to be asked about again (takeover-only), and ``meanwhile`` may not be called.
@@ -154,25 +155,27 @@ class PublishPipeline:
             admitted[start : start + PUBLISH_BATCH]
             for start in range(0, len(admitted), PUBLISH_BATCH)
         ]
+        next_claim = _AtMostOnce(meanwhile)
         started: StartedBatch | None = None
         lost: BackendUnavailableError | None = None
         for index, batch in enumerate(batches):
             following = self._start_batch(batch, now)
-            if meanwhile is not None:
-                meanwhile()
-                meanwhile = None
+            if following.replies is not None:  # its messages are on their way
+                next_claim()
             if started is not None:
                 lost = self._finish_batch(started, now)
+                if lost is None:
+                    next_claim()
             started = following
             if lost is not None:
                 self._abandon(started, now)
                 for later in batches[index + 1 :]:
                     self.ask_again(later, now)
                 return lost
-        if meanwhile is not None:
-            meanwhile()
         if started is not None:
             lost = self._finish_batch(started, now)
+        if lost is None:
+            next_claim()
         return lost
 
     def record(self) -> None:
@@ -212,17 +215,21 @@ class PublishPipeline:
         Returns the error when Redis went away; the batch's claims that were not fenced are
         then asked about again.
         """
+        rest = started.rest
         try:
             self._settle_once(started, now)
-            rest = started.rest
-            if not rest:
-                return None
-            try:
-                held = self.backend.begin_publish([due_slot.claim for due_slot, _ in rest])
-            except BackendUnavailableError:
-                self.ask_again([due_slot for due_slot, _ in rest], now)
-                raise
-            self.unmarked.extend(self.publish(self._still_held(rest, held), now))
+        except BackendUnavailableError as exc:
+            self.ask_again([due_slot for due_slot, _ in rest], now)
+            return exc
+        if not rest:
+            return None
+        try:
+            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in rest])
+        except BackendUnavailableError as exc:
+            self.ask_again([due_slot for due_slot, _ in rest], now)
+            return exc
+        self.unmarked.extend(self.publish(self._still_held(rest, held), now))
+        try:
             self.record()
         except BackendUnavailableError as exc:
             return exc
@@ -431,3 +438,15 @@ class PublishPipeline:
                 return
         with contextlib.suppress(BackendUnavailableError):
             self.backend.record_failure(claim, error)
+
+
+class _AtMostOnce:
+    """Calls ``action`` (if any) the first time it is called, and never again."""
+
+    def __init__(self, action: Callable[[], None] | None) -> None:
+        self._action = action
+
+    def __call__(self) -> None:
+        action, self._action = self._action, None
+        if action is not None:
+            action()

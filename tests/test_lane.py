@@ -22,7 +22,7 @@ from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.lane import Lane
-from celery_fork_scheduler.publishing import CeleryPublisher
+from celery_fork_scheduler.publishing import CeleryPublisher, Occurrence
 from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
@@ -252,5 +252,49 @@ def test_a_pool_of_one_connection_keeps_every_call_in_beats_thread(
         run_for(scheduler, clock, 10.5)
         slots = Counter((o.entry, o.slot) for o in publisher.occurrences)
         assert len(slots) == ENTRIES and set(slots.values()) == {1}
+    finally:
+        scheduler.close()
+
+
+class FenceFor(CeleryPublisher):
+    """Celery's publisher on the Redis broker, except that the entry ``odd`` has no template:
+    its slot takes the fence path inside a batch whose other slots take the one step."""
+
+    def commands_for(self, occurrences: Sequence[Occurrence]) -> list[Any] | None:
+        commands = super().commands_for(occurrences)
+        if commands is None:
+            return None
+        return [None if o.entry == "odd" else c for o, c in zip(occurrences, commands, strict=True)]
+
+
+def test_redis_lost_at_a_mixed_batchs_publish_asks_again_for_its_fence_path_slots(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """The one-step script of a batch fails as Redis goes away: the batch's slot that was to
+    take the fence path is asked about again too, not left claimed and unpublished."""
+    names = ["odd", *(f"e{i}" for i in range(4))]
+    schedule = {name: {"task": "t", "schedule": every(10).seconds} for name in names}
+    app = make_app(redis_url, schedule)
+    app.conf.broker_url = redis_url
+    scheduler = make_scheduler(redis_url, clock, {}, app=app)
+    scheduler.publisher = FenceFor(app, lambda: scheduler.producer)
+    backend: Any = scheduler.backend
+    real_publish = backend.publish_once
+    publishes = 0
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        nonlocal publishes
+        publishes += 1
+        if publishes == 1:
+            raise BackendUnavailableError("simulated: Redis went away")
+        return real_publish(claims, commands)
+
+    backend.publish_once = publish_once
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 13)
+        slot = "2026-03-02T10:00:10+00:00"
+        counts = published(redis_client)
+        assert {name: counts[(name, slot)] for name in names} == dict.fromkeys(names, 1)
     finally:
         scheduler.close()
