@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import uuid
 from datetime import datetime, timezone
 
@@ -55,3 +56,29 @@ def _uuid5_text(name: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = digest.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+#: Random tags made per read of the operating system's random source.
+TAGS_PER_READ = 256
+_tags: list[str] = []
+
+
+def delivery_tag() -> str:
+    """A random version-4 UUID text, as Kombu makes each message's delivery tag: the same
+    source as ``uuid.uuid4()``, read :data:`TAGS_PER_READ` tags at a time (a burst needs one
+    per occurrence). A forked child never reuses its parent's unread tags."""
+    if not _tags:
+        raw = os.urandom(16 * TAGS_PER_READ)
+        _tags.extend(_uuid4_text(raw[i : i + 16]) for i in range(0, len(raw), 16))
+    return _tags.pop()
+
+
+def _uuid4_text(random_bytes: bytes) -> str:
+    digest = bytearray(random_bytes)
+    digest[6] = (digest[6] & 0x0F) | 0x40  # version 4
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+os.register_at_fork(after_in_child=_tags.clear)

@@ -14,13 +14,13 @@ in seconds) are encoded per occurrence.
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from kombu.utils import json as kombu_json
 
+from .ids import delivery_tag
 from .message_template import Template, redis_commands, render
 
 
@@ -50,7 +50,7 @@ class EncodedCommands:
     ) -> list[tuple[str, tuple[Any, ...]]]:
         """The commands of one occurrence. The values are ids and ISO-8601 instants, which
         JSON writes as they are."""
-        tag = str(uuid.uuid4())
+        tag = delivery_tag()
         filled = []
         for name, (key, *rest) in self.commands:
             if name == "lpush":

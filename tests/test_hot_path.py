@@ -3,6 +3,7 @@ claim script and the shared next-slot cache give what the plain forms give."""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import unicodedata
@@ -20,11 +21,40 @@ from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.catchup import slots_due
 from celery_fork_scheduler.config import BIDI_CONTROLS, Settings, has_control_characters
 from celery_fork_scheduler.entry import entry_from_config
-from celery_fork_scheduler.ids import TASK_ID_NAMESPACE, slot_isoformat, task_id_for
+from celery_fork_scheduler.ids import (
+    TAGS_PER_READ,
+    TASK_ID_NAMESPACE,
+    delivery_tag,
+    slot_isoformat,
+    task_id_for,
+)
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.timequeue import POPS_BEFORE_PARTITION, TimeQueue
 
 UTC = timezone.utc
+
+
+def test_a_delivery_tag_is_a_fresh_uuid4_text_like_kombus() -> None:
+    tags = [delivery_tag() for _ in range(10 * TAGS_PER_READ)]
+    assert len(set(tags)) == len(tags)
+    for tag in tags:
+        parsed = uuid.UUID(tag)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, tag)
+
+
+def test_a_forked_child_never_reuses_its_parents_unread_delivery_tags() -> None:
+    delivery_tag()  # the parent holds unread tags now
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child writes its tags and leaves at once
+        os.write(write, " ".join(delivery_tag() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    ours = {delivery_tag() for _ in range(TAGS_PER_READ)}
+    assert len(theirs) == 8 and not theirs & ours
 
 
 @pytest.mark.parametrize("seed", range(5))
