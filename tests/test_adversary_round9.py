@@ -4,8 +4,7 @@ while this chunk publishes.
 Every test here FAILS on the code it was written against, for the reason its docstring gives,
 unless listed below as kept-while-passing.
 
-Kept although they pass (they cover something important nobody tested):
-  (see the comments "KEPT, PASSES" on those tests)
+Kept although they pass: none (every test below fails on the current code).
 """
 
 from __future__ import annotations
@@ -129,7 +128,6 @@ def test_a_buffer_all_run_released_by_the_lanes_claim_is_published(
     publisher = RecordingPublisher()
     schedule = burst_schedule(e150={"overlap": "buffer_all"})
     scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
-    entry = scheduler.entries["e150"] if scheduler.entries else None
     scheduler.setup_schedule()
     entry = scheduler.entries["e150"]
     earlier = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)
@@ -195,5 +193,74 @@ def test_claims_won_in_the_lane_before_a_long_outage_are_published_late_not_left
             f"e{i:03}" for i in range(ENTRIES) if redis_client.hlen(KEYS.pending(f"e{i:03}"))
         ]
         assert not missing and not left_pending, (len(missing), missing[:3], len(left_pending))
+    finally:
+        scheduler.close()
+
+
+def test_a_fence_path_slot_beside_a_one_step_publish_that_lost_redis_is_asked_again(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Failure table, "Redis becomes unreachable between winning a claim and the fence": the
+    won slots not fenced are asked about again and published late, once.
+
+    On the one-step path a batch can mix slots published by ``PUBLISH_ONCE`` (in the lane)
+    and slots with no template (here a ``datetime`` ``expires``) that take the fence path
+    (``StartedBatch.rest``). When the lane's one-step script finds Redis gone,
+    ``PublishPipeline._settle_once`` asks about its own slots again and raises;
+    ``_finish_batch`` then returns the error without asking about ``rest``: those won claims
+    are neither fenced, nor published, nor queued again — left pending for good on a lone
+    replica. (The same hole existed in ``_send_batch`` before the lane; ``_finish_batch``
+    kept it.) Expected: ``plain``'s 10:00:10 slot published once after Redis is back.
+    Actual: never published, its claim left pending.
+    """
+    from celery_fork_scheduler.publishing import CeleryPublisher
+    from replica_helpers import make_app
+
+    schedule = {
+        "a": {"task": "t", "schedule": every(10).seconds},
+        "b": {"task": "t", "schedule": every(10).seconds},
+        "plain": {
+            "task": "t",
+            "schedule": every(10).seconds,
+            "options": {"expires": datetime(2030, 1, 1, tzinfo=timezone.utc)},
+        },
+    }
+    app = make_app(redis_url, schedule)
+    app.conf.broker_url = redis_url
+    scheduler = make_scheduler(redis_url, clock, {}, app=app)
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    backend: Any = scheduler.backend
+    real = backend.publish_once
+    calls = [0]
+    rests: list[int] = []
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise BackendUnavailableError("simulated: Redis went away")
+        return real(claims, commands)
+
+    backend.publish_once = publish_once
+    real_fence = backend.begin_publish
+
+    def begin_publish(claims: Sequence[Claim]) -> Any:
+        rests.append(len(claims))
+        return real_fence(claims)
+
+    backend.begin_publish = begin_publish
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 13)
+        import json
+
+        messages = [json.loads(raw) for raw in redis_client.lrange("celery", 0, -1)]
+        fired = Counter(
+            (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
+            for m in messages
+        )
+        assert calls[0] >= 1  # the one-step path was taken
+        assert set(fired.values()) == {1}
+        assert ("a", SLOT) in fired and ("b", SLOT) in fired
+        assert ("plain", SLOT) in fired, (fired, rests, redis_client.hgetall(KEYS.pending("plain")))
     finally:
         scheduler.close()
