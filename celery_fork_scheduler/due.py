@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,8 +48,3 @@ class ChunkClaim:
     results: Future[list[ClaimResult]]
     #: The error that kept every claim of the chunk from being made, once known.
     error: BackendUnavailableError | None = None
-
-    def settle(self) -> None:
-        """Wait for the claim to end, whatever became of it."""
-        with contextlib.suppress(BackendUnavailableError):
-            self.results.result()

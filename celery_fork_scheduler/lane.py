@@ -13,6 +13,7 @@ backend's calls run in the caller's thread when asked for, in the same order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -27,15 +28,17 @@ class Lane:
         self._executor: ThreadPoolExecutor | None = None
 
     def submit(self, call: Callable[[], T], *, threaded: bool) -> Future[T]:
-        """Start ``call``: in the lane's thread when ``threaded``, else at once (its error is
-        kept for :meth:`Future.result`; a ``BaseException`` such as ``SystemExit`` is not
-        an error of the call and goes up at once)."""
+        """Start ``call``: in the lane's thread when ``threaded`` (unless the interpreter is
+        shutting down: no thread starts then), else at once (its error is kept for
+        :meth:`Future.result`; a ``BaseException`` such as ``SystemExit`` is not an error of
+        the call and goes up at once)."""
         if threaded:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="fork-scheduler-redis"
                 )
-            return self._executor.submit(call)
+            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down
+                return self._executor.submit(call)
         future: Future[T] = Future()
         try:
             future.set_result(call())

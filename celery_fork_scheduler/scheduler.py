@@ -568,9 +568,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     continue
                 waiting = [] if lost is not current.error else current.works
                 for claim in ahead:
-                    if claim is not None:  # its claims may have been won: asked about again
-                        claim.settle()
-                        waiting += claim.works
+                    if claim is not None:
+                        waiting += self._settle_ahead(claim, now)
                 rest = [item for later in chunks for item in later]
                 self._on_backend_down(lost, waiting + self._decide(rest, now, seen, left), now)
                 return False
@@ -738,9 +737,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         then queued to be asked about again).
         """
         try:
-            results = chunk.results.result()
-            self._learn_marks(results)
-            admitted = self._admit(chunk.due, results, now)
+            admitted = self._admitted(chunk, now)
         except BackendUnavailableError as exc:  # nothing of this chunk is published
             chunk.error = exc
             return exc
@@ -751,6 +748,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if lost is None:
             self._note_rate(len(chunk.due), chunk.started)
         return lost
+
+    def _settle_ahead(self, chunk: ChunkClaim, now: datetime) -> list[Work]:
+        """The next chunk's claim, run in the lane before the backend went away: its answers
+        stand (skips reported, a released run published, an entry finished retired) and its
+        won slots are asked about again, takeover-only, as the current chunk's are; its
+        entries' next slots are queued. Returns its works when the claim itself failed (they
+        are queued again)."""
+        try:
+            admitted = self._admitted(chunk, now)
+        except BackendUnavailableError:
+            return chunk.works
+        self.pipeline.ask_again(admitted, now)
+        for work in chunk.works:
+            self._queue_follow_up(work, now)
+        return []
+
+    def _admitted(self, chunk: ChunkClaim, now: datetime) -> list[DueSlot]:
+        """The won slots of a chunk's claim that may be published (see :meth:`_admit`).
+        Raises :class:`BackendUnavailableError` when the claim or the admission failed."""
+        results = chunk.results.result()
+        self._learn_marks(results)
+        return self._admit(chunk.due, results, now)
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:
         """Queue the next slot of a work's entry after the instant its slots were decided up

@@ -4,11 +4,15 @@ while this chunk publishes.
 Every test here FAILS on the code it was written against, for the reason its docstring gives,
 unless listed below as kept-while-passing.
 
-Kept although they pass: none (every test below fails on the current code).
+Kept although they pass: none (every test below fails on the current code). The first three
+were written against the fence path, which now starts the next chunk's claim only once its
+first batch is published; they use the one-step path, where that claim starts as soon as the
+first batch's script has (the last one failed before the lane too).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -16,14 +20,14 @@ from typing import Any
 
 import pytest
 import redis
-from replica_helpers import RecordingPublisher, make_scheduler, run_for
+from replica_helpers import make_app, make_scheduler, run_for
 
-from celery_fork_scheduler import every, signals
+from celery_fork_scheduler import Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.publishing import build_occurrence, occurrence_to_json
+from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence, occurrence_to_json
 from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
@@ -43,28 +47,49 @@ def burst_schedule(**special: dict[str, Any]) -> dict[str, Any]:
     return schedule
 
 
-def fail_first_fence(scheduler: Any) -> list[int]:
-    """The first fence (chunk one's only batch, after chunk two's claim was started in the
-    lane) fails as if Redis went away; later ones work."""
+def one_step_beat(redis_url: str, clock: FakeClock, schedule: dict[str, Any]) -> Scheduler:
+    """A replica whose broker is the claims' Redis: each batch is published by one script,
+    and chunk two's claim starts in the lane as soon as chunk one's script has."""
+    app = make_app(redis_url, schedule)
+    app.conf.broker_url = redis_url
+    scheduler = make_scheduler(redis_url, clock, {}, app=app)
+    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+    return scheduler
+
+
+def fired(client: redis.Redis) -> Counter[tuple[str, str]]:
+    """(entry, slot) of every message in the queue, with how many times it is there."""
+    messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+    return Counter(
+        (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
+        for m in messages
+    )
+
+
+def fail_first_publish(scheduler: Any) -> None:
+    """Chunk one's publish script (chunk two's claim already started in the lane) fails as
+    if Redis went away; later ones work. (Written first against the fence path, whose next
+    claim now starts only once the first batch is published.)"""
     backend: Any = scheduler.backend
-    real = backend.begin_publish
+    real = backend.publish_once
     calls = [0]
 
-    def begin_publish(claims: Sequence[Claim]) -> Any:
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
             raise BackendUnavailableError("simulated: Redis went away")
-        return real(claims)
+        return real(claims, commands)
 
-    backend.begin_publish = begin_publish
-    return calls
+    backend.publish_once = publish_once
 
 
 @pytest.fixture
 def skipped() -> Any:
     seen: list[tuple[str, str, str]] = []
 
-    def receiver(sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any) -> None:
+    def receiver(
+        sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any
+    ) -> None:
         seen.append((entry, slot.isoformat(), reason))
 
     signals.entry_skipped.connect(receiver, weak=False)
@@ -88,18 +113,17 @@ def test_a_paused_skip_decided_by_the_lanes_claim_is_reported_paused(
     with reason ``paused`` (as without the blink). Actual: ``redis_unavailable`` then
     ``claimed``; the history says ``skipped:paused``.
     """
-    publisher = RecordingPublisher()  # fence path
-    scheduler = make_scheduler(redis_url, clock, burst_schedule(), publisher=publisher)
+    scheduler = one_step_beat(redis_url, clock, burst_schedule())
     redis_client.hset(KEYS.state("e150"), mapping={"paused": "1", "pause_note": ""})
-    fail_first_fence(scheduler)
+    fail_first_publish(scheduler)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 13)
         reasons = [reason for entry, slot, reason in skipped if entry == "e150" and slot == SLOT]
-        fired = Counter((o.entry, o.slot.isoformat()) for o in publisher.occurrences)
-        assert ("e150", SLOT) not in fired
-        assert set(fired.values()) == {1}
-        assert len([k for k in fired if k[1] == SLOT]) == ENTRIES - 1  # the others all fire
+        sent = fired(redis_client)
+        assert ("e150", SLOT) not in sent
+        assert set(sent.values()) == {1}
+        assert len([k for k in sent if k[1] == SLOT]) == ENTRIES - 1  # the others all fire
         assert "paused" in reasons, reasons
     finally:
         scheduler.close()
@@ -125,16 +149,14 @@ def test_a_buffer_all_run_released_by_the_lanes_claim_is_published(
         "celery_fork_scheduler.held.HeldRuns.publish",
         lambda self, held: released.append(held if isinstance(held, str) else held.decode()),
     )
-    publisher = RecordingPublisher()
-    schedule = burst_schedule(e150={"overlap": "buffer_all"})
-    scheduler = make_scheduler(redis_url, clock, schedule, publisher=publisher)
+    scheduler = one_step_beat(redis_url, clock, burst_schedule(e150={"overlap": "buffer_all"}))
     scheduler.setup_schedule()
     entry = scheduler.entries["e150"]
     earlier = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)
     queued = occurrence_to_json(build_occurrence(entry, earlier, task_id_for("e150", earlier)))
     redis_client.rpush(KEYS.buffered("e150"), queued)  # queued; its runner died (no marker)
     redis_client.hset(KEYS.state("e150"), "hwm", str(int(earlier.timestamp() * 1_000_000)))
-    fail_first_fence(scheduler)
+    fail_first_publish(scheduler)
     try:
         run_for(scheduler, clock, 13)
         assert any(task_id_for("e150", earlier) in held for held in released), released
@@ -161,33 +183,32 @@ def test_claims_won_in_the_lane_before_a_long_outage_are_published_late_not_left
     Expected: every entry's 10:00:10 slot published once, no pending claim left.
     Actual: 150 entries' 10:00:10 slot never published, their claims left pending.
     """
-    publisher = RecordingPublisher()
-    scheduler = make_scheduler(redis_url, clock, burst_schedule(), publisher=publisher)
+    scheduler = one_step_beat(redis_url, clock, burst_schedule())
     backend: Any = scheduler.backend
-    real_claim, real_fence = backend.claim, backend.begin_publish
+    real_claim, real_publish = backend.claim, backend.publish_once
     down_from = datetime(2026, 3, 2, 10, 0, 10, 100_000, tzinfo=timezone.utc)
     back_at = datetime(2026, 3, 2, 10, 0, 30, 600_000, tzinfo=timezone.utc)
-    fences = [0]
+    publishes = [0]
 
     def claim(claims: Sequence[Claim]) -> Any:
         if down_from <= clock() < back_at:
             raise BackendUnavailableError("simulated: Redis away")
         return real_claim(claims)
 
-    def begin_publish(claims: Sequence[Claim]) -> Any:
-        fences[0] += 1
-        if fences[0] == 1 or down_from <= clock() < back_at:
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        publishes[0] += 1
+        if publishes[0] == 1 or down_from <= clock() < back_at:
             raise BackendUnavailableError("simulated: Redis away")
-        return real_fence(claims)
+        return real_publish(claims, commands)
 
     backend.claim = claim
-    backend.begin_publish = begin_publish
+    backend.publish_once = publish_once
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 33)
-        fired = Counter((o.entry, o.slot.isoformat()) for o in publisher.occurrences)
-        assert set(fired.values()) == {1}
-        first = {entry for entry, slot in fired if slot == SLOT}
+        sent = fired(redis_client)
+        assert set(sent.values()) == {1}
+        first = {entry for entry, slot in sent if slot == SLOT}
         missing = sorted({f"e{i:03}" for i in range(ENTRIES)} - first)
         left_pending = [
             f"e{i:03}" for i in range(ENTRIES) if redis_client.hlen(KEYS.pending(f"e{i:03}"))
@@ -213,9 +234,6 @@ def test_a_fence_path_slot_beside_a_one_step_publish_that_lost_redis_is_asked_ag
     kept it.) Expected: ``plain``'s 10:00:10 slot published once after Redis is back.
     Actual: never published, its claim left pending.
     """
-    from celery_fork_scheduler.publishing import CeleryPublisher
-    from replica_helpers import make_app
-
     schedule = {
         "a": {"task": "t", "schedule": every(10).seconds},
         "b": {"task": "t", "schedule": every(10).seconds},
