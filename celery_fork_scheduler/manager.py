@@ -8,13 +8,15 @@ paused, resumed and triggered, but not removed or replaced from here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
 from celery.beat import EmbeddedService
@@ -94,6 +96,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+#: The settings of the Manager call in progress (in this thread or task): the Manager and what
+#: it read. Reading them scans every Celery setting, so a call reads them once.
+_CALL_SETTINGS: ContextVar[tuple[Manager, Settings] | None] = ContextVar(
+    "fork_scheduler_call_settings", default=None
+)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _settings_read_once(method: _Method) -> _Method:
+    """Make every :meth:`Manager._settings` of one call of ``method`` return one reading."""
+
+    @functools.wraps(method)
+    def once(self: Manager, /, *args: Any, **kwargs: Any) -> Any:
+        pinned = _CALL_SETTINGS.get()
+        if pinned is not None and pinned[0] is self:
+            return method(self, *args, **kwargs)
+        token = _CALL_SETTINGS.set((self, read_settings(self.app.conf)))
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _CALL_SETTINGS.reset(token)
+
+    return cast(_Method, once)
 
 
 class JobNotFoundError(ForkSchedulerError, KeyError):
@@ -251,6 +278,7 @@ class Manager:
             self, target, JobSpec(name=name, overlap="skip" if self._singleton_all else None)
         )
 
+    @_settings_read_once
     def add(
         self,
         name: str,
@@ -303,6 +331,7 @@ class Manager:
             ) from None
         return Job.from_entry(entry, {}, version, now)
 
+    @_settings_read_once
     def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
         """Change fields of a runtime entry; a stale ``expected_version`` is refused.
 
@@ -351,6 +380,7 @@ class Manager:
 
     # -- bulk changes ---------------------------------------------------------------------------
 
+    @_settings_read_once
     def add_many(
         self,
         definitions: Iterable[Mapping[str, Any]],
@@ -409,6 +439,7 @@ class Manager:
             seen.add(name)
             yield name, fields
 
+    @_settings_read_once
     def update_many(
         self,
         changes: Iterable[Mapping[str, Any]],
@@ -468,6 +499,7 @@ class Manager:
             raise BulkConflictError(conflicts)
         return self._put_many(items, size)
 
+    @_settings_read_once
     def remove_many(
         self,
         names: Iterable[str],
@@ -520,6 +552,7 @@ class Manager:
         present = [name for name in unique if versions[name] is not None]
         return self._delete_many([(name, expected.get(name)) for name in present], batch_size)
 
+    @_settings_read_once
     def tagged(self, tag: str) -> Tagged:
         """The names of the entries with ``tag``, static and runtime (one read of the runtime
         entries' tag index)."""
@@ -650,6 +683,7 @@ class Manager:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_settings_read_once
     def jobs(self, tag: str | None = None) -> list[Job]:
         """Every entry (static and runtime), optionally only those with ``tag``; by name."""
         entries = self._all_entries()
@@ -662,6 +696,7 @@ class Manager:
             for name, (entry, version) in sorted(entries.items())
         ]
 
+    @_settings_read_once
     def get(self, name: str) -> Job:
         """One entry as a :class:`Job`; :class:`JobNotFoundError` if there is none."""
         entry, version = self._entry(name)
@@ -700,6 +735,7 @@ class Manager:
         raw = self._redis().lrange(self._keys().outages, 0, max(n, 1) - 1)
         return [outage for outage in map(Outage.decode, raw) if outage is not None]
 
+    @_settings_read_once
     def stats(self, name: str) -> EntryStats:
         """The counters of an entry: runs, skips by reason, failures, completions, errors."""
         self._entry(name)
@@ -724,6 +760,7 @@ class Manager:
 
     # -- steering -------------------------------------------------------------------------------
 
+    @_settings_read_once
     def remove(self, name: str, *, expected_version: int | None = None) -> bool:
         """Remove a runtime entry; static entries cannot be removed (ConfigError). A slot
         that was due before the removal still fires once if a replica had not published it
@@ -739,6 +776,7 @@ class Manager:
             raise JobNotFoundError(name)
         return True
 
+    @_settings_read_once
     def remove_by_tag(self, tag: str) -> list[str]:
         """Remove every runtime entry with ``tag``; returns their names, sorted (static ones
         stay). One read finds them; they are removed in batches (see :meth:`remove_many`)."""
@@ -746,11 +784,13 @@ class Manager:
             [(name, None) for name in self.tagged(tag).runtime], DEFAULT_BATCH_SIZE
         )
 
+    @_settings_read_once
     def clear(self) -> int:
         """Remove every runtime entry; returns how many."""
         names = [_text(name) for name in self._redis().hkeys(self._keys().runtime_entries)]
         return len(self._delete_many([(name, None) for name in names], DEFAULT_BATCH_SIZE))
 
+    @_settings_read_once
     def pause(
         self, name: str | None = None, *, tag: str | None = None, note: str = ""
     ) -> list[str]:
@@ -759,12 +799,14 @@ class Manager:
         self.store().pause(names, note, at=self._clock())
         return names
 
+    @_settings_read_once
     def resume(self, name: str | None = None, *, tag: str | None = None) -> list[str]:
         """Resume one entry or every entry with ``tag``; returns the names."""
         names = self._select(name, tag)
         self.store().resume(names)
         return names
 
+    @_settings_read_once
     def is_paused(self, name: str) -> PauseState:
         """Whether an entry is paused, with the note and since when."""
         self._entry(name)
@@ -947,6 +989,10 @@ class Manager:
     # -- internals -------------------------------------------------------------------------
 
     def _settings(self) -> Settings:
+        """The settings; one reading per call of a method made :func:`_settings_read_once`."""
+        pinned = _CALL_SETTINGS.get()
+        if pinned is not None and pinned[0] is self:
+            return pinned[1]
         return read_settings(self.app.conf)
 
     def _keys(self) -> Keys:
