@@ -556,12 +556,18 @@ class Manager:
     def tagged(self, tag: str) -> Tagged:
         """The names of the entries with ``tag``, static and runtime (one read of the runtime
         entries' tag index)."""
+        static, runtime = self._indexed(tag)
+        if runtime:  # only names that have an entry (an earlier version's removal may linger)
+            runtime = [name for name, v in self._versions(runtime).items() if v is not None]
+        return Tagged(static, runtime)
+
+    def _indexed(self, tag: str) -> Tagged:
+        """:meth:`tagged`, the runtime names as the tag index has them: some may have no entry
+        any more."""
         if not isinstance(tag, str) or not tag or has_lone_surrogates(tag):
             raise ConfigError(f"tags must be non-empty UTF-8 text, not {tag!r}", field="tag")
         static = self._static_entries()
         runtime = self.store().names_with_tag(tag) if self._has_redis() else []
-        if runtime:  # only names that have an entry (an earlier version's removal may linger)
-            runtime = [name for name, v in self._versions(runtime).items() if v is not None]
         return Tagged(
             sorted(name for name, entry in static.items() if tag in entry.tags),
             sorted(name for name in runtime if name not in static),
@@ -779,9 +785,10 @@ class Manager:
     @_settings_read_once
     def remove_by_tag(self, tag: str) -> list[str]:
         """Remove every runtime entry with ``tag``; returns their names, sorted (static ones
-        stay). One read finds them; they are removed in batches (see :meth:`remove_many`)."""
+        stay). One read finds them; they are removed in batches (see :meth:`remove_many`),
+        whose script passes over a name the index keeps without an entry."""
         return self._delete_many(
-            [(name, None) for name in self.tagged(tag).runtime], DEFAULT_BATCH_SIZE
+            [(name, None) for name in self._indexed(tag).runtime], DEFAULT_BATCH_SIZE
         )
 
     @_settings_read_once
