@@ -149,6 +149,8 @@ DEFAULT_BATCH_SIZE = 1_000
 UPDATE_ATTEMPTS = 5
 #: Distinct schedule strings a bulk call keeps parsed.
 MAX_PARSED = 10_000
+#: The stored JSON of the bulk calls (as :func:`encode_entry`'s ``json.dumps``, built once).
+_JSON = json.JSONEncoder(allow_nan=False)
 #: Errors a :class:`BulkConfigError` message shows (``errors`` holds them all).
 SHOWN_ERRORS = 10
 
@@ -190,6 +192,8 @@ class _Bulk:
     parsed: dict[str, SlotSchedule] = field(default_factory=dict)
     #: The stored form of each (shared) schedule object met: id -> (schedule, its dict).
     stored: dict[int, tuple[SlotSchedule, dict[str, Any]]] = field(default_factory=dict)
+    #: The tags met, as the store indexes them (see :func:`joined_tags`).
+    joined: dict[frozenset[str], str] = field(default_factory=dict)
 
 
 class BrokerUnavailableError(ForkSchedulerError):
@@ -602,9 +606,10 @@ class Manager:
             fields["task"] = getattr(task, "name", task)
         return name, fields
 
-    def _encoded(self, name: str, definition: Mapping[str, Any], bulk: _Bulk) -> tuple[str, str]:
-        """The stored JSON of one definition, validated as :meth:`add` validates it, and its
-        tags as the store indexes them."""
+    def _encoded(self, name: str, definition: dict[str, Any], bulk: _Bulk) -> tuple[str, str]:
+        """The stored JSON of one definition (a dict of the caller's own, which this may
+        change), validated as :meth:`add` validates it, and its tags as the store indexes
+        them."""
         if name in bulk.static:
             raise ConfigError(
                 "a static entry (config or decorator) has this name; "
@@ -612,13 +617,7 @@ class Manager:
                 entry=name,
             )
         if self._singleton_all and "overlap" not in definition and "singleton" not in definition:
-            definition = {**definition, "overlap": "skip"}
-        if len(name) > 200 or "\n" in name or "\r" in name or "\t" in name:
-            raise ConfigError(
-                "entry names are at most 200 characters, without control characters",
-                entry=name[:60],
-                field="name",
-            )
+            definition["overlap"] = "skip"
         raw = definition.get("schedule")
         if isinstance(raw, str):
             parsed = bulk.parsed.get(raw)
@@ -626,7 +625,7 @@ class Manager:
                 with contextlib.suppress(Exception):  # entry_from_config names the error
                     parsed = bulk.parsed[raw] = parse_schedule(raw)
             if parsed is not None:
-                definition = {**definition, "schedule": parsed}
+                definition["schedule"] = parsed
         entry = entry_from_config(
             name,
             definition,
@@ -643,14 +642,19 @@ class Manager:
         data = stored_fields(entry, known[1])
         try:
             # As encode_entry, whose depth check entry_from_config made field by field.
-            encoded = json.dumps(data, allow_nan=False)
+            encoded = _JSON.encode(data)
         except (TypeError, ValueError):
             entry_to_dict(entry, max_size=bulk.max_size)  # names the field that cannot be stored
             encode_entry(name, data)
             raise ConfigError("cannot be stored as JSON", entry=name) from None
         if len(encoded.encode()) > min(bulk.max_size, MAX_STORED_BYTES):
             check_size(name, data, min(bulk.max_size, MAX_STORED_BYTES))
-        return encoded, joined_tags(data["tags"])
+        joined = bulk.joined.get(entry.tags)
+        if joined is None:
+            joined = joined_tags(data["tags"])
+            if len(bulk.joined) < MAX_PARSED:
+                bulk.joined[entry.tags] = joined
+        return encoded, joined
 
     def _versions(self, names: Sequence[str]) -> dict[str, int | None]:
         store, versions = self.store(), {}
