@@ -407,20 +407,20 @@ class Manager:
         errors: list[ForkSchedulerError] = []
         definitions = list(definitions)
         total = len(definitions)
-        for name, fields in self._each_named(definitions, errors):
-            try:
-                items.append((name, self._encoded(name, fields, bulk)))
-            except ConfigError as exc:
-                errors.append(exc)
-        if not replace_existing:
-            existing = self._versions([name for name, _ in items])
-            errors += [
-                ConfigError(
-                    "a runtime entry of this name exists; pass replace_existing=True", entry=name
-                )
-                for name, version in existing.items()
-                if version is not None
-            ]
+        with self._versions_ahead([] if replace_existing else _names(definitions)) as read:
+            for name, fields in self._each_named(definitions, errors):
+                try:
+                    items.append((name, self._encoded(name, fields, bulk)))
+                except ConfigError as exc:
+                    errors.append(exc)
+            existing = read()
+        errors += [
+            ConfigError(
+                "a runtime entry of this name exists; pass replace_existing=True", entry=name
+            )
+            for name, _ in items
+            if existing.get(name) is not None
+        ]
         if errors:
             raise BulkConfigError(errors, total=total)
         expected = None if replace_existing else 0
@@ -661,6 +661,14 @@ class Manager:
         for start in range(0, len(names), DEFAULT_BATCH_SIZE):
             versions.update(store.versions(names[start : start + DEFAULT_BATCH_SIZE]))
         return versions
+
+    def _versions_ahead(
+        self, names: Sequence[str]
+    ) -> contextlib.AbstractContextManager[Callable[[], dict[str, int | None]]]:
+        """:meth:`RuntimeStore.versions_ahead`; no Redis asked for no names."""
+        if not names:
+            return contextlib.nullcontext(dict)
+        return self.store().versions_ahead(names)
 
     def _get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         store, stored = self.store(), {}
@@ -1149,6 +1157,17 @@ def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
         definition.pop("max_runs", None)
     definition.update(changes)
     return definition
+
+
+def _names(definitions: Sequence[object]) -> list[str]:
+    """The names of the definitions that have a valid one (the others are errors)."""
+    names = []
+    for definition in definitions:
+        name = definition.get("name") if isinstance(definition, Mapping) else None
+        with contextlib.suppress(ConfigError):
+            _check_name(name)
+            names.append(cast(str, name))
+    return names
 
 
 def _batch(size: int) -> int:

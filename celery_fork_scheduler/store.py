@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -604,6 +604,11 @@ class RuntimeStore:
             tag_indexed_key(self.keys),
         ]
 
+    @property
+    def _read_keys(self) -> list[str]:
+        """The KEYS of READ_MANY."""
+        return [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
+
     # -- runtime entries ----------------------------------------------------------------------
 
     def epoch(self) -> str | None:
@@ -787,20 +792,51 @@ class RuntimeStore:
         """The version of each name's runtime entry, ``None`` for no entry (one script call)."""
         if not names:
             return {}
-        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
-        reply = _text(self._read_many(keys=keys, args=["version", *names])).split(",")
-        return {
-            name: None if int(value) < 0 else int(value)
-            for name, value in zip(names, reply, strict=True)
-        }
+        return _versions_of(names, self._read_many(keys=self._read_keys, args=["version", *names]))
+
+    @contextlib.contextmanager
+    def versions_ahead(
+        self, names: Sequence[str]
+    ) -> Iterator[Callable[[], dict[str, int | None]]]:
+        """:meth:`versions` of ``names`` (a call per :data:`PAGE_SIZE` of them), asked now and
+        read when the function given is called: on one Redis, Redis looks them up while the
+        caller does other work. On Redis Cluster the function asks them."""
+        pages = [names[start : start + PAGE_SIZE] for start in range(0, len(names), PAGE_SIZE)]
+        if not self.one_node:
+            yield lambda: {n: v for page in pages for n, v in self.versions(page).items()}
+            return
+        self.client.script_load(READ_MANY)
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        unread = len(pages)
+
+        def read() -> dict[str, int | None]:
+            nonlocal unread
+            versions: dict[str, int | None] = {}
+            for page in pages:
+                reply = connection.read_response()
+                unread -= 1
+                versions.update(_versions_of(page, reply))
+            return versions
+
+        try:
+            for page in pages:
+                keys = self._read_keys
+                connection.send_command(
+                    "EVALSHA", self._read_many.sha, len(keys), *keys, "version", *page
+                )
+            yield read
+        finally:
+            if unread:
+                connection.disconnect()  # replies left unread: start afresh
+            pool.release(connection)
 
     def get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         """The runtime entries of ``names`` that exist, read at one instant (one script call);
         undecodable JSON comes back as raw bytes."""
         if not names:
             return {}
-        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
-        reply = self._read_many(keys=keys, args=["data", *names])
+        reply = self._read_many(keys=self._read_keys, args=["data", *names])
         return {
             name: _decode(name, raw, int(version), since)
             for name, (raw, since, version) in zip(names, reply, strict=True)
@@ -1080,6 +1116,15 @@ def joined_tags(data: Mapping[str, Any] | Sequence[str]) -> str:
 def _escaped(tag: str) -> str:
     """A tag as the index holds it: without ``|``, which ends it in an index member."""
     return tag.replace("%", "%25").replace("|", "%7C")
+
+
+def _versions_of(names: Sequence[str], reply: bytes | str) -> dict[str, int | None]:
+    """The versions of READ_MANY's "version" reply, ``None`` for no entry."""
+    values = _text(reply).split(",")
+    return {
+        name: None if int(value) < 0 else int(value)
+        for name, value in zip(names, values, strict=True)
+    }
 
 
 def _distinct(names: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ Redis; and what a beat replica sees of them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -264,14 +265,20 @@ def test_a_re_added_name_starts_afresh(
 def test_an_entry_added_meanwhile_fails_its_batch_only(
     layout: str, manager: Manager, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Manager._versions
+    real = Manager._versions_ahead
 
-    def check_then_race(self: Manager, names: Any) -> Any:
-        found = real(self, names)
-        Manager(self.app).add("sync-3", "tasks.sync", "every 10 seconds")  # after the check
-        return found
+    @contextlib.contextmanager
+    def check_then_race(self: Manager, names: Any) -> Iterator[Any]:
+        with real(self, names) as read:
 
-    monkeypatch.setattr(Manager, "_versions", check_then_race)
+            def read_then_race() -> Any:
+                found = read()
+                Manager(self.app).add("sync-3", "tasks.sync", "every 10 seconds")  # after it
+                return found
+
+            yield read_then_race
+
+    monkeypatch.setattr(Manager, "_versions_ahead", check_then_race)
     with pytest.raises(BulkConflictError) as raised:
         manager.add_many(tenants(9), batch_size=2)
     assert raised.value.written == ["sync-0", "sync-1"]
@@ -284,6 +291,26 @@ def test_an_entry_added_meanwhile_fails_its_batch_only(
     ]  # the batches after the one that failed wrote nothing either
     assert redis_client.get(KEYS.runtime_version) == b"3"
     assert not redis_client.keys("scheduler:{runtime}:bulk:*")  # the chain is gone
+
+
+def test_a_call_that_fails_while_its_versions_are_asked_leaves_no_reply_behind(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_many asks Redis whether its names exist while it validates them: a call that raises
+    meanwhile leaves no unread reply on the connection for the next command to take."""
+    manager.add_many(tenants(3))
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Manager, "_encoded", broken)
+    with pytest.raises(KeyError):
+        manager.add_many(tenants(2500, start=10))
+    monkeypatch.undo()
+    with pytest.raises(BulkConfigError, match="'sync-2': a runtime entry of this name exists"):
+        manager.add_many(tenants(3, start=2))
+    assert manager.store().versions(["sync-0", "sync-10"]) == {"sync-0": 1, "sync-10": None}
+    assert list(manager.add_many(tenants(2, start=3))) == ["sync-3", "sync-4"]
 
 
 def test_the_batch_size_is_checked(manager: Manager) -> None:
