@@ -183,7 +183,7 @@ def has_control_characters(text: str) -> bool:
 
 def has_lone_surrogates(text: str) -> bool:
     """True when ``text`` cannot be encoded as UTF-8 (bytes a terminal passed undecoded)."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _duration(name: str, value: object, *, allow_text: bool = False) -> timedelta:

@@ -681,6 +681,8 @@ def _exclusions(
     zone: tzinfo,
 ) -> tuple[tuple[str, ...], tuple[str, ...], Exclusions | None]:
     """The entry's own items, its calendars' names, and all their items compiled."""
+    if definition.get("exclude") is None and definition.get("calendar") is None:
+        return (), (), None
     try:
         own = normalise_items(definition.get("exclude"))
     except ExclusionError as exc:
@@ -771,8 +773,10 @@ def entry_from_config(
     if isinstance(kwargs, Mapping) and not all(isinstance(key, str) for key in kwargs):
         raise _fail(name, "kwargs", f"keys must be strings (argument names), not {shown(kwargs)}")
     options = _options(name, definition.get("options"))
-    for field_name, value in (("args", args), ("kwargs", kwargs), ("options", options)):
-        _check_depth(name, field_name, value)
+    # One walk of the three together (one level more); each alone names the one too deep.
+    if json_depth((args, kwargs, options), MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH + 1:
+        for field_name, value in (("args", args), ("kwargs", kwargs), ("options", options)):
+            _check_depth(name, field_name, value)
     description = _text(
         name, "description", definition.get("description") or "", MAX_DESCRIPTION_LENGTH
     )

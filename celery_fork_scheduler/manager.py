@@ -8,13 +8,15 @@ paused, resumed and triggered, but not removed or replaced from here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
 from celery.beat import EmbeddedService
@@ -96,6 +98,31 @@ return 0
 """
 
 
+#: The settings of the Manager call in progress (in this thread or task): the Manager and what
+#: it read. Reading them scans every Celery setting, so a call reads them once.
+_CALL_SETTINGS: ContextVar[tuple[Manager, Settings] | None] = ContextVar(
+    "fork_scheduler_call_settings", default=None
+)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _settings_read_once(method: _Method) -> _Method:
+    """Make every :meth:`Manager._settings` of one call of ``method`` return one reading."""
+
+    @functools.wraps(method)
+    def once(self: Manager, /, *args: Any, **kwargs: Any) -> Any:
+        pinned = _CALL_SETTINGS.get()
+        if pinned is not None and pinned[0] is self:
+            return method(self, *args, **kwargs)
+        token = _CALL_SETTINGS.set((self, read_settings(self.app.conf)))
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _CALL_SETTINGS.reset(token)
+
+    return cast(_Method, once)
+
+
 class JobNotFoundError(ForkSchedulerError, KeyError):
     """No entry of that name, static or runtime."""
 
@@ -122,6 +149,8 @@ DEFAULT_BATCH_SIZE = 1_000
 UPDATE_ATTEMPTS = 5
 #: Distinct schedule strings a bulk call keeps parsed.
 MAX_PARSED = 10_000
+#: The stored JSON of the bulk calls (as :func:`encode_entry`'s ``json.dumps``, built once).
+_JSON = json.JSONEncoder(allow_nan=False)
 #: Errors a :class:`BulkConfigError` message shows (``errors`` holds them all).
 SHOWN_ERRORS = 10
 
@@ -163,6 +192,8 @@ class _Bulk:
     parsed: dict[str, SlotSchedule] = field(default_factory=dict)
     #: The stored form of each (shared) schedule object met: id -> (schedule, its dict).
     stored: dict[int, tuple[SlotSchedule, dict[str, Any]]] = field(default_factory=dict)
+    #: The tags met, as the store indexes them (see :func:`joined_tags`).
+    joined: dict[frozenset[str], str] = field(default_factory=dict)
 
 
 class BrokerUnavailableError(ForkSchedulerError):
@@ -251,6 +282,7 @@ class Manager:
             self, target, JobSpec(name=name, overlap="skip" if self._singleton_all else None)
         )
 
+    @_settings_read_once
     def add(
         self,
         name: str,
@@ -303,6 +335,7 @@ class Manager:
             ) from None
         return Job.from_entry(entry, {}, version, now)
 
+    @_settings_read_once
     def update(self, name: str, *, expected_version: int | None = None, **changes: Any) -> Job:
         """Change fields of a runtime entry; a stale ``expected_version`` is refused.
 
@@ -351,6 +384,7 @@ class Manager:
 
     # -- bulk changes ---------------------------------------------------------------------------
 
+    @_settings_read_once
     def add_many(
         self,
         definitions: Iterable[Mapping[str, Any]],
@@ -373,20 +407,20 @@ class Manager:
         errors: list[ForkSchedulerError] = []
         definitions = list(definitions)
         total = len(definitions)
-        for name, fields in self._each_named(definitions, errors):
-            try:
-                items.append((name, self._encoded(name, fields, bulk)))
-            except ConfigError as exc:
-                errors.append(exc)
-        if not replace_existing:
-            existing = self._versions([name for name, _ in items])
-            errors += [
-                ConfigError(
-                    "a runtime entry of this name exists; pass replace_existing=True", entry=name
-                )
-                for name, version in existing.items()
-                if version is not None
-            ]
+        with self._versions_ahead([] if replace_existing else _names(definitions)) as read:
+            for name, fields in self._each_named(definitions, errors):
+                try:
+                    items.append((name, self._encoded(name, fields, bulk)))
+                except ConfigError as exc:
+                    errors.append(exc)
+            existing = read()
+        errors += [
+            ConfigError(
+                "a runtime entry of this name exists; pass replace_existing=True", entry=name
+            )
+            for name, _ in items
+            if existing.get(name) is not None
+        ]
         if errors:
             raise BulkConfigError(errors, total=total)
         expected = None if replace_existing else 0
@@ -409,6 +443,7 @@ class Manager:
             seen.add(name)
             yield name, fields
 
+    @_settings_read_once
     def update_many(
         self,
         changes: Iterable[Mapping[str, Any]],
@@ -468,6 +503,7 @@ class Manager:
             raise BulkConflictError(conflicts)
         return self._put_many(items, size)
 
+    @_settings_read_once
     def remove_many(
         self,
         names: Iterable[str],
@@ -520,15 +556,22 @@ class Manager:
         present = [name for name in unique if versions[name] is not None]
         return self._delete_many([(name, expected.get(name)) for name in present], batch_size)
 
+    @_settings_read_once
     def tagged(self, tag: str) -> Tagged:
         """The names of the entries with ``tag``, static and runtime (one read of the runtime
         entries' tag index)."""
+        static, runtime = self._indexed(tag)
+        if runtime:  # only names that have an entry (an earlier version's removal may linger)
+            runtime = [name for name, v in self._versions(runtime).items() if v is not None]
+        return Tagged(static, runtime)
+
+    def _indexed(self, tag: str) -> Tagged:
+        """:meth:`tagged`, the runtime names as the tag index has them: some may have no entry
+        any more."""
         if not isinstance(tag, str) or not tag or has_lone_surrogates(tag):
             raise ConfigError(f"tags must be non-empty UTF-8 text, not {tag!r}", field="tag")
         static = self._static_entries()
         runtime = self.store().names_with_tag(tag) if self._has_redis() else []
-        if runtime:  # only names that have an entry (an earlier version's removal may linger)
-            runtime = [name for name, v in self._versions(runtime).items() if v is not None]
         return Tagged(
             sorted(name for name, entry in static.items() if tag in entry.tags),
             sorted(name for name in runtime if name not in static),
@@ -563,9 +606,10 @@ class Manager:
             fields["task"] = getattr(task, "name", task)
         return name, fields
 
-    def _encoded(self, name: str, definition: Mapping[str, Any], bulk: _Bulk) -> tuple[str, str]:
-        """The stored JSON of one definition, validated as :meth:`add` validates it, and its
-        tags as the store indexes them."""
+    def _encoded(self, name: str, definition: dict[str, Any], bulk: _Bulk) -> tuple[str, str]:
+        """The stored JSON of one definition (a dict of the caller's own, which this may
+        change), validated as :meth:`add` validates it, and its tags as the store indexes
+        them."""
         if name in bulk.static:
             raise ConfigError(
                 "a static entry (config or decorator) has this name; "
@@ -573,13 +617,7 @@ class Manager:
                 entry=name,
             )
         if self._singleton_all and "overlap" not in definition and "singleton" not in definition:
-            definition = {**definition, "overlap": "skip"}
-        if len(name) > 200 or "\n" in name or "\r" in name or "\t" in name:
-            raise ConfigError(
-                "entry names are at most 200 characters, without control characters",
-                entry=name[:60],
-                field="name",
-            )
+            definition["overlap"] = "skip"
         raw = definition.get("schedule")
         if isinstance(raw, str):
             parsed = bulk.parsed.get(raw)
@@ -587,7 +625,7 @@ class Manager:
                 with contextlib.suppress(Exception):  # entry_from_config names the error
                     parsed = bulk.parsed[raw] = parse_schedule(raw)
             if parsed is not None:
-                definition = {**definition, "schedule": parsed}
+                definition["schedule"] = parsed
         entry = entry_from_config(
             name,
             definition,
@@ -604,20 +642,33 @@ class Manager:
         data = stored_fields(entry, known[1])
         try:
             # As encode_entry, whose depth check entry_from_config made field by field.
-            encoded = json.dumps(data, allow_nan=False)
+            encoded = _JSON.encode(data)
         except (TypeError, ValueError):
             entry_to_dict(entry, max_size=bulk.max_size)  # names the field that cannot be stored
             encode_entry(name, data)
             raise ConfigError("cannot be stored as JSON", entry=name) from None
         if len(encoded.encode()) > min(bulk.max_size, MAX_STORED_BYTES):
             check_size(name, data, min(bulk.max_size, MAX_STORED_BYTES))
-        return encoded, joined_tags(data["tags"])
+        joined = bulk.joined.get(entry.tags)
+        if joined is None:
+            joined = joined_tags(data["tags"])
+            if len(bulk.joined) < MAX_PARSED:
+                bulk.joined[entry.tags] = joined
+        return encoded, joined
 
     def _versions(self, names: Sequence[str]) -> dict[str, int | None]:
         store, versions = self.store(), {}
         for start in range(0, len(names), DEFAULT_BATCH_SIZE):
             versions.update(store.versions(names[start : start + DEFAULT_BATCH_SIZE]))
         return versions
+
+    def _versions_ahead(
+        self, names: Sequence[str]
+    ) -> contextlib.AbstractContextManager[Callable[[], dict[str, int | None]]]:
+        """:meth:`RuntimeStore.versions_ahead`; no Redis asked for no names."""
+        if not names:
+            return contextlib.nullcontext(dict)
+        return self.store().versions_ahead(names)
 
     def _get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         store, stored = self.store(), {}
@@ -650,6 +701,7 @@ class Manager:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_settings_read_once
     def jobs(self, tag: str | None = None) -> list[Job]:
         """Every entry (static and runtime), optionally only those with ``tag``; by name."""
         entries = self._all_entries()
@@ -662,6 +714,7 @@ class Manager:
             for name, (entry, version) in sorted(entries.items())
         ]
 
+    @_settings_read_once
     def get(self, name: str) -> Job:
         """One entry as a :class:`Job`; :class:`JobNotFoundError` if there is none."""
         entry, version = self._entry(name)
@@ -700,6 +753,7 @@ class Manager:
         raw = self._redis().lrange(self._keys().outages, 0, max(n, 1) - 1)
         return [outage for outage in map(Outage.decode, raw) if outage is not None]
 
+    @_settings_read_once
     def stats(self, name: str) -> EntryStats:
         """The counters of an entry: runs, skips by reason, failures, completions, errors."""
         self._entry(name)
@@ -724,6 +778,7 @@ class Manager:
 
     # -- steering -------------------------------------------------------------------------------
 
+    @_settings_read_once
     def remove(self, name: str, *, expected_version: int | None = None) -> bool:
         """Remove a runtime entry; static entries cannot be removed (ConfigError). A slot
         that was due before the removal still fires once if a replica had not published it
@@ -739,18 +794,22 @@ class Manager:
             raise JobNotFoundError(name)
         return True
 
+    @_settings_read_once
     def remove_by_tag(self, tag: str) -> list[str]:
         """Remove every runtime entry with ``tag``; returns their names, sorted (static ones
-        stay). One read finds them; they are removed in batches (see :meth:`remove_many`)."""
+        stay). One read finds them; they are removed in batches (see :meth:`remove_many`),
+        whose script passes over a name the index keeps without an entry."""
         return self._delete_many(
-            [(name, None) for name in self.tagged(tag).runtime], DEFAULT_BATCH_SIZE
+            [(name, None) for name in self._indexed(tag).runtime], DEFAULT_BATCH_SIZE
         )
 
+    @_settings_read_once
     def clear(self) -> int:
         """Remove every runtime entry; returns how many."""
         names = [_text(name) for name in self._redis().hkeys(self._keys().runtime_entries)]
         return len(self._delete_many([(name, None) for name in names], DEFAULT_BATCH_SIZE))
 
+    @_settings_read_once
     def pause(
         self, name: str | None = None, *, tag: str | None = None, note: str = ""
     ) -> list[str]:
@@ -759,12 +818,14 @@ class Manager:
         self.store().pause(names, note, at=self._clock())
         return names
 
+    @_settings_read_once
     def resume(self, name: str | None = None, *, tag: str | None = None) -> list[str]:
         """Resume one entry or every entry with ``tag``; returns the names."""
         names = self._select(name, tag)
         self.store().resume(names)
         return names
 
+    @_settings_read_once
     def is_paused(self, name: str) -> PauseState:
         """Whether an entry is paused, with the note and since when."""
         self._entry(name)
@@ -947,6 +1008,10 @@ class Manager:
     # -- internals -------------------------------------------------------------------------
 
     def _settings(self) -> Settings:
+        """The settings; one reading per call of a method made :func:`_settings_read_once`."""
+        pinned = _CALL_SETTINGS.get()
+        if pinned is not None and pinned[0] is self:
+            return pinned[1]
         return read_settings(self.app.conf)
 
     def _keys(self) -> Keys:
@@ -1092,6 +1157,17 @@ def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
         definition.pop("max_runs", None)
     definition.update(changes)
     return definition
+
+
+def _names(definitions: Sequence[object]) -> list[str]:
+    """The names of the definitions that have a valid one (the others are errors)."""
+    names = []
+    for definition in definitions:
+        name = definition.get("name") if isinstance(definition, Mapping) else None
+        with contextlib.suppress(ConfigError):
+            _check_name(name)
+            names.append(cast(str, name))
+    return names
 
 
 def _batch(size: int) -> int:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -206,6 +206,25 @@ local function entry_key(name, j)
 end
 """
 
+#: Shared by the bulk scripts: ``push(list, a, b)`` appends two items; ``many(command, key,
+#: args)`` runs ``command key args...`` with up to 4 000 of ``args`` per call (``key`` false:
+#: ``command args...``, for DEL of many keys).
+_MANY = """
+local function push(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+local function many(command, key, args)
+  for i = 1, #args, 4000 do
+    if key then
+      redis.call(command, key, unpack(args, i, math.min(i + 3999, #args)))
+    else
+      redis.call(command, unpack(args, i, math.min(i + 3999, #args)))
+    end
+  end
+end
+"""
+
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
 #: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT, KEYS[11] the chain of
 #: the call's batches. ARGV[3] "0": the caller resets a new entry's state and makes its keys
@@ -227,6 +246,7 @@ PUT_MANY = (
     + _TRIM
     + _RETAG
     + _LAYOUT
+    + _MANY
     + """
 if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[11]) or '0') ~= tonumber(ARGV[4]) - 1 then
   return {-2}  -- the batch before this one was not written
@@ -257,15 +277,6 @@ local first = tonumber(redis.call('GET', KEYS[3]) or '0')
 redis.call('SET', KEYS[3], string.format('%.0f', first + count))
 -- Written together, one command per key and up to 4 000 arguments per command.
 local entries, instants, changes, names, tags_of, index = {}, {}, {}, {}, {}, {}
-local function push(list, a, b)
-  list[#list + 1] = a
-  list[#list + 1] = b
-end
-local function many(command, key, args)
-  for i = 1, #args, 4000 do
-    redis.call(command, key, unpack(args, i, math.min(i + 3999, #args)))
-  end
-end
 local created = {}
 for i = 1, count do
   local name = ARGV[i * 4 + 1]
@@ -325,8 +336,8 @@ return {first, table.concat(created)}
 DELETE_MANY = (
     _NOW
     + _TRIM
-    + _RETAG
     + _LAYOUT
+    + _MANY
     + """
 local count = (#ARGV - 3) / 2
 local removed_at = ARGV[1] ~= '' and ARGV[1] or string.format('%.0f', now_ms * 1000)
@@ -337,10 +348,12 @@ for i = 1, count do
   if redis.call('HEXISTS', KEYS[1], name) == 1 then
     present[i] = '1'
     found = found + 1
-    local current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
-    if expected ~= '' and tonumber(expected) ~= current then
-      stale[#stale + 1] = name
-      stale[#stale + 1] = current
+    if expected ~= '' then
+      local current = tonumber(redis.call('ZSCORE', KEYS[2], name) or '0')
+      if tonumber(expected) ~= current then
+        stale[#stale + 1] = name
+        stale[#stale + 1] = current
+      end
     end
   end
 end
@@ -348,28 +361,48 @@ if #stale > 0 then
   return {-1, stale}
 end
 local first = tonumber(redis.call('GET', KEYS[3]) or '0')
-if found > 0 then
-  redis.call('SET', KEYS[3], string.format('%.0f', first + found))
+if found == 0 then
+  trim(tonumber(ARGV[2]))
+  return {first, table.concat(present)}
 end
-local version = first
+redis.call('SET', KEYS[3], string.format('%.0f', first + found))
+-- Written together, one command per key (see PUT_MANY); the own keys are one per entry.
+local names, changes, removals, members, held = {}, {}, {}, {}, {}
 for i = 1, count do
   if present[i] == '1' then
-    local name = ARGV[i * 2 + 2]
-    version = version + 1
-    redis.call('HDEL', KEYS[1], name)
-    redis.call('HDEL', KEYS[4], name)
-    redis.call('ZADD', KEYS[2], version, name)
-    redis.call('ZADD', KEYS[5], now_ms, name)
-    retag(name, '')
-    if own_keys then
-      redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
-      for j = 1, 5 do
-        redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
-      end
-      redis.call('DEL', entry_key(name, 4))
-    end
+    names[#names + 1] = ARGV[i * 2 + 2]
   end
 end
+local tags = {}
+for i = 1, #names, 4000 do
+  local part = redis.call('HMGET', KEYS[9], unpack(names, i, math.min(i + 3999, #names)))
+  for j = 1, #part do
+    tags[i + j - 1] = part[j]
+  end
+end
+for i, name in ipairs(names) do
+  push(changes, first + i, name)
+  push(removals, now_ms, name)
+  if tags[i] then
+    for tag in string.gmatch(tags[i], '[^|]+') do
+      members[#members + 1] = tag .. '|' .. name
+    end
+  end
+  if own_keys then
+    redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
+    for _, j in ipairs({1, 2, 3, 5}) do
+      redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
+    end
+    held[#held + 1] = entry_key(name, 4)
+  end
+end
+many('HDEL', KEYS[1], names)
+many('HDEL', KEYS[4], names)
+many('ZADD', KEYS[2], changes)
+many('ZADD', KEYS[5], removals)
+many('ZREM', KEYS[8], members)
+many('HDEL', KEYS[9], names)
+many('DEL', false, held)
 trim(tonumber(ARGV[2]))
 return {first, table.concat(present)}
 """
@@ -571,6 +604,11 @@ class RuntimeStore:
             tag_indexed_key(self.keys),
         ]
 
+    @property
+    def _read_keys(self) -> list[str]:
+        """The KEYS of READ_MANY."""
+        return [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
+
     # -- runtime entries ----------------------------------------------------------------------
 
     def epoch(self) -> str | None:
@@ -754,20 +792,51 @@ class RuntimeStore:
         """The version of each name's runtime entry, ``None`` for no entry (one script call)."""
         if not names:
             return {}
-        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
-        reply = _text(self._read_many(keys=keys, args=["version", *names])).split(",")
-        return {
-            name: None if int(value) < 0 else int(value)
-            for name, value in zip(names, reply, strict=True)
-        }
+        return _versions_of(names, self._read_many(keys=self._read_keys, args=["version", *names]))
+
+    @contextlib.contextmanager
+    def versions_ahead(
+        self, names: Sequence[str]
+    ) -> Iterator[Callable[[], dict[str, int | None]]]:
+        """:meth:`versions` of ``names`` (a call per :data:`PAGE_SIZE` of them), asked now and
+        read when the function given is called: on one Redis, Redis looks them up while the
+        caller does other work. On Redis Cluster the function asks them."""
+        pages = [names[start : start + PAGE_SIZE] for start in range(0, len(names), PAGE_SIZE)]
+        if not self.one_node:
+            yield lambda: {n: v for page in pages for n, v in self.versions(page).items()}
+            return
+        self.client.script_load(READ_MANY)
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        unread = len(pages)
+
+        def read() -> dict[str, int | None]:
+            nonlocal unread
+            versions: dict[str, int | None] = {}
+            for page in pages:
+                reply = connection.read_response()
+                unread -= 1
+                versions.update(_versions_of(page, reply))
+            return versions
+
+        try:
+            for page in pages:
+                keys = self._read_keys
+                connection.send_command(
+                    "EVALSHA", self._read_many.sha, len(keys), *keys, "version", *page
+                )
+            yield read
+        finally:
+            if unread:
+                connection.disconnect()  # replies left unread: start afresh
+            pool.release(connection)
 
     def get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         """The runtime entries of ``names`` that exist, read at one instant (one script call);
         undecodable JSON comes back as raw bytes."""
         if not names:
             return {}
-        keys = [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
-        reply = self._read_many(keys=keys, args=["data", *names])
+        reply = self._read_many(keys=self._read_keys, args=["data", *names])
         return {
             name: _decode(name, raw, int(version), since)
             for name, (raw, since, version) in zip(names, reply, strict=True)
@@ -1047,6 +1116,15 @@ def joined_tags(data: Mapping[str, Any] | Sequence[str]) -> str:
 def _escaped(tag: str) -> str:
     """A tag as the index holds it: without ``|``, which ends it in an index member."""
     return tag.replace("%", "%25").replace("|", "%7C")
+
+
+def _versions_of(names: Sequence[str], reply: bytes | str) -> dict[str, int | None]:
+    """The versions of READ_MANY's "version" reply, ``None`` for no entry."""
+    values = _text(reply).split(",")
+    return {
+        name: None if int(value) < 0 else int(value)
+        for name, value in zip(names, values, strict=True)
+    }
 
 
 def _distinct(names: Sequence[str]) -> None:

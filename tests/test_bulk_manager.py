@@ -4,6 +4,7 @@ Redis; and what a beat replica sees of them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -264,14 +265,20 @@ def test_a_re_added_name_starts_afresh(
 def test_an_entry_added_meanwhile_fails_its_batch_only(
     layout: str, manager: Manager, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Manager._versions
+    real = Manager._versions_ahead
 
-    def check_then_race(self: Manager, names: Any) -> Any:
-        found = real(self, names)
-        Manager(self.app).add("sync-3", "tasks.sync", "every 10 seconds")  # after the check
-        return found
+    @contextlib.contextmanager
+    def check_then_race(self: Manager, names: Any) -> Iterator[Any]:
+        with real(self, names) as read:
 
-    monkeypatch.setattr(Manager, "_versions", check_then_race)
+            def read_then_race() -> Any:
+                found = read()
+                Manager(self.app).add("sync-3", "tasks.sync", "every 10 seconds")  # after it
+                return found
+
+            yield read_then_race
+
+    monkeypatch.setattr(Manager, "_versions_ahead", check_then_race)
     with pytest.raises(BulkConflictError) as raised:
         manager.add_many(tenants(9), batch_size=2)
     assert raised.value.written == ["sync-0", "sync-1"]
@@ -284,6 +291,26 @@ def test_an_entry_added_meanwhile_fails_its_batch_only(
     ]  # the batches after the one that failed wrote nothing either
     assert redis_client.get(KEYS.runtime_version) == b"3"
     assert not redis_client.keys("scheduler:{runtime}:bulk:*")  # the chain is gone
+
+
+def test_a_call_that_fails_while_its_versions_are_asked_leaves_no_reply_behind(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_many asks Redis whether its names exist while it validates them: a call that raises
+    meanwhile leaves no unread reply on the connection for the next command to take."""
+    manager.add_many(tenants(3))
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Manager, "_encoded", broken)
+    with pytest.raises(KeyError):
+        manager.add_many(tenants(2500, start=10))
+    monkeypatch.undo()
+    with pytest.raises(BulkConfigError, match="'sync-2': a runtime entry of this name exists"):
+        manager.add_many(tenants(3, start=2))
+    assert manager.store().versions(["sync-0", "sync-10"]) == {"sync-0": 1, "sync-10": None}
+    assert list(manager.add_many(tenants(2, start=3))) == ["sync-3", "sync-4"]
 
 
 def test_the_batch_size_is_checked(manager: Manager) -> None:
@@ -407,6 +434,62 @@ def test_remove_many_checks_every_name_first(
     ]
     assert int(redis_client.hget(KEYS.state("sync-2"), "removed") or 0) > 1  # its instant
     assert redis_client.pttl(KEYS.state("sync-2")) > 0
+
+
+def removal_traces(client: redis.Redis, name: str) -> dict[str, Any]:
+    """What a removal leaves of ``name``: its own keys (a TTL or none), its state, and whether
+    the runtime keys still hold it."""
+    return {
+        "ttl": [client.pttl(key) > 0 for key in KEYS.entry_keys(name)],
+        "exists": [bool(client.exists(key)) for key in KEYS.entry_keys(name)],
+        "state": sorted(k for k in client.hgetall(KEYS.state(name)) if k != b"removed"),
+        "removed": client.hget(KEYS.state(name), "removed") is not None,
+        "stored": client.hexists(KEYS.runtime_entries, name)
+        or client.hexists(KEYS.runtime_since, name)
+        or client.hexists(store_module.entry_tags_key(KEYS), name),
+        "indexed": client.zrange(store_module.tag_index_key(KEYS), 0, -1),
+        "logged": client.zscore(KEYS.runtime_removed, name) is not None,
+    }
+
+
+def test_a_bulk_removal_leaves_what_a_removal_leaves(
+    layout: str, manager: Manager, redis_client: redis.Redis
+) -> None:
+    """``remove_many`` does to each entry what ``remove`` does: its own keys expire after the
+    retention (a held-back run goes now), its state says removed, the index forgets it."""
+    manager.add_many(tenants(6, tag="a|b"))
+    manager.update_many([{"name": f"sync-{i}", "tags": ["a|b", "c"]} for i in range(6)])
+    for name in ("sync-0", "sync-1", "sync-2"):
+        redis_client.hset(KEYS.state(name), mapping={"hwm": "1", "paused": "1"})
+        redis_client.hset(KEYS.pending(name), "1", "owner|1")
+        redis_client.set(KEYS.running(name), "task", px=60_000)
+        redis_client.set(KEYS.buffered(name), "{}")
+        redis_client.lpush(KEYS.history(name), "{}")
+    manager.remove("sync-0")
+    manager.remove("sync-3")
+    assert manager.remove_many(["sync-1", "sync-2", "sync-4", "sync-5"]) == [
+        "sync-1",
+        "sync-2",
+        "sync-4",
+        "sync-5",
+    ]
+    assert removal_traces(redis_client, "sync-1") == removal_traces(redis_client, "sync-0")
+    assert removal_traces(redis_client, "sync-4") == removal_traces(redis_client, "sync-3")
+    assert removal_traces(redis_client, "sync-0") == {
+        "ttl": [True, True, True, False, True],
+        "exists": [True, True, True, False, True],
+        "state": [b"hwm", b"paused"],
+        "removed": True,
+        "stored": False,
+        "indexed": [],
+        "logged": True,
+    }
+    assert [redis_client.zscore(KEYS.runtime_changes, f"sync-{i}") for i in (1, 2, 4, 5)] == [
+        15.0,
+        16.0,
+        17.0,
+        18.0,
+    ]
 
 
 def test_remove_by_tag_finds_the_tag_in_tags_only(
@@ -694,3 +777,6 @@ def test_a_name_left_in_the_index_without_its_entry_is_not_listed(
     redis_client.hdel(KEYS.runtime_entries, "sync-1")  # as an earlier version's removal does
     assert manager.tagged("tenants").runtime == ["sync-0"]
     assert manager.pause(tag="tenants") == ["sync-0"]
+    version = redis_client.get(KEYS.runtime_version)
+    assert manager.remove_by_tag("tenants") == ["sync-0"]
+    assert int(redis_client.get(KEYS.runtime_version) or 0) == int(version or 0) + 1

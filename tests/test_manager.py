@@ -711,3 +711,27 @@ def test_an_embedded_beat_publishes_runtime_jobs_until_stopped(
         manager.stop()
         app.close()
     assert not manager.is_running()
+
+
+def test_a_call_reads_the_settings_once_and_the_next_call_reads_them_again(
+    manager: Manager, app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the settings scans every Celery setting: ``add`` and ``update`` read them once
+    per call, and a setting changed between two calls applies to the second."""
+    import celery_fork_scheduler.manager as manager_module
+
+    reads: list[object] = []
+    read = manager_module.read_settings
+
+    def counted(conf: Any, **options: Any) -> Any:
+        reads.append(conf)
+        return read(conf, **options)
+
+    monkeypatch.setattr(manager_module, "read_settings", counted)
+    manager.add("rt", "tasks.report", every(5).minutes)
+    manager.update("rt", description="changed")
+    manager.pause("rt")
+    assert len(reads) == 3
+    app.conf.fork_scheduler_max_entry_size = 1024
+    with pytest.raises(ConfigError, match="fork_scheduler_max_entry_size"):
+        manager.add("big", "tasks.report", every(5).minutes, description="x" * 2000)
