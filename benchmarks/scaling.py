@@ -121,7 +121,7 @@ def topology(kind: str) -> Iterator[Topology]:
 
 @dataclass(frozen=True)
 class Settings:
-    n: int
+    sizes: tuple[int, ...]  # N of the every-second cases (the cluster's: the first)
     burst: int
     warmup: float
     window: float
@@ -174,9 +174,8 @@ def _shares(topo: Topology, group: BeatGroup, n: int) -> list[float]:
     return sorted((claimed.get(pid, 0) / n for pid in group.pids), reverse=True)
 
 
-def every_second(topo: Topology, replicas: int, settings: Settings) -> Result:
+def every_second(topo: Topology, replicas: int, n: int, settings: Settings) -> Result:
     """N entries every second: rate, lag, CPU, commands, shares, duplicates over a window."""
-    n = settings.n
     sampler = QueueSampler(topo.broker_url)
     sampler.start()
     group = _group(topo, replicas, "every", n, settings).start()
@@ -272,6 +271,7 @@ class Case:
     scenario: str  # "every" or "burst"
     kind: str  # "one" or "cluster"
     replicas: int
+    n: int
     run: int
 
 
@@ -281,11 +281,11 @@ class Runner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.results: list[tuple[Case, Result]] = []
-        self.durations: dict[tuple[str, int], float] = {}
+        self.durations: dict[tuple[str, int, int], float] = {}
 
     def estimate(self, case: Case) -> float:
         s = self.settings
-        return self.durations.get((case.kind, case.replicas), 12 + s.warmup + s.window)
+        return self.durations.get((case.kind, case.replicas, case.n), 12 + s.warmup + s.window)
 
     def execute(self, fillers: list[Case], bursts: list[Case]) -> None:
         pending = list(fillers)
@@ -304,25 +304,25 @@ class Runner:
             self.run(case)
 
     def run(self, case: Case, boundary: float = 0.0) -> None:
-        label = f"run {case.run}: {case.scenario} {case.kind} R={case.replicas}"
+        label = f"run {case.run}: {case.scenario} {case.kind} R={case.replicas} N={case.n}"
         print(f"[{time.strftime('%H:%M:%S')}] {label} ...", file=sys.stderr, flush=True)
         started = time.time()
         with topology(case.kind) as topo:
             if case.scenario == "every":
-                result = every_second(topo, case.replicas, self.settings)
+                result = every_second(topo, case.replicas, case.n, self.settings)
             else:
                 result = burst(topo, case.replicas, self.settings, boundary)
         if case.scenario == "every":
-            self.durations[(case.kind, case.replicas)] = time.time() - started
+            self.durations[(case.kind, case.replicas, case.n)] = time.time() - started
         self.results.append((case, result))
         shown = {k: v for k, v in result.items() if not isinstance(v, list)}
         print(f"    {_rounded(shown)}", file=sys.stderr, flush=True)
 
-    def find(self, scenario: str, kind: str, replicas: int) -> list[tuple[Case, Result]]:
+    def find(self, scenario: str, kind: str, replicas: int, n: int) -> list[tuple[Case, Result]]:
         return [
             (c, r)
             for c, r in self.results
-            if (c.scenario, c.kind, c.replicas) == (scenario, kind, replicas)
+            if (c.scenario, c.kind, c.replicas, c.n) == (scenario, kind, replicas, n)
         ]
 
 
@@ -330,25 +330,37 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def plan(runs: int, replicas: Sequence[int], cluster: Sequence[int]) -> tuple[list[Case], ...]:
+def plan(
+    runs: int, settings: Settings, replicas: Sequence[int], cluster: Sequence[int]
+) -> tuple[list[Case], list[Case]]:
+    """Every-second cases (each N on one Redis, the first N on the cluster) and bursts."""
     fillers: list[Case] = []
     bursts: list[Case] = []
     for run in range(1, runs + 1):
-        for kind, counts in (("one", replicas), ("cluster", cluster)):
-            fillers += [Case("every", kind, r, run) for r in counts]
-            bursts += [Case("burst", kind, r, run) for r in counts]
+        for kind, counts, sizes in (
+            ("one", replicas, settings.sizes),
+            ("cluster", cluster, settings.sizes[:1]),
+        ):
+            fillers += [Case("every", kind, r, n, run) for n in sizes for r in counts]
+            bursts += [Case("burst", kind, r, settings.burst, run) for r in counts]
     return fillers, bursts
 
 
 # -- the tables ---------------------------------------------------------------------------------
 
 
-def add_ratios(runner: Runner, kind: str, counts: Sequence[int]) -> None:
-    """CPU and commands per publish ÷ R = 1 of the same run and scenario."""
-    for scenario in ("every", "burst"):
-        base = {c.run: r for c, r in runner.find(scenario, kind, 1)}
+def scenarios_of(settings: Settings, kind: str) -> list[tuple[str, int]]:
+    """The (scenario, N) pairs measured on ``kind``."""
+    sizes = settings.sizes if kind == "one" else settings.sizes[:1]
+    return [*(("every", n) for n in sizes), ("burst", settings.burst)]
+
+
+def add_ratios(runner: Runner, counts: Sequence[int]) -> None:
+    """CPU and commands per publish ÷ R = 1 of the same run, scenario and N (one Redis)."""
+    for scenario, n in scenarios_of(runner.settings, "one"):
+        base = {c.run: r for c, r in runner.find(scenario, "one", 1, n)}
         for replicas in counts:
-            for case, result in runner.find(scenario, kind, replicas):
+            for case, result in runner.find(scenario, "one", replicas, n):
                 one = base.get(case.run, {})
                 for name in ("cpu_per_1000", "commands_per_publish"):
                     if result.get(name) and one.get(name):
@@ -363,8 +375,8 @@ def shares_cell(results: Sequence[Result], name: str) -> str:
     return "/".join(f"{statistics.median(column):.2f}" for column in zip(*lists, strict=False))
 
 
-def replicas_table(runner: Runner, scenario: str, counts: Sequence[int]) -> str:
-    header = ["R", "published/s"]
+def replicas_table(runner: Runner, scenario: str, n: int, counts: Sequence[int]) -> str:
+    header = ["N", "R", "published/s"]
     header += ["% of demanded"] if scenario == "every" else ["slot → last message (s)"]
     header += [
         "lag p50 (s)",
@@ -379,10 +391,11 @@ def replicas_table(runner: Runner, scenario: str, counts: Sequence[int]) -> str:
     ]
     rows = []
     for replicas in counts:
-        results = [r for _, r in runner.find(scenario, "one", replicas)]
+        results = [r for _, r in runner.find(scenario, "one", replicas, n)]
         second = "percent" if scenario == "every" else "slot_to_last_s"
         rows.append(
             [
+                f"{n:,}".replace(",", " "),
                 str(replicas),
                 cell(results, "published_per_s", 0),
                 cell(results, second, 1 if scenario == "every" else 2),
@@ -400,7 +413,7 @@ def replicas_table(runner: Runner, scenario: str, counts: Sequence[int]) -> str:
     return table(header, rows)
 
 
-def cluster_table(runner: Runner, scenario: str, counts: Sequence[int]) -> str:
+def cluster_table(runner: Runner, scenario: str, n: int, counts: Sequence[int]) -> str:
     header = ["R", "published/s"]
     header += ["% of demanded"] if scenario == "every" else ["slot → last message (s)"]
     header += [
@@ -415,7 +428,7 @@ def cluster_table(runner: Runner, scenario: str, counts: Sequence[int]) -> str:
     header += ["keys per master after"] if scenario == "burst" else []
     rows = []
     for replicas in counts:
-        results = [r for _, r in runner.find(scenario, "cluster", replicas)]
+        results = [r for _, r in runner.find(scenario, "cluster", replicas, n)]
         second = "percent" if scenario == "every" else "slot_to_last_s"
         row = [
             str(replicas),
@@ -452,9 +465,10 @@ def spread_table(spreads: Sequence[Result]) -> str:
 
 def goals_table(runner: Runner, counts: Sequence[int]) -> str:
     rows = []
-    for scenario, label in (("every", "every second"), ("burst", "burst")):
+    for scenario, n in scenarios_of(runner.settings, "one"):
+        label = f"N = {n} every second" if scenario == "every" else f"burst of {n}"
         for replicas in (r for r in counts if r > 1):
-            results = [r for _, r in runner.find(scenario, "one", replicas)]
+            results = [r for _, r in runner.find(scenario, "one", replicas, n)]
             cpu = median(results, "cpu_per_1000_ratio")
             rows.append(_goal(f"{label}, R = {replicas}: CPU / 1 000 ≤ 1.3× R = 1", cpu, 1.3))
             if replicas == 3:
@@ -488,7 +502,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--n", type=int, default=2000, help="entries every second")
+    parser.add_argument("--n", default="2000", help="entries every second (a list: 2000,1000)")
     parser.add_argument("--burst", type=int, default=10_000, help="crontab entries of a burst")
     parser.add_argument("--replicas", default="1,2,3,4", help="R on one Redis")
     parser.add_argument("--cluster-replicas", default="1,3", help="R on the cluster")
@@ -502,12 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(r) for r in args.replicas.split(",") if r]
     cluster = [int(r) for r in args.cluster_replicas.split(",") if r]
     with tempfile.TemporaryDirectory(prefix="fork-scaling-") as logs:
-        settings = Settings(args.n, args.burst, args.warmup, args.window, args.margin, Path(logs))
+        sizes = tuple(int(n) for n in args.n.split(","))
+        settings = Settings(sizes, args.burst, args.warmup, args.window, args.margin, Path(logs))
         runner = Runner(settings)
         spreads = [runtime_spread(args.spread) for _ in range(args.runs)]
-        runner.execute(*plan(args.runs, counts, cluster))
-    add_ratios(runner, "one", counts)
-    text = render(runner, settings, counts, cluster, spreads)
+        runner.execute(*plan(args.runs, settings, counts, cluster))
+    add_ratios(runner, counts)
+    text = render(runner, counts, cluster, spreads)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
@@ -515,29 +530,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(
-    runner: Runner,
-    settings: Settings,
-    counts: Sequence[int],
-    cluster: Sequence[int],
-    spreads: Sequence[Result],
+    runner: Runner, counts: Sequence[int], cluster: Sequence[int], spreads: Sequence[Result]
 ) -> str:
-    n, b = settings.n, settings.burst
-    return "\n\n".join(
-        [
-            f"#### R replicas on one Redis: {n} entries every second",
-            replicas_table(runner, "every", counts),
-            f"#### R replicas on one Redis: burst of {b} crontab entries on one minute",
-            replicas_table(runner, "burst", counts),
-            f"#### Redis Cluster, 3 masters: {n} entries every second",
-            cluster_table(runner, "every", cluster),
-            f"#### Redis Cluster, 3 masters: burst of {b} crontab entries",
-            cluster_table(runner, "burst", cluster),
-            "#### Redis Cluster, 3 masters: runtime entries through `Manager.add_many`",
-            spread_table(spreads),
-            "#### Goals of issue 20",
-            goals_table(runner, counts),
-        ]
-    )
+    parts: list[str] = []
+    for kind, title, counts_of, make in (
+        ("one", "R replicas on one Redis", counts, replicas_table),
+        ("cluster", "Redis Cluster, 3 masters", cluster, cluster_table),
+    ):
+        for scenario, n in scenarios_of(runner.settings, kind):
+            what = "entries every second" if scenario == "every" else "crontab entries on a minute"
+            parts += [f"#### {title}: {n} {what}", make(runner, scenario, n, counts_of)]
+    parts += [
+        "#### Redis Cluster, 3 masters: runtime entries through `Manager.add_many`",
+        spread_table(spreads),
+        "#### Goals of issue 20",
+        goals_table(runner, counts),
+    ]
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
