@@ -52,6 +52,8 @@ from celery import Celery
 from celery.schedules import crontab
 
 URL = os.environ["BENCH_REDIS_URL"]
+#: The claims' Redis: the broker's unless given (benchmarks/scaling.py: a Redis Cluster node).
+CLAIMS_URL = os.environ.get("BENCH_CLAIMS_URL", URL)
 KIND = os.environ["BENCH_KIND"]
 N = int(os.environ["BENCH_N"])
 TASK = "bench.noop"
@@ -62,10 +64,12 @@ app.conf.update(
     enable_utc=True,
     beat_max_loop_interval=1,
     broker_connection_retry_on_startup=True,
-    fork_scheduler_redis_url=URL,
+    fork_scheduler_redis_url=CLAIMS_URL,
     redbeat_redis_url=URL,
     fork_scheduler_default_jitter=float(os.environ.get("BENCH_JITTER", "0")),
 )
+if os.environ.get("BENCH_CLUSTER"):
+    app.conf.fork_scheduler_redis_options = {"cluster": True}
 
 if KIND == "every":
     schedule = timedelta(seconds=1)

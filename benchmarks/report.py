@@ -73,7 +73,7 @@ def group(results: Iterable[Result], scenario: str) -> dict[tuple[int, str], lis
     return dict(sorted(grouped.items(), key=lambda item: (item[0][0], order.index(item[0][1]))))
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -151,7 +151,7 @@ def _references_table(refs: Sequence[Result], plain: float | None) -> str:
         ("message size (bytes)", cell(refs, "message_bytes", 0)),
         ("Python ceiling ÷ plain loop", _number(ceiling / plain, 1) if ceiling and plain else "—"),
     ]  # fmt: skip
-    return _table(("reference", "median (min–max)"), rows)
+    return table(("reference", "median (min–max)"), rows)
 
 
 def _every_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence[Result]) -> str:
@@ -181,7 +181,7 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence
             cell(runs, "starved", 0),
             cell(runs, "duplicates", 0),
         ))  # fmt: skip
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence[Result]) -> str:
@@ -204,7 +204,7 @@ def _burst_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence
             cell(runs, "commands_per_publish", 2), cell(runs, "scripts_per_publish", 2), shares,
             cell(runs, "duplicates", 0),
         ))  # fmt: skip
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _shares(runs: Sequence[Result]) -> str:
@@ -235,7 +235,7 @@ def _idle_table(grouped: Mapping[tuple[int, str], list[Result]]) -> str:
         )
         for (n, peer), runs in grouped.items()
     ]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _per_run_ratio(runs: Sequence[Result], top: str, bottom: str) -> list[dict[str, float]]:
@@ -263,7 +263,7 @@ def _template_table(refs: Sequence[Result]) -> str:
             cell(runs, f"{transport}_template_per_s", 0), cell(ratios, "r", 2),
             cell(runs, f"{transport}_celery_per_s", 0),
         ))  # fmt: skip
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _kill_storm_table(storms: Sequence[Result]) -> str:
@@ -278,7 +278,7 @@ def _kill_storm_table(storms: Sequence[Result]) -> str:
         cell(storms, "expected", 0), cell(storms, "received", 0), cell(storms, "duplicated", 0),
         cell(storms, "missed", 0), f"{passed}/{len(storms)} runs",
     )  # fmt: skip
-    return _table(header, [row])
+    return table(header, [row])
 
 
 def _goals_table(results: Sequence[Result]) -> str:
@@ -368,7 +368,7 @@ def _goals_table(results: Sequence[Result]) -> str:
         )
     if not rows:
         return ""
-    return _table(("goal", "measured as", "median", "verdict"), rows)
+    return table(("goal", "measured as", "median", "verdict"), rows)
 
 
 # -- the plot ---------------------------------------------------------------------------------

@@ -425,7 +425,7 @@ def write_report(
         "median over the runs is shown.",
         "",
     ]
-    text = "\n".join(lines)
+    text = "\n".join(lines) + _kept_section(ROOT / "docs" / "benchmarks.md")
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "benchmarks.md").write_text(text)
     report.plot(
@@ -438,6 +438,17 @@ def write_report(
     raw.parent.mkdir(exist_ok=True)
     raw.write_text(json.dumps({"machine": info, "results": runner.results}, indent=1))
     return tables
+
+
+#: The heading of the section ``benchmarks/scaling.py``'s results go in (written by hand, kept).
+KEPT_SECTION = "## Replicas and Redis Cluster (issue 20)"
+
+
+def _kept_section(path: Path) -> str:
+    """The hand-written :data:`KEPT_SECTION` of the current report, to the end ("" if none)."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(KEPT_SECTION)
+    return "\n" + old[start:] if start >= 0 else ""
 
 
 def main(argv: list[str] | None = None) -> int:

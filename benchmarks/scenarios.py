@@ -40,6 +40,7 @@ from harness import (
     read_messages,
     redis_server,
 )
+from redis.cluster import RedisCluster
 
 HERE = Path(__file__).resolve().parent
 #: The interval of the ``every_second`` entries.
@@ -81,7 +82,7 @@ def _scripts_per_publish(commands: dict[str, int], published: int) -> float | No
     return scripts / published if published else None
 
 
-def _duplicates(messages: list[Message]) -> int:
+def duplicates(messages: list[Message]) -> int:
     """Messages of an (entry, slot) pair already seen (only messages with a slot header)."""
     seen = Counter((m.entry, m.slot) for m in messages if m.slot is not None)
     return sum(count - 1 for count in seen.values())
@@ -137,7 +138,7 @@ def every_second(peer: Peer, n: int, settings: Settings) -> dict[str, Any]:
         starved=n - len(served),
         min_per_entry=min(served.values()) if len(served) == n else 0,
         max_per_entry=max(served.values(), default=0),
-        duplicates=_duplicates(messages),
+        duplicates=duplicates(messages),
         lag_kind="slot" if peer.has_slot_header else "previous+interval",
         **lag_summary(lags[i] for i in in_window),
     )
@@ -210,7 +211,7 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
             group.stop()
             sampler.stop()
         messages = read_messages(client)
-        owners = _owners(client, n) if peer.scheduler == "fork" else {}
+        claimed_by = owners(client, n) if peer.scheduler == "fork" else {}
     times = sampler.arrival_times(len(messages))
     slots = [m.slot for m in messages if m.slot is not None]
     minute = min(slots) if slots else (math.floor(times[0] / 60) * 60 if times else boundary)
@@ -221,7 +222,7 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
     commands = command_delta(commands0, commands1)
     shares = {
         f"replica{group.pids.index(pid) + 1}": count / n
-        for pid, count in Counter(owners.values()).items()
+        for pid, count in Counter(claimed_by.values()).items()
         if pid in group.pids
     }
     return _result(
@@ -240,13 +241,13 @@ def burst(peer: Peer, n: int, settings: Settings, boundary: float, margin: float
         commands_per_publish=_per_publish(commands, published),
         scripts_per_publish=_scripts_per_publish(commands, published),
         commands=dict(list(commands.items())[:8]),
-        duplicates=_duplicates(messages),
+        duplicates=duplicates(messages),
         shares=shares,
         **lag_summary(times[i] - minute for i in in_burst),
     )
 
 
-def _owners(client: redis.Redis, n: int) -> dict[str, int]:
+def owners(client: redis.Redis | RedisCluster, n: int) -> dict[str, int]:
     """Which replica (pid) claimed each entry's slot, from our state hashes."""
     try:
         from celery_fork_scheduler.keys import Keys
@@ -255,11 +256,11 @@ def _owners(client: redis.Redis, n: int) -> dict[str, int]:
         pipe = client.pipeline(transaction=False)
         for i in range(n):
             pipe.hget(keys.state(f"e{i:06d}"), "owner")
-        owners: dict[str, int] = {}
+        found: dict[str, int] = {}
         for i, owner in enumerate(pipe.execute()):
             if owner:
-                owners[f"e{i:06d}"] = int(owner.decode().split(":")[-2])
-        return owners
+                found[f"e{i:06d}"] = int(owner.decode().split(":")[-2])
+        return found
     except (ImportError, redis.RedisError, ValueError, IndexError):
         return {}
 
