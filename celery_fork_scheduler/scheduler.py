@@ -181,6 +181,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.deferred = TimeQueue()
         self.ownership: Ownership | None = None
         self._static_digest = 0
+        self._closed = False
         with self._config_errors_stop_beat():
             self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
@@ -1000,7 +1001,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._backend.sync()
 
     def close(self) -> None:
-        """Sync, close the backend and release the broker connection."""
+        """Sync, close the backend and release the broker connection; once (Celery closes
+        beat's scheduler twice on a stop: a closed Redis Cluster client fails when used)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             super().close()
         finally:

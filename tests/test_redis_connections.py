@@ -15,7 +15,9 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from celery import Celery
 
+from celery_fork_scheduler import Scheduler
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
 from celery_fork_scheduler.backends import redis as redis_backend
 from celery_fork_scheduler.backends.base import to_epoch_us
@@ -588,3 +590,21 @@ def test_unreachable_sentinels_fail_fast() -> None:
         assert time.monotonic() - began < 3.0
     finally:
         backend.close()
+
+
+def test_a_scheduler_on_a_cluster_closed_twice_as_celery_does_on_a_stop_closes_quietly(
+    cluster: RedisClusterNodes,
+) -> None:
+    """Celery closes beat's scheduler from its sync handler and again when the service ends;
+    the second close used the closed cluster client (``AttributeError``: beat logged a
+    CRITICAL line and exited 1 on every stop). Found by benchmarks/scaling.py."""
+    app = Celery("twice", broker="memory://", set_as_current=False)
+    app.conf.update(
+        fork_scheduler_redis_url=cluster.url,
+        fork_scheduler_redis_options={"cluster": True},
+        beat_schedule={"e": {"task": "t", "schedule": 60.0}},
+    )
+    scheduler = Scheduler(app=app)
+    scheduler.tick()
+    scheduler.close()
+    scheduler.close()
