@@ -155,6 +155,36 @@ _JSON = json.JSONEncoder(allow_nan=False)
 SHOWN_ERRORS = 10
 
 
+def _checked_version(name: str, version: object) -> int | None:
+    """An expected version as given: ``None`` (no check) or the whole number a read returned.
+    Anything else would only ever be refused as a conflict (Redis compares numbers): a
+    :class:`ConfigError` naming the entry and the field instead."""
+    if version is None or (type(version) is int and version >= 0):
+        return version
+    raise ConfigError(
+        f"must be the version a read returned (a whole number, 0 or more), not {version!r}",
+        entry=name,
+        field="expected_version",
+    )
+
+
+def _checked_versions(
+    versions: Mapping[str, object] | None, errors: list[ForkSchedulerError]
+) -> dict[str, int]:
+    """The expected versions of a bulk call, each checked (an error per bad one appended to
+    ``errors``); a name whose version is ``None`` is not checked, as in the one-entry calls."""
+    checked: dict[str, int] = {}
+    for name, version in (versions or {}).items():
+        try:
+            value = _checked_version(name, version)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        if value is not None:
+            checked[name] = value
+    return checked
+
+
 class BulkConfigError(ConfigError):
     """Definitions of a bulk call (``add_many``, ``update_many``, ``remove_many``) are bad:
     nothing was written. ``errors`` holds one error per bad definition, each naming its entry
@@ -315,6 +345,7 @@ class Manager:
             **policies,
         }
         entry = self._validate(name, definition)
+        expected_version = _checked_version(name, expected_version)
         if name in self._static_names():
             raise ConfigError(
                 "a static entry (config or decorator) has this name; "
@@ -342,6 +373,8 @@ class Manager:
         Without ``expected_version`` only the given fields change: when another writer
         changed the entry between the read and the write, the changes are applied again to
         what it wrote (up to :data:`UPDATE_ATTEMPTS` times)."""
+        _check_name(name)
+        expected_version = _checked_version(name, expected_version)
         attempts_left = UPDATE_ATTEMPTS
         while True:
             stored = self._stored(name)
@@ -472,7 +505,7 @@ class Manager:
                 errors.append(ConfigError(message, entry=name))
             else:
                 wanted[name] = fields
-        expected_versions = dict(expected_versions or {})
+        expected_versions = _checked_versions(expected_versions, errors)
         errors += [
             ConfigError("an expected version is given, but no change", entry=name)
             for name in expected_versions
@@ -540,12 +573,12 @@ class Manager:
                 continue
             unique.append(name)
         unique = list(dict.fromkeys(unique))
+        expected = _checked_versions(expected_versions, errors)
         versions = self._versions(unique)
         if not missing_ok:
             errors += [JobNotFoundError(name) for name in unique if versions[name] is None]
         if errors:
             raise BulkConfigError(errors, total=total)
-        expected = dict(expected_versions or {})
         conflicts = [
             StaleVersionError(name, expected[name], versions[name] or 0)
             for name in unique
@@ -790,6 +823,7 @@ class Manager:
                 "pause it, or remove it from the code",
                 entry=name,
             )
+        expected_version = _checked_version(name, expected_version)
         if not self.store().delete(name, expected_version, removed_at=self._clock()):
             raise JobNotFoundError(name)
         return True
