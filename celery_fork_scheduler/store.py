@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from .config import INT_RANGES, has_lone_surrogates
 from .entry import MAX_JSON_DEPTH, json_depth
@@ -814,7 +815,12 @@ class RuntimeStore:
             nonlocal unread
             versions: dict[str, int | None] = {}
             for page in pages:
-                reply = connection.read_response()
+                try:
+                    reply = connection.read_response()
+                except NoScriptError:  # the script cache was flushed meanwhile: ask again
+                    unread -= 1
+                    versions.update(self.versions(page))
+                    continue
                 unread -= 1
                 versions.update(_versions_of(page, reply))
             return versions

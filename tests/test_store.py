@@ -285,3 +285,26 @@ def test_the_manager_reports_a_corrupted_entry_as_a_config_error_naming_it(
     corrupt(redis_client, "broken")
     with pytest.raises(ConfigError, match="'broken'"):
         Manager(make_app(redis_url)).get("broken")
+
+
+def test_versions_asked_ahead_survive_a_script_cache_flushed_meanwhile(
+    store: RuntimeStore, redis_client: redis.Redis
+) -> None:
+    """``add_many`` asks for its names' versions before validating and reads them after; an
+    operator's ``SCRIPT FLUSH`` (or a failover) in between answers NOSCRIPT: the versions are
+    asked again, not raised as a raw Redis error (adversary round 11)."""
+    written = store.put("a", ENTRY)
+    real_load = store.client.script_load
+    flushed: list[bool] = []
+
+    def load_then_flush(script: str) -> Any:
+        sha = real_load(script)
+        if not flushed:  # once: between the load and the ask
+            flushed.append(True)
+            redis_client.script_flush()
+        return sha
+
+    store.client.script_load = load_then_flush  # type: ignore[method-assign]
+    with store.versions_ahead(["a", "missing"]) as read:
+        assert read() == {"a": written, "missing": None}
+    assert redis_client.ping()
