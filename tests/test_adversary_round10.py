@@ -245,3 +245,48 @@ def test_claims_won_before_the_cap_call_fails_in_a_long_outage_are_not_left_pend
         assert [n for n in names if redis_client.hlen(KEYS.pending(n))] == []
     finally:
         scheduler.close()
+
+
+def test_a_one_step_publish_whose_reply_is_lost_is_reported_dispatched_not_skipped(
+    redis_url: str,
+    redis_client: redis.Redis,
+    clock: FakeClock,
+    reports: list[tuple[str, str, str, str]],
+) -> None:
+    """Promise 1 (reports) and the one-step section: "A lost reply is safe too: asked again,
+    the script answers that this replica published the slot already".
+
+    The one-step script of the burst runs (the three messages are pushed and recorded sent),
+    and its reply is lost as the connection drops (``publish_once`` raises
+    ``BackendUnavailableError``). ``PublishPipeline._settle_once`` asks about the slots again
+    (takeover-only), but the claim script, not ``PUBLISH_ONCE``, answers first: the slot is at
+    the mark and no longer pending, so ``claimed`` — and the replica that published the
+    slot reports it ``entry_skipped`` (``claimed``), never ``entry_dispatched``. (Also before
+    the lane.) Expected: each slot reported ``dispatched`` once (it was published, by this
+    replica). Actual: ``skipped`` / ``claimed``, no ``entry_dispatched``.
+    """
+    names = ["a", "b", "c"]
+    schedule = {name: {"task": "t", "schedule": every(10).seconds} for name in names}
+    scheduler = one_step_beat(redis_url, clock, schedule)
+    backend: Any = scheduler.backend
+    real_publish = backend.publish_once
+    calls = [0]
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        calls[0] += 1
+        replies = real_publish(claims, commands)
+        if calls[0] == 1:
+            raise BackendUnavailableError("simulated: the reply was lost")
+        return replies
+
+    backend.publish_once = publish_once
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 13)
+        sent = fired(redis_client)
+        assert {name: sent[(name, SLOT)] for name in names} == dict.fromkeys(names, 1)
+        said = sorted((entry, kind, reason) for kind, entry, slot, reason in reports
+                      if slot == SLOT and reason != "redis_unavailable")
+        assert said == [(name, "dispatched", "") for name in names], said
+    finally:
+        scheduler.close()
