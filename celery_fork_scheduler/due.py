@@ -40,11 +40,10 @@ class Work:
 @dataclass(slots=True)
 class ChunkClaim:
     """One chunk of a tick whose claim was started: its works, their due slots (oldest
-    first, as claimed), when the claim started (monotonic) and its results to come."""
+    first, as claimed) and the claim's results to come."""
 
     works: list[Work]
     due: list[DueSlot]
-    started: float
     results: Future[list[ClaimResult]]
     #: The error that kept every claim of the chunk from being made, once known.
     error: BackendUnavailableError | None = None

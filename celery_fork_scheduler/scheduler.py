@@ -561,10 +561,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
         with stop_signals_deferred():  # a won claim is published before a normal stop
             current = claim_next()
+            since = self.monotonic()  # the chunks' rate: from one's end to the next's
             while current is not None:
                 ahead.clear()
                 lost = self._run_chunk(current, now, claim_ahead)
                 if lost is None:
+                    self._note_rate(len(current.due), since)
+                    since = self.monotonic()
                     current = ahead[0] if ahead else claim_next()
                     continue
                 waiting = [] if lost is not current.error else current.works
@@ -714,13 +717,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             (due_slot for work in works for due_slot in work.due),
             key=lambda due_slot: (due_slot.claim.slot, due_slot.entry.name),
         )
-        started = self.monotonic()
         claims = [slot.claim for slot in due]
-        results = self.pipeline.in_lane(partial(self._claim, claims, started))
-        return ChunkClaim(works, due, started, results)
+        return ChunkClaim(works, due, self.pipeline.in_lane(partial(self._claim, claims)))
 
-    def _claim(self, claims: list[Claim], started: float) -> list[ClaimResult]:
+    def _claim(self, claims: list[Claim]) -> list[ClaimResult]:
         """The backend's claim of ``claims`` (in the lane), its latency observed."""
+        started = self.monotonic()
         results = self.backend.claim(claims)
         if self.metrics is not None and claims:
             self.metrics.claim_latency.observe(self.monotonic() - started)
@@ -738,16 +740,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         then queued to be asked about again).
         """
         try:
-            admitted = self._admitted(chunk, now)
-        except BackendUnavailableError as exc:  # nothing of this chunk is published
+            results = chunk.results.result()
+        except BackendUnavailableError as exc:  # nothing of this chunk was claimed
             chunk.error = exc
             return exc
-        self.outage.end()
-        lost = self.pipeline.send(admitted, now, meanwhile)
+        self._learn_marks(results)
+        admitted, lost = self._admit(chunk.due, results, now)
+        if lost is None:
+            self.outage.end()
+            lost = self.pipeline.send(admitted, now, meanwhile)
         for work in chunk.works:
             self._queue_follow_up(work, now)
-        if lost is None:
-            self._note_rate(len(chunk.due), chunk.started)
         return lost
 
     def _settle_ahead(self, chunk: ChunkClaim, now: datetime) -> list[Work]:
@@ -757,20 +760,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         entries' next slots are queued. Returns its works when the claim itself failed (they
         are queued again)."""
         try:
-            admitted = self._admitted(chunk, now)
+            results = chunk.results.result()
         except BackendUnavailableError:
             return chunk.works
+        self._learn_marks(results)
+        admitted, _ = self._admit(chunk.due, results, now)
         self.pipeline.ask_again(admitted, now)
         for work in chunk.works:
             self._queue_follow_up(work, now)
         return []
-
-    def _admitted(self, chunk: ChunkClaim, now: datetime) -> list[DueSlot]:
-        """The won slots of a chunk's claim that may be published (see :meth:`_admit`).
-        Raises :class:`BackendUnavailableError` when the claim or the admission failed."""
-        results = chunk.results.result()
-        self._learn_marks(results)
-        return self._admit(chunk.due, results, now)
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:
         """Queue the next slot of a work's entry after the instant its slots were decided up
@@ -831,11 +829,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _admit(
         self, due: Sequence[DueSlot], results: Sequence[ClaimResult], now: datetime
-    ) -> list[DueSlot]:
+    ) -> tuple[list[DueSlot], BackendUnavailableError | None]:
         """The won slots that may be published: retries queued, skips reported, cap applied.
 
         An entry answered ``finished`` is retired, unless one of its slots of the same batch
         is given back under the cap (its run count then drops below ``max_runs`` again).
+        Also the error when the backend went away while taking places under the cap: the won
+        slots it could not place are then asked about again (takeover-only) and none is
+        admitted.
         """
         won: list[DueSlot] = []
         finished: list[Entry] = []
@@ -873,11 +874,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.reports.skipped(due_slot, outcome.value)
         if taken_over:
             self.pipeline.note_taken_over(taken_over, now)
-        admitted, given_back = self._apply_cap(won)
+        try:
+            admitted, given_back = self._apply_cap(won, now)
+        except BackendUnavailableError as exc:
+            self.pipeline.ask_again(won, now)
+            return [], exc
         for entry in finished:
             if entry.name not in given_back:
                 self._retire(entry)
-        return admitted
+        return admitted, None
 
     def _report_superseded(self, result: ClaimResult) -> None:
         """A won ``buffer_one`` slot replaced the run held back while no run held the marker
@@ -908,16 +913,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "fork scheduler: could not send the queued run of %s: %r", result.claim.entry, exc
             )
 
-    def _apply_cap(self, won: list[DueSlot]) -> tuple[list[DueSlot], set[str]]:
+    def _apply_cap(self, won: list[DueSlot], now: datetime) -> tuple[list[DueSlot], set[str]]:
         """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that
-        find one, and the names of the entries whose slots were given back (``capped``)."""
+        find one, and the names of the entries whose slots were given back (``capped``).
+        Raises :class:`BackendUnavailableError` when no place could be asked for; a slot
+        found over the cap whose skip cannot be recorded is asked about again."""
         cap = self.settings.max_concurrent
         if cap <= 0 or not won:
             return won, set()
         granted = self.backend.take_cap_places([slot.claim for slot in won], cap)
         over = [slot for slot, ok in zip(won, granted, strict=True) if not ok]
         if over:
-            self.backend.mark_skipped([slot.claim for slot in over], "capped")
+            try:
+                self.backend.mark_skipped([slot.claim for slot in over], "capped")
+            except BackendUnavailableError:
+                self.pipeline.ask_again(over, now)
+                over = []
             for due_slot in over:
                 self.reports.skipped(due_slot, "capped")
         admitted = [replace(slot, capped=True) for slot, ok in zip(won, granted, strict=True) if ok]

@@ -32,10 +32,10 @@ class DieAfterClaiming(Scheduler):
     \"\"\"Claims its first due slots, then dies (SIGKILL) before fencing any of them (on the
     fence path, or in the one-step publish of a broker sharing the claims' Redis).\"\"\"
 
-    def _run_chunk(self, chunk, now):
+    def _run_chunk(self, chunk, now, meanwhile):
         die = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
         self.backend.begin_publish = self.backend.publish_once = die
-        return super()._run_chunk(chunk, now)
+        return super()._run_chunk(chunk, now, meanwhile)
 """
 
 

@@ -49,7 +49,7 @@ class Stalling(Scheduler):
 
     stalled = False
 
-    def _run_chunk(self, chunk, now):
+    def _start_claim(self, works):
         backend = self.backend
         if STALL_POINT == "claim_reply" and not Stalling.stalled and "claim" not in vars(backend):
             real = backend.claim
@@ -63,7 +63,7 @@ class Stalling(Scheduler):
                 return results
 
             backend.claim = claim
-        return super()._run_chunk(chunk, now)
+        return super()._start_claim(works)
 
 
 
