@@ -126,3 +126,18 @@ def test_a_replacing_run_that_does_not_wait_for_the_old_one_is_caught() -> None:
     result = _simulate("--seed", "6", "--mutation", "take_over_no_wait")
     assert result.returncode == 1
     assert "VIOLATION [replaced]" in result.stdout
+
+
+def test_a_runtime_change_lost_in_a_failover_is_not_owed() -> None:
+    """Seed 12069: ``Manager.update`` of rt1 (every 10 s -> every 5 s) lands on the master
+    1.3 s after its replica stopped following; the failover to that replica loses it (Manager
+    writes are not WAITed for), so Redis and every replica keep the 10 s definition. The
+    checker owed the lost 5 s definition's slots and reported each of them a silent loss."""
+    result = _simulate("--seed", "12069", "--trace")
+    trace = result.stdout
+    lag = trace.index("redis replica stops following the master")
+    update = trace.index("operator update rt1", lag)
+    assert update < trace.index("failover to the lagging replica", lag)
+    assert "rt1 slot 2030-01-01T13:21:10+00:00 from" in trace  # the restored 10 s definition fires
+    assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
+    assert result.returncode == 0
