@@ -65,6 +65,8 @@ class StartedBatch:
 
     rest: list[Prepared]
     once: list[DueSlot] = field(default_factory=list)
+    #: The broker commands of each ``once`` slot.
+    commands: list[Any] = field(default_factory=list)
     replies: Future[list[Any]] | None = None
 
 
@@ -90,6 +92,8 @@ class PublishPipeline:
         self.monotonic = monotonic
         #: Published claims not yet recorded, each with its outcome ("sent", "uncertain").
         self.unmarked: list[tuple[Claim, str]] = []
+        #: One-step publishes whose answer was lost (Redis went away): run again first.
+        self.unsettled: list[tuple[DueSlot, Any]] = []
         #: Entries whose message template is still to be made (see :meth:`warm`).
         self._cold: deque[Entry] = deque()
         #: The publisher last asked whether the broker shares the claims' Redis, and the answer.
@@ -178,9 +182,17 @@ class PublishPipeline:
             next_claim()
         return lost
 
+    @property
+    def unfinished(self) -> bool:
+        """Whether published slots wait for their record, or one-step publishes for their
+        answer (see :meth:`record`)."""
+        return bool(self.unmarked or self.unsettled)
+
     def record(self) -> None:
-        """Record published claims; kept for the next tick if the backend is down (raises
+        """Settle the one-step publishes whose answer was lost and record published claims;
+        kept for the next tick if the backend is down (raises
         :class:`BackendUnavailableError` then)."""
+        self._settle_unsettled()
         if not self.unmarked:
             return
         pending, self.unmarked = self.unmarked, []
@@ -193,6 +205,24 @@ class PublishPipeline:
         except BackendUnavailableError:
             self.unmarked = pending + self.unmarked
             raise
+
+    def _settle_unsettled(self) -> None:
+        """Run the one-step script again for the slots whose answer was lost: it publishes a
+        slot that is still this replica's unsent claim, answers that it published one already,
+        or that another replica took it over."""
+        if not self.unsettled:
+            return
+        unsettled, self.unsettled = self.unsettled, []
+        backend = self.backend
+        assert isinstance(backend, PublishesOnce)  # only the one-step path leaves any
+        try:
+            replies = backend.publish_once(
+                [due_slot.claim for due_slot, _ in unsettled], [each for _, each in unsettled]
+            )
+        except BackendUnavailableError:
+            self.unsettled = unsettled + self.unsettled
+            raise
+        self._report_once([due_slot for due_slot, _ in unsettled], replies)
 
     def ask_again(self, due_slots: Sequence[DueSlot], now: datetime) -> None:
         """Queue won claims that could not be fenced, to be asked about (takeover-only) soon."""
@@ -291,24 +321,30 @@ class PublishPipeline:
         backend = self.backend
         assert isinstance(backend, PublishesOnce)  # see _shares_redis_with_broker
         claims = [due_slot.claim for due_slot, _ in once]
-        replies = self.in_lane(partial(backend.publish_once, claims, [each for _, each in once]))
-        return StartedBatch(rest, [due_slot for due_slot, _ in once], replies)
+        commands = [each for _, each in once]
+        replies = self.in_lane(partial(backend.publish_once, claims, commands))
+        return StartedBatch(rest, [due_slot for due_slot, _ in once], commands, replies)
 
     def _settle_once(self, started: StartedBatch, now: datetime) -> None:
         """Report the one-step publishes of a batch from their replies.
 
-        Raises :class:`BackendUnavailableError` when Redis went away; the slots are then
-        asked about again (a lost reply is safe: a published slot is recorded, an unpublished
-        one is still this replica's claim).
+        Raises :class:`BackendUnavailableError` when Redis went away; the same script is then
+        run again for those slots before the next tick's claims (:meth:`record`): a lost reply
+        is safe, the script answers whether this replica published the slot already or it is
+        still its own claim to publish.
         """
         if started.replies is None:
             return
         try:
             replies = started.replies.result()
         except BackendUnavailableError:
-            self.ask_again(started.once, now)
+            self.unsettled.extend(zip(started.once, started.commands, strict=True))
             raise
-        for due_slot, reply in zip(started.once, replies, strict=True):
+        self._report_once(started.once, replies)
+
+    def _report_once(self, once: Sequence[DueSlot], replies: Sequence[Any]) -> None:
+        """Report one-step publishes from the script's replies."""
+        for due_slot, reply in zip(once, replies, strict=True):
             if isinstance(reply, Exception):  # fenced, then a command failed: never again
                 self.reports.failed(due_slot.entry, due_slot.claim.slot, reply, "publishing")
                 self.reports.skipped(due_slot, "in_flight")

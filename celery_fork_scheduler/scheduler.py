@@ -418,7 +418,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._follow_owners(now)
         due_items = self.queue.pop_due(now.timestamp()) + self.deferred.pop_due(now.timestamp())
         handled = True
-        if due_items or self.pipeline.unmarked:
+        if due_items or self.pipeline.unfinished:
             handled = self._handle(due_items, now)
         if handled:
             self._report_progress(now)
@@ -971,7 +971,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         longest = float(self.max_interval)
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
-        if self.pipeline.unmarked:
+        if self.pipeline.unfinished:
             longest = min(longest, BACKEND_RETRY_SECONDS)
         next_read = self.catch_up.seconds_to_next_read()
         if next_read is not None:
@@ -998,17 +998,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         published while Redis blinked, then the backend's own (Celery calls this on a stop)."""
         if self._backend is None:
             return
-        if self.pipeline.unmarked:
+        if self.pipeline.unfinished:
             unrecorded = len(self.pipeline.unmarked)
             try:
                 self.pipeline.record()
             except BackendUnavailableError as exc:
-                logger.warning(
-                    "fork scheduler: %d published slot(s) could not be recorded sent (%s); "
-                    "the other replicas will report them in_flight",
-                    unrecorded,
-                    exc,
-                )
+                if unrecorded:
+                    logger.warning(
+                        "fork scheduler: %d published slot(s) could not be recorded sent (%s); "
+                        "the other replicas will report them in_flight",
+                        unrecorded,
+                        exc,
+                    )
+                if self.pipeline.unsettled:
+                    logger.warning(
+                        "fork scheduler: %d slot(s) whose one-step publish lost its answer are "
+                        "not settled (%s): each was published and recorded, or is still this "
+                        "replica's claim, which another replica takes over after the lease",
+                        len(self.pipeline.unsettled),
+                        exc,
+                    )
         self._backend.sync()
 
     def close(self) -> None:

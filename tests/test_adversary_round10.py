@@ -247,12 +247,6 @@ def test_claims_won_before_the_cap_call_fails_in_a_long_outage_are_not_left_pend
         scheduler.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, older than the lane, reports only (guarantees.md, failure table): after every "
-    "retry of a one-step publish lost its reply, the slot is asked about again through CLAIM, "
-    "which answers 'claimed' for a slot this replica did publish; nothing is sent twice or lost",
-)
 def test_a_one_step_publish_whose_reply_is_lost_is_reported_dispatched_not_skipped(
     redis_url: str,
     redis_client: redis.Redis,

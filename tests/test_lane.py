@@ -5,6 +5,7 @@ when Redis goes away, or a stop arrives, with the next chunk's claim under way."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -296,5 +297,30 @@ def test_redis_lost_at_a_mixed_batchs_publish_asks_again_for_its_fence_path_slot
         slot = "2026-03-02T10:00:10+00:00"
         counts = published(redis_client)
         assert {name: counts[(name, slot)] for name in names} == dict.fromkeys(names, 1)
+    finally:
+        scheduler.close()
+
+
+def test_a_stop_with_one_step_publishes_unsettled_says_how_many(
+    redis_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis went away as a one-step batch ran and is still away at the stop: beat says how
+    many slots it leaves unsettled (their fate is Redis's: published and recorded, or a claim
+    another replica takes over after the lease)."""
+    scheduler = burst_beat(redis_url, clock)
+    backend: Any = scheduler.backend
+
+    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
+        raise BackendUnavailableError("simulated: Redis went away")
+
+    backend.publish_once = publish_once
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        unsettled = len(scheduler.pipeline.unsettled)
+        assert unsettled > 0
+        with caplog.at_level(logging.WARNING, logger="celery_fork_scheduler"):
+            scheduler.sync()
+        assert f"{unsettled} slot(s) whose one-step publish lost its answer" in caplog.text
     finally:
         scheduler.close()
