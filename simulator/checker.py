@@ -50,6 +50,14 @@ LOSS_AFTER = 2_500_000
 REFRESH = 1_600_000
 #: A change this close after a slot may come before the replicas handled it.
 CHANGE_SLACK = 50_000
+#: A removal this close after a slot may reach every replica before one claimed it, and a
+#: replica that has seen the removal drops the entry's slots, those already due too
+#: (guarantees.md: slots already due at a change still fire "unless the change disables the
+#: entry or removes it"). The entry's owner asks at its next tick (the tick in hand, slow on a
+#: slow Redis, first), the others only ``fork_scheduler_owner_grace`` (1 s) after the slot, and
+#: each tick begins with the refresh that may see the removal (seed 9118: a slot due 0.3 s
+#: before the removal, its owner busy publishing on a Redis answering in 163 ms).
+REMOVAL_SLACK = 1_600_000
 #: Bound on the number of Redis keys: per entry ever defined (state, pending, running,
 #: buffered, history) plus global keys.
 KEYS_PER_ENTRY = 5
@@ -298,9 +306,15 @@ class Checker:
         Clearly in force (from one refresh after it was stored until just before the next
         change): owed. Within a change's refresh: owed when the definitions on both sides of the
         change have that slot (an edit of args or tags must not drop the slot due meanwhile).
+        Not owed: a slot due within :data:`REMOVAL_SLACK` before a later removal.
         """
         start, end, _ = epochs[index]
         s = datetime_to_us(slot)
+        if any(
+            entry is None and at - REMOVAL_SLACK <= s < at + REFRESH
+            for at, _, entry in epochs[index + 1 :]
+        ):
+            return False  # a removal (or loss of data) soon after the slot may drop it
         if start + REFRESH <= s < end - CHANGE_SLACK:
             return True
         if end - CHANGE_SLACK <= s < end + REFRESH:

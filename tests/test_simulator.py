@@ -141,3 +141,20 @@ def test_a_runtime_change_lost_in_a_failover_is_not_owed() -> None:
     assert "rt1 slot 2030-01-01T13:21:10+00:00 from" in trace  # the restored 10 s definition fires
     assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
     assert result.returncode == 0
+
+
+def test_a_slot_due_just_before_a_removal_is_not_owed() -> None:
+    """Seed 9118: rt1's slot 17:40:15 falls due 0.3 s before ``Manager.remove``. Its owner (r3)
+    is in a tick publishing another entry on a Redis answering in 163 ms, the others leave the
+    slot to it for ``fork_scheduler_owner_grace``, and each replica's next refresh sees the
+    removal and drops the entry: documented (slots already due at a change still fire "unless
+    the change disables the entry or removes it"). The checker owed it (a silent loss)."""
+    result = _simulate("--seed", "9118", "--trace")
+    trace = result.stdout
+    assert "redis slow for 8.0 s" in trace
+    update = trace.index("operator update rt1")
+    assert "operator remove rt1" in trace[update:]
+    assert "rt1 slot 2030-01-01T17:40:15+00:00 from" not in trace  # dropped with the entry
+    assert "rt1 slot 2030-01-01T17:40:10+00:00 from r1.0" in trace  # 5 s before: owed, fired
+    assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
+    assert result.returncode == 0
