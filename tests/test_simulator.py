@@ -158,3 +158,20 @@ def test_a_slot_due_just_before_a_removal_is_not_owed() -> None:
     assert "rt1 slot 2030-01-01T17:40:10+00:00 from r1.0" in trace  # 5 s before: owed, fired
     assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
     assert result.returncode == 0
+
+
+@pytest.mark.parametrize("seed", ["9047", "9117"])
+def test_a_pause_lost_in_a_failover_is_not_owed(seed: str) -> None:
+    """Seeds 9047, 9117: ``Manager.pause`` of rt0 lands on the master after its replica stopped
+    following; the failover to that replica loses it (Manager writes are not WAITed for:
+    settings.md), so Redis and every replica go on with rt0 not paused and publish its slots.
+    The checker reported each of them as published while paused."""
+    result = _simulate("--seed", seed, "--trace")
+    trace = result.stdout
+    lag = trace.index("redis replica stops following the master")
+    pause = trace.index("operator pause rt0", lag)
+    failover = trace.index("failover to the lagging replica", lag)
+    assert pause < failover
+    assert "broker <- rt0 slot" in trace[failover:]  # the pause is gone: rt0 fires again
+    assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
+    assert result.returncode == 0
