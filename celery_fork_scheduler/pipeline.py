@@ -248,16 +248,14 @@ class PublishPipeline:
         rest = started.rest
         try:
             self._settle_once(started, now)
+            held = (
+                self.backend.begin_publish([due_slot.claim for due_slot, _ in rest]) if rest else []
+            )
         except BackendUnavailableError as exc:
             self.ask_again([due_slot for due_slot, _ in rest], now)
             return exc
         if not rest:
             return None
-        try:
-            held = self.backend.begin_publish([due_slot.claim for due_slot, _ in rest])
-        except BackendUnavailableError as exc:
-            self.ask_again([due_slot for due_slot, _ in rest], now)
-            return exc
         self.unmarked.extend(self.publish(self._still_held(rest, held), now))
         try:
             self.record()

@@ -6,21 +6,19 @@ Every test here FAILS on the code it was written against, for the reason its doc
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import redis
-from replica_helpers import make_app, make_scheduler, run_for
+from lane_helpers import burst_schedule, fired, one_step_beat
+from replica_helpers import run_for
 
 from celery_fork_scheduler import Scheduler, every, signals
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.publishing import CeleryPublisher
 from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
@@ -28,36 +26,6 @@ KEYS = Keys("scheduler:")
 #: publish batch: the second claim runs in the lane after the first chunk's publish script.
 ENTRIES = 200
 SLOT = "2026-03-02T10:00:10+00:00"
-
-
-def burst_schedule(**special: dict[str, Any]) -> dict[str, Any]:
-    schedule: dict[str, Any] = {
-        f"e{i:03}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)
-    }
-    for name, options in special.items():
-        schedule[name] = {**schedule[name], **options}
-    return schedule
-
-
-def one_step_beat(
-    redis_url: str, clock: FakeClock, schedule: dict[str, Any], **conf: Any
-) -> Scheduler:
-    """A replica whose broker is the claims' Redis: each batch is published by one script,
-    and chunk two's claim starts in the lane as soon as chunk one's script has."""
-    app = make_app(redis_url, schedule, **conf)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    return scheduler
-
-
-def fired(client: redis.Redis) -> Counter[tuple[str, str]]:
-    """(entry, slot) of every message in the queue, with how many times it is there."""
-    messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
-    return Counter(
-        (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
-        for m in messages
-    )
 
 
 def left_pending(client: redis.Redis) -> list[str]:
@@ -145,7 +113,7 @@ def test_claims_won_in_the_lane_under_a_cap_before_a_long_outage_are_published_n
     slots never published, their claims left pending for good (a lone replica).
     """
     scheduler = one_step_beat(
-        redis_url, clock, burst_schedule(), fork_scheduler_max_concurrent=100_000
+        redis_url, clock, burst_schedule(ENTRIES), fork_scheduler_max_concurrent=100_000
     )
     RedisAway(scheduler, clock, datetime(2026, 3, 2, 10, 0, 30, 600_000, tzinfo=timezone.utc))
     scheduler.setup_schedule()
@@ -180,15 +148,18 @@ def test_a_paused_skip_of_the_lanes_claim_is_reported_once_when_the_cap_fails(
     e150's 10:00:10, ``paused``. Actual: ``paused``, ``redis_unavailable``, ``claimed``.
     """
     scheduler = one_step_beat(
-        redis_url, clock, burst_schedule(), fork_scheduler_max_concurrent=100_000
+        redis_url, clock, burst_schedule(ENTRIES), fork_scheduler_max_concurrent=100_000
     )
     redis_client.hset(KEYS.state("e150"), mapping={"paused": "1", "pause_note": ""})
     RedisAway(scheduler, clock, datetime(2026, 3, 2, 10, 0, 11, 500_000, tzinfo=timezone.utc))
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 14)
-        said = [(kind, reason) for kind, entry, slot, reason in reports
-                if entry == "e150" and slot == SLOT]
+        said = [
+            (kind, reason)
+            for kind, entry, slot, reason in reports
+            if entry == "e150" and slot == SLOT
+        ]
         assert ("e150", SLOT) not in fired(redis_client)
         assert said == [("skipped", "paused")], said
     finally:
@@ -285,8 +256,11 @@ def test_a_one_step_publish_whose_reply_is_lost_is_reported_dispatched_not_skipp
         run_for(scheduler, clock, 13)
         sent = fired(redis_client)
         assert {name: sent[(name, SLOT)] for name in names} == dict.fromkeys(names, 1)
-        said = sorted((entry, kind, reason) for kind, entry, slot, reason in reports
-                      if slot == SLOT and reason != "redis_unavailable")
+        said = sorted(
+            (entry, kind, reason)
+            for kind, entry, slot, reason in reports
+            if slot == SLOT and reason != "redis_unavailable"
+        )
         assert said == [(name, "dispatched", "") for name in names], said
     finally:
         scheduler.close()

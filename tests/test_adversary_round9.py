@@ -12,7 +12,6 @@ first batch's script has (the last one failed before the lane too).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,9 +19,10 @@ from typing import Any
 
 import pytest
 import redis
+from lane_helpers import burst_schedule, fail_calls, fired, one_step_beat
 from replica_helpers import make_app, make_scheduler, run_for
 
-from celery_fork_scheduler import Scheduler, every, signals
+from celery_fork_scheduler import every, signals
 from celery_fork_scheduler.backends import Claim
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.ids import task_id_for
@@ -36,51 +36,6 @@ KEYS = Keys("scheduler:")
 #: chunk's batch is fenced and published.
 ENTRIES = 200
 SLOT = "2026-03-02T10:00:10+00:00"
-
-
-def burst_schedule(**special: dict[str, Any]) -> dict[str, Any]:
-    schedule: dict[str, Any] = {
-        f"e{i:03}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)
-    }
-    for name, options in special.items():
-        schedule[name] = {**schedule[name], **options}
-    return schedule
-
-
-def one_step_beat(redis_url: str, clock: FakeClock, schedule: dict[str, Any]) -> Scheduler:
-    """A replica whose broker is the claims' Redis: each batch is published by one script,
-    and chunk two's claim starts in the lane as soon as chunk one's script has."""
-    app = make_app(redis_url, schedule)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    return scheduler
-
-
-def fired(client: redis.Redis) -> Counter[tuple[str, str]]:
-    """(entry, slot) of every message in the queue, with how many times it is there."""
-    messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
-    return Counter(
-        (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
-        for m in messages
-    )
-
-
-def fail_first_publish(scheduler: Any) -> None:
-    """Chunk one's publish script (chunk two's claim already started in the lane) fails as
-    if Redis went away; later ones work. (Written first against the fence path, whose next
-    claim now starts only once the first batch is published.)"""
-    backend: Any = scheduler.backend
-    real = backend.publish_once
-    calls = [0]
-
-    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise BackendUnavailableError("simulated: Redis went away")
-        return real(claims, commands)
-
-    backend.publish_once = publish_once
 
 
 @pytest.fixture
@@ -113,9 +68,9 @@ def test_a_paused_skip_decided_by_the_lanes_claim_is_reported_paused(
     with reason ``paused`` (as without the blink). Actual: ``redis_unavailable`` then
     ``claimed``; the history says ``skipped:paused``.
     """
-    scheduler = one_step_beat(redis_url, clock, burst_schedule())
+    scheduler = one_step_beat(redis_url, clock, burst_schedule(ENTRIES))
     redis_client.hset(KEYS.state("e150"), mapping={"paused": "1", "pause_note": ""})
-    fail_first_publish(scheduler)
+    fail_calls(scheduler, "publish_once", lambda call: call == 1)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 13)
@@ -149,14 +104,16 @@ def test_a_buffer_all_run_released_by_the_lanes_claim_is_published(
         "celery_fork_scheduler.held.HeldRuns.publish",
         lambda self, held: released.append(held if isinstance(held, str) else held.decode()),
     )
-    scheduler = one_step_beat(redis_url, clock, burst_schedule(e150={"overlap": "buffer_all"}))
+    scheduler = one_step_beat(
+        redis_url, clock, burst_schedule(ENTRIES, e150={"overlap": "buffer_all"})
+    )
     scheduler.setup_schedule()
     entry = scheduler.entries["e150"]
     earlier = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)
     queued = occurrence_to_json(build_occurrence(entry, earlier, task_id_for("e150", earlier)))
     redis_client.rpush(KEYS.buffered("e150"), queued)  # queued; its runner died (no marker)
     redis_client.hset(KEYS.state("e150"), "hwm", str(int(earlier.timestamp() * 1_000_000)))
-    fail_first_publish(scheduler)
+    fail_calls(scheduler, "publish_once", lambda call: call == 1)
     try:
         run_for(scheduler, clock, 13)
         assert any(task_id_for("e150", earlier) in held for held in released), released
@@ -183,7 +140,7 @@ def test_claims_won_in_the_lane_before_a_long_outage_are_published_late_not_left
     Expected: every entry's 10:00:10 slot published once, no pending claim left.
     Actual: 150 entries' 10:00:10 slot never published, their claims left pending.
     """
-    scheduler = one_step_beat(redis_url, clock, burst_schedule())
+    scheduler = one_step_beat(redis_url, clock, burst_schedule(ENTRIES))
     backend: Any = scheduler.backend
     real_claim, real_publish = backend.claim, backend.publish_once
     down_from = datetime(2026, 3, 2, 10, 0, 10, 100_000, tzinfo=timezone.utc)

@@ -4,7 +4,6 @@ when Redis goes away, or a stop arrives, with the next chunk's claim under way."
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,11 +15,11 @@ from typing import Any
 
 import pytest
 import redis
-from replica_helpers import RecordingPublisher, make_app, make_scheduler, run_for
+from lane_helpers import burst_schedule, fail_calls, fired, one_step_beat
+from replica_helpers import RecordingPublisher, make_scheduler, run_for
 
 from celery_fork_scheduler import Scheduler, every
 from celery_fork_scheduler.backends import Claim
-from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.lane import Lane
 from celery_fork_scheduler.publishing import CeleryPublisher, Occurrence
@@ -74,23 +73,8 @@ def test_an_unthreaded_lane_runs_at_once_and_keeps_an_error_for_its_result() -> 
 
 
 def burst_beat(redis_url: str, clock: FakeClock) -> Scheduler:
-    """A replica of :data:`ENTRIES` entries every 10 s, on the one-step path (its broker is
-    the claims' Redis)."""
-    schedule = {f"e{i:04}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)}
-    app = make_app(redis_url, schedule)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    return scheduler
-
-
-def published(client: redis.Redis) -> Counter[tuple[str, str]]:
-    """(entry, slot) of every message in the queue, with how many times it is there."""
-    messages = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
-    return Counter(
-        (m["headers"]["fork_scheduler_entry"], m["headers"]["fork_scheduler_slot"])
-        for m in messages
-    )
+    """A replica of :data:`ENTRIES` entries every 10 s, on the one-step path."""
+    return one_step_beat(redis_url, clock, burst_schedule(ENTRIES, width=4))
 
 
 def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
@@ -114,7 +98,7 @@ def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 10.5)
-        counts = published(redis_client)
+        counts = fired(redis_client)
         assert len(counts) == ENTRIES and set(counts.values()) == {1}
         assert all(name.startswith("fork-scheduler-redis") for _, _, name in calls)
         burst = [(kind, size) for kind, size, _ in calls if size > 1]
@@ -134,25 +118,14 @@ def test_redis_lost_while_the_next_chunk_is_claimed_still_publishes_every_slot_o
     """The second publish batch fails as if Redis went away, after the next chunk's claim was
     won in the lane: those won claims are neither lost nor published twice."""
     scheduler = burst_beat(redis_url, clock)
-    backend: Any = scheduler.backend
-    real_publish = backend.publish_once
-    publishes = 0
-
-    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
-        nonlocal publishes
-        publishes += 1
-        if publishes == 2:
-            raise BackendUnavailableError("simulated: Redis went away")
-        return real_publish(claims, commands)
-
-    backend.publish_once = publish_once
+    fail_calls(scheduler, "publish_once", lambda call: call == 2)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 10.5)
-        first = published(redis_client)
+        first = fired(redis_client)
         assert 0 < len(first) < ENTRIES  # the burst stopped at the failure
         run_for(scheduler, clock, 3)  # Redis answers again
-        counts = published(redis_client)
+        counts = fired(redis_client)
         slot = "2026-03-02T10:00:10+00:00"
         assert {key for key in counts if key[1] == slot} == {
             (f"e{i:04}", slot) for i in range(ENTRIES)
@@ -190,7 +163,7 @@ def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_firs
     try:
         with pytest.raises(SystemExit):
             run_for(scheduler, clock, 10.5)
-        counts = published(redis_client)
+        counts = fired(redis_client)
         assert len(counts) == ENTRIES and set(counts.values()) == {1}
         for i in range(ENTRIES):
             assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0  # no claim left behind
@@ -206,26 +179,12 @@ def test_redis_lost_while_admitting_a_chunk_queues_it_again(
     ends quietly and the chunk's slots are asked about again (found in the simulator, seed 42,
     as a crash)."""
     schedule = {f"e{i}": {"task": "t", "schedule": every(10).seconds} for i in range(3)}
-    app = make_app(redis_url, schedule, fork_scheduler_max_concurrent=100)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
-    backend: Any = scheduler.backend
-    real_take = backend.take_cap_places
-    takes = 0
-
-    def take_cap_places(claims: Sequence[Claim], cap: int) -> Any:
-        nonlocal takes
-        takes += 1
-        if takes == 1:
-            raise BackendUnavailableError("simulated: Redis went away")
-        return real_take(claims, cap)
-
-    backend.take_cap_places = take_cap_places
+    scheduler = one_step_beat(redis_url, clock, schedule, fork_scheduler_max_concurrent=100)
+    fail_calls(scheduler, "take_cap_places", lambda call: call == 1)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 12)
-        counts = published(redis_client)
+        counts = fired(redis_client)
         slot = "2026-03-02T10:00:10+00:00"
         assert counts == Counter({(f"e{i}", slot): 1 for i in range(3)})
     finally:
@@ -238,7 +197,7 @@ def test_a_pool_of_one_connection_keeps_every_call_in_beats_thread(
     """``max_connections: 1``: a call in the lane's thread beside one in beat's would find no
     connection (and wait for a retry); the lane runs inline and the burst goes out whole."""
     publisher = RecordingPublisher()  # the fence path: beat's thread fences while claims run
-    schedule = {f"e{i:04}": {"task": "t", "schedule": every(10).seconds} for i in range(ENTRIES)}
+    schedule = burst_schedule(ENTRIES, width=4)
     scheduler = make_scheduler(
         redis_url,
         clock,
@@ -275,27 +234,13 @@ def test_redis_lost_at_a_mixed_batchs_publish_asks_again_for_its_fence_path_slot
     take the fence path is asked about again too, not left claimed and unpublished."""
     names = ["odd", *(f"e{i}" for i in range(4))]
     schedule = {name: {"task": "t", "schedule": every(10).seconds} for name in names}
-    app = make_app(redis_url, schedule)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = FenceFor(app, lambda: scheduler.producer)
-    backend: Any = scheduler.backend
-    real_publish = backend.publish_once
-    publishes = 0
-
-    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
-        nonlocal publishes
-        publishes += 1
-        if publishes == 1:
-            raise BackendUnavailableError("simulated: Redis went away")
-        return real_publish(claims, commands)
-
-    backend.publish_once = publish_once
+    scheduler = one_step_beat(redis_url, clock, schedule, publisher=FenceFor)
+    fail_calls(scheduler, "publish_once", lambda call: call == 1)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 13)
         slot = "2026-03-02T10:00:10+00:00"
-        counts = published(redis_client)
+        counts = fired(redis_client)
         assert {name: counts[(name, slot)] for name in names} == dict.fromkeys(names, 1)
     finally:
         scheduler.close()
@@ -308,12 +253,7 @@ def test_a_stop_with_one_step_publishes_unsettled_says_how_many(
     many slots it leaves unsettled (their fate is Redis's: published and recorded, or a claim
     another replica takes over after the lease)."""
     scheduler = burst_beat(redis_url, clock)
-    backend: Any = scheduler.backend
-
-    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
-        raise BackendUnavailableError("simulated: Redis went away")
-
-    backend.publish_once = publish_once
+    fail_calls(scheduler, "publish_once", lambda call: True)
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 10.5)
