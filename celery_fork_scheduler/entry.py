@@ -289,6 +289,73 @@ def _resolved_schedule(kind: str, raw: object, zone: tzinfo, own_zone: bool) -> 
     return _resolve_schedule(raw, zone, own_zone)
 
 
+#: Celery schedule objects (unhashable) resolved in one batch of entries, by identity: the
+#: batch holds every object, so an identity is not reused while the memo lives.
+ScheduleMemo = dict[tuple[int, tzinfo, bool], SlotSchedule]
+
+
+def _entry_schedule(
+    raw: object, zone: tzinfo, own_zone: bool, memo: ScheduleMemo | None
+) -> SlotSchedule:
+    """The resolved schedule of a ``schedule`` value, each distinct value resolved once:
+    100 000 entries sharing one ``crontab`` object, or stored with equal schedule dicts,
+    share one resolution. Raises :class:`ScheduleError`."""
+    if not isinstance(zone, ZoneInfo):  # other zones may be unhashable: no caching
+        decoded = schedule_from_dict(raw) if isinstance(raw, Mapping) else raw
+        return _resolve_schedule(decoded, zone, own_zone)
+    if isinstance(raw, Mapping):
+        try:
+            frozen = _frozen(raw)
+        except TypeError:  # not JSON-like: decoded as it is (and fails there)
+            return _resolve_schedule(schedule_from_dict(raw), zone, own_zone)
+        return _schedule_from_frozen(frozen, zone, own_zone)
+    if isinstance(raw, _RESOLVED_ONCE):
+        kind = type(raw)
+        return _resolved_schedule(f"{kind.__module__}.{kind.__qualname__}", raw, zone, own_zone)
+    if memo is None:
+        return _resolve_schedule(raw, zone, own_zone)
+    key = (id(raw), zone, own_zone)
+    schedule = memo.get(key)
+    if schedule is None:
+        schedule = memo[key] = _resolve_schedule(raw, zone, own_zone)
+    return schedule
+
+
+#: Scalar types of a JSON-like value (``bool`` apart from ``int``: they stay apart as keys).
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _frozen(value: object) -> tuple[type, Any]:
+    """A hashable stand-in for a JSON-like value, types included (``1``, ``1.0`` and
+    ``True`` stay apart); :class:`TypeError` for anything else."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return (kind, value)
+    if kind is list:
+        return (list, tuple(_frozen(item) for item in value))  # type: ignore[attr-defined]
+    if isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError("keys must be strings")
+        return (dict, tuple(sorted((key, _frozen(item)) for key, item in value.items())))
+    raise TypeError(f"not JSON-like: {kind.__name__}")
+
+
+def _thawed(frozen: tuple[type, Any]) -> Any:
+    """The value :func:`_frozen` stands for (an equal copy)."""
+    kind, value = frozen
+    if kind is dict:
+        return {key: _thawed(item) for key, item in value}
+    if kind is list:
+        return [_thawed(item) for item in value]
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _schedule_from_frozen(frozen: tuple[type, Any], zone: tzinfo, own_zone: bool) -> SlotSchedule:
+    """A schedule dict (stored form), decoded and resolved once per distinct dict and zone."""
+    return _resolve_schedule(schedule_from_dict(_thawed(frozen)), zone, own_zone)
+
+
 @functools.lru_cache(maxsize=4096)
 def validate_schedule(schedule: SlotSchedule) -> None:
     """``schedule.validate()``, once per distinct schedule (a failure is not cached)."""
@@ -718,12 +785,15 @@ def entry_from_config(
     source: EntrySource = "config",
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
     calendars: Mapping[str, tuple[str, ...]] | None = None,
+    schedule_memo: ScheduleMemo | None = None,
 ) -> Entry:
     """Build an :class:`Entry` from one ``beat_schedule`` item.
 
     Raises :class:`ConfigError` naming the entry and the field for any wrong key or value,
     a schedule firing more often than ``min_interval`` included. ``calendars``: the
     ``fork_scheduler_calendars`` setting (checked), which the ``calendar`` key names.
+    ``schedule_memo``: Celery schedule objects already resolved in this batch of entries
+    (see :func:`entries_from_config`).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"entry names must be non-empty strings, not {shown(name)}")
@@ -748,18 +818,9 @@ def entry_from_config(
         raise _fail(name, "schedule", "is missing")
 
     zone = _zone(name, definition.get("timezone")) or default_timezone
+    own_zone = definition.get("timezone") is not None
     try:
-        raw_schedule = definition["schedule"]
-        if isinstance(raw_schedule, Mapping):
-            raw_schedule = schedule_from_dict(raw_schedule)
-        own_zone = definition.get("timezone") is not None
-        if isinstance(raw_schedule, _RESOLVED_ONCE) and isinstance(zone, ZoneInfo):
-            kind = type(raw_schedule)
-            schedule = _resolved_schedule(
-                f"{kind.__module__}.{kind.__qualname__}", raw_schedule, zone, own_zone
-            )
-        else:
-            schedule = _resolve_schedule(raw_schedule, zone, own_zone)
+        schedule = _entry_schedule(definition["schedule"], zone, own_zone, schedule_memo)
     except ScheduleError as exc:
         raise _fail(name, "schedule", str(exc)) from None
     _check_interval(name, schedule, min_interval)
@@ -829,6 +890,7 @@ def entries_from_config(
         raise ConfigError(
             f"must be a dict, not {type(beat_schedule).__name__}", field="beat_schedule"
         )
+    memo: ScheduleMemo = {}
     return {
         name: entry_from_config(
             name,
@@ -837,6 +899,7 @@ def entries_from_config(
             source=source,
             min_interval=min_interval,
             calendars=calendars,
+            schedule_memo=memo,
         )
         for name, definition in beat_schedule.items()
     }

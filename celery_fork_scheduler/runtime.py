@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 
@@ -45,6 +45,16 @@ class Update:
     removed: list[str] = field(default_factory=list)
     since: dict[str, datetime] = field(default_factory=dict)
     added: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass
+class _Load:
+    """A load under way: what was read before its first page, and the pages left."""
+
+    epoch: str | None
+    anchor: tuple[str, int] | None
+    version: int
+    pages: Iterator[dict[str, StoredEntry | bytes]]
 
 
 class RuntimeEntries:
@@ -84,31 +94,62 @@ class RuntimeEntries:
         #: The version of each runtime entry this replica runs (what a change of it must match).
         self.versions: dict[str, int] = {}
         self._next_prune: datetime | None = None
+        self._load: _Load | None = None
 
-    def load(self, static_names: Collection[str]) -> dict[str, Entry]:
-        """Every valid runtime entry (none when Redis cannot be reached: a refresh follows)."""
-        names: set[str] = set()
-        self.since, self.refused, self.versions = {}, {}, {}
-        entries: dict[str, Entry] = {}
+    def begin_load(self) -> None:
+        """Start reading every stored entry, a page at a time (:meth:`load_page`); until the
+        last page is read, :meth:`poll` waits. When Redis cannot be reached, nothing is read
+        now: the next poll reads everything."""
+        self.since, self.refused, self.versions, self._names = {}, {}, {}, set()
         try:
             epoch = self.store.epoch()
             anchor = self.store.latest_change()
             version, pages = self.store.pages()
-            for page in pages:  # one page of raw JSON in memory at a time
-                names.update(page)
-                for name, item in page.items():
-                    entry = self._parse(name, item, static_names)
-                    if entry is not None:
-                        entries[name] = entry
-                        self._note_since(name, item)
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
-            self.since, self.refused, self.versions = {}, {}, {}
+            return
+        self._load = _Load(epoch, anchor, version, pages)
+
+    @property
+    def loading(self) -> bool:
+        """True while pages of the load begun by :meth:`begin_load` are left to read."""
+        return self._load is not None
+
+    def load_page(self, static_names: Collection[str]) -> dict[str, Entry]:
+        """The valid entries of the next page (one page of raw JSON in memory at a time).
+
+        After the last page, the version read before the first one is this replica's: every
+        change made while the pages were read is applied by the next :meth:`poll`. When Redis
+        goes away in between, the load stops there and the next poll reads everything.
+        """
+        load = self._load
+        if load is None:
             return {}
-        self.epoch = epoch
-        self.anchor = anchor
-        self.version = version
-        self._names = names
+        try:
+            page = next(load.pages, None)
+        except REFRESH_ERRORS as exc:
+            logger.warning("fork scheduler: runtime entries not all loaded yet: %s", exc)
+            self._load = None
+            return {}
+        if page is None:
+            self._load = None
+            self.epoch, self.anchor, self.version = load.epoch, load.anchor, load.version
+            return {}
+        self._names.update(page)
+        entries: dict[str, Entry] = {}
+        for name, item in page.items():
+            entry = self._parse(name, item, static_names)
+            if entry is not None:
+                entries[name] = entry
+                self._note_since(name, item)
+        return entries
+
+    def load(self, static_names: Collection[str]) -> dict[str, Entry]:
+        """Every valid runtime entry at once (see :meth:`begin_load`)."""
+        self.begin_load()
+        entries: dict[str, Entry] = {}
+        while self.loading:
+            entries.update(self.load_page(static_names))
         return entries
 
     def poll(self, static_names: Collection[str]) -> Update | None:
@@ -118,6 +159,8 @@ class RuntimeEntries:
         removals are kept there), or that sees a new epoch or a version below its own (Redis
         lost its data), reloads everything, so it never misses a removal.
         """
+        if self.loading:
+            return None
         try:
             changes = self.store.changes_since(self.version, self.anchor)
             lost = changes.epoch != self.epoch or changes.version < self.version

@@ -85,6 +85,10 @@ WARM_MARGIN = 0.05
 WARM_LONGEST = 0.5
 #: Earlier definitions of a changed entry remembered, for the slots they still owe.
 SUPERSEDED_KEPT = 4
+#: Runtime entries are read page by page at start-up: this long before the first tick (a
+#: store of ordinary size is read whole), then this long per tick until every page is read.
+SETUP_LOAD_SECONDS = 1.0
+TICK_LOAD_SECONDS = 0.1
 
 
 def _same_definition(first: Entry, second: Entry) -> bool:
@@ -222,6 +226,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         )
         self._next_refresh = 0.0
         self._next_announce = 0.0
+        #: The instant beat started (runtime entries read later are queued from it).
+        self._started = datetime.now(timezone.utc)
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -304,7 +310,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 min_interval=floor,
                 calendars=calendars,
             )
-            entries.update(self.runtime.load(self.static_names))
+            self.runtime.begin_load()
             if self._divides_entries():
                 self.ownership = Ownership(
                     store.client,
@@ -315,7 +321,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 )
                 self._static_digest = _digest(entries[name] for name in sorted(self.static_names))
         self.entries = {name: self._jittered(entry) for name, entry in entries.items()}
-        logger.info("fork scheduler: backend %s, %d entries", backend.describe(), len(entries))
         if not backend.protects_replicas and getattr(backend, "warns_single_replica", True):
             logger.warning(
                 "fork scheduler: no Redis configured (fork_scheduler_redis_url, or a redis:// "
@@ -326,18 +331,30 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             logger.warning(
                 "fork scheduler: fork_scheduler_enabled is False: this beat publishes nothing"
             )
-            return
-        self.redis_clock.follow()
-        self._queue_first_slots(self.now())
-        self.pipeline.note_entries(self.entries.values())
-        warn_about_unsupported_policies(self.entries.values(), self.settings, backend, self.runtime)
-        warn_about_tasks(self.app, self.entries.values())
-        if self.settings.metrics_port:
-            self.metrics = Metrics()
-            self.metrics.connect(self)
-            self.metrics.serve(self.settings.metrics_port)
-            self.metrics.entries.set(len(self.entries))
-            logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
+        else:
+            self.redis_clock.follow()
+            self._started = self.now()
+            for entry in self.entries.values():
+                self._queue_first_slot(entry, self._started)
+            self.pipeline.note_entries(self.entries.values())
+            if self.settings.metrics_port:
+                self.metrics = Metrics()
+                self.metrics.connect(self)
+                self.metrics.serve(self.settings.metrics_port)
+                logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
+        self._load_runtime_pages(SETUP_LOAD_SECONDS)
+        if self._loading_runtime:
+            logger.info(
+                "fork scheduler: backend %s, %d entries so far; the other runtime entries are "
+                "read over the first ticks",
+                backend.describe(),
+                len(self.entries),
+            )
+        else:
+            logger.info(
+                "fork scheduler: backend %s, %d entries", backend.describe(), len(self.entries)
+            )
+            self._all_entries_read()
 
     def _jittered(self, entry: Entry) -> Entry:
         """``entry`` under ``fork_scheduler_default_jitter`` (unless it has its own)."""
@@ -376,19 +393,53 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             {"celery.backend_cleanup": definition}, default_timezone=self.default_timezone
         )
 
-    def _queue_first_slots(self, now: datetime) -> None:
-        """Queue every entry's next slot now; look for missed slots batch by batch.
+    def _load_runtime_pages(self, seconds: float) -> None:
+        """Read pages of the runtime entries for about ``seconds`` (at least one page): a
+        replica starting with a million of them publishes the others' slots meanwhile. Each
+        entry read is queued as at start-up, from the instant beat started."""
+        runtime = self.runtime
+        if runtime is None or not runtime.loading:
+            return
+        deadline = self.monotonic() + seconds
+        loaded: list[Entry] = []
+        while runtime.loading:
+            for name, entry in runtime.load_page(self.static_names).items():
+                if name in self.entries:  # a page scan may return a name twice
+                    continue
+                entry = self.entries[name] = self._jittered(entry)
+                loaded.append(entry)
+                if self.settings.enabled:
+                    self._queue_first_slot(entry, self._started)
+            if self.monotonic() >= deadline:
+                break
+        if self.settings.enabled:
+            self.pipeline.note_entries(loaded)
+
+    def _all_entries_read(self) -> None:
+        """Every entry is read (or Redis went away mid-read: the next poll reads the rest):
+        the start-up warnings and the metrics cover them all."""
+        if not self.settings.enabled:
+            return
+        warn_about_unsupported_policies(
+            self.entries.values(), self.settings, self.backend, self.runtime
+        )
+        warn_about_tasks(self.app, self.entries.values())
+        if self.metrics is not None:
+            self.metrics.entries.set(len(self.entries))
+
+    def _queue_first_slot(self, entry: Entry, now: datetime) -> None:
+        """Queue an entry's next slot at start-up; its missed slots are looked for batch by
+        batch.
 
         Reading the high-water marks of 100 000 entries takes seconds, so it happens in the
         first ticks (:class:`.startup_catchup.StartupCatchUp`), while the next slots are
         already queued.
         """
-        grace = self.settings.catchup_grace
-        for entry in self.entries.values():
-            if entry.enabled:
-                since = self.runtime.since.get(entry.name) if self.runtime is not None else None
-                start = now if since is None else min(now, max(since, now - grace))
-                self.catch_up.add(entry, self._queue_upcoming(entry, start))
+        if entry.enabled:
+            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+            grace = self.settings.catchup_grace
+            start = now if since is None else min(now, max(since, now - grace))
+            self.catch_up.add(entry, self._queue_upcoming(entry, start))
 
     def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
         """Queue an entry's first slot to publish after ``now`` (beat starting is no reason
@@ -412,6 +463,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
         self.redis_clock.watch_for_steps()
+        if self._loading_runtime:
+            self._load_runtime_pages(TICK_LOAD_SECONDS)
+            if not self._loading_runtime:
+                logger.info(
+                    "fork scheduler: %d entries, every runtime entry read", len(self.entries)
+                )
+                self._all_entries_read()
         self._refresh_runtime_entries()
         now = self.now()
         self._catch_up(now)
@@ -442,11 +500,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _report_progress(self, now: datetime) -> None:
         """Tell the other replicas up to when this one asked about every slot it owns: every
         item due by ``now`` was handled, except those queued again after their slot."""
-        if self.ownership is None or self.catch_up.unchecked:
-            return  # until every missed slot is queued, nothing is promised
+        if self.ownership is None or self.catch_up.unchecked or self._loading_runtime:
+            return  # until every entry is read and its missed slots queued, nothing is promised
         late = self.queue.oldest_late_slot()
         until = now if late is None else min(now, _from_timestamp(late) - timedelta(microseconds=1))
         self.ownership.report(until, now)
+
+    @property
+    def _loading_runtime(self) -> bool:
+        return self.runtime is not None and self.runtime.loading
 
     def now(self) -> datetime:
         """The current instant on Redis's clock: this host's clock plus the measured offset."""
@@ -969,6 +1031,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
         entries, by ``fork_scheduler_refresh_interval``."""
         longest = float(self.max_interval)
+        if self._loading_runtime:
+            return 0.0
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
         if self.pipeline.unfinished:

@@ -663,10 +663,16 @@ class RuntimeStore:
         """Decode one page of stored entries, with their versions and instants."""
         names = list(raw)
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.zscore(self.keys.runtime_changes, name)
+        pipe.zmscore(self.keys.runtime_changes, names)
         pipe.hmget(self.keys.runtime_since, names)
-        *scores, since = pipe.execute()
+        try:
+            scores, since = pipe.execute()
+        except redis.ResponseError:  # before Redis 6.2: no ZMSCORE
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.zscore(self.keys.runtime_changes, name)
+            pipe.hmget(self.keys.runtime_since, names)
+            *scores, since = pipe.execute()
         return {
             _text(name): _decode(_text(name), raw[name], int(score or 0), instant)
             for name, score, instant in zip(names, scores, since, strict=True)

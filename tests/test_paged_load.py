@@ -1,0 +1,162 @@
+"""A replica that starts reads the runtime entries in pages over its first ticks (issue 20):
+slots due meanwhile fire once, changes made meanwhile are applied, a Redis error mid-read
+costs nothing. And equal stored schedules are resolved once without mixing their types.
+
+Real Redis; a fake clock. ``SETUP_LOAD_SECONDS`` and ``TICK_LOAD_SECONDS`` are 0, so each
+start-up and each tick reads exactly one page (HSCAN's ~1 000 names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+from replica_helpers import fired, make_app, schedulers, tick_for
+
+from celery_fork_scheduler import ConfigError, Manager, Scheduler
+from celery_fork_scheduler import scheduler as scheduler_module
+from celery_fork_scheduler.entry import entry_from_config
+from celery_fork_scheduler.store import RuntimeStore
+from celery_fork_scheduler.testing import FakeClock
+
+#: Every entry falls due at 10:01:00, 0.2 s after the replicas start: inside the read.
+BEFORE_SLOT = "2026-03-02T10:00:59.800+00:00"
+SLOT = "2026-03-02T10:01:00+00:00"
+COUNT = 3_000
+UTC = ZoneInfo("UTC")
+
+
+@pytest.fixture(autouse=True)
+def one_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
+    monkeypatch.setattr(scheduler_module, "TICK_LOAD_SECONDS", 0.0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(BEFORE_SLOT)
+
+
+@pytest.fixture
+def manager(redis_url: str, clock: FakeClock) -> Manager:
+    manager = Manager(make_app(redis_url), clock=clock)
+    manager.add_many(
+        {"name": f"rt{i:04}", "task": "reports.minute", "schedule": "* * * * *"}
+        for i in range(COUNT)
+    )
+    return manager
+
+
+@pytest.fixture
+def make(redis_url: str) -> Iterator[Any]:
+    with schedulers(redis_url) as make:
+        yield make
+
+
+def runtime_names(scheduler: Scheduler) -> set[str]:
+    return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}
+
+
+def test_a_starting_replica_reads_the_entries_over_its_first_ticks_and_misses_no_slot(
+    make: Any, manager: Manager, clock: FakeClock
+) -> None:
+    replicas = [make(clock, rid, fork_scheduler_owner_grace=1) for rid in ("a", "b")]
+    assert all(r.runtime is not None and r.runtime.loading for r in replicas)
+    assert all(0 < len(runtime_names(r)) < COUNT for r in replicas)  # one page so far
+    tick_for(lambda: [r.tick() for r in replicas], clock, 4, step=0.1)
+    assert all(len(runtime_names(r)) == COUNT and not r.runtime.loading for r in replicas)  # type: ignore[union-attr]
+    published = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+    assert published == {(f"rt{i:04}", SLOT): 1 for i in range(COUNT)}
+
+
+def test_an_owner_killed_before_its_last_page_costs_a_grace_not_a_slot(
+    make: Any, manager: Manager, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica still reading promises nothing about the slots it owns: the others do not
+    take its progress for handled slots of entries it has not read."""
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 1.0)  # the fake clock stands
+    survivor = make(clock, "b", fork_scheduler_owner_grace=1)
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
+    tick_for(survivor.tick, clock, 0.2, step=0.1)
+    killed = make(clock, "a", fork_scheduler_owner_grace=1)
+    tick_for(lambda: [r.tick() for r in (survivor, killed)], clock, 0.1, step=0.1)
+    assert killed.runtime.loading  # the slot passed; the replica is killed mid-read
+    tick_for(survivor.tick, clock, 30, step=0.1)
+    published = fired(survivor.publisher, killed.publisher)
+    assert published == {(f"rt{i:04}", SLOT): 1 for i in range(COUNT)}
+
+
+def test_changes_made_while_the_pages_are_read_are_applied_after_the_last_one(
+    make: Any, manager: Manager, clock: FakeClock
+) -> None:
+    replica = make(clock, "a", fork_scheduler_refresh_interval=0.5)
+    assert replica.runtime.loading
+    read_first = sorted(runtime_names(replica))[0]
+    unread = sorted(set(f"rt{i:04}" for i in range(COUNT)) - runtime_names(replica))[0]
+    manager.remove(read_first)
+    manager.remove(unread)
+    manager.add("added", "reports.added", "* * * * *")
+    tick_for(replica.tick, clock, 4, step=0.1)
+    published = fired(replica.publisher)
+    assert (read_first, SLOT) not in published and (unread, SLOT) not in published
+    assert published[("added", SLOT)] == 1
+    assert len(published) == COUNT - 2 + 1 and max(published.values()) == 1
+
+
+def test_a_redis_error_between_two_pages_stops_the_read_and_the_next_poll_reads_everything(
+    make: Any, manager: Manager, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pages = RuntimeStore.pages
+
+    def failing_after_one_page(self: RuntimeStore, *args: Any, **kwargs: Any) -> Any:
+        version, pages = real_pages(self, *args, **kwargs)
+
+        def pages_then_error() -> Iterator[Any]:
+            yield next(pages)
+            raise redis.ConnectionError("connection lost mid-read")
+
+        return version, pages_then_error()
+
+    monkeypatch.setattr(RuntimeStore, "pages", failing_after_one_page)
+    replica = make(clock, "a", fork_scheduler_refresh_interval=0.5)
+    monkeypatch.setattr(RuntimeStore, "pages", real_pages)
+    tick_for(replica.tick, clock, 4, step=0.1)
+    assert len(runtime_names(replica)) == COUNT
+    assert fired(replica.publisher) == {(f"rt{i:04}", SLOT): 1 for i in range(COUNT)}
+
+
+def test_a_replica_reads_a_store_of_ordinary_size_whole_before_its_first_tick(
+    make: Any, redis_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 1.0)  # the fake clock stands
+    Manager(make_app(redis_url), clock=clock).add_many(
+        {"name": f"rt{i:04}", "task": "reports.minute", "schedule": "* * * * *"}
+        for i in range(COUNT)
+    )
+    replica = make(clock, "a")
+    assert not replica.runtime.loading and len(runtime_names(replica)) == COUNT
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"type": "daily", "every": 1, "times": ["10:00"]}, {"every": True}),
+        ({"type": "daily", "every": 1, "times": ["10:00"]}, {"every": 1.0}),
+        ({"type": "interval", "every": 60}, {"every": "60"}),
+        ({"type": "cron", "expr": "0 10 * * *"}, {"day_or": 1}),
+    ],
+)
+def test_equal_looking_stored_schedules_are_not_mixed_up_by_the_resolution_cache(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """``1``, ``1.0``, ``True`` and ``"1"`` compare or hash alike in places; the cache of
+    resolved schedule dicts keeps them apart, so a valid dict read first does not make an
+    invalid one pass."""
+    entry_from_config("valid", {"task": "t", "schedule": first}, default_timezone=UTC)
+    with pytest.raises(ConfigError, match=r"'bad'.*schedule"):
+        entry_from_config(
+            "bad", {"task": "t", "schedule": {**first, **second}}, default_timezone=UTC
+        )
