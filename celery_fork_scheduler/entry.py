@@ -289,9 +289,10 @@ def _resolved_schedule(kind: str, raw: object, zone: tzinfo, own_zone: bool) -> 
     return _resolve_schedule(raw, zone, own_zone)
 
 
-#: Celery schedule objects (unhashable) resolved in one batch of entries, by identity: the
-#: batch holds every object, so an identity is not reused while the memo lives.
-ScheduleMemo = dict[tuple[int, tzinfo, bool], SlotSchedule]
+#: Celery schedule objects (unhashable) resolved in one batch of entries, by identity; each
+#: object is kept beside its resolution, so that its identity is not reused while the memo
+#: lives (a mapping may build its values as they are read).
+ScheduleMemo = dict[tuple[int, tzinfo, bool], tuple[object, SlotSchedule]]
 
 
 def _entry_schedule(
@@ -315,10 +316,10 @@ def _entry_schedule(
     if memo is None:
         return _resolve_schedule(raw, zone, own_zone)
     key = (id(raw), zone, own_zone)
-    schedule = memo.get(key)
-    if schedule is None:
-        schedule = memo[key] = _resolve_schedule(raw, zone, own_zone)
-    return schedule
+    known = memo.get(key)
+    if known is None:
+        known = memo[key] = (raw, _resolve_schedule(raw, zone, own_zone))
+    return known[1]
 
 
 #: Scalar types of a JSON-like value (``bool`` apart from ``int``: they stay apart as keys).

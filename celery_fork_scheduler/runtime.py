@@ -49,12 +49,11 @@ class Update:
 
 @dataclass
 class _Load:
-    """A load under way: what was read before its first page, and the pages left."""
+    """A load under way: the pages left, and the names a poll applied meanwhile (a page read
+    later has nothing newer for them: the next poll has)."""
 
-    epoch: str | None
-    anchor: tuple[str, int] | None
-    version: int
     pages: Iterator[dict[str, StoredEntry | bytes]]
+    polled: set[str] = field(default_factory=set)
 
 
 class RuntimeEntries:
@@ -95,20 +94,28 @@ class RuntimeEntries:
         self.versions: dict[str, int] = {}
         self._next_prune: datetime | None = None
         self._load: _Load | None = None
+        #: Whether every stored entry was read once since start-up (a load's last page, or a
+        #: poll that read everything).
+        self.complete = False
 
     def begin_load(self) -> None:
-        """Start reading every stored entry, a page at a time (:meth:`load_page`); until the
-        last page is read, :meth:`poll` waits. When Redis cannot be reached, nothing is read
-        now: the next poll reads everything."""
+        """Start reading every stored entry, a page at a time (:meth:`load_page`).
+
+        The version read before the first page is this replica's from then on: polls go on
+        during the read, and apply every change made since (to entries read or not yet read).
+        When Redis cannot be reached, nothing is read now: the next poll reads everything.
+        """
         self.since, self.refused, self.versions, self._names = {}, {}, {}, set()
+        self.complete = False
         try:
             epoch = self.store.epoch()
             anchor = self.store.latest_change()
             version, pages = self.store.pages()
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
-            return
-        self._load = _Load(epoch, anchor, version, pages)
+            return  # the next poll reads everything
+        self.epoch, self.anchor, self.version = epoch, anchor, version
+        self._load = _Load(pages)
 
     @property
     def loading(self) -> bool:
@@ -116,12 +123,9 @@ class RuntimeEntries:
         return self._load is not None
 
     def load_page(self, static_names: Collection[str]) -> dict[str, Entry]:
-        """The valid entries of the next page (one page of raw JSON in memory at a time).
-
-        After the last page, the version read before the first one is this replica's: every
-        change made while the pages were read is applied by the next :meth:`poll`. When Redis
-        goes away in between, the load stops there and the next poll reads everything.
-        """
+        """The valid entries of the next page (one page of raw JSON in memory at a time),
+        but those a poll during the load applied already. When Redis goes away in between,
+        the load stops there and the next poll reads everything."""
         load = self._load
         if load is None:
             return {}
@@ -129,15 +133,17 @@ class RuntimeEntries:
             page = next(load.pages, None)
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: runtime entries not all loaded yet: %s", exc)
-            self._load = None
+            self._load = None  # the next poll reads everything
             return {}
         if page is None:
             self._load = None
-            self.epoch, self.anchor, self.version = load.epoch, load.anchor, load.version
+            self.complete = True
             return {}
-        self._names.update(page)
         entries: dict[str, Entry] = {}
         for name, item in page.items():
+            if name in load.polled:
+                continue
+            self._names.add(name)
             entry = self._parse(name, item, static_names)
             if entry is not None:
                 entries[name] = entry
@@ -157,19 +163,21 @@ class RuntimeEntries:
 
         A replica whose version is below the change log's floor (it was away longer than
         removals are kept there), or that sees a new epoch or a version below its own (Redis
-        lost its data), reloads everything, so it never misses a removal.
+        lost its data), reloads everything, so it never misses a removal; so does one whose
+        start-up read failed. During a load, the changes apply to entries read or not.
         """
-        if self.loading:
-            return None
         try:
             changes = self.store.changes_since(self.version, self.anchor)
             lost = changes.epoch != self.epoch or changes.version < self.version
-            if lost or not changes.anchor_kept or self.version < changes.floor:
+            unread = not self.complete and self._load is None  # a start-up read that failed
+            if lost or unread or not changes.anchor_kept or self.version < changes.floor:
                 # Redis lost the runtime keys (a new epoch, the version went back, or the latest
                 # change this replica saw is gone from the log: an older snapshot, written to
                 # since), or this replica was away longer than removals are kept: only a full
                 # read says which entries are left.
                 changes = replace(self._everything(), epoch=changes.epoch, latest=changes.latest)
+                self._load = None
+                self.complete = True
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
@@ -178,6 +186,8 @@ class RuntimeEntries:
         if changes.version == self.version and not changes.changed and not changes.removed:
             return None
         self.version = changes.version
+        if self._load is not None:
+            self._load.polled.update(changes.removed, changes.changed)
         self._names.difference_update(changes.removed)
         self._names.update(changes.changed)
         update = Update(removed=[n for n in changes.removed if n not in static_names])

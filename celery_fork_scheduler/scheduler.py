@@ -36,7 +36,7 @@ from celery.schedules import crontab
 from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
 from .backends.factory import create_backend
-from .catchup import slots_due
+from .catchup import MAX_CATCH_UP_SLOTS, slots_due
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .due import ChunkClaim, DueSlot, Work
@@ -228,6 +228,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._next_announce = 0.0
         #: The instant beat started (runtime entries read later are queued from it).
         self._started = datetime.now(timezone.utc)
+        self._startup_read_done = False
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -343,7 +344,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.metrics.serve(self.settings.metrics_port)
                 logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
         self._load_runtime_pages(SETUP_LOAD_SECONDS)
-        if self._loading_runtime:
+        if self._reading_runtime:
             logger.info(
                 "fork scheduler: backend %s, %d entries so far; the other runtime entries are "
                 "read over the first ticks",
@@ -395,29 +396,51 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _load_runtime_pages(self, seconds: float) -> None:
         """Read pages of the runtime entries for about ``seconds`` (at least one page): a
-        replica starting with a million of them publishes the others' slots meanwhile. Each
-        entry read is queued as at start-up, from the instant beat started."""
+        replica starting with a million of them publishes the others' slots meanwhile."""
         runtime = self.runtime
         if runtime is None or not runtime.loading:
             return
         deadline = self.monotonic() + seconds
+        now = self.now()
         loaded: list[Entry] = []
         while runtime.loading:
             for name, entry in runtime.load_page(self.static_names).items():
-                if name in self.entries:  # a page scan may return a name twice
-                    continue
-                entry = self.entries[name] = self._jittered(entry)
-                loaded.append(entry)
-                if self.settings.enabled:
-                    self._queue_first_slot(entry, self._started)
+                if name not in self.entries:  # a page scan may return a name twice
+                    loaded.append(self._add_read_late(entry, now))
             if self.monotonic() >= deadline:
                 break
         if self.settings.enabled:
             self.pipeline.note_entries(loaded)
 
+    def _add_read_late(self, entry: Entry, now: datetime) -> Entry:
+        """Add a runtime entry read after start-up (by a page, or by a poll before every page
+        was read), scheduled as if it had been read when beat started."""
+        entry = self.entries[entry.name] = self._jittered(entry)
+        if self.settings.enabled and entry.enabled:
+            self._queue_read_late(entry, now)
+        return entry
+
+    def _queue_read_late(self, entry: Entry, now: datetime) -> None:
+        """Queue an entry read at ``now`` as at start-up, from the instant beat started (or it
+        was last changed, when later): its missed slots are looked for by the start-up
+        catch-up, and the slots that fell due while the entries were read are due slots, asked
+        about now whatever its catch-up policy: a replica reading is not a replica down."""
+        since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+        began = self._started if since is None else max(self._started, since)
+        upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(entry, began)))
+        self.catch_up.add(entry, upcoming)
+        slot = upcoming
+        for _ in range(MAX_CATCH_UP_SLOTS):
+            if slot is None or entry.publish_at(slot) > now:
+                break
+            self.queue.push(now.timestamp(), entry, slot, retry=True)
+            slot = entry.first_slot_after(slot)
+        if slot is not None:
+            self._push_chain(entry, slot)
+
     def _all_entries_read(self) -> None:
-        """Every entry is read (or Redis went away mid-read: the next poll reads the rest):
-        the start-up warnings and the metrics cover them all."""
+        """Every entry is read: the start-up warnings and the metrics cover them all."""
+        self._startup_read_done = True
         if not self.settings.enabled:
             return
         warn_about_unsupported_policies(
@@ -436,10 +459,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         already queued.
         """
         if entry.enabled:
-            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
-            grace = self.settings.catchup_grace
-            start = now if since is None else min(now, max(since, now - grace))
+            start = self._first_slot_start(entry, now)
             self.catch_up.add(entry, self._queue_upcoming(entry, start))
+
+    def _first_slot_start(self, entry: Entry, now: datetime) -> datetime:
+        """What an entry's first slot at start-up follows: ``now``, or the instant a runtime
+        entry was added or changed, when that is within the catch-up grace."""
+        since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+        grace = self.settings.catchup_grace
+        return now if since is None else min(now, max(since, now - grace))
 
     def _queue_upcoming(self, entry: Entry, now: datetime) -> datetime | None:
         """Queue an entry's first slot to publish after ``now`` (beat starting is no reason
@@ -463,14 +491,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
         self.redis_clock.watch_for_steps()
-        if self._loading_runtime:
-            self._load_runtime_pages(TICK_LOAD_SECONDS)
-            if not self._loading_runtime:
-                logger.info(
-                    "fork scheduler: %d entries, every runtime entry read", len(self.entries)
-                )
-                self._all_entries_read()
+        self._load_runtime_pages(TICK_LOAD_SECONDS)
         self._refresh_runtime_entries()
+        if not self._startup_read_done and not self._reading_runtime:
+            logger.info("fork scheduler: %d entries, every runtime entry read", len(self.entries))
+            self._all_entries_read()
         now = self.now()
         self._catch_up(now)
         self._follow_owners(now)
@@ -500,15 +525,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _report_progress(self, now: datetime) -> None:
         """Tell the other replicas up to when this one asked about every slot it owns: every
         item due by ``now`` was handled, except those queued again after their slot."""
-        if self.ownership is None or self.catch_up.unchecked or self._loading_runtime:
+        if self.ownership is None or self.catch_up.unchecked or self._reading_runtime:
             return  # until every entry is read and its missed slots queued, nothing is promised
         late = self.queue.oldest_late_slot()
         until = now if late is None else min(now, _from_timestamp(late) - timedelta(microseconds=1))
         self.ownership.report(until, now)
 
     @property
-    def _loading_runtime(self) -> bool:
-        return self.runtime is not None and self.runtime.loading
+    def _reading_runtime(self) -> bool:
+        """Whether some runtime entries may not be read yet since start-up."""
+        return self.runtime is not None and not self.runtime.complete
 
     def now(self) -> datetime:
         """The current instant on Redis's clock: this host's clock plus the measured offset."""
@@ -531,6 +557,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
         self.redis_clock.follow()
         now = self.now()
+        starting = not self.runtime.complete  # entries not read yet are read "late"
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
             self._next_announce = self.monotonic() + ANNOUNCE_SECONDS
@@ -539,11 +566,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return
         for name in update.removed:
             self.remove_entry(name)
+        read_late: list[Entry] = []
         for entry in update.changed:
             since = update.since.get(entry.name)
+            if entry.name not in self.entries and starting:
+                read_late.append(self._add_read_late(entry, now))
+                continue
             if entry.name not in self.entries:
                 since = update.added.get(entry.name, since)  # changed before this replica saw it
             self.put_entry(entry, now, since=since)
+        if read_late and self.settings.enabled:
+            self.pipeline.note_entries(read_late)
 
     def put_entry(
         self, entry: Entry, now: datetime | None = None, *, since: datetime | None = None
@@ -1031,7 +1064,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
         entries, by ``fork_scheduler_refresh_interval``."""
         longest = float(self.max_interval)
-        if self._loading_runtime:
+        if self.runtime is not None and self.runtime.loading:
             return 0.0
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -674,14 +675,14 @@ class RuntimeStore:
             pipe.hmget(self.keys.runtime_since, names)
             *scores, since = pipe.execute()
         return {
-            _text(name): _decode(_text(name), raw[name], int(score or 0), instant)
+            _text(name): _decode(_text(name), raw[name], _version(score), instant)
             for name, score, instant in zip(names, scores, since, strict=True)
         }
 
     def latest_change(self) -> tuple[str, int] | None:
         """The latest change in the log (name, version), or ``None`` for an empty log."""
         top = self.client.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
-        return (_text(top[0][0]), int(top[0][1])) if top else None
+        return (_text(top[0][0]), _version(top[0][1])) if top else None
 
     def changes_since(self, version: int, anchor: tuple[str, int] | None = None) -> Changes:
         """Entries changed or removed after ``version`` (one round trip, two if any changed);
@@ -695,12 +696,12 @@ class RuntimeStore:
         pipe.zscore(self.keys.runtime_changes, anchor[0] if anchor else "")
         current, changed, floor, epoch, top, anchored = pipe.execute()
         epoch = None if epoch is None else _text(epoch)
-        latest = (_text(top[0][0]), int(top[0][1])) if top else None
-        kept = anchor is None or (anchored is not None and int(anchored) >= anchor[1])
+        latest = (_text(top[0][0]), _version(top[0][1])) if top else None
+        kept = anchor is None or (anchored is not None and _version(anchored) >= anchor[1])
         names = [_text(name) for name, _ in changed]
         if not names:
             return Changes(int(current or 0), {}, [], int(floor or 0), epoch, latest, kept)
-        versions = {_text(name): int(score) for name, score in changed}
+        versions = {_text(name): _version(score) for name, score in changed}
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.keys.runtime_entries, names)
         pipe.hmget(self.keys.runtime_since, names)
@@ -1171,6 +1172,14 @@ def _encode(name: str, data: Mapping[str, Any]) -> str:
     if len(encoded.encode()) > MAX_STORED_BYTES:
         raise ConfigError(f"is larger than {MAX_STORED_BYTES} bytes of JSON", entry=name)
     return encoded
+
+
+def _version(score: float | None) -> int:
+    """A change log score as a version; 0 for none, -1 for one no writer makes (not finite:
+    the log was edited by hand), so that one bad score costs only its entry."""
+    if score is None:
+        return 0
+    return int(score) if math.isfinite(score) else -1
 
 
 def _text(value: bytes | str) -> str:
