@@ -23,6 +23,7 @@ from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalis
 from .jitter import jitter_offset
 from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
+from .schedules.celery_adapters import crontab_key
 
 EntrySource = Literal["config", "decorator", "runtime"]
 Overlap = Literal["allow", "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other"]
@@ -289,10 +290,10 @@ def _resolved_schedule(kind: str, raw: object, zone: tzinfo, own_zone: bool) -> 
     return _resolve_schedule(raw, zone, own_zone)
 
 
-#: Celery schedule objects (unhashable) resolved in one batch of entries, by identity; each
-#: object is kept beside its resolution, so that its identity is not reused while the memo
-#: lives (a mapping may build its values as they are read).
-ScheduleMemo = dict[tuple[int, tzinfo, bool], tuple[object, SlotSchedule]]
+#: Celery schedule objects (unhashable) resolved in one batch of entries: plain crontabs by
+#: value, others by identity. Each object is kept beside its resolution, so that its identity
+#: is not reused while the memo lives (a mapping may build its values as they are read).
+ScheduleMemo = dict[tuple[object, tzinfo, bool], tuple[object, SlotSchedule]]
 
 
 def _entry_schedule(
@@ -315,7 +316,7 @@ def _entry_schedule(
         return _resolved_schedule(f"{kind.__module__}.{kind.__qualname__}", raw, zone, own_zone)
     if memo is None:
         return _resolve_schedule(raw, zone, own_zone)
-    key = (id(raw), zone, own_zone)
+    key = (crontab_key(raw) or id(raw), zone, own_zone)
     known = memo.get(key)
     if known is None:
         known = memo[key] = (raw, _resolve_schedule(raw, zone, own_zone))

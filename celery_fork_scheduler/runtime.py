@@ -122,40 +122,45 @@ class RuntimeEntries:
         """True while pages of the load begun by :meth:`begin_load` are left to read."""
         return self._load is not None
 
-    def load_page(self, static_names: Collection[str]) -> dict[str, Entry]:
+    def load_page(self, static_names: Collection[str]) -> Update:
         """The valid entries of the next page (one page of raw JSON in memory at a time),
-        but those a poll during the load applied already. When Redis goes away in between,
-        the load stops there and the next poll reads everything."""
+        but those a poll during the load applied already, as an :class:`Update` (``changed``,
+        ``since``, ``added``). When Redis goes away in between, the load stops there and the
+        next poll reads everything."""
+        page_entries = Update()
         load = self._load
         if load is None:
-            return {}
+            return page_entries
         try:
             page = next(load.pages, None)
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: runtime entries not all loaded yet: %s", exc)
             self._load = None  # the next poll reads everything
-            return {}
+            return page_entries
         if page is None:
             self._load = None
             self.complete = True
-            return {}
-        entries: dict[str, Entry] = {}
+            return page_entries
         for name, item in page.items():
             if name in load.polled:
                 continue
             self._names.add(name)
             entry = self._parse(name, item, static_names)
             if entry is not None:
-                entries[name] = entry
-                self._note_since(name, item)
-        return entries
+                page_entries.changed.append(entry)
+                since = self._note_since(name, item)
+                if since is not None:
+                    page_entries.since[name] = since
+                if isinstance(item, StoredEntry) and item.added is not None:
+                    page_entries.added[name] = item.added
+        return page_entries
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
         """Every valid runtime entry at once (see :meth:`begin_load`)."""
         self.begin_load()
         entries: dict[str, Entry] = {}
         while self.loading:
-            entries.update(self.load_page(static_names))
+            entries.update((entry.name, entry) for entry in self.load_page(static_names).changed)
         return entries
 
     def poll(self, static_names: Collection[str]) -> Update | None:

@@ -18,6 +18,7 @@ by :mod:`.backend_outage`; time is Redis's (:mod:`.redis_clock`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -58,6 +59,7 @@ from .publishing import (
 from .redis_clock import RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
+from .schedules.base import SlotSchedule
 from .shutdown import stop_signals_deferred
 from .startup_catchup import StartupCatchUp
 from .startup_checks import warn_about_tasks, warn_about_unsupported_policies
@@ -89,6 +91,8 @@ SUPERSEDED_KEPT = 4
 #: store of ordinary size is read whole), then this long per tick until every page is read.
 SETUP_LOAD_SECONDS = 1.0
 TICK_LOAD_SECONDS = 0.1
+#: A slot of an entry whose missed slots are not looked for yet waits this long, at a time.
+CATCH_UP_WAIT = 0.05
 
 
 def _same_definition(first: Entry, second: Entry) -> bool:
@@ -119,20 +123,45 @@ def _head_first(chunks: list[list[QueueItem]]) -> list[list[QueueItem]]:
     return [head, rest, *chunks[1:]] if rest else chunks
 
 
+#: Entry definitions encoded together by :func:`_digest` (one ``json.dumps`` call each).
+DIGEST_CHUNK = 10_000
+
+
 def _digest(entries: Iterable[Entry]) -> int:
     """A fingerprint of entry definitions (replicas with different ones never trust each
     other's progress)."""
     digest = 0
-    for entry in entries:
+    iterator = iter(entries)
+    schedules: dict[int, tuple[SlotSchedule, dict[str, Any]]] = {}  # entries share schedules
+    while chunk := list(itertools.islice(iterator, DIGEST_CHUNK)):
         try:
-            if entry.lazy:
-                raise TypeError("lazy arguments")
-            fields = stored_fields(entry, entry.schedule.to_dict())
+            fields = [_definition(entry, schedules) for entry in chunk]
             text = json.dumps(fields, sort_keys=True, allow_nan=False)
-        except Exception:  # a definition that cannot be stored (lazy args): by its repr
-            text = repr(entry)
+        except (TypeError, ValueError):  # one cannot be stored (lazy args): each on its own
+            text = "".join(_definition_text(entry) for entry in chunk)
         digest = zlib.crc32(text.encode(), digest)
     return digest
+
+
+def _definition(
+    entry: Entry, schedules: dict[int, tuple[SlotSchedule, dict[str, Any]]]
+) -> dict[str, Any]:
+    """An entry's name and stored fields (the name decides its owner); ``schedules``: the dict
+    form of each schedule met so far."""
+    if entry.lazy:
+        raise TypeError("lazy arguments")
+    known = schedules.get(id(entry.schedule))
+    if known is None:
+        known = schedules[id(entry.schedule)] = (entry.schedule, entry.schedule.to_dict())
+    return {"name": entry.name, **stored_fields(entry, known[1])}
+
+
+def _definition_text(entry: Entry) -> str:
+    """An entry's definition as JSON, or, when it cannot be stored as JSON, its repr."""
+    try:
+        return json.dumps(_definition(entry, {}), sort_keys=True, allow_nan=False)
+    except Exception:
+        return repr(entry)
 
 
 def _reach(entry: Entry, until: datetime) -> datetime:
@@ -404,31 +433,41 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         now = self.now()
         loaded: list[Entry] = []
         while runtime.loading:
-            for name, entry in runtime.load_page(self.static_names).items():
-                if name not in self.entries:  # a page scan may return a name twice
-                    loaded.append(self._add_read_late(entry, now))
+            page = runtime.load_page(self.static_names)
+            for entry in page.changed:
+                if entry.name not in self.entries:  # a page scan may return a name twice
+                    loaded.append(self._add_read_late(entry, now, page.added.get(entry.name)))
             if self.monotonic() >= deadline:
                 break
         if self.settings.enabled:
             self.pipeline.note_entries(loaded)
 
-    def _add_read_late(self, entry: Entry, now: datetime) -> Entry:
+    def _add_read_late(self, entry: Entry, now: datetime, added: datetime | None) -> Entry:
         """Add a runtime entry read after start-up (by a page, or by a poll before every page
-        was read), scheduled as if it had been read when beat started."""
+        was read), scheduled as if it had been read when beat started (see
+        :meth:`_queue_read_late`); ``added``: the instant it was added."""
         entry = self.entries[entry.name] = self._jittered(entry)
         if self.settings.enabled and entry.enabled:
-            self._queue_read_late(entry, now)
+            self._queue_read_late(entry, now, added)
         return entry
 
-    def _queue_read_late(self, entry: Entry, now: datetime) -> None:
-        """Queue an entry read at ``now`` as at start-up, from the instant beat started (or it
-        was last changed, when later): its missed slots are looked for by the start-up
-        catch-up, and the slots that fell due while the entries were read are due slots, asked
-        about now whatever its catch-up policy: a replica reading is not a replica down."""
+    def _queue_read_late(self, entry: Entry, now: datetime, added: datetime | None) -> None:
+        """Queue an entry read at ``now`` as if it had been read at ``began``: when beat
+        started; for an entry added since, when it was added (what ``add`` answered as its
+        next run fires); for one changed since, when it was changed (a change's next run
+        fires, and no slot of the new definition before it).
+
+        Its missed slots before ``began`` are looked for by the start-up catch-up as of
+        ``began``; the slots that fell due since are due slots, asked about now whatever its
+        catch-up policy (a replica reading is not a replica down).
+        """
         since = self.runtime.since.get(entry.name) if self.runtime is not None else None
-        began = self._started if since is None else max(self._started, since)
+        if added is not None and added > self._started:
+            began = added
+        else:
+            began = self._started if since is None else max(self._started, since)
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(entry, began)))
-        self.catch_up.add(entry, upcoming)
+        self.catch_up.add(entry, upcoming, began)
         slot = upcoming
         for _ in range(MAX_CATCH_UP_SLOTS):
             if slot is None or entry.publish_at(slot) > now:
@@ -460,7 +499,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         if entry.enabled:
             start = self._first_slot_start(entry, now)
-            self.catch_up.add(entry, self._queue_upcoming(entry, start))
+            self.catch_up.add(entry, self._queue_upcoming(entry, start), now)
 
     def _first_slot_start(self, entry: Entry, now: datetime) -> datetime:
         """What an entry's first slot at start-up follows: ``now``, or the instant a runtime
@@ -570,7 +609,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for entry in update.changed:
             since = update.since.get(entry.name)
             if entry.name not in self.entries and starting:
-                read_late.append(self._add_read_late(entry, now))
+                read_late.append(self._add_read_late(entry, now, update.added.get(entry.name)))
                 continue
             if entry.name not in self.entries:
                 since = update.added.get(entry.name, since)  # changed before this replica saw it
@@ -710,6 +749,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
+        if self.catch_up.pending(name) and not self.catch_up.seconds_to_next_read():
+            # Its missed slots are claimed first (unless the marks cannot be read: the slot
+            # then meets the outage like any other).
+            self.deferred.push(
+                now.timestamp() + CATCH_UP_WAIT,
+                item.entry,
+                item.slot,
+                retry=item.retry,
+                takeover=item.takeover,
+            )
+            return None
         ownership = self.ownership
         owner = None if item.retry or ownership is None else ownership.other_owner(name)
         # Another replica's entry: only its slots published longer than the grace ago are

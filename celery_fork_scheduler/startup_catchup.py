@@ -45,13 +45,25 @@ class StartupCatchUp:
         self.reports = reports
         self.monotonic = monotonic
         self.known_marks = known_marks
-        self.unchecked: list[tuple[Entry, datetime | None]] = []
+        #: (entry, its first queued slot, the instant its missed slots are counted at).
+        self.unchecked: list[tuple[Entry, datetime | None, datetime]] = []
+        #: How many times each name is in :attr:`unchecked`.
+        self._pending: dict[str, int] = {}
         #: No high-water marks are read before this (monotonic): a failed read backs off.
         self.next_read = 0.0
 
-    def add(self, entry: Entry, upcoming: datetime | None) -> None:
-        """Check ``entry`` in a coming batch; ``upcoming`` is its first queued slot."""
-        self.unchecked.append((entry, upcoming))
+    def add(self, entry: Entry, upcoming: datetime | None, at: datetime) -> None:
+        """Check ``entry`` in a coming batch; ``upcoming`` is its first queued slot, ``at``
+        the instant it was read as of (beat's start, or a later change): what it missed is
+        counted at that instant, however late its batch is read."""
+        self.unchecked.append((entry, upcoming, at))
+        self._pending[entry.name] = self._pending.get(entry.name, 0) + 1
+
+    def pending(self, name: str) -> bool:
+        """Whether the missed slots of the entry ``name`` are still to be looked for: none of
+        its slots may be claimed before (a claim raises its high-water mark, and an older
+        missed slot would then be refused)."""
+        return name in self._pending
 
     def seconds_to_next_read(self) -> float | None:
         """How long until the next batch may be read (``None``: nothing left to read)."""
@@ -81,23 +93,31 @@ class StartupCatchUp:
             return
         batch = self.unchecked[:MARKS_BATCH]
         try:
-            marks = self._backend().high_water_marks([entry.name for entry, _ in batch])
+            marks = self._backend().high_water_marks([entry.name for entry, _, _ in batch])
         except BackendUnavailableError as exc:
             self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
             return
         del self.unchecked[: len(batch)]
+        for entry, _, _ in batch:
+            left = self._pending.pop(entry.name, 1) - 1
+            if left:
+                self._pending[entry.name] = left
         grace = self.settings.catchup_grace
-        for entry, upcoming in batch:
+        for entry, upcoming, at in batch:
             if entries.get(entry.name) is not entry:
                 continue
             mark = marks.get(entry.name)
-            reference = mark.slot if mark is not None else since.get(entry.name)
+            changed = since.get(entry.name)
+            # A runtime entry's slots before its last change are not its current definition's.
+            reference = mark.slot if mark is not None else changed
             if reference is None:
                 continue
+            if changed is not None and changed > reference:
+                reference = changed
             missed = [
                 slot
-                for slot in slots_due(entry, reference, now, grace=grace, window=starting_deadline)
+                for slot in slots_due(entry, reference, at, grace=grace, window=starting_deadline)
                 if upcoming is None or slot < upcoming
             ]
             for slot in missed:

@@ -803,9 +803,7 @@ class RuntimeStore:
         return _versions_of(names, self._read_many(keys=self._read_keys, args=["version", *names]))
 
     @contextlib.contextmanager
-    def versions_ahead(
-        self, names: Sequence[str]
-    ) -> Iterator[Callable[[], dict[str, int | None]]]:
+    def versions_ahead(self, names: Sequence[str]) -> Iterator[Callable[[], dict[str, int | None]]]:
         """:meth:`versions` of ``names`` (a call per :data:`PAGE_SIZE` of them), asked now and
         read when the function given is called: on one Redis, Redis looks them up while the
         caller does other work. On Redis Cluster the function asks them."""

@@ -55,8 +55,7 @@ def runtime_names(scheduler: Scheduler) -> set[str]:
 def add_yearly(manager: Manager, count: int = COUNT, **extra: Any) -> list[str]:
     names = [f"rt{i:04}" for i in range(count)]
     manager.add_many(
-        {"name": name, "task": "reports.yearly", "schedule": "0 0 1 1 *", **extra}
-        for name in names
+        {"name": name, "task": "reports.yearly", "schedule": "0 0 1 1 *", **extra} for name in names
     )
     return names
 
@@ -150,7 +149,7 @@ def test_an_entry_disabled_while_the_pages_are_read_stops_within_a_refresh(
 def test_probe_an_entry_updated_before_start_and_read_after_a_mid_read_error_fires_no_earlier_slot(
     make: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Probe (held before the fixes too). Promise (guarantees.md, runtime change row): a changed entry is scheduled
+    """Probe. Promise (guarantees.md, runtime change row): a changed entry is scheduled
     from its first slot after the change's instant, on every replica alike. (And the commit: "a
     Redis error mid-read costs nothing".)
 
@@ -184,8 +183,10 @@ def test_probe_an_entry_updated_before_start_and_read_after_a_mid_read_error_fir
     tick_for(replica.tick, clock, 5, step=0.25)
     published = fired(replica.publisher)
     before_change = {
-        key for key in published if datetime.fromisoformat(key[1]) < clock().replace(
-            hour=10, minute=0, second=30, microsecond=0)
+        key
+        for key in published
+        if datetime.fromisoformat(key[1])
+        < clock().replace(hour=10, minute=0, second=30, microsecond=0)
     }
     late_read = sorted(set(names) - first_page)
     assert late_read
@@ -211,8 +212,7 @@ def test_a_catchup_skip_entry_read_late_still_fires_the_slot_due_during_the_read
     """
     manager = Manager(make_app(redis_url), clock=clock)
     manager.add_many(
-        {"name": f"rt{i:04}", "task": "reports.minute", "schedule": "* * * * *",
-         "catchup": "skip"}
+        {"name": f"rt{i:04}", "task": "reports.minute", "schedule": "* * * * *", "catchup": "skip"}
         for i in range(COUNT)
     )
     replica = make(clock, "a")
@@ -265,10 +265,9 @@ def test_a_beat_schedule_mapping_made_on_demand_gives_each_entry_its_own_crontab
 
 
 def test_probe_pages_read_without_zmscore_keep_versions_and_instants(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock,
-    monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Probe (held before the fixes too). Promise (commit db57c08): one ZMSCORE per page, ZSCORE per name before
+    """Probe. Promise (commit db57c08): one ZMSCORE per page, ZSCORE per name before
     Redis 6.2, same result. Sequence: 2 500 entries, a few updated (versions differ); ZMSCORE
     answered "unknown command" (as Redis < 6.2 does); every page still carries each entry's
     version and since."""
@@ -289,13 +288,14 @@ def test_probe_pages_read_without_zmscore_keep_versions_and_instants(
     monkeypatch.setattr(redis.client.Pipeline, "zmscore", real)
     assert read == expected
     assert {n: (i.version, i.since) for n, i in read.items()} == {  # type: ignore[union-attr]
-        n: (i.version, i.since) for n, i in expected.items()  # type: ignore[union-attr]
+        n: (i.version, i.since)
+        for n, i in expected.items()  # type: ignore[union-attr]
     }
     assert read["rt0007"].version > read["rt0006"].version  # type: ignore[union-attr]
 
 
 def test_probe_one_crontab_object_in_entries_of_different_zones_keeps_each_zone() -> None:
-    """Probe (held before the fixes too). Promise (commit db57c08): shared Celery schedule objects are resolved once
+    """Probe. Promise (commit db57c08): shared Celery schedule objects are resolved once
     per distinct value, zones apart. Sequence: one crontab object shared by entries with
     timezone Europe/Paris, America/New_York and none (default UTC), plus an equal but distinct
     crontab object; each keeps its own zone."""
@@ -377,7 +377,8 @@ def test_a_mid_read_error_does_not_lift_the_starting_deadline_for_the_entries_no
     tick_for(replica.tick, clock, 4, step=0.25)
     published = fired(replica.publisher)
     too_old = sorted(
-        key for key in published
+        key
+        for key in published
         if key[1] in ("2026-03-02T10:01:00+00:00", "2026-03-02T10:02:00+00:00")
     )
     assert all((n, "2026-03-02T10:03:00+00:00") in published for n in names)

@@ -128,3 +128,20 @@ def test_replicas_whose_entries_differ_never_trust_each_others_progress(
     assert old.ownership.view != new.ownership.view
     slots = {slot for (name, slot) in everything if name == "new-entry"}
     assert len(slots) >= 7
+
+
+def test_replicas_whose_entries_differ_only_by_name_never_trust_each_others_progress(
+    make: Any, clock: FakeClock
+) -> None:
+    """A rolling deploy renames an entry (same definition): the names decide the owners, so
+    the two views differ and the renamed entry's slots are all published, once."""
+    renamed = {("renamed" if name == "e00" else name): value for name, value in ENTRIES.items()}
+    old = make(clock, "replica-old")
+    new = make(clock, "replica-new", beat_schedule=renamed)
+    tick_all([old, new], clock, 8)
+    assert old.ownership is not None and new.ownership is not None
+    assert old.ownership.view != new.ownership.view
+    everything = fired(old.publisher, new.publisher)  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    for name in ("e00", "renamed"):
+        assert len({slot for (entry, slot) in everything if entry == name}) >= 7, name

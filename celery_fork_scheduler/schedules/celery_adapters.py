@@ -55,6 +55,22 @@ def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
     return Cron(expr=" ".join(fields), day_or=False, tz=None if zone is None else to_zone(zone))
 
 
+def crontab_key(schedule: object) -> tuple[object, ...] | None:
+    """A hashable key equal for two Celery ``crontab`` objects that give the same slots
+    (their expanded fields and their app); ``None`` for anything else, subclasses included."""
+    if type(schedule) is not celery.schedules.crontab:
+        return None
+    crontab = cast("Any", schedule)
+    return (
+        frozenset(crontab.minute),
+        frozenset(crontab.hour),
+        frozenset(crontab.day_of_month),
+        frozenset(crontab.month_of_year),
+        frozenset(crontab.day_of_week),
+        getattr(crontab, "_app", None),
+    )
+
+
 def _interval_from(value: timedelta | float) -> Interval:
     every = value if isinstance(value, timedelta) else _seconds_delta(value)
     if every <= timedelta(0):
