@@ -466,6 +466,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             began = added
         else:
             began = self._started if since is None else max(self._started, since)
+        began = min(began, now)  # a writer's clock ahead of Redis's promises nothing later
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(entry, began)))
         self.catch_up.add(entry, upcoming, began)
         slot = upcoming

@@ -113,7 +113,7 @@ class StartupCatchUp:
             reference = mark.slot if mark is not None else changed
             if reference is None:
                 continue
-            if changed is not None and changed > reference:
+            if changed is not None and reference < changed <= at:
                 reference = changed
             missed = [
                 slot
