@@ -9,7 +9,9 @@ entries/s); a generated app module holds the static half as ``beat_schedule`` (o
 ``crontab(minute=..., hour=...)`` object per entry, due in about 23 hours, as a per-customer
 daily report is) and one probe entry every second. Then, as separate processes:
 
-- the baseline: ``python -c "import benchapp"``, its ``VmRSS`` once the module is built;
+- the baseline: ``python -c "import benchapp"``, its ``VmRSS`` once the module is built, and
+  how long the process took to get there (``app_import_s``: beat spends the same before its
+  scheduler starts; ``first_publish_after_import_s`` is the rest);
 - ``celery -A benchapp beat -S fork``: the first probe message on the queue (``LLEN``, sampled
   every 20 ms) after the process started; the log line that says every runtime entry is read;
   then ``VmRSS`` and idle CPU over ``--idle-window`` seconds.
@@ -69,10 +71,12 @@ app.conf.beat_schedule["probe"] = {
 }
 '''
 
-#: What the baseline process prints: its ``VmRSS`` in KiB once the app module is built.
+#: What the baseline process prints: the seconds from its start to the app module built, and
+#: its ``VmRSS`` in KiB then.
 BASELINE = (
-    "import benchapp; "
-    "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
+    "import time, benchapp; "
+    "print(time.time() - float(__import__('os').environ['BENCH_BEGAN']), "
+    "next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
 )
 ALL_READ = "every runtime entry read"
 
@@ -106,12 +110,15 @@ def one_run(entries: int, workdir: Path, idle_window: float) -> dict[str, float]
         baseline = subprocess.run(
             [sys.executable, "-c", BASELINE],
             cwd=workdir,
-            env={**os.environ, **env},
+            env={**os.environ, **env, "BENCH_BEGAN": repr(time.time())},
             capture_output=True,
             text=True,
             check=True,
         )
-        baseline_kib = int(baseline.stdout.split()[-1])
+        import_s, baseline_kib = (
+            float(baseline.stdout.split()[-2]),
+            int(baseline.stdout.split()[-1]),
+        )
         sampler = QueueSampler(server.url)
         sampler.start()
         beat = CeleryProcess(
@@ -143,6 +150,8 @@ def one_run(entries: int, workdir: Path, idle_window: float) -> dict[str, float]
     return {
         "add_many_per_s": add_rate,
         "first_publish_s": first,
+        "app_import_s": import_s,
+        "first_publish_after_import_s": first - import_s,
         "all_read_s": all_read,
         "baseline_mib": baseline_kib / 1024,
         "beat_rss_mib": rss_kib / 1024,

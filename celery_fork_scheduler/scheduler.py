@@ -91,8 +91,6 @@ SUPERSEDED_KEPT = 4
 #: store of ordinary size is read whole), then this long per tick until every page is read.
 SETUP_LOAD_SECONDS = 1.0
 TICK_LOAD_SECONDS = 0.1
-#: A slot of an entry whose missed slots are not looked for yet waits this long, at a time.
-CATCH_UP_WAIT = 0.05
 
 
 def _same_definition(first: Entry, second: Entry) -> bool:
@@ -540,6 +538,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._catch_up(now)
         self._follow_owners(now)
         due_items = self.queue.pop_due(now.timestamp()) + self.deferred.pop_due(now.timestamp())
+        due_items = self._missed_first(due_items, now)
         handled = True
         if due_items or self.pipeline.unfinished:
             handled = self._handle(due_items, now)
@@ -551,6 +550,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now):
                 sleep = max(0.0, sleep - (self.monotonic() - started))
         return sleep
+
+    def _missed_first(self, due_items: list[QueueItem], now: datetime) -> list[QueueItem]:
+        """``due_items``, preceded by the missed slots of those entries whose high-water marks
+        the start-up catch-up has not read yet (read now, out of turn): a claim raises an
+        entry's mark, so its older missed slots are claimed first. While the marks cannot be
+        read, the items meet the outage like any other."""
+        catch_up = self.catch_up
+        if not catch_up.unchecked or catch_up.seconds_to_next_read():  # none, or backing off
+            return due_items
+        names = {item.entry.name for item in due_items if catch_up.pending(item.entry.name)}
+        if not names or not catch_up.check_now(
+            names,
+            now,
+            self.entries,
+            self.runtime.since if self.runtime is not None else {},
+            self.settings.starting_deadline,
+        ):
+            return due_items
+        return self.queue.pop_due(now.timestamp()) + due_items
 
     def _follow_owners(self, now: datetime) -> None:
         """Follow which replicas are live, and so which entries this one owns; when that view
@@ -750,17 +768,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
-        if self.catch_up.pending(name) and not self.catch_up.seconds_to_next_read():
-            # Its missed slots are claimed first (unless the marks cannot be read: the slot
-            # then meets the outage like any other).
-            self.deferred.push(
-                now.timestamp() + CATCH_UP_WAIT,
-                item.entry,
-                item.slot,
-                retry=item.retry,
-                takeover=item.takeover,
-            )
-            return None
         ownership = self.ownership
         owner = None if item.retry or ownership is None else ownership.other_owner(name)
         # Another replica's entry: only its slots published longer than the grace ago are

@@ -7,7 +7,7 @@ the first ticks, while every entry's next slot is already queued.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from .backends import ClaimBackend
@@ -22,6 +22,9 @@ from .timequeue import TimeQueue
 
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
+
+#: An entry to check at start-up: (entry, its first queued slot, the instant it was read as of).
+Unchecked = tuple[Entry, "datetime | None", datetime]
 
 
 class StartupCatchUp:
@@ -45,10 +48,11 @@ class StartupCatchUp:
         self.reports = reports
         self.monotonic = monotonic
         self.known_marks = known_marks
-        #: (entry, its first queued slot, the instant its missed slots are counted at).
-        self.unchecked: list[tuple[Entry, datetime | None, datetime]] = []
-        #: How many times each name is in :attr:`unchecked`.
-        self._pending: dict[str, int] = {}
+        #: (entry, its first queued slot, the instant its missed slots are counted at), in
+        #: the order they are read; those already read out of turn are passed over.
+        self.unchecked: list[Unchecked] = []
+        #: The items of :attr:`unchecked` not read yet, by entry name.
+        self._pending: dict[str, list[Unchecked]] = {}
         #: No high-water marks are read before this (monotonic): a failed read backs off.
         self.next_read = 0.0
 
@@ -56,13 +60,14 @@ class StartupCatchUp:
         """Check ``entry`` in a coming batch; ``upcoming`` is its first queued slot, ``at``
         the instant it was read as of (beat's start, or a later change): what it missed is
         counted at that instant, however late its batch is read."""
-        self.unchecked.append((entry, upcoming, at))
-        self._pending[entry.name] = self._pending.get(entry.name, 0) + 1
+        item = (entry, upcoming, at)
+        self.unchecked.append(item)
+        self._pending.setdefault(entry.name, []).append(item)
 
     def pending(self, name: str) -> bool:
         """Whether the missed slots of the entry ``name`` are still to be looked for: none of
         its slots may be claimed before (a claim raises its high-water mark, and an older
-        missed slot would then be refused)."""
+        missed slot would then be refused; see :meth:`check_now`)."""
         return name in self._pending
 
     def seconds_to_next_read(self) -> float | None:
@@ -91,18 +96,48 @@ class StartupCatchUp:
         """
         if not self.unchecked or self.monotonic() < self.next_read:
             return
-        batch = self.unchecked[:MARKS_BATCH]
+        batch = [item for item in self.unchecked[:MARKS_BATCH] if self._is_pending(item)]
+        if self._check(batch, now, entries, since, starting_deadline):
+            del self.unchecked[:MARKS_BATCH]
+
+    def check_now(
+        self,
+        names: Iterable[str],
+        now: datetime,
+        entries: Mapping[str, Entry],
+        since: Mapping[str, datetime],
+        starting_deadline: timedelta | None,
+    ) -> bool:
+        """Read the marks of the entries ``names`` out of turn (slots of theirs are due now),
+        as :meth:`run_batch` does; False when the backend cannot be reached."""
+        batch = [item for name in names for item in self._pending.get(name, ())]
+        return not batch or self._check(batch, now, entries, since, starting_deadline)
+
+    def _is_pending(self, item: Unchecked) -> bool:
+        return any(known is item for known in self._pending.get(item[0].name, ()))
+
+    def _check(
+        self,
+        batch: list[Unchecked],
+        now: datetime,
+        entries: Mapping[str, Entry],
+        since: Mapping[str, datetime],
+        starting_deadline: timedelta | None,
+    ) -> bool:
+        """Read the marks of ``batch`` and queue what it missed; False when the backend
+        cannot be reached (the batch is left pending, and reads back off)."""
+        if not batch:
+            return True
         try:
             marks = self._backend().high_water_marks([entry.name for entry, _, _ in batch])
         except BackendUnavailableError as exc:
             self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
-            return
-        del self.unchecked[: len(batch)]
-        for entry, _, _ in batch:
-            left = self._pending.pop(entry.name, 1) - 1
+            return False
+        for item in batch:
+            left = [known for known in self._pending.pop(item[0].name, []) if known is not item]
             if left:
-                self._pending[entry.name] = left
+                self._pending[item[0].name] = left
         grace = self.settings.catchup_grace
         for entry, upcoming, at in batch:
             if entries.get(entry.name) is not entry:
@@ -135,6 +170,7 @@ class StartupCatchUp:
             )
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
+        return True
 
     def _unsent_to_ask(
         self,

@@ -18,6 +18,7 @@ from replica_helpers import fired, make_app, schedulers, tick_for
 
 from celery_fork_scheduler import ConfigError, Manager, Scheduler
 from celery_fork_scheduler import scheduler as scheduler_module
+from celery_fork_scheduler import startup_catchup
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.store import RuntimeStore
 from celery_fork_scheduler.testing import FakeClock
@@ -160,3 +161,18 @@ def test_equal_looking_stored_schedules_are_not_mixed_up_by_the_resolution_cache
         entry_from_config(
             "bad", {"task": "t", "schedule": {**first, **second}}, default_timezone=UTC
         )
+
+
+def test_an_entry_last_in_the_start_up_catch_up_fires_on_time(
+    make: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marks are read a batch a tick; an entry whose slot comes before its batch has its
+    mark read out of turn (its missed slots first), instead of waiting for its batch."""
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 1.0)  # the fake clock stands
+    monkeypatch.setattr(startup_catchup, "MARKS_BATCH", 1_000)
+    daily = {f"d{i:05}": {"task": "t", "schedule": "0 3 * * *"} for i in range(12_000)}
+    replica = make(clock, "a", beat_schedule={**daily, "zz-probe": {"task": "t", "schedule": 1}})
+    assert replica.catch_up.pending("zz-probe")
+    tick_for(replica.tick, clock, 0.4, step=0.1)  # 10:01:00 falls due at the third tick
+    assert replica.catch_up.unchecked  # the batches are still being read
+    assert fired(replica.publisher)[("zz-probe", SLOT)] == 1
