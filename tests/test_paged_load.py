@@ -16,9 +16,8 @@ import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
 
-from celery_fork_scheduler import ConfigError, Manager, Scheduler
+from celery_fork_scheduler import ConfigError, Manager, Scheduler, startup_catchup
 from celery_fork_scheduler import scheduler as scheduler_module
-from celery_fork_scheduler import startup_catchup
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.store import RuntimeStore
 from celery_fork_scheduler.testing import FakeClock
