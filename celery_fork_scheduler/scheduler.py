@@ -554,10 +554,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _missed_first(self, due_items: list[QueueItem], now: datetime) -> list[QueueItem]:
         """``due_items``, preceded by the missed slots of those entries whose high-water marks
         the start-up catch-up has not read yet (read now, out of turn): a claim raises an
-        entry's mark, so its older missed slots are claimed first. While the marks cannot be
-        read, the items meet the outage like any other."""
+        entry's mark, so its older missed slots are claimed first (also while batches back
+        off after a failed read). While the marks cannot be read, the items meet the outage
+        like any other."""
         catch_up = self.catch_up
-        if not catch_up.unchecked or catch_up.seconds_to_next_read():  # none, or backing off
+        if not catch_up.unchecked:
             return due_items
         names = {item.entry.name for item in due_items if catch_up.pending(item.entry.name)}
         if not names or not catch_up.check_now(
@@ -578,7 +579,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
         if self.ownership.follow(now, basis):
             for item in self.deferred.pop_all():
-                self.queue.push(item.when, item.entry, item.slot)
+                self.queue.push(
+                    item.when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
+                )
 
     def _report_progress(self, now: datetime) -> None:
         """Tell the other replicas up to when this one asked about every slot it owns: every

@@ -166,7 +166,7 @@ class StartupCatchUp:
             if not mark.sent:
                 unsent.add(mark.slot)
             asks = self._unsent_to_ask(
-                entry, unsent.difference(missed), bool(missed), now, starting_deadline
+                entry, unsent.difference(missed), bool(missed), at, starting_deadline
             )
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
@@ -177,18 +177,20 @@ class StartupCatchUp:
         entry: Entry,
         unsent: set[datetime],
         caught_up: bool,
-        now: datetime,
+        at: datetime,
         window: timedelta | None,
     ) -> list[datetime]:
-        """The unsent claims found at start-up to take over, oldest first.
+        """The unsent claims found at start-up to take over, oldest first, as of ``at`` (the
+        instant the entry was read as of).
 
-        One published no longer than a claim lease plus the grace ago (its jitter included)
-        is a claim a replica just died with: it is taken over. An older one was missed while
-        every replica was down, and follows the entry's catch-up policy like any missed slot:
+        One published no longer than a claim lease plus the grace before ``at`` (its jitter
+        included) is a claim a replica just died with: it is taken over. An older one was
+        missed while every replica was down, and follows the entry's catch-up policy like any
+        missed slot:
         ``"all"`` takes each over, ``"latest"`` the latest one unless another slot fires
         anyway, ``"skip"`` none.
         """
-        recent_after = now - self.settings.claim_lease - self.settings.catchup_grace
+        recent_after = at - self.settings.claim_lease - self.settings.catchup_grace
         # Ages count from the publish instant (jitter included), as for every missed slot.
         published = {slot: entry.publish_at(slot) for slot in unsent}
         recent = sorted(slot for slot in unsent if published[slot] >= recent_after)
@@ -196,7 +198,7 @@ class StartupCatchUp:
         old = sorted(
             slot
             for slot in unsent
-            if published[slot] < recent_after and all(now - published[slot] <= w for w in limits)
+            if published[slot] < recent_after and all(at - published[slot] <= w for w in limits)
         )
         if entry.catchup == "all":
             return old + recent
