@@ -427,6 +427,14 @@ def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> No
             ) from None
 
 
+def _flat(value: object) -> bool:
+    """Whether ``value`` is a list, tuple or dict of scalars only (depth 1 at most)."""
+    items = value.values() if isinstance(value, Mapping) else value
+    return isinstance(items, (list, tuple, type({}.values()))) and all(
+        type(item) in _JSON_SCALARS for item in items
+    )
+
+
 def json_depth(value: object, limit: int = MAX_JSON_DEPTH) -> int:
     """How deeply lists and dicts nest in ``value`` (a scalar is 0); counts no further than
     ``limit + 1``."""
@@ -837,7 +845,8 @@ def entry_from_config(
         raise _fail(name, "kwargs", f"keys must be strings (argument names), not {shown(kwargs)}")
     options = _options(name, definition.get("options"))
     # One walk of the three together (one level more); each alone names the one too deep.
-    if json_depth((args, kwargs, options), MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH + 1:
+    flat = _flat(args) and _flat(kwargs) and _flat(options)  # the usual case, at a glance
+    if not flat and json_depth((args, kwargs, options), MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH + 1:
         for field_name, value in (("args", args), ("kwargs", kwargs), ("options", options)):
             _check_depth(name, field_name, value)
     description = _text(

@@ -55,19 +55,28 @@ def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
     return Cron(expr=" ".join(fields), day_or=False, tz=None if zone is None else to_zone(zone))
 
 
+#: The fields of a Celery ``crontab`` as its ``_orig_*`` attributes name them.
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+
+
 def crontab_key(schedule: object) -> tuple[object, ...] | None:
-    """A hashable key equal for two Celery ``crontab`` objects that give the same slots
-    (their expanded fields and their app); ``None`` for anything else, subclasses included."""
+    """A hashable key equal for two Celery ``crontab`` objects that give the same slots (their
+    fields as written when they are strings or numbers, else as expanded, and their app);
+    ``None`` for anything else, subclasses included."""
     if type(schedule) is not celery.schedules.crontab:
         return None
     crontab = cast("Any", schedule)
+    app = getattr(crontab, "_app", None)
+    written = tuple(getattr(crontab, f"_orig_{name}", []) for name in CRONTAB_FIELDS)
+    if all(type(value) in (str, int) for value in written):  # as written: cheaper
+        return ("written", *written, app)
     return (
         frozenset(crontab.minute),
         frozenset(crontab.hour),
         frozenset(crontab.day_of_month),
         frozenset(crontab.month_of_year),
         frozenset(crontab.day_of_week),
-        getattr(crontab, "_app", None),
+        app,
     )
 
 
