@@ -18,7 +18,7 @@ from replica_helpers import fired, make_app, schedulers, tick_for
 
 from celery_fork_scheduler import ConfigError, Manager, Scheduler, startup_catchup
 from celery_fork_scheduler import scheduler as scheduler_module
-from celery_fork_scheduler.entry import entry_from_config
+from celery_fork_scheduler.entry import entries_from_config, entry_from_config
 from celery_fork_scheduler.store import RuntimeStore
 from celery_fork_scheduler.testing import FakeClock
 
@@ -175,3 +175,35 @@ def test_an_entry_last_in_the_start_up_catch_up_fires_on_time(
     tick_for(replica.tick, clock, 0.4, step=0.1)  # 10:01:00 falls due at the third tick
     assert replica.catch_up.unchecked  # the batches are still being read
     assert fired(replica.publisher)[("zz-probe", SLOT)] == 1
+
+
+def test_crontabs_resolved_once_per_value_are_never_mixed_up() -> None:
+    """Plain crontabs are resolved once per value (as written, or as expanded) and app: equal
+    ones give equal schedules; other fields, or another app (its own timezone), keep theirs."""
+    from celery import Celery
+    from celery.schedules import crontab
+
+    berlin = Celery("berlin", set_as_current=False)
+    berlin.conf.timezone = "Europe/Berlin"
+
+    tokyo = Celery("tokyo", set_as_current=False)
+    tokyo.conf.timezone = "Asia/Tokyo"
+
+    schedules = {
+        "a": crontab(minute=5, hour=3),
+        "b": crontab(minute=5, hour=3),
+        "c": crontab(minute=[5], hour={3}),
+        "e": crontab(minute=6, hour=3),
+        "f": crontab(minute=5, hour=3, app=berlin),
+        "g": crontab(minute=5, hour=3, app=tokyo),
+        "h": crontab(minute=5, hour=3),
+    }
+    entries = entries_from_config(
+        {name: {"task": "t", "schedule": value} for name, value in schedules.items()},
+        default_timezone=UTC,
+    )
+    described = {name: entry.schedule.describe() for name, entry in entries.items()}
+    assert described["a"] == described["b"] == described["c"] == described["h"]
+    assert described["e"] != described["a"]
+    assert "Europe/Berlin" in described["f"] and "Asia/Tokyo" in described["g"]
+    assert "UTC" in described["a"]
