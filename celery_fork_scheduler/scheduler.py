@@ -538,7 +538,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._catch_up(now)
         self._follow_owners(now)
         due_items = self.queue.pop_due(now.timestamp()) + self.deferred.pop_due(now.timestamp())
-        due_items = self._missed_first(due_items, now)
+        due_items, held, error = self._missed_first(due_items, now)
+        if error is not None:  # their marks cannot be read: they meet the outage
+            self._on_backend_down(error, self._decide(held, now, set(), len(held)), now)
         handled = True
         if due_items or self.pipeline.unfinished:
             handled = self._handle(due_items, now)
@@ -551,25 +553,34 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 sleep = max(0.0, sleep - (self.monotonic() - started))
         return sleep
 
-    def _missed_first(self, due_items: list[QueueItem], now: datetime) -> list[QueueItem]:
+    def _missed_first(
+        self, due_items: list[QueueItem], now: datetime
+    ) -> tuple[list[QueueItem], list[QueueItem], BackendUnavailableError | None]:
         """``due_items``, preceded by the missed slots of those entries whose high-water marks
         the start-up catch-up has not read yet (read now, out of turn): a claim raises an
         entry's mark, so its older missed slots are claimed first (also while batches back
-        off after a failed read). While the marks cannot be read, the items meet the outage
-        like any other."""
+        off after a failed read).
+
+        Returns the items to handle now, and those held back with the error when the marks
+        cannot be read (none may be claimed before its missed slots).
+        """
         catch_up = self.catch_up
         if not catch_up.unchecked:
-            return due_items
+            return due_items, [], None
         names = {item.entry.name for item in due_items if catch_up.pending(item.entry.name)}
-        if not names or not catch_up.check_now(
+        if not names:
+            return due_items, [], None
+        error = catch_up.check_now(
             names,
             now,
             self.entries,
             self.runtime.since if self.runtime is not None else {},
             self.settings.starting_deadline,
-        ):
-            return due_items
-        return self.queue.pop_due(now.timestamp()) + due_items
+        )
+        if error is not None:
+            held = [item for item in due_items if item.entry.name in names]
+            return [item for item in due_items if item.entry.name not in names], held, error
+        return self.queue.pop_due(now.timestamp()) + due_items, [], None
 
     def _follow_owners(self, now: datetime) -> None:
         """Follow which replicas are live, and so which entries this one owns; when that view
@@ -674,6 +685,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             logger.info("fork scheduler: entry %s removed", name)
         self._superseded.pop(name, None)
         self._finished.discard(name)
+        self.catch_up.forget(name)
         self.outage.reported_entries.pop(name, None)
         self._known_marks.pop(name, None)
         if self.metrics is not None:

@@ -70,6 +70,11 @@ class StartupCatchUp:
         missed slot would then be refused; see :meth:`check_now`)."""
         return name in self._pending
 
+    def forget(self, name: str) -> None:
+        """The entry ``name`` was removed: nothing it missed is owed any more (an entry added
+        again under its name starts afresh)."""
+        self._pending.pop(name, None)
+
     def seconds_to_next_read(self) -> float | None:
         """How long until the next batch may be read (``None``: nothing left to read)."""
         if not self.unchecked:
@@ -97,7 +102,7 @@ class StartupCatchUp:
         if not self.unchecked or self.monotonic() < self.next_read:
             return
         batch = [item for item in self.unchecked[:MARKS_BATCH] if self._is_pending(item)]
-        if self._check(batch, now, entries, since, starting_deadline):
+        if self._check(batch, now, entries, since, starting_deadline) is None:
             del self.unchecked[:MARKS_BATCH]
 
     def check_now(
@@ -107,11 +112,11 @@ class StartupCatchUp:
         entries: Mapping[str, Entry],
         since: Mapping[str, datetime],
         starting_deadline: timedelta | None,
-    ) -> bool:
+    ) -> BackendUnavailableError | None:
         """Read the marks of the entries ``names`` out of turn (slots of theirs are due now),
-        as :meth:`run_batch` does; False when the backend cannot be reached."""
+        as :meth:`run_batch` does; the error when the backend cannot be reached."""
         batch = [item for name in names for item in self._pending.get(name, ())]
-        return not batch or self._check(batch, now, entries, since, starting_deadline)
+        return self._check(batch, now, entries, since, starting_deadline)
 
     def _is_pending(self, item: Unchecked) -> bool:
         return any(known is item for known in self._pending.get(item[0].name, ()))
@@ -123,25 +128,27 @@ class StartupCatchUp:
         entries: Mapping[str, Entry],
         since: Mapping[str, datetime],
         starting_deadline: timedelta | None,
-    ) -> bool:
-        """Read the marks of ``batch`` and queue what it missed; False when the backend
+    ) -> BackendUnavailableError | None:
+        """Read the marks of ``batch`` and queue what it missed; the error when the backend
         cannot be reached (the batch is left pending, and reads back off)."""
         if not batch:
-            return True
+            return None
         try:
             marks = self._backend().high_water_marks([entry.name for entry, _, _ in batch])
         except BackendUnavailableError as exc:
             self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
-            return False
+            return exc
         for item in batch:
             left = [known for known in self._pending.pop(item[0].name, []) if known is not item]
             if left:
                 self._pending[item[0].name] = left
         grace = self.settings.catchup_grace
         for entry, upcoming, at in batch:
-            if entries.get(entry.name) is not entry:
-                continue
+            if entry.name not in entries:
+                continue  # removed meanwhile (see forget)
+            # An entry changed since still owes its missed slots and its unsent claims (what
+            # it missed before beat started): their retries follow the entry by name.
             mark = marks.get(entry.name)
             changed = since.get(entry.name)
             # A runtime entry's slots before its last change are not its current definition's.
@@ -170,7 +177,7 @@ class StartupCatchUp:
             )
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
-        return True
+        return None
 
     def _unsent_to_ask(
         self,
