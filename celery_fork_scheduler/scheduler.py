@@ -466,7 +466,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             began = self._started if since is None else max(self._started, since)
         began = min(began, now)  # a writer's clock ahead of Redis's promises nothing later
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(entry, began)))
-        self.catch_up.add(entry, upcoming, began)
+        self.catch_up.add(entry, upcoming, began, since)
         slot = upcoming
         for _ in range(MAX_CATCH_UP_SLOTS):
             if slot is None or entry.publish_at(slot) > now:
@@ -498,7 +498,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         if entry.enabled:
             start = self._first_slot_start(entry, now)
-            self.catch_up.add(entry, self._queue_upcoming(entry, start), now)
+            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+            self.catch_up.add(entry, self._queue_upcoming(entry, start), now, since)
 
     def _first_slot_start(self, entry: Entry, now: datetime) -> datetime:
         """What an entry's first slot at start-up follows: ``now``, or the instant a runtime
@@ -539,8 +540,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._follow_owners(now)
         due_items = self.queue.pop_due(now.timestamp()) + self.deferred.pop_due(now.timestamp())
         due_items, held, error = self._missed_first(due_items, now)
-        if error is not None:  # their marks cannot be read: they meet the outage
-            self._on_backend_down(error, self._decide(held, now, set(), len(held)), now)
+        if error is not None:
+            self._hold_back(held, error, now, alone=not due_items)
         handled = True
         if due_items or self.pipeline.unfinished:
             handled = self._handle(due_items, now)
@@ -552,6 +553,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now):
                 sleep = max(0.0, sleep - (self.monotonic() - started))
         return sleep
+
+    def _hold_back(
+        self, held: list[QueueItem], error: Exception, now: datetime, *, alone: bool
+    ) -> None:
+        """Due items whose entries' marks could not be read: none is claimed now. When Redis
+        is down (an outage already noticed, or nothing else to ask about) they meet the
+        outage like any other; when only the marks read failed, they are asked again a
+        second later without reporting an outage the claims would then end. ``alone``: no
+        other item is due now."""
+        if self.outage.active or alone:
+            self._on_backend_down(error, self._decide(held, now, set(), len(held)), now)
+            return
+        when = now.timestamp() + BACKEND_RETRY_SECONDS
+        for item in held:
+            self.queue.push(when, item.entry, item.slot, retry=item.retry, takeover=item.takeover)
 
     def _missed_first(
         self, due_items: list[QueueItem], now: datetime
@@ -574,7 +590,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             names,
             now,
             self.entries,
-            self.runtime.since if self.runtime is not None else {},
             self.settings.starting_deadline,
         )
         if error is not None:
@@ -617,7 +632,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.catch_up.run_batch(
             now,
             self.entries,
-            self.runtime.since if self.runtime is not None else {},
             self.settings.starting_deadline,
         )
 

@@ -23,8 +23,9 @@ from .timequeue import TimeQueue
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
 
-#: An entry to check at start-up: (entry, its first queued slot, the instant it was read as of).
-Unchecked = tuple[Entry, "datetime | None", datetime]
+#: An entry to check at start-up: (entry, its first queued slot, the instant it was read as
+#: of, the instant its definition was made — a runtime entry's add or change — if known).
+Unchecked = tuple[Entry, "datetime | None", datetime, "datetime | None"]
 
 
 class StartupCatchUp:
@@ -56,11 +57,15 @@ class StartupCatchUp:
         #: No high-water marks are read before this (monotonic): a failed read backs off.
         self.next_read = 0.0
 
-    def add(self, entry: Entry, upcoming: datetime | None, at: datetime) -> None:
+    def add(
+        self, entry: Entry, upcoming: datetime | None, at: datetime, changed: datetime | None
+    ) -> None:
         """Check ``entry`` in a coming batch; ``upcoming`` is its first queued slot, ``at``
         the instant it was read as of (beat's start, or a later change): what it missed is
-        counted at that instant, however late its batch is read."""
-        item = (entry, upcoming, at)
+        counted at that instant, however late its batch is read, and not before ``changed``,
+        the instant this definition was made (a runtime entry that never ran counts from
+        there)."""
+        item = (entry, upcoming, at, changed)
         self.unchecked.append(item)
         self._pending.setdefault(entry.name, []).append(item)
 
@@ -85,24 +90,23 @@ class StartupCatchUp:
         self,
         now: datetime,
         entries: Mapping[str, Entry],
-        since: Mapping[str, datetime],
         starting_deadline: timedelta | None,
     ) -> None:
         """Read the high-water marks of the next batch of entries and queue what they missed.
 
-        An entry with a high-water mark (or a runtime entry that never ran, from ``since``,
-        the instant it was added) catches up by its policy (see :mod:`.catchup`), bounded by
+        An entry with a high-water mark (or a runtime entry that never ran, from the instant
+        its definition was made) catches up by its policy (see :mod:`.catchup`), bounded by
         ``beat_cron_starting_deadline``. Every slot claimed and never recorded sent (its
         replica died, and so may have every replica that saw it pending) is asked for again,
         so that it is taken over or reported, as long as it is no older than a lease and the
         grace; older ones are missed slots like the others, and the catch-up rule decides.
-        While the backend cannot be reached, the batch waits for a later tick. Entries that
-        changed or went since they were added (not ``entries[name]``) are passed over.
+        While the backend cannot be reached, the batch waits for a later tick. Entries removed
+        since they were added are passed over (see :meth:`forget`).
         """
         if not self.unchecked or self.monotonic() < self.next_read:
             return
         batch = [item for item in self.unchecked[:MARKS_BATCH] if self._is_pending(item)]
-        if self._check(batch, now, entries, since, starting_deadline) is None:
+        if self._check(batch, now, entries, starting_deadline) is None:
             del self.unchecked[:MARKS_BATCH]
 
     def check_now(
@@ -110,13 +114,12 @@ class StartupCatchUp:
         names: Iterable[str],
         now: datetime,
         entries: Mapping[str, Entry],
-        since: Mapping[str, datetime],
         starting_deadline: timedelta | None,
     ) -> BackendUnavailableError | None:
         """Read the marks of the entries ``names`` out of turn (slots of theirs are due now),
         as :meth:`run_batch` does; the error when the backend cannot be reached."""
         batch = [item for name in names for item in self._pending.get(name, ())]
-        return self._check(batch, now, entries, since, starting_deadline)
+        return self._check(batch, now, entries, starting_deadline)
 
     def _is_pending(self, item: Unchecked) -> bool:
         return any(known is item for known in self._pending.get(item[0].name, ()))
@@ -126,7 +129,6 @@ class StartupCatchUp:
         batch: list[Unchecked],
         now: datetime,
         entries: Mapping[str, Entry],
-        since: Mapping[str, datetime],
         starting_deadline: timedelta | None,
     ) -> BackendUnavailableError | None:
         """Read the marks of ``batch`` and queue what it missed; the error when the backend
@@ -134,7 +136,7 @@ class StartupCatchUp:
         if not batch:
             return None
         try:
-            marks = self._backend().high_water_marks([entry.name for entry, _, _ in batch])
+            marks = self._backend().high_water_marks([item[0].name for item in batch])
         except BackendUnavailableError as exc:
             self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
@@ -144,13 +146,12 @@ class StartupCatchUp:
             if left:
                 self._pending[item[0].name] = left
         grace = self.settings.catchup_grace
-        for entry, upcoming, at in batch:
+        for entry, upcoming, at, changed in batch:
             if entry.name not in entries:
                 continue  # removed meanwhile (see forget)
             # An entry changed since still owes its missed slots and its unsent claims (what
             # it missed before beat started): their retries follow the entry by name.
             mark = marks.get(entry.name)
-            changed = since.get(entry.name)
             # A runtime entry's slots before its last change are not its current definition's.
             reference = mark.slot if mark is not None else changed
             if reference is None:
