@@ -563,7 +563,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         second later without reporting an outage the claims would then end. ``alone``: no
         other item is due now."""
         if self.outage.active or alone:
-            self._on_backend_down(error, self._decide(held, now, set(), len(held)), now)
+            works = self._decide(held, now, set(), len(held))
+            for work in works:  # said due as on the claim path (once per outage)
+                for due_slot in work.due:
+                    if not self.outage.reported(due_slot):
+                        self.reports.due(due_slot)
+            self._on_backend_down(error, works, now)
             return
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for item in held:
