@@ -18,6 +18,7 @@ by :mod:`.backend_outage`; time is Redis's (:mod:`.redis_clock`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -162,6 +163,20 @@ def _definition_text(entry: Entry) -> str:
         return repr(entry)
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector off while entries are built: the objects made
+    at start-up all live on, and each full collection walks every one of them (about 15 % of
+    building 500 000 entries). Reference counting frees everything else as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _reach(entry: Entry, until: datetime) -> datetime:
     """Up to when an earlier definition, in force until ``until``, publishes: its last slot
     up to ``until`` is still its own, also when its jitter offset falls after the change."""
@@ -301,7 +316,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def setup_schedule(self) -> None:
         """Validate every entry, pick the backend and queue each entry's first slot."""
-        with self._config_errors_stop_beat():
+        with self._config_errors_stop_beat(), _no_cyclic_gc():
             self._setup_schedule()
 
     def _setup_schedule(self) -> None:
@@ -479,6 +494,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _all_entries_read(self) -> None:
         """Every entry is read: the start-up warnings and the metrics cover them all."""
         self._startup_read_done = True
+        if self.runtime is not None:
+            # Each entry's add or change instant served its first queued slot (and its
+            # catch-up item keeps its own); later changes carry theirs in each Update.
+            self.runtime.since.clear()
         if not self.settings.enabled:
             return
         warn_about_unsupported_policies(
