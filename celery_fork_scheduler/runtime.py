@@ -142,17 +142,9 @@ class RuntimeEntries:
             self.complete = True
             return page_entries
         for name, item in page.items():
-            if name in load.polled:
-                continue
-            self._names.add(name)
-            entry = self._parse(name, item, static_names)
-            if entry is not None:
-                page_entries.changed.append(entry)
-                since = self._note_since(name, item)
-                if since is not None:
-                    page_entries.since[name] = since
-                if isinstance(item, StoredEntry) and item.added is not None:
-                    page_entries.added[name] = item.added
+            if name not in load.polled:
+                self._names.add(name)
+                self._collect(page_entries, name, item, static_names)
         return page_entries
 
     def load(self, static_names: Collection[str]) -> dict[str, Entry]:
@@ -201,15 +193,22 @@ class RuntimeEntries:
             self.refused.pop(name, None)
             self.versions.pop(name, None)
         for name, item in changes.changed.items():
-            entry = self._parse(name, item, static_names)
-            if entry is not None:
-                update.changed.append(entry)
-                since = self._note_since(name, item)
-                if since is not None:
-                    update.since[name] = since
-                if isinstance(item, StoredEntry) and item.added is not None:
-                    update.added[name] = item.added
+            self._collect(update, name, item, static_names)
         return update
+
+    def _collect(
+        self, update: Update, name: str, item: StoredEntry | bytes, static_names: Collection[str]
+    ) -> None:
+        """Add one stored entry to ``update`` when it is valid, with its instants."""
+        entry = self._parse(name, item, static_names)
+        if entry is None:
+            return
+        update.changed.append(entry)
+        since = self._note_since(name, item)
+        if since is not None:
+            update.since[name] = since
+        if isinstance(item, StoredEntry) and item.added is not None:
+            update.added[name] = item.added
 
     def _everything(self) -> Changes:
         """Every stored entry as changed, and every name known before and gone as removed."""

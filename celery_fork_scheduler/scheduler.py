@@ -480,7 +480,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         else:
             began = self._started if since is None else max(self._started, since)
         began = min(began, now)  # a writer's clock ahead of Redis's promises nothing later
-        upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(entry, began)))
+        upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(began, since)))
         self.catch_up.add(entry, upcoming, began, since)
         slot = upcoming
         for _ in range(MAX_CATCH_UP_SLOTS):
@@ -516,14 +516,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         already queued.
         """
         if entry.enabled:
-            start = self._first_slot_start(entry, now)
             since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+            start = self._first_slot_start(now, since)
             self.catch_up.add(entry, self._queue_upcoming(entry, start), now, since)
 
-    def _first_slot_start(self, entry: Entry, now: datetime) -> datetime:
-        """What an entry's first slot at start-up follows: ``now``, or the instant a runtime
-        entry was added or changed, when that is within the catch-up grace."""
-        since = self.runtime.since.get(entry.name) if self.runtime is not None else None
+    def _first_slot_start(self, now: datetime, since: datetime | None) -> datetime:
+        """What an entry's first slot at start-up follows: ``now``, or ``since`` (the instant a
+        runtime entry was added or changed) when that is within the catch-up grace."""
         grace = self.settings.catchup_grace
         return now if since is None else min(now, max(since, now - grace))
 

@@ -17,8 +17,9 @@ import pytest
 import redis
 from celery.schedules import crontab
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import fail_after_first_page, one_page_per_read, runtime_names
 
-from celery_fork_scheduler import Manager, Scheduler
+from celery_fork_scheduler import Manager
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.entry import entries_from_config
 from celery_fork_scheduler.store import RuntimeStore
@@ -33,8 +34,7 @@ UTC = ZoneInfo("UTC")
 
 @pytest.fixture(autouse=True)
 def one_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_LOAD_SECONDS", 0.0)
+    one_page_per_read(monkeypatch)
 
 
 @pytest.fixture
@@ -46,10 +46,6 @@ def clock() -> FakeClock:
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
-
-
-def runtime_names(scheduler: Scheduler) -> set[str]:
-    return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}
 
 
 def add_yearly(manager: Manager, count: int = COUNT, **extra: Any) -> list[str]:
@@ -324,23 +320,6 @@ def test_probe_one_crontab_object_in_entries_of_different_zones_keeps_each_zone(
     }
 
 
-def _fail_after_first_page(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """RuntimeStore.pages answers one page, then ConnectionError; returns the real method."""
-    real_pages = RuntimeStore.pages
-
-    def failing_after_one_page(self: RuntimeStore, *args: Any, **kwargs: Any) -> Any:
-        version, pages = real_pages(self, *args, **kwargs)
-
-        def pages_then_error() -> Iterator[Any]:
-            yield next(pages)
-            raise redis.ConnectionError("connection lost mid-read")
-
-        return version, pages_then_error()
-
-    monkeypatch.setattr(RuntimeStore, "pages", failing_after_one_page)
-    return real_pages
-
-
 def test_a_mid_read_error_does_not_lift_the_starting_deadline_for_the_entries_not_read(
     make: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,7 +349,7 @@ def test_a_mid_read_error_does_not_lift_the_starting_deadline_for_the_entries_no
     first.close()
     monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
     clock.set("2026-03-02T10:03:30+00:00")
-    real_pages = _fail_after_first_page(monkeypatch)
+    real_pages = fail_after_first_page(monkeypatch)
     replica = make(clock, "a", beat_cron_starting_deadline=60, fork_scheduler_refresh_interval=0.5)
     first_page = runtime_names(replica)
     monkeypatch.setattr(RuntimeStore, "pages", real_pages)

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import at, fail_after_first_page, one_page_per_read, runtime_names
 
-from celery_fork_scheduler import Manager, Scheduler
+from celery_fork_scheduler import Manager
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.store import RuntimeStore
@@ -25,23 +26,13 @@ from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 @pytest.fixture(autouse=True)
 def one_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_LOAD_SECONDS", 0.0)
+    one_page_per_read(monkeypatch)
 
 
 @pytest.fixture
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
-
-
-def runtime_names(scheduler: Scheduler) -> set[str]:
-    return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}
-
-
-def at(text: str) -> str:
-    """The ISO form `fired` uses for a slot on 2026-03-02 (``"10:01"`` -> 10:01:00 UTC)."""
-    return f"2026-03-02T{text}:00+00:00"
 
 
 def whole_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,23 +42,6 @@ def whole_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def one_page_per_tick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-
-
-def fail_after_first_page(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """RuntimeStore.pages answers one page, then ConnectionError; returns the real method."""
-    real_pages = RuntimeStore.pages
-
-    def failing_after_one_page(self: RuntimeStore, *args: Any, **kwargs: Any) -> Any:
-        version, pages = real_pages(self, *args, **kwargs)
-
-        def pages_then_error() -> Iterator[Any]:
-            yield next(pages)
-            raise redis.ConnectionError("connection lost mid-read")
-
-        return version, pages_then_error()
-
-    monkeypatch.setattr(RuntimeStore, "pages", failing_after_one_page)
-    return real_pages
 
 
 def ran_then_all_down(

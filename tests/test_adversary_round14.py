@@ -9,7 +9,6 @@ tests/test_paged_load.py and tests/test_adversary_round13.py.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -17,12 +16,18 @@ from typing import Any
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import (
+    at,
+    dead_replica_claims,
+    one_page_per_read,
+    padding,
+    runtime_names,
+    slot_at,
+    wait_for_redis_time,
+)
 
-from celery_fork_scheduler import Manager, Scheduler, task_id_for
-from celery_fork_scheduler import scheduler as scheduler_module
-from celery_fork_scheduler.backends.base import Claim
+from celery_fork_scheduler import Manager
 from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.testing import FakeClock
 
 
@@ -30,40 +35,6 @@ from celery_fork_scheduler.testing import FakeClock
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
-
-
-def one_page_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_LOAD_SECONDS", 0.0)
-
-
-def runtime_names(scheduler: Scheduler) -> set[str]:
-    return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}
-
-
-def at(text: str) -> str:
-    """The ISO form `fired` uses for a slot on 2026-03-02 (``"10:01"`` -> 10:01:00 UTC)."""
-    return f"2026-03-02T{text}:00+00:00"
-
-
-def slot_at(text: str) -> datetime:
-    return datetime.fromisoformat(at(text))
-
-
-def dead_replica_claims(redis_url: str, names: list[str], slot: datetime, **claim: Any) -> None:
-    """A replica ("dead") wins ``slot`` of each of ``names`` and dies before publishing any."""
-    app = make_app(redis_url)
-    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-    backend.replica_id = "dead"
-    try:
-        for start in range(0, len(names), 500):
-            claims = [
-                Claim(n, slot, task_id_for(n, slot), **claim) for n in names[start : start + 500]
-            ]
-            results = backend.claim(claims)
-            assert all(result.outcome.publish for result in results)
-    finally:
-        backend.close()
 
 
 # -- failing -----------------------------------------------------------------------------------
@@ -97,11 +68,11 @@ def test_an_unsent_claim_of_an_entry_read_late_is_taken_over_as_at_the_start(
         for n in names
     )
     clock.set("2026-03-02T10:00:00.100+00:00")
-    dead_replica_claims(redis_url, names, slot_at("10:00"), runtime=True)
+    claimed = dead_replica_claims(redis_url, names, slot_at("10:00"), runtime=True)
     clock.set("2026-03-02T10:00:06+00:00")
     x = make(clock, "x", fork_scheduler_claim_lease=3)
     assert x.runtime.loading
-    time.sleep(3.2)  # the claims' lease (Redis TIME) runs out
+    wait_for_redis_time(redis_url, claimed + 3)  # the claims' lease (3 s) runs out
     tick_for(x.tick, clock, 9, step=3)  # a page at 10:00:06, :09, :12, :15
     assert not x.runtime.loading
     tick_for(x.tick, clock, 5, step=0.25)
@@ -109,11 +80,6 @@ def test_an_unsent_claim_of_an_entry_read_late_is_taken_over_as_at_the_start(
     missing = sorted(n for n in names if (n, at("10:00")) not in published)
     assert missing == [], f"{len(missing)} unsent claims of 10:00:00 never taken over"
     assert max(published.values()) == 1
-
-
-def yearly_static(count: int) -> dict[str, Any]:
-    """``count`` static entries that never fall due during a test (padding the start-up)."""
-    return {f"st{i:05}": {"task": "reports.yearly", "schedule": "0 0 1 1 *"} for i in range(count)}
 
 
 def test_a_slot_due_during_the_read_fires_when_the_view_changes_while_it_waits_for_its_mark(
@@ -151,7 +117,7 @@ def test_a_slot_due_during_the_read_fires_when_the_view_changes_while_it_waits_f
         for n in names
     )
     clock.set("2026-03-02T10:00:51+00:00")
-    x = make(clock, "x", beat_schedule=yearly_static(12_000), fork_scheduler_owner_grace=1)
+    x = make(clock, "x", beat_schedule=padding(12_000), fork_scheduler_owner_grace=1)
     assert x.ownership is not None and x.runtime.loading
     x.tick()  # 10:00:51
     clock.advance(5)

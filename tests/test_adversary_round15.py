@@ -9,19 +9,16 @@ a million).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import at, dead_replica_claims, padding, slot_at, wait_for_redis_time
 
 from celery_fork_scheduler import Manager, startup_catchup, task_id_for
-from celery_fork_scheduler.backends.base import Claim
 from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.testing import FakeClock
 
 
@@ -29,34 +26,6 @@ from celery_fork_scheduler.testing import FakeClock
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
-
-
-def at(text: str) -> str:
-    """The ISO form `fired` uses for a slot on 2026-03-02 (``"10:01"`` -> 10:01:00 UTC)."""
-    return f"2026-03-02T{text}:00+00:00"
-
-
-def slot_at(text: str) -> datetime:
-    return datetime.fromisoformat(at(text))
-
-
-def padding(count: int) -> dict[str, Any]:
-    """``count`` static entries that never fall due during a test: each takes one batch of
-    marks (MARKS_BATCH = 1) ahead of the entries under test."""
-    return {f"pad{i:03}": {"task": "reports.yearly", "schedule": "0 0 1 1 *"} for i in range(count)}
-
-
-def dead_replica_claims(redis_url: str, names: list[str], slot: datetime, **claim: Any) -> None:
-    """A replica ("dead") wins ``slot`` of each of ``names`` and dies before publishing any."""
-    app = make_app(redis_url)
-    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
-    backend.replica_id = "dead"
-    try:
-        claims = [Claim(n, slot, task_id_for(n, slot), **claim) for n in names]
-        results = backend.claim(claims)
-        assert all(result.outcome.publish for result in results)
-    finally:
-        backend.close()
 
 
 def fail_marks_read(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> list[list[str]]:
@@ -154,11 +123,11 @@ def test_an_unsent_claim_is_taken_over_when_its_entry_changes_before_its_marks_a
     manager = Manager(make_app(redis_url), clock=clock)
     manager.add("job", "reports.minute", "* * * * *")
     clock.set("2026-03-02T10:00:00.100+00:00")
-    dead_replica_claims(redis_url, ["job"], slot_at("10:00"), runtime=True)
+    claimed = dead_replica_claims(redis_url, ["job"], slot_at("10:00"), runtime=True)
     clock.set("2026-03-02T10:00:06+00:00")
     x = make(clock, "x", beat_schedule=padding(20), fork_scheduler_claim_lease=3)
     assert "job" in x.entries and x.catch_up.pending("job")
-    time.sleep(3.2)  # the claim's lease (Redis TIME) runs out
+    wait_for_redis_time(redis_url, claimed + 3)  # the claims' lease (3 s) runs out
     x.tick()
     clock.set("2026-03-02T10:00:06.500+00:00")
     manager.update("job", kwargs={"v": 2})
@@ -222,10 +191,10 @@ def test_probe_without_the_update_the_unsent_claim_is_taken_over(
     manager = Manager(make_app(redis_url), clock=clock)
     manager.add("job", "reports.minute", "* * * * *")
     clock.set("2026-03-02T10:00:00.100+00:00")
-    dead_replica_claims(redis_url, ["job"], slot_at("10:00"), runtime=True)
+    claimed = dead_replica_claims(redis_url, ["job"], slot_at("10:00"), runtime=True)
     clock.set("2026-03-02T10:00:06+00:00")
     x = make(clock, "x", beat_schedule=padding(20), fork_scheduler_claim_lease=3)
-    time.sleep(3.2)
+    wait_for_redis_time(redis_url, claimed + 3)  # the claims' lease (3 s) runs out
     tick_for(x.tick, clock, 66.5, step=0.25)
     published = fired(x.publisher)
     assert published[("job", at("10:00"))] == 1
@@ -244,10 +213,10 @@ def test_probe_a_takeover_read_out_of_turn_and_the_next_chain_slot_in_one_tick(
     monkeypatch.setattr(startup_catchup, "MARKS_BATCH", 1)
     schedule = {**padding(200), "job": {"task": "reports.ten", "schedule": 10.0}}
     clock = FakeClock("2026-03-02T10:00:00.100+00:00")
-    dead_replica_claims(redis_url, ["job"], slot_at("10:00"))
+    claimed = dead_replica_claims(redis_url, ["job"], slot_at("10:00"))
     clock.set("2026-03-02T10:00:06+00:00")
     x = make(clock, "x", beat_schedule=schedule, fork_scheduler_claim_lease=3)
-    time.sleep(3.2)
+    wait_for_redis_time(redis_url, claimed + 3)  # the claims' lease (3 s) runs out
     tick_for(x.tick, clock, 15, step=0.25)  # to 10:00:21
     assert x.catch_up.unchecked  # `job`'s batch not reached: it was read out of turn
     published = fired(x.publisher)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import at, padding
 
 from celery_fork_scheduler import Manager, signals, startup_catchup
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -32,15 +33,6 @@ def make(redis_url: str) -> Iterator[Any]:
         yield make
 
 
-def at(text: str) -> str:
-    """The ISO form `fired` uses for a slot on 2026-03-02 (``"10:01"`` -> 10:01:00 UTC)."""
-    return f"2026-03-02T{text}:00+00:00"
-
-
-def slot_at(text: str) -> datetime:
-    return datetime.fromisoformat(at(text))
-
-
 def redis_client_outages(redis_url: str) -> int:
     """How many outage summaries Redis keeps (default prefix)."""
     client = redis.Redis.from_url(redis_url)
@@ -48,12 +40,6 @@ def redis_client_outages(redis_url: str) -> int:
         return int(client.llen(Keys("scheduler:").outages))
     finally:
         client.close()
-
-
-def padding(count: int) -> dict[str, Any]:
-    """``count`` static entries that never fall due during a test: each takes one batch of
-    marks (MARKS_BATCH = 1) ahead of the entries under test."""
-    return {f"pad{i:03}": {"task": "reports.yearly", "schedule": "0 0 1 1 *"} for i in range(count)}
 
 
 # -- failing -----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import one_page_per_read, runtime_names
 
-from celery_fork_scheduler import ConfigError, Manager, Scheduler, startup_catchup
+from celery_fork_scheduler import ConfigError, Manager, startup_catchup
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.entry import entries_from_config, entry_from_config
 from celery_fork_scheduler.store import RuntimeStore
@@ -31,8 +32,7 @@ UTC = ZoneInfo("UTC")
 
 @pytest.fixture(autouse=True)
 def one_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_LOAD_SECONDS", 0.0)
+    one_page_per_read(monkeypatch)
 
 
 @pytest.fixture
@@ -54,10 +54,6 @@ def manager(redis_url: str, clock: FakeClock) -> Manager:
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
-
-
-def runtime_names(scheduler: Scheduler) -> set[str]:
-    return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}
 
 
 def test_a_starting_replica_reads_the_entries_over_its_first_ticks_and_misses_no_slot(
