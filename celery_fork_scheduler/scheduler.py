@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
-import json
 import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from functools import partial
@@ -42,7 +40,7 @@ from .catchup import MAX_CATCH_UP_SLOTS, slots_due
 from .config import Settings, app_timezone, read_settings
 from .decorators import periodic_entries
 from .due import ChunkClaim, DueSlot, Work
-from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict, stored_fields
+from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
 from .held import HeldRuns
 from .ids import slot_isoformat, task_id_for
@@ -60,10 +58,10 @@ from .publishing import (
 from .redis_clock import RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
-from .schedules.base import SlotSchedule
 from .shutdown import stop_signals_deferred
 from .startup_catchup import StartupCatchUp
 from .startup_checks import warn_about_tasks, warn_about_unsupported_policies
+from .static_build import StaticBuild
 from .timequeue import QueueItem, TimeQueue
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -88,9 +86,13 @@ WARM_MARGIN = 0.05
 WARM_LONGEST = 0.5
 #: Earlier definitions of a changed entry remembered, for the slots they still owe.
 SUPERSEDED_KEPT = 4
-#: Runtime entries are read page by page at start-up: this long before the first tick (a
-#: store of ordinary size is read whole), then this long per tick until every page is read.
+#: Entries are built and read page by page at start-up (static entries first, then runtime
+#: entries): this long before the first tick (a configuration and a store of ordinary size are
+#: read whole), then, per tick, this long for static entries (built on this host: their slots
+#: wait until they are) ...
 SETUP_LOAD_SECONDS = 1.0
+TICK_BUILD_SECONDS = 0.4
+#: ... and this long for runtime entries (read from Redis: the others cover their slots).
 TICK_LOAD_SECONDS = 0.1
 
 
@@ -120,47 +122,6 @@ def _head_first(chunks: list[list[QueueItem]]) -> list[list[QueueItem]]:
         head.append(item)
     rest = [item for item in first if item.entry.name not in names]
     return [head, rest, *chunks[1:]] if rest else chunks
-
-
-#: Entry definitions encoded together by :func:`_digest` (one ``json.dumps`` call each).
-DIGEST_CHUNK = 10_000
-
-
-def _digest(entries: Iterable[Entry]) -> int:
-    """A fingerprint of entry definitions (replicas with different ones never trust each
-    other's progress)."""
-    digest = 0
-    iterator = iter(entries)
-    schedules: dict[int, tuple[SlotSchedule, dict[str, Any]]] = {}  # entries share schedules
-    while chunk := list(itertools.islice(iterator, DIGEST_CHUNK)):
-        try:
-            fields = [_definition(entry, schedules) for entry in chunk]
-            text = json.dumps(fields, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError):  # one cannot be stored (lazy args): each on its own
-            text = "".join(_definition_text(entry) for entry in chunk)
-        digest = zlib.crc32(text.encode(), digest)
-    return digest
-
-
-def _definition(
-    entry: Entry, schedules: dict[int, tuple[SlotSchedule, dict[str, Any]]]
-) -> dict[str, Any]:
-    """An entry's name and stored fields (the name decides its owner); ``schedules``: the dict
-    form of each schedule met so far."""
-    if entry.lazy:
-        raise TypeError("lazy arguments")
-    known = schedules.get(id(entry.schedule))
-    if known is None:
-        known = schedules[id(entry.schedule)] = (entry.schedule, entry.schedule.to_dict())
-    return {"name": entry.name, **stored_fields(entry, known[1])}
-
-
-def _definition_text(entry: Entry) -> str:
-    """An entry's definition as JSON, or, when it cannot be stored as JSON, its repr."""
-    try:
-        return json.dumps(_definition(entry, {}), sort_keys=True, allow_nan=False)
-    except Exception:
-        return repr(entry)
 
 
 @contextlib.contextmanager
@@ -228,6 +189,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.ownership: Ownership | None = None
         self._static_digest = 0
         self._closed = False
+        #: The exit status owed once Celery's beat loop has stopped (a bad entry found after
+        #: the first tick: Celery's loop ends quietly on ``SystemExit``, see :meth:`sync`).
+        self._exit_status = 0
         with self._config_errors_stop_beat():
             self.settings: Settings = read_settings(app.conf)
         self._backend_override = backend
@@ -242,6 +206,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             monotonic,
         )
         self.outage = BackendOutage(self.reports, lambda: self.backend, self.now)
+        self.static = StaticBuild(None, {}, default_timezone=timezone.utc)
         self.static_names: frozenset[str] = frozenset()
         self.runtime: RuntimeEntries | None = None
         self.metrics: Metrics | None = None
@@ -311,6 +276,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if not self.exit_on_config_error:
                 raise
             logger.critical("fork scheduler: invalid configuration: %s", exc)
+            self._exit_status = 1
             # The line above says it all; a message here would be printed (and logged) again.
             raise SystemExit(1) from None
 
@@ -322,27 +288,29 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _setup_schedule(self) -> None:
         floor = self.settings.min_interval
         calendars = self.settings.calendars
-        entries = entries_from_config(
-            self.app.conf.beat_schedule,
-            default_timezone=self.default_timezone,
-            min_interval=floor,
-            calendars=calendars,
-        )
-        for name, entry in periodic_entries(
+        beat_schedule = self.app.conf.beat_schedule
+        config = beat_schedule if isinstance(beat_schedule, Mapping) else {}
+        built = periodic_entries(
             self.app,
             default_timezone=self.default_timezone,
             min_interval=floor,
             calendars=calendars,
-        ).items():
-            if name in entries:
+        )
+        for name in built:
+            if name in config:
                 logger.warning(
                     "fork scheduler: @periodic entry %s is shadowed by beat_schedule", name
                 )
-            else:
-                entries[name] = entry
-        entries.update(self._default_entries(entries))
+        built.update(self._default_entries(lambda name: name in config or name in built))
+        self.static = StaticBuild(
+            beat_schedule,
+            built,
+            default_timezone=self.default_timezone,
+            min_interval=floor,
+            calendars=calendars,
+        )
         resolve_listeners(self.settings.event_listeners)
-        self.static_names = frozenset(entries)
+        self.static_names = self.static.names
         backend = self.backend
         store = backend.runtime_store()
         if store is not None:
@@ -362,8 +330,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     self.settings.owner_grace,
                     self.monotonic,
                 )
-                self._static_digest = _digest(entries[name] for name in sorted(self.static_names))
-        self.entries = {name: self._jittered(entry) for name, entry in entries.items()}
         if not backend.protects_replicas and getattr(backend, "warns_single_replica", True):
             logger.warning(
                 "fork scheduler: no Redis configured (fork_scheduler_redis_url, or a redis:// "
@@ -377,21 +343,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         else:
             self.redis_clock.follow()
             self._started = self.now()
-            for entry in self.entries.values():
-                self._queue_first_slot(entry, self._started)
-            self.pipeline.note_entries(self.entries.values())
             if self.settings.metrics_port:
                 self.metrics = Metrics()
                 self.metrics.connect(self)
                 self.metrics.serve(self.settings.metrics_port)
                 logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
-        self._load_runtime_pages(SETUP_LOAD_SECONDS)
-        if self._reading_runtime:
+        self._read_entries(SETUP_LOAD_SECONDS)
+        if self._reading_entries:
             logger.info(
-                "fork scheduler: backend %s, %d entries so far; the other runtime entries are "
-                "read over the first ticks",
+                "fork scheduler: backend %s, %d entries so far; the other %s are read over the "
+                "first ticks",
                 backend.describe(),
                 len(self.entries),
+                "entries" if self.static.complete else f"{self.static.remaining} static entries",
             )
         else:
             logger.info(
@@ -420,10 +384,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return False
         return True
 
-    def _default_entries(self, entries: Mapping[str, Entry]) -> dict[str, Entry]:
-        """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it."""
+    def _default_entries(self, taken: Callable[[str], bool]) -> dict[str, Entry]:
+        """Celery's own default entry (``celery.backend_cleanup``), when Celery would add it
+        (``taken``: whether an entry of a name is defined)."""
         conf = self.app.conf
-        if "celery.backend_cleanup" in entries or not conf.result_expires:
+        if taken("celery.backend_cleanup") or not conf.result_expires:
             return {}
         if self.app.backend.supports_autoexpire:
             return {}
@@ -436,16 +401,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             {"celery.backend_cleanup": definition}, default_timezone=self.default_timezone
         )
 
-    def _load_runtime_pages(self, seconds: float) -> None:
-        """Read pages of the runtime entries for about ``seconds`` (at least one page): a
-        replica starting with a million of them publishes the others' slots meanwhile."""
-        runtime = self.runtime
-        if runtime is None or not runtime.loading:
+    def _read_entries(self, seconds: float) -> None:
+        """Build pages of the static entries, then read pages of the runtime entries, for
+        about ``seconds`` (at least one page): a replica starting with a million entries
+        publishes the slots of those it has meanwhile."""
+        static, runtime = self.static, self.runtime
+        if static.complete and (runtime is None or not runtime.loading):
             return
         deadline = self.monotonic() + seconds
         now = self.now()
         loaded: list[Entry] = []
-        while runtime.loading:
+        while not static.complete:
+            loaded.extend(self._add_read_late(entry, now, None) for entry in static.page())
+            if static.complete:
+                self._static_digest = static.digest
+            elif self.monotonic() >= deadline:
+                break
+        while static.complete and runtime is not None and runtime.loading:
             page = runtime.load_page(self.static_names)
             for entry in page.changed:
                 if entry.name not in self.entries:  # a page scan may return a name twice
@@ -456,9 +428,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.pipeline.note_entries(loaded)
 
     def _add_read_late(self, entry: Entry, now: datetime, added: datetime | None) -> Entry:
-        """Add a runtime entry read after start-up (by a page, or by a poll before every page
-        was read), scheduled as if it had been read when beat started (see
-        :meth:`_queue_read_late`); ``added``: the instant it was added."""
+        """Add an entry read after start-up (a static entry by a page of the build, a runtime
+        entry by a page, or by a poll before every page was read), scheduled as if it had been
+        read when beat started (see :meth:`_queue_read_late`); ``added``: the instant a
+        runtime entry was added."""
         entry = self.entries[entry.name] = self._jittered(entry)
         if self.settings.enabled and entry.enabled:
             self._queue_read_late(entry, now, added)
@@ -507,19 +480,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
 
-    def _queue_first_slot(self, entry: Entry, now: datetime) -> None:
-        """Queue an entry's next slot at start-up; its missed slots are looked for batch by
-        batch.
-
-        Reading the high-water marks of 100 000 entries takes seconds, so it happens in the
-        first ticks (:class:`.startup_catchup.StartupCatchUp`), while the next slots are
-        already queued.
-        """
-        if entry.enabled:
-            since = self.runtime.since.get(entry.name) if self.runtime is not None else None
-            start = self._first_slot_start(now, since)
-            self.catch_up.add(entry, self._queue_upcoming(entry, start), now, since)
-
     def _first_slot_start(self, now: datetime, since: datetime | None) -> datetime:
         """What an entry's first slot at start-up follows: ``now``, or ``since`` (the instant a
         runtime entry was added or changed) when that is within the catch-up grace."""
@@ -548,9 +508,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
         self.redis_clock.watch_for_steps()
-        self._load_runtime_pages(TICK_LOAD_SECONDS)
+        with self._config_errors_stop_beat():
+            self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
         self._refresh_runtime_entries()
-        if not self._startup_read_done and not self._reading_runtime:
+        if not self._startup_read_done and not self._reading_entries:
             logger.info("fork scheduler: %d entries, every runtime entry read", len(self.entries))
             self._all_entries_read()
         now = self.now()
@@ -623,8 +584,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _follow_owners(self, now: datetime) -> None:
         """Follow which replicas are live, and so which entries this one owns; when that view
         changes, the deferred items are decided again (one may be this replica's now)."""
-        if self.ownership is None or self.runtime is None:
-            return
+        if self.ownership is None or self.runtime is None or not self.static.complete:
+            return  # while static entries are built, this replica asks about all it has
         basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
         if self.ownership.follow(now, basis):
             for item in self.deferred.pop_all():
@@ -635,16 +596,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _report_progress(self, now: datetime) -> None:
         """Tell the other replicas up to when this one asked about every slot it owns: every
         item due by ``now`` was handled, except those queued again after their slot."""
-        if self.ownership is None or self.catch_up.unchecked or self._reading_runtime:
+        if self.ownership is None or self.catch_up.unchecked or self._reading_entries:
             return  # until every entry is read and its missed slots queued, nothing is promised
         late = self.queue.oldest_late_slot()
         until = now if late is None else min(now, _from_timestamp(late) - timedelta(microseconds=1))
         self.ownership.report(until, now)
 
     @property
-    def _reading_runtime(self) -> bool:
-        """Whether some runtime entries may not be read yet since start-up."""
-        return self.runtime is not None and not self.runtime.complete
+    def _reading_entries(self) -> bool:
+        """Whether some static entries are not built, or some runtime entries may not be read
+        yet, since start-up."""
+        return not self.static.complete or (self.runtime is not None and not self.runtime.complete)
 
     def now(self) -> datetime:
         """The current instant on Redis's clock: this host's clock plus the measured offset."""
@@ -1174,7 +1136,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Until the next slot, bounded by ``beat_max_loop_interval`` and, with runtime
         entries, by ``fork_scheduler_refresh_interval``."""
         longest = float(self.max_interval)
-        if self.runtime is not None and self.runtime.loading:
+        if not self.static.complete or (self.runtime is not None and self.runtime.loading):
             return 0.0
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
@@ -1226,6 +1188,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                         exc,
                     )
         self._backend.sync()
+        if self._exit_status:  # Celery's loop stops quietly on SystemExit; beat still fails
+            status, self._exit_status = self._exit_status, 0
+            raise SystemExit(status)
 
     def close(self) -> None:
         """Sync, close the backend and release the broker connection; once (Celery closes

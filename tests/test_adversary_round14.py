@@ -342,7 +342,7 @@ def test_probe_the_static_digest_is_equal_for_equal_configs_and_differs_for_diff
     from zoneinfo import ZoneInfo
 
     from celery_fork_scheduler.entry import entries_from_config
-    from celery_fork_scheduler.scheduler import _digest
+    from celery_fork_scheduler.static_build import static_digest
 
     def lazy_args() -> list[int]:
         return [1]
@@ -360,7 +360,7 @@ def test_probe_the_static_digest_is_equal_for_equal_configs_and_differs_for_diff
 
     def digest(beat_schedule: dict[str, Any]) -> int:
         entries = entries_from_config(beat_schedule, default_timezone=ZoneInfo("UTC"))
-        return _digest(entries[name] for name in sorted(entries))
+        return static_digest(entries[name] for name in sorted(entries))
 
     reference = digest(config())
     assert digest(config()) == reference

@@ -65,13 +65,13 @@ def test_a_blip_on_the_out_of_turn_marks_read_does_not_cancel_the_catch_up(
     Redis is back"; start-up read row: "its slots wait until its high-water mark is read, so
     that the missed ones are claimed first"; `"all"` fires each missed slot).
 
-    Sequence: static `job` (`* * * * *`, catchup="all") after 3 yearly padding entries;
+    Sequence: static `zjob` (`* * * * *`, catchup="all") after 3 yearly padding entries;
     MARKS_BATCH = 1. A replica publishes 10:00:00 and stops; every replica is down until
     10:04:59.8, when x starts. Tick 10:04:59.8 reads pad000's mark (ok); tick 10:05:00.05
-    reads pad001's (ok), then `job`'s 10:05:00 is due and `_missed_first` reads its mark out
+    reads pad001's (ok), then `zjob`'s 10:05:00 is due and `_missed_first` reads its mark out
     of turn: that one read meets a connection blip (every retry of one pipeline).
     `_missed_first` then lets the due item "meet the outage like any other" — but Redis
-    answers again at once, so x *claims* 10:05:00, raising the mark. When `job`'s batch is
+    answers again at once, so x *claims* 10:05:00, raising the mark. When `zjob`'s batch is
     read (10:05:00.55) the reference is the mark 10:05:00: 10:01..10:04, owed by "all", are
     never published (round 14's back-off variant of the same loss was fixed; this is the blip
     landing on the out-of-turn read itself).
@@ -80,20 +80,20 @@ def test_a_blip_on_the_out_of_turn_marks_read_does_not_cancel_the_catch_up(
     clock = FakeClock("2026-03-02T09:59:59.500+00:00")
     schedule = {
         **padding(3),
-        "job": {"task": "reports.minute", "schedule": "* * * * *", "catchup": "all"},
+        "zjob": {"task": "reports.minute", "schedule": "* * * * *", "catchup": "all"},
     }
     first = make(clock, "first", beat_schedule=schedule)
     tick_for(first.tick, clock, 1.5, step=0.25)
-    assert fired(first.publisher)[("job", at("10:00"))] == 1
+    assert fired(first.publisher)[("zjob", at("10:00"))] == 1
     first.close()
     clock.set("2026-03-02T10:04:59.800+00:00")
     x = make(clock, "x", beat_schedule=schedule)
     calls = fail_marks_read(monkeypatch, {3})
     tick_for(x.tick, clock, 5, step=0.25)
-    assert calls[2] == ["job"]  # the out-of-turn read met the blip
+    assert calls[2] == ["zjob"]  # the out-of-turn read met the blip
     published = fired(x.publisher)
-    assert published[("job", at("10:05"))] == 1
-    missing = [s for s in ("10:01", "10:02", "10:03", "10:04") if ("job", at(s)) not in published]
+    assert published[("zjob", at("10:05"))] == 1
+    missing = [s for s in ("10:01", "10:02", "10:03", "10:04") if ("zjob", at(s)) not in published]
     assert missing == [], f"catchup='all' never published {missing}"
 
 

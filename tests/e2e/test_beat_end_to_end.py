@@ -128,6 +128,40 @@ def test_a_bad_entry_stops_beat_at_start_up_with_a_message_naming_it(
     assert "entry 'nightly-report', field 'schedule'" in output
 
 
+def test_a_bad_entry_found_after_the_first_tick_stops_beat_with_status_1_and_no_traceback(
+    redis_url: str, workdir: Path
+) -> None:
+    """A large configuration is built over the first ticks (here: a page of 2 entries, none
+    before the first tick); the bad entry on a later page stops beat as at start-up."""
+    module = write_project(
+        workdir,
+        """
+        import celery_fork_scheduler.scheduler
+        import celery_fork_scheduler.static_build
+
+        celery_fork_scheduler.scheduler.SETUP_LOAD_SECONDS = 0.0
+        celery_fork_scheduler.static_build.PAGE_SIZE = 2
+        app.conf.beat_schedule = {
+            f"fine-{i}": {"task": "record", "schedule": 10} for i in range(10)
+        }
+        app.conf.beat_schedule["zz-nightly-report"] = {"task": "record", "schedule": "0 0 30 2 *"}
+        """,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", module, "beat", "-S", "fork", "-l", "info"],
+        cwd=workdir,
+        env={"TEST_BROKER_URL": redis_url, "PYTHONPATH": str(workdir), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "entry 'zz-nightly-report', field 'schedule'" in output
+    assert "Traceback" not in output
+    assert output.index("beat: Starting...") < output.index("zz-nightly-report")  # in a tick
+
+
 def test_scheduler_alias_fork_is_registered() -> None:
     from celery.utils.imports import load_extension_class_names
 
