@@ -653,7 +653,7 @@ def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetim
 
 def _tags(name: str, value: object) -> frozenset[str]:
     if value is None:
-        return frozenset()
+        return NO_TAGS
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(
@@ -684,7 +684,7 @@ def _choice(name: str, field_name: str, value: object, choices: tuple[str, ...])
     if value not in choices:
         allowed = ", ".join(repr(choice) for choice in choices)
         raise _fail(name, field_name, f"must be one of {allowed}, not {shown(value)}")
-    return str(value)
+    return choices[choices.index(value)]  # the constant: a decoded copy is not kept per entry
 
 
 def _overlap(name: str, definition: Mapping[str, Any]) -> Overlap:
@@ -1001,6 +1001,8 @@ def entry_from_dict(
     if data.get("schema") != ENTRY_SCHEMA:
         raise _fail(name, "schema", f"unknown stored entry schema {data.get('schema')!r:.60}")
     definition = {key: value for key, value in data.items() if key != "schema"}
+    if type(definition.get("args")) is list:  # the decoder's list has room to grow: a tight copy
+        definition["args"] = list(definition["args"])
     return entry_from_config(
         name,
         definition,
