@@ -35,7 +35,8 @@ class BackendOutage:
         #: reported once, and the record stays as small as the number of entries.
         self.reported_entries: dict[str, datetime] = {}
         self._missed = 0
-        self._started: datetime | None = None
+        #: When the current outage began (``None`` when there is none).
+        self.started: datetime | None = None
 
     def begin(self, exc: Exception, now: datetime) -> None:
         """The backend could not be reached: said once per outage."""
@@ -46,7 +47,7 @@ class BackendOutage:
             exc,
         )
         self.active = True
-        self._started = now
+        self.started = now
 
     def miss(self, due_slot: DueSlot) -> None:
         """Report a due slot not published for want of the backend (once per outage)."""
@@ -71,7 +72,7 @@ class BackendOutage:
         self.active = False
         self.reported_entries.clear()
         self._missed = 0
-        self._started = None
+        self.started = None
 
     def _sum_up(self) -> None:
         """Log, keep in Redis and signal (``outage_ended``) what the outage cost."""
@@ -79,7 +80,7 @@ class BackendOutage:
         ended = self._now()
         outage = Outage(
             replica=backend.replica_id,
-            started=self._started or ended,
+            started=self.started or ended,
             ended=ended,
             slots=self._missed,
             entry_count=len(self.reported_entries),

@@ -236,6 +236,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The instant beat started (runtime entries read later are queued from it).
         self._started = datetime.now(timezone.utc)
         self._startup_read_done = False
+        #: While entries are read at start-up: the spans this replica could not have claimed
+        #: in (no tick for longer than the catch-up grace, or the backend away), from ... to.
+        #: An entry read later judges its slots in them by its catch-up policy, as an entry
+        #: read before them did.
+        self._interruptions: list[tuple[datetime, datetime]] = []
+        self._last_tick_end: datetime | None = None
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -349,6 +355,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.metrics.serve(self.settings.metrics_port)
                 logger.info("fork scheduler: metrics on port %d", self.settings.metrics_port)
         self._read_entries(SETUP_LOAD_SECONDS)
+        self._last_tick_end = self.now()
         if self._reading_entries:
             logger.info(
                 "fork scheduler: backend %s, %d entries so far; the other %s are read over the "
@@ -401,6 +408,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             {"celery.backend_cleanup": definition}, default_timezone=self.default_timezone
         )
 
+    def _note_interruptions(self, now: datetime) -> None:
+        """While entries are read: a pause since the last tick (longer than the catch-up
+        grace) is a span this replica claimed nothing in."""
+        last = self._last_tick_end
+        if last is not None and now - last > self.settings.catchup_grace:
+            self._interruptions.append((last, now))
+
+    def _outage_ended(self, now: datetime) -> None:
+        """The backend answered: the outage, if any, ends (a span claimed nothing in)."""
+        if self.outage.active and not self._startup_read_done and self.outage.started:
+            self._interruptions.append((self.outage.started, now))
+        self.outage.end()
+
+    def _interruption_end(self, instant: datetime) -> datetime | None:
+        """The end of the span this replica could not claim in that holds ``instant``, if
+        any."""
+        for start, end in self._interruptions:
+            if start <= instant < end:
+                return end
+        return None
+
     def _read_entries(self, seconds: float) -> None:
         """Build pages of the static entries, then read pages of the runtime entries, for
         about ``seconds`` (at least one page): a replica starting with a million entries
@@ -413,8 +441,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         loaded: list[Entry] = []
         while not static.complete:
             loaded.extend(self._add_read_late(entry, now, None) for entry in static.page())
-            if static.complete:
-                self._static_digest = static.digest
+            if static.complete:  # the default jitter moves every slot of every entry
+                jitter = self.settings.default_jitter.total_seconds()
+                self._static_digest = zlib.crc32(f"jitter={jitter}".encode(), static.digest)
             elif self.monotonic() >= deadline:
                 break
         while static.complete and runtime is not None and runtime.loading:
@@ -445,7 +474,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
         Its missed slots before ``began`` are looked for by the start-up catch-up as of
         ``began``; the slots that fell due since are due slots, asked about now whatever its
-        catch-up policy (a replica reading is not a replica down).
+        catch-up policy (a replica reading is not a replica down), except those that fell due
+        while it could not have claimed them (paused, or the backend away): those are judged
+        by the catch-up policy as of the end of that span, as for an entry read before it
+        (the backend away now: all of them, by the chain, as every entry's are).
         """
         since = self.runtime.since.get(entry.name) if self.runtime is not None else None
         if added is not None and added > self._started:
@@ -456,17 +488,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(began, since)))
         self.catch_up.add(entry, upcoming, began, since)
         slot = upcoming
-        for _ in range(MAX_CATCH_UP_SLOTS):
+        for _ in range(0 if self.outage.active else MAX_CATCH_UP_SLOTS):
+            # (the backend away: the chain meets the outage, as every entry's does)
             if slot is None or entry.publish_at(slot) > now:
                 break
-            self.queue.push(now.timestamp(), entry, slot, retry=True)
-            slot = entry.first_slot_after(slot)
+            ended = self._interruption_end(entry.publish_at(slot))
+            if ended is None:
+                self.queue.push(now.timestamp(), entry, slot, retry=True)
+                slot = entry.first_slot_after(slot)
+                continue
+            grace = self.settings.catchup_grace
+            for due in slots_due(entry, slot - timedelta(microseconds=1), ended, grace=grace):
+                self.queue.push(now.timestamp(), entry, due, retry=True)
+            slot = entry.first_slot_after(entry.due_edge(ended))
         if slot is not None:
             self._push_chain(entry, slot)
 
     def _all_entries_read(self) -> None:
         """Every entry is read: the start-up warnings and the metrics cover them all."""
         self._startup_read_done = True
+        self._interruptions.clear()
         if self.runtime is not None:
             # Each entry's add or change instant served its first queued slot (and its
             # catch-up item keeps its own); later changes carry theirs in each Update.
@@ -508,6 +549,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Handle every due slot, then return the seconds to sleep until the next one."""
         self.redis_clock.watch_for_steps()
+        if not self._startup_read_done:
+            self._note_interruptions(self.now())
         with self._config_errors_stop_beat():
             self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
         self._refresh_runtime_entries()
@@ -531,6 +574,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             started = self.monotonic()
             if self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now):
                 sleep = max(0.0, sleep - (self.monotonic() - started))
+        if not self._startup_read_done:
+            self._last_tick_end = self.now()
         return sleep
 
     def _hold_back(
@@ -914,7 +959,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._learn_marks(results)
         admitted, lost = self._admit(chunk.due, results, now)
         if lost is None:
-            self.outage.end()
+            if chunk.due:  # an empty chunk asked the backend nothing: no sign it is back
+                self._outage_ended(now)
             lost = self.pipeline.send(admitted, now, meanwhile)
         for work in chunk.works:
             self._queue_follow_up(work, now)

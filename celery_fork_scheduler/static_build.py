@@ -72,9 +72,18 @@ def _definition(entry: Entry, schedules: SchedulesSeen) -> dict[str, Any]:
 
 
 def _definition_text(entry: Entry) -> str:
-    """An entry's definition as JSON, or, when it cannot be stored as JSON, its repr."""
+    """An entry's definition as JSON; what JSON cannot hold (a ``datetime`` argument) as its
+    repr, so that equal definitions give equal texts in every process (tags are sorted, not a
+    set's repr). Lazy arguments (a callable) are their repr: never equal across processes."""
     try:
         return json.dumps(_definition(entry, {}), sort_keys=True, allow_nan=False)
+    except Exception:
+        pass
+    try:
+        if entry.lazy:
+            raise TypeError("lazy arguments")
+        fields = {"name": entry.name, **stored_fields(entry, entry.schedule.to_dict())}
+        return json.dumps(fields, sort_keys=True, default=repr)
     except Exception:
         return repr(entry)
 
