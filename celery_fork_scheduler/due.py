@@ -35,6 +35,8 @@ class Work:
     #: grace for another replica's entry; with jitter, just before a slot still waiting for
     #: its offset): the next slot follows it.
     horizon: datetime | None = None
+    #: The owner whose progress covered these slots: the next one is parked under it.
+    park_under: str | None = None
 
 
 @dataclass(slots=True)

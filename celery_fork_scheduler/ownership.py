@@ -125,6 +125,15 @@ class Ownership:
             return False
         return all(slot <= record.until for slot in slots)
 
+    def keeps_up(self, owner: str, now: datetime) -> datetime | None:
+        """The ``until`` of ``owner``'s record when this replica trusts it (the same view, a
+        live owner) and it is no further behind ``now`` than the grace: the owner's entries
+        may stay parked (see :mod:`.parking`). ``None`` otherwise."""
+        record = self.records.get(owner)
+        if record is None or record.view != self.view or owner not in self.live:
+            return None
+        return record.until if now - record.until <= self.grace else None
+
     def follow(self, now: datetime, basis: int) -> bool:
         """Read the replicas' records (at most every :data:`READ_INTERVAL`); return True when
         this replica's view changed (the live set or the ``basis`` of the slots)."""

@@ -47,6 +47,7 @@ from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
 from .ownership import Ownership
+from .parking import ParkedChains
 from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
 from .publishing import (
     CeleryPublisher,
@@ -186,6 +187,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.queue = TimeQueue()
         #: Items of entries another replica owns, waiting for the owner's grace.
         self.deferred = TimeQueue()
+        #: Chains of entries whose owner keeps up, set aside (see :mod:`.parking`).
+        self.parked = ParkedChains()
         self.ownership: Ownership | None = None
         self._static_digest = 0
         self._closed = False
@@ -632,11 +635,32 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.ownership is None or self.runtime is None or not self.static.complete:
             return  # while static entries are built, this replica asks about all it has
         basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
-        if self.ownership.follow(now, basis):
+        changed = self.ownership.follow(now, basis)
+        if changed:
             for item in self.deferred.pop_all():
                 self.queue.push(
                     item.when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
                 )
+        self._release_parked(now, everything=changed)
+
+    def _release_parked(self, now: datetime, *, everything: bool) -> None:
+        """Queue again the parked chains of each owner that stopped keeping up (all of them
+        when the view changed), from the first slot after what its record was trusted for."""
+        ownership = self.ownership
+        if ownership is None:
+            return
+        for owner in self.parked.owners():
+            until = None if everything else ownership.keeps_up(owner, now)
+            if until is not None:
+                self.parked.trust(owner, until)
+                continue
+            items, trusted = self.parked.release(owner)
+            for item in items:
+                slot: datetime | None = item.slot
+                if trusted is not None and item.slot <= trusted:
+                    slot = item.entry.first_slot_after(trusted)  # the owner asked about those
+                if slot is not None:
+                    self._push_chain(item.entry, slot)
 
     def _report_progress(self, now: datetime) -> None:
         """Tell the other replicas up to when this one asked about every slot it owns: every
@@ -729,6 +753,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             logger.info("fork scheduler: entry %s removed", name)
         self._superseded.pop(name, None)
         self._finished.discard(name)
+        self.parked.forget(name)
         self.catch_up.forget(name)
         self.outage.reported_entries.pop(name, None)
         self._known_marks.pop(name, None)
@@ -859,7 +884,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if owner is not None and ownership is not None and ownership.handled_by(owner, slots, now):
             for slot in slots:
                 self.reports.skipped_slot(name, slot, "claimed")
-            return Work(item, [], entry, until, decided)
+            # the current definition's next slot waits, parked, while the owner keeps up
+            park = owner if entry is item.entry else None
+            return Work(item, [], entry, until, decided, park_under=park)
         due = []
         for slot in slots:
             if (name, slot) not in seen:
@@ -994,7 +1021,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         except Exception as exc:  # one entry's failure is that entry's, never the tick's
             self.reports.failed(entry, work.item.slot, exc, "computing the next slot of")
             return
-        if upcoming is not None and (work.until is None or upcoming <= work.until):
+        if upcoming is None or (work.until is not None and upcoming > work.until):
+            return
+        owner, ownership = work.park_under, self.ownership
+        trusted = None if owner is None or ownership is None else ownership.keeps_up(owner, now)
+        if owner is not None and trusted is not None:
+            item = QueueItem(work.item.entry.publish_at(upcoming).timestamp(), entry, upcoming)
+            self.parked.park(owner, item, trusted)
+        else:
             self._push_chain(work.item.entry, upcoming)
 
     def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
@@ -1186,6 +1220,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return 0.0
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
+        if self.ownership is not None and self.parked:  # an owner that stops is seen soon
+            longest = min(longest, self.ownership.grace.total_seconds() / 2)
         if self.pipeline.unfinished:
             longest = min(longest, BACKEND_RETRY_SECONDS)
         next_read = self.catch_up.seconds_to_next_read()

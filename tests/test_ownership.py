@@ -17,6 +17,7 @@ from celery_fork_scheduler.ownership import owner_of
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
+START_AT = datetime.fromisoformat(START).replace(microsecond=0)
 ENTRIES = {f"e{i:02}": {"task": "t", "schedule": every(1).seconds} for i in range(30)}
 DIVIDED = {"fork_scheduler_owner_grace": 1}
 
@@ -145,3 +146,64 @@ def test_replicas_whose_entries_differ_only_by_name_never_trust_each_others_prog
     assert max(everything.values()) == 1
     for name in ("e00", "renamed"):
         assert len({slot for (entry, slot) in everything if entry == name}) >= 7, name
+
+
+def not_owned_in_queues(replica: Scheduler) -> int:
+    """Items queued (now or deferred) for entries another replica owns."""
+    ownership = replica.ownership
+    assert ownership is not None
+    items = [item for _, _, item in replica.queue._heap + replica.deferred._heap]
+    return sum(1 for item in items if ownership.other_owner(item.entry.name) is not None)
+
+
+def test_a_non_owner_parks_the_entries_whose_owner_keeps_up_and_handles_none_of_their_slots(
+    make: Any, clock: FakeClock
+) -> None:
+    replicas = [make(clock, "replica-a"), make(clock, "replica-b")]
+    tick_all(replicas, clock, 4)
+    skipped: list[str] = []
+    for replica in replicas:
+        assert replica.ownership is not None and len(replica.ownership.live) == 2
+        owned_elsewhere = [n for n in ENTRIES if replica.ownership.other_owner(n) is not None]
+        assert 0 < len(owned_elsewhere) < len(ENTRIES)
+        assert len(replica.parked) == len(owned_elsewhere)
+        assert not_owned_in_queues(replica) == 0
+        replica.reports.skipped_slot = lambda entry, slot, reason: skipped.append(entry)  # type: ignore[method-assign]
+    tick_all(replicas, clock, 10)
+    assert skipped == []  # no slot of a parked entry was even looked at
+    everything = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    first = START_AT + timedelta(seconds=5)
+    for name in ENTRIES:
+        for second in range(9):
+            assert (name, (first + timedelta(seconds=second)).isoformat()) in everything
+
+
+def test_a_view_change_releases_parked_chains_and_no_slot_is_missed_or_repeated(
+    make: Any, clock: FakeClock
+) -> None:
+    replicas = [make(clock, "replica-a"), make(clock, "replica-b")]
+    tick_all(replicas, clock, 4)
+    assert all(len(r.parked) > 0 for r in replicas)
+    replicas.append(make(clock, "replica-c"))  # a new live set: every entry is divided again
+    tick_all(replicas, clock, 8)
+    assert all(r.ownership is not None and len(r.ownership.live) == 3 for r in replicas)
+    for replica in replicas:
+        owned_elsewhere = [n for n in ENTRIES if replica.ownership.other_owner(n) is not None]  # type: ignore[union-attr]
+        assert len(replica.parked) == len(owned_elsewhere)
+    everything = fired(*[r.publisher for r in replicas])  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
+    first = START_AT + timedelta(seconds=1)
+    for name in ENTRIES:
+        for second in range(11):
+            assert (name, (first + timedelta(seconds=second)).isoformat()) in everything
+
+
+def test_a_removed_entry_leaves_nothing_parked(make: Any, clock: FakeClock) -> None:
+    replicas = [make(clock, "replica-a"), make(clock, "replica-b")]
+    tick_all(replicas, clock, 4)
+    replica = replicas[0]
+    parked = len(replica.parked)
+    name = next(n for n in ENTRIES if replica.ownership.other_owner(n) is not None)  # type: ignore[union-attr]
+    replica.remove_entry(name)
+    assert len(replica.parked) == parked - 1
