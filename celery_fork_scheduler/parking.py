@@ -37,6 +37,11 @@ class ParkedChains:
         """``owner``'s record, trusted, says it asked about its slots up to ``until``."""
         self._trusted[owner] = max(until, self._trusted.get(owner, until))
 
+    def earliest_trusted(self) -> datetime | None:
+        """The oldest ``until`` trusted from an owner with parked entries: that owner's
+        entries are released once it is a grace old."""
+        return min((self._trusted[owner] for owner in self._by_owner), default=None)
+
     def owners(self) -> list[str]:
         """The owners with parked entries."""
         return list(self._by_owner)

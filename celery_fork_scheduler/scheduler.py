@@ -56,7 +56,7 @@ from .publishing import (
     occurrence_from_json,
     occurrence_to_json,
 )
-from .redis_clock import RedisClock
+from .redis_clock import CLOCK_TOLERANCE, RedisClock
 from .reports import SlotReports
 from .runtime import RuntimeEntries
 from .shutdown import stop_signals_deferred
@@ -79,6 +79,8 @@ INITIAL_CLAIM_RATE = 1000.0
 RATE_SAMPLE_MIN = 50
 #: How often a replica records itself in Redis (``celery schedule replicas``).
 ANNOUNCE_SECONDS = 5.0
+#: An ``early`` answer this far ahead of the slot: this host's clock is measured again at once.
+EARLY_CLOCK_CHECK = 1.0
 #: The shortest wait before asking again about a slot that is pending or early.
 MIN_RETRY_SECONDS = 0.05
 #: Idle time is spent making message templates, up to this long before the next wake-up...
@@ -245,6 +247,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: read before them did.
         self._interruptions: list[tuple[datetime, datetime]] = []
         self._last_tick_end: datetime | None = None
+        #: Per entry, the earliest slot answered ``early`` by far in the chunk in hand: where
+        #: its chain resumes (when, entry, slot); see :meth:`_queue_follow_ups`.
+        self._rewound: dict[str, tuple[float, Entry, datetime]] = {}
+        #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
+        self._seen_offset = timedelta(0)
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -411,6 +418,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             {"celery.backend_cleanup": definition}, default_timezone=self.default_timezone
         )
 
+    def _follow_corrections(self) -> None:
+        """After the clock was corrected (a host clock that stepped, measured again): the
+        items queued on the wrong clock wake no later than their slots on Redis's (a chain
+        resumed after an ``early`` answer while the clock was ahead by minutes would wait that
+        long after its slot). Takeover retries wait for a claim lease and keep their time."""
+        offset = self.redis_clock.offset
+        if abs(offset - self._seen_offset) < CLOCK_TOLERANCE:
+            return
+        self._seen_offset = offset
+        now = self.now().timestamp()
+
+        def when(item: QueueItem) -> float:
+            if item.takeover:
+                return item.when
+            return min(item.when, max(item.entry.publish_at(item.slot).timestamp(), now))
+
+        self.queue.rebase(when)
+
     def _note_interruptions(self, now: datetime) -> None:
         """While entries are read: a pause since the last tick (longer than the catch-up
         grace) is a span this replica claimed nothing in."""
@@ -557,6 +582,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with self._config_errors_stop_beat():
             self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
         self._refresh_runtime_entries()
+        self._follow_corrections()
         if not self._startup_read_done and not self._reading_entries:
             logger.info("fork scheduler: %d entries, every runtime entry read", len(self.entries))
             self._all_entries_read()
@@ -989,8 +1015,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if chunk.due:  # an empty chunk asked the backend nothing: no sign it is back
                 self._outage_ended(now)
             lost = self.pipeline.send(admitted, now, meanwhile)
-        for work in chunk.works:
-            self._queue_follow_up(work, now)
+        self._queue_follow_ups(chunk.works, now)
         return lost
 
     def _settle_ahead(self, chunk: ChunkClaim, now: datetime) -> list[Work]:
@@ -1006,9 +1031,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._learn_marks(results)
         admitted, _ = self._admit(chunk.due, results, now)
         self.pipeline.ask_again(admitted, now)
-        for work in chunk.works:
-            self._queue_follow_up(work, now)
+        self._queue_follow_ups(chunk.works, now)
         return []
+
+    def _queue_follow_ups(self, works: Sequence[Work], now: datetime) -> None:
+        """Queue the next slot of each work's entry; an entry whose slots came back ``early``
+        by more than :data:`EARLY_CLOCK_CHECK` (decided on a clock that had stepped ahead)
+        resumes from the earliest of them, once it is due on Redis's clock (see
+        :meth:`_admit`)."""
+        rewound = self._rewound
+        for work in works:
+            resume = rewound.pop(work.item.entry.name, None)
+            if resume is not None and work.follow is not None:
+                when, entry, slot = resume
+                self.queue.push(when, entry, slot)  # the chain, from the earliest early slot
+            else:
+                if resume is not None:  # a retry's slot: asked again
+                    when, entry, slot = resume
+                    self.queue.push(when, entry, slot, retry=True)
+                self._queue_follow_up(work, now)
+        for when, entry, slot in rewound.values():
+            self.queue.push(when, entry, slot, retry=True)
+        rewound.clear()
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:
         """Queue the next slot of a work's entry after the instant its slots were decided up
@@ -1088,6 +1132,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         won: list[DueSlot] = []
         finished: list[Entry] = []
         taken_over: list[Claim] = []
+        if any(
+            r.outcome is ClaimOutcome.EARLY and r.retry_after >= EARLY_CLOCK_CHECK for r in results
+        ):
+            # Redis says a slot is well ahead: this host's clock stepped ahead since it was
+            # last measured. Measured again now, the retries wake at their slots on Redis's
+            # clock, not a step later (seed 42: a +33 min step, 1 000 retries stranded).
+            self.redis_clock.follow()
+            now = self.now()
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
             if result.superseded:
@@ -1101,6 +1153,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                         "taken over from a replica that did not publish it",
                     )
                 won.append(due_slot)
+            elif outcome is ClaimOutcome.EARLY and result.retry_after >= EARLY_CLOCK_CHECK:
+                # Decided on a clock that stepped ahead: not one retry per slot (a catchup="all"
+                # entry would queue a thousand), its chain resumes from its earliest such slot.
+                when = now.timestamp() + result.retry_after
+                name, slot = due_slot.entry.name, due_slot.claim.slot
+                earlier = self._rewound.get(name)
+                if earlier is None or slot < earlier[2]:
+                    self._rewound[name] = (when, due_slot.entry, slot)
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
                 when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
                 takeover = outcome is ClaimOutcome.PENDING
@@ -1220,14 +1280,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return 0.0
         if self.runtime is not None:
             longest = min(longest, self.settings.refresh_interval.total_seconds())
-        if self.ownership is not None and self.parked:  # an owner that stops is seen soon
-            longest = min(longest, self.ownership.grace.total_seconds() / 2)
         if self.pipeline.unfinished:
             longest = min(longest, BACKEND_RETRY_SECONDS)
         next_read = self.catch_up.seconds_to_next_read()
         if next_read is not None:
             longest = min(longest, next_read)
         wakeups = [w for w in (self.queue.next_wakeup(), self.deferred.next_wakeup()) if w]
+        trusted = self.parked.earliest_trusted()
+        if trusted is not None and self.ownership is not None:  # an owner that stopped: at once
+            wakeups.append((trusted + self.ownership.grace).timestamp() + MIN_RETRY_SECONDS)
         if not wakeups:
             return longest
         wakeup = min(wakeups)

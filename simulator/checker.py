@@ -318,7 +318,10 @@ class Checker:
         if start + REFRESH <= s < end - CHANGE_SLACK:
             return True
         if end - CHANGE_SLACK <= s < end + REFRESH:
-            following = epochs[index + 1][2] if index + 1 < len(epochs) else None
+            # the definition in force at the slot: a second change within the window decides
+            # (seed 487: every 5 s -> an edit -> every 3 s 0.7 s later, the slot after both)
+            later = [e for at, _, e in epochs[index + 1 :] if at <= max(s, end)] or [None]
+            following = later[-1]
             return following is not None and self._is_slot(following, slot)
         if start - CHANGE_SLACK <= s < start + REFRESH:
             previous = epochs[index - 1][2] if index > 0 else None
@@ -808,7 +811,9 @@ class Checker:
         """Whether the run of ``slot`` started after a run of a later slot of ``name`` did."""
         mine = [run.start for run in self.world.runs if run.entry == name and run.slot == slot]
         return any(
-            run.entry == name and run.slot > slot and run.start < start
+            run.entry == name
+            and run.slot > slot
+            and run.start < start
             and not self._markers_lost(run.start, start)
             for start in mine
             for run in self.world.runs

@@ -72,7 +72,7 @@ def test_a_stop_that_is_not_deferred_is_caught() -> None:
 
 
 def test_a_run_that_skips_its_marker_check_is_caught() -> None:
-    result = _simulate("--seed", "6", "--mutation", "no_retake")
+    result = _simulate("--seed", "10", "--mutation", "no_retake")
     assert result.returncode == 1
     assert "VIOLATION [singleton]" in result.stdout or "VIOLATION [capped]" in result.stdout
 
@@ -148,13 +148,15 @@ def test_a_slot_due_just_before_a_removal_is_not_owed() -> None:
     is in a tick publishing another entry on a Redis answering in 163 ms, the others leave the
     slot to it for ``fork_scheduler_owner_grace``, and each replica's next refresh sees the
     removal and drops the entry: documented (slots already due at a change still fire "unless
-    the change disables the entry or removes it"). The checker owed it (a silent loss)."""
+    the change disables the entry or removes it"). The checker owed it (a silent loss).
+    Since the replicas park the entries their owner keeps up with, the seed's timeline moved:
+    the owner now publishes 17:40:15 6 ms after the removal, before its refresh saw it (also
+    allowed: neither publishing nor dropping a slot due this close to a removal is owed)."""
     result = _simulate("--seed", "9118", "--trace")
     trace = result.stdout
     assert "redis slow for 8.0 s" in trace
     update = trace.index("operator update rt1")
     assert "operator remove rt1" in trace[update:]
-    assert "rt1 slot 2030-01-01T17:40:15+00:00 from" not in trace  # dropped with the entry
     assert "rt1 slot 2030-01-01T17:40:10+00:00 from r1.0" in trace  # 5 s before: owed, fired
     assert trace.strip().splitlines()[-1].startswith("1 runs, 0 violations"), trace[-3000:]
     assert result.returncode == 0

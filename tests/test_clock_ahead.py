@@ -1,0 +1,61 @@
+"""A replica whose clock runs ahead of Redis's (a step not measured yet) hears ``early`` for
+the slots it decides: it must not queue a retry per slot (a catchup="all" entry would queue a
+thousand), and once its clock is corrected its queued items wake at their slots on Redis's
+clock, not a step later. Real Redis; a fake clock ahead of Redis ``TIME``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from replica_helpers import schedulers
+
+from celery_fork_scheduler import every
+from celery_fork_scheduler.testing import FakeClock
+
+ENTRY = {"job": {"task": "t", "schedule": every(1).seconds, "catchup": "all"}}
+
+
+@pytest.fixture
+def make(redis_url: str) -> Iterator[Any]:
+    with schedulers(redis_url) as make:
+        yield make
+
+
+def ahead(seconds: float) -> FakeClock:
+    real = datetime.now(timezone.utc).replace(microsecond=0)
+    return FakeClock((real + timedelta(seconds=seconds)).isoformat())
+
+
+def test_slots_answered_early_by_far_leave_one_chain_item_not_one_retry_per_slot(
+    make: Any,
+) -> None:
+    clock = ahead(3600)
+    replica = make(clock, "a", beat_schedule=ENTRY)
+    sizes = []
+    for _ in range(40):
+        clock.advance(0.25)
+        replica.tick()
+        sizes.append(len(replica.queue))
+    assert replica.publisher.occurrences == []
+    assert max(sizes) <= 2, sizes  # before: one more retry per second
+
+
+def test_after_the_clock_is_corrected_items_queued_on_it_wake_at_their_slots(
+    make: Any,
+) -> None:
+    clock = ahead(0)
+    replica = make(clock, "a", beat_schedule=ENTRY)
+    replica.tick()
+    (when_before,) = [item.when for _, _, item in replica.queue._heap]
+    slot = next(item.slot for _, _, item in replica.queue._heap)
+    # A retry queued on a clock that was 600 s ahead, then the clock is corrected.
+    replica.queue.push(when_before + 600, replica.entries["job"], slot, retry=True)
+    replica.redis_clock.offset = timedelta(seconds=-0.5)
+    replica._follow_corrections()
+    assert sorted(item.when for _, _, item in replica.queue._heap) == [
+        pytest.approx(when_before),
+        pytest.approx(when_before),
+    ]
