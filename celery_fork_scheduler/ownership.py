@@ -134,10 +134,11 @@ class Ownership:
             return None
         return record.until if now - record.until <= self.grace else None
 
-    def follow(self, now: datetime, basis: int) -> bool:
-        """Read the replicas' records (at most every :data:`READ_INTERVAL`); return True when
-        this replica's view changed (the live set or the ``basis`` of the slots)."""
-        if self.monotonic() < self._next_read and basis == self.basis:
+    def follow(self, now: datetime, basis: int, *, force: bool = False) -> bool:
+        """Read the replicas' records (at most every :data:`READ_INTERVAL`, unless ``force``);
+        return True when this replica's view changed (the live set or the ``basis`` of the
+        slots)."""
+        if not force and self.monotonic() < self._next_read and basis == self.basis:
             return False
         self._next_read = self.monotonic() + READ_INTERVAL
         try:

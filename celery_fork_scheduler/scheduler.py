@@ -661,7 +661,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.ownership is None or self.runtime is None or not self.static.complete:
             return  # while static entries are built, this replica asks about all it has
         basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
-        changed = self.ownership.follow(now, basis)
+        ownership = self.ownership
+        changed = ownership.follow(now, basis)
+        if not changed and any(ownership.keeps_up(o, now) is None for o in self.parked.owners()):
+            # Look again before releasing an owner's chains: its record may be newer than the
+            # last read (a release costs every parked entry a deferral and a check).
+            changed = ownership.follow(now, basis, force=True)
         if changed:
             for item in self.deferred.pop_all():
                 self.queue.push(
@@ -670,16 +675,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._release_parked(now, everything=changed)
 
     def _release_parked(self, now: datetime, *, everything: bool) -> None:
-        """Queue again the parked chains of each owner that stopped keeping up (all of them
-        when the view changed), from the first slot after what its record was trusted for."""
+        """Queue again the parked chains of each owner that stopped keeping up, once the
+        earliest of their slots after what its record was trusted for is a grace old (a busy
+        owner writes its record after its tick), or all of them at once when the view
+        changed; from the first slot after what the owner's record was trusted for."""
         ownership = self.ownership
         if ownership is None:
             return
+        grace = ownership.grace.total_seconds()
         for owner in self.parked.owners():
             until = None if everything else ownership.keeps_up(owner, now)
             if until is not None:
                 self.parked.trust(owner, until)
                 continue
+            if not everything:
+                first = self.parked.first_due(owner)
+                if first is not None and now.timestamp() < first + grace:
+                    self.parked.hold(owner, first + grace)
+                    continue
             items, trusted = self.parked.release(owner)
             for item in items:
                 slot: datetime | None = item.slot
@@ -1286,9 +1299,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if next_read is not None:
             longest = min(longest, next_read)
         wakeups = [w for w in (self.queue.next_wakeup(), self.deferred.next_wakeup()) if w]
-        trusted = self.parked.earliest_trusted()
-        if trusted is not None and self.ownership is not None:  # an owner that stopped: at once
-            wakeups.append((trusted + self.ownership.grace).timestamp() + MIN_RETRY_SECONDS)
+        if self.ownership is not None:  # an owner that stopped is seen at once
+            look = self.parked.next_look(self.ownership.grace.total_seconds())
+            if look is not None:
+                wakeups.append(look + MIN_RETRY_SECONDS)
         if not wakeups:
             return longest
         wakeup = min(wakeups)

@@ -207,3 +207,41 @@ def test_a_removed_entry_leaves_nothing_parked(make: Any, clock: FakeClock) -> N
     name = next(n for n in ENTRIES if replica.ownership.other_owner(n) is not None)  # type: ignore[union-attr]
     replica.remove_entry(name)
     assert len(replica.parked) == parked - 1
+
+
+def test_an_owner_whose_record_lands_after_its_busy_tick_keeps_its_entries_parked(
+    make: Any, clock: FakeClock
+) -> None:
+    """The owner's record is written after its tick: an owner publishing for 0.3 s after each
+    second reports "up to T" at T + 0.3, so at T + 1 + grace its record still says T. Its
+    entries' next slots (T + 1) are not a grace old before T + 2: nothing is released, and
+    the non-owner looks at none of their slots."""
+    owner, other = make(clock, "replica-a"), make(clock, "replica-b")
+    tick_all([owner, other], clock, 4)
+    assert owner.ownership is not None and len(other.parked) > 0
+    late: list[tuple[float, datetime, datetime]] = []
+    report = owner.ownership.report
+
+    def report_later(until: datetime, now: datetime) -> None:
+        late.append((clock().timestamp() + 0.3, until, now))
+
+    owner.ownership.report = report_later  # type: ignore[method-assign]
+    skipped: list[str] = []
+    other.reports.skipped_slot = lambda entry, slot, reason: skipped.append(entry)  # type: ignore[method-assign]
+    end = clock() + timedelta(seconds=8)
+    step = 0
+    while clock() < end:
+        if step % 20 == 0:  # the owner wakes each second (its entries' slots)
+            owner.tick()
+        step += 1
+        other.tick()
+        for record in [r for r in late if r[0] <= clock().timestamp()]:
+            late.remove(record)
+            owner.ownership._next_write = 0.0
+            report(record[1], record[2])
+        clock.advance(0.05)
+    assert skipped == []
+    parked_names = {n for n in ENTRIES if other.ownership.other_owner(n) is not None}  # type: ignore[union-attr]
+    assert len(other.parked) == len(parked_names)
+    everything = fired(owner.publisher, other.publisher)  # type: ignore[arg-type]
+    assert max(everything.values()) == 1
