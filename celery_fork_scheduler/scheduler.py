@@ -1053,6 +1053,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         resumes from the earliest of them, once it is due on Redis's clock (see
         :meth:`_admit`)."""
         rewound = self._rewound
+        if not rewound:  # the usual case: no per-work lookup on the claim path
+            for work in works:
+                self._queue_follow_up(work, now)
+            return
         for work in works:
             resume = rewound.pop(work.item.entry.name, None)
             if resume is not None and work.follow is not None:

@@ -30,6 +30,13 @@ def one_page_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(static_build, "PAGE_SIZE", 10**9)
 
 
+def one_static_page_per_tick(monkeypatch: pytest.MonkeyPatch, page: int) -> None:
+    """Each start-up and each tick builds exactly one page of ``page`` static entries."""
+    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
+    monkeypatch.setattr(scheduler_module, "TICK_BUILD_SECONDS", 0.0)
+    monkeypatch.setattr(static_build, "PAGE_SIZE", page)
+
+
 def runtime_names(scheduler: Scheduler) -> set[str]:
     """The runtime entries a replica has read."""
     return {name for name, entry in scheduler.entries.items() if entry.source == "runtime"}

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, store_raw, tick_for
-from startup_helpers import at
+from startup_helpers import at, one_static_page_per_tick
 
-from celery_fork_scheduler import Manager, static_build
+from celery_fork_scheduler import Manager
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.testing import FakeClock
 
@@ -33,9 +33,7 @@ PAGE = 2
 
 @pytest.fixture(autouse=True)
 def one_page_per_tick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_BUILD_SECONDS", 0.0)
-    monkeypatch.setattr(static_build, "PAGE_SIZE", PAGE)
+    one_static_page_per_tick(monkeypatch, PAGE)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 from replica_helpers import fired, make_app, schedulers, tick_for
+from startup_helpers import one_static_page_per_tick
 
-from celery_fork_scheduler import ConfigError, Scheduler, static_build
-from celery_fork_scheduler import scheduler as scheduler_module
+from celery_fork_scheduler import ConfigError, Scheduler
 from celery_fork_scheduler.entry import entries_from_config
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.static_build import StaticBuild, static_digest
@@ -35,9 +35,7 @@ UTC = ZoneInfo("UTC")
 
 @pytest.fixture(autouse=True)
 def one_page_per_tick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "SETUP_LOAD_SECONDS", 0.0)
-    monkeypatch.setattr(scheduler_module, "TICK_BUILD_SECONDS", 0.0)
-    monkeypatch.setattr(static_build, "PAGE_SIZE", PAGE)
+    one_static_page_per_tick(monkeypatch, PAGE)
 
 
 @pytest.fixture
