@@ -8,6 +8,7 @@ is small, so each start-up and each tick builds exactly one page.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -45,6 +46,20 @@ def clock() -> FakeClock:
 def make(redis_url: str) -> Iterator[Any]:
     with schedulers(redis_url) as make:
         yield make
+
+
+@contextlib.contextmanager
+def redis_paused(redis_url: str, seconds: float = 4.0) -> Iterator[float]:
+    """Redis answers nobody (``CLIENT PAUSE ... ALL``) for ``seconds``; yields when that ends
+    (monotonic) and returns once Redis answers again."""
+    control = redis.Redis.from_url(redis_url)
+    until = time.monotonic() + seconds
+    control.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+    try:
+        yield until
+    finally:
+        control.ping()  # held by Redis until the pause ends
+        control.close()
 
 
 def minutely(**extra: Any) -> dict[str, Any]:
@@ -225,18 +240,12 @@ def test_a_slot_due_during_the_build_is_replayed_after_an_outage_whatever_its_po
     clock.advance(0.1)
     replica.tick()  # page 2; every mark of page 1 read
     assert not replica.static.complete
-    control = redis.Redis.from_url(redis_url)
-    paused_until = time.monotonic() + 4.0
-    control.execute_command("CLIENT", "PAUSE", 4000, "ALL")
-    try:
+    with redis_paused(redis_url):
         for instant in ("10:01:00.500", "10:01:02", "10:01:30", "10:02:00"):
             clock.set(f"2026-03-02T{instant}+00:00")
             replica.tick()
         assert replica.static.complete
         assert replica.outage.active
-    finally:
-        time.sleep(max(0.0, paused_until - time.monotonic()) + 0.2)
-        control.close()
     clock.set("2026-03-02T10:02:30+00:00")
     tick_for(replica.tick, clock, 2.0, step=0.25)
     assert not replica.outage.active
@@ -271,17 +280,11 @@ def test_one_outage_is_one_error_and_one_recovery_even_when_a_tick_claims_nothin
     )
     clock.advance(0.1)
     replica.tick()
-    control = redis.Redis.from_url(redis_url)
-    paused_until = time.monotonic() + 4.0
-    control.execute_command("CLIENT", "PAUSE", 4000, "ALL")
-    try:
+    with redis_paused(redis_url) as paused_until:
         for instant in ("10:01:00.500", "10:01:30", "10:02:00.500"):
             clock.set(f"2026-03-02T{instant}+00:00")
             replica.tick()
         still_paused = time.monotonic() < paused_until
-    finally:
-        time.sleep(max(0.0, paused_until - time.monotonic()) + 0.2)
-        control.close()
     assert still_paused
     messages = [r.getMessage() for r in caplog.records]
     down = [m for m in messages if "claim backend unavailable" in m]
@@ -436,19 +439,13 @@ def test_a_page_built_during_an_outage_leaves_its_missed_slots_to_the_catch_up_r
         fork_scheduler_redis_options={"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
         fork_scheduler_max_retries=0,
     )
-    control = redis.Redis.from_url(redis_url)
-    paused_until = time.monotonic() + 4.0
-    control.execute_command("CLIENT", "PAUSE", 4000, "ALL")
-    try:
+    with redis_paused(redis_url):
         clock.set("2026-03-02T10:01:00.500+00:00")
         replica.tick()  # page 2; a_skip's 10:01 meets the outage
         assert replica.outage.active and not replica.static.complete
         clock.set("2026-03-02T10:01:02+00:00")
         replica.tick()  # page 3, the outage under way
         assert replica.static.complete
-    finally:
-        time.sleep(max(0.0, paused_until - time.monotonic()) + 0.2)
-        control.close()
     clock.set("2026-03-02T10:02:30+00:00")
     tick_for(replica.tick, clock, 31.0, step=0.5)
     assert not replica.outage.active
