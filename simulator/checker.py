@@ -791,6 +791,12 @@ class Checker:
                     # stalled: after the fence nobody else publishes it, so it arrives late
                     # (guarantees.md). It never queued, and it did not run after a later slot.
                     continue
+                if self._won_lease_before(after) and not self._ran_after_later(name, after.slot):
+                    # Won, then left unpublished for longer than the singleton lease (its
+                    # claimant froze, another replica took it over): its marker expired, so a
+                    # later slot could win and run first. It never queued, and it did not run
+                    # after the later slot (singleton.md, "A run that waited": skipped busy).
+                    continue
                 self.fail(
                     "buffer_all",
                     name,
@@ -804,6 +810,13 @@ class Checker:
         """Whether the replica that published ``message`` fenced its slot before ``at``."""
         return message.source == "beat" and any(
             report.kind == "fenced" and report.replica == message.replica and report.at <= at
+            for report in self.reports.get((message.entry, message.slot), [])
+        )
+
+    def _won_lease_before(self, message: Any) -> bool:
+        """Whether ``message``'s slot was won a singleton lease or more before it was sent."""
+        return any(
+            report.kind == "claim:won" and message.at - report.at >= self.lease
             for report in self.reports.get((message.entry, message.slot), [])
         )
 
