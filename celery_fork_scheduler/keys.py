@@ -47,6 +47,12 @@ class Keys:
         base = f"{self.prefix}{{{entry}}}:"
         return [base + name for name in _ENTRY_KEY_NAMES]
 
+    def retained_keys(self, entry: str) -> list[str]:
+        """The keys of a removed runtime ``entry`` kept for the removal's retention (state,
+        pending claims, history). Not the running marker: its lease is its run's, and a
+        retention (or a re-add's ``PERSIST``) would outlive the run and block the name."""
+        return [self.state(entry), self.pending(entry), self.history(entry)]
+
     @property
     def cap(self) -> str:
         """Zset: task ids of scheduled runs executing now, scored by lease end."""

@@ -292,7 +292,8 @@ for i = 1, count do
     + _FRESH_LUA
     + """)
       redis.call('DEL', entry_key(name, 4))
-      for j = 1, 5 do
+      -- The running marker (3) keeps its own lease: a run of the removed entry may still hold it.
+      for _, j in ipairs({1, 2, 5}) do
         redis.call('PERSIST', entry_key(name, j))
       end
     end
@@ -392,7 +393,8 @@ for i, name in ipairs(names) do
   end
   if own_keys then
     redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
-    for _, j in ipairs({1, 2, 3, 5}) do
+    -- Not the running marker (3): its lease is the run's (a re-add would keep it for ever).
+    for _, j in ipairs({1, 2, 5}) do
       redis.call('PEXPIRE', entry_key(name, j), ARGV[2])
     end
     held[#held + 1] = entry_key(name, 4)
@@ -753,7 +755,7 @@ class RuntimeStore:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
             pipe = self.client.pipeline(transaction=False)
-            for key in self.keys.entry_keys(name):
+            for key in self.keys.retained_keys(name):
                 pipe.persist(key)
             if not fresh:
                 self._start_afresh(pipe, name)
@@ -771,7 +773,7 @@ class RuntimeStore:
     ) -> bool:
         """Remove a runtime entry; False when there was none.
 
-        Its own keys (state, pending, running, history) expire after the retention instead of
+        Its own keys (state, pending, history) expire after the retention instead of
         going at once: a replica that has not seen the removal yet may still claim a slot of
         it, and without the high-water mark it could win a published slot again; the state
         says ``removed``, so that such a claim is refused. A held-back run (``buffer_one``) goes
@@ -788,7 +790,7 @@ class RuntimeStore:
         mark = _removal_mark(self.client, removed_at)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.keys.state(name), "removed", mark)
-        for key in self.keys.entry_keys(name):
+        for key in self.keys.retained_keys(name):
             pipe.pexpire(key, self.retention_ms)
         pipe.delete(self.keys.buffered(name))
         pipe.execute()
@@ -908,7 +910,7 @@ class RuntimeStore:
         if not self.one_node and created:
             pipe = self.client.pipeline(transaction=False)
             for name in created:
-                for key in self.keys.entry_keys(name):
+                for key in self.keys.retained_keys(name):
                     pipe.persist(key)
                 if name not in fresh:
                     self._start_afresh(pipe, name)
@@ -1042,7 +1044,7 @@ class RuntimeStore:
             pipe = self.client.pipeline(transaction=False)
             for name in removed:
                 pipe.hset(self.keys.state(name), "removed", mark)
-                for key in self.keys.entry_keys(name):
+                for key in self.keys.retained_keys(name):
                     pipe.pexpire(key, self.retention_ms)
                 pipe.delete(self.keys.buffered(name))
             pipe.execute()
