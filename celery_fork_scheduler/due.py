@@ -49,3 +49,6 @@ class ChunkClaim:
     results: Future[list[ClaimResult]]
     #: The error that kept every claim of the chunk from being made, once known.
     error: BackendUnavailableError | None = None
+    #: True when each slot is sent by its claim if won (nothing to publish after it): the next
+    #: chunk is decided while Redis runs this one's claim.
+    sent_with_claim: bool = False

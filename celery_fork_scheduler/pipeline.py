@@ -51,10 +51,15 @@ BACKEND_RETRY_SECONDS = 1.0
 WARM_HORIZON = timedelta(minutes=10)
 #: The broker commands :data:`.lua.PUBLISH_ONCE` runs (what Kombu's Redis ``_put`` issues).
 ONCE_COMMANDS = frozenset({"lpush", "pexpire"})
+#: The overlap policies whose new claims can be published in the claim's own step (the others
+#: hold runs back or replace runs: decided by the claim, published after it).
+ONE_STEP_OVERLAPS = frozenset({"allow", "skip"})
 
 logger = logging.getLogger("celery_fork_scheduler")
 
 Prepared = tuple[DueSlot, Occurrence]
+#: The broker commands of one message: ``[(name, (key, argument)), ...]``.
+Commands = list[tuple[str, tuple[Any, ...]]]
 T = TypeVar("T")
 
 
@@ -159,7 +164,7 @@ class PublishPipeline:
             admitted[start : start + PUBLISH_BATCH]
             for start in range(0, len(admitted), PUBLISH_BATCH)
         ]
-        next_claim = _AtMostOnce(meanwhile)
+        next_claim = AtMostOnce(meanwhile)
         started: StartedBatch | None = None
         lost: BackendUnavailableError | None = None
         for index, batch in enumerate(batches):
@@ -229,6 +234,40 @@ class PublishPipeline:
         when = now.timestamp() + BACKEND_RETRY_SECONDS
         for due_slot in due_slots:
             self.queue.push(when, due_slot.entry, due_slot.claim.slot, takeover=True)
+
+    def sends_for(self, due: Sequence[DueSlot]) -> list[Commands | None] | None:
+        """The broker commands with which each slot is claimed and published in one step
+        (see :meth:`.backends.base.PublishesOnce.claim_and_send`), ``None`` for a slot that is
+        claimed only; ``None`` for them all when the broker does not share the claims' Redis.
+
+        Only the slots of entries without lazy arguments (evaluated once won, never for a slot
+        another replica publishes), with overlap ``allow`` or ``skip``, off their exclusion
+        dates, and outside the cluster-wide cap (its places are taken once the slot is won),
+        whose message has a template (the same text Kombu would send). Building a message
+        that raises leaves its slot to the claim-then-publish path, which reports it."""
+        if not due or self.settings.max_concurrent > 0 or not self._shares_redis_with_broker():
+            return None
+        commands_for = getattr(self.publisher, "commands_for", None)
+        if commands_for is None:
+            return None
+        picked: list[int] = []
+        occurrences: list[Occurrence] = []
+        for index, due_slot in enumerate(due):
+            claim, entry = due_slot.claim, due_slot.entry
+            if claim.overlap not in ONE_STEP_OVERLAPS or claim.excluded or entry.lazy:
+                continue
+            try:
+                occurrences.append(build_occurrence(entry, claim.slot, claim.task_id))
+            except Exception:  # the claim-then-publish path builds it again and reports it
+                continue
+            picked.append(index)
+        if not picked:
+            return None
+        sends: list[Commands | None] = [None] * len(due)
+        for index, commands in zip(picked, commands_for(occurrences) or (), strict=False):
+            if isinstance(commands, list) and all(name in ONCE_COMMANDS for name, _ in commands):
+                sends[index] = commands
+        return sends
 
     def _start_batch(self, batch: Sequence[DueSlot], now: datetime) -> StartedBatch:
         """Prepare one batch (step 1 of the module docstring) and, on the one-step path,
@@ -474,7 +513,7 @@ class PublishPipeline:
             self.backend.record_failure(claim, error)
 
 
-class _AtMostOnce:
+class AtMostOnce:
     """Calls ``action`` (if any) the first time it is called, and never again."""
 
     def __init__(self, action: Callable[[], None] | None) -> None:

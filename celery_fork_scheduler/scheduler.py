@@ -35,6 +35,7 @@ from celery.schedules import crontab
 
 from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
+from .backends.base import PublishesOnce
 from .backends.factory import create_backend
 from .catchup import MAX_CATCH_UP_SLOTS, slots_due
 from .config import Settings, app_timezone, read_settings
@@ -48,9 +49,10 @@ from .listeners import resolve_listeners
 from .metrics import Metrics
 from .ownership import Ownership
 from .parking import ParkedChains
-from .pipeline import BACKEND_RETRY_SECONDS, PublishPipeline
+from .pipeline import BACKEND_RETRY_SECONDS, AtMostOnce, Commands, PublishPipeline
 from .publishing import (
     CeleryPublisher,
+    DeliveryUncertain,
     Publisher,
     build_occurrence,
     occurrence_from_json,
@@ -996,12 +998,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             key=lambda due_slot: (due_slot.claim.slot, due_slot.entry.name),
         )
         claims = [slot.claim for slot in due]
-        return ChunkClaim(works, due, self.pipeline.in_lane(partial(self._claim, claims)))
+        sends = self.pipeline.sends_for(due)
+        results = self.pipeline.in_lane(partial(self._claim, claims, sends))
+        sent_with_claim = sends is not None and all(send is not None for send in sends)
+        return ChunkClaim(works, due, results, sent_with_claim=sent_with_claim)
 
-    def _claim(self, claims: list[Claim]) -> list[ClaimResult]:
-        """The backend's claim of ``claims`` (in the lane), its latency observed."""
+    def _claim(self, claims: list[Claim], sends: list[Commands | None] | None) -> list[ClaimResult]:
+        """The backend's claim of ``claims`` (in the lane), its latency observed; with
+        ``sends``, the slots won anew are published in the same step (see
+        :meth:`.PublishPipeline.sends_for`)."""
         started = self.monotonic()
-        results = self.backend.claim(claims)
+        backend = self.backend
+        if sends is not None and isinstance(backend, PublishesOnce):
+            results = backend.claim_and_send(claims, sends)
+        else:
+            results = backend.claim(claims)
         if self.metrics is not None and claims:
             self.metrics.claim_latency.observe(self.monotonic() - started)
         return results
@@ -1017,6 +1028,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         chunk was claimed or admitted, else after the claims (the won slots not yet fenced are
         then queued to be asked about again).
         """
+        next_claim = AtMostOnce(meanwhile)
+        if chunk.sent_with_claim:
+            next_claim()  # its slots leave with its claim: the next chunk is decided meanwhile
         try:
             results = chunk.results.result()
         except BackendUnavailableError as exc:  # nothing of this chunk was claimed
@@ -1027,7 +1041,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if lost is None:
             if chunk.due:  # an empty chunk asked the backend nothing: no sign it is back
                 self._outage_ended(now)
-            lost = self.pipeline.send(admitted, now, meanwhile)
+            lost = self.pipeline.send(admitted, now, next_claim)
         self._queue_follow_ups(chunk.works, now)
         return lost
 
@@ -1187,6 +1201,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             elif outcome is ClaimOutcome.RELEASED:
                 self.reports.skipped(due_slot, result.reason)
                 self._publish_released(result)
+            elif outcome is ClaimOutcome.SENT:
+                self.reports.dispatched(due_slot)
+            elif outcome is ClaimOutcome.UNCERTAIN:
+                error = DeliveryUncertain(RuntimeError(result.error))
+                self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
+                self.reports.skipped(due_slot, "in_flight")
             elif outcome is ClaimOutcome.ERROR:
                 self.reports.failed(
                     due_slot.entry, due_slot.claim.slot, RuntimeError(result.error), "claiming"

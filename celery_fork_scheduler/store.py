@@ -189,8 +189,9 @@ def _removal_mark(client: Any, at: datetime | None) -> str:
 
 
 #: The fields of a state hash that a name added again starts without: its run count, its
-#: finished mark and its pause (the high-water mark stays: it keeps slots from running twice).
-_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed")
+#: finished mark, its pause and the max_runs its held runs were counted under (the high-water
+#: mark stays: it keeps slots from running twice).
+_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed", "max_runs")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 
 #: ``entry_key(name, j)``: the j-th key of an entry (Keys.entry_keys order), built from the key
@@ -291,6 +292,10 @@ for i = 1, count do
       redis.call('HDEL', entry_key(name, 1), """
     + _FRESH_LUA
     + """)
+      local mark = redis.call('HGET', entry_key(name, 1), 'hwm')
+      if mark then  -- runs of slots up to here were the removed definition's (give_back_run)
+        redis.call('HSET', entry_key(name, 1), 'fresh_after', mark)
+      end
       redis.call('DEL', entry_key(name, 4))
       -- The running marker (3) keeps its own lease: a run of the removed entry may still hold it.
       for _, j in ipairs({1, 2, 5}) do
@@ -738,12 +743,25 @@ class RuntimeStore:
         Redis TIME). A new entry's own keys lose an expiry left by an earlier removal (an
         update leaves them, and the lease of a running marker, alone); a new
         entry (a name added again included) starts afresh: no run count, no finished mark, no
-        pause, no held-back run. That is done before it is stored, so that no replica sees it
-        with the old state; and again after, should the name have been removed meanwhile.
+        pause, no held-back run. On one Redis that is done by the write's own script (as
+        :meth:`put_many` does), so a write refused as stale changes nothing. On Redis Cluster it
+        is done before the entry is stored, so that no replica sees it with the old state, and
+        again after, should the name have been removed meanwhile; there a stale expected
+        version is refused before that reset.
         """
         encoded = _encode(name, data)
+        if self.one_node:
+            try:
+                [version] = self.put_many(
+                    [(name, encoded, expected_version, joined_tags(data))], since=since
+                )
+            except BulkConflictError as exc:
+                raise exc.conflicts[0] from None
+            return version
         expected = "" if expected_version is None else str(expected_version)
         fresh = not self.client.hexists(self.keys.runtime_entries, name)
+        if fresh and expected_version:  # removed since it was read: refused, nothing reset
+            raise StaleVersionError(name, expected_version, 0)
         if fresh:
             self._start_afresh(self.client.pipeline(transaction=False), name).execute()
         instant = "" if since is None else str(_epoch_us(since))
@@ -763,9 +781,14 @@ class RuntimeStore:
         return int(reply[0])
 
     def _start_afresh(self, pipe: Any, name: str) -> Any:
-        """Queue the reset of a name's state on ``pipe`` (see :meth:`put`)."""
-        pipe.hdel(self.keys.state(name), *_FRESH_FIELDS)
+        """Queue the reset of a name's state on ``pipe`` (see :meth:`put`); the runs of slots up
+        to its mark were the earlier definition's, never given back to the new one's count."""
+        state = self.keys.state(name)
+        pipe.hdel(state, *_FRESH_FIELDS)
         pipe.delete(self.keys.buffered(name))
+        mark = self.client.hget(state, "hwm")
+        if mark is not None:
+            pipe.hset(state, "fresh_after", mark)
         return pipe
 
     def delete(

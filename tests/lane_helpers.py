@@ -22,14 +22,20 @@ def one_step_beat(
     clock: FakeClock,
     schedule: dict[str, Any],
     publisher: type[CeleryPublisher] = CeleryPublisher,
+    *,
+    sent_with_claim: bool = True,
     **conf: Any,
 ) -> Scheduler:
-    """A replica whose broker is the claims' Redis: each batch is published by one script, and
-    the next chunk's claim starts in the lane as soon as the first batch's script has."""
+    """A replica whose broker is the claims' Redis: each slot is sent by its claim's script
+    (``sent_with_claim``, the default where it applies) or, once claimed, published by one
+    script per batch, the next chunk's claim starting in the lane as soon as the first batch's
+    script has (``sent_with_claim=False``: the path of the slots the claim cannot send)."""
     app = make_app(redis_url, schedule, **conf)
     app.conf.broker_url = redis_url
     scheduler = make_scheduler(redis_url, clock, {}, app=app)
     scheduler.publisher = publisher(app, lambda: scheduler.producer)
+    if not sent_with_claim:
+        scheduler.pipeline.sends_for = lambda due: None  # type: ignore[method-assign]
     return scheduler
 
 

@@ -223,6 +223,8 @@ def test_a_fence_path_slot_beside_a_one_step_publish_that_lost_redis_is_asked_ag
         return real_fence(claims)
 
     backend.begin_publish = begin_publish
+    # The claim-then-publish path (a claim can send its slot itself: tests/test_claim_and_send.py)
+    scheduler.pipeline.sends_for = lambda due: None  # type: ignore[method-assign]
     scheduler.setup_schedule()
     try:
         run_for(scheduler, clock, 13)

@@ -72,9 +72,12 @@ def test_an_unthreaded_lane_runs_at_once_and_keeps_an_error_for_its_result() -> 
         lane.submit(stopped, threaded=False)
 
 
-def burst_beat(redis_url: str, clock: FakeClock) -> Scheduler:
-    """A replica of :data:`ENTRIES` entries every 10 s, on the one-step path."""
-    return one_step_beat(redis_url, clock, burst_schedule(ENTRIES, width=4))
+def burst_beat(redis_url: str, clock: FakeClock, *, sent_with_claim: bool = False) -> Scheduler:
+    """A replica of :data:`ENTRIES` entries every 10 s, on the one-step path: claimed, then
+    published by one script per batch (or, ``sent_with_claim``, sent by the claims)."""
+    return one_step_beat(
+        redis_url, clock, burst_schedule(ENTRIES, width=4), sent_with_claim=sent_with_claim
+    )
 
 
 def test_the_next_chunk_is_claimed_in_the_lane_while_this_one_publishes(
@@ -263,4 +266,94 @@ def test_a_stop_with_one_step_publishes_unsettled_says_how_many(
             scheduler.sync()
         assert f"{unsettled} slot(s) whose one-step publish lost its answer" in caplog.text
     finally:
+        scheduler.close()
+
+
+def test_with_slots_sent_by_their_claims_the_next_chunk_is_decided_while_redis_runs_one(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Each chunk's slots leave with its claim, so the next chunk's claim is started before
+    this one's answer is read: beat decides and builds it while Redis runs the other."""
+    scheduler = burst_beat(redis_url, clock, sent_with_claim=True)
+    order: list[str] = []
+    real_start, real_admit = scheduler._start_claim, scheduler._admit
+
+    def start_claim(works: Any) -> Any:
+        order.append("start")
+        return real_start(works)
+
+    def admit(due: Any, results: Any, now: Any) -> Any:
+        order.append("admit")
+        return real_admit(due, results, now)
+
+    scheduler._start_claim = start_claim  # type: ignore[method-assign]
+    scheduler._admit = admit  # type: ignore[method-assign]
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        counts = fired(redis_client)
+        assert len(counts) == ENTRIES and set(counts.values()) == {1}
+    finally:
+        scheduler.close()
+    assert order.count("start") >= 3, order
+    first_admit = order.index("admit")
+    assert order[:first_admit].count("start") >= 2, order  # the next chunk started first
+
+
+@pytest.mark.parametrize("failing", [1, 2], ids=["first-chunk", "second-chunk"])
+def test_redis_lost_at_a_claim_that_sends_publishes_every_slot_once_when_back(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, failing: int
+) -> None:
+    """The claim that sends a chunk fails as if Redis went away (the next chunk's claim may
+    already be under way): every slot is published once when Redis answers again."""
+    scheduler = burst_beat(redis_url, clock, sent_with_claim=True)
+    fail_calls(scheduler, "claim_and_send", lambda call: call == failing)
+    scheduler.setup_schedule()
+    try:
+        run_for(scheduler, clock, 10.5)
+        run_for(scheduler, clock, 3)
+        counts = fired(redis_client)
+        slot = "2026-03-02T10:00:10+00:00"
+        assert {key for key in counts if key[1] == slot} == {
+            (f"e{i:04}", slot) for i in range(ENTRIES)
+        }
+        assert set(counts.values()) == {1}
+        for i in range(ENTRIES):
+            assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_stop_signal_while_a_claim_sends_its_chunk_leaves_no_claim_behind(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A SIGTERM arrives while the lane runs the second chunk's claim: beat stops once the
+    chunks claimed are sent, and leaves no pending claim."""
+    scheduler = burst_beat(redis_url, clock, sent_with_claim=True)
+    backend: Any = scheduler.backend
+    real = backend.claim_and_send
+    calls = 0
+
+    def claim_and_send(claims: Sequence[Claim], sends: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(claims, sends)
+
+    def celery_beat_handler(signum: int, frame: Any) -> None:
+        raise SystemExit()
+
+    backend.claim_and_send = claim_and_send
+    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
+    scheduler.setup_schedule()
+    try:
+        with pytest.raises(SystemExit):
+            run_for(scheduler, clock, 10.5)
+        counts = fired(redis_client)
+        assert len(counts) == ENTRIES and set(counts.values()) == {1}
+        for i in range(ENTRIES):
+            assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
         scheduler.close()

@@ -59,6 +59,11 @@ class ClaimOutcome(enum.Enum):
     #: Another replica began publishing the slot and never confirmed it (it stopped or died
     #: mid-publish): the message may be at the broker already, so it is not published again.
     IN_FLIGHT = "in_flight"
+    #: Claimed and published in one step (see :meth:`PublishesOnce.claim_and_send`): sent.
+    SENT = "sent"
+    #: Claimed in one step, and a broker command raised after the message may have reached
+    #: the broker: recorded as sent, never published again; see ``error``.
+    UNCERTAIN = "uncertain"
     #: The backend answered this one claim with an error (e.g. a corrupted stored value); the
     #: other claims of the batch are not affected. Nothing is published; see ``error``.
     ERROR = "error"
@@ -119,7 +124,7 @@ class HighWaterMark:
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY;
-    ``error`` is the backend's error text, for ERROR."""
+    ``error`` is the backend's error text, for ERROR and UNCERTAIN."""
 
     claim: Claim
     outcome: ClaimOutcome
@@ -224,6 +229,14 @@ class PublishesOnce(Protocol):
         self, claims: Sequence[Claim], commands: Sequence[Sequence[tuple[str, tuple[Any, ...]]]]
     ) -> list[Any]:
         """Per claim: 1 published now, 2 published before, 0 not this replica's, or the error."""
+
+    def claim_and_send(
+        self,
+        claims: Sequence[Claim],
+        sends: Sequence[Sequence[tuple[str, tuple[Any, ...]]] | None],
+    ) -> list[ClaimResult]:
+        """Claim each slot; one with broker commands in ``sends`` that is won anew is published
+        and recorded in the same step (outcome ``sent``)."""
 
 
 def to_epoch_us(instant: datetime) -> int:

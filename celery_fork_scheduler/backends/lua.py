@@ -13,7 +13,10 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                  sent_at      Redis TIME of the latest publish, microseconds
                                  runs         slots claimed to run (skipped ones are given back)
                                  paused       "1" while paused; pause_note, paused_at beside it
-                                 max_runs     the entry's max_runs, for RELEASE (buffer_all)
+                                 max_runs     the entry's max_runs as of the latest slot
+                                              decided, for RELEASE
+                                 fresh_after  the hwm when the name was added again: runs of
+                                              slots up to it are not given back to its count
                                  latest_run   task id of the latest run claimed (overlap
                                               "cancel_other" / "terminate_other")
                                  retrying     task id of the run holding the marker while it
@@ -124,10 +127,17 @@ end
 #: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
 #: ARGV[15] "1" for a runtime entry (refused once removed), else "0",
 #: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
-#: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list).
+#: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
+#: ARGV[18] (optional, overlap "allow" and "skip" only) the number of broker commands that
+#: publish the slot's message, then three ARGV per command as in :data:`PUBLISH_ONCE` (their
+#: keys in KEYS[6...]): a new claim won is then published and recorded in the same step
+#: (outcome "sent"; "uncertain" with the error text when a command failed: the slot is
+#: recorded sent, never published again), with no pending claim in between; asked again after
+#: a lost reply, the slot this replica sent answers "sent".
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "excluded" | "paused" | "removed" | "busy" | "buffered" | "buffer_full" | "finished" |
-#: "in_flight"; wait_us: how long to wait before asking again (pending, early), else 0.
+#: "in_flight" | "sent" | "uncertain"; wait_us: how long to wait before asking again
+#: (pending, early), else 0.
 #: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
 #: the broker is unknown, so it is not taken over.
 #: A "won" slot of a "buffer_one" entry that found a run held back (no run held the marker)
@@ -141,6 +151,10 @@ end
 _CLAIM_BODY = """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
+local sends = tonumber(ARGV[18] or '0') or 0
+if ARGV[7] ~= 'allow' and ARGV[7] ~= 'skip' then
+  sends = 0
+end
 if slot > now + tonumber(ARGV[4]) then
   return {'early', slot - now}
 end
@@ -180,9 +194,12 @@ if slot > hwm and ARGV[12] == '1' then
   return {'claimed', 0}
 end
 if slot > hwm then
+  -- Every new slot decided writes the entry's max_runs as its definition says now: RELEASE
+  -- hands a held run over only while the entry has runs left (not as an earlier policy or
+  -- definition of the name said).
   local function skip(reason)
     redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'skipped', 'reason', reason,
-               'task_id', ARGV[2])
+               'task_id', ARGV[2], 'max_runs', ARGV[8])
     redis.call('HINCRBY', KEYS[1], 'skips:' .. reason, 1)
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
@@ -228,8 +245,6 @@ if slot > hwm then
       redis.call('RPUSH', KEYS[4], held)
     end
     local reason = 'buffered'
-    -- RELEASE hands queued runs over only while the entry has runs left (max_runs).
-    redis.call('HSET', KEYS[1], 'max_runs', ARGV[8])
     if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[17]) then
       redis.call('RPUSH', KEYS[4], ARGV[10])
     else
@@ -248,13 +263,21 @@ if slot > hwm then
   if running and not replacing then
     return skip('busy')
   end
+  -- Claimed and sent in one step: recorded sent before the commands run, so that a command
+  -- that fails leaves the slot decided (it may have reached the broker) and never sent again.
+  local mark = {'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3], 'task_id', ARGV[2],
+                'claimed_at', now_text, 'max_runs', ARGV[8]}
+  if sends > 0 then
+    mark[4] = 'sent'
+    mark[#mark + 1] = 'sent_at'
+    mark[#mark + 1] = now_text
+  end
   if runs and runs == math.floor(runs) then
-    redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
-               'task_id', ARGV[2], 'claimed_at', now_text, 'runs',
-               string.format('%.0f', runs + 1))
+    mark[#mark + 1] = 'runs'
+    mark[#mark + 1] = string.format('%.0f', runs + 1)
+    redis.call('HSET', KEYS[1], unpack(mark))
   else
-    redis.call('HSET', KEYS[1], 'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3],
-               'task_id', ARGV[2], 'claimed_at', now_text)
+    redis.call('HSET', KEYS[1], unpack(mark))
     redis.call('HINCRBY', KEYS[1], 'runs', 1)  -- not a whole number: Redis says so
   end
   if fields[5] or fields[6] then
@@ -276,11 +299,32 @@ if slot > hwm then
       end
     end
   end
-  redis.call('HSET', KEYS[2], ARGV[1], mine)
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
   if ARGV[7] ~= 'allow' and not running then
     redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[9])
   end
+  if sends > 0 then
+    local ok, failure = pcall(function()
+      for i = 0, sends - 1 do
+        local name, key = ARGV[19 + 3 * i], KEYS[tonumber(ARGV[20 + 3 * i])]
+        if name == 'lpush' then
+          redis.call('LPUSH', key, ARGV[21 + 3 * i])
+        elseif name == 'pexpire' then
+          redis.call('PEXPIRE', key, ARGV[21 + 3 * i])
+        else
+          error('unsupported broker command ' .. name)
+        end
+      end
+    end)
+    if not ok then
+      local text = type(failure) == 'table' and tostring(failure.err) or tostring(failure)
+      record(ARGV[1], ARGV[3], ARGV[2], 'uncertain', ARGV[11])
+      return {'uncertain', 0, text}
+    end
+    record(ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[11])
+    return {'sent', 0}
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], mine)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
   if replacing then
     -- The run in progress (if any) keeps its marker until it stops: this run's worker
     -- revokes it and takes the marker over (TAKE_OVER); any older run waiting is replaced.
@@ -305,6 +349,12 @@ if slot > hwm then
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
 if not pending then
+  if sends > 0 and slot == hwm then
+    local sent = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task_id')
+    if sent[1] == 'sent' and sent[2] == ARGV[3] and sent[3] == ARGV[2] then
+      return {'sent', 0}  -- this replica's one-step claim, asked again after a lost reply
+    end
+  end
   return {'claimed', 0}
 end
 local owner, claimed_at, flag = string.match(pending, '^([^|]*)|(%d+)|?(%a*)$')
@@ -388,17 +438,30 @@ return removed
 """
 )
 
+#: Give back the run counted for ``slot`` in the state hash ``state``: unless the slot is not
+#: after ``fresh_after``, the mark at which the name was added again (store.py
+#: ``_start_afresh``): a run of the removed definition is not the new one's to give back.
+_GIVE_BACK_RUN = """
+local function give_back_run(state, slot)
+  local fresh = tonumber(redis.call('HGET', state, 'fresh_after') or '')
+  if not fresh or tonumber(slot) > fresh then
+    redis.call('HINCRBY', state, 'runs', -1)
+  end
+end
+"""
+
 #: Give back a claimed slot that will not be published (e.g. over the concurrency cap).
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason, ARGV[4] replica id, ARGV[5] history size.
 #: Returns 1 when the claim was given back, 0 when it was no longer pending.
 MARK_SKIPPED = _recording(
-    """
+    _GIVE_BACK_RUN
+    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 0 then
   return 0
 end
-redis.call('HINCRBY', KEYS[1], 'runs', -1)
+give_back_run(KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[3], 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'skipped', 'reason', ARGV[3])
@@ -644,11 +707,13 @@ return {'send', held}
 #: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
 #: size, ARGV[6] "failed" | "capped" | "unconfirmed" (the hand-over was not confirmed by the
 #: replicas: held back again, nothing recorded), ARGV[7] error text.
-GIVE_BACK_HELD = """
+GIVE_BACK_HELD = (
+    _GIVE_BACK_RUN
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
-redis.call('HINCRBY', KEYS[3], 'runs', -1)
+give_back_run(KEYS[3], ARGV[3])
 if ARGV[6] == 'unconfirmed' then
   -- Held back again, as if never handed over (nothing to record).
   if redis.call('TYPE', KEYS[2]).ok == 'list' then
@@ -680,6 +745,7 @@ if tonumber(ARGV[5]) > 0 then
 end
 return 1
 """
+)
 
 #: A run was not executed: its marker or its place was another run's by the time it started,
 #: or (held back) its entry was paused.
@@ -688,10 +754,11 @@ return 1
 #: scheduled run (given back: it does not count towards max_runs), "0" for a manual one or a
 #: held run never counted.
 RECORD_SKIP = _recording(
-    """
+    _GIVE_BACK_RUN
+    + """
 redis.call('HINCRBY', KEYS[1], 'skips:' .. ARGV[4], 1)
 if ARGV[6] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'runs', -1)
+  give_back_run(KEYS[1], ARGV[1])
 end
 record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. ARGV[4], ARGV[5])
 return 1

@@ -194,32 +194,19 @@ class RedisBackend:
     def claim(self, claims: Sequence[Claim]) -> list[ClaimResult]:
         """Claim every slot in one script call (one pipeline per node on Redis Cluster); see
         :data:`.lua.CLAIM`."""
+        return self.claim_and_send(claims, [None] * len(claims))
+
+    def claim_and_send(
+        self,
+        claims: Sequence[Claim],
+        sends: Sequence[Sequence[tuple[str, tuple[Any, ...]]] | None],
+    ) -> list[ClaimResult]:
+        """Claim every slot in one script call; a slot with broker commands in ``sends``
+        (overlap ``allow`` or ``skip``) that is won anew is published and recorded in the same
+        step: outcome ``sent``, with no instant at which it is claimed but not sent. Only when
+        the broker shares this Redis (:meth:`shares_redis_with`). See :data:`.lua.CLAIM`."""
         self._follow_sentinel_master()
-        items = [
-            (
-                self.keys.entry_keys(claim.entry),
-                [
-                    claim.slot_us,
-                    claim.task_id,
-                    self.replica_id,
-                    self._tolerance_us,
-                    self._lease_us,
-                    self._pending_ttl_ms,
-                    claim.overlap,
-                    claim.max_runs,
-                    self._singleton_lease_ms,
-                    claim.held_message,
-                    self.settings.history_size,
-                    "1" if claim.takeover else "0",
-                    claim.known_mark_us,
-                    self._pending_max_age_us,
-                    "1" if claim.runtime else "0",
-                    "1" if claim.excluded else "0",
-                    self.settings.buffer_limit,
-                ],
-            )
-            for claim in claims
-        ]
+        items = [self._claim_item(claim, send) for claim, send in zip(claims, sends, strict=True)]
         replies = self._each_item(self._claim_script, self._claim_many_script, items)
         return [
             ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
@@ -227,6 +214,34 @@ class RedisBackend:
             else _claim_result(claim, reply)
             for claim, reply in zip(claims, replies, strict=True)
         ]
+
+    def _claim_item(
+        self, claim: Claim, send: Sequence[tuple[str, tuple[Any, ...]]] | None
+    ) -> tuple[list[str], list[Any]]:
+        keys = self.keys.entry_keys(claim.entry)
+        args: list[Any] = [
+            claim.slot_us,
+            claim.task_id,
+            self.replica_id,
+            self._tolerance_us,
+            self._lease_us,
+            self._pending_ttl_ms,
+            claim.overlap,
+            claim.max_runs,
+            self._singleton_lease_ms,
+            claim.held_message,
+            self.settings.history_size,
+            "1" if claim.takeover else "0",
+            claim.known_mark_us,
+            self._pending_max_age_us,
+            "1" if claim.runtime else "0",
+            "1" if claim.excluded else "0",
+            self.settings.buffer_limit,
+        ]
+        if send:
+            args.append(len(send))
+            _add_commands(keys, args, send)
+        return keys, args
 
     def begin_publish(self, claims: Sequence[Claim]) -> list[bool]:
         """Fence won claims before publishing; see :data:`.lua.BEGIN_PUBLISH`."""
@@ -287,10 +302,7 @@ class RedisBackend:
             self.settings.history_size,
             len(commands),
         ]
-        for name, (key, value) in commands:
-            if key not in keys:
-                keys.append(key)
-            args.extend((name, keys.index(key) + 1, value))
+        _add_commands(keys, args, commands)
         return keys, args
 
     def _each_item(
@@ -655,6 +667,17 @@ def _pool_limit(client: redis.Redis | RedisCluster) -> int | None:
     return limit if isinstance(limit, int) else None
 
 
+def _add_commands(
+    keys: list[str], args: list[Any], commands: Sequence[tuple[str, tuple[Any, ...]]]
+) -> None:
+    """Append broker commands to a script's keys and arguments: per command its name, the
+    index of its key in ``keys`` (added if new) and its argument."""
+    for name, (key, value) in commands:
+        if key not in keys:
+            keys.append(key)
+        args.extend((name, keys.index(key) + 1, value))
+
+
 def _run_script(pipe: Pipeline, *, script: Script, keys: list[str], args: list[Any]) -> object:
     return pipe.evalsha(script.sha, len(keys), *keys, *args)
 
@@ -717,4 +740,6 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
         return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
     if outcome is ClaimOutcome.WON and len(reply) > 2:
         return ClaimResult(claim, outcome, superseded=_text(reply[2]))
+    if outcome is ClaimOutcome.UNCERTAIN:
+        return ClaimResult(claim, outcome, error=_text(reply[2]))
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
