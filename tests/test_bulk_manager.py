@@ -255,7 +255,7 @@ def test_a_re_added_name_starts_afresh(
     assert redis_client.zscore(KEYS.runtime_removed, "sync-1") is not None
     redis_client.set(KEYS.buffered("sync-1"), "left over")
     manager.add_many(tenants(3)[1:2])
-    assert redis_client.hgetall(state) == {b"hwm": b"123"}
+    assert redis_client.hgetall(state) == {b"hwm": b"123", b"fresh_after": b"123"}
     assert redis_client.pttl(state) == -1 and redis_client.pttl(KEYS.history("sync-1")) == -1
     assert not redis_client.exists(KEYS.buffered("sync-1"))
     assert redis_client.zscore(KEYS.runtime_removed, "sync-1") is None

@@ -452,6 +452,8 @@ def exercise_everything(url: str, admin: redis.Redis) -> None:
     manager.resume("gone")
     assert manager.tagged("x").runtime == ["rt"]  # the tag index (ZRANGE BYLEX)
     assert manager.remove("gone")
+    manager.add("gone", "t", every(1).minutes)  # added again: its kept keys lose their expiry
+    assert manager.remove("gone")
     assert manager.next_runs("rt", 2)
 
     replica = Replica(app, clock)
