@@ -327,8 +327,9 @@ class World:
             replica.how_stopped = how
         replica.alive = False
         self.log(f"replica {replica.name} {how}")
+        # How it ended first: a SIGKILL that lands while a SIGTERM's exit is deferred is a kill.
         for key, owner in self.fenced_by.items():
-            if owner == replica.name and how in ("killed", "crashed"):
+            if owner == replica.name and replica.how_stopped in ("killed", "crashed"):
                 self.killed_fenced.add(key)
 
     def kill(self, replica: Replica, where: str) -> None:

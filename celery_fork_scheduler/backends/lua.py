@@ -82,8 +82,10 @@ def _recording(body: str) -> str:
 
 #: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
 #: A restart (with or without persistence) loses nothing after its start, so the start time
-#: bounds it: Redis counts uptime in whole seconds of its start's second, so now - uptime + 1 s
-#: is never before the start (and a stale cached clock only makes uptime smaller). A flush,
+#: bounds it: Redis counts uptime in whole seconds from its start's second, so now's whole
+#: second - uptime + 1 s is never before the start (and a stale cached clock only makes uptime
+#: smaller); taking now itself instead of its whole second would refuse up to a second more
+#: of a new entry's first slots after a restart (simulator seed 5204). A flush,
 #: SWAPDB, DEBUG (RELOAD), REPLICAOF or FAILOVER since the start, a promotion of a former
 #: replica, or a CONFIG RESETSTAT (which would hide the others from INFO commandstats) can lose
 #: data at any later instant:
@@ -110,7 +112,10 @@ local function data_lost_at()
   if not uptime then
     return now, false
   end
-  return math.min(now, now - uptime * 1000000 + 1000000), true
+  -- Redis counts uptime from its start's whole second to its cached whole second, never
+  -- later than now's: the start is before (now's whole second - uptime + 1 s).
+  local second = math.floor(now / 1000000) * 1000000
+  return math.min(now, second - uptime * 1000000 + 1000000), true
 end
 """
 
