@@ -182,3 +182,15 @@ def test_idle_time_makes_the_templates_of_entries_due_soon_and_sends_nothing(
         assert redis_client.llen("celery") == 0
     finally:
         scheduler.close()
+
+
+def test_a_repeated_request_recognises_every_slot_it_published_not_only_the_latest(
+    backend: RedisBackend, redis_client: redis.Redis
+) -> None:
+    """Two slots of one entry published by one request whose reply was lost: asked again,
+    the earlier one (below the mark, no pending claim) answers "published before" too."""
+    later = SLOT.replace(second=20)
+    first, second = won(backend), won(backend, later)
+    assert backend.publish_once([first, second], [push("m1"), push("m2")]) == [1, 1]
+    assert backend.publish_once([first, second], [push("m1"), push("m2")]) == [2, 2]
+    assert redis_client.lrange("celery", 0, -1) == [b"m2", b"m1"]

@@ -68,6 +68,23 @@ local function record(slot, replica, task_id, outcome, size, extra)
 end
 """
 
+#: ``sent_by(history, task_id, replica)``: "sent" or "uncertain" when the history list holds
+#: that outcome for the task id, recorded by that replica; else nil (one read of the list,
+#: at most ``fork_scheduler_history_size`` items).
+_SENT_BY = """
+local function sent_by(history, task_id, replica)
+  for _, raw in ipairs(redis.call('LRANGE', history, 0, -1)) do
+    local ok, item = pcall(cjson.decode, raw)
+    if ok and type(item) == 'table' and item['task_id'] == task_id
+        and item['replica'] == replica
+        and (item['outcome'] == 'sent' or item['outcome'] == 'uncertain') then
+      return item['outcome']
+    end
+  end
+  return nil
+end
+"""
+
 #: ``now``: Redis TIME in microseconds.
 _NOW = """
 local t = redis.call('TIME')
@@ -133,12 +150,14 @@ end
 #: ARGV[15] "1" for a runtime entry (refused once removed), else "0",
 #: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
 #: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
-#: ARGV[18] (optional, overlap "allow" and "skip" only) the number of broker commands that
+#: ARGV[18] (optional) "1" when the request is sent again after its reply was lost, else "0";
+#: ARGV[19] (optional, overlap "allow" and "skip" only) the number of broker commands that
 #: publish the slot's message, then three ARGV per command as in :data:`PUBLISH_ONCE` (their
 #: keys in KEYS[6...]): a new claim won is then published and recorded in the same step
 #: (outcome "sent"; "uncertain" with the error text when a command failed: the slot is
-#: recorded sent, never published again), with no pending claim in between; asked again after
-#: a lost reply, the slot this replica sent answers "sent".
+#: recorded sent, never published again), with no pending claim in between. A slot this
+#: replica sent so answers "sent" (or "uncertain") again when asked again: the one at the mark
+#: always, an earlier one (a burst of an entry's slots) when ARGV[18] is "1", from its history.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
 #: "excluded" | "paused" | "removed" | "busy" | "buffered" | "buffer_full" | "finished" |
 #: "in_flight" | "sent" | "uncertain"; wait_us: how long to wait before asking again
@@ -156,7 +175,7 @@ end
 _CLAIM_BODY = """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
-local sends = tonumber(ARGV[18] or '0') or 0
+local sends = tonumber(ARGV[19] or '0') or 0
 if ARGV[7] ~= 'allow' and ARGV[7] ~= 'skip' then
   sends = 0
 end
@@ -310,11 +329,11 @@ if slot > hwm then
   if sends > 0 then
     local ok, failure = pcall(function()
       for i = 0, sends - 1 do
-        local name, key = ARGV[19 + 3 * i], KEYS[tonumber(ARGV[20 + 3 * i])]
+        local name, key = ARGV[20 + 3 * i], KEYS[tonumber(ARGV[21 + 3 * i])]
         if name == 'lpush' then
-          redis.call('LPUSH', key, ARGV[21 + 3 * i])
+          redis.call('LPUSH', key, ARGV[22 + 3 * i])
         elseif name == 'pexpire' then
-          redis.call('PEXPIRE', key, ARGV[21 + 3 * i])
+          redis.call('PEXPIRE', key, ARGV[22 + 3 * i])
         else
           error('unsupported broker command ' .. name)
         end
@@ -322,10 +341,11 @@ if slot > hwm then
     end)
     if not ok then
       local text = type(failure) == 'table' and tostring(failure.err) or tostring(failure)
-      record(ARGV[1], ARGV[3], ARGV[2], 'uncertain', ARGV[11])
+      pcall(record, ARGV[1], ARGV[3], ARGV[2], 'uncertain', ARGV[11])
       return {'uncertain', 0, text}
     end
-    record(ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[11])
+    -- Sent: a history that cannot be written (a key of the wrong type) does not undo that.
+    pcall(record, ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[11])
     return {'sent', 0}
   end
   redis.call('HSET', KEYS[2], ARGV[1], mine)
@@ -354,6 +374,13 @@ if slot > hwm then
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
 if not pending then
+  if sends > 0 and ARGV[18] == '1' then
+    -- Asked again after a lost reply: did this very request send the slot?
+    local outcome = sent_by(KEYS[5], ARGV[2], ARGV[3])
+    if outcome then
+      return {outcome, 0, 'the first answer was lost; the history says ' .. outcome}
+    end
+  end
   if sends > 0 and slot == hwm then
     local sent = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task_id')
     if sent[1] == 'sent' and sent[2] == ARGV[3] and sent[3] == ARGV[2] then
@@ -383,7 +410,7 @@ if owner == ARGV[3] then
 end
 return {'taken_over', 0}
 """
-CLAIM = _NOW + _RECORD + _DATA_LOST_AT + _CLAIM_BODY
+CLAIM = _NOW + _RECORD + _SENT_BY + _DATA_LOST_AT + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
 #: ``claimed_at``); else the script returns 0.
@@ -790,6 +817,9 @@ if not pending then
       and redis.call('HGET', KEYS[1], 'state') == 'sent' then
     return 2
   end
+  if sent_by(KEYS[5], ARGV[3], ARGV[2]) == 'sent' then
+    return 2  -- an earlier slot of the entry, sent by the same request
+  end
   return 0
 end
 local owner, claimed_at, flag = string.match(pending, '^([^|]*)|(%d+)|?(%a*)$')
@@ -816,7 +846,7 @@ end
 record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
 return 1
 """
-PUBLISH_ONCE = _recording(_PUBLISH_ONCE_BODY)
+PUBLISH_ONCE = _recording(_SENT_BY + _PUBLISH_ONCE_BODY)
 
 
 def _many(body: str, before: str = "") -> str:
@@ -884,11 +914,11 @@ end
 )
 
 #: :data:`CLAIM` for a batch of slots in one call (see :func:`_many`); not on Redis Cluster.
-CLAIM_MANY = _many(_CLAIM_BODY, _DATA_LOST_AT_ONCE)
+CLAIM_MANY = _many(_CLAIM_BODY, _SENT_BY + _DATA_LOST_AT_ONCE)
 
 #: :data:`PUBLISH_ONCE` for a batch of slots in one call (see :func:`_many`); not on Redis
 #: Cluster.
-PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY)
+PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY, _SENT_BY)
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
 ALL_SCRIPTS = (

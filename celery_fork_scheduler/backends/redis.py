@@ -207,7 +207,9 @@ class RedisBackend:
         the broker shares this Redis (:meth:`shares_redis_with`). See :data:`.lua.CLAIM`."""
         self._follow_sentinel_master()
         items = [self._claim_item(claim, send) for claim, send in zip(claims, sends, strict=True)]
-        replies = self._each_item(self._claim_script, self._claim_many_script, items)
+        replies = self._each_item(
+            self._claim_script, self._claim_many_script, items, asked_again=ASKED_AGAIN_ARG
+        )
         return [
             ClaimResult(claim, ClaimOutcome.ERROR, error=str(reply))
             if isinstance(reply, Exception)
@@ -237,6 +239,7 @@ class RedisBackend:
             "1" if claim.runtime else "0",
             "1" if claim.excluded else "0",
             self.settings.buffer_limit,
+            "0",  # ASKED_AGAIN_ARG: "1" once the request is sent again (see _each_item)
         ]
         if send:
             args.append(len(send))
@@ -306,28 +309,54 @@ class RedisBackend:
         return keys, args
 
     def _each_item(
-        self, single: Script, many: Script, items: Sequence[tuple[list[str], list[Any]]]
+        self,
+        single: Script,
+        many: Script,
+        items: Sequence[tuple[list[str], list[Any]]],
+        *,
+        asked_again: int | None = None,
     ) -> list[Any]:
         """Run a script for each item (its keys, its arguments), acknowledged: one call of its
         batch form (see :func:`.lua._many`) on one Redis, one call per item in a pipeline per
-        node on Redis Cluster. The replies in order, an error reply in its item's place."""
+        node on Redis Cluster. The replies in order, an error reply in its item's place.
+        ``asked_again``: the index in each item's arguments set to "1" when the request is sent
+        again after an attempt whose reply was lost (the script may have run)."""
         if not items:
             return []
+        attempts = 0
+
+        def note_attempt(flags: list[tuple[list[Any], int]]) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 2:
+                for args, index in flags:
+                    args[index] = "1"
+
         if isinstance(self.client, RedisCluster) or len(items) == 1:
             commands: list[Command] = [
                 (keys[0], partial(_run_script, script=single, keys=keys, args=args))
                 for keys, args in items
             ]
-            return self._retrying(partial(self._pipelined, commands, acknowledged=True))
+            per_item = [] if asked_again is None else [(args, asked_again) for _, args in items]
+
+            def run_each() -> list[Any]:
+                note_attempt(per_item)
+                return self._pipelined(commands, acknowledged=True)
+
+            return self._retrying(run_each)
         all_keys = [key for keys, _ in items for key in keys]
         all_args: list[Any] = [len(items)]
         all_args += [len(keys) for keys, _ in items]
         all_args += [len(args) for _, args in items]
+        flags: list[tuple[list[Any], int]] = []
         for _, args in items:
+            if asked_again is not None:
+                flags.append((all_args, len(all_args) + asked_again))
             all_args += args
         command = (all_keys[0], partial(_run_script, script=many, keys=all_keys, args=all_args))
 
         def run() -> list[Any]:
+            note_attempt(flags)
             [reply] = self._pipelined([command], acknowledged=True)
             if isinstance(reply, Exception):
                 return [reply] * len(items)
@@ -665,6 +694,11 @@ def _pool_limit(client: redis.Redis | RedisCluster) -> int | None:
         pool = getattr(getattr(node, "redis_connection", None), "connection_pool", None)
     limit = getattr(pool, "max_connections", None)
     return limit if isinstance(limit, int) else None
+
+
+#: The index, in a claim's script arguments, of the flag that says the request is sent again
+#: after a lost reply (ARGV[18] of :data:`.lua.CLAIM`).
+ASKED_AGAIN_ARG = 17
 
 
 def _add_commands(
