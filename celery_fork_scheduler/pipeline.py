@@ -248,26 +248,44 @@ class PublishPipeline:
         if not due or self.settings.max_concurrent > 0 or not self._shares_redis_with_broker():
             return None
         commands_for = getattr(self.publisher, "commands_for", None)
-        if commands_for is None:
+        known_commands_for = getattr(self.publisher, "known_commands_for", None)
+        if commands_for is None or known_commands_for is None:
             return None
-        picked: list[int] = []
-        occurrences: list[Occurrence] = []
-        for index, due_slot in enumerate(due):
-            claim, entry = due_slot.claim, due_slot.entry
-            if claim.overlap not in ONE_STEP_OVERLAPS or claim.excluded or entry.lazy:
-                continue
-            try:
-                occurrences.append(build_occurrence(entry, claim.slot, claim.task_id))
-            except Exception:  # the claim-then-publish path builds it again and reports it
-                continue
-            picked.append(index)
-        if not picked:
+        picked = [
+            index
+            for index, due_slot in enumerate(due)
+            if due_slot.claim.overlap in ONE_STEP_OVERLAPS
+            and not due_slot.claim.excluded
+            and not due_slot.entry.lazy
+        ]
+        known = known_commands_for(
+            [(due[i].entry, due[i].claim.slot, due[i].claim.task_id) for i in picked]
+        )
+        if not picked or known is None:
             return None
         sends: list[Commands | None] = [None] * len(due)
-        for index, commands in zip(picked, commands_for(occurrences) or (), strict=False):
-            if isinstance(commands, list) and all(name in ONCE_COMMANDS for name, _ in commands):
+        cold: list[int] = []
+        for index, commands in zip(picked, known, strict=True):
+            if commands is None:
+                cold.append(index)  # its template is made from a full occurrence
+            else:
                 sends[index] = commands
-        return sends
+        occurrences: list[Occurrence] = []
+        built: list[int] = []
+        for index in cold:
+            claim = due[index].claim
+            try:
+                occurrences.append(build_occurrence(due[index].entry, claim.slot, claim.task_id))
+            except Exception:  # the claim-then-publish path builds it again and reports it
+                continue
+            built.append(index)
+        if built:
+            for index, commands in zip(built, commands_for(occurrences) or (), strict=False):
+                sends[index] = commands if isinstance(commands, list) else None
+        for index, commands in enumerate(sends):
+            if commands is not None and not all(name in ONCE_COMMANDS for name, _ in commands):
+                sends[index] = None
+        return sends if any(commands is not None for commands in sends) else None
 
     def _start_batch(self, batch: Sequence[DueSlot], now: datetime) -> StartedBatch:
         """Prepare one batch (step 1 of the module docstring) and, on the one-step path,

@@ -277,6 +277,37 @@ class CeleryPublisher:
             result.append([(name, (prefix + key, *rest)) for name, (key, *rest) in commands])
         return result
 
+    def known_commands_for(
+        self, slots: Sequence[tuple[Entry, datetime, str]]
+    ) -> list[list[tuple[str, tuple[Any, ...]]] | None] | None:
+        """The Redis commands of each ``(entry, slot, task id)`` from its entry's encoded
+        template, without building the occurrence (no lazy arguments, not capped: the slots a
+        claim can send); ``None`` for one whose template is not made yet (see
+        :meth:`commands_for`), and for them all when the broker's commands cannot be
+        collected. Nothing is sent."""
+        channel = self._templating_channel(self._producer())
+        if channel is None or not collects_commands(channel):
+            return None
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        result: list[list[tuple[str, tuple[Any, ...]]] | None] = []
+        for entry, slot, task_id in slots:
+            headers = (
+                {PUBLISH_AT_HEADER: slot_isoformat(entry.publish_at(slot))}
+                if entry.effective_jitter
+                else {}
+            )
+            bare = Occurrence(entry.name, slot, entry.task, task_id, (), {}, {}, headers, entry)
+            try:
+                commands = self._encoded_commands(bare, channel)
+            except Exception:  # the full path builds it again and reports what it raises
+                commands = None
+            result.append(
+                None
+                if commands is None
+                else [(name, (prefix + key, *rest)) for name, (key, *rest) in commands]
+            )
+        return result
+
     def _encoded_commands(
         self, occurrence: Occurrence, channel: Any
     ) -> list[tuple[str, tuple[Any, ...]]] | None:
