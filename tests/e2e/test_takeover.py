@@ -30,7 +30,12 @@ app.conf.beat_schedule = {
 
 class DieAfterClaiming(Scheduler):
     \"\"\"Claims its first due slots, then dies (SIGKILL) before fencing any of them (on the
-    fence path, or in the one-step publish of a broker sharing the claims' Redis).\"\"\"
+    fence path, or in the one-step publish of a broker sharing the claims' Redis). Its claims
+    do not send the slots themselves (a claim that sends leaves nothing to take over).\"\"\"
+
+    def _start_claim(self, works):
+        self.pipeline.sends_for = lambda due: None
+        return super()._start_claim(works)
 
     def _run_chunk(self, chunk, now, meanwhile):
         die = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
