@@ -289,6 +289,7 @@ class CeleryPublisher:
         if channel is None or not collects_commands(channel):
             return None
         prefix = getattr(channel, "global_keyprefix", "") or ""
+        tasks = self.app.tasks  # read once for the batch (a property of the app)
         result: list[list[tuple[str, tuple[Any, ...]]] | None] = []
         for entry, slot, task_id in slots:
             headers = (
@@ -298,7 +299,7 @@ class CeleryPublisher:
             )
             bare = Occurrence(entry.name, slot, entry.task, task_id, (), {}, {}, headers, entry)
             try:
-                commands = self._encoded_commands(bare, channel)
+                commands = self._encoded_commands(bare, channel, tasks)
             except Exception:  # the full path builds it again and reports what it raises
                 commands = None
             result.append(
@@ -309,11 +310,11 @@ class CeleryPublisher:
         return result
 
     def _encoded_commands(
-        self, occurrence: Occurrence, channel: Any
+        self, occurrence: Occurrence, channel: Any, tasks: Mapping[str, Any] | None = None
     ) -> list[tuple[str, tuple[Any, ...]]] | None:
         """The Redis commands of ``occurrence`` from its template's encoded text (see
         :mod:`.message_encoding`), or ``None`` when it has none yet or needs its own encoding."""
-        cached = self._cached(occurrence)
+        cached = self._cached(occurrence, tasks)
         template = cached[0] if cached is not None else None
         if template is None:
             return None
@@ -392,12 +393,15 @@ class CeleryPublisher:
                 self._shapes.add(occurrence, registered, template)
         return None if captured is None else Rendered(tuple(captured))
 
-    def _cached(self, occurrence: Occurrence) -> tuple[Template | None] | None:
+    def _cached(
+        self, occurrence: Occurrence, tasks: Mapping[str, Any] | None = None
+    ) -> tuple[Template | None] | None:
         """The entry's cached template (``(None,)``: it goes through Celery), when it was made
-        from this very definition with the task registered as it is now; else ``None``."""
+        from this very definition with the task registered as it is now (in ``tasks``, the
+        app's registry read once by the caller, or now); else ``None``."""
         definition = occurrence.definition
         cached = self._cache.get(occurrence.entry)
-        registered = occurrence.task in self.app.tasks
+        registered = occurrence.task in (self.app.tasks if tasks is None else tasks)
         if definition is None or cached is None or cached[:2] != (definition, registered):
             return None
         self._cache.move_to_end(occurrence.entry)

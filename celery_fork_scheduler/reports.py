@@ -58,20 +58,22 @@ class SlotReports:
     def dispatched(self, due_slot: DueSlot) -> None:
         """This replica published the slot."""
         entry, claim = due_slot.entry, due_slot.claim
-        logger.info(
-            "fork scheduler: sent %s (%s) slot %s id %s",
-            entry.name,
-            entry.task,
-            slot_isoformat(claim.slot),
-            claim.task_id,
-        )
-        signals.entry_dispatched.send(
-            sender=self.sender,
-            entry=entry.name,
-            slot=claim.slot,
-            task_id=claim.task_id,
-            replica=self.replica_id(),
-        )
+        if logger.isEnabledFor(logging.INFO):  # a burst sends thousands: no text made for none
+            logger.info(
+                "fork scheduler: sent %s (%s) slot %s id %s",
+                entry.name,
+                entry.task,
+                slot_isoformat(claim.slot),
+                claim.task_id,
+            )
+        if signals.entry_dispatched.receivers:
+            signals.entry_dispatched.send(
+                sender=self.sender,
+                entry=entry.name,
+                slot=claim.slot,
+                task_id=claim.task_id,
+                replica=self.replica_id(),
+            )
 
     def skipped(self, due_slot: DueSlot, reason: str) -> None:
         """This replica does not publish the slot, for ``reason`` (a skip reason)."""

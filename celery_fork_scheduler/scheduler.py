@@ -1171,8 +1171,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             # clock, not a step later (seed 42: a +33 min step, 1 000 retries stranded).
             self.redis_clock.follow()
             now = self.now()
+        sent = ClaimOutcome.SENT
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
+            if outcome is sent:  # the usual answer on a shared Redis: sent by the claim
+                self.reports.dispatched(due_slot)
+                continue
             if result.superseded:
                 self._report_superseded(result)
             if outcome.publish:
@@ -1201,8 +1205,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             elif outcome is ClaimOutcome.RELEASED:
                 self.reports.skipped(due_slot, result.reason)
                 self._publish_released(result)
-            elif outcome is ClaimOutcome.SENT:
-                self.reports.dispatched(due_slot)
             elif outcome is ClaimOutcome.UNCERTAIN:
                 error = DeliveryUncertain(RuntimeError(result.error))
                 self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
