@@ -17,6 +17,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               decided, for RELEASE
                                  fresh_after  the hwm when the name was added again: runs of
                                               slots up to it are not given back to its count
+                                 uncertain    task id of the latest slot a claim sent whose
+                                              broker command failed
                                  latest_run   task id of the latest run claimed (overlap
                                               "cancel_other" / "terminate_other")
                                  retrying     task id of the run holding the marker while it
@@ -341,6 +343,7 @@ if slot > hwm then
     end)
     if not ok then
       local text = type(failure) == 'table' and tostring(failure.err) or tostring(failure)
+      redis.call('HSET', KEYS[1], 'uncertain', ARGV[2])  -- for a request asked again
       pcall(record, ARGV[1], ARGV[3], ARGV[2], 'uncertain', ARGV[11])
       return {'uncertain', 0, text}
     end
@@ -382,8 +385,11 @@ if not pending then
     end
   end
   if sends > 0 and slot == hwm then
-    local sent = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task_id')
+    local sent = redis.call('HMGET', KEYS[1], 'state', 'owner', 'task_id', 'uncertain')
     if sent[1] == 'sent' and sent[2] == ARGV[3] and sent[3] == ARGV[2] then
+      if sent[4] == ARGV[2] then
+        return {'uncertain', 0, 'the first answer was lost; its broker command had failed'}
+      end
       return {'sent', 0}  -- this replica's one-step claim, asked again after a lost reply
     end
   end
