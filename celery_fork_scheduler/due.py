@@ -20,6 +20,9 @@ class DueSlot:
     claim: Claim
     #: True when the run holds a place under ``fork_scheduler_max_concurrent``.
     capped: bool = False
+    #: True when another replica owns the entry (this one asks after the owner's grace, and
+    #: mostly hears ``claimed``): its claim does not carry the message.
+    foreign: bool = False
 
 
 @dataclass(slots=True)

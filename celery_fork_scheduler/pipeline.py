@@ -243,7 +243,9 @@ class PublishPipeline:
         Only the slots of entries without lazy arguments (evaluated once won, never for a slot
         another replica publishes), with overlap ``allow`` or ``skip``, off their exclusion
         dates, and outside the cluster-wide cap (its places are taken once the slot is won),
-        whose message has a template (the same text Kombu would send). Building a message
+        whose message has a template (the same text Kombu would send); not the slots asked
+        about after another replica's grace (its own entries, or a claim to take over), which
+        mostly find the slot taken: their message is built only if they win it. Building a message
         that raises leaves its slot to the claim-then-publish path, which reports it."""
         if not due or self.settings.max_concurrent > 0 or not self._shares_redis_with_broker():
             return None
@@ -256,6 +258,8 @@ class PublishPipeline:
             for index, due_slot in enumerate(due)
             if due_slot.claim.overlap in ONE_STEP_OVERLAPS
             and not due_slot.claim.excluded
+            and not due_slot.claim.takeover
+            and not due_slot.foreign
             and not due_slot.entry.lazy
         ]
         known = known_commands_for(

@@ -932,7 +932,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
-                due.append(self._due_slot(entry, slot, takeover=item.takeover))
+                foreign = owner is not None
+                due.append(self._due_slot(entry, slot, takeover=item.takeover, foreign=foreign))
         return Work(item, due, None if item.retry else entry, until, decided)
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
@@ -1106,7 +1107,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         else:
             self._push_chain(work.item.entry, upcoming)
 
-    def _due_slot(self, entry: Entry, slot: datetime, *, takeover: bool = False) -> DueSlot:
+    def _due_slot(
+        self, entry: Entry, slot: datetime, *, takeover: bool = False, foreign: bool = False
+    ) -> DueSlot:
         """The claim of one slot. A slot on an exclusion date is claimed too, so that one
         replica records it skipped (``excluded``); it holds no message back and asks no overlap
         policy (the claim script never lets it win)."""
@@ -1127,7 +1130,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             runtime=entry.source == "runtime",
             excluded=excluded,
         )
-        return DueSlot(entry, claim)
+        return DueSlot(entry, claim, foreign=foreign)
 
     def _learn_marks(self, results: Sequence[ClaimResult]) -> None:
         """Remember, per entry, the latest slot Redis said is claimed or decided.

@@ -18,6 +18,7 @@ from celery_fork_scheduler.backends import Claim, ClaimOutcome
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler.due import DueSlot
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import CeleryPublisher
@@ -200,3 +201,24 @@ def test_entries_decided_after_the_claim_keep_the_publish_after_it(
         scheduler.close()
     assert len(queued(redis_client)) == 1
     assert len(separate) == 1
+
+
+def test_slots_asked_about_for_another_replica_or_to_take_over_are_claimed_without_a_message(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """A slot of an entry another replica owns (asked after its grace) or a takeover retry
+    mostly finds the slot taken: its claim carries no message (built only if won)."""
+    scheduler = shared_beat(
+        redis_url, clock, {"job": {"task": "job", "schedule": every(10).seconds}}
+    )
+    try:
+        entry = scheduler.entries["job"]
+        own = DueSlot(entry, claim_of())
+        foreign = DueSlot(entry, claim_of(), foreign=True)
+        takeover = DueSlot(entry, claim_of(takeover=True))
+        sends = scheduler.pipeline.sends_for([own, foreign, takeover])
+    finally:
+        scheduler.close()
+    assert sends is not None
+    assert sends[0] is not None and sends[0][0][0] == "lpush"
+    assert sends[1:] == [None, None]
