@@ -326,7 +326,12 @@ class PublishPipeline:
 
     def _shares_redis_with_broker(self) -> bool:
         """True when the broker is a Kombu Redis transport on the claims' Redis server and
-        database (asked once per publisher): then :meth:`_start_once` applies."""
+        database (asked once per publisher): then :meth:`_start_once` and :meth:`sends_for`
+        apply. Never with ``fork_scheduler_wait_replicas``: a write must be confirmed by the
+        Redis replicas before its slot is published (the fence path's fence is), and one script
+        that claims or fences and also publishes cannot wait in between."""
+        if self.settings.wait_replicas > 0:
+            return False
         publisher = self.publisher
         if self._shared_with is not None and self._shared_with[0] is publisher:
             return self._shared_with[1]

@@ -165,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutation", help="re-introduce a known bug (see --list-mutations)")
     parser.add_argument("--list-mutations", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
+    parser.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="the broker is the claims' Redis: claims send their slots (one-step paths)",
+    )
     args = parser.parse_args(argv)
+    if args.shared_broker and os.environ.get("SIM_SHARED_BROKER") != "1":
+        os.environ["SIM_SHARED_BROKER"] = "1"  # read by simulator.world as it is imported
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     logging.disable(logging.CRITICAL)
     from . import mutations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import os
 import random
 import signal
 import time
@@ -237,6 +238,11 @@ class World:
                 fork_scheduler_key_prefix="sim:",
                 fork_scheduler_max_concurrent=self.scenario.max_concurrent,
                 fork_scheduler_history_size=5,
+                # A failover is drawn against fork_scheduler_wait_replicas=1 (the WAIT itself is
+                # simulated: World.redis_call, SimBackend).
+                fork_scheduler_wait_replicas=int(
+                    any(event.kind == "lag_start" for event in self.scenario.events)
+                ),
             )
             self.apps[version] = app
         self.worker_app = self.apps.pop("worker")
@@ -265,8 +271,9 @@ class World:
         client = client_from_url(self.redis.url)
         real = RedisBackend(client, settings, sleep=lambda seconds: self.freeze(replica, seconds))
         real.replica_id = replica.name
+        real._wait = None  # the WAIT of fork_scheduler_wait_replicas: see World.redis_call
         backend = SimBackend(self, replica, real)
-        publisher = SimPublisher(self, replica)
+        publisher = (SharedBrokerPublisher if SHARED_BROKER else SimPublisher)(self, replica)
 
         def build() -> None:
             replica.scheduler = Scheduler(
@@ -411,7 +418,7 @@ class World:
                 raise BackendUnavailableError(f"simulated client timeout in CLIENT PAUSE ({name})")
             self.freeze(replica, wait / SECOND)
         result = call()
-        if self.lagging_since is not None and name in ("claim", "begin_publish"):
+        if self.lagging_since is not None and name in ("claim", "begin_publish", "publish_once"):
             # fork_scheduler_wait_replicas=1 against a replica that stopped following: the
             # write happened on the master but no replica confirmed it.
             raise BackendUnavailableError("writes confirmed by 0 of 1 Redis replicas (simulated)")
@@ -714,13 +721,32 @@ class SimBackend:
         return self._around("marks", "marks", lambda: self.real.high_water_marks(entries))
 
     def claim(self, claims: Sequence[Any]) -> Any:
+        return self._claim(claims, lambda: self.real.claim(claims))
+
+    def claim_and_send(self, claims: Sequence[Any], sends: Sequence[Any]) -> Any:
+        """The claim that sends its won slots (``--shared-broker``): what it pushed reaches
+        the simulated broker as Redis runs it (see :func:`drained`)."""
+        return self._claim(claims, drained(self, lambda: self.real.claim_and_send(claims, sends)))
+
+    def publish_once(self, claims: Sequence[Any], commands: Sequence[Any]) -> Any:
+        """Fence, publish and record in one script (``--shared-broker``)."""
+        world = self.world
+        world.hook(self.replica, "before_publish")
+        call = drained(self, lambda: self.real.publish_once(claims, commands))
+        replies = world.redis_call(self.replica, "publish_once", call)
+        for claim in claims:
+            world.won_unfenced.pop((claim.entry, claim.slot), None)
+        world.hook(self.replica, "after_publish")
+        return replies
+
+    def _claim(self, claims: Sequence[Any], claim: Callable[[], Any]) -> Any:
         world = self.world
         world.hook(self.replica, "before_claim")
 
         def call() -> Any:
             # What became of held-back runs is noted as Redis decides it, also for a claim
             # that Redis runs after its client gave up (CLIENT PAUSE): its answer is lost.
-            answers = self.real.claim(claims)
+            answers = claim()
             for result in answers:
                 outcome = getattr(result.outcome, "value", str(result.outcome))
                 if outcome == "buffered":
@@ -836,6 +862,30 @@ class SimBackend:
         return result
 
 
+#: ``scripts/simulate.py --shared-broker``: the broker is the claims' Redis, so claims send
+#: their slots (and PUBLISH_ONCE publishes the others) by pushing to :data:`BROKER_LIST`.
+SHARED_BROKER = os.environ.get("SIM_SHARED_BROKER") == "1"
+BROKER_LIST = "sim:broker"
+
+
+def drained(backend: SimBackend, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` (a script that may push messages to :data:`BROKER_LIST`), then every message
+    pushed handed to the simulated broker, at the instant Redis ran it (also when its answer
+    is lost, or when Redis runs it after its client gave up)."""
+
+    def run() -> Any:
+        try:
+            return call()
+        finally:
+            world = backend.world
+            with contextlib.suppress(redis.RedisError):
+                while (raw := world.redis.admin.rpop(BROKER_LIST)) is not None:
+                    occurrence = publishing.occurrence_from_json(raw)
+                    world.accept(backend.replica.name, occurrence, "beat")
+
+    return run
+
+
 class SimPublisher:
     """Records what reaches the broker; fails, hangs or dies as the scenario draws."""
 
@@ -902,6 +952,22 @@ class SimPublisher:
             world.accept(replica.name, occurrence, "beat")
         world.hook(replica, "after_publish")
         return [None for _ in occurrences]
+
+
+class SharedBrokerPublisher(SimPublisher):
+    """The broker is the claims' Redis (``--shared-broker``): each message is one ``LPUSH`` of
+    its occurrence's JSON to :data:`BROKER_LIST`, run by the claim or publish script."""
+
+    def broker_client(self) -> Any:
+        return self.world.redis.admin
+
+    def commands_for(self, occurrences: Sequence[Any]) -> list[Any]:
+        return [[("lpush", (BROKER_LIST, publishing.occurrence_to_json(o)))] for o in occurrences]
+
+    def known_commands_for(self, slots: Sequence[Any]) -> list[Any]:
+        return self.commands_for(
+            [publishing.build_occurrence(entry, slot, task_id) for entry, slot, task_id in slots]
+        )
 
 
 @dataclass

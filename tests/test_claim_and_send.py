@@ -6,6 +6,7 @@ script call instead of two."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -222,3 +223,21 @@ def test_slots_asked_about_for_another_replica_or_to_take_over_are_claimed_witho
     assert sends is not None
     assert sends[0] is not None and sends[0][0][0] == "lpush"
     assert sends[1:] == [None, None]
+
+
+def test_with_wait_replicas_a_shared_redis_keeps_the_fence_path(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """``fork_scheduler_wait_replicas``: every write is confirmed by the Redis replicas before
+    the slot is published, so neither a claim nor ``PUBLISH_ONCE`` may publish in its own
+    script (found by the simulator with ``--shared-broker``: a message consumed from the old
+    master, its claim lost in the failover, won and sent again)."""
+    schedule = {"job": {"task": "job", "schedule": every(10).seconds}}
+    scheduler = shared_beat(redis_url, clock, schedule)
+    try:
+        scheduler.pipeline.settings = replace(scheduler.pipeline.settings, wait_replicas=1)
+        entry = scheduler.entries["job"]
+        assert scheduler.pipeline.sends_for([DueSlot(entry, claim_of())]) is None
+        assert not scheduler.pipeline._shares_redis_with_broker()
+    finally:
+        scheduler.close()
