@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from lane_helpers import Seen
 from replica_helpers import START
 
+from celery_fork_scheduler import signals
 from celery_fork_scheduler.testing import FakeClock, RedisServer
 from celery_fork_scheduler.worker import WorkerHooks
 
@@ -70,3 +72,18 @@ def _worker_heartbeats_stop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     for hooks in created:
         hooks.on_worker_shutdown()
+
+
+@pytest.fixture
+def seen() -> Iterator[Seen]:
+    """Every entry_dispatched, entry_skipped and entry_failed signal sent during the test."""
+    record = Seen()
+    signals.entry_dispatched.connect(record.on_dispatched)
+    signals.entry_skipped.connect(record.on_skipped)
+    signals.entry_failed.connect(record.on_failed)
+    try:
+        yield record
+    finally:
+        signals.entry_dispatched.disconnect(record.on_dispatched)
+        signals.entry_skipped.disconnect(record.on_skipped)
+        signals.entry_failed.disconnect(record.on_failed)

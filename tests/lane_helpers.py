@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ from replica_helpers import make_app, make_scheduler
 
 from celery_fork_scheduler import Scheduler, every
 from celery_fork_scheduler.errors import BackendUnavailableError
+from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import CeleryPublisher
 from celery_fork_scheduler.testing import FakeClock
 
@@ -74,3 +76,56 @@ def burst_schedule(count: int, width: int = 3, **special: dict[str, Any]) -> dic
     for name, options in special.items():
         schedule[name] = {**schedule[name], **options}
     return schedule
+
+
+def history(client: redis.Redis, entry: str) -> list[str]:
+    """The outcomes in ``entry``'s history list (default prefix), newest first."""
+    raw = client.lrange(Keys("scheduler:").history(entry), 0, -1)
+    return [json.loads(item)["outcome"] for item in raw]
+
+
+def lose_next_reply(scheduler: Scheduler, method: str) -> None:
+    """The next call of the backend's ``method`` (``claim_and_send`` or ``publish_once``) runs
+    in Redis, then its reply is lost once (a connection error while reading it, a socket
+    timeout, a WAIT too few replicas confirmed): the backend's own retry (``_retrying``) sends
+    the very same request again."""
+    backend: Any = scheduler.backend
+    real_call, real_pipelined = getattr(backend, method), backend._pipelined
+    state = {"armed": False, "lost": 0}
+
+    def call(*args: Any) -> Any:
+        state["armed"] = state["lost"] == 0
+        try:
+            return real_call(*args)
+        finally:
+            state["armed"] = False
+
+    def pipelined(commands: Any, **kwargs: Any) -> Any:
+        replies = real_pipelined(commands, **kwargs)
+        if state["armed"]:
+            state["armed"] = False
+            state["lost"] += 1
+            raise redis.ConnectionError("simulated: the reply was lost after the script ran")
+        return replies
+
+    setattr(backend, method, call)
+    backend._pipelined = pipelined
+
+
+class Seen:
+    """What replicas reported, per slot: entry_dispatched, entry_skipped, entry_failed (the
+    ``seen`` fixture of tests/conftest.py connects it)."""
+
+    def __init__(self) -> None:
+        self.dispatched: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str, str]] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def on_dispatched(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
+        self.dispatched.append((entry, slot.isoformat()))
+
+    def on_skipped(self, sender: Any, entry: str, slot: datetime, reason: str, **_: Any) -> None:
+        self.skipped.append((entry, slot.isoformat(), reason))
+
+    def on_failed(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
+        self.failed.append((entry, slot.isoformat()))

@@ -11,85 +11,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
-from lane_helpers import burst_schedule, fired, one_step_beat
+from lane_helpers import Seen, burst_schedule, fired, history, lose_next_reply, one_step_beat
 from replica_helpers import START, run_for
 
-from celery_fork_scheduler import Scheduler, every, signals
+from celery_fork_scheduler import every
 from celery_fork_scheduler.errors import BackendUnavailableError
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.store import RuntimeStore
 from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
-
-
-class Seen:
-    """What one replica reported, per slot: entry_dispatched, entry_skipped, entry_failed."""
-
-    def __init__(self) -> None:
-        self.dispatched: list[tuple[str, str]] = []
-        self.skipped: list[tuple[str, str, str]] = []
-        self.failed: list[tuple[str, str]] = []
-
-    def on_dispatched(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
-        self.dispatched.append((entry, slot.isoformat()))
-
-    def on_skipped(self, sender: Any, entry: str, slot: datetime, reason: str, **_: Any) -> None:
-        self.skipped.append((entry, slot.isoformat(), reason))
-
-    def on_failed(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
-        self.failed.append((entry, slot.isoformat()))
-
-
-@pytest.fixture
-def seen() -> Iterator[Seen]:
-    record = Seen()
-    signals.entry_dispatched.connect(record.on_dispatched)
-    signals.entry_skipped.connect(record.on_skipped)
-    signals.entry_failed.connect(record.on_failed)
-    try:
-        yield record
-    finally:
-        signals.entry_dispatched.disconnect(record.on_dispatched)
-        signals.entry_skipped.disconnect(record.on_skipped)
-        signals.entry_failed.disconnect(record.on_failed)
-
-
-def lose_next_claim_reply(scheduler: Scheduler) -> None:
-    """The next ``claim_and_send`` runs in Redis, then its reply is lost once (a connection
-    error while reading it, a socket timeout, a WAIT that too few replicas confirmed): the
-    backend's own retry (``_retrying``) sends the very same request again."""
-    backend: Any = scheduler.backend
-    real_claim, real_pipelined = backend.claim_and_send, backend._pipelined
-    state = {"armed": False, "lost": 0}
-
-    def claim_and_send(claims: Any, sends: Any) -> Any:
-        state["armed"] = state["lost"] == 0
-        try:
-            return real_claim(claims, sends)
-        finally:
-            state["armed"] = False
-
-    def pipelined(commands: Any, **kwargs: Any) -> Any:
-        replies = real_pipelined(commands, **kwargs)
-        if state["armed"]:
-            state["armed"] = False
-            state["lost"] += 1
-            raise redis.ConnectionError("simulated: the reply was lost after the script ran")
-        return replies
-
-    backend.claim_and_send = claim_and_send
-    backend._pipelined = pipelined
-
-
-def history(client: redis.Redis, entry: str) -> list[str]:
-    return [json.loads(item)["outcome"] for item in client.lrange(KEYS.history(entry), 0, -1)]
 
 
 # -- failing: wrong reports -----------------------------------------------------------------
@@ -116,7 +52,7 @@ def test_a_lost_reply_of_a_burst_claim_reports_the_earlier_slots_it_sent_as_clai
     try:
         scheduler.tick()
         clock.advance(3.5)
-        lose_next_claim_reply(scheduler)
+        lose_next_reply(scheduler, "claim_and_send")
         scheduler.tick()
     finally:
         scheduler.close()
@@ -148,7 +84,7 @@ def test_a_lost_reply_of_an_uncertain_one_step_claim_is_reported_dispatched(
     try:
         run_for(scheduler, clock, 5)
         redis_client.set("celery", "not a list")  # the queue's key holds a string
-        lose_next_claim_reply(scheduler)
+        lose_next_reply(scheduler, "claim_and_send")
         run_for(scheduler, clock, 5.5)
     finally:
         scheduler.close()

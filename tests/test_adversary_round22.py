@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -23,10 +22,10 @@ import pytest
 import redis
 from kombu import Exchange, Queue
 from kombu import compression as kombu_compression
-from lane_helpers import fired, one_step_beat
+from lane_helpers import Seen, fired, lose_next_reply, one_step_beat
 from replica_helpers import START, make_app, run_for
 
-from celery_fork_scheduler import Scheduler, every, signals
+from celery_fork_scheduler import every
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
@@ -36,65 +35,6 @@ from celery_fork_scheduler.publishing import CeleryPublisher
 from celery_fork_scheduler.testing import FakeClock, RedisServer
 
 KEYS = Keys("scheduler:")
-
-
-class Seen:
-    """What one replica reported, per slot: entry_dispatched, entry_skipped, entry_failed."""
-
-    def __init__(self) -> None:
-        self.dispatched: list[tuple[str, str]] = []
-        self.skipped: list[tuple[str, str, str]] = []
-        self.failed: list[tuple[str, str]] = []
-
-    def on_dispatched(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
-        self.dispatched.append((entry, slot.isoformat()))
-
-    def on_skipped(self, sender: Any, entry: str, slot: datetime, reason: str, **_: Any) -> None:
-        self.skipped.append((entry, slot.isoformat(), reason))
-
-    def on_failed(self, sender: Any, entry: str, slot: datetime, **_: Any) -> None:
-        self.failed.append((entry, slot.isoformat()))
-
-
-@pytest.fixture
-def seen() -> Iterator[Seen]:
-    record = Seen()
-    signals.entry_dispatched.connect(record.on_dispatched)
-    signals.entry_skipped.connect(record.on_skipped)
-    signals.entry_failed.connect(record.on_failed)
-    try:
-        yield record
-    finally:
-        signals.entry_dispatched.disconnect(record.on_dispatched)
-        signals.entry_skipped.disconnect(record.on_skipped)
-        signals.entry_failed.disconnect(record.on_failed)
-
-
-def lose_next_reply(scheduler: Scheduler, method: str) -> None:
-    """The next call of the backend's ``method`` (``claim_and_send`` or ``publish_once``) runs
-    in Redis, then its reply is lost once (a connection error while reading it): the
-    backend's own retry (``_retrying``) sends the very same request again."""
-    backend: Any = scheduler.backend
-    real_call, real_pipelined = getattr(backend, method), backend._pipelined
-    state = {"armed": False, "lost": 0}
-
-    def call(*args: Any) -> Any:
-        state["armed"] = state["lost"] == 0
-        try:
-            return real_call(*args)
-        finally:
-            state["armed"] = False
-
-    def pipelined(commands: Any, **kwargs: Any) -> Any:
-        replies = real_pipelined(commands, **kwargs)
-        if state["armed"]:
-            state["armed"] = False
-            state["lost"] += 1
-            raise redis.ConnectionError("simulated: the reply was lost after the script ran")
-        return replies
-
-    setattr(backend, method, call)
-    backend._pipelined = pipelined
 
 
 BURST = {"job": {"task": "t", "schedule": every(1).seconds, "args": (1,), "catchup": "all"}}

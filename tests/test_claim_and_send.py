@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import redis
-from replica_helpers import make_app, make_scheduler, run_for
+from lane_helpers import Seen, history, one_step_beat
+from replica_helpers import make_app, run_for
 
-from celery_fork_scheduler import Scheduler, every, signals
+from celery_fork_scheduler import Scheduler, every
 from celery_fork_scheduler.backends import Claim, ClaimOutcome
 from celery_fork_scheduler.backends.base import to_epoch_us
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -22,7 +23,6 @@ from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.due import DueSlot
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.publishing import CeleryPublisher
 from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
@@ -31,10 +31,6 @@ SLOT = datetime(2026, 3, 2, 10, 0, 10, tzinfo=timezone.utc)
 
 def queued(client: redis.Redis, queue: str = "celery") -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
-
-
-def history(client: redis.Redis, entry: str) -> list[str]:
-    return [json.loads(item)["outcome"] for item in client.lrange(KEYS.history(entry), 0, -1)]
 
 
 def push(message: str, queue: str = "celery") -> list[tuple[str, tuple[Any, ...]]]:
@@ -136,11 +132,9 @@ def test_a_broker_command_that_fails_leaves_the_slot_sent_never_again(
     assert history(redis_client, "job") == ["uncertain"]
 
 
-def shared_beat(redis_url: str, clock: FakeClock, schedule: dict[str, Any]) -> Scheduler:
-    app = make_app(redis_url, schedule)
-    app.conf.broker_url = redis_url
-    scheduler = make_scheduler(redis_url, clock, {}, app=app)
-    scheduler.publisher = CeleryPublisher(app, lambda: scheduler.producer)
+def ready_beat(redis_url: str, clock: FakeClock, schedule: dict[str, Any]) -> Scheduler:
+    """:func:`lane_helpers.one_step_beat`, its schedule set up."""
+    scheduler = one_step_beat(redis_url, clock, schedule)
     scheduler.setup_schedule()
     return scheduler
 
@@ -160,27 +154,20 @@ def spy_publish_once(scheduler: Scheduler) -> list[Any]:
 
 
 def test_beat_claims_and_sends_in_one_script_and_reports_the_dispatch(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, seen: Seen
 ) -> None:
-    scheduler = shared_beat(
+    scheduler = ready_beat(
         redis_url, clock, {"job": {"task": "job", "schedule": every(10).seconds, "args": (1,)}}
     )
     separate = spy_publish_once(scheduler)
-    dispatched: list[tuple[str, datetime]] = []
-
-    def on_dispatched(sender: Any, entry: str, slot: datetime, **_: Any) -> None:
-        dispatched.append((entry, slot))
-
-    signals.entry_dispatched.connect(on_dispatched)
     try:
         run_for(scheduler, clock, 25)
     finally:
-        signals.entry_dispatched.disconnect(on_dispatched)
         scheduler.close()
     messages = queued(redis_client)
     slots = [datetime.fromisoformat(m["headers"]["fork_scheduler_slot"]) for m in messages]
     assert [m["headers"]["id"] for m in messages] == [task_id_for("job", s) for s in slots]
-    assert len(slots) == 2 and dispatched == [("job", slot) for slot in slots]
+    assert len(slots) == 2 and seen.dispatched == [("job", slot.isoformat()) for slot in slots]
     assert separate == []  # no publish script after the claim: the claim sent them
     assert history(redis_client, "job") == ["sent", "sent"]
 
@@ -194,7 +181,7 @@ def test_entries_decided_after_the_claim_keep_the_publish_after_it(
     redis_url: str, redis_client: redis.Redis, clock: FakeClock, options: dict[str, Any]
 ) -> None:
     schedule = {"job": {"task": "job", "schedule": every(10).seconds, **options}}
-    scheduler = shared_beat(redis_url, clock, schedule)
+    scheduler = ready_beat(redis_url, clock, schedule)
     separate = spy_publish_once(scheduler)
     try:
         run_for(scheduler, clock, 15)
@@ -209,7 +196,7 @@ def test_slots_asked_about_for_another_replica_or_to_take_over_are_claimed_witho
 ) -> None:
     """A slot of an entry another replica owns (asked after its grace) or a takeover retry
     mostly finds the slot taken: its claim carries no message (built only if won)."""
-    scheduler = shared_beat(
+    scheduler = ready_beat(
         redis_url, clock, {"job": {"task": "job", "schedule": every(10).seconds}}
     )
     try:
@@ -233,7 +220,7 @@ def test_with_wait_replicas_a_shared_redis_keeps_the_fence_path(
     script (found by the simulator with ``--shared-broker``: a message consumed from the old
     master, its claim lost in the failover, won and sent again)."""
     schedule = {"job": {"task": "job", "schedule": every(10).seconds}}
-    scheduler = shared_beat(redis_url, clock, schedule)
+    scheduler = ready_beat(redis_url, clock, schedule)
     try:
         scheduler.pipeline.settings = replace(scheduler.pipeline.settings, wait_replicas=1)
         entry = scheduler.entries["job"]

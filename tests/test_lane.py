@@ -140,27 +140,33 @@ def test_redis_lost_while_the_next_chunk_is_claimed_still_publishes_every_slot_o
         scheduler.close()
 
 
-def test_a_stop_signal_with_the_next_chunk_claimed_in_the_lane_publishes_it_first(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock
+@pytest.mark.parametrize(
+    ("method", "sent_with_claim"),
+    [("publish_once", False), ("claim_and_send", True)],
+    ids=["publish-script", "claim-that-sends"],
+)
+def test_a_stop_signal_while_the_lane_runs_a_script_publishes_every_claim_first(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, method: str, sent_with_claim: bool
 ) -> None:
-    """A rolling deploy's SIGTERM arrives while the lane runs a publish script: beat stops
-    once every claim it won (the chunk being published and the next one) is published."""
-    scheduler = burst_beat(redis_url, clock)
+    """A rolling deploy's SIGTERM arrives while the lane runs the second publish script (or
+    the second chunk's claim that sends it): beat stops once every claim it won (the chunk
+    being published and the next one) is published, and leaves no pending claim."""
+    scheduler = burst_beat(redis_url, clock, sent_with_claim=sent_with_claim)
     backend: Any = scheduler.backend
-    real_publish = backend.publish_once
-    publishes = 0
+    real = getattr(backend, method)
+    calls = 0
 
-    def publish_once(claims: Sequence[Claim], commands: Any) -> Any:
-        nonlocal publishes
-        publishes += 1
-        if publishes == 2:
+    def call(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_publish(claims, commands)
+        return real(*args)
 
     def celery_beat_handler(signum: int, frame: Any) -> None:
         raise SystemExit()
 
-    backend.publish_once = publish_once
+    setattr(backend, method, call)
     previous = signal.signal(signal.SIGTERM, celery_beat_handler)
     scheduler.setup_schedule()
     try:
@@ -321,39 +327,4 @@ def test_redis_lost_at_a_claim_that_sends_publishes_every_slot_once_when_back(
         for i in range(ENTRIES):
             assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0
     finally:
-        scheduler.close()
-
-
-def test_a_stop_signal_while_a_claim_sends_its_chunk_leaves_no_claim_behind(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock
-) -> None:
-    """A SIGTERM arrives while the lane runs the second chunk's claim: beat stops once the
-    chunks claimed are sent, and leaves no pending claim."""
-    scheduler = burst_beat(redis_url, clock, sent_with_claim=True)
-    backend: Any = scheduler.backend
-    real = backend.claim_and_send
-    calls = 0
-
-    def claim_and_send(claims: Sequence[Claim], sends: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(claims, sends)
-
-    def celery_beat_handler(signum: int, frame: Any) -> None:
-        raise SystemExit()
-
-    backend.claim_and_send = claim_and_send
-    previous = signal.signal(signal.SIGTERM, celery_beat_handler)
-    scheduler.setup_schedule()
-    try:
-        with pytest.raises(SystemExit):
-            run_for(scheduler, clock, 10.5)
-        counts = fired(redis_client)
-        assert len(counts) == ENTRIES and set(counts.values()) == {1}
-        for i in range(ENTRIES):
-            assert redis_client.hlen(KEYS.pending(f"e{i:04}")) == 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
         scheduler.close()

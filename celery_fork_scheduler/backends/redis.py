@@ -325,22 +325,22 @@ class RedisBackend:
             return []
         attempts = 0
 
-        def note_attempt(flags: list[tuple[list[Any], int]]) -> None:
+        def asked_again_now() -> bool:
+            """Count an attempt; True at the second (the flags set then stay set)."""
             nonlocal attempts
             attempts += 1
-            if attempts == 2:
-                for args, index in flags:
-                    args[index] = "1"
+            return attempts == 2 and asked_again is not None
 
         if isinstance(self.client, RedisCluster) or len(items) == 1:
             commands: list[Command] = [
                 (keys[0], partial(_run_script, script=single, keys=keys, args=args))
                 for keys, args in items
             ]
-            per_item = [] if asked_again is None else [(args, asked_again) for _, args in items]
 
             def run_each() -> list[Any]:
-                note_attempt(per_item)
+                if asked_again_now():
+                    for _, args in items:
+                        args[asked_again] = "1"  # type: ignore[index]
                 return self._pipelined(commands, acknowledged=True)
 
             return self._retrying(run_each)
@@ -348,15 +348,16 @@ class RedisBackend:
         all_args: list[Any] = [len(items)]
         all_args += [len(keys) for keys, _ in items]
         all_args += [len(args) for _, args in items]
-        flags: list[tuple[list[Any], int]] = []
         for _, args in items:
-            if asked_again is not None:
-                flags.append((all_args, len(all_args) + asked_again))
             all_args += args
         command = (all_keys[0], partial(_run_script, script=many, keys=all_keys, args=all_args))
 
         def run() -> list[Any]:
-            note_attempt(flags)
+            if asked_again_now():
+                start = 1 + 2 * len(items)  # each item's arguments follow the counts
+                for _, args in items:
+                    all_args[start + asked_again] = "1"  # type: ignore[operator]
+                    start += len(args)
             [reply] = self._pipelined([command], acknowledged=True)
             if isinstance(reply, Exception):
                 return [reply] * len(items)
