@@ -63,6 +63,7 @@ DEFAULTS: Mapping[str, Any] = {
     "web_token": None,
     "calendars": {},
     "default_jitter": timedelta(0),
+    "freeze_heap": True,
 }
 
 
@@ -112,6 +113,9 @@ class Settings:
     #: Named lists of exclusion dates (canonical items, see :mod:`.exclusions`) that entries
     #: use with their ``calendar`` key.
     calendars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Once start-up is done, keep the objects it built out of the garbage collector's walks
+    #: and collect young objects less often (see :mod:`.heap`).
+    freeze_heap: bool = True
 
 
 #: Celery's own settings read with the others: the :class:`Settings` field each one fills and
@@ -307,9 +311,9 @@ def _redis_url(value: object) -> str | None:
     return url
 
 
-def _enabled(value: object) -> bool:
+def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise _setting_error("enabled", f"must be True or False, not {shown(value)}")
+        raise _setting_error(name, f"must be True or False, not {shown(value)}")
     return value
 
 
@@ -348,7 +352,7 @@ def _named(check: Callable[[str, Any], Any], name: str) -> Callable[[Any], Any]:
 
 #: How each setting is checked, in the order problems are reported.
 CHECKS: Mapping[str, Callable[[Any], Any]] = {
-    "enabled": _enabled,
+    "enabled": _named(_bool, "enabled"),
     "redis_options": _redis_options,
     "redis_url": _redis_url,
     "key_prefix": _key_prefix,
@@ -375,6 +379,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "default_jitter": lambda value: _duration("default_jitter", value, allow_text=True),
     "starting_deadline": _starting_deadline,
     "calendars": _calendars,
+    "freeze_heap": _named(_bool, "freeze_heap"),
 }
 
 

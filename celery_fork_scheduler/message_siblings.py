@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from celery.app.task import Task
 from celery.utils.saferepr import saferepr
@@ -40,8 +40,7 @@ class Shapes:
     our per-occurrence ones. An entry matches a shape when all of these are equal."""
 
     def __init__(self) -> None:
-        self._by_key: OrderedDict[Any, list[tuple[dict[str, Any], dict[str, Any], Template]]]
-        self._by_key = OrderedDict()
+        self._by_key: OrderedDict[Any, list[Known]] = OrderedDict()
 
     def add(self, occurrence: Any, registered: bool, template: Template) -> None:
         """Remember ``template``, made from ``occurrence``, for its shape."""
@@ -50,23 +49,47 @@ class Shapes:
         candidates = [
             known
             for known in self._by_key.get(key, [])
-            if not (_same(known[0], options) and _same(known[1], headers))
+            if not (_same(known.options, options) and _same(known.headers, headers))
         ]
-        self._by_key[key] = [*candidates[-7:], (options, headers, template)]
+        self._by_key[key] = [*candidates[-7:], Known(options, headers, template)]
         self._by_key.move_to_end(key)
         if len(self._by_key) > SHAPES_KEPT:
             self._by_key.popitem(last=False)
 
-    def find(self, occurrence: Any, registered: bool) -> Template | None:
-        """The template of ``occurrence``'s shape, if one was made."""
+    def find(self, occurrence: Any, registered: bool) -> Known | None:
+        """The known template of ``occurrence``'s shape, if one was made."""
         candidates = self._by_key.get(_key(occurrence, registered))
         if not candidates:
             return None
         options, headers = _values(occurrence)
-        for known_options, known_headers, template in candidates:
-            if _same(known_options, options) and _same(known_headers, headers):
-                return template
+        for known in candidates:
+            if _same(known.options, options) and _same(known.headers, headers):
+                return known
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """How the first template's body was made, read from it once for all its siblings."""
+
+    embed: Any
+    serializer: str
+    body_encoding: str | None
+    compression: str | None
+    argsrepr_maxsize: int
+    kwargsrepr_maxsize: int
+    maxlevels: int
+
+
+class Known:
+    """A shape's template, with its :class:`Basis` once a sibling asked for it (``False``: its
+    body cannot be made again the way Kombu made it)."""
+
+    __slots__ = ("basis", "headers", "options", "template")
+
+    def __init__(self, options: dict[str, Any], headers: dict[str, Any], template: Template):
+        self.options, self.headers, self.template = options, headers, template
+        self.basis: Basis | Literal[False] | None = None
 
 
 def _key(occurrence: Any, registered: bool) -> Any:
@@ -119,7 +142,7 @@ def shareable(app: Any, task_name: str) -> bool:
 
 
 def for_sibling(
-    template: Template,
+    known: Known,
     app: Any,
     channel: Any,
     *,
@@ -129,17 +152,41 @@ def for_sibling(
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
 ) -> Template | None:
-    """The template of entry ``entry`` with ``args`` / ``kwargs``, from ``template`` of an
-    entry of the same shape; ``None`` when its body cannot be made the way Kombu made the
-    first one. Raises what Celery raises for arguments the task refuses."""
+    """The template of entry ``entry`` with ``args`` / ``kwargs``, from ``known``, the
+    template of an entry of the same shape; ``None`` when its body cannot be made the way
+    Kombu made the first one. Raises what Celery raises for arguments the task refuses."""
     task = app.tasks.get(task_name)
+    if known.basis is None:
+        shared = shareable(app, task_name)
+        known.basis = (shared and _basis(known.template, app, task, channel, options)) or False
+    basis = known.basis
+    if not isinstance(basis, Basis):
+        return None
     if task is not None and task.typing:
         task.__header__(*args, **kwargs)  # Celery's own check of the arguments
-    message = template.message
+    payload = _dumps((args, dict(kwargs), basis.embed), basis.serializer)
+    if basis.compression:
+        payload, _ = compression.compress(payload, basis.compression)  # type: ignore[no-untyped-call]
+    body, _ = channel.encode_body(payload, basis.body_encoding)
+    message = known.template.message
     headers = dict(message["headers"])
-    properties = message["properties"]
+    if options.get("argsrepr") is None:  # as Celery: a given None is made from the arguments
+        headers["argsrepr"] = _saferepr(args, basis.argsrepr_maxsize, basis.maxlevels)
+    if options.get("kwargsrepr") is None:
+        headers["kwargsrepr"] = _saferepr(kwargs, basis.kwargsrepr_maxsize, basis.maxlevels)
+    headers[ENTRY_HEADER] = entry
+    return replace(known.template, message={**message, "body": body, "headers": headers})
+
+
+def _basis(
+    template: Template, app: Any, task: Any, channel: Any, options: Mapping[str, Any]
+) -> Basis | None:
+    """Read how ``template``'s body was made, checking that the serializer Celery chose makes
+    it again byte for byte; ``None`` when it does not."""
+    message = template.message
+    headers = message["headers"]
     content_type, content_encoding = message["content-type"], message["content-encoding"]
-    body_encoding = properties.get("body_encoding")
+    body_encoding = message["properties"].get("body_encoding")
     packed = channel.decode_body(message["body"], body_encoding)
     if headers.get("compression"):
         packed = compression.decompress(packed, headers["compression"])  # type: ignore[no-untyped-call]
@@ -150,17 +197,27 @@ def for_sibling(
     serializer = _serializer_name(app, task, options, content_type)
     if _dumps((original_args, original_kwargs, embed), serializer) != packed:
         return None  # the serializer of that content type is not the one Celery used
-    payload = _dumps((args, dict(kwargs), embed), serializer)
-    if headers.get("compression"):
-        payload, _ = compression.compress(payload, headers["compression"])  # type: ignore[no-untyped-call]
-    body, _ = channel.encode_body(payload, body_encoding)
-    maxlevels = app.conf.task_repr_maxlevels
-    if options.get("argsrepr") is None:  # as Celery: a given None is made from the arguments
-        headers["argsrepr"] = saferepr(args, app.amqp.argsrepr_maxsize, maxlevels=maxlevels)
-    if options.get("kwargsrepr") is None:
-        headers["kwargsrepr"] = saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels=maxlevels)
-    headers[ENTRY_HEADER] = entry
-    return replace(template, message={**message, "body": body, "headers": headers})
+    return Basis(
+        embed=embed,
+        serializer=serializer,
+        body_encoding=body_encoding,
+        compression=headers.get("compression") or None,
+        argsrepr_maxsize=app.amqp.argsrepr_maxsize,
+        kwargsrepr_maxsize=app.amqp.kwargsrepr_maxsize,
+        maxlevels=app.conf.task_repr_maxlevels,
+    )
+
+
+def _saferepr(value: Any, maxsize: int, maxlevels: int) -> str:
+    """Celery's ``saferepr``; for empty arguments or a short tuple of integers, the ``repr``
+    it equals (checked against ``saferepr`` in the tests), made without its token stream."""
+    if not value and type(value) in (tuple, dict):
+        return repr(value)
+    if type(value) is tuple and len(value) <= 16 and all(type(item) is int for item in value):
+        text = repr(value)
+        if len(text) * 2 < maxsize:
+            return text
+    return str(saferepr(value, maxsize, maxlevels=maxlevels))
 
 
 def _dumps(body: Any, serializer: str) -> bytes:

@@ -24,7 +24,7 @@ from .ids import (
     slot_isoformat,
 )
 from .message_encoding import EncodedCommands, encode
-from .message_siblings import Shapes, for_sibling, shareable
+from .message_siblings import Shapes, for_sibling
 from .message_template import (
     Rendered,
     Template,
@@ -419,11 +419,11 @@ class CeleryPublisher:
     ) -> Template | None:
         """The template of an entry of the same shape made this occurrence's, or ``None``.
         Raises what Celery raises for arguments the task refuses."""
-        template = self._shapes.find(occurrence, registered)
-        if template is None or not shareable(self.app, occurrence.task):
+        known = self._shapes.find(occurrence, registered)
+        if known is None:
             return None
         return for_sibling(
-            template,
+            known,
             self.app,
             channel,
             entry=occurrence.entry,

@@ -43,6 +43,7 @@ from .decorators import periodic_entries
 from .due import ChunkClaim, DueSlot, Work
 from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
+from .heap import settle_heap
 from .held import HeldRuns
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
@@ -243,6 +244,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The instant beat started (runtime entries read later are queued from it).
         self._started = datetime.now(timezone.utc)
         self._startup_read_done = False
+        self._settle_heap = False
         #: While entries are read at start-up: the spans this replica could not have claimed
         #: in (no tick for longer than the catch-up grace, or the backend away), from ... to.
         #: An entry read later judges its slots in them by its catch-up policy, as an entry
@@ -537,6 +539,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _all_entries_read(self) -> None:
         """Every entry is read: the start-up warnings and the metrics cover them all."""
         self._startup_read_done = True
+        self._settle_heap = self.settings.enabled and self.settings.freeze_heap
         self._interruptions.clear()
         if self.runtime is not None:
             # Each entry's add or change instant served its first queued slot (and its
@@ -600,6 +603,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             handled = self._handle(due_items, now)
         if handled:
             self._report_progress(now)
+        if self._settle_heap:  # after the first tick with every entry read (templates made)
+            self._settle_heap = False
+            settle_heap()
         sleep = self._seconds_to_next_wakeup()
         if sleep > WARM_MARGIN:
             started = self.monotonic()

@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.utils.saferepr import saferepr
+from hypothesis import given
+from hypothesis import strategies as st
 from publish_helpers import declare_queues, sent_by_celery
 from test_message_template import OPTIONS, SLOTS, broker, make_app, same_message
 
-from celery_fork_scheduler import publishing
+from celery_fork_scheduler import message_siblings, publishing
 from celery_fork_scheduler.entry import Entry, entry_from_config
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
@@ -135,4 +138,50 @@ def test_a_task_with_its_own_apply_async_is_never_shared(
             assert rendered is not None
             assert rendered.messages[0][1]["headers"]["first-arg"] == SIBLINGS[name][0][0]
     assert len(captures) == 2
+    app.close()
+
+
+@given(
+    value=st.one_of(
+        st.tuples(),
+        st.just({}),
+        st.lists(st.integers(), max_size=20).map(tuple),
+        st.lists(st.integers(min_value=-(10**400), max_value=10**400), max_size=3).map(tuple),
+        st.lists(st.one_of(st.integers(), st.booleans(), st.none(), st.text()), max_size=5).map(
+            tuple
+        ),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    ),
+    maxsize=st.sampled_from([8, 64, 1024]),
+)
+def test_argument_reprs_are_celerys_saferepr(value: Any, maxsize: int) -> None:
+    """The shortcut for integer tuples and empty arguments writes what ``saferepr`` writes,
+    long ones (truncated by ``saferepr``) included."""
+    assert message_siblings._saferepr(value, maxsize, 3) == saferepr(value, maxsize, maxlevels=3)
+
+
+def test_siblings_with_integer_arguments_get_celerys_message(
+    broker: str, captures: list[str]
+) -> None:
+    """Integer arguments take the ``argsrepr`` shortcut: each sibling's message is still the
+    one Celery builds, field by field, from one capture for the shape."""
+    app = make_app(broker, {})
+    arguments = [(), (0,), (7, -3), (10**30,), tuple(range(16)), tuple(range(17)), (2**64,) * 9]
+    with app.producer_or_acquire() as producer:
+        declare_queues(app, producer)
+        publisher = CeleryPublisher(app, lambda: producer)
+        for number, args in enumerate(arguments):
+            made = entry_from_config(
+                f"ints{number}",
+                {"task": "siblings.ints", "schedule": 60, "args": args},
+                default_timezone=timezone.utc,
+            )
+            slot = SLOTS[number % len(SLOTS)]
+            occurrence = build_occurrence(made, slot, task_id_for(made.name, slot))
+            rendered = publisher.render(occurrence, producer, producer.channel)
+            assert rendered is not None
+            expected = sent_by_celery(app, producer, occurrence)
+            for (_, ours), (_, theirs) in zip(rendered.messages, expected, strict=True):
+                same_message(ours, theirs)
+    assert len(captures) == 1
     app.close()
