@@ -10,9 +10,11 @@ So once start-up is done, :func:`settle_heap` moves the objects alive then to th
 generation (``gc.freeze``: they are no longer walked; they are still freed by reference
 counting, only a reference cycle among them is kept until exit) and raises the young
 generation's threshold, so that short-lived objects are mostly freed by reference counting
-before a collection looks at them. It acts once per process (the first replica to finish
-starting, in a test process that runs several). ``fork_scheduler_freeze_heap = False``
-leaves the collector as Python configured it.
+before a collection looks at them. Only a scheduler that a beat service runs (``celery
+beat``, or the beat of ``celery worker -B``) does it, once per process: not one that a test
+or an application runs itself, whose process may live on long after it. A collector switched
+off (a young threshold of 0) stays off. ``fork_scheduler_freeze_heap = False`` leaves the
+collector as Python configured it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def settle_heap() -> None:
     _settled.append(True)
     gc.freeze()
     young, middle, old = gc.get_threshold()
+    if young == 0:  # automatic collection is off: it stays off
+        return
     gc.set_threshold(
         max(young, YOUNG_THRESHOLD), max(middle, OLDER_THRESHOLD), max(old, OLDER_THRESHOLD)
     )

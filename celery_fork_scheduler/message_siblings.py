@@ -76,20 +76,19 @@ class Basis:
     serializer: str
     body_encoding: str | None
     compression: str | None
-    argsrepr_maxsize: int
-    kwargsrepr_maxsize: int
-    maxlevels: int
 
 
 class Known:
-    """A shape's template, with its :class:`Basis` once a sibling asked for it (``False``: its
-    body cannot be made again the way Kombu made it)."""
+    """A shape's template, with its :class:`Basis` once a sibling asked for it (``False``: it
+    may not serve siblings, or its body cannot be made again the way Kombu made it), judged
+    for the task object ``task`` (a task registered again is judged again)."""
 
-    __slots__ = ("basis", "headers", "options", "template")
+    __slots__ = ("basis", "headers", "options", "task", "template")
 
     def __init__(self, options: dict[str, Any], headers: dict[str, Any], template: Template):
         self.options, self.headers, self.template = options, headers, template
         self.basis: Basis | Literal[False] | None = None
+        self.task: Any = None
 
 
 def _key(occurrence: Any, registered: bool) -> Any:
@@ -156,24 +155,27 @@ def for_sibling(
     template of an entry of the same shape; ``None`` when its body cannot be made the way
     Kombu made the first one. Raises what Celery raises for arguments the task refuses."""
     task = app.tasks.get(task_name)
-    if known.basis is None:
+    if known.basis is None or known.task is not task:
         shared = shareable(app, task_name)
         known.basis = (shared and _basis(known.template, app, task, channel, options)) or False
+        known.task = task
     basis = known.basis
     if not isinstance(basis, Basis):
         return None
-    if task is not None and task.typing:
-        task.__header__(*args, **kwargs)  # Celery's own check of the arguments
+    check = getattr(task, "__header__", None) if task is not None and task.typing else None
+    if check is not None:  # Celery's own check of the arguments (a class-based task has none)
+        check(*args, **kwargs)
     payload = _dumps((args, dict(kwargs), basis.embed), basis.serializer)
     if basis.compression:
         payload, _ = compression.compress(payload, basis.compression)  # type: ignore[no-untyped-call]
     body, _ = channel.encode_body(payload, basis.body_encoding)
     message = known.template.message
     headers = dict(message["headers"])
+    maxlevels = app.conf.task_repr_maxlevels
     if options.get("argsrepr") is None:  # as Celery: a given None is made from the arguments
-        headers["argsrepr"] = _saferepr(args, basis.argsrepr_maxsize, basis.maxlevels)
+        headers["argsrepr"] = _saferepr(args, app.amqp.argsrepr_maxsize, maxlevels)
     if options.get("kwargsrepr") is None:
-        headers["kwargsrepr"] = _saferepr(kwargs, basis.kwargsrepr_maxsize, basis.maxlevels)
+        headers["kwargsrepr"] = _saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels)
     headers[ENTRY_HEADER] = entry
     return replace(known.template, message={**message, "body": body, "headers": headers})
 
@@ -202,21 +204,31 @@ def _basis(
         serializer=serializer,
         body_encoding=body_encoding,
         compression=headers.get("compression") or None,
-        argsrepr_maxsize=app.amqp.argsrepr_maxsize,
-        kwargsrepr_maxsize=app.amqp.kwargsrepr_maxsize,
-        maxlevels=app.conf.task_repr_maxlevels,
     )
 
 
-def _saferepr(value: Any, maxsize: int, maxlevels: int) -> str:
-    """Celery's ``saferepr``; for empty arguments or a short tuple of integers, the ``repr``
-    it equals (checked against ``saferepr`` in the tests), made without its token stream."""
-    if not value and type(value) in (tuple, dict):
-        return repr(value)
-    if type(value) is tuple and len(value) <= 16 and all(type(item) is int for item in value):
-        text = repr(value)
-        if len(text) * 2 < maxsize:
-            return text
+#: The shortcut of :func:`_saferepr` applies with at least this size (``saferepr`` cuts a
+#: text at its size, and writes ``, ...`` for what does not fit at all).
+_SHORTCUT_MIN_SIZE = 64
+
+
+def _saferepr(value: Any, maxsize: int | None, maxlevels: int) -> str:
+    """Celery's ``saferepr``; for empty arguments or a short tuple of integers, within sizes
+    and levels that leave them whole, the ``repr`` it then equals (property-tested against
+    ``saferepr``), made without its token stream."""
+    if (
+        type(maxsize) is int
+        and maxsize >= _SHORTCUT_MIN_SIZE
+        and type(maxlevels) is int
+        and maxlevels >= 0
+        and type(value) in (tuple, dict)
+    ):
+        if not value:
+            return repr(value)
+        if type(value) is tuple and len(value) <= 16 and all(type(i) is int for i in value):
+            text = repr(value)
+            if len(text) * 2 < maxsize:
+                return text
     return str(saferepr(value, maxsize, maxlevels=maxlevels))
 
 

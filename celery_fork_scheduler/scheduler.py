@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 import redis
-from celery import beat
+from celery import beat, signals
 from celery.schedules import crontab
 
 from .backend_outage import BackendOutage
@@ -245,6 +245,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._started = datetime.now(timezone.utc)
         self._startup_read_done = False
         self._settle_heap = False
+        self._run_by_beat = False  # a beat service started this scheduler (see heap.py)
+        signals.beat_init.connect(self._on_beat_init)
         #: While entries are read at start-up: the spans this replica could not have claimed
         #: in (no tick for longer than the catch-up grace, or the backend away), from ... to.
         #: An entry read later judges its slots in them by its catch-up policy, as an entry
@@ -603,7 +605,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             handled = self._handle(due_items, now)
         if handled:
             self._report_progress(now)
-        if self._settle_heap:  # after the first tick with every entry read (templates made)
+        if self._settle_heap and self._run_by_beat:  # every entry read, its first slots sent
             self._settle_heap = False
             settle_heap()
         sleep = self._seconds_to_next_wakeup()
@@ -1384,12 +1386,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             status, self._exit_status = self._exit_status, 0
             raise SystemExit(status)
 
+    def _on_beat_init(self, sender: Any = None, **_: Any) -> None:
+        """Celery's ``beat_init``: when its beat service runs this scheduler, the process is
+        beat's, whose heap may be settled (see :mod:`.heap`); not a test's or an app's that
+        runs a scheduler of its own."""
+        if getattr(sender, "scheduler", None) is self:
+            self._run_by_beat = True
+
     def close(self) -> None:
         """Sync, close the backend and release the broker connection; once (Celery closes
         beat's scheduler twice on a stop: a closed Redis Cluster client fails when used)."""
         if self._closed:
             return
         self._closed = True
+        signals.beat_init.disconnect(self._on_beat_init)
         try:
             super().close()
         finally:

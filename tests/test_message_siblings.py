@@ -152,12 +152,16 @@ def test_a_task_with_its_own_apply_async_is_never_shared(
         ),
         st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
     ),
-    maxsize=st.sampled_from([8, 64, 1024]),
+    maxsize=st.sampled_from([None, 0, 1, 8, 63, 64, 1024]),
+    maxlevels=st.integers(min_value=-2, max_value=3),
 )
-def test_argument_reprs_are_celerys_saferepr(value: Any, maxsize: int) -> None:
+def test_argument_reprs_are_celerys_saferepr(
+    value: Any, maxsize: int | None, maxlevels: int
+) -> None:
     """The shortcut for integer tuples and empty arguments writes what ``saferepr`` writes,
-    long ones (truncated by ``saferepr``) included."""
-    assert message_siblings._saferepr(value, maxsize, 3) == saferepr(value, maxsize, maxlevels=3)
+    long ones (truncated by ``saferepr``), no size, no room and negative levels included."""
+    ours = message_siblings._saferepr(value, maxsize, maxlevels)
+    assert ours == saferepr(value, maxsize, maxlevels=maxlevels)
 
 
 def test_siblings_with_integer_arguments_get_celerys_message(
