@@ -2,8 +2,10 @@
 
 A replica that does not own an entry would otherwise handle each of its slots twice: when the
 slot comes (deferred to the owner's grace), then after the grace (the owner's progress record
-checked, the next slot queued). Once the owner's record covers a slot, the entry's next chain
-item is **parked** under its owner instead: no heap push, no wake-up, nothing per slot. Each
+checked, the next slot queued). When the owner keeps up (its record is trusted and no more than
+a grace old), the entry's chain item is **parked** under its owner instead, from the slot that
+comes (the first burst after start-up included) or once the owner's record covers a slot: no
+heap push, no wake-up, nothing per slot. Each
 tick checks each owner once. An owner whose record falls a grace behind may only be busy (its
 record is written after its tick): its entries are released once the earliest of their slots
 after what its record was trusted for is a grace old, from that slot on, so a dead owner still

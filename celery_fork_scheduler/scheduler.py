@@ -909,11 +909,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if owner is not None and ownership is not None:
             horizon = now - ownership.grace
             publish_at = item.entry.publish_at(item.slot)
-            if publish_at > horizon:
-                self.deferred.push(
-                    (publish_at + ownership.grace).timestamp(), item.entry, item.slot
-                )
-                return None  # its owner asks first
+            if publish_at > horizon:  # its owner asks first
+                trusted = ownership.keeps_up(owner, now) if entry is item.entry else None
+                if trusted is not None:  # and keeps up: parked until it falls a grace behind
+                    self.parked.park(owner, item, trusted)
+                else:
+                    when = (publish_at + ownership.grace).timestamp()
+                    self.deferred.push(when, item.entry, item.slot)
+                return None
         until: datetime | None = None
         if item.retry:
             slots = [item.slot]
