@@ -25,6 +25,7 @@ from celery.utils.saferepr import saferepr
 from kombu import compression, serialization
 
 from .ids import CAPPED_HEADER, ENTRY_HEADER, PUBLISH_AT_HEADER, SLOT_HEADER
+from .message_encoding import EncodedCommands, encode, encode_shape
 from .message_template import Template
 
 #: Headers our scheduler sets per occurrence or per entry name: not part of a shape.
@@ -83,12 +84,26 @@ class Known:
     may not serve siblings, or its body cannot be made again the way Kombu made it), judged
     for the task object ``task`` (a task registered again is judged again)."""
 
-    __slots__ = ("basis", "headers", "options", "task", "template")
+    __slots__ = ("basis", "encodings", "headers", "options", "task", "template")
 
     def __init__(self, options: dict[str, Any], headers: dict[str, Any], template: Template):
         self.options, self.headers, self.template = options, headers, template
         self.basis: Basis | Literal[False] | None = None
         self.task: Any = None
+        #: Per variant, the template's commands with placeholders where siblings differ.
+        self.encodings: dict[Any, EncodedCommands | None] = {}
+
+    def encoded_for(
+        self, sibling: Template, channel: Any, variant: tuple[bool, bool, tuple[str, ...]]
+    ) -> EncodedCommands | None:
+        """The commands of ``sibling`` (a template made from this one) for ``variant`` (capped,
+        jittered, queues), from this shape's (see :func:`.message_encoding.encode_shape`)."""
+        if variant not in self.encodings:
+            self.encodings[variant] = encode_shape(self.template, channel, *variant)
+        shaped = self.encodings[variant]
+        if shaped is None:
+            return encode(sibling, channel, *variant)
+        return shaped.for_sibling(sibling.message)
 
 
 def _key(occurrence: Any, registered: bool) -> Any:

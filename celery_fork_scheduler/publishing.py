@@ -24,7 +24,7 @@ from .ids import (
     slot_isoformat,
 )
 from .message_encoding import EncodedCommands, encode
-from .message_siblings import Shapes, for_sibling
+from .message_siblings import Known, Shapes, for_sibling
 from .message_template import (
     Rendered,
     Template,
@@ -206,6 +206,8 @@ class CeleryPublisher:
         self._shapes = Shapes()
         #: Per entry name: its template and that template's encoded commands per variant.
         self._encodings: dict[str, tuple[Template, dict[Any, EncodedCommands]]] = {}
+        #: Per entry name: the sibling template made for it and the shape it was made from.
+        self._siblings: dict[str, tuple[Template, Known]] = {}
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -265,6 +267,8 @@ class CeleryPublisher:
         for occurrence in occurrences:
             try:
                 commands = self._encoded_commands(occurrence, channel)
+                if commands is None and self._sibling_made(occurrence, channel):
+                    commands = self._encoded_commands(occurrence, channel)  # shape's encoding
                 if commands is None:
                     done = self.render(occurrence, producer, channel)
                     if done is None:
@@ -327,7 +331,11 @@ class CeleryPublisher:
             known = self._encodings[occurrence.entry] = (template, {})
         encoded = known[1].get(variant)
         if encoded is None:
-            encoded = encode(template, channel, *variant)
+            sibling = self._siblings.get(occurrence.entry)
+            if sibling is not None and sibling[0] is template:
+                encoded = sibling[1].encoded_for(template, channel, variant)
+            else:
+                encoded = encode(template, channel, *variant)
             if encoded is None:
                 return None
             known[1][variant] = encoded
@@ -377,11 +385,8 @@ class CeleryPublisher:
                 self.app.now() if template.reads_clock else None,
                 queues_of(template, channel),
             )
-        if definition is not None:
-            sibling = self._sibling_template(occurrence, registered, channel)
-            if sibling is not None:
-                self._keep(occurrence.entry, (definition, registered, sibling))
-                return self.render(occurrence, producer, channel)
+        if self._sibling_made(occurrence, channel, registered):
+            return self.render(occurrence, producer, channel)
         # No retry: Kombu would publish again on a new channel, past the capture.
         captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         template = None
@@ -392,6 +397,23 @@ class CeleryPublisher:
             if template is not None:
                 self._shapes.add(occurrence, registered, template)
         return None if captured is None else Rendered(tuple(captured))
+
+    def _sibling_made(
+        self, occurrence: Occurrence, channel: Any, registered: bool | None = None
+    ) -> bool:
+        """Make the entry's template from a known shape's (see :mod:`.message_siblings`);
+        whether one was made. Raises what Celery raises for arguments the task refuses."""
+        definition = occurrence.definition
+        if definition is None:
+            return False
+        if registered is None:
+            registered = occurrence.task in self.app.tasks
+        made = self._sibling_template(occurrence, registered, channel)
+        if made is None:
+            return False
+        self._siblings[occurrence.entry] = made
+        self._keep(occurrence.entry, (definition, registered, made[0]))
+        return True
 
     def _cached(
         self, occurrence: Occurrence, tasks: Mapping[str, Any] | None = None
@@ -413,16 +435,17 @@ class CeleryPublisher:
         if len(self._cache) > TEMPLATES_KEPT:
             dropped, _ = self._cache.popitem(last=False)
             self._encodings.pop(dropped, None)
+            self._siblings.pop(dropped, None)
 
     def _sibling_template(
         self, occurrence: Occurrence, registered: bool, channel: Any
-    ) -> Template | None:
-        """The template of an entry of the same shape made this occurrence's, or ``None``.
-        Raises what Celery raises for arguments the task refuses."""
+    ) -> tuple[Template, Known] | None:
+        """The template of an entry of the same shape made this occurrence's, with that
+        shape, or ``None``. Raises what Celery raises for arguments the task refuses."""
         known = self._shapes.find(occurrence, registered)
         if known is None:
             return None
-        return for_sibling(
+        made = for_sibling(
             known,
             self.app,
             channel,
@@ -432,6 +455,7 @@ class CeleryPublisher:
             kwargs=occurrence.kwargs,
             options=occurrence.options,
         )
+        return None if made is None else (made, known)
 
     def _templating_channel(self, producer: Any) -> Any | None:
         """The producer's channel when messages may be captured and copied, else ``None``."""

@@ -64,3 +64,51 @@ def test_encoded_commands_are_kombus_commands_for_the_occurrence(
                 # Kombu's own encoding of that message, byte for byte.
                 assert kombu_json.dumps(ours_message) == ours_rest[0]
     app.close()
+
+
+#: Siblings of one shape whose arguments and names the JSON must escape differently.
+SIBLING_ARGS = {
+    "plain": (["eu"], {"day": "monday"}),
+    "quoted \"name\"": (['zürich ☃ "quoted" \\ \n' * 20], {"day": "日曜日"}),
+    "ints": ([1, 2, 3], {}),
+    "empty": ([], {}),
+}
+
+
+@pytest.mark.parametrize("case", [case for case in OPTIONS if case != "expires-datetime"])
+@pytest.mark.parametrize("jitter", [0, 30])
+def test_siblings_commands_are_kombus_commands_for_each_sibling(
+    redis_url: str, case: str, jitter: int
+) -> None:
+    """A sibling's commands come from its shape's encoding with its body, reprs and entry
+    header written in: Kombu's routing and its JSON of Celery's message for the sibling."""
+    options, conf = OPTIONS[case]
+    app = make_app(redis_url, {**conf, "fork_scheduler_default_jitter": jitter})
+    with app.producer_or_acquire() as producer:
+        declare_queues(app, producer)
+        publisher = CeleryPublisher(app, lambda: producer)
+        for slot in SLOTS:  # each sibling's first slot (made), then its next (kept)
+            for name, (args, kwargs) in SIBLING_ARGS.items():
+                definition = {
+                    "task": "tasks.unregistered",
+                    "schedule": 60,
+                    "args": args,
+                    "kwargs": kwargs,
+                    "options": options,
+                    "jitter": jitter,
+                }
+                entry = entry_from_config(name, definition, default_timezone=timezone.utc)
+                occurrence = build_occurrence(entry, slot, task_id_for(name, slot))
+                [ours] = publisher.commands_for([occurrence])
+                theirs = kombu_commands(app, producer, occurrence)
+                assert [(n, a[0]) for n, a in ours] == [(n, a[0]) for n, a in theirs]
+                for (kind, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(
+                    ours, theirs, strict=True
+                ):
+                    if kind != "lpush":
+                        assert ours_rest == theirs_rest
+                        continue
+                    ours_message = json.loads(ours_rest[0])
+                    same_message(ours_message, json.loads(theirs_rest[0]))
+                    assert kombu_json.dumps(ours_message) == ours_rest[0]
+    app.close()
