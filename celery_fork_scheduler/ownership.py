@@ -7,8 +7,10 @@ another's only ``fork_scheduler_owner_grace`` after the slot, and only when the 
 said it handled the slot. The claim script stays the only judge of who publishes: ownership
 decides who asks first, so exactly-once never depends on it.
 
-The owner says so through its **progress record**: "every slot up to P of the entries I own
-under view V has been asked about", where V fingerprints what decides the slots and their owner
+The owner says so through its **progress record**: "every slot after S and up to P of the
+entries I own under view V has been asked about", where S is when the owner took view V (a
+replica that just started, or just took over entries, asked about none of their earlier slots)
+and V fingerprints what decides the slots and their owner
 (the live replica set, the runtime entries version, the static entries). Another replica trusts
 the record only under the very same view; during a membership change, a rolling deploy of a new
 ``beat_schedule`` or before a runtime change reached everyone, views differ and every replica
@@ -45,15 +47,26 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """One replica's record: its owned slots up to ``until`` are handled under view ``view``."""
+    """One replica's record: its owned slots after ``since`` and up to ``until`` are handled
+    under view ``view`` (taken at ``since``)."""
 
     until: datetime
     written: datetime
     view: int
+    since: datetime
+
+    def covers(self, slot: datetime) -> bool:
+        """Whether the record says ``slot`` (of an entry its replica owns) was asked about."""
+        return self.since < slot <= self.until
 
     def encode(self) -> str:
         return json.dumps(
-            {"until": to_epoch_us(self.until), "at": to_epoch_us(self.written), "view": self.view}
+            {
+                "until": to_epoch_us(self.until),
+                "at": to_epoch_us(self.written),
+                "view": self.view,
+                "since": to_epoch_us(self.since),
+            }
         )
 
     @classmethod
@@ -61,7 +74,9 @@ class Progress:
         try:
             data = json.loads(raw)
             until, written = from_epoch_us(int(data["until"])), from_epoch_us(int(data["at"]))
-            return cls(until, written, int(data["view"]))
+            # A record without "since" (an older replica's) covers nothing: its slots are asked.
+            since = from_epoch_us(int(data["since"])) if "since" in data else until
+            return cls(until, written, int(data["view"]), since)
         except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
             return None  # a record this code did not write
 
@@ -103,6 +118,8 @@ class Ownership:
         self.records: dict[str, Progress] = {}
         self._next_read = 0.0
         self._next_write = 0.0
+        #: When this replica took its current view (its record covers only later slots).
+        self._view_since: datetime | None = None
 
     def other_owner(self, name: str) -> str | None:
         """The replica that owns entry ``name``, when it is not this one (``None`` when this
@@ -123,14 +140,17 @@ class Ownership:
         record = self.records.get(owner)
         if record is None or record.view != self.view or now - record.written > OWNER_LEASE:
             return False
-        return all(slot <= record.until for slot in slots)
+        return all(record.covers(slot) for slot in slots)
 
-    def keeps_up(self, owner: str, now: datetime) -> datetime | None:
+    def keeps_up(self, owner: str, now: datetime, slot: datetime | None = None) -> datetime | None:
         """The ``until`` of ``owner``'s record when this replica trusts it (the same view, a
         live owner) and it is no further behind ``now`` than the grace: the owner's entries
-        may stay parked (see :mod:`.parking`). ``None`` otherwise."""
+        may stay parked (see :mod:`.parking`); with ``slot``, only when the owner held this
+        view before that slot (it asks about the slot). ``None`` otherwise."""
         record = self.records.get(owner)
         if record is None or record.view != self.view or owner not in self.live:
+            return None
+        if slot is not None and slot <= record.since:
             return None
         return record.until if now - record.until <= self.grace else None
 
@@ -154,6 +174,8 @@ class Ownership:
         before = self.view
         self.live, self.basis = tuple(sorted(live)), basis
         self.view = self._fingerprint()
+        if self.view != before or self._view_since is None:
+            self._view_since = now
         return self.view != before
 
     def report(self, until: datetime, now: datetime) -> None:
@@ -161,7 +183,7 @@ class Ownership:
         if self.monotonic() < self._next_write:
             return
         self._next_write = self.monotonic() + WRITE_INTERVAL
-        record = Progress(until, now, self.view)
+        record = Progress(until, now, self.view, self._view_since or now)
         try:
             self.client.hset(self.key, self.replica_id, record.encode())
         except REDIS_ERRORS:

@@ -49,8 +49,10 @@ class ParkedChains:
         self.trust(owner, trusted)
 
     def trust(self, owner: str, until: datetime) -> None:
-        """``owner``'s record, trusted, says it asked about its slots up to ``until``."""
+        """``owner``'s record, trusted, says it asked about its slots up to ``until``: it keeps
+        up, so a hold set while it lagged no longer applies (see :meth:`hold`)."""
         self._trusted[owner] = max(until, self._trusted.get(owner, until))
+        self._hold.pop(owner, None)
 
     def owners(self) -> list[str]:
         """The owners with parked entries."""

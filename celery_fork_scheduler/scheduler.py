@@ -910,7 +910,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             horizon = now - ownership.grace
             publish_at = item.entry.publish_at(item.slot)
             if publish_at > horizon:  # its owner asks first
-                trusted = ownership.keeps_up(owner, now) if entry is item.entry else None
+                trusted = ownership.keeps_up(owner, now, item.slot) if entry is item.entry else None
                 if trusted is not None:  # and keeps up: parked until it falls a grace behind
                     self.parked.park(owner, item, trusted)
                 else:
