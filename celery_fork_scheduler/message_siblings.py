@@ -10,7 +10,9 @@ one message, not 10 000.
 
 A registered task is shared only where ``Task.apply_async`` does nothing that depends on the
 arguments beyond checking them (which is done here too, as Celery does): no override of
-``apply_async`` or ``shadow_name``, no Pydantic arguments. Task protocol 2 only.
+``apply_async`` or ``shadow_name``, no Pydantic arguments; only with the task object the shape
+was captured with. Task protocol 2 only, and never a ``pickle`` body (a pickle writes a
+repeated object as a reference: its bytes depend on which objects are the same).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class Shapes:
     def __init__(self) -> None:
         self._by_key: OrderedDict[Any, list[Known]] = OrderedDict()
 
-    def add(self, occurrence: Any, registered: bool, template: Template) -> None:
-        """Remember ``template``, made from ``occurrence``, for its shape."""
+    def add(self, occurrence: Any, registered: bool, template: Template, task: Any) -> None:
+        """Remember ``template``, made from ``occurrence`` with ``task`` (the app's task
+        object, ``None`` when not registered), for its shape."""
         key = _key(occurrence, registered)
         options, headers = _values(occurrence)
         candidates = [
@@ -52,7 +55,7 @@ class Shapes:
             for known in self._by_key.get(key, [])
             if not (_same(known.options, options) and _same(known.headers, headers))
         ]
-        self._by_key[key] = [*candidates[-7:], Known(options, headers, template)]
+        self._by_key[key] = [*candidates[-7:], Known(options, headers, template, task)]
         self._by_key.move_to_end(key)
         if len(self._by_key) > SHAPES_KEPT:
             self._by_key.popitem(last=False)
@@ -77,19 +80,23 @@ class Basis:
     serializer: str
     body_encoding: str | None
     compression: str | None
+    #: ``argsrepr`` / ``kwargsrepr`` set by the task's route (``task_routes``): every sibling
+    #: keeps the shape's, as Celery's router gives every one of them the same.
+    routed_reprs: frozenset[str] = frozenset()
 
 
 class Known:
-    """A shape's template, with its :class:`Basis` once a sibling asked for it (``False``: it
-    may not serve siblings, or its body cannot be made again the way Kombu made it), judged
-    for the task object ``task`` (a task registered again is judged again)."""
+    """A shape's template, made with the task object ``task``, with its :class:`Basis` once a
+    sibling asked for it (``False``: it may not serve siblings, or its body cannot be made
+    again the way Kombu made it)."""
 
     __slots__ = ("basis", "encodings", "headers", "options", "task", "template")
 
-    def __init__(self, options: dict[str, Any], headers: dict[str, Any], template: Template):
-        self.options, self.headers, self.template = options, headers, template
+    def __init__(
+        self, options: dict[str, Any], headers: dict[str, Any], template: Template, task: Any
+    ) -> None:
+        self.options, self.headers, self.template, self.task = options, headers, template, task
         self.basis: Basis | Literal[False] | None = None
-        self.task: Any = None
         #: Per variant, the template's commands with placeholders where siblings differ.
         self.encodings: dict[Any, EncodedCommands | None] = {}
 
@@ -101,7 +108,7 @@ class Known:
         if variant not in self.encodings:
             self.encodings[variant] = encode_shape(self.template, channel, *variant)
         shaped = self.encodings[variant]
-        if shaped is None:
+        if shaped is None or not isinstance(sibling.message.get("body"), str):
             return encode(sibling, channel, *variant)
         return shaped.for_sibling(sibling.message)
 
@@ -170,33 +177,45 @@ def for_sibling(
     template of an entry of the same shape; ``None`` when its body cannot be made the way
     Kombu made the first one. Raises what Celery raises for arguments the task refuses."""
     task = app.tasks.get(task_name)
-    if known.basis is None or known.task is not task:
+    if task is not known.task:
+        return None  # the task was registered again since the shape was captured
+    if known.basis is None:
         shared = shareable(app, task_name)
-        known.basis = (shared and _basis(known.template, app, task, channel, options)) or False
-        known.task = task
+        basis = shared and _basis(known.template, app, task, task_name, channel, options)
+        known.basis = basis or False
     basis = known.basis
     if not isinstance(basis, Basis):
         return None
     check = getattr(task, "__header__", None) if task is not None and task.typing else None
     if check is not None:  # Celery's own check of the arguments (a class-based task has none)
         check(*args, **kwargs)
-    payload = _dumps((args, dict(kwargs), basis.embed), basis.serializer)
+    # as Kombu's producer: the serializer's own text or bytes, compressed as bytes
+    _, _, payload = serialization.dumps(  # type: ignore[no-untyped-call]
+        (args, dict(kwargs), basis.embed), serializer=basis.serializer
+    )
     if basis.compression:
-        payload, _ = compression.compress(payload, basis.compression)  # type: ignore[no-untyped-call]
+        packed = payload if isinstance(payload, bytes) else str(payload).encode()
+        payload, _ = compression.compress(packed, basis.compression)  # type: ignore[no-untyped-call]
     body, _ = channel.encode_body(payload, basis.body_encoding)
     message = known.template.message
     headers = dict(message["headers"])
     maxlevels = app.conf.task_repr_maxlevels
-    if options.get("argsrepr") is None:  # as Celery: a given None is made from the arguments
+    # as Celery: a given None is made from the arguments, unless the task's route sets it
+    if options.get("argsrepr") is None and "argsrepr" not in basis.routed_reprs:
         headers["argsrepr"] = _saferepr(args, app.amqp.argsrepr_maxsize, maxlevels)
-    if options.get("kwargsrepr") is None:
+    if options.get("kwargsrepr") is None and "kwargsrepr" not in basis.routed_reprs:
         headers["kwargsrepr"] = _saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels)
     headers[ENTRY_HEADER] = entry
     return replace(known.template, message={**message, "body": body, "headers": headers})
 
 
 def _basis(
-    template: Template, app: Any, task: Any, channel: Any, options: Mapping[str, Any]
+    template: Template,
+    app: Any,
+    task: Any,
+    task_name: str,
+    channel: Any,
+    options: Mapping[str, Any],
 ) -> Basis | None:
     """Read how ``template``'s body was made, checking that the serializer Celery chose makes
     it again byte for byte; ``None`` when it does not."""
@@ -212,13 +231,17 @@ def _basis(
         packed, content_type, content_encoding, accept=[content_type]
     )
     serializer = _serializer_name(app, task, options, content_type)
+    if serializer == "pickle":
+        return None  # pickle writes repeated objects as references: bodies differ by identity
     if _dumps((original_args, original_kwargs, embed), serializer) != packed:
         return None  # the serializer of that content type is not the one Celery used
+    routed = app.amqp.router.route({}, task_name, (), {})
     return Basis(
         embed=embed,
         serializer=serializer,
         body_encoding=body_encoding,
         compression=headers.get("compression") or None,
+        routed_reprs=frozenset(k for k in ("argsrepr", "kwargsrepr") if routed.get(k) is not None),
     )
 
 

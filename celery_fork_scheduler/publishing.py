@@ -395,7 +395,9 @@ class CeleryPublisher:
         if definition is not None:
             self._keep(occurrence.entry, (definition, registered, template))
             if template is not None:
-                self._shapes.add(occurrence, registered, template)
+                self._shapes.add(
+                    occurrence, registered, template, self.app.tasks.get(occurrence.task)
+                )
         return None if captured is None else Rendered(tuple(captured))
 
     def _sibling_made(

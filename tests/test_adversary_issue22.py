@@ -33,7 +33,7 @@ def _report(*args: Any, **kwargs: Any) -> None:
 def _make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
     app = Celery("adversary22", set_as_current=False, broker=redis_url)
     app.conf.update(timezone="UTC", beat_schedule=beat_schedule, result_expires=None, **conf)
-    app.task(name="tasks.report")(_report)
+    app.task(name="tasks.report", shared=False)(_report)
     return app
 
 

@@ -44,7 +44,7 @@ def bf_app(redis_url: str) -> Iterator[Celery]:
             "queued": {"task": "tasks.report", "schedule": "* * * * *", "overlap": "buffer_all"}
         },
     )
-    app.task(name="tasks.report")(_report)
+    app.task(name="tasks.report", shared=False)(_report)
     yield app
     app.close()
 
@@ -243,7 +243,7 @@ def minutely_app(redis_url: str) -> Iterator[Celery]:
         fork_scheduler_redis_url=redis_url,
         beat_schedule={"minutely": {"task": "tasks.report", "schedule": "* * * * *"}},
     )
-    app.task(name="tasks.report")(_report)
+    app.task(name="tasks.report", shared=False)(_report)
     yield app
     app.close()
 

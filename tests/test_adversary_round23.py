@@ -304,7 +304,9 @@ def test_passing_sibling_argument_shapes_are_celerys(
                 options=options,
             )
             compare(app, producer, publisher, occurrence)
-    assert len(captures) == 1
+    # pickle writes repeated objects as references: each pickled entry is captured (round 25)
+    expected = len(ARGUMENTS) if options.get("serializer") == "pickle" else 1
+    assert len(captures) == expected
     app.close()
 
 
@@ -330,16 +332,21 @@ def test_passing_a_refused_sibling_raises_as_celery_and_leaves_the_shape_usable(
     """Pinned (checked correct): a sibling the task's signature refuses raises ``TypeError`` as
     ``apply_async`` does (after the Basis was read), and the next sibling is still Celery's."""
     app = make_app(broker, {})
+
+    @app.task(name="round23.refuses", shared=False)  # type: ignore[untyped-decorator]
+    def refuses(region: str, *, day: str = "today") -> None: ...
+
+    task = "round23.refuses"  # a name no other test registers for every app
     with app.producer_or_acquire() as producer:
         declare_queues(app, producer)
         publisher = CeleryPublisher(app, lambda: producer)
-        compare(app, producer, publisher, occurrence_of("a", 0, args=["eu"]))
-        wrong = occurrence_of("wrong", 1, args=["a", "b", "c"])
+        compare(app, producer, publisher, occurrence_of("a", 0, task=task, args=["eu"]))
+        wrong = occurrence_of("wrong", 1, task=task, args=["a", "b", "c"])
         with pytest.raises(TypeError):
             publisher.render(wrong, producer, producer.channel)
         with pytest.raises(TypeError):
             sent_by_celery(app, producer, wrong)
-        compare(app, producer, publisher, occurrence_of("b", 2, args=["us"]))
+        compare(app, producer, publisher, occurrence_of("b", 2, task=task, args=["us"]))
     assert len(captures) == 1
     app.close()
 

@@ -44,7 +44,7 @@ def report(*args: Any, **kwargs: Any) -> None:
 def make_app(redis_url: str, **conf: Any) -> Celery:
     app = Celery("backfill_tests", set_as_current=False, broker=redis_url)
     app.conf.update(timezone="UTC", beat_schedule=STATIC, result_expires=None, **conf)
-    app.task(name="tasks.report")(report)
+    app.task(name="tasks.report", shared=False)(report)
     return app
 
 

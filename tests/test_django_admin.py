@@ -132,7 +132,7 @@ def app(redis_url: str) -> Iterator[Celery]:
             }
         },
     )
-    app.task(name="tasks.report")(report)
+    app.task(name="tasks.report", shared=False)(report)
     install(app)
     with override_settings(FORK_SCHEDULER_ADMIN_APP=app):
         yield app

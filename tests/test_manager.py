@@ -50,7 +50,7 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any] | None = None, **conf
         **conf,
     )
 
-    app.task(name="tasks.report")(report)
+    app.task(name="tasks.report", shared=False)(report)
     return app
 
 

@@ -80,7 +80,10 @@ def test_a_sibling_template_is_the_message_celery_builds_for_the_sibling(
             assert [queue for queue, _ in rendered.messages] == [queue for queue, _ in expected]
             for (_, ours), (_, theirs) in zip(rendered.messages, expected, strict=True):
                 same_message(ours, theirs)
-    assert len(captures) == 1, "one message through Celery for the whole shape"
+    if options.get("serializer") == "pickle":  # references in a pickle: each one is captured
+        assert len(captures) == len(SIBLINGS)
+    else:
+        assert len(captures) == 1, "one message through Celery for the whole shape"
     app.close()
 
 
