@@ -64,17 +64,11 @@ class EncodedCommands:
     ) -> list[tuple[str, tuple[Any, ...]]]:
         """The commands of one occurrence. The values are ids and ISO-8601 instants, which
         JSON writes as they are."""
-        tag = delivery_tag()
-        filled = []
-        for name, (key, *rest) in self.commands:
-            if name == "lpush":
-                text = rest[0].replace(_ENCODED[_TASK_ID], task_id)
-                text = text.replace(_ENCODED[_SLOT], slot_header)
-                if publish_at is not None:
-                    text = text.replace(_ENCODED[_PUBLISH_AT], publish_at)
-                rest = [text.replace(_ENCODED[_DELIVERY_TAG], tag)]
-            filled.append((name, (key, *rest)))
-        return filled
+        values = [(_ENCODED[_TASK_ID], task_id), (_ENCODED[_SLOT], slot_header)]
+        if publish_at is not None:
+            values.append((_ENCODED[_PUBLISH_AT], publish_at))
+        values.append((_ENCODED[_DELIVERY_TAG], delivery_tag()))
+        return self._written(values)
 
     def for_sibling(self, message: dict[str, Any]) -> EncodedCommands:
         """These commands, of a shape (see :func:`encode_shape`), for a sibling's ``message``:
@@ -84,16 +78,19 @@ class EncodedCommands:
         for header, placeholder in _SIBLING_HEADERS.items():
             if isinstance(headers.get(header), str):
                 values.append((_ENCODED[placeholder], dumps(headers[header])[1:-1]))
-        commands = []
+        return EncodedCommands(tuple(self._written(values)))
+
+    def _written(self, values: list[tuple[str, str]]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The commands with each ``(placeholder, value)`` written into their messages."""
+        written = []
         for name, (key, *rest) in self.commands:
             if name == "lpush":
                 text = rest[0]
                 for placeholder, value in values:
                     text = text.replace(placeholder, value)
                 rest = [text]
-            commands.append((name, (key, *rest)))
-        return EncodedCommands(tuple(commands))
-
+            written.append((name, (key, *rest)))
+        return written
 
 def encode(
     template: Template, channel: Any, capped: bool, jittered: bool, queues: Sequence[str]

@@ -940,10 +940,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             park = owner if entry is item.entry else None
             return Work(item, [], entry, until, decided, park_under=park)
         due = []
+        foreign = owner is not None
         for slot in slots:
             if (name, slot) not in seen:
                 seen.add((name, slot))
-                foreign = owner is not None
                 due.append(self._due_slot(entry, slot, takeover=item.takeover, foreign=foreign))
         return Work(item, due, None if item.retry else entry, until, decided)
 

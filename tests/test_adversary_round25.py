@@ -12,42 +12,22 @@ tests/test_message_encoding.py compares (``same_message`` and
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 from kombu import Exchange, Queue
-from kombu.utils import json as kombu_json
-from publish_helpers import declare_queues, sent_by_celery
-from test_message_template import make_app, same_message
+from publish_helpers import declare_queues
+from test_message_encoding import assert_kombus, kombu_commands
+from test_message_template import make_app
 
 import celery_fork_scheduler.publishing as publishing
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.message_template import Rendered, redis_commands
 from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 SLOTS = [datetime(2026, 3, 2, 10, minute, tzinfo=timezone.utc) for minute in range(2)]
-
-
-def kombu_commands(app: Any, producer: Any, occurrence: Any) -> list[Any]:
-    captured = sent_by_celery(app, producer, occurrence)
-    return redis_commands(producer.channel, Rendered(tuple(captured)))
-
-
-def assert_kombus(ours: Any, theirs: Any) -> None:
-    """``ours`` are Kombu's commands ``theirs``, as tests/test_message_encoding.py checks."""
-    assert ours is not None and not isinstance(ours, Exception), ours
-    assert [(n, a[0]) for n, a in ours] == [(n, a[0]) for n, a in theirs]
-    for (kind, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(ours, theirs, strict=True):
-        if kind != "lpush":
-            assert ours_rest == theirs_rest
-            continue
-        ours_message = json.loads(ours_rest[0])
-        same_message(ours_message, json.loads(theirs_rest[0]))
-        assert kombu_json.dumps(ours_message) == ours_rest[0]
 
 
 def job(args: Any = (), kwargs: Any = None, **extra: Any) -> dict[str, Any]:

@@ -28,6 +28,20 @@ def kombu_commands(app: Any, producer: Any, occurrence: Any) -> list[Any]:
     return redis_commands(producer.channel, Rendered(tuple(captured)))
 
 
+def assert_kombus(ours: Any, theirs: Any) -> None:
+    """``ours`` are Kombu's commands ``theirs``: the same queues, each message Celery's field by
+    field, and its text Kombu's JSON of it byte for byte."""
+    assert ours is not None and not isinstance(ours, Exception), ours
+    assert [(n, a[0]) for n, a in ours] == [(n, a[0]) for n, a in theirs]
+    for (kind, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(ours, theirs, strict=True):
+        if kind != "lpush":
+            assert ours_rest == theirs_rest
+            continue
+        ours_message = json.loads(ours_rest[0])
+        same_message(ours_message, json.loads(theirs_rest[0]))
+        assert kombu_json.dumps(ours_message) == ours_rest[0]
+
+
 @pytest.mark.parametrize("case", [case for case in OPTIONS if case != "expires-datetime"])
 @pytest.mark.parametrize("jitter", [0, 30])
 def test_encoded_commands_are_kombus_commands_for_the_occurrence(
@@ -51,18 +65,7 @@ def test_encoded_commands_are_kombus_commands_for_the_occurrence(
             capped = number % 3 == 1
             occurrence = build_occurrence(entry, slot, task_id_for("nightly", slot), capped=capped)
             [ours] = publisher.commands_for([occurrence])
-            theirs = kombu_commands(app, producer, occurrence)
-            assert [(name, args[0]) for name, args in ours] == [
-                (name, args[0]) for name, args in theirs
-            ]
-            for (name, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(ours, theirs, strict=True):
-                if name != "lpush":
-                    assert ours_rest == theirs_rest
-                    continue
-                ours_message, theirs_message = json.loads(ours_rest[0]), json.loads(theirs_rest[0])
-                same_message(ours_message, theirs_message)
-                # Kombu's own encoding of that message, byte for byte.
-                assert kombu_json.dumps(ours_message) == ours_rest[0]
+            assert_kombus(ours, kombu_commands(app, producer, occurrence))
     app.close()
 
 
@@ -100,15 +103,5 @@ def test_siblings_commands_are_kombus_commands_for_each_sibling(
                 entry = entry_from_config(name, definition, default_timezone=timezone.utc)
                 occurrence = build_occurrence(entry, slot, task_id_for(name, slot))
                 [ours] = publisher.commands_for([occurrence])
-                theirs = kombu_commands(app, producer, occurrence)
-                assert [(n, a[0]) for n, a in ours] == [(n, a[0]) for n, a in theirs]
-                for (kind, (_, *ours_rest)), (_, (_, *theirs_rest)) in zip(
-                    ours, theirs, strict=True
-                ):
-                    if kind != "lpush":
-                        assert ours_rest == theirs_rest
-                        continue
-                    ours_message = json.loads(ours_rest[0])
-                    same_message(ours_message, json.loads(theirs_rest[0]))
-                    assert kombu_json.dumps(ours_message) == ours_rest[0]
+                assert_kombus(ours, kombu_commands(app, producer, occurrence))
     app.close()
