@@ -13,14 +13,20 @@ in seconds) are encoded per occurrence.
 A sibling's template (see :mod:`.message_siblings`) differs from its shape's only in its body,
 its ``argsrepr`` / ``kwargsrepr`` and its entry header: its commands are its shape's, encoded
 once with placeholders in those four places too (:func:`encode_shape`), with its own values
-written in (:meth:`EncodedCommands.for_sibling`), instead of Kombu encoding each new entry's
-whole message.
+written in at each occurrence (:func:`sibling_values`). A sibling keeps only those values,
+not a message of its own, and Kombu never encodes a new entry's whole message.
+
+The encoded text is cut at its placeholders once; an occurrence joins the pieces with its
+values.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -39,7 +45,7 @@ def dumps(value: Any) -> str:
 #: no message data can hold one.
 _NONCE = secrets.token_hex(16)
 _TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG = (
-    f"\x00{_NONCE}:{name}\x00" for name in ("task-id", "slot", "publish-at", "delivery-tag")
+    f"\x00{_NONCE}:{name}\x00" for name in ("task_id", "slot", "publish_at", "delivery_tag")
 )
 #: The places a sibling's message differs in: its body, then its headers.
 _BODY = f"\x00{_NONCE}:body\x00"
@@ -53,44 +59,98 @@ _ENCODED = {
 }
 
 
+#: Finds the placeholders in encoded text.
+_PLACEHOLDERS = re.compile("(" + "|".join(re.escape(text) for text in _ENCODED.values()) + ")")
+#: Each placeholder's field name (see :func:`_cut`).
+_FIELDS = {
+    _ENCODED[placeholder]: placeholder.strip("\x00").partition(":")[2]
+    for placeholder in (_TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG, _BODY)
+}
+_FIELDS.update({_ENCODED[placeholder]: name for name, placeholder in _SIBLING_HEADERS.items()})
+#: The fields a sibling fills (see :func:`encode_shape`), in the order of :data:`Written`.
+_SIBLING_FIELDS = ("body", *_SIBLING_HEADERS)
+
+#: A sibling's values as encoded: its body, then its ``argsrepr``, ``kwargsrepr`` and entry
+#: header (``None`` for one that is not text).
+Written = tuple[str | None, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedCommands:
-    """The Redis commands of one template variant, placeholders in their encoded text."""
+    """The Redis commands of one template variant, each LPUSH text cut at its placeholders
+    (see :func:`_cut`)."""
 
     commands: tuple[tuple[str, tuple[Any, ...]], ...]
 
     def fill(
-        self, task_id: str, slot_header: str, publish_at: str | None
+        self, task_id: str, slot_header: str, publish_at: str | None, written: Written = ()
     ) -> list[tuple[str, tuple[Any, ...]]]:
-        """The commands of one occurrence. The values are ids and ISO-8601 instants, which
-        JSON writes as they are."""
-        values = [(_ENCODED[_TASK_ID], task_id), (_ENCODED[_SLOT], slot_header)]
+        """The commands of one occurrence, with a sibling's ``written`` values (see
+        :func:`sibling_values`). The other values are ids and ISO-8601 instants, which JSON
+        writes as they are."""
+        values = {"task_id": task_id, "slot": slot_header, "delivery_tag": delivery_tag()}
         if publish_at is not None:
-            values.append((_ENCODED[_PUBLISH_AT], publish_at))
-        values.append((_ENCODED[_DELIVERY_TAG], delivery_tag()))
-        return self._written(values)
-
-    def for_sibling(self, message: dict[str, Any]) -> EncodedCommands:
-        """These commands, of a shape (see :func:`encode_shape`), for a sibling's ``message``:
-        its body, reprs and entry header written in, each encoded as Kombu's JSON encodes it."""
-        headers = message["headers"]
-        values = [(_ENCODED[_BODY], dumps(message["body"])[1:-1])]
-        for header, placeholder in _SIBLING_HEADERS.items():
-            if isinstance(headers.get(header), str):
-                values.append((_ENCODED[placeholder], dumps(headers[header])[1:-1]))
-        return EncodedCommands(tuple(self._written(values)))
-
-    def _written(self, values: list[tuple[str, str]]) -> list[tuple[str, tuple[Any, ...]]]:
-        """The commands with each ``(placeholder, value)`` written into their messages."""
-        written = []
-        for name, (key, *rest) in self.commands:
+            values["publish_at"] = publish_at
+        for field, value in zip(_SIBLING_FIELDS, written, strict=False):
+            if value is not None:
+                values[field] = value
+        filled = []
+        for name, args in self.commands:
             if name == "lpush":
-                text = rest[0]
-                for placeholder, value in values:
-                    text = text.replace(placeholder, value)
-                rest = [text]
-            written.append((name, (key, *rest)))
-        return written
+                cut, last = args[1]
+                parts = []
+                for text, field in cut:
+                    parts.append(text)
+                    parts.append(values[field])
+                parts.append(last)
+                args = (args[0], "".join(parts), *args[2:])
+            filled.append((name, args))
+        return filled
+
+
+def _cut(commands: Iterable[tuple[str, tuple[Any, ...]]]) -> EncodedCommands:
+    """Commands whose LPUSH texts hold placeholders, as :class:`EncodedCommands`: each text
+    as ``((text before, placeholder's field), ...), text after the last``."""
+    cut = []
+    for name, args in commands:
+        if name == "lpush":
+            parts = _PLACEHOLDERS.split(args[1])
+            pairs = tuple(zip(parts[:-1:2], (_FIELDS[place] for place in parts[1::2]), strict=True))
+            args = (args[0], (pairs, parts[-1]), *args[2:])
+        cut.append((name, args))
+    return EncodedCommands(tuple(cut))
+
+
+def sibling_values(body: str, headers: Iterable[tuple[str, Any]]) -> Written:
+    """A sibling's ``body`` and text ``headers`` (``argsrepr``, ``kwargsrepr``, the entry
+    header), each as Kombu's JSON writes it, for the placeholders of :func:`encode_shape`."""
+    texts = dict(headers)
+    values = [texts.get(header) for header in _SIBLING_HEADERS]
+    return (_encoded(body), *(_encoded(v) if isinstance(v, str) else None for v in values))
+
+
+def with_values(message: dict[str, Any], written: Written) -> dict[str, Any]:
+    """A shape's ``message`` with a sibling's ``written`` values (see :func:`sibling_values`)
+    in the places they were written for."""
+    body, *values = (None if v is None else json.loads(f'"{v}"') for v in written)
+    headers = dict(message["headers"])
+    for header, value in zip(_SIBLING_HEADERS, values, strict=True):
+        if value is not None:
+            headers[header] = value
+    return {**message, "body": body, "headers": headers}
+
+
+def _encoded(text: str) -> str:
+    """``text`` inside a JSON string (the same object when JSON writes it as it is; a short
+    one interned: many siblings share ``()`` or ``{}``)."""
+    encoded = dumps(text)[1:-1]
+    encoded = text if encoded == text else encoded
+    return sys.intern(encoded) if len(encoded) <= _INTERNED else encoded
+
+
+#: Encoded values up to this length are interned.
+_INTERNED = 16
+
 
 def encode(
     template: Template, channel: Any, capped: bool, jittered: bool, queues: Sequence[str]
@@ -109,7 +169,7 @@ def encode(
         list(queues),
         delivery_tag=_DELIVERY_TAG,
     )
-    return EncodedCommands(tuple(redis_commands(channel, rendered)))
+    return _cut(redis_commands(channel, rendered))
 
 
 def encode_shape(

@@ -27,11 +27,13 @@ from celery.utils.saferepr import saferepr
 from kombu import compression, serialization
 
 from .ids import CAPPED_HEADER, ENTRY_HEADER, PUBLISH_AT_HEADER, SLOT_HEADER
-from .message_encoding import EncodedCommands, encode, encode_shape
+from .message_encoding import EncodedCommands, Written, encode_shape, sibling_values, with_values
 from .message_template import Template
 
 #: Headers our scheduler sets per occurrence or per entry name: not part of a shape.
 _OWN_HEADERS = frozenset({ENTRY_HEADER, SLOT_HEADER, PUBLISH_AT_HEADER, CAPPED_HEADER})
+#: The headers a sibling may set.
+_SIBLING_TEXTS = frozenset({"argsrepr", "kwargsrepr", ENTRY_HEADER})
 
 
 #: At most this many shapes are remembered (the most recently made).
@@ -100,17 +102,46 @@ class Known:
         #: Per variant, the template's commands with placeholders where siblings differ.
         self.encodings: dict[Any, EncodedCommands | None] = {}
 
-    def encoded_for(
-        self, sibling: Template, channel: Any, variant: tuple[bool, bool, tuple[str, ...]]
+    def shaped(
+        self, channel: Any, variant: tuple[bool, bool, tuple[str, ...]]
     ) -> EncodedCommands | None:
-        """The commands of ``sibling`` (a template made from this one) for ``variant`` (capped,
-        jittered, queues), from this shape's (see :func:`.message_encoding.encode_shape`)."""
+        """This shape's commands for ``variant`` (capped, jittered, queues), with placeholders
+        where its siblings differ (see :func:`.message_encoding.encode_shape`)."""
         if variant not in self.encodings:
             self.encodings[variant] = encode_shape(self.template, channel, *variant)
-        shaped = self.encodings[variant]
-        if shaped is None or not isinstance(sibling.message.get("body"), str):
-            return encode(sibling, channel, *variant)
-        return shaped.for_sibling(sibling.message)
+        return self.encodings[variant]
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    """An entry's template made from a shape's, kept as what differs: its body and text
+    headers (``argsrepr``, ``kwargsrepr``, the entry header) as Kombu's JSON writes them, a few
+    hundred bytes where a whole message and its encoding take a few KiB."""
+
+    known: Known
+    written: Written
+
+    def template(self) -> Template:
+        """The whole template, as Celery would have built it."""
+        message = with_values(self.known.template.message, self.written)
+        return replace(self.known.template, message=message)
+
+    def commands(
+        self,
+        channel: Any,
+        variant: tuple[bool, bool, tuple[str, ...]],
+        task_id: str,
+        slot_header: str,
+        publish_at: str | None,
+    ) -> list[tuple[str, tuple[Any, ...]]] | None:
+        """The Redis commands of one occurrence from the shape's encoding, or ``None`` when
+        the shape has none for ``variant`` (see :func:`.message_encoding.encode_shape`).
+        ``written`` holds every text header the shape's encoding leaves a place for: the
+        sibling sets text where the shape has text, and keeps the shape's other values."""
+        shaped = self.known.shaped(channel, variant)
+        if shaped is None:
+            return None
+        return shaped.fill(task_id, slot_header, publish_at, self.written)
 
 
 def _key(occurrence: Any, registered: bool) -> Any:
@@ -172,10 +203,11 @@ def for_sibling(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
-) -> Template | None:
+) -> Sibling | Template | None:
     """The template of entry ``entry`` with ``args`` / ``kwargs``, from ``known``, the
-    template of an entry of the same shape; ``None`` when its body cannot be made the way
-    Kombu made the first one. Raises what Celery raises for arguments the task refuses."""
+    template of an entry of the same shape (a whole :class:`Template` when its body is bytes);
+    ``None`` when its body cannot be made the way Kombu made the first one. Raises what Celery
+    raises for arguments the task refuses."""
     task = app.tasks.get(task_name)
     if task is not known.task:
         return None  # the task was registered again since the shape was captured
@@ -197,16 +229,21 @@ def for_sibling(
         packed = payload if isinstance(payload, bytes) else str(payload).encode()
         payload, _ = compression.compress(packed, basis.compression)  # type: ignore[no-untyped-call]
     body, _ = channel.encode_body(payload, basis.body_encoding)
-    message = known.template.message
-    headers = dict(message["headers"])
     maxlevels = app.conf.task_repr_maxlevels
+    headers: list[tuple[str, Any]] = []
     # as Celery: a given None is made from the arguments, unless the task's route sets it
     if options.get("argsrepr") is None and "argsrepr" not in basis.routed_reprs:
-        headers["argsrepr"] = _saferepr(args, app.amqp.argsrepr_maxsize, maxlevels)
+        headers.append(("argsrepr", _saferepr(args, app.amqp.argsrepr_maxsize, maxlevels)))
     if options.get("kwargsrepr") is None and "kwargsrepr" not in basis.routed_reprs:
-        headers["kwargsrepr"] = _saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels)
-    headers[ENTRY_HEADER] = entry
-    return replace(known.template, message={**message, "body": body, "headers": headers})
+        headers.append(("kwargsrepr", _saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels)))
+    headers.append((ENTRY_HEADER, entry))
+    message = known.template.message
+    if not isinstance(body, str):
+        headers_now = {**message["headers"], **dict(headers)}
+        return replace(known.template, message={**message, "body": body, "headers": headers_now})
+    texts = {k: v for k, v in message["headers"].items() if k in _SIBLING_TEXTS}
+    texts.update(headers)
+    return Sibling(known, sibling_values(body, texts.items()))
 
 
 def _basis(

@@ -24,7 +24,7 @@ from .ids import (
     slot_isoformat,
 )
 from .message_encoding import EncodedCommands, encode
-from .message_siblings import Known, Shapes, for_sibling
+from .message_siblings import Shapes, Sibling, for_sibling
 from .message_template import (
     Rendered,
     Template,
@@ -126,9 +126,12 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
 
 T = TypeVar("T")
 
-#: Message templates kept per publisher (least recently used dropped): about 1.5 KiB each, so
-#: a million entries do not hold a million messages; a burst larger than this rebuilds some.
+#: Message templates kept per publisher (least recently used dropped): about 3.4 KiB each with
+#: their encodings, so a million entries do not hold a million messages; a burst larger than
+#: this rebuilds some. A sibling's template (see :mod:`.message_siblings`), about 0.4 KiB,
+#: counts as 1 / :data:`SIBLINGS_PER_TEMPLATE` of one.
 TEMPLATES_KEPT = 50_000
+SIBLINGS_PER_TEMPLATE = 8
 
 logger = logging.getLogger("celery_fork_scheduler")
 
@@ -200,14 +203,14 @@ class CeleryPublisher:
         self.templates = templates
         #: Per entry name: the entry object a template was made from, whether its task was
         #: registered then, and the template (None: this entry goes through Celery).
-        #: The most recently used :data:`TEMPLATES_KEPT` of them.
-        self._cache: OrderedDict[str, tuple[Entry, bool, Template | None]] = OrderedDict()
+        #: The most recently used of them, up to :data:`TEMPLATES_KEPT` (:meth:`_keep`).
+        self._cache: OrderedDict[str, tuple[Entry, bool, Template | Sibling | None]] = OrderedDict()
+        #: The cache's weight: :data:`SIBLINGS_PER_TEMPLATE` per template, 1 per sibling.
+        self._weight = 0
         #: Templates by shape: a new entry of a known shape gets its template without a send.
         self._shapes = Shapes()
         #: Per entry name: its template and that template's encoded commands per variant.
         self._encodings: dict[str, tuple[Template, dict[Any, EncodedCommands]]] = {}
-        #: Per entry name: the sibling template made for it and the shape it was made from.
-        self._siblings: dict[str, tuple[Template, Known]] = {}
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -324,6 +327,11 @@ class CeleryPublisher:
             return None
         publish_at = occurrence.headers.get(PUBLISH_AT_HEADER)
         capped = bool(occurrence.headers.get(CAPPED_HEADER))
+        slot_header = slot_isoformat(occurrence.slot)
+        if isinstance(template, Sibling):
+            queues = tuple(queues_of(template.known.template, channel))
+            variant = (capped, publish_at is not None, queues)
+            return template.commands(channel, variant, occurrence.task_id, slot_header, publish_at)
         queues = tuple(queues_of(template, channel))
         variant = (capped, publish_at is not None, queues)
         known = self._encodings.get(occurrence.entry)
@@ -331,15 +339,11 @@ class CeleryPublisher:
             known = self._encodings[occurrence.entry] = (template, {})
         encoded = known[1].get(variant)
         if encoded is None:
-            sibling = self._siblings.get(occurrence.entry)
-            if sibling is not None and sibling[0] is template:
-                encoded = sibling[1].encoded_for(template, channel, variant)
-            else:
-                encoded = encode(template, channel, *variant)
+            encoded = encode(template, channel, *variant)
             if encoded is None:
                 return None
             known[1][variant] = encoded
-        return encoded.fill(occurrence.task_id, slot_isoformat(occurrence.slot), publish_at)
+        return encoded.fill(occurrence.task_id, slot_header, publish_at)
 
     def warm(self, occurrence: Occurrence) -> None:
         """Make the template of ``occurrence``'s entry now, in idle time, so that its first
@@ -376,6 +380,8 @@ class CeleryPublisher:
             template = cached[0]
             if template is None:
                 return None
+            if isinstance(template, Sibling):
+                template = template.template()
             return render(
                 template,
                 occurrence.task_id,
@@ -413,13 +419,17 @@ class CeleryPublisher:
         made = self._sibling_template(occurrence, registered, channel)
         if made is None:
             return False
-        self._siblings[occurrence.entry] = made
-        self._keep(occurrence.entry, (definition, registered, made[0]))
+        kept = made
+        if isinstance(made, Sibling) and (
+            made.known.template.reads_clock or not collects_commands(channel)
+        ):
+            kept = made.template()  # rendered whole at each occurrence: made once
+        self._keep(occurrence.entry, (definition, registered, kept))
         return True
 
     def _cached(
         self, occurrence: Occurrence, tasks: Mapping[str, Any] | None = None
-    ) -> tuple[Template | None] | None:
+    ) -> tuple[Template | Sibling | None] | None:
         """The entry's cached template (``(None,)``: it goes through Celery), when it was made
         from this very definition with the task registered as it is now (in ``tasks``, the
         app's registry read once by the caller, or now); else ``None``."""
@@ -431,23 +441,28 @@ class CeleryPublisher:
         self._cache.move_to_end(occurrence.entry)
         return (cached[2],)
 
-    def _keep(self, name: str, cached: tuple[Entry, bool, Template | None]) -> None:
+    def _keep(self, name: str, cached: tuple[Entry, bool, Template | Sibling | None]) -> None:
+        """Cache ``cached`` for entry ``name``, dropping the least recently used beyond
+        :data:`TEMPLATES_KEPT` templates' worth."""
+        previous = self._cache.pop(name, None)
+        if previous is not None:
+            self._weight -= _weight(previous[2])
         self._cache[name] = cached
-        self._cache.move_to_end(name)
-        if len(self._cache) > TEMPLATES_KEPT:
-            dropped, _ = self._cache.popitem(last=False)
+        self._weight += _weight(cached[2])
+        while self._weight > TEMPLATES_KEPT * SIBLINGS_PER_TEMPLATE and len(self._cache) > 1:
+            dropped, (_, _, template) = self._cache.popitem(last=False)
+            self._weight -= _weight(template)
             self._encodings.pop(dropped, None)
-            self._siblings.pop(dropped, None)
 
     def _sibling_template(
         self, occurrence: Occurrence, registered: bool, channel: Any
-    ) -> tuple[Template, Known] | None:
+    ) -> Sibling | Template | None:
         """The template of an entry of the same shape made this occurrence's, with that
         shape, or ``None``. Raises what Celery raises for arguments the task refuses."""
         known = self._shapes.find(occurrence, registered)
         if known is None:
             return None
-        made = for_sibling(
+        return for_sibling(
             known,
             self.app,
             channel,
@@ -457,7 +472,6 @@ class CeleryPublisher:
             kwargs=occurrence.kwargs,
             options=occurrence.options,
         )
-        return None if made is None else (made, known)
 
     def _templating_channel(self, producer: Any) -> Any | None:
         """The producer's channel when messages may be captured and copied, else ``None``."""
@@ -528,6 +542,11 @@ class CeleryPublisher:
             task.apply_async(occurrence.args, occurrence.kwargs, **common)
         else:
             self.app.send_task(occurrence.task, occurrence.args, occurrence.kwargs, **common)
+
+
+def _weight(template: Template | Sibling | None) -> int:
+    """A cached template's share of the cache (see :data:`TEMPLATES_KEPT`)."""
+    return SIBLINGS_PER_TEMPLATE if isinstance(template, Template) else 1
 
 
 def _one_by_one(items: Sequence[T], send: Callable[[T], None]) -> list[Exception | None]:

@@ -259,9 +259,11 @@ def test_pinned_siblings_changed_at_runtime_and_capped_first(redis_url: str) -> 
 def test_pinned_siblings_with_templates_evicted(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pinned (checked correct): with ``TEMPLATES_KEPT = 1`` each sibling's template (and its
-    encodings) is dropped and made again between its slots, capped and not."""
+    """Pinned (checked correct): with ``TEMPLATES_KEPT = 1`` (and a sibling weighing as much
+    as a template) each sibling's template (and its encodings) is dropped and made again
+    between its slots, capped and not."""
     monkeypatch.setattr(publishing, "TEMPLATES_KEPT", 1)
+    monkeypatch.setattr(publishing, "SIBLINGS_PER_TEMPLATE", 1)
     a, b, c = job(["a"]), job(["b"]), job(["c"], {"x": "y"})
     steps = []
     for minute in range(4):

@@ -192,3 +192,82 @@ def test_siblings_with_integer_arguments_get_celerys_message(
                 same_message(ours, theirs)
     assert len(captures) == 1
     app.close()
+
+
+def sibling_entries(count: int) -> list[Entry]:
+    return [
+        entry_from_config(
+            f"tenant{number}",
+            {"task": "siblings.kept", "schedule": 60, "args": [number]},
+            default_timezone=timezone.utc,
+        )
+        for number in range(count)
+    ]
+
+
+def test_siblings_are_kept_at_an_eighth_of_a_template_and_made_again_when_dropped(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, captures: list[str]
+) -> None:
+    """With room for one template, the eight siblings used last stay kept (none is made again
+    for its next slot); one used before them was dropped, and is made again from its shape,
+    the commands still Kombu's."""
+    from test_message_encoding import assert_kombus, kombu_commands
+
+    monkeypatch.setattr(publishing, "TEMPLATES_KEPT", 1)
+    made: list[str] = []
+    real = publishing.for_sibling
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs["entry"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(publishing, "for_sibling", counting)
+    app = make_app(redis_url, {})
+    entries = sibling_entries(10)
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+
+        def commands(entry: Entry, slot: Any) -> Any:
+            occurrence = build_occurrence(entry, slot, task_id_for(entry.name, slot))
+            [ours] = publisher.commands_for([occurrence])
+            assert_kombus(ours, kombu_commands(app, producer, occurrence))
+
+        for entry in entries:  # the first is captured, the others made from it
+            commands(entry, SLOTS[0])
+        assert made == [entry.name for entry in entries[1:]]
+        made.clear()
+        for entry in entries[2:]:
+            commands(entry, SLOTS[1])
+        assert made == []
+        commands(entries[1], SLOTS[1])
+        assert made == [entries[1].name]
+    assert len(captures) == 1
+    app.close()
+
+
+def test_a_kept_sibling_takes_well_under_a_kib(redis_url: str) -> None:
+    """A sibling's kept template is its body and headers, not a message of its own: 2 000 of
+    them, each sent twice, keep less than 1 KiB each (a whole template kept ~3.4 KiB)."""
+    import gc
+    import tracemalloc
+
+    app = make_app(redis_url, {})
+    entries = sibling_entries(2000)
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        first = build_occurrence(entries[0], SLOTS[0], "first")
+        publisher.commands_for([first])
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for slot in SLOTS[:2]:
+                occurrences = [build_occurrence(e, slot, f"{e.name}-{slot}") for e in entries]
+                publisher.commands_for(occurrences[1:])
+                del occurrences
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert kept / (len(entries) - 1) < 1024
+    app.close()
