@@ -143,8 +143,11 @@ def with_values(message: dict[str, Any], written: Written) -> dict[str, Any]:
 def _encoded(text: str) -> str:
     """``text`` inside a JSON string (the same object when JSON writes it as it is; a short
     one interned: many siblings share ``()`` or ``{}``)."""
-    encoded = dumps(text)[1:-1]
-    encoded = text if encoded == text else encoded
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        encoded = text  # JSON escapes nothing else (a base64 body, most reprs and names)
+    else:
+        encoded = dumps(text)[1:-1]
+        encoded = text if encoded == text else encoded
     return sys.intern(encoded) if len(encoded) <= _INTERNED else encoded
 
 

@@ -10,10 +10,13 @@ from datetime import timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 from publish_helpers import declare_queues, sent_by_celery
 from test_message_template import OPTIONS, SLOTS, make_app, same_message
 
+from celery_fork_scheduler import message_encoding
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.message_template import Rendered, redis_commands
@@ -105,3 +108,10 @@ def test_siblings_commands_are_kombus_commands_for_each_sibling(
                 [ours] = publisher.commands_for([occurrence])
                 assert_kombus(ours, kombu_commands(app, producer, occurrence))
     app.close()
+
+
+@given(st.text() | st.text(alphabet=st.characters(max_codepoint=127)))
+def test_a_sibling_value_is_written_as_kombus_json_writes_it(text: str) -> None:
+    """A sibling's value (:func:`message_encoding._encoded`, with its shortcut for text JSON
+    writes as it is) is the inside of Kombu's JSON string of it, printable ASCII included."""
+    assert message_encoding._encoded(text) == message_encoding.dumps(text)[1:-1]
