@@ -143,6 +143,8 @@ def with_values(message: dict[str, Any], written: Written) -> dict[str, Any]:
 def _encoded(text: str) -> str:
     """``text`` inside a JSON string (the same object when JSON writes it as it is; a short
     one interned: many siblings share ``()`` or ``{}``)."""
+    if type(text) is not str:
+        text = str.__str__(text)  # a str subclass (a StrEnum member): its text, as JSON
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         encoded = text  # JSON escapes nothing else (a base64 body, most reprs and names)
     else:

@@ -82,8 +82,9 @@ PUBLISH_SIGNALS = (
 
 
 def templates_allowed(app: Any) -> bool:
-    """False when per-message hooks or routers would make a copied message wrong."""
-    if app.conf.task_send_sent_event:
+    """False when per-message hooks or routers would make a copied message wrong, or when
+    tasks run eagerly (a capture would run the task instead of sending it)."""
+    if app.conf.task_send_sent_event or app.conf.task_always_eager:
         return False
     if any(signal.receivers for signal in PUBLISH_SIGNALS):
         return False

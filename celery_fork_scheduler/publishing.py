@@ -126,6 +126,9 @@ def occurrence_from_json(text: str | bytes) -> Occurrence:
 
 T = TypeVar("T")
 
+#: :meth:`CeleryPublisher._sibling_made` was not given the task object.
+_UNREAD: Any = object()
+
 #: Message templates kept per publisher (least recently used dropped): about 3.4 KiB each with
 #: their encodings, so a million entries do not hold a million messages; a burst larger than
 #: this rebuilds some. A sibling's template (see :mod:`.message_siblings`), about 0.4 KiB,
@@ -201,10 +204,11 @@ class CeleryPublisher:
         self.app = app
         self._producer = producer
         self.templates = templates
-        #: Per entry name: the entry object a template was made from, whether its task was
-        #: registered then, and the template (None: this entry goes through Celery).
-        #: The most recently used of them, up to :data:`TEMPLATES_KEPT` (:meth:`_keep`).
-        self._cache: OrderedDict[str, tuple[Entry, bool, Template | Sibling | None]] = OrderedDict()
+        #: Per entry name: the entry object a template was made from, the app's task object
+        #: of its task then (None: not registered), and the template (None: this entry goes
+        #: through Celery). The most recently used of them, up to :data:`TEMPLATES_KEPT`
+        #: (:meth:`_keep`).
+        self._cache: OrderedDict[str, tuple[Entry, Any, Template | Sibling | None]] = OrderedDict()
         #: The cache's weight: :data:`SIBLINGS_PER_TEMPLATE` per template, 1 per sibling.
         self._weight = 0
         #: Templates by shape: a new entry of a known shape gets its template without a send.
@@ -374,7 +378,7 @@ class CeleryPublisher:
         it cannot build the message. Sends nothing. ``channel`` comes from
         :meth:`_templating_channel`, which checks once per batch that templates are allowed."""
         definition = occurrence.definition
-        registered = occurrence.task in self.app.tasks
+        task = self.app.tasks.get(occurrence.task)
         cached = self._cached(occurrence)
         if cached is not None:
             template = cached[0]
@@ -391,7 +395,7 @@ class CeleryPublisher:
                 self.app.now() if template.reads_clock else None,
                 queues_of(template, channel),
             )
-        if self._sibling_made(occurrence, channel, registered):
+        if self._sibling_made(occurrence, channel, task):
             return self.render(occurrence, producer, channel)
         # No retry: Kombu would publish again on a new channel, past the capture.
         captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
@@ -399,24 +403,22 @@ class CeleryPublisher:
         if captured is not None and definition is not None:
             template = make_template(captured, dict(occurrence.options), occurrence.task_id)
         if definition is not None:
-            self._keep(occurrence.entry, (definition, registered, template))
+            self._keep(occurrence.entry, (definition, task, template))
             if template is not None:
-                self._shapes.add(
-                    occurrence, registered, template, self.app.tasks.get(occurrence.task)
-                )
+                self._shapes.add(occurrence, task is not None, template, task)
         return None if captured is None else Rendered(tuple(captured))
 
-    def _sibling_made(
-        self, occurrence: Occurrence, channel: Any, registered: bool | None = None
-    ) -> bool:
+    def _sibling_made(self, occurrence: Occurrence, channel: Any, task: Any = _UNREAD) -> bool:
         """Make the entry's template from a known shape's (see :mod:`.message_siblings`);
-        whether one was made. Raises what Celery raises for arguments the task refuses."""
+        whether one was made. ``task``: the app's task object of its task (``None``: not
+        registered), read now when not given. Raises what Celery raises for arguments the
+        task refuses."""
         definition = occurrence.definition
         if definition is None:
             return False
-        if registered is None:
-            registered = occurrence.task in self.app.tasks
-        made = self._sibling_template(occurrence, registered, channel)
+        if task is _UNREAD:
+            task = self.app.tasks.get(occurrence.task)
+        made = self._sibling_template(occurrence, task is not None, channel)
         if made is None:
             return False
         kept = made
@@ -424,29 +426,32 @@ class CeleryPublisher:
             made.known.template.reads_clock or not collects_commands(channel)
         ):
             kept = made.template()  # rendered whole at each occurrence: made once
-        self._keep(occurrence.entry, (definition, registered, kept))
+        self._keep(occurrence.entry, (definition, task, kept))
         return True
 
     def _cached(
         self, occurrence: Occurrence, tasks: Mapping[str, Any] | None = None
     ) -> tuple[Template | Sibling | None] | None:
         """The entry's cached template (``(None,)``: it goes through Celery), when it was made
-        from this very definition with the task registered as it is now (in ``tasks``, the
-        app's registry read once by the caller, or now); else ``None``."""
+        from this very definition with the task object registered now (in ``tasks``, the
+        app's registry read once by the caller, or now; none, as then); else ``None``."""
         definition = occurrence.definition
         cached = self._cache.get(occurrence.entry)
-        registered = occurrence.task in (self.app.tasks if tasks is None else tasks)
-        if definition is None or cached is None or cached[:2] != (definition, registered):
+        task = (self.app.tasks if tasks is None else tasks).get(occurrence.task)
+        if definition is None or cached is None or cached[:2] != (definition, task):
             return None
         self._cache.move_to_end(occurrence.entry)
         return (cached[2],)
 
-    def _keep(self, name: str, cached: tuple[Entry, bool, Template | Sibling | None]) -> None:
-        """Cache ``cached`` for entry ``name``, dropping the least recently used beyond
-        :data:`TEMPLATES_KEPT` templates' worth."""
+    def _keep(self, name: str, cached: tuple[Entry, Any, Template | Sibling | None]) -> None:
+        """Cache ``cached`` for entry ``name`` (its encodings of another template dropped),
+        dropping the least recently used beyond :data:`TEMPLATES_KEPT` templates' worth."""
         previous = self._cache.pop(name, None)
         if previous is not None:
             self._weight -= _weight(previous[2])
+        encodings = self._encodings.get(name)
+        if encodings is not None and encodings[0] is not cached[2]:
+            del self._encodings[name]
         self._cache[name] = cached
         self._weight += _weight(cached[2])
         while self._weight > TEMPLATES_KEPT * SIBLINGS_PER_TEMPLATE and len(self._cache) > 1:
