@@ -19,6 +19,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..errors import ConfigError
+from .packing import packer_options
 
 #: Defaults that keep a hung Redis from blocking beat forever; user options override them.
 #: redis-py's own retries are off: the backend retries ``fork_scheduler_max_retries`` times.
@@ -348,7 +349,7 @@ def client_from_url(
     try:
         if settings.pop("cluster", False):
             return _cluster_client(url, settings)
-        return redis.Redis.from_url(url, **settings)
+        return redis.Redis.from_url(url, **packer_options(), **settings)
     except (ValueError, TypeError) as exc:
         raise _bad_url(url, "Redis URL", exc) from None
 
