@@ -122,8 +122,9 @@ def _cut(commands: Iterable[tuple[str, tuple[Any, ...]]]) -> EncodedCommands:
 
 
 def sibling_values(body: str, headers: Iterable[tuple[str, Any]]) -> Written:
-    """A sibling's ``body`` and text ``headers`` (``argsrepr``, ``kwargsrepr``, the entry
-    header), each as Kombu's JSON writes it, for the placeholders of :func:`encode_shape`."""
+    """A sibling's ``body`` and text headers among ``headers`` (``argsrepr``, ``kwargsrepr``,
+    the entry header; the last value given for a name), each as Kombu's JSON writes it, for
+    the placeholders of :func:`encode_shape`."""
     texts = dict(headers)
     values = [texts.get(header) for header in _SIBLING_HEADERS]
     return (_encoded(body), *(_encoded(v) if isinstance(v, str) else None for v in values))

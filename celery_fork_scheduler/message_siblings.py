@@ -6,7 +6,8 @@ message, only in their arguments (the body, ``argsrepr`` and ``kwargsrepr``) and
 one's by encoding the body again with the same serializer, compression and body encoding
 (Kombu's own functions) and writing those three headers, instead of sending one more message
 through Celery per entry: a beat started just before a burst of 10 000 new entries captures
-one message, not 10 000.
+one message, not 10 000. A sibling keeps only those four values, as Kombu's JSON writes them
+(:class:`Sibling`): its commands are its shape's encoding with them written in.
 
 A registered task is shared only where ``Task.apply_async`` does nothing that depends on the
 arguments beyond checking them (which is done here too, as Celery does): no override of
@@ -32,8 +33,6 @@ from .message_template import Template
 
 #: Headers our scheduler sets per occurrence or per entry name: not part of a shape.
 _OWN_HEADERS = frozenset({ENTRY_HEADER, SLOT_HEADER, PUBLISH_AT_HEADER, CAPPED_HEADER})
-#: The headers a sibling may set.
-_SIBLING_TEXTS = frozenset({"argsrepr", "kwargsrepr", ENTRY_HEADER})
 
 
 #: At most this many shapes are remembered (the most recently made).
@@ -239,11 +238,9 @@ def for_sibling(
     headers.append((ENTRY_HEADER, entry))
     message = known.template.message
     if not isinstance(body, str):
-        headers_now = {**message["headers"], **dict(headers)}
-        return replace(known.template, message={**message, "body": body, "headers": headers_now})
-    texts = {k: v for k, v in message["headers"].items() if k in _SIBLING_TEXTS}
-    texts.update(headers)
-    return Sibling(known, sibling_values(body, texts.items()))
+        written = {**message["headers"], **dict(headers)}
+        return replace(known.template, message={**message, "body": body, "headers": written})
+    return Sibling(known, sibling_values(body, [*message["headers"].items(), *headers]))
 
 
 def _basis(

@@ -129,16 +129,22 @@ class PublishPipeline:
         """Entries whose message template is to be made in idle time (see :meth:`warm`)."""
         self._cold.extend(entry for entry in entries if not entry.lazy)
 
-    def warm(self, deadline: float, now: datetime) -> bool:
+    def warm(
+        self, deadline: float, now: datetime, foreign: Callable[[str], bool] | None = None
+    ) -> bool:
         """Until ``deadline`` (monotonic), make the message templates of noted entries due
         within :data:`WARM_HORIZON`, so that the first slot of each goes out as fast as the
-        later ones (a burst of entries that never fired). Returns whether it spent time."""
+        later ones (a burst of entries that never fired); not for those ``foreign`` says
+        another replica owns (made at their first slot here, if it ever comes). Returns
+        whether it spent time."""
         warm = getattr(self.publisher, "warm", None)
         if warm is None or not self._cold:
             self._cold.clear()
             return False
         while self._cold and self.monotonic() < deadline:
             entry = self._cold.popleft()
+            if foreign is not None and foreign(entry.name):
+                continue
             slot = entry.first_slot_after(now)
             if slot is not None and slot - now <= WARM_HORIZON:
                 warm(build_occurrence(entry, slot, task_id_for(entry.name, slot)))

@@ -611,11 +611,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         sleep = self._seconds_to_next_wakeup()
         if sleep > WARM_MARGIN:
             started = self.monotonic()
-            if self.pipeline.warm(started + min(sleep - WARM_MARGIN, WARM_LONGEST), now):
+            deadline = started + min(sleep - WARM_MARGIN, WARM_LONGEST)
+            if self.pipeline.warm(deadline, now, self._owned_elsewhere):
                 sleep = max(0.0, sleep - (self.monotonic() - started))
         if not self._startup_read_done:
             self._last_tick_end = self.now()
         return sleep
+
+    def _owned_elsewhere(self, name: str) -> bool:
+        """Whether another live replica owns entry ``name`` (see :mod:`.ownership`); asked in
+        idle time, this also hashes the entry's owner before its slot comes."""
+        return self.ownership is not None and self.ownership.other_owner(name) is not None
 
     def _hold_back(
         self, held: list[QueueItem], error: Exception, now: datetime, *, alone: bool

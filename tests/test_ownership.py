@@ -275,3 +275,35 @@ def test_a_burst_of_entries_that_never_fired_is_parked_by_non_owners_at_its_slot
     assert sorted(everything) == sorted((name, minute.isoformat()) for name in minutely)
     assert max(everything.values()) == 1
     assert sum(c.asked for c in counts) == len(minutely), "each slot asked about once"
+
+
+class WarmingPublisher(RecordingPublisher):
+    """Records the entries whose template it was asked to make ahead (``warm``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmed: list[str] = []
+
+    def warm(self, occurrence: Occurrence) -> None:
+        self.warmed.append(occurrence.entry)
+
+
+def test_a_replica_makes_templates_ahead_only_for_the_entries_it_owns(
+    make: Any, clock: FakeClock
+) -> None:
+    """In idle time a replica makes the message templates of its own entries only: another's
+    entry gets its template at its first slot here, if its owner ever fails. A replica that
+    starts alone owns (and warms) them all."""
+    minutely = {f"m{i:02}": {"task": "t", "schedule": "* * * * *"} for i in range(30)}
+    publishers = [WarmingPublisher() for _ in "abc"]
+    replicas = [
+        make(clock, f"replica-{name}", beat_schedule=minutely, publisher=publisher)
+        for name, publisher in zip("abc", publishers, strict=True)
+    ]
+    tick_all(replicas, clock, 3)
+    last = replicas[-1]
+    assert last.ownership is not None and len(last.ownership.live) == 3
+    own = sorted(n for n in minutely if last.ownership.other_owner(n) is None)
+    assert 0 < len(own) < len(minutely)
+    assert sorted(publishers[-1].warmed) == own
+    assert sorted(publishers[0].warmed) == sorted(minutely), "alone at its first tick"

@@ -25,7 +25,9 @@ ARGUMENTS = st.one_of(
     st.binary().map(bytearray),
     st.binary().map(memoryview),
 )
-NAMES = st.sampled_from(["SET", "EVALSHA", "SCRIPT LOAD", "CLIENT SETNAME", b"GET", b"SCRIPT FLUSH"])
+NAMES = st.sampled_from(
+    ["SET", "EVALSHA", "SCRIPT LOAD", "CLIENT SETNAME", b"GET", b"SCRIPT FLUSH"]
+)
 
 
 @given(NAMES, st.lists(ARGUMENTS, max_size=12))
