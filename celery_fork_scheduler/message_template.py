@@ -23,8 +23,10 @@ message would differ in another way: lazy args, an ``eta``, a datetime ``expires
 exchange, a transport that is not Kombu's virtual kind (py-amqp), a router function in
 ``task_routes`` (it may answer differently at each call), or receivers of Celery's
 ``before_task_publish`` / ``after_task_publish`` / ``task_sent`` signals (they may change every
-message, and they are not sent for templated messages) or ``task_send_sent_event``. A task
-registered (or unregistered) since its template was made gets a new template.
+message, and they are not sent for templated messages) or ``task_send_sent_event``, or a task
+that overrides ``apply_async`` (it may publish with a producer of its own: see
+:func:`capture_safe`). A task registered (or unregistered) since its template was made gets a
+new template.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 from celery import signals as celery_signals
 from celery.app.routes import MapRoute
+from celery.app.task import Task
 
 from .ids import CAPPED_HEADER, PUBLISH_AT_HEADER, SLOT_HEADER
 
@@ -97,6 +100,14 @@ def capturable(channel: Any) -> bool:
     from kombu.transport import virtual
 
     return isinstance(channel, virtual.Channel)
+
+
+def capture_safe(task: Any) -> bool:
+    """Whether capturing a publish of ``task`` (the app's task object; ``None`` for a name
+    sent with ``send_task``) sends nothing: its ``apply_async`` is Celery's. An override may
+    publish with a producer of its own, past the capture, so such a task never gets a
+    template: every message of it goes through Celery."""
+    return task is None or type(task).apply_async is Task.apply_async
 
 
 def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:

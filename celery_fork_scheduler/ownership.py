@@ -121,6 +121,10 @@ class Ownership:
         #: When this replica took its current view (its record covers only later slots).
         self._view_since: datetime | None = None
 
+    def forget_entry(self, name: str) -> None:
+        """Drop what is kept about entry ``name`` (removed): its owner, once hashed."""
+        self._owners.pop(name, None)
+
     def other_owner(self, name: str) -> str | None:
         """The replica that owns entry ``name``, when it is not this one (``None`` when this
         replica owns it; always when it is alone)."""

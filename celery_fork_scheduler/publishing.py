@@ -30,6 +30,7 @@ from .message_template import (
     Template,
     capturable,
     capture,
+    capture_safe,
     collects_commands,
     make_template,
     queues_of,
@@ -397,6 +398,10 @@ class CeleryPublisher:
             )
         if self._sibling_made(occurrence, channel, task):
             return self.render(occurrence, producer, channel)
+        if not capture_safe(task):  # its publish may not come through this channel
+            if definition is not None:
+                self._keep(occurrence.entry, (definition, task, None))
+            return None
         # No retry: Kombu would publish again on a new channel, past the capture.
         captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         template = None

@@ -810,6 +810,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._finished.discard(name)
         self.parked.forget(name)
         self.catch_up.forget(name)
+        if self.ownership is not None:
+            self.ownership.forget_entry(name)
         self.outage.reported_entries.pop(name, None)
         self._known_marks.pop(name, None)
         if self.metrics is not None:

@@ -217,9 +217,9 @@ def test_a_sibling_made_after_its_task_got_its_own_apply_async_is_captured(
         late = occurrence_of("r-late", 2, task="siblings.replaced", args=["ap"])
         expected = sent_by_celery(app, producer, late)
         assert expected[0][1]["headers"]["first-arg"] == "ap"
-        rendered = publisher.render(late, producer, producer.channel)
-        assert rendered is not None
-        assert rendered.messages[0][1]["headers"].get("first-arg") == "ap"
+        # Since round 27 a task that overrides ``apply_async`` gets no template at all: its
+        # messages go through Celery (this one's own ``apply_async``), header included.
+        assert publisher.render(late, producer, producer.channel) is None
     app.close()
 
 

@@ -234,6 +234,11 @@ def check_client_options(options: object) -> dict[str, Any]:
             raise _options_error(f"option names must be strings, not {_shown_value('', key)}")
         if key not in KNOWN_OPTIONS:
             raise _options_error(_unknown(key, "option", KNOWN_OPTIONS))
+        if key == "command_packer":
+            raise _options_error(
+                "option 'command_packer' is set by the scheduler (hiredis, see "
+                "celery_fork_scheduler.backends.packing): leave it out"
+            )
         test, expected = VALUE_CHECKS.get(key, (lambda _: True, ""))
         if not test(value):
             raise _options_error(
