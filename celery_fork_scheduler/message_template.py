@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from celery import Celery
 from celery import signals as celery_signals
 from celery.app.routes import MapRoute
 from celery.app.task import Task
@@ -102,12 +103,18 @@ def capturable(channel: Any) -> bool:
     return isinstance(channel, virtual.Channel)
 
 
-def capture_safe(task: Any) -> bool:
+def capture_safe(app: Any, task: Any) -> bool:
     """Whether capturing a publish of ``task`` (the app's task object; ``None`` for a name
-    sent with ``send_task``) sends nothing: its ``apply_async`` is Celery's. An override may
-    publish with a producer of its own, past the capture, so such a task never gets a
+    sent with ``send_task``) sends nothing: the app's ``send_task`` and the task's
+    ``apply_async`` (its class's, and none set on the object itself) are Celery's. An override
+    may publish with a producer of its own, past the capture, so such a task never gets a
     template: every message of it goes through Celery."""
-    return task is None or type(task).apply_async is Task.apply_async
+    if type(app).send_task is not Celery.send_task:
+        return False
+    if task is None:
+        return True
+    own = getattr(task, "__dict__", {})
+    return type(task).apply_async is Task.apply_async and "apply_async" not in own
 
 
 def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:

@@ -130,12 +130,12 @@ class PublishPipeline:
         self._cold.extend(entry for entry in entries if not entry.lazy)
 
     def warm(
-        self, deadline: float, now: datetime, foreign: Callable[[str], bool] | None = None
+        self, deadline: float, now: datetime, skip: Callable[[Entry], bool] | None = None
     ) -> bool:
         """Until ``deadline`` (monotonic), make the message templates of noted entries due
         within :data:`WARM_HORIZON`, so that the first slot of each goes out as fast as the
-        later ones (a burst of entries that never fired); not for those ``foreign`` says
-        another replica owns (made at their first slot here, if it ever comes). Returns
+        later ones (a burst of entries that never fired); not for those ``skip`` names (gone,
+        or another replica's: made at their first slot here, if it ever comes). Returns
         whether it spent time."""
         warm = getattr(self.publisher, "warm", None)
         if warm is None or not self._cold:
@@ -143,7 +143,7 @@ class PublishPipeline:
             return False
         while self._cold and self.monotonic() < deadline:
             entry = self._cold.popleft()
-            if foreign is not None and foreign(entry.name):
+            if skip is not None and skip(entry):
                 continue
             slot = entry.first_slot_after(now)
             if slot is not None and slot - now <= WARM_HORIZON:

@@ -398,7 +398,7 @@ class CeleryPublisher:
             )
         if self._sibling_made(occurrence, channel, task):
             return self.render(occurrence, producer, channel)
-        if not capture_safe(task):  # its publish may not come through this channel
+        if not capture_safe(self.app, task):  # its publish may not come through this channel
             if definition is not None:
                 self._keep(occurrence.entry, (definition, task, None))
             return None

@@ -612,16 +612,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if sleep > WARM_MARGIN:
             started = self.monotonic()
             deadline = started + min(sleep - WARM_MARGIN, WARM_LONGEST)
-            if self.pipeline.warm(deadline, now, self._owned_elsewhere):
+            if self.pipeline.warm(deadline, now, self._not_to_warm):
                 sleep = max(0.0, sleep - (self.monotonic() - started))
         if not self._startup_read_done:
             self._last_tick_end = self.now()
         return sleep
 
-    def _owned_elsewhere(self, name: str) -> bool:
-        """Whether another live replica owns entry ``name`` (see :mod:`.ownership`); asked in
-        idle time, this also hashes the entry's owner before its slot comes."""
-        return self.ownership is not None and self.ownership.other_owner(name) is not None
+    def _not_to_warm(self, entry: Entry) -> bool:
+        """Whether ``entry``'s template is not to be made ahead: it was removed or changed
+        since it was noted, or another live replica owns it (see :mod:`.ownership`; asked in
+        idle time, this also hashes the entry's owner before its slot comes)."""
+        if self.entries.get(entry.name) is not entry:
+            return True
+        return self.ownership is not None and self.ownership.other_owner(entry.name) is not None
 
     def _hold_back(
         self, held: list[QueueItem], error: Exception, now: datetime, *, alone: bool

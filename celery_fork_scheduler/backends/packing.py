@@ -24,7 +24,9 @@ class HiredisPacker:
     """A redis-py ``command_packer``: hiredis's ``pack_command`` of the arguments as given,
     redis-py's own packer for a command hiredis must not pack as they are (a ``bytearray`` or
     ``memoryview`` argument: hiredis refuses the one and reads the other's buffer as if it
-    were contiguous) or whose name redis-py splits (whitespace in it, or an empty name)."""
+    were contiguous), whose name redis-py splits (whitespace in it, or an empty name), or that
+    hiredis refuses (a ``bytearray`` subclass, a value Redis cannot take: redis-py's
+    ``DataError`` then)."""
 
     def __init__(self) -> None:
         self._redis_py = HiredisRespSerializer()
@@ -35,7 +37,10 @@ class HiredisPacker:
         if type(name) is str and name.split() == [name]:
             kinds = set(map(type, args))
             if bytearray not in kinds and memoryview not in kinds:
-                return [hiredis.pack_command(args)]
+                try:
+                    return [hiredis.pack_command(args)]
+                except TypeError:  # a value it refuses: redis-py's packer says DataError
+                    pass
         return list(self._redis_py.pack(*args))
 
 
