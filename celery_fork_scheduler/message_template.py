@@ -34,13 +34,14 @@ from __future__ import annotations
 import copy
 import numbers
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery
 from celery import signals as celery_signals
+from celery.app.amqp import AMQP
 from celery.app.routes import MapRoute
 from celery.app.task import Task
 
@@ -86,9 +87,15 @@ PUBLISH_SIGNALS = (
 
 
 def templates_allowed(app: Any) -> bool:
-    """False when per-message hooks or routers would make a copied message wrong, or when
-    tasks run eagerly (a capture would run the task instead of sending it)."""
+    """False when per-message hooks or routers would make a copied message wrong, when tasks
+    run eagerly (a capture would run the task instead of sending it), or when the app's
+    ``send_task`` or its ``amqp`` are not Celery's own (they may publish with a producer of
+    their own, past a capture)."""
     if app.conf.task_send_sent_event or app.conf.task_always_eager:
+        return False
+    if type(app).send_task is not Celery.send_task or "send_task" in vars(app):
+        return False
+    if type(app.amqp) is not AMQP:
         return False
     if any(signal.receivers for signal in PUBLISH_SIGNALS):
         return False
@@ -103,13 +110,15 @@ def capturable(channel: Any) -> bool:
     return isinstance(channel, virtual.Channel)
 
 
-def capture_safe(app: Any, task: Any) -> bool:
-    """Whether capturing a publish of ``task`` (the app's task object; ``None`` for a name
-    sent with ``send_task``) sends nothing: the app's ``send_task`` and the task's
-    ``apply_async`` (its class's, and none set on the object itself) are Celery's. An override
-    may publish with a producer of its own, past the capture, so such a task never gets a
-    template: every message of it goes through Celery."""
-    if type(app).send_task is not Celery.send_task:
+def capture_safe(task: Any, options: Mapping[str, Any]) -> bool:
+    """Whether a publish of ``task`` (the app's task object; ``None`` for a name sent with
+    ``send_task``) with ``options`` goes through the publisher's channel, where a capture
+    holds it: the task's ``apply_async`` is Celery's (its class's, none set on the object
+    itself) and the options name no ``connection`` or ``producer`` of their own. Otherwise it
+    may publish past the capture, so such an entry never gets a template: every message of
+    it goes through Celery. (The app's own ``send_task`` and ``amqp``: see
+    :func:`templates_allowed`.)"""
+    if "connection" in options or "producer" in options:
         return False
     if task is None:
         return True

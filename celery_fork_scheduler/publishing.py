@@ -396,12 +396,12 @@ class CeleryPublisher:
                 self.app.now() if template.reads_clock else None,
                 queues_of(template, channel),
             )
-        if self._sibling_made(occurrence, channel, task):
-            return self.render(occurrence, producer, channel)
-        if not capture_safe(self.app, task):  # its publish may not come through this channel
+        if not capture_safe(task, occurrence.options):  # it may publish past this channel
             if definition is not None:
                 self._keep(occurrence.entry, (definition, task, None))
             return None
+        if self._sibling_made(occurrence, channel, task):
+            return self.render(occurrence, producer, channel)
         # No retry: Kombu would publish again on a new channel, past the capture.
         captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         template = None
@@ -423,6 +423,8 @@ class CeleryPublisher:
             return False
         if task is _UNREAD:
             task = self.app.tasks.get(occurrence.task)
+        if not capture_safe(task, occurrence.options):
+            return False  # patched since its shape was captured: through Celery (render)
         made = self._sibling_template(occurrence, task is not None, channel)
         if made is None:
             return False

@@ -1,0 +1,156 @@
+"""Adversary round 29: the round-28 fixes and their edges (commit dbcb769).
+
+- ``message_template.capture_safe``: a capture must send nothing (docs/guarantees.md, "Message
+  templates": an override "may publish with a producer of its own, past the capture, so a
+  capture could send the message (and a second one would follow)").
+
+All three found failing by round 29, fixed: templates are off for an app whose ``send_task``
+is set on the app object or whose ``amqp`` is not Celery's ``AMQP``
+(``message_template.templates_allowed``), and no entry whose options name a ``connection`` or
+``producer`` is captured or made a sibling (``message_template.capture_safe``); the task
+checks now come before the sibling path too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.app.amqp import AMQP
+from kombu.utils import json as kombu_json
+from kombu.utils.objects import cached_property
+
+from celery_fork_scheduler.entry import Entry, entry_from_config
+from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
+
+SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
+
+
+def _queued(client: redis.Redis) -> list[str]:
+    """The task ids of the messages in the default queue."""
+    return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
+
+
+def _publish_once(app: Celery, redis_url: str, task: str) -> list[str]:
+    """Publish one slot of an entry of ``task`` through a CeleryPublisher on the app's Redis
+    broker; the task ids found in the queue afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    entry: Entry = entry_from_config(
+        "own", {"task": task, "schedule": 60, "args": [1]}, default_timezone=timezone.utc
+    )
+    try:
+        with app.producer_or_acquire() as producer:
+            publisher = CeleryPublisher(app, lambda: producer)
+            occurrence = build_occurrence(entry, SLOT, task_id_for("own", SLOT))
+            assert publisher.publish_many([occurrence]) == [None]
+        return _queued(client)
+    finally:
+        client.close()
+        app.close()
+
+
+# --- 1. Other ways a publish leaves the captured channel ---------------------------------------
+
+
+def test_an_app_whose_instance_send_task_publishes_on_its_own_producer_sends_the_slot_once(
+    redis_url: str,
+) -> None:
+    """Found failing by round 29, fixed. Promise: each slot is published exactly once; a
+    capture sends nothing.
+
+    Reproduction: the app's ``send_task`` replaced on the app *object* (``app.send_task =
+    wrapper``, as instrumentation patches it, or ``mock.patch.object``) by a wrapper that drops
+    the ``producer`` it is given. ``Task.apply_async`` ends in ``app.send_task`` (the
+    instance's). ``capture_safe`` (message_template.py:112) checks ``type(app).send_task`` only
+    -- round 28 added the instance check for the task's ``apply_async`` (line 116-117) but not
+    for the app's ``send_task`` -- so ``render`` captures: the message leaves through the
+    pool's producer, nothing is recorded, and Celery sends it again.
+    """
+    app = Celery("instance-send-task", broker=redis_url, set_as_current=False)
+
+    @app.task(name="t.plain", shared=False)  # type: ignore[untyped-decorator]
+    def plain(number: int) -> None: ...
+
+    original = app.send_task
+
+    def traced(name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.pop("producer", None)
+        return original(name, args, kwargs, **options)
+
+    app.send_task = traced  # type: ignore[method-assign]
+    assert _publish_once(app, redis_url, "t.plain") == [task_id_for("own", SLOT)]
+
+
+class OwnProducerAMQP(AMQP):  # type: ignore[misc]
+    """An AMQP class (``Celery(amqp=...)``) whose ``send_task_message`` publishes on a
+    producer of its own (one acquired from the app's pool), not the one Celery hands it."""
+
+    @cached_property
+    def send_task_message(self) -> Any:
+        inner = self._create_task_sender()
+
+        def send(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            with self.app.producer_or_acquire() as own:
+                return inner(own, name, message, **options)
+
+        return send
+
+
+def test_an_amqp_class_publishing_on_its_own_producer_sends_the_slot_once(
+    redis_url: str,
+) -> None:
+    """Found failing by round 29, fixed. Promise: each slot is published exactly once; a
+    capture sends nothing.
+
+    Reproduction: ``Celery(amqp=OwnProducerAMQP)``: ``Celery.send_task`` (Celery's own, so
+    ``capture_safe`` passes, message_template.py:106-117) hands the message to
+    ``app.amqp.send_task_message``, which publishes on a pool producer, another channel than
+    the one whose ``_put`` the capture replaced: the message is sent during the capture, the
+    capture records nothing, and ``publish_many`` sends it through Celery again.
+    """
+    app = Celery("own-amqp", broker=redis_url, set_as_current=False, amqp=OwnProducerAMQP)
+
+    @app.task(name="t.plain", shared=False)  # type: ignore[untyped-decorator]
+    def plain(number: int) -> None: ...
+
+    assert _publish_once(app, redis_url, "t.plain") == [task_id_for("own", SLOT)]
+
+
+def test_an_entry_with_a_connection_option_sends_the_slot_once(redis_url: str) -> None:
+    """Found failing by round 29, fixed. Promise: each slot is published exactly once; a
+    capture sends nothing.
+
+    Reproduction: an entry whose options carry Celery's documented ``apply_async`` option
+    ``connection`` ("Reuse existing broker connection", celery/app/task.py), accepted by
+    ``entry._options`` (unknown option names are passed through, entry.py:547-561).
+    ``Celery.send_task`` then builds ``amqp.Producer(connection)`` (celery/app/base.py:1207),
+    a channel of that connection, not the publisher's: ``capture`` (message_template.py:120)
+    swaps ``_put`` on the wrong channel, the message is really sent during the capture, nothing
+    is recorded, and ``publish_many`` sends it again through Celery. Celery's beat sends it
+    once.
+    """
+    app = Celery("connection-option", broker=redis_url, set_as_current=False)
+
+    @app.task(name="t.plain", shared=False)  # type: ignore[untyped-decorator]
+    def plain(number: int) -> None: ...
+
+    client = redis.Redis.from_url(redis_url)
+    connection = app.connection_for_write()
+    entry: Entry = entry_from_config(
+        "own",
+        {"task": "t.plain", "schedule": 60, "args": [1], "options": {"connection": connection}},
+        default_timezone=timezone.utc,
+    )
+    try:
+        with app.producer_or_acquire() as producer:
+            publisher = CeleryPublisher(app, lambda: producer)
+            occurrence = build_occurrence(entry, SLOT, task_id_for("own", SLOT))
+            assert publisher.publish_many([occurrence]) == [None]
+        assert _queued(client) == [task_id_for("own", SLOT)]
+    finally:
+        connection.release()
+        client.close()
+        app.close()
