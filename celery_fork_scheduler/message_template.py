@@ -89,12 +89,13 @@ PUBLISH_SIGNALS = (
 def templates_allowed(app: Any) -> bool:
     """False when per-message hooks or routers would make a copied message wrong, when tasks
     run eagerly (a capture would run the task instead of sending it), or when the app's
-    ``send_task`` or its ``amqp`` are not Celery's own (they may publish with a producer of
-    their own, past a capture)."""
+    ``send_task``, ``producer_or_acquire`` or ``amqp`` are not Celery's own (they may publish
+    with a producer of their own, past a capture)."""
     if app.conf.task_send_sent_event or app.conf.task_always_eager:
         return False
-    if type(app).send_task is not Celery.send_task or "send_task" in vars(app):
-        return False
+    for method in ("send_task", "producer_or_acquire"):
+        if getattr(type(app), method) is not getattr(Celery, method) or method in vars(app):
+            return False
     if type(app.amqp) is not AMQP:
         return False
     if any(signal.receivers for signal in PUBLISH_SIGNALS):

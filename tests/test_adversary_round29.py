@@ -154,3 +154,33 @@ def test_an_entry_with_a_connection_option_sends_the_slot_once(redis_url: str) -
         connection.release()
         client.close()
         app.close()
+
+
+def test_an_app_whose_producer_or_acquire_hands_another_producer_sends_the_slot_once(
+    redis_url: str,
+) -> None:
+    """Found while fixing round 29, fixed: ``Celery.send_task`` publishes on
+    ``app.producer_or_acquire(producer)``; an app whose override hands back a producer of its
+    own published past the capture, and then again through Celery. Templates are off for such
+    an app (``templates_allowed``): the slot goes through Celery once."""
+
+    class OwnPool(Celery):
+        def producer_or_acquire(self, producer: Any = None) -> Any:
+            return super().producer_or_acquire(None)  # ignores the one it is handed
+
+    app = OwnPool("own-pool", broker=redis_url, set_as_current=False)
+    client = redis.Redis.from_url(redis_url)
+    client.delete("celery")
+    try:
+        entry = entry_from_config(
+            "pooled", {"task": "t.unregistered", "schedule": 60}, default_timezone=timezone.utc
+        )
+        occurrence = build_occurrence(entry, SLOT, task_id_for("pooled", SLOT))
+        with app.producer_or_acquire() as producer:
+            publisher = CeleryPublisher(app, lambda: producer)
+            assert publisher.publish_many([occurrence]) == [None]
+        assert _queued(client) == [occurrence.task_id]
+    finally:
+        client.delete("celery")
+        client.close()
+        app.close()
