@@ -41,34 +41,24 @@ def dumps(value: Any) -> str:
     return cast(str, kombu_json.dumps(value))  # type: ignore[no-untyped-call]
 
 
-#: Placeholders: control characters around a random number drawn once per process, so that
-#: no message data can hold one.
+#: Placeholders, by the field they stand for: control characters around a random number
+#: drawn once per process, so that no message data can hold one.
 _NONCE = secrets.token_hex(16)
-_TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG = (
-    f"\x00{_NONCE}:{name}\x00" for name in ("task_id", "slot", "publish_at", "delivery_tag")
+#: The fields a sibling fills (see :func:`encode_shape`), in the order of :data:`Written`:
+#: its body, then its headers.
+_SIBLING_FIELDS = ("body", "argsrepr", "kwargsrepr", ENTRY_HEADER)
+_PLACEHOLDER = {
+    field: f"\x00{_NONCE}:{field}\x00"
+    for field in ("task_id", "slot", "publish_at", "delivery_tag", *_SIBLING_FIELDS)
+}
+_TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG, _BODY = (
+    _PLACEHOLDER[field] for field in ("task_id", "slot", "publish_at", "delivery_tag", "body")
 )
-#: The places a sibling's message differs in: its body, then its headers.
-_BODY = f"\x00{_NONCE}:body\x00"
-_SIBLING_HEADERS = {
-    name: f"\x00{_NONCE}:{name}\x00" for name in ("argsrepr", "kwargsrepr", ENTRY_HEADER)
-}
-#: How each placeholder reads once encoded as a JSON string (without the quotes).
-_ENCODED = {
-    name: dumps(name)[1:-1]
-    for name in (_TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG, _BODY, *_SIBLING_HEADERS.values())
-}
-
-
+_SIBLING_HEADERS = {name: _PLACEHOLDER[name] for name in _SIBLING_FIELDS[1:]}
+#: Each placeholder as it reads encoded as a JSON string (without the quotes), to its field.
+_FIELDS = {dumps(placeholder)[1:-1]: field for field, placeholder in _PLACEHOLDER.items()}
 #: Finds the placeholders in encoded text.
-_PLACEHOLDERS = re.compile("(" + "|".join(re.escape(text) for text in _ENCODED.values()) + ")")
-#: Each placeholder's field name (see :func:`_cut`).
-_FIELDS = {
-    _ENCODED[placeholder]: placeholder.strip("\x00").partition(":")[2]
-    for placeholder in (_TASK_ID, _SLOT, _PUBLISH_AT, _DELIVERY_TAG, _BODY)
-}
-_FIELDS.update({_ENCODED[placeholder]: name for name, placeholder in _SIBLING_HEADERS.items()})
-#: The fields a sibling fills (see :func:`encode_shape`), in the order of :data:`Written`.
-_SIBLING_FIELDS = ("body", *_SIBLING_HEADERS)
+_PLACEHOLDERS = re.compile("(" + "|".join(re.escape(text) for text in _FIELDS) + ")")
 
 #: A sibling's values as encoded: its body, then its ``argsrepr``, ``kwargsrepr`` and entry
 #: header (``None`` for one that is not text).

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.utils import json as kombu_json
 
+from celery_fork_scheduler.entry import Entry, entry_from_config
+from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.message_template import capture
-from celery_fork_scheduler.publishing import CeleryPublisher
+from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 
 def sent_by_celery(app: Celery, producer: Any, occurrence: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -24,3 +29,32 @@ def declare_queues(app: Celery, producer: Any) -> None:
     producer.channel.connection.state.clear()
     for queue in app.amqp.queues.values():
         queue(producer.channel).declare()
+
+
+#: The slot the "sent once" helpers publish.
+ONE_SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
+
+
+def one_entry(task: str, name: str = "own", **options: Any) -> Entry:
+    """An entry ``name`` of ``task`` (one argument) with these message ``options``."""
+    definition = {"task": task, "schedule": 60, "args": [1], "options": options}
+    return entry_from_config(name, definition, default_timezone=timezone.utc)
+
+
+def queued_after(app: Celery, redis_url: str, entry: Entry, *, warm: bool = False) -> list[str]:
+    """The task ids in the default queue after a ``CeleryPublisher`` on the app's broker
+    published :data:`ONE_SLOT` of ``entry`` (with ``warm``: only made its template ahead,
+    which sends nothing). Closes ``app``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with app.producer_or_acquire() as producer:
+            publisher = CeleryPublisher(app, lambda: producer)
+            occurrence = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
+            if warm:
+                publisher.warm(occurrence)
+            else:
+                assert publisher.publish_many([occurrence]) == [None]
+        return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
+    finally:
+        client.close()
+        app.close()

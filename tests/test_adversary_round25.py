@@ -160,16 +160,22 @@ def test_sibling_of_a_task_registered_again_is_celerys_message(redis_url: str) -
         check("a", ["eu"])
         check("b", ["us"])
 
-        class Report(app.Task):  # type: ignore[name-defined,misc]
-            name = "tasks.report"
-            serializer = "pickle"
-            ignore_result = True
-
-            def run(self, region: str, *, day: str = "today") -> None: ...
-
-        app.register_task(Report())
+        register_report_again(app)
         check("c", ["asia"])
     app.close()
+
+
+def register_report_again(app: Any) -> None:
+    """Register ``tasks.report`` again, as another task object: pickle, no result."""
+
+    class Report(app.Task):  # type: ignore[name-defined,misc]
+        name = "tasks.report"
+        serializer = "pickle"
+        ignore_result = True
+
+        def run(self, region: str, *, day: str = "today") -> None: ...
+
+    app.register_task(Report())
 
 
 # --- Pinned (checked correct) ---------------------------------------------------------------

@@ -31,6 +31,7 @@ import redis
 from celery import Celery
 from kombu.utils import json as kombu_json
 from publish_helpers import declare_queues, sent_by_celery
+from test_adversary_round25 import register_report_again
 from test_message_encoding import assert_kombus, kombu_commands
 from test_message_template import make_app, same_message
 
@@ -152,14 +153,7 @@ def test_a_kept_sibling_follows_its_task_registered_again(redis_url: str) -> Non
         for entry in entries:
             check(entry, SLOTS[0])
 
-        class Report(app.Task):  # type: ignore[name-defined,misc]
-            name = "tasks.report"
-            serializer = "pickle"
-            ignore_result = True
-
-            def run(self, region: str, *, day: str = "today") -> None: ...
-
-        app.register_task(Report())
+        register_report_again(app)
         check(entries[1], SLOTS[1])
     app.close()
 

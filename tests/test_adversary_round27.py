@@ -26,15 +26,13 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu.utils import json as kombu_json
+from publish_helpers import ONE_SLOT, one_entry, queued_after
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 
 from celery_fork_scheduler.backends import packing
 from celery_fork_scheduler.backends.redis_connection import client_from_url
-from celery_fork_scheduler.entry import Entry, entry_from_config
 from celery_fork_scheduler.errors import ConfigError
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
@@ -151,17 +149,6 @@ def _app_with_own_producer(redis_url: str) -> Celery:
     return app
 
 
-def _entry() -> Entry:
-    return entry_from_config(
-        "own", {"task": "t.own", "schedule": 60, "args": [1]}, default_timezone=timezone.utc
-    )
-
-
-def _queued(client: redis.Redis) -> list[str]:
-    """The task ids of the messages in the default queue."""
-    return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
-
-
 def test_warming_a_template_ahead_sends_nothing(redis_url: str) -> None:
     """Found failing by round 27, fixed. Promise: ``CeleryPublisher.warm`` "Sends nothing"
     (publishing.py); the warm-ahead of ec733d1 makes templates in idle time, before any claim,
@@ -177,16 +164,7 @@ def test_warming_a_template_ahead_sends_nothing(redis_url: str) -> None:
     ("nothing was sent either way", its docstring) and ``warm`` swallows nothing wrong.
     """
     app = _app_with_own_producer(redis_url)
-    client = redis.Redis.from_url(redis_url)
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            occurrence = build_occurrence(_entry(), SLOT, task_id_for("own", SLOT))
-            publisher.warm(occurrence)
-        assert _queued(client) == []
-    finally:
-        client.close()
-        app.close()
+    assert queued_after(app, redis_url, one_entry("t.own"), warm=True) == []
 
 
 def test_the_first_slot_of_a_task_publishing_on_its_own_producer_is_sent_once(
@@ -205,17 +183,7 @@ def test_the_first_slot_of_a_task_publishing_on_its_own_producer_is_sent_once(
     then the fence path publishes it again).
     """
     app = _app_with_own_producer(redis_url)
-    client = redis.Redis.from_url(redis_url)
-    task_id = task_id_for("own", SLOT)
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            occurrence = build_occurrence(_entry(), SLOT, task_id)
-            assert publisher.publish_many([occurrence]) == [None]
-        assert _queued(client) == [task_id]
-    finally:
-        client.close()
-        app.close()
+    assert queued_after(app, redis_url, one_entry("t.own")) == [task_id_for("own", ONE_SLOT)]
 
 
 # --- 3. Owners hashed ahead: one per entry name ever seen ----------------------------------------

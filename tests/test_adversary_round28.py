@@ -24,14 +24,13 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu.utils import json as kombu_json
+from publish_helpers import ONE_SLOT, one_entry, queued_after
 from redis.connection import HiredisRespSerializer
 
 from celery_fork_scheduler.backends import packing
 from celery_fork_scheduler.backends.redis_connection import client_from_url
-from celery_fork_scheduler.entry import Entry, entry_from_config
+from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
@@ -105,11 +104,6 @@ def test_an_argument_redis_cannot_take_is_a_data_error_as_with_redis_py(
 # --- 2. A publish leaving the channel through the app, not the task ----------------------------
 
 
-def _queued(client: redis.Redis) -> list[str]:
-    """The task ids of the messages in the default queue."""
-    return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
-
-
 class OwnProducerCelery(Celery):  # type: ignore[misc]
     """An app whose ``send_task`` publishes with a producer of its own (a wrapper that adds
     tracing or a connection of its own: it drops the ``producer`` it is given)."""
@@ -144,20 +138,7 @@ def test_an_app_send_task_publishing_on_its_own_producer_sends_the_slot_once(
     again: two messages with one task id.
     """
     app = _own_app(redis_url)
-    client = redis.Redis.from_url(redis_url)
-    entry: Entry = entry_from_config(
-        "own", {"task": task, "schedule": 60, "args": [1]}, default_timezone=timezone.utc
-    )
-    task_id = task_id_for("own", SLOT)
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            occurrence = build_occurrence(entry, SLOT, task_id)
-            assert publisher.publish_many([occurrence]) == [None]
-        assert _queued(client) == [task_id]
-    finally:
-        client.close()
-        app.close()
+    assert queued_after(app, redis_url, one_entry(task)) == [task_id_for("own", ONE_SLOT)]
 
 
 def test_warming_ahead_with_an_app_send_task_of_its_own_sends_nothing(redis_url: str) -> None:
@@ -169,18 +150,7 @@ def test_warming_ahead_with_an_app_send_task_of_its_own_sends_nothing(redis_url:
     before the slot is due or claimed (by this replica or any other).
     """
     app = _own_app(redis_url)
-    client = redis.Redis.from_url(redis_url)
-    entry = entry_from_config(
-        "own", {"task": "t.plain", "schedule": 60, "args": [1]}, default_timezone=timezone.utc
-    )
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            publisher.warm(build_occurrence(entry, SLOT, task_id_for("own", SLOT)))
-        assert _queued(client) == []
-    finally:
-        client.close()
-        app.close()
+    assert queued_after(app, redis_url, one_entry("t.plain"), warm=True) == []
 
 
 def test_a_task_whose_instance_overrides_apply_async_sends_the_slot_once(redis_url: str) -> None:
@@ -205,19 +175,7 @@ def test_a_task_whose_instance_overrides_apply_async_sends_the_slot_once(redis_u
         return original(args, kwargs, **options)
 
     patched.apply_async = traced
-    client = redis.Redis.from_url(redis_url)
-    entry = entry_from_config(
-        "own", {"task": "t.patched", "schedule": 60, "args": [1]}, default_timezone=timezone.utc
-    )
-    task_id = task_id_for("own", SLOT)
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            assert publisher.publish_many([build_occurrence(entry, SLOT, task_id)]) == [None]
-        assert _queued(client) == [task_id]
-    finally:
-        client.close()
-        app.close()
+    assert queued_after(app, redis_url, one_entry("t.patched")) == [task_id_for("own", ONE_SLOT)]
 
 
 # --- 3. Warm-ahead of an entry removed before its turn -----------------------------------------

@@ -16,40 +16,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.app.amqp import AMQP
-from kombu.utils import json as kombu_json
 from kombu.utils.objects import cached_property
+from publish_helpers import ONE_SLOT, one_entry, queued_after
 
-from celery_fork_scheduler.entry import Entry, entry_from_config
 from celery_fork_scheduler.ids import task_id_for
-from celery_fork_scheduler.publishing import CeleryPublisher, build_occurrence
 
 SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
-
-
-def _queued(client: redis.Redis) -> list[str]:
-    """The task ids of the messages in the default queue."""
-    return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
-
-
-def _publish_once(app: Celery, redis_url: str, task: str) -> list[str]:
-    """Publish one slot of an entry of ``task`` through a CeleryPublisher on the app's Redis
-    broker; the task ids found in the queue afterwards."""
-    client = redis.Redis.from_url(redis_url)
-    entry: Entry = entry_from_config(
-        "own", {"task": task, "schedule": 60, "args": [1]}, default_timezone=timezone.utc
-    )
-    try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            occurrence = build_occurrence(entry, SLOT, task_id_for("own", SLOT))
-            assert publisher.publish_many([occurrence]) == [None]
-        return _queued(client)
-    finally:
-        client.close()
-        app.close()
 
 
 # --- 1. Other ways a publish leaves the captured channel ---------------------------------------
@@ -81,7 +55,7 @@ def test_an_app_whose_instance_send_task_publishes_on_its_own_producer_sends_the
         return original(name, args, kwargs, **options)
 
     app.send_task = traced  # type: ignore[method-assign]
-    assert _publish_once(app, redis_url, "t.plain") == [task_id_for("own", SLOT)]
+    assert queued_after(app, redis_url, one_entry("t.plain")) == [task_id_for("own", ONE_SLOT)]
 
 
 class OwnProducerAMQP(AMQP):  # type: ignore[misc]
@@ -116,7 +90,7 @@ def test_an_amqp_class_publishing_on_its_own_producer_sends_the_slot_once(
     @app.task(name="t.plain", shared=False)  # type: ignore[untyped-decorator]
     def plain(number: int) -> None: ...
 
-    assert _publish_once(app, redis_url, "t.plain") == [task_id_for("own", SLOT)]
+    assert queued_after(app, redis_url, one_entry("t.plain")) == [task_id_for("own", ONE_SLOT)]
 
 
 def test_an_entry_with_a_connection_option_sends_the_slot_once(redis_url: str) -> None:
@@ -137,23 +111,12 @@ def test_an_entry_with_a_connection_option_sends_the_slot_once(redis_url: str) -
     @app.task(name="t.plain", shared=False)  # type: ignore[untyped-decorator]
     def plain(number: int) -> None: ...
 
-    client = redis.Redis.from_url(redis_url)
     connection = app.connection_for_write()
-    entry: Entry = entry_from_config(
-        "own",
-        {"task": "t.plain", "schedule": 60, "args": [1], "options": {"connection": connection}},
-        default_timezone=timezone.utc,
-    )
     try:
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            occurrence = build_occurrence(entry, SLOT, task_id_for("own", SLOT))
-            assert publisher.publish_many([occurrence]) == [None]
-        assert _queued(client) == [task_id_for("own", SLOT)]
+        entry = one_entry("t.plain", connection=connection)
+        assert queued_after(app, redis_url, entry) == [task_id_for("own", ONE_SLOT)]
     finally:
         connection.release()
-        client.close()
-        app.close()
 
 
 def test_an_app_whose_producer_or_acquire_hands_another_producer_sends_the_slot_once(
@@ -169,18 +132,5 @@ def test_an_app_whose_producer_or_acquire_hands_another_producer_sends_the_slot_
             return super().producer_or_acquire(None)  # ignores the one it is handed
 
     app = OwnPool("own-pool", broker=redis_url, set_as_current=False)
-    client = redis.Redis.from_url(redis_url)
-    client.delete("celery")
-    try:
-        entry = entry_from_config(
-            "pooled", {"task": "t.unregistered", "schedule": 60}, default_timezone=timezone.utc
-        )
-        occurrence = build_occurrence(entry, SLOT, task_id_for("pooled", SLOT))
-        with app.producer_or_acquire() as producer:
-            publisher = CeleryPublisher(app, lambda: producer)
-            assert publisher.publish_many([occurrence]) == [None]
-        assert _queued(client) == [occurrence.task_id]
-    finally:
-        client.delete("celery")
-        client.close()
-        app.close()
+    entry = one_entry("t.unregistered", "pooled")
+    assert queued_after(app, redis_url, entry) == [task_id_for("pooled", ONE_SLOT)]
