@@ -15,8 +15,24 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_url_from_env", "server_args"]
+__all__ = [
+    "PortTakenError",
+    "RedisServer",
+    "find_redis_server",
+    "free_port",
+    "redis_url_from_env",
+    "server_args",
+]
+
+
+#: How many ports :meth:`RedisServer.start` tries when another process takes the one it picked.
+PORT_ATTEMPTS = 5
+
+
+class PortTakenError(RuntimeError):
+    """Another process listens on the port a :class:`RedisServer` was to use."""
 
 
 def find_redis_server() -> str:
@@ -91,6 +107,9 @@ class RedisServer:
         binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        #: A port this helper picked may move to a fresh one if another process takes it
+        #: before the first start; a port the caller gave never moves.
+        self._may_move = port is None
         self.extra_args = list(extra_args)
         self.binary = binary or find_redis_server()
         self.workdir = Path(tempfile.mkdtemp(prefix="fork-scheduler-redis-"))
@@ -102,34 +121,75 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> RedisServer:
-        """Start the server and wait until it answers ``PING``."""
+        """Start the server and wait until it answers ``PING``.
+
+        A port picked by this helper (none given) was free when it was picked, but another
+        process may have bound it since. Then, on the first start only, the server moves to a
+        fresh port (up to :data:`PORT_ATTEMPTS` times); read :attr:`port` and :attr:`url` after
+        :meth:`start`.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.process = self._spawn()
+            try:
+                self.wait_ready(timeout)
+            except PortTakenError:
+                self.stop()
+                if not self._may_move or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_port()
+                continue
+            self._may_move = False
+            return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         args = server_args(self.binary, self.port, self.workdir, *self.extra_args)
-        log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.wait_ready(timeout)
-        return self
+        with open(self.workdir / "redis.log", "wb") as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Poll ``PING`` until the server answers, or raise ``TimeoutError``."""
+        """Poll ``PING`` until this server (not another process on its port) answers.
+
+        Raises :class:`PortTakenError` when another process answers on the port or the server
+        exits because the port is in use, ``TimeoutError`` when nothing answers in time.
+        """
         import redis
 
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         try:
             while True:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {self.read_log()}")
+                    log = self.read_log()
+                    if "Address already in use" in log:
+                        raise PortTakenError(f"port {self.port} is taken: {log}")
+                    raise RuntimeError(f"redis-server exited: {log}")
                 try:
                     if client.ping():
+                        self._check_answered_by_own_process(client)
                         return
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
                 time.sleep(0.05)
         finally:
             client.close()
+
+    def _check_answered_by_own_process(self, client: Any) -> None:
+        if self.process is None:
+            return
+        pid = client.info("server").get("process_id")
+        if pid != self.process.pid:
+            raise PortTakenError(
+                f"port {self.port} is answered by another process (pid {pid}), "
+                f"not this redis-server (pid {self.process.pid})"
+            )
 
     def read_log(self) -> str:
         """Return what the server wrote to its log so far."""

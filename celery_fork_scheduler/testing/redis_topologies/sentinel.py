@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from typing import Any
 
@@ -10,11 +11,21 @@ from .common import _client, _command, _poll, _started, _text, _Topology
 
 
 class _SentinelProcess(RedisServer):
-    """``redis-server <generated config> --sentinel``: the config file must come first."""
+    """``redis-server <generated config> --sentinel``: the config file must come first.
 
-    def __init__(self, master_name: str, master_port: int, quorum: int, binary: str | None) -> None:
+    The config is written at each spawn, so that it names the port the process starts on and
+    the master's port as it is then (:attr:`master_port`, set by the group).
+    """
+
+    def __init__(self, master_name: str, quorum: int, binary: str | None) -> None:
         super().__init__(binary=binary)
+        self.master_name = master_name
+        self.master_port = 0
+        self.quorum = quorum
         self.config_path = self.workdir / "sentinel.conf"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        name = self.master_name
         self.config_path.write_text(
             "\n".join(
                 [
@@ -22,21 +33,17 @@ class _SentinelProcess(RedisServer):
                     "bind 127.0.0.1",
                     "daemonize no",
                     f"dir {self.workdir}",
-                    f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
-                    f"sentinel down-after-milliseconds {master_name} 1000",
-                    f"sentinel failover-timeout {master_name} 5000",
-                    f"sentinel parallel-syncs {master_name} 1",
+                    f"sentinel monitor {name} 127.0.0.1 {self.master_port} {self.quorum}",
+                    f"sentinel down-after-milliseconds {name} 1000",
+                    f"sentinel failover-timeout {name} 5000",
+                    f"sentinel parallel-syncs {name} 1",
                     "",
                 ]
             )
         )
-
-    def start(self, timeout: float = 20.0) -> _SentinelProcess:
         args = [self.binary, str(self.config_path), "--sentinel", *self.extra_args]
         with open(self.workdir / "redis.log", "wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready(timeout)
-        return self
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
 
 class RedisSentinelGroup(_Topology):
@@ -53,7 +60,7 @@ class RedisSentinelGroup(_Topology):
         self,
         replicas: int = 1,
         sentinels: int = 3,
-        master_name: str = "mymaster",
+        master_name: str | None = None,
         *,
         binary: str | None = None,
     ) -> None:
@@ -61,18 +68,14 @@ class RedisSentinelGroup(_Topology):
             raise ValueError("a failover needs at least one replica")
         if sentinels < 1:
             raise ValueError("at least one sentinel is needed")
-        self.master_name = master_name
+        # A name of its own: sentinels that outlive another group (or watch one in another
+        # process) take hello messages only for the master names they monitor.
+        self.master_name = master_name or f"fork-scheduler-{secrets.token_hex(4)}"
         self.master = RedisServer(binary=binary)
-        self.replicas = [
-            RedisServer(
-                binary=binary, extra_args=["--replicaof", "127.0.0.1", str(self.master.port)]
-            )
-            for _ in range(replicas)
-        ]
+        self.replicas = [RedisServer(binary=binary) for _ in range(replicas)]
         quorum = sentinels // 2 + 1
         self.sentinels = [
-            _SentinelProcess(master_name, self.master.port, quorum, binary)
-            for _ in range(sentinels)
+            _SentinelProcess(self.master_name, quorum, binary) for _ in range(sentinels)
         ]
 
     @property
@@ -94,10 +97,12 @@ class RedisSentinelGroup(_Topology):
         """Start the data nodes, then the sentinels; wait until the sentinels see them all."""
         self.master.start(timeout)
         for replica in self.replicas:
+            replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
             replica.start(timeout)
         for replica in self.replicas:
             self._wait_replica_linked(replica.port, timeout)
         for sentinel in self.sentinels:
+            sentinel.master_port = self.master.port
             sentinel.start(timeout)
         for sentinel in self.sentinels:
             self._wait_sentinel_ready(sentinel.port, timeout)
