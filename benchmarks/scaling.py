@@ -243,14 +243,16 @@ def burst(topo: Topology, replicas: int, settings: Settings, boundary: float) ->
     }
 
 
-def runtime_spread(entries: int) -> Result:
-    """``Manager.add_many`` of ``entries`` runtime entries on the cluster: keys per master."""
+def runtime_spread(entries: int, shards: int) -> Result:
+    """``Manager.add_many`` of ``entries`` runtime entries on the cluster, stored in ``shards``
+    shards (``fork_scheduler_runtime_shards``): keys and memory per master."""
     with topology("cluster") as topo:
         before = topo.used_memory()
         app = Celery("spread", broker=topo.broker_url)
         app.conf.update(
             fork_scheduler_redis_url=topo.claims_url,
             fork_scheduler_redis_options={"cluster": True},
+            fork_scheduler_runtime_shards=shards,
         )
         definitions = [
             {"name": f"r{i:06d}", "task": "bench.noop", "schedule": timedelta(hours=1)}
@@ -260,7 +262,13 @@ def runtime_spread(entries: int) -> Result:
         Manager(app).add_many(definitions)
         seconds = time.perf_counter() - started
         grown = [b - a for a, b in zip(before, topo.used_memory(), strict=True)]
-        return {"entries": entries, "seconds": seconds, "dbsize": topo.dbsizes(), "memory": grown}
+        return {
+            "entries": entries,
+            "shards": shards,
+            "seconds": seconds,
+            "dbsize": topo.dbsizes(),
+            "memory": grown,
+        }
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -449,17 +457,26 @@ def cluster_table(runner: Runner, scenario: str, n: int, counts: Sequence[int]) 
 
 
 def spread_table(spreads: Sequence[Result]) -> str:
-    header = ["runtime entries", "add_many (s)", "DBSIZE per master", "memory added per master"]
-    last = spreads[-1]
-    memory = " / ".join(f"{grown / 2**20:.1f} MiB" for grown in last["memory"])
-    rows = [
-        [
-            f"{last['entries']:,}".replace(",", " "),
-            cell(spreads, "seconds", 2),
-            " / ".join(str(size) for size in last["dbsize"]),
-            memory,
-        ]
+    header = [
+        "runtime entries",
+        "runtime shards",
+        "add_many (s)",
+        "DBSIZE per master",
+        "memory added per master",
     ]
+    rows = []
+    for shards in sorted({result["shards"] for result in spreads}):
+        runs = [result for result in spreads if result["shards"] == shards]
+        last = runs[-1]
+        rows.append(
+            [
+                f"{last['entries']:,}".replace(",", " "),
+                str(shards),
+                cell(runs, "seconds", 2),
+                " / ".join(str(size) for size in last["dbsize"]),
+                " / ".join(f"{grown / 2**20:.1f} MiB" for grown in last["memory"]),
+            ]
+        )
     return table(header, rows)
 
 
@@ -507,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", default="1,2,3,4", help="R on one Redis")
     parser.add_argument("--cluster-replicas", default="1,3", help="R on the cluster")
     parser.add_argument("--spread", type=int, default=20_000, help="runtime entries added")
+    parser.add_argument(
+        "--runtime-shards", default="1,12", help="fork_scheduler_runtime_shards of the spread"
+    )
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--window", type=float, default=8.0)
     parser.add_argument("--margin", type=float, default=12.0, help="beat start before a burst")
@@ -519,7 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = tuple(int(n) for n in args.n.split(","))
         settings = Settings(sizes, args.burst, args.warmup, args.window, args.margin, Path(logs))
         runner = Runner(settings)
-        spreads = [runtime_spread(args.spread) for _ in range(args.runs)]
+        spreads = [
+            runtime_spread(args.spread, int(shards))
+            for shards in args.runtime_shards.split(",")
+            if shards
+            for _ in range(args.runs)
+        ]
         runner.execute(*plan(args.runs, settings, counts, cluster))
     add_ratios(runner, counts)
     text = render(runner, counts, cluster, spreads)

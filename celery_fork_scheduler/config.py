@@ -64,6 +64,7 @@ DEFAULTS: Mapping[str, Any] = {
     "calendars": {},
     "default_jitter": timedelta(0),
     "freeze_heap": True,
+    "runtime_shards": 1,
 }
 
 
@@ -116,6 +117,9 @@ class Settings:
     #: Once start-up is done, keep the objects it built out of the garbage collector's walks
     #: and collect young objects less often (see :mod:`.heap`).
     freeze_heap: bool = True
+    #: How many hash tags the runtime entries are spread over (see :mod:`.store_shards`):
+    #: on Redis Cluster, more than one spreads them over the masters.
+    runtime_shards: int = 1
 
 
 #: Celery's own settings read with the others: the :class:`Settings` field each one fills and
@@ -133,6 +137,7 @@ INT_RANGES: Mapping[str, tuple[int, int]] = {
     "metrics_port": (0, 65_535),
     "wait_replicas": (0, 100),
     "max_entry_size": (1_024, 16 * 1_048_576),
+    "runtime_shards": (1, 1_024),
 }
 #: The range (seconds) each duration setting accepts.
 DURATION_RANGES: Mapping[str, tuple[float, float]] = {
@@ -380,6 +385,7 @@ CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "starting_deadline": _starting_deadline,
     "calendars": _calendars,
     "freeze_heap": _named(_bool, "freeze_heap"),
+    "runtime_shards": _named(_int, "runtime_shards"),
 }
 
 

@@ -13,10 +13,22 @@ class Keys:
     """The keys under one ``fork_scheduler_key_prefix``.
 
     Every key of one entry carries the entry name as a Redis Cluster hash tag; the global keys
-    have hash tags of their own.
+    have hash tags of their own. The runtime entries' keys carry :attr:`runtime_tag`: one shard
+    of them (see :meth:`runtime_shard`).
     """
 
     prefix: str
+    runtime_tag: str = "runtime"
+
+    def runtime_shard(self, number: int) -> Keys:
+        """The keys of runtime shard ``number``: shard 0 keeps the ``{runtime}`` tag of an
+        unsharded store, shard k > 0 has ``{runtime:k}`` (its own Redis Cluster slot)."""
+        return Keys(self.prefix, "runtime" if number == 0 else f"runtime:{number}")
+
+    @property
+    def runtime_shards(self) -> str:
+        """String: how many shards the runtime entries are stored in (absent: one)."""
+        return f"{self.prefix}{{runtime}}:shards"
 
     def state(self, entry: str) -> str:
         """Hash: high-water mark, claim state, owner, counters and pause state of ``entry``."""
@@ -61,38 +73,38 @@ class Keys:
     @property
     def runtime_entries(self) -> str:
         """Hash: name -> JSON of each runtime entry."""
-        return f"{self.prefix}{{runtime}}:entries"
+        return f"{self.prefix}{{{self.runtime_tag}}}:entries"
 
     @property
     def runtime_changes(self) -> str:
         """Zset: name -> version of its latest change (deletions included)."""
-        return f"{self.prefix}{{runtime}}:changes"
+        return f"{self.prefix}{{{self.runtime_tag}}}:changes"
 
     @property
     def runtime_version(self) -> str:
         """String: the version counter of runtime entries."""
-        return f"{self.prefix}{{runtime}}:version"
+        return f"{self.prefix}{{{self.runtime_tag}}}:version"
 
     @property
     def runtime_since(self) -> str:
         """Hash: name -> instant (us) each runtime entry's promised next run was computed from."""
-        return f"{self.prefix}{{runtime}}:since"
+        return f"{self.prefix}{{{self.runtime_tag}}}:since"
 
     @property
     def runtime_removed(self) -> str:
         """Zset: name -> Redis TIME (ms) of its removal, until trimmed from the change log."""
-        return f"{self.prefix}{{runtime}}:removed"
+        return f"{self.prefix}{{{self.runtime_tag}}}:removed"
 
     @property
     def runtime_epoch(self) -> str:
         """String: set by the first write after the runtime keys were created (or lost): a
         replica that sees it change knows Redis lost its runtime entries, and reads them all."""
-        return f"{self.prefix}{{runtime}}:epoch"
+        return f"{self.prefix}{{{self.runtime_tag}}}:epoch"
 
     @property
     def runtime_floor(self) -> str:
         """String: the highest version of a removal trimmed from the change log."""
-        return f"{self.prefix}{{runtime}}:floor"
+        return f"{self.prefix}{{{self.runtime_tag}}}:floor"
 
     @property
     def replicas(self) -> str:

@@ -62,6 +62,7 @@ from .store import (
     encode_entry,
     joined_tags,
 )
+from .store_shards import ShardedStore, runtime_store
 from .validation import CheckReport, Problem, check_app_report
 from .worker import MANUAL_HEADER
 
@@ -263,6 +264,8 @@ class Manager:
         self._singleton_all = False
         self._service: Any = None
         self._listeners: list[Any] = []
+        #: Whether the store's shard layout was checked against Redis (see :meth:`store`).
+        self._layout_checked = False
 
     # -- configuration (chainable) ------------------------------------------------------------
 
@@ -282,6 +285,7 @@ class Manager:
         from ``fork_scheduler_redis_url``. Keys keep ``fork_scheduler_key_prefix`` (the locker's
         ``key_prefix`` names its locks only) and no job runs under the locker's lock."""
         self._client = locker.client
+        self._layout_checked = False
         return self
 
     def register_event_listeners(self, *listeners: Any) -> Manager:
@@ -840,7 +844,7 @@ class Manager:
     @_settings_read_once
     def clear(self) -> int:
         """Remove every runtime entry; returns how many."""
-        names = [_text(name) for name in self._redis().hkeys(self._keys().runtime_entries)]
+        names = self.store().names()
         return len(self._delete_many([(name, None) for name in names], DEFAULT_BATCH_SIZE))
 
     @_settings_read_once
@@ -1058,9 +1062,15 @@ class Manager:
                 raise RedisRequiredError("this operation")
         return self._client
 
-    def store(self) -> RuntimeStore:
-        """The runtime store (Redis); :class:`RedisRequiredError` without Redis."""
-        return RuntimeStore(self._redis(), self._keys())
+    def store(self) -> RuntimeStore | ShardedStore:
+        """The runtime store (Redis); :class:`RedisRequiredError` without Redis, and
+        :class:`ConfigError` when ``fork_scheduler_runtime_shards`` differs from the layout of
+        the stored entries (checked on first use)."""
+        store = runtime_store(self._redis(), self._keys(), self._settings().runtime_shards)
+        if not self._layout_checked:
+            store.check_layout(record=False)  # recorded by the first write
+            self._layout_checked = True
+        return store
 
     def _static_names(self) -> frozenset[str]:
         """The names of the static entries (``beat_schedule`` and decorators), without building

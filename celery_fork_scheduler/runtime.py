@@ -7,6 +7,7 @@ entry (config or decorator) of the same name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import redis
 from .entry import DEFAULT_MIN_INTERVAL, Entry, entry_from_dict
 from .errors import ConfigError
 from .store import Changes, RuntimeStore, StoredEntry
+from .store_shards import ShardedStore
 
 logger = logging.getLogger("celery_fork_scheduler")
 
@@ -48,6 +50,18 @@ class Update:
 
 
 @dataclass
+class _Cursor:
+    """How far a replica has followed one shard's change log: its version, the epoch of its
+    keys at the last full read, and its latest change seen at the last poll (name, version):
+    see :attr:`.store.Changes.anchor_kept`."""
+
+    store: RuntimeStore
+    version: int = 0
+    epoch: str | None = None
+    anchor: tuple[str, int] | None = None
+
+
+@dataclass
 class _Load:
     """A load under way: the pages left, and the names a poll applied meanwhile (a page read
     later has nothing newer for them: the next poll has)."""
@@ -57,7 +71,8 @@ class _Load:
 
 
 class RuntimeEntries:
-    """The runtime entries one replica knows, and the version it has seen.
+    """The runtime entries one replica knows, and the version it has seen of each shard of
+    the store (one, unless ``fork_scheduler_runtime_shards`` says otherwise).
 
     ``since`` maps each valid runtime entry loaded (by :meth:`load`, kept up to date by
     :meth:`poll`) to the instant its writer computed the promised next run from.
@@ -65,7 +80,7 @@ class RuntimeEntries:
 
     def __init__(
         self,
-        store: RuntimeStore,
+        store: RuntimeStore | ShardedStore,
         default_timezone: tzinfo,
         replica_id: str,
         *,
@@ -77,12 +92,7 @@ class RuntimeEntries:
         self.default_timezone = default_timezone
         self.min_interval = min_interval
         self.replica_id = replica_id
-        self.version = 0
-        #: The epoch of the runtime keys seen at the last full read (see Keys.runtime_epoch).
-        self.epoch: str | None = None
-        #: The latest change of the log seen at the last poll (name, version): see
-        #: :attr:`.store.Changes.anchor_kept`.
-        self.anchor: tuple[str, int] | None = None
+        self._cursors = [_Cursor(shard) for shard in store.shards]
         self.since: dict[str, datetime] = {}
         #: Every name stored at the version seen, valid or not (to tell removals on a reload).
         self._names: set[str] = set()
@@ -97,6 +107,14 @@ class RuntimeEntries:
         #: Whether every stored entry was read once since start-up (a load's last page, or a
         #: poll that read everything).
         self.complete = False
+        #: Whether the store's number of shards was checked against Redis's (see
+        #: :func:`.store.check_shard_count`): before the first read that reaches Redis.
+        self._layout_checked = False
+
+    @property
+    def version(self) -> int:
+        """The versions seen of the shards, summed: it grows whenever any shard changes."""
+        return sum(cursor.version for cursor in self._cursors)
 
     def begin_load(self) -> None:
         """Start reading every stored entry, a page at a time (:meth:`load_page`).
@@ -108,14 +126,17 @@ class RuntimeEntries:
         self.since, self.refused, self.versions, self._names = {}, {}, {}, set()
         self.complete = False
         try:
-            epoch = self.store.epoch()
-            anchor = self.store.latest_change()
-            version, pages = self.store.pages()
+            self._check_layout()
+            reads = [
+                (cursor, cursor.store.epoch(), cursor.store.latest_change(), cursor.store.pages())
+                for cursor in self._cursors
+            ]
         except REFRESH_ERRORS as exc:
             logger.warning("fork scheduler: cannot load runtime entries yet: %s", exc)
             return  # the next poll reads everything
-        self.epoch, self.anchor, self.version = epoch, anchor, version
-        self._load = _Load(pages)
+        for cursor, epoch, anchor, (version, _) in reads:
+            cursor.epoch, cursor.anchor, cursor.version = epoch, anchor, version
+        self._load = _Load(itertools.chain.from_iterable(pages for *_, (_, pages) in reads))
 
     @property
     def loading(self) -> bool:
@@ -164,25 +185,39 @@ class RuntimeEntries:
         start-up read failed. During a load, the changes apply to entries read or not.
         """
         try:
-            changes = self.store.changes_since(self.version, self.anchor)
-            lost = changes.epoch != self.epoch or changes.version < self.version
+            self._check_layout()
+            polled = [
+                cursor.store.changes_since(cursor.version, cursor.anchor)
+                for cursor in self._cursors
+            ]
             unread = not self.complete and self._load is None  # a start-up read that failed
-            if lost or unread or not changes.anchor_kept or self.version < changes.floor:
+            gone: list[str] = []
+            if unread or any(map(_lost, self._cursors, polled)):
                 # Redis lost the runtime keys (a new epoch, the version went back, or the latest
                 # change this replica saw is gone from the log: an older snapshot, written to
                 # since), or this replica was away longer than removals are kept: only a full
                 # read says which entries are left.
-                changes = replace(self._everything(), epoch=changes.epoch, latest=changes.latest)
+                polled, gone = self._everything(polled)
                 self._load = None
                 self.complete = True
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
-        self.epoch = changes.epoch
-        self.anchor = changes.latest
-        if changes.version == self.version and not changes.changed and not changes.removed:
+        quiet = not gone and all(
+            changes.version == cursor.version and not changes.changed and not changes.removed
+            for cursor, changes in zip(self._cursors, polled, strict=True)
+        )
+        for cursor, changes in zip(self._cursors, polled, strict=True):
+            cursor.epoch, cursor.anchor = changes.epoch, changes.latest
+        if quiet:
             return None
-        self.version = changes.version
+        changed: dict[str, StoredEntry | bytes] = {}
+        removed = list(gone)
+        for cursor, changes in zip(self._cursors, polled, strict=True):
+            cursor.version = changes.version
+            changed.update(changes.changed)
+            removed += changes.removed
+        changes = Changes(self.version, changed, removed)
         if self._load is not None:
             self._load.polled.update(changes.removed, changes.changed)
         self._names.difference_update(changes.removed)
@@ -195,6 +230,13 @@ class RuntimeEntries:
         for name, item in changes.changed.items():
             self._collect(update, name, item, static_names)
         return update
+
+    def _check_layout(self) -> None:
+        """:class:`ConfigError` when ``fork_scheduler_runtime_shards`` differs from the layout
+        of the stored entries (checked once, when Redis answers)."""
+        if not self._layout_checked:
+            self.store.check_layout()
+            self._layout_checked = True
 
     def _collect(
         self, update: Update, name: str, item: StoredEntry | bytes, static_names: Collection[str]
@@ -210,16 +252,22 @@ class RuntimeEntries:
         if isinstance(item, StoredEntry) and item.added is not None:
             update.added[name] = item.added
 
-    def _everything(self) -> Changes:
-        """Every stored entry as changed, and every name known before and gone as removed."""
-        version, stored = self.store.all()
-        return Changes(version, stored, sorted(self._names - set(stored)))
+    def _everything(self, polled: list[Changes]) -> tuple[list[Changes], list[str]]:
+        """Every stored entry of each shard as changed (the epoch and latest change as
+        ``polled`` read them, before), and every name known before and gone."""
+        everything, stored_names = [], set[str]()
+        for cursor, changes in zip(self._cursors, polled, strict=True):
+            version, stored = cursor.store.all()
+            stored_names.update(stored)
+            everything.append(replace(changes, version=version, changed=stored, removed=[]))
+        return everything, sorted(self._names - stored_names)
 
     def basis(self) -> str:
         """What decides this replica's runtime slots beyond the stored entries: the version it
         has seen, the entries it refused, and how it reads a zone-less schedule."""
         refused = ",".join(f"{name}@{version}" for name, version in sorted(self.refused.items()))
-        return f"{self.version}|{refused}|{self.default_timezone}|{self.min_interval}"
+        seen = ",".join(str(cursor.version) for cursor in self._cursors)
+        return f"{seen}|{refused}|{self.default_timezone}|{self.min_interval}"
 
     def _note_since(self, name: str, item: StoredEntry | bytes) -> datetime | None:
         since = item.since if isinstance(item, StoredEntry) else None
@@ -294,6 +342,18 @@ class RuntimeEntries:
                 self._reported.add((name, version))
                 logger.error("fork scheduler: runtime entry skipped: %s", exc)
             return None
+
+
+def _lost(cursor: _Cursor, changes: Changes) -> bool:
+    """Whether a shard's changes since ``cursor`` cannot be trusted: Redis lost its keys (a
+    new epoch, a version below the cursor's, the latest change seen gone from the log) or the
+    cursor is below the change log's floor (removals it has not seen were trimmed)."""
+    return (
+        changes.epoch != cursor.epoch
+        or changes.version < cursor.version
+        or not changes.anchor_kept
+        or cursor.version < changes.floor
+    )
 
 
 def _ticked_before(raw: bytes | str, oldest: datetime) -> bool:

@@ -588,7 +588,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._note_interruptions(self.now())
         with self._config_errors_stop_beat():
             self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
-        self._refresh_runtime_entries()
+            self._refresh_runtime_entries()  # a store of another shard layout stops beat
         self._follow_corrections()
         if not self._startup_read_done and not self._reading_entries:
             logger.info("fork scheduler: %d entries, every runtime entry read", len(self.entries))

@@ -618,7 +618,21 @@ class RuntimeStore:
         """The KEYS of READ_MANY."""
         return [self.keys.runtime_entries, self.keys.runtime_changes, self.keys.runtime_since]
 
+    @property
+    def shards(self) -> list[RuntimeStore]:
+        """The stores a replica follows: this one (see :class:`.store_shards.ShardedStore`)."""
+        return [self]
+
     # -- runtime entries ----------------------------------------------------------------------
+
+    def check_layout(self, *, record: bool = True) -> None:
+        """Refuse to follow or change runtime entries stored in shards
+        (:func:`check_shard_count`: this store is one shard; nothing to record)."""
+        check_shard_count(self.client, self.keys, 1, record=record)
+
+    def names(self) -> list[str]:
+        """The name of every runtime entry (one ``HKEYS``)."""
+        return [_text(name) for name in self.client.hkeys(self.keys.runtime_entries)]
 
     def epoch(self) -> str | None:
         """The epoch of the runtime keys (see :attr:`Keys.runtime_epoch`)."""
@@ -959,7 +973,8 @@ class RuntimeStore:
         return "\n".join(["1", *parts])
 
     def _chain_key(self, chain: str) -> str:
-        return f"{self.keys.prefix}{{runtime}}:bulk:{self._chain_id if chain else 'none'}"
+        chain_id = self._chain_id if chain else "none"
+        return f"{self.keys.prefix}{{{self.keys.runtime_tag}}}:bulk:{chain_id}"
 
     def put_batches(
         self, batches: Iterable[tuple[Sequence[BulkItem], datetime | None]]
@@ -1115,6 +1130,53 @@ class RuntimeStore:
         return {name: pause_state(state) for name, state in self.states(names).items()}
 
 
+#: The shard layout of the runtime entries, recorded at once when the caller's is sharded and
+#: nothing is stored yet (one script: a writer of the other layout cannot slip in between).
+#: KEYS[1] the recorded count, KEYS[2] the unsharded store's version counter (both in the
+#: ``{runtime}`` slot); ARGV[1] the caller's count. Returns the count in force, 0 for none yet.
+SHARD_LAYOUT = """
+local recorded = redis.call('GET', KEYS[1])
+if recorded then
+  return tonumber(recorded)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 1
+end
+if tonumber(ARGV[1]) > 1 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return tonumber(ARGV[1])
+end
+return 0
+"""
+
+
+def check_shard_count(client: Any, keys: Keys, configured: int, *, record: bool = True) -> None:
+    """Refuse a ``fork_scheduler_runtime_shards`` that differs from the stored entries'
+    layout (:class:`ConfigError` naming the setting): the count recorded in Redis, else one
+    when an unsharded store holds anything. With ``record``, a sharded layout is recorded when
+    nothing is stored yet, so that an unsharded reader or writer is refused from then on."""
+    base = keys.runtime_shard(0)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(base.runtime_shards)
+    pipe.exists(base.runtime_version)
+    recorded, unsharded = pipe.execute()  # reads only: a read-only user gets this far
+    stored = int(recorded) if recorded is not None else int(bool(unsharded))
+    if not stored and configured > 1 and record:
+        stored = int(
+            client.register_script(SHARD_LAYOUT)(
+                keys=[base.runtime_shards, base.runtime_version], args=[configured]
+            )
+        )
+    if stored and stored != configured:
+        raise ConfigError(
+            f"is {configured}, but the runtime entries in Redis are stored in {stored} "
+            f"shard{'s' if stored != 1 else ''} (key {base.runtime_shards}); set it back to "
+            f"{stored} (the number cannot change once entries are stored; with none stored, "
+            f"delete that key)",
+            field="fork_scheduler_runtime_shards",
+        )
+
+
 def pause_state(state: Mapping[str, str]) -> PauseState:
     """The pause part of a state hash."""
     if not state.get("paused"):
@@ -1127,17 +1189,17 @@ def pause_state(state: Mapping[str, str]) -> PauseState:
 
 def tag_index_key(keys: Keys) -> str:
     """Zset: ``"<tag>|<name>"`` for each tag of each runtime entry (score 0; see _RETAG)."""
-    return f"{keys.prefix}{{runtime}}:tag-index"
+    return f"{keys.prefix}{{{keys.runtime_tag}}}:tag-index"
 
 
 def entry_tags_key(keys: Keys) -> str:
     """Hash: name -> its tags, escaped, joined by ``|`` (runtime entries with tags only)."""
-    return f"{keys.prefix}{{runtime}}:entry-tags"
+    return f"{keys.prefix}{{{keys.runtime_tag}}}:entry-tags"
 
 
 def tag_indexed_key(keys: Keys) -> str:
     """String: set once every runtime entry stored before the tag index is indexed."""
-    return f"{keys.prefix}{{runtime}}:tag-indexed"
+    return f"{keys.prefix}{{{keys.runtime_tag}}}:tag-indexed"
 
 
 def joined_tags(data: Mapping[str, Any] | Sequence[str]) -> str:

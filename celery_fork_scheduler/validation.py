@@ -24,6 +24,7 @@ from .entry import Entry, EntrySource, entry_from_config, entry_from_dict
 from .errors import ConfigError
 from .keys import Keys
 from .store import RuntimeStore, StoredEntry
+from .store_shards import ShardedStore, runtime_store
 
 __all__ = ["CheckReport", "Problem", "check_app", "check_app_report"]
 
@@ -206,7 +207,8 @@ def _runtime_entries(
         if owned:
             client = redis_client_for(app, settings)
         client.ping()
-        store = RuntimeStore(client, Keys(settings.key_prefix))
+        store = runtime_store(client, Keys(settings.key_prefix), settings.runtime_shards)
+        store.check_layout(record=False)
         entries, found = _stored_entries(store, static, settings, zone)
         problems += found
         problems += _singleton_problems(store, {**static, **entries})
@@ -223,7 +225,10 @@ def _runtime_entries(
 
 
 def _stored_entries(
-    store: RuntimeStore, static: Mapping[str, Entry], settings: Settings, zone: tzinfo
+    store: RuntimeStore | ShardedStore,
+    static: Mapping[str, Entry],
+    settings: Settings,
+    zone: tzinfo,
 ) -> tuple[dict[str, Entry], list[Problem]]:
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
@@ -251,7 +256,9 @@ def _stored_entries(
     return entries, problems
 
 
-def _singleton_problems(store: RuntimeStore, entries: Mapping[str, Entry]) -> list[Problem]:
+def _singleton_problems(
+    store: RuntimeStore | ShardedStore, entries: Mapping[str, Entry]
+) -> list[Problem]:
     """A warning when singleton entries exist but no worker frees their markers."""
     singletons = [e.name for e in entries.values() if e.singleton]
     if not singletons or store.client.exists(store.keys.workers_seen):

@@ -170,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the broker is the claims' Redis: claims send their slots (one-step paths)",
     )
+    parser.add_argument(
+        "--runtime-shards",
+        type=int,
+        default=1,
+        help="fork_scheduler_runtime_shards of every replica and the Manager",
+    )
     args = parser.parse_args(argv)
+    if args.runtime_shards != int(os.environ.get("SIM_RUNTIME_SHARDS", "1")):
+        os.environ["SIM_RUNTIME_SHARDS"] = str(args.runtime_shards)  # read by simulator.world
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.shared_broker and os.environ.get("SIM_SHARED_BROKER") != "1":
         os.environ["SIM_SHARED_BROKER"] = "1"  # read by simulator.world as it is imported
         os.execv(sys.executable, [sys.executable, *sys.argv])

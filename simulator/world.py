@@ -238,6 +238,7 @@ class World:
                 fork_scheduler_key_prefix="sim:",
                 fork_scheduler_max_concurrent=self.scenario.max_concurrent,
                 fork_scheduler_history_size=5,
+                fork_scheduler_runtime_shards=RUNTIME_SHARDS,
                 # A failover is drawn against fork_scheduler_wait_replicas=1 (the WAIT itself is
                 # simulated: World.redis_call, SimBackend).
                 fork_scheduler_wait_replicas=int(
@@ -865,6 +866,8 @@ class SimBackend:
 #: ``scripts/simulate.py --shared-broker``: the broker is the claims' Redis, so claims send
 #: their slots (and PUBLISH_ONCE publishes the others) by pushing to :data:`BROKER_LIST`.
 SHARED_BROKER = os.environ.get("SIM_SHARED_BROKER") == "1"
+#: ``scripts/simulate.py --runtime-shards N``: the runtime entries are stored in N shards.
+RUNTIME_SHARDS = int(os.environ.get("SIM_RUNTIME_SHARDS", "1"))
 BROKER_LIST = "sim:broker"
 
 

@@ -68,6 +68,12 @@ def test_backfill_publishes_missed_slots_once() -> None:
     assert output.count("already_published") == 5  # one in the first run, four in the second
 
 
+def test_runtime_shards_spread_definitions_over_every_master() -> None:
+    output = run_example("runtime_shards/run.py", "--entries", "600", timeout=120)
+    assert "OK: every master holds definitions; 540 entries left" in output
+    assert "a Manager with 1 shard is refused: field 'fork_scheduler_runtime_shards'" in output
+
+
 #: The examples that start a worker and beat: (directory, arguments, timeout, lines they print).
 PROCESS_EXAMPLES = [
     ("quickstart", [], 120, ["scheduled task runs received by the worker", "hello-every-2s"]),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..outages import Outage
     from ..store import RuntimeStore
+    from ..store_shards import ShardedStore
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -207,7 +208,7 @@ class ClaimBackend(Protocol):
     def server_time(self) -> datetime:
         """The backend's clock (Redis ``TIME``); this host's clock for the local backend."""
 
-    def runtime_store(self) -> RuntimeStore | None:
+    def runtime_store(self) -> RuntimeStore | ShardedStore | None:
         """Where runtime entries and pause state live (``None``: static entries only)."""
 
     def sync(self) -> None:

@@ -46,6 +46,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
     P{runtime}:removed   zset    name -> Redis TIME (ms) of its removal, until trimmed
     P{runtime}:floor     string  highest version of a removal trimmed from the change log
     P{runtime}:epoch     string  set by the first write; a change says Redis lost these keys
+    P{runtime}:shards    string  N with fork_scheduler_runtime_shards N > 1; shard k > 0 has
+                                 the P{runtime}:* keys above as P{runtime:k}:* (store_shards)
     P{replicas}          hash    replica id -> JSON (last tick, schedule version); pruned after
                                  an hour without a tick
     P{workers}:seen      string  set by workers that release singletons (TTL)

@@ -39,6 +39,7 @@ from ..errors import BackendUnavailableError
 from ..keys import Keys
 from ..outages import KEPT_OUTAGES, Outage
 from ..store import RuntimeStore
+from ..store_shards import ShardedStore, runtime_store
 from . import lua
 from .base import (
     Claim,
@@ -520,9 +521,9 @@ class RedisBackend:
 
         return self._retrying(read)
 
-    def runtime_store(self) -> RuntimeStore:
+    def runtime_store(self) -> RuntimeStore | ShardedStore:
         """Runtime entries and pause state, on this backend's client."""
-        return RuntimeStore(self.client, self.keys)
+        return runtime_store(self.client, self.keys, self.settings.runtime_shards)
 
     def sync(self) -> None:
         """Nothing is kept in memory: every write goes to Redis at once."""
