@@ -52,6 +52,8 @@ DESCRIPTIONS: dict[str, str] = {
     "held the marker without recording or reporting it (seeds 457, 517, 5108 of sim-fixes-2)",
     "cap_prefix": "TAKE_CAP_PLACES refuses every run behind the first one refused, a run "
     "asked about again that holds its own place included (seeds 552, 5070 of sim-fixes-2)",
+    "shard_unfollowed": "a replica follows only the first shard of the runtime entries: changes "
+    "of the others are never applied (run with --runtime-shards 4; a no-op with one shard)",
     "readd_keeps_state": "a runtime entry added anew keeps the removed one's state: run count, "
     "pause, held run (issue 14 item 8)",
     "queue_lifo": "RELEASE hands the marker to the newest queued run of buffer_all, not the "
@@ -275,6 +277,18 @@ def _both(*undos: Callable[[], None]) -> Callable[[], None]:
     return undo
 
 
+def _first_shard_only(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``RuntimeStore.changes_since`` that reports no change in any shard but shard 0."""
+
+    def changes_since(self: RuntimeStore, version: int, anchor: Any = None) -> Any:
+        changes = original(self, version, anchor)
+        if self.keys.runtime_tag == "runtime":
+            return changes
+        return replace(changes, version=version, changed={}, removed=[])
+
+    return changes_since
+
+
 MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "always_won": lambda: _both(
         _patch(RedisBackend, "claim", _always_won)(),
@@ -324,6 +338,9 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     ),
     "held_ignores_pause": _script(
         "RELEASE", ("if redis.call('HGET', KEYS[3], 'paused') then", "if false then")
+    ),
+    "shard_unfollowed": _patch(
+        RuntimeStore, "changes_since", lambda original: _first_shard_only(original)
     ),
     "readd_keeps_state": _patch(
         RuntimeStore, "_start_afresh", lambda original: lambda self, pipe, name: pipe

@@ -52,6 +52,17 @@ def test_a_broken_claim_backend_is_caught() -> None:
     assert "replay: python scripts/simulate.py --seed" in result.stdout
 
 
+def test_seeds_with_runtime_entries_in_shards_keep_every_promise() -> None:
+    result = _simulate("--seeds", "1-6", "--jobs", "1", "--runtime-shards", "4")
+    assert result.stdout.strip().splitlines()[-1] == "6 runs, 0 violations", result.stdout[-3000:]
+
+
+def test_a_replica_that_follows_one_shard_only_is_caught() -> None:
+    result = _simulate("--seed", "6", "--mutation", "shard_unfollowed", "--runtime-shards", "4")
+    assert result.returncode == 1
+    assert "VIOLATION [missed]" in result.stdout
+
+
 def test_a_slot_published_before_its_jitter_offset_is_caught() -> None:
     result = _simulate("--seed", "2", "--mutation", "jitter_ignored")
     assert result.returncode == 1
