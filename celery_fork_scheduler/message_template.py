@@ -127,10 +127,17 @@ def capture_safe(task: Any, options: Mapping[str, Any]) -> bool:
     return type(task).apply_async is Task.apply_async and "apply_async" not in own
 
 
+class CaptureEscaped(RuntimeError):
+    """A publish run under :func:`capture` reached neither the channel's ``_put`` nor its
+    fanout: it took a path the capture does not know (another producer or connection), and
+    its message may have been sent."""
+
+
 def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:
     """Run ``send`` (one publish through Celery) with the channel's ``_put`` recording instead
-    of sending. ``None`` when the publish took another path (fanout): nothing was sent either
-    way."""
+    of sending. ``None`` when the publish went to a fanout exchange: intercepted, nothing was
+    sent. :class:`CaptureEscaped` when it reached neither (it may have been sent elsewhere:
+    the publishes known to do so are refused before, by :func:`capture_safe`)."""
     recorded: list[Captured] = []
     fanout: list[bool] = []
 
@@ -145,8 +152,10 @@ def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:
         send()
     finally:
         del channel._put, channel._put_fanout
-    if fanout or not recorded:
+    if fanout:
         return None
+    if not recorded:
+        raise CaptureEscaped("the message left past the channel it was captured on")
     return recorded
 
 

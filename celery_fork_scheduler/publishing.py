@@ -26,6 +26,7 @@ from .ids import (
 from .message_encoding import EncodedCommands, encode
 from .message_siblings import Shapes, Sibling, for_sibling
 from .message_template import (
+    CaptureEscaped,
     Rendered,
     Template,
     capturable,
@@ -143,6 +144,10 @@ logger = logging.getLogger("celery_fork_scheduler")
 TRANSIENT_ERRORS = (OperationalError, ConnectionError, TimeoutError, OSError)
 
 
+#: Task ids of messages that escaped a warm-ahead capture kept to refuse their slot's publish.
+ESCAPED_KEPT = 10_000
+
+
 class DeliveryUncertain(Exception):
     """A publish raised after its message may have reached the broker.
 
@@ -216,6 +221,10 @@ class CeleryPublisher:
         self._shapes = Shapes()
         #: Per entry name: its template and that template's encoded commands per variant.
         self._encodings: dict[str, tuple[Template, dict[Any, EncodedCommands]]] = {}
+        #: Task ids whose message left while a template was warmed ahead (CaptureEscaped):
+        #: their slot is reported uncertain rather than sent again (the latest
+        #: :data:`ESCAPED_KEPT`).
+        self._escaped: OrderedDict[str, None] = OrderedDict()
 
     def prepare(self) -> None:
         """Create (or reuse) the producer: this connects to the broker."""
@@ -274,6 +283,7 @@ class CeleryPublisher:
         result: list[Any] = []
         for occurrence in occurrences:
             try:
+                self._refuse_escaped(occurrence)
                 commands = self._encoded_commands(occurrence, channel)
                 if commands is None and self._sibling_made(occurrence, channel):
                     commands = self._encoded_commands(occurrence, channel)  # shape's encoding
@@ -363,6 +373,10 @@ class CeleryPublisher:
                 self.render(occurrence, producer, channel)
                 if collects_commands(channel):
                     self._encoded_commands(occurrence, channel)
+        except DeliveryUncertain:  # the capture's publish escaped: see render
+            self._escaped[occurrence.task_id] = None
+            while len(self._escaped) > ESCAPED_KEPT:
+                self._escaped.popitem(last=False)
         except Exception:
             logger.debug("fork scheduler: no template for %s yet", occurrence.entry, exc_info=True)
 
@@ -378,6 +392,7 @@ class CeleryPublisher:
         is none yet; ``None`` when it must go through Celery. Raises what Celery raises when
         it cannot build the message. Sends nothing. ``channel`` comes from
         :meth:`_templating_channel`, which checks once per batch that templates are allowed."""
+        self._refuse_escaped(occurrence)
         definition = occurrence.definition
         task = self.app.tasks.get(occurrence.task)
         cached = self._cached(occurrence)
@@ -403,7 +418,19 @@ class CeleryPublisher:
         if self._sibling_made(occurrence, channel, task):
             return self.render(occurrence, producer, channel)
         # No retry: Kombu would publish again on a new channel, past the capture.
-        captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
+        try:
+            captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
+        except CaptureEscaped as exc:
+            if definition is not None:
+                self._keep(occurrence.entry, (definition, task, None))
+            logger.error(
+                "fork scheduler: entry %s: its message left through a path the message "
+                "capture does not know (another producer or connection); its slot %s is "
+                "reported uncertain and not sent again, and its later slots go through Celery",
+                occurrence.entry,
+                occurrence.slot.isoformat(),
+            )
+            raise DeliveryUncertain(exc) from None
         template = None
         if captured is not None and definition is not None:
             template = make_template(captured, dict(occurrence.options), occurrence.task_id)
@@ -412,6 +439,13 @@ class CeleryPublisher:
             if template is not None:
                 self._shapes.add(occurrence, task is not None, template, task)
         return None if captured is None else Rendered(tuple(captured))
+
+    def _refuse_escaped(self, occurrence: Occurrence) -> None:
+        """:class:`DeliveryUncertain` for an occurrence whose message left while its entry's
+        template was warmed ahead: sending it again could be a duplicate."""
+        if occurrence.task_id in self._escaped:
+            del self._escaped[occurrence.task_id]
+            raise DeliveryUncertain(CaptureEscaped("sent while its template was made ahead"))
 
     def _sibling_made(self, occurrence: Occurrence, channel: Any, task: Any = _UNREAD) -> bool:
         """Make the entry's template from a known shape's (see :mod:`.message_siblings`);

@@ -1,0 +1,101 @@
+"""A publish that escapes the message capture is never sent twice (defence in depth).
+
+Every publish path known to leave past the publisher's channel (an ``apply_async`` or
+``send_task`` override, another producer or connection, eager mode) is refused before a
+capture (``capture_safe``, rounds 27-29). These tests stand for a path nobody knows yet: they
+switch that check off, so that the capture of a task publishing on its own producer really
+sends. The slot must then go out once, be reported uncertain, and the entry's later slots go
+through Celery (once each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu.utils import json as kombu_json
+from publish_helpers import ONE_SLOT, one_entry
+
+import celery_fork_scheduler.publishing as publishing
+from celery_fork_scheduler.ids import task_id_for
+from celery_fork_scheduler.message_template import CaptureEscaped, capture
+from celery_fork_scheduler.publishing import CeleryPublisher, DeliveryUncertain, build_occurrence
+
+NEXT_SLOT = ONE_SLOT.replace(minute=1)
+
+
+@pytest.fixture
+def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(publishing, "capture_safe", lambda task, options: True)
+    app = Celery("escape", broker=redis_url, set_as_current=False)
+
+    class OwnProducer(app.Task):  # type: ignore[name-defined,misc]
+        def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+            options.pop("producer", None)  # publishes on a producer of its own
+            return super().apply_async(args, kwargs, **options)
+
+    @app.task(name="t.own", base=OwnProducer, shared=False)  # type: ignore[untyped-decorator]
+    def own(number: int) -> None: ...
+
+    yield app
+    app.close()
+
+
+def queued(redis_url: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [kombu_json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
+    finally:
+        client.close()
+
+
+def test_capture_says_when_the_publish_reached_neither_the_channel_nor_a_fanout(
+    app: Celery,
+) -> None:
+    with app.producer_or_acquire() as producer, pytest.raises(CaptureEscaped):
+        capture(producer.channel, lambda: None)
+
+
+def test_an_escaped_capture_is_reported_uncertain_and_sent_once(
+    app: Celery, redis_url: str
+) -> None:
+    entry = one_entry("t.own")
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        first = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
+        [error] = publisher.publish_many([first])
+        assert isinstance(error, DeliveryUncertain)
+        later = build_occurrence(entry, NEXT_SLOT, task_id_for(entry.name, NEXT_SLOT))
+        assert publisher.publish_many([later]) == [None]
+    assert sorted(queued(redis_url)) == sorted([first.task_id, later.task_id])
+
+
+def test_a_slot_whose_message_escaped_while_warming_is_not_sent_again(
+    app: Celery, redis_url: str
+) -> None:
+    entry = one_entry("t.own")
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        occurrence = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
+        publisher.warm(occurrence)
+        assert queued(redis_url) == [occurrence.task_id]  # what the escape sent
+        [error] = publisher.publish_many([occurrence])
+        assert isinstance(error, DeliveryUncertain)
+        [commands] = publisher.commands_for([occurrence]) or [None]
+        assert commands is None  # asked again: the escape is reported once, then Celery's
+    assert queued(redis_url) == [occurrence.task_id]
+
+
+def test_the_one_step_path_reports_a_warmed_escape_instead_of_sending(
+    app: Celery, redis_url: str
+) -> None:
+    entry = one_entry("t.own")
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        occurrence = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
+        publisher.warm(occurrence)
+        [commands] = publisher.commands_for([occurrence]) or [None]
+        assert isinstance(commands, DeliveryUncertain)
+    assert queued(redis_url) == [occurrence.task_id]
