@@ -27,8 +27,9 @@ class Keys:
 
     @property
     def runtime_shards(self) -> str:
-        """String: how many shards the runtime entries are stored in (absent: one)."""
-        return f"{self.prefix}{{runtime}}:shards"
+        """String: how many shards the runtime entries are stored in, recorded in each shard
+        by its first write (absent in an unsharded store written before it was recorded)."""
+        return f"{self.prefix}{{{self.runtime_tag}}}:shards"
 
     def state(self, entry: str) -> str:
         """Hash: high-water mark, claim state, owner, counters and pause state of ``entry``."""

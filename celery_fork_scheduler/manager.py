@@ -1143,8 +1143,9 @@ class Manager:
         return stored
 
     def _get_stored(self, name: str) -> StoredEntry | None:
+        store = self.store()  # a ConfigError here names a setting, not the record
         try:
-            return self.store().get(name)
+            return store.get(name)
         except ConfigError:  # the store's word for JSON it cannot decode
             raise StoredRecordError(name) from None
 

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 
@@ -21,7 +21,7 @@ import redis
 from .entry import DEFAULT_MIN_INTERVAL, Entry, entry_from_dict
 from .errors import ConfigError
 from .store import Changes, RuntimeStore, StoredEntry
-from .store_shards import ShardedStore
+from .store_shards import ShardedStore, shard_number
 
 logger = logging.getLogger("celery_fork_scheduler")
 
@@ -192,14 +192,22 @@ class RuntimeEntries:
             ]
             unread = not self.complete and self._load is None  # a start-up read that failed
             gone: list[str] = []
-            if unread or any(map(_lost, self._cursors, polled)):
-                # Redis lost the runtime keys (a new epoch, the version went back, or the latest
+            lost = [
+                number
+                for number, cursor in enumerate(self._cursors)
+                if _lost(cursor, polled[number])
+            ]
+            if unread or (lost and self._load is not None):
+                # Redis lost runtime keys (a new epoch, the version went back, or the latest
                 # change this replica saw is gone from the log: an older snapshot, written to
                 # since), or this replica was away longer than removals are kept: only a full
-                # read says which entries are left.
-                polled, gone = self._everything(polled)
+                # read says which entries are left. During the start-up load, or after it
+                # failed, every shard is read again.
+                polled, gone = self._everything(polled, range(len(self._cursors)))
                 self._load = None
                 self.complete = True
+            elif lost:  # only those shards are read again
+                polled, gone = self._everything(polled, lost)
         except REFRESH_ERRORS as exc:
             logger.debug("fork scheduler: runtime entries not refreshed: %s", exc)
             return None
@@ -252,15 +260,22 @@ class RuntimeEntries:
         if isinstance(item, StoredEntry) and item.added is not None:
             update.added[name] = item.added
 
-    def _everything(self, polled: list[Changes]) -> tuple[list[Changes], list[str]]:
-        """Every stored entry of each shard as changed (the epoch and latest change as
-        ``polled`` read them, before), and every name known before and gone."""
-        everything, stored_names = [], set[str]()
-        for cursor, changes in zip(self._cursors, polled, strict=True):
-            version, stored = cursor.store.all()
+    def _everything(
+        self, polled: list[Changes], numbers: Iterable[int]
+    ) -> tuple[list[Changes], list[str]]:
+        """``polled``, with every stored entry of shards ``numbers`` as changed (the epoch and
+        latest change as ``polled`` read them, before), and every name known before in those
+        shards and gone."""
+        everything, read, stored_names = list(polled), set(numbers), set[str]()
+        for number in read:
+            version, stored = self._cursors[number].store.all()
             stored_names.update(stored)
-            everything.append(replace(changes, version=version, changed=stored, removed=[]))
-        return everything, sorted(self._names - stored_names)
+            everything[number] = replace(
+                polled[number], version=version, changed=stored, removed=[]
+            )
+        count = len(self._cursors)
+        known = {name for name in self._names if shard_number(name, count) in read}
+        return everything, sorted(known - stored_names)
 
     def basis(self) -> str:
         """What decides this replica's runtime slots beyond the stored entries: the version it

@@ -93,6 +93,44 @@ local function retag(name, joined)
 end
 """
 
+#: First in every write: refuse a writer whose number of shards (the last ARGV) is not the one
+#: recorded in this shard (KEYS[11]), or that is sharded while an unsharded store written
+#: before the number was recorded holds entries here; else record it. So no entry is ever
+#: written to a shard of another layout, however long ago the writer checked (a sharded
+#: writer records the number in shard 0 before its first write: see check_shard_count).
+#: Returns {-3, the number in force} when refused.
+_SHARDS = """
+do
+  local wanted = ARGV[#ARGV]
+  local recorded = redis.call('GET', KEYS[11])
+  if recorded and recorded ~= wanted then
+    return {-3, recorded}
+  end
+  if not recorded and wanted ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+    return {-3, '1'}
+  end
+  if not recorded then
+    redis.call('SET', KEYS[11], wanted)
+  end
+end
+"""
+
+#: Record the number of shards in shard 0, unless another is recorded there or an unsharded
+#: store written before it was recorded holds entries there (one script: no writer slips in
+#: between). KEYS[1] shard 0's recorded number, KEYS[2] shard 0's entries hash; ARGV[1] the
+#: caller's number. Returns the number in force.
+RECORD_SHARDS = """
+local recorded = redis.call('GET', KEYS[1])
+if recorded then
+  return tonumber(recorded)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 and ARGV[1] ~= '1' then
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
+"""
+
 _NOW = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -106,14 +144,16 @@ end
 #: KEYS[1] entries hash, KEYS[2] changes zset, KEYS[3] version counter, KEYS[4] since hash,
 #: KEYS[5] removed zset, KEYS[6] floor version, KEYS[7] epoch (set once, by the first write),
 #: KEYS[8] tag index, KEYS[9] tags of each entry (see _RETAG), KEYS[10] set once the tag index
-#: holds every entry (see INDEX_TAGS).
+#: holds every entry (see INDEX_TAGS), KEYS[11] the number of shards recorded (see _SHARDS).
 #: ARGV[1] name, ARGV[2] JSON, ARGV[3] expected version ("" any, "0" must not exist),
 #: ARGV[4] the instant (us) the writer computed the entry's next run from ("": Redis TIME),
-#: ARGV[5] retention of removals (ms), ARGV[6] its tags, separated by NUL.
+#: ARGV[5] retention of removals (ms), ARGV[6] its tags, separated by NUL, ARGV[7] the
+#: writer's number of shards.
 #: Returns {new version, 1 if the entry is new else 0} or {-1, current version} when the
-#: expected version is stale.
+#: expected version is stale ({-3, n}: see _SHARDS).
 PUT = (
-    _NOW
+    _SHARDS
+    + _NOW
     + _TRIM
     + _RETAG
     + """
@@ -148,10 +188,11 @@ return {version, created}
 )
 
 #: Remove one runtime entry. Same KEYS; ARGV[1] name, ARGV[2] expected version ("" any),
-#: ARGV[5] retention of removals (ms).
+#: ARGV[5] retention of removals (ms), ARGV[6] the writer's number of shards.
 #: Returns {new version}, {0} when there was no such entry, or {-1, current} when stale.
 DELETE = (
-    _NOW
+    _SHARDS
+    + _NOW
     + _TRIM
     + _RETAG
     + """
@@ -229,7 +270,7 @@ end
 """
 
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
-#: ``update_many``): PUT for each, in one script. KEYS[1..10] as PUT, KEYS[11] the chain of
+#: ``update_many``): PUT for each, in one script. KEYS[1..11] as PUT, KEYS[12] the chain of
 #: the call's batches. ARGV[3] "0": the caller resets a new entry's state and makes its keys
 #: lose an expiry (Redis Cluster: those keys live on other slots); else "1" and the layout of
 #: an entry's five keys (``Keys.entry_keys``: state, pending, running, buffered, history), each
@@ -238,23 +279,25 @@ end
 #: KEYS, which would cost more to send than the entry itself.) ARGV[1] since (us; "": Redis
 #: TIME), ARGV[2] retention of removals (ms), ARGV[4] the batch's number in its call ("": not
 #: chained), then four per entry: name, JSON, expected version ("" any, "0" must not exist),
-#: tags (as PUT). A chained batch runs only when KEYS[11] holds the number of the batch before
+#: tags (as PUT), and last the writer's number of shards (see _SHARDS). A chained batch runs
+#: only when KEYS[12] holds the number of the batch before
 #: it (batches are sent before the one before them has answered: one that fails stops the
 #: others), and then sets it to its own.
 #: Returns {v, created}, the i-th entry taking version v + i and the i-th character of created
 #: being "1" when it is new, else "0"; or {-1, {name, current, ...}} when any expected version
 #: is stale, or {-2} when the batch before was not written; then nothing is written.
 PUT_MANY = (
-    _NOW
+    _SHARDS
+    + _NOW
     + _TRIM
     + _RETAG
     + _LAYOUT
     + _MANY
     + """
-if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[11]) or '0') ~= tonumber(ARGV[4]) - 1 then
+if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[12]) or '0') ~= tonumber(ARGV[4]) - 1 then
   return {-2}  -- the batch before this one was not written
 end
-local count = (#ARGV - 4) / 4
+local count = (#ARGV - 5) / 4
 local currents, stale = {}, {}
 for i = 1, count do
   local name, expected = ARGV[i * 4 + 1], ARGV[i * 4 + 3]
@@ -326,7 +369,7 @@ many('ZREM', KEYS[5], names)
 many('HSET', KEYS[9], tags_of)
 many('ZADD', KEYS[8], index)
 if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[11], ARGV[4], 'PX', 600000)
+  redis.call('SET', KEYS[12], ARGV[4], 'PX', 600000)
 end
 trim(tonumber(ARGV[2]))
 return {first, table.concat(created)}
@@ -342,12 +385,13 @@ return {first, table.concat(created)}
 #: "0" when there was none; the removed take versions v + 1, v + 2, ... in order. Or {-1,
 #: {name, current, ...}} when any expected version is stale (nothing done).
 DELETE_MANY = (
-    _NOW
+    _SHARDS
+    + _NOW
     + _TRIM
     + _LAYOUT
     + _MANY
     + """
-local count = (#ARGV - 3) / 2
+local count = (#ARGV - 4) / 2
 local removed_at = ARGV[1] ~= '' and ARGV[1] or string.format('%.0f', now_ms * 1000)
 local present, stale, found = {}, {}, 0
 for i = 1, count do
@@ -582,10 +626,18 @@ class RuntimeStore:
     """Reads and writes runtime entries and per-entry controls."""
 
     def __init__(
-        self, client: Any, keys: Keys, *, retention: timedelta = DELETED_RETENTION
+        self,
+        client: Any,
+        keys: Keys,
+        *,
+        retention: timedelta = DELETED_RETENTION,
+        shard_count: int = 1,
     ) -> None:
         self.client = client
         self.keys = keys
+        #: How many shards the writer's store has (this one is one of them): every write
+        #: checks it against the number recorded in Redis (see _SHARDS).
+        self.shard_count = shard_count
         self.retention_ms = int(retention.total_seconds() * 1000)
         self._put = client.register_script(PUT)
         self._delete = client.register_script(DELETE)
@@ -611,6 +663,7 @@ class RuntimeStore:
             tag_index_key(self.keys),
             entry_tags_key(self.keys),
             tag_indexed_key(self.keys),
+            self.keys.runtime_shards,
         ]
 
     @property
@@ -627,7 +680,7 @@ class RuntimeStore:
 
     def check_layout(self, *, record: bool = True) -> None:
         """Refuse to follow or change runtime entries stored in shards
-        (:func:`check_shard_count`: this store is one shard; nothing to record)."""
+        (:func:`check_shard_count`: this store is one shard, recorded as such)."""
         check_shard_count(self.client, self.keys, 1, record=record)
 
     def names(self) -> list[str]:
@@ -781,8 +834,17 @@ class RuntimeStore:
         instant = "" if since is None else str(_epoch_us(since))
         reply = self._put(
             keys=self._runtime_keys,
-            args=[name, encoded, expected, instant, self.retention_ms, joined_tags(data)],
+            args=[
+                name,
+                encoded,
+                expected,
+                instant,
+                self.retention_ms,
+                joined_tags(data),
+                self.shard_count,
+            ],
         )
+        self._check_reply(reply)
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
@@ -793,6 +855,15 @@ class RuntimeStore:
                 self._start_afresh(pipe, name)
             pipe.execute()
         return int(reply[0])
+
+    def _layout_error(self, reply: Sequence[Any]) -> ConfigError:
+        """The error of a write refused by _SHARDS (reply ``{-3, n}``)."""
+        return shard_count_error(self.keys, self.shard_count, int(reply[1]))
+
+    def _check_reply(self, reply: Sequence[Any]) -> None:
+        """Raise the error of a write refused by _SHARDS."""
+        if int(reply[0]) == -3:
+            raise self._layout_error(reply)
 
     def _start_afresh(self, pipe: Any, name: str) -> Any:
         """Queue the reset of a name's state on ``pipe`` (see :meth:`put`); the runs of slots up
@@ -818,8 +889,10 @@ class RuntimeStore:
         """
         expected = "" if expected_version is None else str(expected_version)
         reply = self._delete(
-            keys=self._runtime_keys, args=[name, expected, "", "", self.retention_ms]
+            keys=self._runtime_keys,
+            args=[name, expected, "", "", self.retention_ms, self.shard_count],
         )
+        self._check_reply(reply)
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[0]) == 0:
@@ -939,6 +1012,7 @@ class RuntimeStore:
                 self._start_afresh(pipe, name)
             pipe.execute()
         reply = self._put_many(keys=keys, args=args)
+        self._check_reply(reply)
         first = int(reply[0])
         if first < 0:
             raise _conflicts(reply[1], {item[0]: item[2] for item in items})
@@ -962,6 +1036,7 @@ class RuntimeStore:
         args: list[Any] = [instant, self.retention_ms, self._layout(), chain]
         for name, encoded, expected, tags in items:
             args += [name, encoded, "" if expected is None else str(expected), tags]
+        args.append(self.shard_count)
         return [*self._runtime_keys, self._chain_key(chain)], args
 
     def _layout(self) -> str:
@@ -1040,6 +1115,8 @@ class RuntimeStore:
         except redis.ResponseError as exc:
             return exc
         first = int(reply[0])
+        if first == -3:
+            return self._layout_error(reply)
         if first == -2:
             return None  # stopped by the batch before, which said why
         if first < 0:
@@ -1064,7 +1141,9 @@ class RuntimeStore:
         args: list[Any] = [at, self.retention_ms, self._layout()]
         for name, expected in items:
             args += [name, "" if expected is None else str(expected)]
+        args.append(self.shard_count)
         reply = self._delete_many(keys=self._runtime_keys, args=args)
+        self._check_reply(reply)
         version = int(reply[0])
         if version < 0:
             raise _conflicts(reply[1], dict(items))
@@ -1130,51 +1209,52 @@ class RuntimeStore:
         return {name: pause_state(state) for name, state in self.states(names).items()}
 
 
-#: The shard layout of the runtime entries, recorded at once when the caller's is sharded and
-#: nothing is stored yet (one script: a writer of the other layout cannot slip in between).
-#: KEYS[1] the recorded count, KEYS[2] the unsharded store's version counter (both in the
-#: ``{runtime}`` slot); ARGV[1] the caller's count. Returns the count in force, 0 for none yet.
-SHARD_LAYOUT = """
-local recorded = redis.call('GET', KEYS[1])
-if recorded then
-  return tonumber(recorded)
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 1
-end
-if tonumber(ARGV[1]) > 1 then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return tonumber(ARGV[1])
-end
-return 0
-"""
+def shard_count_error(keys: Keys, configured: int, stored: int) -> ConfigError:
+    """The error of a store asked for with ``configured`` shards where ``stored`` are in use."""
+    prefix = keys.prefix
+    return ConfigError(
+        f"is {configured}, but the runtime entries in Redis are stored in {stored} "
+        f"shard{'s' if stored != 1 else ''}; set it back to {stored} (to change it, remove "
+        f"every runtime entry, then delete the keys {prefix}{{runtime}}:shards and "
+        f"{prefix}{{runtime:<k>}}:shards: an empty store takes any number)",
+        field="fork_scheduler_runtime_shards",
+    )
 
 
 def check_shard_count(client: Any, keys: Keys, configured: int, *, record: bool = True) -> None:
     """Refuse a ``fork_scheduler_runtime_shards`` that differs from the stored entries'
-    layout (:class:`ConfigError` naming the setting): the count recorded in Redis, else one
-    when an unsharded store holds anything. With ``record``, a sharded layout is recorded when
-    nothing is stored yet, so that an unsharded reader or writer is refused from then on."""
-    base = keys.runtime_shard(0)
+    layout (:class:`ConfigError` naming the setting): the number recorded in any shard of this
+    layout or of the smallest sharded one (shards 0 and 1), else one when an unsharded store
+    written before the number was recorded holds entries. With ``record``, the number is
+    recorded in each of this layout's shards that has none yet: atomically in shard 0, which
+    every layout has, so that a writer of another layout is refused by its next write there
+    (every write checks it: see _SHARDS)."""
+    shards = [keys.runtime_shard(number) for number in range(max(configured, 2))]
     pipe = client.pipeline(transaction=False)
-    pipe.get(base.runtime_shards)
-    pipe.exists(base.runtime_version)
-    recorded, unsharded = pipe.execute()  # reads only: a read-only user gets this far
-    stored = int(recorded) if recorded is not None else int(bool(unsharded))
-    if not stored and configured > 1 and record:
-        stored = int(
-            client.register_script(SHARD_LAYOUT)(
-                keys=[base.runtime_shards, base.runtime_version], args=[configured]
+    for shard in shards:
+        pipe.get(shard.runtime_shards)
+    pipe.exists(shards[0].runtime_entries)  # a hash exists while it holds fields
+    *recorded, unsharded = pipe.execute()  # reads only: a read-only user gets this far
+    found = {int(value) for value in recorded if value is not None}
+    if not found and unsharded:
+        found = {1}
+    for stored in sorted(found - {configured}):
+        raise shard_count_error(keys, configured, stored)
+    if not record:
+        return
+    if recorded[0] is None:
+        in_force = int(
+            client.register_script(RECORD_SHARDS)(
+                keys=[shards[0].runtime_shards, shards[0].runtime_entries], args=[configured]
             )
         )
-    if stored and stored != configured:
-        raise ConfigError(
-            f"is {configured}, but the runtime entries in Redis are stored in {stored} "
-            f"shard{'s' if stored != 1 else ''} (key {base.runtime_shards}); set it back to "
-            f"{stored} (the number cannot change once entries are stored; with none stored, "
-            f"delete that key)",
-            field="fork_scheduler_runtime_shards",
-        )
+        if in_force != configured:
+            raise shard_count_error(keys, configured, in_force)
+    pipe = client.pipeline(transaction=False)
+    for shard, value in zip(shards[1:configured], recorded[1:], strict=False):
+        if value is None:
+            pipe.set(shard.runtime_shards, configured, nx=True)
+    pipe.execute()
 
 
 def pause_state(state: Mapping[str, str]) -> PauseState:

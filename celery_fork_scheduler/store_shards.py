@@ -9,10 +9,11 @@ follows each shard's change log on its own (:mod:`.runtime`), and a bulk write i
 within each shard; across shards, the first shard that refuses stops the rest
 (:class:`.store.BulkConflictError` names what earlier shards wrote).
 
-The number of shards is recorded in Redis (:attr:`.keys.Keys.runtime_shards`) by the first
-sharded Manager or beat; one whose setting differs is refused with an error naming the
-setting, before it reads or writes an entry (an entry written to the wrong shard would be
-stored twice).
+The number of shards is recorded in each shard (:attr:`.keys.Keys.runtime_shards`) by its
+first write and by a starting beat, one with one shard included. Every write checks it in its
+own script (see ``store._SHARDS``), so a writer configured with another number is refused
+however long ago it looked; a Manager, CLI call or beat is also refused at its first use,
+before it reads an entry. An entry written to the wrong shard would be stored twice.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class ShardedStore:
         self.client = client
         self.keys = keys
         self.shards = [
-            RuntimeStore(client, keys.runtime_shard(number), retention=retention)
+            RuntimeStore(
+                client, keys.runtime_shard(number), retention=retention, shard_count=count
+            )
             for number in range(count)
         ]
         self.one_node = self.shards[0].one_node
@@ -72,12 +75,14 @@ class ShardedStore:
 
     def check_layout(self, *, record: bool = True) -> None:
         """:func:`.store.check_shard_count` for this store's number of shards (with
-        ``record``, recorded when nothing is recorded yet; a write records it anyway)."""
+        ``record``, recorded where nothing is recorded yet; every write checks and records
+        it too)."""
         check_shard_count(self.client, self.keys, len(self.shards), record=record)
         self._recorded = self._recorded or record
 
     def _record(self) -> None:
-        """Before a write: record the number of shards, and refuse another layout."""
+        """Before the first write: record the number of shards in shard 0 (which a writer
+        of another layout writes to, and then is refused), and refuse another layout."""
         if not self._recorded:
             self.check_layout()
 
@@ -123,20 +128,9 @@ class ShardedStore:
 
     @contextlib.contextmanager
     def versions_ahead(self, names: Sequence[str]) -> Iterator[Callable[[], dict[str, int | None]]]:
-        """:meth:`.store.RuntimeStore.versions_ahead`, each shard asked for its names."""
-        with contextlib.ExitStack() as stack:
-            readers = [
-                stack.enter_context(self.shards[number].versions_ahead(group))
-                for number, group in self._grouped(names).items()
-            ]
-
-            def read() -> dict[str, int | None]:
-                found: dict[str, int | None] = {}
-                for reader in readers:
-                    found.update(reader())
-                return {name: found[name] for name in names}
-
-            yield read
+        """:meth:`versions`, asked when the function given is called: one shard after
+        another, one connection at a time (a pool of one connection is enough)."""
+        yield lambda: self.versions(names)
 
     def get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         """The runtime entries of ``names`` that exist (each shard read at one instant)."""

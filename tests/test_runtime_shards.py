@@ -8,6 +8,7 @@ definitions spread over the masters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,10 +135,37 @@ def test_an_unsharded_store_refuses_a_sharded_manager(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     manager(redis_url, 1).add_many(definitions(5))
-    with pytest.raises(ConfigError, match="stored in 1 shard "):
+    assert redis_client.get(KEYS.runtime_shards) == b"1"  # recorded by the first write
+    with pytest.raises(ConfigError, match="stored in 1 shard;"):
         manager(redis_url).add_many(definitions(3, prefix="other"))
     assert redis_client.hlen(KEYS.runtime_entries) == 5
+    assert redis_client.get(KEYS.runtime_shards) == b"1"
+
+
+def test_a_store_written_before_the_number_was_recorded_counts_as_one_shard(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    manager(redis_url, 1).add_many(definitions(5))
+    redis_client.delete(KEYS.runtime_shards)  # as an earlier version of the package left it
+    for shards in (SHARDS, 2):
+        with pytest.raises(ConfigError, match="stored in 1 shard;"):
+            manager(redis_url, shards).add_many(definitions(3, prefix="other"))
     assert redis_client.get(KEYS.runtime_shards) is None
+    assert manager(redis_url, 1).add_many(definitions(1, prefix="more"))
+    assert redis_client.get(KEYS.runtime_shards) == b"1"
+
+
+def test_an_emptied_store_takes_another_number_once_its_records_are_deleted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = manager(redis_url, 1)
+    writer.add_many(definitions(5))
+    writer.clear()
+    with pytest.raises(ConfigError, match=re.escape("delete the keys scheduler:{runtime}:shards")):
+        manager(redis_url).add_many(definitions(3))
+    redis_client.delete(KEYS.runtime_shards)  # what the error says to do
+    manager(redis_url).add_many(definitions(3))
+    assert sum(map(len, stored_by_shard(redis_client).values())) == 3
 
 
 def test_beat_with_another_number_of_shards_stops_at_start_naming_the_setting(
