@@ -380,7 +380,9 @@ class PublishPipeline:
         once: list[tuple[DueSlot, Any]] = []
         rest: list[Prepared] = []
         for (due_slot, occurrence), each in zip(prepared, commands, strict=True):
-            if isinstance(each, Exception):  # Celery refused to build it: nothing was sent
+            if isinstance(each, DeliveryUncertain):  # a capture's publish escaped: maybe sent
+                self._uncertain(due_slot, each)
+            elif isinstance(each, Exception):  # Celery refused to build it: nothing was sent
                 self._not_sent(due_slot, each, now)
             elif each is not None and all(name in ONCE_COMMANDS for name, _ in each):
                 once.append((due_slot, each))
@@ -416,9 +418,7 @@ class PublishPipeline:
         """Report one-step publishes from the script's replies."""
         for due_slot, reply in zip(once, replies, strict=True):
             if isinstance(reply, Exception):  # fenced, then a command failed: never again
-                self.reports.failed(due_slot.entry, due_slot.claim.slot, reply, "publishing")
-                self.reports.skipped(due_slot, "in_flight")
-                self.unmarked.append((due_slot.claim, "uncertain"))
+                self._uncertain(due_slot, reply)
             elif reply:
                 self.reports.dispatched(due_slot)
             else:
@@ -523,12 +523,22 @@ class PublishPipeline:
                 self.reports.dispatched(due_slot)
                 records.append((due_slot.claim, "sent"))
             elif isinstance(error, DeliveryUncertain):
-                self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
-                self.reports.skipped(due_slot, "in_flight")
+                self._report_uncertain(due_slot, error)
                 records.append((due_slot.claim, "uncertain"))
             else:
                 self._not_sent(due_slot, error, now)
         return records
+
+    def _report_uncertain(self, due_slot: DueSlot, error: Exception) -> None:
+        """Report a slot whose message may have left: failed, and skipped ``in_flight``."""
+        self.reports.failed(due_slot.entry, due_slot.claim.slot, error, "publishing")
+        self.reports.skipped(due_slot, "in_flight")
+
+    def _uncertain(self, due_slot: DueSlot, error: Exception) -> None:
+        """A won claim whose message may have left already: reported, and recorded
+        ``uncertain`` (its run keeps its place under the cap), never sent again."""
+        self._report_uncertain(due_slot, error)
+        self.unmarked.append((due_slot.claim, "uncertain"))
 
     def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
         """A message that certainly did not leave: while the broker is what failed and the

@@ -221,9 +221,9 @@ class CeleryPublisher:
         self._shapes = Shapes()
         #: Per entry name: its template and that template's encoded commands per variant.
         self._encodings: dict[str, tuple[Template, dict[Any, EncodedCommands]]] = {}
-        #: Task ids whose message left while a template was warmed ahead (CaptureEscaped):
-        #: their slot is reported uncertain rather than sent again (the latest
-        #: :data:`ESCAPED_KEPT`).
+        #: Task ids whose message left while their entry's template was captured
+        #: (CaptureEscaped), ahead of the slot or at it: each later publish of them is
+        #: refused as uncertain rather than sent again (the latest :data:`ESCAPED_KEPT`).
         self._escaped: OrderedDict[str, None] = OrderedDict()
 
     def prepare(self) -> None:
@@ -373,10 +373,6 @@ class CeleryPublisher:
                 self.render(occurrence, producer, channel)
                 if collects_commands(channel):
                     self._encoded_commands(occurrence, channel)
-        except DeliveryUncertain:  # the capture's publish escaped: see render
-            self._escaped[occurrence.task_id] = None
-            while len(self._escaped) > ESCAPED_KEPT:
-                self._escaped.popitem(last=False)
         except Exception:
             logger.debug("fork scheduler: no template for %s yet", occurrence.entry, exc_info=True)
 
@@ -421,6 +417,9 @@ class CeleryPublisher:
         try:
             captured = capture(channel, lambda: self._send(occurrence, producer, retry=False))
         except CaptureEscaped as exc:
+            self._escaped[occurrence.task_id] = None
+            while len(self._escaped) > ESCAPED_KEPT:
+                self._escaped.popitem(last=False)
             if definition is not None:
                 self._keep(occurrence.entry, (definition, task, None))
             logger.error(
@@ -442,10 +441,10 @@ class CeleryPublisher:
 
     def _refuse_escaped(self, occurrence: Occurrence) -> None:
         """:class:`DeliveryUncertain` for an occurrence whose message left while its entry's
-        template was warmed ahead: sending it again could be a duplicate."""
+        template was captured (see :meth:`render`): sending it again could be a duplicate.
+        Asked as often as it is published: each answer is the same."""
         if occurrence.task_id in self._escaped:
-            del self._escaped[occurrence.task_id]
-            raise DeliveryUncertain(CaptureEscaped("sent while its template was made ahead"))
+            raise DeliveryUncertain(CaptureEscaped("sent while its template was captured"))
 
     def _sibling_made(self, occurrence: Occurrence, channel: Any, task: Any = _UNREAD) -> bool:
         """Make the entry's template from a known shape's (see :mod:`.message_siblings`);

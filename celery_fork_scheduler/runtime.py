@@ -20,7 +20,7 @@ import redis
 
 from .entry import DEFAULT_MIN_INTERVAL, Entry, entry_from_dict
 from .errors import ConfigError
-from .store import Changes, RuntimeStore, StoredEntry
+from .store import Anchor, Changes, RuntimeStore, StoredEntry
 from .store_shards import ShardedStore, shard_number
 
 logger = logging.getLogger("celery_fork_scheduler")
@@ -58,7 +58,7 @@ class _Cursor:
     store: RuntimeStore
     version: int = 0
     epoch: str | None = None
-    anchor: tuple[str, int] | None = None
+    anchor: Anchor | None = None
 
 
 @dataclass
@@ -197,6 +197,9 @@ class RuntimeEntries:
                 for number, cursor in enumerate(self._cursors)
                 if _lost(cursor, polled[number])
             ]
+            if unread or lost:  # Redis lost keys: check (and record) the layout again
+                self._layout_checked = False
+                self._check_layout()
             if unread or (lost and self._load is not None):
                 # Redis lost runtime keys (a new epoch, the version went back, or the latest
                 # change this replica saw is gone from the log: an older snapshot, written to

@@ -587,6 +587,12 @@ class StoredEntry:
     added: datetime | None = field(default=None, compare=False)
 
 
+#: A change of the log as a reader saw it: the name, its version, and the stored instants of
+#: that change (``since``; ``None`` for a removal). A change written again at the same
+#: version (Redis back from an older snapshot, then written to) has other instants.
+Anchor = tuple[str, int, "bytes | str | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Changes:
     """What changed since a version: new or changed entries, and removed names.
@@ -605,7 +611,7 @@ class Changes:
     #: The latest change in the log (name, version), and whether the anchor a reader gave (the
     #: latest change it saw) is still logged at its version or later: not, when Redis came back
     #: from an older snapshot (then later writes may have reused the versions it saw).
-    latest: tuple[str, int] | None = None
+    latest: Anchor | None = None
     anchor_kept: bool = True
 
 
@@ -753,14 +759,18 @@ class RuntimeStore:
             for name, score, instant in zip(names, scores, since, strict=True)
         }
 
-    def latest_change(self) -> tuple[str, int] | None:
-        """The latest change in the log (name, version), or ``None`` for an empty log."""
+    def latest_change(self) -> Anchor | None:
+        """The latest change in the log (see :data:`Anchor`), or ``None`` for an empty log."""
         top = self.client.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
-        return (_text(top[0][0]), _version(top[0][1])) if top else None
+        if not top:
+            return None
+        name = _text(top[0][0])
+        return (name, _version(top[0][1]), self.client.hget(self.keys.runtime_since, name))
 
-    def changes_since(self, version: int, anchor: tuple[str, int] | None = None) -> Changes:
+    def changes_since(self, version: int, anchor: Anchor | None = None) -> Changes:
         """Entries changed or removed after ``version`` (one round trip, two if any changed);
-        ``anchor``: the latest change the reader saw, checked to be still in the log."""
+        ``anchor``: the latest change the reader saw, checked to be still in the log (its
+        name at its version with the same instants, or at a later version)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.runtime_version)
         pipe.zrangebyscore(self.keys.runtime_changes, f"({version}", "+inf", withscores=True)
@@ -768,11 +778,27 @@ class RuntimeStore:
         pipe.get(self.keys.runtime_epoch)
         pipe.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
         pipe.zscore(self.keys.runtime_changes, anchor[0] if anchor else "")
-        current, changed, floor, epoch, top, anchored = pipe.execute()
+        pipe.hget(self.keys.runtime_since, anchor[0] if anchor else "")
+        current, changed, floor, epoch, top, anchored, anchored_since = pipe.execute()
         epoch = None if epoch is None else _text(epoch)
-        latest = (_text(top[0][0]), _version(top[0][1])) if top else None
-        kept = anchor is None or (anchored is not None and _version(anchored) >= anchor[1])
+        kept = anchor is None or (
+            anchored is not None
+            and (
+                _version(anchored) > anchor[1]
+                or (_version(anchored) == anchor[1] and anchored_since == anchor[2])
+            )
+        )
         names = [_text(name) for name, _ in changed]
+        top_name = _text(top[0][0]) if top else None
+        latest: Anchor | None = None
+        if top_name is not None and anchor is not None and top_name == anchor[0]:
+            latest = (top_name, _version(top[0][1]), anchored_since)
+        elif top_name is not None and top_name not in names:  # rare: read its instants now
+            latest = (
+                top_name,
+                _version(top[0][1]),
+                self.client.hget(self.keys.runtime_since, top_name),
+            )
         if not names:
             return Changes(int(current or 0), {}, [], int(floor or 0), epoch, latest, kept)
         versions = {_text(name): _version(score) for name, score in changed}
@@ -786,6 +812,8 @@ class RuntimeStore:
             if value is not None
         }
         removed = [name for name, value in zip(names, values, strict=True) if value is None]
+        if top_name is not None and latest is None:  # the top is among the changes read
+            latest = (top_name, _version(top[0][1]), instants[names.index(top_name)])
         return Changes(
             max(int(current or 0), *versions.values()),
             present,
@@ -1221,15 +1249,20 @@ def shard_count_error(keys: Keys, configured: int, stored: int) -> ConfigError:
     )
 
 
+#: How many shards' records of the number of shards a check reads at least.
+RECORDS_READ = 16
+
+
 def check_shard_count(client: Any, keys: Keys, configured: int, *, record: bool = True) -> None:
     """Refuse a ``fork_scheduler_runtime_shards`` that differs from the stored entries'
     layout (:class:`ConfigError` naming the setting): the number recorded in any shard of this
-    layout or of the smallest sharded one (shards 0 and 1), else one when an unsharded store
+    layout or among the first :data:`RECORDS_READ` (on Redis Cluster they fall on several
+    masters: one that lost its data leaves records on others), else one when an unsharded store
     written before the number was recorded holds entries. With ``record``, the number is
     recorded in each of this layout's shards that has none yet: atomically in shard 0, which
     every layout has, so that a writer of another layout is refused by its next write there
     (every write checks it: see _SHARDS)."""
-    shards = [keys.runtime_shard(number) for number in range(max(configured, 2))]
+    shards = [keys.runtime_shard(number) for number in range(max(configured, RECORDS_READ))]
     pipe = client.pipeline(transaction=False)
     for shard in shards:
         pipe.get(shard.runtime_shards)

@@ -673,9 +673,9 @@ class Checker:
         the worker publishes it, drops it as documented (paused, cap full, uncertain publish),
         or a claim wins anew and reports it ``superseded`` (no marker any more: the new run
         replaces it; a win that drops it without saying so is a silent loss), or the operator
-        pauses, removes or re-adds the entry, or Redis loses its data (a hold written inside a
-        failover's lag window is lost with it). A second slot held while
-        one is held means the first was lost. A run still held at the end, with nothing of its
+        pauses, removes, re-adds or corrupts the entry, or Redis loses its data (a hold written
+        inside a failover's lag window is lost with it). A second slot held while one is held
+        means the first was lost. A run still held at the end, with nothing of its
         entry left in the queue or on a worker and its last run over for a lease and more, was
         lost too, unless its entry had no slot left to claim after it (past ``end_at``: nothing
         claims it again to supersede it, as documented for ``buffer_all``)."""
@@ -693,6 +693,10 @@ class Checker:
         for name, moments in world.fresh_starts.items():
             for moment in moments:
                 events.append((moment, -1, name, "operator", None))
+        for name, moment in world.corrupted.items():
+            # A state hash the operator broke fails every script of the entry, the release of
+            # its held run included (reported as errors: seed 5473).
+            events.append((moment, -1, name, "operator", None))
         for window in self.loss:
             # A failover to a lagging replica loses the holds written since the lag began too:
             # at its end, a hold made inside the window is gone with the data.
@@ -746,13 +750,21 @@ class Checker:
 
     def _claimed_after(self, name: str, slot: datetime, at: int) -> bool:
         """Whether Redis decided a slot of ``name`` later than ``slot`` after ``at`` (the last
-        run ended, or the held run was given back): such a claim supersedes the held run."""
-        return any(
-            report.kind.startswith("claim:") and report.kind != "claim:early" and report.at > at
-            for (entry, later), reports in self.reports.items()
-            if entry == name and later > slot
-            for report in reports
-        )
+        run ended, or the held run was given back): such a claim supersedes the held run. A
+        slot first answered before ``at`` was decided then: replicas asking about it again
+        later (``claimed``) decide nothing (seed 5403: the entry's last slot, decided before
+        a refused hand-over was given back)."""
+        for (entry, later), reports in self.reports.items():
+            if entry != name or later <= slot:
+                continue
+            answers = [
+                report.at
+                for report in reports
+                if report.kind.startswith("claim:") and report.kind != "claim:early"
+            ]
+            if answers and min(answers) > at:
+                return True
+        return False
 
     def _buffer_all_names(self) -> set[str]:
         """The entries that had overlap ``buffer_all`` in some definition."""
