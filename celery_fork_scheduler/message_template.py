@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from celery import signals as celery_signals
 from celery.app.amqp import AMQP
 from celery.app.routes import MapRoute
 from celery.app.task import Task
+from kombu.messaging import Producer
 
 from .ids import CAPPED_HEADER, PUBLISH_AT_HEADER, SLOT_HEADER
 
@@ -128,31 +130,43 @@ def capture_safe(task: Any, options: Mapping[str, Any]) -> bool:
 
 
 class CaptureEscaped(RuntimeError):
-    """A publish run under :func:`capture` reached neither the channel's ``_put`` nor its
-    fanout: it took a path the capture does not know (another producer or connection), and
-    its message may have been sent."""
+    """A publish run under :func:`capture` reached neither the channel's ``_put``, nor its
+    fanout, nor Kombu's publish on another channel: it took a path the capture does not know
+    (not Kombu), and its message may have been sent."""
 
 
 def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:
     """Run ``send`` (one publish through Celery) with the channel's ``_put`` recording instead
-    of sending. ``None`` when the publish went to a fanout exchange: intercepted, nothing was
-    sent. :class:`CaptureEscaped` when it reached neither (it may have been sent elsewhere:
-    the publishes known to do so are refused before, by :func:`capture_safe`)."""
+    of sending. ``None`` when the publish went to a fanout exchange, or through Kombu on
+    another channel (a producer or connection of its own): intercepted, nothing was sent.
+    :class:`CaptureEscaped` when it reached none of them (the publishes known to leave past
+    the channel are refused before, by :func:`capture_safe`)."""
     recorded: list[Captured] = []
-    fanout: list[bool] = []
+    elsewhere: list[bool] = []
+    thread = threading.get_ident()
+    publish: Callable[..., Any] = Producer._publish
 
     def put(queue: str, message: dict[str, Any], **_: Any) -> None:
         recorded.append((queue, copy.deepcopy(message)))
 
     def put_fanout(*_: Any, **__: Any) -> None:
-        fanout.append(True)
+        elsewhere.append(True)
+
+    def guarded(producer: Any, *args: Any, **kwargs: Any) -> Any:
+        # Only this thread's publishes: a worker running beat (-B) publishes events beside it.
+        if threading.get_ident() == thread and producer.channel is not channel:
+            elsewhere.append(True)  # would leave past the capture: kept from the broker
+            return None
+        return publish(producer, *args, **kwargs)
 
     channel._put, channel._put_fanout = put, put_fanout
+    Producer._publish = guarded  # type: ignore[method-assign,assignment]
     try:
         send()
     finally:
+        Producer._publish = publish  # type: ignore[method-assign]
         del channel._put, channel._put_fanout
-    if fanout:
+    if elsewhere:
         return None
     if not recorded:
         raise CaptureEscaped("the message left past the channel it was captured on")

@@ -587,9 +587,10 @@ class StoredEntry:
     added: datetime | None = field(default=None, compare=False)
 
 
-#: A change of the log as a reader saw it: the name, its version, and the stored instants of
-#: that change (``since``; ``None`` for a removal). A change written again at the same
-#: version (Redis back from an older snapshot, then written to) has other instants.
+#: A change of the log as a reader saw it: the name, its version, and its identity: the stored
+#: instants of that change (``since``), or for a removal the instant it was logged removed. A
+#: change written again at the same version (Redis back from an older snapshot, then written
+#: to) has another identity.
 Anchor = tuple[str, int, "bytes | str | None"]
 
 
@@ -765,12 +766,20 @@ class RuntimeStore:
         if not top:
             return None
         name = _text(top[0][0])
-        return (name, _version(top[0][1]), self.client.hget(self.keys.runtime_since, name))
+        return (name, _version(top[0][1]), self._identity_of(name))
+
+    def _identity_of(self, name: str) -> str | bytes | None:
+        """The identity of ``name``'s latest change (see :data:`Anchor`), read now."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.runtime_since, name)
+        pipe.zscore(self.keys.runtime_removed, name)
+        return _identity(*pipe.execute())
 
     def changes_since(self, version: int, anchor: Anchor | None = None) -> Changes:
         """Entries changed or removed after ``version`` (one round trip, two if any changed);
         ``anchor``: the latest change the reader saw, checked to be still in the log (its
-        name at its version with the same instants, or at a later version)."""
+        name at its version with the same identity, or at a later version; or trimmed, as a
+        removal older than the retention is, below the floor)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.runtime_version)
         pipe.zrangebyscore(self.keys.runtime_changes, f"({version}", "+inf", withscores=True)
@@ -779,33 +788,35 @@ class RuntimeStore:
         pipe.zrange(self.keys.runtime_changes, -1, -1, withscores=True)
         pipe.zscore(self.keys.runtime_changes, anchor[0] if anchor else "")
         pipe.hget(self.keys.runtime_since, anchor[0] if anchor else "")
-        current, changed, floor, epoch, top, anchored, anchored_since = pipe.execute()
+        pipe.zscore(self.keys.runtime_removed, anchor[0] if anchor else "")
+        current, changed, floor, epoch, top, anchored, since, removal = pipe.execute()
         epoch = None if epoch is None else _text(epoch)
+        anchored_identity = _identity(since, removal)
         kept = anchor is None or (
-            anchored is not None
-            and (
-                _version(anchored) > anchor[1]
-                or (_version(anchored) == anchor[1] and anchored_since == anchor[2])
+            (anchored is None and anchor[1] <= int(floor or 0))  # trimmed by the retention
+            or (
+                anchored is not None
+                and (
+                    _version(anchored) > anchor[1]
+                    or (_version(anchored) == anchor[1] and anchored_identity == anchor[2])
+                )
             )
         )
         names = [_text(name) for name, _ in changed]
         top_name = _text(top[0][0]) if top else None
         latest: Anchor | None = None
         if top_name is not None and anchor is not None and top_name == anchor[0]:
-            latest = (top_name, _version(top[0][1]), anchored_since)
-        elif top_name is not None and top_name not in names:  # rare: read its instants now
-            latest = (
-                top_name,
-                _version(top[0][1]),
-                self.client.hget(self.keys.runtime_since, top_name),
-            )
+            latest = (top_name, _version(top[0][1]), anchored_identity)
+        elif top_name is not None and top_name not in names:  # rare: read its identity now
+            latest = (top_name, _version(top[0][1]), self._identity_of(top_name))
         if not names:
             return Changes(int(current or 0), {}, [], int(floor or 0), epoch, latest, kept)
         versions = {_text(name): _version(score) for name, score in changed}
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.keys.runtime_entries, names)
         pipe.hmget(self.keys.runtime_since, names)
-        values, instants = pipe.execute()
+        pipe.zscore(self.keys.runtime_removed, top_name or "")
+        values, instants, top_removal = pipe.execute()
         present = {
             name: _decode(name, value, versions[name], since)
             for name, value, since in zip(names, values, instants, strict=True)
@@ -813,7 +824,8 @@ class RuntimeStore:
         }
         removed = [name for name, value in zip(names, values, strict=True) if value is None]
         if top_name is not None and latest is None:  # the top is among the changes read
-            latest = (top_name, _version(top[0][1]), instants[names.index(top_name)])
+            identity = _identity(instants[names.index(top_name)], top_removal)
+            latest = (top_name, _version(top[0][1]), identity)
         return Changes(
             max(int(current or 0), *versions.values()),
             present,
@@ -1370,6 +1382,14 @@ def _encode(name: str, data: Mapping[str, Any]) -> str:
     if len(encoded.encode()) > MAX_STORED_BYTES:
         raise ConfigError(f"is larger than {MAX_STORED_BYTES} bytes of JSON", entry=name)
     return encoded
+
+
+def _identity(since: bytes | str | None, removal: float | None) -> bytes | str | None:
+    """The identity of a change (see :data:`Anchor`): the entry's stored instants, or for a
+    removal its instant in the ``removed`` zset (``None`` once trimmed)."""
+    if since is not None:
+        return since
+    return None if removal is None else f"removed {removal!r}"
 
 
 def _version(score: float | None) -> int:

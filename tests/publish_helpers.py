@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,3 +60,30 @@ def queued_after(app: Celery, redis_url: str, entry: Entry, *, warm: bool = Fals
     finally:
         client.close()
         app.close()
+
+
+def register_task_publishing_past_kombu(app: Celery, name: str = "t.own") -> None:
+    """Register ``name``: a task whose ``apply_async`` pushes a message (with the task id it is
+    given) to the broker's ``celery`` list itself, with redis-py, past Kombu. It stands for a
+    publish path nobody knows yet (tests switch ``capture_safe`` off for it): a capture sees
+    nothing of it, and the message leaves anyway."""
+
+    class PastKombu(app.Task):  # type: ignore[name-defined,misc]
+        def apply_async(
+            self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **_: Any
+        ) -> Any:
+            task_id = task_id or str(uuid.uuid4())
+            client = redis.Redis.from_url(app.conf.broker_url)
+            try:
+                message = {
+                    "headers": {"id": task_id, "task": self.name},
+                    "body": "",
+                    "properties": {},
+                }
+                client.lpush("celery", json.dumps(message))
+            finally:
+                client.close()
+            return self.AsyncResult(task_id)
+
+    @app.task(name=name, base=PastKombu, shared=False)  # type: ignore[untyped-decorator]
+    def own(number: int) -> None: ...

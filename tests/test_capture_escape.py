@@ -1,22 +1,27 @@
-"""A publish that escapes the message capture is never sent twice (defence in depth).
+"""A publish that leaves past the message capture is never sent twice (defence in depth).
 
 Every publish path known to leave past the publisher's channel (an ``apply_async`` or
 ``send_task`` override, another producer or connection, eager mode) is refused before a
 capture (``capture_safe``, rounds 27-29). These tests stand for a path nobody knows yet: they
-switch that check off, so that the capture of a task publishing on its own producer really
-sends. The slot must then go out once, be reported uncertain, and the entry's later slots go
-through Celery (once each).
+switch that check off.
+
+- A publish through Kombu on another channel (a producer of its own) is intercepted by the
+  capture: nothing is sent then, and the slot goes through Celery once.
+- A publish past Kombu altogether cannot be intercepted: the capture says so
+  (``CaptureEscaped``); the slot is reported uncertain and never sent again by this replica,
+  and the entry's later slots go through Celery (once each).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 from kombu.utils import json as kombu_json
-from publish_helpers import ONE_SLOT, one_entry
+from publish_helpers import ONE_SLOT, one_entry, register_task_publishing_past_kombu
 
 import celery_fork_scheduler.publishing as publishing
 from celery_fork_scheduler.ids import task_id_for
@@ -27,20 +32,24 @@ NEXT_SLOT = ONE_SLOT.replace(minute=1)
 
 
 @pytest.fixture
-def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
     monkeypatch.setattr(publishing, "capture_safe", lambda task, options: True)
     app = Celery("escape", broker=redis_url, set_as_current=False)
+    yield app
+    app.close()
+
+
+def own_producer_task(app: Celery) -> None:
+    """``t.own``: a task whose ``apply_async`` publishes through Kombu on a producer of its
+    own (it drops the producer it is given)."""
 
     class OwnProducer(app.Task):  # type: ignore[name-defined,misc]
         def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-            options.pop("producer", None)  # publishes on a producer of its own
+            options.pop("producer", None)
             return super().apply_async(args, kwargs, **options)
 
     @app.task(name="t.own", base=OwnProducer, shared=False)  # type: ignore[untyped-decorator]
     def own(number: int) -> None: ...
-
-    yield app
-    app.close()
 
 
 def queued(redis_url: str) -> list[str]:
@@ -51,16 +60,34 @@ def queued(redis_url: str) -> list[str]:
         client.close()
 
 
-def test_capture_says_when_the_publish_reached_neither_the_channel_nor_a_fanout(
+def test_capture_says_when_the_publish_reached_neither_the_channel_nor_kombu(
     app: Celery,
 ) -> None:
     with app.producer_or_acquire() as producer, pytest.raises(CaptureEscaped):
         capture(producer.channel, lambda: None)
 
 
+def test_a_publish_on_another_kombu_channel_is_kept_from_the_broker_then_sent_once(
+    app: Celery, redis_url: str
+) -> None:
+    own_producer_task(app)
+    entry = one_entry("t.own")
+    with app.producer_or_acquire() as producer:
+        publisher = CeleryPublisher(app, lambda: producer)
+        first = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
+        publisher.warm(first)
+        assert queued(redis_url) == []  # the capture's publish was intercepted
+        assert publisher.commands_for([first]) == [None]  # no template: the fence path
+        assert publisher.publish_many([first]) == [None]
+        later = build_occurrence(entry, NEXT_SLOT, task_id_for(entry.name, NEXT_SLOT))
+        assert publisher.publish_many([later]) == [None]
+    assert sorted(queued(redis_url)) == sorted([first.task_id, later.task_id])
+
+
 def test_an_escaped_capture_is_reported_uncertain_and_sent_once(
     app: Celery, redis_url: str
 ) -> None:
+    register_task_publishing_past_kombu(app)
     entry = one_entry("t.own")
     with app.producer_or_acquire() as producer:
         publisher = CeleryPublisher(app, lambda: producer)
@@ -75,6 +102,7 @@ def test_an_escaped_capture_is_reported_uncertain_and_sent_once(
 def test_a_slot_whose_message_escaped_while_warming_is_not_sent_again(
     app: Celery, redis_url: str
 ) -> None:
+    register_task_publishing_past_kombu(app)
     entry = one_entry("t.own")
     with app.producer_or_acquire() as producer:
         publisher = CeleryPublisher(app, lambda: producer)
@@ -91,6 +119,7 @@ def test_a_slot_whose_message_escaped_while_warming_is_not_sent_again(
 def test_the_one_step_path_reports_a_warmed_escape_instead_of_sending(
     app: Celery, redis_url: str
 ) -> None:
+    register_task_publishing_past_kombu(app)
     entry = one_entry("t.own")
     with app.producer_or_acquire() as producer:
         publisher = CeleryPublisher(app, lambda: producer)
