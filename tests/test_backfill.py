@@ -455,3 +455,36 @@ def test_a_backfill_and_the_scheduler_claims_never_both_win_a_slot(
     finally:
         backend.close()
     assert len(broker_messages(redis_client)) == 1
+
+
+def test_slots_whose_history_redis_lost_are_unknown_to_a_backfill_unless_forced(
+    app: Celery, manager: Manager, redis_url: str, redis_client: redis.Redis, minute: datetime
+) -> None:
+    """Found by the simulator (seed 5540), fixed. Redis restarted empty after the scheduler
+    published slots of an entry (their history gone with it); the next claim writes back the
+    mark a replica saw (``restored``). A backfill of the range then found no record of those
+    slots and published them again. The restore now notes ``lost_before``: slots up to it are
+    ``skipped:unknown`` unless forced, as slots older than a full history are."""
+    from celery_fork_scheduler.backends.base import Claim
+    from celery_fork_scheduler.backends.redis import RedisBackend
+    from celery_fork_scheduler.config import read_settings
+
+    slots = [minute - n * MINUTE for n in range(4, 0, -1)]
+    decided(redis_client, "minutely", slots[-2], *slots[:-1])  # published by the scheduler
+    redis_client.flushall()  # Redis restarted empty: the marks and the history are gone
+    backend = RedisBackend.from_url(redis_url, read_settings(app.conf))
+    try:
+        late = Claim(
+            "minutely",
+            slots[-1],
+            task_id_for("minutely", slots[-1]),
+            known_mark_us=us(slots[-2]),  # what this replica saw claimed before the loss
+        )
+        backend.claim([late])
+    finally:
+        backend.close()
+    results = manager.backfill("minutely", slots[0], slots[-2], rate=1000)
+    assert outcomes(results) == ["skipped:unknown"] * 3
+    assert broker_messages(redis_client) == []
+    forced = manager.backfill("minutely", slots[0], slots[0], rate=1000, force=True)
+    assert outcomes(forced) == ["sent"]

@@ -212,8 +212,11 @@ elseif known > hwm then
   restored = known
 end
 if restored then
-  redis.call('HSET', KEYS[1], 'hwm', string.format('%.0f', restored), 'state', 'sent',
-             'reason', 'restored')
+  -- 'lost_before': the history of the slots up to here may be lost with the data, so a
+  -- backfill cannot tell whether they were published (BACKFILL_CLAIM: unknown).
+  local mark_text = string.format('%.0f', restored)
+  redis.call('HSET', KEYS[1], 'hwm', mark_text, 'state', 'sent', 'reason', 'restored',
+             'lost_before', mark_text)
   hwm = restored
 end
 local mine = ARGV[3] .. '|' .. now_text
@@ -1019,6 +1022,10 @@ for _, raw in ipairs(items) do
 end
 if maybe then
   return {'skipped', maybe}
+end
+local lost_before = tonumber(redis.call('HGET', KEYS[1], 'lost_before'))
+if ARGV[7] ~= '1' and lost_before and slot <= lost_before then
+  return {'skipped', 'unknown'}  -- Redis lost data since: its history may have gone with it
 end
 if ARGV[7] ~= '1' then
   -- A full list may have lost items. Every item lost to a push of the scheduler is older than
