@@ -31,11 +31,12 @@ new template.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -135,16 +136,78 @@ class CaptureEscaped(RuntimeError):
     (not Kombu), and its message may have been sent."""
 
 
+#: The captures under way in this thread, innermost last: (channel, publishes elsewhere).
+_captures = threading.local()
+#: Guards the class attribute ``Producer._publish`` while captures run in any thread.
+_guard_lock = threading.Lock()
+#: (captures under way in the process, Kombu's ``Producer._publish`` they replaced).
+_guard: list[Any] = [0, None]
+
+
+def _guarded_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``Producer._publish`` while captures run: in a thread capturing, a publish on another
+    channel than the capture's is kept from the broker (and noted); everything else, other
+    threads' publishes included (a worker running beat sends events beside it), goes on."""
+    stack = getattr(_captures, "stack", None)
+    if stack:
+        channel, elsewhere = stack[-1]
+        if producer.channel is not channel:
+            elsewhere.append(True)
+            return None
+    return _guard[1](producer, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _publishes_guarded(channel: Any, elsewhere: list[bool]) -> Iterator[None]:
+    """Within: this thread's publishes on channels other than ``channel`` are kept back."""
+    with _guard_lock:
+        if _guard[0] == 0:
+            _guard[1] = Producer._publish
+            Producer._publish = _guarded_publish  # type: ignore[method-assign,assignment]
+        _guard[0] += 1
+    stack = getattr(_captures, "stack", None)
+    if stack is None:
+        stack = _captures.stack = []
+    stack.append((channel, elsewhere))
+    try:
+        yield
+    finally:
+        stack.pop()
+        with _guard_lock:
+            _guard[0] -= 1
+            if _guard[0] == 0:
+                Producer._publish = _guard[1]  # type: ignore[method-assign]
+                _guard[1] = None
+
+
+@contextlib.contextmanager
+def _puts_recorded(
+    channel: Any, put: Callable[..., None], fanout: Callable[..., None]
+) -> Iterator[None]:
+    """Within: the channel's ``_put`` and ``_put_fanout`` are ``put`` and ``fanout``; what
+    was set on the channel before (an outer capture's) comes back after."""
+    names = ("_put", "_put_fanout")
+    saved = {name: channel.__dict__[name] for name in names if name in vars(channel)}
+    channel._put, channel._put_fanout = put, fanout
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in saved:
+                setattr(channel, name, saved[name])
+            else:
+                delattr(channel, name)
+
+
 def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:
     """Run ``send`` (one publish through Celery) with the channel's ``_put`` recording instead
     of sending. ``None`` when the publish went to a fanout exchange, or through Kombu on
     another channel (a producer or connection of its own): intercepted, nothing was sent.
     :class:`CaptureEscaped` when it reached none of them (the publishes known to leave past
-    the channel are refused before, by :func:`capture_safe`)."""
+    the channel are refused before, by :func:`capture_safe`). Captures may overlap (threads)
+    and nest (a send that captures again)."""
     recorded: list[Captured] = []
     elsewhere: list[bool] = []
-    thread = threading.get_ident()
-    publish: Callable[..., Any] = Producer._publish
 
     def put(queue: str, message: dict[str, Any], **_: Any) -> None:
         recorded.append((queue, copy.deepcopy(message)))
@@ -152,20 +215,8 @@ def capture(channel: Any, send: Callable[[], None]) -> list[Captured] | None:
     def put_fanout(*_: Any, **__: Any) -> None:
         elsewhere.append(True)
 
-    def guarded(producer: Any, *args: Any, **kwargs: Any) -> Any:
-        # Only this thread's publishes: a worker running beat (-B) publishes events beside it.
-        if threading.get_ident() == thread and producer.channel is not channel:
-            elsewhere.append(True)  # would leave past the capture: kept from the broker
-            return None
-        return publish(producer, *args, **kwargs)
-
-    channel._put, channel._put_fanout = put, put_fanout
-    Producer._publish = guarded  # type: ignore[method-assign,assignment]
-    try:
+    with _puts_recorded(channel, put, put_fanout), _publishes_guarded(channel, elsewhere):
         send()
-    finally:
-        Producer._publish = publish  # type: ignore[method-assign]
-        del channel._put, channel._put_fanout
     if elsewhere:
         return None
     if not recorded:
