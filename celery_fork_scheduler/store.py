@@ -1012,7 +1012,9 @@ class RuntimeStore:
         once, in pages of :data:`TAG_PAGE` names."""
         if not self.client.exists(tag_indexed_key(self.keys)):
             names = self.client.hkeys(self.keys.runtime_entries)
-            for start in range(0, max(len(names), 1), TAG_PAGE):
+            # No entry (a shard never written): nothing to index, and no write (a read-only
+            # user may be asking); the first write marks the index complete.
+            for start in range(0, len(names), TAG_PAGE):
                 last = "1" if start + TAG_PAGE >= len(names) else "0"
                 page = names[start : start + TAG_PAGE]
                 self._index_tags(keys=self._runtime_keys, args=[last, *page])

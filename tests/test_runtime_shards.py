@@ -234,3 +234,23 @@ def test_on_a_redis_cluster_the_definitions_spread_over_the_masters(
     assert sum(per_node) == 600
     assert all(count > 0 for count in per_node), per_node
     assert len(Manager(app).jobs()) >= 600
+
+
+def test_a_read_only_user_finds_tagged_entries_in_shards_never_written(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Found by round 32's helper (noted, not written then), fixed: a shard with no entry had
+    no "tag index complete" record, and a tag lookup ran the indexing script there (a write):
+    a read-only ACL user got NOPERM from ``Manager.tagged``."""
+    manager(redis_url).add_many(definitions(3, tags=["acme"]))  # most shards stay empty
+    password = "reader-secret"
+    reads = "+hget +hexists +hgetall +hscan +hmget +hkeys +zrange +zscore +get +exists +ping"
+    scripts = ["+evalsha", "+script|load"]  # scripts run with the user's rights: reads only
+    rules = ["on", f">{password}", "resetkeys", "~scheduler:*", "resetchannels", "-@all"]
+    redis_client.execute_command("ACL", "SETUSER", "reader", *rules, *reads.split(), *scripts)
+    try:
+        url = redis_url.replace("redis://", f"redis://reader:{password}@")
+        found = manager(url).tagged("acme")
+        assert sorted(found.runtime) == [f"tenant-{i}" for i in range(3)]
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "reader")
