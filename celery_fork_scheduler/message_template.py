@@ -138,10 +138,15 @@ class CaptureEscaped(RuntimeError):
 
 #: The captures under way in this thread, innermost last: (channel, publishes elsewhere).
 _captures = threading.local()
-#: Guards the class attribute ``Producer._publish`` while captures run in any thread.
-_guard_lock = threading.Lock()
-#: (captures under way in the process, Kombu's ``Producer._publish`` they replaced).
-_guard: list[Any] = [0, None]
+
+
+class _PublishGuard:
+    """The class attribute ``Producer._publish`` while captures run in any thread: how many
+    run, and Kombu's own method they replaced (under ``lock``)."""
+
+    lock = threading.Lock()
+    captures = 0
+    original: Callable[..., Any] | None = None
 
 
 def _guarded_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
@@ -154,17 +159,19 @@ def _guarded_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
         if producer.channel is not channel:
             elsewhere.append(True)
             return None
-    return _guard[1](producer, *args, **kwargs)
+    original = _PublishGuard.original
+    assert original is not None  # installed only while a capture runs
+    return original(producer, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def _publishes_guarded(channel: Any, elsewhere: list[bool]) -> Iterator[None]:
     """Within: this thread's publishes on channels other than ``channel`` are kept back."""
-    with _guard_lock:
-        if _guard[0] == 0:
-            _guard[1] = Producer._publish
+    with _PublishGuard.lock:
+        if _PublishGuard.captures == 0:
+            _PublishGuard.original = Producer._publish
             Producer._publish = _guarded_publish  # type: ignore[method-assign,assignment]
-        _guard[0] += 1
+        _PublishGuard.captures += 1
     stack = getattr(_captures, "stack", None)
     if stack is None:
         stack = _captures.stack = []
@@ -173,11 +180,11 @@ def _publishes_guarded(channel: Any, elsewhere: list[bool]) -> Iterator[None]:
         yield
     finally:
         stack.pop()
-        with _guard_lock:
-            _guard[0] -= 1
-            if _guard[0] == 0:
-                Producer._publish = _guard[1]  # type: ignore[method-assign]
-                _guard[1] = None
+        with _PublishGuard.lock:
+            _PublishGuard.captures -= 1
+            if _PublishGuard.captures == 0:
+                Producer._publish = _PublishGuard.original  # type: ignore[method-assign,assignment]
+                _PublishGuard.original = None
 
 
 @contextlib.contextmanager

@@ -144,7 +144,8 @@ logger = logging.getLogger("celery_fork_scheduler")
 TRANSIENT_ERRORS = (OperationalError, ConnectionError, TimeoutError, OSError)
 
 
-#: Task ids of messages that escaped a warm-ahead capture kept to refuse their slot's publish.
+#: How many task ids of messages that escaped a capture are kept, to refuse their slots'
+#: publishes (see ``CeleryPublisher._refuse_escaped``).
 ESCAPED_KEPT = 10_000
 
 

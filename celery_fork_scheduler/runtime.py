@@ -52,7 +52,7 @@ class Update:
 @dataclass
 class _Cursor:
     """How far a replica has followed one shard's change log: its version, the epoch of its
-    keys at the last full read, and its latest change seen at the last poll (name, version):
+    keys at the last full read, and its latest change seen at the last poll (an Anchor):
     see :attr:`.store.Changes.anchor_kept`."""
 
     store: RuntimeStore
@@ -228,17 +228,16 @@ class RuntimeEntries:
             cursor.version = changes.version
             changed.update(changes.changed)
             removed += changes.removed
-        changes = Changes(self.version, changed, removed)
         if self._load is not None:
-            self._load.polled.update(changes.removed, changes.changed)
-        self._names.difference_update(changes.removed)
-        self._names.update(changes.changed)
-        update = Update(removed=[n for n in changes.removed if n not in static_names])
-        for name in changes.removed:
+            self._load.polled.update(removed, changed)
+        self._names.difference_update(removed)
+        self._names.update(changed)
+        update = Update(removed=[n for n in removed if n not in static_names])
+        for name in removed:
             self.since.pop(name, None)
             self.refused.pop(name, None)
             self.versions.pop(name, None)
-        for name, item in changes.changed.items():
+        for name, item in changed.items():
             self._collect(update, name, item, static_names)
         return update
 

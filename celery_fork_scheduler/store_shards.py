@@ -23,7 +23,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from .keys import Keys
 from .store import (
@@ -36,8 +36,13 @@ from .store import (
     check_shard_count,
 )
 
-#: The most shards ``fork_scheduler_runtime_shards`` accepts.
-MAX_SHARDS = 1_024
+_T = TypeVar("_T")
+
+
+def _first(item: tuple[Any, ...]) -> str:
+    """The name of a bulk item (its first field)."""
+    name: str = item[0]
+    return name
 
 
 def shard_number(name: str, count: int) -> int:
@@ -65,9 +70,7 @@ class ShardedStore:
         self.client = client
         self.keys = keys
         self.shards = [
-            RuntimeStore(
-                client, keys.runtime_shard(number), retention=retention, shard_count=count
-            )
+            RuntimeStore(client, keys.runtime_shard(number), retention=retention, shard_count=count)
             for number in range(count)
         ]
         self.one_node = self.shards[0].one_node
@@ -90,10 +93,11 @@ class ShardedStore:
         """The shard that stores ``name``."""
         return self.shards[shard_number(name, len(self.shards))]
 
-    def _grouped(self, names: Iterable[str]) -> dict[int, list[str]]:
-        groups: dict[int, list[str]] = defaultdict(list)
-        for name in names:
-            groups[shard_number(name, len(self.shards))].append(name)
+    def _grouped(self, items: Iterable[_T], name: Callable[[_T], str]) -> dict[int, list[_T]]:
+        """``items`` by the number of the shard of each one's ``name``, in their order."""
+        groups: dict[int, list[_T]] = defaultdict(list)
+        for item in items:
+            groups[shard_number(name(item), len(self.shards))].append(item)
         return groups
 
     # -- reads ----------------------------------------------------------------------------
@@ -122,7 +126,7 @@ class ShardedStore:
     def versions(self, names: Sequence[str]) -> dict[str, int | None]:
         """The version of each name's runtime entry (in its shard), ``None`` for no entry."""
         found: dict[str, int | None] = {}
-        for number, group in self._grouped(names).items():
+        for number, group in self._grouped(names, str).items():
             found.update(self.shards[number].versions(group))
         return {name: found[name] for name in names}
 
@@ -135,7 +139,7 @@ class ShardedStore:
     def get_many(self, names: Sequence[str]) -> dict[str, StoredEntry | bytes]:
         """The runtime entries of ``names`` that exist (each shard read at one instant)."""
         found: dict[str, StoredEntry | bytes] = {}
-        for number, group in self._grouped(names).items():
+        for number, group in self._grouped(names, str).items():
             found.update(self.shards[number].get_many(group))
         return found
 
@@ -177,11 +181,8 @@ class ShardedStore:
         versions: list[int] = []
         written: list[str] = []
         for items, since in batches:
-            groups: dict[int, list[BulkItem]] = defaultdict(list)
-            for item in items:
-                groups[shard_number(item[0], len(self.shards))].append(item)
             found: dict[str, int] = {}
-            for number, group in groups.items():
+            for number, group in self._grouped(items, _first).items():
                 try:
                     shard_versions = self.shards[number].put_many(group, since=since)
                 except BulkConflictError as exc:
@@ -197,12 +198,9 @@ class ShardedStore:
         """:meth:`.store.RuntimeStore.delete_many` per shard (all or none within each shard;
         a refusal stops the shards after it)."""
         self._record()
-        groups: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
-        for item in items:
-            groups[shard_number(item[0], len(self.shards))].append(item)
         found: dict[str, int | None] = {}
         done: list[str] = []
-        for number, group in groups.items():
+        for number, group in self._grouped(items, _first).items():
             try:
                 removed = self.shards[number].delete_many(group, removed_at=removed_at)
             except BulkConflictError as exc:
@@ -231,7 +229,6 @@ class ShardedStore:
 
 
 __all__ = [
-    "MAX_SHARDS",
     "ShardedStore",
     "runtime_store",
     "shard_number",

@@ -99,7 +99,7 @@ def test_an_escaped_capture_is_reported_uncertain_and_sent_once(
     assert sorted(queued(redis_url)) == sorted([first.task_id, later.task_id])
 
 
-def test_a_slot_whose_message_escaped_while_warming_is_not_sent_again(
+def test_a_slot_whose_message_escaped_while_warming_is_refused_on_both_paths(
     app: Celery, redis_url: str
 ) -> None:
     register_task_publishing_past_kombu(app)
@@ -109,22 +109,8 @@ def test_a_slot_whose_message_escaped_while_warming_is_not_sent_again(
         occurrence = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
         publisher.warm(occurrence)
         assert queued(redis_url) == [occurrence.task_id]  # what the escape sent
-        [error] = publisher.publish_many([occurrence])
-        assert isinstance(error, DeliveryUncertain)
-        [commands] = publisher.commands_for([occurrence]) or [None]
-        assert isinstance(commands, DeliveryUncertain)  # asked again: the same answer
-    assert queued(redis_url) == [occurrence.task_id]
-
-
-def test_the_one_step_path_reports_a_warmed_escape_instead_of_sending(
-    app: Celery, redis_url: str
-) -> None:
-    register_task_publishing_past_kombu(app)
-    entry = one_entry("t.own")
-    with app.producer_or_acquire() as producer:
-        publisher = CeleryPublisher(app, lambda: producer)
-        occurrence = build_occurrence(entry, ONE_SLOT, task_id_for(entry.name, ONE_SLOT))
-        publisher.warm(occurrence)
-        [commands] = publisher.commands_for([occurrence]) or [None]
+        [commands] = publisher.commands_for([occurrence]) or [None]  # the one-step path
         assert isinstance(commands, DeliveryUncertain)
+        [error] = publisher.publish_many([occurrence])  # the fence path: the same answer
+        assert isinstance(error, DeliveryUncertain)
     assert queued(redis_url) == [occurrence.task_id]
