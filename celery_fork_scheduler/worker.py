@@ -131,6 +131,10 @@ REDIS_WARNING_SECONDS = 60.0
 #: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
 REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
+#: A received run is forgotten by the heartbeat once the consumer no longer holds it, but not
+#: in its first seconds: Celery sends ``task_received`` before it files the request (seconds).
+RECEIPT_SETTLE_SECONDS = 1.0
+
 
 class RetrySkipped(Exception):
     """A retry of a scheduled run was not started: another run held its marker or the cap
@@ -179,6 +183,9 @@ class WorkerHooks:
         #: Runs this process's consumer received and has not seen end (heartbeat, and the
         #: outcome of a run whose pool process was killed: a hard time limit).
         self._received: dict[str, Run] = {}
+        #: Ended runs whose markers could not be freed (Redis unreachable), by task id: the
+        #: heartbeat frees them once Redis answers, while their lease lasts (monotonic end).
+        self._unfreed: dict[str, tuple[Run, float]] = {}
         self._lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._stopping = threading.Event()
@@ -309,11 +316,8 @@ class WorkerHooks:
         run = _run_of(request, task_id)
         if run is None:
             return
-        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
+        self._forget_ended()
         with self._lock:
-            # Runs the consumer no longer holds ended in a pool process (which freed them).
-            for stale in [i for i in self._received if i not in held and i not in self._runs]:
-                del self._received[stale]
             self._received[task_id] = run
         if run.singleton or run.capped:
             self._ensure_heartbeat()
@@ -370,7 +374,7 @@ class WorkerHooks:
                     task_id=task_id,
                     exception=RetrySkipped(run.skipped),
                 )
-            self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+            self._finish(run)
             return
         if state == "RETRY" and run.singleton and run.overlap in REPLACING:
             self._note_retrying(run)
@@ -385,7 +389,7 @@ class WorkerHooks:
             signals.job_completed.send(
                 sender=task, entry=run.entry, slot=run.slot, task_id=task_id, duration=duration
             )
-        self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+        self._finish(run)
 
     def _note_retrying(self, run: Run) -> None:
         """A run of a replacing entry waits for a retry, holding its marker: a newer run may
@@ -421,7 +425,7 @@ class WorkerHooks:
             if isinstance(exception, WorkerLostError) and self._requeued_when_lost(sender):
                 return
             self._forget(task_id)
-            self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+            self._finish(run)
         note = pause_note_for(task_id, exception) if run.pause_on_failure else ""
         paused = self._record(
             run,
@@ -468,13 +472,24 @@ class WorkerHooks:
         how = "expired" if expired else f"terminated ({signum})" if terminated else ""
         started = held.started if held is not None else run.started
         self._record(run, "revoked", "revoked", duration=time.monotonic() - started, error=how)
-        self._finish(run.entry, task_id, singleton=run.singleton, capped=run.capped)
+        self._finish(run)
 
     # -- markers ----------------------------------------------------------------------------
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
             self._received.pop(task_id, None)
+
+    def _forget_ended(self) -> None:
+        """Forget the received runs the consumer no longer holds: they ended in a pool process,
+        which freed their markers (or, with Redis unreachable, left them to their lease). Kept,
+        the heartbeat would renew such a marker for ever."""
+        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
+        settled = time.monotonic() - RECEIPT_SETTLE_SECONDS
+        with self._lock:
+            for task_id, run in list(self._received.items()):
+                if task_id not in held and task_id not in self._runs and run.started < settled:
+                    del self._received[task_id]
 
     def _requeued_when_lost(self, task: Any) -> bool:
         """A run whose process died is requeued (and runs again) with these settings."""
@@ -553,14 +568,18 @@ class WorkerHooks:
                 return "busy"
             time.sleep(REPLACE_POLL_SECONDS)
 
-    def _finish(self, entry: str, task_id: str, *, singleton: bool, capped: bool) -> None:
+    def _finish(self, run: Run, *, again: bool = False) -> None:
+        """Free the markers of a run that ended (its place under the cap, its singleton
+        marker), and publish the run it hands over. With Redis unreachable, the heartbeat
+        tries again (``again``: the earlier request's reply may have been lost)."""
         client = self.client
-        if client is None or not (singleton or capped):
+        if client is None or not (run.singleton or run.capped):
             return
+        entry, task_id = run.entry, run.task_id
         try:
-            if capped:
+            if run.capped:
                 client.zrem(self.keys.cap, task_id)
-            if singleton:
+            if run.singleton:
                 reply = client.eval(
                     lua.RELEASE,
                     3,
@@ -569,7 +588,10 @@ class WorkerHooks:
                     self.keys.state(entry),
                     task_id,
                     self._lease_ms,
+                    "1" if again else "0",
                 )
+                with self._lock:
+                    self._unfreed.pop(task_id, None)
                 if reply is not None:
                     what, held = reply
                     if _text(what) in ("paused", "removed", "finished"):
@@ -577,8 +599,27 @@ class WorkerHooks:
                         self._record_skip(_held_run(occurrence), _text(what), counted=False)
                     else:
                         self._publish_held(held)
+            else:
+                with self._lock:
+                    self._unfreed.pop(task_id, None)
         except Exception as exc:
+            if isinstance(exc, REDIS_UNREACHABLE):
+                with self._lock:
+                    if task_id not in self._unfreed:
+                        lease_end = time.monotonic() + self._lease_ms / 1000
+                        self._unfreed[task_id] = (run, lease_end)
             self._redis_failed(f"free the markers of {entry} ({task_id})", exc)
+
+    def _free_unfreed(self) -> None:
+        """Free the markers left by runs that ended while Redis could not be reached, while
+        their lease lasts (after it, they expired: nothing is left to free)."""
+        now = time.monotonic()
+        with self._lock:
+            for task_id in [i for i, (_, end) in self._unfreed.items() if end <= now]:
+                del self._unfreed[task_id]
+            runs = [run for run, _ in self._unfreed.values()]
+        for run in runs:
+            self._finish(run, again=True)
 
     def _record(
         self,
@@ -679,6 +720,8 @@ class WorkerHooks:
     def _beat_hearts(self, stopping: threading.Event) -> None:
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
         while not stopping.wait(interval):
+            self._forget_ended()
+            self._free_unfreed()
             with self._lock:
                 held = {**self._received, **self._runs}
             runs = [run for run in held.values() if run.singleton or run.capped]

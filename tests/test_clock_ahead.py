@@ -5,6 +5,7 @@ clock, not a step later. Real Redis; a fake clock ahead of Redis ``TIME``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -59,3 +60,27 @@ def test_after_the_clock_is_corrected_items_queued_on_it_wake_at_their_slots(
         pytest.approx(when_before),
         pytest.approx(when_before),
     ]
+
+
+def test_a_burst_of_retries_answered_early_by_far_is_asked_again_slot_by_slot(
+    make: Any,
+) -> None:
+    """Simulator seed 5639 (shared broker): a replica started while Redis was away queued one
+    retry per missed slot of a catchup="all" entry; its clock was ahead, so Redis answered them
+    all ``early``. Only the earliest was asked again: 11 slots never published."""
+    real = datetime.now(timezone.utc).replace(microsecond=0)
+    clock = FakeClock((real + timedelta(seconds=60)).isoformat())
+    replica = make(clock, "a", beat_schedule={"job": {**ENTRY["job"], "catchup": "skip"}})
+    slots = [real + timedelta(seconds=seconds) for seconds in (3, 4, 5)]
+    entry = replica.entries["job"]
+    for slot in slots:
+        replica.queue.push(clock().timestamp(), entry, slot, retry=True)
+    replica.tick()  # Redis answers early by 3 to 5 s, and the clock is measured again
+    assert replica.publisher.occurrences == []
+
+    deadline = time.monotonic() + 30
+    while not set(slots) <= {o.slot for o in replica.publisher.occurrences}:
+        assert time.monotonic() < deadline, replica.publisher.occurrences
+        clock.set(datetime.now(timezone.utc) + timedelta(seconds=60))
+        replica.tick()
+        time.sleep(0.05)

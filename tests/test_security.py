@@ -207,7 +207,7 @@ def test_every_key_the_scheduler_writes_holds_json_or_plain_text(
     hooks._mark_seen()
     task_id = redis_client.get(Keys("scheduler:").running("single"))
     assert task_id is not None
-    hooks._finish("single", task_id.decode(), singleton=True, capped=True)
+    hooks._finish(Run("single", "", task_id.decode(), 0.0, True, True, "w@h"))
     slot = replica.publisher.occurrences[0].slot.isoformat()
     hooks._record(
         Run("single", slot, task_id.decode(), 0.0, True, True, "w@h"), "error", "errors",
@@ -505,13 +505,13 @@ def exercise_everything(url: str, admin: redis.Redis) -> None:
     admin.zadd(keys.cap, {task_id: 1})
     assert hooks.client.eval(lua.CAP_HEARTBEAT, 1, keys.cap, task_id, 60_000) == 1
     admin.set(keys.buffered("single"), json.dumps({"task_id": "held"}))
-    hooks._finish("single", task_id, singleton=False, capped=True)
+    hooks._finish(Run("single", "", task_id, 0.0, False, True, "w@h"))
     assert admin.zscore(keys.cap, task_id) is None
     published: list[Any] = []
     hooks._publish_held = published.append  # type: ignore[method-assign]
-    hooks._finish("single", task_id, singleton=True, capped=False)
+    hooks._finish(Run("single", "", task_id, 0.0, True, False, "w@h"))
     assert admin.get(keys.running("single")) == b"held" and len(published) == 1
-    hooks._finish("queued", "runner", singleton=True, capped=False)
+    hooks._finish(Run("queued", "", "runner", 0.0, True, False, "w@h"))
     assert admin.get(keys.running("queued")) == b"next" and len(published) == 2
     run = Run("single", "2026-03-02T10:00:01+00:00", task_id, 0.0, True, False, "w@h")
     hooks._record(run, "completed", "completed", duration=0.1)

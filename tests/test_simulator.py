@@ -218,6 +218,9 @@ def test_a_pause_lost_in_a_failover_is_not_owed(seed: str) -> None:
         # a backfill after Redis restarted empty published again slots whose history was
         # lost (the restored mark now notes lost_before: they are unknown)
         ("5540", "redis restarted empty"),
+        # a buffer_one run ended while Redis restarted: its release failed, and the prefork
+        # parent renewed its marker for ever (the held run never published, the entry busy)
+        ("5503", "redis restart with its data"),
     ],
 )
 def test_seeds_found_by_the_sweeps_keep_every_promise(seed: str, shown: str) -> None:

@@ -42,7 +42,7 @@ def test_runs_ending_while_redis_is_away_log_one_warning_without_a_traceback(
         for number in range(5):
             run = a_run(f"task-{number}")
             hooks._record(run, "completed", "completed", duration=0.1)
-            hooks._finish(run.entry, run.task_id, singleton=True, capped=False)
+            hooks._finish(run)
     warnings = [r for r in caplog.records if r.name.startswith("celery_fork_scheduler")]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "cannot reach Redis" in warnings[0].getMessage()

@@ -23,6 +23,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               "cancel_other" / "terminate_other")
                                  retrying     task id of the run holding the marker while it
                                               waits for a retry (same policies)
+                                 released     task id of the latest run whose end handed
+                                              over a held run; released_as, released_run:
+                                              RELEASE's answer, given again when asked again
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
@@ -702,13 +705,32 @@ return 2
 #: A run ended (its last attempt): free its marker; hand it to the held-back run, if any (the
 #: one of "buffer_one", or the head of the queue of "buffer_all").
 #: KEYS[1] running marker, KEYS[2] buffered message (string) or queue (list), KEYS[3] state hash.
-#: ARGV[1] task id, ARGV[2] lease (ms).
+#: ARGV[1] task id, ARGV[2] lease (ms), ARGV[3] (optional) "1" when the request is sent again
+#: after its reply was lost, else "0".
 #: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
 #: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
-#: meanwhile: the held run is dropped, the marker freed).
+#: meanwhile: the held run is dropped, the marker freed), "finished" (max_runs used up).
+#: Each answer with a held run is noted in the state hash (``released``: the task id that
+#: ended, ``released_as``, ``released_run``), so that a request sent again after its reply was
+#: lost gets the same answer: a run handed over while its marker is still the held run's.
 RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return nil
+  if ARGV[3] ~= '1' then
+    return nil
+  end
+  local noted = redis.call('HMGET', KEYS[3], 'released', 'released_as', 'released_run')
+  if noted[1] ~= ARGV[1] or not noted[3] then
+    return nil
+  end
+  if noted[2] == 'send' and
+      redis.call('GET', KEYS[1]) ~= cjson.decode(noted[3])['task_id'] then
+    return nil  -- superseded since (its marker expired), or already running
+  end
+  return {noted[2], noted[3]}
+end
+local function answer(what, held)
+  redis.call('HSET', KEYS[3], 'released', ARGV[1], 'released_as', what, 'released_run', held)
+  return {what, held}
 end
 local kind = redis.call('TYPE', KEYS[2]).ok
 local held = nil
@@ -724,22 +746,22 @@ if not held then
 end
 if redis.call('HGET', KEYS[3], 'removed') then
   redis.call('DEL', KEYS[1])
-  return {'removed', held}
+  return answer('removed', held)
 end
 if redis.call('HGET', KEYS[3], 'paused') then
   redis.call('DEL', KEYS[1])
-  return {'paused', held}
+  return answer('paused', held)
 end
 local max_runs = tonumber(redis.call('HGET', KEYS[3], 'max_runs') or '0') or 0
 if max_runs > 0 and tonumber(redis.call('HGET', KEYS[3], 'runs') or '0') >= max_runs then
   -- The entry used up max_runs: no queued run runs any more.
   redis.call('DEL', KEYS[1], KEYS[2])
-  return {'finished', held}
+  return answer('finished', held)
 end
 local message = cjson.decode(held)
 redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'runs', 1)
-return {'send', held}
+return answer('send', held)
 """
 
 #: The held-back run handed over by RELEASE is not sent: its publish failed ("failed": the

@@ -1,0 +1,170 @@
+"""A run that ends while Redis cannot free its markers (simulator seed 5503).
+
+Promise (docs/singleton.md, ``buffer_one``): the held-back run "is published as soon as the
+running one ends". Before the fix, a prefork worker's parent kept renewing the marker of a run
+that had ended in a pool process whose release failed (Redis restarting): the entry answered
+``busy`` for good and the held run was never published. Now the parent forgets runs its
+consumer no longer holds, and a release that failed is tried again by the heartbeat once Redis
+answers (the same answer again when Redis ran the first request but its reply was lost).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.app.task import Context
+from celery.worker import state as worker_state
+
+from celery_fork_scheduler import worker as worker_module
+from celery_fork_scheduler.ids import ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
+from celery_fork_scheduler.keys import Keys
+from celery_fork_scheduler.worker import Run, WorkerHooks
+
+KEYS = Keys("scheduler:")
+LEASE_S = 30
+SLOT = "2026-03-02T10:00:00+00:00"
+
+
+class OnePass:
+    """The heartbeat thread's stop event for one pass of ``_beat_hearts``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.calls += 1
+        return self.calls > 1
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = Celery("unfreed", set_as_current=False, broker="memory://")
+    app.conf.update(
+        fork_scheduler_redis_url=redis_url,
+        fork_scheduler_singleton_lease=LEASE_S,
+        fork_scheduler_max_retries=0,
+    )
+    yield app
+    app.close()
+
+
+def received(hooks: WorkerHooks, task_id: str) -> None:
+    """The consumer of ``hooks``' process received a singleton run of ``nightly``."""
+    headers = {ENTRY_HEADER: "nightly", SLOT_HEADER: SLOT, OVERLAP_HEADER: "buffer_one"}
+    hooks.on_received(request=Context(id=task_id, headers=headers, **headers))
+
+
+def test_a_parent_stops_renewing_the_marker_of_a_run_that_ended_in_a_pool_process(
+    app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run ``ended`` finished in a pool process that could not free its marker; the run
+    ``waiting`` is still held by the consumer. One heartbeat renews the second only."""
+    monkeypatch.setattr(worker_module, "RECEIPT_SETTLE_SECONDS", 0.0)
+    parent = WorkerHooks(app)
+    for task_id in ("ended", "waiting"):
+        received(parent, task_id)
+    monkeypatch.setitem(worker_state.requests, "waiting", object())
+    redis_client.set(KEYS.running("nightly"), "ended", px=2_000)
+    redis_client.set(KEYS.running("other"), "waiting", px=2_000)
+    parent._received["waiting"].entry = "other"
+    time.sleep(0.01)  # past the (zero) settle time of the receipts
+
+    parent._beat_hearts(OnePass())  # type: ignore[arg-type]
+
+    assert 0 < redis_client.pttl(KEYS.running("nightly")) <= 2_000, "the ended run is renewed"
+    assert redis_client.pttl(KEYS.running("other")) > 2_000, "the waiting run is not renewed"
+
+
+def test_a_run_just_received_is_renewed_before_the_consumer_files_it(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """Celery sends ``task_received`` before it files the request: a heartbeat in between keeps
+    the run (the settle time)."""
+    parent = WorkerHooks(app)
+    received(parent, "fresh")
+    redis_client.set(KEYS.running("nightly"), "fresh", px=2_000)
+
+    parent._beat_hearts(OnePass())  # type: ignore[arg-type]
+
+    assert redis_client.pttl(KEYS.running("nightly")) > 2_000
+
+
+class ReplyLost:
+    """A client whose script calls run on the real Redis, then lose their reply (a timeout
+    while reading it: Redis ran the request, the worker cannot know)."""
+
+    def __init__(self, real: redis.Redis) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def eval(self, *args: Any) -> Any:
+        self.real.eval(*args)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+
+def held_message(task_id: str) -> str:
+    return json.dumps({"task_id": task_id, "entry": "nightly", "slot": SLOT})
+
+
+@pytest.mark.parametrize("failure", ["refused", "reply_lost"])
+def test_a_release_that_failed_hands_the_held_run_over_once_redis_answers(
+    app: Celery, redis_client: redis.Redis, failure: str
+) -> None:
+    """``refused``: the release never reached Redis (a client that cannot connect);
+    ``reply_lost``: Redis ran it, its reply was lost. Either way the heartbeat hands the held
+    run over, exactly once."""
+    redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
+    redis_client.set(KEYS.buffered("nightly"), held_message("held"))
+    hooks = WorkerHooks(app)
+    published: list[Any] = []
+    hooks._publish_held = published.append  # type: ignore[method-assign,assignment]
+    run = Run("nightly", SLOT, "runner", 0.0, True, False, "w@h")
+    working = hooks.client
+    if failure == "refused":
+        hooks._client = redis.Redis(port=1, socket_connect_timeout=0.3)
+        hooks._finish(run)
+        hooks._client = working
+    else:
+        hooks._client = ReplyLost(working)
+        hooks._finish(run)
+        hooks._client = working
+        assert redis_client.get(KEYS.running("nightly")) == b"held"  # handed over in Redis
+    assert published == []
+
+    hooks._beat_hearts(OnePass())  # type: ignore[arg-type]
+    hooks._beat_hearts(OnePass())  # type: ignore[arg-type]
+
+    assert [json.loads(m)["task_id"] for m in published] == ["held"]
+    assert redis_client.get(KEYS.running("nightly")) == b"held"
+    assert redis_client.get(KEYS.buffered("nightly")) is None
+
+
+def test_a_release_asked_again_after_the_held_run_was_superseded_hands_nothing_over(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """The held run's marker expired and a later slot won before the heartbeat asked again:
+    the held run is not published (the later one replaced it)."""
+    redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
+    redis_client.set(KEYS.buffered("nightly"), held_message("held"))
+    hooks = WorkerHooks(app)
+    published: list[Any] = []
+    hooks._publish_held = published.append  # type: ignore[method-assign,assignment]
+    run = Run("nightly", SLOT, "runner", 0.0, True, False, "w@h")
+    working = hooks.client
+    hooks._client = ReplyLost(working)
+    hooks._finish(run)
+    hooks._client = working
+    redis_client.set(KEYS.running("nightly"), "later", px=LEASE_S * 1000)
+
+    hooks._beat_hearts(OnePass())  # type: ignore[arg-type]
+
+    assert published == []
+    assert redis_client.get(KEYS.running("nightly")) == b"later"
