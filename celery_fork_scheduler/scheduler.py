@@ -1110,7 +1110,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(when, due.entry, due.claim.slot)  # the chain resumes there
             else:
                 for when, due in ahead:
-                    self.queue.push(when, due.entry, due.claim.slot, retry=True)
+                    slot, takeover = due.claim.slot, due.claim.takeover
+                    self.queue.push(when, due.entry, slot, retry=True, takeover=takeover)
         early.clear()
 
     def _queue_follow_up(self, work: Work, now: datetime) -> None:

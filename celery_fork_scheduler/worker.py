@@ -131,9 +131,9 @@ REDIS_WARNING_SECONDS = 60.0
 #: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
 REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
-#: A received run is forgotten by the heartbeat once the consumer no longer holds it, but not
-#: in its first seconds: Celery sends ``task_received`` before it files the request (seconds).
-RECEIPT_SETTLE_SECONDS = 1.0
+#: A received run the consumer let go is forgotten after a lease, and not sooner than this
+#: (seconds): Celery reports a hard time limit after a round trip to the result backend.
+UNHELD_GRACE_SECONDS = 60.0
 
 
 class RetrySkipped(Exception):
@@ -183,6 +183,11 @@ class WorkerHooks:
         #: Runs this process's consumer received and has not seen end (heartbeat, and the
         #: outcome of a run whose pool process was killed: a hard time limit).
         self._received: dict[str, Run] = {}
+        #: Since when (monotonic) the consumer no longer holds a received run: forgotten a
+        #: lease (at least :data:`UNHELD_GRACE_SECONDS`) later; see :meth:`_forget_ended`.
+        self._unheld_since: dict[str, float] = {}
+        #: The consumer that received the runs (Celery's ``task_received`` sender).
+        self._consumer: Any = None
         #: Ended runs whose markers could not be freed (Redis unreachable), by task id: the
         #: heartbeat frees them once Redis answers, while their lease lasts (monotonic end).
         self._unfreed: dict[str, tuple[Run, float]] = {}
@@ -288,6 +293,13 @@ class WorkerHooks:
         """One heartbeat thread per process: prefork children run tasks in their own."""
         if self._heartbeat_pid == os.getpid():
             return
+        if self._heartbeat_pid is not None:
+            # A pool process forked from a worker's main process: the runs that process
+            # received, and the markers it could not free, are its own business, not this one's.
+            with self._lock:
+                self._received.clear()
+                self._unheld_since.clear()
+                self._unfreed.clear()
         self._heartbeat_pid = os.getpid()
         self._stopping = threading.Event()
         self._mark_seen()
@@ -307,7 +319,7 @@ class WorkerHooks:
         self._stopping.set()
         self._heartbeat_pid = None
 
-    def on_received(self, request: Any = None, **_: Any) -> None:
+    def on_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         """The consumer got a scheduled run (it may wait for its ETA or a free process): keep
         its marker and place alive from now on."""
         task_id = getattr(request, "id", None)
@@ -316,6 +328,8 @@ class WorkerHooks:
         run = _run_of(request, task_id)
         if run is None:
             return
+        if sender is not None:
+            self._consumer = sender
         self._forget_ended()
         with self._lock:
             self._received[task_id] = run
@@ -479,17 +493,37 @@ class WorkerHooks:
     def _forget(self, task_id: str) -> None:
         with self._lock:
             self._received.pop(task_id, None)
+            self._unheld_since.pop(task_id, None)
 
     def _forget_ended(self) -> None:
-        """Forget the received runs the consumer no longer holds: they ended in a pool process,
-        which freed their markers (or, with Redis unreachable, left them to their lease). Kept,
-        the heartbeat would renew such a marker for ever."""
-        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
-        settled = time.monotonic() - RECEIPT_SETTLE_SECONDS
+        """Forget the received runs the consumer has not held for a lease (at least
+        :data:`UNHELD_GRACE_SECONDS`): they ended in a pool process, which freed their markers
+        (or, with Redis unreachable, tries again or leaves them to the lease). Kept, the
+        heartbeat would renew such a marker for ever. Not sooner: Celery files a request after
+        ``task_received``, and reports a hard time limit or a lost process (``task_failure``,
+        handled here) after it stopped holding the request."""
+        held = self._consumer_holds()
+        now = time.monotonic()
+        lease = max(self._lease_ms / 1000, UNHELD_GRACE_SECONDS)
         with self._lock:
-            for task_id, run in list(self._received.items()):
-                if task_id not in held and task_id not in self._runs and run.started < settled:
+            unheld = self._unheld_since
+            for task_id in list(self._received):
+                if task_id in held or task_id in self._runs:
+                    unheld.pop(task_id, None)
+                elif now - unheld.setdefault(task_id, now) > lease:
                     del self._received[task_id]
+                    del unheld[task_id]
+
+    def _consumer_holds(self) -> set[str]:
+        """The task ids the consumer holds: reserved or running, waiting for an ETA, or for a
+        token of the task's rate limit (Celery files those in no state set)."""
+        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
+        buckets = getattr(self._consumer, "task_buckets", None) or {}
+        for bucket in list(buckets.values()):
+            for item in list(getattr(bucket, "contents", None) or ()):
+                request = item[0] if isinstance(item, tuple) else item
+                held.add(getattr(request, "id", None))
+        return held
 
     def _requeued_when_lost(self, task: Any) -> bool:
         """A run whose process died is requeued (and runs again) with these settings."""
@@ -510,8 +544,17 @@ class WorkerHooks:
                 if reason is not None:
                     return reason
             elif run.singleton:
-                marker = self.keys.running(run.entry)
-                held = client.eval(lua.START_SINGLETON, 1, marker, run.task_id, self._lease_ms)
+                in_order = run.overlap == "buffer_all" and not run.manual
+                held = client.eval(
+                    lua.START_SINGLETON,
+                    2,
+                    self.keys.running(run.entry),
+                    self.keys.state(run.entry),
+                    run.task_id,
+                    self._lease_ms,
+                    to_epoch_us(datetime.fromisoformat(run.slot)),
+                    "1" if in_order else "0",
+                )
                 if int(held) == 0:
                     return "busy"
             cap = self.settings.max_concurrent
@@ -576,6 +619,7 @@ class WorkerHooks:
         if client is None or not (run.singleton or run.capped):
             return
         entry, task_id = run.entry, run.task_id
+        reply = None
         try:
             if run.capped:
                 client.zrem(self.keys.cap, task_id)
@@ -590,25 +634,27 @@ class WorkerHooks:
                     self._lease_ms,
                     "1" if again else "0",
                 )
-                with self._lock:
-                    self._unfreed.pop(task_id, None)
-                if reply is not None:
-                    what, held = reply
-                    if _text(what) in ("paused", "removed", "finished"):
-                        occurrence = occurrence_from_json(held)
-                        self._record_skip(_held_run(occurrence), _text(what), counted=False)
-                    else:
-                        self._publish_held(held)
-            else:
-                with self._lock:
-                    self._unfreed.pop(task_id, None)
         except Exception as exc:
             if isinstance(exc, REDIS_UNREACHABLE):
                 with self._lock:
-                    if task_id not in self._unfreed:
-                        lease_end = time.monotonic() + self._lease_ms / 1000
-                        self._unfreed[task_id] = (run, lease_end)
+                    lease_end = time.monotonic() + self._lease_ms / 1000
+                    self._unfreed.setdefault(task_id, (run, lease_end))
             self._redis_failed(f"free the markers of {entry} ({task_id})", exc)
+            return
+        with self._lock:
+            self._unfreed.pop(task_id, None)
+        if reply is None:
+            return
+        # The answer is in hand: whatever happens to the held run now, never ask again.
+        try:
+            what, held = reply
+            if _text(what) in ("paused", "removed", "finished"):
+                occurrence = occurrence_from_json(held)
+                self._record_skip(_held_run(occurrence), _text(what), counted=False)
+            else:
+                self._publish_held(held)
+        except Exception as exc:
+            self._redis_failed(f"hand over the held run of {entry} ({task_id})", exc)
 
     def _free_unfreed(self) -> None:
         """Free the markers left by runs that ended while Redis could not be reached, while
@@ -720,12 +766,12 @@ class WorkerHooks:
     def _beat_hearts(self, stopping: threading.Event) -> None:
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
         while not stopping.wait(interval):
-            self._forget_ended()
-            self._free_unfreed()
-            with self._lock:
-                held = {**self._received, **self._runs}
-            runs = [run for run in held.values() if run.singleton or run.capped]
             try:
+                self._forget_ended()
+                self._free_unfreed()
+                with self._lock:
+                    held = {**self._received, **self._runs}
+                runs = [run for run in held.values() if run.singleton or run.capped]
                 self._mark_seen()
                 client = self.client
                 if client is None:

@@ -310,7 +310,7 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
     "finding13": _patch(RedisBackend, "claim", _whole_pipeline_fails),
     "retry_frees": _set(worker_module, "_NOT_FINAL", frozenset()),
     "no_retake": lambda: _both(
-        _script("START_SINGLETON", ("if holder then\n  return 0\nend\n", ""))(),
+        _script("START_SINGLETON", ("  if holder then\n    return 0\n  end\n", ""))(),
         _script(
             "START_CAP",
             ("if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then\n  return 0\nend\n", ""),

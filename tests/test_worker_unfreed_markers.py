@@ -4,13 +4,15 @@ Promise (docs/singleton.md, ``buffer_one``): the held-back run "is published as 
 running one ends". Before the fix, a prefork worker's parent kept renewing the marker of a run
 that had ended in a pool process whose release failed (Redis restarting): the entry answered
 ``busy`` for good and the held run was never published. Now the parent forgets runs its
-consumer no longer holds, and a release that failed is tried again by the heartbeat once Redis
-answers (the same answer again when Redis ran the first request but its reply was lost).
+consumer has not held for a lease, and a release that failed is tried again by the heartbeat
+once Redis answers (the same answer again when Redis ran the first request but its reply was
+lost).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,20 +62,34 @@ def received(hooks: WorkerHooks, task_id: str) -> None:
     hooks.on_received(request=Context(id=task_id, headers=headers, **headers))
 
 
+class Later:
+    """``time`` inside the worker module, ``seconds`` ahead for its monotonic clock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.seconds
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 def test_a_parent_stops_renewing_the_marker_of_a_run_that_ended_in_a_pool_process(
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run ``ended`` finished in a pool process that could not free its marker; the run
-    ``waiting`` is still held by the consumer. One heartbeat renews the second only."""
-    monkeypatch.setattr(worker_module, "RECEIPT_SETTLE_SECONDS", 0.0)
+    ``waiting`` is still held by the consumer. A lease (at least a minute) after the consumer
+    let ``ended`` go, the heartbeat renews the second only."""
     parent = WorkerHooks(app)
     for task_id in ("ended", "waiting"):
         received(parent, task_id)
+    parent._received["waiting"].entry = "other"
     monkeypatch.setitem(worker_state.requests, "waiting", object())
+    parent._beat_hearts(OnePass())  # type: ignore[arg-type]  # "ended" is seen let go
+    monkeypatch.setattr(worker_module, "time", Later(LEASE_S + worker_module.UNHELD_GRACE_SECONDS))
     redis_client.set(KEYS.running("nightly"), "ended", px=2_000)
     redis_client.set(KEYS.running("other"), "waiting", px=2_000)
-    parent._received["waiting"].entry = "other"
-    time.sleep(0.01)  # past the (zero) settle time of the receipts
 
     parent._beat_hearts(OnePass())  # type: ignore[arg-type]
 
@@ -81,15 +97,17 @@ def test_a_parent_stops_renewing_the_marker_of_a_run_that_ended_in_a_pool_proces
     assert redis_client.pttl(KEYS.running("other")) > 2_000, "the waiting run is not renewed"
 
 
-def test_a_run_just_received_is_renewed_before_the_consumer_files_it(
+def test_a_run_let_go_by_the_consumer_is_renewed_for_a_lease(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    """Celery sends ``task_received`` before it files the request: a heartbeat in between keeps
-    the run (the settle time)."""
+    """Celery sends ``task_received`` before it files the request, and reports a hard time
+    limit after it let the request go (adversary round 34): within a lease, the run is kept
+    and renewed."""
     parent = WorkerHooks(app)
     received(parent, "fresh")
     redis_client.set(KEYS.running("nightly"), "fresh", px=2_000)
 
+    parent._beat_hearts(OnePass())  # type: ignore[arg-type]
     parent._beat_hearts(OnePass())  # type: ignore[arg-type]
 
     assert redis_client.pttl(KEYS.running("nightly")) > 2_000
@@ -108,6 +126,26 @@ class ReplyLost:
     def eval(self, *args: Any) -> Any:
         self.real.eval(*args)
         raise redis.TimeoutError("Timeout reading from socket")
+
+
+def test_a_pool_process_does_not_renew_the_runs_its_parent_received(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    """A pool process forked from the worker's main process (a new child after
+    ``max_tasks_per_child``) starts with a copy of the runs the parent received; its own
+    heartbeat must not renew them (nothing there ever forgets them: adversary round 34)."""
+    app.conf.fork_scheduler_singleton_lease = 1.5
+    hooks = WorkerHooks(app)
+    received(hooks, "inherited")
+    hooks._heartbeat_pid = os.getpid() + 1  # the parent's heartbeat, copied by the fork
+    redis_client.set(KEYS.running("nightly"), "inherited", px=1_000)
+
+    hooks._ensure_heartbeat()  # the child's first run starts its own heartbeat
+
+    deadline = time.monotonic() + 10
+    while redis_client.exists(KEYS.running("nightly")):
+        assert time.monotonic() < deadline, "the inherited run's marker is renewed"
+        time.sleep(0.05)
 
 
 def held_message(task_id: str) -> str:

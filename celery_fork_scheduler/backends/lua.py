@@ -23,6 +23,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               "cancel_other" / "terminate_other")
                                  retrying     task id of the run holding the marker while it
                                               waits for a retry (same policies)
+                                 latest_start slot (us) of the latest scheduled run of a
+                                              "buffer_all" entry that started: an earlier
+                                              slot's run never starts after it
                                  released     task id of the latest run whose end handed
                                               over a held run; released_as, released_run:
                                               RELEASE's answer, given again when asked again
@@ -628,20 +631,38 @@ return 1
 
 #: A singleton run starts: it must hold its marker. One that expired while the run waited (a
 #: countdown, a backlog, workers down) is taken again if nobody else holds it.
-#: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
+#: KEYS[1] running marker, KEYS[2] state hash. ARGV[1] task id, ARGV[2] lease (ms),
+#: ARGV[3] the run's slot (us), ARGV[4] "1" when runs must start in slot order (a scheduled run
+#: of a "buffer_all" entry), else "0".
 #: Returns 1 when the run held its marker (renewed), 2 when it took it again, 0 when another
-#: run holds it (this one must not execute).
+#: run holds it, or (in slot order) a run of a later slot started already: this one must not
+#: execute (a slot published late, after its marker expired: a stalled publish).
 START_SINGLETON = """
 local holder = redis.call('GET', KEYS[1])
+local ordered = ARGV[4] == '1'
+if ordered and holder ~= ARGV[1] then
+  local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
+  if tonumber(ARGV[3]) < latest then
+    return 0
+  end
+end
+local taken = 1
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+else
+  if holder then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  taken = 2
 end
-if holder then
-  return 0
+if ordered then
+  local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
+  if tonumber(ARGV[3]) > latest then
+    redis.call('HSET', KEYS[2], 'latest_start', ARGV[3])
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 2
+return taken
 """
 
 #: A run of a "cancel_other" / "terminate_other" entry starts: it takes the marker over from
@@ -778,6 +799,8 @@ GIVE_BACK_HELD = (
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
+-- The hand-over was answered and acted on: RELEASE asked again never repeats it.
+redis.call('HDEL', KEYS[3], 'released', 'released_as', 'released_run')
 give_back_run(KEYS[3], ARGV[3])
 if ARGV[6] == 'unconfirmed' then
   -- Held back again, as if never handed over (nothing to record).
