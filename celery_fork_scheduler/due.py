@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .backends import Claim, ClaimResult
@@ -40,6 +40,13 @@ class Work:
     horizon: datetime | None = None
     #: The owner whose progress covered these slots: the next one is parked under it.
     park_under: str | None = None
+    #: The slots to claim, oldest first, before their claims are made (:attr:`due`): a
+    #: replica too far behind sheds all but the latest first, and makes no claim for them.
+    slots: list[datetime] = field(default_factory=list)
+    #: The definition the slots are claimed under (an earlier one up to its change).
+    claims_of: Entry | None = None
+    #: Another replica's entry whose owner fell a grace behind.
+    foreign: bool = False
 
 
 @dataclass(slots=True)

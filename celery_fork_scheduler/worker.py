@@ -30,6 +30,8 @@ import os
 import socket
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -131,9 +133,12 @@ REDIS_WARNING_SECONDS = 60.0
 #: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
 REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
-#: A received run the consumer let go is forgotten after a lease, and not sooner than this
-#: (seconds): Celery reports a hard time limit after a round trip to the result backend.
+#: A received run the consumer let go is no longer renewed after a lease, and not sooner than
+#: this (seconds): Celery reports a hard time limit after a round trip to the result backend.
 UNHELD_GRACE_SECONDS = 60.0
+
+#: Runs let go (no longer renewed) kept for a late report of their end, at most.
+LET_GO_KEPT = 10_000
 
 
 class RetrySkipped(Exception):
@@ -186,6 +191,8 @@ class WorkerHooks:
         #: Since when (monotonic) the consumer no longer holds a received run: forgotten a
         #: lease (at least :data:`UNHELD_GRACE_SECONDS`) later; see :meth:`_forget_ended`.
         self._unheld_since: dict[str, float] = {}
+        #: Runs no longer renewed, newest last: a late ``task_failure`` still finds them.
+        self._let_go: OrderedDict[str, Run] = OrderedDict()
         #: The consumer that received the runs (Celery's ``task_received`` sender).
         self._consumer: Any = None
         #: Ended runs whose markers could not be freed (Redis unreachable), by task id: the
@@ -194,6 +201,8 @@ class WorkerHooks:
         self._lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._stopping = threading.Event()
+        hooks = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(hooks()))
 
     @property
     def settings(self) -> Settings:
@@ -293,13 +302,6 @@ class WorkerHooks:
         """One heartbeat thread per process: prefork children run tasks in their own."""
         if self._heartbeat_pid == os.getpid():
             return
-        if self._heartbeat_pid is not None:
-            # A pool process forked from a worker's main process: the runs that process
-            # received, and the markers it could not free, are its own business, not this one's.
-            with self._lock:
-                self._received.clear()
-                self._unheld_since.clear()
-                self._unfreed.clear()
         self._heartbeat_pid = os.getpid()
         self._stopping = threading.Event()
         self._mark_seen()
@@ -432,7 +434,7 @@ class WorkerHooks:
             run = self._runs.get(task_id)
             parent_side = run is None
             if parent_side:
-                run = self._received.get(task_id)
+                run = self._received.get(task_id) or self._let_go.pop(task_id, None)
         if run is None:
             return
         if parent_side:
@@ -503,27 +505,38 @@ class WorkerHooks:
         ``task_received``, and reports a hard time limit or a lost process (``task_failure``,
         handled here) after it stopped holding the request."""
         held = self._consumer_holds()
+        if held is None:
+            return
         now = time.monotonic()
         lease = max(self._lease_ms / 1000, UNHELD_GRACE_SECONDS)
         with self._lock:
-            unheld = self._unheld_since
+            unheld, let_go = self._unheld_since, self._let_go
             for task_id in list(self._received):
                 if task_id in held or task_id in self._runs:
                     unheld.pop(task_id, None)
                 elif now - unheld.setdefault(task_id, now) > lease:
-                    del self._received[task_id]
+                    let_go[task_id] = self._received.pop(task_id)
                     del unheld[task_id]
+            while len(let_go) > LET_GO_KEPT:
+                let_go.popitem(last=False)
 
-    def _consumer_holds(self) -> set[str]:
+    def _consumer_holds(self) -> set[str] | None:
         """The task ids the consumer holds: reserved or running, waiting for an ETA, or for a
-        token of the task's rate limit (Celery files those in no state set)."""
-        held = {req.id for req in worker_state.scheduled_requests} | set(worker_state.requests)
-        buckets = getattr(self._consumer, "task_buckets", None) or {}
-        for bucket in list(buckets.values()):
-            for item in list(getattr(bucket, "contents", None) or ()):
-                request = item[0] if isinstance(item, tuple) else item
-                held.add(getattr(request, "id", None))
-        return held
+        token of the task's rate limit (Celery files those in no state set); ``None`` when
+        they cannot be read now (the consumer thread changed a set while it was read)."""
+        for _ in range(3):
+            try:
+                held = {req.id for req in list(worker_state.scheduled_requests)}
+                held.update(list(worker_state.requests))
+                buckets = getattr(self._consumer, "task_buckets", None) or {}
+                for bucket in list(buckets.values()):
+                    for item in list(getattr(bucket, "contents", None) or ()):
+                        request = item[0] if isinstance(item, tuple) else item
+                        held.add(getattr(request, "id", None))
+                return held
+            except RuntimeError:  # "changed size during iteration"
+                continue
+        return None
 
     def _requeued_when_lost(self, task: Any) -> bool:
         """A run whose process died is requeued (and runs again) with these settings."""
@@ -545,6 +558,8 @@ class WorkerHooks:
                     return reason
             elif run.singleton:
                 in_order = run.overlap == "buffer_all" and not run.manual
+                capped_too = run.capped and self.settings.max_concurrent > 0
+                order = "0" if not in_order else "2" if capped_too else "1"
                 held = client.eval(
                     lua.START_SINGLETON,
                     2,
@@ -553,7 +568,7 @@ class WorkerHooks:
                     run.task_id,
                     self._lease_ms,
                     to_epoch_us(datetime.fromisoformat(run.slot)),
-                    "1" if in_order else "0",
+                    order,
                 )
                 if int(held) == 0:
                     return "busy"
@@ -564,6 +579,9 @@ class WorkerHooks:
                 )
                 if int(held) == 0:
                     return "capped"
+                if run.singleton and run.overlap == "buffer_all" and not run.manual:
+                    slot_us = to_epoch_us(datetime.fromisoformat(run.slot))
+                    client.eval(lua.NOTE_START, 1, self.keys.state(run.entry), slot_us)
         except Exception as exc:
             self._redis_failed(f"check the markers of {run.entry} ({run.task_id}); running it", exc)
         return None
@@ -633,6 +651,7 @@ class WorkerHooks:
                     task_id,
                     self._lease_ms,
                     "1" if again else "0",
+                    f"{socket.gethostname()}:{os.getpid()}:{id(self):x}",
                 )
         except Exception as exc:
             if isinstance(exc, REDIS_UNREACHABLE):
@@ -791,6 +810,19 @@ class WorkerHooks:
                         )
             except Exception as exc:
                 self._redis_failed("renew the markers of the runs in progress (heartbeat)", exc)
+
+
+def _after_fork(hooks: WorkerHooks | None) -> None:
+    """In a process forked from one using ``hooks`` (a pool process of a worker's main
+    process): the runs that process received and the markers it could not free are its own
+    business, and a lock its heartbeat held at the fork would never be released here."""
+    if hooks is None:
+        return
+    hooks._lock = threading.Lock()
+    hooks._received.clear()
+    hooks._unheld_since.clear()
+    hooks._let_go.clear()
+    hooks._unfreed.clear()
 
 
 def _guarded(hooks: WorkerHooks, before_start: Any) -> Any:

@@ -137,15 +137,21 @@ def test_a_pool_process_does_not_renew_the_runs_its_parent_received(
     app.conf.fork_scheduler_singleton_lease = 1.5
     hooks = WorkerHooks(app)
     received(hooks, "inherited")
-    hooks._heartbeat_pid = os.getpid() + 1  # the parent's heartbeat, copied by the fork
+    hooks.on_worker_shutdown()  # this process renews nothing itself from here on
     redis_client.set(KEYS.running("nightly"), "inherited", px=1_000)
 
-    hooks._ensure_heartbeat()  # the child's first run starts its own heartbeat
-
-    deadline = time.monotonic() + 10
-    while redis_client.exists(KEYS.running("nightly")):
-        assert time.monotonic() < deadline, "the inherited run's marker is renewed"
-        time.sleep(0.05)
+    child = os.fork()
+    if child == 0:  # the pool process: its first run starts its own heartbeat
+        hooks._ensure_heartbeat()
+        time.sleep(4)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while redis_client.exists(KEYS.running("nightly")):
+            assert time.monotonic() < deadline, "the inherited run's marker is renewed"
+            time.sleep(0.05)
+    finally:
+        os.waitpid(child, 0)
 
 
 def held_message(task_id: str) -> str:

@@ -27,8 +27,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               "buffer_all" entry that started: an earlier
                                               slot's run never starts after it
                                  released     task id of the latest run whose end handed
-                                              over a held run; released_as, released_run:
-                                              RELEASE's answer, given again when asked again
+                                              over a held run; released_as, released_run,
+                                              released_by: RELEASE's answer, given again to
+                                              the same asker until the held run starts
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
@@ -633,13 +634,15 @@ return 1
 #: countdown, a backlog, workers down) is taken again if nobody else holds it.
 #: KEYS[1] running marker, KEYS[2] state hash. ARGV[1] task id, ARGV[2] lease (ms),
 #: ARGV[3] the run's slot (us), ARGV[4] "1" when runs must start in slot order (a scheduled run
-#: of a "buffer_all" entry), else "0".
+#: of a "buffer_all" entry), "2" the same but the slot is noted started later (NOTE_START,
+#: once the run also has its place under the cap), else "0".
 #: Returns 1 when the run held its marker (renewed), 2 when it took it again, 0 when another
 #: run holds it, or (in slot order) a run of a later slot started already: this one must not
 #: execute (a slot published late, after its marker expired: a stalled publish).
+#: A run that starts with its marker ends RELEASE's note of its hand-over (it was published).
 START_SINGLETON = """
 local holder = redis.call('GET', KEYS[1])
-local ordered = ARGV[4] == '1'
+local ordered = ARGV[4] == '1' or ARGV[4] == '2'
 if ordered and holder ~= ARGV[1] then
   local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
   if tonumber(ARGV[3]) < latest then
@@ -656,13 +659,25 @@ else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   taken = 2
 end
-if ordered then
+redis.call('HDEL', KEYS[2], 'released', 'released_as', 'released_run', 'released_by')
+if ARGV[4] == '1' then
   local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
   if tonumber(ARGV[3]) > latest then
     redis.call('HSET', KEYS[2], 'latest_start', ARGV[3])
   end
 end
 return taken
+"""
+
+#: A run of a "buffer_all" entry under the cap started (its marker and its place held): note
+#: its slot as the latest started (see START_SINGLETON).
+#: KEYS[1] state hash. ARGV[1] the run's slot (us).
+NOTE_START = """
+local latest = tonumber(redis.call('HGET', KEYS[1], 'latest_start') or '0') or 0
+if tonumber(ARGV[1]) > latest then
+  redis.call('HSET', KEYS[1], 'latest_start', ARGV[1])
+end
+return 1
 """
 
 #: A run of a "cancel_other" / "terminate_other" entry starts: it takes the marker over from
@@ -727,20 +742,24 @@ return 2
 #: one of "buffer_one", or the head of the queue of "buffer_all").
 #: KEYS[1] running marker, KEYS[2] buffered message (string) or queue (list), KEYS[3] state hash.
 #: ARGV[1] task id, ARGV[2] lease (ms), ARGV[3] (optional) "1" when the request is sent again
-#: after its reply was lost, else "0".
+#: after its reply was lost, else "0", ARGV[4] (optional) who asks (host, process, hooks): a
+#: request sent again is answered only by the asker's own noted answer (a run ended by two
+#: processes, a pool's parent and its child, is handed over once).
 #: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
 #: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
 #: meanwhile: the held run is dropped, the marker freed), "finished" (max_runs used up).
 #: Each answer with a held run is noted in the state hash (``released``: the task id that
-#: ended, ``released_as``, ``released_run``), so that a request sent again after its reply was
-#: lost gets the same answer: a run handed over while its marker is still the held run's.
+#: ended, ``released_as``, ``released_run``, ``released_by``), so that a request sent again
+#: after its reply was lost gets the same answer: a run handed over while its marker is still
+#: the held run's and that run has not started (START_SINGLETON clears the note).
 RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if ARGV[3] ~= '1' then
     return nil
   end
-  local noted = redis.call('HMGET', KEYS[3], 'released', 'released_as', 'released_run')
-  if noted[1] ~= ARGV[1] or not noted[3] then
+  local noted = redis.call('HMGET', KEYS[3], 'released', 'released_as', 'released_run',
+                           'released_by')
+  if noted[1] ~= ARGV[1] or not noted[3] or noted[4] ~= (ARGV[4] or '') then
     return nil
   end
   if noted[2] == 'send' and
@@ -750,7 +769,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {noted[2], noted[3]}
 end
 local function answer(what, held)
-  redis.call('HSET', KEYS[3], 'released', ARGV[1], 'released_as', what, 'released_run', held)
+  redis.call('HSET', KEYS[3], 'released', ARGV[1], 'released_as', what, 'released_run', held,
+             'released_by', ARGV[4] or '')
   return {what, held}
 end
 local kind = redis.call('TYPE', KEYS[2]).ok
@@ -800,7 +820,7 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
 -- The hand-over was answered and acted on: RELEASE asked again never repeats it.
-redis.call('HDEL', KEYS[3], 'released', 'released_as', 'released_run')
+redis.call('HDEL', KEYS[3], 'released', 'released_as', 'released_run', 'released_by')
 give_back_run(KEYS[3], ARGV[3])
 if ARGV[6] == 'unconfirmed' then
   -- Held back again, as if never handed over (nothing to record).
