@@ -654,7 +654,8 @@ class WorkerHooks:
                     f"{socket.gethostname()}:{os.getpid()}:{id(self):x}",
                 )
         except Exception as exc:
-            if isinstance(exc, REDIS_UNREACHABLE):
+            # Unreachable, or a replica's read-only answer during a failover: asked again.
+            if isinstance(exc, (*REDIS_UNREACHABLE, redis.ReadOnlyError)):
                 with self._lock:
                     lease_end = time.monotonic() + self._lease_ms / 1000
                     self._unfreed.setdefault(task_id, (run, lease_end))

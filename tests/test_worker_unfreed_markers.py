@@ -158,13 +158,20 @@ def held_message(task_id: str) -> str:
     return json.dumps({"task_id": task_id, "entry": "nightly", "slot": SLOT})
 
 
-@pytest.mark.parametrize("failure", ["refused", "reply_lost"])
+class ReadOnly(ReplyLost):
+    """A client talking to a replica during a failover: script calls are refused."""
+
+    def eval(self, *args: Any) -> Any:
+        raise redis.ReadOnlyError("You can't write against a read only replica.")
+
+
+@pytest.mark.parametrize("failure", ["refused", "reply_lost", "read_only"])
 def test_a_release_that_failed_hands_the_held_run_over_once_redis_answers(
     app: Celery, redis_client: redis.Redis, failure: str
 ) -> None:
     """``refused``: the release never reached Redis (a client that cannot connect);
-    ``reply_lost``: Redis ran it, its reply was lost. Either way the heartbeat hands the held
-    run over, exactly once."""
+    ``reply_lost``: Redis ran it, its reply was lost; ``read_only``: a replica refused it (a
+    failover). Either way the heartbeat hands the held run over, exactly once."""
     redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
     redis_client.set(KEYS.buffered("nightly"), held_message("held"))
     hooks = WorkerHooks(app)
@@ -174,6 +181,10 @@ def test_a_release_that_failed_hands_the_held_run_over_once_redis_answers(
     working = hooks.client
     if failure == "refused":
         hooks._client = redis.Redis(port=1, socket_connect_timeout=0.3)
+        hooks._finish(run)
+        hooks._client = working
+    elif failure == "read_only":
+        hooks._client = ReadOnly(working)
         hooks._finish(run)
         hooks._client = working
     else:
