@@ -26,6 +26,12 @@ logger = logging.getLogger("celery_fork_scheduler.worker")
 ERROR_TEXT_LIMIT = 2000
 
 
+class HeldNotSent(Exception):
+    """A held run handed over was not sent, and certainly did not leave: Redis failed before
+    its publish (confirming the hand-over, taking its place under the cap). It still holds
+    the marker: whoever was handed it may try again (the error is the ``__cause__``)."""
+
+
 def error_text(error: BaseException | None) -> str:
     """An error as stored in history: its type and message, credentials masked, cut short."""
     return scrub_secrets(f"{type(error).__name__}: {error}")[:ERROR_TEXT_LIMIT]
@@ -49,8 +55,30 @@ class HeldRuns:
         the cap it is skipped (``capped``); when its publish fails the marker is freed at once
         and the run recorded as failed (a message that certainly did not leave is held back
         again: at the head of a ``buffer_all`` queue)."""
-        occurrence = occurrence_from_json(held)
-        if not self.confirmed():
+        ready = self._prepared(held, occurrence_from_json(held))
+        if ready is not None:
+            self._send(held, ready)
+
+    def _prepared(self, held: bytes | str, occurrence: Occurrence) -> Occurrence | None:
+        """The held run ready to be sent (with its place under the cap), or ``None`` when it
+        was put back or skipped (and recorded so). :class:`HeldNotSent` when Redis failed
+        first."""
+        cap = self.settings.max_concurrent
+        try:
+            confirmed = self.confirmed()
+            granted = None
+            if confirmed and cap > 0:
+                granted = self.client.eval(
+                    lua.TAKE_CAP_PLACES,
+                    1,
+                    self.keys.cap,
+                    cap,
+                    self._lease_ms * 1000,
+                    occurrence.task_id,
+                )
+        except Exception as exc:
+            raise HeldNotSent(f"{occurrence.entry} slot {occurrence.slot.isoformat()}") from exc
+        if not confirmed:
             # The hand-over lives on the master only: a failover may undo it, and the slot
             # would be handed over (and published) again. Put it back; whoever releases the
             # entry's marker next sends it, on either side of a failover.
@@ -62,17 +90,8 @@ class HeldRuns:
                 occurrence.slot.isoformat(),
                 self.settings.wait_replicas,
             )
-            return
-        cap = self.settings.max_concurrent
-        if cap > 0:
-            granted = self.client.eval(
-                lua.TAKE_CAP_PLACES,
-                1,
-                self.keys.cap,
-                cap,
-                self._lease_ms * 1000,
-                occurrence.task_id,
-            )
+            return None
+        if granted is not None:
             if not int(granted[0]):
                 self.give_back(held, occurrence, "capped")
                 logger.warning(
@@ -80,12 +99,17 @@ class HeldRuns:
                     occurrence.entry,
                     occurrence.slot.isoformat(),
                 )
-                return
+                return None
             occurrence = replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
+        return occurrence
+
+    def _send(self, held: bytes | str, occurrence: Occurrence) -> None:
+        """Publish the prepared held run; a publish that fails frees the marker and is
+        recorded (``failed``, or ``uncertain`` when the message may have left)."""
         try:
             CeleryPublisher(self.app, lambda: None).publish(occurrence)
         except Exception as exc:
-            if cap > 0:
+            if occurrence.headers.get(CAPPED_HEADER):
                 self.client.zrem(self.keys.cap, occurrence.task_id)
             mode = "uncertain" if is_transient(exc) else "failed"
             self.give_back(held, occurrence, mode, error=error_text(exc))

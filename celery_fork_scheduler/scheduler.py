@@ -35,7 +35,7 @@ from celery.schedules import crontab
 
 from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
-from .backends.base import PublishesOnce
+from .backends.base import PublishesOnce, from_epoch_us
 from .backends.factory import create_backend
 from .catchup import MAX_CATCH_UP_SLOTS, slots_due
 from .config import Settings, app_timezone, read_settings
@@ -428,19 +428,50 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """After the clock was corrected (a host clock that stepped, measured again): the
         items queued on the wrong clock wake no later than their slots on Redis's (a chain
         resumed after an ``early`` answer while the clock was ahead by minutes would wait that
-        long after its slot). Takeover retries wait for a claim lease and keep their time."""
+        long after its slot). Takeover retries wait for a claim lease and keep their time.
+
+        A clock that was ahead also put each chain's next slot too far: the first after an
+        instant that had not come yet, so the slots in between were never asked about (and
+        the progress record said they were: simulator seed 5832, a replica started while Redis
+        was away with its clock 20 s ahead, 8 slots lost). Each chain goes back to the first
+        slot after its previous slot moved back by the correction, and not before the latest
+        slot Redis said is decided (a chain resumed after ``early`` answers is right already);
+        the catch-up policy judges the ones that came due meanwhile."""
         offset = self.redis_clock.offset
-        if abs(offset - self._seen_offset) < CLOCK_TOLERANCE:
+        change = offset - self._seen_offset
+        if abs(change) < CLOCK_TOLERANCE:
             return
         self._seen_offset = offset
         now = self.now().timestamp()
+        for item in self.queue.pop_all():
+            slot = item.slot
+            if change < timedelta(0) and not item.retry:
+                known = self._known_marks.get(item.entry.name, 0)
+                floor = from_epoch_us(known) if known else None
+                slot = self._rewound_slot(item.entry, slot, change, floor)
+            when = item.when
+            if not item.takeover:
+                when = min(item.when, max(item.entry.publish_at(slot).timestamp(), now))
+            self.queue.push(when, item.entry, slot, retry=item.retry, takeover=item.takeover)
 
-        def when(item: QueueItem) -> float:
-            if item.takeover:
-                return item.when
-            return min(item.when, max(item.entry.publish_at(item.slot).timestamp(), now))
-
-        self.queue.rebase(when)
+    @staticmethod
+    def _rewound_slot(
+        entry: Entry, slot: datetime, change: timedelta, floor: datetime | None
+    ) -> datetime:
+        """The chain slot ``slot`` of ``entry``, decided on a clock ``-change`` ahead: the
+        first slot after its previous slot moved back by that much, and after ``floor`` (the
+        latest slot known decided); ``slot`` itself when that is not earlier."""
+        try:
+            previous = entry.last_slot_at_or_before(slot - timedelta(microseconds=1))
+            if previous is None:
+                return slot
+            start = previous + change
+            if floor is not None and floor > start:
+                start = floor
+            earlier = entry.first_slot_after(start)
+        except Exception:  # one entry's failure is that entry's: its chain stays as it was
+            return slot
+        return earlier if earlier is not None and earlier < slot else slot
 
     def _note_interruptions(self, now: datetime) -> None:
         """While entries are read: a pause since the last tick (longer than the catch-up
@@ -897,21 +928,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 continue
             if work is not None:
                 works.append(work)
-        claimed: list[Work] = []
-        for work in self._shed_backlog(works, left - len(items)):
+        works = self._shed_backlog(works, left - len(items))
+        for work in works:
             entry = work.claims_of
-            if entry is not None:
-                takeover, foreign = work.item.takeover, work.foreign
+            if entry is None:
+                continue
+            takeover, foreign = work.item.takeover, work.foreign
+            for slot in work.slots:
                 try:
-                    work.due = [
-                        self._due_slot(entry, slot, takeover=takeover, foreign=foreign)
-                        for slot in work.slots
-                    ]
-                except Exception as exc:  # a message that cannot be held back: that entry's
-                    self._entry_broke(work.item, exc, now)
-                    continue
-            claimed.append(work)
-        return claimed
+                    work.due.append(self._due_slot(entry, slot, takeover=takeover, foreign=foreign))
+                except Exception as exc:  # a message that cannot be held back: that slot's
+                    self.reports.failed(entry, slot, exc, "preparing the claim of")
+                    self.reports.skipped_slot(entry.name, slot, "error")
+        return works
 
     def _work_for(
         self, item: QueueItem, now: datetime, seen: set[tuple[str, datetime]]
@@ -1006,10 +1035,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return works
         for work in works:
             if len(work.slots) > 1:
-                name = work.item.entry.name
-                for slot in work.slots[:-1]:
-                    self.reports.skipped_slot(name, slot, "behind")
-                work.slots = work.slots[-1:]
+                name, entry = work.item.entry.name, work.claims_of or work.item.entry
+                kept = _latest_firing(entry, work.slots)
+                for slot in work.slots:
+                    if slot != kept:
+                        self.reports.skipped_slot(name, slot, "behind")
+                work.slots = [kept]
         return works
 
     def _chunks(self, items: Sequence[QueueItem]) -> list[list[QueueItem]]:
@@ -1459,3 +1490,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Shown in beat's startup banner."""
         with self._config_errors_stop_beat():
             return f"    . fork scheduler -> {self.backend.describe()}"
+
+
+def _latest_firing(entry: Entry, slots: Sequence[datetime]) -> datetime:
+    """The latest of ``slots`` (oldest first) not on an exclusion date of ``entry`` (one that
+    is does not stand in for a slot that fires), else the latest."""
+    try:
+        return next(slot for slot in reversed(slots) if not entry.excludes(slot))
+    except Exception:  # none fires, or the entry cannot tell: the latest
+        return slots[-1]

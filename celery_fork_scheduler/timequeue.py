@@ -9,7 +9,6 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,11 +88,6 @@ class TimeQueue:
                 if not late[at]:
                     del late[at]
         return due
-
-    def rebase(self, when: Callable[[QueueItem], float]) -> None:
-        """Queue every item again at ``when(item)``."""
-        for item in self.pop_all():
-            self.push(when(item), item.entry, item.slot, retry=item.retry, takeover=item.takeover)
 
     def pop_all(self) -> list[QueueItem]:
         """Remove and return every item."""

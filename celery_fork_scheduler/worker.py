@@ -51,7 +51,7 @@ from .backends.redis_connection import scrub_secrets
 from .config import Settings, read_settings
 from .entry import REPLACING
 from .errors import ConfigError
-from .held import HeldRuns, error_text
+from .held import HeldNotSent, HeldRuns, error_text
 from .ids import (
     CAPPED_HEADER,
     ENTRY_HEADER,
@@ -133,9 +133,13 @@ REDIS_WARNING_SECONDS = 60.0
 #: Errors that mean "Redis cannot be reached" (not a bug): one line, no traceback.
 REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
-#: A received run the consumer let go is no longer renewed after a lease, and not sooner than
-#: this (seconds): Celery reports a hard time limit after a round trip to the result backend.
-UNHELD_GRACE_SECONDS = 60.0
+#: Errors after which the heartbeat asks Redis again: it could not be reached, or a replica
+#: refused a write during a failover.
+ASKED_AGAIN = (*REDIS_UNREACHABLE, redis.ReadOnlyError)
+
+#: A received run the consumer does not hold is let go (no longer renewed) after this long
+#: (seconds): Celery sends ``task_received`` before it files the request.
+RECEIPT_SETTLE_SECONDS = 1.0
 
 #: Runs let go (no longer renewed) kept for a late report of their end, at most.
 LET_GO_KEPT = 10_000
@@ -188,8 +192,8 @@ class WorkerHooks:
         #: Runs this process's consumer received and has not seen end (heartbeat, and the
         #: outcome of a run whose pool process was killed: a hard time limit).
         self._received: dict[str, Run] = {}
-        #: Since when (monotonic) the consumer no longer holds a received run: forgotten a
-        #: lease (at least :data:`UNHELD_GRACE_SECONDS`) later; see :meth:`_forget_ended`.
+        #: Since when (monotonic) the consumer does not hold a received run: let go
+        #: :data:`RECEIPT_SETTLE_SECONDS` later; see :meth:`_forget_ended`.
         self._unheld_since: dict[str, float] = {}
         #: Runs no longer renewed, newest last: a late ``task_failure`` still finds them.
         self._let_go: OrderedDict[str, Run] = OrderedDict()
@@ -198,6 +202,9 @@ class WorkerHooks:
         #: Ended runs whose markers could not be freed (Redis unreachable), by task id: the
         #: heartbeat frees them once Redis answers, while their lease lasts (monotonic end).
         self._unfreed: dict[str, tuple[Run, float]] = {}
+        #: Held runs handed over to this process that Redis kept it from sending (before the
+        #: message could leave), with the end of their marker's lease: sent by the heartbeat.
+        self._unsent: dict[str, float] = {}
         self._lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._stopping = threading.Event()
@@ -498,23 +505,23 @@ class WorkerHooks:
             self._unheld_since.pop(task_id, None)
 
     def _forget_ended(self) -> None:
-        """Forget the received runs the consumer has not held for a lease (at least
-        :data:`UNHELD_GRACE_SECONDS`): they ended in a pool process, which freed their markers
-        (or, with Redis unreachable, tries again or leaves them to the lease). Kept, the
-        heartbeat would renew such a marker for ever. Not sooner: Celery files a request after
-        ``task_received``, and reports a hard time limit or a lost process (``task_failure``,
-        handled here) after it stopped holding the request."""
+        """Let go (stop renewing) the received runs the consumer has not held for
+        :data:`RECEIPT_SETTLE_SECONDS`: they ended in a pool process, which freed their markers
+        (or, with Redis unreachable, tries again or leaves them to the lease). Renewed, such a
+        marker would live for ever, or one a failover brought back would. A run let go stays
+        findable: Celery reports a hard time limit or a lost process (``task_failure``, handled
+        here) after it stopped holding the request."""
         held = self._consumer_holds()
         if held is None:
             return
         now = time.monotonic()
-        lease = max(self._lease_ms / 1000, UNHELD_GRACE_SECONDS)
+        settle = RECEIPT_SETTLE_SECONDS
         with self._lock:
             unheld, let_go = self._unheld_since, self._let_go
             for task_id in list(self._received):
                 if task_id in held or task_id in self._runs:
                     unheld.pop(task_id, None)
-                elif now - unheld.setdefault(task_id, now) > lease:
+                elif now - unheld.setdefault(task_id, now) > settle:
                     let_go[task_id] = self._received.pop(task_id)
                     del unheld[task_id]
             while len(let_go) > LET_GO_KEPT:
@@ -551,13 +558,18 @@ class WorkerHooks:
         client = self.client
         if client is None or not (run.singleton or run.capped):
             return None
+        # buffer_all runs start in slot order (see lua.START_SINGLETON); manual ones have none
+        in_order = run.singleton and run.overlap == "buffer_all" and not run.manual
+        try:
+            slot_us = to_epoch_us(datetime.fromisoformat(run.slot)) if in_order else 0
+        except (TypeError, ValueError):  # a message whose slot header is not ours
+            in_order, slot_us = False, 0
         try:
             if run.singleton and run.overlap in REPLACING:
                 reason = self._take_over(client, run)
                 if reason is not None:
                     return reason
             elif run.singleton:
-                in_order = run.overlap == "buffer_all" and not run.manual
                 capped_too = run.capped and self.settings.max_concurrent > 0
                 order = "0" if not in_order else "2" if capped_too else "1"
                 held = client.eval(
@@ -567,7 +579,7 @@ class WorkerHooks:
                     self.keys.state(run.entry),
                     run.task_id,
                     self._lease_ms,
-                    to_epoch_us(datetime.fromisoformat(run.slot)),
+                    slot_us,
                     order,
                 )
                 if int(held) == 0:
@@ -579,8 +591,7 @@ class WorkerHooks:
                 )
                 if int(held) == 0:
                     return "capped"
-                if run.singleton and run.overlap == "buffer_all" and not run.manual:
-                    slot_us = to_epoch_us(datetime.fromisoformat(run.slot))
+                if in_order:  # its slot is the latest started only now that it has a place
                     client.eval(lua.NOTE_START, 1, self.keys.state(run.entry), slot_us)
         except Exception as exc:
             self._redis_failed(f"check the markers of {run.entry} ({run.task_id}); running it", exc)
@@ -654,8 +665,7 @@ class WorkerHooks:
                     f"{socket.gethostname()}:{os.getpid()}:{id(self):x}",
                 )
         except Exception as exc:
-            # Unreachable, or a replica's read-only answer during a failover: asked again.
-            if isinstance(exc, (*REDIS_UNREACHABLE, redis.ReadOnlyError)):
+            if isinstance(exc, ASKED_AGAIN):
                 with self._lock:
                     lease_end = time.monotonic() + self._lease_ms / 1000
                     self._unfreed.setdefault(task_id, (run, lease_end))
@@ -672,20 +682,41 @@ class WorkerHooks:
                 occurrence = occurrence_from_json(held)
                 self._record_skip(_held_run(occurrence), _text(what), counted=False)
             else:
-                self._publish_held(held)
+                self._hand_over(_text(held))
         except Exception as exc:
             self._redis_failed(f"hand over the held run of {entry} ({task_id})", exc)
 
+    def _hand_over(self, held: str) -> None:
+        """Send the held run this process was handed (it holds the marker); when Redis kept
+        it from leaving, the heartbeat tries again while its marker's lease lasts."""
+        try:
+            self._publish_held(held)
+        except HeldNotSent as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            if isinstance(cause, ASKED_AGAIN):
+                with self._lock:
+                    self._unsent.setdefault(held, time.monotonic() + self._lease_ms / 1000)
+            self._redis_failed(f"send the held-back run of {exc}", cause)
+            return
+        with self._lock:
+            self._unsent.pop(held, None)
+
     def _free_unfreed(self) -> None:
-        """Free the markers left by runs that ended while Redis could not be reached, while
-        their lease lasts (after it, they expired: nothing is left to free)."""
+        """Free the markers left by runs that ended while Redis could not be reached, and send
+        the held runs it kept from leaving, while their lease lasts (after it, the markers
+        expired: nothing is left to free, and a held run's next slot supersedes it)."""
         now = time.monotonic()
         with self._lock:
             for task_id in [i for i, (_, end) in self._unfreed.items() if end <= now]:
                 del self._unfreed[task_id]
             runs = [run for run, _ in self._unfreed.values()]
+            for held in [h for h, end in self._unsent.items() if end <= now]:
+                del self._unsent[held]
+            unsent = list(self._unsent)
         for run in runs:
             self._finish(run, again=True)
+        for held in unsent:
+            self._hand_over(held)
 
     def _record(
         self,
@@ -824,6 +855,7 @@ def _after_fork(hooks: WorkerHooks | None) -> None:
     hooks._unheld_since.clear()
     hooks._let_go.clear()
     hooks._unfreed.clear()
+    hooks._unsent.clear()
 
 
 def _guarded(hooks: WorkerHooks, before_start: Any) -> Any:

@@ -5,8 +5,9 @@ answering again after a lost reply, the parent forgetting runs its consumer no l
 Each test's docstring names the promise it broke and how; all four were found failing by round
 34 and fixed with it: the worker retries a release only when it never got RELEASE's answer (not
 when the hand-over that followed failed), GIVE_BACK_HELD clears RELEASE's noted answer, and the
-parent forgets a received run only after its consumer has not held it for a lease (at least
-``UNHELD_GRACE_SECONDS``), counting the runs waiting in a rate limit's token bucket as held.
+parent lets a received run go only once its consumer has not held it for a settle time,
+counting the runs waiting in a rate limit's token bucket as held, and a run let go stays
+findable for a late ``task_failure`` (round 35).
 Tests named ``test_probe_...`` are things that were checked and held (they pass).
 """
 

@@ -5,13 +5,14 @@ clock, not a step later. Real Redis; a fake clock ahead of Redis ``TIME``."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from replica_helpers import schedulers
+from replica_helpers import START, schedulers, tick_for
 
 from celery_fork_scheduler import every
 from celery_fork_scheduler.testing import FakeClock
@@ -84,3 +85,25 @@ def test_a_burst_of_retries_answered_early_by_far_is_asked_again_slot_by_slot(
         clock.set(datetime.now(timezone.utc) + timedelta(seconds=60))
         replica.tick()
         time.sleep(0.05)
+
+
+def test_a_clock_found_ahead_puts_each_chain_back_where_the_clock_was_wrong(
+    make: Any,
+) -> None:
+    """Simulator seed 5832: a replica started while Redis was away, its clock 20 s ahead, so
+    each entry's chain waited for the first slot after an instant that had not come yet. Once
+    the clock was measured, the slots in between were never asked about (and its progress
+    record said they were: 8 slots lost). Now each chain goes back by the correction."""
+    clock = FakeClock(START)  # this host's clock: 20 s ahead of Redis's, not measured yet
+    replica = make(clock, "a", beat_schedule={"job": {"task": "t", "schedule": every(2).seconds}})
+    replica.tick()
+    replica.redis_clock.offset = timedelta(seconds=-20)  # measured at last
+    replica._follow_corrections()
+
+    tick_for(replica.tick, clock, 24, step=0.5)
+
+    published = sorted(o.slot for o in replica.publisher.occurrences)
+    assert published, "nothing published"
+    gaps = [b - a for a, b in itertools.pairwise(published)]
+    assert all(gap == timedelta(seconds=2) for gap in gaps), published
+    assert published[0] <= datetime.fromisoformat(START) - timedelta(seconds=16), published

@@ -79,15 +79,15 @@ def test_a_parent_stops_renewing_the_marker_of_a_run_that_ended_in_a_pool_proces
     app: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run ``ended`` finished in a pool process that could not free its marker; the run
-    ``waiting`` is still held by the consumer. A lease (at least a minute) after the consumer
-    let ``ended`` go, the heartbeat renews the second only."""
+    ``waiting`` is still held by the consumer. Once the consumer let ``ended`` go (after the
+    receipt's settle time), the heartbeat renews the second only."""
     parent = WorkerHooks(app)
     for task_id in ("ended", "waiting"):
         received(parent, task_id)
     parent._received["waiting"].entry = "other"
     monkeypatch.setitem(worker_state.requests, "waiting", object())
     parent._beat_hearts(OnePass())  # type: ignore[arg-type]  # "ended" is seen let go
-    monkeypatch.setattr(worker_module, "time", Later(LEASE_S + worker_module.UNHELD_GRACE_SECONDS))
+    monkeypatch.setattr(worker_module, "time", Later(worker_module.RECEIPT_SETTLE_SECONDS + 1))
     redis_client.set(KEYS.running("nightly"), "ended", px=2_000)
     redis_client.set(KEYS.running("other"), "waiting", px=2_000)
 
@@ -97,12 +97,11 @@ def test_a_parent_stops_renewing_the_marker_of_a_run_that_ended_in_a_pool_proces
     assert redis_client.pttl(KEYS.running("other")) > 2_000, "the waiting run is not renewed"
 
 
-def test_a_run_let_go_by_the_consumer_is_renewed_for_a_lease(
+def test_a_run_just_received_is_renewed_before_the_consumer_files_it(
     app: Celery, redis_client: redis.Redis
 ) -> None:
-    """Celery sends ``task_received`` before it files the request, and reports a hard time
-    limit after it let the request go (adversary round 34): within a lease, the run is kept
-    and renewed."""
+    """Celery sends ``task_received`` before it files the request: within the settle time,
+    the run is renewed."""
     parent = WorkerHooks(app)
     received(parent, "fresh")
     redis_client.set(KEYS.running("nightly"), "fresh", px=2_000)
