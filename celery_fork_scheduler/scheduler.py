@@ -44,7 +44,7 @@ from .due import ChunkClaim, DueSlot, Work
 from .entry import BUFFERING, Entry, entries_from_config, entry_to_dict
 from .errors import BackendUnavailableError, ConfigError
 from .heap import settle_heap
-from .held import HeldRuns
+from .held import HeldNotSent, HeldRuns
 from .ids import slot_isoformat, task_id_for
 from .listeners import resolve_listeners
 from .metrics import Metrics
@@ -258,6 +258,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._early: dict[tuple[str, datetime], float] = {}
         #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
         self._seen_offset = timedelta(0)
+        #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
+        #: at the head of their queue (JSON message -> monotonic end of the marker's lease).
+        self._to_put_back: dict[str, float] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -436,19 +439,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         was away with its clock 20 s ahead, 8 slots lost). Each chain goes back to the first
         slot after its previous slot moved back by the correction, and not before the latest
         slot Redis said is decided (a chain resumed after ``early`` answers is right already);
-        the catch-up policy judges the ones that came due meanwhile."""
+        the catch-up policy judges the ones that came due meanwhile. Only a chain whose
+        previous slot is still to come on Redis's clock was decided on the wrong clock: a
+        chain decided before the clock stepped ahead stays (adversary round 37: it fired slots
+        from before beat started, or before a change)."""
         offset = self.redis_clock.offset
         change = offset - self._seen_offset
         if abs(change) < CLOCK_TOLERANCE:
             return
         self._seen_offset = offset
-        now = self.now().timestamp()
+        corrected = self.now()
+        now = corrected.timestamp()
         for item in self.queue.pop_all():
             slot = item.slot
             if change < timedelta(0) and not item.retry:
                 known = self._known_marks.get(item.entry.name, 0)
                 floor = from_epoch_us(known) if known else None
-                slot = self._rewound_slot(item.entry, slot, change, floor)
+                slot = self._rewound_slot(item.entry, slot, change, floor, corrected)
             when = item.when
             if not item.takeover:
                 when = min(item.when, max(item.entry.publish_at(slot).timestamp(), now))
@@ -456,14 +463,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     @staticmethod
     def _rewound_slot(
-        entry: Entry, slot: datetime, change: timedelta, floor: datetime | None
+        entry: Entry, slot: datetime, change: timedelta, floor: datetime | None, now: datetime
     ) -> datetime:
-        """The chain slot ``slot`` of ``entry``, decided on a clock ``-change`` ahead: the
-        first slot after its previous slot moved back by that much, and after ``floor`` (the
-        latest slot known decided); ``slot`` itself when that is not earlier."""
+        """The chain slot ``slot`` of ``entry``, decided on a clock ``-change`` ahead when its
+        previous slot is after ``now`` (a chain follows an instant that has come): the first
+        slot after that previous slot moved back by ``-change``, and after ``floor`` (the
+        latest slot known decided); ``slot`` itself otherwise."""
         try:
             previous = entry.last_slot_at_or_before(slot - timedelta(microseconds=1))
-            if previous is None:
+            if previous is None or previous <= now:
                 return slot
             start = previous + change
             if floor is not None and floor > start:
@@ -621,6 +629,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
             self._refresh_runtime_entries()  # a store of another shard layout stops beat
         self._follow_corrections()
+        if self._to_put_back:
+            self._put_back_released()
         if not self._startup_read_done and not self._reading_entries:
             logger.info("fork scheduler: %d entries, every runtime entry read", len(self.entries))
             self._all_entries_read()
@@ -1339,10 +1349,40 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         held = HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
         try:
             held.publish(result.held)
+        except HeldNotSent as exc:  # nothing left: put it back at the head of its queue
+            logger.warning(
+                "fork scheduler: could not send the queued run of %s (%r); it is put back",
+                result.claim.entry,
+                exc.__cause__ or exc,
+            )
+            lease = self.settings.singleton_lease.total_seconds()
+            self._to_put_back.setdefault(_text(result.held), self.monotonic() + lease)
+            self._put_back_released()
         except Exception as exc:  # the run's marker expires with its lease; the queue goes on
             logger.warning(
                 "fork scheduler: could not send the queued run of %s: %r", result.claim.entry, exc
             )
+
+    def _put_back_released(self) -> None:
+        """Put back at the head of their queue the released runs Redis kept from leaving
+        (their marker freed, nothing recorded), while their marker's lease lasts: the entry's
+        next release sends them, in slot order."""
+        client = getattr(self.backend, "client", None)
+        keys = getattr(self.backend, "keys", None)
+        if client is None or keys is None:
+            return
+        held = HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
+        now = self.monotonic()
+        for message, end in list(self._to_put_back.items()):
+            if end <= now:
+                del self._to_put_back[message]
+                continue
+            try:
+                held.give_back(message, occurrence_from_json(message), "unconfirmed")
+            except Exception:  # Redis still away: at the next tick
+                logger.debug("fork scheduler: queued run not put back yet", exc_info=True)
+                continue
+            del self._to_put_back[message]
 
     def _apply_cap(self, won: list[DueSlot], now: datetime) -> tuple[list[DueSlot], set[str]]:
         """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that
@@ -1499,3 +1539,7 @@ def _latest_firing(entry: Entry, slots: Sequence[datetime]) -> datetime:
         return next(slot for slot in reversed(slots) if not entry.excludes(slot))
     except Exception:  # none fires, or the entry cannot tell: the latest
         return slots[-1]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
