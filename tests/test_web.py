@@ -146,9 +146,9 @@ def test_the_page_of_an_entry_shows_its_jitter_window_and_strikes_its_excluded_f
     an excluded date (the entry excludes the date of its own next fire)."""
     manager = Manager(app)
     manager.add("jittery", "tasks.report", "*/10 * * * *", jitter=30)
-    after = datetime.now(timezone.utc)
-    upcoming = manager.next_runs("jittery", 2, after=after)
-    day = upcoming[0].date().isoformat()
+    # the date of the hourly entry's own next fire (after 23:00 UTC that is tomorrow's)
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    day = (hour + timedelta(hours=1)).date().isoformat()
     manager.add("closed-today", "tasks.report", "0 * * * *", exclude=[day], timezone="UTC")
     client = client_for(app, token=TOKEN)
     jittery = client.get("/entries/jittery").get_data(as_text=True)
