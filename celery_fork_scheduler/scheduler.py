@@ -260,7 +260,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
         #: at the head of their queue (JSON message -> monotonic end of the marker's lease).
-        self._to_put_back: dict[str, float] = {}
+        self._to_put_back: dict[bytes | str, float] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -1342,11 +1342,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _publish_released(self, result: ClaimResult) -> None:
         """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker
         (the last runner died): as a worker does when a run ends."""
-        client = getattr(self.backend, "client", None)
-        keys = getattr(self.backend, "keys", None)
-        if client is None or keys is None:
+        held = self._held_runs()
+        if held is None:
             return
-        held = HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
         try:
             held.publish(result.held)
         except HeldNotSent as exc:  # nothing left: put it back at the head of its queue
@@ -1356,22 +1354,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 exc.__cause__ or exc,
             )
             lease = self.settings.singleton_lease.total_seconds()
-            self._to_put_back.setdefault(_text(result.held), self.monotonic() + lease)
+            self._to_put_back.setdefault(result.held, self.monotonic() + lease)
             self._put_back_released()
         except Exception as exc:  # the run's marker expires with its lease; the queue goes on
             logger.warning(
                 "fork scheduler: could not send the queued run of %s: %r", result.claim.entry, exc
             )
 
+    def _held_runs(self) -> HeldRuns | None:
+        """Held runs published and given back through the backend's Redis (none without)."""
+        client = getattr(self.backend, "client", None)
+        keys = getattr(self.backend, "keys", None)
+        if client is None or keys is None:
+            return None
+        return HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
+
     def _put_back_released(self) -> None:
         """Put back at the head of their queue the released runs Redis kept from leaving
         (their marker freed, nothing recorded), while their marker's lease lasts: the entry's
         next release sends them, in slot order."""
-        client = getattr(self.backend, "client", None)
-        keys = getattr(self.backend, "keys", None)
-        if client is None or keys is None:
+        held = self._held_runs()
+        if held is None:
             return
-        held = HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
         now = self.monotonic()
         for message, end in list(self._to_put_back.items()):
             if end <= now:
@@ -1539,7 +1543,3 @@ def _latest_firing(entry: Entry, slots: Sequence[datetime]) -> datetime:
         return next(slot for slot in reversed(slots) if not entry.excludes(slot))
     except Exception:  # none fires, or the entry cannot tell: the latest
         return slots[-1]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -28,6 +28,7 @@ import redis
 from celery import Celery
 from celery import signals as celery_signals
 from celery.worker import state as worker_state
+from heartbeat_helpers import OnePass
 from kombu.utils import json as kombu_json
 
 from celery_fork_scheduler import signals
@@ -43,17 +44,6 @@ LEASE_S = 30
 S1 = datetime(2026, 3, 2, 10, 1, tzinfo=timezone.utc)
 S2 = datetime(2026, 3, 2, 10, 2, tzinfo=timezone.utc)
 S3 = datetime(2026, 3, 2, 10, 3, tzinfo=timezone.utc)
-
-
-class OnePass:
-    """The heartbeat thread's stop event for one pass of ``_beat_hearts``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.calls += 1
-        return self.calls > 1
 
 
 class Shifted:

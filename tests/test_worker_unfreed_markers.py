@@ -22,6 +22,7 @@ import redis
 from celery import Celery
 from celery.app.task import Context
 from celery.worker import state as worker_state
+from heartbeat_helpers import OnePass
 
 from celery_fork_scheduler import worker as worker_module
 from celery_fork_scheduler.ids import ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
@@ -31,17 +32,6 @@ from celery_fork_scheduler.worker import Run, WorkerHooks
 KEYS = Keys("scheduler:")
 LEASE_S = 30
 SLOT = "2026-03-02T10:00:00+00:00"
-
-
-class OnePass:
-    """The heartbeat thread's stop event for one pass of ``_beat_hearts``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.calls += 1
-        return self.calls > 1
 
 
 @pytest.fixture
@@ -164,6 +154,25 @@ class ReadOnly(ReplyLost):
         raise redis.ReadOnlyError("You can't write against a read only replica.")
 
 
+def ended_with_held_run(redis_client: redis.Redis, app: Celery) -> tuple[WorkerHooks, list[Any]]:
+    """The run ``runner`` of ``nightly`` holds the marker, the run ``held`` is held back;
+    hooks whose hand-overs are recorded in the list instead of published."""
+    redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
+    redis_client.set(KEYS.buffered("nightly"), held_message("held"))
+    hooks = WorkerHooks(app)
+    published: list[Any] = []
+    hooks._publish_held = published.append  # type: ignore[method-assign,assignment]
+    return hooks, published
+
+
+def finish_through(hooks: WorkerHooks, client: Any) -> None:
+    """``runner`` ends, its release sent through ``client``."""
+    working = hooks.client
+    hooks._client = client
+    hooks._finish(Run("nightly", SLOT, "runner", 0.0, True, False, "w@h"))
+    hooks._client = working
+
+
 @pytest.mark.parametrize("failure", ["refused", "reply_lost", "read_only"])
 def test_a_release_that_failed_hands_the_held_run_over_once_redis_answers(
     app: Celery, redis_client: redis.Redis, failure: str
@@ -171,25 +180,13 @@ def test_a_release_that_failed_hands_the_held_run_over_once_redis_answers(
     """``refused``: the release never reached Redis (a client that cannot connect);
     ``reply_lost``: Redis ran it, its reply was lost; ``read_only``: a replica refused it (a
     failover). Either way the heartbeat hands the held run over, exactly once."""
-    redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
-    redis_client.set(KEYS.buffered("nightly"), held_message("held"))
-    hooks = WorkerHooks(app)
-    published: list[Any] = []
-    hooks._publish_held = published.append  # type: ignore[method-assign,assignment]
-    run = Run("nightly", SLOT, "runner", 0.0, True, False, "w@h")
-    working = hooks.client
+    hooks, published = ended_with_held_run(redis_client, app)
     if failure == "refused":
-        hooks._client = redis.Redis(port=1, socket_connect_timeout=0.3)
-        hooks._finish(run)
-        hooks._client = working
+        finish_through(hooks, redis.Redis(port=1, socket_connect_timeout=0.3))
     elif failure == "read_only":
-        hooks._client = ReadOnly(working)
-        hooks._finish(run)
-        hooks._client = working
+        finish_through(hooks, ReadOnly(hooks.client))
     else:
-        hooks._client = ReplyLost(working)
-        hooks._finish(run)
-        hooks._client = working
+        finish_through(hooks, ReplyLost(hooks.client))
         assert redis_client.get(KEYS.running("nightly")) == b"held"  # handed over in Redis
     assert published == []
 
@@ -206,16 +203,8 @@ def test_a_release_asked_again_after_the_held_run_was_superseded_hands_nothing_o
 ) -> None:
     """The held run's marker expired and a later slot won before the heartbeat asked again:
     the held run is not published (the later one replaced it)."""
-    redis_client.set(KEYS.running("nightly"), "runner", px=LEASE_S * 1000)
-    redis_client.set(KEYS.buffered("nightly"), held_message("held"))
-    hooks = WorkerHooks(app)
-    published: list[Any] = []
-    hooks._publish_held = published.append  # type: ignore[method-assign,assignment]
-    run = Run("nightly", SLOT, "runner", 0.0, True, False, "w@h")
-    working = hooks.client
-    hooks._client = ReplyLost(working)
-    hooks._finish(run)
-    hooks._client = working
+    hooks, published = ended_with_held_run(redis_client, app)
+    finish_through(hooks, ReplyLost(hooks.client))
     redis_client.set(KEYS.running("nightly"), "later", px=LEASE_S * 1000)
 
     hooks._beat_hearts(OnePass())  # type: ignore[arg-type]

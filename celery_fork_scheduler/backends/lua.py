@@ -630,6 +630,13 @@ redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', lease_end), ARGV[1])
 return 1
 """
 
+#: ``forget_released(state)``: drop RELEASE's note of its latest answer (see RELEASE).
+_FORGET_RELEASED = """
+local function forget_released(state)
+  redis.call('HDEL', state, 'released', 'released_as', 'released_run', 'released_by')
+end
+"""
+
 #: A singleton run starts: it must hold its marker. One that expired while the run waited (a
 #: countdown, a backlog, workers down) is taken again if nobody else holds it.
 #: KEYS[1] running marker, KEYS[2] state hash. ARGV[1] task id, ARGV[2] lease (ms),
@@ -640,12 +647,14 @@ return 1
 #: run holds it, or (in slot order) a run of a later slot started already: this one must not
 #: execute (a slot published late, after its marker expired: a stalled publish).
 #: A run that starts with its marker ends RELEASE's note of its hand-over (it was published).
-START_SINGLETON = """
+START_SINGLETON = (
+    _FORGET_RELEASED
+    + """
 local holder = redis.call('GET', KEYS[1])
-local ordered = ARGV[4] == '1' or ARGV[4] == '2'
-if ordered and holder ~= ARGV[1] then
-  local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
-  if tonumber(ARGV[3]) < latest then
+local latest = 0
+if ARGV[4] == '1' or ARGV[4] == '2' then
+  latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
+  if holder ~= ARGV[1] and tonumber(ARGV[3]) < latest then
     return 0
   end
 end
@@ -659,15 +668,13 @@ else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   taken = 2
 end
-redis.call('HDEL', KEYS[2], 'released', 'released_as', 'released_run', 'released_by')
-if ARGV[4] == '1' then
-  local latest = tonumber(redis.call('HGET', KEYS[2], 'latest_start') or '0') or 0
-  if tonumber(ARGV[3]) > latest then
-    redis.call('HSET', KEYS[2], 'latest_start', ARGV[3])
-  end
+forget_released(KEYS[2])
+if ARGV[4] == '1' and tonumber(ARGV[3]) > latest then
+  redis.call('HSET', KEYS[2], 'latest_start', ARGV[3])
 end
 return taken
 """
+)
 
 #: A run of a "buffer_all" entry under the cap started (its marker and its place held): note
 #: its slot as the latest started (see START_SINGLETON).
@@ -815,12 +822,13 @@ return answer('send', held)
 #: replicas: held back again, nothing recorded), ARGV[7] error text.
 GIVE_BACK_HELD = (
     _GIVE_BACK_RUN
+    + _FORGET_RELEASED
     + """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
 -- The hand-over was answered and acted on: RELEASE asked again never repeats it.
-redis.call('HDEL', KEYS[3], 'released', 'released_as', 'released_run', 'released_by')
+forget_released(KEYS[3])
 give_back_run(KEYS[3], ARGV[3])
 if ARGV[6] == 'unconfirmed' then
   -- Held back again, as if never handed over (nothing to record).
