@@ -3,11 +3,13 @@
 `scaling.py` runs R real `celery beat` processes beside Redis on this machine's 2 cores: from
 R = 3 on they, Redis and the draining consumer share 2 cores, so the CPU per publish it
 measures grows with the time slicing too. This script takes the cores out of the picture: R
-schedulers in one process tick in turn on one fake clock (each tick timed with the process's CPU
-clock), with their own Redis connections, real claims, real ownership records and the one-step
-publish (claims and broker on one private `redis-server`), so every figure is the replicas'
-own work. On a machine with a core per replica, each replica's share is what it would take of
-its core; the sum over the replicas against R = 1 says whether R replicas repeat work.
+schedulers in one process share one fake clock, with their own Redis connections, real claims,
+real ownership records and the one-step publish (claims and broker on one private
+`redis-server`). Each replica ticks when it asked to be woken, as `celery beat` does (the clock
+jumps to the earliest wake-up; every tick is timed with the process's CPU clock, which counts
+the replica's claim thread too), so every figure is the replicas' own work. On a machine with
+a core per replica, each replica's share is what it would take of its core; the sum over the
+replicas against R = 1 says whether R replicas repeat work.
 
     PYTHONPATH=. .venv/bin/python benchmarks/division.py --n 2000 --replicas 1,2,3,4 --seconds 30
 """
@@ -19,7 +21,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 import redis
 from celery import Celery
@@ -31,10 +32,13 @@ from celery_fork_scheduler.testing import FakeClock, RedisServer
 
 #: Slot maths in the past of Redis TIME, so that no claim is answered ``early``.
 START = "2026-03-02T10:00:00.300+00:00"
-#: Fake seconds between two rounds of ticks (every replica ticks once per round).
-STEP = 0.25
-#: Fake seconds ticked before the measured window: the replicas see each other and settle.
+#: Fake seconds before the measured window: the replicas see each other and settle.
 WARM_UP = 10.0
+#: The shortest fake sleep between two ticks of a replica (a tick that asks for none, while
+#: it reads its entries, is ticked again this much later: fake time must move).
+SHORTEST_SLEEP = 0.01
+#: The longest (``beat_max_loop_interval`` is longer; runtime entries bound it by the refresh).
+LONGEST_SLEEP = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Division:
     entries: int
     published: int
     cpu: tuple[float, ...]
+    ticks: tuple[int, ...]
     seconds: float
 
     @property
@@ -56,6 +61,11 @@ class Division:
         """Each replica's CPU over the window, averaged, in % of a core at real speed (one
         fake second of slots per real second)."""
         return statistics.mean(self.cpu) / self.seconds * 100
+
+    @property
+    def ticks_per_second(self) -> float:
+        """Each replica's ticks per fake second, averaged over the replicas."""
+        return statistics.mean(self.ticks) / self.seconds
 
 
 def _replica(url: str, clock: FakeClock, entries: int, replica_id: str) -> Scheduler:
@@ -79,35 +89,46 @@ def _replica(url: str, clock: FakeClock, entries: int, replica_id: str) -> Sched
 
 
 def measure(replicas: int, entries: int, seconds: float) -> Division:
-    """Tick ``replicas`` schedulers in turn for ``seconds`` fake seconds after a warm-up."""
+    """Run ``replicas`` schedulers, each ticked when it asked to be woken, for ``seconds``
+    fake seconds after a warm-up; count what reached the broker's queue."""
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         client.flushall()
         clock = FakeClock(START)
         group = [_replica(server.url, clock, entries, f"replica-{k}") for k in range(replicas)]
+        wake = [clock().timestamp()] * replicas
+        cpu = [0.0] * replicas
+        ticks = [0] * replicas
+        published = 0
+        warm_until = clock().timestamp() + WARM_UP
+        window: tuple[float, float] | None = None
         try:
-            for _ in range(int(WARM_UP / STEP)):
-                clock.advance(STEP)
-                for scheduler in group:
-                    scheduler.tick()
-            client.delete("celery")
-            first = clock()
-            cpu = [0.0] * replicas
-            published = 0
-            for _ in range(int(seconds / STEP)):
-                clock.advance(STEP)
+            while window is None or clock().timestamp() < window[1]:
+                now = clock().timestamp()
+                if min(wake) > now:
+                    clock.advance(min(wake) - now)
+                    now = clock().timestamp()
+                if window is None and now >= warm_until:
+                    client.delete("celery")
+                    window = (now, now + seconds)
                 for index, scheduler in enumerate(group):
+                    if wake[index] > now:
+                        continue
                     started = time.process_time()
-                    scheduler.tick()
-                    cpu[index] += time.process_time() - started
-                published += client.llen("celery")
-                client.delete("celery")
-            elapsed = (clock() - first) / timedelta(seconds=1)
+                    sleep = scheduler.tick()
+                    if window is not None:
+                        cpu[index] += time.process_time() - started
+                        ticks[index] += 1
+                    wake[index] = now + min(max(sleep, SHORTEST_SLEEP), LONGEST_SLEEP)
+                if window is not None:
+                    published += client.llen("celery")
+                    client.delete("celery")
+            elapsed = seconds if window is None else clock().timestamp() - window[0]
         finally:
             for scheduler in group:
                 scheduler.close()
             client.close()
-    return Division(replicas, entries, published, tuple(cpu), elapsed)
+    return Division(replicas, entries, published, tuple(cpu), tuple(ticks), elapsed)
 
 
 def _ints(text: str) -> list[int]:
@@ -130,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "CPU s / 1 000, all replicas",
         "\u00d7 R = 1",
         "CPU per replica (% of a core)",
+        "ticks per replica per second",
     ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -143,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(
                 f"| {entries} | {r} | {statistics.median(c.published for c in cases):.0f} "
                 f"| {statistics.median(c.cpu_per_1000 for c in cases):.4f} "
-                f"| {ratio:.2f} | {statistics.median(c.core_share for c in cases):.1f} |"
+                f"| {ratio:.2f} | {statistics.median(c.core_share for c in cases):.1f} "
+                f"| {statistics.median(c.ticks_per_second for c in cases):.2f} |"
             )
 
 
