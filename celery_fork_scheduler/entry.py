@@ -23,6 +23,7 @@ from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalis
 from .jitter import jitter_offset
 from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
+from .schedules.base import to_zone
 from .schedules.celery_adapters import crontab_key
 
 EntrySource = Literal["config", "decorator", "runtime"]
@@ -154,6 +155,10 @@ class Entry:
     #: scheduler (:meth:`with_default_jitter`), never stored.
     default_jitter: timedelta = timedelta(0)
     source: EntrySource = "config"
+    #: The entry's own ``timezone`` key as an IANA name (``None``: the app's zone applies);
+    #: kept in the stored form, so that its exclusion dates, start and end, and a schedule
+    #: changed later are read in it again.
+    timezone: str | None = None
 
     @property
     def lazy(self) -> bool:
@@ -631,6 +636,16 @@ def _zone(name: str, value: object) -> tzinfo | None:
         raise _fail(name, "timezone", f"unknown time zone {shown(value)}") from None
 
 
+def _zone_name(name: str, zone: tzinfo | None) -> str | None:
+    """The IANA name of an entry's own zone (``None``: it has none)."""
+    if zone is None:
+        return None
+    try:
+        return to_zone(zone).key
+    except ScheduleError as exc:
+        raise _fail(name, "timezone", str(exc)) from None
+
+
 def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetime | None:
     if value is None:
         return None
@@ -827,8 +842,9 @@ def entry_from_config(
     if "schedule" not in definition:
         raise _fail(name, "schedule", "is missing")
 
-    zone = _zone(name, definition.get("timezone")) or default_timezone
-    own_zone = definition.get("timezone") is not None
+    own = _zone(name, definition.get("timezone"))
+    zone = own or default_timezone
+    own_zone = own is not None
     try:
         schedule = _entry_schedule(definition["schedule"], zone, own_zone, schedule_memo)
     except ScheduleError as exc:
@@ -883,6 +899,7 @@ def entry_from_config(
         exclusions=exclusions,
         jitter=_jitter(name, definition.get("jitter"), schedule),
         source=source,
+        timezone=_zone_name(name, own),
     )
 
 
@@ -922,9 +939,9 @@ ENTRY_SCHEMA = 1
 
 def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     """The stored form of ``entry`` as it is (no checks; see :func:`entry_to_dict`), with
-    ``schedule`` the stored form of its schedule. ``jitter``, ``pause_on_failure``, ``exclude``
-    and ``calendar`` are there only when set (a replica of an earlier version still reads the
-    others)."""
+    ``schedule`` the stored form of its schedule. ``jitter``, ``pause_on_failure``,
+    ``exclude``, ``calendar`` and ``timezone`` are there only when set (a replica of an earlier
+    version still reads the others)."""
     fields: dict[str, Any] = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,
@@ -952,6 +969,8 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
         fields["exclude"] = list(entry.exclude)
     if entry.calendar:
         fields["calendar"] = list(entry.calendar)
+    if entry.timezone is not None:
+        fields["timezone"] = entry.timezone
     return fields
 
 

@@ -34,7 +34,7 @@ RANGE_SEPARATOR = ".."
 #: Most items in one ``exclude`` list or one calendar (a stored entry stays small).
 MAX_ITEMS = 1000
 
-_YEARLY = re.compile(r"^(\d{2})-(\d{2})$")
+_YEARLY = re.compile(r"([0-9]{2})-([0-9]{2})")
 #: A leap year, to check that a yearly ``MM-DD`` exists at all (``02-29`` does).
 _LEAP_YEAR = 2000
 
@@ -81,7 +81,7 @@ def _normalise(item: object) -> str:
         if RANGE_SEPARATOR in item:
             first, _, last = item.partition(RANGE_SEPARATOR)
             return _range(first.strip(), last.strip(), item)
-        match = _YEARLY.match(item)
+        match = _YEARLY.fullmatch(item)  # (not "$", which matches before a final newline)
         if match:
             month, day = int(match[1]), int(match[2])
             try:

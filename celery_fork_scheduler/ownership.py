@@ -48,12 +48,14 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 @dataclass(frozen=True, slots=True)
 class Progress:
     """One replica's record: its owned slots after ``since`` and up to ``until`` are handled
-    under view ``view`` (taken at ``since``)."""
+    under view ``view`` (taken at ``since``); ``config``: the digest of its ``beat_schedule``
+    (``None`` in an older replica's record)."""
 
     until: datetime
     written: datetime
     view: int
     since: datetime
+    config: int | None = None
 
     def covers(self, slot: datetime) -> bool:
         """Whether the record says ``slot`` (of an entry its replica owns) was asked about."""
@@ -66,6 +68,7 @@ class Progress:
                 "at": to_epoch_us(self.written),
                 "view": self.view,
                 "since": to_epoch_us(self.since),
+                "config": self.config,
             }
         )
 
@@ -76,7 +79,9 @@ class Progress:
             until, written = from_epoch_us(int(data["until"])), from_epoch_us(int(data["at"]))
             # A record without "since" (an older replica's) covers nothing: its slots are asked.
             since = from_epoch_us(int(data["since"])) if "since" in data else until
-            return cls(until, written, int(data["view"]), since)
+            config = data.get("config")
+            config = None if config is None else int(config)
+            return cls(until, written, int(data["view"]), since, config)
         except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
             return None  # a record this code did not write
 
@@ -116,6 +121,8 @@ class Ownership:
         self.basis = 0
         self.view = self._fingerprint()
         self.records: dict[str, Progress] = {}
+        #: The digest of this replica's ``beat_schedule`` (see :meth:`shares_config`).
+        self.config = 0
         self._next_read = 0.0
         self._next_write = 0.0
         #: When this replica took its current view (its record covers only later slots).
@@ -137,6 +144,13 @@ class Ownership:
         if owner is None:
             owner = self._owners[name] = owner_of(name, live)
         return None if owner == self.replica_id else owner
+
+    def shares_config(self, owner: str) -> bool:
+        """Whether ``owner`` runs this replica's ``beat_schedule`` (as far as its record says):
+        otherwise, during a rolling deploy of a changed schedule, a static entry's slots are
+        asked about at once, not left to an owner that may define the entry otherwise."""
+        record = self.records.get(owner)
+        return record is None or record.config is None or record.config == self.config
 
     def handled_by(self, owner: str, slots: Iterable[datetime], now: datetime) -> bool:
         """True when ``owner`` said, under this replica's view, that it asked about every one
@@ -187,7 +201,7 @@ class Ownership:
         if self.monotonic() < self._next_write:
             return
         self._next_write = self.monotonic() + WRITE_INTERVAL
-        record = Progress(until, now, self.view, self._view_since or now)
+        record = Progress(until, now, self.view, self._view_since or now, self.config)
         try:
             self.client.hset(self.key, self.replica_id, record.encode())
         except REDIS_ERRORS:

@@ -151,6 +151,12 @@ def _reach(entry: Entry, until: datetime) -> datetime:
     return until if last is None else max(until, entry.publish_at(last))
 
 
+#: Claim answers that say nothing of the entry's high-water mark (see ``_learn_marks``).
+_NO_MARK = frozenset(
+    (ClaimOutcome.EARLY, ClaimOutcome.ERROR, ClaimOutcome.CHANGED, ClaimOutcome.REMOVED)
+)
+
+
 def _from_timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -256,6 +262,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The slots of the chunk in hand answered ``early`` by far, (entry, slot) -> when they
         #: are due on Redis's clock; see :meth:`_queue_follow_ups`.
         self._early: dict[tuple[str, datetime], float] = {}
+        #: Per runtime entry, its slots refused as ``changed`` (this replica had not read a
+        #: change yet): asked again when the change read turns out to keep the definition.
+        self._refused_as_changed: dict[str, list[datetime]] = {}
         #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
@@ -560,6 +569,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         began = min(began, now)  # a writer's clock ahead of Redis's promises nothing later
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(began, since)))
         self.catch_up.add(entry, upcoming, began, since)
+        when = self._after_owed_slots(since, added, now)
         slot = upcoming
         for _ in range(0 if self.outage.active else MAX_CATCH_UP_SLOTS):
             # (the backend away: the chain meets the outage, as every entry's does)
@@ -567,7 +577,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 break
             ended = self._interruption_end(entry.publish_at(slot))
             if ended is None:
-                self.queue.push(now.timestamp(), entry, slot, retry=True)
+                self.queue.push(when, entry, slot, retry=True)
                 slot = entry.first_slot_after(slot)
                 continue
             grace = self.settings.catchup_grace
@@ -576,6 +586,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             slot = entry.first_slot_after(entry.due_edge(ended))
         if slot is not None:
             self._push_chain(entry, slot)
+
+    def _after_owed_slots(
+        self, since: datetime | None, added: datetime | None, now: datetime
+    ) -> float:
+        """When a runtime entry read late may ask about its slots already due (epoch seconds).
+
+        After a change (``since``, later than the entry's ``added``), a replica that knew the
+        earlier definition may still owe a slot of it due before the change: another replica's
+        entry, asked about a grace after its slot (its owner died). This replica knows only the
+        new definition; claiming its due slots now would raise the mark past that slot, which
+        would then never fire (round 39). So with ownership on they wait a grace after the
+        change (the slots of the change's first grace fire up to a grace late)."""
+        if since is None or self.ownership is None or (added is not None and since <= added):
+            return now.timestamp()
+        owed_until = since + self.settings.owner_grace
+        return max(now.timestamp(), owed_until.timestamp() + MIN_RETRY_SECONDS)
 
     def _all_entries_read(self) -> None:
         """Every entry is read: the start-up warnings and the metrics cover them all."""
@@ -722,6 +748,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return  # while static entries are built, this replica asks about all it has
         basis = zlib.crc32(f"{self._static_digest}|{self.runtime.basis()}".encode())
         ownership = self.ownership
+        ownership.config = self._static_digest
         changed = ownership.follow(now, basis)
         if not changed and any(ownership.keeps_up(o, now) is None for o in self.parked.owners()):
             # Look again before releasing an owner's chains: its record may be newer than the
@@ -803,6 +830,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.runtime.announce(now, len(self.entries))
         if update is None:
             return
+        refused, self._refused_as_changed = self._refused_as_changed, {}
         for name in update.removed:
             self.remove_entry(name)
         read_late: list[Entry] = []
@@ -813,14 +841,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 continue
             if entry.name not in self.entries:
                 since = update.added.get(entry.name, since)  # changed before this replica saw it
-            self.put_entry(entry, now, since=since)
+            if not self.put_entry(entry, now, since=since):
+                self._ask_again_as_changed(entry, refused.get(entry.name, ()), now)
         if read_late and self.settings.enabled:
             self.pipeline.note_entries(read_late)
 
+    def _ask_again_as_changed(self, entry: Entry, slots: Sequence[datetime], now: datetime) -> None:
+        """Ask again about the slots of ``entry`` refused as ``changed`` when the change read
+        kept its definition (removed and added again as it was, or only its version moved):
+        they are its slots still (each as a retry: its chain has moved on)."""
+        for slot in slots:
+            self.queue.push(now.timestamp(), entry, slot, retry=True)
+
     def put_entry(
         self, entry: Entry, now: datetime | None = None, *, since: datetime | None = None
-    ) -> None:
-        """Schedule a new or changed entry from its first slot after ``since``.
+    ) -> bool:
+        """Schedule a new or changed entry from its first slot after ``since``; False when it
+        is the definition this replica runs already (nothing changes).
 
         ``since`` is the instant the change was made (a runtime entry's writer computed its
         promised ``next_run`` from it); it defaults to ``now``. The slots up to ``since`` stay
@@ -831,7 +868,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         entry = self._jittered(entry)
         previous = self.entries.get(entry.name)
         if previous is not None and _same_definition(previous, entry):
-            return  # read again (a full reload), not changed: its queued slots stand
+            return False  # read again (a full reload), not changed: its queued slots stand
         if previous is not None and previous is not entry:
             kept = self._superseded.setdefault(entry.name, {})
             kept[id(previous)] = (previous, start)
@@ -845,6 +882,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._queue_upcoming(entry, start)
         if self.metrics is not None:
             self.metrics.entries.set(len(self.entries))
+        return True
 
     def remove_entry(self, name: str) -> None:
         """Stop scheduling an entry (its queued slots are dropped when they surface)."""
@@ -968,7 +1006,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim
         ownership = self.ownership
-        owner = None if item.retry or ownership is None else ownership.other_owner(name)
+        owner = None
+        if not item.retry and ownership is not None:
+            owner = ownership.other_owner(name)
+            if owner and entry.source != "runtime" and not ownership.shares_config(owner):
+                owner = None  # a rolling deploy of a changed beat_schedule: asked about at once
         # Another replica's entry: only its slots published longer than the grace ago are
         # this one's business (a slot is published at its jittered instant).
         horizon = now
@@ -1223,20 +1265,29 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             takeover=takeover,
             known_mark_us=self._known_marks.get(entry.name, 0),
             runtime=entry.source == "runtime",
+            definition=self._definition_read(entry),
             excluded=excluded,
         )
         return DueSlot(entry, claim, foreign=foreign)
 
+    def _definition_read(self, entry: Entry) -> int:
+        """For a runtime entry, the version of its definition this replica read (0: unknown,
+        or a static entry): the claim of a slot after a later change is refused."""
+        if self.runtime is None or entry.source != "runtime":
+            return 0
+        return max(self.runtime.versions.get(entry.name, 0), 0)
+
     def _learn_marks(self, results: Sequence[ClaimResult]) -> None:
         """Remember, per entry, the latest slot Redis said is claimed or decided.
 
-        Every answer but ``early`` and ``error`` says so, ``pending`` included: a replica that
-        is always a few milliseconds behind the winner hears only ``pending``, and must still
-        know the marks it would write back if Redis lost its data.
+        Every answer but ``early``, ``error`` and those that record nothing (``changed``,
+        ``removed``: the slot's definition no longer holds) says so, ``pending`` included: a
+        replica that is always a few milliseconds behind the winner hears only ``pending``, and
+        must still know the marks it would write back if Redis lost its data.
         """
         known = self._known_marks
         for result in results:
-            if result.outcome not in (ClaimOutcome.EARLY, ClaimOutcome.ERROR):
+            if result.outcome not in _NO_MARK:
                 name, slot_us = result.claim.entry, result.claim.slot_us
                 if slot_us > known.get(name, 0):
                     known[name] = slot_us
@@ -1312,6 +1363,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             else:
                 if outcome is ClaimOutcome.FINISHED:
                     finished.append(due_slot.entry)
+                elif outcome is ClaimOutcome.CHANGED:
+                    self._next_refresh = 0.0  # read the change at the next tick
+                    refused = self._refused_as_changed.setdefault(due_slot.entry.name, [])
+                    refused.append(due_slot.claim.slot)
                 self.reports.skipped(due_slot, outcome.value)
         if taken_over:
             self.pipeline.note_taken_over(taken_over, now)

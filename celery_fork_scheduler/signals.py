@@ -56,6 +56,10 @@ SKIP_REASONS = (
     "redis_unavailable",  # the claim backend could not be reached: fail closed
     "behind",  # this replica fell too far behind: only each entry's latest slot is claimed
     "in_flight",  # another replica began publishing it and never confirmed: not sent twice
+    "broker_unavailable",  # the broker could not be reached within the catch-up grace
+    "error",  # the slot's claim or message could not be made (entry_failed says why)
+    "removed",  # the runtime entry was removed (this replica had not read it yet)
+    "changed",  # a slot of the definition a runtime change replaced (not read yet)
 )
 
 entry_due = Signal(name="entry_due", providing_args={"entry", "slot"})

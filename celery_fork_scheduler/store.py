@@ -348,6 +348,10 @@ for i = 1, count do
   else
     added = string.match(redis.call('HGET', KEYS[4], name) or '', '^%d+ (%d+)$') or since
   end
+  if own_keys then  -- claims of the definition this replaces are refused after the change
+    redis.call('HSET', entry_key(name, 1), 'defined',
+               string.format('%.0f', first + i) .. ' ' .. since)
+  end
   push(entries, name, ARGV[i * 4 + 2])
   push(instants, name, since .. ' ' .. added)
   push(changes, first + i, name)
@@ -887,14 +891,28 @@ class RuntimeStore:
         self._check_reply(reply)
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
+        pipe = self.client.pipeline(transaction=False)
         if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
-            pipe = self.client.pipeline(transaction=False)
             for key in self.keys.retained_keys(name):
                 pipe.persist(key)
             if not fresh:
                 self._start_afresh(pipe, name)
-            pipe.execute()
+        self._note_defined(pipe, [(name, int(reply[0]))], since)
+        pipe.execute()
         return int(reply[0])
+
+    def _note_defined(
+        self, pipe: Any, versions: Sequence[tuple[str, int]], since: datetime | None
+    ) -> None:
+        """Queue, on Redis Cluster, what PUT_MANY writes itself on one Redis: each entry's
+        state says which version defines it since when (``defined``), so that a claim of a
+        slot after the change, made under the definition it replaced, is refused
+        (``changed``)."""
+        if since is None:
+            return
+        instant = _epoch_us(since)
+        for name, version in versions:
+            pipe.hset(self.keys.state(name), "defined", f"{version} {instant}")
 
     def _layout_error(self, reply: Sequence[Any]) -> ConfigError:
         """The error of a write refused by _SHARDS (reply ``{-3, n}``)."""
@@ -1060,13 +1078,14 @@ class RuntimeStore:
             raise _conflicts(reply[1], {item[0]: item[2] for item in items})
         flags = _text(reply[1])
         created = [name for name, flag in zip(names, flags, strict=True) if flag == "1"]
-        if not self.one_node and created:
+        if not self.one_node:
             pipe = self.client.pipeline(transaction=False)
             for name in created:
                 for key in self.keys.retained_keys(name):
                     pipe.persist(key)
                 if name not in fresh:
                     self._start_afresh(pipe, name)
+            self._note_defined(pipe, [(n, first + i) for i, n in enumerate(names, 1)], since)
             pipe.execute()
         return [first + index for index in range(1, len(items) + 1)]
 

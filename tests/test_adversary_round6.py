@@ -187,14 +187,6 @@ def test_the_django_admin_shows_completed_once_the_worker_recorded_the_run(
 # -- 4. removed and added again under the same name within one refresh interval ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known and documented (guarantees.md, runtime entries row): a removal then an add "
-        "of the same name before a replica's refresh is a change for that replica; closing "
-        "it needs the claim to know each replica's definition version"
-    ),
-)
 def test_an_entry_removed_and_added_again_within_a_refresh_fires_no_slot_of_the_removed_one(
     redis_url: str, clock: FakeClock
 ) -> None:
@@ -211,6 +203,10 @@ def test_an_entry_removed_and_added_again_within_a_refresh_fires_no_slot_of_the_
     deletes the `removed` field), so the replica that has not refreshed yet claims and
     publishes 10:00:10 of the removed definition: a run that neither the removed entry nor the
     new one has.
+
+    A documented limit (strict xfail) until round 39: the state now names the version that
+    defines the entry since when (``defined``), and a claim under an earlier version of a slot
+    after that instant is refused (``changed``).
     """
     manager = Manager(make_app(redis_url), clock=clock)
     manager.add("x", "reports.x", every(10).seconds)

@@ -255,7 +255,10 @@ def test_a_re_added_name_starts_afresh(
     assert redis_client.zscore(KEYS.runtime_removed, "sync-1") is not None
     redis_client.set(KEYS.buffered("sync-1"), "left over")
     manager.add_many(tenants(3)[1:2])
-    assert redis_client.hgetall(state) == {b"hwm": b"123", b"fresh_after": b"123"}
+    fields = redis_client.hgetall(state)
+    version, _ = fields.pop(b"defined").split()  # the add's version and instant (round 39)
+    assert int(version) == redis_client.zscore(KEYS.runtime_changes, "sync-1")
+    assert fields == {b"hwm": b"123", b"fresh_after": b"123"}
     assert redis_client.pttl(state) == -1 and redis_client.pttl(KEYS.history("sync-1")) == -1
     assert not redis_client.exists(KEYS.buffered("sync-1"))
     assert redis_client.zscore(KEYS.runtime_removed, "sync-1") is None
@@ -478,7 +481,7 @@ def test_a_bulk_removal_leaves_what_a_removal_leaves(
     assert removal_traces(redis_client, "sync-0") == {
         "ttl": [True, True, True, False, True],
         "exists": [True, True, True, False, True],
-        "state": [b"hwm", b"paused"],
+        "state": [b"defined", b"hwm", b"paused"],
         "removed": True,
         "stored": False,
         "indexed": [],

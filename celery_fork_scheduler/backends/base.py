@@ -44,6 +44,9 @@ class ClaimOutcome(enum.Enum):
     EXCLUDED = "excluded"
     #: Skipped: the runtime entry was removed (this replica had not seen it yet).
     REMOVED = "removed"
+    #: Skipped: a slot of a runtime entry's earlier definition, after the entry was changed
+    #: (this replica had not read the change yet; it reads it at once). Nothing is recorded.
+    CHANGED = "changed"
     #: Skipped: the previous run of a singleton entry is still executing.
     BUSY = "busy"
     #: Held back (overlap ``buffer_one``, or queued by ``buffer_all``): published as soon as
@@ -98,6 +101,11 @@ class Claim:
     #: True for a runtime entry: its claim is refused once the entry was removed (a replica
     #: may not have seen the removal yet). A static entry of the same name is not affected.
     runtime: bool = False
+    #: For a runtime entry: the version of its definition this replica read (0: unknown). A
+    #: slot after a later change, within :data:`.lua.CHANGE_FENCE_US` of it, is refused
+    #: (``changed``): it belongs to a definition that no longer holds, and winning it would
+    #: raise the mark past the slots the change promised.
+    definition: int = 0
     #: True when the slot falls on an exclusion date: the claim records it skipped
     #: (``excluded``) instead of winning it; it counts no run and takes no running marker.
     excluded: bool = False

@@ -147,6 +147,12 @@ local function data_lost_at()
 end
 """
 
+#: How long after a runtime entry's change a claim made under the definition it replaced is
+#: refused (``changed``), in us. A replica reads a change within a refresh; the bound keeps a
+#: change whose record a Redis Cluster failover lost from refusing the definition left in
+#: force for longer than this.
+CHANGE_FENCE_US = 300_000_000
+
 #: Claim one slot of one entry.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
 #: KEYS[5] history list.
@@ -158,7 +164,9 @@ end
 #: ARGV[12] "1" to only take over or renew an existing claim (never claim anew),
 #: ARGV[13] the latest slot (us) this replica saw claimed for the entry, or 0,
 #: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
-#: ARGV[15] "1" for a runtime entry (refused once removed), else "0",
+#: ARGV[15] "0" for a static entry; "1" for a runtime entry (refused once removed), then
+#: optionally ":" and the version of its definition the replica read (a slot after a later
+#: change, within CHANGE_FENCE_US of it, is refused: "changed"),
 #: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
 #: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
 #: ARGV[18] (optional) "1" when the request is sent again after its reply was lost, else "0";
@@ -170,8 +178,8 @@ end
 #: replica sent so answers "sent" (or "uncertain") again when asked again: the one at the mark
 #: always, an earlier one (a burst of an entry's slots) when ARGV[18] is "1", from its history.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "excluded" | "paused" | "removed" | "busy" | "buffered" | "buffer_full" | "finished" |
-#: "in_flight" | "sent" | "uncertain"; wait_us: how long to wait before asking again
+#: "excluded" | "paused" | "removed" | "changed" | "busy" | "buffered" | "buffer_full" |
+#: "finished" | "in_flight" | "sent" | "uncertain"; wait_us: how long to wait before asking again
 #: (pending, early), else 0.
 #: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
 #: the broker is unknown, so it is not taken over.
@@ -183,7 +191,11 @@ end
 #: "cancel_other" / "terminate_other": a slot that finds a run in progress is won without
 #: taking the marker (the new run's worker revokes the old run and takes it over at start).
 #: A corrupted ``hwm`` is an error reply (for this claim only).
-_CLAIM_BODY = """
+_CLAIM_BODY = (
+    f"""
+local CHANGE_FENCE_US = {CHANGE_FENCE_US}
+"""
+    + """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
 local sends = tonumber(ARGV[19] or '0') or 0
@@ -195,7 +207,7 @@ if slot > now + tonumber(ARGV[4]) then
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                          'outcome')
+                          'outcome', 'defined')
 local hwm_text = fields[1]
 local hwm = tonumber(hwm_text or '-1')
 if not hwm then
@@ -242,12 +254,21 @@ if slot > hwm then
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
   end
-  local removed = ARGV[15] == '1' and fields[3]
+  local removed = ARGV[15] ~= '0' and fields[3]
   -- "removed" holds the instant of the removal (us); "1" (older versions): refuse every slot.
   -- A slot due before the removal still fires (a replica that had not seen it yet claims it).
   if removed and (tonumber(removed) or 1) <= 1 or removed and slot > tonumber(removed) then
     -- A runtime entry removed while this replica had not seen it yet: nothing to record.
     return {'removed', 0}
+  end
+  local read_version = tonumber(string.match(ARGV[15], '^1:(%d+)$') or '')
+  local version, changed_at = string.match(read_version and fields[7] or '', '^(%d+) (%d+)$')
+  changed_at = tonumber(changed_at or '')
+  if changed_at and read_version < tonumber(version) and slot > changed_at
+      and slot <= changed_at + CHANGE_FENCE_US then
+    -- A slot of the definition a change replaced, after the change: this replica has not
+    -- read it yet. Nothing is recorded: the mark stays below the slots the change promised.
+    return {'changed', 0}
   end
   if ARGV[16] == '1' then
     -- An exclusion date: the mark moves past the slot and one skip is recorded, atomically,
@@ -428,6 +449,7 @@ if owner == ARGV[3] then
 end
 return {'taken_over', 0}
 """
+)
 CLAIM = _NOW + _RECORD + _SENT_BY + _DATA_LOST_AT + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,

@@ -237,7 +237,7 @@ class RedisBackend:
             "1" if claim.takeover else "0",
             claim.known_mark_us,
             self._pending_max_age_us,
-            "1" if claim.runtime else "0",
+            _runtime_arg(claim),
             "1" if claim.excluded else "0",
             self.settings.buffer_limit,
             "0",  # ASKED_AGAIN_ARG: "1" once the request is sent again (see _each_item)
@@ -779,3 +779,11 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     if outcome is ClaimOutcome.UNCERTAIN:
         return ClaimResult(claim, outcome, error=_text(reply[2]))
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
+
+
+def _runtime_arg(claim: Claim) -> str:
+    """The claim script's ARGV[15]: "0" for a static entry; "1" for a runtime one, followed by
+    ":" and the version of its definition this replica read, when known."""
+    if not claim.runtime:
+        return "0"
+    return f"1:{claim.definition}" if claim.definition else "1"

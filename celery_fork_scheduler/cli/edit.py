@@ -157,9 +157,9 @@ def add(
         policies["jitter"] = _number_or_text(jitter)
     if overlap is not None:
         policies["overlap"] = overlap
-    if queue:
+    if queue is not None:
         policies["options"] = {"queue": queue}
-    if zone:
+    if zone is not None:
         policies["timezone"] = zone
     if exclude:
         policies["exclude"] = list(exclude)

@@ -44,6 +44,11 @@ _NEVER_RECHECK = timedelta(days=1)
 def to_zone(tz: str | tzinfo) -> ZoneInfo:
     """Return the IANA zone named by ``tz`` (a name or a tzinfo); :class:`ScheduleError` if none."""
     if isinstance(tz, ZoneInfo):
+        if tz.key is None:  # ZoneInfo.from_file: nothing to store and read back by name
+            raise ScheduleError(
+                f"time zone {tz!s} has no IANA name (ZoneInfo.from_file?): "
+                "use ZoneInfo('Area/City') or the name itself"
+            )
         return tz
     if isinstance(tz, str):
         name = tz

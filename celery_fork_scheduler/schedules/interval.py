@@ -70,6 +70,13 @@ class Interval(SlotSchedule):
             if not isinstance(self.start, datetime):
                 raise ScheduleError(f"start must be a datetime, got {self.start!r}")
             object.__setattr__(self, "start", _as_utc(self.start))
+            try:
+                self.start + self.phase  # the first slot must be representable
+            except OverflowError:
+                raise ScheduleError(
+                    f"start {self.start.isoformat()} plus offset {self.phase} is outside "
+                    "the years 1-9999"
+                ) from None
         else:
             # Without an anchor the phase only matters modulo the interval.
             phase = _microseconds(self.phase) % _microseconds(self.every)
