@@ -147,8 +147,8 @@ class Ownership:
 
     def shares_config(self, owner: str) -> bool:
         """Whether ``owner`` runs this replica's ``beat_schedule`` (as far as its record says):
-        otherwise, during a rolling deploy of a changed schedule, a static entry's slots are
-        asked about at once, not left to an owner that may define the entry otherwise."""
+        otherwise, during a rolling deploy of a changed schedule, the entry's slots are asked
+        about at once, not left to an owner that may define the entry otherwise."""
         record = self.records.get(owner)
         return record is None or record.config is None or record.config == self.config
 

@@ -338,7 +338,8 @@ class RuntimeEntries:
     ) -> Entry | None:
         version = item.version if isinstance(item, StoredEntry) else -1
         self.refused.pop(name, None)
-        self.versions.pop(name, None)
+        # (refused, the version of the definition read before stays: a replica keeps running
+        # that one, and its claims say so: a change it cannot read still fences them)
         try:
             if name in static_names:
                 raise ConfigError("a static entry of this name exists; it wins", entry=name)

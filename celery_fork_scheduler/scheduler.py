@@ -569,7 +569,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         began = min(began, now)  # a writer's clock ahead of Redis's promises nothing later
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(began, since)))
         self.catch_up.add(entry, upcoming, began, since)
-        when = self._after_owed_slots(since, added, now)
+        when = self._after_owed_slots(since, now)
         slot = upcoming
         for _ in range(0 if self.outage.active else MAX_CATCH_UP_SLOTS):
             # (the backend away: the chain meets the outage, as every entry's does)
@@ -584,21 +584,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             for due in slots_due(entry, slot - timedelta(microseconds=1), ended, grace=grace):
                 self.queue.push(now.timestamp(), entry, due, retry=True)
             slot = entry.first_slot_after(entry.due_edge(ended))
-        if slot is not None:
-            self._push_chain(entry, slot)
+        if slot is not None:  # not before the due slots held back (it would pass them)
+            self.queue.push(max(entry.publish_at(slot).timestamp(), when), entry, slot)
 
-    def _after_owed_slots(
-        self, since: datetime | None, added: datetime | None, now: datetime
-    ) -> float:
-        """When a runtime entry read late may ask about its slots already due (epoch seconds).
+    def _after_owed_slots(self, since: datetime | None, now: datetime) -> float:
+        """When a runtime entry read late may ask about its slots (epoch seconds).
 
-        After a change (``since``, later than the entry's ``added``), a replica that knew the
-        earlier definition may still owe a slot of it due before the change: another replica's
-        entry, asked about a grace after its slot (its owner died). This replica knows only the
-        new definition; claiming its due slots now would raise the mark past that slot, which
-        would then never fire (round 39). So with ownership on they wait a grace after the
-        change (the slots of the change's first grace fire up to a grace late)."""
-        if since is None or self.ownership is None or (added is not None and since <= added):
+        After a change (``since``; an add too: it may follow a removal of the name), a replica
+        that knew the earlier definition may still owe a slot of it due before the change:
+        another replica's entry, asked about a grace after its slot (its owner died). This
+        replica knows only the new definition; claiming its slots now would raise the mark past
+        that slot, which would then never fire (rounds 39 and 40). So with ownership on, its
+        slots wait until a grace after the change (those of the change's first grace fire up
+        to a grace late)."""
+        if since is None or self.ownership is None:
             return now.timestamp()
         owed_until = since + self.settings.owner_grace
         return max(now.timestamp(), owed_until.timestamp() + MIN_RETRY_SECONDS)
@@ -1009,8 +1008,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         owner = None
         if not item.retry and ownership is not None:
             owner = ownership.other_owner(name)
-            if owner and entry.source != "runtime" and not ownership.shares_config(owner):
-                owner = None  # a rolling deploy of a changed beat_schedule: asked about at once
+            if owner and not ownership.shares_config(owner):
+                # A rolling deploy of a changed beat_schedule: asked about at once (the owner
+                # may define the entry otherwise: a static entry moved to a runtime one too).
+                owner = None
         # Another replica's entry: only its slots published longer than the grace ago are
         # this one's business (a slot is published at its jittered instant).
         horizon = now
