@@ -265,6 +265,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: Per runtime entry, its slots refused as ``changed`` (this replica had not read a
         #: change yet): asked again when the change read turns out to keep the definition.
         self._refused_as_changed: dict[str, list[datetime]] = {}
+        #: Per entry read within the owner grace of its add or change, the instant (epoch
+        #: seconds, Redis's clock) before which none of its slots is asked about (see
+        #: :meth:`_after_owed_slots`); dropped at the first refresh after it.
+        self._holds: dict[str, float] = {}
         #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
@@ -466,8 +470,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 floor = from_epoch_us(known) if known else None
                 slot = self._rewound_slot(item.entry, slot, change, floor, corrected)
             when = item.when
-            if not item.takeover:
-                when = min(item.when, max(item.entry.publish_at(slot).timestamp(), now))
+            if not item.takeover:  # (an entry's hold stands: see _after_owed_slots)
+                hold = self._holds.get(item.entry.name, 0.0)
+                when = min(item.when, max(item.entry.publish_at(slot).timestamp(), now, hold))
             self.queue.push(when, item.entry, slot, retry=item.retry, takeover=item.takeover)
 
     @staticmethod
@@ -570,6 +575,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         upcoming = entry.first_slot_after(entry.due_edge(self._first_slot_start(began, since)))
         self.catch_up.add(entry, upcoming, began, since)
         when = self._after_owed_slots(since, now)
+        if when > now.timestamp():
+            self._holds[entry.name] = when
         slot = upcoming
         for _ in range(0 if self.outage.active else MAX_CATCH_UP_SLOTS):
             # (the backend away: the chain meets the outage, as every entry's does)
@@ -585,7 +592,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self.queue.push(now.timestamp(), entry, due, retry=True)
             slot = entry.first_slot_after(entry.due_edge(ended))
         if slot is not None:  # not before the due slots held back (it would pass them)
-            self.queue.push(max(entry.publish_at(slot).timestamp(), when), entry, slot)
+            self._push_chain(entry, slot)
 
     def _after_owed_slots(self, since: datetime | None, now: datetime) -> float:
         """When a runtime entry read late may ask about its slots (epoch seconds).
@@ -640,8 +647,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _push_chain(self, entry: Entry, slot: datetime) -> None:
         """Queue ``slot`` of ``entry`` to wake up at its publish instant (the slot plus its
-        jitter offset)."""
-        self.queue.push(entry.publish_at(slot).timestamp(), entry, slot)
+        jitter offset), or at the entry's hold when that is later."""
+        when = entry.publish_at(slot).timestamp()
+        if self._holds:
+            when = max(when, self._holds.get(entry.name, when))
+        self.queue.push(when, entry, slot)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -822,6 +832,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._next_refresh = self.monotonic() + self.settings.refresh_interval.total_seconds()
         self.redis_clock.follow()
         now = self.now()
+        if self._holds:
+            passed = [name for name, hold in self._holds.items() if hold <= now.timestamp()]
+            for name in passed:
+                del self._holds[name]
         starting = not self.runtime.complete  # entries not read yet are read "late"
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
@@ -841,16 +855,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if entry.name not in self.entries:
                 since = update.added.get(entry.name, since)  # changed before this replica saw it
             if not self.put_entry(entry, now, since=since):
-                self._ask_again_as_changed(entry, refused.get(entry.name, ()), now)
+                self._ask_again_as_changed(entry, refused.get(entry.name, ()), since, now)
         if read_late and self.settings.enabled:
             self.pipeline.note_entries(read_late)
 
-    def _ask_again_as_changed(self, entry: Entry, slots: Sequence[datetime], now: datetime) -> None:
+    def _ask_again_as_changed(
+        self, entry: Entry, slots: Sequence[datetime], since: datetime | None, now: datetime
+    ) -> None:
         """Ask again about the slots of ``entry`` refused as ``changed`` when the change read
-        kept its definition (removed and added again as it was, or only its version moved):
-        they are its slots still (each as a retry: its chain has moved on)."""
+        (made at ``since``) kept its definition (removed and added again as it was, or only its
+        version moved): those after the change are its slots still (each as a retry: its chain
+        has moved on). Those before it were refused by an earlier change this replica could
+        not read: not its slots (adversary round 41)."""
         for slot in slots:
-            self.queue.push(now.timestamp(), entry, slot, retry=True)
+            if since is None or slot > since:
+                self.queue.push(now.timestamp(), entry, slot, retry=True)
 
     def put_entry(
         self, entry: Entry, now: datetime | None = None, *, since: datetime | None = None
@@ -888,6 +907,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.entries.pop(name, None) is not None:
             logger.info("fork scheduler: entry %s removed", name)
         self._superseded.pop(name, None)
+        self._holds.pop(name, None)
         self._finished.discard(name)
         self.parked.forget(name)
         self.catch_up.forget(name)
