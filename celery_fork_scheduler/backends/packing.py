@@ -29,7 +29,8 @@ class HiredisPacker:
     ``DataError`` then)."""
 
     def __init__(self) -> None:
-        self._redis_py = HiredisRespSerializer()
+        serializer_class: Any = HiredisRespSerializer  # typed in some redis-py versions only
+        self._redis_py = serializer_class()
 
     def pack(self, *args: Any) -> list[bytes]:
         """The command as RESP bytes (a list of one, as redis-py's packers return)."""

@@ -407,7 +407,7 @@ def _sentinel_master(
             field="fork_scheduler_redis_url",
         )
     # The sentinels get the same timeouts and no-retry policy as the master connection.
-    sentinel_kwargs = {
+    sentinel_kwargs: dict[str, Any] = {
         key: settings[key]
         for key in ("socket_timeout", "socket_connect_timeout", "retry")
         if key in settings
@@ -415,8 +415,10 @@ def _sentinel_master(
     sentinel_kwargs.update(
         settings.pop("sentinel_kwargs", None) or transport_options.get("sentinel_kwargs") or {}
     )
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **settings)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    # (through Any: redis-py 8.1 has no types here, 8.2 has some; either passes mypy)
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(hosts, sentinel_kwargs=sentinel_kwargs, **settings)
+    client: redis.Redis = sentinel.master_for(
         master_name, db=db, password=password, username=username, **settings
     )
     return client
