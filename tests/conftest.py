@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
 
 import pytest
 import redis
@@ -87,3 +89,16 @@ def seen() -> Iterator[Seen]:
         signals.entry_dispatched.disconnect(record.on_dispatched)
         signals.entry_skipped.disconnect(record.on_skipped)
         signals.entry_failed.disconnect(record.on_failed)
+
+
+@pytest.fixture
+def skipped() -> Iterator[list[tuple[str, datetime, str]]]:
+    """Every ``entry_skipped`` signal: (entry, slot, reason)."""
+    seen: list[tuple[str, datetime, str]] = []
+
+    def receiver(sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any):
+        seen.append((entry, slot, reason))
+
+    signals.entry_skipped.connect(receiver, weak=False)
+    yield seen
+    signals.entry_skipped.disconnect(receiver)

@@ -12,70 +12,22 @@ guarantees.md, the runtime row, "an entry changed twice within one refresh").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
 from replica_helpers import START, fired, make_app, schedulers
+from runtime_edit_helpers import at, owned_by, slots_of, tick_until
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.ownership import owner_of
-from celery_fork_scheduler.signals import entry_skipped
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.testing import FakeClock
-
-START_AT = datetime.fromisoformat(START).replace(microsecond=0)  # 10:00:00
-IDS = ("replica-a", "replica-b")
-
-
-def at(seconds: float) -> datetime:
-    """10:00:00 plus ``seconds``."""
-    return START_AT + timedelta(seconds=seconds)
-
-
-def owned_by(owner: str, prefix: str, ids: tuple[str, ...] = IDS) -> str:
-    """An entry name that rendezvous hashing gives to ``owner`` among ``ids``."""
-    return next(f"{prefix}-{i}" for i in range(10_000) if owner_of(f"{prefix}-{i}", ids) == owner)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` signal: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receiver(sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any):
-        seen.append((entry, slot, reason))
-
-    entry_skipped.connect(receiver, weak=False)
-    yield seen
-    entry_skipped.disconnect(receiver)
-
-
-def tick_until(
-    replicas: list[Scheduler], clock: FakeClock, until: datetime, step: float = 0.05
-) -> None:
-    """Tick every replica (in turn) every ``step`` s of the fake clock until ``until``."""
-    while clock() < until:
-        for replica in replicas:
-            replica.tick()
-        clock.advance(step)
-
-
-def slots_of(name: str, *replicas: Scheduler) -> list[datetime]:
-    return sorted(
-        o.slot
-        for r in replicas
-        for o in r.publisher.occurrences  # type: ignore[attr-defined]
-        if o.entry == name
-    )
-
 
 # -- 1. a slot of the earlier definition, published before the refresh, eats the new next_run ---
 
 
 def test_an_update_that_moves_slots_earlier_loses_its_next_run_to_an_old_slot_before_the_refresh(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (guarantees.md, row "A runtime entry is added, changed or removed"): "every
     replica schedules the entry from its first slot after that instant: what `add` and `update`
@@ -104,7 +56,7 @@ def test_an_update_that_moves_slots_earlier_loses_its_next_run_to_an_old_slot_be
         assert job.next_run == at(10.5)
         tick_until([replica], clock, at(14))
         published = slots_of("x", replica)
-    reported = [reason for name, slot, reason in skips if name == "x" and slot == at(10.5)]
+    reported = [reason for name, slot, reason in skipped if name == "x" and slot == at(10.5)]
     assert at(10.5) in published, (
         f"update answered next_run 10:00:10.500; published {[s.time() for s in published[-5:]]}"
         f"; reported for it: {reported}"
@@ -118,7 +70,7 @@ def test_a_non_owner_that_saw_a_change_defers_its_next_run_to_an_owner_that_has_
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
 ) -> None:
     """Promise (settings.md, fork_scheduler_owner_grace): the owner's record is trusted only
     under the very same view, "... or before a runtime change reached every replica, each
@@ -157,10 +109,10 @@ def test_a_non_owner_that_saw_a_change_defers_its_next_run_to_an_owner_that_has_
     without, counts = run(0)
     assert at(10.5) in without and max(counts.values()) == 1  # owner_grace 0: it fires
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published, counts = run(1)
     assert max(counts.values()) == 1
-    reported = [reason for n, slot, reason in skips if n == name and slot == at(10.5)]
+    reported = [reason for n, slot, reason in skipped if n == name and slot == at(10.5)]
     assert at(10.5) in published, (
         f"next_run 10:00:10.500 never published with owner_grace 1 (it is with 0); "
         f"reported: {reported}"
@@ -174,7 +126,7 @@ def test_a_rolling_deploy_of_a_changed_static_schedule_loses_the_new_replicas_sl
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
 ) -> None:
     """Promise (settings.md, fork_scheduler_owner_grace): "during ... a rolling deploy of a
     changed schedule ... each replica asks about every slot, as with `owner_grace = 0`";
@@ -206,9 +158,9 @@ def test_a_rolling_deploy_of_a_changed_static_schedule_loses_the_new_replicas_sl
 
     assert at(9.5) in run(0)  # owner_grace 0: the new replica's slot fires
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published = run(1)
-    reported = [reason for n, slot, reason in skips if n == name and slot == at(9.5)]
+    reported = [reason for n, slot, reason in skipped if n == name and slot == at(9.5)]
     assert at(9.5) in published, (
         f"the new configuration's 10:00:09.500 was never published (reported {reported}); "
         f"published {[s.time().isoformat() for s in published]}"
@@ -219,7 +171,7 @@ def test_a_rolling_deploy_of_a_changed_static_schedule_loses_the_new_replicas_sl
 
 
 def test_a_replica_started_after_an_edit_claims_past_the_slot_a_dead_owner_still_owes(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (guarantees.md / settings.md owner_grace): "A dead or slow owner costs a grace,
     never a slot"; runtime row: "Slots of the earlier definition already due at that instant
@@ -252,7 +204,7 @@ def test_a_replica_started_after_an_edit_claims_past_the_slot_a_dead_owner_still
         published = slots_of(name, a, b, c)
     assert max(counts.values()) == 1
     assert at(11.9) in published
-    reported = [reason for n, slot, reason in skips if n == name and slot == at(11.1)]
+    reported = [reason for n, slot, reason in skipped if n == name and slot == at(11.1)]
     assert at(11.1) in published, (
         f"10:00:11.100 (due under the definition in force, owed by the dead owner) never "
         f"published; reported {reported}; published {[s.time().isoformat() for s in published]}"
@@ -267,7 +219,7 @@ def test_a_replica_started_after_an_edit_claims_past_the_slot_a_dead_owner_still
     reason="documented limit: a replica knows only the definition it reads (guarantees.md)",
 )
 def test_two_updates_within_one_refresh_lose_the_next_run_the_first_one_answered(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (guarantees.md, runtime row): "what `add` and `update` answer as `next_run`
     fires, even if a replica loads the change after it. Slots of the earlier definition
@@ -299,7 +251,7 @@ def test_two_updates_within_one_refresh_lose_the_next_run_the_first_one_answered
         tick_until([a, b], clock, at(22))
         published = slots_of("x", a, b)
     assert at(20) in published
-    reported = [reason for n, slot, reason in skips if n == "x" and slot == at(10.5)]
+    reported = [reason for n, slot, reason in skipped if n == "x" and slot == at(10.5)]
     assert at(10.5) in published or set(reported) - {"claimed"}, (
         f"next_run 10:00:10.500 of the first update: published {[s.time() for s in published]}"
         f", reported {reported}"

@@ -12,72 +12,14 @@ of the definition it runs, so its claims stay fenced and a finished one deletes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-import pytest
 import redis
 from replica_helpers import START, fired, make_app, schedulers
+from runtime_edit_helpers import at, owned_by, reasons, slots_of, tick_until, times
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.ownership import owner_of
-from celery_fork_scheduler.signals import entry_skipped
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.testing import FakeClock
-
-START_AT = datetime.fromisoformat(START).replace(microsecond=0)  # 10:00:00
-IDS = ("replica-a", "replica-b")
-
-
-def at(seconds: float) -> datetime:
-    """10:00:00 plus ``seconds``."""
-    return START_AT + timedelta(seconds=seconds)
-
-
-def owned_by(owner: str, prefix: str, ids: tuple[str, ...] = IDS) -> str:
-    """An entry name that rendezvous hashing gives to ``owner`` among ``ids``."""
-    return next(f"{prefix}-{i}" for i in range(10_000) if owner_of(f"{prefix}-{i}", ids) == owner)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` signal: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receiver(sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any):
-        seen.append((entry, slot, reason))
-
-    entry_skipped.connect(receiver, weak=False)
-    yield seen
-    entry_skipped.disconnect(receiver)
-
-
-def tick_until(
-    replicas: list[Scheduler], clock: FakeClock, until: datetime, step: float = 0.05
-) -> None:
-    """Tick every replica (in turn) every ``step`` s of the fake clock until ``until``."""
-    while clock() < until:
-        for replica in replicas:
-            replica.tick()
-        clock.advance(step)
-
-
-def slots_of(name: str, *replicas: Scheduler) -> list[datetime]:
-    return sorted(
-        o.slot
-        for r in replicas
-        for o in r.publisher.occurrences  # type: ignore[attr-defined]
-        if o.entry == name
-    )
-
-
-def reasons(skips: list[tuple[str, datetime, str]], name: str, slot: datetime) -> list[str]:
-    return [reason for n, s, reason in skips if n == name and s == slot]
-
-
-def times(slots: list[datetime]) -> list[str]:
-    return [s.time().isoformat() for s in slots]
-
 
 # -- 1. the owner-grace delay of an entry read late lets its next slot overtake the delayed one --
 
@@ -86,7 +28,7 @@ def test_a_replica_started_after_an_edit_loses_the_next_run_it_delays_by_the_own
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
 ) -> None:
     """Promise (guarantees.md, runtime row): "what `add` and `update` answer as `next_run`
     fires, even if a replica loads the change after it"; "A replica that reads an entry
@@ -122,11 +64,11 @@ def test_a_replica_started_after_an_edit_loses_the_next_run_it_delays_by_the_own
 
     assert at(11.51) in run(0)  # owner_grace 0 (same timeline): the next_run fires, late
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published = run(1)
     assert at(12.51) in published
     assert at(11.51) in published, (
-        f"next_run 10:00:11.510 never published; reported {reasons(skips, 'x', at(11.51))}; "
+        f"next_run 10:00:11.510 never published; reported {reasons(skipped, 'x', at(11.51))}; "
         f"published {times(published)}"
     )
 
@@ -135,7 +77,7 @@ def test_a_replica_started_after_an_edit_loses_the_next_run_it_delays_by_the_own
 
 
 def test_a_replica_started_after_a_removal_and_add_claims_past_the_slot_a_dead_owner_owes(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (Manager.remove: "A slot that was due before the removal still fires once if a
     replica had not published it yet"; guarantees.md runtime row: "A removal followed by an
@@ -176,7 +118,7 @@ def test_a_replica_started_after_a_removal_and_add_claims_past_the_slot_a_dead_o
     assert at(11.9) in published
     assert at(11.1) in published, (
         f"10:00:11.100 (due before the removal, owed by the dead owner) never published; "
-        f"reported {reasons(skips, name, at(11.1))}; published {times(published)}"
+        f"reported {reasons(skipped, name, at(11.1))}; published {times(published)}"
     )
 
 
@@ -187,7 +129,7 @@ def test_a_rolling_move_of_a_static_entry_to_a_runtime_one_defers_the_new_slot_t
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
 ) -> None:
     """Promise (settings.md, fork_scheduler_owner_grace): the owner's record is trusted only
     under the very same view; "During a rolling deploy of a changed schedule (the owner's
@@ -199,7 +141,7 @@ def test_a_rolling_move_of_a_static_entry_to_a_runtime_one_defers_the_new_slot_t
 
     Sequence: the new release moves `x` out of `beat_schedule` and the operator adds it as a
     runtime entry ("every 10 s offset 9.5 s") during the rolling deploy. replica-a (old
-    release, static `x` every 10 s, the owner) skips the runtime entry; replica-b (new
+    release, static `x` every 10 s, the owner) skipped the runtime entry; replica-b (new
     release) runs the runtime one. Round 39's fix asks at once only for *static* entries
     whose owner runs another `beat_schedule` (``_work_for``: ``entry.source != "runtime"``),
     so replica-b defers its 10:00:09.500 to the grace (10.500); replica-a's static 10:00:10
@@ -223,12 +165,12 @@ def test_a_rolling_move_of_a_static_entry_to_a_runtime_one_defers_the_new_slot_t
 
     assert at(9.5) in run(0)  # owner_grace 0: the runtime definition's slot fires
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published = run(1)
     assert at(10) in published
     assert at(9.5) in published, (
         f"the runtime definition's 10:00:09.500 was never published (reported "
-        f"{reasons(skips, name, at(9.5))}); published {times(published)}"
+        f"{reasons(skipped, name, at(9.5))}); published {times(published)}"
     )
 
 
@@ -236,7 +178,7 @@ def test_a_rolling_move_of_a_static_entry_to_a_runtime_one_defers_the_new_slot_t
 
 
 def test_a_replica_that_cannot_read_a_change_keeps_firing_the_replaced_definition_unfenced(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (guarantees.md, runtime row): "Each change also writes the entry's version and
     instant into its state (`defined`), so a replica that has not read the change yet is
@@ -271,7 +213,7 @@ def test_a_replica_that_cannot_read_a_change_keeps_firing_the_replaced_definitio
     stale = [s for s in published if s > at(10.35) and s.second % 10 == 0]
     assert not stale, (
         f"slots of the replaced definition published after the change: {times(stale)} "
-        f"(reported changed: {[s for n, s, r in skips if n == 'x' and r == 'changed']})"
+        f"(reported changed: {[s for n, s, r in skipped if n == 'x' and r == 'changed']})"
     )
 
 

@@ -11,74 +11,20 @@ only when it comes after the change read (not one refused by an earlier change).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 from replica_helpers import START, fired, make_app, make_scheduler, schedulers
+from runtime_edit_helpers import IDS, at, owned_by, reasons, slots_of, tick_until, times
 
 from celery_fork_scheduler import Manager, Scheduler, every
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.ownership import owner_of
 from celery_fork_scheduler.redis_clock import RedisClock
-from celery_fork_scheduler.signals import entry_skipped
 from celery_fork_scheduler.testing import FakeClock
-
-START_AT = datetime.fromisoformat(START).replace(microsecond=0)  # 10:00:00
-IDS = ("replica-a", "replica-b")
-
-
-def at(seconds: float) -> datetime:
-    """10:00:00 plus ``seconds``."""
-    return START_AT + timedelta(seconds=seconds)
-
-
-def owned_by(owner: str, prefix: str, ids: tuple[str, ...] = IDS) -> str:
-    """An entry name that rendezvous hashing gives to ``owner`` among ``ids``."""
-    return next(f"{prefix}-{i}" for i in range(10_000) if owner_of(f"{prefix}-{i}", ids) == owner)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` signal: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receiver(sender: Any = None, entry: str = "", slot: Any = None, reason: str = "", **_: Any):
-        seen.append((entry, slot, reason))
-
-    entry_skipped.connect(receiver, weak=False)
-    yield seen
-    entry_skipped.disconnect(receiver)
-
-
-def tick_until(
-    replicas: list[Scheduler], clock: FakeClock, until: datetime, step: float = 0.05
-) -> None:
-    """Tick every replica (in turn) every ``step`` s of the fake clock until ``until``."""
-    while clock() < until:
-        for replica in replicas:
-            replica.tick()
-        clock.advance(step)
-
-
-def slots_of(name: str, *replicas: Scheduler) -> list[datetime]:
-    return sorted(
-        o.slot
-        for r in replicas
-        for o in r.publisher.occurrences  # type: ignore[attr-defined]
-        if o.entry == name
-    )
-
-
-def reasons(skips: list[tuple[str, datetime, str]], name: str, slot: datetime) -> list[str]:
-    return [reason for n, s, reason in skips if n == name and s == slot]
-
-
-def times(slots: list[datetime]) -> list[str]:
-    return [s.time().isoformat() for s in slots]
 
 
 def skewed_replica(
@@ -117,7 +63,7 @@ def test_a_skewed_replica_started_after_an_edit_claims_past_the_slot_a_dead_owne
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Promise (guarantees.md runtime row): "A replica that reads an entry added or changed
@@ -168,12 +114,12 @@ def test_a_skewed_replica_started_after_an_edit_claims_past_the_slot_a_dead_owne
 
     assert at(11.1) in run(0.0)  # a host clock on time (round 39's test): the owed slot fires
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published = run(0.5)
     assert at(11.9) in published
     assert at(11.1) in published, (
         f"10:00:11.100 (due under the definition in force, owed by the dead owner) never "
-        f"published; reported {reasons(skips, name, at(11.1))}; published {times(published)}"
+        f"published; reported {reasons(skipped, name, at(11.1))}; published {times(published)}"
     )
 
 
@@ -181,7 +127,7 @@ def test_a_skewed_replica_started_after_an_edit_claims_past_the_slot_a_dead_owne
 
 
 def test_a_revert_after_an_unreadable_change_publishes_the_slots_the_fence_refused(
-    redis_url: str, clock: FakeClock, skips: list[tuple[str, datetime, str]]
+    redis_url: str, clock: FakeClock, skipped: list[tuple[str, datetime, str]]
 ) -> None:
     """Promise (guarantees.md runtime row): "a replica that has not read the change yet is
     refused the slots of the definition it replaced that come after the change (skip reason
@@ -213,7 +159,7 @@ def test_a_revert_after_an_unreadable_change_publishes_the_slots_the_fence_refus
         job = manager.update("x", schedule=every(10).seconds.offset(seconds=5), calendar="holidays")
         assert job.next_run == at(15)
         tick_until([a, b], clock, at(16.5))
-        assert "changed" in reasons(skips, "x", at(16))  # replica-b was fenced, as promised
+        assert "changed" in reasons(skipped, "x", at(16))  # replica-b was fenced, as promised
         job = manager.add("x", "t", every(2).seconds, replace_existing=True)
         assert job.next_run == at(18)
         tick_until([a, b], clock, at(21))
@@ -235,7 +181,7 @@ def test_a_second_edit_during_the_hold_of_a_restarted_replica_loses_the_first_ed
     redis_url: str,
     redis_client: redis.Redis,
     clock: FakeClock,
-    skips: list[tuple[str, datetime, str]],
+    skipped: list[tuple[str, datetime, str]],
 ) -> None:
     """Promise (guarantees.md runtime row): "what `add` and `update` answer as `next_run`
     fires, even if a replica loads the change after it"; "Slots of the earlier definition
@@ -276,10 +222,10 @@ def test_a_second_edit_during_the_hold_of_a_restarted_replica_loses_the_first_ed
 
     assert at(11.51) in run(0)  # owner_grace 0 (same timeline): E1's next_run fires
     redis_client.flushall()
-    skips.clear()
+    skipped.clear()
     published = run(1)
     assert at(12.03) in published
     assert at(11.51) in published, (
-        f"E1's next_run 10:00:11.510 never published; reported {reasons(skips, 'x', at(11.51))}; "
+        f"E1's next_run 10:00:11.510 never published; reported {reasons(skipped, 'x', at(11.51))}; "
         f"published {times(published)}"
     )
