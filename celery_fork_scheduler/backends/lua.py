@@ -148,9 +148,10 @@ end
 """
 
 #: How long after a runtime entry's change a claim made under the definition it replaced is
-#: refused (``changed``), in us. A replica reads a change within a refresh; the bound keeps a
-#: change whose record a Redis Cluster failover lost from refusing the definition left in
-#: force for longer than this.
+#: refused (``changed``), in us, at least (a replica whose refresh interval is longer asks for
+#: twice its interval: it may read the change that late). A replica reads a change within a
+#: refresh; the bound keeps a change whose record a Redis Cluster failover lost from refusing
+#: the definition left in force for longer than this.
 CHANGE_FENCE_US = 300_000_000
 
 #: Claim one slot of one entry.
@@ -166,7 +167,8 @@ CHANGE_FENCE_US = 300_000_000
 #: ARGV[14] age (us) after which a pending claim is dropped when a later slot is won,
 #: ARGV[15] "0" for a static entry; "1" for a runtime entry (refused once removed), then
 #: optionally ":" and the version of its definition the replica read (a slot after a later
-#: change, within CHANGE_FENCE_US of it, is refused: "changed"),
+#: change, within CHANGE_FENCE_US of it, is refused: "changed"), then optionally ":" and a
+#: longer fence (us) than CHANGE_FENCE_US,
 #: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
 #: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
 #: ARGV[18] (optional) "1" when the request is sent again after its reply was lost, else "0";
@@ -261,11 +263,13 @@ if slot > hwm then
     -- A runtime entry removed while this replica had not seen it yet: nothing to record.
     return {'removed', 0}
   end
-  local read_version = tonumber(string.match(ARGV[15], '^1:(%d+)$') or '')
+  local read_version, fence = string.match(ARGV[15], '^1:(%d+):?(%d*)$')
+  read_version = tonumber(read_version or '')
+  fence = math.max(tonumber(fence) or 0, CHANGE_FENCE_US)
   local version, changed_at = string.match(read_version and fields[7] or '', '^(%d+) (%d+)$')
   changed_at = tonumber(changed_at or '')
   if changed_at and read_version < tonumber(version) and slot > changed_at
-      and slot <= changed_at + CHANGE_FENCE_US then
+      and slot <= changed_at + fence then
     -- A slot of the definition a change replaced, after the change: this replica has not
     -- read it yet. Nothing is recorded: the mark stays below the slots the change promised.
     return {'changed', 0}

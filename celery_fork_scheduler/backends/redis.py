@@ -119,6 +119,8 @@ class RedisBackend:
         self._publish_once_many_script = client.register_script(lua.PUBLISH_ONCE_MANY)
         self._singleton_lease_ms = _us(settings.singleton_lease) // 1000
         self._lease_us = _us(settings.claim_lease)
+        # a replica reads a change within a refresh: one that refreshes rarely is fenced longer
+        self._change_fence_us = 2 * _us(settings.refresh_interval)
         self._tolerance_us = _us(EARLY_TOLERANCE)
         self._pending_ttl_ms = _us(PENDING_TTL) // 1000
         self._pending_max_age_us = _us(PENDING_CLAIM_MAX_AGE)
@@ -237,7 +239,7 @@ class RedisBackend:
             "1" if claim.takeover else "0",
             claim.known_mark_us,
             self._pending_max_age_us,
-            _runtime_arg(claim),
+            _runtime_arg(claim, self._change_fence_us),
             "1" if claim.excluded else "0",
             self.settings.buffer_limit,
             "0",  # ASKED_AGAIN_ARG: "1" once the request is sent again (see _each_item)
@@ -781,9 +783,14 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
 
 
-def _runtime_arg(claim: Claim) -> str:
+def _runtime_arg(claim: Claim, fence_us: int) -> str:
     """The claim script's ARGV[15]: "0" for a static entry; "1" for a runtime one, followed by
-    ":" and the version of its definition this replica read, when known."""
+    ":" and the version of its definition this replica read, when known, and by ":" and how
+    long after a change it is fenced when that is longer than :data:`.lua.CHANGE_FENCE_US`."""
     if not claim.runtime:
         return "0"
-    return f"1:{claim.definition}" if claim.definition else "1"
+    if not claim.definition:
+        return "1"
+    if fence_us > lua.CHANGE_FENCE_US:
+        return f"1:{claim.definition}:{fence_us}"
+    return f"1:{claim.definition}"
