@@ -1086,9 +1086,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         )
 
     def _entry_broke(self, item: QueueItem, error: Exception, now: datetime) -> None:
-        """Report an entry whose slot could not even be prepared, and keep it scheduled."""
+        """Report an entry whose slot could not even be prepared (skipped, ``error``), and keep
+        it scheduled."""
         entry = item.entry
         self.reports.failed(entry, item.slot, error, "preparing the claim of")
+        self.reports.skipped_slot(entry.name, item.slot, "error")
         if item.retry or self.entries.get(entry.name) is not entry:
             return
         with contextlib.suppress(Exception):
