@@ -148,9 +148,11 @@ class Ownership:
     def shares_config(self, owner: str) -> bool:
         """Whether ``owner`` runs this replica's ``beat_schedule`` (as far as its record says):
         otherwise, during a rolling deploy of a changed schedule, the entry's slots are asked
-        about at once, not left to an owner that may define the entry otherwise."""
+        about at once, not left to an owner that may define the entry otherwise. A record
+        without a digest (written by an earlier version, during a rolling upgrade) may run
+        another schedule too."""
         record = self.records.get(owner)
-        return record is None or record.config is None or record.config == self.config
+        return record is None or record.config == self.config
 
     def handled_by(self, owner: str, slots: Iterable[datetime], now: datetime) -> bool:
         """True when ``owner`` said, under this replica's view, that it asked about every one
