@@ -15,6 +15,7 @@ from datetime import timedelta, timezone, tzinfo
 from typing import Any, TypeVar
 
 from .entry import DEFAULT_MIN_INTERVAL, Entry, entries_from_config, entry_from_config
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -52,11 +53,12 @@ def periodic(
         definition = {
             "task": task_name,
             "schedule": schedule,
-            "args": list(args),
-            "kwargs": dict(kwargs or {}),
-            # Anything but a dict is left as given, for the entry check to name it.
-            "options": dict(options) if isinstance(options, Mapping) else options,
-            "tags": list(tags),
+            # As given, for the entry check to take or name them as in beat_schedule (a string
+            # of tags is one tag; a string of args is refused).
+            "args": args,
+            "kwargs": {} if kwargs is None else kwargs,
+            "options": options,
+            "tags": tags,
             "singleton": singleton,
             **policies,
         }
@@ -69,10 +71,30 @@ def periodic(
             min_interval=timedelta(0),
         )
         registry = app.__dict__.setdefault(REGISTRY_ATTRIBUTE, {})
+        earlier = registry.get(entry_name)
+        if earlier is not None and _comparable(earlier) != _comparable(definition):
+            raise ConfigError(
+                "another @periodic already declares an entry of this name (the task name, "
+                "unless name= is given): give each entry its own name",
+                entry=entry_name,
+                field="name",
+            )
         registry[entry_name] = definition
         return task
 
     return decorate
+
+
+def _comparable(definition: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A definition in a form that is the same when its module runs again (imported under a
+    second name, say): a function stands for its qualified name."""
+
+    def form(value: Any) -> str:
+        if callable(value) and hasattr(value, "__qualname__"):
+            return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        return repr(value)
+
+    return sorted((key, form(value)) for key, value in definition.items())
 
 
 def periodic_entries(

@@ -741,6 +741,8 @@ class Manager:
     @_settings_read_once
     def jobs(self, tag: str | None = None) -> list[Job]:
         """Every entry (static and runtime), optionally only those with ``tag``; by name."""
+        if tag is not None and not isinstance(tag, str):
+            raise ConfigError(f"tag must be a string, not {tag!r}", field="tag")
         entries = self._all_entries()
         if tag is not None:
             entries = {n: e for n, e in entries.items() if tag in e[0].tags}
@@ -763,6 +765,9 @@ class Manager:
 
     def next_runs(self, name: str, n: int = 5, *, after: datetime | None = None) -> list[datetime]:
         """The next ``n`` slots of an entry (UTC), after now or ``after``."""
+        _check_count(n, "n")
+        if after is not None and not isinstance(after, datetime):
+            raise ConfigError(f"after must be an aware datetime, not {after!r}", field="after")
         entry, _ = self._entry(name)
         return list(_first_slots(entry, after or self._clock(), n))
 
@@ -780,6 +785,7 @@ class Manager:
     def history_items(self, name: str, n: int = 20) -> list[HistoryItem]:
         """The latest history items of an entry as stored, newest first, for display: an item
         that cannot be decoded is kept as its text rather than raising."""
+        _check_count(n, "n")
         self._entry(name)
         raw = self._redis().lrange(self._keys().history(name), 0, max(n, 1) - 1)
         return [HistoryItem.from_stored(item) for item in raw]
@@ -787,6 +793,7 @@ class Manager:
     def outages(self, n: int = 20) -> list[Outage]:
         """The latest claim-backend outages the replicas came through, newest first: what
         each cost (``schedule history --outages``). Items that cannot be read are left out."""
+        _check_count(n, "n")
         raw = self._redis().lrange(self._keys().outages, 0, max(n, 1) - 1)
         return [outage for outage in map(Outage.decode, raw) if outage is not None]
 
@@ -799,6 +806,10 @@ class Manager:
     def replicas(self, within: float = 60) -> list[ReplicaInfo]:
         """The beat replicas that ticked within ``within`` seconds, by id (a record whose tick
         cannot be read is always listed: a crashed replica leaves its record behind)."""
+        if isinstance(within, bool) or not isinstance(within, int | float) or not within >= 0:
+            raise ConfigError(
+                f"within must be a number of seconds >= 0, not {within!r}", field="within"
+            )
         now = self._clock()
         records = self._redis().hgetall(self._keys().replicas)
         replicas = [ReplicaInfo.from_stored(rid, raw, now) for rid, raw in records.items()]
@@ -1193,15 +1204,40 @@ class Manager:
 
 
 def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored entry's definition with ``changes`` applied, as :meth:`Manager.update` does:
-    ``singleton`` replaces ``overlap`` and ``one_off`` replaces ``max_runs`` unless given too."""
+    """A stored entry's definition with ``changes`` applied, as :meth:`Manager.update` does.
+
+    Unless given too, ``overlap`` and ``max_runs`` follow ``singleton`` and ``one_off`` as far
+    as these say: ``singleton=True`` is ``"skip"``, and ``singleton=False`` lifts only
+    ``"skip"`` (``buffer_one`` and the others stay); ``one_off=True`` is one run, and
+    ``one_off=False`` lifts only a limit of one run (a larger ``max_runs`` stays). Dropping
+    the entry's ``timezone`` (``None``) moves its schedule to the app's zone too."""
     definition = {key: value for key, value in data.items() if key != "schema"}
-    if "singleton" in changes and "overlap" not in changes:
+    singleton, one_off = changes.get("singleton"), changes.get("one_off")
+    if (
+        "singleton" in changes
+        and "overlap" not in changes
+        and (singleton is True or definition.get("overlap") == "skip")
+    ):
         definition.pop("overlap", None)
-    if "one_off" in changes and "max_runs" not in changes:
+    if (
+        "one_off" in changes
+        and "max_runs" not in changes
+        and (one_off is True or definition.get("max_runs") == 1)
+    ):
         definition.pop("max_runs", None)
+    if "timezone" in changes and changes["timezone"] is None and "schedule" not in changes:
+        definition["schedule"] = _without_zone(definition.get("schedule"), data.get("timezone"))
     definition.update(changes)
     return definition
+
+
+def _without_zone(schedule: Any, zone: Any) -> Any:
+    """A stored schedule without the zone its entry's own ``timezone`` gave it (``zone``), so
+    that dropping the entry's zone puts its schedule in the app's zone, as its exclusions are;
+    a zone the schedule was given by itself stays."""
+    if isinstance(schedule, Mapping) and zone is not None and schedule.get("tz") == zone:
+        return {key: value for key, value in schedule.items() if key != "tz"}
+    return schedule
 
 
 def _names(definitions: Sequence[object]) -> list[str]:
@@ -1223,6 +1259,17 @@ def _batch(size: int) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
+
+
+#: The most items :meth:`Manager.next_runs`, :meth:`Manager.history` and
+#: :meth:`Manager.outages` list at once.
+MAX_COUNT = 10_000
+
+
+def _check_count(n: object, field: str) -> None:
+    """Refuse a count of items to list that is not a whole number from 0 to :data:`MAX_COUNT`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
+        raise ConfigError(f"must be a whole number from 0 to {MAX_COUNT}, not {n!r}", field=field)
 
 
 def _check_name(name: object) -> None:

@@ -330,8 +330,10 @@ for i = 1, count do
   created[i] = '0'
   if currents[i] < 0 then
     created[i] = '1'
+    -- (not the state of a static entry of the same name, which a replica runs: it keeps it)
     if own_keys and redis.call('EXISTS', entry_key(name, 1), entry_key(name, 2),
-        entry_key(name, 3), entry_key(name, 4), entry_key(name, 5)) > 0 then
+        entry_key(name, 3), entry_key(name, 4), entry_key(name, 5)) > 0
+        and not redis.call('HGET', entry_key(name, 1), 'static') then
       redis.call('HDEL', entry_key(name, 1), """
     + _FRESH_LUA
     + """)
@@ -444,7 +446,8 @@ for i, name in ipairs(names) do
       members[#members + 1] = tag .. '|' .. name
     end
   end
-  if own_keys then
+  if own_keys and not redis.call('HGET', entry_key(name, 1), 'static') then
+    -- (a static entry of the same name, which a replica runs, keeps its state)
     redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
     -- Not the running marker (3): its lease is the run's (a re-add would keep it for ever).
     for _, j in ipairs({1, 2, 5}) do
@@ -873,6 +876,7 @@ class RuntimeStore:
         fresh = not self.client.hexists(self.keys.runtime_entries, name)
         if fresh and expected_version:  # removed since it was read: refused, nothing reset
             raise StaleVersionError(name, expected_version, 0)
+        fresh = fresh and not self._runs_static(name)
         if fresh:
             self._start_afresh(self.client.pipeline(transaction=False), name).execute()
         instant = "" if since is None else str(_epoch_us(since))
@@ -892,7 +896,8 @@ class RuntimeStore:
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         pipe = self.client.pipeline(transaction=False)
-        if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
+        if int(reply[1]) == 1 and not self._runs_static(name):
+            # (an update keeps its keys as they are: a lease stays a lease)
             for key in self.keys.retained_keys(name):
                 pipe.persist(key)
             if not fresh:
@@ -922,6 +927,22 @@ class RuntimeStore:
         """Raise the error of a write refused by _SHARDS."""
         if int(reply[0]) == -3:
             raise self._layout_error(reply)
+
+    def _runs_static(self, name: str) -> bool:
+        """Whether a replica runs a static entry of this name (see :meth:`_static_among`)."""
+        return bool(self._static_among([name]))
+
+    def _static_among(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` that a replica runs as static entries (their claims say so in
+        their state): a runtime entry of the same name, written by an app that does not know
+        it, neither resets nor removes its state. One round trip."""
+        names = list(names)
+        if not names:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hexists(self.keys.state(name), "static")
+        return {name for name, static in zip(names, pipe.execute(), strict=True) if static}
 
     def _start_afresh(self, pipe: Any, name: str) -> Any:
         """Queue the reset of a name's state on ``pipe`` (see :meth:`put`); the runs of slots up
@@ -955,6 +976,8 @@ class RuntimeStore:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[0]) == 0:
             return False
+        if self._runs_static(name):  # its state stays the static entry's
+            return True
         mark = _removal_mark(self.client, removed_at)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.keys.state(name), "removed", mark)
@@ -1067,6 +1090,7 @@ class RuntimeStore:
         fresh: set[str] = set()
         if not self.one_node:
             fresh = {name for name, version in self.versions(names).items() if version is None}
+            fresh -= self._static_among(fresh)
             pipe = self.client.pipeline(transaction=False)
             for name in fresh:
                 self._start_afresh(pipe, name)
@@ -1080,7 +1104,8 @@ class RuntimeStore:
         created = [name for name, flag in zip(names, flags, strict=True) if flag == "1"]
         if not self.one_node:
             pipe = self.client.pipeline(transaction=False)
-            for name in created:
+            static = self._static_among(created)
+            for name in (name for name in created if name not in static):
                 for key in self.keys.retained_keys(name):
                     pipe.persist(key)
                 if name not in fresh:
@@ -1220,7 +1245,8 @@ class RuntimeStore:
         if not self.one_node and removed:
             mark = _removal_mark(self.client, removed_at)
             pipe = self.client.pipeline(transaction=False)
-            for name in removed:
+            static = self._static_among(removed)
+            for name in (name for name in removed if name not in static):
                 pipe.hset(self.keys.state(name), "removed", mark)
                 for key in self.keys.retained_keys(name):
                     pipe.pexpire(key, self.retention_ms)

@@ -12,6 +12,7 @@ import redis
 from lane_helpers import Seen
 from replica_helpers import START
 
+import celery_fork_scheduler.store as store_module
 from celery_fork_scheduler import signals
 from celery_fork_scheduler.testing import FakeClock, RedisServer
 from celery_fork_scheduler.worker import WorkerHooks
@@ -102,3 +103,12 @@ def skipped() -> Iterator[list[tuple[str, datetime, str]]]:
     signals.entry_skipped.connect(receiver, weak=False)
     yield seen
     signals.entry_skipped.disconnect(receiver)
+
+
+@pytest.fixture(params=["one Redis", "cluster path"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the runtime store writes: with the entries' own keys in its scripts (one
+    Redis), and with pipelines around them (Redis Cluster; forced here on a plain Redis)."""
+    if request.param == "cluster path":
+        monkeypatch.setattr(store_module, "RedisCluster", redis.Redis)
+    return str(request.param)

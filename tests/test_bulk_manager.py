@@ -79,15 +79,6 @@ def manager(redis_url: str) -> Manager:
     return Manager(make_app(redis_url))
 
 
-@pytest.fixture(params=["one Redis", "cluster path"])
-def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways the bulk scripts write: with the entries' own keys in the script (one Redis),
-    and with pipelines around it (Redis Cluster; forced here on a plain Redis)."""
-    if request.param == "cluster path":
-        monkeypatch.setattr(store_module, "RedisCluster", redis.Redis)
-    return str(request.param)
-
-
 def stored(client: redis.Redis, name: str) -> dict[str, Any]:
     return dict(json.loads(client.hget(KEYS.runtime_entries, name) or b"null"))
 

@@ -209,7 +209,21 @@ if slot > now + tonumber(ARGV[4]) then
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                          'outcome', 'defined')
+                          'outcome', 'defined', 'static')
+if ARGV[15] == '0' then
+  -- A static entry's state says so: a runtime entry of the same name, written by an app that
+  -- does not know the static one, neither resets it nor marks it removed (nor lets it expire).
+  if not fields[8] then
+    redis.call('HSET', KEYS[1], 'static', '1')
+  end
+  if fields[3] then  -- marked so before it said static: the static entry keeps its state
+    redis.call('HDEL', KEYS[1], 'removed')
+    redis.call('PERSIST', KEYS[1])
+    redis.call('PERSIST', KEYS[5])
+  end
+elseif fields[8] then
+  redis.call('HDEL', KEYS[1], 'static')  -- the name now runs as a runtime entry
+end
 local hwm_text = fields[1]
 local hwm = tonumber(hwm_text or '-1')
 if not hwm then

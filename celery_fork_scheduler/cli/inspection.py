@@ -16,7 +16,7 @@ from celery.bin.base import CeleryCommand
 from ..backends.redis_connection import scrub_secrets
 from ..config import app_timezone
 from ..errors import ScheduleError
-from ..manager import Manager, RedisRequiredError
+from ..manager import MAX_COUNT, Manager, RedisRequiredError
 from ..manager_results import EntryStats, Job, ReplicaInfo
 from ..schedules import coerce_schedule
 from .output import (
@@ -36,9 +36,6 @@ from .output import (
     zone_of,
 )
 from .session import BadInputError, Session, json_option, session_for
-
-#: The most next runs or history items a command computes or reads.
-MAX_COUNT = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -446,12 +443,24 @@ def history(ctx: click.Context, name: str | None, count: int, outages: bool, as_
     )
 
 
+#: The longest ``--within`` of ``schedule replicas`` (ten years; NaN is refused too).
+MAX_WITHIN_SECONDS = 10 * 366 * 86_400.0
+
+
+def _not_nan(seconds: float) -> float:
+    """``--within`` as given, unless it is NaN (which every range check lets through)."""
+    if math.isnan(seconds):
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return seconds
+
+
 @click.command("replicas", cls=CeleryCommand)
 @click.option(
     "--within",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=MAX_WITHIN_SECONDS),
+    callback=lambda _ctx, _param, value: _not_nan(value),
     help="Only replicas that ticked within this many seconds.",
 )
 @json_option

@@ -89,6 +89,8 @@ class Interval(SlotSchedule):
             phase = timedelta(**delta)
         except TypeError as exc:
             raise ScheduleError(f"offset() takes timedelta keywords, got {delta!r}") from exc
+        except (ValueError, OverflowError) as exc:  # NaN, infinity, beyond a timedelta
+            raise ScheduleError(f"offset() takes a finite timedelta, got {delta!r}") from exc
         return dataclasses.replace(self, phase=phase)
 
     def starting(self, start: datetime) -> Self:

@@ -26,7 +26,6 @@ entry), 409 (changed since), 503 (Redis or the broker cannot be reached).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -34,9 +33,15 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, abort, request
 
 from ..cli.edit import trigger_data
-from ..cli.inspection import MAX_COUNT, entry_details, history_data, replicas_report
+from ..cli.inspection import (
+    MAX_WITHIN_SECONDS,
+    entry_details,
+    history_data,
+    replicas_report,
+)
 from ..cli.output import job_data
 from ..errors import ConfigError
+from ..manager import MAX_COUNT
 from . import security
 from .context import dashboard
 
@@ -128,8 +133,10 @@ def replicas() -> Any:
     except ValueError:
         message = f"must be a number of seconds, not {raw[:20]!r}"
         raise ConfigError(message, field="within") from None
-    if math.isnan(within) or within < 0:
-        raise ConfigError("must be a number of seconds, 0 or more", field="within")
+    if not 0 <= within <= MAX_WITHIN_SECONDS:  # NaN and infinity too
+        raise ConfigError(
+            f"must be a number of seconds from 0 to {MAX_WITHIN_SECONDS:.0f}", field="within"
+        )
     return replicas_report(dashboard().manager, within).to_dict()
 
 
