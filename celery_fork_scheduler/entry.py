@@ -25,6 +25,7 @@ from .keys import Keys
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 from .schedules.base import to_zone
 from .schedules.celery_adapters import crontab_key
+from .schedules.wall_clock import wall_to_utc
 
 EntrySource = Literal["config", "decorator", "runtime"]
 Overlap = Literal["allow", "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other"]
@@ -658,9 +659,13 @@ def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetim
         raise _fail(
             name, field_name, f"must be a datetime or an ISO-8601 string, not {shown(value)}"
         )
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
     try:
+        if value.tzinfo is None and isinstance(zone, ZoneInfo):
+            # a wall time of the entry's zone, read as its schedules read one (a time skipped by
+            # a clock change is the end of the gap, a repeated one its first occurrence)
+            return wall_to_utc(value, zone)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone)
         return value.astimezone(timezone.utc)
     except OverflowError:
         raise _fail(name, field_name, f"out of range: {shown(value)}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -58,6 +58,9 @@ class Interval(SlotSchedule):
     every: timedelta
     phase: timedelta = timedelta(0)
     start: datetime | None = None
+    #: The offset as given, before an interval without an anchor reduced it: ``starting()``
+    #: anchors that one (the first slot is the anchor plus the offset given).
+    given_phase: timedelta | None = field(default=None, compare=False, repr=False)
 
     type_name: ClassVar[str] = "interval"
 
@@ -80,6 +83,8 @@ class Interval(SlotSchedule):
         else:
             # Without an anchor the phase only matters modulo the interval.
             phase = _microseconds(self.phase) % _microseconds(self.every)
+            if self.given_phase is None:
+                object.__setattr__(self, "given_phase", self.phase)
             object.__setattr__(self, "phase", timedelta(microseconds=phase))
 
     # builders
@@ -91,13 +96,14 @@ class Interval(SlotSchedule):
             raise ScheduleError(f"offset() takes timedelta keywords, got {delta!r}") from exc
         except (ValueError, OverflowError) as exc:  # NaN, infinity, beyond a timedelta
             raise ScheduleError(f"offset() takes a finite timedelta, got {delta!r}") from exc
-        return dataclasses.replace(self, phase=phase)
+        return dataclasses.replace(self, phase=phase, given_phase=None)
 
     def starting(self, start: datetime) -> Self:
         """A copy anchored at ``start`` (aware): the first slot is ``start`` (plus the offset)."""
         if not isinstance(start, datetime):
             raise ScheduleError(f"starting() takes an aware datetime, got {start!r}")
-        return dataclasses.replace(self, start=_as_utc(start))
+        phase = self.phase if self.given_phase is None else self.given_phase
+        return dataclasses.replace(self, start=_as_utc(start), phase=phase, given_phase=None)
 
     @property
     def _base(self) -> datetime:

@@ -46,7 +46,7 @@ def _first_offset_change(zone: ZoneInfo, low: datetime, high: datetime) -> datet
     return EPOCH + timedelta(seconds=hi)
 
 
-def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+def wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
     """Map a naive wall time to UTC: a skipped time to the end of its gap, a repeated time to
     its first occurrence (fold 0)."""
     first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
@@ -96,7 +96,7 @@ class _WallClockSchedule(SlotSchedule):
             wall = self._wall_next(start)
             if wall is None:
                 return None
-            slot = _wall_to_utc(wall, zone)
+            slot = wall_to_utc(wall, zone)
             if slot > after_utc:
                 return slot
             start = wall
@@ -108,4 +108,4 @@ class _WallClockSchedule(SlotSchedule):
         if local.fold:
             limit = _end_of_repeat(local, zone) - _ONE_MICROSECOND
         wall = self._wall_previous(limit)
-        return None if wall is None else _wall_to_utc(wall, zone)
+        return None if wall is None else wall_to_utc(wall, zone)
