@@ -825,7 +825,7 @@ def entry_from_config(
     ``schedule_memo``: Celery schedule objects already resolved in this batch of entries
     (see :func:`entries_from_config`).
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"entry names must be non-empty strings, not {shown(name)}")
     _check_name(name)
     if not isinstance(definition, Mapping):

@@ -175,6 +175,10 @@ def _checked_versions(
     """The expected versions of a bulk call, each checked (an error per bad one appended to
     ``errors``); a name whose version is ``None`` is not checked, as in the one-entry calls."""
     checked: dict[str, int] = {}
+    if versions is not None and not isinstance(versions, Mapping):
+        message = f"must be a dict of entry name -> version, not {versions!r:.60}"
+        errors.append(ConfigError(message, field="expected_versions"))
+        return checked
     for name, version in (versions or {}).items():
         try:
             value = _checked_version(name, version)
@@ -184,6 +188,20 @@ def _checked_versions(
         if value is not None:
             checked[name] = value
     return checked
+
+
+def _listed(items: object, field: str) -> list[Any]:
+    """The items of a bulk call as a list; a dict (``beat_schedule``'s shape) or anything that
+    is not a collection of items is a :class:`ConfigError` naming the argument."""
+    if isinstance(items, Mapping):
+        raise ConfigError(
+            "give a list of dicts, each with its 'name' (from a beat_schedule-shaped dict: "
+            "[{'name': name, **entry} for name, entry in schedule.items()])",
+            field=field,
+        )
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise ConfigError(f"must be a list, not {items!r:.60}", field=field)
+    return list(items)
 
 
 class BulkConfigError(ConfigError):
@@ -442,7 +460,7 @@ class Manager:
         bulk, size = self._bulk(), _batch(batch_size)
         items: list[tuple[str, tuple[str, str]]] = []
         errors: list[ForkSchedulerError] = []
-        definitions = list(definitions)
+        definitions = _listed(definitions, "definitions")
         total = len(definitions)
         with self._versions_ahead([] if replace_existing else _names(definitions)) as read:
             for name, fields in self._each_named(definitions, errors):
@@ -501,7 +519,7 @@ class Manager:
         bulk, size = self._bulk(), _batch(batch_size)
         wanted: dict[str, dict[str, Any]] = {}
         errors: list[ForkSchedulerError] = []
-        changes = list(changes)
+        changes = _listed(changes, "changes")
         total = len(changes)
         for name, fields in self._each_named(changes, errors):
             if name in bulk.static:
@@ -558,6 +576,7 @@ class Manager:
         """
         if isinstance(names, (str, bytes)):
             raise ConfigError("give a list of entry names, not one string", field="names")
+        names = _listed(names, "names")
         static = self._bulk().static
         unique: list[str] = []
         errors: list[ForkSchedulerError] = []

@@ -377,3 +377,40 @@ def test_interval_offset_with_a_bad_value_is_a_schedule_error(delta: dict[str, f
     """
     with pytest.raises(ForkSchedulerError):
         every(5).minutes.offset(**delta)
+
+
+# -- reported by round 42 without a test ("minor things"), fixed --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda m: m.add_many(None), "definitions"),
+        (lambda m: m.add_many({"a": {"task": "t", "schedule": 5.0}}), "definitions"),
+        (lambda m: m.update_many(None), "changes"),
+        (lambda m: m.remove_many(None), "names"),
+        (lambda m: m.remove_many(["a"], expected_versions=[1]), "expected_versions"),
+        (lambda m: m.update_many([{"name": "a"}], expected_versions=[1]), "expected_versions"),
+    ],
+    ids=["add_many None", "add_many dict", "update_many None", "remove_many None",
+         "remove_many versions list", "update_many versions list"],
+)  # fmt: skip
+def test_bulk_calls_refuse_what_is_not_a_list_of_items(
+    manager: Manager, call: Any, field: str
+) -> None:
+    """Bad arguments to the bulk calls were a raw `TypeError` / `AttributeError`, and a
+    `beat_schedule`-shaped dict given to `add_many` an error about its first key."""
+    manager.add("a", "proj.job", "every 5 minutes")
+    with pytest.raises(ConfigError) as refused:
+        call(manager)
+    errors = getattr(refused.value, "errors", [refused.value])
+    assert field in [error.field for error in errors], str(refused.value)
+    assert manager.get("a").version == 1
+
+
+def test_a_beat_schedule_entry_named_only_whitespace_is_refused_at_load() -> None:
+    """A `beat_schedule` entry named `" "` loaded, though no Manager call can name it."""
+    from celery_fork_scheduler.entry import entry_from_config
+
+    with pytest.raises(ConfigError):
+        entry_from_config(" ", {"task": "t", "schedule": 5.0}, default_timezone=UTC)
