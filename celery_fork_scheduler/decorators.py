@@ -87,11 +87,14 @@ def periodic(
 
 def _comparable(definition: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A definition in a form that is the same when its module runs again (imported under a
-    second name, say): a function stands for its qualified name."""
+    second name, say): a function stands for where its code is (file, line, and the code
+    itself: two lambdas are told apart)."""
 
     def form(value: Any) -> str:
-        if callable(value) and hasattr(value, "__qualname__"):
-            return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            where = f"{code.co_filename}:{code.co_firstlineno}"
+            return f"{where}:{code.co_code.hex()}:{code.co_consts!r}"
         return repr(value)
 
     return sorted((key, form(value)) for key, value in definition.items())

@@ -785,8 +785,8 @@ class Manager:
     def next_runs(self, name: str, n: int = 5, *, after: datetime | None = None) -> list[datetime]:
         """The next ``n`` slots of an entry (UTC), after now or ``after``."""
         _check_count(n, "n")
-        if after is not None and not isinstance(after, datetime):
-            raise ConfigError(f"after must be an aware datetime, not {after!r}", field="after")
+        if after is not None and (not isinstance(after, datetime) or after.tzinfo is None):
+            raise ConfigError(f"must be an aware datetime, not {after!r}", field="after")
         entry, _ = self._entry(name)
         return list(_first_slots(entry, after or self._clock(), n))
 
@@ -806,14 +806,14 @@ class Manager:
         that cannot be decoded is kept as its text rather than raising."""
         _check_count(n, "n")
         self._entry(name)
-        raw = self._redis().lrange(self._keys().history(name), 0, max(n, 1) - 1)
+        raw = self._redis().lrange(self._keys().history(name), 0, n - 1) if n else []
         return [HistoryItem.from_stored(item) for item in raw]
 
     def outages(self, n: int = 20) -> list[Outage]:
         """The latest claim-backend outages the replicas came through, newest first: what
         each cost (``schedule history --outages``). Items that cannot be read are left out."""
         _check_count(n, "n")
-        raw = self._redis().lrange(self._keys().outages, 0, max(n, 1) - 1)
+        raw = self._redis().lrange(self._keys().outages, 0, n - 1) if n else []
         return [outage for outage in map(Outage.decode, raw) if outage is not None]
 
     @_settings_read_once

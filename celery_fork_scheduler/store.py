@@ -234,6 +234,11 @@ def _removal_mark(client: Any, at: datetime | None) -> str:
 #: mark stays: it keeps slots from running twice).
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed", "max_runs")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
+#: What a reset keeps in the state's ``before_reset`` (a JSON list of field, value, ...) unless
+#: it holds one already: a replica running a static entry of the same name (the runtime entry
+#: was written by an app that does not know it) puts it back at its next claim.
+_KEPT_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "max_runs", "fresh_after")
+_KEPT_LUA = ", ".join(f"'{name}'" for name in _KEPT_FIELDS)
 
 #: ``entry_key(name, j)``: the j-th key of an entry (Keys.entry_keys order), built from the key
 #: layout in ARGV[3] ("1" when the script may build the entries' keys itself, then the parts
@@ -330,10 +335,21 @@ for i = 1, count do
   created[i] = '0'
   if currents[i] < 0 then
     created[i] = '1'
-    -- (not the state of a static entry of the same name, which a replica runs: it keeps it)
     if own_keys and redis.call('EXISTS', entry_key(name, 1), entry_key(name, 2),
-        entry_key(name, 3), entry_key(name, 4), entry_key(name, 5)) > 0
-        and not redis.call('HGET', entry_key(name, 1), 'static') then
+        entry_key(name, 3), entry_key(name, 4), entry_key(name, 5)) > 0 then
+      local kept, values = {}, redis.call('HMGET', entry_key(name, 1), """
+    + _KEPT_LUA
+    + """)
+      for j, field in ipairs({"""
+    + _KEPT_LUA
+    + """}) do
+        if values[j] then
+          push(kept, field, values[j])
+        end
+      end
+      if #kept > 0 then
+        redis.call('HSETNX', entry_key(name, 1), 'before_reset', cjson.encode(kept))
+      end
       redis.call('HDEL', entry_key(name, 1), """
     + _FRESH_LUA
     + """)
@@ -446,8 +462,7 @@ for i, name in ipairs(names) do
       members[#members + 1] = tag .. '|' .. name
     end
   end
-  if own_keys and not redis.call('HGET', entry_key(name, 1), 'static') then
-    -- (a static entry of the same name, which a replica runs, keeps its state)
+  if own_keys then
     redis.call('HSET', entry_key(name, 1), 'removed', removed_at)
     -- Not the running marker (3): its lease is the run's (a re-add would keep it for ever).
     for _, j in ipairs({1, 2, 5}) do
@@ -876,7 +891,6 @@ class RuntimeStore:
         fresh = not self.client.hexists(self.keys.runtime_entries, name)
         if fresh and expected_version:  # removed since it was read: refused, nothing reset
             raise StaleVersionError(name, expected_version, 0)
-        fresh = fresh and not self._runs_static(name)
         if fresh:
             self._start_afresh(self.client.pipeline(transaction=False), name).execute()
         instant = "" if since is None else str(_epoch_us(since))
@@ -896,8 +910,7 @@ class RuntimeStore:
         if int(reply[0]) < 0:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         pipe = self.client.pipeline(transaction=False)
-        if int(reply[1]) == 1 and not self._runs_static(name):
-            # (an update keeps its keys as they are: a lease stays a lease)
+        if int(reply[1]) == 1:  # (an update keeps its keys as they are: a lease stays a lease)
             for key in self.keys.retained_keys(name):
                 pipe.persist(key)
             if not fresh:
@@ -928,29 +941,22 @@ class RuntimeStore:
         if int(reply[0]) == -3:
             raise self._layout_error(reply)
 
-    def _runs_static(self, name: str) -> bool:
-        """Whether a replica runs a static entry of this name (see :meth:`_static_among`)."""
-        return bool(self._static_among([name]))
-
-    def _static_among(self, names: Iterable[str]) -> set[str]:
-        """Those of ``names`` that a replica runs as static entries (their claims say so in
-        their state): a runtime entry of the same name, written by an app that does not know
-        it, neither resets nor removes its state. One round trip."""
-        names = list(names)
-        if not names:
-            return set()
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hexists(self.keys.state(name), "static")
-        return {name for name, static in zip(names, pipe.execute(), strict=True) if static}
-
     def _start_afresh(self, pipe: Any, name: str) -> Any:
         """Queue the reset of a name's state on ``pipe`` (see :meth:`put`); the runs of slots up
         to its mark were the earlier definition's, never given back to the new one's count."""
         state = self.keys.state(name)
+        values = self.client.hmget(state, [*_KEPT_FIELDS, "hwm"])
+        kept = [
+            text
+            for field, value in zip(_KEPT_FIELDS, values, strict=False)
+            if value is not None
+            for text in (field, _text(value))
+        ]
+        if kept:
+            pipe.hsetnx(state, "before_reset", json.dumps(kept))
         pipe.hdel(state, *_FRESH_FIELDS)
         pipe.delete(self.keys.buffered(name))
-        mark = self.client.hget(state, "hwm")
+        mark = values[-1]
         if mark is not None:
             pipe.hset(state, "fresh_after", mark)
         return pipe
@@ -976,8 +982,6 @@ class RuntimeStore:
             raise StaleVersionError(name, expected_version or 0, int(reply[1]))
         if int(reply[0]) == 0:
             return False
-        if self._runs_static(name):  # its state stays the static entry's
-            return True
         mark = _removal_mark(self.client, removed_at)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.keys.state(name), "removed", mark)
@@ -1090,7 +1094,6 @@ class RuntimeStore:
         fresh: set[str] = set()
         if not self.one_node:
             fresh = {name for name, version in self.versions(names).items() if version is None}
-            fresh -= self._static_among(fresh)
             pipe = self.client.pipeline(transaction=False)
             for name in fresh:
                 self._start_afresh(pipe, name)
@@ -1104,8 +1107,7 @@ class RuntimeStore:
         created = [name for name, flag in zip(names, flags, strict=True) if flag == "1"]
         if not self.one_node:
             pipe = self.client.pipeline(transaction=False)
-            static = self._static_among(created)
-            for name in (name for name in created if name not in static):
+            for name in created:
                 for key in self.keys.retained_keys(name):
                     pipe.persist(key)
                 if name not in fresh:
@@ -1245,8 +1247,7 @@ class RuntimeStore:
         if not self.one_node and removed:
             mark = _removal_mark(self.client, removed_at)
             pipe = self.client.pipeline(transaction=False)
-            static = self._static_among(removed)
-            for name in (name for name in removed if name not in static):
+            for name in removed:
                 pipe.hset(self.keys.state(name), "removed", mark)
                 for key in self.keys.retained_keys(name):
                     pipe.pexpire(key, self.retention_ms)

@@ -209,20 +209,24 @@ if slot > now + tonumber(ARGV[4]) then
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                          'outcome', 'defined', 'static')
-if ARGV[15] == '0' then
-  -- A static entry's state says so: a runtime entry of the same name, written by an app that
-  -- does not know the static one, neither resets it nor marks it removed (nor lets it expire).
-  if not fields[8] then
-    redis.call('HSET', KEYS[1], 'static', '1')
+                          'outcome', 'defined', 'before_reset')
+if ARGV[15] == '0' and (fields[8] or fields[3]) then
+  -- A static entry whose state a runtime entry of the same name reset, or marked removed (an
+  -- app that does not know the static entry wrote it): the static entry keeps its own state.
+  if fields[8] then
+    local kept = cjson.decode(fields[8])
+    redis.call('HDEL', KEYS[1], 'before_reset')
+    redis.call('HSET', KEYS[1], unpack(kept))
   end
-  if fields[3] then  -- marked so before it said static: the static entry keeps its state
+  if fields[3] then
     redis.call('HDEL', KEYS[1], 'removed')
     redis.call('PERSIST', KEYS[1])
     redis.call('PERSIST', KEYS[5])
   end
+  fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
+                      'outcome', 'defined', 'before_reset')
 elseif fields[8] then
-  redis.call('HDEL', KEYS[1], 'static')  -- the name now runs as a runtime entry
+  redis.call('HDEL', KEYS[1], 'before_reset')  -- the name runs as a runtime entry
 end
 local hwm_text = fields[1]
 local hwm = tonumber(hwm_text or '-1')

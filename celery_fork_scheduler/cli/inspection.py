@@ -443,8 +443,8 @@ def history(ctx: click.Context, name: str | None, count: int, outages: bool, as_
     )
 
 
-#: The longest ``--within`` of ``schedule replicas`` (ten years; NaN is refused too).
-MAX_WITHIN_SECONDS = 10 * 366 * 86_400.0
+#: The longest ``--within`` of ``schedule replicas`` (a hundred years; NaN is refused too).
+MAX_WITHIN_SECONDS = 100 * 366 * 86_400.0
 
 
 def _not_nan(seconds: float) -> float:
