@@ -183,6 +183,9 @@ class WorkerHooks:
         self._client: Any = None
         #: Runs executing in this process (task_prerun to task_postrun).
         self._runs: dict[str, Run] = {}
+        #: Runs whose attempt in this process ended in a rejection (``Reject``): one that
+        #: requeued its message starts again here without a second ``job_started``.
+        self._rejected: set[str] = set()
         #: When the last "cannot reach Redis" warning was logged (monotonic), and how many
         #: failures were left unsaid since.
         self._redis_warned_at: float | None = None
@@ -356,6 +359,8 @@ class WorkerHooks:
         run.retried = bool(task.request.retries)
         with self._lock:
             self._runs[task_id] = run
+            again = task_id in self._rejected
+            self._rejected.discard(task_id)
         if run.singleton or run.capped:
             self._ensure_heartbeat()
         if run.skipped:
@@ -367,7 +372,7 @@ class WorkerHooks:
                 _NOT_RUN.get(run.skipped, run.skipped),
             )
             return
-        if not task.request.retries:
+        if not task.request.retries and not again:
             signals.job_started.send(sender=task, entry=run.entry, slot=run.slot, task_id=task_id)
 
     def on_postrun(
@@ -401,9 +406,13 @@ class WorkerHooks:
             return
         if state == "RETRY" and run.singleton and run.overlap in REPLACING:
             self._note_retrying(run)
-        if state in _NOT_FINAL or state == "REJECTED":
+        if state == "REJECTED":
             # A requeued rejection runs again; one not requeued is a final failure, which the
             # worker's request reports next (task_failure, handled like the pool's parent's).
+            with self._lock:
+                self._rejected.add(task_id)
+            return
+        if state in _NOT_FINAL:
             return
         self._forget(task_id)
         if state == "SUCCESS":
@@ -444,6 +453,8 @@ class WorkerHooks:
                 run = self._received.get(task_id) or self._let_go.pop(task_id, None)
         if run is None:
             return
+        with self._lock:
+            self._rejected.discard(task_id)  # (a rejection that did not requeue: its end)
         if parent_side:
             if isinstance(exception, WorkerLostError) and self._requeued_when_lost(sender):
                 return
@@ -624,6 +635,7 @@ class WorkerHooks:
             holder = _text(other)
             if int(code) == 4:  # its holder waits for a retry: it never starts again
                 self.app.control.revoke(holder)
+                client.zrem(self.keys.cap, holder)  # nor holds its place under the cap
                 return None
             if holder != revoked:
                 terminate = run.overlap == "terminate_other"

@@ -1,8 +1,13 @@
 """Adversary round 45: the worker side where two ordinary events meet (the cap and the
 replacing policies, redeliveries, retries, removals and re-adds, pause on failure).
 
-Each test's docstring names the promise (with its page), the sequence, what happens instead and
-where. Every test fails on the code it was written against, for the reason its docstring says.
+Each test's docstring names the promise (with its page), the sequence, what happened instead and
+where. Every test failed on the code it was written against; four were fixed (a capped or
+unpublished run of a replacing entry no longer replaces the run before it: ``previous_run``; a
+retrying run replaced gives its place under the cap back; a run of a removed definition does
+not pause the entry added again; a requeued rejection taken again by the same process sends no
+second ``job_started``) and one is a documented limit, a strict xfail (two copies of one run
+executing at once: docs/singleton.md).
 """
 
 from __future__ import annotations
@@ -192,6 +197,11 @@ def test_a_capped_later_slot_of_a_cancel_other_entry_makes_the_published_run_ski
 # -- 2. acks_late redelivery (visibility timeout) of a singleton run still executing -------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit: two copies of one run executing at once are not told apart "
+    "(docs/singleton.md; a visibility_timeout shorter than the run)",
+)
 def test_a_redelivered_singleton_run_keeps_running_after_the_first_copy_frees_the_marker(
     redis_url: str, redis_client: redis.Redis, beats: list[Beat]
 ) -> None:

@@ -21,6 +21,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               broker command failed
                                  latest_run   task id of the latest run claimed (overlap
                                               "cancel_other" / "terminate_other")
+                                 previous_run the latest_run before it, the latest again
+                                              when that run is not published (MARK_SKIPPED)
                                  retrying     task id of the run holding the marker while it
                                               waits for a retry (same policies)
                                  latest_start slot (us) of the latest scheduled run of a
@@ -411,7 +413,10 @@ if slot > hwm then
   if replacing then
     -- The run in progress (if any) keeps its marker until it stops: this run's worker
     -- revokes it and takes the marker over (TAKE_OVER); any older run waiting is replaced.
-    redis.call('HSET', KEYS[1], 'latest_run', ARGV[2])
+    -- The run it replaces is kept: should this one not be published after all (the cap, the
+    -- broker: MARK_SKIPPED), that one is the latest again and still runs.
+    local previous = redis.call('HGET', KEYS[1], 'latest_run')
+    redis.call('HSET', KEYS[1], 'latest_run', ARGV[2], 'previous_run', previous or '')
   end
   if ARGV[7] == 'buffer_one' and redis.call('TYPE', KEYS[4]).ok == 'string' then
     -- A run held back while no run holds the marker (its runner died, its publish failed, a
@@ -563,6 +568,15 @@ end
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3])
 end
+if redis.call('HGET', KEYS[1], 'latest_run') == ARGV[2] then
+  -- (cancel_other / terminate_other) never published: the run it was to replace still runs
+  local previous = redis.call('HGET', KEYS[1], 'previous_run') or ''
+  if previous ~= '' then
+    redis.call('HSET', KEYS[1], 'latest_run', previous)
+  else
+    redis.call('HDEL', KEYS[1], 'latest_run')
+  end
+end
 record(ARGV[1], ARGV[4], ARGV[2], 'skipped:' .. ARGV[3], ARGV[5])
 return 1
 """
@@ -574,13 +588,18 @@ return 1
 #: ARGV[3] who (worker or replica), ARGV[4] outcome ("completed" | "error" | "failed"),
 #: ARGV[5] counter field, ARGV[6] history size, ARGV[7] duration (s, or ""), ARGV[8] error text,
 #: ARGV[9] pause note ("": do not pause; else pause the entry, as ``Store.pause`` does, with this
-#: note, unless it is paused already or was removed), ARGV[10] paused_at (ISO-8601).
+#: note, unless it is paused already, was removed, or the run was of a removed definition:
+#: slot not after ``fresh_after``), ARGV[10] paused_at (ISO-8601).
 #: Returns 1 when this call paused the entry, else 0.
 RECORD_OUTCOME = _recording(
     """
 local paused = 0
+-- Not a run of a definition since removed: the name's removal marks it, and once added again
+-- its slots up to fresh_after (the mark at the re-add) are the removed one's.
+local fresh_after = tonumber(redis.call('HGET', KEYS[1], 'fresh_after') or '')
 if ARGV[9] ~= '' and not redis.call('HGET', KEYS[1], 'paused')
-    and not redis.call('HGET', KEYS[1], 'removed') then
+    and not redis.call('HGET', KEYS[1], 'removed')
+    and not (fresh_after and (tonumber(ARGV[1]) or 0) <= fresh_after) then
   redis.call('HSET', KEYS[1], 'paused', '1', 'pause_note', ARGV[9], 'paused_at', ARGV[10])
   paused = 1
 end
