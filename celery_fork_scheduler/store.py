@@ -235,8 +235,9 @@ def _removal_mark(client: Any, at: datetime | None) -> str:
 _FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed", "max_runs")
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 #: What a reset keeps in the state's ``before_reset`` (a JSON list of field, value, ...) unless
-#: it holds one already: a replica running a static entry of the same name (the runtime entry
-#: was written by an app that does not know it) puts it back at its next claim.
+#: it holds one already or says ``removed``: a replica running a static entry of the same name
+#: (the runtime entry was written by an app that does not know it) puts it back at its next
+#: claim.
 _KEPT_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "max_runs", "fresh_after")
 _KEPT_LUA = ", ".join(f"'{name}'" for name in _KEPT_FIELDS)
 
@@ -347,7 +348,8 @@ for i = 1, count do
           push(kept, field, values[j])
         end
       end
-      if #kept > 0 then
+      if #kept > 0 and not redis.call('HGET', entry_key(name, 1), 'removed') then
+        -- (a name removed as a runtime entry was not a static entry's: nothing to keep)
         redis.call('HSETNX', entry_key(name, 1), 'before_reset', cjson.encode(kept))
       end
       redis.call('HDEL', entry_key(name, 1), """
@@ -945,14 +947,14 @@ class RuntimeStore:
         """Queue the reset of a name's state on ``pipe`` (see :meth:`put`); the runs of slots up
         to its mark were the earlier definition's, never given back to the new one's count."""
         state = self.keys.state(name)
-        values = self.client.hmget(state, [*_KEPT_FIELDS, "hwm"])
+        values = self.client.hmget(state, [*_KEPT_FIELDS, "removed", "hwm"])
         kept = [
             text
             for field, value in zip(_KEPT_FIELDS, values, strict=False)
             if value is not None
             for text in (field, _text(value))
         ]
-        if kept:
+        if kept and values[-2] is None:  # (a name removed as a runtime entry: nothing to keep)
             pipe.hsetnx(state, "before_reset", json.dumps(kept))
         pipe.hdel(state, *_FRESH_FIELDS)
         pipe.delete(self.keys.buffered(name))
