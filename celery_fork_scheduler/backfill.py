@@ -125,7 +125,11 @@ def _utc(name: str, field_name: str, moment: datetime) -> datetime:
         )
     if moment.tzinfo is None:  # naive: UTC, as every slot is
         return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        message = f"{moment.isoformat()} is before the year 1 or after 9999 in UTC"
+        raise BackfillInputError(message, entry=name, field=field_name) from None
 
 
 def backfill_slots(entry: Entry, start: datetime, end: datetime, limit: int) -> list[datetime]:
@@ -197,6 +201,8 @@ class _Run:
     entry: Entry
     options: BackfillOptions
     pace: _Pace
+    #: The version of the runtime entry's definition read (``None``: a static entry).
+    version: int | None = None
     claim: Any = None
     recorder: Any = None
     id: str = field(
@@ -231,6 +237,7 @@ class _Run:
                 self.settings.history_size,
                 int(self.options.force),
                 int(self.options.dry_run),
+                "" if self.version is None else self.version,
             ],
         )
         return _text(verdict), _text(detail)
@@ -271,8 +278,11 @@ def run_backfill(
     *,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    version: int | None = None,
 ) -> list[BackfillSlot]:
     """Backfill ``slots`` (oldest first) of ``entry``; one :class:`BackfillSlot` each.
+    ``version``: of a runtime entry's definition (a slot asked about after a later change,
+    or a removal and an add, is ``skipped:removed``).
 
     A publish that fails ends the run there (the broker is likely gone): the slots after it
     are not in the result.
@@ -285,6 +295,7 @@ def run_backfill(
         entry=entry,
         options=options,
         pace=_Pace(rate=options.rate, sleep=sleep, monotonic=monotonic),
+        version=version,
     )
     results: list[BackfillSlot] = []
     with app.producer_or_acquire() as producer:

@@ -22,6 +22,7 @@ import redis
 from celery.beat import EmbeddedService
 from kombu.exceptions import OperationalError
 
+from .backends.base import to_epoch_us
 from .backends.factory import redis_client_for
 from .backends.lua import TAKE_CAP_PLACES
 from .backfill import (
@@ -935,8 +936,6 @@ class Manager:
                 "fork scheduler: run_now(%s) skipped: the previous run is still executing", name
             )
             return TriggerResult(skipped="busy")
-        if entry.overlap in REPLACING:  # the newest run wins: an older one waiting gives way
-            client.hset(keys.state(name), "latest_run", task_id)
         capped = settings.max_concurrent > 0
         if capped:
             granted = client.eval(
@@ -946,6 +945,10 @@ class Manager:
                 self._give_back(entry, task_id, capped=False)
                 logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
                 return TriggerResult(skipped="capped")
+        replacing = entry.overlap in REPLACING
+        replaced = client.hget(keys.state(name), "latest_run") if replacing else None
+        if replacing:  # the newest run wins: an older one waiting gives way
+            client.hset(keys.state(name), "latest_run", task_id)
         occurrence = build_occurrence(entry, slot, task_id, capped=capped)
         occurrence = replace(occurrence, headers={**occurrence.headers, MANUAL_HEADER: True})
         try:
@@ -954,9 +957,24 @@ class Manager:
             self._give_back(entry, task_id, capped=capped)
             raise BrokerUnavailableError(name, exc, task_id=task_id) from exc
         except Exception:
+            if replacing:  # never sent: it replaces nothing
+                self._unreplace(name, task_id, replaced)
             self._give_back(entry, task_id, capped=capped)
             raise
+        if replacing:  # the latest run sent (see lua._UNREPLACE)
+            client.hset(keys.state(name), "sent_run", f"{to_epoch_us(slot)} {task_id}")
         return self._record_manual_run(name, slot, task_id)
+
+    def _unreplace(self, name: str, task_id: str, replaced: bytes | str | None) -> None:
+        """A manual run of a replacing entry that was not sent: the run it was to replace is
+        the latest again (unless a later one was claimed meanwhile)."""
+        client, state = self._redis(), self._keys().state(name)
+        if _text(client.hget(state, "latest_run") or b"") != task_id:
+            return
+        if replaced is None:
+            client.hdel(state, "latest_run")
+        else:
+            client.hset(state, "latest_run", replaced)
 
     def backfill(
         self,
@@ -987,7 +1005,7 @@ class Manager:
           :class:`JobNotFoundError` for an unknown entry; :class:`BrokerUnavailableError`
           when the broker cannot be reached (nothing claimed).
         """
-        entry, _ = self._entry(name)
+        entry, version = self._entry(name)
         options = BackfillOptions(
             overlap=overlap, rate=rate, limit=limit, dry_run=dry_run, force=force
         ).checked(name)
@@ -1005,6 +1023,7 @@ class Manager:
             options,
             sleep=sleep,
             monotonic=monotonic,
+            version=version if entry.source == "runtime" else None,
         )
 
     def _reach_broker(self, name: str) -> None:

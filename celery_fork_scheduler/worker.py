@@ -102,6 +102,8 @@ class Run:
     prevented: bool = False
     #: A later attempt (a retry): an earlier one ran the body and counted the run.
     retried: bool = False
+    #: Which attempt this is (the request's ``retries``).
+    attempt: int = 0
     #: Pause the entry when the run fails for good (the entry's ``pause_on_failure``).
     pause_on_failure: bool = False
 
@@ -355,6 +357,7 @@ class WorkerHooks:
         run = _run_of(task.request, task_id)
         if run is None:
             return
+        run.attempt = int(task.request.retries or 0)
         run.skipped = self._take_markers(run)
         run.retried = bool(task.request.retries)
         with self._lock:
@@ -430,7 +433,8 @@ class WorkerHooks:
         if client is None:
             return
         try:
-            client.hset(self.keys.state(run.entry), "retrying", run.task_id)
+            state = self.keys.state(run.entry)
+            client.eval(lua.NOTE_RETRYING, 1, state, run.task_id, run.attempt)
         except Exception as exc:
             self._redis_failed(f"note the retry of {run.entry} ({run.task_id})", exc)
 
@@ -627,6 +631,7 @@ class WorkerHooks:
                 run.task_id,
                 self._lease_ms,
                 "0" if run.manual else "1",
+                run.attempt,
             )
             if int(code) == 0:
                 return "replaced"

@@ -21,8 +21,9 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               broker command failed
                                  latest_run   task id of the latest run claimed (overlap
                                               "cancel_other" / "terminate_other")
-                                 previous_run the latest_run before it, the latest again
-                                              when that run is not published (MARK_SKIPPED)
+                                 sent_run     "<slot> <task id>" of the latest of them
+                                              sent: the latest again when a later one is
+                                              not published after all (_UNREPLACE)
                                  retrying     task id of the run holding the marker while it
                                               waits for a retry (same policies)
                                  latest_start slot (us) of the latest scheduled run of a
@@ -217,8 +218,11 @@ if ARGV[15] == '0' and (fields[8] or fields[3]) then
   -- app that does not know the static entry wrote it): the static entry keeps its own state.
   if fields[8] then
     local kept = cjson.decode(fields[8])
-    redis.call('HDEL', KEYS[1], 'before_reset')
-    redis.call('HSET', KEYS[1], unpack(kept))
+    -- (the reset's fresh_after goes too: the static entry's runs are all its own)
+    redis.call('HDEL', KEYS[1], 'before_reset', 'fresh_after')
+    if #kept > 0 then
+      redis.call('HSET', KEYS[1], unpack(kept))
+    end
   end
   if fields[3] then
     redis.call('HDEL', KEYS[1], 'removed')
@@ -413,10 +417,9 @@ if slot > hwm then
   if replacing then
     -- The run in progress (if any) keeps its marker until it stops: this run's worker
     -- revokes it and takes the marker over (TAKE_OVER); any older run waiting is replaced.
-    -- The run it replaces is kept: should this one not be published after all (the cap, the
-    -- broker: MARK_SKIPPED), that one is the latest again and still runs.
-    local previous = redis.call('HGET', KEYS[1], 'latest_run')
-    redis.call('HSET', KEYS[1], 'latest_run', ARGV[2], 'previous_run', previous or '')
+    -- Should this one not be published after all (the cap, the broker), the latest run that
+    -- was is the latest again (_UNREPLACE) and still runs.
+    redis.call('HSET', KEYS[1], 'latest_run', ARGV[2])
   end
   if ARGV[7] == 'buffer_one' and redis.call('TYPE', KEYS[4]).ok == 'string' then
     -- A run held back while no run holds the marker (its runner died, its publish failed, a
@@ -528,6 +531,15 @@ MARK_SENT = _recording(
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 1 then
   redis.call('HSET', KEYS[1], 'sent_at', string.format('%.0f', now))
+  if redis.call('HGET', KEYS[1], 'latest_run') then
+    -- cancel_other / terminate_other: the latest run sent is the one a run given back after
+    -- it leaves as the latest (_UNREPLACE)
+    local sent = redis.call('HGET', KEYS[1], 'sent_run')
+    local sent_slot = tonumber(sent and string.match(sent, '^(%d+) ') or '')
+    if not sent_slot or tonumber(ARGV[1]) > sent_slot then
+      redis.call('HSET', KEYS[1], 'sent_run', ARGV[1] .. ' ' .. ARGV[2])
+    end
+  end
   if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
     redis.call('HSET', KEYS[1], 'state', 'sent')
   end
@@ -549,12 +561,30 @@ local function give_back_run(state, slot)
 end
 """
 
+#: A run of a ``cancel_other`` / ``terminate_other`` entry that will not be published after all
+#: (given back, its publish refused) replaces nothing: when it is the latest run claimed, the
+#: latest run sent (``sent_run``, written by MARK_SENT and triggers) is the latest again.
+_UNREPLACE = """
+local function unreplace(state, task_id)
+  if redis.call('HGET', state, 'latest_run') == task_id then
+    local sent = redis.call('HGET', state, 'sent_run')
+    local id = sent and string.match(sent, '^%d+ (.+)$')
+    if id then
+      redis.call('HSET', state, 'latest_run', id)
+    else
+      redis.call('HDEL', state, 'latest_run')
+    end
+  end
+end
+"""
+
 #: Give back a claimed slot that will not be published (e.g. over the concurrency cap).
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] reason, ARGV[4] replica id, ARGV[5] history size.
 #: Returns 1 when the claim was given back, 0 when it was no longer pending.
 MARK_SKIPPED = _recording(
     _GIVE_BACK_RUN
+    + _UNREPLACE
     + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 if removed == 0 then
@@ -568,15 +598,7 @@ end
 if redis.call('GET', KEYS[3]) == ARGV[2] then
   redis.call('DEL', KEYS[3])
 end
-if redis.call('HGET', KEYS[1], 'latest_run') == ARGV[2] then
-  -- (cancel_other / terminate_other) never published: the run it was to replace still runs
-  local previous = redis.call('HGET', KEYS[1], 'previous_run') or ''
-  if previous ~= '' then
-    redis.call('HSET', KEYS[1], 'latest_run', previous)
-  else
-    redis.call('HDEL', KEYS[1], 'latest_run')
-  end
-end
+unreplace(KEYS[1], ARGV[2])
 record(ARGV[1], ARGV[4], ARGV[2], 'skipped:' .. ARGV[3], ARGV[5])
 return 1
 """
@@ -623,8 +645,10 @@ return paused
 #: ARGV[1] slot (us),
 #: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
 RECORD_FAILURE = _recording(
-    """
+    _UNREPLACE
+    + """
 redis.call('HDEL', KEYS[2], ARGV[1])
+unreplace(KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'failed')
@@ -753,7 +777,8 @@ return 1
 #: A run of a "cancel_other" / "terminate_other" entry starts: it takes the marker over from
 #: the run it replaces once that one stopped.
 #: KEYS[1] running marker, KEYS[2] state hash. ARGV[1] task id, ARGV[2] lease (ms),
-#: ARGV[3] "1" for a scheduled run (replaced by a later one), "0" for a manual one.
+#: ARGV[3] "1" for a scheduled run (replaced by a later one), "0" for a manual one, ARGV[4]
+#: (optional) the attempt (the request's ``retries``), written as ``attempt`` when it executes.
 #: Returns {code, task id}: {0, newer} a later run was claimed since (this one must not
 #: execute); {1, ""} the run held its marker (renewed); {2, ""} it took the free marker;
 #: {3, holder} another run holds it (revoke that one, then ask again); {4, holder} it took the
@@ -770,20 +795,41 @@ if ARGV[3] == '1' and latest and latest ~= ARGV[1] then
   return {0, latest}
 end
 local holder = redis.call('GET', KEYS[1])
+-- The attempt that executes from here on: an earlier attempt ending later notes no retry
+-- waiting (NOTE_RETRYING), since this one already started.
+local attempt = ARGV[1] .. ':' .. (ARGV[4] or '0')
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[2], 'attempt', attempt)
   return {1, ''}
 end
 if holder and holder == retrying then
   redis.call('HDEL', KEYS[2], 'retrying')
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('HSET', KEYS[2], 'attempt', attempt)
   return {4, holder}
 end
 if holder then
   return {3, holder}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'attempt', attempt)
 return {2, ''}
+"""
+
+#: An attempt of a "cancel_other" / "terminate_other" run ended and its retry waits: note it
+#: (``retrying``), unless a later attempt of the run already started (TAKE_OVER's
+#: ``attempt``): a retry sent without a countdown may start elsewhere before this note.
+#: KEYS[1] state hash. ARGV[1] task id, ARGV[2] the attempt that ended (its ``retries``).
+NOTE_RETRYING = """
+local started = redis.call('HGET', KEYS[1], 'attempt')
+local mine = string.match(started or '', '^(.*):(%d+)$')
+local latest_attempt = tonumber(string.match(started or '', ':(%d+)$') or '')
+if mine == ARGV[1] and latest_attempt and latest_attempt > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'retrying', ARGV[1])
+return 1
 """
 
 #: A run under the cap starts: it must hold its place; one that expired while the run waited is
@@ -1085,7 +1131,9 @@ ALL_SCRIPTS = (
 #: KEYS[5] history list, KEYS[6] backfill hash (slot -> "<state>|<who>|<at us>").
 #: ARGV[1] slot (us), ARGV[2] task id, ARGV[3] backfill run id, ARGV[4] overlap ("allow" |
 #: "skip"), ARGV[5] singleton lease (ms), ARGV[6] history size, ARGV[7] "1" to force (a slot
-#: older than the history remembers, a paused entry), ARGV[8] "1" for a dry run (writes nothing).
+#: older than the history remembers, a paused entry), ARGV[8] "1" for a dry run (writes nothing),
+#: ARGV[9] (optional) the version of the runtime entry's definition the backfill read ("" for
+#: a static entry): after a later change, or a removal and an add, it is "removed".
 #: Returns {verdict, detail}: "claimed" (publish it now, then run BACKFILL_RECORD), "eligible"
 #: (dry run: it would be claimed), "already_published" (detail: what says so), or "skipped"
 #: (detail: "future" | "undecided" | "in_flight" | "failed" | "pending" | "buffered" |
@@ -1099,6 +1147,12 @@ BACKFILL_CLAIM = (
 local slot = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'removed') then
   return {'skipped', 'removed'}  -- a runtime entry removed while the backfill ran
+end
+local defined = tonumber(string.match(redis.call('HGET', KEYS[1], 'defined') or '', '^(%d+) ')
+                         or '')
+if (ARGV[9] or '') ~= '' and defined and defined > tonumber(ARGV[9]) then
+  -- changed, or removed and added again, since the backfill read it: its definition is gone
+  return {'skipped', 'removed'}
 end
 if slot > now then
   return {'skipped', 'future'}
@@ -1145,8 +1199,10 @@ local items = redis.call('LRANGE', KEYS[5], 0, -1)
 local maybe = nil
 for _, raw in ipairs(items) do
   local ok, item = pcall(cjson.decode, raw)
+  -- (the slot's own task id: a manual run near the slot is another run)
   if ok and type(item) == 'table' and type(item.slot) == 'number'
-      and math.abs(item.slot - slot) < 500000 then
+      and math.abs(item.slot - slot) < 500000
+      and (item.task_id == nil or item.task_id == ARGV[2]) then
     local outcome = tostring(item.outcome)
     if outcome == 'skipped:buffered' or outcome == 'skipped:uncertain'
         or outcome == 'skipped:in_flight' then
