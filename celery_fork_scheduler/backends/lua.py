@@ -538,6 +538,10 @@ if removed == 1 then
     local sent_slot = tonumber(sent and string.match(sent, '^(%d+) ') or '')
     if not sent_slot or tonumber(ARGV[1]) > sent_slot then
       redis.call('HSET', KEYS[1], 'sent_run', ARGV[1] .. ' ' .. ARGV[2])
+      if sent and redis.call('HGET', KEYS[1], 'latest_run') == string.match(sent, '^%d+ (.+)$') then
+        -- a later run given back made the earlier one sent the latest: this one is later
+        redis.call('HSET', KEYS[1], 'latest_run', ARGV[2])
+      end
     end
   end
   if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
@@ -1202,7 +1206,7 @@ for _, raw in ipairs(items) do
   -- (the slot's own task id: a manual run near the slot is another run)
   if ok and type(item) == 'table' and type(item.slot) == 'number'
       and math.abs(item.slot - slot) < 500000
-      and (item.task_id == nil or item.task_id == ARGV[2]) then
+      and (item.task_id == nil or item.task_id == '' or item.task_id == ARGV[2]) then
     local outcome = tostring(item.outcome)
     if outcome == 'skipped:buffered' or outcome == 'skipped:uncertain'
         or outcome == 'skipped:in_flight' then
