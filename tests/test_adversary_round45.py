@@ -20,22 +20,19 @@ from typing import Any
 
 import pytest
 import redis
-import replica_helpers
 from celery import Celery
-from celery import signals as celery_signals
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
+from hand_driven_helpers import BrokerBeat as Beat
+from hand_driven_helpers import outcomes_by_slot as history
 
-from celery_fork_scheduler import Scheduler, every, install
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import every, install
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.testing import FakeClock, wait_until
+from celery_fork_scheduler.testing import wait_until
 
 KEYS = Keys("scheduler:")
 RUNS_KEY = "adv45:runs"
-UTC = datetime.fromisoformat(replica_helpers.START).tzinfo
 
 
 def second(value: int) -> str:
@@ -80,47 +77,6 @@ def executions(client: redis.Redis) -> list[dict[str, Any]]:
             "at"
         ]
     return sorted(found.values(), key=lambda run: run["start"])
-
-
-def history(client: redis.Redis, name: str = "e") -> dict[str, str]:
-    """Slot (ISO) -> outcomes of the entry's history, oldest first, joined by commas."""
-    outcomes: dict[str, list[str]] = {}
-    for raw in reversed(client.lrange(KEYS.history(name), 0, -1)):
-        item = json.loads(raw)
-        slot = datetime.fromtimestamp(item["slot"] / 1e6, UTC).isoformat()
-        outcomes.setdefault(slot, []).append(item["outcome"])
-    return {slot: ",".join(items) for slot, items in outcomes.items()}
-
-
-class _WorkerStandIn:
-    """The sender of ``worker_init``: what the hooks read of a worker (its app)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-
-
-class Beat:
-    """One beat replica on a fake clock (real claims, real publishes to the Redis broker)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self.clock = FakeClock(replica_helpers.START)
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        self.scheduler = Scheduler(
-            app,
-            clock=self.clock,
-            backend=backend,
-            monotonic=lambda: self.clock.now.timestamp(),
-            exit_on_config_error=False,
-        )
-        # The in-process worker does not send worker_init: let the hooks guard the tasks.
-        celery_signals.worker_init.send(sender=_WorkerStandIn(app))
-
-    def run_for(self, seconds: float) -> None:
-        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds)
-
-    def close(self) -> None:
-        self.scheduler.close()
 
 
 @pytest.fixture

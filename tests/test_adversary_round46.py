@@ -18,22 +18,19 @@ from typing import Any
 
 import pytest
 import redis
-import replica_helpers
 from celery import Celery
-from celery import signals as celery_signals
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
+from hand_driven_helpers import BrokerBeat as Beat
+from hand_driven_helpers import outcomes_by_slot as history
 
-from celery_fork_scheduler import Manager, Scheduler, every, install
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import Manager, every, install
 from celery_fork_scheduler.ids import task_id_for
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.testing import FakeClock, wait_until
+from celery_fork_scheduler.testing import wait_until
 
 KEYS = Keys("scheduler:")
 RUNS_KEY = "adv46:runs"
-UTC = datetime.fromisoformat(replica_helpers.START).tzinfo
 
 
 def second(value: int) -> str:
@@ -78,44 +75,6 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Cele
 def executed(client: redis.Redis) -> list[str]:
     """The slots of every execution of ``adv46.slow``, in order."""
     return [json.loads(raw)["slot"] for raw in client.lrange(RUNS_KEY, 0, -1)]
-
-
-def history(client: redis.Redis, name: str = "e") -> dict[str, str]:
-    """Slot (ISO) -> outcomes of the entry's history, oldest first, joined by commas."""
-    outcomes: dict[str, list[str]] = {}
-    for raw in reversed(client.lrange(KEYS.history(name), 0, -1)):
-        item = json.loads(raw)
-        slot = datetime.fromtimestamp(item["slot"] / 1e6, UTC).isoformat()
-        outcomes.setdefault(slot, []).append(item["outcome"])
-    return {slot: ",".join(items) for slot, items in outcomes.items()}
-
-
-class _WorkerStandIn:
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-
-
-class Beat:
-    """One beat replica on a fake clock (real claims, real publishes to the Redis broker)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self.clock = FakeClock(replica_helpers.START)
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        self.scheduler = Scheduler(
-            app,
-            clock=self.clock,
-            backend=backend,
-            monotonic=lambda: self.clock.now.timestamp(),
-            exit_on_config_error=False,
-        )
-        celery_signals.worker_init.send(sender=_WorkerStandIn(app))
-
-    def run_for(self, seconds: float) -> None:
-        replica_helpers.tick_for(self.scheduler.tick, self.clock, seconds)
-
-    def close(self) -> None:
-        self.scheduler.close()
 
 
 @pytest.fixture

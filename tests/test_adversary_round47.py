@@ -12,7 +12,6 @@ real Redis; the schedule runs on a fake clock; the worker side is driven through
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,17 +19,18 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from celery.exceptions import Ignore
-from replica_helpers import START, tick_for
+from hand_driven_helpers import HandDrivenWorker as Worker
+from hand_driven_helpers import RecordingBeat as Beat
+from hand_driven_helpers import queued
+from replica_helpers import START
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
-from celery_fork_scheduler.worker import WorkerHooks
+from celery_fork_scheduler.testing import FakeClock
 
 KEYS = Keys("scheduler:")
+#: The task of the entries the hand-driven worker runs.
+TASK = "adv47.job"
 START_AT = datetime.fromisoformat(START).replace(microsecond=0)  # 10:00:00 UTC
 
 
@@ -59,34 +59,6 @@ def make_app(redis_url: str, beat_schedule: dict[str, Any], **conf: Any) -> Cele
     return app
 
 
-class Beat:
-    """One beat replica on a fake clock, recording what it publishes (no broker)."""
-
-    def __init__(self, app: Celery, clock: FakeClock, replica_id: str = "replica-a") -> None:
-        self.clock = clock
-        self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        backend.replica_id = replica_id
-        self.scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
-            publisher=self.publisher,
-            monotonic=lambda: clock.now.timestamp(),
-            exit_on_config_error=False,
-        )
-
-    def run_until(self, until: datetime, step: float = 0.25) -> None:
-        tick_for(self.scheduler.tick, self.clock, (until - self.clock()).total_seconds(), step)
-
-    def headers(self, entry: str, slot: datetime) -> tuple[str, dict[str, Any]]:
-        """Task id and headers of the message this replica published for ``slot``."""
-        [occurrence] = [
-            o for o in self.publisher.occurrences if o.entry == entry and o.slot == slot
-        ]
-        return occurrence.task_id, dict(occurrence.headers)
-
-
 @pytest.fixture
 def apps() -> Iterator[list[Celery]]:
     made: list[Celery] = []
@@ -101,36 +73,6 @@ def beats() -> Iterator[list[Beat]]:
     yield made
     for beat in made:
         beat.scheduler.close()
-
-
-def queued(client: redis.Redis) -> list[dict[str, Any]]:
-    """The messages in the broker's ``celery`` queue, oldest first."""
-    return [json.loads(raw) for raw in reversed(client.lrange("celery", 0, -1))]
-
-
-class Worker:
-    """The worker-side handlers of ``app``, a run's start and end driven by hand as Celery's
-    signals call them (``task_prerun`` -> ``before_start`` -> body -> ``task_postrun``)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self.hooks = WorkerHooks(app)
-        self.task = app.tasks["adv47.job"]
-
-    def start(self, task_id: str, headers: dict[str, Any]) -> bool:
-        """The run starts: whether its body executes (``before_start`` does not ``Ignore`` it)."""
-        self.task.push_request(**{**headers, "id": task_id, "retries": 0})
-        self.hooks.on_prerun(task_id=task_id, task=self.task)
-        try:
-            self.hooks.prevent(task_id)
-        except Ignore:
-            return False
-        return True
-
-    def end(self, task_id: str) -> None:
-        """The run's body returned."""
-        self.hooks.on_postrun(task_id=task_id, task=self.task, state="SUCCESS")
-        self.task.pop_request()
 
 
 # -- 1. a capped trigger of a cancel_other entry leaves its run id as the entry's latest run ----
@@ -176,7 +118,7 @@ def test_a_capped_trigger_of_a_cancel_other_entry_makes_the_waiting_scheduled_ru
     clock = FakeClock(START)
     beat = Beat(app, clock)
     beats.append(beat)
-    worker = Worker(app)
+    worker = Worker(app, TASK)
     beat.run_until(at(10.5))
     first, first_headers = beat.headers("e", at(10))
     assert worker.start(first, first_headers)
@@ -228,7 +170,7 @@ def test_a_manual_run_near_a_paused_slot_makes_backfill_call_the_slot_already_pu
     clock = FakeClock(START)
     beat = Beat(app, clock)
     beats.append(beat)
-    worker = Worker(app)
+    worker = Worker(app, TASK)
     manager = Manager(app, clock=clock)
     beat.run_until(at(30))
     manager.pause("minutely", note="maintenance")

@@ -22,18 +22,19 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from celery.exceptions import Ignore
-from replica_helpers import START, tick_for
+from hand_driven_helpers import HandDrivenWorker as Worker
+from hand_driven_helpers import RecordingBeat as Beat
+from hand_driven_helpers import queued
+from replica_helpers import START
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.publishing import Occurrence
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
-from celery_fork_scheduler.worker import WorkerHooks
 
 KEYS = Keys("scheduler:")
+#: The task of the entries the hand-driven worker runs.
+TASK = "adv48.job"
 START_AT = datetime.fromisoformat(START).replace(microsecond=0)  # 10:00:00 UTC
 
 
@@ -85,40 +86,6 @@ class KilledAfterPublishing(RecordingPublisher):
         return errors
 
 
-class Beat:
-    """One beat replica on a fake clock, recording what it publishes (no broker)."""
-
-    def __init__(
-        self,
-        app: Celery,
-        clock: FakeClock,
-        replica_id: str = "replica-a",
-        publisher: RecordingPublisher | None = None,
-    ) -> None:
-        self.clock = clock
-        self.publisher = publisher or RecordingPublisher()
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        backend.replica_id = replica_id
-        self.scheduler = Scheduler(
-            app,
-            clock=clock,
-            backend=backend,
-            publisher=self.publisher,
-            monotonic=lambda: clock.now.timestamp(),
-            exit_on_config_error=False,
-        )
-
-    def run_until(self, until: datetime, step: float = 0.25) -> None:
-        tick_for(self.scheduler.tick, self.clock, (until - self.clock()).total_seconds(), step)
-
-    def headers(self, entry: str, slot: datetime) -> tuple[str, dict[str, Any]]:
-        """Task id and headers of the message this replica published for ``slot``."""
-        [occurrence] = [
-            o for o in self.publisher.occurrences if o.entry == entry and o.slot == slot
-        ]
-        return occurrence.task_id, dict(occurrence.headers)
-
-
 @pytest.fixture
 def apps() -> Iterator[list[Celery]]:
     made: list[Celery] = []
@@ -136,41 +103,9 @@ def beats() -> Iterator[list[Beat]]:
             beat.scheduler.close()
 
 
-def queued(client: redis.Redis) -> list[dict[str, Any]]:
-    """The messages in the broker's ``celery`` queue, oldest first."""
-    return [json.loads(raw) for raw in reversed(client.lrange("celery", 0, -1))]
-
-
 def history(client: redis.Redis, name: str) -> list[dict[str, Any]]:
     """The entry's history items, oldest first."""
     return [json.loads(raw) for raw in reversed(client.lrange(KEYS.history(name), 0, -1))]
-
-
-class Worker:
-    """The worker-side handlers of ``app``, a run's start and end driven by hand as Celery's
-    signals call them (``task_prerun`` -> ``before_start`` -> body -> ``task_postrun``)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self.hooks = WorkerHooks(app)
-        self.task = app.tasks["adv48.job"]
-        self.revoked: list[str] = []
-        app.control.revoke = lambda task_id, **kwargs: self.revoked.append(task_id)  # type: ignore[method-assign]
-
-    def start(self, task_id: str, headers: dict[str, Any], retries: int = 0) -> bool:
-        """The run starts: whether its body executes (``before_start`` does not ``Ignore`` it)."""
-        self.task.push_request(**{**headers, "id": task_id, "retries": retries})
-        self.hooks.on_prerun(task_id=task_id, task=self.task)
-        try:
-            self.hooks.prevent(task_id)
-        except Ignore:
-            return False
-        return True
-
-    def end(self, task_id: str, state: str = "SUCCESS") -> None:
-        """The run's body returned (``state`` ``RETRY``: it called ``self.retry``)."""
-        self.hooks.on_postrun(task_id=task_id, task=self.task, state=state)
-        self.task.pop_request()
 
 
 # -- 1. a trigger just after a slot came due outranks the slot's run once a later run is given back
@@ -216,7 +151,7 @@ def test_a_scheduled_run_claimed_after_a_trigger_is_replaced_by_the_finished_tri
     clock = FakeClock(START)
     beat = Beat(app, clock)
     beats.append(beat)
-    worker = Worker(app)
+    worker = Worker(app, TASK)
     manager = Manager(app, clock=clock)
     beat.run_until(at(9.8))
     assert beat.publisher.occurrences == []
@@ -285,7 +220,7 @@ def test_a_run_sent_by_a_replica_killed_mid_publish_is_replaced_by_the_run_befor
     clock = FakeClock(START)
     a = Beat(app, clock, "replica-a", KilledAfterPublishing("e", at(20)))
     beats.append(a)
-    worker = Worker(app)
+    worker = Worker(app, TASK)
     a.run_until(at(10.5))
     r1, r1_headers = a.headers("e", at(10))
     assert worker.start(r1, r1_headers)
@@ -406,7 +341,7 @@ def test_a_burst_whose_later_slot_is_capped_makes_the_earlier_published_run_repl
     clock = FakeClock(START)
     beat = Beat(app, clock)
     beats.append(beat)
-    worker = Worker(app)
+    worker = Worker(app, TASK)
     beat.run_until(at(1.5))
     x1, x1_headers = beat.headers("e", at(1))
     assert worker.start(x1, x1_headers)
