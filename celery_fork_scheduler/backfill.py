@@ -46,6 +46,8 @@ __all__ = [
 BACKFILL_HEADER = "fork_scheduler_backfill"
 #: Publishes per second unless told otherwise.
 DEFAULT_RATE = 10.0
+#: The slowest pace a backfill takes: one publish a day (a slower one would wait for ever).
+MIN_RATE = 1 / 86_400
 #: The most slots one backfill covers unless ``limit`` says more.
 DEFAULT_LIMIT = 10_000
 
@@ -80,9 +82,14 @@ class BackfillOptions:
                 field="overlap",
             )
         rate = self.rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < INF:
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not MIN_RATE <= rate < INF
+        ):
             raise BackfillInputError(
-                f"must be a number of publishes per second above 0, not {self.rate!r}",
+                f"must be a number of publishes per second from {MIN_RATE:.3g} (one a day), "
+                f"not {self.rate!r}",
                 entry=name,
                 field="rate",
             )

@@ -45,6 +45,13 @@ def task_id_for(entry: str, slot: datetime) -> str:
     return _uuid5_text(f"{entry}@{slot_isoformat(slot)}")
 
 
+def manual_task_id(entry: str, moment: datetime) -> str:
+    """Return the task id of a run of ``entry`` triggered by hand at ``moment``: never a
+    scheduled occurrence's, even at a slot's very microsecond (a singleton's marker, backfill
+    and the worker tell runs apart by their ids)."""
+    return _uuid5_text(f"{entry}@{slot_isoformat(moment)}#manual")
+
+
 _NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes
 
 

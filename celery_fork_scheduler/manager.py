@@ -47,7 +47,7 @@ from .entry import (
     stored_fields,
 )
 from .errors import ConfigError, ForkSchedulerError
-from .ids import task_id_for
+from .ids import manual_task_id
 from .keys import Keys
 from .manager_results import EntryStats, HistoryItem, Job, ReplicaInfo, RunRecord, TriggerResult
 from .outages import Outage
@@ -929,7 +929,7 @@ class Manager:
             return TriggerResult(skipped="paused")
         self._reach_broker(name)
         slot = self._clock()
-        task_id = task_id_for(name, slot)
+        task_id = manual_task_id(name, slot)
         lease_ms = int(settings.singleton_lease.total_seconds() * 1000)
         if entry.singleton and not client.set(keys.running(name), task_id, nx=True, px=lease_ms):
             logger.info(

@@ -145,6 +145,8 @@ RECEIPT_SETTLE_SECONDS = 1.0
 
 #: Runs let go (no longer renewed) kept for a late report of their end, at most.
 LET_GO_KEPT = 10_000
+#: Rejected runs remembered at most (a requeued one another worker took is never seen again).
+REJECTED_KEPT = 10_000
 
 
 class RetrySkipped(Exception):
@@ -186,8 +188,9 @@ class WorkerHooks:
         #: Runs executing in this process (task_prerun to task_postrun).
         self._runs: dict[str, Run] = {}
         #: Runs whose attempt in this process ended in a rejection (``Reject``): one that
-        #: requeued its message starts again here without a second ``job_started``.
-        self._rejected: set[str] = set()
+        #: requeued its message starts again here without a second ``job_started``. The
+        #: oldest beyond :data:`REJECTED_KEPT` are forgotten (another worker took them).
+        self._rejected: dict[str, None] = {}
         #: When the last "cannot reach Redis" warning was logged (monotonic), and how many
         #: failures were left unsaid since.
         self._redis_warned_at: float | None = None
@@ -363,7 +366,7 @@ class WorkerHooks:
         with self._lock:
             self._runs[task_id] = run
             again = task_id in self._rejected
-            self._rejected.discard(task_id)
+            self._rejected.pop(task_id, None)
         if run.singleton or run.capped:
             self._ensure_heartbeat()
         if run.skipped:
@@ -413,7 +416,9 @@ class WorkerHooks:
             # A requeued rejection runs again; one not requeued is a final failure, which the
             # worker's request reports next (task_failure, handled like the pool's parent's).
             with self._lock:
-                self._rejected.add(task_id)
+                self._rejected[task_id] = None
+                if len(self._rejected) > REJECTED_KEPT:
+                    del self._rejected[next(iter(self._rejected))]
             return
         if state in _NOT_FINAL:
             return
@@ -458,7 +463,7 @@ class WorkerHooks:
         if run is None:
             return
         with self._lock:
-            self._rejected.discard(task_id)  # (a rejection that did not requeue: its end)
+            self._rejected.pop(task_id, None)  # (a rejection that did not requeue: its end)
         if parent_side:
             if isinstance(exception, WorkerLostError) and self._requeued_when_lost(sender):
                 return

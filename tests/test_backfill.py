@@ -29,13 +29,13 @@ STATIC = {
 }
 
 
-
 def stored(client: redis.Redis) -> dict[bytes, bytes | None]:
     """Every key and its dump, but the workers' heartbeat (an in-process worker of an earlier
     test may still beat: it is not what a backfill writes)."""
     return {
         key: client.dump(key) for key in client.keys("*") if not key.endswith(b"{workers}:seen")
     }
+
 
 def report(*args: Any, **kwargs: Any) -> None:
     """The task the entries name."""
@@ -358,9 +358,13 @@ def test_the_command_prints_one_line_per_slot_and_json(
         (["--from", "yesterday", "--to", "2026-01-01T00:00:00"], "--from: not an ISO-8601 time"),
         (["--from", "2026-01-02T00:00", "--to", "2026-01-01T00:00"], "--from .* is after --to"),
         (["--from", "2026-01-01T00:00", "--to", "2026-01-02T00:00", "--rate", "fast"], "--rate"),
+        (
+            ["--from", "2026-01-01T00:00", "--to", "2026-01-01T00:05", "--rate", "1e-320"],
+            "one a day",
+        ),
         (["--from", "2026-01-01T00:00", "--to", "2026-01-31T00:00"], "more than 10000 slots"),
     ],
-    ids=["unparsable", "from-after-to", "bad-rate", "too-many-slots"],
+    ids=["unparsable", "from-after-to", "bad-rate", "rate-waits-for-ever", "too-many-slots"],
 )
 def test_the_command_refuses_bad_input_in_one_line(
     app: Celery, redis_client: redis.Redis, args: list[str], match: str
@@ -488,3 +492,16 @@ def test_slots_whose_history_redis_lost_are_unknown_to_a_backfill_unless_forced(
     assert broker_messages(redis_client) == []
     forced = manager.backfill("minutely", slots[0], slots[0], rate=1000, force=True)
     assert outcomes(forced) == ["sent"]
+
+
+@pytest.mark.parametrize("rate", [1e-320, 1e-6, 0.0, -1.0])
+def test_a_rate_slower_than_one_a_day_is_refused_before_anything_is_written(
+    manager: Manager, redis_client: redis.Redis, minute: datetime, rate: float
+) -> None:
+    """``1 / rate`` seconds between publishes: a rate of 1e-320 passed, then waited for ever."""
+    from celery_fork_scheduler import BackfillInputError
+
+    with pytest.raises(BackfillInputError, match="one a day") as refused:
+        manager.backfill("minutely", minute - 3 * MINUTE, minute - MINUTE, rate=rate)
+    assert (refused.value.entry, refused.value.field) == ("minutely", "rate")
+    assert stored(redis_client) == {}

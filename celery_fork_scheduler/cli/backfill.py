@@ -9,7 +9,7 @@ import click
 import redis
 from celery.bin.base import CeleryCommand
 
-from ..backfill import DEFAULT_LIMIT, DEFAULT_RATE, BackfillSlot
+from ..backfill import DEFAULT_LIMIT, DEFAULT_RATE, MIN_RATE, BackfillSlot
 from ..errors import BackendUnavailableError
 from .output import plural
 from .session import (
@@ -38,8 +38,11 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float:
         rate = float(text)
     except ValueError:
         rate = 0.0
-    if not 0 < rate < float("inf"):
-        raise BadInputError(f"--rate: expected publishes per second above 0 (e.g. 10/s): {value!r}")
+    if not MIN_RATE <= rate < float("inf"):
+        raise BadInputError(
+            f"--rate: expected publishes per second from {MIN_RATE:.3g} (one a day), "
+            f"e.g. 10/s: {value!r}"
+        )
     return rate
 
 
