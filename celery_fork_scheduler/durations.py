@@ -21,7 +21,9 @@ UNIT_SECONDS = {
 #: Day units: a schedule string means local calendar days by them, a duration 86 400 s.
 DAY_UNITS = ("d", "day", "days")
 
-_DURATION_TEXT = re.compile(r"\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]+)\s*", re.IGNORECASE)
+_DURATION_TEXT = re.compile(
+    r"\s*(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]+)\s*", re.IGNORECASE | re.ASCII
+)
 
 
 def parse_duration(text: str, *, what: str) -> float:

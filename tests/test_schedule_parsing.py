@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from celery_fork_scheduler.durations import parse_duration
 from celery_fork_scheduler.errors import ScheduleError
 from celery_fork_scheduler.schedules import SlotSchedule, at, cron, every
 from celery_fork_scheduler.schedules.parsing import parse_schedule
@@ -106,3 +107,25 @@ def test_a_parsed_schedule_fires_where_it_says() -> None:
     schedule = parse_schedule("every monday at 09:00 in Europe/Berlin")
     after = datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert schedule.next_slot(after) == datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "every \uff15 minutes",
+        "at \uff11\uff10:\uff13\uff10",
+        "daily at 10:\uff13\uff10",
+        "monday at \uff10\uff19:00",
+        "monthly on \uff11",
+    ],
+)
+def test_digits_other_than_ascii_are_refused_as_cron_refuses_them(text: str) -> None:
+    """Python's ``\\d`` and ``int`` take fullwidth and other Unicode digits; a cron field does
+    not (cronsim neither). A schedule string takes ASCII digits only, as its cron form."""
+    with pytest.raises(ScheduleError, match="cannot parse schedule"):
+        parse_schedule(text)
+
+
+def test_a_duration_with_digits_other_than_ascii_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be a number of seconds"):
+        parse_duration("\uff15 s", what="x")

@@ -73,7 +73,7 @@ def parse_time(value: str | time) -> time:
         return value.replace(microsecond=0)
     if not isinstance(value, str):
         raise ScheduleError(f"invalid time {value!r}: expected a string 'HH:MM' or 'HH:MM:SS'")
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", value.strip())
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", value.strip(), re.ASCII)
     if match is not None:
         hour, minute, second = (int(part or 0) for part in match.groups())
         if hour < 24 and minute < 60 and second < 60:

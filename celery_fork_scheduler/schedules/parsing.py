@@ -49,12 +49,17 @@ _WEEKDAYS = {
 
 _TIMES = r"(?P<times>\d[\d:,\s]*)"
 _ZONE = re.compile(r"(?P<body>.+?)\s+in\s+(?P<zone>[A-Za-z][\w+\-/]*)", re.IGNORECASE)
-_EVERY_UNIT = re.compile(r"every\s+(?:(?P<n>\d+)\s*)?(?P<unit>[a-z]+)(?:\s+at\s+" + _TIMES + ")?")
-_AT = re.compile(r"(?:daily\s+)?at\s+" + _TIMES + r"|daily")
-_WEEKLY = re.compile(r"(?:every\s+)?(?P<days>[a-z]+(?:\s*,\s*[a-z]+)*)(?:\s+at\s+" + _TIMES + ")?")
+_EVERY_UNIT = re.compile(
+    r"every\s+(?:(?P<n>\d+)\s*)?(?P<unit>[a-z]+)(?:\s+at\s+" + _TIMES + ")?", re.ASCII
+)
+_AT = re.compile(r"(?:daily\s+)?at\s+" + _TIMES + r"|daily", re.ASCII)
+_WEEKLY = re.compile(
+    r"(?:every\s+)?(?P<days>[a-z]+(?:\s*,\s*[a-z]+)*)(?:\s+at\s+" + _TIMES + ")?", re.ASCII
+)
 _MONTHLY = re.compile(
     r"(?:monthly|every\s+(?:(?P<n>\d+)\s+)?months?)\s+on\s+(?P<days>-?\d+(?:\s*,\s*-?\d+)*)"
-    r"(?:\s+at\s+" + _TIMES + ")?"
+    r"(?:\s+at\s+" + _TIMES + ")?",
+    re.ASCII,
 )
 _CRON_TOKEN = re.compile(r"[\w*/,\-#?]+")
 

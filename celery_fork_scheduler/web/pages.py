@@ -183,7 +183,7 @@ def edit(name: str) -> Any:
 
 
 def _version(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _form_page(form: forms.EntryForm, *, editing: str | None, version: int | None) -> str:
