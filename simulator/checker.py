@@ -350,6 +350,8 @@ class Checker:
                 continue
             if any(w.start - LOSS_BEFORE <= s <= w.end + LOSS_AFTER for w in self.loss):
                 continue
+            if self._unmarked_after_restart(name, s):
+                continue
             if key in world.lost_unfenced:
                 continue
             if key in world.killed_fenced and any(
@@ -649,6 +651,29 @@ class Checker:
         self.check_held()
         self.check_queued()
         self.check_removed()
+
+    def _unmarked_after_restart(self, name: str, s: int) -> bool:
+        """A slot just after Redis restarted (with its data too) of an entry that had no mark
+        then: documented (docs/guarantees.md, "Redis loses data"), the claim cannot tell a
+        restart from a loss and refuses slots up to Redis's start (by its uptime in whole
+        seconds, plus one) plus the early tolerance."""
+        for w in self.world.windows:
+            if (
+                w.kind != "redis_down"
+                or w.detail != "restart"
+                or not w.end < s <= w.end + LOSS_AFTER
+            ):
+                continue
+            claimed_before = any(
+                r.entry == name
+                and r.at < w.start
+                and r.kind.startswith("claim:")
+                and r.kind != "claim:early"
+                for r in self.world.reports
+            )
+            if not claimed_before:
+                return True
+        return False
 
     def _markers_lost(self, start: int, end: int) -> bool:
         """Whether markers and cap places may have gone between ``start`` and ``end``: Redis

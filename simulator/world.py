@@ -443,7 +443,7 @@ class World:
             self.windows.append(Window(self.vt, self.vt + down, "data_loss", "restart empty"))
         self.redis.kill()
         self.redis_up = False
-        self.windows.append(Window(self.vt, self.vt + down, "redis_down"))
+        self.windows.append(Window(self.vt, self.vt + down, "redis_down", "restart"))
         self._note_unfenced_lost()
         self.schedule(self.vt + down, "event", WorldEvent(self.vt + down, "redis_up", {}))
 
