@@ -115,7 +115,8 @@ class World:
         self.pauses: dict[str, list[list[int | None]]] = {}
         self.corrupted: dict[str, int] = {}
         self.uncertain: set[tuple[str, datetime]] = set()
-        self.killed_fenced: set[tuple[str, datetime]] = set()
+        #: Slots fenced by a replica that was then killed, with the instant of the kill.
+        self.killed_fenced: dict[tuple[str, datetime], int] = {}
         self.fenced_by: dict[tuple[str, datetime], str] = {}
         self.won_unfenced: dict[tuple[str, datetime], int] = {}
         self.lost_unfenced: set[tuple[str, datetime]] = set()
@@ -338,7 +339,7 @@ class World:
         # How it ended first: a SIGKILL that lands while a SIGTERM's exit is deferred is a kill.
         for key, owner in self.fenced_by.items():
             if owner == replica.name and replica.how_stopped in ("killed", "crashed"):
-                self.killed_fenced.add(key)
+                self.killed_fenced.setdefault(key, self.vt)
 
     def kill(self, replica: Replica, where: str) -> None:
         """SIGKILL ``replica`` (at a named point inside its stack, or between ticks)."""
