@@ -136,6 +136,14 @@ class JobNotFoundError(ForkSchedulerError, KeyError):
         return str(self.args[0])
 
 
+class StoredStateError(ForkSchedulerError):
+    """An entry's state in Redis cannot be read (a key of the wrong type); names the entry."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        self.name = name
+        super().__init__(f"entry {name!r}: its state in Redis cannot be read: {error}")
+
+
 class StoredRecordError(ConfigError):
     """A runtime entry stored in Redis cannot be decoded (corrupted, or nested too deep)."""
 
@@ -777,7 +785,8 @@ class Manager:
     def get(self, name: str) -> Job:
         """One entry as a :class:`Job`; :class:`JobNotFoundError` if there is none."""
         entry, version = self._entry(name)
-        return Job.from_entry(entry, self._states([name]).get(name, {}), version, self._clock())
+        state = self._states([name], strict=True).get(name, {})
+        return Job.from_entry(entry, state, version, self._clock())
 
     def unreadable(self) -> dict[str, str]:
         """The runtime entries that cannot be read, name -> why; :meth:`jobs` leaves them out."""
@@ -1227,8 +1236,21 @@ class Manager:
             return False
         return True
 
-    def _states(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        return self.store().states(names) if self._has_redis() and names else {}
+    def _states(self, names: Sequence[str], *, strict: bool = False) -> dict[str, dict[str, str]]:
+        """The state of each entry; one that cannot be read (a key of the wrong type) is left
+        out with a warning naming it, or with ``strict`` raises :class:`StoredStateError`."""
+        if not self._has_redis() or not names:
+            return {}
+        states, errors = self.store().read_states(names)
+        for name, error in errors.items():
+            if strict:
+                raise StoredStateError(name, error)
+            logger.warning(
+                "fork scheduler: the state of entry %r cannot be read, shown without it: %s",
+                name,
+                error,
+            )
+        return states
 
     def _select(self, name: str | None, tag: str | None) -> list[str]:
         if (name is None) == (tag is None):

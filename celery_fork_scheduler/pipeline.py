@@ -213,7 +213,7 @@ class PublishPipeline:
                 if claims:
                     self.backend.mark_sent(claims, outcome=outcome)
                 pending = [record for record in pending if record[1] != outcome]
-        except BackendUnavailableError:
+        except BaseException:  # Redis away, or a stop (SIGTERM) mid-call: close() tries again
             self.unmarked = pending + self.unmarked
             raise
 
@@ -230,7 +230,7 @@ class PublishPipeline:
             replies = backend.publish_once(
                 [due_slot.claim for due_slot, _ in unsettled], [each for _, each in unsettled]
             )
-        except BackendUnavailableError:
+        except BaseException:  # safe to repeat (see publish_once): kept, also through a stop
             self.unsettled = unsettled + self.unsettled
             raise
         self._report_once([due_slot for due_slot, _ in unsettled], replies)

@@ -173,8 +173,11 @@ class StartupCatchUp:
             unsent = set(mark.unsent)
             if not mark.sent:
                 unsent.add(mark.slot)
+            # A missed slot on an exclusion date is recorded skipped, not run: it does not
+            # stand in for an older unsent claim under "latest".
+            fires = any(not entry.excludes(slot) for slot in missed)
             asks = self._unsent_to_ask(
-                entry, unsent.difference(missed), bool(missed), at, starting_deadline
+                entry, unsent.difference(missed), fires, at, starting_deadline
             )
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)

@@ -1285,14 +1285,31 @@ class RuntimeStore:
         pipe.execute()
 
     def states(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The state hash of each entry (high-water mark, counters, pause), as text."""
+        """The state hash of each entry (high-water mark, counters, pause), as text; raises
+        the error of one that cannot be read."""
+        states, errors = self.read_states(names)
+        for error in errors.values():
+            raise error
+        return states
+
+    def read_states(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, redis.ResponseError]]:
+        """The state hash of each entry that can be read, and the error of each that cannot
+        (a key of the wrong type): one entry's corrupted state is that entry's alone."""
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.state(name))
-        return {
-            name: {_text(k): _text(v) for k, v in raw.items()}
-            for name, raw in zip(names, pipe.execute(), strict=True)
-        }
+        states: dict[str, dict[str, str]] = {}
+        errors: dict[str, redis.ResponseError] = {}
+        for name, raw in zip(names, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, redis.ResponseError) and str(raw).startswith("WRONGTYPE"):
+                errors[name] = raw
+            elif isinstance(raw, Exception):
+                raise raw
+            else:
+                states[name] = {_text(k): _text(v) for k, v in raw.items()}
+        return states, errors
 
     def pause_states(self, names: Sequence[str]) -> dict[str, PauseState]:
         """Whether each entry is paused."""

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import redis
+
 from .keys import Keys
 from .store import (
     DELETED_RETENTION,
@@ -222,6 +224,12 @@ class ShardedStore:
     def states(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """:meth:`.store.RuntimeStore.states`."""
         return self.shards[0].states(names)
+
+    def read_states(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, redis.ResponseError]]:
+        """:meth:`.store.RuntimeStore.read_states`."""
+        return self.shards[0].read_states(names)
 
     def pause_states(self, names: Sequence[str]) -> dict[str, PauseState]:
         """:meth:`.store.RuntimeStore.pause_states`."""

@@ -35,8 +35,11 @@ CLIENT_DEFAULTS: Mapping[str, Any] = {
 MULTI_HOST_SCHEMES = ("sentinel://", "redis+sentinel://")
 
 #: A URL's credentials in free text: ``scheme://[user:]secret@`` up to the line's last ``@``
-#: (an unencoded ``@``, ``/``, ``#``, ``?`` or space in a password ends nothing early).
-_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?[^\n]*@", re.IGNORECASE)
+#: that follows no space (an unencoded ``@``, ``/``, ``#``, ``?`` or space in a password ends
+#: nothing early; a Lua error's `` @user_script:6`` after the URL is not a password's end).
+_CREDENTIALS_IN_TEXT = re.compile(
+    r"(\b[a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?(?:[^\n]*\S)?@", re.IGNORECASE
+)
 #: A secret passed as a query parameter (``?password=``, ``&sentinel_password=``, ``token=``).
 _SECRET_PARAMETER = re.compile(
     r"([?&;][a-z_]*(?:pass(?:word)?|passwd|token|secret|auth)[a-z_]*=)[^&#\s]*", re.IGNORECASE

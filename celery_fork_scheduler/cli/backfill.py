@@ -15,9 +15,8 @@ from .output import plural
 from .session import (
     BadInputError,
     CommandError,
-    RedisUnavailableError,
     json_option,
-    redis_location,
+    redis_failure,
     session_for,
 )
 
@@ -103,8 +102,11 @@ def backfill(
             force=force,
         )
     except (redis.RedisError, BackendUnavailableError) as exc:
-        location = redis_location(session.app)
-        raise RedisUnavailableError(f"cannot reach {location}: {exc}") from None
+        failure = redis_failure(session.app, exc)
+        assert failure is not None
+        if type(failure) is CommandError:  # Redis answered: an error of this entry's data
+            raise CommandError(f"entry {name!r}: {failure.message}") from None
+        raise failure from None
     session.emit(
         {"name": name, "dry_run": dry_run, "slots": [r.to_dict() for r in results]},
         lambda: _text(results),

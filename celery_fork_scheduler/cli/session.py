@@ -14,6 +14,7 @@ import click
 import redis
 
 from ..backends.factory import redis_url_for
+from ..backends.redis import CLUSTER_REDIRECTS, CONNECTION_ERRORS
 from ..backends.redis_connection import mask_url, scrub_secrets
 from ..config import read_settings
 from ..errors import BackendUnavailableError, ConfigError, ForkSchedulerError, ScheduleError
@@ -71,10 +72,23 @@ def _translate(app: Any, exc: Exception) -> CommandError | None:
         return BadInputError(str(exc))
     if isinstance(exc, (RedisRequiredError, BrokerUnavailableError)):
         return RedisUnavailableError(str(exc))
-    if isinstance(exc, (redis.RedisError, BackendUnavailableError)):
-        return RedisUnavailableError(f"cannot reach {redis_location(app)}: {exc}")
-    if isinstance(exc, ForkSchedulerError):
+    if isinstance(exc, ForkSchedulerError) and not isinstance(exc, BackendUnavailableError):
         return CommandError(str(exc))
+    return redis_failure(app, exc)
+
+
+#: Redis failures that mean it cannot be reached (or is no writable master just now): exit 3.
+UNREACHABLE = (*CONNECTION_ERRORS, *CLUSTER_REDIRECTS, redis.ReadOnlyError)
+
+
+def redis_failure(app: Any, exc: Exception) -> CommandError | None:
+    """The one-line error of a Redis failure: exit 3 when Redis cannot be reached; exit 1 when
+    it answered with an error (a key of the wrong type: one entry's data, not the server's
+    reach); ``None`` for any other exception."""
+    if isinstance(exc, (*UNREACHABLE, BackendUnavailableError)):
+        return RedisUnavailableError(f"cannot reach {redis_location(app)}: {exc}")
+    if isinstance(exc, redis.RedisError):
+        return CommandError(f"{redis_location(app)} refused the command: {exc}")
     return None
 
 
