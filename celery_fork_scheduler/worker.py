@@ -145,6 +145,8 @@ RECEIPT_SETTLE_SECONDS = 1.0
 
 #: Runs let go (no longer renewed) kept for a late report of their end, at most.
 LET_GO_KEPT = 10_000
+#: How often the heartbeat asks again after Redis could not be reached (seconds, at most).
+HEARTBEAT_RETRY_SECONDS = 0.2
 #: Rejected runs remembered at most (a requeued one another worker took is never seen again).
 REJECTED_KEPT = 10_000
 
@@ -837,8 +839,14 @@ class WorkerHooks:
             logger.warning("fork scheduler: could not reach Redis to announce this worker")
 
     def _beat_hearts(self, stopping: threading.Event) -> None:
+        """Renew the markers and cap places of the runs this process holds, every third of
+        the lease (every :data:`HEARTBEAT_RETRY_SECONDS` after Redis could not be reached).
+        A run executing here that no longer has its marker or place while nobody else holds
+        it (a Redis restart lost it) takes it back: it still runs, and a slot due after Redis
+        came back must find it busy."""
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
-        while not stopping.wait(interval):
+        troubled = False
+        while not stopping.wait(min(interval, HEARTBEAT_RETRY_SECONDS) if troubled else interval):
             try:
                 self._forget_ended()
                 self._free_unfreed()
@@ -851,19 +859,23 @@ class WorkerHooks:
                     continue
                 for run in runs:
                     if run.singleton:
-                        client.eval(
-                            lua.HEARTBEAT,
-                            1,
-                            self.keys.running(run.entry),
-                            run.task_id,
-                            self._lease_ms,
-                        )
+                        self._renew(client, run, lua.HEARTBEAT, self.keys.running(run.entry))
                     if run.capped:
-                        client.eval(
-                            lua.CAP_HEARTBEAT, 1, self.keys.cap, run.task_id, self._lease_ms
-                        )
+                        self._renew(client, run, lua.CAP_HEARTBEAT, self.keys.cap)
+                troubled = False
             except Exception as exc:
+                troubled = True
                 self._redis_failed("renew the markers of the runs in progress (heartbeat)", exc)
+
+    def _renew(self, client: Any, run: Run, script: str, key: str) -> None:
+        """Renew one marker or place of ``run``; take it back when it is gone and the run is
+        executing in this process (checked under the lock: a run that ended frees its marker
+        only after it left ``_runs``, so a marker is never taken back after its free)."""
+        if int(client.eval(script, 1, key, run.task_id, self._lease_ms, "0")) != 0:
+            return
+        with self._lock:
+            if self._runs.get(run.task_id) is run:
+                client.eval(script, 1, key, run.task_id, self._lease_ms, "1")
 
 
 def _after_fork(hooks: WorkerHooks | None) -> None:

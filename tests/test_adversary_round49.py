@@ -120,6 +120,12 @@ def _restart_from(server: dict[str, RedisServer], dump: Path) -> redis.Redis:
 # -- 1. beat and Redis restart together, Redis from an older snapshot ------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (guarantees.md, 'Redis loses data'): a restart from an older RDB "
+    "snapshot keeps marks older than what was published; once every replica restarted too, "
+    "nothing remembers the later ones (use AOF for the claims' Redis)",
+)
 @pytest.mark.parametrize(
     ("catchup", "down_for"),
     [("latest", 2.0), ("all", 60.0)],
@@ -253,6 +259,12 @@ def test_a_dead_replicas_unsent_claim_is_lost_unreported_when_the_recent_slot_is
 # -- 3. a jittered slot due before an update, published after the new definition's first slot ---
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (schedules.md, jitter): a slot "
+    "of the earlier definition still waiting for its jitter offset when a change comes is lost "
+    "if the new definition's slots come before its publish instant (reported claimed)",
+)
 def test_a_jittered_slot_due_before_an_update_is_lost_to_the_new_definitions_first_slot(
     redis_url: str,
     redis_client: redis.Redis,

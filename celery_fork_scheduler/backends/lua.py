@@ -698,23 +698,34 @@ return granted
 )
 
 #: Keep a singleton run's marker alive while the worker holds the run (received or running).
-#: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms).
-#: Returns 1 when the marker was still this run's, else 0.
+#: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms), ARGV[3] "1" to take the marker
+#: back when nobody holds it (a run executing whose marker a Redis restart lost).
+#: Returns 1 when the marker was still this run's, 2 when it was taken back, else 0.
 HEARTBEAT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
+end
+if not held and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 return 0
 """
 
 #: Keep a run's place under the concurrency cap while the worker holds the run.
-#: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] lease (ms).
-#: Returns 1 when the run still held a place, else 0.
+#: KEYS[1] the cap zset. ARGV[1] task id, ARGV[2] lease (ms), ARGV[3] "1" to take the place
+#: back when the run holds none (as for HEARTBEAT: the run executes, so it counts).
+#: Returns 1 when the run still held a place, 2 when it was taken back, else 0.
 CAP_HEARTBEAT = """
 local t = redis.call('TIME')
 local lease_end = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]) * 1000
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if ARGV[3] == '1' then
+    redis.call('ZADD', KEYS[1], string.format('%.0f', lease_end), ARGV[1])
+    return 2
+  end
   return 0
 end
 redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', lease_end), ARGV[1])
