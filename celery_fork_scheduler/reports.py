@@ -25,6 +25,7 @@ WARNED_SKIPS = frozenset(
         "redis_unavailable",
         "behind",
         "in_flight",
+        "unknown",
         "error",
         "broker_unavailable",
         "superseded",

@@ -60,6 +60,7 @@ SKIP_REASONS = (
     "error",  # the slot's claim or message could not be made (entry_failed says why)
     "removed",  # the runtime entry was removed (this replica had not read it yet)
     "changed",  # a slot of the definition a runtime change replaced (not read yet)
+    "unknown",  # due before Redis restarted from data that may predate its publish: not again
 )
 
 entry_due = Signal(name="entry_due", providing_args={"entry", "slot"})

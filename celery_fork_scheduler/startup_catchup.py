@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from .backends import ClaimBackend
-from .backends.base import to_epoch_us
+from .backends.base import Restart, to_epoch_us
 from .catchup import slots_due
 from .config import Settings
 from .entry import Entry
@@ -22,6 +22,14 @@ from .timequeue import TimeQueue
 
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
+#: How early a claim may be made (the claim script's tolerance): a slot this long after
+#: Redis's start may have been claimed before it.
+EARLY_TOLERANCE = timedelta(milliseconds=500)
+#: A Redis start this far after a replica's now is on another clock (an injected one).
+CLOCKS_DISAGREE = timedelta(hours=1)
+#: What Redis with an append-only file may lose in a crash (``appendfsync everysec``: the
+#: last second, written late).
+AOF_LOSS = timedelta(seconds=2)
 
 #: An entry to check at start-up: (entry, its first queued slot, the instant it was read as
 #: of, the instant its definition was made — a runtime entry's add or change — if known).
@@ -136,7 +144,9 @@ class StartupCatchUp:
         if not batch:
             return None
         try:
-            marks = self._backend().high_water_marks([item[0].name for item in batch])
+            backend = self._backend()
+            marks = backend.high_water_marks([item[0].name for item in batch])
+            restart = backend.last_restart()
         except BackendUnavailableError as exc:
             self.reports.warn_rate_limited("marks", f"cannot read high-water marks yet: {exc}")
             self.next_read = self.monotonic() + BACKEND_RETRY_SECONDS
@@ -163,6 +173,14 @@ class StartupCatchUp:
                 for slot in slots_due(entry, reference, at, grace=grace, window=starting_deadline)
                 if upcoming is None or slot < upcoming
             ]
+            # (A start long after ``at`` says the clocks disagree: a test's fake clock. On
+            # Redis's clock, which replicas follow, Redis started before now.)
+            if (
+                mark is not None
+                and restart is not None
+                and mark.slot < restart.at < at + CLOCKS_DISAGREE
+            ):
+                missed = self._unknown_left_out(entry.name, missed, restart)
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
             if mark is None:
@@ -182,6 +200,23 @@ class StartupCatchUp:
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
         return None
+
+    def _unknown_left_out(
+        self, name: str, missed: list[datetime], restart: Restart
+    ) -> list[datetime]:
+        """``missed`` without the slots that may have been published before Redis restarted
+        (reported skipped ``unknown``): the entry's mark predates that start, and Redis may
+        have come back from a snapshot older than what was published then (without an
+        append-only file, any slot up to the start; with one, its last seconds)."""
+        latest = restart.at + EARLY_TOLERANCE
+        earliest = restart.at - AOF_LOSS if restart.durable else None
+        kept = []
+        for slot in missed:
+            if slot <= latest and (earliest is None or slot > earliest):
+                self.reports.skipped_slot(name, slot, "unknown")
+            else:
+                kept.append(slot)
+        return kept
 
     def _unsent_to_ask(
         self,

@@ -131,6 +131,16 @@ class HighWaterMark:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """When the store of the claims last started (at the latest), and whether it keeps what
+    was written just before a crash (an append-only file): when it does not, it may have come
+    back from a snapshot older than the marks its replicas had written."""
+
+    at: datetime
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimResult:
     """The outcome of one :class:`Claim`; ``retry_after`` is in seconds, for PENDING and EARLY;
     ``error`` is the backend's error text, for ERROR and UNCERTAIN."""
@@ -160,6 +170,10 @@ class ClaimBackend(Protocol):
     @property
     def protects_replicas(self) -> bool:
         """True when several replicas may safely run against this backend."""
+
+    def last_restart(self) -> Restart | None:
+        """When the store last started, or ``None`` when that bounds nothing (it is this
+        process's own, or its start cannot be read: a cluster)."""
 
     def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
         """Return the latest claimed slot of each entry that has one (an entry whose stored

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import Claim, ClaimOutcome, ClaimResult, HighWaterMark, from_epoch_us, replica_identity
+from .base import (
+    Claim,
+    ClaimOutcome,
+    ClaimResult,
+    HighWaterMark,
+    Restart,
+    from_epoch_us,
+    replica_identity,
+)
 
 if TYPE_CHECKING:
     from ..outages import Outage
@@ -63,6 +71,10 @@ class LocalBackend:
                 f"(expected {STATE_SCHEMA}); move it away to start afresh"
             )
         return data
+
+    def last_restart(self) -> Restart | None:
+        """None: the marks are this process's own (and its state file's)."""
+        return None
 
     def high_water_marks(self, entries: Sequence[str]) -> Mapping[str, HighWaterMark]:
         """The latest claimed slot of each known entry; unsent claims of this process."""

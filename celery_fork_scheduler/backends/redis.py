@@ -46,8 +46,10 @@ from .base import (
     ClaimOutcome,
     ClaimResult,
     HighWaterMark,
+    Restart,
     from_epoch_us,
     replica_identity,
+    to_epoch_us,
 )
 from .redis_connection import client_from_url, mask_url
 
@@ -152,6 +154,23 @@ class RedisBackend:
         return self.keys.pending(entry)
 
     # -- operations -------------------------------------------------------------------------
+
+    def last_restart(self) -> Restart | None:
+        """Redis's start, from its uptime in whole seconds (the latest it can have been, as
+        the claim script counts it), and whether it keeps an append-only file; ``None`` on
+        Redis Cluster (each node started on its own)."""
+        if isinstance(self.client, RedisCluster):
+            return None
+
+        def read() -> Restart:
+            server = self.client.info("server")
+            durable = str(self.client.info("persistence").get("aof_enabled", 0)) == "1"
+            now_us = int(server.get("server_time_usec") or 0) or to_epoch_us(self.server_time())
+            second = now_us // 1_000_000 * 1_000_000
+            start = min(now_us, second - int(server["uptime_in_seconds"]) * 1_000_000 + 1_000_000)
+            return Restart(from_epoch_us(start), durable)
+
+        return self._retrying(read)
 
     def high_water_marks(self, entries: Sequence[str]) -> dict[str, HighWaterMark]:
         """The latest claimed slot of each entry that has one, whether it was sent, every
