@@ -137,11 +137,17 @@ class JobNotFoundError(ForkSchedulerError, KeyError):
 
 
 class StoredStateError(ForkSchedulerError):
-    """An entry's state in Redis cannot be read (a key of the wrong type); names the entry."""
+    """An entry's state or history in Redis cannot be read (a key of the wrong type); names
+    the entry."""
 
-    def __init__(self, name: str, error: Exception) -> None:
+    def __init__(self, name: str, error: Exception, what: str = "state") -> None:
         self.name = name
-        super().__init__(f"entry {name!r}: its state in Redis cannot be read: {error}")
+        super().__init__(f"entry {name!r}: its {what} in Redis cannot be read: {error}")
+
+
+def _wrong_type(error: Exception) -> bool:
+    """Whether Redis refused a command on one key for its type (one entry's data)."""
+    return isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE")
 
 
 class StoredRecordError(ConfigError):
@@ -816,7 +822,12 @@ class Manager:
         that cannot be decoded is kept as its text rather than raising."""
         _check_count(n, "n")
         self._entry(name)
-        raw = self._redis().lrange(self._keys().history(name), 0, n - 1) if n else []
+        try:
+            raw = self._redis().lrange(self._keys().history(name), 0, n - 1) if n else []
+        except redis.ResponseError as exc:
+            if _wrong_type(exc):
+                raise StoredStateError(name, exc, "history") from None
+            raise
         return [HistoryItem.from_stored(item) for item in raw]
 
     def outages(self, n: int = 20) -> list[Outage]:
@@ -893,6 +904,7 @@ class Manager:
     ) -> list[str]:
         """Pause one entry or every entry with ``tag``, for every replica; returns the names."""
         names = self._select(name, tag)
+        self._states(names, strict=True)  # one entry's corrupted state: nothing is paused
         self.store().pause(names, note, at=self._clock())
         return names
 
@@ -900,6 +912,7 @@ class Manager:
     def resume(self, name: str | None = None, *, tag: str | None = None) -> list[str]:
         """Resume one entry or every entry with ``tag``; returns the names."""
         names = self._select(name, tag)
+        self._states(names, strict=True)  # one entry's corrupted state: nothing is resumed
         self.store().resume(names)
         return names
 

@@ -835,8 +835,8 @@ class WorkerHooks:
         ttl = max(int(self.settings.singleton_lease.total_seconds() * 3), 60)
         try:
             client.set(self.keys.workers_seen, "1", ex=ttl)
-        except Exception:
-            logger.warning("fork scheduler: could not reach Redis to announce this worker")
+        except Exception as exc:
+            self._redis_failed("announce this worker", exc)
 
     def _beat_hearts(self, stopping: threading.Event) -> None:
         """Renew the markers and cap places of the runs this process holds, every third of

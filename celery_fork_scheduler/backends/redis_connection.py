@@ -35,10 +35,11 @@ CLIENT_DEFAULTS: Mapping[str, Any] = {
 MULTI_HOST_SCHEMES = ("sentinel://", "redis+sentinel://")
 
 #: A URL's credentials in free text: ``scheme://[user:]secret@`` up to the line's last ``@``
-#: that follows no space (an unencoded ``@``, ``/``, ``#``, ``?`` or space in a password ends
-#: nothing early; a Lua error's `` @user_script:6`` after the URL is not a password's end).
+#: (an unencoded ``@``, ``/``, ``#``, ``?`` or blank in a password ends nothing early), but not
+#: the ``@user_script:`` of a Lua error quoted after a URL. A scheme right after other letters
+#: (``无法连接redis://``, ``URL=redis://``) is found too: nothing is asked of what precedes it.
 _CREDENTIALS_IN_TEXT = re.compile(
-    r"(\b[a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?(?:[^\n]*\S)?@", re.IGNORECASE
+    r"([a-z][a-z0-9+.\-]*://)([^:@\s/]*:)?[^\n]*@(?!user_script:)", re.IGNORECASE
 )
 #: A secret passed as a query parameter (``?password=``, ``&sentinel_password=``, ``token=``).
 _SECRET_PARAMETER = re.compile(

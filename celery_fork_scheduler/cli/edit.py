@@ -22,7 +22,7 @@ from .session import (
     RedisUnavailableError,
     Session,
     json_option,
-    redis_location,
+    redis_failure,
     session_for,
 )
 
@@ -185,6 +185,8 @@ def add(
 
 def _number_or_text(value: str) -> float | str:
     """``"30"`` is 30 seconds; other text (``"30s"``, ``"2 minutes"``) is the entry's to check."""
+    if not value.isascii():  # float() takes any script's digits; a duration ASCII only
+        return value
     try:
         return float(value)
     except ValueError:
@@ -363,8 +365,11 @@ def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
     except TypeError as exc:  # Celery checks the arguments against the task's signature
         raise BadInputError(f"cannot send {name!r}: {exc}") from None
     except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send
-        location = redis_location(session.app)
-        raise RedisUnavailableError(f"cannot reach {location}: {exc}; nothing was sent") from None
+        failure = redis_failure(session.app, exc)
+        assert failure is not None
+        if type(failure) is CommandError:  # Redis answered: an error of this entry's data
+            raise CommandError(f"entry {name!r}: {failure.message}; nothing was sent") from None
+        raise RedisUnavailableError(f"{failure.message}; nothing was sent") from None
     data = trigger_data(name, result)
     if data["warning"] is not None:
         session.warn(f"sent, but {data['warning']}")
