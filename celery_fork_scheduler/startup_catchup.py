@@ -27,10 +27,6 @@ MARKS_BATCH = 5000
 EARLY_TOLERANCE = timedelta(milliseconds=500)
 #: A Redis start this far after a replica's now is on another clock (an injected one).
 CLOCKS_DISAGREE = timedelta(hours=1)
-#: What Redis with an append-only file may lose in a crash (``appendfsync everysec``: the
-#: last second, written late).
-AOF_LOSS = timedelta(seconds=2)
-
 #: An entry to check at start-up: (entry, its first queued slot, the instant it was read as
 #: of, the instant its definition was made — a runtime entry's add or change — if known).
 Unchecked = tuple[Entry, "datetime | None", datetime, "datetime | None"]
@@ -175,11 +171,13 @@ class StartupCatchUp:
             ]
             # (A start long after ``at`` says the clocks disagree: a test's fake clock. On
             # Redis's clock, which replicas follow, Redis started before now.)
-            if (
+            before_restart = (
                 mark is not None
                 and restart is not None
                 and mark.slot < restart.at < at + CLOCKS_DISAGREE
-            ):
+            )
+            if before_restart:
+                assert restart is not None
                 missed = self._unknown_left_out(entry.name, missed, restart)
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
@@ -197,22 +195,24 @@ class StartupCatchUp:
             asks = self._unsent_to_ask(
                 entry, unsent.difference(missed), fires, at, starting_deadline
             )
+            if before_restart:  # an unsent claim of the snapshot may have been sent since
+                assert restart is not None
+                asks = self._unknown_left_out(entry.name, asks, restart)
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
         return None
 
     def _unknown_left_out(
-        self, name: str, missed: list[datetime], restart: Restart
+        self, name: str, slots: list[datetime], restart: Restart
     ) -> list[datetime]:
-        """``missed`` without the slots that may have been published before Redis restarted
+        """``slots`` without those that may have been published before Redis restarted
         (reported skipped ``unknown``): the entry's mark predates that start, and Redis may
-        have come back from a snapshot older than what was published then (without an
-        append-only file, any slot up to the start; with one, its last seconds)."""
+        have come back from data older than what was published then (a snapshot; an
+        append-only file loses the last writes before a crash, whose instant is unknown)."""
         latest = restart.at + EARLY_TOLERANCE
-        earliest = restart.at - AOF_LOSS if restart.durable else None
         kept = []
-        for slot in missed:
-            if slot <= latest and (earliest is None or slot > earliest):
+        for slot in slots:
+            if slot <= latest:
                 self.reports.skipped_slot(name, slot, "unknown")
             else:
                 kept.append(slot)

@@ -147,6 +147,9 @@ RECEIPT_SETTLE_SECONDS = 1.0
 LET_GO_KEPT = 10_000
 #: How often the heartbeat asks again after Redis could not be reached (seconds, at most).
 HEARTBEAT_RETRY_SECONDS = 0.2
+#: How often a process holding a singleton or capped run looks whether Redis restarted
+#: (seconds): well within the 1.5 s after a start in which no slot is won.
+RESTART_CHECK_SECONDS = 0.5
 #: Rejected runs remembered at most (a requeued one another worker took is never seen again).
 REJECTED_KEPT = 10_000
 
@@ -196,6 +199,8 @@ class WorkerHooks:
         #: When the last "cannot reach Redis" warning was logged (monotonic), and how many
         #: failures were left unsaid since.
         self._redis_warned_at: float | None = None
+        #: Redis's ``run_id`` when last looked (see :meth:`_redis_restarted`).
+        self._redis_run_id: str | None = None
         self._redis_unsaid = 0
         #: The bad settings already logged by this process.
         self._said: set[str] = set()
@@ -840,14 +845,22 @@ class WorkerHooks:
 
     def _beat_hearts(self, stopping: threading.Event) -> None:
         """Renew the markers and cap places of the runs this process holds, every third of
-        the lease (every :data:`HEARTBEAT_RETRY_SECONDS` after Redis could not be reached).
+        the lease, at once when Redis restarted (:meth:`_redis_restarted`), and every
+        :data:`HEARTBEAT_RETRY_SECONDS` after Redis could not be reached.
         A run executing here that no longer has its marker or place while nobody else holds
         it (a Redis restart lost it) takes it back: it still runs, and a slot due after Redis
         came back must find it busy."""
         interval = max(self.settings.singleton_lease.total_seconds() / 3, 0.2)
         troubled = False
-        while not stopping.wait(min(interval, HEARTBEAT_RETRY_SECONDS) if troubled else interval):
+        renew_at = 0.0
+        while not stopping.wait(
+            min(interval, HEARTBEAT_RETRY_SECONDS if troubled else RESTART_CHECK_SECONDS)
+        ):
             try:
+                now = time.monotonic()
+                if not troubled and now < renew_at and not self._redis_restarted():
+                    continue
+                renew_at = now + interval
                 self._forget_ended()
                 self._free_unfreed()
                 with self._lock:
@@ -866,6 +879,19 @@ class WorkerHooks:
             except Exception as exc:
                 troubled = True
                 self._redis_failed("renew the markers of the runs in progress (heartbeat)", exc)
+
+    def _redis_restarted(self) -> bool:
+        """Whether Redis restarted (or another server took over) since this process last
+        looked, while it holds a run whose marker or place the restart may have lost: a quick
+        restart between two heartbeats breaks no call, so its ``run_id`` is watched."""
+        client = self.client
+        with self._lock:
+            holding = any(run.singleton or run.capped for run in self._runs.values())
+        if not holding or not isinstance(client, redis.Redis):
+            return False
+        run_id = client.info("server").get("run_id")
+        seen, self._redis_run_id = self._redis_run_id, run_id
+        return seen is not None and run_id != seen
 
     def _renew(self, client: Any, run: Run, script: str, key: str) -> None:
         """Renew one marker or place of ``run``; take it back when it is gone and the run is

@@ -132,12 +132,11 @@ class HighWaterMark:
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """When the store of the claims last started (at the latest), and whether it keeps what
-    was written just before a crash (an append-only file): when it does not, it may have come
-    back from a snapshot older than the marks its replicas had written."""
+    """When the store of the claims last started (at the latest): it may have come back from
+    data older than the marks its replicas had written (a snapshot, or an append-only file
+    that lost its last writes)."""
 
     at: datetime
-    durable: bool
 
 
 @dataclass(frozen=True, slots=True)

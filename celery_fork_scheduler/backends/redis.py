@@ -157,18 +157,17 @@ class RedisBackend:
 
     def last_restart(self) -> Restart | None:
         """Redis's start, from its uptime in whole seconds (the latest it can have been, as
-        the claim script counts it), and whether it keeps an append-only file; ``None`` on
-        Redis Cluster (each node started on its own)."""
+        the claim script counts it); ``None`` on Redis Cluster (each node started on its
+        own)."""
         if isinstance(self.client, RedisCluster):
             return None
 
         def read() -> Restart:
             server = self.client.info("server")
-            durable = str(self.client.info("persistence").get("aof_enabled", 0)) == "1"
             now_us = int(server.get("server_time_usec") or 0) or to_epoch_us(self.server_time())
             second = now_us // 1_000_000 * 1_000_000
             start = min(now_us, second - int(server["uptime_in_seconds"]) * 1_000_000 + 1_000_000)
-            return Restart(from_epoch_us(start), durable)
+            return Restart(from_epoch_us(start))
 
         return self._retrying(read)
 
