@@ -858,8 +858,13 @@ class WorkerHooks:
         ):
             try:
                 now = time.monotonic()
-                if not troubled and now < renew_at and not self._redis_restarted():
-                    continue
+                restarted = False
+                if not troubled and now < renew_at:
+                    restarted = self._redis_restarted()
+                    if not restarted:
+                        continue
+                else:
+                    restarted = self._redis_restarted()  # (each pass also sets the baseline)
                 renew_at = now + interval
                 self._forget_ended()
                 self._free_unfreed()
@@ -872,7 +877,8 @@ class WorkerHooks:
                     continue
                 for run in runs:
                     if run.singleton:
-                        self._renew(client, run, lua.HEARTBEAT, self.keys.running(run.entry))
+                        key = self.keys.running(run.entry)
+                        self._renew(client, run, lua.HEARTBEAT, key, restarted=restarted)
                     if run.capped:
                         self._renew(client, run, lua.CAP_HEARTBEAT, self.keys.cap)
                 troubled = False
@@ -893,15 +899,20 @@ class WorkerHooks:
         seen, self._redis_run_id = self._redis_run_id, run_id
         return seen is not None and run_id != seen
 
-    def _renew(self, client: Any, run: Run, script: str, key: str) -> None:
+    def _renew(
+        self, client: Any, run: Run, script: str, key: str, *, restarted: bool = False
+    ) -> None:
         """Renew one marker or place of ``run``; take it back when it is gone and the run is
-        executing in this process (checked under the lock: a run that ended frees its marker
-        only after it left ``_runs``, so a marker is never taken back after its free)."""
+        executing in this process, and just after Redis restarted whoever holds it (a
+        snapshot may have brought back an ended run's marker). Checked under the lock: a run
+        that ended frees its marker only after it left ``_runs``, so a marker is never taken
+        back after its free."""
         if int(client.eval(script, 1, key, run.task_id, self._lease_ms, "0")) != 0:
             return
         with self._lock:
             if self._runs.get(run.task_id) is run:
-                client.eval(script, 1, key, run.task_id, self._lease_ms, "1")
+                how = "2" if restarted else "1"
+                client.eval(script, 1, key, run.task_id, self._lease_ms, how)
 
 
 def _after_fork(hooks: WorkerHooks | None) -> None:

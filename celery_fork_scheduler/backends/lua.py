@@ -699,7 +699,9 @@ return granted
 
 #: Keep a singleton run's marker alive while the worker holds the run (received or running).
 #: KEYS[1] running marker. ARGV[1] task id, ARGV[2] lease (ms), ARGV[3] "1" to take the marker
-#: back when nobody holds it (a run executing whose marker a Redis restart lost).
+#: back when nobody holds it (a run executing whose marker a Redis restart lost), "2" to take
+#: it whoever holds it (just after a restart: a marker a snapshot brought back is an ended
+#: run's, while this one executes).
 #: Returns 1 when the marker was still this run's, 2 when it was taken back, else 0.
 HEARTBEAT = """
 local held = redis.call('GET', KEYS[1])
@@ -707,7 +709,7 @@ if held == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
-if not held and ARGV[3] == '1' then
+if (not held and ARGV[3] == '1') or ARGV[3] == '2' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 2
 end
@@ -722,7 +724,7 @@ CAP_HEARTBEAT = """
 local t = redis.call('TIME')
 local lease_end = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[2]) * 1000
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if ARGV[3] == '1' then
+  if ARGV[3] == '1' or ARGV[3] == '2' then
     redis.call('ZADD', KEYS[1], string.format('%.0f', lease_end), ARGV[1])
     return 2
   end
