@@ -415,10 +415,15 @@ class PublishPipeline:
         self._report_once(started.once, replies)
 
     def _report_once(self, once: Sequence[DueSlot], replies: Sequence[Any]) -> None:
-        """Report one-step publishes from the script's replies."""
-        for due_slot, reply in zip(once, replies, strict=True):
+        """Record, then report, one-step publishes from the script's replies (every record
+        is kept before a listener runs: a stop during a report loses none)."""
+        answered = list(zip(once, replies, strict=True))
+        for due_slot, reply in answered:
             if isinstance(reply, Exception):  # fenced, then a command failed: never again
-                self._uncertain(due_slot, reply)
+                self.unmarked.append((due_slot.claim, "uncertain"))
+        for due_slot, reply in answered:
+            if isinstance(reply, Exception):
+                self._report_uncertain(due_slot, reply)
             elif reply:
                 self.reports.dispatched(due_slot)
             else:
@@ -537,8 +542,8 @@ class PublishPipeline:
     def _uncertain(self, due_slot: DueSlot, error: Exception) -> None:
         """A won claim whose message may have left already: reported, and recorded
         ``uncertain`` (its run keeps its place under the cap), never sent again."""
+        self.unmarked.append((due_slot.claim, "uncertain"))  # kept before a listener runs
         self._report_uncertain(due_slot, error)
-        self.unmarked.append((due_slot.claim, "uncertain"))
 
     def _not_sent(self, due_slot: DueSlot, error: Exception, now: datetime) -> None:
         """A message that certainly did not leave: while the broker is what failed and the
