@@ -62,6 +62,7 @@ from .store import (
     StoredEntry,
     encode_entry,
     joined_tags,
+    wrong_type,
 )
 from .store_shards import ShardedStore, runtime_store
 from .validation import CheckReport, Problem, check_app_report
@@ -143,11 +144,6 @@ class StoredStateError(ForkSchedulerError):
     def __init__(self, name: str, error: Exception, what: str = "state") -> None:
         self.name = name
         super().__init__(f"entry {name!r}: its {what} in Redis cannot be read: {error}")
-
-
-def _wrong_type(error: Exception) -> bool:
-    """Whether Redis refused a command on one key for its type (one entry's data)."""
-    return isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE")
 
 
 class StoredRecordError(ConfigError):
@@ -825,7 +821,7 @@ class Manager:
         try:
             raw = self._redis().lrange(self._keys().history(name), 0, n - 1) if n else []
         except redis.ResponseError as exc:
-            if _wrong_type(exc):
+            if wrong_type(exc):
                 raise StoredStateError(name, exc, "history") from None
             raise
         return [HistoryItem.from_stored(item) for item in raw]

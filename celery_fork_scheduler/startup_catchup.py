@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from .backends import ClaimBackend
 from .backends.base import Restart, to_epoch_us
+from .backends.redis import EARLY_TOLERANCE
 from .catchup import slots_due
 from .config import Settings
 from .entry import Entry
@@ -22,9 +23,6 @@ from .timequeue import TimeQueue
 
 #: High-water marks read per tick at start-up.
 MARKS_BATCH = 5000
-#: How early a claim may be made (the claim script's tolerance): a slot this long after
-#: Redis's start may have been claimed before it.
-EARLY_TOLERANCE = timedelta(milliseconds=500)
 #: A Redis start this far after a replica's now is on another clock (an injected one).
 CLOCKS_DISAGREE = timedelta(hours=1)
 #: An entry to check at start-up: (entry, its first queued slot, the instant it was read as
@@ -171,14 +169,15 @@ class StartupCatchUp:
             ]
             # (A start long after ``at`` says the clocks disagree: a test's fake clock. On
             # Redis's clock, which replicas follow, Redis started before now.)
-            before_restart = (
-                mark is not None
+            restarted_since = (
+                restart
+                if mark is not None
                 and restart is not None
                 and mark.slot < restart.at < at + CLOCKS_DISAGREE
+                else None
             )
-            if before_restart:
-                assert restart is not None
-                missed = self._unknown_left_out(entry.name, missed, restart)
+            if restarted_since is not None:
+                missed = self._unknown_left_out(entry.name, missed, restarted_since)
             for slot in missed:
                 self.queue.push(now.timestamp(), entry, slot, retry=True)
             if mark is None:
@@ -195,9 +194,8 @@ class StartupCatchUp:
             asks = self._unsent_to_ask(
                 entry, unsent.difference(missed), fires, at, starting_deadline
             )
-            if before_restart:  # an unsent claim of the snapshot may have been sent since
-                assert restart is not None
-                asks = self._unknown_left_out(entry.name, asks, restart)
+            if restarted_since is not None:  # an unsent claim of the snapshot: sent since?
+                asks = self._unknown_left_out(entry.name, asks, restarted_since)
             for slot in asks:
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
         return None

@@ -1303,7 +1303,7 @@ class RuntimeStore:
         states: dict[str, dict[str, str]] = {}
         errors: dict[str, redis.ResponseError] = {}
         for name, raw in zip(names, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(raw, redis.ResponseError) and str(raw).startswith("WRONGTYPE"):
+            if wrong_type(raw):
                 errors[name] = raw
             elif isinstance(raw, Exception):
                 raise raw
@@ -1314,6 +1314,12 @@ class RuntimeStore:
     def pause_states(self, names: Sequence[str]) -> dict[str, PauseState]:
         """Whether each entry is paused."""
         return {name: pause_state(state) for name, state in self.states(names).items()}
+
+
+def wrong_type(error: object) -> bool:
+    """Whether Redis refused a command on one key for its type (one entry's data, not the
+    server's)."""
+    return isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE")
 
 
 def shard_count_error(keys: Keys, configured: int, stored: int) -> ConfigError:

@@ -15,8 +15,8 @@ from .output import plural
 from .session import (
     BadInputError,
     CommandError,
+    entry_redis_failure,
     json_option,
-    redis_failure,
     session_for,
 )
 
@@ -102,11 +102,7 @@ def backfill(
             force=force,
         )
     except (redis.RedisError, BackendUnavailableError) as exc:
-        failure = redis_failure(session.app, exc)
-        assert failure is not None
-        if type(failure) is CommandError:  # Redis answered: an error of this entry's data
-            raise CommandError(f"entry {name!r}: {failure.message}") from None
-        raise failure from None
+        raise entry_redis_failure(session.app, exc, name) from None
     session.emit(
         {"name": name, "dry_run": dry_run, "slots": [r.to_dict() for r in results]},
         lambda: _text(results),

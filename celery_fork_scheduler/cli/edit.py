@@ -19,10 +19,9 @@ from .output import job_data, next_text, plural, safe
 from .session import (
     BadInputError,
     CommandError,
-    RedisUnavailableError,
     Session,
+    entry_redis_failure,
     json_option,
-    redis_failure,
     session_for,
 )
 
@@ -365,11 +364,7 @@ def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
     except TypeError as exc:  # Celery checks the arguments against the task's signature
         raise BadInputError(f"cannot send {name!r}: {exc}") from None
     except (redis.RedisError, BackendUnavailableError) as exc:  # raised before any send
-        failure = redis_failure(session.app, exc)
-        assert failure is not None
-        if type(failure) is CommandError:  # Redis answered: an error of this entry's data
-            raise CommandError(f"entry {name!r}: {failure.message}; nothing was sent") from None
-        raise RedisUnavailableError(f"{failure.message}; nothing was sent") from None
+        raise entry_redis_failure(session.app, exc, name, "; nothing was sent") from None
     data = trigger_data(name, result)
     if data["warning"] is not None:
         session.warn(f"sent, but {data['warning']}")

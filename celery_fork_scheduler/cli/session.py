@@ -92,6 +92,17 @@ def redis_failure(app: Any, exc: Exception) -> CommandError | None:
     return None
 
 
+def entry_redis_failure(app: Any, exc: Exception, name: str, after: str = "") -> CommandError:
+    """:func:`redis_failure` of a command about entry ``name``: an error Redis answered is
+    that entry's data, so the line names it; ``after`` ends the line (``"; nothing was sent"``)."""
+    failure = redis_failure(app, exc)
+    if failure is None:
+        raise exc
+    if type(failure) is CommandError:
+        return CommandError(f"entry {name!r}: {failure.message}{after}")
+    return RedisUnavailableError(f"{failure.message}{after}")
+
+
 class _OnceHandler(logging.Handler):
     """Prints each distinct warning the package logs once, as a ``warning:`` line. Its errors
     are about stored records that the commands report themselves, one line each."""
