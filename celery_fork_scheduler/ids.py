@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import secrets
 import uuid
 from datetime import datetime, timezone
 
@@ -46,10 +47,10 @@ def task_id_for(entry: str, slot: datetime) -> str:
 
 
 def manual_task_id(entry: str, moment: datetime) -> str:
-    """Return the task id of a run of ``entry`` triggered by hand at ``moment``: never a
-    scheduled occurrence's, even at a slot's very microsecond (a singleton's marker, backfill
-    and the worker tell runs apart by their ids)."""
-    return _uuid5_text(f"{entry}@{slot_isoformat(moment)}#manual")
+    """Return a new task id for a run of ``entry`` triggered by hand at ``moment``: never a
+    scheduled occurrence's, even at a slot's very microsecond, nor another trigger's at the
+    same instant (a singleton's marker, backfill and the worker tell runs apart by their ids)."""
+    return _uuid5_text(f"{entry}@{slot_isoformat(moment)}#manual#{secrets.token_hex(8)}")
 
 
 _NAMESPACE_BYTES = TASK_ID_NAMESPACE.bytes

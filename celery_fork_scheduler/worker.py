@@ -906,11 +906,12 @@ class WorkerHooks:
         executing in this process, and just after Redis restarted whoever holds it (a
         snapshot may have brought back an ended run's marker). Checked under the lock: a run
         that ended frees its marker only after it left ``_runs``, so a marker is never taken
-        back after its free."""
+        back after its free. A run found busy or capped at its start never held one: it takes
+        nothing (it sits in ``_runs`` until its end, beside the run that holds the marker)."""
         if int(client.eval(script, 1, key, run.task_id, self._lease_ms, "0")) != 0:
             return
         with self._lock:
-            if self._runs.get(run.task_id) is run:
+            if self._runs.get(run.task_id) is run and not run.skipped:
                 how = "2" if restarted else "1"
                 client.eval(script, 1, key, run.task_id, self._lease_ms, how)
 

@@ -89,3 +89,12 @@ def test_a_trigger_at_a_slots_instant_keeps_a_singletons_scheduled_run_out(
     finally:
         beat.scheduler.close()
     assert started == [], f"the 10:01 slot ran beside the manual run: {started}"
+
+
+def test_two_triggers_at_one_instant_have_task_ids_of_their_own(app: Celery) -> None:
+    """Two triggers at the same clock instant (an injected clock, two processes in one
+    microsecond) are two runs: they must not share a task id (noticed in round 52's note)."""
+    manager = Manager(app, clock=FakeClock(at(30)))
+    first, second = manager.trigger("minutely"), manager.trigger("minutely")
+    assert first.task_id is not None and second.task_id is not None
+    assert first.task_id != second.task_id

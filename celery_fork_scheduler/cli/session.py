@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -88,8 +89,14 @@ def redis_failure(app: Any, exc: Exception) -> CommandError | None:
     if isinstance(exc, (*UNREACHABLE, BackendUnavailableError)):
         return RedisUnavailableError(f"cannot reach {redis_location(app)}: {exc}")
     if isinstance(exc, redis.RedisError):
-        return CommandError(f"{redis_location(app)} refused the command: {exc}")
+        reply = _SCRIPT_LOCATION.sub("", str(exc))
+        return CommandError(f"{redis_location(app)} refused the command: {reply}")
     return None
+
+
+#: Where in a Lua script an error reply was raised (`` script: <sha>, on @user_script:12``):
+#: the script's hash and line mean nothing to the user of a command.
+_SCRIPT_LOCATION = re.compile(r" script: [0-9a-f]{40}, on @user_script:\d+")
 
 
 def entry_redis_failure(app: Any, exc: Exception, name: str, after: str = "") -> CommandError:
