@@ -812,16 +812,18 @@ class Checker:
         run ended, or the held run was given back): such a claim supersedes the held run. A
         slot first answered before ``at`` was decided then: replicas asking about it again
         later (``claimed``) decide nothing (seed 5403: the entry's last slot, decided before
-        a refused hand-over was given back)."""
+        a refused hand-over was given back). A slot first answered ``busy`` found the marker
+        still held and superseded nothing (seed 10283: the marker of a slot killed after its
+        fence outlived the entry's last slots)."""
         for (entry, later), reports in self.reports.items():
             if entry != name or later <= slot:
                 continue
             answers = [
-                report.at
+                (report.at, report.kind)
                 for report in reports
                 if report.kind.startswith("claim:") and report.kind != "claim:early"
             ]
-            if answers and min(answers) > at:
+            if answers and min(answers)[0] > at and min(answers)[1] != "claim:busy":
                 return True
         return False
 
