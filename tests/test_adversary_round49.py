@@ -16,25 +16,30 @@ matters); the worker side is driven through the real ``WorkerHooks`` (the handle
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import HandDrivenWorker as Worker
 from hand_driven_helpers import RecordingBeat as Beat
 from replica_helpers import START
+from restart_helpers import (  # noqa: F401 - the fixtures beats and servers
+    Killed,
+    RealClockBeat,
+    beats_fixture,
+    crash,
+    servers_fixture,
+    start_server,
+)
 
-from celery_fork_scheduler import Manager, Scheduler, every
-from celery_fork_scheduler.backends.redis import RedisBackend
-from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler import Manager, every
 from celery_fork_scheduler.jitter import jitter_offset
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, RedisServer
@@ -50,30 +55,8 @@ def at(seconds: float) -> datetime:
     return START_AT + timedelta(seconds=seconds)
 
 
-def make_app(
-    url: str, beat_schedule: dict[str, Any], *, broker: str = "memory://", **conf: Any
-) -> Celery:
-    """Beat and worker of one app; claims on ``url``; every replica asks at once."""
-    app = Celery("adv49", broker=broker, set_as_current=False)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        fork_scheduler_owner_grace=0,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-class Killed(BaseException):
-    """The replica's process dies here (SIGKILL): nothing after it runs."""
+#: ``make_app(url, beat_schedule, *, broker="memory://", **conf)``: beat and worker of one app.
+make_app = partial(restart_helpers.make_app, "adv49", TASK)
 
 
 class KilledBeforeTheFence(RecordingPublisher):
@@ -84,41 +67,9 @@ class KilledBeforeTheFence(RecordingPublisher):
         raise Killed()
 
 
-@pytest.fixture
-def server() -> Iterator[dict[str, RedisServer]]:
-    """A private redis-server the test may kill and start again (``current``)."""
-    made = {"current": RedisServer().start()}
-    yield made
-    for each in {id(s): s for s in made.values()}.values():
-        with contextlib.suppress(Exception):
-            each.stop()
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception, Killed):
-            beat.scheduler.close()
-
-
 def history(client: redis.Redis, name: str) -> list[dict[str, Any]]:
     """The entry's history items, oldest first."""
     return [json.loads(raw) for raw in reversed(client.lrange(KEYS.history(name), 0, -1))]
-
-
-def _restart_from(server: dict[str, RedisServer], dump: Path) -> redis.Redis:
-    """Kill the Redis of ``server`` (a crash: no save) and start it again on the same port
-    from the snapshot ``dump``."""
-    old = server["current"]
-    assert old.process is not None
-    old.process.kill()
-    old.process.wait()
-    new = RedisServer(port=old.port)
-    shutil.copy(dump, new.workdir / "dump.rdb")
-    server["restarted"] = new.start()
-    return redis.Redis.from_url(new.url)
 
 
 # -- 1. beat and Redis restart together, Redis from an older snapshot ------------------------------
@@ -130,7 +81,7 @@ def _restart_from(server: dict[str, RedisServer], dump: Path) -> redis.Redis:
     ids=["default-policy-quick-restart", "catchup-all-after-a-minute"],
 )
 def test_a_cluster_restart_onto_an_older_redis_snapshot_publishes_slots_again(
-    server: dict[str, RedisServer],
+    servers: list[RedisServer],
     beats: list[Any],
     tmp_path: Path,
     catchup: str,
@@ -162,7 +113,7 @@ def test_a_cluster_restart_onto_an_older_redis_snapshot_publishes_slots_again(
     both A and B. Where: backends/lua.py ``_CLAIM_BODY`` (``restored`` only when ``hwm_text``
     is nil or below the caller's known mark), with startup_catchup.py ``_check``.
     """
-    current = server["current"]
+    current = start_server(servers)
     client = redis.Redis.from_url(current.url)
     # The replicas' clocks follow Redis's (as RedisClock makes them): A's slots lie 40 s in
     # the past of Redis TIME (claimed late, never early), B starts at Redis's present. A flush
@@ -187,7 +138,9 @@ def test_a_cluster_restart_onto_an_older_redis_snapshot_publishes_slots_again(
     published_by_a = {o.slot for o in a.publisher.occurrences}
     assert {t(8), t(10), t(12)} <= published_by_a
 
-    client = _restart_from(server, dump)  # A died with the node: it is never ticked again
+    crash(current)  # A died with the node: it is never ticked again
+    again = start_server(servers, port=current.port, kept=dump)
+    client = redis.Redis.from_url(again.url)
     assert int(client.hget(KEYS.state("e"), "hwm") or 0) == int(t(6).timestamp() * 1e6)
 
     started = datetime.now(timezone.utc)  # (down_for: how long A's slots lie in the past)
@@ -331,39 +284,9 @@ def test_a_jittered_slot_due_before_an_update_is_lost_to_the_new_definitions_fir
 # -- 4. a singleton run executing while Redis restarts --------------------------------------------
 
 
-def _real_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class RealClockBeat:
-    """One beat replica on the real clock (this host's clock is Redis's: one machine)."""
-
-    def __init__(self, app: Celery) -> None:
-        self.publisher = RecordingPublisher()
-        backend = RedisBackend.from_url(app.conf.fork_scheduler_redis_url, read_settings(app.conf))
-        self.scheduler = Scheduler(
-            app,
-            clock=_real_now,
-            backend=backend,
-            publisher=self.publisher,
-            exit_on_config_error=False,
-        )
-
-    def run_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.scheduler.tick()
-            time.sleep(0.05)
-
-    def run_until_published(self, count: int, within: float) -> None:
-        end = time.monotonic() + within
-        while time.monotonic() < end and len(self.publisher.occurrences) < count:
-            self.run_for(0.1)
-
-
 @pytest.mark.parametrize("policy", ["singleton", "cap"])
 def test_a_run_executing_across_a_redis_restart_is_overlapped_by_the_next_slot(
-    server: dict[str, RedisServer], beats: list[Any], policy: str
+    servers: list[RedisServer], beats: list[Any], policy: str
 ) -> None:
     """Promise: docs/singleton.md, "Every policy but allow is a singleton: never two runs of the
     entry at once, across the cluster", "One run at a time across the whole cluster"; the cap:
@@ -393,7 +316,7 @@ def test_a_run_executing_across_a_redis_restart_is_overlapped_by_the_next_slot(
     (compare-and-renew scripts that never re-take what an executing run lost with Redis's
     data).
     """
-    current = server["current"]
+    current = start_server(servers)
     entry: dict[str, Any] = {"task": TASK, "schedule": timedelta(seconds=1)}
     conf: dict[str, Any] = {"fork_scheduler_singleton_lease": 3}
     if policy == "singleton":
@@ -411,11 +334,8 @@ def test_a_run_executing_across_a_redis_restart_is_overlapped_by_the_next_slot(
     beat.run_for(1.5)
     assert len(beat.publisher.occurrences) == 1  # the next slots are busy (capped)
 
-    old = server["current"]
-    assert old.process is not None
-    old.process.kill()  # Redis crashes and comes back empty (no persistence)
-    old.process.wait()
-    server["restarted"] = RedisServer(port=old.port).start()
+    crash(current)  # Redis crashes and comes back empty (no persistence)
+    start_server(servers, port=current.port)
     beat.run_until_published(2, within=6)
 
     later = [o for o in beat.publisher.occurrences if o.slot > first.slot]

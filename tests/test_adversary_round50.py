@@ -16,18 +16,19 @@ through click's ``CliRunner``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
+import restart_helpers
 from celery import Celery
 from hand_driven_helpers import HandDrivenWorker as Worker
+from restart_helpers import crash, servers_fixture, start_server  # noqa: F401 - the fixture servers
 
 from celery_fork_scheduler.ids import ENTRY_HEADER, OVERLAP_HEADER, SLOT_HEADER
 from celery_fork_scheduler.keys import Keys
@@ -39,25 +40,8 @@ TASK = "adv50.job"
 SLOT = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
 
-def make_app(
-    url: str, beat_schedule: dict[str, Any], *, broker: str = "memory://", **conf: Any
-) -> Celery:
-    app = Celery("adv50", broker=broker, set_as_current=False)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        fork_scheduler_owner_grace=0,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
+#: ``make_app(url, beat_schedule, *, broker="memory://", **conf)``: beat and worker of one app.
+make_app = partial(restart_helpers.make_app, "adv50", TASK)
 
 
 def run_cli(app: Celery, args: list[str], input: str | None = None) -> Any:
@@ -242,16 +226,8 @@ def test_cli_add_takes_a_jitter_written_in_non_ascii_digits(redis_url: str, jitt
 # -- 5. the heartbeat's 0.2 s retry floods the worker's log while Redis is away -----------------
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    made = RedisServer().start()
-    yield made
-    with contextlib.suppress(Exception):
-        made.stop()
-
-
 def test_a_worker_holding_a_run_logs_a_warning_every_heartbeat_while_redis_is_away(
-    server: RedisServer, caplog: pytest.LogCaptureFixture
+    servers: list[RedisServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Promise: worker.py, the worker's logging contract (``REDIS_WARNING_SECONDS``: "While
     Redis cannot be reached, the worker says so at most once in this many seconds" (60);
@@ -271,15 +247,14 @@ def test_a_worker_holding_a_run_logs_a_warning_every_heartbeat_while_redis_is_aw
     announce warning) over 3 s. Where: worker.py ``_beat_hearts`` (the 0.2 s retry) with
     ``_mark_seen`` (``except Exception: logger.warning(...)``, not through ``_redis_failed``).
     """
+    server = start_server(servers)
     app = make_app(server.url, {}, fork_scheduler_singleton_lease=3)
     worker = Worker(app, TASK)
     headers = {ENTRY_HEADER: "e", SLOT_HEADER: SLOT.isoformat(), OVERLAP_HEADER: "skip"}
     assert worker.start("run-of-e", headers)  # executing, its heartbeat thread started
     try:
         with caplog.at_level(logging.WARNING, logger="celery_fork_scheduler.worker"):
-            assert server.process is not None
-            server.process.kill()
-            server.process.wait()
+            crash(server)
             time.sleep(3.2)
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     finally:

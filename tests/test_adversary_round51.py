@@ -21,20 +21,25 @@ Redis's clock).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import HandDrivenWorker as Worker
 from hand_driven_helpers import RecordingBeat as Beat
-from test_adversary_round49 import RealClockBeat
+from restart_helpers import (  # noqa: F401 - the fixtures beats and servers
+    RealClockBeat,
+    beats_fixture,
+    crash,
+    servers_fixture,
+    start_server,
+)
 
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher, RedisServer
@@ -44,52 +49,8 @@ KEYS = Keys("scheduler:")
 TASK = "adv51.job"
 
 
-def make_app(
-    url: str, beat_schedule: dict[str, Any], *, broker: str = "memory://", **conf: Any
-) -> Celery:
-    """Beat and worker of one app; claims on ``url``; every replica asks at once."""
-    app = Celery("adv51", broker=broker, set_as_current=False)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        fork_scheduler_owner_grace=0,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-@pytest.fixture
-def servers() -> Iterator[list[RedisServer]]:
-    """Private redis-servers the test may crash and start again."""
-    made: list[RedisServer] = []
-    yield made
-    for each in made:
-        with contextlib.suppress(Exception):
-            each.stop()
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception):
-            beat.scheduler.close()
-
-
-def crash(server: RedisServer) -> None:
-    """The Redis process dies at once (SIGKILL: nothing is saved)."""
-    assert server.process is not None
-    server.process.kill()
-    server.process.wait()
+#: ``make_app(url, beat_schedule, *, broker="memory://", **conf)``: beat and worker of one app.
+make_app = partial(restart_helpers.make_app, "adv51", TASK)
 
 
 def timeline(seconds_ago: float) -> tuple[datetime, Any]:
@@ -149,8 +110,7 @@ def test_an_unsent_claim_in_an_older_snapshot_is_taken_over_and_published_again(
     ``StartupCatchUp._check`` (``_unknown_left_out`` applied to ``missed`` only, then
     ``asks = self._unsent_to_ask(...)`` pushed with ``takeover=True``).
     """
-    server = RedisServer().start()
-    servers.append(server)
+    server = start_server(servers)
     client = redis.Redis.from_url(server.url)
     client.flushall()  # (a Redis whose losses are bounded by now: A's first claim is won)
     _, t = timeline(9)
@@ -168,10 +128,7 @@ def test_an_unsent_claim_in_an_older_snapshot_is_taken_over_and_published_again(
     dump = Path(shutil.copy(server.workdir / "dump.rdb", tmp_path / "dump.rdb"))
 
     crash(server)  # the node goes down: A with it, never ticked again
-    again = RedisServer(port=server.port)
-    servers.append(again)
-    shutil.copy(dump, again.workdir / "dump.rdb")
-    again.start()
+    again = start_server(servers, port=server.port, kept=dump)
     client = redis.Redis.from_url(again.url)
     state = client.hgetall(KEYS.state("e"))
     snapshot_mark = datetime.fromtimestamp(int(state[b"hwm"]) / 1e6, timezone.utc)
@@ -226,8 +183,7 @@ def test_an_aof_redis_back_seconds_after_a_host_crash_has_its_lost_slots_publish
     (the start, not the crash, is all it can read).
     """
     aof = ["--appendonly", "yes", "--appendfsync", "everysec"]
-    server = RedisServer(extra_args=aof).start()
-    servers.append(server)
+    server = start_server(servers, extra_args=aof)
     client = redis.Redis.from_url(server.url)
     client.flushall()  # (a Redis whose losses are bounded by now: A's first claim is won)
     _, t = timeline(10)
@@ -244,10 +200,7 @@ def test_an_aof_redis_back_seconds_after_a_host_crash_has_its_lost_slots_publish
 
     crash(server)  # the power cut: A dies with the node
     time.sleep(max((t(11.5) - datetime.now(timezone.utc)).total_seconds(), 0))  # the reboot
-    again = RedisServer(port=server.port, extra_args=aof)
-    servers.append(again)
-    shutil.copytree(synced, again.workdir / "appendonlydir")
-    again.start()
+    again = start_server(servers, port=server.port, kept=synced, extra_args=aof)
     client = redis.Redis.from_url(again.url)
     assert client.info("persistence")["aof_enabled"] == 1
     state = client.hgetall(KEYS.state("e"))
@@ -297,8 +250,7 @@ def test_aof_turned_on_after_a_restart_from_an_older_snapshot_lets_its_slots_be_
     as of now, not from how the data in memory was loaded), used by startup_catchup.py
     ``_unknown_left_out``.
     """
-    server = RedisServer().start()
-    servers.append(server)
+    server = start_server(servers)
     client = redis.Redis.from_url(server.url)
     client.flushall()  # (a Redis whose losses are bounded by now: A's first claim is won)
     _, t = timeline(11)
@@ -314,10 +266,7 @@ def test_aof_turned_on_after_a_restart_from_an_older_snapshot_lets_its_slots_be_
     assert {t(6), t(8), t(10)} <= published_by_a
 
     crash(server)  # A dies with the node
-    again = RedisServer(port=server.port)
-    servers.append(again)
-    shutil.copy(dump, again.workdir / "dump.rdb")
-    again.start()
+    again = start_server(servers, port=server.port, kept=dump)
     client = redis.Redis.from_url(again.url)
     assert int(client.hget(KEYS.state("e"), "hwm") or 0) == int(t(6).timestamp() * 1e6)
     client.config_set("appendonly", "yes")  # persistence turned on, as the page advises
@@ -368,8 +317,7 @@ def test_a_run_executing_across_a_quick_redis_restart_is_overlapped_with_the_def
     ``WorkerHooks._beat_hearts`` (the take-back happens only at a heartbeat, every third of
     the lease; the 0.2 s cadence only after an error it saw).
     """
-    server = RedisServer().start()
-    servers.append(server)
+    server = start_server(servers)
     entry: dict[str, Any] = {"task": TASK, "schedule": timedelta(seconds=1)}
     conf: dict[str, Any] = {}
     if policy == "singleton":
@@ -389,8 +337,7 @@ def test_a_run_executing_across_a_quick_redis_restart_is_overlapped_with_the_def
     assert len(beat.publisher.occurrences) == 1  # the next slots are busy (capped)
 
     crash(server)  # Redis crashes and comes back empty, at once
-    again = RedisServer(port=server.port).start()
-    servers.append(again)
+    start_server(servers, port=server.port)
     beat.run_until_published(2, within=6)
 
     later = [o for o in beat.publisher.occurrences if o.slot > first.slot]

@@ -18,19 +18,26 @@ started is seen.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import HandDrivenWorker as Worker
-from test_adversary_round49 import RealClockBeat
+from restart_helpers import (  # noqa: F401 - the fixtures beats, servers and workers
+    RealClockBeat,
+    beats_fixture,
+    crash,
+    run_beat_until,
+    servers_fixture,
+    start_server,
+    workers_fixture,
+)
 
 from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import RedisServer
@@ -41,64 +48,9 @@ KEYS = Keys("scheduler:")
 TASK = "adv52.job"
 
 
-def make_app(url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    """Beat and worker of one app; claims and broker on ``url``; every replica asks at once."""
-    app = Celery("adv52", broker=url, set_as_current=False)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        fork_scheduler_owner_grace=0,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-@pytest.fixture
-def servers() -> Iterator[list[RedisServer]]:
-    """Private redis-servers the test may crash and start again."""
-    made: list[RedisServer] = []
-    yield made
-    for each in made:
-        with contextlib.suppress(Exception):
-            each.stop()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Hand-driven workers: their heartbeat threads are stopped at the end."""
-    made: list[Worker] = []
-    yield made
-    for each in made:
-        with contextlib.suppress(Exception):
-            each.hooks._stopping.set()
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception):
-            beat.scheduler.close()
-
-
-def crash(server: RedisServer) -> None:
-    """The Redis process dies at once (SIGKILL: nothing is saved)."""
-    assert server.process is not None
-    server.process.kill()
-    server.process.wait()
-
-
-def run_beat_until(beat: RealClockBeat, monotonic_deadline: float) -> None:
-    beat.run_for(max(monotonic_deadline - time.monotonic(), 0.0))
+#: ``make_app(url, beat_schedule, *, broker="memory://", **conf)``: beat and worker of one app
+#: (every test here gives the claims' Redis as its broker too).
+make_app = partial(restart_helpers.make_app, "adv52", TASK)
 
 
 # -- 1. an older snapshot brings back the marker of an ended run: the take-back waits a beat ------
@@ -132,12 +84,11 @@ def test_a_snapshot_restoring_an_ended_runs_marker_lets_a_slot_start_beside_the_
     earlier retry: nothing watches its expiry) and ``_beat_hearts`` (``renew_at = now +
     interval`` after the failed take-back); backends/lua.py ``HEARTBEAT``.
     """
-    server = RedisServer().start()
-    servers.append(server)
+    server = start_server(servers)
     client = redis.Redis.from_url(server.url)
     client.flushall()
     entry = {"task": TASK, "schedule": timedelta(seconds=1), "singleton": True}
-    app = make_app(server.url, {"e": entry}, fork_scheduler_singleton_lease=9)
+    app = make_app(server.url, {"e": entry}, broker=server.url, fork_scheduler_singleton_lease=9)
     beat = RealClockBeat(app)
     beats.append(beat)
     beat.scheduler.setup_schedule()
@@ -157,10 +108,7 @@ def test_a_snapshot_restoring_an_ended_runs_marker_lets_a_slot_start_beside_the_
     assert len(beat.publisher.occurrences) == 2  # the slots meanwhile are busy
 
     crash(server)
-    again = RedisServer(port=server.port)
-    servers.append(again)
-    shutil.copy(dump, again.workdir / "dump.rdb")
-    again.start()
+    again = start_server(servers, port=server.port, kept=dump)
     restored = redis.Redis.from_url(again.url).get(KEYS.running("e"))
     assert restored == r0.task_id.encode()  # the ended run's marker, back from the snapshot
     run_beat_until(beat, t0 + 14)
@@ -203,8 +151,7 @@ def test_a_restart_before_the_first_look_at_the_run_id_goes_unseen(
     baseline is not taken when the run's marker is taken) with ``_beat_hearts`` (the first
     iteration renews without looking; later ones skip the renewal unless a look says so).
     """
-    server = RedisServer().start()
-    servers.append(server)
+    server = start_server(servers)
     entry: dict[str, Any] = {"task": TASK, "schedule": timedelta(seconds=1)}
     conf: dict[str, Any] = {}
     if policy == "singleton":
@@ -212,7 +159,7 @@ def test_a_restart_before_the_first_look_at_the_run_id_goes_unseen(
     else:
         conf["fork_scheduler_max_concurrent"] = 1
     redis.Redis.from_url(server.url).flushall()
-    app = make_app(server.url, {"e": entry}, **conf)
+    app = make_app(server.url, {"e": entry}, broker=server.url, **conf)
     beat = RealClockBeat(app)
     beats.append(beat)
     beat.scheduler.setup_schedule()
@@ -224,8 +171,7 @@ def test_a_restart_before_the_first_look_at_the_run_id_goes_unseen(
     started = time.monotonic()
     time.sleep(max(started + 0.65 - time.monotonic(), 0))  # after its first tick (a renewal)
     crash(server)  # Redis crashes and is back, empty, before the tick that looks
-    again = RedisServer(port=server.port).start()
-    servers.append(again)
+    start_server(servers, port=server.port)
     assert time.monotonic() < started + 0.95, "the restart was too slow for this sequence"
     beat.run_until_published(2, within=6)
 
