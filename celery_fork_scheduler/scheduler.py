@@ -153,7 +153,13 @@ def _reach(entry: Entry, until: datetime) -> datetime:
 
 #: Claim answers that say nothing of the entry's high-water mark (see ``_learn_marks``).
 _NO_MARK = frozenset(
-    (ClaimOutcome.EARLY, ClaimOutcome.ERROR, ClaimOutcome.CHANGED, ClaimOutcome.REMOVED)
+    (
+        ClaimOutcome.EARLY,
+        ClaimOutcome.ERROR,
+        ClaimOutcome.CHANGED,
+        ClaimOutcome.REMOVED,
+        ClaimOutcome.UNKNOWN,
+    )
 )
 
 
@@ -1304,7 +1310,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Remember, per entry, the latest slot Redis said is claimed or decided.
 
         Every answer but ``early``, ``error`` and those that record nothing (``changed``,
-        ``removed``: the slot's definition no longer holds) says so, ``pending`` included: a
+        ``removed``: the slot's definition no longer holds; ``unknown``: Redis does not know
+        either) says so, ``pending`` included: a
         replica that is always a few milliseconds behind the winner hears only ``pending``, and
         must still know the marks it would write back if Redis lost its data.
         """

@@ -63,6 +63,10 @@ class ClaimOutcome(enum.Enum):
     #: Another replica began publishing the slot and never confirmed it (it stopped or died
     #: mid-publish): the message may be at the broker already, so it is not published again.
     IN_FLIGHT = "in_flight"
+    #: Skipped: due before Redis restarted, and not decided in the data it came back with (or
+    #: another replica's claim of it came back): it may have been published before the restart
+    #: (Redis may have come back from an older snapshot), so it is not published again.
+    UNKNOWN = "unknown"
     #: Claimed and published in one step (see :meth:`PublishesOnce.claim_and_send`): sent.
     SENT = "sent"
     #: Claimed in one step, and a broker command raised after the message may have reached

@@ -111,12 +111,27 @@ def _recording(body: str) -> str:
     return _NOW + _RECORD + body
 
 
+#: ``started_by()``: an instant (us) no earlier than Redis's start, ``nil`` when INFO does not
+#: say: Redis counts uptime in whole seconds from its start's second, so now's whole second -
+#: uptime + 1 s is never before the start (and a stale cached clock only makes uptime
+#: smaller); taking now itself instead of its whole second would refuse up to a second more
+#: of a new entry's first slots after a restart (simulator seed 5204). Expects ``now`` (us).
+_STARTED_BY = """
+local function started_by()
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  if not uptime then
+    return nil
+  end
+  -- Redis counts uptime from its start's whole second to its cached whole second, never
+  -- later than now's: the start is before (now's whole second - uptime + 1 s).
+  local second = math.floor(now / 1000000) * 1000000
+  return math.min(now, second - uptime * 1000000 + 1000000)
+end
+"""
+
 #: The instant (us) before which Redis may have lost data, for a restore of a lost mark.
 #: A restart (with or without persistence) loses nothing after its start, so the start time
-#: bounds it: Redis counts uptime in whole seconds from its start's second, so now's whole
-#: second - uptime + 1 s is never before the start (and a stale cached clock only makes uptime
-#: smaller); taking now itself instead of its whole second would refuse up to a second more
-#: of a new entry's first slots after a restart (simulator seed 5204). A flush,
+#: (``started_by``) bounds it. A flush,
 #: SWAPDB, DEBUG (RELOAD), REPLICAOF or FAILOVER since the start, a promotion of a former
 #: replica, or a CONFIG RESETSTAT (which would hide the others from INFO commandstats) can lose
 #: data at any later instant:
@@ -139,14 +154,11 @@ local function data_lost_at()
   if not string.find(replication, 'second_repl_offset:-1', 1, true) then
     return now, false
   end
-  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
-  if not uptime then
+  local started = started_by()
+  if not started then
     return now, false
   end
-  -- Redis counts uptime from its start's whole second to its cached whole second, never
-  -- later than now's: the start is before (now's whole second - uptime + 1 s).
-  local second = math.floor(now / 1000000) * 1000000
-  return math.min(now, second - uptime * 1000000 + 1000000), true
+  return started, true
 end
 """
 
@@ -156,6 +168,15 @@ end
 #: refresh; the bound keeps a change whose record a Redis Cluster failover lost from refusing
 #: the definition left in force for longer than this.
 CHANGE_FENCE_US = 300_000_000
+
+#: How early (us) a slot may be claimed by Redis TIME (the claims' early tolerance).
+EARLY_TOLERANCE_US = 500_000
+
+#: The restart rule of :data:`CLAIM` and :data:`BACKFILL_CLAIM` covers the slots due this long
+#: (us) before Redis's start: Redis's default snapshot schedule saves at least hourly while keys
+#: change, so older slots are in any snapshot it comes back from (and a slot months before the
+#: start is on another clock than Redis's: an injected one, in tests).
+CLOCKS_DISAGREE_US = 3_600_000_000
 
 #: Claim one slot of one entry.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
@@ -188,6 +209,11 @@ CHANGE_FENCE_US = 300_000_000
 #: (pending, early), else 0.
 #: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
 #: the broker is unknown, so it is not taken over.
+#: "unknown": a slot due before Redis started (plus the early tolerance) that its data does not
+#: decide, or another replica's pending claim made before that start: Redis may have come back
+#: from data older than what was published before it stopped (an RDB snapshot, an append-only
+#: file that lost its last writes), so the slot may have been published. It is neither won nor
+#: taken over, and nothing is recorded (the replica reports it skipped).
 #: A "won" slot of a "buffer_one" entry that found a run held back (no run held the marker)
 #: answers {"won", 0, message}: the held run is superseded (recorded "skipped:superseded").
 #: Or {"released", 0, message, reason}: a "buffer_all" slot was queued (reason "buffered") or
@@ -199,6 +225,7 @@ CHANGE_FENCE_US = 300_000_000
 _CLAIM_BODY = (
     f"""
 local CHANGE_FENCE_US = {CHANGE_FENCE_US}
+local CLOCKS_DISAGREE_US = {CLOCKS_DISAGREE_US}
 """
     + """
 local now_text = string.format('%.0f', now)
@@ -269,7 +296,23 @@ if slot > hwm and ARGV[12] == '1' then
   -- Seen claimed before, unknown now: Redis lost its state; publishing could duplicate.
   return {'claimed', 0}
 end
+-- Whether the slot may have been decided in data Redis lost when it restarted: due before its
+-- start plus the tolerance (a claim cannot come earlier), on Redis's clock. Not known after a
+-- flush or the like since the start (data_lost_at): a flush leaves no older data behind.
+local function before_restart(at)
+  local started = started_by()  -- (INFO server only: the usual answer is no)
+  if not started or at > started + tonumber(ARGV[4]) or at <= started - CLOCKS_DISAGREE_US then
+    return false
+  end
+  local _, at_start = data_lost_at()
+  return at_start
+end
 if slot > hwm then
+  if before_restart(slot) then
+    -- Not decided in Redis's data, yet due before Redis started: that data may be older than
+    -- what was published before the stop (a snapshot), and no replica may know the rest.
+    return {'unknown', 0}
+  end
   -- Every new slot decided writes the entry's max_runs as its definition says now: RELEASE
   -- hands a held run over only while the entry has runs left (not as an earlier policy or
   -- definition of the name said).
@@ -470,6 +513,11 @@ if flag == 'publishing' then
   end
   return {'in_flight', 0}
 end
+if owner ~= ARGV[3] and tonumber(claimed_at) < (started_by() or 0)
+    and select(2, data_lost_at()) then
+  -- Another replica's claim that a restart brought back: it may have been published since.
+  return {'unknown', 0}
+end
 redis.call('HSET', KEYS[2], ARGV[1], mine)
 if slot == hwm then
   redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'claimed_at', now_text)
@@ -480,7 +528,7 @@ end
 return {'taken_over', 0}
 """
 )
-CLAIM = _NOW + _RECORD + _SENT_BY + _DATA_LOST_AT + _CLAIM_BODY
+CLAIM = _NOW + _RECORD + _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
 #: ``claimed_at``); else the script returns 0.
@@ -1109,9 +1157,20 @@ return replies
     )
 
 
-#: What Redis may have lost is read once per batch (INFO is the costliest part of a first claim).
+#: Redis's start and what it may have lost are read once per batch (INFO is the costliest part
+#: of a claim that needs them).
 _DATA_LOST_AT_ONCE = (
-    _DATA_LOST_AT.replace("local function data_lost_at()", "local function read_data_lost_at()")
+    _STARTED_BY.replace("local function started_by()", "local function read_started_by()")
+    + """
+local started_read, started_at
+local function started_by()
+  if not started_read then
+    started_read, started_at = true, read_started_by()
+  end
+  return started_at
+end
+"""
+    + _DATA_LOST_AT.replace("local function data_lost_at()", "local function read_data_lost_at()")
     + """
 local lost_at_read, lost_at_is_start
 local function data_lost_at()
@@ -1160,6 +1219,12 @@ ALL_SCRIPTS = (
 #: "skipped:in_flight" afterwards): at most once.
 BACKFILL_CLAIM = (
     _NOW
+    + _STARTED_BY
+    + _DATA_LOST_AT
+    + f"""
+local EARLY_TOLERANCE_US = {EARLY_TOLERANCE_US}
+local CLOCKS_DISAGREE_US = {CLOCKS_DISAGREE_US}
+"""
     + """
 local slot = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'removed') then
@@ -1235,6 +1300,13 @@ end
 local lost_before = tonumber(redis.call('HGET', KEYS[1], 'lost_before'))
 if ARGV[7] ~= '1' and lost_before and slot <= lost_before then
   return {'skipped', 'unknown'}  -- Redis lost data since: its history may have gone with it
+end
+local started, at_start = data_lost_at()
+if ARGV[7] ~= '1' and at_start and slot <= started + EARLY_TOLERANCE_US
+    and slot > started - CLOCKS_DISAGREE_US then
+  -- Due before Redis last started: it may have come back from data older than this slot's
+  -- publish (a snapshot), with neither its mark nor its history item.
+  return {'skipped', 'unknown'}
 end
 if ARGV[7] ~= '1' then
   -- A full list may have lost items. Every item lost to a push of the scheduler is older than

@@ -58,7 +58,7 @@ T = TypeVar("T")
 logger = logging.getLogger("celery_fork_scheduler")
 
 #: A slot may be claimed this early by Redis TIME (clocks of replicas and Redis differ a little).
-EARLY_TOLERANCE = timedelta(milliseconds=500)
+EARLY_TOLERANCE = timedelta(microseconds=lua.EARLY_TOLERANCE_US)
 #: Pending-claim records expire after this long without a new claim of the entry.
 PENDING_TTL = timedelta(days=7)
 #: A pending claim this old is dropped when a later slot of its entry is won: its owner died
