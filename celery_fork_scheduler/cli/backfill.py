@@ -68,7 +68,10 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option(
     "--force",
     is_flag=True,
-    help="Also slots older than the history remembers, and a paused entry's slots.",
+    help=(
+        "Also slots whose history may be lost (older than it remembers, or due in the hour "
+        "before Redis last started), and a paused entry's slots."
+    ),
 )
 @json_option
 @click.pass_context

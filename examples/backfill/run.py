@@ -1,12 +1,15 @@
 """Backfill: publish the slots of a 1-minute entry that a long outage left unpublished.
 
 A beat replica that comes back after an outage with catch-up off moves past the slots it
-missed: they were never published. This example leaves Redis as such a replica does (the
-entry decided up to the last minute, only that minute published), then backfills the last
-``--minutes`` minutes with :meth:`Manager.backfill` and prints each slot's outcome; a second
-backfill of the same range publishes nothing again (``already_published``). The messages are
-counted on the broker's queue. Uses ``$REDIS_URL`` when set, otherwise a private, throwaway
-``redis-server``. Takes a second or two.
+missed: they were never published. This example leaves Redis as such a replica does after an
+outage that ended two hours ago (the entry decided up to that minute, only that minute
+published), then backfills the ``--minutes`` minutes up to it with :meth:`Manager.backfill`
+and prints each slot's outcome; a second backfill of the same range publishes nothing again
+(``already_published``). The messages are counted on the broker's queue. Uses ``$REDIS_URL``
+when set, otherwise a private, throwaway ``redis-server`` -- which is why the outage is two
+hours back: a backfill reports the slots of the hour before Redis last started
+``skipped:unknown`` (Redis may have come back from a snapshot older than their publish).
+Takes a second or two.
 
     python examples/backfill/run.py [--minutes 5]
 """
@@ -26,6 +29,8 @@ from celery_fork_scheduler.testing.examples import parse_options
 
 ENTRY = "minutely-report"
 QUEUE = "backfill-example"
+#: When the outage ended: over an hour before this example's Redis may have started.
+OUTAGE_ENDED = timedelta(hours=2)
 
 
 def make_app(url: str) -> Celery:
@@ -54,7 +59,7 @@ def main() -> int:
         client.delete(*keys.entry_keys(ENTRY), keys.backfill(ENTRY))
         client.delete(QUEUE)
         app = make_app(url)
-        minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        minute = datetime.now(timezone.utc).replace(second=0, microsecond=0) - OUTAGE_ENDED
         start, end = minute - options.minutes * timedelta(minutes=1), minute - timedelta(minutes=1)
         leave_redis_as_after_an_outage(client, end)
 
