@@ -1,4 +1,4 @@
-"""Helpers of the Redis-restart adversary rounds (49-52): the app of a round (its name and the
+"""Helpers of the Redis-restart adversary rounds (49-53): the app of a round (its name and the
 task of every entry), private redis-servers a test crashes and starts again on the same port
 (empty, or from a snapshot or append-only file copied earlier), a beat replica on the real
 clock, and the fixtures ``servers``, ``beats`` and ``workers`` that stop what a test made.
@@ -38,16 +38,18 @@ def make_app(
     **conf: Any,
 ) -> Celery:
     """Beat and worker of one app ``name``, whose every entry runs ``task``; claims on ``url``;
-    every replica asks at once."""
+    every replica asks at once unless ``fork_scheduler_owner_grace`` is given."""
     app = Celery(name, broker=broker, set_as_current=False)
     app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        fork_scheduler_owner_grace=0,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
+        {
+            "timezone": "UTC",
+            "beat_schedule": beat_schedule,
+            "fork_scheduler_redis_url": url,
+            "fork_scheduler_owner_grace": 0,
+            "result_expires": None,
+            "broker_connection_retry_on_startup": False,
+            **conf,
+        }
     )
 
     @app.task(name=task, shared=False)

@@ -17,17 +17,17 @@ after a restart, then freed it beside the run executing) is
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import RecordingBeat as Beat
+from restart_helpers import beats_fixture  # noqa: F401 - the fixture beats
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager
@@ -45,34 +45,8 @@ def t(seconds: float) -> datetime:
     return BASE + timedelta(seconds=seconds)
 
 
-def make_app(url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    """Beat of one app; claims on ``url``; every replica asks at once unless
-    ``fork_scheduler_owner_grace`` is given."""
-    app = Celery("adv53", broker="memory://", set_as_current=False)
-    conf.setdefault("fork_scheduler_owner_grace", 0)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception):
-            beat.scheduler.close()
+#: ``make_app(url, beat_schedule, **conf)``: the beat app of this round (broker ``memory://``).
+make_app = partial(restart_helpers.make_app, "adv53", TASK)
 
 
 def slots_of(beat: Any, name: str = "e") -> set[datetime]:
