@@ -49,6 +49,24 @@ def t(seconds: float) -> datetime:
 make_app = partial(restart_helpers.make_app, "adv53", TASK)
 
 
+def replica(beats: list[Any], server: Any, schedule: dict[str, Any], name: str, **kw: Any) -> Any:
+    """A beat replica ``name`` of the app, set up, on ``server``'s clock (``publisher``: its
+    :class:`RecordingPublisher`; other keywords: settings)."""
+    publisher = kw.pop("publisher", None)
+    beat = Beat(make_app(server.url, schedule, **kw), server.clock, name, publisher)
+    beats.append(beat)
+    beat.scheduler.setup_schedule()
+    return beat
+
+
+def tick_until(clock: Any, replicas: list[Any], until: datetime, step: float) -> None:
+    """Tick each replica in turn, ``step`` s apart on the clock, until ``until``."""
+    while clock() < until:
+        for each in replicas:
+            each.scheduler.tick()
+        clock.advance(step)
+
+
 def slots_of(beat: Any, name: str = "e") -> set[datetime]:
     return {o.slot for o in beat.publisher.occurrences if o.entry == name}
 
@@ -92,17 +110,11 @@ def test_a_running_replica_wins_again_after_an_rdb_restore_a_slot_the_other_publ
         clock.set(t(0.3))
         client = redis.Redis.from_url(server.url)
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5)}}
-        a = Beat(make_app(server.url, schedule), clock, "replica-a")
-        b = Beat(make_app(server.url, schedule), clock, "replica-b")
-        beats.extend([a, b])
-        a.scheduler.setup_schedule()
-        b.scheduler.setup_schedule()
+        a = replica(beats, server, schedule, "replica-a")
+        b = replica(beats, server, schedule, "replica-b")
 
         def both(until: datetime) -> None:
-            while clock() < until:
-                a.scheduler.tick()
-                b.scheduler.tick()
-                clock.advance(0.25)
+            tick_until(clock, [a, b], until, 0.25)
 
         both(t(6))
         server.save("snapshot.rdb")  # the save point
@@ -170,17 +182,11 @@ def test_a_running_replicas_takeover_retry_republishes_a_slot_after_an_rdb_resto
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5)}}
         conf = {"fork_scheduler_claim_lease": 2}
         publisher = BrokerDownOnce()
-        a = Beat(make_app(server.url, schedule, **conf), clock, "replica-a", publisher)
-        c = Beat(make_app(server.url, schedule, **conf), clock, "replica-c")
-        beats.extend([a, c])
-        a.scheduler.setup_schedule()
-        c.scheduler.setup_schedule()
+        a = replica(beats, server, schedule, "replica-a", publisher=publisher, **conf)
+        c = replica(beats, server, schedule, "replica-c", **conf)
 
         def both(until: datetime) -> None:
-            while clock() < until:
-                a.scheduler.tick()
-                c.scheduler.tick()
-                clock.advance(0.25)
+            tick_until(clock, [a, c], until, 0.25)
 
         both(t(10))
         publisher.down = True
@@ -238,17 +244,11 @@ def test_a_non_owner_wins_again_after_an_rdb_restore_the_slot_its_owner_just_pub
         clock.set(t(0.3))
         schedule = {f"e{i}": {"task": TASK, "schedule": timedelta(seconds=1)} for i in range(10)}
         conf = {"fork_scheduler_owner_grace": 1}
-        a = Beat(make_app(server.url, schedule, **conf), clock, "replica-a")
-        b = Beat(make_app(server.url, schedule, **conf), clock, "replica-b")
-        beats.extend([a, b])
-        a.scheduler.setup_schedule()
-        b.scheduler.setup_schedule()
+        a = replica(beats, server, schedule, "replica-a", **conf)
+        b = replica(beats, server, schedule, "replica-b", **conf)
 
         def both(until: datetime) -> None:
-            while clock() < until:
-                a.scheduler.tick()
-                b.scheduler.tick()
-                clock.advance(0.1)
+            tick_until(clock, [a, b], until, 0.1)
 
         both(t(4))
         server.save("snapshot.rdb")  # the save point
@@ -287,22 +287,17 @@ def test_a_backfill_after_an_rdb_restore_does_not_send_a_slot_published_before_t
         clock = server.clock
         clock.set(t(0.3))
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5)}}
-        app = make_app(server.url, schedule)
-        a = Beat(app, clock, "replica-a")
-        beats.append(a)
-        a.scheduler.setup_schedule()
+        a = replica(beats, server, schedule, "replica-a")
         a.run_until(t(6))
         server.save("snapshot.rdb")
         a.run_until(t(12))
         server.crash()  # A dies with the node: it is never ticked again
         server.start_from("snapshot.rdb")
-        b = Beat(make_app(server.url, schedule), clock, "replica-b")
-        beats.append(b)
-        b.scheduler.setup_schedule()
+        b = replica(beats, server, schedule, "replica-b")
         b.run_until(t(21))
         assert t(10) in slots_of(a) and {t(15), t(20)} <= slots_of(b)
         assert t(10) not in slots_of(b)
-        results = Manager(app, clock=clock).backfill("e", t(0), t(20), rate=1000)
+        results = Manager(a.scheduler.app, clock=clock).backfill("e", t(0), t(20), rate=1000)
 
     by_slot = {r.slot: r.outcome for r in results}
     assert by_slot[t(10)] == "skipped:unknown", by_slot
