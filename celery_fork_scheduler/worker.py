@@ -707,7 +707,7 @@ class WorkerHooks:
         # The answer is in hand: whatever happens to the held run now, never ask again.
         try:
             what, held = reply
-            if _text(what) in ("paused", "removed", "finished"):
+            if _text(what) in ("paused", "removed", "finished", "unknown"):
                 occurrence = occurrence_from_json(held)
                 self._record_skip(_held_run(occurrence), _text(what), counted=False)
             else:

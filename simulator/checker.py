@@ -352,6 +352,8 @@ class Checker:
                 continue
             if self._unmarked_after_restart(name, s):
                 continue
+            if self._first_claim_after_promotion(name, slot):
+                continue
             if key in world.lost_unfenced:
                 continue
             killed_at = world.killed_fenced.get(key)
@@ -701,6 +703,26 @@ class Checker:
                 for r in self.world.reports
             )
             if not claimed_before:
+                return True
+        return False
+
+    def _first_claim_after_promotion(self, name: str, slot: datetime) -> bool:
+        """The entry's first slot claimed after a failover to a lagging replica, answered
+        ``claimed``: documented (docs/guarantees.md, "Redis loses data"), a promoted replica's
+        start bounds nothing it lost, so the first claim that finds the entry's mark missing
+        writes back Redis's current time, and the slot it asked about is not won."""
+        for w in self.loss:
+            if w.detail != "failover":
+                continue
+            after = [
+                r
+                for r in self.world.reports
+                if r.entry == name and r.at > w.end and r.kind.startswith("claim:")
+            ]
+            first_at = min((r.at for r in after), default=None)
+            if any(
+                r.at == first_at and r.slot == slot and r.kind == "claim:claimed" for r in after
+            ):
                 return True
         return False
 

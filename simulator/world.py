@@ -105,6 +105,8 @@ class World:
         self.paused_until = 0  # CLIENT PAUSE
         self.slow: tuple[int, int, int] | None = None  # (start, end, latency us)
         self.lagging_since: int | None = None
+        #: The next start of Redis is a lagging replica's promotion (see _ev_failover).
+        self.promoting = False
         self.redis_up = True
         self.replica_faults: list[ReplicaFault] = list(scenario.replica_faults)
         self.publish_faults: list[PublishFault] = list(scenario.publish_faults)
@@ -452,6 +454,12 @@ class World:
         if self.redis_up:
             return
         self.redis.start()
+        if self.promoting:
+            # A promoted replica has run for long and was told REPLICAOF NO ONE: its start
+            # bounds nothing it lost (the claims' restart rule does not apply), which the
+            # command in INFO commandstats says, as on a real promotion.
+            self.redis.admin.execute_command("REPLICAOF", "NO", "ONE")
+            self.promoting = False
         self.redis_up = True
         self.log("redis is back")
 
@@ -476,6 +484,7 @@ class World:
         self.lagging_since = None
         self.redis.kill()
         self.redis.use_snapshot("lag.rdb")
+        self.promoting = True
         self.redis_up = False
         self._note_unfenced_lost()
         self.schedule(self.vt + down, "event", WorldEvent(0, "redis_up", {}))

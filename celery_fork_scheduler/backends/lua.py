@@ -111,6 +111,15 @@ def _recording(body: str) -> str:
     return _NOW + _RECORD + body
 
 
+#: How early (us) a slot may be claimed by Redis TIME (the claims' early tolerance).
+EARLY_TOLERANCE_US = 500_000
+
+#: The restart rule of :data:`CLAIM` and :data:`BACKFILL_CLAIM` covers the slots due this long
+#: (us) before Redis's start: Redis's default snapshot schedule saves at least hourly while keys
+#: change, so older slots are in any snapshot it comes back from (and a slot months before the
+#: start is on another clock than Redis's: an injected one, in tests).
+CLOCKS_DISAGREE_US = 3_600_000_000
+
 #: ``started_by()``: an instant (us) no earlier than Redis's start, ``nil`` when INFO does not
 #: say: Redis counts uptime in whole seconds from its start's second, so now's whole second -
 #: uptime + 1 s is never before the start (and a stale cached clock only makes uptime
@@ -126,6 +135,31 @@ local function started_by()
   -- later than now's: the start is before (now's whole second - uptime + 1 s).
   local second = math.floor(now / 1000000) * 1000000
   return math.min(now, second - uptime * 1000000 + 1000000)
+end
+"""
+
+#: ``claimed_before_restart(at)``: whether a claim made at ``at`` (us, Redis TIME) predates
+#: Redis's start, whose data may be older than what happened to the claim since (a snapshot):
+#: fenced, published, taken over. Expects ``started_by`` and ``data_lost_at``.
+_CLAIMED_BEFORE_RESTART = """
+local function claimed_before_restart(at)
+  return tonumber(at) < (started_by() or 0) and select(2, data_lost_at())
+end
+"""
+
+#: ``held_before_restart(message)``: whether a held run (its JSON message) is of a slot due in
+#: the hour before Redis's start plus the early tolerance: the data Redis came back with may be
+#: older than its release and publish. Expects ``started_by`` and ``data_lost_at``.
+_HELD_BEFORE_RESTART = f"""
+local function held_before_restart(message)
+  local ok, decoded = pcall(cjson.decode, message)
+  local slot = ok and type(decoded) == 'table' and tonumber(decoded['slot_us'])
+  local started = started_by()
+  if not slot or not started or slot > started + {EARLY_TOLERANCE_US}
+      or slot <= started - {CLOCKS_DISAGREE_US} then
+    return false
+  end
+  return select(2, data_lost_at())
 end
 """
 
@@ -169,14 +203,6 @@ end
 #: the definition left in force for longer than this.
 CHANGE_FENCE_US = 300_000_000
 
-#: How early (us) a slot may be claimed by Redis TIME (the claims' early tolerance).
-EARLY_TOLERANCE_US = 500_000
-
-#: The restart rule of :data:`CLAIM` and :data:`BACKFILL_CLAIM` covers the slots due this long
-#: (us) before Redis's start: Redis's default snapshot schedule saves at least hourly while keys
-#: change, so older slots are in any snapshot it comes back from (and a slot months before the
-#: start is on another clock than Redis's: an injected one, in tests).
-CLOCKS_DISAGREE_US = 3_600_000_000
 
 #: Claim one slot of one entry.
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[4] buffered message,
@@ -385,7 +411,21 @@ if slot > hwm then
       return {reason, 0}
     end
     -- Nobody runs (the last runner died, its lease expired): the head of the queue runs now.
+    -- A run queued before Redis's start may have been released and sent since (the data may
+    -- be a snapshot's): recorded skipped (unknown) instead, and the next one is the head.
     local head = redis.call('LPOP', KEYS[4])
+    while head and held_before_restart(head) do
+      local ok, stale = pcall(cjson.decode, head)
+      if ok and type(stale) == 'table' and tonumber(stale['slot_us']) then
+        record(string.format('%.0f', tonumber(stale['slot_us'])), ARGV[3],
+               stale['task_id'] or '', 'skipped:unknown', ARGV[11])
+      end
+      redis.call('HINCRBY', KEYS[1], 'skips:unknown', 1)
+      head = redis.call('LPOP', KEYS[4])
+    end
+    if not head then
+      return {reason, 0}
+    end
     redis.call('SET', KEYS[3], cjson.decode(head)['task_id'], 'PX', ARGV[9])
     redis.call('HINCRBY', KEYS[1], 'runs', 1)
     return {'released', 0, head, reason}
@@ -506,17 +546,17 @@ local lease_end = tonumber(claimed_at) + tonumber(ARGV[5])
 if owner ~= ARGV[3] and now < lease_end then
   return {'pending', lease_end - now}
 end
-if flag == 'publishing' then
-  if owner == ARGV[3] then
-    -- Its own fenced claim, asked again after the fence's reply was lost: not published yet.
-    return {'won', 0}
-  end
+if flag == 'publishing' and owner ~= ARGV[3] then
   return {'in_flight', 0}
 end
-if owner ~= ARGV[3] and tonumber(claimed_at) < (started_by() or 0)
-    and select(2, data_lost_at()) then
-  -- Another replica's claim that a restart brought back: it may have been published since.
+if claimed_before_restart(claimed_at) then
+  -- A claim that a restart brought back: it may have been published, or taken over and
+  -- published, since (its owner's own too: it may have stalled meanwhile).
   return {'unknown', 0}
+end
+if flag == 'publishing' then
+  -- Its own fenced claim, asked again after the fence's reply was lost: not published yet.
+  return {'won', 0}
 end
 redis.call('HSET', KEYS[2], ARGV[1], mine)
 if slot == hwm then
@@ -528,7 +568,9 @@ end
 return {'taken_over', 0}
 """
 )
-CLAIM = _NOW + _RECORD + _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _CLAIM_BODY
+#: The helpers of the restart rule, after what they use.
+_RESTART_RULE = _CLAIMED_BEFORE_RESTART + _HELD_BEFORE_RESTART
+CLAIM = _NOW + _RECORD + _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _RESTART_RULE + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
 #: ``claimed_at``); else the script returns 0.
@@ -549,8 +591,15 @@ end
 #: Returns 1 when this replica still holds the claim (publish it), 0 when another replica took
 #: it over or Redis no longer knows it (do not publish).
 BEGIN_PUBLISH = (
-    _OWN_CLAIM
+    _NOW
+    + _STARTED_BY
+    + _DATA_LOST_AT
+    + _RESTART_RULE
+    + _OWN_CLAIM
     + """\
+if claimed_before_restart(claimed_at) then
+  return 0  -- brought back by a restart: it may have been taken over and published since
+end
 redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing')
 return 1
 """
@@ -928,12 +977,20 @@ return 2
 #: processes, a pool's parent and its child, is handed over once).
 #: Returns nil when nothing is held, else {what, held JSON message}: "send" (its task id now
 #: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
-#: meanwhile: the held run is dropped, the marker freed), "finished" (max_runs used up).
-#: Each answer with a held run is noted in the state hash (``released``: the task id that
-#: ended, ``released_as``, ``released_run``, ``released_by``), so that a request sent again
+#: meanwhile: the held run is dropped, the marker freed), "finished" (max_runs used up),
+#: "unknown" (held for a slot due before Redis's start: the data Redis came back with may be
+#: older than its release and publish; dropped, the marker freed: the next claim hands over
+#: the rest of a queue). Each answer with a held run is noted in the state hash
+#: (``released``: the task id that ended, ``released_as``, ``released_run``,
+#: ``released_by``), so that a request sent again
 #: after its reply was lost gets the same answer: a run handed over while its marker is still
 #: the held run's and that run has not started (START_SINGLETON clears the note).
-RELEASE = """
+RELEASE = (
+    _NOW
+    + _STARTED_BY
+    + _DATA_LOST_AT
+    + _RESTART_RULE
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if ARGV[3] ~= '1' then
     return nil
@@ -970,6 +1027,10 @@ if redis.call('HGET', KEYS[3], 'removed') then
   redis.call('DEL', KEYS[1])
   return answer('removed', held)
 end
+if held_before_restart(held) then
+  redis.call('DEL', KEYS[1])
+  return answer('unknown', held)
+end
 if redis.call('HGET', KEYS[3], 'paused') then
   redis.call('DEL', KEYS[1])
   return answer('paused', held)
@@ -985,6 +1046,7 @@ redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'runs', 1)
 return answer('send', held)
 """
+)
 
 #: The held-back run handed over by RELEASE is not sent: its publish failed ("failed": the
 #: message goes back to be held, unless another is held by now; at the head of a "buffer_all"
@@ -1081,8 +1143,8 @@ if not pending then
   return 0
 end
 local owner, claimed_at, flag = string.match(pending, '^([^|]*)|(%d+)|?(%a*)$')
-if owner ~= ARGV[2] or flag == 'publishing' then
-  return 0
+if owner ~= ARGV[2] or flag == 'publishing' or claimed_before_restart(claimed_at) then
+  return 0  -- (a claim a restart brought back may have been taken over and published since)
 end
 redis.call('HSET', KEYS[2], ARGV[1], owner .. '|' .. claimed_at .. '|publishing')
 for i = 0, tonumber(ARGV[5]) - 1 do
@@ -1104,7 +1166,9 @@ end
 record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
 return 1
 """
-PUBLISH_ONCE = _recording(_SENT_BY + _PUBLISH_ONCE_BODY)
+PUBLISH_ONCE = _recording(
+    _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _RESTART_RULE + _PUBLISH_ONCE_BODY
+)
 
 
 def _many(body: str, before: str = "") -> str:
@@ -1183,11 +1247,11 @@ end
 )
 
 #: :data:`CLAIM` for a batch of slots in one call (see :func:`_many`); not on Redis Cluster.
-CLAIM_MANY = _many(_CLAIM_BODY, _SENT_BY + _DATA_LOST_AT_ONCE)
+CLAIM_MANY = _many(_CLAIM_BODY, _SENT_BY + _DATA_LOST_AT_ONCE + _RESTART_RULE)
 
 #: :data:`PUBLISH_ONCE` for a batch of slots in one call (see :func:`_many`); not on Redis
 #: Cluster.
-PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY, _SENT_BY)
+PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY, _SENT_BY + _DATA_LOST_AT_ONCE + _RESTART_RULE)
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
 ALL_SCRIPTS = (

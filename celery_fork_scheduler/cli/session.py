@@ -94,9 +94,13 @@ def redis_failure(app: Any, exc: Exception) -> CommandError | None:
     return None
 
 
-#: Where in a Lua script an error reply was raised (`` script: <sha>, on @user_script:12``):
+#: Where in a Lua script an error reply was raised (Redis 7: `` script: <sha>, on
+#: @user_script:12``; Redis 6.2: ``Error running script (call to f_<sha>): @user_script:12: ``):
 #: the script's hash and line mean nothing to the user of a command.
-_SCRIPT_LOCATION = re.compile(r" script: [0-9a-f]{40}, on @user_script:\d+")
+_SCRIPT_LOCATION = re.compile(
+    r" script: [0-9a-f]{40}, on @user_script:\d+"
+    r"|Error running script \(call to f_[0-9a-f]{40}\): @user_script:\d+: "
+)
 
 
 def entry_redis_failure(app: Any, exc: Exception, name: str, after: str = "") -> CommandError:
