@@ -1026,6 +1026,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         name = item.entry.name
         entry = self.entries.get(name)
+        if entry is None and item.retry and item.takeover:
+            # Removed since (a runtime entry that finished, deleted by hand): a slot due before
+            # the removal still fires, and another replica's claim of it, unsent, is taken over
+            # (seed 8387: the last run's claimant died before its fence, then the entry
+            # finished and was deleted, and nobody took the claim over).
+            entry = item.entry
         if entry is None or not entry.enabled:
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
