@@ -163,6 +163,12 @@ _NO_MARK = frozenset(
 )
 
 
+def _offset(due_slot: DueSlot) -> float:
+    """How long after its slot a slot is published (its jitter offset), in seconds."""
+    claim = due_slot.claim
+    return (due_slot.entry.publish_at(claim.slot) - claim.slot).total_seconds()
+
+
 def _from_timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -1375,11 +1381,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 won.append(due_slot)
             elif outcome is ClaimOutcome.EARLY and result.retry_after >= EARLY_CLOCK_CHECK:
                 # Decided on a clock that stepped ahead: asked again by its chain or its retry
-                # (see _queue_follow_ups).
+                # (see _queue_follow_ups), at its publish instant on Redis's clock (the slot
+                # plus its jitter offset: seed 8393 published a jittered slot at the slot).
                 key = (due_slot.entry.name, due_slot.claim.slot)
-                self._early[key] = now.timestamp() + result.retry_after
+                self._early[key] = now.timestamp() + result.retry_after + _offset(due_slot)
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
-                when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
+                wait = result.retry_after
+                if outcome is ClaimOutcome.EARLY:
+                    wait += _offset(due_slot)
+                when = now.timestamp() + max(wait, MIN_RETRY_SECONDS)
                 takeover = outcome is ClaimOutcome.PENDING
                 self.queue.push(
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover
