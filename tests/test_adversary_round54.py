@@ -20,24 +20,24 @@ it.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
+from restart_helpers import beats_fixture, workers_fixture  # noqa: F401 - the fixtures
+from test_adversary_round53 import BrokerDownOnce, replica
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import held as held_module
 from celery_fork_scheduler.keys import Keys
-from celery_fork_scheduler.testing import RecordingPublisher
 
 KEYS = Keys("scheduler:")
 #: The task of every entry.
@@ -50,44 +50,9 @@ def t(seconds: float) -> datetime:
     return BASE + timedelta(seconds=seconds)
 
 
-def make_app(url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    """Beat and worker of one app; claims on ``url``; every replica asks at once unless
-    ``fork_scheduler_owner_grace`` is given; a failed Redis call is not retried (no real
-    sleeps while Redis is down)."""
-    app = Celery("adv54", broker="memory://", set_as_current=False)
-    conf.setdefault("fork_scheduler_owner_grace", 0)
-    conf.setdefault("fork_scheduler_max_retries", 0)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception):
-            beat.scheduler.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[HandDrivenWorker]]:
-    made: list[HandDrivenWorker] = []
-    yield made
-    for worker in made:
-        worker.hooks._stopping.set()
+#: ``make_app(url, beat_schedule, **conf)``: the app of this round; a failed Redis call is not
+#: retried (no real sleeps while Redis is down).
+make_app = partial(restart_helpers.make_app, "adv54", TASK, fork_scheduler_max_retries=0)
 
 
 def slots_of(beat: Any, name: str = "e") -> list[datetime]:
@@ -252,20 +217,6 @@ def test_a_running_replica_wins_again_a_slot_published_before_a_long_outage_of_a
 # -- 3. a stalled owner's fence after a restart from an older snapshot --------------------------
 
 
-class BrokerDownOnce(RecordingPublisher):
-    """Records what it publishes; the broker cannot be reached at the next ``prepare`` when
-    ``down`` is set (the claims stay this replica's, unfenced, asked again a second later)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def prepare(self) -> None:
-        if self.down:
-            self.down = False
-            raise ConnectionError("broker unreachable for a moment")
-
-
 def test_a_stalled_owner_publishes_after_an_rdb_restore_the_slot_another_replica_took_over(
     beats: list[Any], tmp_path: Path
 ) -> None:
@@ -300,11 +251,8 @@ def test_a_stalled_owner_publishes_after_an_rdb_restore_the_slot_another_replica
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5)}}
         conf = {"fork_scheduler_claim_lease": 2}
         publisher = BrokerDownOnce()
-        a = Beat(make_app(server.url, schedule, **conf), clock, "replica-a", publisher)
-        c = Beat(make_app(server.url, schedule, **conf), clock, "replica-c")
-        beats.extend([a, c])
-        a.scheduler.setup_schedule()
-        c.scheduler.setup_schedule()
+        a = replica(beats, server, schedule, "replica-a", publisher=publisher, **conf)
+        c = replica(beats, server, schedule, "replica-c", **conf)
 
         def tick(*replicas: Any, until: datetime) -> None:
             while clock() < until:
