@@ -35,7 +35,7 @@ from celery.schedules import crontab
 
 from .backend_outage import BackendOutage
 from .backends import Claim, ClaimBackend, ClaimOutcome, ClaimResult
-from .backends.base import PublishesOnce, from_epoch_us
+from .backends.base import PublishesOnce, from_epoch_us, to_epoch_us
 from .backends.factory import create_backend
 from .catchup import MAX_CATCH_UP_SLOTS, slots_due
 from .config import Settings, app_timezone, read_settings
@@ -1308,6 +1308,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             runtime=entry.source == "runtime",
             definition=self._definition_read(entry),
             excluded=excluded,
+            offset_us=to_epoch_us(entry.publish_at(slot)) - to_epoch_us(slot)
+            if entry.effective_jitter
+            else 0,
         )
         return DueSlot(entry, claim, foreign=foreign)
 
@@ -1396,6 +1399,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 )
             elif outcome is ClaimOutcome.RELEASED:
                 self.reports.skipped(due_slot, result.reason)
+                for message in result.dropped:
+                    self._report_held(result.claim.entry, message, "unknown")
                 self._publish_released(result)
             elif outcome is ClaimOutcome.UNCERTAIN:
                 error = DeliveryUncertain(RuntimeError(result.error))
@@ -1429,16 +1434,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _report_superseded(self, result: ClaimResult) -> None:
         """A won ``buffer_one`` slot replaced the run held back while no run held the marker
         (its runner died, or its publish failed): that held slot is missed, so say so."""
+        self._report_held(result.claim.entry, result.superseded, "superseded")
+
+    def _report_held(self, entry: str, message: str, reason: str) -> None:
+        """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``."""
         try:
-            held = occurrence_from_json(result.superseded)
+            held = occurrence_from_json(message)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning(
-                "fork scheduler: unreadable held-back run of %s superseded: %r",
-                result.claim.entry,
-                exc,
+                "fork scheduler: unreadable held-back run of %s %s: %r", entry, reason, exc
             )
             return
-        self.reports.skipped_slot(result.claim.entry, held.slot, "superseded")
+        self.reports.skipped_slot(entry, held.slot, reason)
 
     def _publish_released(self, result: ClaimResult) -> None:
         """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker

@@ -706,7 +706,9 @@ class WorkerHooks:
             return
         # The answer is in hand: whatever happens to the held run now, never ask again.
         try:
-            what, held = reply
+            what, held, *dropped = reply
+            for stale in dropped:  # held for a slot before Redis restarted: maybe sent since
+                self._record_skip(_held_run(occurrence_from_json(stale)), "unknown", counted=False)
             if _text(what) in ("paused", "removed", "finished", "unknown"):
                 occurrence = occurrence_from_json(held)
                 self._record_skip(_held_run(occurrence), _text(what), counted=False)

@@ -113,6 +113,10 @@ class Claim:
     #: True when the slot falls on an exclusion date: the claim records it skipped
     #: (``excluded``) instead of winning it; it counts no run and takes no running marker.
     excluded: bool = False
+    #: The slot's jitter offset (us): it is asked about at slot + offset, the instant the
+    #: claim's restart rule judges (a slot due before Redis's start, published after it, was
+    #: never published before it).
+    offset_us: int = 0
 
     @property
     def slot_us(self) -> int:
@@ -159,6 +163,9 @@ class ClaimResult:
     #: For WON (overlap ``buffer_one``): the JSON message of the held-back run this slot
     #: superseded (no run held the marker), to report as skipped ``superseded``; else "".
     superseded: str = ""
+    #: For RELEASED: the JSON messages of queued runs dropped before the head, to report as
+    #: skipped ``unknown`` (queued before Redis's start: maybe released and sent since).
+    dropped: tuple[str, ...] = ()
 
 
 class ClaimBackend(Protocol):

@@ -222,7 +222,9 @@ CHANGE_FENCE_US = 300_000_000
 #: ARGV[16] "1" when the slot falls on an exclusion date (recorded skipped, never won),
 #: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
 #: ARGV[18] (optional) "1" when the request is sent again after its reply was lost, else "0";
-#: ARGV[19] (optional, overlap "allow" and "skip" only) the number of broker commands that
+#: ARGV[19] (optional) the slot's jitter offset (us): its replicas ask about it at slot +
+#: offset, the instant the restart rule judges (below),
+#: ARGV[20] (optional, overlap "allow" and "skip" only) the number of broker commands that
 #: publish the slot's message, then three ARGV per command as in :data:`PUBLISH_ONCE` (their
 #: keys in KEYS[6...]): a new claim won is then published and recorded in the same step
 #: (outcome "sent"; "uncertain" with the error text when a command failed: the slot is
@@ -242,9 +244,11 @@ CHANGE_FENCE_US = 300_000_000
 #: taken over, and nothing is recorded (the replica reports it skipped).
 #: A "won" slot of a "buffer_one" entry that found a run held back (no run held the marker)
 #: answers {"won", 0, message}: the held run is superseded (recorded "skipped:superseded").
-#: Or {"released", 0, message, reason}: a "buffer_all" slot was queued (reason "buffered") or
-#: refused ("buffer_full") while no run held the marker (its runner died): the head of the
-#: queue, whose task id now holds the marker, must be published by the caller.
+#: Or {"released", 0, message, reason, dropped...}: a "buffer_all" slot was queued (reason
+#: "buffered") or refused ("buffer_full") while no run held the marker (its runner died): the
+#: head of the queue, whose task id now holds the marker, must be published by the caller;
+#: the queued runs of slots due before Redis's start that were dropped first (recorded
+#: skipped:unknown) follow, for the caller to report.
 #: "cancel_other" / "terminate_other": a slot that finds a run in progress is won without
 #: taking the marker (the new run's worker revokes the old run and takes it over at start).
 #: A corrupted ``hwm`` is an error reply (for this claim only).
@@ -256,7 +260,7 @@ local CLOCKS_DISAGREE_US = {CLOCKS_DISAGREE_US}
     + """
 local now_text = string.format('%.0f', now)
 local slot = tonumber(ARGV[1])
-local sends = tonumber(ARGV[19] or '0') or 0
+local sends = tonumber(ARGV[20] or '0') or 0
 if ARGV[7] ~= 'allow' and ARGV[7] ~= 'skip' then
   sends = 0
 end
@@ -334,7 +338,7 @@ local function before_restart(at)
   return at_start
 end
 if slot > hwm then
-  if before_restart(slot) then
+  if before_restart(slot + (tonumber(ARGV[19] or '0') or 0)) then
     -- Not decided in Redis's data, yet due before Redis started: that data may be older than
     -- what was published before the stop (a snapshot), and no replica may know the rest.
     return {'unknown', 0}
@@ -400,6 +404,24 @@ if slot > hwm then
       redis.call('DEL', KEYS[4])
       redis.call('RPUSH', KEYS[4], held)
     end
+    local dropped = {}
+    while not running do
+      -- Nobody runs (the last runner died, its lease expired): the queue is handed over.
+      -- A run queued before Redis's start may have been released and sent since (the data
+      -- may be a snapshot's): it is recorded skipped (unknown) and returned, to be reported.
+      local stale = redis.call('LINDEX', KEYS[4], 0)
+      if not stale or not held_before_restart(stale) then
+        break
+      end
+      redis.call('LPOP', KEYS[4])
+      local ok, message = pcall(cjson.decode, stale)
+      if ok and type(message) == 'table' and tonumber(message['slot_us']) then
+        record(string.format('%.0f', tonumber(message['slot_us'])), ARGV[3],
+               message['task_id'] or '', 'skipped:unknown', ARGV[11])
+      end
+      redis.call('HINCRBY', KEYS[1], 'skips:unknown', 1)
+      dropped[#dropped + 1] = stale
+    end
     local reason = 'buffered'
     if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[17]) then
       redis.call('RPUSH', KEYS[4], ARGV[10])
@@ -410,25 +432,14 @@ if slot > hwm then
     if running then
       return {reason, 0}
     end
-    -- Nobody runs (the last runner died, its lease expired): the head of the queue runs now.
-    -- A run queued before Redis's start may have been released and sent since (the data may
-    -- be a snapshot's): recorded skipped (unknown) instead, and the next one is the head.
+    -- The head of the queue runs now.
     local head = redis.call('LPOP', KEYS[4])
-    while head and held_before_restart(head) do
-      local ok, stale = pcall(cjson.decode, head)
-      if ok and type(stale) == 'table' and tonumber(stale['slot_us']) then
-        record(string.format('%.0f', tonumber(stale['slot_us'])), ARGV[3],
-               stale['task_id'] or '', 'skipped:unknown', ARGV[11])
-      end
-      redis.call('HINCRBY', KEYS[1], 'skips:unknown', 1)
-      head = redis.call('LPOP', KEYS[4])
-    end
     if not head then
       return {reason, 0}
     end
     redis.call('SET', KEYS[3], cjson.decode(head)['task_id'], 'PX', ARGV[9])
     redis.call('HINCRBY', KEYS[1], 'runs', 1)
-    return {'released', 0, head, reason}
+    return {'released', 0, head, reason, unpack(dropped)}
   end
   if running and not replacing then
     return skip('busy')
@@ -475,11 +486,11 @@ if slot > hwm then
   if sends > 0 then
     local ok, failure = pcall(function()
       for i = 0, sends - 1 do
-        local name, key = ARGV[20 + 3 * i], KEYS[tonumber(ARGV[21 + 3 * i])]
+        local name, key = ARGV[21 + 3 * i], KEYS[tonumber(ARGV[22 + 3 * i])]
         if name == 'lpush' then
-          redis.call('LPUSH', key, ARGV[22 + 3 * i])
+          redis.call('LPUSH', key, ARGV[23 + 3 * i])
         elseif name == 'pexpire' then
-          redis.call('PEXPIRE', key, ARGV[22 + 3 * i])
+          redis.call('PEXPIRE', key, ARGV[23 + 3 * i])
         else
           error('unsupported broker command ' .. name)
         end
@@ -979,9 +990,10 @@ return 2
 #: holds the marker: publish it now), "paused" or "removed" (the entry was paused or removed
 #: meanwhile: the held run is dropped, the marker freed), "finished" (max_runs used up),
 #: "unknown" (held for a slot due before Redis's start: the data Redis came back with may be
-#: older than its release and publish; dropped, the marker freed: the next claim hands over
-#: the rest of a queue). Each answer with a held run is noted in the state hash
-#: (``released``: the task id that ended, ``released_as``, ``released_run``,
+#: older than its release and publish; dropped, the marker freed). Such held runs are dropped
+#: before any answer (the first later one of a queue is handed over) and follow the answer's
+#: two items, to be reported skipped "unknown". Each answer with a held run is noted in the
+#: state hash (``released``: the task id that ended, ``released_as``, ``released_run``,
 #: ``released_by``), so that a request sent again
 #: after its reply was lost gets the same answer: a run handed over while its marker is still
 #: the held run's and that run has not started (START_SINGLETON clears the note).
@@ -1027,9 +1039,18 @@ if redis.call('HGET', KEYS[3], 'removed') then
   redis.call('DEL', KEYS[1])
   return answer('removed', held)
 end
-if held_before_restart(held) then
+local dropped = {}
+while held and held_before_restart(held) do
+  -- Held for a slot due before Redis's start: it may have been handed over and sent since
+  -- (the data may be a snapshot's). Dropped and returned, to be reported; the next one of a
+  -- queue is handed over instead.
+  redis.call('HINCRBY', KEYS[3], 'skips:unknown', 1)
+  dropped[#dropped + 1] = held
+  held = kind == 'list' and redis.call('LPOP', KEYS[2]) or nil
+end
+if not held then
   redis.call('DEL', KEYS[1])
-  return answer('unknown', held)
+  return {'unknown', dropped[#dropped], unpack(dropped, 1, #dropped - 1)}
 end
 if redis.call('HGET', KEYS[3], 'paused') then
   redis.call('DEL', KEYS[1])
@@ -1044,7 +1065,11 @@ end
 local message = cjson.decode(held)
 redis.call('SET', KEYS[1], message['task_id'], 'PX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'runs', 1)
-return answer('send', held)
+local reply = answer('send', held)
+for _, stale in ipairs(dropped) do
+  reply[#reply + 1] = stale
+end
+return reply
 """
 )
 

@@ -261,6 +261,7 @@ class RedisBackend:
             "1" if claim.excluded else "0",
             self.settings.buffer_limit,
             "0",  # ASKED_AGAIN_ARG: "1" once the request is sent again (see _each_item)
+            claim.offset_us,
         ]
         if send:
             args.append(len(send))
@@ -793,7 +794,10 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
     """The :class:`ClaimResult` of one CLAIM reply (see :data:`.lua.CLAIM`)."""
     outcome = _OUTCOMES.get(reply[0]) or ClaimOutcome(_text(reply[0]))
     if outcome is ClaimOutcome.RELEASED:
-        return ClaimResult(claim, outcome, held=_text(reply[2]), reason=_text(reply[3]))
+        dropped = tuple(_text(message) for message in reply[4:])
+        return ClaimResult(
+            claim, outcome, held=_text(reply[2]), reason=_text(reply[3]), dropped=dropped
+        )
     if outcome is ClaimOutcome.WON and len(reply) > 2:
         return ClaimResult(claim, outcome, superseded=_text(reply[2]))
     if outcome is ClaimOutcome.UNCERTAIN:
