@@ -31,19 +31,20 @@ and 9 are documented limits (strict xfail):
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
+from restart_helpers import beats_fixture, workers_fixture  # noqa: F401 - the fixtures
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager, Scheduler, signals
@@ -63,43 +64,9 @@ def t(seconds: float) -> datetime:
     return BASE + timedelta(seconds=seconds)
 
 
-def make_app(url: str, beat_schedule: dict[str, Any], **conf: Any) -> Celery:
-    """Beat and worker of one app; claims on ``url``; every replica asks at once; a failed
-    Redis call is not retried (no real sleeps while Redis is down)."""
-    app = Celery("adv55", broker="memory://", set_as_current=False)
-    conf.setdefault("fork_scheduler_owner_grace", 0)
-    conf.setdefault("fork_scheduler_max_retries", 0)
-    app.conf.update(
-        timezone="UTC",
-        beat_schedule=beat_schedule,
-        fork_scheduler_redis_url=url,
-        result_expires=None,
-        broker_connection_retry_on_startup=False,
-        **conf,
-    )
-
-    @app.task(name=TASK, shared=False)
-    def job(*args: Any, **kwargs: Any) -> None:
-        """The task of every entry."""
-
-    return app
-
-
-@pytest.fixture
-def beats() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for beat in made:
-        with contextlib.suppress(Exception):
-            beat.scheduler.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[HandDrivenWorker]]:
-    made: list[HandDrivenWorker] = []
-    yield made
-    for worker in made:
-        worker.hooks._stopping.set()
+#: ``make_app(url, beat_schedule, **conf)``: the app of this round; a failed Redis call is not
+#: retried (no real sleeps while Redis is down).
+make_app = partial(restart_helpers.make_app, "adv55", TASK, fork_scheduler_max_retries=0)
 
 
 @pytest.fixture
