@@ -163,12 +163,6 @@ _NO_MARK = frozenset(
 )
 
 
-def _offset(due_slot: DueSlot) -> float:
-    """How long after its slot a slot is published (its jitter offset), in seconds."""
-    claim = due_slot.claim
-    return (due_slot.entry.publish_at(claim.slot) - claim.slot).total_seconds()
-
-
 def _from_timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -1387,11 +1381,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 # (see _queue_follow_ups), at its publish instant on Redis's clock (the slot
                 # plus its jitter offset: seed 8393 published a jittered slot at the slot).
                 key = (due_slot.entry.name, due_slot.claim.slot)
-                self._early[key] = now.timestamp() + result.retry_after + _offset(due_slot)
+                offset = due_slot.claim.offset_us / 1_000_000
+                self._early[key] = now.timestamp() + result.retry_after + offset
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
                 wait = result.retry_after
                 if outcome is ClaimOutcome.EARLY:
-                    wait += _offset(due_slot)
+                    wait += due_slot.claim.offset_us / 1_000_000
                 when = now.timestamp() + max(wait, MIN_RETRY_SECONDS)
                 takeover = outcome is ClaimOutcome.PENDING
                 self.queue.push(

@@ -860,13 +860,9 @@ class WorkerHooks:
         ):
             try:
                 now = time.monotonic()
-                restarted = False
-                if not troubled and now < renew_at:
-                    restarted = self._redis_restarted()
-                    if not restarted:
-                        continue
-                else:
-                    restarted = self._redis_restarted()  # (each pass also sets the baseline)
+                restarted = self._redis_restarted()  # (each pass also sets the baseline)
+                if not troubled and now < renew_at and not restarted:
+                    continue
                 renew_at = now + interval
                 self._forget_ended()
                 self._free_unfreed()

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 from celery import Celery
-from hand_driven_helpers import HandDrivenWorker
+from hand_driven_helpers import HandDrivenWorker, RecordingBeat
 
 from celery_fork_scheduler import Scheduler
 from celery_fork_scheduler.backends.redis import RedisBackend
@@ -89,6 +89,20 @@ def beats_fixture() -> Iterator[list[Any]]:
 def workers_fixture() -> Iterator[list[HandDrivenWorker]]:
     """Hand-driven workers: their heartbeat threads are stopped at the end."""
     yield from _stopped_after(lambda worker: worker.hooks._stopping.set())
+
+
+def beat_with_worker(
+    app: Celery, clock: Any, task: str, beats: list[Any], workers: list[HandDrivenWorker]
+) -> tuple[Any, HandDrivenWorker]:
+    """One beat replica (``replica-a``, on ``clock``, set up) and one hand-driven worker of
+    ``app`` whose heartbeat passes the test drives (no heartbeat thread)."""
+    beat = RecordingBeat(app, clock, "replica-a")
+    beats.append(beat)
+    beat.scheduler.setup_schedule()
+    worker = HandDrivenWorker(app, task)
+    worker.hooks._stopping.set()
+    workers.append(worker)
+    return beat, worker
 
 
 def start_server(

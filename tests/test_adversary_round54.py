@@ -32,7 +32,11 @@ import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
-from restart_helpers import beats_fixture, workers_fixture  # noqa: F401 - the fixtures
+from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    beat_with_worker,
+    beats_fixture,
+    workers_fixture,
+)
 from test_adversary_round53 import BrokerDownOnce, replica
 from virtual_time_redis import virtual_redis
 
@@ -102,12 +106,7 @@ def test_a_held_run_released_before_an_rdb_restore_is_sent_again_at_its_own_end(
         clock.set(t(-1))
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5), "overlap": overlap}}
         app = make_app(server.url, schedule)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()  # no heartbeat thread: its passes are driven below
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(1))
         assert slots_of(beat) == [t(0)]
         r0_id, r0_headers = beat.headers("e", t(0))
@@ -313,12 +312,7 @@ def test_a_buffer_all_run_sent_before_an_rdb_restore_is_released_again_by_a_late
         clock.set(t(-1))
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5), "overlap": "buffer_all"}}
         app = make_app(server.url, schedule, fork_scheduler_singleton_lease=10)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()  # no heartbeat thread
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(0.5))
         assert slots_of(beat) == [t(0)]
         r0_id, r0_headers = beat.headers("e", t(0))
@@ -381,12 +375,7 @@ def test_a_cancel_other_run_sent_before_an_rdb_restore_is_refused_as_replaced_by
         entry = {"task": TASK, "schedule": timedelta(seconds=5), "overlap": "cancel_other"}
         schedule = {"e": entry}
         app = make_app(server.url, schedule)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()  # no heartbeat thread
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(1))
         r0_id, r0_headers = beat.headers("e", t(0))
         assert worker.start(r0_id, r0_headers)

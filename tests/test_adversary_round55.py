@@ -44,7 +44,11 @@ import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
-from restart_helpers import beats_fixture, workers_fixture  # noqa: F401 - the fixtures
+from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    beat_with_worker,
+    beats_fixture,
+    workers_fixture,
+)
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager, Scheduler, signals
@@ -142,12 +146,7 @@ def test_a_run_held_over_an_hour_and_released_before_an_rdb_restore_is_sent_agai
         clock.set(t(-1))
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5), "overlap": overlap}}
         app = make_app(server.url, schedule, fork_scheduler_singleton_lease=3 * 3600)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()  # no heartbeat thread: its passes are driven below
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(1))
         assert slots_of(beat) == [t(0)]
         r0_id, r0_headers = beat.headers("e", t(0))
@@ -290,12 +289,7 @@ def test_queued_runs_the_claim_drops_after_an_rdb_restore_are_never_reported(
         clock.set(t(-1))
         schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=5), "overlap": "buffer_all"}}
         app = make_app(server.url, schedule, fork_scheduler_singleton_lease=10)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(0.5))
         r0_id, r0_headers = beat.headers("e", t(0))
         assert worker.start(r0_id, r0_headers)
@@ -365,12 +359,7 @@ def test_a_full_buffer_all_queue_dropped_after_an_rdb_restore_refuses_the_new_sl
         app = make_app(
             server.url, schedule, fork_scheduler_singleton_lease=10, fork_scheduler_buffer_limit=1
         )
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(0.5))
         r0_id, r0_headers = beat.headers("e", t(0))
         assert worker.start(r0_id, r0_headers)
@@ -495,12 +484,7 @@ def test_a_run_queued_after_a_redis_restart_is_never_handed_over_once_the_stale_
             }
         }
         app = make_app(server.url, schedule, fork_scheduler_singleton_lease=600)
-        beat = Beat(app, clock, "replica-a")
-        beats.append(beat)
-        beat.scheduler.setup_schedule()
-        worker = HandDrivenWorker(app, TASK)
-        worker.hooks._stopping.set()
-        workers.append(worker)
+        beat, worker = beat_with_worker(app, clock, TASK, beats, workers)
         beat.run_until(t(0.5))
         r0_id, r0_headers = beat.headers("e", t(0))
         assert worker.start(r0_id, r0_headers)

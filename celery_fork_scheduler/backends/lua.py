@@ -138,28 +138,30 @@ local function started_by()
 end
 """
 
-#: ``claimed_before_restart(at)``: whether a claim made at ``at`` (us, Redis TIME) predates
-#: Redis's start, whose data may be older than what happened to the claim since (a snapshot):
-#: fenced, published, taken over. Expects ``started_by`` and ``data_lost_at``.
-_CLAIMED_BEFORE_RESTART = """
-local function claimed_before_restart(at)
-  return tonumber(at) < (started_by() or 0) and select(2, data_lost_at())
-end
-"""
-
-#: ``held_before_restart(message)``: whether a held run (its JSON message) is of a slot due in
-#: the hour before Redis's start plus the early tolerance: the data Redis came back with may be
-#: older than its release and publish. Expects ``started_by`` and ``data_lost_at``.
-_HELD_BEFORE_RESTART = f"""
-local function held_before_restart(message)
-  local ok, decoded = pcall(cjson.decode, message)
-  local slot = ok and type(decoded) == 'table' and tonumber(decoded['slot_us'])
-  local started = started_by()
-  if not slot or not started or slot > started + {EARLY_TOLERANCE_US}
-      or slot <= started - {CLOCKS_DISAGREE_US} then
+#: The restart rule's tests, after ``started_by`` and ``data_lost_at``: Redis may have come back
+#: from data older than what happened before it stopped (a snapshot), unless something since
+#: its start could have lost data later (a flush leaves no older data behind).
+#: ``due_before_restart(at)``: whether a slot asked about at ``at`` (us; its publish instant)
+#: is due in the hour before Redis's start plus the early tolerance (it could have been decided
+#: before the stop); ``claimed_before_restart(at)``: whether a claim made at ``at`` (us, Redis
+#: TIME) predates the start (it may have been fenced, published or taken over since);
+#: ``held_before_restart(message)``: whether a held run (its JSON message) is of a slot due
+#: before the start (it may have been handed over and sent since).
+_RESTART_TESTS = f"""
+local function due_before_restart(at)
+  local started = started_by()  -- (INFO server only: the usual answer is no)
+  if not started or at > started + {EARLY_TOLERANCE_US} or at <= started - {CLOCKS_DISAGREE_US} then
     return false
   end
   return select(2, data_lost_at())
+end
+local function claimed_before_restart(at)
+  return tonumber(at) < (started_by() or 0) and select(2, data_lost_at())
+end
+local function held_before_restart(message)
+  local ok, decoded = pcall(cjson.decode, message)
+  local slot = ok and type(decoded) == 'table' and tonumber(decoded['slot_us'])
+  return slot and due_before_restart(slot) or false
 end
 """
 
@@ -255,7 +257,6 @@ CHANGE_FENCE_US = 300_000_000
 _CLAIM_BODY = (
     f"""
 local CHANGE_FENCE_US = {CHANGE_FENCE_US}
-local CLOCKS_DISAGREE_US = {CLOCKS_DISAGREE_US}
 """
     + """
 local now_text = string.format('%.0f', now)
@@ -326,19 +327,8 @@ if slot > hwm and ARGV[12] == '1' then
   -- Seen claimed before, unknown now: Redis lost its state; publishing could duplicate.
   return {'claimed', 0}
 end
--- Whether the slot may have been decided in data Redis lost when it restarted: due before its
--- start plus the tolerance (a claim cannot come earlier), on Redis's clock. Not known after a
--- flush or the like since the start (data_lost_at): a flush leaves no older data behind.
-local function before_restart(at)
-  local started = started_by()  -- (INFO server only: the usual answer is no)
-  if not started or at > started + tonumber(ARGV[4]) or at <= started - CLOCKS_DISAGREE_US then
-    return false
-  end
-  local _, at_start = data_lost_at()
-  return at_start
-end
 if slot > hwm then
-  if before_restart(slot + (tonumber(ARGV[19] or '0') or 0)) then
+  if due_before_restart(slot + (tonumber(ARGV[19] or '0') or 0)) then
     -- Not decided in Redis's data, yet due before Redis started: that data may be older than
     -- what was published before the stop (a snapshot), and no replica may know the rest.
     return {'unknown', 0}
@@ -579,9 +569,9 @@ end
 return {'taken_over', 0}
 """
 )
-#: The helpers of the restart rule, after what they use.
-_RESTART_RULE = _CLAIMED_BEFORE_RESTART + _HELD_BEFORE_RESTART
-CLAIM = _NOW + _RECORD + _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _RESTART_RULE + _CLAIM_BODY
+#: The restart rule for a script run once per claim (Redis's start read at each call).
+_RESTART_RULE = _STARTED_BY + _DATA_LOST_AT + _RESTART_TESTS
+CLAIM = _NOW + _RECORD + _SENT_BY + _RESTART_RULE + _CLAIM_BODY
 
 #: The claim of slot ARGV[1] in the pending hash KEYS[2] if replica ARGV[2] holds it (``owner``,
 #: ``claimed_at``); else the script returns 0.
@@ -603,8 +593,6 @@ end
 #: it over or Redis no longer knows it (do not publish).
 BEGIN_PUBLISH = (
     _NOW
-    + _STARTED_BY
-    + _DATA_LOST_AT
     + _RESTART_RULE
     + _OWN_CLAIM
     + """\
@@ -999,8 +987,6 @@ return 2
 #: the held run's and that run has not started (START_SINGLETON clears the note).
 RELEASE = (
     _NOW
-    + _STARTED_BY
-    + _DATA_LOST_AT
     + _RESTART_RULE
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -1191,9 +1177,7 @@ end
 record(ARGV[1], ARGV[2], ARGV[3], 'sent', ARGV[4])
 return 1
 """
-PUBLISH_ONCE = _recording(
-    _SENT_BY + _STARTED_BY + _DATA_LOST_AT + _RESTART_RULE + _PUBLISH_ONCE_BODY
-)
+PUBLISH_ONCE = _recording(_SENT_BY + _RESTART_RULE + _PUBLISH_ONCE_BODY)
 
 
 def _many(body: str, before: str = "") -> str:
@@ -1271,12 +1255,15 @@ end
 """
 )
 
+#: The restart rule for a batch (Redis's start read once per call).
+_RESTART_RULE_ONCE = _DATA_LOST_AT_ONCE + _RESTART_TESTS
+
 #: :data:`CLAIM` for a batch of slots in one call (see :func:`_many`); not on Redis Cluster.
-CLAIM_MANY = _many(_CLAIM_BODY, _SENT_BY + _DATA_LOST_AT_ONCE + _RESTART_RULE)
+CLAIM_MANY = _many(_CLAIM_BODY, _SENT_BY + _RESTART_RULE_ONCE)
 
 #: :data:`PUBLISH_ONCE` for a batch of slots in one call (see :func:`_many`); not on Redis
 #: Cluster.
-PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY, _SENT_BY + _DATA_LOST_AT_ONCE + _RESTART_RULE)
+PUBLISH_ONCE_MANY = _many(_PUBLISH_ONCE_BODY, _SENT_BY + _RESTART_RULE_ONCE)
 
 #: The scripts the backend runs by SHA in pipelines (loaded again after a NOSCRIPT reply).
 ALL_SCRIPTS = (
@@ -1308,12 +1295,7 @@ ALL_SCRIPTS = (
 #: "skipped:in_flight" afterwards): at most once.
 BACKFILL_CLAIM = (
     _NOW
-    + _STARTED_BY
-    + _DATA_LOST_AT
-    + f"""
-local EARLY_TOLERANCE_US = {EARLY_TOLERANCE_US}
-local CLOCKS_DISAGREE_US = {CLOCKS_DISAGREE_US}
-"""
+    + _RESTART_RULE
     + """
 local slot = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'removed') then
@@ -1390,9 +1372,7 @@ local lost_before = tonumber(redis.call('HGET', KEYS[1], 'lost_before'))
 if ARGV[7] ~= '1' and lost_before and slot <= lost_before then
   return {'skipped', 'unknown'}  -- Redis lost data since: its history may have gone with it
 end
-local started, at_start = data_lost_at()
-if ARGV[7] ~= '1' and at_start and slot <= started + EARLY_TOLERANCE_US
-    and slot > started - CLOCKS_DISAGREE_US then
+if ARGV[7] ~= '1' and due_before_restart(slot) then
   -- Due before Redis last started: it may have come back from data older than this slot's
   -- publish (a snapshot), with neither its mark nor its history item.
   return {'skipped', 'unknown'}
