@@ -1026,11 +1026,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         name = item.entry.name
         entry = self.entries.get(name)
-        if entry is None and item.retry and item.takeover:
-            # Removed since (a runtime entry that finished, deleted by hand): a slot due before
-            # the removal still fires, and another replica's claim of it, unsent, is taken over
-            # (seed 8387: the last run's claimant died before its fence, then the entry
-            # finished and was deleted, and nobody took the claim over).
+        if (entry is None or not entry.enabled) and item.retry and item.takeover:
+            # Removed or disabled since (a runtime entry that finished, deleted or disabled by
+            # hand): a slot claimed before the change still fires, and a claim of it, unsent,
+            # is taken over (seed 8387: the last run's claimant died before its fence, then the
+            # entry finished and was deleted, and nobody took the claim over; round 56: this
+            # replica's own claim, asked about again after the broker refused it, was dropped
+            # once the entry was disabled, and stayed pending, unreported).
             entry = item.entry
         if entry is None or not entry.enabled:
             return None  # removed or disabled since it was queued

@@ -277,7 +277,9 @@ end
 
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
 #: ``update_many``): PUT for each, in one script. KEYS[1..11] as PUT, KEYS[12] the chain of
-#: the call's batches. ARGV[3] "0": the caller resets a new entry's state and makes its keys
+#: the call's batches, KEYS[13...] the held-back runs (``buffered``) of the entries the batch
+#: disables, deleted with the write (on one Redis; see :func:`disables`). ARGV[3] "0": the
+#: caller resets a new entry's state and makes its keys
 #: lose an expiry (Redis Cluster: those keys live on other slots); else "1" and the layout of
 #: an entry's five keys (``Keys.entry_keys``: state, pending, running, buffered, history), each
 #: as the text before and after the name, all joined by newlines, and the script does it, at
@@ -385,6 +387,9 @@ for i = 1, count do
   else
     retag(name, joined)
   end
+end
+for i = 13, #KEYS do  -- the held-back runs of the entries this write disables
+  redis.call('DEL', KEYS[i])
 end
 many('HSET', KEYS[1], entries)
 many('HSET', KEYS[4], instants)
@@ -917,6 +922,8 @@ class RuntimeStore:
                 pipe.persist(key)
             if not fresh:
                 self._start_afresh(pipe, name)
+        if disables(encoded):
+            pipe.delete(self.keys.buffered(name))
         self._note_defined(pipe, [(name, int(reply[0]))], since)
         pipe.execute()
         return int(reply[0])
@@ -1114,6 +1121,9 @@ class RuntimeStore:
                     pipe.persist(key)
                 if name not in fresh:
                     self._start_afresh(pipe, name)
+            for name, encoded, _, _ in items:
+                if disables(encoded):
+                    pipe.delete(self.keys.buffered(name))
             self._note_defined(pipe, [(n, first + i) for i, n in enumerate(names, 1)], since)
             pipe.execute()
         return [first + index for index in range(1, len(items) + 1)]
@@ -1127,7 +1137,12 @@ class RuntimeStore:
         for name, encoded, expected, tags in items:
             args += [name, encoded, "" if expected is None else str(expected), tags]
         args.append(self.shard_count)
-        return [*self._runtime_keys, self._chain_key(chain)], args
+        held = (
+            [self.keys.buffered(item[0]) for item in items if disables(item[1])]
+            if self.one_node
+            else []
+        )
+        return [*self._runtime_keys, self._chain_key(chain), *held], args
 
     def _layout(self) -> str:
         """ARGV[3] of the bulk scripts: "0" on Redis Cluster, else "1" and the layout of an
@@ -1441,6 +1456,13 @@ def encode_entry(name: str, data: Mapping[str, Any]) -> str:
     """The JSON :meth:`RuntimeStore.put` stores for ``data`` (what :meth:`RuntimeStore.put_many`
     takes); :class:`ConfigError` when it cannot be stored."""
     return _encode(name, data)
+
+
+def disables(encoded: str) -> bool:
+    """Whether the stored JSON ``encoded`` (see :func:`encode_entry`) defines a disabled entry:
+    its held-back run goes with the write (never sent, as a removal's), and a run that ends
+    later hands nothing over (adversary round 56)."""
+    return '"enabled": false' in encoded and json.loads(encoded).get("enabled") is False
 
 
 def _encode(name: str, data: Mapping[str, Any]) -> str:

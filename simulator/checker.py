@@ -310,6 +310,10 @@ class Checker:
         """
         start, end, _ = epochs[index]
         s = datetime_to_us(slot)
+        if s <= self._added_at(epochs, index):
+            # ``add`` promises the slots after its instant (seed 20134: an add and an update
+            # at the very instant of a slot; the update's window reached back to it)
+            return False
         if any(
             entry is None and at - REMOVAL_SLACK <= s < at + REFRESH
             for at, _, entry in epochs[index + 1 :]
@@ -327,6 +331,14 @@ class Checker:
             previous = epochs[index - 1][2] if index > 0 else None
             return previous is not None and self._is_slot(previous, slot)
         return False
+
+    @staticmethod
+    def _added_at(epochs: list[tuple[int, int, Entry | None]], index: int) -> int:
+        """The instant the definition of ``epochs[index]`` was added (the first of the
+        definitions in force since the last removal before it)."""
+        while index > 0 and epochs[index - 1][2] is not None:
+            index -= 1
+        return epochs[index][0]
 
     def _slots(self, entry: Entry, first: int, last: int) -> list[datetime]:
         after, until = us_to_datetime(first), us_to_datetime(last)
