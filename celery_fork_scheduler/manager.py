@@ -926,7 +926,8 @@ class Manager:
     def trigger(self, name: str, *, force: bool = False) -> TriggerResult:
         """Publish one run of an entry now, outside its schedule.
 
-        - A paused entry is not run (``skipped="paused"``) unless ``force=True``.
+        - A paused entry is not run (``skipped="paused"``), nor a disabled one
+          (``skipped="disabled"``: ``enabled=False`` never fires it), unless ``force=True``.
         - It does not count towards ``max_runs`` (``Job.manual_runs`` counts it), so a finished
           entry can be triggered too.
         - It respects the overlap policy: ``skipped="busy"`` while a run of a singleton (or
@@ -941,6 +942,9 @@ class Manager:
         was not recorded (``unrecorded``).
         """
         entry, _ = self._entry(name)
+        if not entry.enabled and not force:
+            logger.info("fork scheduler: run_now(%s) skipped: the entry is disabled", name)
+            return TriggerResult(skipped="disabled")
         client, keys, settings = self._redis(), self._keys(), self._settings()
         if client.hget(keys.state(name), "paused") and not force:
             logger.info("fork scheduler: run_now(%s) skipped: the entry is paused", name)

@@ -264,7 +264,7 @@ class TriggerResult:
     run that was sent, why it could not be recorded in Redis (``unrecorded``)."""
 
     task_id: str | None = None
-    skipped: Literal["busy", "capped", "paused"] | None = None
+    skipped: Literal["busy", "capped", "paused", "disabled"] | None = None
     unrecorded: str | None = None
 
 

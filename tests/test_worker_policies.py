@@ -121,6 +121,18 @@ def test_a_trigger_of_a_paused_entry_is_refused_unless_forced(
     assert len(queued(redis_client)) == 1
 
 
+def test_a_trigger_of_a_disabled_entry_is_refused_unless_forced(
+    manager: Manager, redis_client: redis.Redis
+) -> None:
+    """``enabled: False`` never fires the entry, by hand either, unless forced (the pause's
+    rule; adversary round 56 found a trigger ran it)."""
+    manager.add("off", "tasks.report", "every 10 seconds", enabled=False)
+    assert manager.trigger("off") == TriggerResult(skipped="disabled")
+    assert queued(redis_client) == []
+    assert manager.trigger("off", force=True).task_id is not None
+    assert len(queued(redis_client)) == 1
+
+
 def test_a_trigger_does_not_consume_max_runs(manager: Manager, redis_client: redis.Redis) -> None:
     manager.add("once", "tasks.report", "every 10 seconds", max_runs=1)
     assert manager.trigger("once").task_id is not None

@@ -29,6 +29,7 @@ _SKIP_REASONS = {
     "busy": "still running",
     "capped": "concurrency cap reached",
     "paused": "the entry is paused (--force runs it anyway)",
+    "disabled": "the entry is disabled (--force runs it anyway)",
 }
 
 
@@ -352,12 +353,12 @@ def resume(ctx: click.Context, name: str | None, tag: str | None, as_json: bool)
 
 @click.command("trigger", cls=CeleryCommand)
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Run it even if the entry is paused.")
+@click.option("--force", is_flag=True, help="Run it even if the entry is paused or disabled.")
 @json_option
 @click.pass_context
 def trigger(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
-    """Run an entry now: not if paused (unless --force), nor while a singleton still runs,
-    nor over the cap; it does not count towards max_runs."""
+    """Run an entry now: not if paused or disabled (unless --force), nor while a singleton
+    still runs, nor over the cap; it does not count towards max_runs."""
     session = session_for(ctx, as_json)
     try:
         result = session.manager().trigger(name, force=force)

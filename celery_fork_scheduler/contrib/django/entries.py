@@ -394,6 +394,7 @@ def _trigger(manager: Manager, name: str) -> Outcome:
     if result.task_id is None:
         why = {
             "paused": "the entry is paused (resume it first)",
+            "disabled": "the entry is disabled (enable it first)",
             "busy": "its previous run is still executing (singleton)",
             "capped": "the concurrency cap is reached",
         }.get(result.skipped or "", str(result.skipped))
