@@ -9,7 +9,8 @@ What "never published" means is decided in Redis, atomically per slot (see ``doc
 "Backfill"): a slot is refused when a backfill claimed it already, when the scheduler holds a
 claim for it, when its state or history says it was published, when it is newer than the
 entry's high-water mark (the scheduler has not decided it yet) or in the future, and — unless
-forced — when it is older than what the capped history remembers, or the entry is paused.
+forced — when it is older than what the capped history remembers, or the entry is paused;
+and, unless forced, every slot of a disabled entry (``enabled=False``) is skipped.
 """
 
 from __future__ import annotations
@@ -312,6 +313,9 @@ def run_backfill(
             task_id = task_id_for(entry.name, slot)
             if entry.excludes(slot):  # never published, by design: nothing to make up for
                 results.append(BackfillSlot(slot=slot, outcome="skipped:excluded", task_id=task_id))
+                continue
+            if not entry.enabled and not options.force:  # enabled=False never fires it
+                results.append(BackfillSlot(slot=slot, outcome="skipped:disabled", task_id=task_id))
                 continue
             if not options.dry_run:
                 run.pace.wait()

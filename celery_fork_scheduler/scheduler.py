@@ -158,6 +158,7 @@ _NO_MARK = frozenset(
         ClaimOutcome.ERROR,
         ClaimOutcome.CHANGED,
         ClaimOutcome.REMOVED,
+        ClaimOutcome.DISABLED,
         ClaimOutcome.UNKNOWN,
     )
 )
@@ -669,6 +670,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with self._config_errors_stop_beat():
             self._read_entries(TICK_LOAD_SECONDS if self.static.complete else TICK_BUILD_SECONDS)
             self._refresh_runtime_entries()  # a store of another shard layout stops beat
+        self.redis_clock.watch_for_steps()  # (a step during the refresh's calls to Redis)
         self._follow_corrections()
         if self._to_put_back:
             self._put_back_released()

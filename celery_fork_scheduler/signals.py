@@ -59,6 +59,7 @@ SKIP_REASONS = (
     "broker_unavailable",  # the broker could not be reached within the catch-up grace
     "error",  # the slot's claim or message could not be made (entry_failed says why)
     "removed",  # the runtime entry was removed (this replica had not read it yet)
+    "disabled",  # the runtime entry was disabled (this replica had not read it yet)
     "changed",  # a slot of the definition a runtime change replaced (not read yet)
     "unknown",  # due before Redis restarted from data that may predate its publish: not again
 )

@@ -232,7 +232,16 @@ def _removal_mark(client: Any, at: datetime | None) -> str:
 #: The fields of a state hash that a name added again starts without: its run count, its
 #: finished mark, its pause and the max_runs its held runs were counted under (the high-water
 #: mark stays: it keeps slots from running twice).
-_FRESH_FIELDS = ("runs", "finished", "paused", "pause_note", "paused_at", "removed", "max_runs")
+_FRESH_FIELDS = (
+    "runs",
+    "finished",
+    "paused",
+    "pause_note",
+    "paused_at",
+    "removed",
+    "max_runs",
+    "disabled",
+)
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
 #: What a reset keeps in the state's ``before_reset`` (a JSON list of field, value, ...) unless
 #: it holds one already or says ``removed``: a replica running a static entry of the same name
@@ -278,7 +287,8 @@ end
 #: Store or replace a batch of runtime entries, all or none (``Manager.add_many`` and
 #: ``update_many``): PUT for each, in one script. KEYS[1..11] as PUT, KEYS[12] the chain of
 #: the call's batches, KEYS[13...] the held-back runs (``buffered``) of the entries the batch
-#: disables, deleted with the write (on one Redis; see :func:`disables`). ARGV[3] "0": the
+#: disables, deleted with the write, their states marked ``disabled`` (and the others' not;
+#: on one Redis; see :func:`disables`). ARGV[3] "0": the
 #: caller resets a new entry's state and makes its keys
 #: lose an expiry (Redis Cluster: those keys live on other slots); else "1" and the layout of
 #: an entry's five keys (``Keys.entry_keys``: state, pending, running, buffered, history), each
@@ -329,6 +339,11 @@ end
 -- GET and SET rather than INCRBY: the scripts need no command beyond the documented ACL list
 local first = tonumber(redis.call('GET', KEYS[3]) or '0')
 redis.call('SET', KEYS[3], string.format('%.0f', first + count))
+local disabling = {}  -- the held-back runs of the entries this write disables
+for i = 13, #KEYS do
+  disabling[KEYS[i]] = true
+  redis.call('DEL', KEYS[i])
+end
 -- Written together, one command per key and up to 4 000 arguments per command.
 local entries, instants, changes, names, tags_of, index = {}, {}, {}, {}, {}, {}
 local created = {}
@@ -373,6 +388,11 @@ for i = 1, count do
   if own_keys then  -- claims of the definition this replaces are refused after the change
     redis.call('HSET', entry_key(name, 1), 'defined',
                string.format('%.0f', first + i) .. ' ' .. since)
+    if disabling[entry_key(name, 4)] then  -- no new claim while disabled
+      redis.call('HSET', entry_key(name, 1), 'disabled', '1')
+    elseif currents[i] >= 0 then
+      redis.call('HDEL', entry_key(name, 1), 'disabled')
+    end
   end
   push(entries, name, ARGV[i * 4 + 2])
   push(instants, name, since .. ' ' .. added)
@@ -387,9 +407,6 @@ for i = 1, count do
   else
     retag(name, joined)
   end
-end
-for i = 13, #KEYS do  -- the held-back runs of the entries this write disables
-  redis.call('DEL', KEYS[i])
 end
 many('HSET', KEYS[1], entries)
 many('HSET', KEYS[4], instants)
@@ -922,8 +939,7 @@ class RuntimeStore:
                 pipe.persist(key)
             if not fresh:
                 self._start_afresh(pipe, name)
-        if disables(encoded):
-            pipe.delete(self.keys.buffered(name))
+        self._note_enabled(pipe, name, encoded)
         self._note_defined(pipe, [(name, int(reply[0]))], since)
         pipe.execute()
         return int(reply[0])
@@ -940,6 +956,16 @@ class RuntimeStore:
         instant = _epoch_us(since)
         for name, version in versions:
             pipe.hset(self.keys.state(name), "defined", f"{version} {instant}")
+
+    def _note_enabled(self, pipe: Any, name: str, encoded: str) -> None:
+        """Queue, on Redis Cluster, what PUT_MANY does itself on one Redis: a disabled entry's
+        held-back runs go and its state says ``disabled`` (the claim script then refuses new
+        claims to a replica that has not read the change); an enabled one's state does not."""
+        if disables(encoded):
+            pipe.delete(self.keys.buffered(name))
+            pipe.hset(self.keys.state(name), "disabled", "1")
+        else:
+            pipe.hdel(self.keys.state(name), "disabled")
 
     def _layout_error(self, reply: Sequence[Any]) -> ConfigError:
         """The error of a write refused by _SHARDS (reply ``{-3, n}``)."""
@@ -1122,8 +1148,7 @@ class RuntimeStore:
                 if name not in fresh:
                     self._start_afresh(pipe, name)
             for name, encoded, _, _ in items:
-                if disables(encoded):
-                    pipe.delete(self.keys.buffered(name))
+                self._note_enabled(pipe, name, encoded)
             self._note_defined(pipe, [(n, first + i) for i, n in enumerate(names, 1)], since)
             pipe.execute()
         return [first + index for index in range(1, len(items) + 1)]
@@ -1460,8 +1485,9 @@ def encode_entry(name: str, data: Mapping[str, Any]) -> str:
 
 def disables(encoded: str) -> bool:
     """Whether the stored JSON ``encoded`` (see :func:`encode_entry`) defines a disabled entry:
-    its held-back run goes with the write (never sent, as a removal's), and a run that ends
-    later hands nothing over (adversary round 56)."""
+    its held-back runs go with the write (never sent, as a removal's) and its state says
+    ``disabled``, so that the claim script refuses new claims (``disabled``) to a replica that
+    has not read the change (adversary round 56, and the simulator's disables)."""
     return '"enabled": false' in encoded and json.loads(encoded).get("enabled") is False
 
 

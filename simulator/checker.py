@@ -286,7 +286,7 @@ class Checker:
             epochs = self.runtime_epochs(name)
             seen_runtime: set[datetime] = set()
             for index, (start, end, entry) in enumerate(epochs):
-                if entry is None:
+                if entry is None or not entry.enabled:
                     continue
                 low, high = max(first, start - CHANGE_SLACK), min(last, end + REFRESH)
                 for slot in self._slots(entry, low, high):
@@ -315,10 +315,10 @@ class Checker:
             # at the very instant of a slot; the update's window reached back to it)
             return False
         if any(
-            entry is None and at - REMOVAL_SLACK <= s < at + REFRESH
+            (entry is None or not entry.enabled) and at - REMOVAL_SLACK <= s < at + REFRESH
             for at, _, entry in epochs[index + 1 :]
         ):
-            return False  # a removal (or loss of data) soon after the slot may drop it
+            return False  # a removal or disable (or loss of data) soon after the slot may drop it
         if start + REFRESH <= s < end - CHANGE_SLACK:
             return True
         if end - CHANGE_SLACK <= s < end + REFRESH:
@@ -326,10 +326,10 @@ class Checker:
             # (seed 487: every 5 s -> an edit -> every 3 s 0.7 s later, the slot after both)
             later = [e for at, _, e in epochs[index + 1 :] if at <= max(s, end)] or [None]
             following = later[-1]
-            return following is not None and self._is_slot(following, slot)
+            return following is not None and following.enabled and self._is_slot(following, slot)
         if start - CHANGE_SLACK <= s < start + REFRESH:
             previous = epochs[index - 1][2] if index > 0 else None
-            return previous is not None and self._is_slot(previous, slot)
+            return previous is not None and previous.enabled and self._is_slot(previous, slot)
         return False
 
     @staticmethod
@@ -783,8 +783,8 @@ class Checker:
         for name, intervals in world.pauses.items():
             for start, _ in intervals:
                 events.append((start, -1, name, "operator", None))
-        for name, moments in world.fresh_starts.items():
-            for moment in moments:
+        for name, moments in [*world.fresh_starts.items(), *world.disables.items()]:
+            for moment in moments:  # (a removal, a fresh add or a disable deletes held runs)
                 events.append((moment, -1, name, "operator", None))
         for name, moment in world.corrupted.items():
             # A state hash the operator broke fails every script of the entry, the release of
@@ -940,7 +940,7 @@ class Checker:
         )
 
     def check_removed(self) -> None:
-        """Paused and removed entries publish nothing; a re-added entry starts afresh."""
+        """Paused, disabled and removed entries publish nothing; a re-added entry starts afresh."""
         world = self.world
         for message in world.messages:
             name = message.entry
@@ -956,7 +956,7 @@ class Checker:
                             f"{self._t(message.at)} while paused since {self._t(start)}",
                             message.slot,
                         )
-                for moment in world.fresh_starts.get(name, []):
+                for moment in world.fresh_starts.get(name, []) + world.disables.get(name, []):
                     if datetime_to_us(message.slot) < moment < message.at and not (
                         self._markers_lost(moment, message.at)
                     ):
@@ -964,15 +964,15 @@ class Checker:
                             "stale",
                             name,
                             f"{name}: held-back slot {message.slot.isoformat()} published at "
-                            f"{self._t(message.at)}, after its entry was removed or added anew "
-                            f"at {self._t(moment)}",
+                            f"{self._t(message.at)}, after its entry was removed, disabled or "
+                            f"added anew at {self._t(moment)}",
                             message.slot,
                         )
             if name not in self.scenario.runtime_names or message.source == "trigger":
                 continue
             epochs = self.runtime_epochs(name)
             for start, end, entry in epochs:
-                if entry is not None or not start <= message.at < end:
+                if (entry is not None and entry.enabled) or not start <= message.at < end:
                     continue
                 if message.source == "beat" and message.at < start + REFRESH:
                     continue  # a replica may not have seen the removal yet
@@ -987,8 +987,8 @@ class Checker:
                     "removed",
                     name,
                     f"{name}: slot {message.slot.isoformat()} published at "
-                    f"{self._t(message.at)} ({message.source}) while the entry was removed "
-                    f"(since {self._t(start)})",
+                    f"{self._t(message.at)} ({message.source}) while the entry was "
+                    f"{'removed' if entry is None else 'disabled'} (since {self._t(start)})",
                     message.slot,
                 )
 

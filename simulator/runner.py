@@ -176,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="fork_scheduler_runtime_shards of every replica and the Manager",
     )
+    parser.add_argument(
+        "--disables",
+        action="store_true",
+        help="the operator also disables runtime entries (and enables them again)",
+    )
     args = parser.parse_args(argv)
+    if args.disables:
+        os.environ["SIM_DISABLES"] = "1"  # read by simulator.scenario.draw
     if args.runtime_shards != int(os.environ.get("SIM_RUNTIME_SHARDS", "1")):
         os.environ["SIM_RUNTIME_SHARDS"] = str(args.runtime_shards)  # read by simulator.world
         os.execv(sys.executable, [sys.executable, *sys.argv])

@@ -6,6 +6,7 @@ generator, seeded from the same seed), so a seed replays exactly.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -374,6 +375,9 @@ def draw(seed: int) -> Scenario:
         events,
         summary,
     )
+    if os.environ.get("SIM_DISABLES") == "1":  # (``--disables``: the other seeds stay as they were)
+        # Disables from a generator of their own, drawn after the rest: nothing above moves.
+        _disables(random.Random(seed * 7919 + 13), runtime_names, t0_us, last, events, summary)
     for event in events:
         if event.kind.startswith("worker"):
             summary.append(event.kind.replace("_", " "))
@@ -553,6 +557,31 @@ def _runtime_ops(
                 )
         summary.append(f"runtime entry {name}")
     return names
+
+
+def _disables(
+    rng: random.Random,
+    names: list[str],
+    t0_us: int,
+    last: int,
+    events: list[WorldEvent],
+    summary: list[str],
+) -> None:
+    """In 7 runs of 10 with runtime entries, the operator disables one of them
+    (``update(enabled=False)``) near a second's boundary, and in 2 of 3 enables it again 1-20 s
+    later (adversary round 56: a claim asked about again, or a run held back, across a
+    disable)."""
+    if not names or rng.random() >= 0.7 or last - t0_us < 20 * SECOND:
+        return
+    name = rng.choice(names)
+    moment = rng.randrange(t0_us + 5 * SECOND, last - 5 * SECOND)
+    moment += -(moment % SECOND) + rng.choice((-400_000, -2_000, 0, 1_500, 300_000))
+    events.append(WorldEvent(moment, "manage", {"op": "disable", "name": name}))
+    summary.append(f"{name} disabled")
+    if rng.random() < 2 / 3:
+        again = min(last, moment + rng.randrange(1, 20) * SECOND + rng.randrange(0, SECOND))
+        events.append(WorldEvent(again, "manage", {"op": "enable", "name": name}))
+        summary.append(f"{name} enabled again")
 
 
 def _replacing(rng: random.Random, entries: dict[str, dict[str, Any]], summary: list[str]) -> None:

@@ -127,6 +127,8 @@ class World:
         self.removals: dict[str, list[int]] = {}
         #: When each runtime entry was removed, or added while absent (its held run must go).
         self.fresh_starts: dict[str, list[int]] = {}
+        #: When each runtime entry was disabled (its held runs go with the write).
+        self.disables: dict[str, list[int]] = {}
         self.worker_client: Any = None
         self.worker_app: Any = None
         self.workers: Workers | None = None
@@ -554,7 +556,22 @@ class World:
                 assert definition is not None
                 changes = {k: v for k, v in definition.items() if k not in ("task",)}
                 manager.update(name, **changes)
+                known = self.runtime_definitions.get(name)
+                if known and known[-1][1] is not None and "enabled" in known[-1][1]:
+                    # (an update that does not name ``enabled`` keeps it)
+                    definition = {**definition, "enabled": known[-1][1]["enabled"]}
                 self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
+            elif op in ("disable", "enable"):
+                known = self.runtime_definitions.get(name)
+                current = known[-1][1] if known else None
+                if current is None:
+                    self.log(f"operator {op} {name} skipped: no such entry", name)
+                    return
+                manager.update(name, enabled=op == "enable")
+                definition = {**current, "enabled": op == "enable"}
+                self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
+                if op == "disable":
+                    self.disables.setdefault(name, []).append(self.vt)
             elif op == "remove":
                 manager.remove(name)
                 self.runtime_definitions.setdefault(name, []).append((self.vt, None))

@@ -260,6 +260,23 @@ def test_a_paused_entry_is_not_backfilled_unless_forced(
     ]
 
 
+def test_a_disabled_entry_is_not_backfilled_unless_forced(
+    manager: Manager, redis_client: redis.Redis, minute: datetime
+) -> None:
+    """``enabled: False`` never fires the entry, by a backfill either, unless forced (the
+    pause's rule; the simulator's disables found a backfill sending a busy slot of a disabled
+    entry)."""
+    manager.add("off", "tasks.report", "every 1 minute")
+    decided(redis_client, "off", minute - MINUTE)
+    manager.update("off", enabled=False)
+    assert outcomes(manager.backfill("off", minute - MINUTE, minute - MINUTE)) == [
+        "skipped:disabled"
+    ]
+    assert outcomes(manager.backfill("off", minute - MINUTE, minute - MINUTE, force=True)) == [
+        "sent"
+    ]
+
+
 def test_a_runtime_entry_removed_while_its_backfill_runs_gets_nothing_more_sent(
     manager: Manager, redis_client: redis.Redis, minute: datetime
 ) -> None:

@@ -1,6 +1,9 @@
-"""A write that disables a runtime entry deletes its held-back runs (``buffered``), on one
-Redis in the write's own script and on Redis Cluster just after it; a write that keeps the
-entry enabled, or disables another, leaves them alone (adversary round 56)."""
+"""A write that disables a runtime entry deletes its held-back runs (``buffered``) and marks
+its state ``disabled`` (the claim script then refuses new claims to a replica that has not
+read the change), on one Redis in the write's own script and on Redis Cluster just after it;
+a write that keeps the entry enabled, or disables another, leaves them alone and the mark
+goes when the entry is enabled again (adversary round 56, simulator seed 42 with
+``--disables``)."""
 
 from __future__ import annotations
 
@@ -47,9 +50,13 @@ def held_runs_after_writes(client: Any) -> dict[str, bool]:
             ("nested", encode_entry("nested", definition(True, {"enabled": False})), None, ""),
         ]
     )
-    return {
-        name: bool(client.exists(KEYS.buffered(name))) for name in ("one", "many", "kept", "nested")
-    }
+    names = ("one", "many", "kept", "nested")
+    held = {name: bool(client.exists(KEYS.buffered(name))) for name in names}
+    marked = {name for name in names if client.hget(KEYS.state(name), "disabled")}
+    assert marked == {"one", "many"}  # the claim script refuses them new claims
+    store.put("one", definition(True))  # enabled again: new claims are welcome
+    assert not client.hget(KEYS.state("one"), "disabled")
+    return held
 
 
 EXPECTED = {"one": False, "many": False, "kept": True, "nested": True}

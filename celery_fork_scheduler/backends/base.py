@@ -44,6 +44,9 @@ class ClaimOutcome(enum.Enum):
     EXCLUDED = "excluded"
     #: Skipped: the runtime entry was removed (this replica had not seen it yet).
     REMOVED = "removed"
+    #: Skipped: the runtime entry was disabled (this replica had not read it yet). Nothing is
+    #: recorded.
+    DISABLED = "disabled"
     #: Skipped: a slot of a runtime entry's earlier definition, after the entry was changed
     #: (this replica had not read the change yet; it reads it at once). Nothing is recorded.
     CHANGED = "changed"

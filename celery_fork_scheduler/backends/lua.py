@@ -234,9 +234,9 @@ CHANGE_FENCE_US = 300_000_000
 #: replica sent so answers "sent" (or "uncertain") again when asked again: the one at the mark
 #: always, an earlier one (a burst of an entry's slots) when ARGV[18] is "1", from its history.
 #: Returns {outcome, wait_us}: outcome "won" | "taken_over" | "claimed" | "pending" | "early" |
-#: "excluded" | "paused" | "removed" | "changed" | "busy" | "buffered" | "buffer_full" |
-#: "finished" | "in_flight" | "sent" | "uncertain"; wait_us: how long to wait before asking again
-#: (pending, early), else 0.
+#: "excluded" | "paused" | "removed" | "disabled" | "changed" | "busy" | "buffered" |
+#: "buffer_full" | "finished" | "in_flight" | "sent" | "uncertain"; wait_us: how long to wait
+#: before asking again (pending, early), else 0.
 #: "in_flight": the owner began publishing the slot and never confirmed it; whether it reached
 #: the broker is unknown, so it is not taken over.
 #: "unknown": a slot due before Redis started (plus the early tolerance) that its data does not
@@ -270,7 +270,7 @@ if slot > now + tonumber(ARGV[4]) then
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                          'outcome', 'defined', 'before_reset')
+                          'outcome', 'defined', 'before_reset', 'disabled')
 if ARGV[15] == '0' and (fields[8] or fields[3]) then
   -- A static entry whose state a runtime entry of the same name reset, or marked removed (an
   -- app that does not know the static entry wrote it): the static entry keeps its own state.
@@ -288,7 +288,7 @@ if ARGV[15] == '0' and (fields[8] or fields[3]) then
     redis.call('PERSIST', KEYS[5])
   end
   fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                      'outcome', 'defined', 'before_reset')
+                      'outcome', 'defined', 'before_reset', 'disabled')
 elseif fields[8] then
   redis.call('HDEL', KEYS[1], 'before_reset')  -- the name runs as a runtime entry
 end
@@ -349,6 +349,11 @@ if slot > hwm then
   if removed and (tonumber(removed) or 1) <= 1 or removed and slot > tonumber(removed) then
     -- A runtime entry removed while this replica had not seen it yet: nothing to record.
     return {'removed', 0}
+  end
+  if ARGV[15] ~= '0' and fields[9] then
+    -- A runtime entry disabled while this replica had not read it yet: no new slot (nothing
+    -- recorded), so none is held back after the disable dropped its held runs.
+    return {'disabled', 0}
   end
   local read_version, fence = string.match(ARGV[15], '^1:(%d+):?(%d*)$')
   read_version = tonumber(read_version or '')

@@ -70,7 +70,7 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float:
     is_flag=True,
     help=(
         "Also slots whose history may be lost (older than it remembers, or due in the hour "
-        "before Redis last started), and a paused entry's slots."
+        "before Redis last started), and a paused or disabled entry's slots."
     ),
 )
 @json_option
