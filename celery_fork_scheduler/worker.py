@@ -48,6 +48,7 @@ from .backends.base import to_epoch_us
 from .backends.factory import redis_client_for
 from .backends.redis import record_outcome
 from .backends.redis_connection import scrub_secrets
+from .backfill import BACKFILL_HEADER
 from .config import Settings, read_settings
 from .entry import REPLACING
 from .errors import ConfigError
@@ -94,6 +95,9 @@ class Run:
     capped: bool
     worker: str
     manual: bool = False
+    #: A backfill's run (``Manager.backfill``): like a manual one, it never counted towards
+    #: ``max_runs``, so a skip of it gives no run back.
+    backfilled: bool = False
     #: The entry's overlap policy (from the message), ``"allow"`` for a run under the cap only.
     overlap: str = "allow"
     #: Why the run must not execute ("busy", "capped"), decided when it starts.
@@ -178,6 +182,7 @@ def _run_of(request: Any, task_id: str) -> Run | None:
         capped=bool(_header(request, CAPPED_HEADER)),
         worker=getattr(request, "hostname", None) or socket.gethostname(),
         manual=bool(_header(request, MANUAL_HEADER)),
+        backfilled=bool(_header(request, BACKFILL_HEADER)),
         pause_on_failure=bool(_header(request, PAUSE_ON_FAILURE_HEADER)),
         overlap=overlap or "allow",
     )
@@ -823,7 +828,7 @@ class WorkerHooks:
                 run.worker,
                 reason,
                 self.settings.history_size,
-                "1" if counted and not run.manual else "0",
+                "1" if counted and not (run.manual or run.backfilled) else "0",
             )
         except Exception as exc:
             self._redis_failed(f"record the skip of {run.entry}", exc)
