@@ -1382,16 +1382,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 won.append(due_slot)
             elif outcome is ClaimOutcome.EARLY and result.retry_after >= EARLY_CLOCK_CHECK:
                 # Decided on a clock that stepped ahead: asked again by its chain or its retry
-                # (see _queue_follow_ups), at its publish instant on Redis's clock (the slot
-                # plus its jitter offset: seed 8393 published a jittered slot at the slot).
+                # (see _queue_follow_ups), at its publish instant on Redis's clock (the answer
+                # counts the slot's jitter offset: seed 8393 published a jittered slot at the
+                # slot).
                 key = (due_slot.entry.name, due_slot.claim.slot)
-                offset = due_slot.claim.offset_us / 1_000_000
-                self._early[key] = now.timestamp() + result.retry_after + offset
+                self._early[key] = now.timestamp() + result.retry_after
             elif outcome in (ClaimOutcome.PENDING, ClaimOutcome.EARLY):
-                wait = result.retry_after
-                if outcome is ClaimOutcome.EARLY:
-                    wait += due_slot.claim.offset_us / 1_000_000
-                when = now.timestamp() + max(wait, MIN_RETRY_SECONDS)
+                when = now.timestamp() + max(result.retry_after, MIN_RETRY_SECONDS)
                 takeover = outcome is ClaimOutcome.PENDING
                 self.queue.push(
                     when, due_slot.entry, due_slot.claim.slot, retry=True, takeover=takeover

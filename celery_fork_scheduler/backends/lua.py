@@ -225,7 +225,8 @@ CHANGE_FENCE_US = 300_000_000
 #: ARGV[17] the most runs queued for "buffer_all" (KEYS[4] is then a list),
 #: ARGV[18] (optional) "1" when the request is sent again after its reply was lost, else "0";
 #: ARGV[19] (optional) the slot's jitter offset (us): its replicas ask about it at slot +
-#: offset, the instant the restart rule judges (below),
+#: offset, the instant the claim is early before (answering the wait until it) and the
+#: restart rule judges (below),
 #: ARGV[20] (optional, overlap "allow" and "skip" only) the number of broker commands that
 #: publish the slot's message, then three ARGV per command as in :data:`PUBLISH_ONCE` (their
 #: keys in KEYS[6...]): a new claim won is then published and recorded in the same step
@@ -265,8 +266,11 @@ local sends = tonumber(ARGV[20] or '0') or 0
 if ARGV[7] ~= 'allow' and ARGV[7] ~= 'skip' then
   sends = 0
 end
-if slot > now + tonumber(ARGV[4]) then
-  return {'early', slot - now}
+-- A jittered slot is due at its publish instant (the slot plus its offset, ARGV[19]): not
+-- claimed before it, whatever the asking replica's clock says (round 57, seed 30477).
+local due_at = slot + (tonumber(ARGV[19] or '0') or 0)
+if due_at > now + tonumber(ARGV[4]) then
+  return {'early', due_at - now}
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
