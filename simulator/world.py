@@ -555,11 +555,10 @@ class World:
             elif op == "update":
                 assert definition is not None
                 changes = {k: v for k, v in definition.items() if k not in ("task",)}
-                manager.update(name, **changes)
-                known = self.runtime_definitions.get(name)
-                if known and known[-1][1] is not None and "enabled" in known[-1][1]:
-                    # (an update that does not name ``enabled`` keeps it)
-                    definition = {**definition, "enabled": known[-1][1]["enabled"]}
+                job = manager.update(name, **changes)
+                # (an update that does not name ``enabled`` keeps the stored one: a disable
+                # lost in a failover is not the entry's any more, seed 341 with --disables)
+                definition = {**definition, "enabled": job.enabled}
                 self.runtime_definitions.setdefault(name, []).append((self.vt, definition))
             elif op in ("disable", "enable"):
                 known = self.runtime_definitions.get(name)
