@@ -545,6 +545,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             for entry in page.changed:
                 if entry.name not in self.entries:  # a page scan may return a name twice
                     loaded.append(self._add_read_late(entry, now, page.added.get(entry.name)))
+            self._take_over_unsent([entry for entry in page.changed if not entry.enabled], now)
             if self.monotonic() >= deadline:
                 break
         if self.settings.enabled:
@@ -852,11 +853,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if update is None:
             return
         refused, self._refused_as_changed = self._refused_as_changed, {}
+        stopped: list[Entry] = []  # disabled or removed: their unsent claims are asked about
         for name in update.removed:
+            previous = self.entries.get(name)
+            if previous is not None and previous.enabled:
+                stopped.append(previous)
             self.remove_entry(name)
         read_late: list[Entry] = []
         for entry in update.changed:
             since = update.since.get(entry.name)
+            previous = self.entries.get(entry.name)
+            if not entry.enabled and (previous is None or previous.enabled):
+                stopped.append(entry)
             if entry.name not in self.entries and starting:
                 read_late.append(self._add_read_late(entry, now, update.added.get(entry.name)))
                 continue
@@ -866,6 +874,29 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._ask_again_as_changed(entry, refused.get(entry.name, ()), since, now)
         if read_late and self.settings.enabled:
             self.pipeline.note_entries(read_late)
+        self._take_over_unsent(stopped, now)
+
+    def _take_over_unsent(self, entries: Sequence[Entry], now: datetime) -> None:
+        """Ask, takeover-only, about every claim of ``entries`` left unsent: entries disabled
+        or removed since this replica read them, or read disabled. Nobody asks about their
+        slots any more, so a dead replica's claim of one, won before the change, would stay
+        pending for ever, unreported (adversary round 58); a claimed slot is published. A
+        backend away leaves them to the start-up read of a later replica."""
+        if not entries or not self.settings.enabled:
+            return
+        try:
+            marks = self.backend.high_water_marks([entry.name for entry in entries])
+        except BackendUnavailableError:
+            return
+        for entry in entries:
+            mark = marks.get(entry.name)
+            if mark is None:
+                continue
+            unsent = set(mark.unsent)
+            if not mark.sent:
+                unsent.add(mark.slot)
+            for slot in sorted(unsent):
+                self.queue.push(now.timestamp(), entry, slot, takeover=True)
 
     def _ask_again_as_changed(
         self, entry: Entry, slots: Sequence[datetime], since: datetime | None, now: datetime
@@ -1034,9 +1065,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             # is taken over (seed 8387: the last run's claimant died before its fence, then the
             # entry finished and was deleted, and nobody took the claim over; round 56: this
             # replica's own claim, asked about again after the broker refused it, was dropped
-            # once the entry was disabled, and stayed pending, unreported).
+            # once the entry was disabled, and stayed pending, unreported; round 58: see
+            # _take_over_unsent). Takeover-only: it never makes a new claim.
             entry = item.entry
-        if entry is None or not entry.enabled:
+        elif entry is None or not entry.enabled:
             return None  # removed or disabled since it was queued
         if name in self._finished and not item.retry:
             return None  # finished: no new slot; a retry still settles its claim

@@ -35,6 +35,17 @@ HORIZON = 14 * SECOND
 SHORT_FREEZE = SECOND
 #: Redis accepts a claim this early by its own clock (EARLY_TOLERANCE of the claim script).
 EARLY = 500_000
+#: Claim answers that record nothing in Redis: they decide (and supersede) nothing.
+_RECORDS_NOTHING = frozenset(
+    (
+        "claim:early",
+        "claim:unknown",
+        "claim:removed",
+        "claim:disabled",
+        "claim:changed",
+        "claim:error",
+    )
+)
 #: Scheduling noise allowed on top of EARLY (the simulated tick jitter is 0-2 ms).
 EARLY_SLACK = 5_000
 #: A replica schedules a jittered slot on its measure of Redis's clock, which may be off by as
@@ -848,14 +859,16 @@ class Checker:
         later (``claimed``) decide nothing (seed 5403: the entry's last slot, decided before
         a refused hand-over was given back). A slot first answered ``busy`` found the marker
         still held and superseded nothing (seed 10283: the marker of a slot killed after its
-        fence outlived the entry's last slots)."""
+        fence outlived the entry's last slots). Answers that record nothing decide nothing
+        (seed 50700 with ``--disables``: ``unknown`` after a restart, then the chain ended at
+        its ``end_at``)."""
         for (entry, later), reports in self.reports.items():
             if entry != name or later <= slot:
                 continue
             answers = [
                 (report.at, report.kind)
                 for report in reports
-                if report.kind.startswith("claim:") and report.kind != "claim:early"
+                if report.kind.startswith("claim:") and report.kind not in _RECORDS_NOTHING
             ]
             if answers and min(answers)[0] > at and min(answers)[1] != "claim:busy":
                 return True

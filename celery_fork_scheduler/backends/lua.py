@@ -1070,7 +1070,7 @@ return reply
 
 #: The held-back run handed over by RELEASE is not sent: its publish failed ("failed": the
 #: message goes back to be held, unless another is held by now; at the head of a "buffer_all"
-#: queue) or the cap is full ("capped").
+#: queue, unless the entry was disabled or removed since) or the cap is full ("capped").
 #: Its marker is freed, its run is given back.
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash, KEYS[4] history list.
 #: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
@@ -1086,22 +1086,27 @@ end
 -- The hand-over was answered and acted on: RELEASE asked again never repeats it.
 forget_released(KEYS[3])
 give_back_run(KEYS[3], ARGV[3])
-if ARGV[6] == 'unconfirmed' then
-  -- Held back again, as if never handed over (nothing to record).
+-- An entry disabled or removed since the hand-over holds nothing back again: the change
+-- deleted its held runs (round 58: a failed publish put one back, sent after a re-enable).
+local gone = redis.call('HGET', KEYS[3], 'disabled') or redis.call('HGET', KEYS[3], 'removed')
+local function hold_again()
+  if gone then
+    return
+  end
   if redis.call('TYPE', KEYS[2]).ok == 'list' then
     redis.call('LPUSH', KEYS[2], ARGV[1])
   else
     redis.call('SET', KEYS[2], ARGV[1], 'NX')
   end
+end
+if ARGV[6] == 'unconfirmed' then
+  -- Held back again, as if never handed over (nothing to record).
+  hold_again()
   return 1
 end
 local item = {slot = tonumber(ARGV[3]), replica = ARGV[4], task_id = ARGV[2]}
 if ARGV[6] == 'failed' then
-  if redis.call('TYPE', KEYS[2]).ok == 'list' then
-    redis.call('LPUSH', KEYS[2], ARGV[1])
-  else
-    redis.call('SET', KEYS[2], ARGV[1], 'NX')
-  end
+  hold_again()
   redis.call('HINCRBY', KEYS[3], 'failures', 1)
   item['outcome'] = 'failed'
   item['error'] = ARGV[7]
