@@ -60,8 +60,8 @@ DESCRIPTIONS: dict[str, str] = {
     "oldest (issue 22 item 5)",
     "sigterm": "a normal stop is not deferred from the claim request to the record "
     "(stop_signals_deferred is a no-op): SIGTERM leaves fenced slots unsent",
-    "jitter_ignored": "a jittered slot is queued and decided at its nominal time: its offset "
-    "is ignored (issue 22)",
+    "jitter_ignored": "a jittered slot is queued and decided at its nominal time, and the claim "
+    "script judges it there: its offset is ignored (issue 22)",
     "backfill_ignores_history": "BACKFILL_CLAIM ignores the entry's history and state: a slot "
     "the scheduler published is backfilled again (issue 22)",
     "backfill_undecided": "BACKFILL_CLAIM checks neither Redis's clock nor the high-water mark: "
@@ -172,6 +172,32 @@ def _lua(*edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
 
         def undo() -> None:
             lua.CLAIM, lua.ALL_SCRIPTS = original, scripts
+
+        return undo
+
+    return apply
+
+
+def _claim_scripts(*edits: tuple[str, str]) -> Callable[[], Callable[[], None]]:
+    """Edit both claim scripts (one slot, and a batch: ``CLAIM`` and ``CLAIM_MANY``, and the
+    scripts loaded on NOSCRIPT): each ``(old, new)`` once in each."""
+
+    def apply() -> Callable[[], None]:
+        originals, scripts = (lua.CLAIM, lua.CLAIM_MANY), lua.ALL_SCRIPTS
+        mutated = []
+        for original in originals:
+            text = original
+            for old, new in edits:
+                if old not in text:
+                    raise RuntimeError(f"mutation no longer applies: {old!r} not in a claim script")
+                text = text.replace(old, new)
+            mutated.append(text)
+        lua.CLAIM, lua.CLAIM_MANY = mutated
+        swap = dict(zip(originals, mutated, strict=True))
+        lua.ALL_SCRIPTS = tuple(swap.get(s, s) for s in scripts)
+
+        def undo() -> None:
+            (lua.CLAIM, lua.CLAIM_MANY), lua.ALL_SCRIPTS = originals, scripts
 
         return undo
 
@@ -356,6 +382,10 @@ MUTATIONS: dict[str, Callable[[], Callable[[], None]]] = {
             lambda original: (
                 lambda self, entry, slot: self.queue.push(slot.timestamp(), entry, slot)
             ),
+        )(),
+        # (the claim script judges a jittered slot at slot + offset too, since 7b887da)
+        _claim_scripts(
+            ("local due_at = slot + (tonumber(ARGV[19] or '0') or 0)", "local due_at = slot")
         )(),
     ),
     "backfill_ignores_history": _backfill_script(
