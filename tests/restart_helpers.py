@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,9 +23,19 @@ from hand_driven_helpers import HandDrivenWorker, RecordingBeat
 from celery_fork_scheduler import Scheduler
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
+from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import RecordingPublisher, RedisServer
 
 T = TypeVar("T")
+#: The claim keys of the rounds' apps (their default prefix).
+KEYS = Keys("scheduler:")
+#: 10:00:00 of the rounds' timelines.
+BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
+
+
+def t(seconds: float) -> datetime:
+    """The instant ``seconds`` after :data:`BASE`."""
+    return BASE + timedelta(seconds=seconds)
 
 
 def make_app(

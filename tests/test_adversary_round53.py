@@ -18,7 +18,7 @@ after a restart, then freed it beside the run executing) is
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,22 +27,19 @@ import pytest
 import redis
 import restart_helpers
 from hand_driven_helpers import RecordingBeat as Beat
-from restart_helpers import beats_fixture  # noqa: F401 - the fixture beats
+from restart_helpers import (
+    KEYS,
+    beats_fixture,  # noqa: F401 - the fixture beats
+    t,
+)
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager
-from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.testing import RecordingPublisher
 
-KEYS = Keys("scheduler:")
 #: The task of every entry.
 TASK = "adv53.job"
-#: 10:00:00 of the timeline; Redis starts 30 s before it.
-BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
-
-def t(seconds: float) -> datetime:
-    return BASE + timedelta(seconds=seconds)
 
 
 #: ``make_app(url, beat_schedule, **conf)``: the beat app of this round (broker ``memory://``).

@@ -21,7 +21,7 @@ it.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,25 +33,21 @@ from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
 from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    BASE,
+    KEYS,
     beat_with_worker,
     beats_fixture,
+    t,
     workers_fixture,
 )
 from test_adversary_round53 import BrokerDownOnce, replica
 from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import held as held_module
-from celery_fork_scheduler.keys import Keys
 
-KEYS = Keys("scheduler:")
 #: The task of every entry.
 TASK = "adv54.job"
-#: 10:00:00 of the timeline.
-BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
-
-def t(seconds: float) -> datetime:
-    return BASE + timedelta(seconds=seconds)
 
 
 #: ``make_app(url, beat_schedule, **conf)``: the app of this round; a failed Redis call is not

@@ -11,7 +11,7 @@ fake clock (``virtual_time_redis``), so leases and Redis ``TIME`` follow the tes
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    BASE,
+    KEYS,
     beat_with_worker,
     beats_fixture,
+    t,
     workers_fixture,
 )
 from test_adversary_round53 import BrokerDownOnce, tick_until
@@ -31,21 +34,13 @@ from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager
 from celery_fork_scheduler import held as held_module
-from celery_fork_scheduler.keys import Keys
 
-KEYS = Keys("scheduler:")
 #: The task of every entry.
 TASK = "adv56.job"
-#: 10:00:00 of the timeline.
-BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
 #: ``make_app(url, beat_schedule, **conf)``: the app of this round (broker ``memory://``); a
 #: failed Redis call is not retried.
 make_app = partial(restart_helpers.make_app, "adv56", TASK, fork_scheduler_max_retries=0)
-
-
-def t(seconds: float) -> datetime:
-    return BASE + timedelta(seconds=seconds)
 
 
 def slots_of(beat: Any, name: str = "rt") -> list[datetime]:

@@ -15,7 +15,7 @@ fake clock (``virtual_time_redis``), so leases and Redis ``TIME`` follow the tes
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,11 @@ import redis
 import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    BASE,
+    KEYS,
     beat_with_worker,
     beats_fixture,
+    t,
     workers_fixture,
 )
 from test_adversary_round53 import tick_until
@@ -37,23 +40,15 @@ from celery_fork_scheduler import held as held_module
 from celery_fork_scheduler import scheduler as scheduler_module
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
-from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.redis_clock import RedisClock
 from celery_fork_scheduler.testing import RecordingPublisher
 
-KEYS = Keys("scheduler:")
 #: The task of every entry.
 TASK = "adv57.job"
-#: 10:00:00 of the timeline.
-BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
 #: ``make_app(url, beat_schedule, **conf)``: the app of this round (broker ``memory://``); a
 #: failed Redis call is not retried.
 make_app = partial(restart_helpers.make_app, "adv57", TASK, fork_scheduler_max_retries=0)
-
-
-def t(seconds: float) -> datetime:
-    return BASE + timedelta(seconds=seconds)
 
 
 # -- 1. a claim made after the disable, by a replica that has not read it, holds a run back ------

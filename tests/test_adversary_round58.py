@@ -13,7 +13,7 @@ fake clock (``virtual_time_redis``), so leases and Redis ``TIME`` follow the tes
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,11 @@ import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+    BASE,
+    KEYS,
     beat_with_worker,
     beats_fixture,
+    t,
     workers_fixture,
 )
 from test_adversary_round53 import BrokerDownOnce, tick_until
@@ -33,18 +36,11 @@ from virtual_time_redis import virtual_redis
 
 from celery_fork_scheduler import Manager
 from celery_fork_scheduler import held as held_module
-from celery_fork_scheduler.keys import Keys
 from celery_fork_scheduler.ownership import owner_of
 
-KEYS = Keys("scheduler:")
 TASK = "adv58.job"
-BASE = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 
 make_app = partial(restart_helpers.make_app, "adv58", TASK, fork_scheduler_max_retries=0)
-
-
-def t(seconds: float) -> datetime:
-    return BASE + timedelta(seconds=seconds)
 
 
 def slots_of(beat: Any, name: str) -> list[datetime]:
