@@ -74,3 +74,22 @@ def test_sentinel_groups_get_master_names_of_their_own() -> None:
     finally:
         first.cleanup()
         second.cleanup()
+
+
+def test_a_cluster_node_whose_bus_port_was_taken_moves_to_a_fresh_one() -> None:
+    """A bus port picked free, then bound by another process before the node started (three
+    test lanes start servers side by side in CI): the node moves its bus port, not only its
+    client port, and the cluster forms."""
+    from celery_fork_scheduler.testing.redis_topologies import RedisClusterNodes
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        nodes = RedisClusterNodes(masters=1)
+        nodes.bus_ports[0] = taken
+        at = nodes.nodes[0].extra_args.index("--cluster-port") + 1
+        nodes.nodes[0].extra_args[at] = str(taken)
+        with nodes:
+            assert nodes.bus_ports[0] != taken
+            assert redis.Redis.from_url(nodes.url).cluster("info")["cluster_state"] == "ok"

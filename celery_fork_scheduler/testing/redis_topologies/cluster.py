@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from ..redis_server import RedisServer, free_port
+from ..redis_server import PORT_ATTEMPTS, PortTakenError, RedisServer, free_port
 from .common import _client, _command, _poll, _started, _text, _Topology
 
 #: Hash slots of a Redis Cluster.
@@ -60,9 +60,20 @@ class RedisClusterNodes(_Topology):
         return [node.url for node in self.nodes]
 
     def start(self, timeout: float = 60.0) -> RedisClusterNodes:
-        """Start every node, form the cluster and wait until it is healthy."""
-        for node in self.nodes:
-            node.start(timeout)
+        """Start every node, form the cluster and wait until it is healthy. A node whose bus
+        port another process took since it was picked moves to a fresh one (its client port
+        moves by itself: see :meth:`RedisServer.start`)."""
+        for index, node in enumerate(self.nodes):
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                try:
+                    node.start(timeout)
+                    break
+                except PortTakenError:
+                    if attempt == PORT_ATTEMPTS:
+                        raise
+                    self.bus_ports[index] = free_port()
+                    at = node.extra_args.index("--cluster-port") + 1
+                    node.extra_args[at] = str(self.bus_ports[index])
         clients = [_client(node.port) for node in self.nodes]
         try:
             self._assign_slots(clients)
