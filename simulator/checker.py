@@ -326,6 +326,15 @@ class Checker:
             # at the very instant of a slot; the update's window reached back to it)
             return False
         if any(
+            at <= s < until and until - at < REFRESH and following is not None
+            for (at, until, _), (_, _, following) in zip(epochs, epochs[1:])
+        ):
+            # a definition replaced within one refresh may be read by no replica: its slots
+            # before the next change do not fire (guarantees.md, runtime row: "changed twice
+            # within one refresh"; seed 60080: two adds with replace_existing 2 ms apart, the
+            # first one's next_run due between them)
+            return False
+        if any(
             (entry is None or not entry.enabled) and at - REMOVAL_SLACK <= s < at + REFRESH
             for at, _, entry in epochs[index + 1 :]
         ):

@@ -275,3 +275,15 @@ def test_seeds_with_disables_keep_every_promise(seed: str, shown: str) -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
         result.stdout[-3000:]
     )
+
+
+def test_a_definition_replaced_within_a_refresh_owes_no_slot() -> None:
+    """The checker's (seed 60080, broker on the claims' Redis): two ``add`` calls with
+    ``replace_existing`` 2 ms apart, the first one's ``next_run`` due between them. No replica
+    read the first definition; guarantees.md documents that an entry changed twice within one
+    refresh is scheduled under the second change from its instant. The checker owed the slot."""
+    result = _simulate("--seed", "60080", "--disables", "--shared-broker", "--trace")
+    assert result.stdout.count("operator add rt1") >= 3
+    assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
+        result.stdout[-3000:]
+    )
