@@ -276,6 +276,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: seconds, Redis's clock) before which none of its slots is asked about (see
         #: :meth:`_after_owed_slots`); dropped at the first refresh after it.
         self._holds: dict[str, float] = {}
+        #: Entries disabled or removed, with when (epoch seconds, Redis's clock) their unsent
+        #: claims are looked for once more (see :meth:`_take_over_unsent`).
+        self._looks_again: list[tuple[float, Sequence[Entry]]] = []
         #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
@@ -845,6 +848,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             passed = [name for name, hold in self._holds.items() if hold <= now.timestamp()]
             for name in passed:
                 del self._holds[name]
+        if self._looks_again:
+            looks, self._looks_again = self._looks_again, []
+            for when, entries in looks:
+                if when <= now.timestamp():
+                    self._take_over_unsent(entries, now, again=False)
+                else:
+                    self._looks_again.append((when, entries))
         starting = not self.runtime.complete  # entries not read yet are read "late"
         update = self.runtime.poll(self.static_names)
         if self.monotonic() >= self._next_announce:
@@ -876,14 +886,27 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.pipeline.note_entries(read_late)
         self._take_over_unsent(stopped, now)
 
-    def _take_over_unsent(self, entries: Sequence[Entry], now: datetime) -> None:
+    def _take_over_unsent(
+        self, entries: Sequence[Entry], now: datetime, *, again: bool = True
+    ) -> None:
         """Ask, takeover-only, about every claim of ``entries`` left unsent: entries disabled
         or removed since this replica read them, or read disabled. Nobody asks about their
         slots any more, so a dead replica's claim of one, won before the change, would stay
         pending for ever, unreported (adversary round 58); a claimed slot is published. A
-        backend away leaves them to the start-up read of a later replica."""
+        backend away leaves them to the start-up read of a later replica.
+
+        Not this replica's own fenced claims: it published them (their ``sent`` record lost
+        since, say by a failover to a lagging Redis replica: simulator seed 261 published one
+        twice), or lost the fence's answer and asks about them again on its own already.
+
+        With ``again``, it looks once more a claim lease (and two refreshes) later: a replica
+        that had not read the change yet may still win a slot due before it, then die before
+        its fence (adversary round 59); its claim is taken over at the lease."""
         if not entries or not self.settings.enabled:
             return
+        if again:
+            later = self.settings.claim_lease + 2 * self.settings.refresh_interval
+            self._looks_again.append(((now + later).timestamp(), entries))
         try:
             marks = self.backend.high_water_marks([entry.name for entry in entries])
         except BackendUnavailableError:
@@ -895,7 +918,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             unsent = set(mark.unsent)
             if not mark.sent:
                 unsent.add(mark.slot)
-            for slot in sorted(unsent):
+            for slot in sorted(unsent.difference(mark.own_fenced)):
                 self.queue.push(now.timestamp(), entry, slot, takeover=True)
 
     def _ask_again_as_changed(

@@ -243,6 +243,14 @@ _FRESH_FIELDS = (
     "disabled",
 )
 _FRESH_LUA = ", ".join(f"'{name}'" for name in _FRESH_FIELDS)
+#: A disable's note (Redis Cluster, beside the deletion of the held runs): they were of slots
+#: up to the entry's mark, which GIVE_BACK_HELD never holds back again.
+_NOTE_HELD_DROPPED = """
+local mark = redis.call('HGET', KEYS[1], 'hwm')
+if mark then
+  redis.call('HSET', KEYS[1], 'held_dropped', mark)
+end
+"""
 #: What a reset keeps in the state's ``before_reset`` (a JSON list of field, value, ...) unless
 #: it holds one already or says ``removed``: a replica running a static entry of the same name
 #: (the runtime entry was written by an app that does not know it) puts it back at its next
@@ -390,6 +398,10 @@ for i = 1, count do
                string.format('%.0f', first + i) .. ' ' .. since)
     if disabling[entry_key(name, 4)] then  -- no new claim while disabled
       redis.call('HSET', entry_key(name, 1), 'disabled', '1')
+      local mark = redis.call('HGET', entry_key(name, 1), 'hwm')
+      if mark then  -- the held runs deleted here were of slots up to it (GIVE_BACK_HELD)
+        redis.call('HSET', entry_key(name, 1), 'held_dropped', mark)
+      end
     elseif currents[i] >= 0 then
       redis.call('HDEL', entry_key(name, 1), 'disabled')
     end
@@ -964,6 +976,7 @@ class RuntimeStore:
         if disables(encoded):
             pipe.delete(self.keys.buffered(name))
             pipe.hset(self.keys.state(name), "disabled", "1")
+            pipe.eval(_NOTE_HELD_DROPPED, 1, self.keys.state(name))
         else:
             pipe.hdel(self.keys.state(name), "disabled")
 

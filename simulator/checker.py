@@ -179,6 +179,11 @@ class Checker:
                 for w in replica.frozen
             ):
                 continue
+            if any(
+                cut_from <= end and cut_to >= start
+                for cut_from, cut_to, _ in self.world.partitions.get(replica.slot, [])
+            ):
+                continue  # cut off from Redis (``--partitions``)
             return True
         return False
 
@@ -327,7 +332,7 @@ class Checker:
             return False
         if any(
             at <= s < until and until - at < REFRESH and following is not None
-            for (at, until, _), (_, _, following) in zip(epochs, epochs[1:])
+            for (at, until, _), (_, _, following) in itertools.pairwise(epochs)
         ):
             # a definition replaced within one refresh may be read by no replica: its slots
             # before the next change do not fire (guarantees.md, runtime row: "changed twice

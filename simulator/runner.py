@@ -181,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the operator also disables runtime entries (and enables them again)",
     )
+    parser.add_argument(
+        "--partitions",
+        action="store_true",
+        help="replicas are also cut off from Redis (not from the broker) for a while",
+    )
     args = parser.parse_args(argv)
     if args.disables:
         os.environ["SIM_DISABLES"] = "1"  # read by simulator.scenario.draw
+    if args.partitions:
+        os.environ["SIM_PARTITIONS"] = "1"  # read by simulator.scenario.draw
     if args.runtime_shards != int(os.environ.get("SIM_RUNTIME_SHARDS", "1")):
         os.environ["SIM_RUNTIME_SHARDS"] = str(args.runtime_shards)  # read by simulator.world
         os.execv(sys.executable, [sys.executable, *sys.argv])

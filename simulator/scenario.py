@@ -378,6 +378,8 @@ def draw(seed: int) -> Scenario:
     if os.environ.get("SIM_DISABLES") == "1":  # (``--disables``: the other seeds stay as they were)
         # Disables from a generator of their own, drawn after the rest: nothing above moves.
         _disables(random.Random(seed * 7919 + 13), runtime_names, t0_us, last, events, summary)
+    if os.environ.get("SIM_PARTITIONS") == "1":  # (``--partitions``: as ``--disables``)
+        _partitions(random.Random(seed * 7919 + 17), replicas, first, last, events, summary)
     for event in events:
         if event.kind.startswith("worker"):
             summary.append(event.kind.replace("_", " "))
@@ -582,6 +584,32 @@ def _disables(
         again = min(last, moment + rng.randrange(1, 20) * SECOND + rng.randrange(0, SECOND))
         events.append(WorldEvent(again, "manage", {"op": "enable", "name": name}))
         summary.append(f"{name} enabled again")
+
+
+def _partitions(
+    rng: random.Random,
+    replicas: int,
+    first: int,
+    last: int,
+    events: list[WorldEvent],
+    summary: list[str],
+) -> None:
+    """In 7 runs of 10, one or two replicas are cut off from Redis (not from the broker) for
+    0.1-15 s, starting near a second's boundary: their calls are refused, time out (run by
+    Redis or not), or run with the answer lost (guarantees.md: "Redis reachable from some
+    replicas only")."""
+    if rng.random() >= 0.7 or last - first < 10 * SECOND:
+        return
+    for _ in range(rng.choice((1, 1, 2))):
+        slot = rng.randrange(replicas)
+        moment = rng.randrange(first, last)
+        moment += -(moment % SECOND) + rng.choice((-3_000, -500, 0, 700, 2_000, 400_000))
+        duration = rng.choice((rng.randrange(100_000, 2 * SECOND), rng.randrange(2, 15) * SECOND))
+        how = rng.choice(("refused", "timeout", "reply_lost"))
+        events.append(
+            WorldEvent(moment, "partition", {"slot": slot, "duration": duration, "how": how})
+        )
+        summary.append(f"r{slot} cut off ({how})")
 
 
 def _replacing(rng: random.Random, entries: dict[str, dict[str, Any]], summary: list[str]) -> None:

@@ -127,6 +127,11 @@ class World:
         self.removals: dict[str, list[int]] = {}
         #: When each runtime entry was removed, or added while absent (its held run must go).
         self.fresh_starts: dict[str, list[int]] = {}
+        #: Per replica slot, the windows it cannot reach Redis (``--partitions``): (from, to,
+        #: how its calls fail: ``refused``, ``timeout`` or ``reply_lost``).
+        self.partitions: dict[int, list[tuple[int, int, str]]] = {}
+        #: Whether a call in a ``timeout`` partition ran on Redis before its answer was lost.
+        self.partition_rng = random.Random(scenario.seed * 7919 + 19)
         #: When each runtime entry was disabled (its held runs go with the write).
         self.disables: dict[str, list[int]] = {}
         self.worker_client: Any = None
@@ -275,6 +280,8 @@ class World:
         app = self.apps[config]
         settings = read_settings(app.conf)
         client = client_from_url(self.redis.url)
+        pool = client.connection_pool
+        pool.connection_class = partitionable(pool.connection_class, self, replica)
         real = RedisBackend(client, settings, sleep=lambda seconds: self.freeze(replica, seconds))
         real.replica_id = replica.name
         real._wait = None  # the WAIT of fork_scheduler_wait_replicas: see World.redis_call
@@ -505,6 +512,17 @@ class World:
         self.log(f"redis slow for {duration / SECOND:.1f} s: {latency / 1000:.0f} ms per call")
         self.slow = (self.vt, self.vt + duration, latency)
         self.windows.append(Window(self.vt, self.vt + duration, "redis_slow"))
+
+    def _ev_partition(self, slot: int, duration: int, how: str) -> None:
+        self.log(f"r{slot} cut off from Redis for {duration / SECOND:.3f} s ({how})")
+        self.partitions.setdefault(slot, []).append((self.vt, self.vt + duration, how))
+
+    def partitioned(self, replica: Replica) -> str | None:
+        """How ``replica``'s Redis calls fail now (``None``: they reach Redis)."""
+        for start, end, how in self.partitions.get(replica.slot, []):
+            if start <= self.vt < end:
+                return how
+        return None
 
     def _ev_clock_step(self, slot: int, step: int) -> None:
         replica = self.replicas.get(slot)
@@ -1228,3 +1246,33 @@ def utc(us: int) -> datetime:
 
 
 __all__ = ["SECOND", "Killed", "Replica", "World", "install", "timedelta", "timezone", "utc"]
+
+
+def partitionable(base: type[Any], world: World, replica: Replica) -> type[Any]:
+    """``base`` (a redis-py connection class) whose commands fail while ``replica`` is cut off
+    from Redis (``--partitions``): refused before they are sent, sent and then waiting for the
+    client timeout (Redis ran them or not), or run by Redis with the answer lost on the way."""
+
+    class PartitionedConnection(base):  # type: ignore[misc, valid-type]
+        def send_packed_command(self, command: Any, *args: Any, **kwargs: Any) -> None:
+            how = world.partitioned(replica)
+            if how == "refused" or (how == "timeout" and world.partition_rng.random() < 0.5):
+                if how == "timeout":
+                    world.freeze(replica, CLIENT_TIMEOUT_US / SECOND)
+                self.disconnect()
+                world.log(f"{replica.name}: a Redis call {how} (cut off, not run)")
+                raise redis.ConnectionError(f"simulated partition of {replica.name} ({how})")
+            super().send_packed_command(command, *args, **kwargs)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            how = world.partitioned(replica)
+            response = super().read_response(*args, **kwargs)
+            if how in ("timeout", "reply_lost"):
+                if how == "timeout":
+                    world.freeze(replica, CLIENT_TIMEOUT_US / SECOND)
+                self.disconnect()
+                world.log(f"{replica.name}: a Redis call run, its answer lost (cut off, {how})")
+                raise redis.TimeoutError(f"simulated partition of {replica.name} ({how})")
+            return response
+
+    return PartitionedConnection

@@ -287,3 +287,18 @@ def test_a_definition_replaced_within_a_refresh_owes_no_slot() -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
         result.stdout[-3000:]
     )
+
+
+def test_a_replica_never_takes_over_its_own_published_claim() -> None:
+    """Seed 261 (``--partitions``): r0 fenced and published rt0's slot 15:46:54; its ``sent``
+    record was written during a Redis replica's lag and lost in the failover, so the claim stayed
+    fenced, unsent. When rt0 was removed, r0 asked (takeover-only) about the unsent claims of the
+    removed entry, its own fenced one too, got ``won`` (its own fence) and published the slot
+    again. A replica now leaves its own fenced claims out of that look."""
+    result = _simulate("--seed", "261", "--partitions", "--trace")
+    assert "failover to the lagging replica" in result.stdout
+    assert "operator remove rt0" in result.stdout
+    assert result.stdout.count("broker <- rt0 slot 2030-01-01T15:46:54+00:00") == 1
+    assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
+        result.stdout[-3000:]
+    )

@@ -133,12 +133,16 @@ class HighWaterMark:
 
     ``unsent``: every slot claimed and never recorded as sent (fenced ones included), oldest
     first. ``finished``: the entry used up its ``max_runs`` (recorded once by the backend).
+    ``own_fenced``: those of ``unsent`` that the asking replica itself fenced (it published
+    them, or lost the fence's answer and asks again on its own: see
+    :meth:`.Scheduler._take_over_unsent`).
     """
 
     slot: datetime
     sent: bool = True
     unsent: tuple[datetime, ...] = ()
     finished: bool = False
+    own_fenced: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

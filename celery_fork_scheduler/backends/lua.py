@@ -17,6 +17,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               decided, for RELEASE
                                  fresh_after  the hwm when the name was added again: runs of
                                               slots up to it are not given back to its count
+                                 held_dropped the hwm when a disable deleted the held runs:
+                                              those of slots up to it are not held again
                                  uncertain    task id of the latest slot a claim sent whose
                                               broker command failed
                                  latest_run   task id of the latest run claimed (overlap
@@ -313,6 +315,11 @@ if not hwm_text then
   local lost_at, at_start = data_lost_at()
   if known > 0 or at_start then
     restored = math.max(known, lost_at + tonumber(ARGV[4]))
+    if due_at > lost_at + tonumber(ARGV[4]) and slot > known then
+      -- A jittered slot published after that instant could not have been claimed before it
+      -- (the early check above): the mark stops just below it (adversary round 59).
+      restored = math.max(known, math.min(restored, slot - 1))
+    end
   end
 elseif known > hwm then
   -- A part of the marks was lost (failover to a lagging replica): write back what was seen.
@@ -594,6 +601,9 @@ if owner ~= ARGV[2] then
   return 0
 end
 """
+
+#: How a fenced claim's value in the pending hash ends (``owner|claimed_at|publishing``).
+FENCED = "|publishing"
 
 #: Begin publishing a won slot (the fence): from now on no replica takes the claim over, since
 #: whether the message reached the broker can no longer be known from here.
@@ -1087,8 +1097,13 @@ end
 forget_released(KEYS[3])
 give_back_run(KEYS[3], ARGV[3])
 -- An entry disabled or removed since the hand-over holds nothing back again: the change
--- deleted its held runs (round 58: a failed publish put one back, sent after a re-enable).
-local gone = redis.call('HGET', KEYS[3], 'disabled') or redis.call('HGET', KEYS[3], 'removed')
+-- deleted its held runs (round 58: a failed publish put one back, sent after a re-enable),
+-- also once it is enabled or added again (round 59): the run is of a slot up to the mark at
+-- that disable (held_dropped) or re-add (fresh_after).
+local cut = redis.call('HMGET', KEYS[3], 'disabled', 'removed', 'held_dropped', 'fresh_after')
+local slot_us = tonumber(ARGV[3])
+local gone = cut[1] or cut[2] or (tonumber(cut[3] or '') or -1) >= slot_us
+             or (tonumber(cut[4] or '') or -1) >= slot_us
 local function hold_again()
   if gone then
     return

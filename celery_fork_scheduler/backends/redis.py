@@ -179,8 +179,9 @@ class RedisBackend:
         for entry in entries:
             state, pending = self.state_key(entry), self.pending_key(entry)
             commands.append((state, partial(_hmget, key=state, fields=_MARK_FIELDS)))
-            commands.append((pending, partial(_hkeys, key=pending)))
+            commands.append((pending, partial(_hgetall, key=pending)))
         values = self._retrying(partial(self._pipelined, commands))
+        own = f"{self.replica_id}|"
         marks = {}
         for index, entry in enumerate(entries):
             fields, pending = values[2 * index], values[2 * index + 1]
@@ -196,6 +197,13 @@ class RedisBackend:
                     sent=_text(state) != "claimed",
                     unsent=tuple(sorted(from_epoch_us(int(field)) for field in pending)),
                     finished=finished is not None,
+                    own_fenced=tuple(
+                        sorted(
+                            from_epoch_us(int(field))
+                            for field, claim in pending.items()
+                            if _text(claim).startswith(own) and _text(claim).endswith(lua.FENCED)
+                        )
+                    ),
                 )
             except (ValueError, OverflowError, ResponseError) as exc:
                 logger.error(
@@ -704,8 +712,8 @@ def _hmget(pipe: Pipeline, *, key: str, fields: Sequence[str]) -> object:
     return pipe.hmget(key, fields)
 
 
-def _hkeys(pipe: Pipeline, *, key: str) -> object:
-    return pipe.hkeys(key)
+def _hgetall(pipe: Pipeline, *, key: str) -> object:
+    return pipe.hgetall(key)
 
 
 def _pool_limit(client: redis.Redis | RedisCluster) -> int | None:
