@@ -892,8 +892,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Ask, takeover-only, about every claim of ``entries`` left unsent: entries disabled
         or removed since this replica read them, or read disabled. Nobody asks about their
         slots any more, so a dead replica's claim of one, won before the change, would stay
-        pending for ever, unreported (adversary round 58); a claimed slot is published. A
-        backend away leaves them to the start-up read of a later replica.
+        pending for ever, unreported (adversary round 58); a claimed slot is published.
 
         Not this replica's own fenced claims: it published them (their ``sent`` record lost
         since, say by a failover to a lagging Redis replica: simulator seed 261 published one
@@ -910,6 +909,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             marks = self.backend.high_water_marks([entry.name for entry in entries])
         except BackendUnavailableError:
+            if not again:  # the second look is tried again at each refresh (round 60)
+                self._looks_again.append((now.timestamp(), entries))
             return
         for entry in entries:
             mark = marks.get(entry.name)
@@ -1594,7 +1595,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 if not due_slot.claim.excluded:  # it would not have fired: not missed
                     self.outage.miss(due_slot)
             item = work.item
-            if item.entry.name in self.entries:
+            if item.entry.name in self.entries or (item.retry and item.takeover):
+                # (a takeover retry follows a removed entry too: see _work_for; round 60)
                 self.queue.push(
                     when, item.entry, item.slot, retry=item.retry, takeover=item.takeover
                 )

@@ -283,6 +283,16 @@ def _init_worker() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _modes(args: argparse.Namespace) -> str:
+    """The options a replay of a seed needs besides the seed (its timeline depends on them)."""
+    modes = [f" --mutation {args.mutation}"] if args.mutation else []
+    modes += [" --shared-broker"] if args.shared_broker else []
+    modes += [f" --runtime-shards {args.runtime_shards}"] if args.runtime_shards != 1 else []
+    modes += [" --disables"] if args.disables else []
+    modes += [" --partitions"] if args.partitions else []
+    return "".join(modes)
+
+
 def _print_result(result: Result, args: argparse.Namespace) -> None:
     if args.verbose or args.trace:
         took = "" if args.trace else f", {result.seconds:.2f} s"  # a replay prints the same
@@ -296,7 +306,9 @@ def _print_result(result: Result, args: argparse.Namespace) -> None:
     for violation in result.violations:
         print(f"seed {result.seed}: VIOLATION [{violation.rule}] {violation.text}")
         if not args.trace:
-            print(f"  replay: python scripts/simulate.py --seed {result.seed} --trace")
+            print(
+                f"  replay: python scripts/simulate.py --seed {result.seed}{_modes(args)} --trace"
+            )
             for line in shortest_trace(result, violation):
                 print(line)
     sys.stdout.flush()

@@ -834,15 +834,26 @@ class SimBackend:
                 )
             return self.real.take_cap_places(claims, cap)
 
+        called_at = world.vt
         granted = world.redis_call(self.replica, "cap", call)
         ids = [claim.task_id.encode() for claim in claims]
         new = sum(
             1 for task_id, ok in zip(ids, granted, strict=True) if ok and task_id not in places
         )
+        held_after = 0
+        if world.vt != called_at:
+            # The backend tried again meanwhile (seed 70033: a replica cut off from Redis, its
+            # calls timing out): the script ran later than ``places`` was read, so count the
+            # places other runs hold now too.
+            with contextlib.suppress(redis.RedisError):
+                now_held = world.redis.admin.zrangebyscore(
+                    "sim:{cap}:running", f"({world.vt}", "+inf"
+                )
+                held_after = len(set(now_held) - set(ids)) + sum(1 for ok in granted if ok)
         for claim, task_id, ok in zip(claims, ids, granted, strict=True):
             if ok:
                 continue
-            others = len(places - {task_id}) + new  # every place but its own
+            others = max(len(places - {task_id}) + new, held_after)  # every place but its own
             world.cap_refusals.append((world.vt, claim.entry, claim.slot, others, cap))
         world.hook(self.replica, "after_cap")
         return granted

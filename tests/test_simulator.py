@@ -302,3 +302,16 @@ def test_a_replica_never_takes_over_its_own_published_claim() -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
         result.stdout[-3000:]
     )
+
+
+def test_a_cap_refusal_after_the_backend_tried_again_is_judged_when_the_script_ran() -> None:
+    """The checker's (seed 70033, ``--partitions``): r0, cut off from Redis with its calls
+    timing out, asked for a cap place; the backend tried again until the cut ended and the
+    script refused at +34.8 s, when the cap was full. The checker had counted the places held
+    when the first attempt began (1 of 4) and flagged the refusal."""
+    result = _simulate("--seed", "70033", "--partitions", "--trace")
+    assert "r0 cut off from Redis for 9.000 s (timeout)" in result.stdout
+    assert "r0.0 skipped e01-celery_number 2030-01-01T22:05:27+00:00 capped" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
+        result.stdout[-3000:]
+    )
