@@ -954,6 +954,7 @@ class RuntimeStore:
         self._note_enabled(pipe, name, encoded)
         self._note_defined(pipe, [(name, int(reply[0]))], since)
         pipe.execute()
+        self._note_held_dropped([(name, encoded)])
         return int(reply[0])
 
     def _note_defined(
@@ -969,14 +970,22 @@ class RuntimeStore:
         for name, version in versions:
             pipe.hset(self.keys.state(name), "defined", f"{version} {instant}")
 
+    def _note_held_dropped(self, items: Sequence[tuple[str, str]]) -> None:
+        """On Redis Cluster, after :meth:`_note_enabled`'s pipeline: each disabled entry's
+        state keeps its mark as ``held_dropped`` (a cluster pipeline runs no script; no claim
+        moves the mark of a disabled entry meanwhile)."""
+        for name, encoded in items:
+            if disables(encoded):
+                self.client.eval(_NOTE_HELD_DROPPED, 1, self.keys.state(name))
+
     def _note_enabled(self, pipe: Any, name: str, encoded: str) -> None:
         """Queue, on Redis Cluster, what PUT_MANY does itself on one Redis: a disabled entry's
         held-back runs go and its state says ``disabled`` (the claim script then refuses new
-        claims to a replica that has not read the change); an enabled one's state does not."""
+        claims to a replica that has not read the change); an enabled one's state does not.
+        Then :meth:`_note_held_dropped`."""
         if disables(encoded):
             pipe.delete(self.keys.buffered(name))
             pipe.hset(self.keys.state(name), "disabled", "1")
-            pipe.eval(_NOTE_HELD_DROPPED, 1, self.keys.state(name))
         else:
             pipe.hdel(self.keys.state(name), "disabled")
 
@@ -1164,6 +1173,7 @@ class RuntimeStore:
                 self._note_enabled(pipe, name, encoded)
             self._note_defined(pipe, [(n, first + i) for i, n in enumerate(names, 1)], since)
             pipe.execute()
+            self._note_held_dropped([(name, encoded) for name, encoded, _, _ in items])
         return [first + index for index in range(1, len(items) + 1)]
 
     def _put_call(

@@ -41,7 +41,7 @@ PAST = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 #: hset, hdel, hgetall (stale claims pruned on every win), hincrby, pexpire, lpush + ltrim
 #: (the capped run history) and info (the first claim of an entry without a mark asks when
 #: Redis may have lost its data: its start time, unless it was flushed). ``hmget`` +
-#: ``hkeys``: the high-water marks and unsent claims every replica reads at start-up.
+#: ``hgetall``: the high-water marks and unsent claims (with whose fence) every replica reads.
 #: ``script|load``: scripts run by SHA are loaded again after a ``NOSCRIPT`` reply. ``ping``:
 #: redis-py's connection health check. Not listed: ``select`` (only for db != 0), the cluster
 #: discovery commands of a Redis Cluster client, and what only some features use (see
@@ -50,7 +50,6 @@ MINIMAL_ACL_COMMANDS = (
     "evalsha",
     "script|load",
     "hmget",
-    "hkeys",
     "hget",
     "hset",
     "hdel",
