@@ -250,8 +250,26 @@ class _Run:
         )
         return _text(verdict), _text(detail)
 
+    def confirmed(self) -> bool:
+        """With ``fork_scheduler_wait_replicas``, whether that many Redis replicas have the
+        claim (``WAIT``), as the scheduler's claims must; always True without it."""
+        wanted = self.settings.wait_replicas
+        if wanted <= 0:
+            return True
+        timeout_ms = int(self.settings.wait_timeout.total_seconds() * 1000)
+        return int(self.client.execute_command("WAIT", wanted, timeout_ms)) >= wanted
+
     def publish(self, publisher: CeleryPublisher, slot: datetime, task_id: str) -> BackfillSlot:
-        """Publish a claimed slot and record it: ``sent``, or ``failed`` with the error."""
+        """Publish a claimed slot and record it: ``sent``, or ``failed`` with the error. A
+        claim the Redis replicas did not confirm is not published (a failover could lose it
+        and let a later backfill publish the slot again: simulator seed 71050): ``failed``."""
+        if not self.confirmed():
+            error = (
+                f"the claim was not confirmed by {self.settings.wait_replicas} Redis replica(s) "
+                "(fork_scheduler_wait_replicas): nothing published"
+            )
+            self.record(slot, task_id, "failed", error)
+            return BackfillSlot(slot=slot, outcome="failed", task_id=task_id, detail=error)
         occurrence = build_occurrence(self.entry, slot, task_id)
         headers = {**occurrence.headers, BACKFILL_HEADER: True}
         if self.overlap == "allow":

@@ -550,6 +550,9 @@ class ObservedClient:
     def __init__(self, world: World, real: Any) -> None:
         self.world = world
         self.real = real
+        from .world import simulate_wait  # (the world imports this module)
+
+        simulate_wait(world, real)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

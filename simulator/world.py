@@ -188,6 +188,7 @@ class World:
         self._build_apps()
         self.worker_client = ObservedClient(self, client_from_url(self.redis.url))
         self._manager = Manager(self.apps["v1"], clock=self.now_dt)
+        simulate_wait(self, self._manager._redis())
         self.workers = Workers(self)
         # app.control.revoke reaches the simulated workers (a cached property: set it).
         self.worker_app.control = _Control(self.workers)
@@ -1045,6 +1046,8 @@ class Backfill:
     #: what the simulated broker did: "sent" | "refused" | "uncertain_delivered" |
     #: "uncertain_lost").
     publishes: list[tuple[datetime, int, int | None, str]] = field(default_factory=list)
+    #: When its claims were not confirmed by the lagging Redis replica (``WAIT`` answered 0).
+    unconfirmed: list[int] = field(default_factory=list)
 
 
 class LoggingCeleryPublisher:
@@ -1287,3 +1290,21 @@ def partitionable(base: type[Any], world: World, replica: Replica) -> type[Any]:
             return response
 
     return PartitionedConnection
+
+
+def simulate_wait(world: World, client: Any) -> None:
+    """``client``'s ``WAIT`` (``fork_scheduler_wait_replicas``) as the simulated Redis replica
+    answers it: every write confirmed, none while it lags (the real ``WAIT`` would block on the
+    virtual clock)."""
+    execute = client.execute_command
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        if args and str(args[0]).upper() == "WAIT":
+            if world.lagging_since is None:
+                return int(args[1])
+            for run in world.backfilling:
+                run.unconfirmed.append(world.vt)
+            return 0
+        return execute(*args, **options)
+
+    client.execute_command = execute_command

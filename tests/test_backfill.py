@@ -522,3 +522,24 @@ def test_a_rate_slower_than_one_a_day_is_refused_before_anything_is_written(
         manager.backfill("minutely", minute - 3 * MINUTE, minute - MINUTE, rate=rate)
     assert (refused.value.entry, refused.value.field) == ("minutely", "rate")
     assert stored(redis_client) == {}
+
+
+def test_a_claim_no_redis_replica_confirmed_is_not_published(
+    redis_url: str, redis_client: redis.Redis, minute: datetime
+) -> None:
+    """With ``fork_scheduler_wait_replicas``, a backfill publishes a slot only once that many
+    Redis replicas have its claim, as the scheduler's claims: a failover could lose an
+    unconfirmed claim and its record, and a later backfill would publish the slot again
+    (simulator seed 71050). This Redis has no replica: nothing is published, the slot is
+    recorded ``failed`` (with why) and the run ends there."""
+    app = make_app(redis_url, fork_scheduler_wait_replicas=1, fork_scheduler_wait_timeout=0.05)
+    try:
+        decided(redis_client, "minutely", minute - MINUTE)
+        results = Manager(app).backfill("minutely", minute - 3 * MINUTE, minute - MINUTE)
+    finally:
+        app.close()
+    assert outcomes(results) == ["failed"]
+    assert "not confirmed by 1 Redis replica(s)" in results[0].detail
+    assert broker_messages(redis_client) == []
+    stored_mark = redis_client.hget(KEYS.backfill("minutely"), us(minute - 3 * MINUTE))
+    assert stored_mark is not None and stored_mark.startswith(b"failed|")

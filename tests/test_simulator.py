@@ -315,3 +315,19 @@ def test_a_cap_refusal_after_the_backend_tried_again_is_judged_when_the_script_r
     assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
         result.stdout[-3000:]
     )
+
+
+def test_a_backfill_claim_lost_in_a_failover_is_not_published_again() -> None:
+    """Seed 71050 (``--partitions --disables --shared-broker``): backfill#0 published
+    e00's slot 17:49:26 while the Redis replica lagged; the failover lost its claim and record,
+    and backfill#0b published the slot again. A backfill now waits for the replicas
+    (``fork_scheduler_wait_replicas``) before it publishes, as the scheduler's claims do."""
+    result = _simulate(
+        "--seed", "71050", "--partitions", "--disables", "--shared-broker", "--trace"
+    )
+    assert "failover to the lagging replica" in result.stdout
+    assert "operator backfill backfill#0b" in result.stdout
+    assert result.stdout.count("broker <- e00-celery_schedule slot 2030-01-01T17:49:26") == 1
+    assert result.stdout.strip().splitlines()[-1].startswith("1 runs, 0 violations"), (
+        result.stdout[-3000:]
+    )
