@@ -12,8 +12,9 @@ from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
 from .durations import to_timedelta
-from .errors import ConfigError
+from .errors import ConfigError, ScheduleError
 from .exclusions import ExclusionError, calendars_from_setting
+from .schedules.base import to_zone
 
 SETTING_PREFIX = "fork_scheduler_"
 
@@ -452,4 +453,8 @@ def app_timezone(app: Any) -> tzinfo:
             f"must be an IANA zone name such as 'Europe/Berlin' or a tzinfo, not {shown(zone)}",
             field="timezone",
         )
+    try:
+        to_zone(zone)  # the zone every wall-clock entry is read in: one error, named here
+    except ScheduleError as exc:
+        raise ConfigError(str(exc), field="timezone") from None
     return zone

@@ -22,6 +22,7 @@ from .errors import ConfigError, ScheduleError
 from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalise_items
 from .jitter import jitter_offset
 from .keys import Keys
+from .lazy_args import with_lazy_items
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 from .schedules.base import to_zone
 from .schedules.celery_adapters import crontab_key
@@ -864,6 +865,7 @@ def entry_from_config(
         raise _fail(name, "kwargs", f"must be a dict, not {shown(kwargs)}")
     if isinstance(kwargs, Mapping) and not all(isinstance(key, str) for key in kwargs):
         raise _fail(name, "kwargs", f"keys must be strings (argument names), not {shown(kwargs)}")
+    args, kwargs = with_lazy_items(args), with_lazy_items(kwargs)  # Celery's BeatLazyFunc
     options = _options(name, definition.get("options"))
     # One walk of the three together (one level more); each alone names the one too deep.
     flat = _flat(args) and _flat(kwargs) and _flat(options)  # the usual case, at a glance

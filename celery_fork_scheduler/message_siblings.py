@@ -199,7 +199,7 @@ def for_sibling(
     *,
     entry: str,
     task_name: str,
-    args: tuple[Any, ...],
+    args: list[Any],
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
 ) -> Sibling | Template | None:
@@ -285,7 +285,7 @@ _SHORTCUT_MIN_SIZE = 64
 
 
 def _saferepr(value: Any, maxsize: int | None, maxlevels: int) -> str:
-    """Celery's ``saferepr``; for empty arguments or a short tuple of integers, within sizes
+    """Celery's ``saferepr``; for empty arguments or a short list of integers, within sizes
     and levels that leave them whole, the ``repr`` it then equals (property-tested against
     ``saferepr``), made without its token stream."""
     if (
@@ -293,11 +293,11 @@ def _saferepr(value: Any, maxsize: int | None, maxlevels: int) -> str:
         and maxsize >= _SHORTCUT_MIN_SIZE
         and type(maxlevels) is int
         and maxlevels >= 0
-        and type(value) in (tuple, dict)
+        and type(value) in (list, tuple, dict)
     ):
         if not value:
             return repr(value)
-        if type(value) is tuple and len(value) <= 16 and all(type(i) is int for i in value):
+        if type(value) in (list, tuple) and len(value) <= 16 and all(type(i) is int for i in value):
             text = repr(value)
             if len(text) * 2 < maxsize:
                 return text

@@ -514,7 +514,7 @@ class CeleryPublisher:
             channel,
             entry=occurrence.entry,
             task_name=occurrence.task,
-            args=occurrence.args,
+            args=list(occurrence.args),  # a list, as Celery beat sends (round 61)
             kwargs=occurrence.kwargs,
             options=occurrence.options,
         )
@@ -584,10 +584,11 @@ class CeleryPublisher:
             **occurrence.options,
             **overrides,
         }
+        args = list(occurrence.args)  # as Celery beat sends them: argsrepr "[...]" (round 61)
         if task is not None:
-            task.apply_async(occurrence.args, occurrence.kwargs, **common)
+            task.apply_async(args, occurrence.kwargs, **common)
         else:
-            self.app.send_task(occurrence.task, occurrence.args, occurrence.kwargs, **common)
+            self.app.send_task(occurrence.task, args, occurrence.kwargs, **common)
 
 
 def _weight(template: Template | Sibling | None) -> int:

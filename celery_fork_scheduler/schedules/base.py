@@ -54,6 +54,8 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
         name = tz
     elif tz == UTC:
         name = "UTC"
+    elif isinstance(tz, timezone):
+        name = _fixed_offset_zone(tz)
     else:
         # pytz zones carry ``zone``, zoneinfo-like objects ``key``; anything else by its name.
         name = str(getattr(tz, "key", None) or getattr(tz, "zone", None) or tz)
@@ -63,6 +65,19 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
         raise ScheduleError(
             f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'"
         ) from exc
+
+
+def _fixed_offset_zone(tz: timezone) -> str:
+    """The IANA name of a fixed offset of whole hours (``Etc/GMT-2`` is UTC+02:00: POSIX signs);
+    :class:`ScheduleError` for any other offset (no IANA zone is that offset all year)."""
+    offset = tz.utcoffset(None)
+    hours, rest = divmod(offset, timedelta(hours=1))
+    if rest or not -12 <= hours <= 14:
+        raise ScheduleError(
+            f"time zone {tz!s} is a fixed offset no IANA zone names: give an IANA name such as "
+            "'Asia/Kolkata', or whole hours (they become 'Etc/GMT-2' and the like)"
+        )
+    return f"Etc/GMT{-hours:+d}" if hours else "UTC"
 
 
 def parse_time(value: str | time) -> time:

@@ -35,13 +35,6 @@ def _compress(values: set[int], low: int, high: int) -> str:
     return ",".join(runs)
 
 
-def _crontab_zone(schedule: Any, default_tz: str | tzinfo | None) -> str | tzinfo | None:
-    app = getattr(schedule, "_app", None)
-    if app is not None and app.conf.timezone:
-        return cast("str | tzinfo", app.conf.timezone)
-    return default_tz
-
-
 def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
     fields = (
         _compress(schedule.minute, 0, 59),
@@ -50,7 +43,9 @@ def _from_crontab(schedule: Any, default_tz: str | tzinfo | None) -> Cron:
         _compress(schedule.month_of_year, 1, 12),
         _compress(schedule.day_of_week, 0, 6),
     )
-    zone = _crontab_zone(schedule, default_tz)
+    # The zone of the entry (its key, else beat's app): Celery's beat binds every schedule to
+    # its own app (``maybe_schedule``), so a crontab's ``app=`` plays no part (round 61).
+    zone = default_tz
     # Celery ANDs a restricted day-of-month with a restricted day-of-week.
     return Cron(expr=" ".join(fields), day_or=False, tz=None if zone is None else to_zone(zone))
 
@@ -61,23 +56,41 @@ CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_yea
 
 def crontab_key(schedule: object) -> tuple[object, ...] | None:
     """A hashable key equal for two Celery ``crontab`` objects that give the same slots (their
-    fields as written when they are strings or numbers, else as expanded, and their app);
-    ``None`` for anything else, subclasses included."""
+    fields as written when they are strings or numbers, else as expanded); ``None`` for
+    anything else, subclasses included."""
     if type(schedule) is not celery.schedules.crontab:
         return None
     crontab = cast("Any", schedule)
-    app = getattr(crontab, "_app", None)
     written = tuple(getattr(crontab, f"_orig_{name}", []) for name in CRONTAB_FIELDS)
     if all(type(value) in (str, int) for value in written):  # as written: cheaper
-        return ("written", *written, app)
+        return ("written", *written)
     return (
         frozenset(crontab.minute),
         frozenset(crontab.hour),
         frozenset(crontab.day_of_month),
         frozenset(crontab.month_of_year),
         frozenset(crontab.day_of_week),
-        app,
     )
+
+
+#: The Celery schedule classes turned into slots, and the methods that decide when they fire.
+_CELERY_BASES = (celery.schedules.crontab, celery.schedules.solar, celery.schedules.schedule)
+_DECIDING = ("is_due", "remaining_estimate")
+
+
+def _check_own_logic(schedule: object) -> None:
+    """Refuse a subclass of a Celery schedule that decides itself when it is due: its slots
+    would be those of the base class, its own logic lost (round 61: an hourly ``schedule``
+    that skips weekends fired every hour)."""
+    kind = type(schedule)
+    base = next(b for b in _CELERY_BASES if isinstance(schedule, b))
+    overridden = [name for name in _DECIDING if getattr(kind, name) is not getattr(base, name)]
+    if overridden:
+        raise ScheduleError(
+            f"{kind.__name__} overrides {' and '.join(overridden)} of Celery's {base.__name__}: "
+            "replicas agree on slots computed ahead, not on is_due; write it as a cron string "
+            "or a crontab, or as a SlotSchedule (see the docs: Schedules)"
+        )
 
 
 def _interval_from(value: timedelta | float) -> Interval:
@@ -90,6 +103,8 @@ def _interval_from(value: timedelta | float) -> Interval:
 def from_celery(schedule: object, default_tz: str | tzinfo | None = None) -> SlotSchedule:
     """Turn a Celery schedule (crontab, schedule, solar), a timedelta or seconds into slots."""
     result: SlotSchedule
+    if isinstance(schedule, _CELERY_BASES) and type(schedule) not in _CELERY_BASES:
+        _check_own_logic(schedule)
     if isinstance(schedule, SlotSchedule):
         result = schedule
     elif isinstance(schedule, celery.schedules.crontab):
