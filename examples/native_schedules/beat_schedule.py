@@ -5,9 +5,16 @@ Nothing here refers to celery-fork-scheduler: switching to it is ``beat -S fork`
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
+from celery.beat import BeatLazyFunc
 from celery.schedules import crontab, schedule
+
+
+def yesterday() -> str:
+    """The day before the publish, for the export below."""
+    return (date.today() - timedelta(days=1)).isoformat()
+
 
 beat_schedule = {
     "send-digest": {
@@ -26,6 +33,12 @@ beat_schedule = {
     "refresh-cache": {"task": "proj.tasks.refresh", "schedule": timedelta(minutes=10)},
     "ping": {"task": "proj.tasks.ping", "schedule": schedule(run_every=45)},
     "heartbeat": {"task": "proj.tasks.heartbeat", "schedule": 30.0},
+    "nightly-export": {
+        # Celery's lazy argument: called at each publish, its result sent
+        "task": "proj.tasks.export",
+        "schedule": crontab(minute=15, hour=2),
+        "args": [BeatLazyFunc(yesterday)],
+    },
 }
 
 #: The app's ``timezone`` setting: crontab entries are read in it.

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from beat_schedule import beat_schedule
 from beat_schedule import timezone as app_timezone
 
+from celery_fork_scheduler.lazy_args import with_lazy_items
 from celery_fork_scheduler.schedules import coerce_schedule
 
 #: How far ahead to look for the next slots (the monthly entries need a few months).
@@ -42,6 +43,8 @@ def main() -> int:
     for name, definition in beat_schedule.items():
         slot_schedule = coerce_schedule(definition["schedule"], default_tz=zone)
         print(f"\n{name}: {definition['schedule']!r}\n  -> {slot_schedule.describe()}")
+        if "args" in definition:  # BeatLazyFunc items are called at each publish
+            print(f"  args sent now: {with_lazy_items(definition['args'])()!r}")
         slots = slot_schedule.slots(after, after + HORIZON)
         for slot in islice(slots, options.count):
             local = slot.astimezone(zone)
