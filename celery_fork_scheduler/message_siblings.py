@@ -210,6 +210,7 @@ def for_sibling(
     task = app.tasks.get(task_name)
     if task is not known.task:
         return None  # the task was registered again since the shape was captured
+    args_sent: list[Any] | tuple[()] = args or ()  # as Celery's amqp: no arguments are ()
     if known.basis is None:
         shared = shareable(app, task_name)
         basis = shared and _basis(known.template, app, task, task_name, channel, options)
@@ -219,10 +220,10 @@ def for_sibling(
         return None
     check = getattr(task, "__header__", None) if task is not None and task.typing else None
     if check is not None:  # Celery's own check of the arguments (a class-based task has none)
-        check(*args, **kwargs)
+        check(*args_sent, **kwargs)
     # as Kombu's producer: the serializer's own text or bytes, compressed as bytes
     _, _, payload = serialization.dumps(  # type: ignore[no-untyped-call]
-        (args, dict(kwargs), basis.embed), serializer=basis.serializer
+        (args_sent, dict(kwargs), basis.embed), serializer=basis.serializer
     )
     if basis.compression:
         packed = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -232,7 +233,7 @@ def for_sibling(
     headers: list[tuple[str, Any]] = []
     # as Celery: a given None is made from the arguments, unless the task's route sets it
     if options.get("argsrepr") is None and "argsrepr" not in basis.routed_reprs:
-        headers.append(("argsrepr", _saferepr(args, app.amqp.argsrepr_maxsize, maxlevels)))
+        headers.append(("argsrepr", _saferepr(args_sent, app.amqp.argsrepr_maxsize, maxlevels)))
     if options.get("kwargsrepr") is None and "kwargsrepr" not in basis.routed_reprs:
         headers.append(("kwargsrepr", _saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels)))
     headers.append((ENTRY_HEADER, entry))

@@ -175,8 +175,10 @@ def test_an_entry_last_in_the_start_up_catch_up_fires_on_time(
 
 
 def test_crontabs_resolved_once_per_value_are_never_mixed_up() -> None:
-    """Plain crontabs are resolved once per value (as written, or as expanded) and app: equal
-    ones give equal schedules; other fields, or another app (its own timezone), keep theirs."""
+    """Plain crontabs are resolved once per value (as written, or as expanded): equal ones
+    give equal schedules, other fields keep theirs; a crontab made with another app is read in
+    the entry's zone all the same (as Celery's beat binds it to its own app: round 61), and an
+    entry's ``timezone`` key still gives it its own."""
     from celery import Celery
     from celery.schedules import crontab
 
@@ -195,15 +197,17 @@ def test_crontabs_resolved_once_per_value_are_never_mixed_up() -> None:
         "g": crontab(minute=5, hour=3, app=tokyo),
         "h": crontab(minute=5, hour=3),
     }
-    entries = entries_from_config(
-        {name: {"task": "t", "schedule": value} for name, value in schedules.items()},
-        default_timezone=UTC,
-    )
+    definitions: dict[str, dict[str, Any]] = {
+        name: {"task": "t", "schedule": value} for name, value in schedules.items()
+    }
+    tokyo_key = {"task": "t", "schedule": crontab(minute=5, hour=3), "timezone": "Asia/Tokyo"}
+    definitions["k"] = tokyo_key
+    entries = entries_from_config(definitions, default_timezone=UTC)
     described = {name: entry.schedule.describe() for name, entry in entries.items()}
     assert described["a"] == described["b"] == described["c"] == described["h"]
+    assert described["f"] == described["g"] == described["a"]
     assert described["e"] != described["a"]
-    assert "Europe/Berlin" in described["f"] and "Asia/Tokyo" in described["g"]
-    assert "UTC" in described["a"]
+    assert "UTC" in described["a"] and "Asia/Tokyo" in described["k"]
 
 
 def test_entries_keep_no_per_entry_copy_of_what_they_share() -> None:

@@ -54,8 +54,8 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
         name = tz
     elif tz == UTC:
         name = "UTC"
-    elif isinstance(tz, timezone):
-        name = _fixed_offset_zone(tz)
+    elif isinstance(tz, timezone) and not _names_a_zone(str(tz)):
+        name = _fixed_offset_zone(tz)  # (one named after an IANA zone is read by its name)
     else:
         # pytz zones carry ``zone``, zoneinfo-like objects ``key``; anything else by its name.
         name = str(getattr(tz, "key", None) or getattr(tz, "zone", None) or tz)
@@ -65,6 +65,14 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
         raise ScheduleError(
             f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'"
         ) from exc
+
+
+def _names_a_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _fixed_offset_zone(tz: timezone) -> str:
