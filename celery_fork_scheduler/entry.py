@@ -394,16 +394,18 @@ def _reserved_names(keys: Keys) -> frozenset[str]:
 RESERVED_NAMES = _reserved_names(Keys(""))
 
 
-def _check_name(name: str) -> None:
-    """Refuse a name that is too long, holds control characters, would break the Redis Cluster
-    hash tag ``{<name>}`` of its keys or make one of its keys a global key."""
-    if len(name) > MAX_NAME_LENGTH or has_control_characters(name):
+def _check_name(name: str, source: EntrySource) -> None:
+    """Refuse a name that holds control characters or would make one of its keys a global key;
+    a runtime entry's name also when it is too long or would break the Redis Cluster hash tag
+    ``{<name>}`` of its keys. A static entry's name may (Celery's ``add_periodic_task`` without
+    ``name=`` names it ``repr(signature)``): its keys' tag is then a digest (``entry_tag``)."""
+    if has_control_characters(name) or (source == "runtime" and len(name) > MAX_NAME_LENGTH):
         raise ConfigError(
             f"entry names are at most {MAX_NAME_LENGTH} characters, without control characters",
             entry=name[:60],
             field="name",
         )
-    if "{" in name or "}" in name:
+    if source == "runtime" and ("{" in name or "}" in name):
         raise _fail(
             name,
             "name",
@@ -828,7 +830,7 @@ def entry_from_config(
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"entry names must be non-empty strings, not {shown(name)}")
-    _check_name(name)
+    _check_name(name, source)
     if not isinstance(definition, Mapping):
         raise ConfigError(f"must be a dict, not {type(definition).__name__}", entry=name)
     unknown = sorted(set(definition) - ENTRY_KEYS)

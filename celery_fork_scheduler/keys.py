@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 #: The keys of one entry the claim scripts touch, in their KEYS order (see :meth:`Keys.entry_keys`).
 _ENTRY_KEY_NAMES = ("state", "pending", "running", "buffered", "history")
+#: Longest entry name that is its keys' hash tag as it is (see :func:`entry_tag`).
+MAX_TAG_LENGTH = 200
+
+
+def entry_tag(entry: str) -> str:
+    """The Redis Cluster hash tag of ``entry``'s keys: the name itself, or, for a name that
+    cannot be one (a brace in it, or longer than :data:`MAX_TAG_LENGTH`: only static entries
+    may have such names, as Celery's ``add_periodic_task`` without ``name=`` makes them), ``#``
+    and a digest of it."""
+    if len(entry) <= MAX_TAG_LENGTH and "{" not in entry and "}" not in entry:
+        return entry
+    return "#" + hashlib.blake2b(entry.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,31 +46,31 @@ class Keys:
 
     def state(self, entry: str) -> str:
         """Hash: high-water mark, claim state, owner, counters and pause state of ``entry``."""
-        return f"{self.prefix}{{{entry}}}:state"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:state"
 
     def pending(self, entry: str) -> str:
         """Hash: claimed, not yet published slots of ``entry``."""
-        return f"{self.prefix}{{{entry}}}:pending"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:pending"
 
     def running(self, entry: str) -> str:
         """String with a lease: the task id of the singleton run of ``entry`` in progress."""
-        return f"{self.prefix}{{{entry}}}:running"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:running"
 
     def buffered(self, entry: str) -> str:
         """String: the message of the one run of ``entry`` held back (``buffer_one``)."""
-        return f"{self.prefix}{{{entry}}}:buffered"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:buffered"
 
     def history(self, entry: str) -> str:
         """Capped list: the latest runs of ``entry``, newest first (JSON)."""
-        return f"{self.prefix}{{{entry}}}:history"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:history"
 
     def backfill(self, entry: str) -> str:
         """Hash: the slots of ``entry`` claimed by a backfill, and how each ended."""
-        return f"{self.prefix}{{{entry}}}:backfill"
+        return f"{self.prefix}{{{entry_tag(entry)}}}:backfill"
 
     def entry_keys(self, entry: str) -> list[str]:
         """The keys the claim scripts of ``entry`` touch, in their KEYS order."""
-        base = f"{self.prefix}{{{entry}}}:"
+        base = f"{self.prefix}{{{entry_tag(entry)}}}:"
         return [base + name for name in _ENTRY_KEY_NAMES]
 
     def retained_keys(self, entry: str) -> list[str]:

@@ -40,5 +40,23 @@ def with_lazy_items(value: Any) -> Any:
     return value
 
 
+def shown(value: Any) -> Any:
+    """An entry's ``args`` or ``kwargs`` as listings show them: a :class:`LazyItems` with each
+    ``BeatLazyFunc`` item as ``"<BeatLazyFunc name>"`` (called only at a publish), another
+    callable as empty (``default``)."""
+    if isinstance(value, LazyItems):
+        if isinstance(value.value, Mapping):
+            return {key: _shown_item(item) for key, item in value.value.items()}
+        return [_shown_item(item) for item in value.value]
+    return value
+
+
+def _shown_item(item: Any) -> Any:
+    if not isinstance(item, BeatLazyFunc):
+        return item
+    func = getattr(item, "_func", None)
+    return f"<BeatLazyFunc {getattr(func, '__qualname__', None) or func!r}>"
+
+
 def _evaluated(item: Any) -> Any:
     return item() if isinstance(item, BeatLazyFunc) else item

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar
 
+from . import lazy_args
 from .entry import Catchup, Entry
 from .schedules import SlotSchedule
 from .store import PauseState, pause_state
@@ -90,11 +91,22 @@ class Job:
             paused_at=pause.since,
             last_outcome=_last_outcome(state),
             version=version,
-            args=tuple(entry.args) if not callable(entry.args) else (),
-            kwargs=dict(entry.kwargs) if not callable(entry.kwargs) else {},
+            args=_shown_args(entry.args),
+            kwargs=_shown_kwargs(entry.kwargs),
             options=dict(entry.options),
             finished=finished,
         )
+
+
+def _shown_args(args: Any) -> tuple[Any, ...]:
+    """Plain args as they are; ``BeatLazyFunc`` items named; another callable: none shown."""
+    args = lazy_args.shown(args)
+    return () if callable(args) else tuple(args)
+
+
+def _shown_kwargs(kwargs: Any) -> dict[str, Any]:
+    kwargs = lazy_args.shown(kwargs)
+    return {} if callable(kwargs) else dict(kwargs)
 
 
 #: The fields of a :class:`Job` that are the entry's own, as they are.

@@ -237,21 +237,39 @@ def test_a_buffer_one_periodic_task_with_a_datetime_kwarg_fails_at_import(redis_
 # -- 3. names that break hash tags or collide with a global key --------------------------------
 
 BAD_NAMES = ["}x", "a{b", "a}b", "{}", "cap"]
+#: Names a static entry may have (Celery's add_periodic_task names one repr(signature)): its
+#: keys' hash tag is then a digest of the name.
+BRACED_NAMES = ["}x", "a{b", "a}b", "{}", "proj.sync({'tenant': 'acme'})", "x" * 300]
 
 
-@pytest.mark.parametrize("name", BAD_NAMES)
-def test_a_config_entry_name_that_breaks_the_keys_is_refused(name: str) -> None:
+def test_a_config_entry_name_that_would_be_a_global_key_is_refused() -> None:
     with pytest.raises(ConfigError) as refused:
-        entry_from_config(name, {"task": "t", "schedule": "@daily"}, default_timezone=UTC)
-    assert (refused.value.entry, refused.value.field) == (name, "name")
+        entry_from_config("cap", {"task": "t", "schedule": "@daily"}, default_timezone=UTC)
+    assert (refused.value.entry, refused.value.field) == ("cap", "name")
 
 
-@pytest.mark.parametrize("name", BAD_NAMES)
-def test_a_periodic_name_that_breaks_the_keys_is_refused(redis_url: str, name: str) -> None:
+def test_a_periodic_name_that_would_be_a_global_key_is_refused(redis_url: str) -> None:
     app = make_app(redis_url)
     with pytest.raises(ConfigError) as refused:
-        periodic("@daily", name=name)(app.tasks["tasks.cleanup"])
+        periodic("@daily", name="cap")(app.tasks["tasks.cleanup"])
     assert refused.value.field == "name"
+
+
+def test_a_static_name_with_braces_or_too_long_has_keys_tagged_by_a_digest() -> None:
+    """Round 62: Celery's ``add_periodic_task`` without ``name=`` names an entry
+    ``repr(signature)``, braces and all: accepted for a static entry, whose keys' hash tag is
+    then a digest of the name (one tag per name, never a brace inside it)."""
+    keys = Keys("scheduler:")
+    tags = set()
+    for name in BRACED_NAMES:
+        entry_from_config(name, {"task": "t", "schedule": "@daily"}, default_timezone=UTC)
+        entry_keys = keys.entry_keys(name)
+        tag = entry_keys[0][len("scheduler:{") : entry_keys[0].index("}:")]
+        assert tag.startswith("#") and "{" not in tag and "}" not in tag
+        assert all(key.startswith(f"scheduler:{{{tag}}}:") for key in entry_keys)
+        tags.add(tag)
+    assert len(tags) == len(BRACED_NAMES)
+    assert keys.state("plain-name") == "scheduler:{plain-name}:state"
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)

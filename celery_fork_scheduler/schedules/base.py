@@ -57,14 +57,39 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
     elif isinstance(tz, timezone) and not _names_a_zone(str(tz)):
         name = _fixed_offset_zone(tz)  # (one named after an IANA zone is read by its name)
     else:
-        # pytz zones carry ``zone``, zoneinfo-like objects ``key``; anything else by its name.
-        name = str(getattr(tz, "key", None) or getattr(tz, "zone", None) or tz)
+        # pytz zones carry ``zone``, zoneinfo-like objects ``key``, dateutil's the file they
+        # were read from; a fixed offset (dateutil's ``tzoffset``, ``tzutc``) is its offset's.
+        name = str(
+            getattr(tz, "key", None)
+            or getattr(tz, "zone", None)
+            or _zone_file_name(getattr(tz, "_filename", None))
+            or _fixed_offset_of(tz)
+            or tz
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ScheduleError(
             f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'"
         ) from exc
+
+
+def _zone_file_name(path: object) -> str | None:
+    """``Europe/Berlin`` of ``/usr/share/zoneinfo/Europe/Berlin`` (dateutil's ``gettz``)."""
+    if not isinstance(path, str) or "zoneinfo/" not in path:
+        return None
+    return path.rsplit("zoneinfo/", 1)[1]
+
+
+def _fixed_offset_of(tz: tzinfo) -> str | None:
+    """The zone of a tzinfo with one offset and no daylight saving, else ``None``."""
+    try:
+        offset, dst = tz.utcoffset(None), tz.dst(None)
+    except Exception:  # a tzinfo that needs a datetime
+        return None
+    if not isinstance(offset, timedelta) or dst not in (None, timedelta(0)):
+        return None
+    return _fixed_offset_zone(timezone(offset))
 
 
 def _names_a_zone(name: str) -> bool:

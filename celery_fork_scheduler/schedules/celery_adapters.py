@@ -75,7 +75,7 @@ def crontab_key(schedule: object) -> tuple[object, ...] | None:
 
 #: The Celery schedule classes turned into slots, and the methods that decide when they fire.
 _CELERY_BASES = (celery.schedules.crontab, celery.schedules.solar, celery.schedules.schedule)
-_DECIDING = ("is_due", "remaining_estimate")
+_DECIDING = ("is_due", "remaining_estimate", "remaining_delta", "now", "tz", "to_local")
 
 
 def _check_own_logic(schedule: object) -> None:
@@ -84,7 +84,9 @@ def _check_own_logic(schedule: object) -> None:
     that skips weekends fired every hour)."""
     kind = type(schedule)
     base = next(b for b in _CELERY_BASES if isinstance(schedule, b))
-    overridden = [name for name in _DECIDING if getattr(kind, name) is not getattr(base, name)]
+    overridden = [
+        name for name in _DECIDING if getattr(kind, name, None) is not getattr(base, name, None)
+    ]
     if overridden:
         raise ScheduleError(
             f"{kind.__name__} overrides {' and '.join(overridden)} of Celery's {base.__name__}: "
