@@ -270,7 +270,12 @@ class _Run:
             )
             self.record(slot, task_id, "failed", error)
             return BackfillSlot(slot=slot, outcome="failed", task_id=task_id, detail=error)
-        occurrence = build_occurrence(self.entry, slot, task_id)
+        try:
+            occurrence = build_occurrence(self.entry, slot, task_id)
+        except Exception as exc:  # lazy arguments that raise: never sent (round 63)
+            error = f"{type(exc).__name__}: {exc}"
+            self.record(slot, task_id, "failed", error)
+            return BackfillSlot(slot=slot, outcome="failed", task_id=task_id, detail=error)
         headers = {**occurrence.headers, BACKFILL_HEADER: True}
         if self.overlap == "allow":
             headers.pop(OVERLAP_HEADER, None)

@@ -9,6 +9,7 @@ from datetime import datetime
 from .backends import Claim, ClaimResult
 from .entry import Entry
 from .errors import BackendUnavailableError
+from .publishing import Occurrence
 from .timequeue import QueueItem
 
 
@@ -23,6 +24,9 @@ class DueSlot:
     #: True when another replica owns the entry (this one asks after the owner's grace, and
     #: mostly hears ``claimed``): its claim does not carry the message.
     foreign: bool = False
+    #: The message of a lazy entry that holds runs back, built for its claim: published as
+    #: it is if won (its lazy arguments are called once per claim, not again: round 63).
+    built: Occurrence | None = None
 
 
 @dataclass(slots=True)

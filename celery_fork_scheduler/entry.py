@@ -21,7 +21,7 @@ from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
 from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalise_items
 from .jitter import jitter_offset
-from .keys import Keys
+from .keys import DIGEST_TAG, Keys
 from .lazy_args import with_lazy_items
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 from .schedules.base import to_zone
@@ -414,6 +414,13 @@ def _check_name(name: str, source: EntrySource) -> None:
         )
     if name in RESERVED_NAMES:
         raise _fail(name, "name", "this entry name is reserved: its keys would be global keys")
+    if DIGEST_TAG.fullmatch(name):
+        raise _fail(
+            name,
+            "name",
+            "'#' and 32 hexadecimal digits is the form of the digest that tags the keys of "
+            "entries whose names cannot (see entry_tag): another entry's keys",
+        )
 
 
 def _check_json(name: str, overlap: Overlap, values: Mapping[str, object]) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 #: The keys of one entry the claim scripts touch, in their KEYS order (see :meth:`Keys.entry_keys`).
 _ENTRY_KEY_NAMES = ("state", "pending", "running", "buffered", "history")
 #: Longest entry name that is its keys' hash tag as it is (see :func:`entry_tag`).
 MAX_TAG_LENGTH = 200
+#: The form of the digest tag :func:`entry_tag` gives a name that cannot be a tag: no entry
+#: may be named so.
+DIGEST_TAG = re.compile(r"#[0-9a-f]{32}")
 
 
 def entry_tag(entry: str) -> str:

@@ -971,9 +971,9 @@ class Manager:
         replaced = client.hget(keys.state(name), "latest_run") if replacing else None
         if replacing:  # the newest run wins: an older one waiting gives way
             client.hset(keys.state(name), "latest_run", task_id)
-        occurrence = build_occurrence(entry, slot, task_id, capped=capped)
-        occurrence = replace(occurrence, headers={**occurrence.headers, MANUAL_HEADER: True})
-        try:
+        try:  # (lazy arguments that raise are a failure to send too: round 63)
+            occurrence = build_occurrence(entry, slot, task_id, capped=capped)
+            occurrence = replace(occurrence, headers={**occurrence.headers, MANUAL_HEADER: True})
             CeleryPublisher(self.app, lambda: None).publish(occurrence)
         except OperationalError as exc:  # connected, then lost: the message may have gone out
             self._give_back(entry, task_id, capped=capped)

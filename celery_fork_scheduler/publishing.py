@@ -6,7 +6,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -92,6 +92,14 @@ def build_occurrence(
         headers=headers,
         definition=None if entry.lazy else entry,
     )
+
+
+def with_cap_header(occurrence: Occurrence, capped: bool) -> Occurrence:
+    """``occurrence`` built before its claim, as :func:`build_occurrence` would have built it
+    with ``capped`` (the run holds a place under the cap)."""
+    if not capped:
+        return occurrence
+    return replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
 
 
 def occurrence_to_json(occurrence: Occurrence) -> str:

@@ -1347,9 +1347,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         policy (the claim script never lets it win)."""
         task_id = task_id_for(entry.name, slot)
         excluded = entry.excludes(slot)
-        held = ""
+        held, built = "", None
         if entry.overlap in BUFFERING and not excluded:
-            held = occurrence_to_json(build_occurrence(entry, slot, task_id))
+            built = build_occurrence(entry, slot, task_id)
+            held = occurrence_to_json(built)
         claim = Claim(
             entry.name,
             slot,
@@ -1366,7 +1367,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if entry.effective_jitter
             else 0,
         )
-        return DueSlot(entry, claim, foreign=foreign)
+        return DueSlot(entry, claim, foreign=foreign, built=built if entry.lazy else None)
 
     def _definition_read(self, entry: Entry) -> int:
         """For a runtime entry, the version of its definition this replica read (0: unknown,

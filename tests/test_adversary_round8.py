@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from dateutil import tz as dateutil_tz
 
-from celery_fork_scheduler import ConfigError, Manager
+from celery_fork_scheduler import Manager
 from celery_fork_scheduler.entry import entry_from_config
 from celery_fork_scheduler.testing import FakeClock
 
@@ -65,34 +65,36 @@ def test_an_app_default_zone_equal_in_offset_to_another_is_not_taken_for_it() ->
 
 
 @pytest.mark.parametrize(
-    "zone",
+    ("zone", "key"),
     [
-        dateutil_tz.gettz("Europe/Paris"),
-        dateutil_tz.tzoffset("Europe/Paris", 3600),
-        dateutil_tz.tzutc(),
+        (dateutil_tz.gettz("Europe/Paris"), "Europe/Paris"),
+        (dateutil_tz.tzoffset("Europe/Paris", 3600), "Etc/GMT-1"),  # a fixed offset, named
+        (dateutil_tz.tzutc(), "UTC"),
     ],
     ids=["tzfile", "tzoffset", "tzutc"],
 )
-def test_an_unusable_tzinfo_as_entry_timezone_is_a_config_error(zone: Any) -> None:
-    """A dateutil tzinfo (unhashable) as an entry's ``timezone`` is refused with a
-    ConfigError naming the entry, as before (now: ``TypeError: unhashable type`` out of the
-    ``_resolved_schedule`` lru_cache)."""
-    with pytest.raises(ConfigError) as caught:
-        entry_from_config(
-            "r8-dateutil", {"task": "t", "schedule": 60, "timezone": zone}, default_timezone=UTC
-        )
-    assert caught.value.entry == "r8-dateutil"
+def test_a_dateutil_tzinfo_as_entry_timezone_is_read_as_its_iana_zone(zone: Any, key: str) -> None:
+    """A dateutil tzinfo (unhashable) as an entry's ``timezone``: once a ``TypeError`` out of
+    the ``_resolved_schedule`` lru_cache, then a ConfigError; since round 62 the IANA zone it
+    stands for (the file a ``gettz`` zone was read from, a fixed offset's ``Etc/GMT``), as
+    Celery uses any tzinfo."""
+    entry = entry_from_config(
+        "r8-dateutil",
+        {"task": "t", "schedule": "0 9 * * *", "timezone": zone},
+        default_timezone=UTC,
+    )
+    assert entry.schedule.zone.key == key
 
 
-def test_an_unusable_app_timezone_is_a_config_error_not_a_type_error() -> None:
+def test_a_dateutil_app_timezone_is_read_as_its_iana_zone() -> None:
     """The same for the default zone (Celery's ``app.timezone`` returns a tzinfo given as
     ``timezone`` unchanged, so a dateutil zone reaches ``default_timezone``)."""
-    with pytest.raises(ConfigError):
-        entry_from_config(
-            "r8-dateutil-default",
-            {"task": "t", "schedule": "*/5 * * * *"},
-            default_timezone=dateutil_tz.tzoffset("Europe/Paris", 3600),
-        )
+    entry = entry_from_config(
+        "r8-dateutil-default",
+        {"task": "t", "schedule": "*/5 * * * *"},
+        default_timezone=dateutil_tz.tzoffset("Europe/Paris", 3600),
+    )
+    assert entry.schedule.zone.key == "Etc/GMT-1"
 
 
 @pytest.fixture
@@ -108,18 +110,18 @@ def manager(app: Celery) -> Manager:
     return Manager(app, clock=FakeClock("2026-03-02T10:00:00+00:00"))
 
 
-def test_manager_add_and_add_many_refuse_a_dateutil_timezone_with_a_config_error(
+def test_manager_add_and_add_many_store_a_dateutil_timezone_by_its_name(
     manager: Manager,
 ) -> None:
-    """Manager.add and Manager.add_many refuse an entry whose ``timezone`` is a dateutil zone
-    with a ConfigError (a BulkConfigError for add_many), not an uncaught TypeError."""
+    """Manager.add and Manager.add_many store the IANA name of a dateutil zone (once refused
+    with a ConfigError, never an uncaught TypeError)."""
     zone = dateutil_tz.gettz("America/New_York")
-    with pytest.raises(ConfigError):
-        manager.add("r8-single", "tasks.report", 300, timezone=zone)
-    with pytest.raises(ConfigError):
-        manager.add_many(
-            [{"name": "r8-bulk", "task": "tasks.report", "schedule": 300, "timezone": zone}]
-        )
+    manager.add("r8-single", "tasks.report", 300, timezone=zone)
+    manager.add_many(
+        [{"name": "r8-bulk", "task": "tasks.report", "schedule": 300, "timezone": zone}]
+    )
+    assert manager.store().get("r8-single").data["timezone"] == "America/New_York"
+    assert manager.store().get("r8-bulk").data["timezone"] == "America/New_York"
 
 
 def test_first_slot_after_the_second_of_two_equal_wall_times_is_after_it() -> None:

@@ -63,6 +63,7 @@ def to_zone(tz: str | tzinfo) -> ZoneInfo:
             getattr(tz, "key", None)
             or getattr(tz, "zone", None)
             or _zone_file_name(getattr(tz, "_filename", None))
+            or (str(tz) if _names_a_zone(str(tz)) else None)
             or _fixed_offset_of(tz)
             or tz
         )
