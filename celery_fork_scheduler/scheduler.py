@@ -851,7 +851,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._looks_again:
             looks, self._looks_again = self._looks_again, []
             for when, entries in looks:
-                if when <= now.timestamp():
+                if when <= now.timestamp() and not self.outage.active:  # (then once it is back)
                     self._take_over_unsent(entries, now, again=False)
                 else:
                     self._looks_again.append((when, entries))
