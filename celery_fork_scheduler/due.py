@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .backends import Claim, ClaimResult
 from .entry import Entry
 from .errors import BackendUnavailableError
-from .publishing import Occurrence
 from .timequeue import QueueItem
 
 
@@ -24,9 +25,9 @@ class DueSlot:
     #: True when another replica owns the entry (this one asks after the owner's grace, and
     #: mostly hears ``claimed``): its claim does not carry the message.
     foreign: bool = False
-    #: The message of a lazy entry that holds runs back, built for its claim: published as
-    #: it is if won (its lazy arguments are called once per claim, not again: round 63).
-    built: Occurrence | None = None
+    #: The evaluated args and kwargs of a lazy entry that holds runs back, made for its
+    #: claim's held run: published with them if won (called once per claim: round 63).
+    arguments: tuple[Sequence[Any], Mapping[str, Any]] | None = None
 
 
 @dataclass(slots=True)

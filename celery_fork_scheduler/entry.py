@@ -21,7 +21,7 @@ from .durations import to_timedelta
 from .errors import ConfigError, ScheduleError
 from .exclusions import ExclusionError, Exclusions, compile_exclusions, normalise_items
 from .jitter import jitter_offset
-from .keys import DIGEST_TAG, Keys
+from .keys import DIGEST_TAG, MAX_TAG_LENGTH, Keys
 from .lazy_args import with_lazy_items
 from .schedules import Interval, SlotSchedule, coerce_schedule, schedule_from_dict
 from .schedules.base import to_zone
@@ -75,7 +75,7 @@ _EPSILON = timedelta(microseconds=1)
 
 #: Limits on what an entry may hold (a runtime entry is written by API callers: these keep one
 #: of them from filling Redis, the replicas' memory or the operator's terminal).
-MAX_NAME_LENGTH = 200
+MAX_NAME_LENGTH = MAX_TAG_LENGTH
 MAX_TASK_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 4_096
 MAX_TAGS = 100

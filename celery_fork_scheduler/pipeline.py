@@ -38,14 +38,7 @@ from .entry import Entry
 from .errors import BackendUnavailableError
 from .ids import task_id_for
 from .lane import Lane
-from .publishing import (
-    DeliveryUncertain,
-    Occurrence,
-    Publisher,
-    build_occurrence,
-    is_transient,
-    with_cap_header,
-)
+from .publishing import DeliveryUncertain, Occurrence, Publisher, build_occurrence, is_transient
 from .reports import SlotReports
 from .timequeue import TimeQueue
 
@@ -458,12 +451,12 @@ class PublishPipeline:
         for due_slot in batch:
             claim = due_slot.claim
             try:
-                occurrence = (
-                    build_occurrence(
-                        due_slot.entry, claim.slot, claim.task_id, capped=due_slot.capped
-                    )
-                    if due_slot.built is None
-                    else with_cap_header(due_slot.built, due_slot.capped)
+                occurrence = build_occurrence(
+                    due_slot.entry,
+                    claim.slot,
+                    claim.task_id,
+                    capped=due_slot.capped,
+                    arguments=due_slot.arguments,
                 )
             except Exception as exc:
                 self._give_back(due_slot, exc)

@@ -6,7 +6,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -59,9 +59,15 @@ class Occurrence:
 
 
 def build_occurrence(
-    entry: Entry, slot: datetime, task_id: str, *, capped: bool = False
+    entry: Entry,
+    slot: datetime,
+    task_id: str,
+    *,
+    capped: bool = False,
+    arguments: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
 ) -> Occurrence:
-    """The message for ``slot`` of ``entry``: lazy args evaluated, headers added.
+    """The message for ``slot`` of ``entry``: lazy args evaluated (or ``arguments``, those
+    of an occurrence built for its claim: they are called once), headers added.
 
     Runs that the worker must report the end of (singletons, runs under the concurrency cap)
     or act on (``pause_on_failure``) carry the headers that tell it so.
@@ -79,8 +85,11 @@ def build_occurrence(
         headers[CAPPED_HEADER] = True
     if entry.pause_on_failure:
         headers[PAUSE_ON_FAILURE_HEADER] = True
-    args = entry.args() if callable(entry.args) else entry.args
-    kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
+    if arguments is not None:
+        args, kwargs = arguments
+    else:
+        args = entry.args() if callable(entry.args) else entry.args
+        kwargs = entry.kwargs() if callable(entry.kwargs) else entry.kwargs
     return Occurrence(
         entry=entry.name,
         slot=slot,
@@ -92,14 +101,6 @@ def build_occurrence(
         headers=headers,
         definition=None if entry.lazy else entry,
     )
-
-
-def with_cap_header(occurrence: Occurrence, capped: bool) -> Occurrence:
-    """``occurrence`` built before its claim, as :func:`build_occurrence` would have built it
-    with ``capped`` (the run holds a place under the cap)."""
-    if not capped:
-        return occurrence
-    return replace(occurrence, headers={**occurrence.headers, CAPPED_HEADER: True})
 
 
 def occurrence_to_json(occurrence: Occurrence) -> str:

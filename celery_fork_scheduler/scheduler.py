@@ -1347,10 +1347,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         policy (the claim script never lets it win)."""
         task_id = task_id_for(entry.name, slot)
         excluded = entry.excludes(slot)
-        held, built = "", None
+        held, arguments = "", None
         if entry.overlap in BUFFERING and not excluded:
             built = build_occurrence(entry, slot, task_id)
             held = occurrence_to_json(built)
+            if entry.lazy:
+                arguments = (built.args, built.kwargs)
         claim = Claim(
             entry.name,
             slot,
@@ -1367,7 +1369,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if entry.effective_jitter
             else 0,
         )
-        return DueSlot(entry, claim, foreign=foreign, built=built if entry.lazy else None)
+        return DueSlot(entry, claim, foreign=foreign, arguments=arguments)
 
     def _definition_read(self, entry: Entry) -> int:
         """For a runtime entry, the version of its definition this replica read (0: unknown,

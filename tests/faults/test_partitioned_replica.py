@@ -459,7 +459,14 @@ def run_partition(
             beat.stop()
         # Let the worker run what was published.
         wait_until(lambda: broker.llen("celery") == 0, timeout=60, what="the queue to drain")
-        time.sleep(2.0)
+        # ... and record it: until the worker's record stops growing between two polls
+        counts: list[int] = []
+
+        def settled() -> bool:  # (the first poll only takes the count: a second apart)
+            counts.append(broker.llen("test:received"))
+            return len(counts) > 1 and counts[-1] == counts[-2]
+
+        wait_until(settled, timeout=60, interval=1.0, what="the worker's records to settle")
         fires = worker_fires(broker)
         logs = "\n".join(
             f"--- {p.log_path.name}\n" + "\n".join(p.log().splitlines()[-80:]) for p in processes
