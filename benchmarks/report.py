@@ -159,8 +159,8 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence
     header = (
         "N", "peer", "demanded/s", "published/s", "% of demanded", "× plain loop",
         "lag p50 (s)", "lag p99 (s)", "lag max (s)", "CPU s / 1 000", "peak RSS (MiB)",
-        "start-up to 1st publish (s)", "Redis cmds / publish", "of which script calls",
-        "entries not served in the window", "duplicates",
+        "start-up to 1st publish (s)", "1st publish to N-th (s)", "Redis cmds / publish",
+        "of which script calls", "entries not served in the window", "duplicates",
     )  # fmt: skip
     rows = []
     for (n, peer), runs in grouped.items():
@@ -177,8 +177,8 @@ def _every_table(grouped: Mapping[tuple[int, str], list[Result]], refs: Sequence
             cell(runs, "lag_p50", 3) + lag_note, cell(runs, "lag_p99", 3) + lag_note,
             cell(runs, "lag_max", 3) + lag_note, cell(runs, "cpu_per_1000", 3),
             cell(runs, "peak_rss_mib", 1), cell(runs, "startup_s", 2),
-            cell(runs, "commands_per_publish", 2), cell(runs, "scripts_per_publish", 2),
-            cell(runs, "starved", 0),
+            cell(runs, "first_round_s", 2), cell(runs, "commands_per_publish", 2),
+            cell(runs, "scripts_per_publish", 2), cell(runs, "starved", 0),
             cell(runs, "duplicates", 0),
         ))  # fmt: skip
     return table(header, rows)
