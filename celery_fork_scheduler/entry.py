@@ -161,6 +161,9 @@ class Entry:
     #: kept in the stored form, so that its exclusion dates, start and end, and a schedule
     #: changed later are read in it again.
     timezone: str | None = None
+    #: With ``timezone`` set, the zone the schedule names itself (``"... in Europe/Berlin"``;
+    #: ``None``: none), stored with the schedule: dropping ``timezone`` later gives it back.
+    schedule_zone: str | None = None
 
     @property
     def lazy(self) -> bool:
@@ -634,6 +637,10 @@ def _zone(name: str, value: object) -> tzinfo | None:
     if value is None:
         return None
     if isinstance(value, tzinfo):
+        try:
+            to_zone(value)  # a zone no IANA name stands for is this key's fault
+        except ScheduleError as exc:
+            raise _fail(name, "timezone", str(exc)) from None
         return value
     if not isinstance(value, str) or not value:
         raise _fail(
@@ -846,7 +853,7 @@ def entry_from_config(
         raise _fail(name, unknown[0], f"unknown key; known keys are: {known}")
 
     task = definition.get("task")
-    if not isinstance(task, str) or not task:
+    if not isinstance(task, str) or not task.strip():
         raise _fail(name, "task", f"must be a task name (non-empty string), not {shown(task)}")
     if len(task) > MAX_TASK_LENGTH or has_control_characters(task):
         raise _fail(
@@ -856,6 +863,7 @@ def entry_from_config(
         )
     if "schedule" not in definition:
         raise _fail(name, "schedule", "is missing")
+    _flag(name, "relative", definition.get("relative"), False)  # accepted from Celery, unused
 
     own = _zone(name, definition.get("timezone"))
     zone = own or default_timezone
@@ -916,7 +924,19 @@ def entry_from_config(
         jitter=_jitter(name, definition.get("jitter"), schedule),
         source=source,
         timezone=_zone_name(name, own),
+        schedule_zone=_own_schedule_zone(definition["schedule"]) if own_zone else None,
     )
+
+
+def _own_schedule_zone(raw: object) -> str | None:
+    """The IANA zone a (valid) schedule value names itself, before an entry's ``timezone``
+    overrides it (``None``: it names none, or one without an IANA name)."""
+    try:
+        decoded = schedule_from_dict(raw) if isinstance(raw, Mapping) else raw
+        zone = coerce_schedule(decoded).tz
+        return None if zone is None else to_zone(zone).key
+    except ScheduleError:
+        return None
 
 
 def entries_from_config(
@@ -958,6 +978,10 @@ def stored_fields(entry: Entry, schedule: dict[str, Any]) -> dict[str, Any]:
     ``schedule`` the stored form of its schedule. ``jitter``, ``pause_on_failure``,
     ``exclude``, ``calendar`` and ``timezone`` are there only when set (a replica of an earlier
     version still reads the others)."""
+    if entry.timezone is not None:  # the schedule keeps its own zone under the override
+        schedule = {key: value for key, value in schedule.items() if key != "tz"}
+        if entry.schedule_zone is not None:
+            schedule["tz"] = entry.schedule_zone
     fields: dict[str, Any] = {
         "schema": ENTRY_SCHEMA,
         "task": entry.task,

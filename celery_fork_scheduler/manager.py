@@ -366,7 +366,7 @@ class Manager:
         ``enabled``, ``description``). Without ``replace_existing`` an existing runtime entry of
         that name is an error; with ``expected_version`` a stale replacement is refused.
         """
-        task_name = task if isinstance(task, str) else getattr(task, "name", None)
+        task_name = task if isinstance(task, str) else getattr(task, "name", task)
         if self._singleton_all and "overlap" not in policies and "singleton" not in policies:
             policies["overlap"] = "skip"
         definition = {
@@ -1283,7 +1283,8 @@ def _changed(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
     as these say: ``singleton=True`` is ``"skip"``, and ``singleton=False`` lifts only
     ``"skip"`` (``buffer_one`` and the others stay); ``one_off=True`` is one run, and
     ``one_off=False`` lifts only a limit of one run (a larger ``max_runs`` stays). Dropping
-    the entry's ``timezone`` (``None``) moves its schedule to the app's zone too."""
+    the entry's ``timezone`` (``None``) moves its schedule to the app's zone too, unless the
+    schedule names a zone of its own (stored with it, see :attr:`.Entry.schedule_zone`)."""
     definition = {key: value for key, value in data.items() if key != "schema"}
     singleton, one_off = changes.get("singleton"), changes.get("one_off")
     if (
@@ -1446,8 +1447,10 @@ class JobBuilder:
             raise ConfigError(
                 "incomplete schedule: add a unit, e.g. every(5).minutes", field="schedule"
             )
-        task_name = task if isinstance(task, str) else getattr(task, "name", None)
-        name = self._spec.name or f"{task_name}@{self._target.describe()}"
+        task_name = task if isinstance(task, str) else getattr(task, "name", task)
+        name = self._spec.name
+        if name is None:
+            name = f"{task_name}@{self._target.describe()}"
         policies: dict[str, Any] = dict(self._spec.policies)
         if self._spec.tags:
             policies["tags"] = list(self._spec.tags)

@@ -119,6 +119,11 @@ def _parse_every_unit(text: str) -> SlotSchedule | None:
     if unit not in UNIT_SECONDS and unit not in DAY_UNITS:
         if match["n"] is None:
             return None  # maybe a weekday: "every monday at 09:00"
+        if unit in ("month", "months"):
+            raise _Unparsable(
+                f"{unit!r} needs the days of the month: 'every {count} months on <days> [at "
+                "<time>]', e.g. 'every 3 months on 1 at 06:00'"
+            )
         raise _Unparsable(f"unknown unit {unit!r}, expected seconds, minutes, hours, days or weeks")
     if count < 1:
         raise _Unparsable(f"the count must be at least 1, got {count}")
