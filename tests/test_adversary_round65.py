@@ -535,3 +535,16 @@ def test_add_file_refuses_a_field_given_twice_in_one_entry(
     assert result.exit_code == 2, result.output
     assert "entry 'sync', field 'schedule'" in result.stderr, result.stderr
     assert _runtime_names(redis_client) == set()
+
+
+def test_next_tz_stands_for_the_app_zone_not_over_the_expression_s_own(cli: Run) -> None:
+    """Reported by round 65 and fixed with this file: ``schedule next '... in Europe/Berlin'
+    --tz Asia/Tokyo`` used Tokyo, though ``--tz`` stands for the app's zone (docs/cli.md), which
+    ranks below a zone the schedule names itself; an expression without one takes ``--tz``."""
+    own = cli("next", "daily at 10:30 in Europe/Berlin", "-n", "1", "--tz", "Asia/Tokyo", "--json")
+    assert own.exit_code == 0, own.output
+    assert json.loads(own.stdout)["timezone"] == "Europe/Berlin"
+    plain = cli("next", "daily at 10:30", "-n", "1", "--tz", "Asia/Tokyo", "--json")
+    assert json.loads(plain.stdout)["timezone"] == "Asia/Tokyo"
+    bad = cli("next", "daily at 10:30", "--tz", "Nope/Nope")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output

@@ -19,6 +19,7 @@ from ..errors import ScheduleError
 from ..manager import MAX_COUNT, Manager, RedisRequiredError
 from ..manager_results import EntryStats, Job, ReplicaInfo
 from ..schedules import coerce_schedule
+from ..schedules.base import to_zone
 from .output import (
     Cell,
     fields,
@@ -361,8 +362,11 @@ def _stored_time(value: object) -> datetime | None:
 def next_(ctx: click.Context, expression: str, count: int, zone: str | None, as_json: bool) -> None:
     """Preview the next runs of any schedule string or cron expression (no Redis needed)."""
     session = session_for(ctx, as_json)
+    # --tz stands for the app's zone: a zone the expression names itself ("... in Asia/Tokyo")
+    # comes first, as for an entry.
+    default_zone = app_timezone(session.app) if zone is None else to_zone(zone)
     try:
-        parsed = coerce_schedule(expression, default_tz=app_timezone(session.app))
+        parsed = coerce_schedule(expression, default_tz=default_zone)
     except ScheduleError:
         if expression in _entry_names(session):
             raise BadInputError(
@@ -370,8 +374,6 @@ def next_(ctx: click.Context, expression: str, count: int, zone: str | None, as_
                 f"'celery schedule show {expression}'"
             ) from None
         raise
-    if zone is not None:
-        parsed = parsed.with_timezone(zone)
     parsed.validate()
     slots: list[datetime] = []
     after = session.now
