@@ -138,9 +138,17 @@ class HeldRuns:
         return int(self.client.execute_command("WAIT", wanted, timeout_ms)) >= wanted
 
     def give_back(
-        self, held: bytes | str, occurrence: Occurrence, mode: str, *, error: str = ""
+        self,
+        held: bytes | str,
+        occurrence: Occurrence,
+        mode: str,
+        *,
+        error: str = "",
+        attempt: str = "",
     ) -> None:
-        """The held run handed the marker is not sent: free the marker, record why."""
+        """The held run handed the marker is not sent: free the marker, record why.
+        ``attempt``: an id of this give-back, the same each time it is asked again (a request
+        whose reply was lost is then applied once)."""
         self.client.eval(
             lua.GIVE_BACK_HELD,
             4,
@@ -155,4 +163,5 @@ class HeldRuns:
             self.settings.history_size,
             mode,
             error[:500],
+            attempt,
         )

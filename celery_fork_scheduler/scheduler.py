@@ -21,6 +21,7 @@ import contextlib
 import gc
 import logging
 import time
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -283,7 +284,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
         #: at the head of their queue (JSON message -> monotonic end of the marker's lease).
-        self._to_put_back: dict[bytes | str, float] = {}
+        #: Released runs to put back: message -> (the end of its marker's lease, the id of
+        #: the put-back, the same each time it is asked again).
+        self._to_put_back: dict[bytes | str, tuple[float, str]] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -1517,7 +1520,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 exc.__cause__ or exc,
             )
             lease = self.settings.singleton_lease.total_seconds()
-            self._to_put_back.setdefault(result.held, self.monotonic() + lease)
+            attempt = uuid.uuid4().hex
+            self._to_put_back.setdefault(result.held, (self.monotonic() + lease, attempt))
             self._put_back_released()
         except Exception as exc:  # the run's marker expires with its lease; the queue goes on
             logger.warning(
@@ -1540,16 +1544,30 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if held is None:
             return
         now = self.monotonic()
-        for message, end in list(self._to_put_back.items()):
+        for message, (end, attempt) in list(self._to_put_back.items()):
             if end <= now:
-                del self._to_put_back[message]
+                self._drop_put_back(message)
                 continue
             try:
-                held.give_back(message, occurrence_from_json(message), "unconfirmed")
+                held.give_back(
+                    message, occurrence_from_json(message), "unconfirmed", attempt=attempt
+                )
             except Exception:  # Redis still away: at the next tick
                 logger.debug("fork scheduler: queued run not put back yet", exc_info=True)
                 continue
             del self._to_put_back[message]
+
+    def _drop_put_back(self, message: bytes | str) -> None:
+        """Give up putting back a released run (Redis stayed away for its marker's lease, or
+        this replica stops first): it is reported skipped (``redis_unavailable``), never
+        dropped without a word (round 66)."""
+        del self._to_put_back[message]
+        try:
+            occurrence = occurrence_from_json(message)
+        except Exception:  # (a message this replica made itself: read back as written)
+            logger.warning("fork scheduler: a queued run could not be put back and is lost")
+            return
+        self.reports.skipped_slot(occurrence.entry, occurrence.slot, "redis_unavailable")
 
     def _apply_cap(self, won: list[DueSlot], now: datetime) -> tuple[list[DueSlot], set[str]]:
         """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that
@@ -1682,6 +1700,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return
         self._closed = True
         signals.beat_init.disconnect(self._on_beat_init)
+        if self._to_put_back and self._backend is not None:  # one more try, then reported
+            self._put_back_released()
+            for message in list(self._to_put_back):
+                self._drop_put_back(message)
         try:
             super().close()
         finally:

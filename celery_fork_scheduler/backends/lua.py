@@ -1085,11 +1085,20 @@ return reply
 #: KEYS[1] running marker, KEYS[2] buffered message, KEYS[3] state hash, KEYS[4] history list.
 #: ARGV[1] JSON message, ARGV[2] its task id, ARGV[3] slot (us), ARGV[4] who, ARGV[5] history
 #: size, ARGV[6] "failed" | "capped" | "unconfirmed" (the hand-over was not confirmed by the
-#: replicas: held back again, nothing recorded), ARGV[7] error text.
+#: replicas: held back again, nothing recorded), ARGV[7] error text, ARGV[8] (optional) an id
+#: of this put-back, kept when it is asked again: the state's ``given_back`` remembers the
+#: last, so a request whose reply was lost is not applied twice.
 GIVE_BACK_HELD = (
     _GIVE_BACK_RUN
     + _FORGET_RELEASED
     + """
+if (ARGV[8] or '') ~= '' then
+  -- One put-back, asked again after its reply was lost (round 66): done once.
+  if redis.call('HGET', KEYS[3], 'given_back') == ARGV[8] then
+    return 1
+  end
+  redis.call('HSET', KEYS[3], 'given_back', ARGV[8])
+end
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
