@@ -75,6 +75,8 @@ Clock = Callable[[], datetime]
 
 #: Claims per round trip; a burst is claimed and published batch by batch.
 CLAIM_BATCH = 500
+#: How many runs carried by claims' answers a replica remembers (see _first_answer).
+ANSWERED_RUNS_KEPT = 10_000
 #: The first batch of a burst is smaller: its first message leaves sooner.
 HEAD_CHUNK = 100
 #: The claim + publish rate assumed before one is measured (slots per second).
@@ -287,6 +289,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: Released runs to put back: message -> (the end of its marker's lease, the id of
         #: the put-back, the same each time it is asked again).
         self._to_put_back: dict[bytes | str, tuple[float, str]] = {}
+        #: Task ids of the runs claims' answers carried, latest last (see _first_answer).
+        self._answered_runs: dict[str, None] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -1495,7 +1499,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._report_held(result.claim.entry, result.superseded, "superseded")
 
     def _report_held(self, entry: str, message: str, reason: str) -> None:
-        """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``."""
+        """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``
+        (once: a claim asked again carries the run its first answer carried, see
+        :meth:`_first_answer`)."""
         try:
             held = occurrence_from_json(message)
         except (ValueError, KeyError, TypeError) as exc:
@@ -1503,7 +1509,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "fork scheduler: unreadable held-back run of %s %s: %r", entry, reason, exc
             )
             return
-        self.reports.skipped_slot(entry, held.slot, reason)
+        if self._first_answer(held.task_id):
+            self.reports.skipped_slot(entry, held.slot, reason)
+
+    def _first_answer(self, task_id: str) -> bool:
+        """Whether a run that a claim's answer carried (a released head, a superseded held
+        run) is heard of for the first time: the claim script carries it again when the claim
+        is asked again (its first answer may have been lost: round 66)."""
+        if task_id in self._answered_runs:
+            return False
+        self._answered_runs[task_id] = None
+        while len(self._answered_runs) > ANSWERED_RUNS_KEPT:
+            del self._answered_runs[next(iter(self._answered_runs))]
+        return True
 
     def _publish_released(self, result: ClaimResult) -> None:
         """Publish the queued run of a ``buffer_all`` entry that a claim handed the marker
@@ -1512,6 +1530,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if held is None:
             return
         try:
+            task_id = occurrence_from_json(result.held).task_id
+        except (ValueError, KeyError, TypeError):
+            task_id = ""  # (HeldRuns.publish reports an unreadable run)
+        if task_id and not self._first_answer(task_id):
+            return  # this replica has it already (published, or being put back)
+        try:
             held.publish(result.held)
         except HeldNotSent as exc:  # nothing left: put it back at the head of its queue
             logger.warning(
@@ -1519,6 +1543,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 result.claim.entry,
                 exc.__cause__ or exc,
             )
+            self._answered_runs.pop(task_id, None)  # released again once it is back
             lease = self.settings.singleton_lease.total_seconds()
             attempt = uuid.uuid4().hex
             self._to_put_back.setdefault(result.held, (self.monotonic() + lease, attempt))

@@ -445,6 +445,10 @@ if slot > hwm then
     end
     redis.call('SET', KEYS[3], cjson.decode(head)['task_id'], 'PX', ARGV[9])
     redis.call('HINCRBY', KEYS[1], 'runs', 1)
+    -- Kept for this request asked again after a lost reply (round 66): the head existed only
+    -- in the answer.
+    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
+               'released', 'answered_run', head, 'answered_reason', reason)
     return {'released', 0, head, reason, unpack(dropped)}
   end
   if running and not replacing then
@@ -534,12 +538,31 @@ if slot > hwm then
       record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
              'skipped:superseded', ARGV[11])
     end
+    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
+               'superseded', 'answered_run', held)
     return {'won', 0, held}
   end
   return {'won', 0}
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
+local answered = nil
+if ARGV[18] == '1' or ARGV[12] == '1' or pending then
+  -- Asked again (its reply lost, or after an outage): a run the first answer carried (a
+  -- queue's head it released, a held run it superseded) is carried again; the replica acts
+  -- on it once (round 66).
+  answered = redis.call('HMGET', KEYS[1], 'answered', 'answered_as', 'answered_run',
+                        'answered_reason')
+  if answered[1] ~= ARGV[2] .. '|' .. ARGV[3] or not answered[3] then  -- this replica's
+    answered = nil
+  end
+end
 if not pending then
+  if answered and answered[2] == 'released' then
+    local ok, head = pcall(cjson.decode, answered[3])
+    if ok and type(head) == 'table' and redis.call('GET', KEYS[3]) == head['task_id'] then
+      return {'released', 0, answered[3], answered[4] or 'buffered'}
+    end
+  end
   if sends > 0 and ARGV[18] == '1' then
     -- Asked again after a lost reply: did this very request send the slot?
     local outcome = sent_by(KEYS[5], ARGV[2], ARGV[3])
@@ -580,6 +603,9 @@ if slot == hwm then
   redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'claimed_at', now_text)
 end
 if owner == ARGV[3] then
+  if answered and answered[2] == 'superseded' then
+    return {'won', 0, answered[3]}
+  end
   return {'won', 0}
 end
 return {'taken_over', 0}
