@@ -251,7 +251,6 @@ class DownPublisher(RecordingPublisher):
         super().publish(occurrence)
 
 
-@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_one_off_entry_whose_publish_the_broker_refused_never_runs(
     redis_url: str, skips: list[tuple[str, datetime, str]]
 ) -> None:
@@ -441,7 +440,6 @@ class BlipBoth(RecordingPublisher):
         super().publish(occurrence)
 
 
-@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_refused_publish_during_a_redis_blip_is_never_tried_again(
     beats: list[Any],
     tmp_path: Path,

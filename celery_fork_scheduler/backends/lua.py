@@ -785,14 +785,21 @@ return paused
 )
 
 #: Record a publish that raised: nobody publishes the slot, so its pending claim goes, and so
-#: does the running marker it holds (the cap place is freed beside it: another hash tag).
+#: do the running marker it holds and its run (the cap place is freed beside it: another hash
+#: tag).
 #: KEYS[1] state hash, KEYS[2] pending hash, KEYS[3] running marker, KEYS[5] history list.
 #: ARGV[1] slot (us),
 #: ARGV[2] task id, ARGV[3] replica id, ARGV[4] history size, ARGV[5] error text.
 RECORD_FAILURE = _recording(
     _UNREPLACE
+    + _GIVE_BACK_RUN
     + """
-redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 1 then
+  -- No run of it exists: it does not count towards max_runs (round 66: a one-off entry whose
+  -- one publish failed was finished without ever running). Once: a request asked again after
+  -- a lost reply finds the claim gone.
+  give_back_run(KEYS[1], ARGV[1])
+end
 unreplace(KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if redis.call('HGET', KEYS[1], 'hwm') == ARGV[1] then
