@@ -166,7 +166,6 @@ class BlipPublisher(RecordingPublisher):
             raise ConnectionRefusedError(111, "broker restarting")
 
 
-@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_lazy_arguments_that_raise_at_the_retry_after_a_broker_blip_keep_the_claims_run(
     redis_url: str, skips: list[tuple[str, datetime, str]]
 ) -> None:
