@@ -959,18 +959,24 @@ class Manager:
             )
             return TriggerResult(skipped="busy")
         capped = settings.max_concurrent > 0
-        if capped:
-            granted = client.eval(
-                TAKE_CAP_PLACES, 1, keys.cap, settings.max_concurrent, lease_ms * 1000, task_id
-            )
-            if not int(granted[0]):
-                self._give_back(entry, task_id, capped=False)
-                logger.warning("fork scheduler: run_now(%s) skipped: concurrency cap reached", name)
-                return TriggerResult(skipped="capped")
         replacing = entry.overlap in REPLACING
-        replaced = client.hget(keys.state(name), "latest_run") if replacing else None
-        if replacing:  # the newest run wins: an older one waiting gives way
-            client.hset(keys.state(name), "latest_run", task_id)
+        try:  # a Redis error from here on gives back what was taken (round 66)
+            if capped:
+                granted = client.eval(
+                    TAKE_CAP_PLACES, 1, keys.cap, settings.max_concurrent, lease_ms * 1000, task_id
+                )
+                if not int(granted[0]):
+                    self._give_back(entry, task_id, capped=False)
+                    logger.warning(
+                        "fork scheduler: run_now(%s) skipped: concurrency cap reached", name
+                    )
+                    return TriggerResult(skipped="capped")
+            replaced = client.hget(keys.state(name), "latest_run") if replacing else None
+            if replacing:  # the newest run wins: an older one waiting gives way
+                client.hset(keys.state(name), "latest_run", task_id)
+        except redis.RedisError:
+            self._give_back(entry, task_id, capped=capped)
+            raise
         try:  # (lazy arguments that raise are a failure to send too: round 63)
             occurrence = build_occurrence(entry, slot, task_id, capped=capped)
             occurrence = replace(occurrence, headers={**occurrence.headers, MANUAL_HEADER: True})

@@ -758,7 +758,6 @@ def test_a_backfill_whose_claim_reply_was_lost_leaves_a_never_sent_slot_in_fligh
 # -- 10. a trigger whose cap place cannot be taken (a Redis blip) ------------------------------
 
 
-@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_trigger_refused_by_a_redis_blip_at_its_cap_place_leaves_the_marker_for_a_lease(
     redis_url: str,
 ) -> None:
