@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+import redis
+
 from .backends.lua import BACKFILL_CLAIM, BACKFILL_RECORD
 from .config import Settings
 from .entry import Entry
@@ -232,23 +234,31 @@ class _Run:
         return [*self.keys.entry_keys(name), self.keys.backfill(name)]
 
     def decide(self, slot: datetime, task_id: str) -> tuple[str, str]:
-        """Claim the slot for this run (or, in a dry run, only ask): (verdict, detail)."""
+        """Claim the slot for this run (or, in a dry run, only ask): (verdict, detail). A
+        connection error is tried again (``fork_scheduler_max_retries``): a claim that ran and
+        lost its reply is this run's again when asked (round 66: else it stayed in flight)."""
         lease_ms = int(self.settings.singleton_lease.total_seconds() * 1000)
-        verdict, detail = self.claim(
-            keys=self.entry_keys(),
-            args=[
-                _micros(slot),
-                task_id,
-                self.id,
-                "allow" if self.overlap == "allow" else "skip",
-                lease_ms,
-                self.settings.history_size,
-                int(self.options.force),
-                int(self.options.dry_run),
-                "" if self.version is None else self.version,
-            ],
-        )
-        return _text(verdict), _text(detail)
+        args = [
+            _micros(slot),
+            task_id,
+            self.id,
+            "allow" if self.overlap == "allow" else "skip",
+            lease_ms,
+            self.settings.history_size,
+            int(self.options.force),
+            int(self.options.dry_run),
+            "" if self.version is None else self.version,
+        ]
+        attempt = 0
+        while True:
+            try:
+                verdict, detail = self.claim(keys=self.entry_keys(), args=args)
+                return _text(verdict), _text(detail)
+            except (redis.ConnectionError, redis.TimeoutError):
+                attempt += 1
+                if attempt > self.settings.max_retries:
+                    raise
+                self.pace.sleep(self.settings.retry_delay.total_seconds())
 
     def confirmed(self) -> bool:
         """With ``fork_scheduler_wait_replicas``, whether that many Redis replicas have the

@@ -680,7 +680,6 @@ def test_a_released_run_waiting_to_be_put_back_is_lost_when_its_replica_stops(
 # -- 9. a backfill whose claim's reply was lost ------------------------------------------------
 
 
-@pytest.mark.xfail(reason="round 66 finding, not fixed yet", strict=True)
 def test_a_backfill_whose_claim_reply_was_lost_leaves_a_never_sent_slot_in_flight_for_ever(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

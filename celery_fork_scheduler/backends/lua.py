@@ -1387,7 +1387,11 @@ if not hwm or slot > hwm then
 end
 local mark = redis.call('HGET', KEYS[6], ARGV[1])
 if mark then
-  local state = string.match(mark, '^(%a+)')
+  local state, who = string.match(mark, '^(%a+)|([^|]*)')
+  if state == 'publishing' and who == ARGV[3] and ARGV[8] ~= '1' then
+    -- This very run asking again after its claim's reply was lost: nothing was published.
+    return {'claimed', 'asked again'}
+  end
   if state == 'sent' then
     return {'already_published', 'backfill'}
   elseif state == 'failed' then
