@@ -35,6 +35,11 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               over a held run; released_as, released_run,
                                               released_by: RELEASE's answer, given again to
                                               the same asker until the held run starts
+                                 answered     "<task id>|<replica>" of the latest claim that
+                                              released a queue's head or superseded a held
+                                              run; answered_as, answered_run,
+                                              answered_reason: given again to that replica
+                                 given_back   id of the latest put-back of a released run
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
