@@ -1435,11 +1435,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         sent = ClaimOutcome.SENT
         for due_slot, result in zip(due, results, strict=True):
             outcome = result.outcome
+            if result.superseded:
+                self._report_superseded(result)
             if outcome is sent:  # the usual answer on a shared Redis: sent by the claim
                 self.reports.dispatched(due_slot)
                 continue
-            if result.superseded:
-                self._report_superseded(result)
             if outcome.publish:
                 if outcome is ClaimOutcome.TAKEN_OVER:
                     taken_over.append(due_slot.claim)

@@ -4,7 +4,7 @@ Each test's docstring names the promise (with its page), the sequence of events,
 expected and what happens. Claims are on a real ``redis-server`` (the session's, or one whose
 clock is the replicas' fake clock: ``virtual_time_redis``); beat replicas run on a fake clock.
 Every test here FAILED on the code it was written against (05978d3): found failing by round 66
-and fixed with this file, except 1 and 11 (documented limits, strict xfails):
+and fixed with this file, except 1 (a documented limit, a strict xfail):
 
 1. a ``one_off`` (``max_runs``) entry runs again after Redis restarts empty or from a snapshot
    taken before its run (the run count is not written back, only the mark);
@@ -822,11 +822,6 @@ def test_a_trigger_refused_by_a_redis_blip_at_its_cap_place_leaves_the_marker_fo
 
 
 @pytest.mark.parametrize("before", ["buffer_all", "buffer_one"])
-@pytest.mark.xfail(
-    reason="documented limit (docs/singleton.md, buffer_all): a queue left by a dead runner "
-    "under a policy changed since is not released",
-    strict=True,
-)
 def test_queued_runs_are_stranded_when_buffer_all_is_changed_to_allow_after_the_runner_died(
     beats: list[Any], tmp_path: Path, skips: list[tuple[str, datetime, str]], before: str
 ) -> None:

@@ -459,6 +459,30 @@ if slot > hwm then
   if running and not replacing then
     return skip('busy')
   end
+  -- Runs held back under a buffering policy changed since, whose runner died (no run ends to
+  -- hand them over, and this policy's claims never release them: round 66): each slot won
+  -- from now on supersedes one of them, recorded and returned to be reported.
+  local stranded = nil
+  if ARGV[7] ~= 'buffer_one' and ARGV[7] ~= 'buffer_all' and redis.call('EXISTS', KEYS[4]) == 1
+      and redis.call('EXISTS', KEYS[3]) == 0 then
+    if redis.call('TYPE', KEYS[4]).ok == 'list' then
+      stranded = redis.call('LPOP', KEYS[4])
+    else
+      stranded = redis.call('GET', KEYS[4])
+      redis.call('DEL', KEYS[4])
+    end
+  end
+  if stranded then
+    local ok, message = pcall(cjson.decode, stranded)
+    local held_slot = ok and type(message) == 'table' and tonumber(message['slot_us'])
+    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)
+    if held_slot then
+      record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
+             'skipped:superseded', ARGV[11])
+    end
+    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
+               'superseded', 'answered_run', stranded)
+  end
   -- Claimed and sent in one step: recorded sent before the commands run, so that a command
   -- that fails leaves the slot decided (it may have reached the broker) and never sent again.
   local mark = {'hwm', ARGV[1], 'state', 'claimed', 'owner', ARGV[3], 'task_id', ARGV[2],
@@ -519,6 +543,9 @@ if slot > hwm then
     end
     -- Sent: a history that cannot be written (a key of the wrong type) does not undo that.
     pcall(record, ARGV[1], ARGV[3], ARGV[2], 'sent', ARGV[11])
+    if stranded then
+      return {'sent', 0, '', stranded}
+    end
     return {'sent', 0}
   end
   redis.call('HSET', KEYS[2], ARGV[1], mine)
@@ -547,6 +574,9 @@ if slot > hwm then
                'superseded', 'answered_run', held)
     return {'won', 0, held}
   end
+  if stranded then
+    return {'won', 0, stranded}
+  end
   return {'won', 0}
 end
 local pending = redis.call('HGET', KEYS[2], ARGV[1])
@@ -571,6 +601,10 @@ if not pending then
   if sends > 0 and ARGV[18] == '1' then
     -- Asked again after a lost reply: did this very request send the slot?
     local outcome = sent_by(KEYS[5], ARGV[2], ARGV[3])
+    if outcome and answered and answered[2] == 'superseded' then
+      return {outcome, 0, 'the first answer was lost; the history says ' .. outcome,
+              answered[3]}
+    end
     if outcome then
       return {outcome, 0, 'the first answer was lost; the history says ' .. outcome}
     end

@@ -808,6 +808,8 @@ def _claim_result(claim: Claim, reply: Sequence[Any]) -> ClaimResult:
         )
     if outcome is ClaimOutcome.WON and len(reply) > 2:
         return ClaimResult(claim, outcome, superseded=_text(reply[2]))
+    if outcome is ClaimOutcome.SENT and len(reply) > 3:  # a stranded held run it superseded
+        return ClaimResult(claim, outcome, superseded=_text(reply[3]))
     if outcome is ClaimOutcome.UNCERTAIN:
         return ClaimResult(claim, outcome, error=_text(reply[2]))
     return ClaimResult(claim, outcome, int(reply[1]) / 1_000_000)
