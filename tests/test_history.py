@@ -133,7 +133,8 @@ def test_history_and_stats_match_what_two_replicas_did(
         stats = manager.stats(entry)
         mine = [(kind, args) for kind, args in recorded if args["entry"] == entry]
         sent_slots = {a["slot"] for kind, a in mine if kind == "dispatched"}
-        assert stats.runs == len(sent_slots | {a["slot"] for kind, a in mine if kind == "failed"})
+        # a slot whose publish failed is no run (round 66: RECORD_FAILURE gives it back)
+        assert stats.runs == len(sent_slots)
         assert stats.failures == sum(kind == "failed" for kind, _ in mine)
         skips = collections.Counter(
             a["reason"] for kind, a in mine if kind == "skipped" and a["reason"] != "claimed"
