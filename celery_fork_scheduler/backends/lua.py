@@ -359,6 +359,19 @@ if slot > hwm then
     record(ARGV[1], ARGV[3], ARGV[2], 'skipped:' .. reason, ARGV[11])
     return {reason, 0}
   end
+  -- A held run this slot replaces: recorded skipped (superseded), and kept for this replica
+  -- asking about the slot again (its answer carries the run, to be reported).
+  local function supersede(held)
+    local ok, message = pcall(cjson.decode, held)
+    local held_slot = ok and type(message) == 'table' and tonumber(message['slot_us'])
+    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)
+    if held_slot then
+      record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
+             'skipped:superseded', ARGV[11])
+    end
+    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
+               'superseded', 'answered_run', held)
+  end
   local removed = ARGV[15] ~= '0' and fields[3]
   -- "removed" holds the instant of the removal (us); "1" (older versions): refuse every slot.
   -- A slot due before the removal still fires (a replica that had not seen it yet claims it).
@@ -473,15 +486,7 @@ if slot > hwm then
     end
   end
   if stranded then
-    local ok, message = pcall(cjson.decode, stranded)
-    local held_slot = ok and type(message) == 'table' and tonumber(message['slot_us'])
-    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)
-    if held_slot then
-      record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
-             'skipped:superseded', ARGV[11])
-    end
-    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
-               'superseded', 'answered_run', stranded)
+    supersede(stranded)
   end
   -- Claimed and sent in one step: recorded sent before the commands run, so that a command
   -- that fails leaves the slot decided (it may have reached the broker) and never sent again.
@@ -563,15 +568,7 @@ if slot > hwm then
     -- and returned, so that the miss is reported.
     local held = redis.call('GET', KEYS[4])
     redis.call('DEL', KEYS[4])
-    local ok, message = pcall(cjson.decode, held)
-    local held_slot = ok and type(message) == 'table' and tonumber(message['slot_us'])
-    redis.call('HINCRBY', KEYS[1], 'skips:superseded', 1)
-    if held_slot then
-      record(string.format('%.0f', held_slot), ARGV[3], message['task_id'] or '',
-             'skipped:superseded', ARGV[11])
-    end
-    redis.call('HSET', KEYS[1], 'answered', ARGV[2] .. '|' .. ARGV[3], 'answered_as',
-               'superseded', 'answered_run', held)
+    supersede(held)
     return {'won', 0, held}
   end
   if stranded then
