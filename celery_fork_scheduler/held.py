@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
+
 from .backends import lua
 from .backends.base import to_epoch_us
 from .backends.redis_connection import scrub_secrets
@@ -112,7 +114,14 @@ class HeldRuns:
             if occurrence.headers.get(CAPPED_HEADER):
                 self.client.zrem(self.keys.cap, occurrence.task_id)
             mode = "uncertain" if is_transient(exc) else "failed"
-            self.give_back(held, occurrence, mode, error=error_text(exc))
+            try:
+                self.give_back(held, occurrence, mode, error=error_text(exc))
+            except redis.RedisError as lost:  # not recorded, not put back: kept to put back
+                if mode == "uncertain":  # (it may have left: never sent again, reported)
+                    raise
+                raise HeldNotSent(
+                    f"{occurrence.entry} slot {occurrence.slot.isoformat()}"
+                ) from lost
             logger.warning(
                 "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
                 occurrence.entry,

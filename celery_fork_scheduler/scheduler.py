@@ -289,8 +289,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: Released runs to put back: message -> (the end of its marker's lease, the id of
         #: the put-back, the same each time it is asked again).
         self._to_put_back: dict[bytes | str, tuple[float, str]] = {}
-        #: Task ids of the runs claims' answers carried, latest last (see _first_answer).
-        self._answered_runs: dict[str, None] = {}
+        #: (claim task id, run message) of the runs claims' answers carried, latest last
+        #: (see _first_answer).
+        self._answered_runs: dict[tuple[str, str], None] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -1498,13 +1499,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _report_superseded(self, result: ClaimResult) -> None:
         """A won ``buffer_one`` slot replaced the run held back while no run held the marker
-        (its runner died, or its publish failed): that held slot is missed, so say so."""
-        self._report_held(result.claim.entry, result.superseded, "superseded")
+        (its runner died, or its publish failed): that held slot is missed, so say so (once:
+        a claim asked again carries the run its first answer carried, see
+        :meth:`_first_answer`)."""
+        if self._first_answer(result.claim.task_id, result.superseded):
+            self._report_held(result.claim.entry, result.superseded, "superseded")
 
     def _report_held(self, entry: str, message: str, reason: str) -> None:
-        """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``
-        (once: a claim asked again carries the run its first answer carried, see
-        :meth:`_first_answer`)."""
+        """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``."""
         try:
             held = occurrence_from_json(message)
         except (ValueError, KeyError, TypeError) as exc:
@@ -1512,16 +1514,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "fork scheduler: unreadable held-back run of %s %s: %r", entry, reason, exc
             )
             return
-        if self._first_answer(held.task_id):
-            self.reports.skipped_slot(entry, held.slot, reason)
+        self.reports.skipped_slot(entry, held.slot, reason)
 
-    def _first_answer(self, task_id: str) -> bool:
-        """Whether a run that a claim's answer carried (a released head, a superseded held
-        run) is heard of for the first time: the claim script carries it again when the claim
-        is asked again (its first answer may have been lost: round 66)."""
-        if task_id in self._answered_runs:
+    def _first_answer(self, claim_task_id: str, run: str) -> bool:
+        """Whether the run (its message) that a claim's answer carried (a released head, a
+        superseded held run) is heard of from that claim for the first time: the claim script
+        carries it again when the claim is asked again (its first answer may have been lost:
+        round 66). Another claim releasing the same run (put back since) is a new answer."""
+        key = (claim_task_id, run)
+        if key in self._answered_runs:
             return False
-        self._answered_runs[task_id] = None
+        self._answered_runs[key] = None
         while len(self._answered_runs) > ANSWERED_RUNS_KEPT:
             del self._answered_runs[next(iter(self._answered_runs))]
         return True
@@ -1532,12 +1535,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         held = self._held_runs()
         if held is None:
             return
-        try:
-            task_id = occurrence_from_json(result.held).task_id
-        except (ValueError, KeyError, TypeError):
-            task_id = ""  # (HeldRuns.publish reports an unreadable run)
-        if task_id and not self._first_answer(task_id):
-            return  # this replica has it already (published, or being put back)
+        if not self._first_answer(result.claim.task_id, result.held):
+            return  # this claim's answer was acted on already (published, or put back)
         try:
             held.publish(result.held)
         except HeldNotSent as exc:  # nothing left: put it back at the head of its queue
@@ -1546,7 +1545,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 result.claim.entry,
                 exc.__cause__ or exc,
             )
-            self._answered_runs.pop(task_id, None)  # released again once it is back
             lease = self.settings.singleton_lease.total_seconds()
             attempt = uuid.uuid4().hex
             self._to_put_back.setdefault(result.held, (self.monotonic() + lease, attempt))

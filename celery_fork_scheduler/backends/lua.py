@@ -39,7 +39,8 @@ in braces is a Redis Cluster hash tag, so every key of one entry lives on one no
                                               released a queue's head or superseded a held
                                               run; answered_as, answered_run,
                                               answered_reason: given again to that replica
-                                 given_back   id of the latest put-back of a released run
+                                 given_back   ids of the latest 16 put-backs of released
+                                              runs (space-separated)
                                  skips:<why>  slots skipped for each reason
                                  failures     publishes that raised
                                  completed    runs that finished on a worker
@@ -1156,17 +1157,25 @@ return reply
 #: size, ARGV[6] "failed" | "capped" | "unconfirmed" (the hand-over was not confirmed by the
 #: replicas: held back again, nothing recorded), ARGV[7] error text, ARGV[8] (optional) an id
 #: of this put-back, kept when it is asked again: the state's ``given_back`` remembers the
-#: last, so a request whose reply was lost is not applied twice.
+#: last 16, so a request whose reply was lost is not applied twice.
 GIVE_BACK_HELD = (
     _GIVE_BACK_RUN
     + _FORGET_RELEASED
     + """
 if (ARGV[8] or '') ~= '' then
-  -- One put-back, asked again after its reply was lost (round 66): done once.
-  if redis.call('HGET', KEYS[3], 'given_back') == ARGV[8] then
+  -- One put-back, asked again after its reply was lost (round 66): done once, also when
+  -- other put-backs (another replica's) ran in between (round 67): the last 16 are kept.
+  local done = redis.call('HGET', KEYS[3], 'given_back') or ''
+  if string.find(' ' .. done .. ' ', ' ' .. ARGV[8] .. ' ', 1, true) then
     return 1
   end
-  redis.call('HSET', KEYS[3], 'given_back', ARGV[8])
+  local kept = {ARGV[8]}
+  for id in string.gmatch(done, '%S+') do
+    if #kept < 16 then
+      kept[#kept + 1] = id
+    end
+  end
+  redis.call('HSET', KEYS[3], 'given_back', table.concat(kept, ' '))
 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])

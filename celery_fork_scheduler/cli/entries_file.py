@@ -145,8 +145,17 @@ def _loader(yaml: Any) -> Any:
         pass
 
     def mapping(loader: Any, node: Any) -> _Keyed:
+        # Only the keys the object writes itself count as repeated: one overriding a key a
+        # merge (``<<: *defaults``) brought is YAML's way to share fields (round 67).
+        own = [
+            loader.construct_object(key, deep=True)
+            for key, _ in node.value
+            if key.tag != "tag:yaml.org,2002:merge"
+        ]
         loader.flatten_mapping(node)
-        return _keyed(loader.construct_pairs(node, deep=True))
+        mapping = _Keyed(loader.construct_pairs(node, deep=True))
+        mapping.repeated = _keyed([(key, None) for key in own]).repeated
+        return mapping
 
     def number(loader: Any, node: Any) -> Any:
         text = loader.construct_scalar(node)
