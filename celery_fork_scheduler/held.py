@@ -47,6 +47,10 @@ class HeldRuns:
     client: Any
     keys: Keys
     settings: Settings
+    #: A run whose failed publish cannot be recorded (Redis away) raises
+    #: :class:`HeldNotSent`, for the caller to put it back later (beat, round 67); else the
+    #: Redis error (a worker's end settles it its own way).
+    keep_unrecorded: bool = False
 
     @property
     def _lease_ms(self) -> int:
@@ -117,8 +121,8 @@ class HeldRuns:
             try:
                 self.give_back(held, occurrence, mode, error=error_text(exc))
             except redis.RedisError as lost:  # not recorded, not put back: kept to put back
-                if mode == "uncertain":  # (it may have left: never sent again, reported)
-                    raise
+                if mode == "uncertain" or not self.keep_unrecorded:  # (uncertain: it may
+                    raise  # have left, never sent again)
                 raise HeldNotSent(
                     f"{occurrence.entry} slot {occurrence.slot.isoformat()}"
                 ) from lost
@@ -154,23 +158,26 @@ class HeldRuns:
         *,
         error: str = "",
         attempt: str = "",
-    ) -> None:
+    ) -> bool:
         """The held run handed the marker is not sent: free the marker, record why.
         ``attempt``: an id of this give-back, the same each time it is asked again (a request
-        whose reply was lost is then applied once)."""
-        self.client.eval(
-            lua.GIVE_BACK_HELD,
-            4,
-            self.keys.running(occurrence.entry),
-            self.keys.buffered(occurrence.entry),
-            self.keys.state(occurrence.entry),
-            self.keys.history(occurrence.entry),
-            held,
-            occurrence.task_id,
-            to_epoch_us(occurrence.slot),
-            socket.gethostname(),
-            self.settings.history_size,
-            mode,
-            error[:500],
-            attempt,
+        whose reply was lost is then applied once). False when an ``unconfirmed`` put-back
+        found the queue moved on (recorded skipped: the caller reports it)."""
+        return bool(
+            self.client.eval(
+                lua.GIVE_BACK_HELD,
+                4,
+                self.keys.running(occurrence.entry),
+                self.keys.buffered(occurrence.entry),
+                self.keys.state(occurrence.entry),
+                self.keys.history(occurrence.entry),
+                held,
+                occurrence.task_id,
+                to_epoch_us(occurrence.slot),
+                socket.gethostname(),
+                self.settings.history_size,
+                mode,
+                error[:500],
+                attempt,
+            )
         )

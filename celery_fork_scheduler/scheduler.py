@@ -1560,7 +1560,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         keys = getattr(self.backend, "keys", None)
         if client is None or keys is None:
             return None
-        return HeldRuns(app=self.app, client=client, keys=keys, settings=self.settings)
+        return HeldRuns(
+            app=self.app, client=client, keys=keys, settings=self.settings, keep_unrecorded=True
+        )
 
     def _put_back_released(self) -> None:
         """Put back at the head of their queue the released runs Redis kept from leaving
@@ -1575,13 +1577,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._drop_put_back(message)
                 continue
             try:
-                held.give_back(
+                put_back = held.give_back(
                     message, occurrence_from_json(message), "unconfirmed", attempt=attempt
                 )
             except Exception:  # Redis still away: at the next tick
                 logger.debug("fork scheduler: queued run not put back yet", exc_info=True)
                 continue
-            del self._to_put_back[message]
+            if put_back:
+                del self._to_put_back[message]
+            else:  # its lease ended and the queue moved on (recorded by the script)
+                self._drop_put_back(message)
 
     def _drop_put_back(self, message: bytes | str) -> None:
         """Give up putting back a released run (Redis stayed away for its marker's lease, or

@@ -616,13 +616,6 @@ def test_a_yaml_entries_file_overriding_a_merged_key_is_refused_as_a_repeated_ke
 # -- 8. a released run put back after its marker's lease ---------------------------------------
 
 
-@pytest.mark.xfail(
-    reason=(
-        "not fixed (older than round 66): a put-back after the marker's lease ended may "
-        "run after the next head (left for the next session)"
-    ),
-    strict=True,
-)
 def test_a_released_run_put_back_after_its_marker_expired_runs_after_the_next_one(
     beats: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -282,7 +282,7 @@ if due_at > now + tonumber(ARGV[4]) then
 end
 -- One read of every field a claim decides on (the script runs alone: they cannot change).
 local fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                          'outcome', 'defined', 'before_reset', 'disabled')
+                          'outcome', 'defined', 'before_reset', 'disabled', 'skips:buffered')
 if ARGV[15] == '0' and (fields[8] or fields[3]) then
   -- A static entry whose state a runtime entry of the same name reset, or marked removed (an
   -- app that does not know the static entry wrote it): the static entry keeps its own state.
@@ -300,7 +300,7 @@ if ARGV[15] == '0' and (fields[8] or fields[3]) then
     redis.call('PERSIST', KEYS[5])
   end
   fields = redis.call('HMGET', KEYS[1], 'hwm', 'paused', 'removed', 'runs', 'finished',
-                      'outcome', 'defined', 'before_reset', 'disabled')
+                      'outcome', 'defined', 'before_reset', 'disabled', 'skips:buffered')
 elseif fields[8] then
   redis.call('HDEL', KEYS[1], 'before_reset')  -- the name runs as a runtime entry
 end
@@ -477,8 +477,9 @@ if slot > hwm then
   -- hand them over, and this policy's claims never release them: round 66): each slot won
   -- from now on supersedes one of them, recorded and returned to be reported.
   local stranded = nil
-  if ARGV[7] ~= 'buffer_one' and ARGV[7] ~= 'buffer_all' and redis.call('EXISTS', KEYS[4]) == 1
-      and redis.call('EXISTS', KEYS[3]) == 0 then
+  if fields[10] and ARGV[7] ~= 'buffer_one' and ARGV[7] ~= 'buffer_all'
+      and redis.call('EXISTS', KEYS[4]) == 1 and redis.call('EXISTS', KEYS[3]) == 0 then
+    -- (only an entry that ever held a run back: skips:buffered, read with the other fields)
     if redis.call('TYPE', KEYS[4]).ok == 'list' then
       stranded = redis.call('LPOP', KEYS[4])
     else
@@ -1158,6 +1159,8 @@ return reply
 #: replicas: held back again, nothing recorded), ARGV[7] error text, ARGV[8] (optional) an id
 #: of this put-back, kept when it is asked again: the state's ``given_back`` remembers the
 #: last 16, so a request whose reply was lost is not applied twice.
+#: Returns 1; 0 for an "unconfirmed" put-back that found another run holding the marker (its
+#: lease ended and the queue moved on): not put back, recorded skipped (redis_unavailable).
 GIVE_BACK_HELD = (
     _GIVE_BACK_RUN
     + _FORGET_RELEASED
@@ -1177,7 +1180,8 @@ if (ARGV[8] or '') ~= '' then
   end
   redis.call('HSET', KEYS[3], 'given_back', table.concat(kept, ' '))
 end
-if redis.call('GET', KEYS[1]) == ARGV[2] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
 -- The hand-over was answered and acted on: RELEASE asked again never repeats it.
@@ -1202,6 +1206,20 @@ local function hold_again()
   end
 end
 if ARGV[6] == 'unconfirmed' then
+  if holder and holder ~= ARGV[2] then
+    -- Its marker expired and the queue moved on (another run holds it: round 67): put back
+    -- now, it would run after later slots. Not sent: recorded, and 0 tells the replica to
+    -- report it.
+    redis.call('HINCRBY', KEYS[3], 'skips:redis_unavailable', 1)
+    if tonumber(ARGV[5]) > 0 then
+      local t = redis.call('TIME')
+      redis.call('LPUSH', KEYS[4], cjson.encode({slot = slot_us, replica = ARGV[4],
+        task_id = ARGV[2], outcome = 'skipped:redis_unavailable',
+        at = tonumber(t[1]) * 1000000 + tonumber(t[2])}))
+      redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+    end
+    return 0
+  end
   -- Held back again, as if never handed over (nothing to record).
   hold_again()
   return 1
