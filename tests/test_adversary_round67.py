@@ -6,7 +6,7 @@ Each test's docstring names the promise (with its page), the sequence of events,
 expected and what happens. Claims are on a real ``redis-server`` (the session's, or one whose
 clock is the replicas' fake clock: ``virtual_time_redis``); beat replicas run on a fake clock.
 Every test here FAILED on the code it was written against (bfaff89): found failing by round 67;
-1-3 and 7 fixed with this file, the others strict xfails (limits documented, or left):
+1-3, 7 and 8 fixed with this file, the others strict xfails (limits documented, or left):
 
 1. a ``buffer_all`` run released by a claim, whose publish failed and was put back at the
    head of the queue, is never sent when the same replica's next claim releases it again
