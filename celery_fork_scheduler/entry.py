@@ -633,15 +633,16 @@ def _text(name: str, field_name: str, value: object, limit: int) -> str:
     return value
 
 
-def _zone(name: str, value: object) -> tzinfo | None:
+def _zone(name: str, value: object) -> tuple[tzinfo | None, str | None]:
+    """An entry's own ``timezone`` key: the zone, and its IANA name (``None``, ``None``: it has
+    none). A tzinfo no IANA name stands for is this key's fault (not the schedule's)."""
     if value is None:
-        return None
+        return None, None
     if isinstance(value, tzinfo):
         try:
-            to_zone(value)  # a zone no IANA name stands for is this key's fault
+            return value, to_zone(value).key
         except ScheduleError as exc:
             raise _fail(name, "timezone", str(exc)) from None
-        return value
     if not isinstance(value, str) or not value:
         raise _fail(
             name,
@@ -649,19 +650,9 @@ def _zone(name: str, value: object) -> tzinfo | None:
             f"must be an IANA zone name such as 'Europe/Berlin', not {shown(value)}",
         )
     try:
-        return ZoneInfo(value)
+        return ZoneInfo(value), value
     except (ZoneInfoNotFoundError, ValueError):
         raise _fail(name, "timezone", f"unknown time zone {shown(value)}") from None
-
-
-def _zone_name(name: str, zone: tzinfo | None) -> str | None:
-    """The IANA name of an entry's own zone (``None``: it has none)."""
-    if zone is None:
-        return None
-    try:
-        return to_zone(zone).key
-    except ScheduleError as exc:
-        raise _fail(name, "timezone", str(exc)) from None
 
 
 def _instant(name: str, field_name: str, value: object, zone: tzinfo) -> datetime | None:
@@ -865,7 +856,7 @@ def entry_from_config(
         raise _fail(name, "schedule", "is missing")
     _flag(name, "relative", definition.get("relative"), False)  # accepted from Celery, unused
 
-    own = _zone(name, definition.get("timezone"))
+    own, own_name = _zone(name, definition.get("timezone"))
     zone = own or default_timezone
     own_zone = own is not None
     try:
@@ -923,7 +914,7 @@ def entry_from_config(
         exclusions=exclusions,
         jitter=_jitter(name, definition.get("jitter"), schedule),
         source=source,
-        timezone=_zone_name(name, own),
+        timezone=own_name,
         schedule_zone=_own_schedule_zone(definition["schedule"]) if own_zone else None,
     )
 

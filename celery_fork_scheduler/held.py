@@ -120,12 +120,11 @@ class HeldRuns:
             mode = "uncertain" if is_transient(exc) else "failed"
             try:
                 self.give_back(held, occurrence, mode, error=error_text(exc))
-            except redis.RedisError as lost:  # not recorded, not put back: kept to put back
-                if mode == "uncertain" or not self.keep_unrecorded:  # (uncertain: it may
-                    raise  # have left, never sent again)
-                raise HeldNotSent(
-                    f"{occurrence.entry} slot {occurrence.slot.isoformat()}"
-                ) from lost
+            except redis.RedisError as lost:  # neither recorded nor put back
+                if mode == "failed" and self.keep_unrecorded:  # (an uncertain one may have
+                    slot = occurrence.slot.isoformat()  # left: never sent again)
+                    raise HeldNotSent(f"{occurrence.entry} slot {slot}") from lost
+                raise
             logger.warning(
                 "fork scheduler: could not send the held-back run of %s slot %s (%s): %s",
                 occurrence.entry,

@@ -285,10 +285,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The clock offset the queued wake-ups were computed with (see _follow_corrections).
         self._seen_offset = timedelta(0)
         #: Queued runs a claim handed the marker that Redis kept from leaving, to be put back
-        #: at the head of their queue (JSON message -> monotonic end of the marker's lease).
-        #: Released runs to put back: message -> (the end of its marker's lease, the id of
-        #: the put-back, the same each time it is asked again).
-        self._to_put_back: dict[bytes | str, tuple[float, str]] = {}
+        #: at the head of their queue: JSON message -> (entry name, monotonic end of the
+        #: marker's lease, the id of the put-back, the same each time it is asked again).
+        self._to_put_back: dict[bytes | str, tuple[str, float, str]] = {}
         #: (claim task id, run message) of the runs claims' answers carried, latest last
         #: (see _first_answer).
         self._answered_runs: dict[tuple[str, str], None] = {}
@@ -1505,7 +1504,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._first_answer(result.claim.task_id, result.superseded):
             self._report_held(result.claim.entry, result.superseded, "superseded")
 
-    def _report_held(self, entry: str, message: str, reason: str) -> None:
+    def _report_held(self, entry: str, message: bytes | str, reason: str) -> None:
         """Report a held-back run (its JSON message) that the claim dropped, skipped ``reason``."""
         try:
             held = occurrence_from_json(message)
@@ -1546,8 +1545,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 exc.__cause__ or exc,
             )
             lease = self.settings.singleton_lease.total_seconds()
-            attempt = uuid.uuid4().hex
-            self._to_put_back.setdefault(result.held, (self.monotonic() + lease, attempt))
+            end, attempt = self.monotonic() + lease, uuid.uuid4().hex
+            self._to_put_back.setdefault(result.held, (result.claim.entry, end, attempt))
             self._put_back_released()
         except Exception as exc:  # the run's marker expires with its lease; the queue goes on
             logger.warning(
@@ -1572,7 +1571,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if held is None:
             return
         now = self.monotonic()
-        for message, (end, attempt) in list(self._to_put_back.items()):
+        for message, (_, end, attempt) in list(self._to_put_back.items()):
             if end <= now:
                 self._drop_put_back(message)
                 continue
@@ -1592,13 +1591,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Give up putting back a released run (Redis stayed away for its marker's lease, or
         this replica stops first): it is reported skipped (``redis_unavailable``), never
         dropped without a word (round 66)."""
-        del self._to_put_back[message]
-        try:
-            occurrence = occurrence_from_json(message)
-        except Exception:  # (a message this replica made itself: read back as written)
-            logger.warning("fork scheduler: a queued run could not be put back and is lost")
-            return
-        self.reports.skipped_slot(occurrence.entry, occurrence.slot, "redis_unavailable")
+        entry, _, _ = self._to_put_back.pop(message)
+        self._report_held(entry, message, "redis_unavailable")
 
     def _apply_cap(self, won: list[DueSlot], now: datetime) -> tuple[list[DueSlot], set[str]]:
         """Take places under ``fork_scheduler_max_concurrent`` for the won slots: those that

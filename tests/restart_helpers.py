@@ -20,7 +20,7 @@ import pytest
 from celery import Celery
 from hand_driven_helpers import HandDrivenWorker, RecordingBeat
 
-from celery_fork_scheduler import Scheduler
+from celery_fork_scheduler import Scheduler, signals
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
 from celery_fork_scheduler.keys import Keys
@@ -93,6 +93,32 @@ def servers_fixture() -> Iterator[list[RedisServer]]:
 def beats_fixture() -> Iterator[list[Any]]:
     """Beat replicas: their schedulers are closed at the end (a replica ``Killed`` on the way)."""
     yield from _stopped_after(lambda beat: beat.scheduler.close(), Killed)
+
+
+def buffer_all_app(name: str, task: str, url: str, **conf: Any) -> Celery:
+    """An app whose entry ``e`` runs ``task`` every 2 s, ``overlap="buffer_all"``; singleton
+    lease 5 s, no retries (``conf`` overrides), broker = the claims' Redis ``url``."""
+    schedule = {"e": {"task": task, "schedule": timedelta(seconds=2), "overlap": "buffer_all"}}
+    settings = {"fork_scheduler_singleton_lease": 5, "fork_scheduler_max_retries": 0, **conf}
+    return make_app(name, task, url, schedule, broker=url, **settings)
+
+
+@pytest.fixture(name="skips")
+def skips_fixture() -> Iterator[list[tuple[str, datetime, str]]]:
+    """Every ``entry_skipped`` sent during the test: (entry, slot, reason)."""
+    seen: list[tuple[str, datetime, str]] = []
+
+    def receive(sender: Any = None, **kwargs: Any) -> None:
+        seen.append((kwargs["entry"], kwargs["slot"], kwargs["reason"]))
+
+    signals.entry_skipped.connect(receive, weak=False)
+    yield seen
+    signals.entry_skipped.disconnect(receive)
+
+
+def slots_of(beat: Any, name: str = "e") -> list[datetime]:
+    """The slots of ``name`` that a :class:`RecordingBeat` published, in order."""
+    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
 
 
 @pytest.fixture(name="workers")

@@ -41,7 +41,6 @@ from celery_fork_scheduler.testing import RecordingPublisher
 TASK = "adv53.job"
 
 
-
 #: ``make_app(url, beat_schedule, **conf)``: the beat app of this round (broker ``memory://``).
 make_app = partial(restart_helpers.make_app, "adv53", TASK)
 

@@ -37,6 +37,7 @@ from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
     KEYS,
     beat_with_worker,
     beats_fixture,
+    slots_of,
     t,
     workers_fixture,
 )
@@ -49,14 +50,9 @@ from celery_fork_scheduler import held as held_module
 TASK = "adv54.job"
 
 
-
 #: ``make_app(url, beat_schedule, **conf)``: the app of this round; a failed Redis call is not
 #: retried (no real sleeps while Redis is down).
 make_app = partial(restart_helpers.make_app, "adv54", TASK, fork_scheduler_max_retries=0)
-
-
-def slots_of(beat: Any, name: str = "e") -> list[datetime]:
-    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
 
 
 def hms(slots: Any) -> list[str]:

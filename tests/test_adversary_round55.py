@@ -32,7 +32,6 @@ and 9 are documented limits (strict xfail):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -44,17 +43,19 @@ import restart_helpers
 from hand_driven_helpers import HandDrivenWorker
 from hand_driven_helpers import RecordingBeat as Beat
 from heartbeat_helpers import OnePass
-from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
+from restart_helpers import (  # noqa: F401 - the fixtures beats, workers, skips
     BASE,
     KEYS,
     beat_with_worker,
     beats_fixture,
+    skips_fixture,
+    slots_of,
     t,
     workers_fixture,
 )
 from virtual_time_redis import virtual_redis
 
-from celery_fork_scheduler import Manager, Scheduler, signals
+from celery_fork_scheduler import Manager, Scheduler
 from celery_fork_scheduler import held as held_module
 from celery_fork_scheduler.backends.redis import RedisBackend
 from celery_fork_scheduler.config import read_settings
@@ -63,27 +64,9 @@ from celery_fork_scheduler.config import read_settings
 TASK = "adv55.job"
 
 
-
 #: ``make_app(url, beat_schedule, **conf)``: the app of this round; a failed Redis call is not
 #: retried (no real sleeps while Redis is down).
 make_app = partial(restart_helpers.make_app, "adv55", TASK, fork_scheduler_max_retries=0)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` sent during the test: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receive(sender: Any = None, **kwargs: Any) -> None:
-        seen.append((kwargs["entry"], kwargs["slot"], kwargs["reason"]))
-
-    signals.entry_skipped.connect(receive, weak=False)
-    yield seen
-    signals.entry_skipped.disconnect(receive)
-
-
-def slots_of(beat: Any, name: str = "e") -> list[datetime]:
-    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
 
 
 def us(moment: datetime) -> str:

@@ -27,6 +27,7 @@ from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
     KEYS,
     beat_with_worker,
     beats_fixture,
+    slots_of,
     t,
     workers_fixture,
 )
@@ -46,10 +47,6 @@ TASK = "adv59.job"
 ROOT = Path(__file__).resolve().parent.parent
 
 make_app = partial(restart_helpers.make_app, "adv59", TASK, fork_scheduler_max_retries=0)
-
-
-def slots_of(beat: Any, name: str = "e") -> list[datetime]:
-    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
 
 
 # -- 1. a jittered slot published after an empty Redis restart is refused by the write-back ------

@@ -25,6 +25,7 @@ from hand_driven_helpers import RecordingBeat as Beat
 from restart_helpers import (  # noqa: F401 - the fixtures beats and workers
     KEYS,
     beats_fixture,
+    slots_of,
     t,
     workers_fixture,
 )
@@ -37,10 +38,6 @@ from celery_fork_scheduler.ownership import owner_of
 TASK = "adv60.job"
 
 make_app = partial(restart_helpers.make_app, "adv60", TASK, fork_scheduler_max_retries=0)
-
-
-def slots_of(beat: Any, name: str = "e") -> list[datetime]:
-    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
 
 
 class CutOff:

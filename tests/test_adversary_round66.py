@@ -34,7 +34,6 @@ and fixed with this file, except 1 (a documented limit, a strict xfail):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -47,14 +46,15 @@ from celery.beat import BeatLazyFunc
 from hand_driven_helpers import RecordingBeat as Beat
 from replica_helpers import START, make_scheduler, tick_for
 from replica_helpers import make_app as replica_make_app
-from restart_helpers import (  # noqa: F401 - the fixture beats
+from restart_helpers import (  # noqa: F401 - the fixtures beats and skips
     KEYS,
     beats_fixture,
+    skips_fixture,
+    slots_of,
     t,
 )
 from virtual_time_redis import virtual_redis
 
-from celery_fork_scheduler import signals
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 TASK = "adv66.job"
@@ -62,23 +62,8 @@ TASK = "adv66.job"
 #: ``make_app(url, beat_schedule, **conf)``: this round's app; a failed Redis call is not
 #: retried (no real sleeps while Redis is down).
 make_app = partial(restart_helpers.make_app, "adv66", TASK, fork_scheduler_max_retries=0)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` sent during the test: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receive(sender: Any = None, **kwargs: Any) -> None:
-        seen.append((kwargs["entry"], kwargs["slot"], kwargs["reason"]))
-
-    signals.entry_skipped.connect(receive, weak=False)
-    yield seen
-    signals.entry_skipped.disconnect(receive)
-
-
-def slots_of(beat: Any, name: str = "e") -> list[datetime]:
-    return [o.slot for o in beat.publisher.occurrences if o.entry == name]
+#: ``buffer_all_app(url, **conf)``: entry ``e`` every 2 s, ``buffer_all`` (see restart_helpers).
+buffer_all_app = partial(restart_helpers.buffer_all_app, "adv66", TASK)
 
 
 # -- 1. a one_off entry's run and a Redis restart from a snapshot taken before it -------------
@@ -391,16 +376,7 @@ def test_a_queued_run_released_by_a_claim_whose_reply_was_lost_is_never_publishe
     with virtual_redis(tmp_path, t(-30)) as server:
         clock = server.clock
         clock.set(t(-1))
-        schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=2), "overlap": "buffer_all"}}
-        app = restart_helpers.make_app(
-            "adv66",
-            TASK,
-            server.url,
-            schedule,
-            broker=server.url,
-            fork_scheduler_singleton_lease=5,
-            fork_scheduler_max_retries=2,
-        )
+        app = buffer_all_app(server.url, fork_scheduler_max_retries=2)
         a = Beat(app, clock, "replica-a")
         beats.append(a)
         a.scheduler.setup_schedule()
@@ -533,17 +509,7 @@ def test_a_released_run_put_back_twice_after_a_lost_reply_is_published_twice(
     with virtual_redis(tmp_path, t(-30)) as server:
         clock = server.clock
         clock.set(t(-1))
-        schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=2), "overlap": "buffer_all"}}
-        app = restart_helpers.make_app(
-            "adv66",
-            TASK,
-            server.url,
-            schedule,
-            broker=server.url,
-            fork_scheduler_singleton_lease=5,
-            fork_scheduler_max_concurrent=10,
-            fork_scheduler_max_retries=0,
-        )
+        app = buffer_all_app(server.url, fork_scheduler_max_concurrent=10)
         a = Beat(app, clock, "replica-a")
         beats.append(a)
         cut = CutOff(a)
@@ -632,19 +598,9 @@ def test_a_released_run_waiting_to_be_put_back_is_lost_when_its_replica_stops(
     with virtual_redis(tmp_path, t(-30)) as server:
         clock = server.clock
         clock.set(t(-1))
-        schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=2), "overlap": "buffer_all"}}
 
         def app() -> Any:
-            return restart_helpers.make_app(
-                "adv66",
-                TASK,
-                server.url,
-                schedule,
-                broker=server.url,
-                fork_scheduler_singleton_lease=5,
-                fork_scheduler_max_concurrent=10,
-                fork_scheduler_max_retries=0,
-            )
+            return buffer_all_app(server.url, fork_scheduler_max_concurrent=10)
 
         a = Beat(app(), clock, "replica-a")
         beats.append(a)

@@ -34,7 +34,6 @@ Every test here FAILED on the code it was written against (bfaff89): found faili
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -46,32 +45,21 @@ import restart_helpers
 from hand_driven_helpers import RecordingBeat as Beat
 from replica_helpers import START, make_scheduler, tick_for
 from replica_helpers import make_app as replica_make_app
-from restart_helpers import (  # noqa: F401 - the fixture beats
+from restart_helpers import (  # noqa: F401 - the fixtures beats and skips
     KEYS,
     beats_fixture,
+    skips_fixture,
     t,
 )
 from virtual_time_redis import virtual_redis
 
-from celery_fork_scheduler import signals
 from celery_fork_scheduler.testing import FakeClock, RecordingPublisher
 
 TASK = "adv67.job"
 
 make_app = partial(restart_helpers.make_app, "adv67", TASK, fork_scheduler_max_retries=0)
-
-
-@pytest.fixture
-def skips() -> Iterator[list[tuple[str, datetime, str]]]:
-    """Every ``entry_skipped`` sent during the test: (entry, slot, reason)."""
-    seen: list[tuple[str, datetime, str]] = []
-
-    def receive(sender: Any = None, **kwargs: Any) -> None:
-        seen.append((kwargs["entry"], kwargs["slot"], kwargs["reason"]))
-
-    signals.entry_skipped.connect(receive, weak=False)
-    yield seen
-    signals.entry_skipped.disconnect(receive)
+#: ``buffer_all_app(url, **conf)``: entry ``e`` every 2 s, ``buffer_all`` (see restart_helpers).
+buffer_all_app = partial(restart_helpers.buffer_all_app, "adv67", TASK)
 
 
 def in_broker(client: redis.Redis) -> list[str]:
@@ -79,19 +67,6 @@ def in_broker(client: redis.Redis) -> list[str]:
     return sorted(
         json.loads(m)["headers"]["fork_scheduler_slot"][11:19]
         for m in client.lrange("celery", 0, -1)
-    )
-
-
-def buffer_all_app(url: str, **conf: Any) -> Any:
-    """``e`` every 2 s, ``overlap="buffer_all"``, singleton lease 5 s; broker = claims' Redis."""
-    schedule = {"e": {"task": TASK, "schedule": timedelta(seconds=2), "overlap": "buffer_all"}}
-    return restart_helpers.make_app(
-        "adv67",
-        TASK,
-        url,
-        schedule,
-        broker=url,
-        **{"fork_scheduler_singleton_lease": 5, "fork_scheduler_max_retries": 0, **conf},
     )
 
 

@@ -61,14 +61,19 @@ class _Keyed(dict[Any, Any]):
 def _keyed(pairs: list[tuple[Any, Any]]) -> _Keyed:
     mapping = _Keyed(pairs)
     if len(mapping) < len(pairs):
-        seen: set[Any] = set()
-        repeated = []
-        for key, _ in pairs:
-            if key in seen:
-                repeated.append(key)
-            seen.add(key)
-        mapping.repeated = tuple(repeated)
+        mapping.repeated = _repeated([key for key, _ in pairs])
     return mapping
+
+
+def _repeated(keys: list[Any]) -> tuple[Any, ...]:
+    """The keys given again after their first time, in order."""
+    seen: set[Any] = set()
+    repeated = []
+    for key in keys:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    return tuple(repeated)
 
 
 def _refuse_repeated(path: str, mapping: dict[Any, Any], entry: str | None) -> None:
@@ -154,7 +159,7 @@ def _loader(yaml: Any) -> Any:
         ]
         loader.flatten_mapping(node)
         mapping = _Keyed(loader.construct_pairs(node, deep=True))
-        mapping.repeated = _keyed([(key, None) for key in own]).repeated
+        mapping.repeated = _repeated(own)
         return mapping
 
     def number(loader: Any, node: Any) -> Any:

@@ -556,15 +556,6 @@ def check(result: dict) -> None:
 
 
 @pytest.fixture
-def claims_server() -> RedisServer:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
 def processes():
     started: list[CeleryProcess] = []
     yield started
